@@ -1,0 +1,217 @@
+package blobstore
+
+import (
+	"errors"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// accessLog keeps a cache's least-recently-used order. Reads are noted in
+// memory and written to the database in batches (a read must not cost an
+// fsync); the order itself lives in the database, so a restart neither
+// forgets it nor has to scan the blobs to rebuild it.
+type accessLog struct {
+	mu      sync.Mutex
+	next    uint64
+	pending map[dtfc.ID]uint64 // reads not yet in the database
+	open    map[dtfc.ID]int    // blobs being read right now: never evicted
+}
+
+// hold notes a read of id and marks it open until the returned func runs.
+func (a *accessLog) hold(id dtfc.ID, track bool) func() {
+	if !track {
+		return func() {}
+	}
+	a.mu.Lock()
+	a.touchLocked(id)
+	if a.open == nil {
+		a.open = make(map[dtfc.ID]int)
+	}
+	a.open[id]++
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		if a.open[id]--; a.open[id] <= 0 {
+			delete(a.open, id)
+		}
+		a.mu.Unlock()
+	}
+}
+
+func (a *accessLog) touchLocked(id dtfc.ID) {
+	if a.pending == nil {
+		a.pending = make(map[dtfc.ID]uint64)
+	}
+	a.next++
+	a.pending[id] = a.next
+}
+
+func (a *accessLog) forget(id dtfc.ID) {
+	a.mu.Lock()
+	delete(a.pending, id)
+	a.mu.Unlock()
+}
+
+func (a *accessLog) isOpen(id dtfc.ID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.open[id] > 0
+}
+
+// noteWrite counts a newly stored blob as just used.
+func (s *Store) noteWrite(id dtfc.ID, _ int64) {
+	if !s.opts.TrackAccess {
+		return
+	}
+	s.access.mu.Lock()
+	s.access.touchLocked(id)
+	s.access.mu.Unlock()
+}
+
+// takePending hands over the reads noted since the last flush.
+func (a *accessLog) takePending() (map[dtfc.ID]uint64, uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pending
+	a.pending = nil
+	return p, a.next
+}
+
+// writeAccess moves reads into the persistent order. Only IDs that still
+// hold bytes are recorded.
+func writeAccess(tx *bolt.Tx, pending map[dtfc.ID]uint64, next uint64) error {
+	meta, atime, lru := tx.Bucket(bucketMeta), tx.Bucket(bucketATime), tx.Bucket(bucketLRU)
+	for id, seq := range pending {
+		v := meta.Get(id[:])
+		if v == nil || v[1]&1 != 0 { // gone, or a tombstone
+			continue
+		}
+		if old := atime.Get(id[:]); old != nil {
+			if err := lru.Delete(append(append([]byte(nil), old...), id[:]...)); err != nil {
+				return err
+			}
+		}
+		if err := atime.Put(id[:], u64(seq)); err != nil {
+			return err
+		}
+		if err := lru.Put(append(u64(seq), id[:]...), nil); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketSys).Put(keyAccessNext, u64(next))
+}
+
+// dropAccess removes id from the persistent order.
+func dropAccess(tx *bolt.Tx, id dtfc.ID) error {
+	atime := tx.Bucket(bucketATime)
+	old := atime.Get(id[:])
+	if old == nil {
+		return nil
+	}
+	if err := tx.Bucket(bucketLRU).Delete(append(append([]byte(nil), old...), id[:]...)); err != nil {
+		return err
+	}
+	return atime.Delete(id[:])
+}
+
+// FlushAccess writes the reads noted in memory to the persistent
+// least-recently-used order (a cache calls it now and then, so a crash
+// forgets little of the order).
+func (s *Store) FlushAccess() error { return s.flushAccess() }
+
+func (s *Store) flushAccess() error {
+	if !s.opts.TrackAccess {
+		return nil
+	}
+	p, next := s.access.takePending()
+	if len(p) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return writeAccess(tx, p, next) })
+}
+
+// Evict removes least-recently-used blobs until the store holds at most
+// maxBytes-reserve bytes, never one that is being read. It is for caches
+// (Options.TrackAccess); an eviction is not an operation on the ID and is
+// not replicated. It returns the evicted states.
+func (s *Store) Evict(maxBytes, reserve int64) ([]dtfc.State, error) {
+	if !s.opts.TrackAccess || maxBytes <= 0 || s.bytes.Load()+reserve <= maxBytes {
+		return nil, nil
+	}
+	leave, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
+	p, next := s.access.takePending()
+	if len(p) > 0 {
+		if err := s.update(func(t *txn) error { return writeAccess(t.tx, p, next) }); err != nil {
+			return nil, err
+		}
+	}
+	var evicted []dtfc.State
+	var after []byte
+	for s.bytes.Load()+reserve > maxBytes {
+		var batch []dtfc.ID
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketLRU).Cursor()
+			k, _ := c.First()
+			if after != nil {
+				k, _ = c.Seek(after)
+				if k != nil && string(k) == string(after) {
+					k, _ = c.Next()
+				}
+			}
+			for ; k != nil && len(batch) < 64; k, _ = c.Next() {
+				var id dtfc.ID
+				copy(id[:], k[8:])
+				batch = append(batch, id)
+				after = append(after[:0], k...)
+			}
+			return nil
+		})
+		if err != nil {
+			return evicted, err
+		}
+		if len(batch) == 0 {
+			break // everything left is open or unrecorded
+		}
+		for _, id := range batch {
+			if s.bytes.Load()+reserve <= maxBytes {
+				break
+			}
+			st, ok, err := s.evictOne(id)
+			if err != nil {
+				return evicted, err
+			}
+			if ok {
+				evicted = append(evicted, st)
+			}
+		}
+	}
+	return evicted, nil
+}
+
+func (s *Store) evictOne(id dtfc.ID) (dtfc.State, bool, error) {
+	defer s.locks.lock(id)()
+	if s.access.isOpen(id) {
+		return dtfc.State{}, false, nil
+	}
+	s.access.mu.Lock()
+	_, recent := s.access.pending[id]
+	s.access.mu.Unlock()
+	if recent {
+		return dtfc.State{}, false, nil
+	}
+	rec, ok, err := s.record(id)
+	if err != nil || !ok || rec.Deleted {
+		return dtfc.State{}, false, err
+	}
+	if err := s.forget(id); err != nil && !errors.Is(err, ErrNotFound) {
+		return dtfc.State{}, false, err
+	}
+	return rec.State, true, nil
+}

@@ -1,0 +1,130 @@
+package blobstore
+
+import (
+	"bytes"
+	"encoding/binary"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// Digest summarises the records of a range of IDs: the XOR of a hash of
+// each record's (ID, deleted, clock, node), and their count. Two nodes
+// whose ranges hold the same winning states have equal digests.
+type Digest struct {
+	Sum   [32]byte `json:"sum"`
+	Count uint64   `json:"count"`
+}
+
+// Digests returns the digests of the 256 ranges of IDs by first byte. They
+// are maintained on every change, so this reads 256 small values.
+func (s *Store) Digests() ([256]Digest, error) {
+	var out [256]Digest
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDigest).ForEach(func(k, v []byte) error {
+			if len(k) == 1 && len(v) == 40 {
+				copy(out[k[0]].Sum[:], v[:32])
+				out[k[0]].Count = binary.BigEndian.Uint64(v[32:])
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// SubDigests returns the digests of the 256 ranges of IDs that begin with
+// the byte first, by second byte. They are computed by reading that range's
+// records (about 1/256 of the store).
+func (s *Store) SubDigests(first byte) ([256]Digest, error) {
+	var out [256]Digest
+	err := s.forEach([]byte{first}, func(st *dtfc.State) error {
+		d := &out[st.ID[1]]
+		c := digestOf(st)
+		for i := range d.Sum {
+			d.Sum[i] ^= c[i]
+		}
+		d.Count++
+		return nil
+	})
+	return out, err
+}
+
+// States calls fn with the state of every ID whose first bytes are prefix
+// (an empty prefix means every ID), in ID order. fn must not call back into
+// the Store's write methods: it runs inside a read transaction.
+func (s *Store) States(prefix []byte, fn func(dtfc.State) error) error {
+	return s.forEach(prefix, func(st *dtfc.State) error { return fn(*st) })
+}
+
+func (s *Store) forEach(prefix []byte, fn func(*dtfc.State) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMeta).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			rec, err := decodeRecord(k, v)
+			if err != nil {
+				return err
+			}
+			if err := fn(&rec.State); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// PurgeTombstones forgets tombstones whose clock is before the given
+// horizon (the tombstone retention), oldest first, and returns how many it
+// forgot. A node that has been out of touch for longer than the retention
+// must resync rather than offer its old states (see package peer).
+func (s *Store) PurgeTombstones(before dtfc.Timestamp) (int, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return 0, err
+	}
+	defer leave()
+	total := 0
+	for {
+		var ids []dtfc.ID
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketTombs).Cursor()
+			for k, _ := c.First(); k != nil && len(ids) < 256; k, _ = c.Next() {
+				if dtfc.Timestamp(binary.BigEndian.Uint64(k)) >= before {
+					break
+				}
+				var id dtfc.ID
+				copy(id[:], k[8:])
+				ids = append(ids, id)
+			}
+			return nil
+		})
+		if err != nil || len(ids) == 0 {
+			return total, err
+		}
+		for _, id := range ids {
+			unlock := s.locks.lock(id)
+			rec, ok, err := s.record(id)
+			if err == nil && ok && rec.Deleted && rec.Clock < before {
+				err = s.forget(id)
+				total++
+			}
+			unlock()
+			if err != nil {
+				return total, err
+			}
+		}
+	}
+}
+
+// Forget removes id's record and file without a trace: no tombstone, no
+// feed entry. It is for a node that learns it holds a state the cluster has
+// long since deleted and forgotten (see package peer's resync).
+func (s *Store) Forget(id dtfc.ID) error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	defer s.locks.lock(id)()
+	return s.forget(id)
+}

@@ -1,0 +1,19 @@
+// Package blobstore owns a node's local disk: verified, atomically placed,
+// sharded blob files, and the metadata of every ID the node knows (present
+// or deleted, its clock, size and type), the local change feed that
+// replication reads, the digests anti-entropy compares, and scrubbing.
+//
+// Layout under the base directory:
+//
+//	blobs/ab/cd/<id>   complete, verified blobs (0644; directories 0755)
+//	tmp/               temp files of uploads in progress (same filesystem)
+//	quarantine/        blobs the scrubber found corrupt, kept for inspection
+//	meta.db            bbolt: records, change feed, digests, cursors
+//
+// A blob file exists under blobs/ only once its bytes were hashed, matched
+// their name and were fsync'd; the rename that places it is fsync'd in its
+// directory before the metadata commit, and the metadata commit comes
+// before the answer to the client. A blob is never written in place.
+//
+// blobstore knows nothing of HTTP or peers.
+package blobstore

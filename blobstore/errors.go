@@ -1,0 +1,53 @@
+package blobstore
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/dtfc/dtfc"
+)
+
+var (
+	// ErrNotFound means the node holds no bytes for the ID (it may hold a
+	// tombstone: see Store.Stat).
+	ErrNotFound = errors.New("blobstore: not found")
+	// ErrDigestMismatch means the bytes did not hash to the expected ID;
+	// nothing was stored.
+	ErrDigestMismatch = errors.New("blobstore: content does not match its SHA-512")
+	// ErrTooLarge means the bytes exceeded the configured size limit;
+	// nothing was stored.
+	ErrTooLarge = errors.New("blobstore: too large")
+	// ErrNoSpace means the disk is full; nothing was stored.
+	ErrNoSpace = errors.New("blobstore: no space left on device")
+	// ErrClosed means the Store was closed.
+	ErrClosed = errors.New("blobstore: closed")
+	// ErrStale means a remote state lost to the local one under the
+	// last-writer-wins rule and was not applied.
+	ErrStale = errors.New("blobstore: state is older than the local one")
+)
+
+// MismatchError describes a digest mismatch. It matches ErrDigestMismatch
+// with errors.Is.
+type MismatchError struct {
+	Want, Got dtfc.ID
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("blobstore: content hashes to %s, not %s", e.Got, e.Want)
+}
+
+// Is makes errors.Is(err, ErrDigestMismatch) true.
+func (e *MismatchError) Is(target error) bool { return target == ErrDigestMismatch }
+
+// diskErr classifies an I/O error: a full disk (or quota) becomes ErrNoSpace
+// so callers can tell it from other failures.
+func diskErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("blobstore: %s: %w: %w", op, ErrNoSpace, err)
+	}
+	return fmt.Errorf("blobstore: %s: %w", op, err)
+}

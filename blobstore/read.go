@@ -1,0 +1,248 @@
+package blobstore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// record reads the record of id in its own read transaction.
+func (s *Store) record(id dtfc.ID) (rec record, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(id[:])
+		if v == nil {
+			return nil
+		}
+		ok = true
+		rec, err = decodeRecord(id[:], v)
+		return err
+	})
+	return rec, ok, err
+}
+
+// Stat returns what the node knows of id: a present blob's state or a
+// tombstone (State.Deleted). It returns ErrNotFound if the node has no
+// record of id at all.
+func (s *Store) Stat(id dtfc.ID) (dtfc.State, error) {
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	if !ok {
+		return dtfc.State{}, ErrNotFound
+	}
+	return rec.State, nil
+}
+
+// Blob is an open, verified blob. Its State describes it; reading it reads
+// the file (so http.ServeContent can use sendfile).
+type Blob struct {
+	*os.File
+	State   dtfc.State
+	release func()
+}
+
+// Close closes the file.
+func (b *Blob) Close() error {
+	err := b.File.Close()
+	if b.release != nil {
+		b.release()
+		b.release = nil
+	}
+	return err
+}
+
+// Open opens the blob of id for reading. It returns ErrNotFound if the node
+// holds no bytes for id (no record, or a tombstone).
+func (s *Store) Open(id dtfc.ID) (*Blob, error) {
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok || rec.Deleted {
+		return nil, ErrNotFound
+	}
+	release := s.access.hold(id, s.opts.TrackAccess)
+	f, err := os.Open(s.Path(id))
+	if err != nil {
+		release()
+		if errors.Is(err, os.ErrNotExist) {
+			// A delete won the race since the record was read.
+			return nil, ErrNotFound
+		}
+		return nil, fmt.Errorf("blobstore: open %s: %w", id, err)
+	}
+	return &Blob{File: f, State: rec.State, release: release}, nil
+}
+
+// Delete records a delete of id performed on this node (a tombstone with a
+// fresh clock reading) and removes the blob's file. Unless force is set it
+// fails with ErrNotFound when the node has no record of id; force records
+// the tombstone anyway (the ID is known elsewhere in the cluster).
+func (s *Store) Delete(id dtfc.ID, force bool) (dtfc.State, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	defer leave()
+	defer s.locks.lock(id)()
+	if !force {
+		if _, ok, err := s.record(id); err != nil {
+			return dtfc.State{}, err
+		} else if !ok {
+			return dtfc.State{}, ErrNotFound
+		}
+	}
+	st := dtfc.State{ID: id, Deleted: true, Clock: s.clock.Now(), Node: s.node}
+	if err := s.setState(st, true); err != nil {
+		return dtfc.State{}, err
+	}
+	return st, s.removeFile(id)
+}
+
+// Outcome is what Apply did with a remote state.
+type Outcome int
+
+const (
+	// Stale: the local state wins; nothing changed.
+	Stale Outcome = iota
+	// Applied: the state was recorded.
+	Applied
+	// NeedBytes: the state wins but is an upload whose bytes this node
+	// does not hold; send them with a Writer and CommitState.
+	NeedBytes
+)
+
+func (o Outcome) String() string {
+	return [...]string{"stale", "applied", "need-bytes"}[o]
+}
+
+// Apply applies a state received from another node, under the
+// last-writer-wins rule: a tombstone removes the blob; an upload of bytes
+// already held updates the record. An upload of bytes not held is not
+// applied and answers NeedBytes. Tombstones are recorded even for IDs this
+// node never held, so that an older copy arriving later stays dead.
+func (s *Store) Apply(st dtfc.State) (Outcome, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return Stale, err
+	}
+	defer leave()
+	s.clock.Observe(st.Clock)
+	defer s.locks.lock(st.ID)()
+	old, ok, err := s.record(st.ID)
+	if err != nil {
+		return Stale, err
+	}
+	if ok && !st.Newer(old.State) {
+		return Stale, nil
+	}
+	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
+		return NeedBytes, nil
+	}
+	if err := s.setState(st, true); err != nil {
+		return Stale, err
+	}
+	if st.Deleted {
+		return Applied, s.removeFile(st.ID)
+	}
+	return Applied, nil
+}
+
+// setState commits st over whatever record id has. The caller holds the
+// ID's lock.
+func (s *Store) setState(st dtfc.State, toFeed bool) error {
+	return s.update(func(t *txn) error {
+		cur, ok, err := t.get(st.ID)
+		if err != nil {
+			return err
+		}
+		var curp *record
+		if ok {
+			curp = &cur
+		}
+		_, err = t.set(curp, st, toFeed)
+		return err
+	})
+}
+
+// forget removes id's record without a trace (no tombstone, no feed entry)
+// and its file. The caller holds the ID's lock.
+func (s *Store) forget(id dtfc.ID) error {
+	err := s.update(func(t *txn) error {
+		cur, ok, err := t.get(id)
+		if err != nil || !ok {
+			return err
+		}
+		return t.remove(&cur)
+	})
+	if err != nil {
+		return err
+	}
+	return s.removeFile(id)
+}
+
+// removeFile unlinks a blob's file and makes the unlink durable.
+func (s *Store) removeFile(id dtfc.ID) error {
+	p := s.Path(id)
+	err := os.Remove(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return diskErr("remove blob", err)
+	}
+	s.access.forget(id)
+	return diskErr("fsync blob directory", syncDir(filepath.Dir(p)))
+}
+
+// Change is one entry of the change feed: the current state of an ID that
+// changed after the reader's cursor.
+type Change struct {
+	Seq   uint64
+	State dtfc.State
+}
+
+// Changes returns up to limit changes with a sequence number greater than
+// since, in order. The feed holds only the latest change of each ID: a
+// reader that resumes from its cursor sees every ID whose state changed
+// since, with its current state, and never a superseded one.
+func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
+	var out []Change
+	err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		c := tx.Bucket(bucketFeed).Cursor()
+		for k, v := c.Seek(u64(since + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			rec, err := decodeRecord(v, meta.Get(v))
+			if err != nil {
+				return err
+			}
+			out = append(out, Change{Seq: decU64(k), State: rec.State})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Value returns a value stored with SetValue, or nil.
+func (s *Store) Value(key string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketValues).Get([]byte(key)); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// SetValue durably stores a small value for other layers (replication
+// cursors, peer bookkeeping), in the same database as the records.
+func (s *Store) SetValue(key string, v []byte) error {
+	return s.update(func(t *txn) error { return t.vals.Put([]byte(key), v) })
+}

@@ -1,0 +1,199 @@
+package blobstore
+
+import (
+	"context"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// ScrubProgress describes the scrubber's current or last pass.
+type ScrubProgress struct {
+	Running      bool      `json:"running"`
+	PassStarted  time.Time `json:"pass_started,omitzero"`
+	PassFinished time.Time `json:"pass_finished,omitzero"`
+	Checked      int64     `json:"checked"`
+	CheckedBytes int64     `json:"checked_bytes"`
+	Corrupt      int64     `json:"corrupt"`
+	Passes       int64     `json:"passes"`
+	TotalCorrupt int64     `json:"total_corrupt"`
+}
+
+type scrubState struct {
+	mu sync.Mutex
+	p  ScrubProgress
+}
+
+// ScrubProgress returns the scrubber's progress.
+func (s *Store) ScrubProgress() ScrubProgress {
+	s.scrubber.mu.Lock()
+	defer s.scrubber.mu.Unlock()
+	return s.scrubber.p
+}
+
+func (s *Store) scrubUpdate(f func(*ScrubProgress)) {
+	s.scrubber.mu.Lock()
+	f(&s.scrubber.p)
+	s.scrubber.mu.Unlock()
+}
+
+// Scrub re-hashes every blob once, reading at most bytesPerSec bytes per
+// second (0: no limit). A blob whose bytes do not hash to its ID, or whose
+// file is missing, is moved to quarantine/ and its record forgotten (so
+// anti-entropy and reads treat it as missing and fetch it again); then
+// onCorrupt is called with its former state, outside any lock, so the
+// caller can repair it from a peer at once.
+func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtfc.State)) error {
+	s.scrubUpdate(func(p *ScrubProgress) {
+		p.Running, p.PassStarted, p.Checked, p.CheckedBytes, p.Corrupt = true, time.Now(), 0, 0, 0
+	})
+	defer s.scrubUpdate(func(p *ScrubProgress) { p.Running = false })
+	lim := &rateLimit{perSec: bytesPerSec, start: time.Now()}
+	buf := make([]byte, 1<<20)
+	var after []byte
+	for done := false; !done; {
+		var batch []dtfc.State
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketMeta).Cursor()
+			k, v := c.First()
+			if after != nil {
+				if k, v = c.Seek(after); k != nil && string(k) == string(after) {
+					k, v = c.Next()
+				}
+			}
+			for n := 0; n < 256; n++ {
+				if n > 0 {
+					k, v = c.Next()
+				}
+				if k == nil {
+					done = true
+					return nil
+				}
+				rec, err := decodeRecord(k, v)
+				if err != nil {
+					return err
+				}
+				after = append(after[:0], k...)
+				if !rec.Deleted {
+					batch = append(batch, rec.State)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, st := range batch {
+			ok, err := s.verify(ctx, st, buf, lim)
+			if err != nil {
+				return err
+			}
+			s.scrubUpdate(func(p *ScrubProgress) { p.Checked++; p.CheckedBytes += st.Size })
+			if !ok {
+				if err := s.quarantine(st, onCorrupt); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	s.scrubUpdate(func(p *ScrubProgress) { p.PassFinished = time.Now(); p.Passes++ })
+	return nil
+}
+
+// verify re-hashes one blob. A missing file counts as corrupt; a record
+// changed meanwhile (deleted, replaced) is skipped as fine.
+func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rateLimit) (bool, error) {
+	f, err := os.Open(s.Path(st.ID))
+	if errors.Is(err, os.ErrNotExist) {
+		cur, ok, rerr := s.record(st.ID)
+		if rerr != nil {
+			return false, rerr
+		}
+		return !(ok && !cur.Deleted && cur.Clock == st.Clock), nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("blobstore: scrub %s: %w", st.ID, err)
+	}
+	defer f.Close()
+	h := sha512.New()
+	for {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		n, rerr := f.Read(buf)
+		h.Write(buf[:n])
+		if err := lim.wait(ctx, n); err != nil {
+			return false, err
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return false, fmt.Errorf("blobstore: scrub %s: %w", st.ID, rerr)
+		}
+	}
+	var got dtfc.ID
+	copy(got[:], h.Sum(nil))
+	return got == st.ID, nil
+}
+
+func (s *Store) quarantine(st dtfc.State, onCorrupt func(dtfc.State)) error {
+	unlock := s.locks.lock(st.ID)
+	cur, ok, err := s.record(st.ID)
+	if err != nil || !ok || cur.Deleted || cur.Clock != st.Clock {
+		unlock()
+		return err
+	}
+	dst := filepath.Join(s.dir, "quarantine", fmt.Sprintf("%s.%d", st.ID, time.Now().UnixNano()))
+	if err := os.Rename(s.Path(st.ID), dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		unlock()
+		return fmt.Errorf("blobstore: quarantine %s: %w", st.ID, err)
+	}
+	err = s.forget(st.ID)
+	unlock()
+	if err != nil {
+		return err
+	}
+	s.log.Warn("scrub found a corrupt blob; quarantined", "id", st.ID.String(), "path", dst)
+	s.scrubUpdate(func(p *ScrubProgress) { p.Corrupt++; p.TotalCorrupt++ })
+	if onCorrupt != nil {
+		onCorrupt(st)
+	}
+	return nil
+}
+
+// rateLimit paces reads to perSec bytes per second on average.
+type rateLimit struct {
+	perSec int64
+	start  time.Time
+	done   int64
+}
+
+func (l *rateLimit) wait(ctx context.Context, n int) error {
+	if l.perSec <= 0 {
+		return nil
+	}
+	l.done += int64(n)
+	due := l.start.Add(time.Duration(float64(l.done) / float64(l.perSec) * float64(time.Second)))
+	d := time.Until(due)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

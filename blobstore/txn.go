@@ -1,0 +1,259 @@
+package blobstore
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// op is one metadata change waiting for the committer.
+type op struct {
+	fn   func(*txn) error
+	done chan error
+}
+
+// maxBatch bounds how many operations share one transaction.
+const maxBatch = 512
+
+// update runs fn in a read-write transaction shared with the other
+// operations waiting at that moment (group commit): while one transaction
+// commits and fsyncs, the next batch gathers, so concurrent small uploads
+// pay for one fsync together and a lone upload waits for no timer.
+//
+// fn may run more than once (if another operation in its batch fails, each
+// is retried in a transaction of its own), so it must derive everything
+// from the transaction it is given.
+func (s *Store) update(fn func(*txn) error) error {
+	o := &op{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.ops <- o:
+	case <-s.stop:
+		return ErrClosed
+	}
+	return <-o.done
+}
+
+func (s *Store) commitLoop() {
+	defer close(s.stopped)
+	batch := make([]*op, 0, maxBatch)
+	for {
+		var first *op
+		select {
+		case first = <-s.ops:
+		case <-s.stop:
+			// Writers hold closeMu shared while they submit, and Close
+			// takes it exclusively before closing stop, so nothing more
+			// can arrive; finish what did.
+			for {
+				select {
+				case o := <-s.ops:
+					s.runBatch([]*op{o})
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+			default:
+				break gather
+			}
+		}
+		s.runBatch(batch)
+	}
+}
+
+func (s *Store) runBatch(batch []*op) {
+	err := s.runTx(batch)
+	if err == nil || len(batch) == 1 {
+		for _, o := range batch {
+			o.done <- err
+		}
+		return
+	}
+	// One operation failed and rolled back the others: run each alone so
+	// only the failing one sees its error.
+	for _, o := range batch {
+		o.done <- s.runTx([]*op{o})
+	}
+}
+
+func (s *Store) runTx(batch []*op) error {
+	t := &txn{s: s}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		t.bind(tx)
+		for _, o := range batch {
+			if err := o.fn(t); err != nil {
+				return err
+			}
+		}
+		return t.finish()
+	})
+	if err != nil {
+		return diskErr("commit metadata", err)
+	}
+	s.blobs.Add(t.dBlobs)
+	s.bytes.Add(t.dBytes)
+	if t.lastSeq != 0 {
+		s.lastSeq.Store(t.lastSeq)
+	}
+	if t.feedChanged {
+		s.notifyFeed()
+	}
+	return nil
+}
+
+// txn wraps a read-write transaction with the store's invariants: every
+// record change updates the feed, the digests, the tombstone index and the
+// counters together.
+type txn struct {
+	s                                    *Store
+	tx                                   *bolt.Tx
+	meta, feed, tombs, digest, sys, vals *bolt.Bucket
+	dBlobs, dBytes                       int64
+	lastSeq                              uint64
+	feedChanged                          bool
+	maxClock                             dtfc.Timestamp
+}
+
+func (t *txn) bind(tx *bolt.Tx) {
+	t.tx = tx
+	t.meta = tx.Bucket(bucketMeta)
+	t.feed = tx.Bucket(bucketFeed)
+	t.tombs = tx.Bucket(bucketTombs)
+	t.digest = tx.Bucket(bucketDigest)
+	t.sys = tx.Bucket(bucketSys)
+	t.vals = tx.Bucket(bucketValues)
+}
+
+func (t *txn) finish() error {
+	if err := t.sys.Put(keyBlobs, u64(uint64(t.s.blobs.Load()+t.dBlobs))); err != nil {
+		return err
+	}
+	if err := t.sys.Put(keyBytes, u64(uint64(t.s.bytes.Load()+t.dBytes))); err != nil {
+		return err
+	}
+	if t.maxClock > dtfc.Timestamp(getU64(t.sys, keyClock)) {
+		return t.sys.Put(keyClock, u64(uint64(t.maxClock)))
+	}
+	return nil
+}
+
+// get returns the record of id, if any.
+func (t *txn) get(id dtfc.ID) (record, bool, error) {
+	v := t.meta.Get(id[:])
+	if v == nil {
+		return record{}, false, nil
+	}
+	r, err := decodeRecord(id[:], v)
+	if err != nil {
+		return r, false, fmt.Errorf("%w: %s", err, id)
+	}
+	return r, true, nil
+}
+
+// set replaces the record of st.ID (old, if any) with st. With toFeed, the
+// change gets a new feed sequence number; otherwise it is invisible to
+// replication (a cache fill).
+func (t *txn) set(old *record, st dtfc.State, toFeed bool) (record, error) {
+	nr := record{State: st}
+	if old != nil {
+		if err := t.unindex(old); err != nil {
+			return nr, err
+		}
+	}
+	if toFeed {
+		seq, err := t.feed.NextSequence()
+		if err != nil {
+			return nr, err
+		}
+		nr.Seq = seq
+		if err := t.feed.Put(u64(seq), st.ID[:]); err != nil {
+			return nr, err
+		}
+		t.lastSeq = seq
+		t.feedChanged = true
+	}
+	if err := t.meta.Put(st.ID[:], nr.encode()); err != nil {
+		return nr, err
+	}
+	if st.Deleted {
+		if err := t.tombs.Put(tombKey(st.Clock, st.ID), nil); err != nil {
+			return nr, err
+		}
+		if err := dropAccess(t.tx, st.ID); err != nil {
+			return nr, err
+		}
+	} else {
+		t.dBlobs++
+		t.dBytes += st.Size
+	}
+	if st.Clock > t.maxClock {
+		t.maxClock = st.Clock
+	}
+	return nr, t.xorDigest(&st, +1)
+}
+
+// remove forgets a record entirely: no tombstone, no feed entry. Used for
+// evictions, purged tombstones and blobs dropped as corrupt, none of which
+// is an operation to replicate.
+func (t *txn) remove(old *record) error {
+	if err := t.unindex(old); err != nil {
+		return err
+	}
+	if err := dropAccess(t.tx, old.ID); err != nil {
+		return err
+	}
+	return t.meta.Delete(old.ID[:])
+}
+
+// unindex takes a record out of the feed, tombstone index, counters and
+// digest, ahead of its replacement or removal.
+func (t *txn) unindex(old *record) error {
+	if old.Seq != 0 {
+		if err := t.feed.Delete(u64(old.Seq)); err != nil {
+			return err
+		}
+		t.feedChanged = true
+	}
+	if old.Deleted {
+		if err := t.tombs.Delete(tombKey(old.Clock, old.ID)); err != nil {
+			return err
+		}
+	} else {
+		t.dBlobs--
+		t.dBytes -= old.Size
+	}
+	return t.xorDigest(&old.State, -1)
+}
+
+func (t *txn) xorDigest(st *dtfc.State, delta int64) error {
+	key := st.ID[:1]
+	var d Digest
+	if v := t.digest.Get(key); len(v) == 40 {
+		copy(d.Sum[:], v[:32])
+		d.Count = binary.BigEndian.Uint64(v[32:])
+	}
+	c := digestOf(st)
+	for i := range d.Sum {
+		d.Sum[i] ^= c[i]
+	}
+	d.Count = uint64(int64(d.Count) + delta)
+	v := make([]byte, 0, 40)
+	v = append(v, d.Sum[:]...)
+	v = binary.BigEndian.AppendUint64(v, d.Count)
+	return t.digest.Put(key, v)
+}
+
+func tombKey(c dtfc.Timestamp, id dtfc.ID) []byte {
+	k := make([]byte, 0, 8+dtfc.IDLen)
+	k = binary.BigEndian.AppendUint64(k, uint64(c))
+	return append(k, id[:]...)
+}

@@ -1,0 +1,459 @@
+package blobstore
+
+import (
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dtfc/dtfc"
+)
+
+// WriterOptions configure a Writer.
+type WriterOptions struct {
+	// MaxBytes makes writes beyond this many bytes fail with ErrTooLarge.
+	// If zero, there is no limit.
+	MaxBytes int64
+	// Progress, if set, is called with the number of bytes that have
+	// reached the temp file, after each write. Readers of a transfer in
+	// progress (ReadAt) use it to wait for data.
+	Progress func(written int64)
+}
+
+// Writer receives the bytes of one blob into a temp file under the store,
+// hashing them as they arrive. Commit places them; Close releases the
+// Writer and, if nothing was committed, removes the temp file. A Writer is
+// used by one goroutine, except ReadAt, which may be called concurrently.
+type Writer struct {
+	s        *Store
+	f        *os.File
+	tmp      string
+	h        hash.Hash
+	n        int64 // bytes accepted
+	written  atomic.Int64
+	opts     WriterOptions
+	head     []byte
+	err      error
+	sum      dtfc.ID
+	finished bool
+	placed   bool // the temp file was renamed into blobs/ or removed
+	closed   bool
+}
+
+const (
+	bufSize  = 256 << 10
+	pipeBufs = 4
+	headSize = 512 // what http.DetectContentType looks at
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// NewWriter starts a blob: a temp file, created exclusively, on the same
+// filesystem as blobs/ so that placing it is a rename.
+func (s *Store) NewWriter(opts WriterOptions) (*Writer, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
+	f, err := os.CreateTemp(s.tmpDir, "blob-*")
+	if err != nil {
+		return nil, diskErr("create temp file", err)
+	}
+	return &Writer{s: s, f: f, tmp: f.Name(), h: sha512.New(), opts: opts}, nil
+}
+
+// accept accounts for p before it is hashed and written.
+func (w *Writer) accept(p []byte) error {
+	if w.opts.MaxBytes > 0 && w.n+int64(len(p)) > w.opts.MaxBytes {
+		return fmt.Errorf("%w: more than %d bytes", ErrTooLarge, w.opts.MaxBytes)
+	}
+	if len(w.head) < headSize {
+		k := min(headSize-len(w.head), len(p))
+		w.head = append(w.head, p[:k]...)
+	}
+	w.n += int64(len(p))
+	return nil
+}
+
+func (w *Writer) wrote(n int) {
+	v := w.written.Add(int64(n))
+	if w.opts.Progress != nil {
+		w.opts.Progress(v)
+	}
+}
+
+// Write hashes p and appends it to the temp file.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.finished {
+		return 0, errors.New("blobstore: write after commit")
+	}
+	if err := w.accept(p); err != nil {
+		w.err = err
+		return 0, err
+	}
+	w.h.Write(p)
+	n, err := w.f.Write(p)
+	if n > 0 {
+		w.wrote(n)
+	}
+	if err != nil {
+		w.err = diskErr("write temp file", err)
+		return n, w.err
+	}
+	return n, nil
+}
+
+// ReadFrom copies r into the blob until EOF. Reading, hashing and writing
+// run as a three-stage pipeline over a few fixed buffers, so a large upload
+// costs about one SHA-512 pass on one core while the socket and the disk
+// are served on another; memory stays a few buffers whatever the size.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	start := w.n
+	first := bufPool.Get().(*[]byte)
+	n, err := r.Read(*first)
+	if err == io.EOF {
+		// The whole body came in one read: not worth two goroutines.
+		_, werr := w.Write((*first)[:n])
+		bufPool.Put(first)
+		return w.n - start, werr
+	}
+	if err != nil {
+		bufPool.Put(first)
+		w.err = err
+		return 0, err
+	}
+
+	bufs := []*[]byte{first}
+	free := make(chan *[]byte, pipeBufs)
+	for i := 1; i < pipeBufs; i++ {
+		b := bufPool.Get().(*[]byte)
+		bufs = append(bufs, b)
+		free <- b
+	}
+	defer func() {
+		for _, b := range bufs {
+			bufPool.Put(b)
+		}
+	}()
+	type chunk struct {
+		b *[]byte
+		n int
+	}
+	toHash := make(chan chunk, pipeBufs)
+	toWrite := make(chan chunk, pipeBufs)
+	abort := make(chan struct{})
+	writeErr := make(chan error, 1)
+	go func() {
+		for c := range toHash {
+			w.h.Write((*c.b)[:c.n])
+			toWrite <- c
+		}
+		close(toWrite)
+	}()
+	go func() {
+		var werr error
+		for c := range toWrite {
+			if werr == nil {
+				var k int
+				k, werr = w.f.Write((*c.b)[:c.n])
+				if k > 0 {
+					w.wrote(k)
+				}
+				if werr != nil {
+					close(abort)
+				}
+			}
+			free <- c.b
+		}
+		writeErr <- werr
+	}()
+
+	var rerr error
+	c := chunk{first, n}
+	for {
+		if rerr = w.accept((*c.b)[:c.n]); rerr != nil {
+			free <- c.b
+			break
+		}
+		toHash <- c
+		var b *[]byte
+		select {
+		case b = <-free:
+		case <-abort:
+		}
+		if b == nil {
+			break
+		}
+		k, err := r.Read(*b)
+		c = chunk{b, k}
+		if err != nil {
+			if err != io.EOF {
+				rerr = err
+			} else if k > 0 {
+				rerr = w.accept((*b)[:k])
+				if rerr == nil {
+					toHash <- c
+					break
+				}
+			}
+			free <- b
+			break
+		}
+	}
+	close(toHash)
+	werr := <-writeErr
+	switch {
+	case werr != nil:
+		w.err = diskErr("write temp file", werr)
+	case rerr != nil:
+		w.err = rerr
+	}
+	return w.n - start, w.err
+}
+
+// ReadAt reads bytes already written to the temp file (see
+// WriterOptions.Progress). It may be called while writing continues, and
+// after Commit until Close.
+func (w *Writer) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(p, off) }
+
+// Size returns the number of bytes written so far.
+func (w *Writer) Size() int64 { return w.n }
+
+// Head returns up to the first 512 bytes, for content sniffing.
+func (w *Writer) Head() []byte { return w.head }
+
+// ID returns the SHA-512 of the bytes, once Commit has been called.
+func (w *Writer) ID() dtfc.ID { return w.sum }
+
+// finish seals the temp file: hash checked against want (unless zero),
+// data fsync'd. An fsync error is fatal for this write and never retried:
+// after a failed fsync the page cache may claim data the disk lost.
+func (w *Writer) finish(want dtfc.ID) error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.finished {
+		return errors.New("blobstore: commit called twice")
+	}
+	w.finished = true
+	copy(w.sum[:], w.h.Sum(nil))
+	if !want.IsZero() && want != w.sum {
+		w.err = &MismatchError{Want: want, Got: w.sum}
+		return w.err
+	}
+	if err := w.f.Sync(); err != nil {
+		w.err = diskErr("fsync temp file", err)
+		return w.err
+	}
+	if err := w.f.Chmod(0o644); err != nil {
+		w.err = diskErr("chmod temp file", err)
+		return w.err
+	}
+	return nil
+}
+
+// Close releases the Writer. If its bytes were not committed, the temp
+// file is removed: a failed or abandoned upload leaves nothing behind.
+func (w *Writer) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	err := w.f.Close()
+	if !w.placed {
+		if rerr := os.Remove(w.tmp); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// Upload describes a local upload for Commit.
+type Upload struct {
+	// Expected is the ID the client announced; if non-zero and the bytes
+	// hash otherwise, Commit fails with ErrDigestMismatch.
+	Expected    dtfc.ID
+	ContentType string
+	Filename    string
+}
+
+// Result tells what a commit did.
+type Result struct {
+	// State is the ID's state after the commit.
+	State dtfc.State
+	// Created is true if the bytes were not held before and are now.
+	Created bool
+	// Applied is false if the commit changed nothing (a remote state that
+	// lost to the local one).
+	Applied bool
+}
+
+// Commit records the bytes as an upload to this node: a new operation with
+// a fresh clock reading, which wins over every state this node has seen, so
+// an upload after a delete stores the file again. Uploading bytes the node
+// already holds changes no file but still records the newer operation.
+func (w *Writer) Commit(u Upload) (Result, error) {
+	if err := w.finish(u.Expected); err != nil {
+		return Result{}, err
+	}
+	return w.place(func(*record) (dtfc.State, bool, bool) {
+		return dtfc.State{
+			ID:          w.sum,
+			Clock:       w.s.clock.Now(),
+			Node:        w.s.node,
+			Size:        w.n,
+			ContentType: u.ContentType,
+			Filename:    u.Filename,
+		}, true, true
+	})
+}
+
+// CommitState records the bytes under a state received from another node,
+// if that state wins over the local one (otherwise Result.Applied is false
+// and nothing changes). With toFeed false the change stays out of the
+// change feed: a cache's fill, which no other node needs to hear about.
+func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
+	if st.Deleted {
+		return Result{}, errors.New("blobstore: CommitState of a tombstone")
+	}
+	if err := w.finish(st.ID); err != nil {
+		return Result{}, err
+	}
+	if st.Size != w.n {
+		w.err = fmt.Errorf("blobstore: state says %d bytes, received %d", st.Size, w.n)
+		return Result{}, w.err
+	}
+	w.s.clock.Observe(st.Clock)
+	return w.place(func(old *record) (dtfc.State, bool, bool) {
+		if old != nil && !st.Newer(old.State) {
+			return old.State, false, false
+		}
+		return st, true, toFeed
+	})
+}
+
+// place commits under the ID's lock. decide sees the current record and
+// returns the new state, whether to apply it, and whether it enters the
+// feed.
+func (w *Writer) place(decide func(old *record) (dtfc.State, bool, bool)) (res Result, err error) {
+	s := w.s
+	leave, err := s.enter()
+	if err != nil {
+		return res, err
+	}
+	defer leave()
+	id := w.sum
+	defer s.locks.lock(id)()
+
+	old, ok, err := s.record(id)
+	if err != nil {
+		return res, err
+	}
+	var oldp *record
+	if ok {
+		oldp = &old
+	}
+	st, apply, toFeed := decide(oldp)
+	if !apply {
+		return Result{State: st}, nil
+	}
+	held := ok && !old.Deleted && s.fileExists(id)
+	dst := s.Path(id)
+	if !held {
+		if err := s.ensureShard(id); err != nil {
+			return res, err
+		}
+		if err := os.Rename(w.tmp, dst); err != nil {
+			return res, diskErr("place blob", err)
+		}
+		w.placed = true
+		if err := syncDir(filepath.Dir(dst)); err != nil {
+			// The rename may not be durable: take the file back out so
+			// nothing unrecorded stays visible.
+			os.Remove(dst)
+			return res, diskErr("fsync blob directory", err)
+		}
+	}
+	var nr record
+	err = s.update(func(t *txn) error {
+		cur, ok, err := t.get(id)
+		if err != nil {
+			return err
+		}
+		var curp *record
+		if ok {
+			curp = &cur
+		}
+		nr, err = t.set(curp, st, toFeed)
+		return err
+	})
+	if err != nil {
+		if !held {
+			os.Remove(dst)
+		}
+		return res, err
+	}
+	if held && !w.placed {
+		// The bytes were already here: the temp file is redundant.
+		os.Remove(w.tmp)
+		w.placed = true
+	}
+	s.noteWrite(id, st.Size)
+	return Result{State: nr.State, Created: !held, Applied: true}, nil
+}
+
+func (s *Store) fileExists(id dtfc.ID) bool {
+	_, err := os.Lstat(s.Path(id))
+	return err == nil
+}
+
+// ensureShard creates blobs/ab/cd if needed, fsyncing each new directory's
+// parent so the directory entries survive a crash.
+func (s *Store) ensureShard(id dtfc.ID) error {
+	h := id.String()
+	shard := filepath.Join(h[0:2], h[2:4])
+	if _, ok := s.dirsMade.Load(shard); ok {
+		return nil
+	}
+	parent := s.blobDir
+	for _, part := range []string{h[0:2], h[2:4]} {
+		d := filepath.Join(parent, part)
+		err := os.Mkdir(d, 0o755)
+		switch {
+		case err == nil:
+			if err := os.Chmod(d, 0o755); err != nil { // against the umask
+				return diskErr("chmod shard directory", err)
+			}
+			if err := syncDir(parent); err != nil {
+				return diskErr("fsync blob directory", err)
+			}
+		case errors.Is(err, os.ErrExist):
+		default:
+			return diskErr("create shard directory", err)
+		}
+		parent = d
+	}
+	s.dirsMade.Store(shard, struct{}{})
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
+}
