@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/client"
+)
+
+// urlList is a repeatable --server flag that also takes commas.
+type urlList []string
+
+func (u *urlList) String() string { return strings.Join(*u, ",") }
+func (u *urlList) Set(s string) error {
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*u = append(*u, p)
+		}
+	}
+	return nil
+}
+
+// clientFlags registers the flags every client command shares.
+func clientFlags(name string) (*flag.FlagSet, func() (*client.Client, error)) {
+	fs := flag.NewFlagSet("dtfc "+name, flag.ContinueOnError)
+	var servers urlList
+	token := fs.String("token", os.Getenv("DTFC_TOKEN"), "write token (default $DTFC_TOKEN)")
+	fs.Var(&servers, "server", "node URL; repeat (or separate with commas) to fall back to others (default $DTFC_SERVER or http://localhost:8080)")
+	return fs, func() (*client.Client, error) {
+		if len(servers) == 0 {
+			servers.Set(os.Getenv("DTFC_SERVER"))
+		}
+		if len(servers) == 0 {
+			servers = urlList{"http://localhost:8080"}
+		}
+		return client.New(servers, client.Options{Token: *token})
+	}
+}
+
+// interleaved lets flags follow positional arguments ("get ID -o FILE").
+func interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+		if pos[len(pos)-1] == "--" {
+			return append(pos[:len(pos)-1], args...), nil
+		}
+	}
+}
+
+func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs, mk := clientFlags("put")
+	replicas := fs.Int("replicas", 0, "answer only once this many replicas hold each file")
+	name := fs.String("name", "", "filename to record (default: the file's base name)")
+	files, err := interleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return errors.New("no file given (use - for standard input)")
+	}
+	c, err := mk()
+	if err != nil {
+		return err
+	}
+	var failed int
+	for _, path := range files {
+		if err := putOne(ctx, c, path, *name, *replicas, stdin, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "dtfc put: %s: %v\n", path, err)
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d uploads failed", failed, len(files))
+	}
+	return nil
+}
+
+func putOne(ctx context.Context, c *client.Client, path, name string, replicas int, stdin io.Reader, stdout, stderr io.Writer) error {
+	var r io.Reader = stdin
+	size := int64(0)
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() {
+			return errors.New("is a directory")
+		}
+		r, size = f, fi.Size()
+		if name == "" {
+			name = filepath.Base(path)
+		}
+	}
+	var body io.Reader = r
+	if pb := newProgress(stderr, name, size); pb != nil {
+		defer pb.done()
+		body = pb.wrap(r)
+	}
+	res, err := c.Put(ctx, body, client.PutOptions{Filename: name, Replicas: replicas, Size: size})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, res.ID)
+	return nil
+}
+
+func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, mk := clientFlags("get")
+	out := fs.String("o", "", "write to this file instead of standard output (written only once verified)")
+	pos, err := interleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("want exactly one ID")
+	}
+	id, err := dtfc.ParseID(pos[0])
+	if err != nil {
+		return err
+	}
+	c, err := mk()
+	if err != nil {
+		return err
+	}
+	rc, err := c.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if *out == "" || *out == "-" {
+		// Bytes reach stdout as they come; a mismatch is reported (and
+		// the exit status is 1) when the end is reached.
+		_, err = io.Copy(stdout, rc)
+		return err
+	}
+	// Write beside the target and rename only once the hash matched, so a
+	// corrupt download never takes the file's name.
+	tmp, err := os.CreateTemp(filepath.Dir(*out), ".dtfc-get-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	var src io.Reader = rc
+	if pb := newProgress(stderr, filepath.Base(*out), -1); pb != nil {
+		defer pb.done()
+		src = pb.wrap(rc)
+	}
+	if _, err := io.Copy(tmp, src); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), *out)
+}
+
+func cmdRm(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, mk := clientFlags("rm")
+	ids, err := interleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(ids) == 0 {
+		return errors.New("no ID given")
+	}
+	c, err := mk()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range ids {
+		id, err := dtfc.ParseID(s)
+		if err == nil {
+			err = c.Delete(ctx, id)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s, err))
+			continue
+		}
+		fmt.Fprintln(stdout, "deleted", id)
+	}
+	return errors.Join(errs...)
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, mk := clientFlags("status")
+	if _, err := interleaved(fs, args); err != nil {
+		return err
+	}
+	c, err := mk()
+	if err != nil {
+		return err
+	}
+	raw, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// progress draws a one-line progress bar on a terminal.
+type progress struct {
+	w     io.Writer
+	name  string
+	total int64
+	n     int64
+	start time.Time
+	last  time.Time
+}
+
+// newProgress returns nil unless w is a terminal.
+func newProgress(w io.Writer, name string, total int64) *progress {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	return &progress{w: w, name: name, total: total, start: time.Now()}
+}
+
+func (p *progress) wrap(r io.Reader) io.Reader { return &progressReader{r: r, p: p} }
+
+type progressReader struct {
+	r io.Reader
+	p *progress
+}
+
+func (pr *progressReader) Read(b []byte) (int, error) {
+	n, err := pr.r.Read(b)
+	pr.p.add(int64(n))
+	return n, err
+}
+
+func (p *progress) add(n int64) {
+	p.n += n
+	if time.Since(p.last) > 100*time.Millisecond {
+		p.last = time.Now()
+		p.draw()
+	}
+}
+
+func (p *progress) draw() {
+	rate := float64(p.n) / max(time.Since(p.start).Seconds(), 1e-3)
+	if p.total > 0 {
+		frac := float64(p.n) / float64(p.total)
+		bar := strings.Repeat("#", int(frac*30)) + strings.Repeat(".", 30-int(frac*30))
+		fmt.Fprintf(p.w, "\r%-24.24s [%s] %5.1f%% %s/s ", p.name, bar, frac*100, human(rate))
+	} else {
+		fmt.Fprintf(p.w, "\r%-24.24s %s %s/s ", p.name, human(float64(p.n)), human(rate))
+	}
+}
+
+func (p *progress) done() {
+	p.draw()
+	fmt.Fprintln(p.w)
+}
+
+func human(b float64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	i := 0
+	for b >= 1024 && i < len(units)-1 {
+		b /= 1024
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", b, units[i])
+}

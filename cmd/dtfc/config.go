@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is everything `dtfc serve` can be told, from flags or a TOML file
+// (flags win). TOML keys are the flags' long names with '-' written '_'.
+type Config struct {
+	Host     string   `toml:"host"`
+	Port     int      `toml:"port"`
+	Basedir  string   `toml:"basedir"`
+	Me       string   `toml:"me"`
+	Peerlist string   `toml:"peerlist"`
+	Role     string   `toml:"role"`
+	MaxBytes ByteSize `toml:"max_bytes"`
+	Verbose  bool     `toml:"verbose"`
+
+	MaxUploadBytes      ByteSize `toml:"max_upload_bytes"`
+	IdleTimeout         Duration `toml:"idle_timeout"`
+	ReplicasTimeout     Duration `toml:"replicas_timeout"`
+	AuthToken           string   `toml:"auth_token"`
+	ClusterSecret       string   `toml:"cluster_secret"`
+	ScrubInterval       Duration `toml:"scrub_interval"`
+	ScrubRate           ByteSize `toml:"scrub_rate"`
+	AntiEntropyInterval Duration `toml:"anti_entropy_interval"`
+	TombstoneRetention  Duration `toml:"tombstone_retention"`
+	ShutdownGrace       Duration `toml:"shutdown_grace"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		Host:                "0.0.0.0",
+		Port:                8080,
+		Basedir:             "./dtfc-data",
+		Role:                "replica",
+		IdleTimeout:         Duration(60 * time.Second),
+		ReplicasTimeout:     Duration(30 * time.Second),
+		ScrubInterval:       Duration(24 * time.Hour),
+		ScrubRate:           64 << 20,
+		AntiEntropyInterval: Duration(time.Minute),
+		TombstoneRetention:  Duration(720 * time.Hour),
+		ShutdownGrace:       Duration(30 * time.Second),
+	}
+}
+
+// Duration is a time.Duration written as a Go duration string ("1.5s").
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write it like \"1.5s\", \"10m\" or \"24h\")", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// String implements flag.Value.
+func (d *Duration) String() string { return time.Duration(*d).String() }
+
+// Set implements flag.Value.
+func (d *Duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
+
+// ByteSize is a size in bytes: an integer, or a string with a unit
+// ("512MiB", "10GB", "1.5TiB").
+type ByteSize int64
+
+var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?)B?\s*$`)
+
+// ParseByteSize parses "1048576", "1MiB", "1MB", "1.5G".
+func ParseByteSize(s string) (ByteSize, error) {
+	m := sizeRe.FindStringSubmatch(strings.ToUpper(s))
+	if m == nil {
+		return 0, fmt.Errorf("%q is not a size (write it like 1048576, \"512MiB\" or \"10GB\")", s)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, err
+	}
+	base := 1000.0
+	if m[3] == "I" {
+		base = 1024
+	}
+	for i := 0; i < strings.Index("KMGTP", m[2])+1 && m[2] != ""; i++ {
+		v *= base
+	}
+	return ByteSize(v), nil
+}
+
+// UnmarshalTOML accepts an integer or a string with a unit.
+func (b *ByteSize) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		*b = ByteSize(x)
+		return nil
+	case string:
+		s, err := ParseByteSize(x)
+		*b = s
+		return err
+	}
+	return fmt.Errorf("want a size, got %v", v)
+}
+
+// String implements flag.Value.
+func (b *ByteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+// Set implements flag.Value.
+func (b *ByteSize) Set(s string) error {
+	v, err := ParseByteSize(s)
+	*b = v
+	return err
+}
+
+// serveFlags registers every serve flag on fs, bound to c.
+func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
+	fs.StringVar(configPath, "config", "", "TOML file with any of the settings below (flags win)")
+	fs.StringVar(&c.Host, "host", c.Host, "interface to listen on")
+	fs.IntVar(&c.Port, "port", c.Port, "port to listen on")
+	fs.IntVar(&c.Port, "p", c.Port, "port to listen on (shorthand)")
+	fs.StringVar(&c.Basedir, "basedir", c.Basedir, "directory holding all state of the node (created if missing)")
+	fs.StringVar(&c.Me, "me", c.Me, "URL under which other nodes and clients reach this node (default http://<host>:<port>)")
+	fs.StringVar(&c.Peerlist, "peerlist", c.Peerlist, "peer list TOML file; none = a single node")
+	fs.StringVar(&c.Role, "role", c.Role, "replica (holds every file) or cache (holds what was read through it)")
+	fs.Var(&c.MaxBytes, "max-bytes", "for a cache: size of the local store to stay under (0 = no limit)")
+	fs.BoolVar(&c.Verbose, "verbose", c.Verbose, "debug logging")
+	fs.BoolVar(&c.Verbose, "v", c.Verbose, "debug logging (shorthand)")
+	fs.Var(&c.MaxUploadBytes, "max-upload-bytes", "larger uploads get 413 (0 = no limit)")
+	fs.Var(&c.IdleTimeout, "idle-timeout", "an upload body that sends nothing this long gets 408")
+	fs.Var(&c.ReplicasTimeout, "replicas-timeout", "how long ?replicas=N waits before 504")
+	fs.StringVar(&c.AuthToken, "auth-token", c.AuthToken, "when set, writes need Authorization: Bearer <token> (prefer the config file: flags show in ps)")
+	fs.StringVar(&c.ClusterSecret, "cluster-secret", c.ClusterSecret, "when set, node-to-node requests must carry it (prefer the config file)")
+	fs.Var(&c.ScrubInterval, "scrub-interval", "how often a full re-hash pass over the store starts (0 = never)")
+	fs.Var(&c.ScrubRate, "scrub-rate", "bytes per second the scrubber reads at most (0 = no limit)")
+	fs.Var(&c.AntiEntropyInterval, "anti-entropy-interval", "how often each peer's digests are compared")
+	fs.Var(&c.TombstoneRetention, "tombstone-retention", "how long deletes are remembered")
+	fs.Var(&c.ShutdownGrace, "shutdown-grace", "how long a shutdown waits for requests in flight")
+}
+
+// loadConfig builds the configuration: defaults, then the TOML file named
+// by --config, then the flags given explicitly.
+func loadConfig(args []string) (Config, error) {
+	c := defaultConfig()
+	var path string
+	fs := flag.NewFlagSet("dtfc serve", flag.ContinueOnError)
+	serveFlags(fs, &c, &path)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: dtfc [serve] [flags]\n\nFlags (each also a key of the --config TOML file, '-' written '_'):\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q (see dtfc help)", fs.Arg(0))
+	}
+	if path != "" {
+		c = defaultConfig()
+		if err := decodeConfigFile(path, &c); err != nil {
+			return c, err
+		}
+		// Parse the flags again over the file's values: flags win, and
+		// only those given on the command line are set.
+		again := flag.NewFlagSet("dtfc serve", flag.ContinueOnError)
+		serveFlags(again, &c, &path)
+		if err := again.Parse(args); err != nil {
+			return c, err
+		}
+	}
+	return c, c.validate()
+}
+
+// decodeConfigFile decodes a TOML file, refusing unknown keys and naming
+// the line where each appears.
+func decodeConfigFile(path string, c *Config) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	md, err := toml.Decode(string(data), c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("config %s: line %d: %s", path, pe.Position.Line, pe.Message)
+		}
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var msgs []string
+		for _, k := range und {
+			msgs = append(msgs, fmt.Sprintf("line %d: unknown key %q", keyLine(data, k), k.String()))
+		}
+		return fmt.Errorf("config %s: %s (known keys are the flags' long names with '-' written '_': see dtfc serve -h)", path, strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// keyLine finds the line that defines the last part of key k (0 if not
+// found). BurntSushi/toml keeps key positions private, so this scans.
+func keyLine(data []byte, k toml.Key) int {
+	last := k[len(k)-1]
+	re := regexp.MustCompile(`^\s*["']?` + regexp.QuoteMeta(last) + `["']?\s*=`)
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		if re.MatchString(sc.Text()) {
+			return n
+		}
+	}
+	return 0
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Port < 0 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("port %d: want 0 to 65535", c.Port))
+	}
+	if c.Role != "replica" && c.Role != "cache" {
+		errs = append(errs, fmt.Errorf("role %q: want \"replica\" or \"cache\"", c.Role))
+	}
+	if c.MaxBytes < 0 || c.MaxUploadBytes < 0 || c.ScrubRate < 0 {
+		errs = append(errs, errors.New("sizes cannot be negative"))
+	}
+	if c.MaxBytes > 0 && c.Role != "cache" {
+		errs = append(errs, errors.New("max_bytes applies to caches only: a replica holds every file (set role = \"cache\")"))
+	}
+	if c.Basedir == "" {
+		errs = append(errs, errors.New("basedir is empty"))
+	}
+	for name, d := range map[string]Duration{
+		"idle_timeout": c.IdleTimeout, "replicas_timeout": c.ReplicasTimeout,
+		"anti_entropy_interval": c.AntiEntropyInterval, "tombstone_retention": c.TombstoneRetention,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	if c.ScrubInterval < 0 || c.ShutdownGrace < 0 {
+		errs = append(errs, errors.New("scrub_interval and shutdown_grace cannot be negative"))
+	}
+	if c.Me == "" {
+		host := c.Host
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+			// Listening on every interface: the wildcard address is no URL
+			// anyone can reach, the machine's name is the best guess.
+			if h, err := os.Hostname(); err == nil && h != "" {
+				host = h
+			} else {
+				host = "localhost"
+			}
+		}
+		c.Me = "http://" + net.JoinHostPort(host, strconv.Itoa(c.Port))
+	}
+	if u, err := url.Parse(c.Me); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("me %q: want a URL like http://host:port", c.Me))
+	}
+	c.Me = strings.TrimRight(c.Me, "/")
+	return errors.Join(errs...)
+}

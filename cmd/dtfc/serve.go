@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/server"
+)
+
+// serve runs a node until ctx ends (SIGINT or SIGTERM), then shuts down:
+// it stops accepting, lets requests in flight finish for the shutdown
+// grace, cuts off what remains (their temp files are removed), and closes
+// the store cleanly.
+func serve(ctx context.Context, c Config, stderr io.Writer) error {
+	level := slog.LevelInfo
+	if c.Verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	store, err := blobstore.Open(c.Basedir, blobstore.Options{
+		Logger:      log.With("component", "blobstore"),
+		TrackAccess: c.Role == "cache",
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error("closing the store", "err", err)
+		}
+	}()
+
+	var tokens []string
+	if c.AuthToken != "" {
+		tokens = append(tokens, c.AuthToken)
+	}
+	api := server.New(server.Config{
+		Me:              c.Me,
+		Role:            c.Role,
+		MaxUploadBytes:  int64(c.MaxUploadBytes),
+		IdleTimeout:     time.Duration(c.IdleTimeout),
+		ReplicasTimeout: time.Duration(c.ReplicasTimeout),
+		AuthTokens:      tokens,
+		Logger:          log.With("component", "http"),
+	}, store)
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// No WriteTimeout or ReadTimeout: downloads and uploads may take
+		// hours. Uploads get per-read idle deadlines instead.
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir, "node", store.NodeID())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "grace", time.Duration(c.ShutdownGrace).String())
+		sctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.ShutdownGrace))
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			log.Warn("requests still running at the end of the grace period; cutting them off", "err", err)
+			hs.Close()
+		}
+		api.Wait()
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("serving: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}

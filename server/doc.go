@@ -1,0 +1,5 @@
+// Package server is dtfc's HTTP API: request parsing, status codes,
+// headers, authentication and metrics. It decides every status code in one
+// place (errorStatus) and leaves where bytes live to package blobstore and
+// where other nodes are to the Cluster it is given.
+package server

@@ -1,0 +1,180 @@
+package server
+
+import (
+	"crypto/subtle"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// Blobs is the local store as the server uses it.
+type Blobs interface {
+	Open(id dtfc.ID) (*blobstore.Blob, error)
+	Stat(id dtfc.ID) (dtfc.State, error)
+	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	Delete(id dtfc.ID, force bool) (dtfc.State, error)
+}
+
+// Config configures a Server. The zero value serves a single replica node
+// with no limits and no authentication.
+type Config struct {
+	// Me is the URL under which clients reach this node, used in Location
+	// headers. If empty, Location is a path ("/<id>").
+	Me string
+	// Role is "replica" or "cache", reported in /_status. If empty, it
+	// defaults to "replica".
+	Role string
+	// MaxUploadBytes answers 413 to larger uploads. If zero, there is no
+	// limit.
+	MaxUploadBytes int64
+	// IdleTimeout answers 408 to an upload body that sends nothing for this
+	// long. If zero, it defaults to 60 seconds; negative disables it.
+	IdleTimeout time.Duration
+	// ReplicasTimeout bounds how long ?replicas=N waits before 504. If
+	// zero, it defaults to 30 seconds.
+	ReplicasTimeout time.Duration
+	// AuthTokens, if any, are the tokens that authorise writes
+	// (Authorization: Bearer <token>); several may be valid at once so a
+	// token can be rotated. If empty, writes are open.
+	AuthTokens []string
+	// Logger receives the server's logs. If nil, logs are discarded.
+	Logger *slog.Logger
+	// Registry receives the server's metrics. If nil, a private registry is
+	// created; /metrics serves it either way.
+	Registry *prometheus.Registry
+	// Cluster connects the node to its peers. If nil, the node is alone.
+	Cluster Cluster
+}
+
+// Server is dtfc's HTTP API over a local store and, optionally, a cluster.
+type Server struct {
+	cfg     Config
+	store   Blobs
+	stats   func() (blobs, bytes int64)
+	log     *slog.Logger
+	router  chi.Router
+	metrics *metrics
+	started time.Time
+	flight  sync.WaitGroup
+}
+
+// Stats is implemented by a store that counts what it holds.
+type Stats interface {
+	Stats() (blobs, bytes int64)
+}
+
+// New returns a Server over store. It starts nothing.
+func New(cfg Config, store Blobs) *Server {
+	if cfg.Role == "" {
+		cfg.Role = "replica"
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.ReplicasTimeout == 0 {
+		cfg.ReplicasTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	cfg.Me = strings.TrimRight(cfg.Me, "/")
+	s := &Server{cfg: cfg, store: store, log: cfg.Logger, started: time.Now()}
+	s.stats = func() (int64, int64) { return 0, 0 }
+	if st, ok := store.(Stats); ok {
+		s.stats = st.Stats
+	}
+	s.metrics = newMetrics(cfg.Registry, s)
+	s.router = s.routes()
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Wait blocks until every request that has entered the server has
+// returned. Call it after http.Server.Shutdown (or Close) and before
+// closing the store, so no handler is left writing to a closed store.
+func (s *Server) Wait() { s.flight.Wait() }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(s.track)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+	})
+	getHead := func(pattern string, h http.HandlerFunc) {
+		r.Get(pattern, h)
+		r.Head(pattern, h)
+	}
+	getHead("/health", s.health)
+	getHead("/health.html", s.health)
+	getHead("/_status", s.status)
+	getHead("/metrics", s.metrics.handler.ServeHTTP)
+	getHead("/", s.index)
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireWrite)
+		r.Put("/refreshpeers", s.refreshPeers)
+		r.Put("/refreshpeers.html", s.refreshPeers)
+		r.Post("/", s.upload)
+		r.Put("/*", s.upload)
+		r.Delete("/{id}", s.delete)
+	})
+	getHead("/{id}", s.download)
+	getHead("/{id}/nopeerload", s.download)
+	if c := s.cfg.Cluster; c != nil {
+		r.Mount("/_internal", c.InternalHandler())
+	}
+	return r
+}
+
+// requireWrite checks the write token when one is configured. Every token
+// is compared in constant time, so timing reveals nothing of any of them.
+func (s *Server) requireWrite(next http.Handler) http.Handler {
+	if len(s.cfg.AuthTokens) == 0 {
+		return next
+	}
+	tokens := make([][]byte, len(s.cfg.AuthTokens))
+	for i, t := range s.cfg.AuthTokens {
+		tokens[i] = []byte(t)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !bearerMatches(r.Header.Get("Authorization"), tokens) {
+			s.writeError(w, r, errorf(http.StatusUnauthorized, "this node requires a write token: Authorization: Bearer <token>"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func bearerMatches(header string, tokens [][]byte) bool {
+	const prefix = "Bearer "
+	if len(header) < len(prefix) || !strings.EqualFold(header[:len(prefix)], prefix) {
+		return false
+	}
+	got := []byte(strings.TrimSpace(header[len(prefix):]))
+	ok := 0
+	for _, t := range tokens {
+		ok |= subtle.ConstantTimeCompare(got, t)
+	}
+	return ok == 1
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write([]byte("ok\n"))
+}

@@ -1,0 +1,245 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// UploadResponse is the body of a successful upload.
+type UploadResponse struct {
+	SHA512   string `json:"sha512"`
+	Size     int64  `json:"size"`
+	Filename string `json:"filename"`
+}
+
+// maxFilenameLen bounds a recorded filename (bytes), as most filesystems do.
+const maxFilenameLen = 255
+
+// upload serves PUT /{filename} and POST /.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	if err := s.doUpload(w, r); err != nil {
+		s.metrics.uploads.WithLabelValues("failed").Inc()
+		s.writeError(w, r, err)
+	}
+}
+
+func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
+	var expected dtfc.ID
+	filename := ""
+	if r.Method == http.MethodPut {
+		name := strings.TrimPrefix(r.URL.Path, "/")
+		if dtfc.LooksLikeID(name) {
+			expected, _ = dtfc.ParseID(name)
+		} else {
+			filename = name
+		}
+	} else {
+		filename = r.Header.Get("X-Filename")
+		if filename == "" {
+			filename = r.URL.Query().Get("filename")
+		}
+	}
+	if h := r.Header.Get("X-Content-SHA512"); h != "" {
+		id, err := dtfc.ParseID(strings.TrimSpace(h))
+		if err != nil {
+			return errorf(http.StatusBadRequest, "X-Content-SHA512: %v", err)
+		}
+		if !expected.IsZero() && id != expected {
+			return errorf(http.StatusBadRequest, "X-Content-SHA512 %s contradicts the ID in the path %s", id, expected)
+		}
+		expected = id
+	}
+	replicas, err := replicasParam(r)
+	if err != nil {
+		return err
+	}
+
+	body := io.Reader(&idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.cfg.IdleTimeout})
+	ctype := r.Header.Get("Content-Type")
+	if mt, params, err := mime.ParseMediaType(ctype); err == nil && mt == "multipart/form-data" && r.Method == http.MethodPost {
+		// A browser form: store the first file part, streamed.
+		part, err := firstFilePart(multipart.NewReader(body, params["boundary"]))
+		if err != nil {
+			return err
+		}
+		body = part
+		if filename == "" {
+			filename = part.FileName()
+		}
+		ctype = part.Header.Get("Content-Type")
+	}
+	if err := checkFilename(filename); err != nil {
+		return err
+	}
+	if max := s.cfg.MaxUploadBytes; max > 0 && r.ContentLength > max {
+		return errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes exceeds the limit of %d bytes", r.ContentLength, max)
+	}
+
+	bw, err := s.store.NewWriter(blobstore.WriterOptions{MaxBytes: s.cfg.MaxUploadBytes})
+	if err != nil {
+		return err
+	}
+	defer bw.Close()
+	n, err := bw.ReadFrom(body)
+	s.metrics.bytesIn.Add(float64(n))
+	if err != nil {
+		return uploadReadError(err, s.cfg.IdleTimeout)
+	}
+	res, err := bw.Commit(blobstore.Upload{
+		Expected:    expected,
+		ContentType: contentType(ctype, filename, bw.Head()),
+		Filename:    filename,
+	})
+	if err != nil {
+		return err
+	}
+	id := res.State.ID.String()
+	status := http.StatusOK
+	if res.Created {
+		status = http.StatusCreated
+		s.metrics.uploads.WithLabelValues("created").Inc()
+	} else {
+		s.metrics.uploads.WithLabelValues("existing").Inc()
+	}
+	if replicas > 1 {
+		if err := s.waitReplicas(r, res.State, replicas); err != nil {
+			return err
+		}
+	}
+	w.Header().Set("Location", s.cfg.Me+"/"+id)
+	writeJSON(w, status, UploadResponse{SHA512: id, Size: res.State.Size, Filename: filename})
+	return nil
+}
+
+func replicasParam(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("replicas")
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000 {
+		return 0, errorf(http.StatusBadRequest, "replicas=%q: want a whole number from 1", v)
+	}
+	return n, nil
+}
+
+// uploadReadError explains a failure to read the body. A client that stops
+// sending is told so (408); a body that ends early is a bad request.
+func uploadReadError(err error, idle time.Duration) error {
+	switch {
+	case errors.Is(err, blobstore.ErrTooLarge), errors.Is(err, blobstore.ErrNoSpace):
+		return err
+	case errors.Is(err, ErrIdleTimeout):
+		return fmt.Errorf("%w (%s)", ErrIdleTimeout, idle)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errorf(http.StatusBadRequest, "upload body ended before its announced length")
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return fmt.Errorf("%w: %v", blobstore.ErrTooLarge, err)
+	}
+	var he *Error
+	if errors.As(err, &he) {
+		return err
+	}
+	if strings.Contains(err.Error(), "blobstore:") {
+		return err
+	}
+	return errorf(http.StatusBadRequest, "reading the upload body: %v", err)
+}
+
+// idleReader gives every read of the body a fresh deadline, so a body that
+// trickles is fine and one that stops is cut off after idle.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	if ir.idle > 0 {
+		// An error means the connection cannot take deadlines (HTTP/2
+		// through some proxies); the upload proceeds without one.
+		_ = ir.rc.SetReadDeadline(time.Now().Add(ir.idle))
+	}
+	n, err := ir.r.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = ErrIdleTimeout
+	}
+	return n, err
+}
+
+func firstFilePart(mr *multipart.Reader) (*multipart.Part, error) {
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return nil, errorf(http.StatusBadRequest, "multipart upload has no file part")
+		}
+		if err != nil {
+			if errors.Is(err, ErrIdleTimeout) {
+				return nil, err
+			}
+			return nil, errorf(http.StatusBadRequest, "reading multipart upload: %v", err)
+		}
+		if p.FileName() != "" || p.FormName() == "file" {
+			return p, nil
+		}
+		p.Close()
+	}
+}
+
+// checkFilename refuses names that could only confuse: the filename is
+// metadata (never a path on disk), but it is echoed in headers and JSON.
+func checkFilename(name string) error {
+	switch {
+	case strings.HasPrefix(name, "_"):
+		return errorf(http.StatusBadRequest, "paths beginning with _ are reserved for the API; nothing was stored")
+	case len(name) > maxFilenameLen:
+		return errorf(http.StatusBadRequest, "filename longer than %d bytes", maxFilenameLen)
+	case !utf8.ValidString(name):
+		return errorf(http.StatusBadRequest, "filename is not valid UTF-8")
+	case strings.ContainsAny(name, `/\`):
+		return errorf(http.StatusBadRequest, "filename %q contains a path separator; give a plain file name", name)
+	case name == "." || name == "..":
+		return errorf(http.StatusBadRequest, "filename %q is not a file name", name)
+	}
+	for _, c := range name {
+		if unicode.IsControl(c) {
+			return errorf(http.StatusBadRequest, "filename contains a control character")
+		}
+	}
+	return nil
+}
+
+// contentType chooses the type recorded for an upload: the client's, if it
+// said something more precise than "bytes"; else the filename extension's;
+// else what the first bytes look like.
+func contentType(header, filename string, head []byte) string {
+	if mt, params, err := mime.ParseMediaType(header); err == nil {
+		switch mt {
+		case "application/octet-stream", "application/x-www-form-urlencoded", "multipart/form-data":
+		default:
+			return mime.FormatMediaType(mt, params)
+		}
+	}
+	if ext := path.Ext(filename); ext != "" {
+		if t := mime.TypeByExtension(ext); t != "" {
+			return t
+		}
+	}
+	return http.DetectContentType(head)
+}
