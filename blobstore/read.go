@@ -246,3 +246,27 @@ func (s *Store) Value(key string) ([]byte, error) {
 func (s *Store) SetValue(key string, v []byte) error {
 	return s.update(func(t *txn) error { return t.vals.Put([]byte(key), v) })
 }
+
+// CountChanges counts the feed entries after since (with deletesOnly,
+// only tombstones): what a peer at that cursor has yet to accept.
+func (s *Store) CountChanges(since uint64, deletesOnly bool) (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		c := tx.Bucket(bucketFeed).Cursor()
+		for k, v := c.Seek(u64(since + 1)); k != nil; k, v = c.Next() {
+			if deletesOnly {
+				rec, err := decodeRecord(v, meta.Get(v))
+				if err != nil {
+					return err
+				}
+				if !rec.Deleted {
+					continue
+				}
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}

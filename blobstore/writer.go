@@ -298,6 +298,9 @@ type Result struct {
 	// Applied is false if the commit changed nothing (a remote state that
 	// lost to the local one).
 	Applied bool
+	// Seq is the change-feed sequence number of the new state (0 if it is
+	// not in the feed).
+	Seq uint64
 }
 
 // Commit records the bytes as an upload to this node: a new operation with
@@ -411,7 +414,7 @@ func (w *Writer) place(decide func(old *record) (dtfc.State, bool, bool)) (res R
 		w.placed = true
 	}
 	s.noteWrite(id, st.Size)
-	return Result{State: nr.State, Created: !held, Applied: true}, nil
+	return Result{State: nr.State, Created: !held, Applied: true, Seq: nr.Seq}, nil
 }
 
 func (s *Store) fileExists(id dtfc.ID) bool {

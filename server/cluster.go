@@ -1,10 +1,29 @@
 package server
 
-import "net/http"
+import (
+	"context"
+	"net/http"
 
-// Cluster is the rest of the cluster as the server uses it.
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/peer"
+)
+
+// Cluster is the rest of the cluster as the server uses it
+// (*peer.Cluster). A nil Cluster means a node alone.
 type Cluster interface {
-	// InternalHandler serves the node-to-node routes, mounted under
-	// /_internal.
+	// Fetch streams id from a peer after a local miss.
+	Fetch(ctx context.Context, id dtfc.ID) (*peer.Download, error)
+	// Lookup asks peers for id's state without moving bytes; held
+	// requires a peer that holds the bytes.
+	Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error)
+	// WaitReplicas waits until n replicas hold the change seq.
+	WaitReplicas(ctx context.Context, seq uint64, n int) error
+	// Refresh re-reads the peer list.
+	Refresh() ([]peer.Peer, error)
+	// Status describes the peers and replication.
+	Status() peer.Status
+	// InternalHandler serves the node-to-node routes under /_internal.
 	InternalHandler() http.Handler
 }
+
+var _ Cluster = (*peer.Cluster)(nil)

@@ -1,6 +1,9 @@
 package server
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -9,6 +12,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/peer"
 )
 
 var (
@@ -36,8 +40,65 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeError(w, r, ErrNotFound)
+	if s.cfg.Cluster == nil || localOnly(r) {
+		s.writeError(w, r, ErrNotFound)
+		return
+	}
+	s.downloadFromPeers(w, r, id)
 }
+
+// downloadFromPeers serves a local miss from the peers. HEAD asks for the
+// state only. GET streams the transfer as it arrives; if the bytes turn
+// out not to match the ID, the connection is cut before the last byte, so
+// no client ever completes a 200 body of wrong bytes. A range request
+// waits for the whole blob to be verified first: a client could not tell
+// a partial answer of wrong bytes from a right one.
+func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dtfc.ID) {
+	ctx := r.Context()
+	if r.Method == http.MethodHead {
+		st, err := s.cfg.Cluster.Lookup(ctx, id, true)
+		if err != nil {
+			s.writeError(w, r, ErrNotFound)
+			return
+		}
+		s.serveBlob(w, r, io.NewSectionReader(zeros{}, 0, st.Size), st, sourcePeer)
+		return
+	}
+	d, err := s.cfg.Cluster.Fetch(ctx, id)
+	if errors.Is(err, peer.ErrHeldLocally) {
+		if b, err := s.store.Open(id); err == nil {
+			defer b.Close()
+			s.serveBlob(w, r, b, b.State, sourceLocal)
+			return
+		}
+		err = ErrNotFound
+	}
+	if errors.Is(err, peer.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer d.Close()
+	if r.Header.Get("Range") != "" {
+		if err := d.Wait(ctx); err != nil {
+			s.writeError(w, r, fmt.Errorf("fetching from peer %s: %w", d.Source(), err))
+			return
+		}
+	}
+	s.serveBlob(w, r, d, d.State(), sourcePeer)
+	if d.Failed() != nil {
+		// ServeContent stopped short of the announced length; make sure
+		// the client sees a broken transfer, not a short success.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// zeros stands in for the body of a HEAD answer, which is never read.
+type zeros struct{}
+
+func (zeros) ReadAt(p []byte, _ int64) (int, error) { clear(p); return len(p), nil }
 
 // localOnly reports whether the request asks not to involve peers.
 func localOnly(r *http.Request) bool {
@@ -89,6 +150,14 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, err := s.store.Delete(id, false)
+	if err == blobstore.ErrNotFound && s.cfg.Cluster != nil {
+		// Unknown here but perhaps known to a peer (a delete racing its
+		// upload's replication): record the tombstone here, and it
+		// replicates like any delete.
+		if _, lerr := s.cfg.Cluster.Lookup(r.Context(), id, false); lerr == nil {
+			st, err = s.store.Delete(id, true)
+		}
+	}
 	if err == blobstore.ErrNotFound {
 		err = ErrNotFound
 	}

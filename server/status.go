@@ -1,8 +1,13 @@
 package server
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/dtfc/dtfc/peer"
 )
 
 // Status is the body of GET /_status.
@@ -14,6 +19,8 @@ type Status struct {
 	Queues  map[string]QueueStatus `json:"queues"`
 	Uptime  string                 `json:"uptime"`
 	Started time.Time              `json:"started"`
+	// Cluster is present when the node has a peer list.
+	Cluster *peer.Status `json:"cluster,omitempty"`
 }
 
 // QueueStatus describes replication towards one peer.
@@ -24,7 +31,7 @@ type QueueStatus struct {
 
 func (s *Server) statusData() Status {
 	blobs, bytes := s.stats()
-	return Status{
+	st := Status{
 		Node:    s.cfg.Me,
 		Role:    s.cfg.Role,
 		Blobs:   blobs,
@@ -33,6 +40,14 @@ func (s *Server) statusData() Status {
 		Uptime:  time.Since(s.started).Round(time.Second).String(),
 		Started: s.started,
 	}
+	if s.cfg.Cluster != nil {
+		cs := s.cfg.Cluster.Status()
+		st.Cluster = &cs
+		for _, p := range cs.Peers {
+			st.Queues[p.URL] = QueueStatus{Length: p.Queue}
+		}
+	}
+	return st
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
@@ -45,13 +60,36 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("dtfc: PUT /<filename> to store a file, GET /<sha512> to read one; status: /_status\n"))
 }
 
-func (s *Server) waitReplicas(r *http.Request, _ any, n int) error {
-	if n > 1 {
-		return errorf(http.StatusBadRequest, "replicas=%d: this node has no peers", n)
+// waitReplicas holds an upload's answer until n replicas hold it.
+func (s *Server) waitReplicas(r *http.Request, seq uint64, n int) error {
+	if s.cfg.Cluster == nil {
+		return errorf(http.StatusBadRequest, "replicas=%d: this node has no peers; only 1 replica exists", n)
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReplicasTimeout)
+	defer cancel()
+	err := s.cfg.Cluster.WaitReplicas(ctx, seq, n)
+	switch {
+	case errors.Is(err, peer.ErrTooFewReplicas):
+		return errorf(http.StatusBadRequest, "replicas=%d: %v; the file is stored", n, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w (%d asked, %s)", ErrReplicasTimeout, n, s.cfg.ReplicasTimeout)
+	}
+	return err
 }
 
 func (s *Server) refreshPeers(w http.ResponseWriter, r *http.Request) {
-	s.writeError(w, r, errorf(http.StatusNotFound, "this node has no peer list (start it with --peerlist)"))
+	if s.cfg.Cluster == nil {
+		s.writeError(w, r, errorf(http.StatusConflict, "%v", peer.ErrNoPeerList))
+		return
+	}
+	peers, err := s.cfg.Cluster.Refresh()
+	if errors.Is(err, peer.ErrNoPeerList) {
+		s.writeError(w, r, errorf(http.StatusConflict, "%v", err))
+		return
+	}
+	if err != nil {
+		s.writeError(w, r, errorf(http.StatusUnprocessableEntity, "%v; the previous peer list stays in force", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"peers": peers})
 }

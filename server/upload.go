@@ -116,7 +116,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		s.metrics.uploads.WithLabelValues("existing").Inc()
 	}
 	if replicas > 1 {
-		if err := s.waitReplicas(r, res.State, replicas); err != nil {
+		if err := s.waitReplicas(r, res.Seq, replicas); err != nil {
 			return err
 		}
 	}

@@ -8,12 +8,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/peer"
 	"github.com/dtfc/dtfc/server"
 )
 
@@ -28,6 +33,7 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	reg := prometheus.NewRegistry()
 	store, err := blobstore.Open(c.Basedir, blobstore.Options{
 		Logger:      log.With("component", "blobstore"),
 		TrackAccess: c.Role == "cache",
@@ -41,6 +47,23 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 		}
 	}()
 
+	cluster, err := peer.New(store, peer.Options{
+		Me:                  c.Me,
+		Role:                c.Role,
+		PeerList:            c.Peerlist,
+		MaxBytes:            int64(c.MaxBytes),
+		Secret:              c.ClusterSecret,
+		AntiEntropyInterval: time.Duration(c.AntiEntropyInterval),
+		TombstoneRetention:  time.Duration(c.TombstoneRetention),
+		ScrubInterval:       scrubInterval(c.ScrubInterval),
+		ScrubRate:           int64(c.ScrubRate),
+		Logger:              log.With("component", "peer"),
+		Registry:            reg,
+	})
+	if err != nil {
+		return err
+	}
+
 	var tokens []string
 	if c.AuthToken != "" {
 		tokens = append(tokens, c.AuthToken)
@@ -53,6 +76,8 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 		ReplicasTimeout: time.Duration(c.ReplicasTimeout),
 		AuthTokens:      tokens,
 		Logger:          log.With("component", "http"),
+		Registry:        reg,
+		Cluster:         cluster,
 	}, store)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
@@ -68,9 +93,27 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 		// No WriteTimeout or ReadTimeout: downloads and uploads may take
 		// hours. Uploads get per-read idle deadlines instead.
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir, "node", store.NodeID())
+	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
+		"node", store.NodeID(), "peers", len(cluster.Peers()))
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cluster.Run(gctx) })
+	g.Go(func() error {
+		// SIGHUP re-reads the peer list, like PUT /refreshpeers.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				if _, err := cluster.Refresh(); err != nil {
+					log.Error("SIGHUP: peer list not reloaded; the previous one stays in force", "err", err)
+				}
+			}
+		}
+	})
 	g.Go(func() error {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -94,4 +137,13 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// scrubInterval maps the config's "0 = never" to the peer package's
+// "negative disables".
+func scrubInterval(d Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return time.Duration(d)
 }

@@ -1,0 +1,374 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// Options configure a Cluster. Zero durations take the defaults of API.md.
+type Options struct {
+	// Me is this node's own URL; a peer list entry equal to it is ignored.
+	Me string
+	// Role is RoleReplica (the default) or RoleCache.
+	Role string
+	// PeerList is the path of the peer list file. If empty, the node has
+	// no peers (a single node) and Refresh has nothing to read.
+	PeerList string
+	// MaxBytes is, for a cache, the size of the store to stay under by
+	// evicting the least recently used blobs. If zero, there is no limit.
+	MaxBytes int64
+	// Secret, if set, must be presented by every node-to-node request
+	// (and is sent with this node's).
+	Secret string
+	// AntiEntropyInterval is how often each peer's digests are compared.
+	// If zero, it defaults to one minute.
+	AntiEntropyInterval time.Duration
+	// TombstoneRetention is how long deletes are remembered. If zero, it
+	// defaults to 720 hours.
+	TombstoneRetention time.Duration
+	// ScrubInterval is how often a scrub pass starts. If zero, it defaults
+	// to 24 hours; negative disables scrubbing.
+	ScrubInterval time.Duration
+	// ScrubRate bounds the scrubber's reads, in bytes per second. If zero,
+	// there is no bound.
+	ScrubRate int64
+	// HTTPClient sends node-to-node requests. If nil, a client with
+	// connect and header timeouts (and no overall timeout: blobs may be
+	// large) is used.
+	HTTPClient *http.Client
+	// Logger receives the cluster's logs. If nil, logs are discarded.
+	Logger *slog.Logger
+	// Registry receives the cluster's metrics. If nil, they are not
+	// exported.
+	Registry prometheus.Registerer
+}
+
+// Cluster is this node's view of, and work with, the other nodes.
+// New starts nothing; Run runs the background work until its context ends.
+type Cluster struct {
+	opts    Options
+	store   *blobstore.Store
+	log     *slog.Logger
+	metrics *metrics
+	fetch   *fetcher
+
+	mem     atomic.Pointer[membership]
+	mu      sync.Mutex // guards pushers, runCtx start
+	pushers map[string]*pusher
+	runCtx  context.Context
+	running bool
+	wg      sync.WaitGroup
+
+	ackMu sync.Mutex
+	ackCh chan struct{} // closed and replaced whenever a cursor advances
+
+	syncMu      sync.Mutex
+	synced      bool      // completed an anti-entropy round with the replicas
+	resyncing   bool      // away longer than the tombstone retention
+	lastContact time.Time // last exchange with a peer, persisted
+	savedAt     time.Time
+}
+
+type membership struct {
+	peers   []Peer
+	ring    *Ring
+	remotes []*remote
+	byURL   map[string]*remote
+}
+
+// New returns a Cluster for store, reading the peer list if one is set.
+func New(store *blobstore.Store, opts Options) (*Cluster, error) {
+	if opts.Role == "" {
+		opts.Role = RoleReplica
+	}
+	if opts.AntiEntropyInterval == 0 {
+		opts.AntiEntropyInterval = time.Minute
+	}
+	if opts.TombstoneRetention == 0 {
+		opts.TombstoneRetention = 720 * time.Hour
+	}
+	if opts.ScrubInterval == 0 {
+		opts.ScrubInterval = 24 * time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = DefaultHTTPClient(nil)
+	}
+	opts.Me = normalizeURL(opts.Me)
+	c := &Cluster{
+		opts:    opts,
+		store:   store,
+		log:     opts.Logger,
+		pushers: map[string]*pusher{},
+		ackCh:   make(chan struct{}),
+		runCtx:  context.Background(),
+	}
+	c.fetch = &fetcher{c: c, inflight: map[dtfc.ID]*transfer{}}
+	c.metrics = newMetrics(opts.Registry, c)
+	c.loadContact()
+	var peers []Peer
+	if opts.PeerList != "" {
+		var err error
+		if peers, err = LoadList(opts.PeerList, opts.Me); err != nil {
+			return nil, err
+		}
+	}
+	c.setPeers(peers)
+	return c, nil
+}
+
+// DefaultHTTPClient returns the client nodes use to talk to each other:
+// bounded connect and header waits, no overall timeout (a blob may take
+// hours), connections kept alive per peer.
+func DefaultHTTPClient(tr *http.Transport) *http.Client {
+	if tr == nil {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	tr.ResponseHeaderTimeout = 2 * time.Minute // a large push is fsync'd before the answer
+	tr.MaxIdleConnsPerHost = 16
+	tr.IdleConnTimeout = 90 * time.Second
+	tr.ForceAttemptHTTP2 = false
+	return &http.Client{Transport: tr}
+}
+
+func (c *Cluster) isCache() bool { return c.opts.Role == RoleCache }
+
+// setPeers swaps in a new peer list. Remotes of peers still listed are
+// kept (with their health); pushers follow the list when running.
+func (c *Cluster) setPeers(peers []Peer) {
+	old := c.mem.Load()
+	m := &membership{peers: peers, ring: NewRing(peers), byURL: map[string]*remote{}}
+	for _, p := range peers {
+		var r *remote
+		if old != nil {
+			if o := old.byURL[p.URL]; o != nil && o.Role == p.Role {
+				r = o
+			}
+		}
+		if r == nil {
+			r = newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID())
+		}
+		m.remotes = append(m.remotes, r)
+		m.byURL[p.URL] = r
+	}
+	c.mem.Store(m)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running {
+		c.syncPushersLocked(m)
+	}
+}
+
+// Peers returns the current peer list.
+func (c *Cluster) Peers() []Peer { return slices.Clone(c.mem.Load().peers) }
+
+// ErrNoPeerList means the node was started without a peer list file.
+var ErrNoPeerList = errors.New("this node was started without --peerlist: there is no peer list file to re-read")
+
+// Refresh re-reads the peer list file. A file that does not parse is
+// refused with its error and the current list stays in force.
+func (c *Cluster) Refresh() ([]Peer, error) {
+	if c.opts.PeerList == "" {
+		return nil, ErrNoPeerList
+	}
+	peers, err := LoadList(c.opts.PeerList, c.opts.Me)
+	if err != nil {
+		return nil, err
+	}
+	c.setPeers(peers)
+	c.log.Info("peer list reloaded", "peers", len(peers))
+	return c.Peers(), nil
+}
+
+// candidates lists the remotes to ask for id: ring order, with peers that
+// failed recently moved to the end rather than dropped (if every peer is
+// backing off, they are still tried).
+func (c *Cluster) candidates(id dtfc.ID) []*remote {
+	m := c.mem.Load()
+	var fresh, stale []*remote
+	for _, u := range m.ring.Candidates(id) {
+		r := m.byURL[u]
+		if r.backedOff() {
+			stale = append(stale, r)
+		} else {
+			fresh = append(fresh, r)
+		}
+	}
+	return append(fresh, stale...)
+}
+
+// Fetch opens id from the peers after a local miss (see Download).
+// It returns ErrHeldLocally if the blob is now in the local store.
+func (c *Cluster) Fetch(ctx context.Context, id dtfc.ID) (*Download, error) {
+	return c.fetch.open(ctx, id)
+}
+
+// Lookup asks the peers for id's state without moving its bytes. With
+// held, only a peer holding the bytes counts (HEAD of a miss); without, any
+// record counts, tombstones included (DELETE of an ID unknown here). A
+// state that loses to the local record does not count.
+func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error) {
+	local, lerr := c.store.Stat(id)
+	for _, r := range c.candidates(id) {
+		var ans stateAnswer
+		if err := r.getJSON(ctx, "/state/"+id.String(), &ans); err != nil {
+			continue
+		}
+		if held && !ans.Held {
+			continue
+		}
+		if lerr == nil && !ans.State.Newer(local) {
+			continue
+		}
+		return ans.State, nil
+	}
+	return dtfc.State{}, ErrNotFound
+}
+
+// ErrTooFewReplicas means ?replicas=N asked for more replicas than the
+// cluster has.
+var ErrTooFewReplicas = errors.New("not that many replicas in the cluster")
+
+// WaitReplicas blocks until n replicas, this node counted, hold the state
+// committed with sequence number seq: a replica peer holds it once its
+// pusher's cursor has passed seq.
+func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
+	var reps []*remote
+	for _, r := range c.mem.Load().remotes {
+		if !r.IsCache() {
+			reps = append(reps, r)
+		}
+	}
+	if n > len(reps)+1 {
+		return fmt.Errorf("%w: asked for %d, the cluster has %d (this node and %d replica peers)", ErrTooFewReplicas, n, len(reps)+1, len(reps))
+	}
+	for {
+		c.ackMu.Lock()
+		ch := c.ackCh
+		c.ackMu.Unlock()
+		have := 1
+		for _, r := range reps {
+			if c.cursorOf(r.URL) >= seq {
+				have++
+			}
+		}
+		if have >= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *Cluster) acked() {
+	c.ackMu.Lock()
+	close(c.ackCh)
+	c.ackCh = make(chan struct{})
+	c.ackMu.Unlock()
+}
+
+// Status describes the cluster as this node sees it.
+type Status struct {
+	Peers     []PeerStatus            `json:"peers"`
+	Synced    bool                    `json:"synced"`
+	Resyncing bool                    `json:"resyncing"`
+	Scrub     blobstore.ScrubProgress `json:"scrub"`
+}
+
+// Status returns each peer's health and replication queue.
+func (c *Cluster) Status() Status {
+	st := Status{Scrub: c.store.ScrubProgress()}
+	c.syncMu.Lock()
+	st.Synced, st.Resyncing = c.synced, c.resyncing
+	c.syncMu.Unlock()
+	for _, r := range c.mem.Load().remotes {
+		ps := r.status()
+		q, lag := c.queue(r)
+		ps.Queue, ps.LagSeconds = q, lag.Seconds()
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}
+
+// Run runs the cluster's background work until ctx ends: a pusher per
+// peer, anti-entropy, tombstone expiry, scrubbing, and for a cache the
+// persistence of its read order. It returns after all of it has stopped
+// and every transfer from peers has finished or been cut off.
+func (c *Cluster) Run(ctx context.Context) error {
+	c.mu.Lock()
+	c.runCtx = ctx
+	c.running = true
+	c.syncPushersLocked(c.mem.Load())
+	c.mu.Unlock()
+
+	c.goLoop(ctx, c.antiEntropyLoop)
+	c.goLoop(ctx, c.maintenanceLoop)
+	if c.opts.ScrubInterval > 0 {
+		c.goLoop(ctx, c.scrubLoop)
+	}
+	<-ctx.Done()
+	c.mu.Lock()
+	c.running = false
+	c.mu.Unlock()
+	c.wg.Wait()
+	c.fetch.wg.Wait()
+	c.saveContact(true)
+	return nil
+}
+
+func (c *Cluster) goLoop(ctx context.Context, f func(context.Context)) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f(ctx)
+	}()
+}
+
+// syncPushersLocked starts a pusher for each new peer and stops those of
+// removed peers.
+func (c *Cluster) syncPushersLocked(m *membership) {
+	for url, p := range c.pushers {
+		if r := m.byURL[url]; r == nil || r != p.r {
+			p.cancel()
+			delete(c.pushers, url)
+		}
+	}
+	for _, r := range m.remotes {
+		if c.pushers[r.URL] != nil {
+			continue
+		}
+		ctx, cancel := context.WithCancel(c.runCtx)
+		p := &pusher{c: c, r: r, cancel: cancel}
+		c.pushers[r.URL] = p
+		c.goLoop(ctx, p.run)
+	}
+}
+
+// evict makes room in a cache for incoming bytes.
+func (c *Cluster) evict(incoming int64) (int, error) {
+	if c.opts.MaxBytes <= 0 {
+		return 0, nil
+	}
+	ev, err := c.store.Evict(c.opts.MaxBytes, incoming)
+	c.metrics.evictions.Add(float64(len(ev)))
+	return len(ev), err
+}

@@ -1,0 +1,332 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+var (
+	// ErrNotFound means no reachable peer holds the ID.
+	ErrNotFound = errors.New("no reachable peer holds it")
+	// ErrHeldLocally means the blob arrived locally meanwhile: read it
+	// from the store.
+	ErrHeldLocally = errors.New("held locally")
+)
+
+// stallTimeout cuts off a peer whose body sends nothing for this long.
+const stallTimeout = 30 * time.Second
+
+// fetcher runs transfers from peers. It keeps at most one transfer per ID:
+// x/sync/singleflight would hand every waiter the finished result, but
+// here every waiter must read the stream while it arrives (the first byte
+// must not wait for the last), so waiters attach to the transfer itself.
+type fetcher struct {
+	c        *Cluster
+	mu       sync.Mutex
+	inflight map[dtfc.ID]*transfer
+	wg       sync.WaitGroup
+}
+
+// transfer is one blob coming from a peer into a temp file, readable by
+// any number of Downloads while it arrives.
+type transfer struct {
+	id    dtfc.ID
+	ready chan struct{} // closed once st/w are set, or startErr
+	// Set before ready is closed:
+	startErr error
+	st       dtfc.State
+	src      string
+	w        *blobstore.Writer
+
+	mu       sync.Mutex
+	written  int64
+	notify   chan struct{} // closed and replaced at every progress
+	finished bool
+	result   error // after finished: nil if verified and committed
+	refs     int
+}
+
+func (t *transfer) progress(n int64) {
+	t.mu.Lock()
+	t.written = n
+	close(t.notify)
+	t.notify = make(chan struct{})
+	t.mu.Unlock()
+}
+
+func (t *transfer) finish(err error) {
+	t.mu.Lock()
+	t.finished, t.result = true, err
+	close(t.notify)
+	t.notify = make(chan struct{})
+	t.mu.Unlock()
+}
+
+// release drops a reference; the last one closes the temp file (whose name
+// the commit has already moved into place, or which is removed).
+func (t *transfer) release() {
+	t.mu.Lock()
+	t.refs--
+	last := t.refs == 0
+	t.mu.Unlock()
+	if last && t.w != nil {
+		t.w.Close()
+	}
+}
+
+// open returns a Download of id from peers. Concurrent calls for one ID
+// share one transfer, which runs detached from the callers' contexts (a
+// client that goes away does not cancel a fill others wait for).
+func (f *fetcher) open(ctx context.Context, id dtfc.ID) (*Download, error) {
+	f.mu.Lock()
+	t := f.inflight[id]
+	if t == nil {
+		// Checked under f.mu: a transfer leaves inflight only after its
+		// commit, so a blob absent both here and locally is truly missing.
+		if _, err := f.c.store.Stat(id); err == nil {
+			if b, err := f.c.store.Open(id); err == nil {
+				b.Close()
+				f.mu.Unlock()
+				return nil, ErrHeldLocally
+			}
+		}
+		t = &transfer{id: id, ready: make(chan struct{}), notify: make(chan struct{}), refs: 1}
+		f.inflight[id] = t
+		f.wg.Add(1)
+		go f.run(t)
+	}
+	t.mu.Lock()
+	t.refs++
+	t.mu.Unlock()
+	f.mu.Unlock()
+
+	select {
+	case <-t.ready:
+	case <-ctx.Done():
+		t.release()
+		return nil, ctx.Err()
+	}
+	if t.startErr != nil {
+		t.release()
+		return nil, t.startErr
+	}
+	return &Download{t: t, ctx: ctx}, nil
+}
+
+// run finds a peer holding the blob and streams it into the store.
+func (f *fetcher) run(t *transfer) {
+	defer f.wg.Done()
+	defer t.release()
+	defer func() {
+		f.mu.Lock()
+		delete(f.inflight, t.id)
+		f.mu.Unlock()
+	}()
+	c := f.c
+	ctx, cancel := context.WithCancel(c.runCtx)
+	defer cancel()
+
+	local, lerr := c.store.Stat(t.id)
+	hasLocal := lerr == nil
+	var errs []error
+	for _, r := range c.candidates(t.id) {
+		resp, st, err := r.getBlob(ctx, t.id, http.MethodGet)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if hasLocal && !st.Newer(local) {
+			// Our tombstone is newer than the peer's copy: it is deleted.
+			resp.Body.Close()
+			errs = append(errs, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound))
+			continue
+		}
+		if c.isCache() {
+			if _, err := c.evict(st.Size); err != nil {
+				c.log.Warn("eviction failed", "err", err)
+			}
+		}
+		w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress})
+		if err != nil {
+			resp.Body.Close()
+			t.startErr = err
+			close(t.ready)
+			return
+		}
+		t.st, t.src, t.w = st, r.URL, w
+		close(t.ready)
+		start := time.Now()
+		body := newStallGuard(resp.Body, stallTimeout, cancel)
+		_, err = w.ReadFrom(body)
+		body.stop()
+		resp.Body.Close()
+		if err == nil {
+			_, err = w.CommitState(st, !c.isCache())
+		}
+		switch {
+		case err == nil:
+			c.metrics.fetches.WithLabelValues("ok").Inc()
+			c.metrics.fetchBytes.Add(float64(st.Size))
+			c.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
+		case errors.Is(err, blobstore.ErrDigestMismatch):
+			c.metrics.fetches.WithLabelValues("corrupt").Inc()
+			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
+			c.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+		default:
+			c.metrics.fetches.WithLabelValues("failed").Inc()
+			if ctx.Err() == nil {
+				r.fail(err)
+			}
+			c.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
+		}
+		if err == nil && c.isCache() {
+			c.evict(0)
+		}
+		t.finish(err)
+		return
+	}
+	c.metrics.fetches.WithLabelValues("notfound").Inc()
+	t.startErr = fmt.Errorf("%w (%w)", ErrNotFound, errors.Join(errs...))
+	if len(errs) == 0 {
+		t.startErr = ErrNotFound
+	}
+	close(t.ready)
+}
+
+// Download reads a blob while it arrives from a peer. It is an
+// io.ReadSeeker for http.ServeContent. Reads block until the bytes are
+// there; the last byte is held back until the whole blob has hashed to its
+// ID, so a reader never completes a body of wrong bytes: on a mismatch the
+// read returns an error instead.
+type Download struct {
+	t      *transfer
+	ctx    context.Context
+	off    int64
+	closed bool
+}
+
+// State returns the blob's state, as the peer sent it.
+func (d *Download) State() dtfc.State { return d.t.st }
+
+// Source returns the URL of the peer the bytes come from.
+func (d *Download) Source() string { return d.t.src }
+
+// Read implements io.Reader.
+func (d *Download) Read(p []byte) (int, error) {
+	t := d.t
+	size := t.st.Size
+	for {
+		t.mu.Lock()
+		avail, fin, res, ch := t.written, t.finished, t.result, t.notify
+		t.mu.Unlock()
+		if fin && res != nil {
+			return 0, fmt.Errorf("transfer from %s failed: %w", t.src, res)
+		}
+		if !fin {
+			avail = min(avail, size-1)
+		}
+		if d.off >= size && fin {
+			return 0, io.EOF
+		}
+		if d.off < avail {
+			n := int(min(int64(len(p)), avail-d.off))
+			n, err := t.w.ReadAt(p[:n], d.off)
+			d.off += int64(n)
+			if err == io.EOF && d.off < avail {
+				err = io.ErrUnexpectedEOF
+			} else if err == io.EOF {
+				err = nil
+			}
+			return n, err
+		}
+		select {
+		case <-ch:
+		case <-d.ctx.Done():
+			return 0, d.ctx.Err()
+		}
+	}
+}
+
+// Seek implements io.Seeker.
+func (d *Download) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += d.off
+	case io.SeekEnd:
+		offset += d.t.st.Size
+	default:
+		return 0, errors.New("seek: bad whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("seek: negative position")
+	}
+	d.off = offset
+	return offset, nil
+}
+
+// Wait blocks until the transfer has finished and returns its result: nil
+// if the blob was verified and stored.
+func (d *Download) Wait(ctx context.Context) error {
+	t := d.t
+	for {
+		t.mu.Lock()
+		fin, res, ch := t.finished, t.result, t.notify
+		t.mu.Unlock()
+		if fin {
+			return res
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Failed returns the transfer's error if it has finished with one.
+func (d *Download) Failed() error {
+	d.t.mu.Lock()
+	defer d.t.mu.Unlock()
+	if d.t.finished {
+		return d.t.result
+	}
+	return nil
+}
+
+// Close releases the Download; the transfer goes on for other readers and
+// for the store.
+func (d *Download) Close() error {
+	if !d.closed {
+		d.closed = true
+		d.t.release()
+	}
+	return nil
+}
+
+// stallGuard cancels a transfer whose body sends nothing for a while.
+type stallGuard struct {
+	r     io.Reader
+	timer *time.Timer
+	d     time.Duration
+}
+
+func newStallGuard(r io.Reader, d time.Duration, cancel func()) *stallGuard {
+	return &stallGuard{r: r, d: d, timer: time.AfterFunc(d, cancel)}
+}
+
+func (g *stallGuard) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	g.timer.Reset(g.d)
+	return n, err
+}
+
+func (g *stallGuard) stop() { g.timer.Stop() }

@@ -1,0 +1,361 @@
+package peer
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// Limits on node-to-node requests.
+const (
+	maxChanges     = 10000
+	maxJSONBody    = 32 << 20
+	internalIdle   = 60 * time.Second
+	maxStatePrefix = 8
+)
+
+// InternalHandler serves the node-to-node routes (mounted under
+// /_internal). When a cluster secret is configured, every one of them
+// refuses a request that does not carry it.
+func (c *Cluster) InternalHandler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(c.authPeer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "no such node-to-node route")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusMethodNotAllowed, "method not allowed on this node-to-node route")
+	})
+	r.Get("/blobs/{id}", c.hGetBlob)
+	r.Head("/blobs/{id}", c.hGetBlob)
+	r.Put("/blobs/{id}", c.hPutBlob)
+	r.Get("/state/{id}", c.hState)
+	r.Post("/changes", c.hChanges)
+	r.Get("/digests", c.hDigests)
+	r.Get("/digests/{first}", c.hDigests)
+	r.Get("/states", c.hStates)
+	r.Post("/lookup", c.hLookup)
+	return r
+}
+
+func (c *Cluster) authPeer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(HeaderNode, c.store.NodeID())
+		if c.opts.Secret != "" && !secretOK(r.Header.Get(HeaderSecret), c.opts.Secret) {
+			writeErr(w, http.StatusUnauthorized, "node-to-node route: missing or wrong cluster secret")
+			return
+		}
+		if from := r.Header.Get(HeaderFrom); from != "" {
+			c.heardFrom(from)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// heardFrom wakes the pusher towards a peer that just contacted us, if it
+// was backing off: a peer that returns is caught up at once rather than at
+// its next retry, up to 30 s later.
+func (c *Cluster) heardFrom(node string) {
+	for _, r := range c.mem.Load().remotes {
+		r.mu.Lock()
+		match := r.nodeID == node && r.failures > 0
+		r.mu.Unlock()
+		if match {
+			r.wake()
+		}
+	}
+}
+
+func writeErr(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func idParam(w http.ResponseWriter, r *http.Request) (dtfc.ID, bool) {
+	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err.Error())
+		return id, false
+	}
+	return id, true
+}
+
+// hGetBlob serves this node's own copy of a blob, never one it would have
+// to fetch: a peer answering a peer does not forward.
+func (c *Cluster) hGetBlob(w http.ResponseWriter, r *http.Request) {
+	id, ok := idParam(w, r)
+	if !ok {
+		return
+	}
+	b, err := c.store.Open(id)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		writeErr(w, http.StatusNotFound, "not held by this node")
+		return
+	}
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	defer b.Close()
+	h := w.Header()
+	h.Set(HeaderState, encodeStateHeader(b.State))
+	h.Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, b)
+}
+
+// hPutBlob receives a pushed blob with its state. The bytes are verified
+// against the ID before anything is stored; a mismatch (corruption in
+// transit) is refused, and the pusher retries.
+func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
+	id, ok := idParam(w, r)
+	if !ok {
+		return
+	}
+	st, err := decodeStateHeader(r.Header.Get(HeaderState))
+	if err != nil || st.ID != id || st.Deleted || st.Size < 0 {
+		writeErr(w, http.StatusBadRequest, "missing or inconsistent state header")
+		return
+	}
+	out, err := c.store.Apply(st)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if out != blobstore.NeedBytes {
+		// Stale, or the bytes were here already: nothing to read.
+		writeJSON(w, http.StatusOK, map[string]string{"result": out.String()})
+		return
+	}
+	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: st.Size})
+	if err != nil {
+		writeErr(w, storeStatus(err), err.Error())
+		return
+	}
+	defer bw.Close()
+	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w), idle: internalIdle}
+	if _, err := bw.ReadFrom(body); err != nil {
+		writeErr(w, storeStatus(err), fmt.Sprintf("receiving %s: %v", id, err))
+		return
+	}
+	res, err := bw.CommitState(st, true)
+	if err != nil {
+		writeErr(w, storeStatus(err), err.Error())
+		return
+	}
+	status := http.StatusOK
+	if res.Created {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, map[string]string{"result": "applied"})
+}
+
+func storeStatus(err error) int {
+	switch {
+	case errors.Is(err, blobstore.ErrDigestMismatch), errors.Is(err, blobstore.ErrTooLarge):
+		return http.StatusBadRequest
+	case errors.Is(err, blobstore.ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+// deadlineReader gives each read of a request body a fresh deadline.
+type deadlineReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	_ = d.rc.SetReadDeadline(time.Now().Add(d.idle))
+	return d.r.Read(p)
+}
+
+type stateAnswer struct {
+	State dtfc.State `json:"state"`
+	// Held is true if the node holds the blob's bytes.
+	Held bool `json:"held"`
+}
+
+func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
+	id, ok := idParam(w, r)
+	if !ok {
+		return
+	}
+	st, err := c.store.Stat(id)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		writeErr(w, http.StatusNotFound, "no record of this ID")
+		return
+	}
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	held := false
+	if !st.Deleted {
+		if b, err := c.store.Open(id); err == nil {
+			b.Close()
+			held = true
+		}
+	}
+	writeJSON(w, http.StatusOK, stateAnswer{State: st, Held: held})
+}
+
+// hChanges applies pushed states under the last-writer-wins rule. A
+// change that alters local state enters this node's feed and so flows on
+// to its peers; one that alters nothing stops here.
+func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
+	var req changesRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody)).Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad changes: "+err.Error())
+		return
+	}
+	if len(req.Changes) > maxChanges {
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("more than %d changes in one request", maxChanges))
+		return
+	}
+	ans := changesAnswer{Results: make([]string, len(req.Changes))}
+	for i, st := range req.Changes {
+		if st.ID.IsZero() || st.Clock == 0 || (!st.Deleted && st.Size < 0) {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("change %d is not a valid state", i))
+			return
+		}
+		out, err := c.store.Apply(st)
+		if err != nil {
+			writeErr(w, storeStatus(err), err.Error())
+			return
+		}
+		ans.Results[i] = "ok"
+		switch out {
+		case blobstore.NeedBytes:
+			ans.Results[i] = "need"
+		case blobstore.Applied:
+			c.metrics.received.WithLabelValues(kindOf(st)).Inc()
+		}
+	}
+	writeJSON(w, http.StatusOK, ans)
+}
+
+// digestsAnswer carries 256 range digests compactly: the sums as one hex
+// string (256 × 32 bytes), the counts as numbers.
+type digestsAnswer struct {
+	Node   string   `json:"node"`
+	Synced bool     `json:"synced"`
+	Sums   string   `json:"sums"`
+	Counts []uint64 `json:"counts"`
+}
+
+func encodeDigests(node string, synced bool, d *[256]blobstore.Digest) digestsAnswer {
+	sums := make([]byte, 0, 256*32)
+	counts := make([]uint64, 256)
+	for i := range d {
+		sums = append(sums, d[i].Sum[:]...)
+		counts[i] = d[i].Count
+	}
+	return digestsAnswer{Node: node, Synced: synced, Sums: hex.EncodeToString(sums), Counts: counts}
+}
+
+func (a *digestsAnswer) decode() ([256]blobstore.Digest, error) {
+	var d [256]blobstore.Digest
+	sums, err := hex.DecodeString(a.Sums)
+	if err != nil || len(sums) != 256*32 || len(a.Counts) != 256 {
+		return d, errors.New("malformed digests")
+	}
+	for i := range d {
+		copy(d[i].Sum[:], sums[i*32:])
+		d[i].Count = a.Counts[i]
+	}
+	return d, nil
+}
+
+func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
+	var d [256]blobstore.Digest
+	var err error
+	if first := chi.URLParam(r, "first"); first != "" {
+		b, herr := hex.DecodeString(first)
+		if herr != nil || len(b) != 1 {
+			writeErr(w, http.StatusBadRequest, "want one byte in hex")
+			return
+		}
+		d, err = c.store.SubDigests(b[0])
+	} else {
+		d, err = c.store.Digests()
+	}
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, encodeDigests(c.store.NodeID(), c.isSynced(), &d))
+}
+
+// hStates lists the states of every ID with a prefix, one JSON object per
+// line. They are read into memory first (a range is about 1/256 or 1/65536
+// of the store) so a slow reader holds no database transaction open.
+func (c *Cluster) hStates(w http.ResponseWriter, r *http.Request) {
+	prefix, err := hex.DecodeString(r.URL.Query().Get("prefix"))
+	if err != nil || len(prefix) > maxStatePrefix {
+		writeErr(w, http.StatusBadRequest, "prefix: want up to 8 bytes in hex")
+		return
+	}
+	var states []dtfc.State
+	if err := c.store.States(prefix, func(st dtfc.State) error {
+		states = append(states, st)
+		return nil
+	}); err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	for _, st := range states {
+		if err := enc.Encode(st); err != nil {
+			return
+		}
+	}
+}
+
+type lookupRequest struct {
+	IDs []dtfc.ID `json:"ids"`
+}
+
+type lookupAnswer struct {
+	States []dtfc.State `json:"states"`
+}
+
+// hLookup answers the states this node knows of the given IDs (a cache
+// uses it to learn of deletes of what it holds).
+func (c *Cluster) hLookup(w http.ResponseWriter, r *http.Request) {
+	var req lookupRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody)).Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad lookup: "+err.Error())
+		return
+	}
+	if len(req.IDs) > maxChanges {
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("more than %d IDs in one request", maxChanges))
+		return
+	}
+	ans := lookupAnswer{States: []dtfc.State{}}
+	for _, id := range req.IDs {
+		if st, err := c.store.Stat(id); err == nil {
+			ans.States = append(ans.States, st)
+		}
+	}
+	writeJSON(w, http.StatusOK, ans)
+}

@@ -1,0 +1,117 @@
+package peer
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	fetches          *prometheus.CounterVec
+	fetchBytes       prometheus.Counter
+	pushed           *prometheus.CounterVec
+	pushedBytes      prometheus.Counter
+	received         *prometheus.CounterVec
+	repairs          *prometheus.CounterVec
+	evictions        prometheus.Counter
+	tombstonesPurged prometheus.Counter
+	resyncDropped    prometheus.Counter
+	scrubCorrupt     prometheus.Counter
+	scrubRepaired    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
+	m := &metrics{
+		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_peer_fetches_total",
+			Help: "Transfers from peers on a local miss, by result: ok, corrupt (bytes did not match; aborted), failed, notfound.",
+		}, []string{"result"}),
+		fetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_peer_fetch_bytes_total",
+			Help: "Bytes fetched from peers on local misses and stored.",
+		}),
+		pushed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_replication_pushed_total",
+			Help: "Operations accepted by peers from this node's pushers, by kind (upload, delete).",
+		}, []string{"kind"}),
+		pushedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_replication_pushed_bytes_total",
+			Help: "Blob bytes sent to peers by the pushers.",
+		}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_replication_applied_total",
+			Help: "Operations pushed by peers that changed this node's state, by kind.",
+		}, []string{"kind"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_antientropy_repairs_total",
+			Help: "States pulled by anti-entropy because a peer had a newer one, by kind.",
+		}, []string{"kind"}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_cache_evictions_total",
+			Help: "Blobs a cache evicted to stay under its size limit.",
+		}),
+		tombstonesPurged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_tombstones_expired_total",
+			Help: "Tombstones forgotten after the retention.",
+		}),
+		resyncDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_resync_dropped_total",
+			Help: "Files dropped by a resync because the cluster deleted them while this node was away.",
+		}),
+		scrubCorrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_scrub_corrupt_total",
+			Help: "Blobs the scrubber found corrupt (quarantined).",
+		}),
+		scrubRepaired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_scrub_repaired_total",
+			Help: "Corrupt blobs fetched again from a peer.",
+		}),
+	}
+	for _, r := range []string{"ok", "corrupt", "failed", "notfound"} {
+		m.fetches.WithLabelValues(r)
+	}
+	for _, k := range []string{"upload", "delete"} {
+		m.pushed.WithLabelValues(k)
+		m.received.WithLabelValues(k)
+		m.repairs.WithLabelValues(k)
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.fetches, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
+		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
+		&queueCollector{c: c},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "dtfc_scrub_checked_blobs",
+			Help: "Blobs checked by the current or last scrub pass.",
+		}, func() float64 { return float64(c.store.ScrubProgress().Checked) }),
+	)
+	return m
+}
+
+// queueCollector reports each peer's replication queue when scraped.
+type queueCollector struct{ c *Cluster }
+
+var (
+	queueDesc = prometheus.NewDesc("dtfc_replication_queue_length",
+		"Operations not yet accepted by the peer.", []string{"peer"}, nil)
+	lagDesc = prometheus.NewDesc("dtfc_replication_lag_seconds",
+		"How long replication to the peer has been behind (0 when caught up).", []string{"peer"}, nil)
+	upDesc = prometheus.NewDesc("dtfc_peer_up",
+		"1 if the last exchange with the peer succeeded.", []string{"peer"}, nil)
+)
+
+func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- queueDesc
+	ch <- lagDesc
+	ch <- upDesc
+}
+
+func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range q.c.mem.Load().remotes {
+		n, lag := q.c.queue(r)
+		ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(n), r.URL)
+		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, lag.Seconds(), r.URL)
+		up := 0.0
+		if r.status().Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, r.URL)
+	}
+}
