@@ -128,12 +128,19 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content inter
 	h["Accept-Ranges"] = acceptRanges
 	h["X-Content-Type-Options"] = nosniff
 	h["X-Dtfc-Source"] = source
+	if unsatisfiableSuffix(r.Header.Get("Range")) {
+		h.Set("Content-Range", fmt.Sprintf("bytes */%d", st.Size))
+		s.writeError(w, r, errorf(http.StatusRequestedRangeNotSatisfiable, "invalid range: a suffix of zero bytes selects nothing"))
+		return
+	}
 	var before int64
 	sw, _ := w.(*statusWriter)
 	if sw != nil {
 		before = sw.n
 	}
-	http.ServeContent(w, r, "", time.Time{}, content)
+	jw := &jsonErrorWriter{ResponseWriter: w}
+	http.ServeContent(jw, r, "", time.Time{}, content)
+	jw.finish()
 	if sw != nil {
 		if &source[0] == &sourceLocal[0] {
 			s.metrics.outLocal.Add(float64(sw.n - before))
@@ -166,4 +173,66 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sha512": st.ID.String(), "deleted": true})
+}
+
+// unsatisfiableSuffix reports a Range with a suffix of zero bytes
+// ("bytes=-0"), which RFC 9110 calls unsatisfiable but net/http answers
+// with an empty 206.
+func unsatisfiableSuffix(rng string) bool {
+	spec, ok := strings.CutPrefix(rng, "bytes=")
+	if !ok {
+		return false
+	}
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if n, ok := strings.CutPrefix(part, "-"); ok && n != "" && strings.Trim(n, "0") == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// jsonErrorWriter turns the plain-text errors of http.ServeContent (416,
+// and the like) into dtfc's JSON errors, keeping their message; success
+// passes straight through, ReadFrom included (sendfile).
+type jsonErrorWriter struct {
+	http.ResponseWriter
+	code int
+	msg  []byte
+}
+
+func (j *jsonErrorWriter) WriteHeader(code int) {
+	if code >= 400 {
+		j.code = code
+		return
+	}
+	j.ResponseWriter.WriteHeader(code)
+}
+
+func (j *jsonErrorWriter) Write(p []byte) (int, error) {
+	if j.code != 0 {
+		j.msg = append(j.msg, p...)
+		return len(p), nil
+	}
+	return j.ResponseWriter.Write(p)
+}
+
+func (j *jsonErrorWriter) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := j.ResponseWriter.(io.ReaderFrom); ok && j.code == 0 {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{j}, r)
+}
+
+type writerOnly struct{ io.Writer }
+
+func (j *jsonErrorWriter) finish() {
+	if j.code == 0 {
+		return
+	}
+	h := j.Header()
+	for _, k := range []string{"Etag", "X-Content-Sha512", "Cache-Control", "X-Dtfc-Source"} {
+		h.Del(k)
+	}
+	writeJSON(j.ResponseWriter, j.code, map[string]string{"error": strings.TrimSpace(string(j.msg))})
 }

@@ -130,7 +130,7 @@ func (s *Server) routes() chi.Router {
 		r.Put("/refreshpeers", s.refreshPeers)
 		r.Put("/refreshpeers.html", s.refreshPeers)
 		r.Post("/", s.upload)
-		r.Put("/*", s.upload)
+		r.Put("/{filename}", s.upload)
 		r.Delete("/{id}", s.delete)
 	})
 	getHead("/{id}", s.download)

@@ -80,7 +80,7 @@ func (d *Duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
 // ("512MiB", "10GB", "1.5TiB").
 type ByteSize int64
 
-var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?)B?\s*$`)
+var sizeRe = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(I?)B?\s*$`)
 
 // ParseByteSize parses "1048576", "1MiB", "1MB", "1.5G".
 func ParseByteSize(s string) (ByteSize, error) {
