@@ -120,7 +120,14 @@ func dropAccess(tx *bolt.Tx, id dtfc.ID) error {
 // FlushAccess writes the reads noted in memory to the persistent
 // least-recently-used order (a cache calls it now and then, so a crash
 // forgets little of the order).
-func (s *Store) FlushAccess() error { return s.flushAccess() }
+func (s *Store) FlushAccess() error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	return s.flushAccess()
+}
 
 func (s *Store) flushAccess() error {
 	if !s.opts.TrackAccess {

@@ -67,22 +67,31 @@ func FuzzRecordRoundTrip(f *testing.F) {
 }
 
 // fuzzReader returns data in chunks whose sizes cycle through sizes (a 0
-// is an empty read), then io.EOF.
+// is an empty read), then io.EOF. Chunks are at least 1/64 of the data, so
+// an input costs a bounded number of reads.
 type fuzzReader struct {
 	data    []byte
 	sizes   []byte
+	least   int
 	i       int
 	empties int
+}
+
+func newFuzzReader(data, sizes []byte) *fuzzReader {
+	return &fuzzReader{data: data, sizes: sizes, least: max(1, len(data)/64)}
 }
 
 func (r *fuzzReader) Read(p []byte) (int, error) {
 	if len(r.data) == 0 {
 		return 0, io.EOF
 	}
-	k := 1
+	k := len(p)
 	if len(r.sizes) > 0 {
-		k = int(r.sizes[r.i%len(r.sizes)]) << (r.i % 12)
+		b := int(r.sizes[r.i%len(r.sizes)])
 		r.i++
+		if k = b << (b % 11); k > 0 {
+			k = max(k, r.least)
+		}
 	}
 	if k == 0 {
 		// A few empty reads, never an endless run of them.
@@ -116,7 +125,7 @@ func FuzzWriter(f *testing.F) {
 			require.NoError(t, err)
 			assert.Empty(t, entries)
 		}()
-		n, err := w.ReadFrom(&fuzzReader{data: data, sizes: sizes})
+		n, err := w.ReadFrom(newFuzzReader(data, sizes))
 		if maxBytes > 0 && int64(len(data)) > maxBytes {
 			assert.ErrorIs(t, err, ErrTooLarge)
 			_, err = w.Commit(Upload{})

@@ -128,6 +128,9 @@ func (o Outcome) String() string {
 // applied and answers NeedBytes. Tombstones are recorded even for IDs this
 // node never held, so that an older copy arriving later stays dead.
 func (s *Store) Apply(st dtfc.State) (Outcome, error) {
+	if st.ID.IsZero() {
+		return Stale, errors.New("blobstore: Apply of a state without an ID")
+	}
 	leave, err := s.enter()
 	if err != nil {
 		return Stale, err
@@ -244,6 +247,11 @@ func (s *Store) Value(key string) ([]byte, error) {
 // SetValue durably stores a small value for other layers (replication
 // cursors, peer bookkeeping), in the same database as the records.
 func (s *Store) SetValue(key string, v []byte) error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
 	return s.update(func(t *txn) error { return t.vals.Put([]byte(key), v) })
 }
 

@@ -147,19 +147,26 @@ func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rate
 }
 
 func (s *Store) quarantine(st dtfc.State, onCorrupt func(dtfc.State)) error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
 	unlock := s.locks.lock(st.ID)
 	cur, ok, err := s.record(st.ID)
 	if err != nil || !ok || cur.Deleted || cur.Clock != st.Clock {
 		unlock()
+		leave()
 		return err
 	}
 	dst := filepath.Join(s.dir, "quarantine", fmt.Sprintf("%s.%d", st.ID, time.Now().UnixNano()))
 	if err := os.Rename(s.Path(st.ID), dst); err != nil && !errors.Is(err, os.ErrNotExist) {
 		unlock()
+		leave()
 		return fmt.Errorf("blobstore: quarantine %s: %w", st.ID, err)
 	}
 	err = s.forget(st.ID)
 	unlock()
+	leave()
 	if err != nil {
 		return err
 	}

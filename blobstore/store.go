@@ -169,9 +169,9 @@ func (s *Store) init() (clean bool, err error) {
 		s.clock.Observe(dtfc.Timestamp(getU64(sys, keyClock)))
 		s.blobs.Store(int64(getU64(sys, keyBlobs)))
 		s.bytes.Store(int64(getU64(sys, keyBytes)))
-		if k, _ := tx.Bucket(bucketFeed).Cursor().Last(); k != nil {
-			s.lastSeq.Store(decU64(k))
-		}
+		// The bucket's sequence, not its last key: compaction, purges
+		// and evictions delete feed entries, the latest one included.
+		s.lastSeq.Store(tx.Bucket(bucketFeed).Sequence())
 		s.access.next = getU64(sys, keyAccessNext)
 		return sys.Put(keyClean, []byte("0"))
 	})

@@ -1026,6 +1026,56 @@ func TestChangeFeed(t *testing.T) {
 	assert.Equal(t, st, got)
 }
 
+func TestResultSeqAndCountChanges(t *testing.T) {
+	s := newStore(t)
+	count := func(since uint64, deletesOnly bool) int64 {
+		t.Helper()
+		n, err := s.CountChanges(since, deletesOnly)
+		require.NoError(t, err)
+		return n
+	}
+	assert.Zero(t, count(0, false))
+
+	a := put(t, s, []byte("a"), blobstore.Upload{})
+	assert.Equal(t, uint64(1), a.Seq)
+	b := put(t, s, []byte("b"), blobstore.Upload{})
+	assert.Equal(t, uint64(2), b.Seq)
+	assert.Equal(t, s.LastSeq(), b.Seq)
+	_, err := s.Delete(dtfc.Sum([]byte("c")), true)
+	require.NoError(t, err)
+	_, err = s.Delete(b.State.ID, false)
+	require.NoError(t, err)
+
+	// Feed: a(1), c(3, deleted), b(4, deleted).
+	assert.Equal(t, int64(3), count(0, false))
+	assert.Equal(t, int64(2), count(0, true))
+	assert.Equal(t, int64(2), count(1, false))
+	assert.Equal(t, int64(1), count(3, false))
+	assert.Equal(t, int64(1), count(3, true))
+	assert.Zero(t, count(4, false))
+
+	a2 := put(t, s, []byte("a"), blobstore.Upload{})
+	assert.Equal(t, uint64(5), a2.Seq)
+	assert.Equal(t, int64(3), count(0, false), "a changed twice counts once")
+	changes, err := s.Changes(0, 10)
+	require.NoError(t, err)
+	require.NotEmpty(t, changes)
+	assert.Equal(t, a2.Seq, changes[len(changes)-1].Seq)
+
+	// Not in the feed: a cache fill, a stale state.
+	fill := []byte("fill")
+	st := dtfc.State{ID: dtfc.Sum(fill), Clock: epoch, Node: "peer", Size: int64(len(fill))}
+	res, err := commitState(t, s, fill, st, false)
+	require.NoError(t, err)
+	assert.True(t, res.Applied)
+	assert.Zero(t, res.Seq)
+	res, err = commitState(t, s, fill, st, true)
+	require.NoError(t, err)
+	assert.False(t, res.Applied)
+	assert.Zero(t, res.Seq)
+	assert.Equal(t, int64(3), count(0, false))
+}
+
 func TestValues(t *testing.T) {
 	dir := t.TempDir()
 	s, err := blobstore.Open(dir, blobstore.Options{})

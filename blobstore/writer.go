@@ -120,6 +120,9 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
+	if w.finished {
+		return 0, errors.New("blobstore: write after commit")
+	}
 	start := w.n
 	first := bufPool.Get().(*[]byte)
 	n, err := r.Read(*first)
@@ -330,6 +333,9 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
 	if st.Deleted {
 		return Result{}, errors.New("blobstore: CommitState of a tombstone")
+	}
+	if st.ID.IsZero() {
+		return Result{}, errors.New("blobstore: CommitState of a state without an ID")
 	}
 	if err := w.finish(st.ID); err != nil {
 		return Result{}, err

@@ -34,6 +34,7 @@ type nodeOpts struct {
 	run      bool                            // run background work (pushers, anti-entropy)
 	wrap     func(http.Handler) http.Handler // e.g. a corrupter in front of the node
 	peer     func(*peer.Options)             // adjust the cluster options
+	server   func(*server.Config)            // adjust the server options
 }
 
 // node is an in-process dtfc node: a real store on disk, a real
@@ -46,6 +47,8 @@ type node struct {
 	Cluster  *peer.Cluster
 	Reg      *prometheus.Registry
 	peerFile string
+	Dir      string // the store's base directory, kept across restarts
+	addr     string
 	hs       *httptest.Server
 	stop     func()
 }
@@ -58,7 +61,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	n := &node{t: t, o: o, URL: "http://" + ln.Addr().String()}
+	n := &node{t: t, o: o, URL: "http://" + ln.Addr().String(), addr: ln.Addr().String(), Dir: t.TempDir()}
 	n.hs = httptest.NewUnstartedServer(nil)
 	n.hs.Listener.Close()
 	n.hs.Listener = ln
@@ -80,7 +83,15 @@ func (n *node) writePeers(peers ...*node) {
 
 func (n *node) start() *node {
 	t, o := n.t, n.o
-	st, err := blobstore.Open(t.TempDir(), blobstore.Options{TrackAccess: o.role == peer.RoleCache})
+	if n.hs == nil {
+		// Restarting: the same address and directory.
+		ln, err := net.Listen("tcp", n.addr)
+		require.NoError(t, err)
+		n.hs = httptest.NewUnstartedServer(nil)
+		n.hs.Listener.Close()
+		n.hs.Listener = ln
+	}
+	st, err := blobstore.Open(n.Dir, blobstore.Options{TrackAccess: o.role == peer.RoleCache})
 	require.NoError(t, err)
 	n.Store = st
 	n.Reg = prometheus.NewRegistry()
@@ -94,7 +105,11 @@ func (n *node) start() *node {
 	cl, err := peer.New(st, po)
 	require.NoError(t, err)
 	n.Cluster = cl
-	var h http.Handler = server.New(server.Config{Me: n.URL, Role: o.role, Cluster: cl, Registry: n.Reg}, st)
+	sc := server.Config{Me: n.URL, Role: o.role, Cluster: cl, Registry: n.Reg}
+	if o.server != nil {
+		o.server(&sc)
+	}
+	var h http.Handler = server.New(sc, st)
 	if o.wrap != nil {
 		h = o.wrap(h)
 	}
@@ -111,10 +126,16 @@ func (n *node) start() *node {
 		cancel()
 		<-done
 		n.hs.Close()
+		n.hs = nil
 		require.NoError(t, st.Close())
+		n.stop = func() {}
 	}
 	return n
 }
+
+// down stops the node (its port refuses connections); start brings it
+// back on the same address and directory.
+func (n *node) down() { n.stop() }
 
 // startCluster starts nodes that all list each other.
 func startCluster(t testing.TB, opts ...nodeOpts) []*node {
