@@ -29,6 +29,9 @@ type Options struct {
 	// Wall is the wall clock of the hybrid logical clock. If nil, it
 	// defaults to time.Now.
 	Wall func() time.Time
+	// SmallCacheBytes bounds the memory keeping small blobs' bytes for
+	// ReadSmall. If zero, it defaults to 32 MiB; negative disables it.
+	SmallCacheBytes int64
 }
 
 // Store is a node's local blob store. All methods are safe for concurrent
@@ -59,6 +62,7 @@ type Store struct {
 	feedCh   chan struct{}
 	access   accessLog
 	scrubber scrubState
+	small    *smallCache
 }
 
 var (
@@ -98,6 +102,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 		feedCh:  make(chan struct{}),
+	}
+	switch {
+	case opts.SmallCacheBytes == 0:
+		s.small = newSmallCache(32 << 20)
+	case opts.SmallCacheBytes > 0:
+		s.small = newSmallCache(opts.SmallCacheBytes)
 	}
 	for _, d := range []string{dir, s.blobDir, s.tmpDir, filepath.Join(dir, "quarantine")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

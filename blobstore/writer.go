@@ -36,6 +36,7 @@ type Writer struct {
 	h        hash.Hash
 	n        int64 // bytes accepted
 	written  atomic.Int64
+	synced   int64 // bytes whose writeback was started (writer stage only)
 	opts     WriterOptions
 	head     []byte
 	err      error
@@ -81,8 +82,16 @@ func (w *Writer) accept(p []byte) error {
 	return nil
 }
 
+// writebackChunk is how much written data may wait before the kernel is
+// asked to start writing it back.
+const writebackChunk = 8 << 20
+
 func (w *Writer) wrote(n int) {
 	v := w.written.Add(int64(n))
+	if v-w.synced >= writebackChunk {
+		startWriteback(w.f, w.synced, v-w.synced)
+		w.synced = v
+	}
 	if w.opts.Progress != nil {
 		w.opts.Progress(v)
 	}

@@ -94,11 +94,13 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer bw.Close()
+	start := time.Now()
 	n, err := bw.ReadFrom(body)
 	s.metrics.bytesIn.Add(float64(n))
 	if err != nil {
 		return uploadReadError(err, s.cfg.IdleTimeout)
 	}
+	received := time.Now()
 	res, err := bw.Commit(blobstore.Upload{
 		Expected:    expected,
 		ContentType: contentType(ctype, filename, bw.Head()),
@@ -108,6 +110,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	id := res.State.ID.String()
+	s.log.Debug("upload stored", "id", id, "bytes", n, "receive", received.Sub(start), "commit", time.Since(received))
 	status := http.StatusOK
 	if res.Created {
 		status = http.StatusCreated

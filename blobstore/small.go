@@ -1,0 +1,90 @@
+package blobstore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"sync"
+
+	"github.com/golang/groupcache/lru"
+
+	"github.com/dtfc/dtfc"
+)
+
+// smallCache keeps the bytes of small, recently read blobs in memory. A
+// blob's bytes never change (its name is their hash), so entries need no
+// invalidation: whether the blob is still present is decided by its record
+// on every read, and only the open/read/close syscalls are saved.
+type smallCache struct {
+	mu    sync.Mutex
+	lru   *lru.Cache // not safe for concurrent use: guarded by mu
+	bytes int64
+	max   int64
+}
+
+func newSmallCache(max int64) *smallCache {
+	c := &smallCache{lru: lru.New(0), max: max}
+	c.lru.OnEvicted = func(_ lru.Key, v any) { c.bytes -= int64(len(v.([]byte))) }
+	return c
+}
+
+func (c *smallCache) get(id dtfc.ID) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.lru.Get(id)
+	if !ok {
+		return nil, false
+	}
+	return v.([]byte), true
+}
+
+func (c *smallCache) add(id dtfc.ID, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.lru.Get(id); ok {
+		return
+	}
+	c.lru.Add(id, b)
+	c.bytes += int64(len(b))
+	for c.bytes > c.max {
+		c.lru.RemoveOldest()
+	}
+}
+
+// ReadSmall returns the state of id and, if the blob is at most limit
+// bytes, its bytes (from memory when recently read; callers must not
+// modify them). For a larger blob the bytes are nil: use Open. It returns
+// ErrNotFound like Open.
+func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return dtfc.State{}, nil, err
+	}
+	if !ok || rec.Deleted {
+		return dtfc.State{}, nil, ErrNotFound
+	}
+	if rec.Size > limit || s.small == nil {
+		return rec.State, nil, nil
+	}
+	if s.opts.TrackAccess {
+		s.access.hold(id, true)()
+	}
+	if b, ok := s.small.get(id); ok && int64(len(b)) == rec.Size {
+		return rec.State, b, nil
+	}
+	f, err := openFile(s.Path(id))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return dtfc.State{}, nil, ErrNotFound
+		}
+		return dtfc.State{}, nil, fmt.Errorf("blobstore: open %s: %w", id, err)
+	}
+	defer f.Close()
+	b := make([]byte, rec.Size)
+	if n, err := f.ReadAt(b, 0); err != nil && !(err == io.EOF && int64(n) == rec.Size) {
+		return dtfc.State{}, nil, fmt.Errorf("blobstore: read %s: %w", id, err)
+	}
+	s.small.add(id, b)
+	return rec.State, b, nil
+}

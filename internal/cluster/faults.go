@@ -1,0 +1,252 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Shopify/toxiproxy/v2"
+	"github.com/rs/zerolog"
+)
+
+// quietToxiproxy silences zerolog's global logger once: toxiproxy's
+// bandwidth toxic logs through it rather than through the server's logger.
+var quietToxiproxy sync.Once
+
+// proxyServer is the in-process toxiproxy that owns a cluster's proxies.
+// Only its Go API is used: no HTTP API listens.
+type proxyServer struct {
+	api *toxiproxy.ApiServer
+}
+
+func newProxyServer() *proxyServer {
+	quietToxiproxy.Do(func() { zerolog.SetGlobalLevel(zerolog.Disabled) })
+	return &proxyServer{api: toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())}
+}
+
+// link is the path from one node to another: node from ->
+// toxiproxy -> corruptor -> node to.
+type link struct {
+	from, to int
+	url      string // the toxiproxy's URL, what node from knows node to by
+	proxy    *toxiproxy.Proxy
+	corr     *corruptor
+	cut      bool // guarded by Cluster.mu
+}
+
+// addLink creates and starts the proxies of the link from -> to.
+func (c *Cluster) addLink(from, to int) {
+	t := c.t
+	t.Helper()
+	target, err := url.Parse(c.Nodes[to].URL)
+	if err != nil {
+		t.Fatalf("cluster: link %d->%d: %v", from, to, err)
+	}
+	corr := newCorruptor(target, c.listen())
+	l := &link{from: from, to: to, corr: corr}
+	c.mu.Lock()
+	c.links[[2]int{from, to}] = l // closed at cleanup from here on
+	c.mu.Unlock()
+	for range 100 {
+		p := toxiproxy.NewProxy(c.proxy.api, fmt.Sprintf("node%d->node%d", from, to), "127.0.0.1:0", corr.addr())
+		if err := p.Start(); err != nil {
+			t.Fatalf("cluster: link %d->%d: starting toxiproxy: %v", from, to, err)
+		}
+		// Listen is the address actually bound, set by Start.
+		_, ps, _ := net.SplitHostPort(p.Listen)
+		var port int
+		fmt.Sscan(ps, &port)
+		if !c.reserve(port) {
+			// A port the cluster gave a node (down at the moment):
+			// try another, or the node could not restart.
+			p.Stop()
+			continue
+		}
+		c.mu.Lock()
+		l.proxy, l.url = p, "http://"+p.Listen
+		c.mu.Unlock()
+		return
+	}
+	t.Fatalf("cluster: link %d->%d: no free port for toxiproxy", from, to)
+}
+
+// listen opens a listener on a loopback port the cluster has not handed
+// out yet.
+func (c *Cluster) listen() net.Listener {
+	c.t.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			c.t.Fatalf("cluster: listening: %v", err)
+		}
+		if c.reserve(ln.Addr().(*net.TCPAddr).Port) {
+			return ln
+		}
+		ln.Close()
+	}
+	c.t.Fatalf("cluster: no free port found")
+	return nil
+}
+
+// close stops both proxies of the link, cutting its connections.
+func (l *link) close() {
+	if l.proxy != nil {
+		l.proxy.Stop()
+	}
+	l.corr.close()
+}
+
+// link returns the link from -> to, failing the test if there is none
+// (a Direct cluster, a bad index).
+func (c *Cluster) link(from, to int) *link {
+	c.t.Helper()
+	if c.opts.Direct {
+		c.t.Fatalf("cluster: link %d->%d: the cluster is Direct, there are no proxies to inject faults with", from, to)
+	}
+	c.mu.Lock()
+	l := c.links[[2]int{from, to}]
+	c.mu.Unlock()
+	if l == nil {
+		c.t.Fatalf("cluster: no link %d->%d (the cluster has %d nodes)", from, to, len(c.Nodes))
+	}
+	return l
+}
+
+// Cut makes node from unable to reach node to: the link's toxiproxy stops
+// listening and closes its connections, so node from's requests to node
+// to fail at once (connection refused, or reset for those in flight). The
+// other direction is untouched.
+func (c *Cluster) Cut(from, to int) {
+	c.t.Helper()
+	l := c.link(from, to)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !l.cut {
+		l.proxy.Stop()
+		l.cut = true
+	}
+}
+
+// Partition cuts the links between a and b both ways.
+func (c *Cluster) Partition(a, b int) {
+	c.t.Helper()
+	c.Cut(a, b)
+	c.Cut(b, a)
+}
+
+// Isolate cuts every link to and from node i.
+func (c *Cluster) Isolate(i int) {
+	c.t.Helper()
+	for j := range c.Nodes {
+		if j != i {
+			c.Partition(i, j)
+		}
+	}
+}
+
+// Heal removes every fault between a and b, both ways: cuts, latency,
+// bandwidth limits and corruption.
+func (c *Cluster) Heal(a, b int) {
+	c.t.Helper()
+	c.heal(c.link(a, b))
+	c.heal(c.link(b, a))
+}
+
+// HealAll removes every fault on every link.
+func (c *Cluster) HealAll() {
+	c.t.Helper()
+	if c.opts.Direct {
+		return
+	}
+	c.mu.Lock()
+	links := make([]*link, 0, len(c.links))
+	for _, l := range c.links {
+		links = append(links, l)
+	}
+	c.mu.Unlock()
+	for _, l := range links {
+		c.heal(l)
+	}
+}
+
+func (c *Cluster) heal(l *link) {
+	c.t.Helper()
+	l.corr.on.Store(false)
+	l.proxy.Toxics.ResetToxics(context.Background())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l.cut {
+		// Start listens again on the address it had.
+		if err := l.proxy.Start(); err != nil {
+			c.t.Fatalf("cluster: healing link %d->%d: restarting toxiproxy on %s: %v", l.from, l.to, l.proxy.Listen, err)
+		}
+		l.cut = false
+	}
+}
+
+// Latency delays everything on the link from -> to by d in each direction
+// (requests and responses), so an exchange takes at least 2d longer. Zero
+// removes the delay.
+func (c *Cluster) Latency(from, to int, d time.Duration) {
+	c.t.Helper()
+	ms := d.Milliseconds()
+	if d > 0 && ms == 0 {
+		ms = 1
+	}
+	c.setToxic(c.link(from, to), "latency", ms > 0, map[string]any{"latency": ms})
+}
+
+// Bandwidth limits the link from -> to to kbPerSec kilobytes (1000 bytes)
+// per second in each direction. Zero removes the limit.
+func (c *Cluster) Bandwidth(from, to int, kbPerSec int64) {
+	c.t.Helper()
+	c.setToxic(c.link(from, to), "bandwidth", kbPerSec > 0, map[string]any{"rate": kbPerSec})
+}
+
+// setToxic replaces the toxic of a type on both streams of l, or only
+// removes it if !on.
+func (c *Cluster) setToxic(l *link, typ string, on bool, attrs map[string]any) {
+	c.t.Helper()
+	for _, stream := range []string{"upstream", "downstream"} {
+		name := typ + "_" + stream
+		if l.proxy.Toxics.GetToxic(name) != nil {
+			if err := l.proxy.Toxics.RemoveToxic(context.Background(), name); err != nil {
+				c.t.Fatalf("cluster: link %d->%d: removing %s: %v", l.from, l.to, name, err)
+			}
+		}
+		if !on {
+			continue
+		}
+		js, err := json.Marshal(map[string]any{
+			"name": name, "type": typ, "stream": stream, "toxicity": 1.0, "attributes": attrs,
+		})
+		if err != nil {
+			c.t.Fatalf("cluster: %v", err)
+		}
+		if _, err := l.proxy.Toxics.AddToxicJson(strings.NewReader(string(js))); err != nil {
+			c.t.Fatalf("cluster: link %d->%d: adding %s: %v", l.from, l.to, js, err)
+		}
+	}
+}
+
+// Corrupt switches corruption on the link from -> to on or off. While on,
+// every request body (from -> to) and response body (to -> from) larger
+// than 64 bytes that starts through the link gets one byte flipped (XOR
+// 0xFF): in the middle if its length is known, at offset 64 if it is
+// streamed without one.
+func (c *Cluster) Corrupt(from, to int, on bool) {
+	c.t.Helper()
+	c.link(from, to).corr.on.Store(on)
+}
+
+// Corrupted returns how many bodies the link from -> to has corrupted so
+// far.
+func (c *Cluster) Corrupted(from, to int) int64 {
+	c.t.Helper()
+	return c.link(from, to).corr.corrupted.Load()
+}
