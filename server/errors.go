@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
@@ -67,9 +69,13 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		msg = "internal error: " + msg
 	}
+	if status != http.StatusRequestTimeout {
+		drainBody(w, r)
+	}
 	switch status {
 	case http.StatusRequestTimeout, http.StatusRequestEntityTooLarge:
-		// The rest of the body is not read: the connection cannot be reused.
+		// The rest of the body may be unread: the connection cannot be
+		// reused.
 		w.Header().Set("Connection", "close")
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dtfc"`)
@@ -87,4 +93,25 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	h.Del("Content-Length")
 	w.WriteHeader(status)
 	w.Write(append(b, '\n'))
+}
+
+// maxDrain bounds how much of an unread request body is read and thrown
+// away before an error answer. A client that is still sending when the
+// server closes the connection gets a reset instead of the answer; reading
+// a reasonable remainder first lets it see why. Beyond this, or after
+// drainTime, the connection is closed regardless.
+const (
+	maxDrain  = 16 << 20
+	drainTime = 5 * time.Second
+)
+
+func drainBody(w http.ResponseWriter, r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody || (r.Method != http.MethodPut && r.Method != http.MethodPost) {
+		return
+	}
+	if r.ContentLength > maxDrain {
+		return
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(drainTime))
+	io.CopyN(io.Discard, r.Body, maxDrain)
 }

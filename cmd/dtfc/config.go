@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -158,12 +159,17 @@ func loadConfig(args []string) (Config, error) {
 	var path string
 	fs := flag.NewFlagSet("dtfc serve", flag.ContinueOnError)
 	serveFlags(fs, &c, &path)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: dtfc [serve] [flags]\n\nFlags (each also a key of the --config TOML file, '-' written '_'):\n")
-		fs.PrintDefaults()
-	}
+	// Errors are returned, not printed with the whole usage: the caller
+	// prints one line. -h prints the usage to stdout.
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Fprintf(os.Stdout, "Usage: dtfc [serve] [flags]\n\nFlags (each also a key of the --config TOML file, '-' written '_'):\n")
+			fs.PrintDefaults()
+			return c, err
+		}
+		return c, fmt.Errorf("%w (dtfc serve -h lists the flags)", err)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (see dtfc help)", fs.Arg(0))
@@ -176,6 +182,7 @@ func loadConfig(args []string) (Config, error) {
 		// Parse the flags again over the file's values: flags win, and
 		// only those given on the command line are set.
 		again := flag.NewFlagSet("dtfc serve", flag.ContinueOnError)
+		again.SetOutput(io.Discard)
 		serveFlags(again, &c, &path)
 		if err := again.Parse(args); err != nil {
 			return c, err
