@@ -249,6 +249,15 @@ func (w *Writer) Head() []byte { return w.head }
 // ID returns the SHA-512 of the bytes, once Commit has been called.
 func (w *Writer) ID() dtfc.ID { return w.sum }
 
+// Sum returns the SHA-512 of the bytes written so far, without ending the
+// write. A transfer uses it to release its readers as soon as the bytes
+// are known good, before the fsync of Commit.
+func (w *Writer) Sum() dtfc.ID {
+	var id dtfc.ID
+	copy(id[:], w.h.Sum(nil))
+	return id
+}
+
 // finish seals the temp file: hash checked against want (unless zero),
 // data fsync'd. An fsync error is fatal for this write and never retried:
 // after a failed fsync the page cache may claim data the disk lost.

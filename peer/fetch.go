@@ -49,6 +49,7 @@ type transfer struct {
 	mu       sync.Mutex
 	written  int64
 	notify   chan struct{} // closed and replaced at every progress
+	verified bool          // every byte is written and hashed to the ID
 	finished bool
 	result   error // after finished: nil if verified and committed
 	refs     int
@@ -57,6 +58,16 @@ type transfer struct {
 func (t *transfer) progress(n int64) {
 	t.mu.Lock()
 	t.written = n
+	close(t.notify)
+	t.notify = make(chan struct{})
+	t.mu.Unlock()
+}
+
+// verify marks the bytes as good: readers may take the last byte while the
+// blob is made durable.
+func (t *transfer) verify() {
+	t.mu.Lock()
+	t.verified = true
 	close(t.notify)
 	t.notify = make(chan struct{})
 	t.mu.Unlock()
@@ -168,6 +179,9 @@ func (f *fetcher) run(t *transfer) {
 		_, err = w.ReadFrom(body)
 		body.stop()
 		resp.Body.Close()
+		if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
+			t.verify()
+		}
 		if err == nil {
 			_, err = w.CommitState(st, !c.isCache())
 		}
@@ -225,15 +239,15 @@ func (d *Download) Read(p []byte) (int, error) {
 	size := t.st.Size
 	for {
 		t.mu.Lock()
-		avail, fin, res, ch := t.written, t.finished, t.result, t.notify
+		avail, ok, fin, res, ch := t.written, t.verified, t.finished, t.result, t.notify
 		t.mu.Unlock()
-		if fin && res != nil {
+		if fin && res != nil && !ok {
 			return 0, fmt.Errorf("transfer from %s failed: %w", t.src, res)
 		}
-		if !fin {
+		if !ok {
 			avail = min(avail, size-1)
 		}
-		if d.off >= size && fin {
+		if d.off >= size && ok {
 			return 0, io.EOF
 		}
 		if d.off < avail {
@@ -292,11 +306,13 @@ func (d *Download) Wait(ctx context.Context) error {
 	}
 }
 
-// Failed returns the transfer's error if it has finished with one.
+// Failed returns the transfer's error if it has finished with one before
+// its bytes were verified (a failure to store verified bytes does not make
+// what readers received wrong).
 func (d *Download) Failed() error {
 	d.t.mu.Lock()
 	defer d.t.mu.Unlock()
-	if d.t.finished {
+	if d.t.finished && !d.t.verified {
 		return d.t.result
 	}
 	return nil

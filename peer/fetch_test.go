@@ -183,7 +183,7 @@ func TestCorruptPeer(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, sha512.Sum512(data), sha512.Sum512(body), "right bytes from the good peer")
-	assert.True(t, reader.holds(id))
+	reader.eventuallyHolds(id, true)
 
 	st := reader.status()
 	require.NotNil(t, st.Cluster)
@@ -287,7 +287,7 @@ func TestDisagreeingPeersNoDeadlock(t *testing.T) {
 		got = append(got, c)
 	}
 	assert.Len(t, got, 40)
-	assert.True(t, a.holds(held), "a, which knows c, fetched it")
+	a.eventuallyHolds(held, true) // a, which knows c, fetched it
 	// b asked a, which answers peers from its own disk only: b gets it
 	// only if a's copy had landed by then; either answer is fine, but
 	// every request finished well before the deadline.
@@ -375,7 +375,8 @@ func TestCacheEvicts(t *testing.T) {
 			require.LessOrEqual(t, held, int64(10*size), "round %d file %d: over the limit", round, i)
 		}
 	}
-	assert.Equal(t, 60.0, cache.metric("dtfc_peer_fetches_total", "ok"), "evicted files are fetched again")
+	// Round two fetched again (nearly) every file: only the last ten fit.
+	assert.GreaterOrEqual(t, cache.metric("dtfc_peer_fetches_total", "ok"), 50.0, "evicted files are fetched again")
 	assert.GreaterOrEqual(t, cache.metric("dtfc_cache_evictions_total", ""), 50.0)
 	blobs, _ := replica.Store.Stats()
 	assert.EqualValues(t, 30, blobs, "replicas never evict")
@@ -400,10 +401,10 @@ func TestCacheKeepsRecentlyRead(t *testing.T) {
 	read(ids[2])
 	read(ids[0]) // 0 is now more recent than 1
 	read(ids[3]) // evicts 1
+	cache.eventuallyHolds(ids[3], true)
+	cache.eventuallyHolds(ids[1], false)
 	assert.True(t, cache.holds(ids[0]))
-	assert.False(t, cache.holds(ids[1]))
 	assert.True(t, cache.holds(ids[2]))
-	assert.True(t, cache.holds(ids[3]))
 }
 
 // TestMissOfDeletedStaysDeleted: a node whose tombstone is newer than a

@@ -174,6 +174,14 @@ func (n *node) holds(id dtfc.ID) bool {
 	return true
 }
 
+// eventuallyHolds waits until the node holds id (or not). A read from a
+// peer completes for the client once the bytes are verified; storing them
+// may take a moment more.
+func (n *node) eventuallyHolds(id dtfc.ID, want bool) {
+	n.t.Helper()
+	eventually(n.t, 10*time.Second, func() bool { return n.holds(id) == want }, "node %s holds %s: %v", n.URL, id.String()[:8], want)
+}
+
 // metric returns the value of a counter or gauge with the given label
 // value (or the first series when label is "").
 func (n *node) metric(name, label string) float64 {

@@ -146,7 +146,7 @@ func TestCacheGetsDeletesOnly(t *testing.T) {
 	resp, _, err := get(cache.URL + "/" + id.String())
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.True(t, cache.holds(id), "read through the cache")
+	cache.eventuallyHolds(id, true)
 
 	require.Equal(t, http.StatusOK, del(t, replica, id))
 	eventually(t, converge, func() bool { return !cache.holds(id) }, "the delete reaches the cache")

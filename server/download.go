@@ -102,6 +102,10 @@ func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dt
 		// the client sees a broken transfer, not a short success.
 		panic(http.ErrAbortHandler)
 	}
+	// The client has every byte once they were verified; the handler
+	// returns only once the blob is stored, so the next request on this
+	// connection finds it local.
+	d.Wait(ctx)
 }
 
 // zeros stands in for the body of a HEAD answer, which is never read.
