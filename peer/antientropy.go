@@ -23,7 +23,7 @@ const (
 	// compared record by record without drilling down to sub-ranges.
 	wholeRange = 1024
 	// pullParallelism bounds the blobs pulled from one peer at once.
-	pullParallelism = 4
+	pullParallelism = 16
 	// lookupBatch is how many IDs a cache asks about per request.
 	lookupBatch = 1000
 )

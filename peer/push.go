@@ -17,7 +17,7 @@ import (
 
 const (
 	pushBatch       = 256 // changes offered per request
-	pushParallelism = 4   // blob bodies sent at once to one peer
+	pushParallelism = 16  // blob bodies sent at once to one peer
 )
 
 // pusher sends the local change feed to one peer: every change after the
