@@ -31,6 +31,11 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if prefix := r.Header.Get(HeaderAccel); prefix != "" {
+		if st, err := s.store.Stat(id); err == nil && !st.Deleted && s.accelRedirect(w, r, prefix, st) {
+			return
+		}
+	}
 	st, small, err := s.store.ReadSmall(id, smallBlob)
 	if err == nil && small != nil {
 		s.serveBlob(w, r, bytes.NewReader(small), st, sourceLocal)
@@ -118,6 +123,51 @@ func (zeros) ReadAt(p []byte, _ int64) (int, error) { clear(p); return len(p), n
 // opened, then headers, then sendfile: for small files the syscalls, not
 // the bytes, are the cost.
 const smallBlob = 16 << 10
+
+// HeaderAccel, sent by a front web server (see deploy/nginx.conf), asks
+// dtfc to answer a local hit with its headers and an X-Accel-Redirect to
+// the blob under the given internal location, so the front server sends
+// the bytes straight from <basedir>/blobs (sendfile, ranges) with dtfc's
+// headers. Misses are still served by dtfc itself.
+const HeaderAccel = "X-Dtfc-Accel-Redirect"
+
+func (s *Server) accelRedirect(w http.ResponseWriter, r *http.Request, prefix string, st dtfc.State) bool {
+	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "\r\n?#") {
+		return false
+	}
+	hexID := st.ID.String()
+	h := w.Header()
+	ct := st.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h["Content-Type"] = []string{ct}
+	h["Etag"] = []string{`"` + hexID + `"`}
+	h["X-Content-Sha512"] = []string{hexID}
+	h["Cache-Control"] = cacheControl
+	h["Accept-Ranges"] = acceptRanges
+	h["X-Content-Type-Options"] = nosniff
+	h["X-Dtfc-Source"] = sourceLocal
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, hexID) {
+		w.WriteHeader(http.StatusNotModified)
+		return true
+	}
+	h["X-Accel-Redirect"] = []string{strings.TrimRight(prefix, "/") + "/" + hexID[0:2] + "/" + hexID[2:4] + "/" + hexID}
+	h["Content-Length"] = []string{"0"}
+	w.WriteHeader(http.StatusOK)
+	return true
+}
+
+// etagMatches implements If-None-Match's weak comparison for one ETag.
+func etagMatches(header, hexID string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == "*" || t == `"`+hexID+`"` {
+			return true
+		}
+	}
+	return false
+}
 
 // localOnly reports whether the request asks not to involve peers.
 func localOnly(r *http.Request) bool {
