@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -69,7 +68,7 @@ func (s *Store) Open(id dtfc.ID) (*Blob, error) {
 		return nil, ErrNotFound
 	}
 	release := s.access.hold(id, s.opts.TrackAccess)
-	f, err := openFile(s.Path(id))
+	f, err := s.openBlob(id)
 	if err != nil {
 		release()
 		if errors.Is(err, os.ErrNotExist) {
@@ -139,6 +138,11 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 	defer leave()
 	s.clock.Observe(st.Clock)
 	defer s.locks.lock(st.ID)()
+	if !st.Deleted && s.checkDenied(st.ID) != nil {
+		// Blocked: acknowledged and ignored, so the sender stops offering
+		// it; the block's own delete replicates and wins.
+		return Stale, nil
+	}
 	old, ok, err := s.record(st.ID)
 	if err != nil {
 		return Stale, err
@@ -278,15 +282,4 @@ func (s *Store) CountChanges(since uint64, deletesOnly bool) (int64, error) {
 		return nil
 	})
 	return n, err
-}
-
-// openFile opens a blob for reading. Unlike os.Open it does not try to
-// register the descriptor with the network poller (which fails for regular
-// files, one wasted syscall per read of a blob).
-func openFile(path string) (*os.File, error) {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	return os.NewFile(uintptr(fd), path), nil
 }

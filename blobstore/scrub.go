@@ -112,7 +112,13 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtf
 // verify re-hashes one blob. A missing file counts as corrupt; a record
 // changed meanwhile (deleted, replaced) is skipped as fine.
 func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rateLimit) (bool, error) {
-	f, err := os.Open(s.Path(st.ID))
+	f, err := s.openBlob(st.ID)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		// A symlink or something else that is not a plain file in the
+		// store: as bad as wrong bytes.
+		s.log.Warn("scrub: cannot open a blob as a plain file", "id", st.ID.String(), "err", err)
+		return false, nil
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		cur, ok, rerr := s.record(st.ID)
 		if rerr != nil {

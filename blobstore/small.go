@@ -52,6 +52,15 @@ func (c *smallCache) add(id dtfc.ID, b []byte) {
 	}
 }
 
+func (c *smallCache) drop(id dtfc.ID) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.lru.Remove(id)
+	c.mu.Unlock()
+}
+
 // ReadSmall returns the state of id and, if the blob is at most limit
 // bytes, its bytes (from memory when recently read; callers must not
 // modify them). For a larger blob the bytes are nil: use Open. It returns
@@ -73,7 +82,7 @@ func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
 	if b, ok := s.small.get(id); ok && int64(len(b)) == rec.Size {
 		return rec.State, b, nil
 	}
-	f, err := openFile(s.Path(id))
+	f, err := s.openBlob(id)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return dtfc.State{}, nil, ErrNotFound

@@ -63,6 +63,8 @@ type Store struct {
 	access   accessLog
 	scrubber scrubState
 	small    *smallCache
+	denied   denyCache
+	opener   *blobOpener
 }
 
 var (
@@ -74,7 +76,7 @@ var (
 	bucketValues  = []byte("values") // other layers' durable values (cursors)
 	bucketATime   = []byte("atime")  // id -> access counter (caches)
 	bucketLRU     = []byte("lru")    // access|id -> {} (caches)
-	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU}
+	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny}
 	keyNode       = []byte("node")
 	keyClean      = []byte("clean")
 	keyClock      = []byte("clock")
@@ -119,35 +121,51 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("blobstore: %w", err)
 		}
 	}
-	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, &bolt.Options{
+	if err := s.openFiles(); err != nil {
+		return nil, err
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// openFiles opens the blob directory and the metadata, and brings them to
+// a consistent state; on failure it closes whatever it opened.
+func (s *Store) openFiles() (err error) {
+	if s.opener, err = newBlobOpener(s.blobDir); err != nil {
+		return fmt.Errorf("blobstore: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			s.opener.close()
+		}
+	}()
+	s.db, err = bolt.Open(filepath.Join(s.dir, "meta.db"), 0o600, &bolt.Options{
 		Timeout:        2 * time.Second, // another process holds the directory
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("blobstore: %s is in use by another process", dir)
+			return fmt.Errorf("blobstore: %s is in use by another process", s.dir)
 		}
-		return nil, fmt.Errorf("blobstore: open metadata: %w", err)
+		return fmt.Errorf("blobstore: open metadata: %w", err)
 	}
-	s.db = db
+	defer func() {
+		if err != nil {
+			s.db.Close()
+		}
+	}()
 	clean, err := s.init()
 	if err != nil {
-		db.Close()
-		return nil, err
+		return err
 	}
 	if err := s.sweepTemp(); err != nil {
-		db.Close()
-		return nil, err
+		return err
 	}
 	if !clean {
-		if err := s.reconcile(); err != nil {
-			db.Close()
-			return nil, err
-		}
+		return s.reconcile()
 	}
-	go s.commitLoop()
-	return s, nil
+	return nil
 }
 
 // init creates the buckets, reads the store-wide values and marks the store
@@ -183,6 +201,9 @@ func (s *Store) init() (clean bool, err error) {
 		// and evictions delete feed entries, the latest one included.
 		s.lastSeq.Store(tx.Bucket(bucketFeed).Sequence())
 		s.access.next = getU64(sys, keyAccessNext)
+		if err := s.loadDeny(tx); err != nil {
+			return err
+		}
 		return sys.Put(keyClean, []byte("0"))
 	})
 	if err != nil {
@@ -278,6 +299,7 @@ func (s *Store) Close() error {
 	err = errors.Join(err, s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSys).Put(keyClean, []byte("1"))
 	}))
+	s.opener.close()
 	return errors.Join(err, s.db.Close())
 }
 

@@ -383,6 +383,11 @@ func (w *Writer) place(decide func(old *record) (dtfc.State, bool, bool)) (res R
 	defer leave()
 	id := w.sum
 	defer s.locks.lock(id)()
+	// Checked under the ID's lock: ApplyDeny takes it too, so a block and
+	// an upload cannot interleave.
+	if err := s.checkDenied(id); err != nil {
+		return res, err
+	}
 
 	old, ok, err := s.record(id)
 	if err != nil {
@@ -467,6 +472,9 @@ func (s *Store) ensureShard(id dtfc.ID) error {
 				return diskErr("fsync blob directory", err)
 			}
 		case errors.Is(err, os.ErrExist):
+			if err := checkRealDir(d); err != nil {
+				return err
+			}
 		default:
 			return diskErr("create shard directory", err)
 		}

@@ -109,6 +109,9 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote, resync bool) (map[dtf
 	if resync && !ans.Synced {
 		return nil, fmt.Errorf("peer %s is not in sync itself; cannot resync against it", r.URL)
 	}
+	if err := c.syncDeny(ctx, r, ans.Deny); err != nil {
+		return nil, err
+	}
 	theirs, err := ans.decode()
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", r.URL, err)
@@ -244,9 +247,30 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 	return nil
 }
 
+// syncDeny pulls r's deny list when its digest differs from ours.
+func (c *Cluster) syncDeny(ctx context.Context, r *remote, theirs string) error {
+	ours, err := c.store.DenyDigest()
+	if err != nil || ours == theirs {
+		return err
+	}
+	var list denyRequest
+	if err := r.getJSON(ctx, "/deny", &list); err != nil {
+		return err
+	}
+	_, err = c.applyDenyList(list.Entries)
+	return err
+}
+
 // cacheSync asks r about every blob the cache holds and applies what is
 // newer: a cache learns of deletes even if a push to it was lost.
 func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
+	var d digestsAnswer
+	if err := r.getJSON(ctx, "/digests", &d); err != nil {
+		return err
+	}
+	if err := c.syncDeny(ctx, r, d.Deny); err != nil {
+		return err
+	}
 	var ids []dtfc.ID
 	if err := c.store.States(nil, func(st dtfc.State) error {
 		if !st.Deleted {

@@ -33,6 +33,15 @@ type Options struct {
 	// Secret, if set, must be presented by every node-to-node request
 	// (and is sent with this node's).
 	Secret string
+	// RequirePeerCert makes node-to-node routes refuse requests without a
+	// TLS client certificate verified against the cluster's CA (the
+	// listener must request one: see internal/tlsreload).
+	RequirePeerCert bool
+	// MaxFetches bounds the transfers from peers running at once, so a
+	// flood of misses cannot exhaust file descriptors; a miss beyond it
+	// waits a few seconds for a slot, then fails with ErrBusy. If zero, it
+	// defaults to 64.
+	MaxFetches int
 	// AntiEntropyInterval is how often each peer's digests are compared.
 	// If zero, it defaults to one minute.
 	AntiEntropyInterval time.Duration
@@ -109,6 +118,9 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = DefaultHTTPClient(nil)
 	}
+	if opts.MaxFetches == 0 {
+		opts.MaxFetches = 64
+	}
 	opts.Me = normalizeURL(opts.Me)
 	c := &Cluster{
 		opts:    opts,
@@ -118,7 +130,7 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 		ackCh:   make(chan struct{}),
 		runCtx:  context.Background(),
 	}
-	c.fetch = &fetcher{c: c, inflight: map[dtfc.ID]*transfer{}}
+	c.fetch = &fetcher{c: c, inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, opts.MaxFetches)}
 	c.metrics = newMetrics(opts.Registry, c)
 	c.loadContact()
 	var peers []Peer

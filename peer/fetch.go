@@ -19,7 +19,12 @@ var (
 	// ErrHeldLocally means the blob arrived locally meanwhile: read it
 	// from the store.
 	ErrHeldLocally = errors.New("held locally")
+	// ErrBusy means too many transfers from peers are running; retry.
+	ErrBusy = errors.New("too many transfers from peers in flight; retry shortly")
 )
+
+// slotWait is how long a miss waits for a free transfer slot.
+const slotWait = 5 * time.Second
 
 // stallTimeout cuts off a peer whose body sends nothing for this long.
 const stallTimeout = 30 * time.Second
@@ -33,6 +38,7 @@ type fetcher struct {
 	mu       sync.Mutex
 	inflight map[dtfc.ID]*transfer
 	wg       sync.WaitGroup
+	slots    chan struct{} // one token per running transfer
 }
 
 // transfer is one blob coming from a peer into a temp file, readable by
@@ -97,6 +103,41 @@ func (t *transfer) release() {
 // share one transfer, which runs detached from the callers' contexts (a
 // client that goes away does not cancel a fill others wait for).
 func (f *fetcher) open(ctx context.Context, id dtfc.ID) (*Download, error) {
+	if d, err := f.attach(ctx, id); d != nil || err != nil {
+		return d, err
+	}
+	// A new transfer needs a slot; waiting for one holds no lock.
+	t := time.NewTimer(slotWait)
+	defer t.Stop()
+	select {
+	case f.slots <- struct{}{}:
+	case <-t.C:
+		return nil, ErrBusy
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	d, err := f.start(ctx, id)
+	return d, err
+}
+
+// attach joins a transfer of id already running, if any.
+func (f *fetcher) attach(ctx context.Context, id dtfc.ID) (*Download, error) {
+	f.mu.Lock()
+	t := f.inflight[id]
+	if t == nil {
+		f.mu.Unlock()
+		return nil, nil
+	}
+	t.mu.Lock()
+	t.refs++
+	t.mu.Unlock()
+	f.mu.Unlock()
+	return f.wait(ctx, t)
+}
+
+// start begins a transfer of id holding a slot (released when it ends, or
+// here if another caller started one meanwhile).
+func (f *fetcher) start(ctx context.Context, id dtfc.ID) (*Download, error) {
 	f.mu.Lock()
 	t := f.inflight[id]
 	if t == nil {
@@ -106,6 +147,7 @@ func (f *fetcher) open(ctx context.Context, id dtfc.ID) (*Download, error) {
 			if b, err := f.c.store.Open(id); err == nil {
 				b.Close()
 				f.mu.Unlock()
+				<-f.slots
 				return nil, ErrHeldLocally
 			}
 		}
@@ -113,12 +155,18 @@ func (f *fetcher) open(ctx context.Context, id dtfc.ID) (*Download, error) {
 		f.inflight[id] = t
 		f.wg.Add(1)
 		go f.run(t)
+	} else {
+		<-f.slots // someone else's transfer: give the slot back
 	}
 	t.mu.Lock()
 	t.refs++
 	t.mu.Unlock()
 	f.mu.Unlock()
+	return f.wait(ctx, t)
+}
 
+// wait waits for a transfer's headers and returns a Download of it.
+func (f *fetcher) wait(ctx context.Context, t *transfer) (*Download, error) {
 	select {
 	case <-t.ready:
 	case <-ctx.Done():
@@ -135,6 +183,7 @@ func (f *fetcher) open(ctx context.Context, id dtfc.ID) (*Download, error) {
 // run finds a peer holding the blob and streams it into the store.
 func (f *fetcher) run(t *transfer) {
 	defer f.wg.Done()
+	defer func() { <-f.slots }()
 	defer t.release()
 	defer func() {
 		f.mu.Lock()

@@ -45,12 +45,18 @@ func (c *Cluster) InternalHandler() http.Handler {
 	r.Get("/digests/{first}", c.hDigests)
 	r.Get("/states", c.hStates)
 	r.Post("/lookup", c.hLookup)
+	r.Get("/deny", c.hDenyList)
+	r.Post("/deny", c.hDenyApply)
 	return r
 }
 
 func (c *Cluster) authPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(HeaderNode, c.store.NodeID())
+		if c.opts.RequirePeerCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+			writeErr(w, http.StatusForbidden, "node-to-node route: a client certificate signed by the cluster's CA is required")
+			return
+		}
 		if c.opts.Secret != "" && !secretOK(r.Header.Get(HeaderSecret), c.opts.Secret) {
 			writeErr(w, http.StatusUnauthorized, "node-to-node route: missing or wrong cluster secret")
 			return
@@ -260,6 +266,8 @@ type digestsAnswer struct {
 	Synced bool     `json:"synced"`
 	Sums   string   `json:"sums"`
 	Counts []uint64 `json:"counts"`
+	// Deny digests the deny list (blobstore.DenyDigest).
+	Deny string `json:"deny"`
 }
 
 func encodeDigests(node string, synced bool, d *[256]blobstore.Digest) digestsAnswer {
@@ -302,7 +310,65 @@ func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, encodeDigests(c.store.NodeID(), c.isSynced(), &d))
+	ans := encodeDigests(c.store.NodeID(), c.isSynced(), &d)
+	if ans.Deny, err = c.store.DenyDigest(); err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, ans)
+}
+
+func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
+	list, err := c.store.DenyList()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if list == nil {
+		list = []blobstore.Deny{}
+	}
+	writeJSON(w, http.StatusOK, denyRequest{Entries: list})
+}
+
+// hDenyApply applies a peer's deny list, entry by entry, last writer wins.
+func (c *Cluster) hDenyApply(w http.ResponseWriter, r *http.Request) {
+	var req denyRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody)).Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad deny list: "+err.Error())
+		return
+	}
+	n, err := c.applyDenyList(req.Entries)
+	if err != nil {
+		writeErr(w, storeStatus(err), err.Error())
+		return
+	}
+	dig, _ := c.store.DenyDigest()
+	writeJSON(w, http.StatusOK, denyAnswer{Applied: n, Digest: dig})
+}
+
+func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
+	n := 0
+	for _, d := range entries {
+		if d.ID.IsZero() || d.Clock == 0 || (d.Active() && !ValidDenyStatus(d.Status)) {
+			return n, fmt.Errorf("invalid deny entry for %s", d.ID)
+		}
+		ok, err := c.store.ApplyDeny(d)
+		if err != nil {
+			return n, err
+		}
+		if ok {
+			n++
+			if d.Active() {
+				c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
+			}
+		}
+	}
+	return n, nil
+}
+
+// ValidDenyStatus reports whether status may answer reads of a denied ID.
+func ValidDenyStatus(status int) bool {
+	return status == http.StatusForbidden || status == http.StatusNotFound || status == http.StatusUnavailableForLegalReasons
 }
 
 // hStates lists the states of every ID with a prefix, one JSON object per

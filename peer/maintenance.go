@@ -117,6 +117,9 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 				c.metrics.tombstonesPurged.Add(float64(n))
 				c.log.Info("expired tombstones older than the retention", "count", n)
 			}
+			if _, err := c.store.PurgeLifts(horizon); err != nil {
+				c.log.Error("expiring lifted blocks", "err", err)
+			}
 		}
 		if c.isCache() {
 			if err := c.store.FlushAccess(); err != nil {

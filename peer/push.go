@@ -86,6 +86,7 @@ func (p *pusher) run(ctx context.Context) {
 	p.caughtUp.Store(&start)
 	p.loaded.Store(true)
 	failures := 0
+	var denySent uint64 // deny-list version the peer has accepted
 	for ctx.Err() == nil {
 		if c.holdPushes() {
 			// Away longer than the tombstone retention: offering old
@@ -95,7 +96,21 @@ func (p *pusher) run(ctx context.Context) {
 			}
 			continue
 		}
-		changed := c.store.Changed()
+		changed, denyChanged := c.store.Changed(), c.store.DenyChanged()
+		if v := c.store.DenyVersion(); v != denySent {
+			if err := c.pushDeny(ctx, r); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				c.log.Debug("pushing the deny list failed", "peer", r.URL, "err", err)
+				if !p.backoff(ctx, failures) {
+					return
+				}
+				continue
+			}
+			denySent = v
+		}
 		changes, err := c.store.Changes(cursor, pushBatch)
 		if err != nil {
 			c.log.Error("reading the change feed", "err", err)
@@ -109,6 +124,7 @@ func (p *pusher) run(ctx context.Context) {
 			p.caughtUp.Store(&now)
 			select {
 			case <-changed:
+			case <-denyChanged:
 			case <-ctx.Done():
 				return
 			}
@@ -132,13 +148,7 @@ func (p *pusher) run(ctx context.Context) {
 				} else {
 					c.log.Debug("push to peer failed", "peer", r.URL, "err", err, "retry_in", d)
 				}
-				t := time.NewTimer(d)
-				select {
-				case <-t.C:
-				case <-r.kick:
-					t.Stop()
-				case <-ctx.Done():
-					t.Stop()
+				if !p.backoff(ctx, failures) {
 					return
 				}
 				continue
@@ -160,6 +170,40 @@ func (p *pusher) run(ctx context.Context) {
 		c.acked()
 		c.contact()
 	}
+}
+
+// backoff waits before the next attempt (or until the peer shows signs of
+// life); false means ctx ended.
+func (p *pusher) backoff(ctx context.Context, failures int) bool {
+	t := time.NewTimer(backoff(failures))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-p.r.kick:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+// pushDeny sends the whole deny list (it is small); the peer applies what
+// is newer, and what changes its list flows on from there.
+func (c *Cluster) pushDeny(ctx context.Context, r *remote) error {
+	list, err := c.store.DenyList()
+	if err != nil {
+		return err
+	}
+	var ans denyAnswer
+	return r.callJSON(ctx, http.MethodPost, "/deny", denyRequest{Entries: list}, &ans)
+}
+
+type denyRequest struct {
+	Entries []blobstore.Deny `json:"entries"`
+}
+
+type denyAnswer struct {
+	Applied int    `json:"applied"`
+	Digest  string `json:"digest"`
 }
 
 type changesRequest struct {

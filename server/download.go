@@ -31,6 +31,10 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.checkDenied(id, false); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if prefix := r.Header.Get(HeaderAccel); prefix != "" {
 		if st, err := s.store.Stat(id); err == nil && !st.Deleted && s.accelRedirect(w, r, prefix, st) {
 			return
@@ -89,6 +93,10 @@ func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dt
 	}
 	if errors.Is(err, peer.ErrNotFound) {
 		err = fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	if errors.Is(err, peer.ErrBusy) {
+		w.Header().Set("Retry-After", "1")
+		err = &Error{Status: http.StatusServiceUnavailable, Msg: err.Error()}
 	}
 	if err != nil {
 		s.writeError(w, r, err)

@@ -1,11 +1,12 @@
 package server
 
 import (
-	"crypto/subtle"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -46,6 +47,18 @@ type Config struct {
 	// (Authorization: Bearer <token>); several may be valid at once so a
 	// token can be rotated. If empty, writes are open.
 	AuthTokens []string
+	// ReadTokens, if any, are needed to read blobs (a write token reads
+	// too). If empty, reads are open.
+	ReadTokens []string
+	// PrivateStatus requires a read or write token for /, /_status and
+	// /metrics. /health stays open.
+	PrivateStatus bool
+	// MaxUploadsPerClient answers 429 to a client address with more
+	// uploads in flight. If zero, it defaults to 64; negative: no limit.
+	MaxUploadsPerClient int
+	// TrustedProxies are the addresses of reverse proxies whose
+	// X-Forwarded-For names the client (for MaxUploadsPerClient and logs).
+	TrustedProxies []netip.Prefix
 	// Logger receives the server's logs. If nil, logs are discarded.
 	Logger *slog.Logger
 	// Registry receives the server's metrics. If nil, a private registry is
@@ -65,6 +78,9 @@ type Server struct {
 	metrics *metrics
 	started time.Time
 	flight  sync.WaitGroup
+	tokens  atomic.Pointer[tokens]
+	uploads *clientLimiter
+	denier  Denier
 }
 
 // Stats is implemented by a store that counts what it holds.
@@ -90,7 +106,13 @@ func New(cfg Config, store Blobs) *Server {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	cfg.Me = strings.TrimRight(cfg.Me, "/")
+	if cfg.MaxUploadsPerClient == 0 {
+		cfg.MaxUploadsPerClient = 64
+	}
 	s := &Server{cfg: cfg, store: store, log: cfg.Logger, started: time.Now()}
+	s.SetTokens(cfg.AuthTokens, cfg.ReadTokens)
+	s.uploads = &clientLimiter{max: cfg.MaxUploadsPerClient, n: map[string]int{}}
+	s.denier, _ = store.(Denier)
 	s.stats = func() (int64, int64) { return 0, 0 }
 	if st, ok := store.(Stats); ok {
 		s.stats = st.Stats
@@ -117,61 +139,43 @@ func (s *Server) routes() chi.Router {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
-	getHead := func(pattern string, h http.HandlerFunc) {
+	getHead := func(r chi.Router, pattern string, h http.HandlerFunc) {
 		r.Get(pattern, h)
 		r.Head(pattern, h)
 	}
-	getHead("/health", s.health)
-	getHead("/health.html", s.health)
-	getHead("/_status", s.status)
-	getHead("/metrics", s.metrics.handler.ServeHTTP)
-	getHead("/", s.index)
+	getHead(r, "/health", s.health)
+	getHead(r, "/health.html", s.health)
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireStatus)
+		getHead(r, "/_status", s.status)
+		getHead(r, "/metrics", s.metrics.handler.ServeHTTP)
+		getHead(r, "/", s.index)
+	})
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireWrite)
 		r.Put("/refreshpeers", s.refreshPeers)
 		r.Put("/refreshpeers.html", s.refreshPeers)
-		r.Post("/", s.upload)
-		r.Put("/{filename}", s.upload)
 		r.Delete("/{id}", s.delete)
+		if s.denier != nil {
+			r.Get("/_deny", s.listDeny)
+			r.Put("/_deny/{id}", s.putDeny)
+			r.Delete("/_deny/{id}", s.liftDeny)
+		}
+		r.Group(func(r chi.Router) {
+			r.Use(s.limitUploads)
+			r.Post("/", s.upload)
+			r.Put("/{filename}", s.upload)
+		})
 	})
-	getHead("/{id}", s.download)
-	getHead("/{id}/nopeerload", s.download)
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireRead)
+		getHead(r, "/{id}", s.download)
+		getHead(r, "/{id}/nopeerload", s.download)
+	})
 	if c := s.cfg.Cluster; c != nil {
 		r.Mount("/_internal", c.InternalHandler())
 	}
 	return r
-}
-
-// requireWrite checks the write token when one is configured. Every token
-// is compared in constant time, so timing reveals nothing of any of them.
-func (s *Server) requireWrite(next http.Handler) http.Handler {
-	if len(s.cfg.AuthTokens) == 0 {
-		return next
-	}
-	tokens := make([][]byte, len(s.cfg.AuthTokens))
-	for i, t := range s.cfg.AuthTokens {
-		tokens[i] = []byte(t)
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !bearerMatches(r.Header.Get("Authorization"), tokens) {
-			s.writeError(w, r, errorf(http.StatusUnauthorized, "this node requires a write token: Authorization: Bearer <token>"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func bearerMatches(header string, tokens [][]byte) bool {
-	const prefix = "Bearer "
-	if len(header) < len(prefix) || !strings.EqualFold(header[:len(prefix)], prefix) {
-		return false
-	}
-	got := []byte(strings.TrimSpace(header[len(prefix):]))
-	ok := 0
-	for _, t := range tokens {
-		ok |= subtle.ConstantTimeCompare(got, t)
-	}
-	return ok == 1
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {

@@ -67,6 +67,12 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if !expected.IsZero() {
+		// Known before a byte is read: refuse a blocked ID at once.
+		if err := s.checkDenied(expected, true); err != nil {
+			return err
+		}
+	}
 
 	body := io.Reader(&idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.cfg.IdleTimeout})
 	ctype := r.Header.Get("Content-Type")
@@ -107,7 +113,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		Filename:    filename,
 	})
 	if err != nil {
-		return err
+		return errorsAsDenied(err, true)
 	}
 	id := res.State.ID.String()
 	s.log.Debug("upload stored", "id", id, "bytes", n, "receive", received.Sub(start), "commit", time.Since(received))

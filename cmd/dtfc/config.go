@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -33,8 +34,23 @@ type Config struct {
 	MaxUploadBytes      ByteSize `toml:"max_upload_bytes"`
 	IdleTimeout         Duration `toml:"idle_timeout"`
 	ReplicasTimeout     Duration `toml:"replicas_timeout"`
-	AuthToken           string   `toml:"auth_token"`
-	ClusterSecret       string   `toml:"cluster_secret"`
+	AuthToken           StringList `toml:"auth_token"`
+	ReadToken           StringList `toml:"read_token"`
+	PrivateStatus       bool       `toml:"private_status"`
+	ClusterSecret       string     `toml:"cluster_secret"`
+
+	TLSCert            string `toml:"tls_cert"`
+	TLSKey             string `toml:"tls_key"`
+	TLSCA              string `toml:"tls_ca"`
+	TLSClientCert      string `toml:"tls_client_cert"`
+	TLSClientKey       string `toml:"tls_client_key"`
+	TLSRequirePeerCert bool   `toml:"tls_require_peer_cert"`
+
+	MaxUploadsPerClient int        `toml:"max_uploads_per_client"`
+	TrustedProxies      StringList `toml:"trusted_proxies"`
+	MaxHeaderBytes      ByteSize   `toml:"max_header_bytes"`
+	ReadHeaderTimeout   Duration   `toml:"read_header_timeout"`
+	MaxPeerFetches      int        `toml:"max_peer_fetches"`
 	ScrubInterval       Duration `toml:"scrub_interval"`
 	ScrubRate           ByteSize `toml:"scrub_rate"`
 	AntiEntropyInterval Duration `toml:"anti_entropy_interval"`
@@ -55,7 +71,62 @@ func defaultConfig() Config {
 		AntiEntropyInterval: Duration(time.Minute),
 		TombstoneRetention:  Duration(720 * time.Hour),
 		ShutdownGrace:       Duration(30 * time.Second),
+		MaxUploadsPerClient: 64,
+		MaxHeaderBytes:      64 << 10,
+		ReadHeaderTimeout:   Duration(10 * time.Second),
+		MaxPeerFetches:      64,
 	}
+}
+
+// StringList is a list of strings: in TOML a string or an array of
+// strings; as a flag, repeatable (or comma-separated).
+type StringList []string
+
+// UnmarshalTOML accepts a string or an array of strings.
+func (l *StringList) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case string:
+		*l = StringList{x}
+		return nil
+	case []any:
+		out := StringList{}
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf("want strings, got %v", e)
+			}
+			out = append(out, s)
+		}
+		*l = out
+		return nil
+	}
+	return fmt.Errorf("want a string or an array of strings, got %v", v)
+}
+
+// listFlag is a repeatable flag filling a StringList: its first use on
+// the command line replaces what the config file said, later uses add.
+type listFlag struct {
+	l   *StringList
+	set bool
+}
+
+func (f *listFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	return strings.Join(*f.l, ",")
+}
+
+func (f *listFlag) Set(s string) error {
+	if !f.set {
+		*f.l, f.set = nil, true
+	}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*f.l = append(*f.l, p)
+		}
+	}
+	return nil
 }
 
 // Duration is a time.Duration written as a Go duration string ("1.5s").
@@ -143,13 +214,26 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&c.MaxUploadBytes, "max-upload-bytes", "larger uploads get 413 (0 = no limit)")
 	fs.Var(&c.IdleTimeout, "idle-timeout", "an upload body that sends nothing this long gets 408")
 	fs.Var(&c.ReplicasTimeout, "replicas-timeout", "how long ?replicas=N waits before 504")
-	fs.StringVar(&c.AuthToken, "auth-token", c.AuthToken, "when set, writes need Authorization: Bearer <token> (prefer the config file: flags show in ps)")
+	fs.Var(&listFlag{l: &c.AuthToken}, "auth-token", "when set, writes need Authorization: Bearer <token>; repeat for several (rotation). Prefer the config file: flags show in ps")
+	fs.Var(&listFlag{l: &c.ReadToken}, "read-token", "when set, reads need Authorization: Bearer <token> (a write token reads too); repeatable")
+	fs.BoolVar(&c.PrivateStatus, "private-status", c.PrivateStatus, "require a read or write token for /, /_status and /metrics")
 	fs.StringVar(&c.ClusterSecret, "cluster-secret", c.ClusterSecret, "when set, node-to-node requests must carry it (prefer the config file)")
 	fs.Var(&c.ScrubInterval, "scrub-interval", "how often a full re-hash pass over the store starts (0 = never)")
 	fs.Var(&c.ScrubRate, "scrub-rate", "bytes per second the scrubber reads at most (0 = no limit)")
 	fs.Var(&c.AntiEntropyInterval, "anti-entropy-interval", "how often each peer's digests are compared")
 	fs.Var(&c.TombstoneRetention, "tombstone-retention", "how long deletes are remembered")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "how long a shutdown waits for requests in flight")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate: serve HTTPS (re-read when it changes)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM key of tls-cert")
+	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "PEM CA bundle that verifies peers (and their client certificates)")
+	fs.StringVar(&c.TLSClientCert, "tls-client-cert", c.TLSClientCert, "PEM client certificate presented to peers (mutual TLS)")
+	fs.StringVar(&c.TLSClientKey, "tls-client-key", c.TLSClientKey, "PEM key of tls-client-cert")
+	fs.BoolVar(&c.TLSRequirePeerCert, "tls-require-peer-cert", c.TLSRequirePeerCert, "node-to-node routes require a client certificate verified by tls-ca")
+	fs.IntVar(&c.MaxUploadsPerClient, "max-uploads-per-client", c.MaxUploadsPerClient, "uploads in flight per client address before 429 (negative = no limit)")
+	fs.Var(&listFlag{l: &c.TrustedProxies}, "trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client; repeatable")
+	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request header accepted")
+	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
+	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")
 }
 
 // loadConfig builds the configuration: defaults, then the TOML file named
@@ -258,7 +342,26 @@ func (c *Config) validate() error {
 	if c.ScrubInterval < 0 || c.ShutdownGrace < 0 {
 		errs = append(errs, errors.New("scrub_interval and shutdown_grace cannot be negative"))
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("tls_cert and tls_key go together"))
+	}
+	if (c.TLSClientCert == "") != (c.TLSClientKey == "") {
+		errs = append(errs, errors.New("tls_client_cert and tls_client_key go together"))
+	}
+	if c.TLSRequirePeerCert && (c.TLSCA == "" || c.TLSCert == "") {
+		errs = append(errs, errors.New("tls_require_peer_cert needs tls_ca (to verify peers' certificates) and tls_cert (HTTPS)"))
+	}
+	if _, err := c.proxies(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxHeaderBytes < 1024 || c.ReadHeaderTimeout <= 0 || c.MaxPeerFetches < 1 {
+		errs = append(errs, errors.New("max_header_bytes must be at least 1024, read_header_timeout positive, max_peer_fetches at least 1"))
+	}
 	if c.Me == "" {
+		scheme := "http://"
+		if c.TLSCert != "" {
+			scheme = "https://"
+		}
 		host := c.Host
 		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 			// Listening on every interface: the wildcard address is no URL
@@ -269,11 +372,28 @@ func (c *Config) validate() error {
 				host = "localhost"
 			}
 		}
-		c.Me = "http://" + net.JoinHostPort(host, strconv.Itoa(c.Port))
+		c.Me = scheme + net.JoinHostPort(host, strconv.Itoa(c.Port))
 	}
 	if u, err := url.Parse(c.Me); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("me %q: want a URL like http://host:port", c.Me))
 	}
 	c.Me = strings.TrimRight(c.Me, "/")
 	return errors.Join(errs...)
+}
+
+// proxies parses trusted_proxies: addresses or CIDR prefixes.
+func (c *Config) proxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, p := range c.TrustedProxies {
+		if pf, err := netip.ParsePrefix(p); err == nil {
+			out = append(out, pf.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("trusted_proxies: %q is neither an address nor a CIDR prefix", p)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		var c Config
 		c, err = loadConfig(args)
 		if err == nil {
-			err = serve(ctx, c, stderr)
+			err = serve(ctx, c, func() (Config, error) { return loadConfig(args) }, stderr)
 		}
 	case "put":
 		err = cmdPut(ctx, args, stdin, stdout, stderr)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/tlsreload"
 	"github.com/dtfc/dtfc/peer"
 	"github.com/dtfc/dtfc/server"
 )
@@ -26,7 +28,11 @@ import (
 // it stops accepting, lets requests in flight finish for the shutdown
 // grace, cuts off what remains (their temp files are removed), and closes
 // the store cleanly.
-func serve(ctx context.Context, c Config, stderr io.Writer) error {
+//
+// reload re-reads the configuration (file and flags) on SIGHUP, which
+// swaps in its tokens (a rotation without a restart) and re-reads the peer
+// list.
+func serve(ctx context.Context, c Config, reload func() (Config, error), stderr io.Writer) error {
 	level := slog.LevelInfo
 	if c.Verbose {
 		level = slog.LevelDebug
@@ -47,12 +53,34 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 		}
 	}()
 
+	var tlsr *tlsreload.Reloader
+	if c.TLSCert != "" || c.TLSCA != "" || c.TLSClientCert != "" {
+		tlsr, err = tlsreload.New(tlsreload.Files{
+			Cert: c.TLSCert, Key: c.TLSKey, CA: c.TLSCA,
+			ClientCert: c.TLSClientCert, ClientKey: c.TLSClientKey,
+		}, log.With("component", "tls"))
+		if err != nil {
+			return err
+		}
+	}
+	peerClient := peer.DefaultHTTPClient(nil)
+	if tlsr != nil {
+		peerClient.Transport.(*http.Transport).TLSClientConfig = tlsr.ClientConfig()
+	}
+	proxies, err := c.proxies()
+	if err != nil {
+		return err
+	}
+
 	cluster, err := peer.New(store, peer.Options{
 		Me:                  c.Me,
 		Role:                c.Role,
 		PeerList:            c.Peerlist,
 		MaxBytes:            int64(c.MaxBytes),
 		Secret:              c.ClusterSecret,
+		RequirePeerCert:     c.TLSRequirePeerCert,
+		MaxFetches:          c.MaxPeerFetches,
+		HTTPClient:          peerClient,
 		AntiEntropyInterval: time.Duration(c.AntiEntropyInterval),
 		TombstoneRetention:  time.Duration(c.TombstoneRetention),
 		ScrubInterval:       scrubInterval(c.ScrubInterval),
@@ -64,20 +92,20 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 		return err
 	}
 
-	var tokens []string
-	if c.AuthToken != "" {
-		tokens = append(tokens, c.AuthToken)
-	}
 	api := server.New(server.Config{
-		Me:              c.Me,
-		Role:            c.Role,
-		MaxUploadBytes:  int64(c.MaxUploadBytes),
-		IdleTimeout:     time.Duration(c.IdleTimeout),
-		ReplicasTimeout: time.Duration(c.ReplicasTimeout),
-		AuthTokens:      tokens,
-		Logger:          log.With("component", "http"),
-		Registry:        reg,
-		Cluster:         cluster,
+		Me:                  c.Me,
+		Role:                c.Role,
+		MaxUploadBytes:      int64(c.MaxUploadBytes),
+		IdleTimeout:         time.Duration(c.IdleTimeout),
+		ReplicasTimeout:     time.Duration(c.ReplicasTimeout),
+		AuthTokens:          c.AuthToken,
+		ReadTokens:          c.ReadToken,
+		PrivateStatus:       c.PrivateStatus,
+		MaxUploadsPerClient: c.MaxUploadsPerClient,
+		TrustedProxies:      proxies,
+		Logger:              log.With("component", "http"),
+		Registry:            reg,
+		Cluster:             cluster,
 	}, store)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
@@ -86,20 +114,25 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 	}
 	hs := &http.Server{
 		Handler:           api,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: time.Duration(c.ReadHeaderTimeout),
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    int(c.MaxHeaderBytes),
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// No WriteTimeout or ReadTimeout: downloads and uploads may take
 		// hours. Uploads get per-read idle deadlines instead.
 	}
+	if tlsr != nil && tlsr.Serving() {
+		hs.TLSConfig = tlsr.ServerConfig()
+		ln = tls.NewListener(ln, hs.TLSConfig)
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
-		"node", store.NodeID(), "peers", len(cluster.Peers()))
+		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return cluster.Run(gctx) })
 	g.Go(func() error {
-		// SIGHUP re-reads the peer list, like PUT /refreshpeers.
+		// SIGHUP re-reads the peer list, like PUT /refreshpeers, and the
+	// tokens.
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
@@ -108,8 +141,14 @@ func serve(ctx context.Context, c Config, stderr io.Writer) error {
 			case <-gctx.Done():
 				return nil
 			case <-hup:
-				if _, err := cluster.Refresh(); err != nil {
+				if _, err := cluster.Refresh(); err != nil && !errors.Is(err, peer.ErrNoPeerList) {
 					log.Error("SIGHUP: peer list not reloaded; the previous one stays in force", "err", err)
+				}
+				if nc, err := reload(); err != nil {
+					log.Error("SIGHUP: configuration not reloaded; the tokens in force stay", "err", err)
+				} else {
+					api.SetTokens(nc.AuthToken, nc.ReadToken)
+					log.Info("SIGHUP: tokens reloaded", "write_tokens", len(nc.AuthToken), "read_tokens", len(nc.ReadToken))
 				}
 			}
 		}
