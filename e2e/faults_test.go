@@ -24,7 +24,7 @@ import (
 
 // TestCorruptionInTransit: with every link into and out of node 0
 // flipping a byte of every body, no node ever stores wrong bytes; once the
-// links are clean, the file replicates (Consistency 5).
+// links are clean, the file replicates (Consistency 5). About 10 s.
 func TestCorruptionInTransit(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 3})
 	hc := newClient(t)
@@ -89,7 +89,7 @@ type kill9Op struct {
 // TestKill9UnderLoad: a client streams uploads and deletes at random
 // nodes while nodes are killed with SIGKILL and restarted; afterwards
 // every acknowledged operation holds on every node (Consistency 6). The
-// stream is seeded: DTFC_E2E_SEED=<n> replays one. About 30 s.
+// stream is seeded: DTFC_E2E_SEED=<n> replays one. About 15 s.
 func TestKill9UnderLoad(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("DTFC_E2E_SEED"); s != "" {
@@ -157,8 +157,14 @@ func TestKill9UnderLoad(t *testing.T) {
 		ambiguous bool
 	}
 	fates := map[string]*fate{}
-	var acked, uploads, deletes, maybes int
+	var acked, uploads, deletes, maybes, retried, refused int
 	for _, op := range ops {
+		if op.tries > 1 {
+			retried++
+		}
+		if !op.acked && !op.maybe {
+			refused++
+		}
 		f := fates[op.id]
 		if f == nil {
 			f = &fate{}
@@ -178,8 +184,8 @@ func TestKill9UnderLoad(t *testing.T) {
 			maybes++
 		}
 	}
-	t.Logf("%d operations acknowledged (%d uploads, %d deletes), %d unacknowledged ones possibly applied; %d IDs",
-		acked, uploads, deletes, maybes, len(fates))
+	t.Logf("%d operations acknowledged (%d uploads, %d deletes), %d retried on another node, %d unacknowledged ones possibly applied, %d refused (delete: 404); %d IDs",
+		acked, uploads, deletes, retried, maybes, refused, len(fates))
 	files := make([]map[string]int64, len(c.Nodes))
 	for i := range c.Nodes {
 		files[i] = c.BlobFiles(i)
@@ -367,22 +373,33 @@ func TestDiskFullNode(t *testing.T) {
 		return c.BlobFiles(2)[bigID] == int64(len(big))
 	})
 	assertHeld(t, c, 2, bigID, int64(len(big)))
-	eventually(t, converge, "node 0's push of the big file to node 1 fails with 507", func() bool {
-		e, _ := peerStatus(t, c, 0, 1)["last_error"].(string)
-		return strings.Contains(e, "507")
+	// Node 1 answers the pushes of the big file (from node 0, and from
+	// node 2 which got it) 507. (Some attempts see the connection closed
+	// instead: node 1 answers before it has read the whole body.)
+	var lastErr string
+	eventually(t, converge, "a push of the big file to node 1 fails with 507", func() bool {
+		for _, i := range []int{0, 2} {
+			lastErr, _ = peerStatus(t, c, i, 1)["last_error"].(string)
+			if strings.Contains(lastErr, "507") {
+				return true
+			}
+		}
+		return false
 	})
-	e, _ := peerStatus(t, c, 0, 1)["last_error"].(string)
-	t.Logf("node 0's last error with node 1: %s", e)
+	t.Logf("last error pushing to node 1: %s", lastErr)
 	// And it stays queued.
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		require.GreaterOrEqual(t, queueLength(t, c, 0, 1), int64(1), "node 0's queue towards node 1")
 	}
 
-	// Small files still reach node 1.
+	// Small files uploaded elsewhere still reach node 1. (Not uploaded
+	// to node 1 itself: while it pulls the big file, which cannot fit,
+	// its disk is full for a moment every anti-entropy round, and an
+	// upload at that moment gets 507.)
 	var small []string
-	for i := range 3 {
+	for i := range 4 {
 		data := randomBytes(20<<10 + i)
-		_, id := upload(t, hc, c.Nodes[i%3].URL, fmt.Sprintf("small-%d", i), data)
+		_, id := upload(t, hc, c.Nodes[[]int{0, 2}[i%2]].URL, fmt.Sprintf("small-%d", i), data)
 		small = append(small, id)
 	}
 	eventually(t, converge, "node 1 gets the small files", func() bool {

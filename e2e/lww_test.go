@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -117,7 +118,7 @@ func TestLWWOrderings(t *testing.T) {
 
 // TestRestoredFromOldCopy: a node whose basedir is restored from a copy
 // taken before some deletes does not bring the deleted files back
-// (Consistency 1 and 2). About 10 s.
+// (Consistency 1 and 2). About 1 s.
 func TestRestoredFromOldCopy(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 3})
 	hc := newClient(t)
@@ -155,7 +156,7 @@ func TestRestoredFromOldCopy(t *testing.T) {
 // TestTombstoneRetentionResync: a node away for longer than the tombstone
 // retention, while a file it holds was deleted and the delete forgotten,
 // resyncs on its return: it drops the file rather than offer it back
-// (Consistency 1 and 2). About 6 s per case.
+// (Consistency 1 and 2). 5 to 15 s per case.
 //
 //   - Plain: as the story goes.
 //   - SlowReturn: the returning node's own requests to its peers are slow
@@ -163,7 +164,17 @@ func TestRestoredFromOldCopy(t *testing.T) {
 //     the others run their anti-entropy rounds against it.
 //   - CutOffWhileReceiving: the node got the file by a push while its
 //     own requests to the cluster failed (links out of it cut), then went
-//     away.
+//     away; on its return, the others cannot reach it until it has
+//     resynced.
+//
+// Found failing (dtfc bugs, not the test's): SlowReturn every time and
+// Plain about one run in ten, because a resyncing node still serves its
+// digests, states and blobs, and its peers' anti-entropy pulls the
+// forgotten file from it before it has dropped it (peer.syncWith pulls
+// every newer state whether or not the peer says it is synced);
+// CutOffWhileReceiving every time, because the resync drops only states
+// older than the node's last outgoing exchange, and a state it received
+// by a push after that is taken for one made locally.
 func TestTombstoneRetentionResync(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
@@ -190,6 +201,14 @@ func testTombstoneRetentionResync(t *testing.T, slowReturn time.Duration, cutWhi
 	if cutWhileGetsX {
 		c.Cut(2, 0)
 		c.Cut(2, 1)
+		// Once node 2 has failed to reach both peers, it is sure to have
+		// no exchange in flight that started before the cut.
+		for _, j := range []int{0, 1} {
+			eventually(t, converge, "node 2 finds node "+strconv.Itoa(j)+" unreachable", func() bool {
+				up, _ := peerStatus(t, c, 2, j)["up"].(bool)
+				return !up
+			})
+		}
 	}
 	_, xID := upload(t, hc, c.Nodes[0].URL, "x.bin", x)
 	c.WaitConverged(t, converge)
@@ -218,11 +237,21 @@ func testTombstoneRetentionResync(t *testing.T, slowReturn time.Duration, cutWhi
 		c.Latency(2, 0, slowReturn)
 		c.Latency(2, 1, slowReturn)
 	}
-	c.Nodes[2].Start()
-	if slowReturn > 0 {
-		eventually(t, converge, "node 2 finishes its resync", func() bool { return logHas(c.Nodes[2], "resync finished") })
-		c.HealAll()
+	if cutWhileGetsX {
+		// Nodes 0 and 1 cannot reach node 2 during its resync: what it
+		// keeps is its own decision.
+		c.Cut(0, 2)
+		c.Cut(1, 2)
 	}
+	c.Nodes[2].Start()
+	if slowReturn > 0 || cutWhileGetsX {
+		eventually(t, converge, "node 2 finishes its resync", func() bool { return logHas(c.Nodes[2], "resync finished") })
+	}
+	if cutWhileGetsX {
+		status, st := stateOf(t, c, hc, 2, xID)
+		assert.Equal(t, http.StatusNotFound, status, "node 2 kept its record of X through its resync: %+v", st)
+	}
+	c.HealAll()
 	c.WaitConverged(t, converge)
 	for i := range c.Nodes {
 		status, st := stateOf(t, c, hc, i, xID)

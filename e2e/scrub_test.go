@@ -15,7 +15,7 @@ import (
 
 // TestScrubRepairs: a byte flipped in a blob file on disk is found by the
 // scrubber, the corrupt copy quarantined and the blob fetched again from a
-// peer (Consistency 5). About 5 s.
+// peer (Consistency 5). About 3 s.
 func TestScrubRepairs(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 3, Args: []string{"--scrub-interval", "2s"}})
 	hc := newClient(t)

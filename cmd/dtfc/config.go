@@ -31,13 +31,13 @@ type Config struct {
 	MaxBytes ByteSize `toml:"max_bytes"`
 	Verbose  bool     `toml:"verbose"`
 
-	MaxUploadBytes      ByteSize `toml:"max_upload_bytes"`
-	IdleTimeout         Duration `toml:"idle_timeout"`
-	ReplicasTimeout     Duration `toml:"replicas_timeout"`
-	AuthToken           StringList `toml:"auth_token"`
-	ReadToken           StringList `toml:"read_token"`
-	PrivateStatus       bool       `toml:"private_status"`
-	ClusterSecret       string     `toml:"cluster_secret"`
+	MaxUploadBytes  ByteSize   `toml:"max_upload_bytes"`
+	IdleTimeout     Duration   `toml:"idle_timeout"`
+	ReplicasTimeout Duration   `toml:"replicas_timeout"`
+	AuthToken       StringList `toml:"auth_token"`
+	ReadToken       StringList `toml:"read_token"`
+	PrivateStatus   bool       `toml:"private_status"`
+	ClusterSecret   string     `toml:"cluster_secret"`
 
 	TLSCert            string `toml:"tls_cert"`
 	TLSKey             string `toml:"tls_key"`
@@ -51,11 +51,11 @@ type Config struct {
 	MaxHeaderBytes      ByteSize   `toml:"max_header_bytes"`
 	ReadHeaderTimeout   Duration   `toml:"read_header_timeout"`
 	MaxPeerFetches      int        `toml:"max_peer_fetches"`
-	ScrubInterval       Duration `toml:"scrub_interval"`
-	ScrubRate           ByteSize `toml:"scrub_rate"`
-	AntiEntropyInterval Duration `toml:"anti_entropy_interval"`
-	TombstoneRetention  Duration `toml:"tombstone_retention"`
-	ShutdownGrace       Duration `toml:"shutdown_grace"`
+	ScrubInterval       Duration   `toml:"scrub_interval"`
+	ScrubRate           ByteSize   `toml:"scrub_rate"`
+	AntiEntropyInterval Duration   `toml:"anti_entropy_interval"`
+	TombstoneRetention  Duration   `toml:"tombstone_retention"`
+	ShutdownGrace       Duration   `toml:"shutdown_grace"`
 }
 
 func defaultConfig() Config {

@@ -132,7 +132,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	g.Go(func() error { return cluster.Run(gctx) })
 	g.Go(func() error {
 		// SIGHUP re-reads the peer list, like PUT /refreshpeers, and the
-	// tokens.
+		// tokens.
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
