@@ -53,7 +53,6 @@ type Store struct {
 	stopped  chan struct{}
 	closeMu  sync.RWMutex // held shared by writers, exclusively by Close
 	closed   bool
-	dirsMade sync.Map // shard directories known to exist
 
 	blobs    atomic.Int64
 	bytes    atomic.Int64

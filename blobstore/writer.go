@@ -19,6 +19,9 @@ type WriterOptions struct {
 	// MaxBytes makes writes beyond this many bytes fail with ErrTooLarge.
 	// If zero, there is no limit.
 	MaxBytes int64
+	// Size, if known (above zero), is checked against the free space
+	// first: NewWriter fails with ErrNoSpace rather than fill the disk.
+	Size int64
 	// Progress, if set, is called with the number of bytes that have
 	// reached the temp file, after each write. Readers of a transfer in
 	// progress (ReadAt) use it to wait for data.
@@ -62,6 +65,9 @@ func (s *Store) NewWriter(opts WriterOptions) (*Writer, error) {
 		return nil, err
 	}
 	defer leave()
+	if err := s.checkSpace(opts.Size); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(s.tmpDir, "blob-*")
 	if err != nil {
 		return nil, diskErr("create temp file", err)
@@ -452,35 +458,34 @@ func (s *Store) fileExists(id dtfc.ID) bool {
 }
 
 // ensureShard creates blobs/ab/cd if needed, fsyncing each new directory's
-// parent so the directory entries survive a crash.
+// parent so the directory entries survive a crash. Existing components are
+// checked every time (two lstats): a shard directory replaced by a symlink
+// would send the blob out of the store.
 func (s *Store) ensureShard(id dtfc.ID) error {
 	h := id.String()
-	shard := filepath.Join(h[0:2], h[2:4])
-	if _, ok := s.dirsMade.Load(shard); ok {
-		return nil
-	}
 	parent := s.blobDir
 	for _, part := range []string{h[0:2], h[2:4]} {
 		d := filepath.Join(parent, part)
-		err := os.Mkdir(d, 0o755)
-		switch {
-		case err == nil:
-			if err := os.Chmod(d, 0o755); err != nil { // against the umask
-				return diskErr("chmod shard directory", err)
+		err := checkRealDir(d)
+		if errors.Is(err, os.ErrNotExist) {
+			err = os.Mkdir(d, 0o755)
+			switch {
+			case err == nil:
+				if err := os.Chmod(d, 0o755); err != nil { // against the umask
+					return diskErr("chmod shard directory", err)
+				}
+				if err := syncDir(parent); err != nil {
+					return diskErr("fsync blob directory", err)
+				}
+			case errors.Is(err, os.ErrExist):
+				err = checkRealDir(d) // made meanwhile by another upload
 			}
-			if err := syncDir(parent); err != nil {
-				return diskErr("fsync blob directory", err)
-			}
-		case errors.Is(err, os.ErrExist):
-			if err := checkRealDir(d); err != nil {
-				return err
-			}
-		default:
-			return diskErr("create shard directory", err)
+		}
+		if err != nil {
+			return diskErr("shard directory", err)
 		}
 		parent = d
 	}
-	s.dirsMade.Store(shard, struct{}{})
 	return nil
 }
 

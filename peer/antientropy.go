@@ -57,7 +57,7 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 	}
 	stale := c.checkStale()
 	var orphans map[dtfc.ID]dtfc.State
-	done := 0
+	done, resyncingPeers := 0, 0
 	for _, r := range reps {
 		if ctx.Err() != nil {
 			return done
@@ -71,6 +71,10 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 		default:
 			_, err = c.syncWith(ctx, r, false)
 		}
+		if errors.Is(err, errPeerResyncing) {
+			resyncingPeers++
+			continue
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				c.log.Info("anti-entropy with peer failed", "peer", r.URL, "err", err)
@@ -78,6 +82,12 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 			continue
 		}
 		done++
+	}
+	if stale && done == 0 && resyncingPeers > 0 && resyncingPeers == c.reachableReplicas(reps) {
+		// Every reachable replica is resyncing too: the whole cluster was
+		// down, so nobody forgot anything in the meantime. Resume as is.
+		c.endResync("every reachable replica was away as long; nothing to drop")
+		return 0
 	}
 	if done == 0 {
 		return 0
@@ -87,10 +97,7 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 			return done // no peer could vouch for the cluster's state yet
 		}
 		c.dropOrphans(ctx, reps, orphans)
-		c.syncMu.Lock()
-		c.resyncing = false
-		c.syncMu.Unlock()
-		c.log.Info("resync finished; replication resumes")
+		c.endResync("resync finished; replication resumes")
 	}
 	c.contact()
 	c.setSynced()
@@ -196,11 +203,14 @@ func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, p
 	}
 	if resync {
 		lastContact := dtfc.TimestampAt(c.contactTime())
+		me := c.store.NodeID()
 		for id, st := range local {
-			// Known here, unknown there, and older than our last contact
-			// with the cluster: deleted and forgotten while we were away.
-			// A state newer than that was made here since, and stays.
-			if !st.Deleted && st.Clock <= lastContact {
+			// Known here, unknown there: deleted and forgotten while we
+			// were away — unless this node made it after it lost touch
+			// (an upload to it while it was cut off), which stays and is
+			// pushed. A state received from another node was known to the
+			// cluster, so the cluster forgetting it means a delete.
+			if !st.Deleted && (st.Node != me || st.Clock <= lastContact) {
 				orphans[id] = st
 			}
 		}
@@ -229,7 +239,7 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 		return err
 	}
 	defer resp.Body.Close()
-	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: got.Size})
+	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: got.Size, Size: got.Size})
 	if err != nil {
 		return err
 	}
@@ -336,4 +346,25 @@ func (c *Cluster) dropOrphans(ctx context.Context, reps []*remote, orphans map[d
 		c.log.Warn("dropped a file the cluster deleted while this node was away longer than the tombstone retention",
 			"id", id.String(), "uploaded", st.Clock.Time())
 	}
+}
+
+// reachableReplicas counts the replica peers that answered the last
+// exchange (up), resyncing or not.
+func (c *Cluster) reachableReplicas(reps []*remote) int {
+	n := 0
+	for _, r := range reps {
+		if r.status().Up {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *Cluster) endResync(msg string) {
+	c.syncMu.Lock()
+	c.resyncing = false
+	c.lastContact = time.Now()
+	c.syncMu.Unlock()
+	c.saveContact(true)
+	c.log.Info(msg)
 }

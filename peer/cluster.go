@@ -141,6 +141,10 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 		}
 	}
 	c.setPeers(peers)
+	// Decide now, before the listener serves a single request, whether
+	// this node was away too long: its states must not be offered (pushed
+	// or pulled) until it has resynced.
+	c.checkStale()
 	return c, nil
 }
 

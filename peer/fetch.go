@@ -214,7 +214,7 @@ func (f *fetcher) run(t *transfer) {
 				c.log.Warn("eviction failed", "err", err)
 			}
 		}
-		w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress})
+		w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
 		if err != nil {
 			resp.Body.Close()
 			t.startErr = err

@@ -36,18 +36,36 @@ func (c *Cluster) InternalHandler() http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusMethodNotAllowed, "method not allowed on this node-to-node route")
 	})
-	r.Get("/blobs/{id}", c.hGetBlob)
-	r.Head("/blobs/{id}", c.hGetBlob)
+	// Offering states: refused while this node resyncs (its states may be
+	// files the cluster deleted and forgot while it was away).
+	r.Group(func(r chi.Router) {
+		r.Use(c.notResyncing)
+		r.Get("/blobs/{id}", c.hGetBlob)
+		r.Head("/blobs/{id}", c.hGetBlob)
+		r.Get("/state/{id}", c.hState)
+		r.Get("/digests", c.hDigests)
+		r.Get("/digests/{first}", c.hDigests)
+		r.Get("/states", c.hStates)
+		r.Post("/lookup", c.hLookup)
+		r.Get("/deny", c.hDenyList)
+	})
+	// Receiving states: always.
 	r.Put("/blobs/{id}", c.hPutBlob)
-	r.Get("/state/{id}", c.hState)
 	r.Post("/changes", c.hChanges)
-	r.Get("/digests", c.hDigests)
-	r.Get("/digests/{first}", c.hDigests)
-	r.Get("/states", c.hStates)
-	r.Post("/lookup", c.hLookup)
-	r.Get("/deny", c.hDenyList)
 	r.Post("/deny", c.hDenyApply)
 	return r
+}
+
+func (c *Cluster) notResyncing(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c.isResyncing() {
+			w.Header().Set(HeaderResyncing, "1")
+			w.Header().Set("Retry-After", "5")
+			writeErr(w, http.StatusServiceUnavailable, "resyncing after an absence longer than the tombstone retention; ask another node")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (c *Cluster) authPeer(next http.Handler) http.Handler {
@@ -147,7 +165,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"result": out.String()})
 		return
 	}
-	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: st.Size})
+	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: st.Size, Size: st.Size})
 	if err != nil {
 		writeErr(w, storeStatus(err), err.Error())
 		return

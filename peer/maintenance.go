@@ -11,7 +11,7 @@ import (
 const (
 	keyLastContact = "last_contact" // unix ms of the last exchange with a peer
 	keyLastScrub   = "last_scrub"   // unix ms of the last finished scrub pass
-	contactPersist = time.Minute    // how often last_contact is written
+	contactPersist = time.Minute    // how often last_contact is written, at most
 )
 
 func (c *Cluster) loadContact() {
@@ -42,7 +42,11 @@ func (c *Cluster) contactTime() time.Time {
 // node must resync, so a minute's imprecision is harmless.
 func (c *Cluster) saveContact(force bool) {
 	c.syncMu.Lock()
-	t, due := c.lastContact, force || time.Since(c.savedAt) >= contactPersist
+	// A stale persisted value makes a returning node resync sooner (safe),
+	// but one older than the states it pushed since could let it keep a
+	// state the cluster deleted: persist well within the retention.
+	every := min(contactPersist, c.opts.TombstoneRetention/4)
+	t, due := c.lastContact, force || time.Since(c.savedAt) >= every
 	if due && !t.IsZero() {
 		c.savedAt = time.Now()
 	}
@@ -75,6 +79,12 @@ func (c *Cluster) checkStale() bool {
 	c.log.Warn("out of touch with the cluster for longer than the tombstone retention: resyncing before offering any state",
 		"last_contact", c.lastContact, "retention", c.opts.TombstoneRetention)
 	return true
+}
+
+func (c *Cluster) isResyncing() bool {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	return c.resyncing
 }
 
 // holdPushes tells pushers to wait while the node resyncs.

@@ -32,6 +32,12 @@ const (
 // errPeerNotFound: the peer answered 404.
 var errPeerNotFound = errors.New("peer does not hold it")
 
+// errPeerResyncing: the peer is resyncing and offers none of its states.
+var errPeerResyncing = errors.New("peer is resyncing")
+
+// HeaderResyncing marks the 503 of a node that is resyncing.
+const HeaderResyncing = "X-Dtfc-Resyncing"
+
 // Backoff bounds for retrying a failed peer: twice a second at first, once
 // every 30 seconds at most (API.md, Consistency 3).
 const (
@@ -168,6 +174,11 @@ func (r *remote) do(ctx context.Context, method, path string, body io.Reader, hd
 	if resp.StatusCode >= 500 {
 		err := answerErr(r.URL, resp)
 		resp.Body.Close()
+		if resp.Header.Get(HeaderResyncing) != "" {
+			// Alive, but offering nothing for now.
+			r.ok(resp.Header.Get(HeaderNode))
+			return nil, fmt.Errorf("%w: %w", errPeerResyncing, err)
+		}
 		r.fail(err)
 		return nil, err
 	}

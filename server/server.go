@@ -61,6 +61,10 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Logger receives the server's logs. If nil, logs are discarded.
 	Logger *slog.Logger
+	// RecentErrors, if set, returns the node's latest warnings and errors,
+	// newest first, for the status page and /_status (Recent.Entries). If
+	// nil, none are shown.
+	RecentErrors func() []LogEntry
 	// Registry receives the server's metrics. If nil, a private registry is
 	// created; /metrics serves it either way.
 	Registry *prometheus.Registry

@@ -21,6 +21,13 @@ type Status struct {
 	Started time.Time              `json:"started"`
 	// Cluster is present when the node has a peer list.
 	Cluster *peer.Status `json:"cluster,omitempty"`
+	// Disk is the filesystem holding the store, absent where it cannot be
+	// measured.
+	Disk *Disk `json:"disk,omitempty"`
+	// RecentErrors are the node's latest warnings and errors, newest
+	// first (Config.RecentErrors); empty if there were none or nobody
+	// keeps them.
+	RecentErrors []LogEntry `json:"recent_errors"`
 }
 
 // QueueStatus describes replication towards one peer.
@@ -39,6 +46,18 @@ func (s *Server) statusData() Status {
 		Queues:  map[string]QueueStatus{},
 		Uptime:  time.Since(s.started).Round(time.Second).String(),
 		Started: s.started,
+		// An empty list, not null: a JSON reader can range over it.
+		RecentErrors: []LogEntry{},
+	}
+	if d, ok := s.store.(Dirred); ok {
+		if disk, ok := diskOf(d.Dir()); ok {
+			st.Disk = &disk
+		}
+	}
+	if s.cfg.RecentErrors != nil {
+		if e := s.cfg.RecentErrors(); len(e) > 0 {
+			st.RecentErrors = e
+		}
 	}
 	if s.cfg.Cluster != nil {
 		cs := s.cfg.Cluster.Status()
@@ -53,11 +72,6 @@ func (s *Server) statusData() Status {
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, s.statusData())
-}
-
-func (s *Server) index(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write([]byte("dtfc: PUT /<filename> to store a file, GET /<sha512> to read one; status: /_status\n"))
 }
 
 // waitReplicas holds an upload's answer until n replicas hold it.

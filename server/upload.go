@@ -95,7 +95,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes exceeds the limit of %d bytes", r.ContentLength, max)
 	}
 
-	bw, err := s.store.NewWriter(blobstore.WriterOptions{MaxBytes: s.cfg.MaxUploadBytes})
+	bw, err := s.store.NewWriter(blobstore.WriterOptions{MaxBytes: s.cfg.MaxUploadBytes, Size: r.ContentLength})
 	if err != nil {
 		return err
 	}

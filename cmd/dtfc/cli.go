@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +39,7 @@ func clientFlags(name string) (*flag.FlagSet, func() (*client.Client, error)) {
 	fs := flag.NewFlagSet("dtfc "+name, flag.ContinueOnError)
 	var servers urlList
 	token := fs.String("token", os.Getenv("DTFC_TOKEN"), "write token (default $DTFC_TOKEN)")
+	ca := fs.String("ca", os.Getenv("DTFC_CA"), "PEM CA bundle to verify https nodes (default $DTFC_CA, else the system roots)")
 	fs.Var(&servers, "server", "node URL; repeat (or separate with commas) to fall back to others (default $DTFC_SERVER or http://localhost:8080)")
 	return fs, func() (*client.Client, error) {
 		if len(servers) == 0 {
@@ -44,7 +48,21 @@ func clientFlags(name string) (*flag.FlagSet, func() (*client.Client, error)) {
 		if len(servers) == 0 {
 			servers = urlList{"http://localhost:8080"}
 		}
-		return client.New(servers, client.Options{Token: *token})
+		opts := client.Options{Token: *token}
+		if *ca != "" {
+			pem, err := os.ReadFile(*ca)
+			if err != nil {
+				return nil, err
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%s: no PEM certificate in it", *ca)
+			}
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+			opts.HTTPClient = &http.Client{Transport: tr}
+		}
+		return client.New(servers, opts)
 	}
 }
 

@@ -128,8 +128,10 @@ func freePort(t testing.TB) int {
 var httpClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
 // healthy reports whether url answers /health with 200.
-func healthy(url string) bool {
-	resp, err := httpClient.Get(url + "/health")
+func healthy(url string) bool { return healthyWith(httpClient, url) }
+
+func healthyWith(hc *http.Client, url string) bool {
+	resp, err := hc.Get(url + "/health")
 	if err != nil {
 		return false
 	}
@@ -141,6 +143,12 @@ func healthy(url string) bool {
 // startProc starts dtfc with args and waits until url answers /health.
 // The process is killed (by its PID) in t.Cleanup if still running.
 func startProc(t testing.TB, url string, args ...string) *proc {
+	t.Helper()
+	return startProcWith(t, httpClient, url, args...)
+}
+
+// startProcWith is startProc checking /health with hc (for HTTPS).
+func startProcWith(t testing.TB, hc *http.Client, url string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(dtfcBin, args...), url: url, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
@@ -161,7 +169,7 @@ func startProc(t testing.TB, url string, args ...string) *proc {
 		}
 	})
 	end := time.Now().Add(deadline)
-	for !healthy(url) {
+	for !healthyWith(hc, url) {
 		if p.exited() {
 			require.FailNow(t, "dtfc exited before answering /health", "args %q\nstderr:\n%s", args, p.stderr)
 		}

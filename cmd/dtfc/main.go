@@ -32,6 +32,8 @@ Usage:
   dtfc get [flags] ID [-o FILE]  download and verify a file (stdout by default)
   dtfc rm [flags] ID...          delete files throughout the cluster
   dtfc status [flags]            print a node's status
+  dtfc couchdb migrate|follow|orphans [flags]
+                                 move CouchDB attachments to dtfc (dtfc couchdb -h)
   dtfc version                   print the version
 
 Client commands take --server URL (repeatable; default $DTFC_SERVER or
@@ -59,6 +61,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdGet(ctx, args, stdout, stderr)
 	case "rm":
 		err = cmdRm(ctx, args, stdout)
+	case "couchdb":
+		err = cmdCouchDB(ctx, args, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args, stdout)
 	case "version":

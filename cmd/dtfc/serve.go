@@ -37,7 +37,10 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	if c.Verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	// The last warnings and errors are kept for the status page and
+	// /_status (server.Recent).
+	recent := server.NewRecent(0)
+	log := slog.New(recent.Handler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
 
 	reg := prometheus.NewRegistry()
 	store, err := blobstore.Open(c.Basedir, blobstore.Options{
@@ -104,6 +107,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		MaxUploadsPerClient: c.MaxUploadsPerClient,
 		TrustedProxies:      proxies,
 		Logger:              log.With("component", "http"),
+		RecentErrors:        recent.Entries,
 		Registry:            reg,
 		Cluster:             cluster,
 	}, store)

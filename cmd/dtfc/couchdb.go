@@ -1,0 +1,303 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/couchdb"
+)
+
+const couchUsage = `Usage:
+  dtfc couchdb migrate --couch URL --db NAME [--server URL]... [flags]
+      move every attachment of the database to dtfc, recording
+      doc.dtfc[name] = {"sha512", "content_type", "length"}; resumable
+  dtfc couchdb follow --couch URL --db NAME [--server URL]... [flags]
+      the same, continuously, following the change feed (until SIGTERM)
+  dtfc couchdb orphans --couch URL --db NAME [--db NAME]... --blobs DIR
+      list the IDs of the blobs in DIR (a replica's basedir) that no
+      document of the databases references (report only)
+
+Run "dtfc couchdb SUBCOMMAND -h" for the flags.
+`
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, couchUsage)
+		return errors.New("no sub-command given")
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "migrate", "follow", "orphans":
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, couchUsage)
+		return flag.ErrHelp
+	default:
+		fmt.Fprint(stderr, couchUsage)
+		return fmt.Errorf("unknown sub-command %q", sub)
+	}
+	fs, mk := clientFlags("couchdb " + sub)
+	couch := fs.String("couch", os.Getenv("DTFC_COUCHDB"), "CouchDB URL; may carry user:password@ (default $DTFC_COUCHDB)")
+	var dbs stringList
+	if sub == "orphans" {
+		fs.Var(&dbs, "db", "database whose documents count as references; repeat for several")
+	} else {
+		fs.Var(&dbs, "db", "database to migrate")
+	}
+	var (
+		remove    = new(bool)
+		dry       = new(bool)
+		batch     = new(int)
+		conc      = new(int)
+		heartbeat = new(time.Duration)
+		verbose   = new(bool)
+		blobs     = new(string)
+	)
+	if sub == "orphans" {
+		fs.StringVar(blobs, "blobs", "", "a replica node's basedir (or its blobs/ directory): the blobs to check")
+	} else {
+		fs.BoolVar(remove, "remove-attachments", false, "drop each attachment from its document once it is in dtfc (same update)")
+		fs.BoolVar(dry, "dry-run", false, "report what would be done; write nothing")
+		fs.IntVar(batch, "batch", 100, "changes per page of the feed; the checkpoint is written after each")
+		fs.IntVar(conc, "concurrency", 4, "documents migrated at once")
+		fs.BoolVar(verbose, "v", false, "log every document updated")
+		if sub == "follow" {
+			fs.DurationVar(heartbeat, "heartbeat", 10*time.Second, "change feed heartbeat; a connection silent for three is re-opened")
+		}
+	}
+	pos, err := interleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	if *couch == "" {
+		return errors.New("--couch URL is required")
+	}
+	if len(dbs) == 0 {
+		return errors.New("--db NAME is required")
+	}
+	cc, err := couchdb.New(*couch, couchdb.ClientOptions{})
+	if err != nil {
+		return err
+	}
+	defer cc.CloseIdleConnections()
+	if sub == "orphans" {
+		return couchOrphans(ctx, cc, dbs, *blobs, stdout, stderr)
+	}
+	if len(dbs) > 1 {
+		return fmt.Errorf("%s takes one --db (run one per database)", sub)
+	}
+	if *batch <= 0 || *conc <= 0 {
+		return errors.New("--batch and --concurrency must be positive")
+	}
+	dc, err := mk()
+	if err != nil {
+		return err
+	}
+	servers := slices.Clone([]string(*fs.Lookup("server").Value.(*urlList)))
+	slices.Sort(servers)
+	level := slog.LevelWarn
+	if *verbose || sub == "follow" {
+		level = slog.LevelInfo
+	}
+	opts := couchdb.Options{
+		Store:             dc,
+		RemoveAttachments: *remove,
+		DryRun:            *dry,
+		Batch:             *batch,
+		Concurrency:       *conc,
+		Target:            strings.Join(servers, ","),
+		Heartbeat:         *heartbeat,
+		Logger:            slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+	}
+	db := cc.DB(dbs[0])
+	if *dry {
+		opts.Report = func(e couchdb.Event) {
+			if e.Action == "would move" {
+				fmt.Fprintf(stdout, "would move %s/%s (%d bytes)\n", e.DocID, e.Attachment, e.Length)
+			}
+		}
+	}
+	info, err := db.Info(ctx)
+	if err != nil {
+		return err
+	}
+	var mp *migrationProgress
+	if sub == "migrate" {
+		if pb := newProgress(stderr, dbs[0], info.DocCount); pb != nil {
+			mp = &migrationProgress{progress: pb}
+			opts.Progress = mp.update
+		}
+	}
+	m, err := couchdb.NewMigrator(db, opts)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	var stats couchdb.Stats
+	if sub == "follow" {
+		stats, err = m.Follow(ctx)
+	} else {
+		stats, err = m.Run(ctx)
+	}
+	if mp != nil {
+		mp.done()
+	}
+	printSummary(stdout, dbs[0], stats, time.Since(start), *dry)
+	if err != nil {
+		return err
+	}
+	if stats.Failures > 0 {
+		return fmt.Errorf("%d attachments or documents could not be migrated (listed above); they stay in CouchDB", stats.Failures)
+	}
+	return nil
+}
+
+// migrationProgress draws the progress of a migration on a terminal: the
+// bar counts documents against the database's document count (the feed
+// also brings back the documents the migration updated, so it may reach
+// the end before the run does).
+type migrationProgress struct {
+	*progress
+	stats couchdb.Stats
+}
+
+func (mp *migrationProgress) update(s couchdb.Stats) {
+	mp.stats = s
+	if time.Since(mp.last) > 100*time.Millisecond {
+		mp.last = time.Now()
+		mp.show()
+	}
+}
+
+func (mp *migrationProgress) show() {
+	s := mp.stats
+	frac := 0.0
+	if mp.total > 0 {
+		frac = min(float64(s.Documents)/float64(mp.total), 1)
+	}
+	bar := strings.Repeat("#", int(frac*20)) + strings.Repeat(".", 20-int(frac*20))
+	rate := float64(s.Bytes) / max(time.Since(mp.start).Seconds(), 1e-3)
+	failed := ""
+	if s.Failures > 0 {
+		failed = fmt.Sprintf(" %d failed", s.Failures)
+	}
+	fmt.Fprintf(mp.w, "\r%-16.16s [%s] %d/%d docs %d files %s %s/s%s ",
+		mp.name, bar, s.Documents, mp.total, s.Attachments, human(float64(s.Bytes)), human(rate), failed)
+}
+
+func (mp *migrationProgress) done() {
+	mp.show()
+	fmt.Fprintln(mp.w)
+}
+
+// printSummary prints what a migration did.
+func printSummary(w io.Writer, db string, s couchdb.Stats, took time.Duration, dry bool) {
+	would := ""
+	if dry {
+		would = "would be "
+	}
+	secs := max(took.Seconds(), 1e-3)
+	fmt.Fprintf(w, "database %s: %d documents examined, %d %supdated", db, s.Documents, s.Updated, would)
+	if s.Design > 0 {
+		fmt.Fprintf(w, ", %d design documents left alone", s.Design)
+	}
+	fmt.Fprintf(w, "\nattachments: %d %smoved to dtfc (%s), %d skipped (already in dtfc)\n",
+		s.Attachments, would, human(float64(s.Bytes)), s.Skipped)
+	fmt.Fprintf(w, "uploads: %d, conflicts retried: %d\n", s.Uploads, s.Conflicts)
+	fmt.Fprintf(w, "failed: %d\n", s.Failures)
+	for _, f := range s.Failed {
+		if f.Attachment != "" {
+			fmt.Fprintf(w, "  %s: attachment %q: %s\n", f.DocID, f.Attachment, f.Reason)
+		} else {
+			fmt.Fprintf(w, "  %s: %s\n", f.DocID, f.Reason)
+		}
+	}
+	if n := s.Failures - int64(len(s.Failed)); n > 0 {
+		fmt.Fprintf(w, "  (and %d more)\n", n)
+	}
+	fmt.Fprintf(w, "time: %s (%.1f documents/s, %s/s)\n",
+		took.Round(time.Millisecond), float64(s.Documents)/secs, human(float64(s.Bytes)/secs))
+}
+
+// couchOrphans lists the blobs of a replica's store that no document of
+// dbs references. dtfc has no listing API; the blob directory is the
+// documented on-disk contract (blobs/ab/cd/<id>).
+func couchOrphans(ctx context.Context, cc *couchdb.Client, dbs []string, dir string, stdout, stderr io.Writer) error {
+	if dir == "" {
+		return errors.New("--blobs DIR is required: a replica node's basedir (or its blobs/ directory)")
+	}
+	held, err := listBlobs(dir)
+	if err != nil {
+		return err
+	}
+	ids := make([]dtfc.ID, 0, len(held))
+	for id := range held {
+		ids = append(ids, id)
+	}
+	handles := make([]*couchdb.DB, len(dbs))
+	for i, name := range dbs {
+		handles[i] = cc.DB(name)
+	}
+	orphans, err := couchdb.Orphans(ctx, handles, ids)
+	if err != nil {
+		return err
+	}
+	var bytes int64
+	for _, id := range orphans {
+		fmt.Fprintln(stdout, id)
+		bytes += held[id]
+	}
+	fmt.Fprintf(stderr, "%d of %d blobs (%s) are referenced by no document of %s\n",
+		len(orphans), len(held), human(float64(bytes)), strings.Join(dbs, ", "))
+	return nil
+}
+
+// listBlobs returns the blobs under dir (a basedir, or its blobs/
+// directory) with their sizes.
+func listBlobs(dir string) (map[dtfc.ID]int64, error) {
+	if fi, err := os.Stat(filepath.Join(dir, "blobs")); err == nil && fi.IsDir() {
+		dir = filepath.Join(dir, "blobs")
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, err
+	}
+	held := map[dtfc.ID]int64{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		id, perr := dtfc.ParseID(d.Name())
+		if perr != nil || filepath.Base(filepath.Dir(path)) != d.Name()[2:4] {
+			return nil // not a blob file
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		held[id] = fi.Size()
+		return nil
+	})
+	return held, err
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+)
+
+// The migration itself is tested against pouchdb-server and real nodes in
+// ../../couchdb; these check the command's arguments.
+func TestCouchDBArguments(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"couchdb"}, 1, "no sub-command"},
+		{[]string{"couchdb", "help"}, 0, ""},
+		{[]string{"couchdb", "shrink"}, 1, `unknown sub-command "shrink"`},
+		{[]string{"couchdb", "migrate", "--db", "x"}, 1, "--couch URL is required"},
+		{[]string{"couchdb", "migrate", "--couch", "http://127.0.0.1:1"}, 1, "--db NAME is required"},
+		{[]string{"couchdb", "migrate", "--couch", "http://127.0.0.1:1", "--db", "a", "--db", "b"}, 1, "one --db"},
+		{[]string{"couchdb", "migrate", "--couch", "http://127.0.0.1:1", "--db", "a", "extra"}, 1, `unexpected argument "extra"`},
+		{[]string{"couchdb", "migrate", "--couch", "http://127.0.0.1:1", "--db", "a", "--batch", "0"}, 1, "must be positive"},
+		{[]string{"couchdb", "migrate", "--couch", "ftp://u:secret@h", "--db", "a"}, 1, "want http(s)://"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a"}, 1, "--blobs DIR is required"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--remove-attachments"}, 2, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(t.Context(), tc.args, nil, &out, &errb)
+			if tc.code == 2 {
+				// A flag the sub-command does not have.
+				assert.NotZero(t, code, errb.String())
+				return
+			}
+			assert.Equal(t, tc.code, code, errb.String())
+			assert.Contains(t, errb.String(), tc.msg)
+			assert.NotContains(t, errb.String(), "secret")
+		})
+	}
+}
+
+func TestListBlobs(t *testing.T) {
+	dir := t.TempDir()
+	a, b := dtfc.Sum([]byte("a")), dtfc.Sum([]byte("bb"))
+	for _, f := range []struct {
+		id   dtfc.ID
+		data string
+	}{{a, "a"}, {b, "bb"}} {
+		h := f.id.String()
+		p := filepath.Join(dir, "blobs", h[:2], h[2:4])
+		require.NoError(t, os.MkdirAll(p, 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(p, h), []byte(f.data), 0o644))
+	}
+	// Not blobs: a stray file, an ID in the wrong directory.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "blobs", "README"), nil, 0o644))
+	c := dtfc.Sum([]byte("c")).String()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "blobs", c), nil, 0o644))
+
+	for _, d := range []string{dir, filepath.Join(dir, "blobs")} {
+		held, err := listBlobs(d)
+		require.NoError(t, err)
+		assert.Equal(t, map[dtfc.ID]int64{a: 1, b: 2}, held)
+	}
+	_, err := listBlobs(filepath.Join(dir, "missing"))
+	assert.Error(t, err)
+}

@@ -1,0 +1,111 @@
+package peer_test
+
+import (
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+)
+
+func denyReq(t testing.TB, n *node, method string, id dtfc.ID, body string) int {
+	req, err := http.NewRequest(method, n.URL+"/_deny/"+id.String(), strings.NewReader(body))
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestDenyReplicates: a block set on one node reaches every node (a cache
+// included): reads answer its status, uploads are refused, the bytes are
+// gone from every blobs/ — even those of an upload made on another node at
+// the same time, with a newer clock. Lifting it lets uploads in again.
+func TestDenyReplicates(t *testing.T) {
+	nodes := startCluster(t, running(nodeOpts{}), running(nodeOpts{}), running(nodeOpts{}), running(nodeOpts{role: "cache"}))
+	a, b, c, cache := nodes[0], nodes[1], nodes[2], nodes[3]
+	data := randomBytes(t, 50<<10)
+	id := dtfc.Sum(data)
+	code, _ := upload(t, a, "x.bin", data, "")
+	require.Equal(t, http.StatusCreated, code)
+	eventually(t, converge, allHold(nodes[:3], id, true), "replicated")
+	resp, _, err := get(cache.URL + "/" + id.String())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	cache.eventuallyHolds(id, true)
+
+	// Block on b while c receives a fresh upload of the same bytes (its
+	// clock is newer than the block's on some nodes).
+	require.NoError(t, os.Remove(c.Store.Path(id)))
+	_, err = c.Store.Delete(id, true)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, denyReq(t, b, http.MethodPut, id, `{"status":451,"reason":"takedown"}`))
+	code, _ = upload(t, c, "again.bin", data, "")
+	assert.Contains(t, []int{http.StatusCreated, http.StatusUnavailableForLegalReasons}, code)
+
+	eventually(t, converge, func() bool {
+		for _, n := range nodes {
+			if _, ok := n.Store.Denied(id); !ok {
+				return false
+			}
+			if _, err := os.Stat(n.Store.Path(id)); err == nil {
+				return false
+			}
+		}
+		return true
+	}, "every node has the block and no bytes")
+	for _, n := range nodes {
+		resp, body, err := get(n.URL + "/" + id.String())
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusUnavailableForLegalReasons, resp.StatusCode, "%s", body)
+		assert.Contains(t, string(body), "takedown")
+		code, _ := upload(t, n, "again.bin", data, "")
+		assert.Equal(t, http.StatusUnavailableForLegalReasons, code)
+	}
+	eventually(t, converge, queuesEmpty(nodes...), "queues drain")
+	// Still gone after everything settled.
+	for _, n := range nodes {
+		_, err := os.Stat(n.Store.Path(id))
+		assert.True(t, os.IsNotExist(err), "%s still has the bytes", n.URL)
+	}
+
+	// The block survives a restart.
+	b.down()
+	b.start()
+	_, ok := b.Store.Denied(id)
+	assert.True(t, ok)
+
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
+	eventually(t, converge, func() bool {
+		for _, n := range nodes {
+			if _, ok := n.Store.Denied(id); ok {
+				return false
+			}
+		}
+		return true
+	}, "the lift reaches every node")
+	code, _ = upload(t, b, "back.bin", data, "")
+	require.Equal(t, http.StatusCreated, code)
+	eventually(t, converge, allHold(nodes[:3], id, true), "uploads work again")
+}
+
+// TestDenyReachesNodeThatWasDown: a node down while a block was set gets
+// it on return (anti-entropy compares deny-list digests).
+func TestDenyReachesNodeThatWasDown(t *testing.T) {
+	nodes := startCluster(t, running(nodeOpts{}), running(nodeOpts{}))
+	a, b := nodes[0], nodes[1]
+	data := randomBytes(t, 1000)
+	id := a.put(data)
+	eventually(t, converge, func() bool { return b.holds(id) }, "replicated")
+	b.down()
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodPut, id, `{"status":404}`))
+	b.start()
+	eventually(t, converge, func() bool {
+		_, ok := b.Store.Denied(id)
+		return ok && !b.holds(id)
+	}, "b learns of the block")
+}
