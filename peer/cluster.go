@@ -33,6 +33,9 @@ type Options struct {
 	// Secret, if set, must be presented by every node-to-node request
 	// (and is sent with this node's).
 	Secret string
+	// AcceptSecrets are further secrets accepted (not sent) during a
+	// rotation of the cluster secret.
+	AcceptSecrets []string
 	// RequirePeerCert makes node-to-node routes refuse requests without a
 	// TLS client certificate verified against the cluster's CA (the
 	// listener must request one: see internal/tlsreload).

@@ -75,7 +75,7 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 			writeErr(w, http.StatusForbidden, "node-to-node route: a client certificate signed by the cluster's CA is required")
 			return
 		}
-		if c.opts.Secret != "" && !secretOK(r.Header.Get(HeaderSecret), c.opts.Secret) {
+		if c.opts.Secret != "" && !c.secretOK(r.Header.Get(HeaderSecret)) {
 			writeErr(w, http.StatusUnauthorized, "node-to-node route: missing or wrong cluster secret")
 			return
 		}
@@ -84,6 +84,16 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// secretOK compares a presented secret with every accepted one, each in
+// constant time.
+func (c *Cluster) secretOK(got string) bool {
+	ok := secretOK(got, c.opts.Secret)
+	for _, s := range c.opts.AcceptSecrets {
+		ok = secretOK(got, s) || ok
+	}
+	return ok
 }
 
 // heardFrom wakes the pusher towards a peer that just contacted us, if it

@@ -384,3 +384,24 @@ func TestPeerDownCatchesUp(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, st.Deleted)
 }
+
+// TestClusterSecretRotation: during a rotation a node accepts the old and
+// the new secret (sending the first), so nodes mid-roll keep replicating.
+func TestClusterSecretRotation(t *testing.T) {
+	rolled := func(p *peer.Options) { p.Secret, p.AcceptSecrets = "new", []string{"new", "old"} }
+	notYet := func(p *peer.Options) { p.Secret = "old" }
+	nodes := startCluster(t, running(nodeOpts{peer: rolled}), running(nodeOpts{peer: notYet}))
+	a, b := nodes[0], nodes[1]
+	data := randomBytes(t, 3000)
+	code, _ := upload(t, b, "from-old.bin", data, "")
+	require.Equal(t, http.StatusCreated, code)
+	eventually(t, converge, func() bool { return a.holds(dtfc.Sum(data)) }, "the rolled node accepts the old secret")
+	for _, sec := range []string{"old", "new"} {
+		req, _ := http.NewRequest(http.MethodGet, a.URL+"/_internal/digests", nil)
+		req.Header.Set(peer.HeaderSecret, sec)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode, sec)
+	}
+}

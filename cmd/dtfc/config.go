@@ -37,7 +37,7 @@ type Config struct {
 	AuthToken       StringList `toml:"auth_token"`
 	ReadToken       StringList `toml:"read_token"`
 	PrivateStatus   bool       `toml:"private_status"`
-	ClusterSecret   string     `toml:"cluster_secret"`
+	ClusterSecret   StringList `toml:"cluster_secret"`
 
 	TLSCert            string `toml:"tls_cert"`
 	TLSKey             string `toml:"tls_key"`
@@ -217,7 +217,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&listFlag{l: &c.AuthToken}, "auth-token", "when set, writes need Authorization: Bearer <token>; repeat for several (rotation). Prefer the config file: flags show in ps")
 	fs.Var(&listFlag{l: &c.ReadToken}, "read-token", "when set, reads need Authorization: Bearer <token> (a write token reads too); repeatable")
 	fs.BoolVar(&c.PrivateStatus, "private-status", c.PrivateStatus, "require a read or write token for /, /_status and /metrics")
-	fs.StringVar(&c.ClusterSecret, "cluster-secret", c.ClusterSecret, "when set, node-to-node requests must carry it (prefer the config file)")
+	fs.Var(&listFlag{l: &c.ClusterSecret}, "cluster-secret", "when set, node-to-node requests must carry it; with several, the first is sent and all are accepted (rotation). Prefer the config file")
 	fs.Var(&c.ScrubInterval, "scrub-interval", "how often a full re-hash pass over the store starts (0 = never)")
 	fs.Var(&c.ScrubRate, "scrub-rate", "bytes per second the scrubber reads at most (0 = no limit)")
 	fs.Var(&c.AntiEntropyInterval, "anti-entropy-interval", "how often each peer's digests are compared")

@@ -80,7 +80,8 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		Role:                c.Role,
 		PeerList:            c.Peerlist,
 		MaxBytes:            int64(c.MaxBytes),
-		Secret:              c.ClusterSecret,
+		Secret:              first(c.ClusterSecret),
+		AcceptSecrets:       c.ClusterSecret,
 		RequirePeerCert:     c.TLSRequirePeerCert,
 		MaxFetches:          c.MaxPeerFetches,
 		HTTPClient:          peerClient,
@@ -189,4 +190,11 @@ func scrubInterval(d Duration) time.Duration {
 		return -1
 	}
 	return time.Duration(d)
+}
+
+func first(l StringList) string {
+	if len(l) == 0 {
+		return ""
+	}
+	return l[0]
 }

@@ -1,0 +1,138 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/peer"
+	"github.com/dtfc/dtfc/server"
+)
+
+// fakeCluster answers Status with a fixed view; the page needs nothing
+// else of the cluster.
+type fakeCluster struct {
+	server.Cluster // nil: any other method panics
+	status         peer.Status
+}
+
+func (f *fakeCluster) Status() peer.Status                             { return f.status }
+func (f *fakeCluster) InternalHandler() http.Handler                   { return http.NotFoundHandler() }
+func (f *fakeCluster) Refresh() ([]peer.Peer, error)                   { return nil, nil }
+func (f *fakeCluster) WaitReplicas(context.Context, uint64, int) error { return nil }
+func (f *fakeCluster) Lookup(context.Context, dtfc.ID, bool) (dtfc.State, error) {
+	return dtfc.State{}, peer.ErrNotFound
+}
+
+func TestStatusPageAlone(t *testing.T) {
+	n := startNode(t, server.Config{})
+	a := n.get(t, "/")
+	requireStatus(t, a, http.StatusOK)
+	assert.Equal(t, "text/html; charset=utf-8", a.header.Get("Content-Type"))
+	assert.Equal(t, "no-store", a.header.Get("Cache-Control"))
+	assert.Contains(t, a.header.Get("Content-Security-Policy"), "default-src 'none'")
+	page := string(a.body)
+	assert.Contains(t, page, `<meta http-equiv="refresh" content="5">`)
+	assert.Contains(t, page, `<html lang="en">`)
+	assert.Contains(t, page, "<title>dtfc "+n.me+"</title>")
+	assert.NotContains(t, page, "<script")
+	assert.NotRegexp(t, `(?i)(src|href)="(https?:)?//`, page, "no external assets")
+	assert.Contains(t, page, "No peers: this node is alone.")
+	assert.Contains(t, page, "No warnings or errors since the node started.")
+	assert.Regexp(t, `id="disk">[0-9.]+ [KMGTPE]?i?B of [0-9.]+ [KMGTPE]?i?B \(\d+%\)`, page)
+
+	h := n.do(t, http.MethodHead, "/", nil)
+	requireStatus(t, h, http.StatusOK)
+	assert.Empty(t, h.body)
+	assert.Equal(t, a.header.Get("Content-Type"), h.header.Get("Content-Type"))
+
+	// The JSON twin has the same figures.
+	var st server.Status
+	require.NoError(t, json.Unmarshal(n.get(t, "/_status").body, &st))
+	require.NotNil(t, st.Disk)
+	assert.Equal(t, n.base, st.Disk.Dir)
+	assert.Positive(t, st.Disk.TotalBytes)
+	assert.LessOrEqual(t, st.Disk.FreeBytes, st.Disk.TotalBytes)
+	var raw map[string]any
+	require.NoError(t, json.Unmarshal(n.get(t, "/_status").body, &raw))
+	assert.Equal(t, []any{}, raw["recent_errors"], "an empty list, not null")
+}
+
+func TestStatusPagePeers(t *testing.T) {
+	now := time.Now()
+	fc := &fakeCluster{status: peer.Status{
+		Synced: true,
+		Scrub:  blobstore.ScrubProgress{Running: true, PassStarted: now.Add(-90 * time.Second), Checked: 12, CheckedBytes: 3 << 20, Passes: 4},
+		Peers: []peer.PeerStatus{
+			{URL: "http://up.example:8080", Role: "replica", Up: true, Contacted: true, LastContact: now.Add(-2 * time.Second)},
+			{URL: "http://down.example:8080", Role: "replica", Contacted: true, Failures: 7, Queue: 42, LagSeconds: 125,
+				LastContact: now.Add(-10 * time.Minute), LastError: `dial tcp: <script>alert("x")</script>`, LastErrorAt: now.Add(-time.Second)},
+			{URL: "http://new.example:8080", Role: "cache"},
+		},
+	}}
+	recent := server.NewRecent(4)
+	n := startNode(t, server.Config{Cluster: fc, RecentErrors: recent.Entries})
+	a := n.get(t, "/")
+	requireStatus(t, a, http.StatusOK)
+	page := string(a.body)
+
+	row := func(url string) string {
+		m := regexp.MustCompile(`(?s)<tr class="[a-z]+" data-peer="` + regexp.QuoteMeta(url) + `".*?</tr>`).FindString(page)
+		require.NotEmpty(t, m, "no row for %s in\n%s", url, page)
+		return m
+	}
+	up, down, unknown := row("http://up.example:8080"), row("http://down.example:8080"), row("http://new.example:8080")
+	assert.Contains(t, up, `data-state="up"`)
+	assert.Contains(t, up, `<span class="state up">up</span>`)
+	assert.Contains(t, up, "2s ago")
+	assert.Contains(t, down, `data-state="down"`)
+	assert.Contains(t, down, `<span class="state down">down</span>`)
+	assert.Contains(t, down, "(7 failures)")
+	assert.Contains(t, down, `<td class="num">42</td>`)
+	assert.Contains(t, down, `<td class="num">2m 5s</td>`, "lag")
+	assert.Contains(t, down, "10m 0s ago")
+	assert.Contains(t, down, "&lt;script&gt;", "errors are escaped")
+	assert.NotContains(t, page, "<script")
+	assert.Contains(t, unknown, `data-state="unknown"`)
+	assert.Contains(t, unknown, "never")
+	assert.Contains(t, page, `<p class="banner" role="alert">1 of 3 peers down</p>`)
+	assert.Contains(t, page, "<title>1 down · dtfc")
+	assert.Contains(t, page, "in sync")
+	assert.Contains(t, page, "running since 1m 30s ago")
+	assert.Contains(t, page, "12 blobs (3.0 MiB) checked")
+
+	// A warning logged through Recent shows on the page and in the JSON.
+	slogWarn(recent, "push to peer failed", "peer", "http://down.example:8080")
+	page = string(n.get(t, "/").body)
+	assert.Regexp(t, `(?s)<table id="errors">.*WARN.*push to peer failed.*peer=http://down.example:8080`, page)
+	var st server.Status
+	require.NoError(t, json.Unmarshal(n.get(t, "/_status").body, &st))
+	require.Len(t, st.RecentErrors, 1)
+	assert.Equal(t, "push to peer failed", st.RecentErrors[0].Message)
+	require.NotNil(t, st.Cluster)
+	assert.Len(t, st.Cluster.Peers, 3)
+	assert.EqualValues(t, 42, st.Queues["http://down.example:8080"].Length)
+}
+
+func TestHumanFigures(t *testing.T) {
+	// Through the page: sizes in binary units.
+	fc := &fakeCluster{status: peer.Status{Scrub: blobstore.ScrubProgress{Passes: 1, Checked: 1, CheckedBytes: 1536}}}
+	n := startNode(t, server.Config{Cluster: fc})
+	page := string(n.get(t, "/").body)
+	assert.Contains(t, page, "1 blobs (1.5 KiB) checked")
+	assert.True(t, strings.Contains(page, "No peers") || strings.Contains(page, "0 peers"))
+}
+
+func slogWarn(r *server.Recent, msg string, args ...any) {
+	slog.New(r.Handler(slog.DiscardHandler)).Warn(msg, args...)
+}
