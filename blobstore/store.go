@@ -48,11 +48,11 @@ type Store struct {
 	opts    Options
 	locks   keyLock
 
-	ops      chan *op
-	stop     chan struct{}
-	stopped  chan struct{}
-	closeMu  sync.RWMutex // held shared by writers, exclusively by Close
-	closed   bool
+	ops     chan *op
+	stop    chan struct{}
+	stopped chan struct{}
+	closeMu sync.RWMutex // held shared by writers, exclusively by Close
+	closed  bool
 
 	blobs    atomic.Int64
 	bytes    atomic.Int64
