@@ -143,19 +143,8 @@ func (s *Server) accelRedirect(w http.ResponseWriter, r *http.Request, prefix st
 	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "\r\n?#") {
 		return false
 	}
-	hexID := st.ID.String()
 	h := w.Header()
-	ct := st.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
-	}
-	h["Content-Type"] = []string{ct}
-	h["Etag"] = []string{`"` + hexID + `"`}
-	h["X-Content-Sha512"] = []string{hexID}
-	h["Cache-Control"] = cacheControl
-	h["Accept-Ranges"] = acceptRanges
-	h["X-Content-Type-Options"] = nosniff
-	h["X-Dtfc-Source"] = sourceLocal
+	hexID := setBlobHeaders(h, st, sourceLocal)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, hexID) {
 		w.WriteHeader(http.StatusNotModified)
 		return true
@@ -186,13 +175,11 @@ func localOnly(r *http.Request) bool {
 	return ok && (len(v) == 0 || (v[0] != "0" && v[0] != "false"))
 }
 
-// serveBlob answers with the blob's headers and, through
-// http.ServeContent, its bytes (sendfile for files), ranges and 304s.
-func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content interface {
-	Read([]byte) (int, error)
-	Seek(int64, int) (int64, error)
-}, st dtfc.State, source []string) {
-	h := w.Header()
+// setBlobHeaders sets the headers every answer with a blob carries (the
+// same whether dtfc or a front server sends the bytes) and returns the hex
+// ID. Header keys are written in canonical form directly: this is the hot
+// path of every read.
+func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 	hexID := st.ID.String()
 	ct := st.ContentType
 	if ct == "" {
@@ -205,6 +192,17 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content inter
 	h["Accept-Ranges"] = acceptRanges
 	h["X-Content-Type-Options"] = nosniff
 	h["X-Dtfc-Source"] = source
+	return hexID
+}
+
+// serveBlob answers with the blob's headers and, through
+// http.ServeContent, its bytes (sendfile for files), ranges and 304s.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content interface {
+	Read([]byte) (int, error)
+	Seek(int64, int) (int64, error)
+}, st dtfc.State, source []string) {
+	h := w.Header()
+	setBlobHeaders(h, st, source)
 	if unsatisfiableSuffix(r.Header.Get("Range")) {
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", st.Size))
 		s.writeError(w, r, errorf(http.StatusRequestedRangeNotSatisfiable, "invalid range: a suffix of zero bytes selects nothing"))
