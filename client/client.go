@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/dtfc/dtfc"
 )
@@ -149,8 +150,9 @@ type PutOptions struct {
 	ContentType string
 	// Replicas, if above 1, waits until that many replicas hold the file.
 	Replicas int
-	// Size, if above zero, is sent as the Content-Length; otherwise the
-	// body is sent chunked.
+	// Size, if above zero, is sent as the Content-Length. If zero, the
+	// remaining length of an io.Seeker body is sent; any other body is
+	// sent chunked.
 	Size int64
 }
 
@@ -164,14 +166,33 @@ type PutResult struct {
 
 // Put uploads r. The ID the node answers is checked against the hash of the
 // bytes sent, so an upload corrupted in transit is an error. If r is an
-// io.Seeker, a failed node is retried with the next one from the start of
-// r; otherwise only the first node is tried.
+// io.Seeker, a node that cannot be reached (or fails with a 5xx) is
+// replaced by the next one, which gets r again from where it started;
+// otherwise only the first node is tried.
+//
+// If opts.Expected is set and the bytes do not hash to it, the node refuses
+// them and stores nothing; the error then matches ErrDigestMismatch.
 func (c *Client) Put(ctx context.Context, r io.Reader, opts PutOptions) (PutResult, error) {
 	seeker, canRetry := r.(io.Seeker)
 	var start int64
 	if canRetry {
 		var err error
 		if start, err = seeker.Seek(0, io.SeekCurrent); err != nil {
+			canRetry = false
+		}
+	}
+	if canRetry && opts.Size <= 0 {
+		// The remaining length, so the node gets a Content-Length (and
+		// can refuse an upload over its limit before reading it).
+		if end, err := seeker.Seek(0, io.SeekEnd); err == nil {
+			if _, err := seeker.Seek(start, io.SeekStart); err != nil {
+				return PutResult{}, fmt.Errorf("dtfc: rewinding the body: %w", err)
+			}
+			opts.Size = end - start
+			if opts.Size == 0 {
+				r = http.NoBody
+			}
+		} else {
 			canRetry = false
 		}
 	}
@@ -195,8 +216,7 @@ func (c *Client) Put(ctx context.Context, r io.Reader, opts PutOptions) (PutResu
 }
 
 func (c *Client) putOnce(ctx context.Context, base string, r io.Reader, opts PutOptions) (PutResult, error) {
-	h := sha512.New()
-	body := io.TeeReader(r, h)
+	body := newHashingReader(r)
 	u := base + "/"
 	method := http.MethodPost
 	if opts.Filename != "" {
@@ -214,6 +234,11 @@ func (c *Client) putOnce(ctx context.Context, base string, r io.Reader, opts Put
 	if opts.Size > 0 {
 		req.ContentLength = opts.Size
 	}
+	if r == http.NoBody {
+		req.Body, req.ContentLength = http.NoBody, 0
+		body.eof = true
+		body.Close()
+	}
 	if !opts.Expected.IsZero() {
 		req.Header.Set("X-Content-SHA512", opts.Expected.String())
 	}
@@ -221,12 +246,21 @@ func (c *Client) putOnce(ctx context.Context, base string, r io.Reader, opts Put
 		req.Header.Set("Content-Type", opts.ContentType)
 	}
 	resp, err := c.hc.Do(req)
+	// Whatever the outcome, the transport is done with r before Put
+	// seeks it back for the next node.
+	defer body.sum(ctx)
 	if err != nil {
 		return PutResult{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
-		return PutResult{}, answerError(resp)
+		err := answerError(resp)
+		if resp.StatusCode == http.StatusBadRequest && !opts.Expected.IsZero() {
+			if sent, whole, serr := body.sum(ctx); serr == nil && whole && sent != opts.Expected {
+				return PutResult{}, fmt.Errorf("%w: the bytes sent hash to %s, not the expected %s: %w", ErrDigestMismatch, sent, opts.Expected, err)
+			}
+		}
+		return PutResult{}, err
 	}
 	var ans struct {
 		SHA512 string `json:"sha512"`
@@ -239,12 +273,58 @@ func (c *Client) putOnce(ctx context.Context, base string, r io.Reader, opts Put
 	if err != nil {
 		return PutResult{}, fmt.Errorf("dtfc: %s: the answer's sha512: %w", u, err)
 	}
-	var sent dtfc.ID
-	copy(sent[:], h.Sum(nil))
+	sent, _, err := body.sum(ctx)
+	if err != nil {
+		return PutResult{}, err
+	}
 	if id != sent {
 		return PutResult{}, fmt.Errorf("%w: sent %s, node stored %s", ErrDigestMismatch, sent, id)
 	}
 	return PutResult{ID: id, Size: ans.Size, Created: resp.StatusCode == http.StatusCreated, Location: resp.Header.Get("Location")}, nil
+}
+
+// hashingReader hashes the upload body as the transport reads it. The
+// transport reads from its own goroutine and closes the body once done
+// (even after RoundTrip returned), so the hash is read only after Close:
+// sum waits for it.
+type hashingReader struct {
+	r      io.Reader
+	h      hash.Hash
+	eof    bool
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newHashingReader(r io.Reader) *hashingReader {
+	return &hashingReader{r: r, h: sha512.New(), closed: make(chan struct{})}
+}
+
+func (hr *hashingReader) Read(p []byte) (int, error) {
+	n, err := hr.r.Read(p)
+	hr.h.Write(p[:n])
+	if err == io.EOF {
+		hr.eof = true
+	}
+	return n, err
+}
+
+// Close marks the end of the transport's use; the caller's reader is not
+// closed (Put does not own it).
+func (hr *hashingReader) Close() error {
+	hr.once.Do(func() { close(hr.closed) })
+	return nil
+}
+
+// sum returns the hash of what was sent, and whether that was the whole
+// body, once the transport is done with it.
+func (hr *hashingReader) sum(ctx context.Context) (id dtfc.ID, whole bool, err error) {
+	select {
+	case <-hr.closed:
+	case <-ctx.Done():
+		return id, false, ctx.Err()
+	}
+	copy(id[:], hr.h.Sum(nil))
+	return id, hr.eof, nil
 }
 
 // Get opens the blob id. The returned reader verifies the bytes as they

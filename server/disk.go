@@ -1,5 +1,7 @@
 package server
 
+import "github.com/dtfc/dtfc/blobstore"
+
 // Disk describes the filesystem holding the node's store, from statfs.
 type Disk struct {
 	// Dir is the directory measured: the store's base directory.
@@ -10,11 +12,13 @@ type Disk struct {
 	TotalBytes uint64 `json:"total_bytes"`
 }
 
-// Dirred is implemented by a store that lives in a directory
+// DirStore is implemented by a store that lives in a directory
 // (*blobstore.Store): the status reports the free space of its filesystem.
-type Dirred interface {
+type DirStore interface {
 	Dir() string
 }
+
+var _ DirStore = (*blobstore.Store)(nil)
 
 // diskOf measures the filesystem holding dir. ok is false where statfs is
 // not available (see disk_statfs.go) or fails.

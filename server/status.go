@@ -49,7 +49,7 @@ func (s *Server) statusData() Status {
 		// An empty list, not null: a JSON reader can range over it.
 		RecentErrors: []LogEntry{},
 	}
-	if d, ok := s.store.(Dirred); ok {
+	if d, ok := s.store.(DirStore); ok {
 		if disk, ok := diskOf(d.Dir()); ok {
 			st.Disk = &disk
 		}

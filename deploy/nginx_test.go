@@ -1,0 +1,513 @@
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/internal/cluster"
+)
+
+// nginxInstall is how to get nginx on Debian (what .ci/run does).
+const nginxInstall = "apt-get install -y nginx-light (or nginx)"
+
+// blobHeaders are the headers a download through nginx must carry with
+// exactly the values (and the number of values) dtfc gives them.
+var blobHeaders = []string{
+	"Content-Type", "Etag", "X-Content-Sha512", "Cache-Control", "Content-Length",
+	"Accept-Ranges", "X-Content-Type-Options", "X-Dtfc-Source", "Content-Range", "Last-Modified",
+}
+
+// nginxFront is a running nginx configured from deploy/nginx.conf.
+type nginxFront struct {
+	URL    string
+	RunDir string // __RUNDIR__: pid, logs, temp files
+}
+
+// startNginx renders deploy/nginx.conf for a dtfc node and runs nginx on
+// a free loopback port, in the foreground, as the current user. nginx is
+// stopped (SIGQUIT, then SIGKILL) in t.Cleanup. A port taken between its
+// choice and nginx's bind gets another try.
+func startNginx(t *testing.T, nginx string, node *cluster.Node) *nginxFront {
+	t.Helper()
+	for try := 1; ; try++ {
+		f, err := tryNginx(t, nginx, node)
+		if err == nil {
+			return f
+		}
+		if try == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("nginx: %v; trying another port", err)
+	}
+}
+
+func tryNginx(t *testing.T, nginx string, node *cluster.Node) (*nginxFront, error) {
+	t.Helper()
+	dir := t.TempDir()
+	run := filepath.Join(dir, "run")
+	require.NoError(t, os.Mkdir(run, 0o755))
+	u, err := user.Current()
+	require.NoError(t, err)
+	// When the test runs as root, nginx's workers would switch to the
+	// user named here; root keeps them able to enter the harness's 0700
+	// temp directories. As another user, the directive is ignored and the
+	// workers run as that user, who owns the directories.
+	port := freePort(t)
+	conf := renderNginxConf(t, map[string]string{
+		"__LISTEN__":  "127.0.0.1:" + strconv.Itoa(port),
+		"__DTFC__":    strings.TrimPrefix(node.URL, "http://"),
+		"__BASEDIR__": node.Basedir,
+		"__RUNDIR__":  run,
+		"__USER__":    u.Username,
+	})
+	confPath := filepath.Join(dir, "nginx.conf")
+	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o644))
+	args := []string{"-p", run + "/", "-c", confPath, "-e", filepath.Join(run, "error.log"), "-g", "daemon off;"}
+
+	if out, err := exec.Command(nginx, append([]string{"-t", "-q"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("nginx -t: %v\n%s\n--- config:\n%s", err, out, conf)
+	}
+	var out lockedBuffer
+	cmd := exec.Command(nginx, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	f := &nginxFront{URL: "http://127.0.0.1:" + strconv.Itoa(port), RunDir: run}
+	t.Cleanup(func() {
+		// SIGQUIT: graceful shutdown. Only the process this test started.
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(run, "error.log"))
+			t.Logf("nginx output:\n%s\nnginx error.log:\n%s", out.String(), log)
+		}
+	})
+	hc := &http.Client{Timeout: 2 * time.Second}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		res, err := hc.Get(f.URL + "/health")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return f, nil
+			}
+		}
+		select {
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(run, "error.log"))
+			return nil, fmt.Errorf("nginx exited: %s\n%s%s", cmd.ProcessState, out.String(), log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("nginx not serving /health after 20 s: %v\n%s", err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// renderNginxConf fills the placeholders of deploy/nginx.conf, and fails
+// the test if one is left or unknown.
+func renderNginxConf(t *testing.T, vars map[string]string) string {
+	t.Helper()
+	conf := readRepoFile(t, "deploy", "nginx.conf")
+	for k, v := range vars {
+		require.Contains(t, conf, k, "deploy/nginx.conf has no %s", k)
+		conf = strings.ReplaceAll(conf, k, v)
+	}
+	// Only the comments may still name placeholders (their documentation).
+	for i, line := range strings.Split(conf, "\n") {
+		code, _, _ := strings.Cut(line, "#")
+		require.NotContains(t, code, "__", "deploy/nginx.conf line %d: a placeholder left: %s", i+1, line)
+	}
+	return conf
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// reply is a response whose body has been read.
+type reply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r reply) String() string {
+	b := r.body
+	if len(b) > 300 {
+		b = b[:300]
+	}
+	return fmt.Sprintf("%d %q", r.status, b)
+}
+
+// httpDo sends a request and reads the whole answer; hdr holds header
+// names and values in turn.
+func httpDo(t *testing.T, hc *http.Client, method, url string, body io.Reader, hdr ...string) reply {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	require.NoError(t, err)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := hc.Do(req)
+	require.NoError(t, err, "%s %s", method, url)
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	require.NoError(t, err, "%s %s: the body", method, url)
+	return reply{status: res.StatusCode, header: res.Header, body: b}
+}
+
+// sameHeaders asserts that nginx's answer carries dtfc's blob headers with
+// the same values, as many times (nil for absent in both).
+func sameHeaders(t *testing.T, direct, viaNginx reply, skip ...string) {
+	t.Helper()
+	for _, k := range blobHeaders {
+		if k == "Content-Type" && strings.HasPrefix(direct.header.Get(k), "multipart/byteranges") {
+			continue // the boundary differs
+		}
+		if contains(skip, k) {
+			continue
+		}
+		assert.Equal(t, direct.header.Values(k), viaNginx.header.Values(k), "header %s", k)
+	}
+	assert.Empty(t, viaNginx.header.Values("X-Accel-Redirect"), "nginx must not leak the redirect")
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// localBytesServed is dtfc's dtfc_download_bytes_total{source="local"}:
+// blob bytes dtfc itself sent from its disk.
+func localBytesServed(t *testing.T, hc *http.Client, node string) float64 {
+	t.Helper()
+	r := httpDo(t, hc, http.MethodGet, node+"/metrics", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	sc := bufio.NewScanner(bytes.NewReader(r.body))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), `dtfc_download_bytes_total{source="local"} `); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	t.Fatalf("no dtfc_download_bytes_total{source=\"local\"} in %s/metrics", node)
+	return 0
+}
+
+func sha512Hex(b []byte) string {
+	s := sha512.Sum512(b)
+	return hex.EncodeToString(s[:])
+}
+
+// upload PUTs data to url and returns the ID dtfc answered, which must be
+// the data's.
+func upload(t *testing.T, hc *http.Client, url string, data []byte) string {
+	t.Helper()
+	r := httpDo(t, hc, http.MethodPut, url, bytes.NewReader(data))
+	require.Contains(t, []int{http.StatusCreated, http.StatusOK}, r.status, "PUT %s: %s", url, r)
+	var ans struct {
+		SHA512 string `json:"sha512"`
+		Size   int64  `json:"size"`
+	}
+	require.NoError(t, json.Unmarshal(r.body, &ans), "%s", r)
+	require.Equal(t, sha512Hex(data), ans.SHA512)
+	require.EqualValues(t, len(data), ans.Size)
+	return ans.SHA512
+}
+
+func randomData(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	var s [32]byte
+	s[0], s[1] = byte(seed), byte(seed>>8)
+	rand.NewChaCha8(s).Read(b)
+	return b
+}
+
+// TestNginxFront runs nginx with deploy/nginx.conf in front of a real
+// dtfc cache node whose origin is a replica, and checks that clients of
+// nginx get what clients of dtfc get, with nginx sending the bytes of
+// every hit.
+func TestNginxFront(t *testing.T) {
+	nginx := need(t, "nginx", nginxInstall)
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache}, Direct: true})
+	origin, front := c.Nodes[0], c.Nodes[1]
+	ngx := startNginx(t, nginx, front)
+	tr := &http.Transport{DisableCompression: true, Proxy: nil}
+	t.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+	t.Logf("nginx %s in front of dtfc cache %s (origin %s)", ngx.URL, front.URL, origin.URL)
+
+	// Blobs uploaded through nginx to the cache: hits there.
+	blobs := []struct {
+		name string
+		data []byte
+	}{
+		{"hello.txt", []byte("hello through nginx\n")},
+		{"photo.png", randomData(1, 1<<20)},
+		{"empty", []byte{}},
+		{"page.html", []byte("<!doctype html><title>x</title>")},
+	}
+	ids := map[string]string{}
+	for _, b := range blobs {
+		ids[b.name] = upload(t, hc, ngx.URL+"/"+b.name, b.data)
+		require.FileExists(t, filepath.Join(front.Basedir, "blobs", ids[b.name][0:2], ids[b.name][2:4], ids[b.name]))
+	}
+
+	t.Run("hit", func(t *testing.T) {
+		for _, b := range blobs {
+			id := ids[b.name]
+			before := localBytesServed(t, hc, front.URL)
+			got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil)
+			head := httpDo(t, hc, http.MethodHead, ngx.URL+"/"+id, nil)
+			upper := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+strings.ToUpper(id), nil)
+			// The bytes came from nginx: dtfc sent none of them.
+			assert.Equal(t, before, localBytesServed(t, hc, front.URL), "%s: dtfc served the bytes of a hit", b.name)
+
+			direct := httpDo(t, hc, http.MethodGet, front.URL+"/"+id, nil)
+			directHead := httpDo(t, hc, http.MethodHead, front.URL+"/"+id, nil)
+			require.Equal(t, http.StatusOK, direct.status, "%s", direct)
+			require.Equal(t, http.StatusOK, got.status, "%s", got)
+			assert.Equal(t, b.data, got.body, "%s: body", b.name)
+			assert.Equal(t, direct.body, got.body)
+			sameHeaders(t, direct, got)
+			assert.Equal(t, "local", got.header.Get("X-Dtfc-Source"))
+			assert.Equal(t, `"`+id+`"`, got.header.Get("Etag"))
+			assert.Empty(t, got.header.Values("Last-Modified"))
+			require.Equal(t, http.StatusOK, head.status)
+			assert.Empty(t, head.body)
+			sameHeaders(t, directHead, head)
+			assert.Equal(t, b.data, upper.body, "an upper-case ID")
+			if len(b.data) > 0 {
+				assert.Equal(t, before+float64(len(b.data)), localBytesServed(t, hc, front.URL), "the direct GET is counted")
+			}
+		}
+		assert.Equal(t, "image/png", httpDo(t, hc, http.MethodGet, ngx.URL+"/"+ids["photo.png"], nil).header.Get("Content-Type"), "the recorded type")
+	})
+
+	t.Run("range", func(t *testing.T) {
+		id, data := ids["photo.png"], blobs[1].data
+		for _, tt := range []struct {
+			rng       string
+			from, to  int // the slice of data expected
+			multipart bool
+		}{
+			{rng: "bytes=100-1099", from: 100, to: 1100},
+			{rng: "bytes=-10", from: len(data) - 10, to: len(data)},
+			{rng: "bytes=1048000-", from: 1048000, to: len(data)},
+			{rng: "bytes=0-0,10-19", multipart: true},
+		} {
+			got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, "Range", tt.rng)
+			direct := httpDo(t, hc, http.MethodGet, front.URL+"/"+id, nil, "Range", tt.rng)
+			require.Equal(t, http.StatusPartialContent, got.status, "%s: %s", tt.rng, got)
+			require.Equal(t, http.StatusPartialContent, direct.status)
+			if tt.multipart {
+				assert.True(t, strings.HasPrefix(got.header.Get("Content-Type"), "multipart/byteranges; boundary="))
+				sameHeaders(t, direct, got, "Content-Length") // the boundaries differ in length
+				continue
+			}
+			assert.Equal(t, data[tt.from:tt.to], got.body, tt.rng)
+			assert.Equal(t, fmt.Sprintf("bytes %d-%d/%d", tt.from, tt.to-1, len(data)), got.header.Get("Content-Range"))
+			sameHeaders(t, direct, got)
+		}
+	})
+
+	t.Run("if-none-match", func(t *testing.T) {
+		id := ids["hello.txt"]
+		for _, inm := range []string{`"` + id + `"`, `W/"` + id + `"`, `"x", "` + id + `"`, "*"} {
+			got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, "If-None-Match", inm)
+			direct := httpDo(t, hc, http.MethodGet, front.URL+"/"+id, nil, "If-None-Match", inm)
+			assert.Equal(t, http.StatusNotModified, got.status, "If-None-Match: %s", inm)
+			assert.Empty(t, got.body)
+			require.Equal(t, http.StatusNotModified, direct.status)
+			sameHeaders(t, direct, got, "Content-Length")
+		}
+		got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, "If-None-Match", `"`+strings.Repeat("0", 128)+`"`)
+		assert.Equal(t, http.StatusOK, got.status, "another ETag")
+		assert.Equal(t, blobs[0].data, got.body)
+	})
+
+	t.Run("miss pulled from a peer", func(t *testing.T) {
+		data := randomData(2, 3<<20)
+		id := upload(t, hc, origin.URL+"/remote.bin", data)
+		require.Equal(t, http.StatusNotFound, httpDo(t, hc, http.MethodGet, front.URL+"/"+id+"/nopeerload", nil).status,
+			"a cache does not get pushed uploads: the blob must be a miss")
+		got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil)
+		require.Equal(t, http.StatusOK, got.status, "%s", got)
+		assert.Equal(t, "peer", got.header.Get("X-Dtfc-Source"))
+		assert.True(t, bytes.Equal(data, got.body), "the bytes pulled through nginx")
+		fromOrigin := httpDo(t, hc, http.MethodGet, origin.URL+"/"+id, nil)
+		sameHeaders(t, fromOrigin, got, "X-Dtfc-Source")
+
+		// Now held by the cache: the next read is a hit nginx serves.
+		before := localBytesServed(t, hc, front.URL)
+		again := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil)
+		assert.Equal(t, "local", again.header.Get("X-Dtfc-Source"))
+		assert.True(t, bytes.Equal(data, again.body))
+		assert.Equal(t, before, localBytesServed(t, hc, front.URL), "nginx serves the hit")
+	})
+
+	t.Run("large streamed upload", func(t *testing.T) {
+		const size = 50 << 20
+		h := sha512.New()
+		// No Content-Length: a chunked body, generated as it is sent.
+		body := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{3}), size), h)
+		req, err := http.NewRequest(http.MethodPut, ngx.URL+"/big.bin", struct{ io.Reader }{body})
+		require.NoError(t, err)
+		start := time.Now()
+		res, err := hc.Do(req)
+		require.NoError(t, err)
+		ans, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		took := time.Since(start)
+		require.Equal(t, http.StatusCreated, res.StatusCode, "%s", ans)
+		id := hex.EncodeToString(h.Sum(nil))
+		assert.Contains(t, string(ans), `"sha512":"`+id+`"`)
+		assert.Contains(t, string(ans), fmt.Sprintf(`"size":%d`, size))
+		t.Logf("50 MiB chunked PUT through nginx: %v (%.0f MiB/s)", took.Round(time.Millisecond), 50/took.Seconds())
+		fi, err := os.Stat(filepath.Join(front.Basedir, "blobs", id[0:2], id[2:4], id))
+		require.NoError(t, err)
+		assert.EqualValues(t, size, fi.Size())
+		// Streamed through: nginx spooled nothing to its temp directory.
+		entries, _ := os.ReadDir(filepath.Join(ngx.RunDir, "client_body"))
+		assert.Empty(t, entries, "nginx buffered the upload body")
+
+		// And read back through nginx, verified.
+		res, err = hc.Get(ngx.URL + "/" + id)
+		require.NoError(t, err)
+		rh := sha512.New()
+		n, err := io.Copy(rh, res.Body)
+		res.Body.Close()
+		require.NoError(t, err)
+		assert.EqualValues(t, size, n)
+		assert.Equal(t, id, hex.EncodeToString(rh.Sum(nil)))
+
+		// POST / with a Content-Length goes through too.
+		data := randomData(4, 256<<10)
+		r := httpDo(t, hc, http.MethodPost, ngx.URL+"/?filename=posted.bin", bytes.NewReader(data))
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		assert.Contains(t, string(r.body), sha512Hex(data))
+	})
+
+	t.Run("expected ID mismatch", func(t *testing.T) {
+		data := []byte("not what the name says")
+		r := httpDo(t, hc, http.MethodPut, ngx.URL+"/"+sha512Hex([]byte("something else")), bytes.NewReader(data))
+		assert.Equal(t, http.StatusBadRequest, r.status, "%s", r)
+		assert.Contains(t, r.header.Get("Content-Type"), "application/json")
+	})
+
+	t.Run("deleted file is not served", func(t *testing.T) {
+		data := randomData(5, 200<<10)
+		id := upload(t, hc, ngx.URL+"/doomed.bin", data)
+		require.Equal(t, http.StatusOK, httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil).status)
+		r := httpDo(t, hc, http.MethodDelete, ngx.URL+"/"+id, nil)
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		assert.Contains(t, string(r.body), `"deleted":true`)
+		assert.NoFileExists(t, filepath.Join(front.Basedir, "blobs", id[0:2], id[2:4], id))
+		for _, m := range []string{http.MethodGet, http.MethodHead} {
+			got := httpDo(t, hc, m, ngx.URL+"/"+id, nil)
+			assert.Equal(t, http.StatusNotFound, got.status, "%s after DELETE: %s", m, got)
+			assert.Empty(t, got.header.Values("Etag"))
+		}
+	})
+
+	t.Run("nginx's own paths", func(t *testing.T) {
+		id := ids["hello.txt"]
+		// The internal location is not reachable from outside.
+		r := httpDo(t, hc, http.MethodGet, ngx.URL+"/_dtfc_blobs/"+id[0:2]+"/"+id[2:4]+"/"+id, nil)
+		assert.Equal(t, http.StatusNotFound, r.status)
+		assert.NotContains(t, string(r.body), "hello")
+		// A client cannot ask dtfc for an accel redirect itself.
+		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/_status", nil, "X-Dtfc-Accel-Redirect", "/_dtfc_blobs")
+		assert.Equal(t, http.StatusOK, r.status)
+		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, "X-Dtfc-Accel-Redirect", "/elsewhere")
+		assert.Equal(t, blobs[0].data, r.body)
+		// The status page and the API's errors pass through unchanged.
+		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/", nil)
+		assert.Equal(t, http.StatusOK, r.status)
+		assert.Contains(t, r.header.Get("Content-Type"), "text/html")
+		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+strings.Repeat("ab", 64), nil)
+		assert.Equal(t, http.StatusNotFound, r.status)
+		assert.Contains(t, r.header.Get("Content-Type"), "application/json")
+	})
+}
+
+// TestNginxPassesOnACorruptMiss: a miss whose bytes arrive corrupted from
+// the peer is cut by dtfc before its last byte; nginx must pass the cut
+// on, never complete a 200 of wrong bytes.
+func TestNginxPassesOnACorruptMiss(t *testing.T) {
+	nginx := need(t, "nginx", nginxInstall)
+	// Proxies between the nodes (not Direct): the link can corrupt.
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache}})
+	origin, front := c.Nodes[0], c.Nodes[1]
+	ngx := startNginx(t, nginx, front)
+	tr := &http.Transport{DisableCompression: true, Proxy: nil}
+	t.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr, Timeout: time.Minute}
+
+	data := randomData(6, 2<<20)
+	id := upload(t, hc, origin.URL+"/corrupt-me.bin", data)
+	c.Corrupt(1, 0, true) // what the origin answers the cache is corrupted
+	before := c.Corrupted(1, 0)
+	res, err := hc.Get(ngx.URL + "/" + id)
+	require.NoError(t, err)
+	body, rerr := io.ReadAll(res.Body)
+	res.Body.Close()
+	t.Logf("GET through nginx of a corrupted miss: %s, %d of %d bytes, read error: %v", res.Status, len(body), len(data), rerr)
+	require.Greater(t, c.Corrupted(1, 0), before, "the transfer went through the corrupting link")
+	if res.StatusCode == http.StatusOK && rerr == nil {
+		assert.Equal(t, id, sha512Hex(body), "nginx completed a 200 whose bytes do not hash to the ID")
+	}
+	c.Corrupt(1, 0, false)
+
+	// Once the link is sound, the same read succeeds.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil)
+		if r.status == http.StatusOK && bytes.Equal(r.body, data) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the miss never succeeded after the link healed: %s", r)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
