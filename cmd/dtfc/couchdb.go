@@ -74,7 +74,7 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	} else {
 		fs.BoolVar(remove, "remove-attachments", false, "drop each attachment from its document once it is in dtfc (same update)")
 		fs.BoolVar(dry, "dry-run", false, "report what would be done; write nothing")
-		fs.IntVar(batch, "batch", 100, "changes per page of the feed; the checkpoint is written after each")
+		fs.IntVar(batch, "batch", 100, "changes per page of the feed; the checkpoint moves as pages complete")
 		fs.IntVar(conc, "concurrency", 4, "documents migrated at once")
 		fs.BoolVar(verbose, "v", false, "log every document updated")
 		if sub == "follow" {
@@ -112,7 +112,9 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	servers := slices.Clone([]string(*fs.Lookup("server").Value.(*urlList)))
+	// The servers, as mk settled them (defaults included), name the
+	// checkpoint: another cluster starts from the beginning.
+	servers := strings.Split(fs.Lookup("server").Value.String(), ",")
 	slices.Sort(servers)
 	level := slog.LevelWarn
 	if *verbose || sub == "follow" {
@@ -162,6 +164,9 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		mp.done()
 	}
 	printSummary(stdout, dbs[0], stats, time.Since(start), *dry)
+	if err != nil && ctx.Err() != nil {
+		return errors.New("interrupted; the same command resumes from the checkpoint")
+	}
 	if err != nil {
 		return err
 	}
