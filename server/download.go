@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -264,9 +265,13 @@ func unsatisfiableSuffix(rng string) bool {
 		return false
 	}
 	for _, part := range strings.Split(spec, ",") {
-		part = strings.TrimSpace(part)
-		if n, ok := strings.CutPrefix(part, "-"); ok && n != "" && strings.Trim(n, "0") == "" {
-			return true
+		// Trimmed as net/http trims: around the range and around each end.
+		part = textproto.TrimString(part)
+		if n, ok := strings.CutPrefix(part, "-"); ok {
+			n = textproto.TrimString(n)
+			if n != "" && strings.Trim(n, "0") == "" {
+				return true
+			}
 		}
 	}
 	return false
