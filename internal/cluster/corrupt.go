@@ -26,6 +26,11 @@ type corruptor struct {
 	srv       *http.Server
 	tr        *http.Transport
 	done      chan struct{}
+
+	// delay (nanoseconds) and rate (bytes per second, 0: unlimited) are
+	// the Delay and Throttle faults (slow.go).
+	delay atomic.Int64
+	rate  atomic.Int64
 }
 
 // newCorruptor starts a corruptor serving on ln, forwarding to target (a
@@ -55,6 +60,7 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 					pr.Out.Body = &flipReader{rc: body, at: at, flipped: c.flipped}
 				}
 			}
+			c.slow(pr.In.Context(), &pr.Out.Body)
 		},
 		ModifyResponse: func(res *http.Response) error {
 			if res.Body != nil && res.Body != http.NoBody && c.on.Load() {
@@ -62,6 +68,7 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 					res.Body = &flipReader{rc: res.Body, at: at, flipped: c.flipped}
 				}
 			}
+			c.slow(res.Request.Context(), &res.Body)
 			return nil
 		},
 		Transport:     c.tr,

@@ -12,7 +12,9 @@
 // own --me. The toxiproxy (github.com/Shopify/toxiproxy/v2, run in-process)
 // cuts links and adds latency or bandwidth limits (Cut, Partition, Latency,
 // Bandwidth, Heal); the corruptor, a small reverse proxy of this package,
-// flips a byte in the bodies it forwards (Corrupt). Everything listens on
+// flips a byte in the bodies it forwards (Corrupt), and can delay and
+// throttle them too (Delay, Throttle: safe to switch while nodes restart,
+// which toxiproxy's toxics are not, see slow.go). Everything listens on
 // 127.0.0.1 only.
 //
 // Every process and proxy is stopped in t.Cleanup, also when the test

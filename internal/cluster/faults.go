@@ -177,7 +177,11 @@ func (c *Cluster) HealAll() {
 func (c *Cluster) heal(l *link) {
 	c.t.Helper()
 	l.corr.on.Store(false)
-	l.proxy.Toxics.ResetToxics(context.Background())
+	l.corr.unslow()
+	c.toxiproxy(l, "resetting toxics", func(ctx context.Context) error {
+		l.proxy.Toxics.ResetToxics(ctx)
+		return nil
+	})
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if l.cut {
@@ -215,9 +219,9 @@ func (c *Cluster) setToxic(l *link, typ string, on bool, attrs map[string]any) {
 	for _, stream := range []string{"upstream", "downstream"} {
 		name := typ + "_" + stream
 		if l.proxy.Toxics.GetToxic(name) != nil {
-			if err := l.proxy.Toxics.RemoveToxic(context.Background(), name); err != nil {
-				c.t.Fatalf("cluster: link %d->%d: removing %s: %v", l.from, l.to, name, err)
-			}
+			c.toxiproxy(l, "removing "+name, func(ctx context.Context) error {
+				return l.proxy.Toxics.RemoveToxic(ctx, name)
+			})
 		}
 		if !on {
 			continue
@@ -249,4 +253,26 @@ func (c *Cluster) Corrupt(from, to int, on bool) {
 func (c *Cluster) Corrupted(from, to int) int64 {
 	c.t.Helper()
 	return c.link(from, to).corr.corrupted.Load()
+}
+
+// toxiproxyTimeout bounds a call into toxiproxy. Removing a toxic can block
+// forever in toxiproxy v2.12.0 when the link's destination connection died
+// under it (Shopify/toxiproxy#558): a test must fail then, not hang CI.
+const toxiproxyTimeout = 30 * time.Second
+
+func (c *Cluster) toxiproxy(l *link, what string, f func(context.Context) error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), toxiproxyTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			c.t.Fatalf("cluster: link %d->%d: %s: %v", l.from, l.to, what, err)
+		}
+	case <-time.After(toxiproxyTimeout):
+		c.t.Fatalf("cluster: link %d->%d: toxiproxy hung %s for %s (Shopify/toxiproxy#558: a toxic on a link whose destination restarted)",
+			l.from, l.to, what, toxiproxyTimeout)
+	}
 }
