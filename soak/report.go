@@ -1,0 +1,216 @@
+package soak
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Report is the outcome of a soak: what ran, what was injected, what
+// broke. Safe for concurrent use through its methods.
+type Report struct {
+	Seed  uint64
+	Short bool
+	Config
+	// Wall is the whole run's time; Rounds the rounds completed.
+	Wall   time.Duration
+	Rounds int
+	// Converge is, per round, the time from the final heal (every fault
+	// removed, every node up) to a converged cluster.
+	Converge []time.Duration
+	// Corrupted is the number of bodies the proxies corrupted.
+	Corrupted int64
+	// Hashed is the bytes of blob files hashed by the checks.
+	Hashed int64
+	// FinalIDs counts the IDs of the last check by the state they want.
+	FinalIDs map[Want]int
+	// Skipped lists faults of the plan that could not run, and why.
+	Skipped []string
+
+	mu         sync.Mutex
+	ops        map[string]int // "upload acked", "read 200 verified", ...
+	faults     map[Kind]int
+	ackedBytes int64
+	violations []Violation
+}
+
+func newReport(seed uint64, short bool, cfg Config) *Report {
+	return &Report{Seed: seed, Short: short, Config: cfg, ops: map[string]int{}, faults: map[Kind]int{}, FinalIDs: map[Want]int{}}
+}
+
+// countOp counts a client operation by kind and outcome.
+func (r *Report) countOp(kind Kind, outcome string) {
+	r.mu.Lock()
+	r.ops[string(kind)+" "+outcome]++
+	r.mu.Unlock()
+}
+
+func (r *Report) countFault(k Kind) {
+	r.mu.Lock()
+	r.faults[k]++
+	r.mu.Unlock()
+}
+
+func (r *Report) addAcked(n int64) {
+	r.mu.Lock()
+	r.ackedBytes += n
+	r.mu.Unlock()
+}
+
+// Violate records a violation.
+func (r *Report) Violate(v ...Violation) {
+	r.mu.Lock()
+	r.violations = append(r.violations, v...)
+	r.mu.Unlock()
+}
+
+// Violations returns every violation found so far.
+func (r *Report) Violations() []Violation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.violations)
+}
+
+// count returns the number of distinct IDs (or of violations without an
+// ID) of the given kinds.
+func (r *Report) count(kinds ...string) int {
+	seen := map[string]bool{}
+	n := 0
+	for _, v := range r.Violations() {
+		if !slices.Contains(kinds, v.Kind) {
+			continue
+		}
+		if v.ID == "" {
+			n++
+		} else if !seen[v.ID] {
+			seen[v.ID] = true
+			n++
+		}
+	}
+	return n
+}
+
+// LostUploads is the number of acknowledged, not deleted uploads missing
+// (or of the wrong size) on some node.
+func (r *Report) LostUploads() int { return r.count(VLostUpload, VWrongSize) }
+
+// UndoneDeletes is the number of acknowledged deletes whose file came
+// back somewhere.
+func (r *Report) UndoneDeletes() int { return r.count(VUndoneDelete) }
+
+// WrongServed is the number of reads that completed with wrong bytes (a
+// 200, or a 206).
+func (r *Report) WrongServed() int { return r.count(VWrongServed, VWrongRange) }
+
+// Ops returns the operation counts.
+func (r *Report) Ops() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := make(map[string]int, len(r.ops))
+	for k, v := range r.ops {
+		m[k] = v
+	}
+	return m
+}
+
+// opsTotal sums the counts whose key starts with prefix.
+func (r *Report) opsTotal(prefix string) int {
+	n := 0
+	for k, v := range r.Ops() {
+		if strings.HasPrefix(k, prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// ConvergeStats returns the median (the lower one of an even count) and
+// the largest time to converge.
+func (r *Report) ConvergeStats() (p50, maxd time.Duration) {
+	if len(r.Converge) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(r.Converge)
+	slices.Sort(s)
+	return s[(len(s)-1)/2], s[len(s)-1]
+}
+
+// Table renders the report as a Markdown table.
+func (r *Report) Table() string {
+	var b strings.Builder
+	row := func(k string, format string, args ...any) {
+		fmt.Fprintf(&b, "| %s | %s |\n", k, fmt.Sprintf(format, args...))
+	}
+	mode := "long"
+	if r.Short {
+		mode = "short"
+	}
+	b.WriteString("| soak | value |\n| --- | --- |\n")
+	row("seed", "%d (%s: %d nodes%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes,
+		map[bool]string{true: " + 1 joined", false: ""}[!r.NoAddNode], r.Workers, r.Duration, r.Round)
+	row("wall time", "%v, %d rounds completed", r.Wall.Round(time.Second), r.Rounds)
+	ops := r.Ops()
+	total := 0
+	for _, v := range ops {
+		total += v
+	}
+	row("operations run", "%d", total)
+	keys := make([]string, 0, len(ops))
+	for k := range ops {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, kind := range []Kind{OpUpload, OpReupload, OpDelete, OpRead} {
+		var parts []string
+		n := 0
+		for _, k := range keys {
+			if rest, ok := strings.CutPrefix(k, string(kind)+" "); ok {
+				parts = append(parts, fmt.Sprintf("%s %d", rest, ops[k]))
+				n += ops[k]
+			}
+		}
+		row("· "+string(kind), "%d (%s)", n, strings.Join(parts, ", "))
+	}
+	r.mu.Lock()
+	acked := r.ackedBytes
+	faults := make(map[Kind]int, len(r.faults))
+	for k, v := range r.faults {
+		faults[k] = v
+	}
+	r.mu.Unlock()
+	row("bytes acknowledged (uploads)", "%.1f MiB", float64(acked)/(1<<20))
+	nf := 0
+	var fparts []string
+	for _, k := range faultStarts {
+		if faults[k] > 0 {
+			fparts = append(fparts, fmt.Sprintf("%s %d", k, faults[k]))
+			nf += faults[k]
+		}
+	}
+	row("faults injected", "%d", nf)
+	row("· by kind", "%s", strings.Join(fparts, ", "))
+	row("· bodies corrupted in transit", "%d", r.Corrupted)
+	for _, s := range r.Skipped {
+		row("· skipped", "%s", s)
+	}
+	row("acknowledged uploads lost", "%d", r.LostUploads())
+	row("deletes undone", "%d", r.UndoneDeletes())
+	row("wrong bytes served", "%d", r.WrongServed())
+	row("blob files with wrong bytes on disk", "%d", r.count(VWrongOnDisk))
+	row("temp or stray files left", "%d", r.count(VTemp, VStray))
+	row("queues not empty / IDs differing", "%d / %d", r.count(VQueue, VNotConverged), r.count(VDiffer, VStatus))
+	row("other violations", "%d", len(r.Violations())-r.count(VLostUpload, VWrongSize, VUndoneDelete, VWrongServed, VWrongRange,
+		VWrongOnDisk, VTemp, VStray, VQueue, VNotConverged, VDiffer, VStatus))
+	p50, mx := r.ConvergeStats()
+	var conv []string
+	for _, d := range r.Converge {
+		conv = append(conv, d.Round(100*time.Millisecond).String())
+	}
+	row("time to converge after the final heal", "p50 %v, max %v (per round: %s)", p50.Round(100*time.Millisecond), mx.Round(100*time.Millisecond), strings.Join(conv, " "))
+	row("IDs at the last check", "%d present, %d absent, %d unknown", r.FinalIDs[Present], r.FinalIDs[Absent], r.FinalIDs[Unknown])
+	row("blob bytes hashed by the checks", "%.1f MiB", float64(r.Hashed)/(1<<20))
+	return b.String()
+}

@@ -1,0 +1,938 @@
+package soak
+
+import (
+	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dtfc/dtfc/internal/cluster"
+)
+
+// Timeouts of the client operations and of the end of a round.
+const (
+	uploadTimeout = 120 * time.Second
+	deleteTimeout = 30 * time.Second
+	readTimeout   = 60 * time.Second
+	// grace is how long a round's operations in flight may take to
+	// finish once the round is over; then they are cancelled (and their
+	// writes count as Maybe).
+	grace = 20 * time.Second
+	// pollEvery is how often convergence is polled.
+	pollEvery = 250 * time.Millisecond
+	// sample bounds the IDs read back through the API after each round,
+	// per kind.
+	sample = 40
+)
+
+// Runner runs one soak. Its harness calls happen on the goroutine of Run
+// (the test's); the workers only send HTTP requests.
+type Runner struct {
+	t      testing.TB
+	plan   *Plan
+	short  bool
+	c      *cluster.Cluster
+	ids    *IDs
+	ledger *Ledger
+	log    *Log
+	report *Report
+	hc     *http.Client
+	start  time.Time
+
+	mu    sync.RWMutex
+	urls  []string      // by node index
+	up    []atomic.Bool // by node index: the workers' view
+	round atomic.Int64
+
+	// KeepDir, if set, receives the event log, plan and report, and on a
+	// failure (or with NodeLogs) every node's log (see Keep).
+	KeepDir  string
+	NodeLogs bool
+
+	streams  []*Stream
+	cuts     map[[2]int]int   // refcount of cuts per directed link
+	corrupt  map[[2]int]int   // refcount of corruption per link
+	episodes map[int][][2]int // the links a cut episode cut
+	fullDisk error            // why the full disk cannot run, or nil
+	hashes   []hashCache      // by node index
+}
+
+// NewRunner prepares a soak of cfg (zero fields: Defaults(short)) on t.
+// It starts nothing.
+func NewRunner(t testing.TB, cfg Config, short bool) *Runner {
+	plan := NewPlan(cfg, short)
+	r := &Runner{
+		t:        t,
+		plan:     plan,
+		short:    short,
+		ids:      NewIDs(plan.Seed),
+		ledger:   NewLedger(),
+		report:   newReport(plan.Seed, short, plan.Config),
+		cuts:     map[[2]int]int{},
+		corrupt:  map[[2]int]int{},
+		episodes: map[int][][2]int{},
+		up:       make([]atomic.Bool, plan.MaxNodes()),
+		hashes:   make([]hashCache, plan.MaxNodes()),
+	}
+	for i := range r.hashes {
+		r.hashes[i] = hashCache{}
+	}
+	for w := range plan.Workers {
+		r.streams = append(r.streams, plan.Stream(w))
+	}
+	return r
+}
+
+// Plan returns the schedule.
+func (r *Runner) Plan() *Plan { return r.plan }
+
+// Report returns the report, complete once Run returned.
+func (r *Runner) Report() *Report { return r.report }
+
+// Log returns the event log.
+func (r *Runner) Log() *Log { return r.log }
+
+// Replay is the command line that runs the same schedule again.
+func (r *Runner) Replay() string {
+	p := r.plan
+	s := fmt.Sprintf("scripts/soak.sh --seed %d --duration %v --round %v --nodes %d", p.Seed, p.Duration, p.Round, p.Nodes)
+	if r.short {
+		s = fmt.Sprintf("scripts/soak.sh --short --seed %d", p.Seed)
+		d := Defaults(true)
+		if p.Duration != d.Duration || p.Round != d.Round || p.Nodes != d.Nodes {
+			s += fmt.Sprintf(" --duration %v --round %v --nodes %d", p.Duration, p.Round, p.Nodes)
+		}
+	}
+	if p.Workers != Defaults(r.short).Workers {
+		s += fmt.Sprintf(" --workers %d", p.Workers)
+	}
+	if p.Sabotage {
+		s += " --sabotage"
+	}
+	return s
+}
+
+func (r *Runner) logf(format string, args ...any) {
+	r.t.Helper()
+	r.t.Logf("soak: "+format, args...)
+}
+
+// Run starts the cluster and runs every round: chaos, then heal,
+// converge and check. It stops after the first round with a violation.
+func (r *Runner) Run() *Report {
+	t := r.t
+	p := r.plan
+	r.start = time.Now()
+	r.log = NewLog(r.start)
+	defer func() { r.report.Wall = time.Since(r.start) }()
+
+	r.c = cluster.Start(t, cluster.Options{
+		Nodes: p.Nodes,
+		// A ?replicas=N upload waits at most this long for its 504.
+		Args: []string{"--replicas-timeout", "10s"},
+	})
+	for _, n := range r.c.Nodes {
+		r.urls = append(r.urls, n.URL)
+		r.up[n.Index].Store(true)
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 8,
+	}
+	r.hc = &http.Client{Transport: tr}
+	// Registered after the cluster's cleanup, so they run first: the
+	// evidence is taken while the nodes' files are still there.
+	t.Cleanup(tr.CloseIdleConnections)
+	t.Cleanup(r.finish)
+	if !p.NoFullDisk {
+		if r.fullDisk = r.c.CanFillDisk(); r.fullDisk != nil {
+			r.logf("full disk skipped: %v", r.fullDisk)
+			r.report.Skipped = append(r.report.Skipped, fmt.Sprintf("full disk: %v", r.fullDisk))
+		}
+	}
+	r.logf("cluster of %d nodes up in %v", p.Nodes, time.Since(r.start).Round(time.Millisecond))
+
+	for round := range p.Rounds() {
+		r.round.Store(int64(round))
+		r.chaos(round)
+		r.settle(round)
+		r.report.Rounds = round + 1
+		if v := r.report.Violations(); len(v) > 0 {
+			r.logf("round %d: %d violations; stopping", round, len(v))
+			break
+		}
+	}
+	return r.report
+}
+
+// chaos runs one round: the workers' operations and the plan's faults.
+func (r *Runner) chaos(round int) {
+	p := r.plan
+	soft, stop := context.WithCancel(context.Background())
+	hard, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	begin := time.Now()
+	r.logf("round %d: %v of chaos, %d fault events", round, p.Round, len(p.Faults[round]))
+	var wg sync.WaitGroup
+	for w := range p.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.worker(soft, hard, round, w)
+		}()
+	}
+	// If a harness call fails the test, it ends this goroutine: stop
+	// the workers before the cluster goes.
+	defer func() {
+		stop()
+		cancel()
+		wg.Wait()
+	}()
+	for _, ev := range p.Faults[round] {
+		time.Sleep(time.Until(begin.Add(ev.At)))
+		r.apply(ev)
+	}
+	time.Sleep(time.Until(begin.Add(p.Round)))
+	stop()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		r.logf("round %d: operations still in flight %v after the round; cancelling them", round, grace)
+		cancel()
+		<-done
+	}
+}
+
+// worker runs worker w's stream until soft ends; hard cancels the
+// operation in flight.
+func (r *Runner) worker(soft, hard context.Context, round, w int) {
+	s := r.streams[w]
+	for soft.Err() == nil {
+		op := s.Next()
+		r.do(hard, round, op)
+		select {
+		case <-soft.Done():
+		case <-time.After(op.Pause):
+		}
+	}
+}
+
+// target chooses the node for op: its planned one, or the next running
+// one if that is down and op is not stubborn.
+func (r *Runner) target(op Op) (int, string) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := len(r.urls)
+	i := op.Node % n
+	if !op.Stubborn {
+		for k := range n {
+			if j := (i + k) % n; r.up[j].Load() {
+				i = j
+				break
+			}
+		}
+	}
+	return i, r.urls[i]
+}
+
+func (r *Runner) do(ctx context.Context, round int, op Op) {
+	node, url := r.target(op)
+	id := r.ids.Of(op.File)
+	line := Line{Round: round, Actor: fmt.Sprintf("worker %d", op.Worker), Kind: op.Kind, Node: node, Peer: -1,
+		File: op.File.Index, ID: id, Size: op.File.Size}
+	begin := time.Now()
+	line.T = r.log.Since(begin)
+	switch op.Kind {
+	case OpUpload, OpReupload:
+		out, res := r.upload(ctx, url, id, op, &line)
+		line.Dur, line.Result = time.Since(begin), res
+		seq := r.log.Add(line)
+		r.ledger.Record(id, op.File, op.Worker, Write{Outcome: out, Seq: seq})
+		r.report.countOp(op.Kind, out.String())
+		if out == Acked {
+			r.report.addAcked(op.File.Size)
+		}
+	case OpDelete:
+		out, res := r.delete(ctx, url, id)
+		line.Dur, line.Result = time.Since(begin), res
+		seq := r.log.Add(line)
+		r.ledger.Record(id, op.File, op.Worker, Write{Delete: true, Outcome: out, Seq: seq})
+		r.report.countOp(op.Kind, out.String())
+	case OpRead:
+		class, res, v := r.read(ctx, url, id, op, &line)
+		line.Dur, line.Result = time.Since(begin), res
+		seq := r.log.Add(line)
+		r.report.countOp(op.Kind, class)
+		if v != nil {
+			v.Node = node
+			v.Detail += fmt.Sprintf(", event %d", seq)
+			r.report.Violate(*v)
+		}
+	}
+}
+
+// refused reports an error from a connection that never opened: the
+// request cannot have been applied.
+func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+func errText(err error) string {
+	s := err.Error()
+	if len(s) > 160 {
+		s = s[:160] + "..."
+	}
+	return s
+}
+
+// upload sends op's file and classifies the answer.
+func (r *Runner) upload(ctx context.Context, url, id string, op Op, line *Line) (Outcome, string) {
+	ctx, cancel := context.WithTimeout(ctx, uploadTimeout)
+	defer cancel()
+	name := fmt.Sprintf("f%d.bin", op.File.Index)
+	method, path := http.MethodPut, "/"+name
+	switch op.Variant {
+	case PutID:
+		path = "/" + id
+	case Post:
+		method, path = http.MethodPost, "/"
+	}
+	if op.Replicas > 0 {
+		path += fmt.Sprintf("?replicas=%d", op.Replicas)
+	}
+	var body io.Reader = op.File.Reader()
+	if op.Chunked {
+		body = io.MultiReader(body) // hides the length: sent chunked
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url+path, body)
+	if err != nil {
+		return Refused, errText(err)
+	}
+	switch {
+	case op.Chunked:
+		req.ContentLength = -1
+	case op.File.Size == 0:
+		req.Body, req.ContentLength = http.NoBody, 0
+	default:
+		req.ContentLength = op.File.Size
+	}
+	if op.Variant == Post {
+		req.Header.Set("X-Filename", name)
+	}
+	if op.SHA {
+		req.Header.Set("X-Content-SHA512", id)
+	}
+	line.Detail = fmt.Sprintf("%s %s", method, strings.Replace(path, id, "<id>", 1))
+	if op.Chunked {
+		line.Detail += " chunked"
+	}
+	if op.SHA {
+		line.Detail += " +sha"
+	}
+	res, err := r.hc.Do(req)
+	if err != nil {
+		if refused(err) {
+			return Refused, "refused: " + errText(err)
+		}
+		return Maybe, "error: " + errText(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	msg := fmt.Sprintf("%d", res.StatusCode)
+	switch {
+	case res.StatusCode == http.StatusOK || res.StatusCode == http.StatusCreated:
+		var ans struct {
+			SHA512 string `json:"sha512"`
+			Size   int64  `json:"size"`
+		}
+		if err := json.Unmarshal(b, &ans); err != nil || ans.SHA512 != id || ans.Size != op.File.Size {
+			r.report.Violate(Violation{Invariant: 0, Kind: VWrongAnswer, Node: line.Node, ID: id,
+				Detail: fmt.Sprintf("answered %d %s", res.StatusCode, strings.TrimSpace(string(b)))})
+		}
+		return Acked, msg
+	case res.StatusCode == http.StatusGatewayTimeout && op.Replicas > 0:
+		// API.md: the file is kept and still replicates.
+		return Acked, msg + " (replicas: kept)"
+	}
+	msg += " " + strings.TrimSpace(string(b))
+	switch {
+	case res.StatusCode == http.StatusBadRequest && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
+		// Too few replicas, found after the upload (the peer list
+		// shrank meanwhile); usually that is refused before a byte is
+		// read, "nothing stored".
+		return Maybe, msg
+	case res.StatusCode >= 400 && res.StatusCode < 500, res.StatusCode == http.StatusInsufficientStorage:
+		return Refused, msg
+	}
+	return Maybe, msg
+}
+
+// delete deletes id and classifies the answer.
+func (r *Runner) delete(ctx context.Context, url, id string) (Outcome, string) {
+	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, url+"/"+id, nil)
+	if err != nil {
+		return Refused, errText(err)
+	}
+	res, err := r.hc.Do(req)
+	if err != nil {
+		if refused(err) {
+			return Refused, "refused: " + errText(err)
+		}
+		return Maybe, "error: " + errText(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	switch {
+	case res.StatusCode == http.StatusOK:
+		return Acked, "200"
+	case res.StatusCode >= 400 && res.StatusCode < 500:
+		// 404: neither the node nor a reachable peer knows the ID; no
+		// tombstone is recorded.
+		return Refused, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return Maybe, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+}
+
+// read GETs id, hashing what comes; a complete 200 of other bytes is a
+// violation of invariant 5 (and a complete 206 of wrong bytes is one too).
+func (r *Runner) read(ctx context.Context, url, id string, op Op, line *Line) (class, result string, v *Violation) {
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
+	u := url + "/" + id
+	if op.NoPeer {
+		u += "?nopeerload=1"
+		line.Detail = "nopeerload"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return "error", errText(err), nil
+	}
+	if op.RangeLen > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", op.RangeOff, op.RangeOff+op.RangeLen-1))
+		line.Detail = strings.TrimSpace(line.Detail + " " + req.Header.Get("Range"))
+	}
+	res, err := r.hc.Do(req)
+	if err != nil {
+		if refused(err) {
+			return "refused", "refused: " + errText(err), nil
+		}
+		return "error", "error: " + errText(err), nil
+	}
+	defer res.Body.Close()
+	src := res.Header.Get("X-Dtfc-Source")
+	switch res.StatusCode {
+	case http.StatusOK:
+		h := sha512.New()
+		n, err := io.Copy(h, res.Body)
+		if err != nil {
+			return "200 aborted", fmt.Sprintf("200 (%s) aborted after %d bytes: %s", src, n, errText(err)), nil
+		}
+		sum := hex.EncodeToString(h.Sum(nil))
+		if sum != id {
+			return "200 WRONG", fmt.Sprintf("200 (%s) %d bytes hashing to %s", src, n, short(sum)),
+				&Violation{Invariant: 5, Kind: VWrongServed, ID: id,
+					Detail: fmt.Sprintf("%d bytes from source %q hash to %s", n, src, short(sum))}
+		}
+		return "200 verified", fmt.Sprintf("200 (%s) verified", src), nil
+	case http.StatusPartialContent:
+		got, err := io.ReadAll(io.LimitReader(res.Body, 2<<20))
+		if err != nil {
+			return "206 aborted", fmt.Sprintf("206 (%s) aborted after %d bytes: %s", src, len(got), errText(err)), nil
+		}
+		var start, end, size int64
+		if _, err := fmt.Sscanf(res.Header.Get("Content-Range"), "bytes %d-%d/%d", &start, &end, &size); err != nil ||
+			start != op.RangeOff || end-start+1 != int64(len(got)) || size != op.File.Size ||
+			string(got) != string(op.File.Slice(start, end-start+1)) {
+			return "206 WRONG", fmt.Sprintf("206 (%s) Content-Range %q, %d bytes, not the file's", src, res.Header.Get("Content-Range"), len(got)),
+				&Violation{Invariant: 5, Kind: VWrongRange, ID: id,
+					Detail: fmt.Sprintf("Content-Range %q from source %q: not the file's bytes", res.Header.Get("Content-Range"), src)}
+		}
+		return "206 verified", fmt.Sprintf("206 (%s) verified", src), nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	msg := strings.TrimSpace(string(b))
+	if len(msg) > 200 {
+		msg = msg[:200] + "..."
+	}
+	return fmt.Sprint(res.StatusCode), fmt.Sprintf("%d %s", res.StatusCode, msg), nil
+}
+
+// apply applies one fault event, on the test goroutine.
+func (r *Runner) apply(ev Event) {
+	c := r.c
+	line := Line{Round: ev.Round, Actor: "fault", Kind: ev.Kind, Node: ev.Node, Peer: ev.Peer, File: -1,
+		Detail: strings.TrimPrefix(ev.String(), fmt.Sprintf("round %d ", ev.Round))}
+	begin := time.Now()
+	line.T = r.log.Since(begin)
+	defer func() {
+		line.Dur = time.Since(begin)
+		r.log.Add(line)
+	}()
+	if ev.Kind == FaultAddNode {
+		nn := c.AddNode(cluster.RoleReplica)
+		r.mu.Lock()
+		r.urls = append(r.urls, nn.URL)
+		r.mu.Unlock()
+		r.up[nn.Index].Store(true)
+		line.Result = fmt.Sprintf("node %d joined at %s", nn.Index, nn.URL)
+		r.report.countFault(ev.Kind)
+		return
+	}
+	if ev.Node >= len(c.Nodes) || ev.Peer >= len(c.Nodes) {
+		line.Result = fmt.Sprintf("skipped: the cluster has %d nodes", len(c.Nodes))
+		return
+	}
+	n := c.Nodes[ev.Node]
+	counted := slices.Contains(faultStarts, ev.Kind)
+	switch ev.Kind {
+	case FaultKill, FaultStop:
+		if !n.Running() {
+			line.Result, counted = "skipped: not running", false
+			break
+		}
+		r.up[ev.Node].Store(false)
+		if ev.Kind == FaultKill {
+			n.Kill()
+		} else {
+			n.Stop()
+		}
+	case FaultRestart:
+		if !n.Running() {
+			n.Start()
+		}
+		r.up[ev.Node].Store(true)
+	case FaultPartition:
+		r.cut(ev.Episode, ev.Node, ev.Peer)
+		r.cut(ev.Episode, ev.Peer, ev.Node)
+	case FaultIsolate:
+		for j := range c.Nodes {
+			if j != ev.Node {
+				r.cut(ev.Episode, ev.Node, j)
+				r.cut(ev.Episode, j, ev.Node)
+			}
+		}
+	case FaultCut:
+		r.cut(ev.Episode, ev.Node, ev.Peer)
+	case FaultUncut:
+		for _, l := range r.episodes[ev.Episode] {
+			r.cuts[l]--
+			if r.cuts[l] == 0 {
+				c.Uncut(l[0], l[1])
+			}
+		}
+		delete(r.episodes, ev.Episode)
+	// Delay and Throttle rather than Latency and Bandwidth: removing a
+	// toxiproxy toxic can hang for good when a node behind the link
+	// restarts meanwhile (see internal/cluster/slow.go).
+	case FaultLatency:
+		c.Delay(ev.Node, ev.Peer, ev.Latency)
+	case FaultBandwidth:
+		c.Throttle(ev.Node, ev.Peer, ev.Rate)
+	case FaultUnslow:
+		c.Delay(ev.Node, ev.Peer, 0)
+		c.Throttle(ev.Node, ev.Peer, 0)
+	case FaultCorrupt:
+		l := [2]int{ev.Node, ev.Peer}
+		r.corrupt[l]++
+		c.Corrupt(l[0], l[1], true)
+	case FaultClean:
+		l := [2]int{ev.Node, ev.Peer}
+		if r.corrupt[l]--; r.corrupt[l] <= 0 {
+			delete(r.corrupt, l)
+			c.Corrupt(l[0], l[1], false)
+		}
+	case FaultFillDisk:
+		switch {
+		case r.fullDisk != nil:
+			line.Result, counted = "skipped: "+r.fullDisk.Error(), false
+		case !n.Running():
+			line.Result, counted = "skipped: not running", false
+		default:
+			// Stopped first, so that nothing grows between the measure
+			// and the copy (FillDisk starts it again).
+			r.up[ev.Node].Store(false)
+			n.Stop()
+			used := c.DiskUsage(ev.Node)
+			size := (used+ev.Margin)/1024 + 256 // KiB
+			c.FillDisk(ev.Node, fmt.Sprintf("%dk", size))
+			r.up[ev.Node].Store(true)
+			line.Result = fmt.Sprintf("node %d on a tmpfs of %d MiB (%d MiB used, %d KiB free)", ev.Node, size>>10, used>>20, freeBytes(n.Basedir)>>10)
+		}
+	case FaultFreeDisk:
+		if !c.OnTmpfs(ev.Node) {
+			line.Result = "skipped: not on a tmpfs"
+			break
+		}
+		line.Result = fmt.Sprintf("%d KiB were free", freeBytes(n.Basedir)>>10)
+		r.up[ev.Node].Store(false)
+		c.FreeDisk(ev.Node)
+		r.up[ev.Node].Store(n.Running())
+	}
+	if counted {
+		r.report.countFault(ev.Kind)
+	}
+}
+
+// cut cuts the link from -> to for an episode, counting the episodes that
+// want it cut.
+func (r *Runner) cut(episode, from, to int) {
+	l := [2]int{from, to}
+	r.episodes[episode] = append(r.episodes[episode], l)
+	r.cuts[l]++
+	if r.cuts[l] == 1 {
+		r.c.Cut(from, to)
+	}
+}
+
+// settle ends a round: heal everything, restart every node, wait for
+// convergence, then check the invariants.
+func (r *Runner) settle(round int) {
+	c := r.c
+	begin := time.Now()
+	c.HealAll()
+	r.cuts, r.corrupt, r.episodes = map[[2]int]int{}, map[[2]int]int{}, map[int][][2]int{}
+	for i, n := range c.Nodes {
+		if c.OnTmpfs(i) {
+			c.FreeDisk(i)
+		}
+		if !n.Running() {
+			n.Start()
+		}
+		r.up[i].Store(true)
+	}
+	healed := time.Now()
+	r.log.Add(Line{T: r.log.Since(begin), Dur: healed.Sub(begin), Round: round, Actor: "check", Kind: "heal-all", Node: -1, Peer: -1, File: -1,
+		Result: "every link healed, every node up"})
+
+	conv, why, waited := r.waitConverged(r.plan.Converge)
+	if why != "" {
+		r.report.Violate(Violation{Invariant: 4, Kind: VNotConverged, Node: -1, Detail: fmt.Sprintf("after %v: %s", r.plan.Converge, why)})
+	} else {
+		r.report.Converge = append(r.report.Converge, conv)
+	}
+	r.log.Add(Line{T: r.log.Since(healed), Dur: conv, Round: round, Actor: "check", Kind: "converge", Node: -1, Peer: -1, File: -1,
+		Result: map[bool]string{true: "converged", false: "NOT converged: " + why}[why == ""] + waited})
+
+	if r.plan.Sabotage && round == 0 {
+		r.sabotage(round)
+	}
+
+	// Invariants 1-4 on every node's disk and /_status.
+	checkStart := time.Now()
+	var views []NodeView
+	for i, n := range c.Nodes {
+		v := NodeView{Index: i, StatusBlobs: -1, Queues: map[string]int64{}}
+		var hashed int64
+		v.Files, v.Strays, v.Temp, hashed, v.Err = ScanNode(n.Basedir, r.hashes[i])
+		r.report.Hashed += hashed
+		if st, err := c.Status(i); err != nil {
+			v.Err = errors.Join(v.Err, err)
+		} else {
+			if b, ok := st["blobs"].(float64); ok {
+				v.StatusBlobs = int64(b)
+			}
+			qs, _ := st["queues"].(map[string]any)
+			for url, q := range qs {
+				m, _ := q.(map[string]any)
+				l, _ := m["length"].(float64)
+				v.Queues[url] = int64(l)
+			}
+		}
+		views = append(views, v)
+	}
+	entries := r.ledger.Entries()
+	violations := Check(views, entries)
+	violations = append(violations, r.readBack(entries, views)...)
+	for i, n := range c.Nodes {
+		if !n.Running() {
+			violations = append(violations, Violation{Invariant: 0, Kind: VCrash, Node: i})
+		}
+	}
+	r.report.Violate(violations...)
+	if len(views) > 0 {
+		r.report.FinalIDs = map[Want]int{}
+		for id, e := range entries {
+			want, _ := e.Want()
+			if want == Unknown {
+				// Take what the cluster shows as the state from now on
+				// (if it shows one state).
+				held := 0
+				for _, v := range views {
+					if _, ok := v.Files[id]; ok {
+						held++
+					}
+				}
+				if held == 0 || held == len(views) {
+					seq := r.log.Add(Line{T: r.log.Since(time.Now()), Round: round, Actor: "check", Kind: "resolve", Node: -1, Peer: -1,
+						File: e.File.Index, ID: id, Size: e.File.Size, Result: map[bool]string{true: "present everywhere", false: "absent everywhere"}[held > 0]})
+					r.ledger.Resolve(id, held > 0, seq)
+				}
+			}
+			r.report.FinalIDs[want]++
+		}
+	}
+	var corrupted int64
+	for i := range c.Nodes {
+		for j := range c.Nodes {
+			if i != j {
+				corrupted += c.Corrupted(i, j)
+			}
+		}
+	}
+	r.report.Corrupted = corrupted
+	counts := r.ledger.Counts()
+	r.logf("round %d: converged in %v%s; checked %d nodes, %d IDs (%d present, %d absent, %d unknown) in %v: %d violations",
+		round, conv.Round(10*time.Millisecond), waited, len(views), len(entries), counts[Present], counts[Absent], counts[Unknown],
+		time.Since(checkStart).Round(10*time.Millisecond), len(violations))
+	r.log.Add(Line{T: r.log.Since(checkStart), Dur: time.Since(checkStart), Round: round, Actor: "check", Kind: "invariants", Node: -1, Peer: -1, File: -1,
+		Result: fmt.Sprintf("%d violations", len(violations))})
+}
+
+// sabotage removes the blob file of one ID that must be present from the
+// last node (see Config.Sabotage).
+func (r *Runner) sabotage(round int) {
+	entries := r.ledger.Entries()
+	for _, id := range sortedIDs(entries) {
+		e := entries[id]
+		if want, _ := e.Want(); want != Present {
+			continue
+		}
+		n := r.c.Nodes[len(r.c.Nodes)-1]
+		path := filepath.Join(n.Basedir, "blobs", id[:2], id[2:4], id)
+		err := os.Remove(path)
+		r.log.Add(Line{T: r.log.Since(time.Now()), Round: round, Actor: "check", Kind: "sabotage", Node: n.Index, Peer: -1,
+			File: e.File.Index, ID: id, Size: e.File.Size, Result: fmt.Sprintf("removed %s: %v", path, err)})
+		r.logf("sabotage (self-test): removed file %d (%s) from node %d: %v", e.File.Index, short(id), n.Index, err)
+		return
+	}
+}
+
+// countRE matches the numbers in a reason not to converge that change
+// while it stays the same reason.
+var countRE = regexp.MustCompile(`\b\d+( operations| entries)`)
+
+// waitConverged polls until, on every node, every queue is empty and the
+// digests of every node are the same (what cluster.WaitConverged waits
+// for, without failing the test), and returns how long it took; or, on
+// timeout, what still differs. waited says what it waited for longest.
+func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, waited string) {
+	c := r.c
+	begin := time.Now()
+	deadline := begin.Add(timeout)
+	var longest time.Duration
+	last, since := "", begin
+	defer func() {
+		if d := time.Since(since); last != "" && d > longest {
+			longest, waited = d, last
+		}
+		if waited != "" {
+			waited = fmt.Sprintf("; waited %v on: %s", longest.Round(100*time.Millisecond), waited)
+		}
+	}()
+	for {
+		why := ""
+		var ref *cluster.Digests
+		for i, n := range c.Nodes {
+			if !n.Running() {
+				why = fmt.Sprintf("node %d is not running", i)
+				break
+			}
+			st, err := c.Status(i)
+			if err != nil {
+				why = fmt.Sprintf("node %d: %v", i, err)
+				break
+			}
+			qs, _ := st["queues"].(map[string]any)
+			for url, q := range qs {
+				m, _ := q.(map[string]any)
+				if l, _ := m["length"].(float64); l != 0 && why == "" {
+					why = fmt.Sprintf("node %d: %v operations queued for %s", i, l, url)
+				}
+			}
+			if why != "" {
+				break
+			}
+			d, err := c.Digests(i)
+			if err != nil {
+				why = fmt.Sprintf("node %d: digests: %v", i, err)
+				break
+			}
+			if ref == nil {
+				ref = d
+			} else if d.Sums != ref.Sums || !slices.Equal(d.Counts, ref.Counts) {
+				why = fmt.Sprintf("node %d's digests (%d entries) differ from node 0's (%d entries)", i, d.Total(), ref.Total())
+				break
+			}
+		}
+		// The reason, without its numbers, to see how long one thing
+		// was waited for.
+		if countRE.ReplaceAllString(why, "N") != countRE.ReplaceAllString(last, "N") {
+			if d := time.Since(since); last != "" && d > longest {
+				longest, waited = d, last
+			}
+			last, since = why, time.Now()
+		}
+		if why == "" {
+			return time.Since(begin), "", waited
+		}
+		if time.Now().After(deadline) {
+			return time.Since(begin), why, waited
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// readBack reads a sample of the IDs through the API once converged:
+// every node serves a present file locally with the right bytes, and no
+// node serves a deleted one, even from its peers.
+func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violation {
+	rng := rand.New(rand.NewPCG(r.plan.Seed, uint64(r.round.Load())+7))
+	var present, absent []string
+	for _, id := range sortedIDs(entries) {
+		e := entries[id]
+		switch want, last := e.Want(); {
+		case want == Present && e.File.Size <= 4<<20:
+			present = append(present, id)
+		case want == Absent && last != nil:
+			absent = append(absent, id)
+		}
+	}
+	rng.Shuffle(len(present), func(i, j int) { present[i], present[j] = present[j], present[i] })
+	rng.Shuffle(len(absent), func(i, j int) { absent[i], absent[j] = absent[j], absent[i] })
+	var out []Violation
+	ctx := context.Background()
+	for _, id := range present[:min(sample, len(present))] {
+		node := rng.IntN(len(r.c.Nodes))
+		op := Op{Kind: OpRead, File: entries[id].File, NoPeer: true}
+		line := Line{}
+		class, res, v := r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
+		if v != nil {
+			v.Node = node
+			out = append(out, *v)
+		} else if class != "200 verified" {
+			out = append(out, Violation{Invariant: 1, Kind: VLostUpload, Node: node, ID: id, Detail: "GET ?nopeerload=1 after convergence: " + res})
+		}
+	}
+	for _, id := range absent[:min(sample, len(absent))] {
+		node := rng.IntN(len(r.c.Nodes))
+		op := Op{Kind: OpRead, File: entries[id].File}
+		line := Line{}
+		class, res, _ := r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
+		if strings.HasPrefix(class, "200") {
+			out = append(out, Violation{Invariant: 2, Kind: VDeletedServed, Node: node, ID: id, Detail: "GET after convergence: " + res})
+		}
+	}
+	return out
+}
+
+// finish reports: the table always; on a violation or a failed test, the
+// violations, the seed and how to replay, the events that matter, and the
+// evidence kept in KeepDir. Violations fail the test.
+func (r *Runner) finish() {
+	t := r.t
+	r.report.Wall = time.Since(r.start)
+	for _, line := range strings.Split(strings.TrimSpace(r.report.Table()), "\n") {
+		t.Log("soak: " + line)
+	}
+	violations := r.report.Violations()
+	if len(violations) == 0 && !t.Failed() {
+		if r.KeepDir != "" {
+			if err := r.Keep(r.KeepDir, r.NodeLogs); err != nil {
+				r.logf("keeping the event log in %s: %v", r.KeepDir, err)
+			} else {
+				r.logf("event log and plan in %s", r.KeepDir)
+			}
+		}
+		r.logf("PASS seed %d: every invariant held", r.plan.Seed)
+		return
+	}
+	ids := map[string]bool{}
+	for _, v := range violations {
+		if v.ID != "" {
+			ids[v.ID] = true
+		}
+	}
+	relevant := r.log.Relevant(ids)
+	r.logf("FAIL seed %d: %d violations; the events that matter (every fault, every check, every operation on the %d IDs involved), %d of %d:",
+		r.plan.Seed, len(violations), len(ids), len(relevant), len(r.log.Lines()))
+	for _, line := range relevant {
+		t.Log("soak:   " + line.String())
+	}
+	for i, v := range violations {
+		if i == 200 {
+			r.logf("... and %d more violations", len(violations)-i)
+			break
+		}
+		t.Errorf("soak: %v", v)
+	}
+	if r.KeepDir != "" {
+		if err := r.Keep(r.KeepDir, true); err != nil {
+			r.logf("keeping the evidence in %s: %v", r.KeepDir, err)
+		} else {
+			r.logf("evidence (event log, plan, node logs) kept in %s", r.KeepDir)
+		}
+	}
+	r.logf("FAIL seed %d; replay with: %s", r.plan.Seed, r.Replay())
+}
+
+// Keep writes the evidence of a soak into dir: the event log, the plan,
+// the report and, if nodeLogs, every node's log.
+func (r *Runner) Keep(dir string, nodeLogs bool) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "events.log"))
+	if err != nil {
+		return err
+	}
+	r.log.WriteTo(f)
+	if err := f.Close(); err != nil {
+		return err
+	}
+	var plan strings.Builder
+	for _, round := range r.plan.Faults {
+		for _, ev := range round {
+			fmt.Fprintln(&plan, ev)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "plan.txt"), []byte(plan.String()), 0o644); err != nil {
+		return err
+	}
+	var report strings.Builder
+	report.WriteString(r.report.Table())
+	for _, v := range r.report.Violations() {
+		fmt.Fprintln(&report, v)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(report.String()), 0o644); err != nil {
+		return err
+	}
+	if r.c == nil || !nodeLogs {
+		return nil
+	}
+	for _, n := range r.c.Nodes {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("node-%d.log", n.Index)), []byte(n.Log()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

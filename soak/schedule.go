@@ -1,0 +1,598 @@
+package soak
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Kind names an event of the soak: a client operation or a fault.
+type Kind string
+
+// Client operations, run by the workers.
+const (
+	OpUpload   Kind = "upload"   // a file never uploaded before
+	OpReupload Kind = "reupload" // a file of the same worker again (after its delete, or while held)
+	OpDelete   Kind = "delete"
+	OpRead     Kind = "read"
+)
+
+// Faults, applied by the test goroutine. Each fault but AddNode is an
+// episode: a start event and, later in the same round, its end event.
+const (
+	FaultKill      Kind = "kill"      // kill -9 a node ...
+	FaultStop      Kind = "stop"      // ... or SIGTERM it ...
+	FaultRestart   Kind = "restart"   // ... and start it again
+	FaultPartition Kind = "partition" // cut both directions between two nodes
+	FaultIsolate   Kind = "isolate"   // cut every link of a node
+	FaultCut       Kind = "cut"       // cut one direction of a link
+	FaultUncut     Kind = "uncut"     // end of a partition, isolation or cut
+	FaultLatency   Kind = "latency"   // delay a link
+	FaultBandwidth Kind = "bandwidth" // throttle a link
+	FaultUnslow    Kind = "unslow"    // end of a latency or bandwidth episode
+	FaultCorrupt   Kind = "corrupt"   // flip a byte of every body on a link
+	FaultClean     Kind = "clean"     // end of a corruption episode
+	FaultFillDisk  Kind = "fill-disk" // move a node onto a small tmpfs
+	FaultFreeDisk  Kind = "free-disk" // and back onto the disk
+	FaultAddNode   Kind = "add-node"  // join a new, empty replica
+)
+
+// faultStarts are the kinds that count as an injected fault (ends and
+// restarts are not counted again).
+var faultStarts = []Kind{FaultKill, FaultStop, FaultPartition, FaultIsolate, FaultCut,
+	FaultLatency, FaultBandwidth, FaultCorrupt, FaultFillDisk, FaultAddNode}
+
+// Config configures a soak. Zero fields take the defaults of Defaults.
+type Config struct {
+	// Seed determines the whole schedule (Plan) and every file's bytes.
+	Seed uint64
+	// Nodes is the number of nodes started (one more joins if AddNode).
+	Nodes int
+	// Duration is the total time of chaos, split into rounds of Round;
+	// after each round everything is healed and the invariants checked.
+	Duration time.Duration
+	// Round is the chaos time of one round.
+	Round time.Duration
+	// Workers is the number of concurrent clients.
+	Workers int
+	// MaxSize is the largest file (file 1 has exactly this size).
+	MaxSize int64
+	// BigPercent is the share of uploads of 4 MiB and more, in percent
+	// (a fifth of them 16 MiB and more).
+	BigPercent float64
+	// ByteBudget bounds the bytes each worker uploads as new files: once
+	// past its share, a worker uploads only files under 256 KiB.
+	ByteBudget int64
+	// Pause is the mean think time of a worker between operations.
+	Pause time.Duration
+	// FaultGap is the mean time between the starts of two fault episodes.
+	FaultGap time.Duration
+	// MaxFault bounds a fault episode's length.
+	MaxFault time.Duration
+	// NoFullDisk leaves out the full disk (by default one node is put
+	// onto a small tmpfs for part of one round).
+	NoFullDisk bool
+	// NoAddNode leaves out the join (by default a new replica joins in
+	// the middle of one round).
+	NoAddNode bool
+	// Converge bounds the wait for convergence after each round.
+	Converge time.Duration
+	// Sabotage removes one acknowledged blob file from one node's disk
+	// before the first check: a self-test that the soak reports a lost
+	// upload and fails.
+	Sabotage bool
+}
+
+// Defaults returns the configuration of a run: short (about two minutes
+// of wall time on two cores) or long.
+func Defaults(short bool) Config {
+	if short {
+		return Config{
+			Nodes: 5, Duration: 70 * time.Second, Round: 35 * time.Second, Workers: 4,
+			MaxSize: 64 << 20, BigPercent: 1.5, ByteBudget: 600 << 20,
+			Pause: 60 * time.Millisecond, FaultGap: 1500 * time.Millisecond, MaxFault: 6 * time.Second,
+			Converge: 90 * time.Second,
+		}
+	}
+	return Config{
+		Nodes: 5, Duration: 30 * time.Minute, Round: 3 * time.Minute, Workers: 4,
+		MaxSize: 64 << 20, BigPercent: 3, ByteBudget: 4 << 30,
+		Pause: 120 * time.Millisecond, FaultGap: 3 * time.Second, MaxFault: 15 * time.Second,
+		Converge: 3 * time.Minute,
+	}
+}
+
+// withDefaults fills the zero fields of c from d.
+func (c Config) withDefaults(d Config) Config {
+	if c.Nodes == 0 {
+		c.Nodes = d.Nodes
+	}
+	if c.Duration == 0 {
+		c.Duration = d.Duration
+	}
+	if c.Round == 0 {
+		c.Round = d.Round
+	}
+	if c.Round > c.Duration {
+		c.Round = c.Duration
+	}
+	if c.Workers == 0 {
+		c.Workers = d.Workers
+	}
+	if c.MaxSize == 0 {
+		c.MaxSize = d.MaxSize
+	}
+	if c.BigPercent == 0 {
+		c.BigPercent = d.BigPercent
+	}
+	if c.ByteBudget == 0 {
+		c.ByteBudget = d.ByteBudget
+	}
+	if c.Pause == 0 {
+		c.Pause = d.Pause
+	}
+	if c.FaultGap == 0 {
+		c.FaultGap = d.FaultGap
+	}
+	if c.MaxFault == 0 {
+		c.MaxFault = d.MaxFault
+	}
+	if c.Converge == 0 {
+		c.Converge = d.Converge
+	}
+	return c
+}
+
+// Rounds is the number of rounds of chaos.
+func (c Config) Rounds() int {
+	n := int((c.Duration + c.Round - 1) / c.Round)
+	return max(n, 1)
+}
+
+// MaxNodes is the number of nodes the cluster ends with.
+func (c Config) MaxNodes() int {
+	if !c.NoAddNode {
+		return c.Nodes + 1
+	}
+	return c.Nodes
+}
+
+// Event is one step of the schedule or of what happened: a fault (from
+// the Plan, applied by the test goroutine) or a client operation (from a
+// worker's Stream).
+type Event struct {
+	Round int
+	// At is the planned offset of a fault from the start of its round.
+	At   time.Duration
+	Kind Kind
+	// Node is the target node; Peer the other end of a link (-1: none).
+	Node, Peer int
+	// Episode links a fault's start and end events.
+	Episode int
+	// Latency is the delay of a latency episode.
+	Latency time.Duration
+	// Rate is the limit of a bandwidth episode, in KB/s.
+	Rate int64
+	// Margin is the free space a full disk gets, in bytes.
+	Margin int64
+}
+
+func (e Event) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "round %d +%v %s", e.Round, e.At.Round(time.Millisecond), e.Kind)
+	if e.Node >= 0 {
+		fmt.Fprintf(&b, " node %d", e.Node)
+	}
+	if e.Peer >= 0 {
+		switch e.Kind {
+		case FaultPartition:
+			fmt.Fprintf(&b, " <-> node %d", e.Peer)
+		default:
+			fmt.Fprintf(&b, " -> node %d", e.Peer)
+		}
+	}
+	switch {
+	case e.Latency > 0:
+		fmt.Fprintf(&b, " %v", e.Latency)
+	case e.Rate > 0:
+		fmt.Fprintf(&b, " %d KB/s", e.Rate)
+	case e.Margin > 0:
+		fmt.Fprintf(&b, " (%d KiB free)", e.Margin>>10)
+	}
+	if e.Episode > 0 {
+		fmt.Fprintf(&b, " [episode %d]", e.Episode)
+	}
+	return b.String()
+}
+
+// Plan is the fault schedule of a soak: a function of the Config (seed
+// included) alone.
+type Plan struct {
+	Config
+	// Faults are every round's fault events, ordered by At.
+	Faults [][]Event
+	// FullDiskNode is the node that gets a full disk, or -1.
+	FullDiskNode int
+}
+
+// interval is a span of a round during which a node is down, or a link
+// carries a toxic.
+type interval struct{ from, to time.Duration }
+
+func (a interval) overlaps(b interval) bool { return a.from < b.to && b.from < a.to }
+
+// NewPlan draws the fault schedule of cfg. The streams of random numbers:
+// PCG(seed, 1000+round) for the faults of a round, PCG(seed, 999) for the
+// one-off events, PCG(seed, 10+w) for worker w, PCG(seed, 1<<32+f) for
+// file f's size.
+func NewPlan(cfg Config, short bool) *Plan {
+	cfg = cfg.withDefaults(Defaults(short))
+	p := &Plan{Config: cfg, FullDiskNode: -1}
+	rounds := cfg.Rounds()
+	p.Faults = make([][]Event, rounds)
+	one := rand.New(rand.NewPCG(cfg.Seed, 999))
+	episode := 0
+	next := func() int { episode++; return episode }
+
+	// The one-off events, first: the random episodes keep clear of them.
+	fdRound, addRound := 0, rounds-1
+	if rounds > 2 {
+		fdRound, addRound = 1, rounds/2
+	}
+	var fill, free time.Duration
+	if !cfg.NoFullDisk {
+		fill = cfg.Round * time.Duration(20+one.IntN(10)) / 100
+		free = cfg.Round * time.Duration(65+one.IntN(10)) / 100
+		p.FullDiskNode = one.IntN(cfg.Nodes)
+		ep := next()
+		margin := int64(1+one.IntN(6)) << 20
+		p.Faults[fdRound] = append(p.Faults[fdRound],
+			Event{Round: fdRound, At: fill, Kind: FaultFillDisk, Node: p.FullDiskNode, Peer: -1, Episode: ep, Margin: margin},
+			Event{Round: fdRound, At: free, Kind: FaultFreeDisk, Node: p.FullDiskNode, Peer: -1, Episode: ep})
+	}
+	addAt := time.Duration(-1)
+	if !cfg.NoAddNode {
+		addAt = cfg.Round * time.Duration(35+one.IntN(20)) / 100
+		p.Faults[addRound] = append(p.Faults[addRound],
+			Event{Round: addRound, At: addAt, Kind: FaultAddNode, Node: cfg.Nodes, Peer: -1})
+	}
+
+	maxDown := max((cfg.Nodes-1)/2, 1)
+	for r := range rounds {
+		rng := rand.New(rand.NewPCG(cfg.Seed, 1000+uint64(r)))
+		var down []struct {
+			node int
+			interval
+		}
+		slow := map[[2]int][]interval{} // latency and bandwidth per link
+		nodesAt := func(t time.Duration) int {
+			if !cfg.NoAddNode && (r > addRound || (r == addRound && t > addAt+time.Second)) {
+				return cfg.Nodes + 1
+			}
+			return cfg.Nodes
+		}
+		// A node that is down cannot be put onto or off a tmpfs: keep
+		// kills of the full-disk node away from those two moments.
+		diskBusy := func(node int, iv interval) bool {
+			if r != fdRound || node != p.FullDiskNode {
+				return false
+			}
+			for _, at := range []time.Duration{fill, free} {
+				if iv.overlaps(interval{at - time.Second, at + time.Second}) {
+					return true
+				}
+			}
+			// AddNode needs the nodes' peer lists rewritten, not the
+			// nodes up; nothing to avoid there.
+			return false
+		}
+		canDown := func(node int, iv interval) bool {
+			if diskBusy(node, iv) {
+				return false
+			}
+			n := 0
+			for _, d := range down {
+				if d.overlaps(iv) {
+					if d.node == node {
+						return false
+					}
+					n++
+				}
+			}
+			return n < maxDown
+		}
+		gap := func() time.Duration {
+			return time.Duration(float64(cfg.FaultGap) * (0.3 + 1.4*rng.Float64()))
+		}
+		end := cfg.Round - 500*time.Millisecond
+		for at := gap(); at < end-time.Second; at += gap() {
+			d := time.Second + time.Duration(rng.Int64N(int64(cfg.MaxFault-time.Second)+1))
+			iv := interval{at, min(at+d, end)}
+			n := nodesAt(at)
+			a := rng.IntN(n)
+			b := (a + 1 + rng.IntN(n-1)) % n
+			kind := pick(rng, []weighted{
+				{FaultKill, 14}, {FaultStop, 5}, {FaultPartition, 12}, {FaultIsolate, 5}, {FaultCut, 8},
+				{FaultLatency, 12}, {FaultBandwidth, 4}, {FaultCorrupt, 14},
+			})
+			ep := next()
+			start := Event{Round: r, At: iv.from, Kind: kind, Node: a, Peer: -1, Episode: ep}
+			stop := Event{Round: r, At: iv.to, Node: a, Peer: -1, Episode: ep}
+			switch kind {
+			case FaultKill, FaultStop:
+				// A restart soon or a longer outage.
+				if rng.IntN(2) == 0 {
+					iv.to = min(iv.from+300*time.Millisecond+time.Duration(rng.Int64N(int64(time.Second))), end)
+					stop.At = iv.to
+				}
+				if !canDown(a, iv) {
+					continue
+				}
+				down = append(down, struct {
+					node int
+					interval
+				}{a, iv})
+				stop.Kind = FaultRestart
+			case FaultIsolate:
+				stop.Kind = FaultUncut
+			case FaultPartition, FaultCut:
+				start.Peer, stop.Peer = b, b
+				stop.Kind = FaultUncut
+			case FaultCorrupt:
+				start.Peer, stop.Peer = b, b
+				stop.Kind = FaultClean
+			case FaultLatency, FaultBandwidth:
+				link := [2]int{a, b}
+				busy := false
+				for _, s := range slow[link] {
+					busy = busy || s.overlaps(iv)
+				}
+				if busy {
+					continue
+				}
+				slow[link] = append(slow[link], iv)
+				start.Peer, stop.Peer = b, b
+				stop.Kind = FaultUnslow
+				if kind == FaultLatency {
+					start.Latency = time.Duration(20+rng.IntN(780)) * time.Millisecond
+				} else {
+					start.Rate = int64(200 + rng.IntN(3800))
+				}
+			}
+			p.Faults[r] = append(p.Faults[r], start, stop)
+		}
+		sort.SliceStable(p.Faults[r], func(i, j int) bool { return p.Faults[r][i].At < p.Faults[r][j].At })
+	}
+	return p
+}
+
+type weighted struct {
+	kind   Kind
+	weight int
+}
+
+func pick(rng *rand.Rand, ws []weighted) Kind {
+	total := 0
+	for _, w := range ws {
+		total += w.weight
+	}
+	n := rng.IntN(total)
+	for _, w := range ws {
+		if n < w.weight {
+			return w.kind
+		}
+		n -= w.weight
+	}
+	return ws[len(ws)-1].kind
+}
+
+// FileSize is the size of file f of the plan: a function of the seed and
+// f alone, so any worker can read any file. File 0 is empty and file 1
+// has MaxSize bytes; the others are mostly small.
+func (p *Plan) FileSize(f int) int64 {
+	switch f {
+	case 0:
+		return 0
+	case 1:
+		return p.MaxSize
+	}
+	rng := rand.New(rand.NewPCG(p.Seed, 1<<32+uint64(f)))
+	logUniform := func(lo, hi int64) int64 {
+		if hi <= lo {
+			return lo
+		}
+		x := math.Exp(math.Log(float64(lo)) + rng.Float64()*(math.Log(float64(hi))-math.Log(float64(lo))))
+		return min(max(int64(x), lo), hi)
+	}
+	var size int64
+	big := p.BigPercent
+	switch x := rng.Float64() * 100; {
+	case x < 3:
+		size = rng.Int64N(65) // around the corruptor's 64-byte threshold
+	case x < 48:
+		size = logUniform(65, 16<<10) // served from memory
+	case x < 80:
+		size = logUniform(16<<10, 256<<10)
+	case x < 100-big:
+		size = logUniform(256<<10, 4<<20)
+	case x < 100-big/5:
+		size = logUniform(4<<20, 16<<20)
+	default:
+		size = logUniform(16<<20, p.MaxSize)
+	}
+	return fitSize(f, min(size, p.MaxSize))
+}
+
+// File returns file f's content.
+func (p *Plan) File(f int) Content { return Content{Seed: p.Seed, Index: f, Size: p.FileSize(f)} }
+
+// Upload variants: how an upload is sent.
+const (
+	PutName = "put-name" // PUT /<name>
+	PutID   = "put-id"   // PUT /<id>: the body must hash to it
+	Post    = "post"     // POST / with X-Filename
+)
+
+// Op is one client operation of a worker's stream.
+type Op struct {
+	Worker int
+	Seq    int // in the worker's stream
+	Kind   Kind
+	File   Content
+	// Node is the node to send it to, as a number to take modulo the
+	// nodes at the time; Stubborn sends it there even if the node is
+	// down (the others go to the next running node).
+	Node     int
+	Stubborn bool
+	// For uploads: the variant, a body without Content-Length
+	// (chunked), X-Content-SHA512, ?replicas=N (0: none).
+	Variant  string
+	Chunked  bool
+	SHA      bool
+	Replicas int
+	// For reads: a Range (RangeLen > 0), ?nopeerload=1.
+	RangeOff, RangeLen int64
+	NoPeer             bool
+	// Pause is the think time after the operation.
+	Pause time.Duration
+}
+
+// Stream is the deterministic sequence of one worker's operations. The
+// worker owns the files w, w+W, w+2W, ... (W workers): no other worker
+// uploads or deletes them, so the order of the operations on an ID is
+// the worker's. Any worker reads any file.
+type Stream struct {
+	p       *Plan
+	w       int
+	rng     *rand.Rand
+	seq     int
+	files   []int        // own files uploaded (planned) so far
+	live    map[int]bool // own files whose last planned operation is an upload
+	created int          // own files drawn
+	budget  int64        // bytes of new files left
+	next    *Op          // a read planned right after a write
+}
+
+// Stream returns worker w's operations.
+func (p *Plan) Stream(w int) *Stream {
+	return &Stream{p: p, w: w, rng: rand.New(rand.NewPCG(p.Seed, 10+uint64(w))),
+		live: map[int]bool{}, budget: p.ByteBudget / int64(p.Workers)}
+}
+
+// Next returns the worker's next operation.
+func (s *Stream) Next() Op {
+	if op := s.next; op != nil {
+		s.next = nil
+		return *op
+	}
+	op := s.draw()
+	// Often, read what was just written through another node: before
+	// replication has brought it there, so it is fetched from a peer,
+	// over links that may be corrupting, cut or slow.
+	if op.Kind != OpRead && s.rng.IntN(10) < 4 {
+		r := Op{Worker: s.w, Seq: s.seq, Kind: OpRead, File: op.File,
+			Node: op.Node + 1 + s.rng.IntN(s.p.MaxNodes()-1), Pause: op.Pause}
+		s.seq++
+		if r.File.Size > 0 && s.rng.IntN(5) == 0 {
+			r.RangeOff = s.rng.Int64N(r.File.Size)
+			r.RangeLen = 1 + s.rng.Int64N(min(r.File.Size-r.RangeOff, 1<<20))
+		}
+		op.Pause = 0
+		s.next = &r
+	}
+	return op
+}
+
+// draw draws the next operation.
+func (s *Stream) draw() Op {
+	rng := s.rng
+	op := Op{Worker: s.w, Seq: s.seq, Node: rng.IntN(s.p.MaxNodes()), Stubborn: rng.IntN(10) == 0}
+	s.seq++
+	// At least a few milliseconds between two writes of one ID (see the
+	// package doc on clocks).
+	op.Pause = 5*time.Millisecond + time.Duration(float64(s.p.Pause)*2*rng.Float64())
+	kind := OpUpload
+	if len(s.files) > 0 {
+		kind = pick(rng, []weighted{{OpUpload, 28}, {OpReupload, 12}, {OpDelete, 15}, {OpRead, 45}})
+	}
+	switch kind {
+	case OpUpload:
+		f := s.w + s.created*s.p.Workers
+		s.created++
+		c := s.p.File(f)
+		if c.Size > 256<<10 && c.Size > s.budget && f != 1 {
+			// Over budget: this file is never uploaded; read instead.
+			return s.read(op)
+		}
+		s.budget -= c.Size
+		s.files = append(s.files, f)
+		s.live[f] = true
+		op.File = c
+		s.uploadVariant(&op)
+	case OpReupload:
+		// Mostly a file deleted before (it must come back), else one
+		// still held (answered 200).
+		f := s.choose(false, rng.IntN(10) < 7)
+		s.live[f] = true
+		op.File = s.p.File(f)
+		s.uploadVariant(&op)
+	case OpDelete:
+		f := s.choose(true, rng.IntN(10) < 9)
+		s.live[f] = false
+		op.File = s.p.File(f)
+	case OpRead:
+		return s.read(op)
+	}
+	op.Kind = kind
+	return op
+}
+
+// choose picks one of the worker's files, preferably one whose planned
+// liveness is want.
+func (s *Stream) choose(want, prefer bool) int {
+	if prefer {
+		var c []int
+		for _, f := range s.files {
+			if s.live[f] == want {
+				c = append(c, f)
+			}
+		}
+		if len(c) > 0 {
+			return c[s.rng.IntN(len(c))]
+		}
+	}
+	return s.files[s.rng.IntN(len(s.files))]
+}
+
+func (s *Stream) uploadVariant(op *Op) {
+	rng := s.rng
+	op.Variant = []string{PutName, PutName, PutID, Post}[rng.IntN(4)]
+	op.Chunked = rng.IntN(4) == 0
+	op.SHA = op.Variant != PutID && rng.IntN(4) == 0
+	if rng.IntN(10) == 0 {
+		op.Replicas = 2 + rng.IntN(2)
+	}
+}
+
+// read makes op a read: mostly of the worker's own files, else of any
+// file drawn so far by any worker (perhaps not uploaded yet).
+func (s *Stream) read(op Op) Op {
+	rng := s.rng
+	op.Kind = OpRead
+	var f int
+	if len(s.files) > 0 && rng.IntN(10) < 7 {
+		f = s.files[rng.IntN(len(s.files))]
+	} else {
+		f = rng.IntN(max(s.created, 1) * s.p.Workers)
+	}
+	op.File = s.p.File(f)
+	if op.File.Size > 0 && rng.IntN(6) == 0 {
+		op.RangeOff = rng.Int64N(op.File.Size)
+		op.RangeLen = 1 + rng.Int64N(min(op.File.Size-op.RangeOff, 1<<20))
+	}
+	op.NoPeer = rng.IntN(12) == 0
+	return op
+}

@@ -1,0 +1,74 @@
+package soak_test
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/soak"
+)
+
+var (
+	soakFlag = flag.Bool("soak", false, "run the chaos soak (TestSoak); with -short, the two-minute one")
+	seedFlag = flag.Uint64("seed", 0, "the soak's seed (0: from the clock); the same seed and flags replay a schedule")
+	duration = flag.Duration("duration", 0, "chaos time of the soak (default 70s with -short, else 30m)")
+	round    = flag.Duration("round", 0, "chaos time of one round, after which the cluster is healed and checked (default 35s with -short, else 3m)")
+	nodes    = flag.Int("nodes", 0, "nodes to start (default 5); one more joins during the soak")
+	workers  = flag.Int("workers", 0, "concurrent clients (default 4)")
+	sabotage = flag.Bool("sabotage", false, "self-test: remove one acknowledged blob from one node before the first check; the soak must fail")
+	nodeLogs = flag.Bool("nodelogs", false, "keep every node's log in the -keep directory also when the soak passes")
+	keep     = flag.String("keep", "", "directory for the event log, plan and report, and the node logs of a failure (default: $TMPDIR/dtfc-soak-<seed>)")
+)
+
+func TestMain(m *testing.M) {
+	// Everything the soak starts is stopped, except toxiproxy's
+	// per-connection pipes, which can stay blocked on a channel send
+	// after their proxy stopped (as in package e2e).
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read"),
+		goleak.Cleanup(func(code int) {
+			cluster.RemoveBinary()
+			os.Exit(code)
+		}))
+}
+
+// TestSoak runs the chaos soak (see the package doc). It runs only with
+// -soak:
+//
+//	go test ./soak -run TestSoak -soak -short -v              # about 2 minutes
+//	go test ./soak -run TestSoak -soak -v -timeout 90m        # 30 minutes of chaos
+//	go test ./soak -run TestSoak -soak -short -seed N -v      # replay a seed
+//
+// or scripts/soak.sh. -short is go test's own flag (testing.Short).
+func TestSoak(t *testing.T) {
+	if !*soakFlag {
+		t.Skip("the chaos soak runs only with -soak: go test ./soak -run TestSoak -soak [-short] [-seed N] -v, or scripts/soak.sh [--short] [--seed N]")
+	}
+	seed := *seedFlag
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano()) % 1_000_000_000
+	}
+	// The seed first: whatever happens next, the run can be replayed.
+	t.Logf("soak: seed %d", seed)
+	cfg := soak.Config{Seed: seed, Duration: *duration, Round: *round, Nodes: *nodes, Workers: *workers, Sabotage: *sabotage}
+	r := soak.NewRunner(t, cfg, testing.Short())
+	p := r.Plan()
+	faults := 0
+	for _, evs := range p.Faults {
+		faults += len(evs)
+	}
+	t.Logf("soak: %d nodes, %d workers, %d rounds of %v, %d fault events planned; replay: %s",
+		p.Nodes, p.Workers, p.Rounds(), p.Round, faults, r.Replay())
+	r.KeepDir, r.NodeLogs = *keep, *nodeLogs
+	if r.KeepDir == "" {
+		r.KeepDir = filepath.Join(os.TempDir(), fmt.Sprintf("dtfc-soak-%d", seed))
+	}
+	r.Run()
+}
