@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -53,6 +54,19 @@ func TestCorruptionInTransit(t *testing.T) {
 	require.Positive(t, corrupted(), "the links corrupted nothing: nothing was transferred?")
 	t.Logf("%d bodies corrupted in transit (0->1 %d, 0->2 %d, 1->0 %d, 2->0 %d), %d checks of every node's files",
 		corrupted(), c.Corrupted(0, 1), c.Corrupted(0, 2), c.Corrupted(1, 0), c.Corrupted(2, 0), checks)
+	// A ranged GET on node 1 misses and pulls from node 0 through a
+	// corrupting link: the peer's bad bytes are a 502 (never served, and
+	// not a 400: the client did nothing wrong).
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, c.Nodes[1].URL+"/"+id, nil)
+	require.NoError(t, err)
+	req.Header.Set("Range", "bytes=0-99")
+	res, err := hc.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	assert.Equal(t, http.StatusBadGateway, res.StatusCode, "ranged GET pulling through a corrupting link: %s", body)
+	assert.Equal(t, "application/json", res.Header.Get("Content-Type"))
+	assert.Contains(t, string(body), "fetching from peer")
 	for _, i := range []int{1, 2} {
 		assert.NotContains(t, c.BlobFiles(i), id, "node %d got the file through corrupting links", i)
 	}

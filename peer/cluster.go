@@ -268,12 +268,7 @@ var ErrTooFewReplicas = errors.New("not that many replicas in the cluster")
 // committed with sequence number seq: a replica peer holds it once its
 // pusher's cursor has passed seq.
 func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
-	var reps []*remote
-	for _, r := range c.mem.Load().remotes {
-		if !r.IsCache() {
-			reps = append(reps, r)
-		}
-	}
+	reps := c.replicaPeers()
 	if n > len(reps)+1 {
 		return fmt.Errorf("%w: asked for %d, the cluster has %d (this node and %d replica peers)", ErrTooFewReplicas, n, len(reps)+1, len(reps))
 	}
@@ -296,6 +291,20 @@ func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Replicas is how many replicas ?replicas=N can count on: this node and
+// the replica (not cache) peers of its current list.
+func (c *Cluster) Replicas() int { return len(c.replicaPeers()) + 1 }
+
+func (c *Cluster) replicaPeers() []*remote {
+	var reps []*remote
+	for _, r := range c.mem.Load().remotes {
+		if !r.IsCache() {
+			reps = append(reps, r)
+		}
+	}
+	return reps
 }
 
 func (c *Cluster) acked() {

@@ -102,7 +102,8 @@ func TestPushReplicates(t *testing.T) {
 }
 
 // TestReplicasParam: ?replicas=N answers once N replicas hold the file,
-// 400 when the cluster cannot have that many, 504 when they do not come.
+// 400 (nothing stored) when the cluster cannot have that many, 504 when
+// they do not come.
 func TestReplicasParam(t *testing.T) {
 	short := func(c *server.Config) { c.ReplicasTimeout = 500 * time.Millisecond }
 	nodes := startCluster(t, running(nodeOpts{server: short}), running(nodeOpts{}), running(nodeOpts{}))
@@ -113,9 +114,11 @@ func TestReplicasParam(t *testing.T) {
 	id := dtfc.Sum(data)
 	assert.True(t, b.holds(id) && c.holds(id), "both peers hold it when the answer comes")
 
-	code, body = upload(t, a, "four.bin", data, "?replicas=4")
+	data4 := randomBytes(t, 1000)
+	code, body = upload(t, a, "four.bin", data4, "?replicas=4")
 	assert.Equal(t, http.StatusBadRequest, code)
 	assert.Contains(t, body, "the cluster has 3")
+	assert.False(t, a.holds(dtfc.Sum(data4)), "refused before the body was read: nothing stored")
 
 	c.down()
 	data2 := randomBytes(t, 1000)

@@ -18,6 +18,8 @@ type Cluster interface {
 	Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error)
 	// WaitReplicas waits until n replicas hold the change seq.
 	WaitReplicas(ctx context.Context, seq uint64, n int) error
+	// Replicas is how many replicas there are, this node counted.
+	Replicas() int
 	// Refresh re-reads the peer list.
 	Refresh() ([]peer.Peer, error)
 	// Status describes the peers and replication.

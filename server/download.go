@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -106,7 +107,7 @@ func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dt
 	defer d.Close()
 	if r.Header.Get("Range") != "" {
 		if err := d.Wait(ctx); err != nil {
-			s.writeError(w, r, fmt.Errorf("fetching from peer %s: %w", d.Source(), err))
+			s.writeError(w, r, transferError(d.Source(), err))
 			return
 		}
 	}
@@ -120,6 +121,17 @@ func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dt
 	// returns only once the blob is stored, so the next request on this
 	// connection finds it local.
 	d.Wait(ctx)
+}
+
+// transferError is the answer to a ranged GET whose pull from a peer
+// failed before it could be served: the peer's fault (bytes that do not
+// hash to the ID, a connection cut short) is a 502; this node's full disk
+// stays a 507 and a client that went away a 503.
+func transferError(source string, err error) error {
+	if errors.Is(err, blobstore.ErrNoSpace) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("fetching from peer %s: %w", source, err)
+	}
+	return errorf(http.StatusBadGateway, "fetching from peer %s: %v", source, err)
 }
 
 // zeros stands in for the body of a HEAD answer, which is never read.

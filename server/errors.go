@@ -65,7 +65,11 @@ func errorStatus(err error) int {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := errorStatus(err)
 	msg := err.Error()
-	if status >= 500 && status != http.StatusInsufficientStorage && status != http.StatusGatewayTimeout && status != http.StatusServiceUnavailable {
+	switch status {
+	case http.StatusBadGateway:
+		// A peer's fault, said as it is.
+		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	case http.StatusInternalServerError:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		msg = "internal error: " + msg
 	}

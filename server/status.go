@@ -74,10 +74,20 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.statusData())
 }
 
-// waitReplicas holds an upload's answer until n replicas hold it.
+// replicas is how many replicas ?replicas=N can count on.
+func (s *Server) replicas() int {
+	if s.cfg.Cluster == nil {
+		return 1
+	}
+	return s.cfg.Cluster.Replicas()
+}
+
+// waitReplicas holds an upload's answer until n replicas hold it. n was
+// checked against s.replicas() before the upload; the list may have
+// shrunk since.
 func (s *Server) waitReplicas(r *http.Request, seq uint64, n int) error {
 	if s.cfg.Cluster == nil {
-		return errorf(http.StatusBadRequest, "replicas=%d: this node has no peers; only 1 replica exists", n)
+		return errorf(http.StatusBadRequest, "replicas=%d: this node has no peers; only 1 replica exists; the file is stored", n)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReplicasTimeout)
 	defer cancel()
