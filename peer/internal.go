@@ -97,12 +97,13 @@ func (c *Cluster) secretOK(got string) bool {
 }
 
 // heardFrom wakes the pusher towards a peer that just contacted us, if it
-// was backing off: a peer that returns is caught up at once rather than at
-// its next retry, up to 30 s later.
+// was backing off (the peer failed, or refused pushes more than pushWake
+// ago): a peer that returns is caught up at once rather than at its next
+// retry, up to 30 s later.
 func (c *Cluster) heardFrom(node string) {
 	for _, r := range c.mem.Load().remotes {
 		r.mu.Lock()
-		match := r.nodeID == node && r.failures > 0
+		match := r.nodeID == node && (r.failures > 0 || r.pushRetryLocked())
 		r.mu.Unlock()
 		if match {
 			r.wake()

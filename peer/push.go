@@ -103,6 +103,7 @@ func (p *pusher) run(ctx context.Context) {
 					return
 				}
 				failures++
+				r.pushFailed()
 				c.log.Debug("pushing the deny list failed", "peer", r.URL, "err", err)
 				if !p.backoff(ctx, failures) {
 					return
@@ -142,6 +143,7 @@ func (p *pusher) run(ctx context.Context) {
 					return
 				}
 				failures++
+				r.pushFailed()
 				d := backoff(failures)
 				if failures == 1 {
 					c.log.Warn("push to peer failed; retrying with backoff", "peer", r.URL, "err", err)
@@ -155,6 +157,7 @@ func (p *pusher) run(ctx context.Context) {
 			}
 			if failures > 0 {
 				c.log.Info("peer accepts pushes again", "peer", r.URL)
+				r.pushOK()
 			}
 			failures = 0
 		}

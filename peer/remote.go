@@ -62,7 +62,16 @@ type remote struct {
 	failures    int
 	retryAt     time.Time
 	kick        chan struct{} // wakes the pusher when the peer is back
+	// pushFailedAt is when the pusher last failed (zero: its last push
+	// succeeded). A peer can refuse pushes (400, 507) while every other
+	// exchange with it succeeds, so it never looks down and its return
+	// would not wake the pusher from a backoff of up to 30 s.
+	pushFailedAt time.Time
 }
+
+// pushWake is how often at most a peer's successful exchanges wake a
+// pusher whose pushes to it fail although the peer is up.
+const pushWake = 5 * time.Second
 
 func newRemote(p Peer, hc *http.Client, secret, self string) *remote {
 	return &remote{Peer: p, hc: hc, secret: secret, self: self, kick: make(chan struct{}, 1)}
@@ -77,10 +86,35 @@ func (r *remote) ok(nodeID string) {
 	if nodeID != "" {
 		r.nodeID = nodeID
 	}
+	wake := wasDown || r.pushRetryLocked()
 	r.mu.Unlock()
-	if wasDown {
+	if wake {
 		r.wake()
 	}
+}
+
+// pushFailed and pushOK record how the pusher's last attempt went.
+func (r *remote) pushFailed() {
+	r.mu.Lock()
+	r.pushFailedAt = time.Now()
+	r.mu.Unlock()
+}
+
+func (r *remote) pushOK() {
+	r.mu.Lock()
+	r.pushFailedAt = time.Time{}
+	r.mu.Unlock()
+}
+
+// pushRetryLocked reports whether the peer's signs of life should wake a
+// pusher whose pushes fail: at most once per pushWake, so that a peer
+// that keeps refusing (a full disk) is not pushed to on every exchange.
+func (r *remote) pushRetryLocked() bool {
+	if r.pushFailedAt.IsZero() || time.Since(r.pushFailedAt) < pushWake {
+		return false
+	}
+	r.pushFailedAt = time.Now()
+	return true
 }
 
 // fail records a failure and schedules the next attempt with exponential
