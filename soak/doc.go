@@ -11,9 +11,10 @@
 // only, else left out with a log line) for a while and joins a new node.
 // Links are delayed and throttled in the harness's own proxy
 // (cluster.Delay, cluster.Throttle) rather than with toxiproxy's toxics,
-// whose removal can hang for good when a node behind the link restarts. At the end of a round every fault is removed, every node
-// started, and once the cluster has converged the invariants are checked
-// on every node's disk and /_status:
+// whose removal can hang for good when a node behind the link restarts.
+// At the end of a round every fault is removed, every node started, and
+// once the cluster has converged the invariants are checked on every
+// node's disk and /_status:
 //
 //  1. every acknowledged upload not later deleted is on every node, and
 //     every blob file's bytes hash to its name;
