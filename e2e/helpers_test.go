@@ -444,6 +444,11 @@ func logHas(n *cluster.Node, s string) bool {
 	return strings.Contains(strings.ToLower(n.Log()), strings.ToLower(s))
 }
 
+// logCount counts the lines of node n's log that contain s.
+func logCount(n *cluster.Node, s string) int {
+	return strings.Count(n.Log(), s)
+}
+
 // metrics returns the lines of the node's /metrics whose names start with
 // one of the given prefixes, joined by "; " (for failure messages).
 func metrics(t *testing.T, hc *http.Client, base string, prefixes ...string) string {

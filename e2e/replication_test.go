@@ -194,25 +194,28 @@ func TestJoinEmptyNode(t *testing.T) {
 // TestPushResumesAfterRefusals: a peer that refuses pushes (here: every
 // body node 0 sends it arrives corrupt, so it answers 400) while it
 // answers everything else never looks down, so its return would not wake
-// node 0's pusher from a backoff that has grown to 16 s. Successful
+// node 0's pusher from a backoff that has grown to 30 s. Successful
 // exchanges with it must: once the link is clean, node 0's queue towards
-// it drains within pushWake (5 s) and an anti-entropy round (2 s), not at
-// the next backoff 15 s later. About 25 s.
+// it drains within pushWake (5 s) and an anti-entropy round (2 s), not
+// at the next retry up to 30 s later. About 35 s.
 func TestPushResumesAfterRefusals(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 2})
+	// --verbose: every failed push is logged (the first one is a warning,
+	// the others debug lines), so the test can count them.
+	c := cluster.Start(t, cluster.Options{Nodes: 2, NodeArgs: map[int][]string{0: {"--verbose"}}})
 	hc := newClient(t)
 	c.Corrupt(0, 1, true)
 	_, id := upload(t, hc, c.Nodes[0].URL, "refused.bin", randomBytes(100<<10))
-	// Pushes fail at about 0, 0.5, 1.5, 3.5, 7.5 and 15.5 s, the next
-	// backoff being 16 s.
-	eventually(t, converge, "node 0's pushes to node 1 fail", func() bool {
-		return queueLength(t, c, 0, 1) > 0 && logHas(c.Nodes[0], "push to peer failed")
+	// Backing off alone, pushes fail at about 0, 0.5, 1.5, 3.5, 7.5, 15.5
+	// and 31.5 s; after the seventh, the pusher's backoff is 30 s.
+	// (Node 0's successful exchanges with node 1 wake it every 5 s or so,
+	// which brings the seventh failure forward to about 25 s.)
+	eventually(t, 2*converge, "node 0's push to node 1 fails seven times", func() bool {
+		return logCount(c.Nodes[0], "push to peer failed") >= 7
 	})
-	time.Sleep(16500 * time.Millisecond) // let the backoff grow: the fault's duration, not a wait for a result
 	require.Positive(t, queueLength(t, c, 0, 1), "node 0's queue towards node 1 while its pushes are refused")
 	c.Corrupt(0, 1, false)
 	healed := time.Now()
-	eventually(t, 10*time.Second, "node 0's queue towards node 1 drains after the heal", func() bool {
+	eventually(t, 15*time.Second, "node 0's queue towards node 1 drains after the heal", func() bool {
 		return queueLength(t, c, 0, 1) == 0
 	})
 	t.Logf("queue drained %v after the heal", time.Since(healed).Round(10*time.Millisecond))
