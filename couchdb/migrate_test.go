@@ -534,16 +534,26 @@ func TestFollow(t *testing.T) {
 	c.seed(batches[1])
 	waitMigrated("documents added while following", batches[1])
 
+	// retried waits until follow has logged a failure since its count
+	// was taken: the outage was seen, and the server can come back.
+	retries := func() int { return strings.Count(pr.out.String(), "retrying from the checkpoint") }
+	retried := func(what string, before int) {
+		t.Helper()
+		eventually(t, deadline, what, func() bool { return retries() > before })
+	}
+
 	// dtfc restarts; documents arrive while it is down.
+	before := retries()
 	node.Stop()
 	c.seed(batches[2])
-	time.Sleep(time.Second)
+	retried("follow fails to reach the stopped dtfc", before)
 	node.Start()
 	waitMigrated("documents added while dtfc was down", batches[2])
 
 	// pouchdb-server restarts (same port and data).
+	before = retries()
 	p.Stop(t)
-	time.Sleep(time.Second)
+	retried("follow loses the stopped pouchdb-server", before)
 	p.Start(t)
 	c.seed(batches[3])
 	waitMigrated("documents added after pouchdb-server restarted", batches[3])

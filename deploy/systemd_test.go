@@ -126,7 +126,8 @@ func TestSystemdUnit(t *testing.T) {
 		}
 		require.Eventually(t, healthy, 30*time.Second, 50*time.Millisecond, "dtfc did not serve:\n%s", out.String())
 		require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
-		time.Sleep(300 * time.Millisecond)
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), "SIGHUP: tokens reloaded") }, 30*time.Second, 20*time.Millisecond,
+			"dtfc did not handle SIGHUP (systemctl reload):\n%s", out.String())
 		require.True(t, healthy(), "dtfc stopped serving after SIGHUP (systemctl reload):\n%s", out.String())
 		stop := time.Now()
 		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
