@@ -97,6 +97,11 @@ func (p *pusher) run(ctx context.Context) {
 			continue
 		}
 		changed, denyChanged := c.store.Changed(), c.store.DenyChanged()
+		if failures > 0 {
+			// A retry starts: the peer's answers to it must not wake
+			// the pusher for another one at once.
+			r.pushFailed()
+		}
 		if v := c.store.DenyVersion(); v != denySent {
 			if err := c.pushDeny(ctx, r); err != nil {
 				if ctx.Err() != nil {

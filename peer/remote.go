@@ -62,8 +62,8 @@ type remote struct {
 	failures    int
 	retryAt     time.Time
 	kick        chan struct{} // wakes the pusher when the peer is back
-	// pushFailedAt is when the pusher last failed (zero: its last push
-	// succeeded). A peer can refuse pushes (400, 507) while every other
+	// pushFailedAt is when the pusher last failed or began a retry
+	// (zero: its last push succeeded). A peer can refuse pushes (400, 507) while every other
 	// exchange with it succeeds, so it never looks down and its return
 	// would not wake the pusher from a backoff of up to 30 s.
 	pushFailedAt time.Time
