@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"time"
 
@@ -277,11 +278,11 @@ func unsatisfiableSuffix(rng string) bool {
 		return false
 	}
 	for _, part := range strings.Split(spec, ",") {
-		// Trimmed as net/http trims: around the range and around each end.
+		// Trimmed and parsed as net/http does ("- 0", "-+0", "--0" and
+		// "-000" are all a suffix of zero bytes to it).
 		part = textproto.TrimString(part)
 		if n, ok := strings.CutPrefix(part, "-"); ok {
-			n = textproto.TrimString(n)
-			if n != "" && strings.Trim(n, "0") == "" {
+			if i, err := strconv.ParseInt(textproto.TrimString(n), 10, 64); err == nil && i == 0 {
 				return true
 			}
 		}

@@ -32,7 +32,7 @@ func FuzzRange(f *testing.F) {
 		"bytes=1-2,1000-2000", "bytes=1000-2000,3000-", "bytes= 1 - 2 ", "bytes=1-2,", "bytes=,",
 		"bytes=", "bytes", "Bytes=0-3", "items=0-3", "bytes=a-b", "bytes=0x10-0x20", "bytes=+1-+2",
 		"bytes=1-2\x00", "bytes=\xff-", "garbage", "bytes=0-1, 3-4, 6-7, 9-10",
-		"bytes=- 0", "bytes= -\t00 ", "bytes=0-1, - 0",
+		"bytes=- 0", "bytes= -\t00 ", "bytes=0-1, - 0", "bytes=-+0", "bytes=--0", "bytes=-+00",
 	} {
 		f.Add(s)
 	}
