@@ -23,7 +23,7 @@ func TestCorruptor(t *testing.T) {
 		mu  sync.Mutex
 		got []byte // the last request body the echo server received
 	)
-	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		mu.Lock()
 		got = body
@@ -35,17 +35,8 @@ func TestCorruptor(t *testing.T) {
 		if f, ok := w.(http.Flusher); ok && r.URL.Query().Get("chunked") != "" {
 			f.Flush()
 		}
-	}))
-	defer echo.Close()
-	target, err := url.Parse(echo.URL)
-	require.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	c := newCorruptor(target, ln)
-	defer c.close()
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr}
+	})
+	c, hc := corruptorBefore(t, echo)
 
 	send := func(t *testing.T, body []byte, chunked bool) (sent, back []byte) {
 		t.Helper()
@@ -117,4 +108,21 @@ func TestCorruptor(t *testing.T) {
 			assert.Equal(t, before+2, c.corrupted.Load())
 		})
 	}
+}
+
+// corruptorBefore starts handler as a test server and a corruptor in
+// front of it, both stopped when the test ends, and a client for it.
+func corruptorBefore(t *testing.T, handler http.Handler) (*corruptor, *http.Client) {
+	t.Helper()
+	srv := httptest.NewServer(handler)
+	t.Cleanup(srv.Close)
+	target, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	c := newCorruptor(target, ln)
+	t.Cleanup(c.close)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return c, &http.Client{Transport: tr}
 }

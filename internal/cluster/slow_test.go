@@ -3,10 +3,7 @@ package cluster
 import (
 	"bytes"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"testing"
 	"time"
 
@@ -17,20 +14,10 @@ import (
 // TestCorruptorSlows checks the delay and the rate limit of the
 // corrupting proxy against an echo server.
 func TestCorruptorSlows(t *testing.T) {
-	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	c, hc := corruptorBefore(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		w.Write(body)
 	}))
-	defer echo.Close()
-	target, err := url.Parse(echo.URL)
-	require.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	c := newCorruptor(target, ln)
-	defer c.close()
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr}
 	send := func(body []byte) time.Duration {
 		t.Helper()
 		start := time.Now()
