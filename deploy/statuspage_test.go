@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -72,24 +71,13 @@ func newBrowser(t *testing.T) context.Context {
 
 // lockedBuffer collects the browser's output, written by chromedp's
 // goroutine and read by the test's.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type lockedBuffer struct{ cluster.Output }
 
 // String returns the output without the complaints about D-Bus, which
 // is absent here and irrelevant.
 func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var keep []string
-	for _, l := range strings.Split(b.buf.String(), "\n") {
+	for _, l := range strings.Split(b.Output.String(), "\n") {
 		if !strings.Contains(l, "dbus") {
 			keep = append(keep, l)
 		}

@@ -27,6 +27,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/dtfc/dtfc/internal/cluster"
 )
 
 // dtfcBin is the dtfc binary built once for every test here.
@@ -60,29 +62,11 @@ func testMain(m *testing.M) int {
 	return code
 }
 
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a running dtfc process.
 type proc struct {
 	cmd    *exec.Cmd
 	url    string
-	stderr *syncBuffer
+	stderr *cluster.Output
 	done   chan struct{} // closed once the process has exited
 	err    error         // cmd.Wait's answer, once done
 }
@@ -150,7 +134,7 @@ func startProc(t testing.TB, url string, args ...string) *proc {
 // startProcWith is startProc checking /health with hc (for HTTPS).
 func startProcWith(t testing.TB, hc *http.Client, url string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(dtfcBin, args...), url: url, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(dtfcBin, args...), url: url, stderr: &cluster.Output{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	p.cmd.Stdout = p.stderr
 	p.cmd.Env = cleanEnv()
