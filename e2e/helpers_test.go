@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -211,20 +210,6 @@ func blobPath(n *cluster.Node, id string) string {
 	return filepath.Join(n.Basedir, "blobs", id[0:2], id[2:4], id)
 }
 
-// hashFile returns the dtfc ID of a file's bytes.
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha512.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // wrongBlobs re-hashes every file under node n's blobs/ and describes
 // each one whose bytes do not hash to its name. A file removed during the
 // walk (a delete, an eviction) is skipped, so it may run while the node
@@ -243,7 +228,7 @@ func wrongBlobs(n *cluster.Node) (int, []string) {
 		if d.IsDir() {
 			return nil
 		}
-		got, err := hashFile(path)
+		got, err := cluster.HashFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
@@ -271,7 +256,7 @@ func assertHeld(t *testing.T, c *cluster.Cluster, i int, id string, size int64) 
 		!assert.Equal(t, size, got, "node %d: size of blob file %.16s…", i, id) {
 		return false
 	}
-	h, err := hashFile(blobPath(c.Nodes[i], id))
+	h, err := cluster.HashFile(blobPath(c.Nodes[i], id))
 	return assert.NoError(t, err) && assert.Equal(t, id, h, "node %d: blob file %.16s… holds other bytes", i, id)
 }
 
@@ -357,78 +342,6 @@ func queueLength(t *testing.T, c *cluster.Cluster, i, j int) int64 {
 	n, ok := q["length"].(float64)
 	require.True(t, ok, "node %d's queue for node %d: %v", i, j, q)
 	return int64(n)
-}
-
-// copyDir copies the tree at src to dst (which must not exist) like
-// cp -a: directories and regular files with their modes and modification
-// times.
-func copyDir(src, dst string) error {
-	type dir struct {
-		path string
-		fi   fs.FileInfo
-	}
-	var dirs []dir
-	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		to := filepath.Join(dst, rel)
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			// Writable until its contents are in; its mode and time
-			// are set afterwards.
-			dirs = append(dirs, dir{to, fi})
-			return os.Mkdir(to, 0o700)
-		case fi.Mode().IsRegular():
-			if err := copyFile(path, to); err != nil {
-				return err
-			}
-			if err := os.Chmod(to, fi.Mode().Perm()); err != nil {
-				return err
-			}
-			return os.Chtimes(to, fi.ModTime(), fi.ModTime())
-		}
-		return fmt.Errorf("copyDir: %s: unexpected file type %v", path, fi.Mode().Type())
-	})
-	if err != nil {
-		return err
-	}
-	// Deepest first, so that setting a directory's time is not undone by
-	// work inside it.
-	for _, d := range slices.Backward(dirs) {
-		if err := os.Chmod(d.path, d.fi.Mode().Perm()); err != nil {
-			return err
-		}
-		if err := os.Chtimes(d.path, d.fi.ModTime(), d.fi.ModTime()); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // short abbreviates an ID for messages.

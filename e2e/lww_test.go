@@ -132,7 +132,7 @@ func TestRestoredFromOldCopy(t *testing.T) {
 	n := c.Nodes[2]
 	n.Stop()
 	snapshot := filepath.Join(t.TempDir(), "node-2-backup")
-	require.NoError(t, copyDir(n.Basedir, snapshot))
+	require.NoError(t, cluster.CopyDir(n.Basedir, snapshot))
 	n.Start()
 
 	deleteID(t, hc, c.Nodes[0].URL, ids["A"])
@@ -143,7 +143,7 @@ func TestRestoredFromOldCopy(t *testing.T) {
 
 	n.Stop()
 	require.NoError(t, os.RemoveAll(n.Basedir))
-	require.NoError(t, copyDir(snapshot, n.Basedir))
+	require.NoError(t, cluster.CopyDir(snapshot, n.Basedir))
 	require.Contains(t, c.BlobFiles(2), ids["A"], "the restored copy holds A")
 	n.Start()
 	c.WaitConverged(t, converge)

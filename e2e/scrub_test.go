@@ -37,20 +37,20 @@ func TestScrubRepairs(t *testing.T) {
 	_, err = f.WriteAt(b, 100_000)
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
-	got, err := hashFile(path)
+	got, err := cluster.HashFile(path)
 	require.NoError(t, err)
 	require.NotEqual(t, id, got, "the flip did not change the file")
 	flipped := time.Now()
 
 	quarantine := filepath.Join(n.Basedir, "quarantine")
 	eventually(t, converge, "node 1 quarantines the corrupt copy and holds the right bytes again", func() bool {
-		h, err := hashFile(path)
+		h, err := cluster.HashFile(path)
 		return err == nil && h == id && len(quarantined(t, quarantine, id)) > 0
 	})
 	t.Logf("repaired %v after the flip", time.Since(flipped).Round(time.Millisecond))
 	q := quarantined(t, quarantine, id)
 	require.Len(t, q, 1)
-	h, err := hashFile(filepath.Join(quarantine, q[0]))
+	h, err := cluster.HashFile(filepath.Join(quarantine, q[0]))
 	require.NoError(t, err)
 	assert.Equal(t, got, h, "the quarantined file is the corrupt copy")
 	assertHeld(t, c, 1, id, int64(len(data)))

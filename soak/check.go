@@ -1,10 +1,7 @@
 package soak
 
 import (
-	"crypto/sha512"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/dtfc/dtfc/internal/cluster"
 )
 
 // Violation is a broken promise. Invariant is the number of the issue's
@@ -231,7 +230,7 @@ func ScanNode(basedir string, cache hashCache) (files map[string]FileView, stray
 		}
 		st := cache[path]
 		if st.size != fi.Size() || !st.mtime.Equal(fi.ModTime()) || st.sum == "" {
-			sum, err := hashFile(path)
+			sum, err := cluster.HashFile(path)
 			if err != nil {
 				return err
 			}
@@ -260,17 +259,4 @@ func isHex(s string) bool {
 	return s != "" && !slices.ContainsFunc([]byte(s), func(c byte) bool {
 		return !('0' <= c && c <= '9' || 'a' <= c && c <= 'f')
 	})
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha512.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

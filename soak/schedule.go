@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -107,42 +108,17 @@ func Defaults(short bool) Config {
 
 // withDefaults fills the zero fields of c from d.
 func (c Config) withDefaults(d Config) Config {
-	if c.Nodes == 0 {
-		c.Nodes = d.Nodes
-	}
-	if c.Duration == 0 {
-		c.Duration = d.Duration
-	}
-	if c.Round == 0 {
-		c.Round = d.Round
-	}
-	if c.Round > c.Duration {
-		c.Round = c.Duration
-	}
-	if c.Workers == 0 {
-		c.Workers = d.Workers
-	}
-	if c.MaxSize == 0 {
-		c.MaxSize = d.MaxSize
-	}
-	if c.BigPercent == 0 {
-		c.BigPercent = d.BigPercent
-	}
-	if c.ByteBudget == 0 {
-		c.ByteBudget = d.ByteBudget
-	}
-	if c.Pause == 0 {
-		c.Pause = d.Pause
-	}
-	if c.FaultGap == 0 {
-		c.FaultGap = d.FaultGap
-	}
-	if c.MaxFault == 0 {
-		c.MaxFault = d.MaxFault
-	}
-	if c.Converge == 0 {
-		c.Converge = d.Converge
-	}
+	c.Nodes = cmp.Or(c.Nodes, d.Nodes)
+	c.Duration = cmp.Or(c.Duration, d.Duration)
+	c.Round = min(cmp.Or(c.Round, d.Round), c.Duration)
+	c.Workers = cmp.Or(c.Workers, d.Workers)
+	c.MaxSize = cmp.Or(c.MaxSize, d.MaxSize)
+	c.BigPercent = cmp.Or(c.BigPercent, d.BigPercent)
+	c.ByteBudget = cmp.Or(c.ByteBudget, d.ByteBudget)
+	c.Pause = cmp.Or(c.Pause, d.Pause)
+	c.FaultGap = cmp.Or(c.FaultGap, d.FaultGap)
+	c.MaxFault = cmp.Or(c.MaxFault, d.MaxFault)
+	c.Converge = cmp.Or(c.Converge, d.Converge)
 	return c
 }
 

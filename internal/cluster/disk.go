@@ -2,8 +2,6 @@ package cluster
 
 import (
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -51,56 +49,11 @@ func (c *Cluster) FillDisk(i int, size string) {
 	c.mu.Lock()
 	c.mounts = append(c.mounts, n.Basedir)
 	c.mu.Unlock()
-	if err := copyTree(aside, n.Basedir); err != nil {
+	if err := CopyDir(aside, n.Basedir); err != nil {
 		t.Fatalf("cluster: FillDisk: copying node %d's basedir onto a tmpfs of size %s (too small?): %v", i, size, err)
 	}
 	if err := os.RemoveAll(aside); err != nil {
 		t.Fatalf("cluster: FillDisk: %v", err)
 	}
 	n.Start()
-}
-
-// copyTree copies the directories and regular files under src into dst
-// (which exists), keeping their modes.
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		to := filepath.Join(dst, rel)
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case rel == ".":
-			return os.Chmod(dst, fi.Mode().Perm())
-		case d.IsDir():
-			return os.Mkdir(to, fi.Mode().Perm())
-		case fi.Mode().IsRegular():
-			return copyFile(path, to, fi.Mode().Perm())
-		}
-		return nil // sockets, links: a basedir has none that matter
-	})
-}
-
-func copyFile(src, dst string, perm fs.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }

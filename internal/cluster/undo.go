@@ -71,7 +71,7 @@ func (c *Cluster) FreeDisk(i int) {
 	if err := os.Mkdir(aside, 0o755); err != nil {
 		t.Fatalf("cluster: FreeDisk: %v", err)
 	}
-	if err := copyTree(n.Basedir, aside); err != nil {
+	if err := CopyDir(n.Basedir, aside); err != nil {
 		t.Fatalf("cluster: FreeDisk: copying node %d's basedir off its tmpfs: %v", i, err)
 	}
 	if err := unmount(n.Basedir); err != nil {
