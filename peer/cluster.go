@@ -66,6 +66,10 @@ type Options struct {
 	// Registry receives the cluster's metrics. If nil, they are not
 	// exported.
 	Registry prometheus.Registerer
+	// Wall is the wall clock that dates tombstones' ages and remote
+	// clocks (the store's hybrid logical clock should read the same). If
+	// nil, it defaults to time.Now.
+	Wall func() time.Time
 }
 
 // Cluster is this node's view of, and work with, the other nodes.
@@ -123,6 +127,9 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 	}
 	if opts.MaxFetches == 0 {
 		opts.MaxFetches = 64
+	}
+	if opts.Wall == nil {
+		opts.Wall = time.Now
 	}
 	opts.Me = normalizeURL(opts.Me)
 	c := &Cluster{

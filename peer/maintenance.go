@@ -120,7 +120,7 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 		}
 		if time.Since(lastPurge) >= purgeEvery {
 			lastPurge = time.Now()
-			horizon := dtfc.TimestampAt(time.Now().Add(-c.opts.TombstoneRetention))
+			horizon := dtfc.TimestampAt(c.opts.Wall().Add(-c.opts.TombstoneRetention))
 			if n, err := c.store.PurgeTombstones(horizon); err != nil {
 				c.log.Error("expiring tombstones", "err", err)
 			} else if n > 0 {

@@ -43,9 +43,11 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	log := slog.New(recent.Handler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
 
 	reg := prometheus.NewRegistry()
+	wall := wallClock()
 	store, err := blobstore.Open(c.Basedir, blobstore.Options{
 		Logger:      log.With("component", "blobstore"),
 		TrackAccess: c.Role == "cache",
+		Wall:        wall,
 	})
 	if err != nil {
 		return err
@@ -91,6 +93,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		ScrubRate:           int64(c.ScrubRate),
 		Logger:              log.With("component", "peer"),
 		Registry:            reg,
+		Wall:                wall,
 	})
 	if err != nil {
 		return err

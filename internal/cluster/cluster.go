@@ -58,6 +58,14 @@ type Options struct {
 	// so no faults can be injected (Cut, Latency, Corrupt and the like
 	// fail the test).
 	Direct bool
+	// ListSelf, if set, names every node in its own peer list under a
+	// second URL (http://localhost:<port>, where its --me says
+	// 127.0.0.1): a node must find out that this peer is itself.
+	ListSelf bool
+	// ListTwice, if set, names every peer twice in each peer list: by
+	// the URL of the link's proxy and by the peer's own URL (the second
+	// bypasses the proxies, so faults do not apply to it).
+	ListTwice bool
 }
 
 // Cluster is a set of running dtfc nodes and the proxies between them.
@@ -168,14 +176,15 @@ func (c *Cluster) newNode(i int, role string) *Node {
 	}
 	port := c.freePort()
 	n := &Node{
-		Index:    i,
-		Role:     role,
-		URL:      "http://127.0.0.1:" + strconv.Itoa(port),
-		Port:     port,
-		Basedir:  filepath.Join(c.dir, fmt.Sprintf("node-%d", i)),
-		LogPath:  filepath.Join(c.dir, fmt.Sprintf("node-%d.log", i)),
-		PeerList: filepath.Join(c.dir, fmt.Sprintf("peers-%d.toml", i)),
-		c:        c,
+		Index:     i,
+		Role:      role,
+		URL:       "http://127.0.0.1:" + strconv.Itoa(port),
+		Port:      port,
+		Basedir:   filepath.Join(c.dir, fmt.Sprintf("node-%d", i)),
+		LogPath:   filepath.Join(c.dir, fmt.Sprintf("node-%d.log", i)),
+		PeerList:  filepath.Join(c.dir, fmt.Sprintf("peers-%d.toml", i)),
+		ClockFile: filepath.Join(c.dir, fmt.Sprintf("node-%d.clock", i)),
+		c:         c,
 	}
 	if c.opts.Secret != "" || c.opts.AuthToken != "" {
 		n.Config = filepath.Join(c.dir, fmt.Sprintf("node-%d.toml", i))
@@ -251,7 +260,13 @@ func (c *Cluster) writePeerList(n *Node) {
 	for _, m := range c.Nodes {
 		if m != n {
 			list.Peers = append(list.Peers, entry{URL: c.PeerURL(n.Index, m.Index), Role: m.Role})
+			if c.opts.ListTwice && !c.opts.Direct {
+				list.Peers = append(list.Peers, entry{URL: m.URL, Role: m.Role})
+			}
 		}
+	}
+	if c.opts.ListSelf {
+		list.Peers = append(list.Peers, entry{URL: "http://localhost:" + strconv.Itoa(n.Port), Role: n.Role})
 	}
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "# node %d (%s): its peers, as it reaches them\n", n.Index, n.URL)

@@ -51,6 +51,9 @@ type Node struct {
 	// Config is the node's --config file, or "" if it has none (no secret
 	// and no auth token).
 	Config string
+	// ClockFile is the node's DTFC_TEST_CLOCK_FILE: the offset of its
+	// wall clock from the machine's (see SetClock).
+	ClockFile string
 
 	c *Cluster
 
@@ -139,6 +142,7 @@ func (n *Node) start() error {
 	defer f.Close()
 	cmd := exec.Command(n.c.bin, n.args()...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "DTFC_TEST_CLOCK_FILE="+n.ClockFile)
 	cmd.SysProcAttr = sysProcAttr()
 	fmt.Fprintf(f, "=== cluster harness: starting node %d: %s\n", n.Index, strings.Join(cmd.Args, " "))
 	if err := cmd.Start(); err != nil {
@@ -283,6 +287,21 @@ func (n *Node) shutdown() string {
 		return fmt.Sprintf("node %d: exited with %s after SIGTERM", n.Index, st)
 	}
 	return ""
+}
+
+// SetClock moves the node's wall clock offset from the machine's: the
+// node (running or not) reads the time as now+offset from then on, within
+// about 20 ms (cmd/dtfc's DTFC_TEST_CLOCK_FILE). Zero puts it back.
+func (n *Node) SetClock(offset time.Duration) {
+	t := n.c.t
+	t.Helper()
+	tmp := n.ClockFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(offset.String()+"\n"), 0o644); err != nil {
+		t.Fatalf("cluster: node %d: clock: %v", n.Index, err)
+	}
+	if err := os.Rename(tmp, n.ClockFile); err != nil {
+		t.Fatalf("cluster: node %d: clock: %v", n.Index, err)
+	}
 }
 
 // Log returns everything the node wrote to stderr and stdout so far, over
