@@ -32,6 +32,10 @@ type Options struct {
 	// SmallCacheBytes bounds the memory keeping small blobs' bytes for
 	// ReadSmall. If zero, it defaults to 32 MiB; negative disables it.
 	SmallCacheBytes int64
+	// MaxClockOffset bounds how far ahead of Wall a remote state's clock
+	// may be: Apply, CommitState and ApplyDeny refuse one further ahead
+	// with a *ClockAheadError. If zero, it defaults to one minute.
+	MaxClockOffset time.Duration
 }
 
 // Store is a node's local blob store. All methods are safe for concurrent

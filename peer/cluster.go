@@ -48,9 +48,18 @@ type Options struct {
 	// AntiEntropyInterval is how often each peer's digests are compared.
 	// If zero, it defaults to one minute.
 	AntiEntropyInterval time.Duration
-	// TombstoneRetention is how long deletes are remembered. If zero, it
-	// defaults to 720 hours.
+	// TombstoneRetention is how long a delete (or a lifted block) that
+	// every peer acknowledged is remembered. If zero, it defaults to 720
+	// hours.
 	TombstoneRetention time.Duration
+	// TombstoneExpiry is how long a peer that has not acknowledged a
+	// delete holds its forgetting back; past it the peer is marked
+	// expired and must resync when it returns. If zero, it defaults to
+	// 2160 hours.
+	TombstoneExpiry time.Duration
+	// MaxClockOffset bounds how far ahead of the wall clock a remote
+	// state's clock may be. If zero, it defaults to one minute.
+	MaxClockOffset time.Duration
 	// ScrubInterval is how often a scrub pass starts. If zero, it defaults
 	// to 24 hours; negative disables scrubbing.
 	ScrubInterval time.Duration
@@ -115,6 +124,12 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 	}
 	if opts.TombstoneRetention == 0 {
 		opts.TombstoneRetention = 720 * time.Hour
+	}
+	if opts.TombstoneExpiry == 0 {
+		opts.TombstoneExpiry = 2160 * time.Hour
+	}
+	if opts.MaxClockOffset == 0 {
+		opts.MaxClockOffset = time.Minute
 	}
 	if opts.ScrubInterval == 0 {
 		opts.ScrubInterval = 24 * time.Hour

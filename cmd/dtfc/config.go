@@ -55,6 +55,8 @@ type Config struct {
 	ScrubRate           ByteSize   `toml:"scrub_rate"`
 	AntiEntropyInterval Duration   `toml:"anti_entropy_interval"`
 	TombstoneRetention  Duration   `toml:"tombstone_retention"`
+	TombstoneExpiry     Duration   `toml:"tombstone_expiry"`
+	MaxClockOffset      Duration   `toml:"max_clock_offset"`
 	ShutdownGrace       Duration   `toml:"shutdown_grace"`
 }
 
@@ -70,6 +72,8 @@ func defaultConfig() Config {
 		ScrubRate:           64 << 20,
 		AntiEntropyInterval: Duration(time.Minute),
 		TombstoneRetention:  Duration(720 * time.Hour),
+		TombstoneExpiry:     Duration(2160 * time.Hour),
+		MaxClockOffset:      Duration(time.Minute),
 		ShutdownGrace:       Duration(30 * time.Second),
 		MaxUploadsPerClient: 64,
 		MaxHeaderBytes:      64 << 10,
@@ -221,7 +225,9 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&c.ScrubInterval, "scrub-interval", "how often a full re-hash pass over the store starts (0 = never)")
 	fs.Var(&c.ScrubRate, "scrub-rate", "bytes per second the scrubber reads at most (0 = no limit)")
 	fs.Var(&c.AntiEntropyInterval, "anti-entropy-interval", "how often each peer's digests are compared")
-	fs.Var(&c.TombstoneRetention, "tombstone-retention", "how long deletes are remembered")
+	fs.Var(&c.TombstoneRetention, "tombstone-retention", "how long a delete (or lifted block) every peer acknowledged is remembered")
+	fs.Var(&c.TombstoneExpiry, "tombstone-expiry", "after this, a peer that never acknowledged a delete stops holding it back and must resync when it returns (must exceed tombstone-retention)")
+	fs.Var(&c.MaxClockOffset, "max-clock-offset", "remote states whose clock is further ahead of this node's are refused")
 	fs.Var(&c.ShutdownGrace, "shutdown-grace", "how long a shutdown waits for requests in flight")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate: serve HTTPS (re-read when it changes)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM key of tls-cert")
@@ -334,10 +340,14 @@ func (c *Config) validate() error {
 	for name, d := range map[string]Duration{
 		"idle_timeout": c.IdleTimeout, "replicas_timeout": c.ReplicasTimeout,
 		"anti_entropy_interval": c.AntiEntropyInterval, "tombstone_retention": c.TombstoneRetention,
+		"tombstone_expiry": c.TombstoneExpiry, "max_clock_offset": c.MaxClockOffset,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if c.TombstoneExpiry > 0 && c.TombstoneExpiry <= c.TombstoneRetention {
+		errs = append(errs, fmt.Errorf("tombstone_expiry (%v) must exceed tombstone_retention (%v)", time.Duration(c.TombstoneExpiry), time.Duration(c.TombstoneRetention)))
 	}
 	if c.ScrubInterval < 0 || c.ShutdownGrace < 0 {
 		errs = append(errs, errors.New("scrub_interval and shutdown_grace cannot be negative"))

@@ -45,9 +45,10 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	reg := prometheus.NewRegistry()
 	wall := wallClock()
 	store, err := blobstore.Open(c.Basedir, blobstore.Options{
-		Logger:      log.With("component", "blobstore"),
-		TrackAccess: c.Role == "cache",
-		Wall:        wall,
+		Logger:         log.With("component", "blobstore"),
+		TrackAccess:    c.Role == "cache",
+		Wall:           wall,
+		MaxClockOffset: time.Duration(c.MaxClockOffset),
 	})
 	if err != nil {
 		return err
@@ -89,6 +90,8 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		HTTPClient:          peerClient,
 		AntiEntropyInterval: time.Duration(c.AntiEntropyInterval),
 		TombstoneRetention:  time.Duration(c.TombstoneRetention),
+		TombstoneExpiry:     time.Duration(c.TombstoneExpiry),
+		MaxClockOffset:      time.Duration(c.MaxClockOffset),
 		ScrubInterval:       scrubInterval(c.ScrubInterval),
 		ScrubRate:           int64(c.ScrubRate),
 		Logger:              log.With("component", "peer"),
