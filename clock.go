@@ -2,6 +2,7 @@ package dtfc
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"time"
 )
@@ -24,8 +25,23 @@ func (t Timestamp) String() string {
 	return fmt.Sprintf("%s+%d", t.Time().UTC().Format(time.RFC3339Nano), uint64(t)&(1<<logicalBits-1))
 }
 
-// TimestampAt returns the smallest Timestamp of wall-clock time tm.
-func TimestampAt(tm time.Time) Timestamp { return Timestamp(uint64(tm.UnixMilli()) << logicalBits) }
+// MaxTimestamp is the greatest Timestamp. A clock that reaches it stays
+// there: it saturates rather than wrap to zero.
+const MaxTimestamp Timestamp = math.MaxUint64
+
+// TimestampAt returns the smallest Timestamp of wall-clock time tm. Times
+// before 1970 give 0; times beyond what 48 bits of milliseconds hold
+// (the year 10889) give MaxTimestamp.
+func TimestampAt(tm time.Time) Timestamp {
+	ms := tm.UnixMilli()
+	switch {
+	case ms <= 0:
+		return 0
+	case ms >= 1<<(64-logicalBits):
+		return MaxTimestamp
+	}
+	return Timestamp(uint64(ms) << logicalBits)
+}
 
 // Clock is a hybrid logical clock. Its zero value is ready to use and reads
 // the system wall clock.
@@ -45,17 +61,29 @@ func (c *Clock) wall() Timestamp {
 }
 
 // Now returns a Timestamp greater than every Timestamp this clock has
-// returned or observed.
+// returned or observed, or, once the clock has reached MaxTimestamp,
+// MaxTimestamp again: it never wraps and never goes backwards.
 func (c *Clock) Now() Timestamp {
 	w := c.wall()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if w > c.last {
+	switch {
+	case w > c.last:
 		c.last = w
-	} else {
+	case c.last < MaxTimestamp:
 		c.last++
 	}
 	return c.last
+}
+
+// WallNow returns the current reading of the clock's wall clock, without
+// moving the clock.
+func (c *Clock) WallNow() Timestamp { return c.wall() }
+
+// Ahead reports by how much t is ahead of the wall clock (zero or
+// negative if it is not).
+func (c *Clock) Ahead(t Timestamp) time.Duration {
+	return t.Time().Sub(c.wall().Time())
 }
 
 // Observe records a Timestamp seen on another node, so that later readings

@@ -141,10 +141,16 @@ func (s *Store) flushAccess() error {
 }
 
 // Evict removes least-recently-used blobs until the store holds at most
-// maxBytes-reserve bytes, never one that is being read. It is for caches
-// (Options.TrackAccess); an eviction is not an operation on the ID and is
-// not replicated. It returns the evicted states.
-func (s *Store) Evict(maxBytes, reserve int64) ([]dtfc.State, error) {
+// maxBytes-reserve bytes, never one that is being read, and never a state
+// in the change feed after acked: a cache's own upload (or any change it
+// has to pass on) stays until a replica has accepted it (acked is the
+// furthest cursor of the cache's replica peers), so an acknowledged upload
+// is never lost to an eviction. Fills, which are not in the feed, go in
+// read order. Until the pinned states are accepted the store may stay
+// above maxBytes. It is for caches (Options.TrackAccess); an eviction is
+// not an operation on the ID and is not replicated. Concurrent calls run
+// one at a time. It returns the evicted states.
+func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error) {
 	if !s.opts.TrackAccess || maxBytes <= 0 || s.bytes.Load()+reserve <= maxBytes {
 		return nil, nil
 	}
@@ -153,6 +159,8 @@ func (s *Store) Evict(maxBytes, reserve int64) ([]dtfc.State, error) {
 		return nil, err
 	}
 	defer leave()
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
 	p, next := s.access.takePending()
 	if len(p) > 0 {
 		if err := s.update(func(t *txn) error { return writeAccess(t.tx, p, next) }); err != nil {
@@ -190,7 +198,7 @@ func (s *Store) Evict(maxBytes, reserve int64) ([]dtfc.State, error) {
 			if s.bytes.Load()+reserve <= maxBytes {
 				break
 			}
-			st, ok, err := s.evictOne(id)
+			st, ok, err := s.evictOne(id, acked)
 			if err != nil {
 				return evicted, err
 			}
@@ -202,7 +210,7 @@ func (s *Store) Evict(maxBytes, reserve int64) ([]dtfc.State, error) {
 	return evicted, nil
 }
 
-func (s *Store) evictOne(id dtfc.ID) (dtfc.State, bool, error) {
+func (s *Store) evictOne(id dtfc.ID, acked uint64) (dtfc.State, bool, error) {
 	defer s.locks.lock(id)()
 	if s.access.isOpen(id) {
 		return dtfc.State{}, false, nil
@@ -214,7 +222,7 @@ func (s *Store) evictOne(id dtfc.ID) (dtfc.State, bool, error) {
 		return dtfc.State{}, false, nil
 	}
 	rec, ok, err := s.record(id)
-	if err != nil || !ok || rec.Deleted {
+	if err != nil || !ok || rec.Deleted || rec.Seq > acked {
 		return dtfc.State{}, false, err
 	}
 	if err := s.forget(id); err != nil && !errors.Is(err, ErrNotFound) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -52,45 +53,29 @@ func (d Deny) Newer(o Deny) bool {
 	return dtfc.State{Clock: d.Clock, Node: d.Node}.Newer(dtfc.State{Clock: o.Clock, Node: o.Node})
 }
 
-var bucketDeny = []byte("deny") // id -> JSON Deny
+var bucketDeny = []byte("deny") // id -> JSON denyRecord
+
+// denyRecord is the stored form of a deny entry: the entry and its place
+// in the change feed. Deny entries travel in the feed with the states, so
+// every peer's cursor says which of them it has accepted, and a lift is
+// forgotten only once every peer has it (see PurgeLifts).
+type denyRecord struct {
+	Deny
+	// Seq is the entry's change-feed sequence number.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// denyFeedKey is what the feed holds for a deny entry: 'D' and the ID (a
+// state's feed entry is the bare 64-byte ID).
+func denyFeedKey(id dtfc.ID) []byte { return append([]byte{'D'}, id[:]...) }
 
 // denyCache mirrors the active blocks in memory: every read and upload
-// checks it, and the list is small. Its version counts changes to the
-// list, for the pushers.
+// checks it, and the list is small. It is replaced whole (copy on write)
+// after each committed change.
 type denyCache struct {
-	m       atomic.Pointer[map[dtfc.ID]Deny]
-	version atomic.Uint64
-	mu      sync.Mutex
-	ch      chan struct{}
+	m  atomic.Pointer[map[dtfc.ID]Deny]
+	mu sync.Mutex // serialises writers of m
 }
-
-// changed returns a channel closed at the next change of the list.
-func (c *denyCache) changed() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ch == nil {
-		c.ch = make(chan struct{})
-	}
-	return c.ch
-}
-
-func (c *denyCache) bump() {
-	c.version.Add(1)
-	c.mu.Lock()
-	if c.ch != nil {
-		close(c.ch)
-	}
-	c.ch = make(chan struct{})
-	c.mu.Unlock()
-}
-
-// DenyVersion counts changes to the deny list since the store opened (1
-// at open if the list is not empty, so that it is offered to peers once).
-func (s *Store) DenyVersion() uint64 { return s.denied.version.Load() }
-
-// DenyChanged returns a channel closed at the next change of the deny
-// list. Take it before reading DenyVersion.
-func (s *Store) DenyChanged() <-chan struct{} { return s.denied.changed() }
 
 func (c *denyCache) get(id dtfc.ID) (Deny, bool) {
 	m := c.m.Load()
@@ -101,25 +86,66 @@ func (c *denyCache) get(id dtfc.ID) (Deny, bool) {
 	return d, ok
 }
 
+// set records d's effect on the active blocks.
+func (c *denyCache) set(d Deny) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var m map[dtfc.ID]Deny
+	if old := c.m.Load(); old != nil {
+		m = maps.Clone(*old)
+	} else {
+		m = map[dtfc.ID]Deny{}
+	}
+	if d.Active() {
+		m[d.ID] = d
+	} else {
+		delete(m, d.ID)
+	}
+	c.m.Store(&m)
+}
+
+// loadDeny reads the active blocks at open. Entries written before deny
+// entries entered the feed get a feed entry now, so they are offered to
+// every peer once.
 func (s *Store) loadDeny(tx *bolt.Tx) error {
 	m := map[dtfc.ID]Deny{}
-	empty := true
-	err := tx.Bucket(bucketDeny).ForEach(func(k, v []byte) error {
-		empty = false
-		var d Deny
+	b, feed := tx.Bucket(bucketDeny), tx.Bucket(bucketFeed)
+	var migrate []denyRecord
+	err := b.ForEach(func(k, v []byte) error {
+		var d denyRecord
 		if err := json.Unmarshal(v, &d); err != nil {
 			return fmt.Errorf("deny entry %x: %w", k, err)
 		}
 		if d.Active() {
-			m[d.ID] = d
+			m[d.ID] = d.Deny
+		}
+		if d.Seq == 0 {
+			migrate = append(migrate, d)
 		}
 		return nil
 	})
-	s.denied.m.Store(&m)
-	if !empty && s.denied.version.Load() == 0 {
-		s.denied.version.Store(1)
+	if err != nil {
+		return err
 	}
-	return err
+	for _, d := range migrate {
+		seq, err := feed.NextSequence()
+		if err != nil {
+			return err
+		}
+		d.Seq = seq
+		if err := feed.Put(u64(seq), denyFeedKey(d.ID)); err != nil {
+			return err
+		}
+		v, err := json.Marshal(d)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(d.ID[:], v); err != nil {
+			return err
+		}
+	}
+	s.denied.m.Store(&m)
+	return nil
 }
 
 // Denied returns the active block on id, if any.
@@ -133,17 +159,29 @@ func (s *Store) checkDenied(id dtfc.ID) error {
 	return nil
 }
 
-// DenyList returns every entry, lifts included (they are kept for the
-// tombstone retention, like deletes), in ID order.
+func getDeny(b *bolt.Bucket, id dtfc.ID) (denyRecord, bool, error) {
+	v := b.Get(id[:])
+	if v == nil {
+		return denyRecord{}, false, nil
+	}
+	var d denyRecord
+	if err := json.Unmarshal(v, &d); err != nil {
+		return d, false, fmt.Errorf("deny entry %s: %w", id, err)
+	}
+	return d, true, nil
+}
+
+// DenyList returns every entry, lifts included (kept until every peer has
+// them, like tombstones), in ID order.
 func (s *Store) DenyList() ([]Deny, error) {
 	var out []Deny
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDeny).ForEach(func(_, v []byte) error {
-			var d Deny
+			var d denyRecord
 			if err := json.Unmarshal(v, &d); err != nil {
 				return err
 			}
-			out = append(out, d)
+			out = append(out, d.Deny)
 			return nil
 		})
 	})
@@ -179,18 +217,27 @@ func (s *Store) SetDeny(id dtfc.ID, status int, reason string, lifted bool) (Den
 	if lifted {
 		d.Status, d.Reason = 0, ""
 	}
-	_, err := s.ApplyDeny(d)
+	_, err := s.applyDeny(d)
 	return d, err
 }
 
-// ApplyDeny records an entry if it is newer than the one held for its ID
-// and reports whether it was. Applying an active block removes the blob's
-// bytes: a delete with a fresh clock, newer than any upload this node has
-// seen, which replicates like any delete.
+// ApplyDeny records an entry received from another node if it is newer
+// than the one held for its ID, and reports whether it was. Applying an
+// active block removes the blob's bytes: a delete with a fresh clock,
+// newer than any upload this node has seen, which replicates like any
+// delete. An entry whose clock is too far ahead is refused with a
+// *ClockAheadError.
 func (s *Store) ApplyDeny(d Deny) (bool, error) {
 	if d.ID.IsZero() {
 		return false, errors.New("blobstore: deny entry without an ID")
 	}
+	if err := s.checkClock(d.Clock); err != nil {
+		return false, err
+	}
+	return s.applyDeny(d)
+}
+
+func (s *Store) applyDeny(d Deny) (bool, error) {
 	leave, err := s.enter()
 	if err != nil {
 		return false, err
@@ -198,55 +245,60 @@ func (s *Store) ApplyDeny(d Deny) (bool, error) {
 	defer leave()
 	s.clock.Observe(d.Clock)
 	defer s.locks.lock(d.ID)()
-	var applied bool
+	var applied, removeBytes bool
 	err = s.update(func(t *txn) error {
-		b := t.tx.Bucket(bucketDeny)
-		applied = false
-		if v := b.Get(d.ID[:]); v != nil {
-			var cur Deny
-			if err := json.Unmarshal(v, &cur); err != nil {
-				return err
-			}
-			if !d.Newer(cur) {
-				return nil
-			}
-		}
-		v, err := json.Marshal(d)
+		applied, removeBytes = false, false
+		cur, ok, err := getDeny(t.deny, d.ID)
 		if err != nil {
 			return err
 		}
+		if ok && !d.Newer(cur.Deny) {
+			return nil
+		}
+		var curp *denyRecord
+		if ok {
+			curp = &cur
+		}
+		if err := t.setDeny(curp, d); err != nil {
+			return err
+		}
 		applied = true
-		return b.Put(d.ID[:], v)
+		if !d.Active() {
+			return nil
+		}
+		// The block's delete commits with the block: no moment where the
+		// block is recorded and the blob still live.
+		removeBytes = true
+		rec, ok, err := t.get(d.ID)
+		if err != nil || !ok || rec.Deleted {
+			return err
+		}
+		_, err = t.set(&rec, dtfc.State{ID: d.ID, Deleted: true, Clock: s.clock.Now(), Node: s.node}, true)
+		return err
 	})
 	if err != nil || !applied {
 		return applied, err
 	}
-	if err := s.db.View(s.loadDeny); err != nil {
-		return true, err
-	}
-	s.denied.bump()
-	if d.Active() {
-		rec, ok, err := s.record(d.ID)
-		if err != nil {
-			return true, err
-		}
-		if ok && !rec.Deleted {
-			st := dtfc.State{ID: d.ID, Deleted: true, Clock: s.clock.Now(), Node: s.node}
-			if err := s.setState(st, true); err != nil {
-				return true, err
-			}
-		}
+	s.denied.set(d)
+	if removeBytes {
 		if err := s.removeFile(d.ID); err != nil {
 			return true, err
 		}
-		s.small.drop(d.ID)
 	}
 	return true, nil
 }
 
-// PurgeLifts forgets lifted entries older than the horizon (the tombstone
-// retention), as deletes are forgotten.
-func (s *Store) PurgeLifts(before dtfc.Timestamp) (int, error) {
+// PurgeLifts forgets lifted entries whose clock is before the horizon (the
+// tombstone retention) and that forget allows, given their feed sequence
+// number and clock: the caller holds back a lift that some peer has not
+// accepted yet (a node that missed a lift and then met no trace of it would
+// impose its stale block again). It returns how many it forgot.
+func (s *Store) PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return 0, err
+	}
+	defer leave()
 	list, err := s.DenyList()
 	if err != nil {
 		return 0, err
@@ -256,14 +308,58 @@ func (s *Store) PurgeLifts(before dtfc.Timestamp) (int, error) {
 		if !d.Lifted || d.Clock >= before {
 			continue
 		}
-		err := s.update(func(t *txn) error { return t.tx.Bucket(bucketDeny).Delete(d.ID[:]) })
+		unlock := s.locks.lock(d.ID)
+		var purged bool
+		err := s.update(func(t *txn) error {
+			purged = false
+			cur, ok, err := getDeny(t.deny, d.ID)
+			if err != nil || !ok || !cur.Lifted || cur.Clock >= before || !forget(cur.Seq, cur.Clock) {
+				return err
+			}
+			purged = true
+			return t.removeDeny(&cur)
+		})
+		unlock()
 		if err != nil {
 			return n, err
 		}
-		n++
-	}
-	if n > 0 {
-		s.denied.bump()
+		if purged {
+			n++
+		}
 	}
 	return n, nil
+}
+
+// setDeny replaces the deny entry of d.ID (old, if any) with d, with a new
+// feed sequence number.
+func (t *txn) setDeny(old *denyRecord, d Deny) error {
+	if old != nil {
+		if err := t.unfeed(old.Seq); err != nil {
+			return err
+		}
+	}
+	seq, err := t.feed.NextSequence()
+	if err != nil {
+		return err
+	}
+	if err := t.feed.Put(u64(seq), denyFeedKey(d.ID)); err != nil {
+		return err
+	}
+	t.lastSeq, t.feedChanged = seq, true
+	if d.Clock > t.maxClock {
+		t.maxClock = d.Clock
+	}
+	v, err := json.Marshal(denyRecord{Deny: d, Seq: seq})
+	if err != nil {
+		return err
+	}
+	return t.deny.Put(d.ID[:], v)
+}
+
+// removeDeny forgets a deny entry and its feed entry.
+func (t *txn) removeDeny(old *denyRecord) error {
+	if err := t.unfeed(old.Seq); err != nil {
+		return err
+	}
+	return t.deny.Delete(old.ID[:])
 }

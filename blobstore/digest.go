@@ -73,28 +73,39 @@ func (s *Store) forEach(prefix []byte, fn func(*dtfc.State) error) error {
 	})
 }
 
-// PurgeTombstones forgets tombstones whose clock is before the given
-// horizon (the tombstone retention), oldest first, and returns how many it
-// forgot. A node that has been out of touch for longer than the retention
-// must resync rather than offer its old states (see package peer).
-func (s *Store) PurgeTombstones(before dtfc.Timestamp) (int, error) {
+// PurgeTombstones forgets tombstones whose clock is before the horizon
+// (the tombstone retention) and that forget allows, given each one's feed
+// sequence number and clock, oldest first; it returns how many it forgot.
+// The caller holds back a tombstone that some peer has not accepted yet:
+// forgetting it would let that peer's copy of the file come back. forget
+// runs outside any transaction and may write (mark a peer expired) before
+// it allows a tombstone to go.
+func (s *Store) PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error) {
 	leave, err := s.enter()
 	if err != nil {
 		return 0, err
 	}
 	defer leave()
 	total := 0
+	var after []byte
 	for {
 		var ids []dtfc.ID
 		err := s.db.View(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucketTombs).Cursor()
-			for k, _ := c.First(); k != nil && len(ids) < 256; k, _ = c.Next() {
+			k, _ := c.First()
+			if after != nil {
+				if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+					k, _ = c.Next()
+				}
+			}
+			for ; k != nil && len(ids) < 256; k, _ = c.Next() {
 				if dtfc.Timestamp(binary.BigEndian.Uint64(k)) >= before {
 					break
 				}
 				var id dtfc.ID
 				copy(id[:], k[8:])
 				ids = append(ids, id)
+				after = append(after[:0], k...)
 			}
 			return nil
 		})
@@ -104,7 +115,7 @@ func (s *Store) PurgeTombstones(before dtfc.Timestamp) (int, error) {
 		for _, id := range ids {
 			unlock := s.locks.lock(id)
 			rec, ok, err := s.record(id)
-			if err == nil && ok && rec.Deleted && rec.Clock < before {
+			if err == nil && ok && rec.Deleted && rec.Clock < before && forget(rec.Seq, rec.Clock) {
 				err = s.forget(id)
 				total++
 			}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 
 	"github.com/dtfc/dtfc"
 )
@@ -26,6 +27,28 @@ var (
 	// last-writer-wins rule and was not applied.
 	ErrStale = errors.New("blobstore: state is older than the local one")
 )
+
+// ErrClockAhead means a remote state (or deny entry) carries a clock
+// further ahead of this node's wall clock than Options.MaxClockOffset
+// allows: nothing of it was applied and the local clock did not move.
+// Errors wrapping it are *ClockAheadError.
+var ErrClockAhead = errors.New("blobstore: clock too far ahead")
+
+// ClockAheadError tells how far ahead a refused clock was.
+type ClockAheadError struct {
+	Clock dtfc.Timestamp
+	// Ahead is how far the clock is ahead of the wall clock; Max is the
+	// offset allowed.
+	Ahead, Max time.Duration
+}
+
+func (e *ClockAheadError) Error() string {
+	return fmt.Sprintf("blobstore: clock %s is %s ahead of this node's wall clock (max_clock_offset %s)",
+		e.Clock, e.Ahead.Round(time.Millisecond), e.Max)
+}
+
+// Is makes errors.Is(err, ErrClockAhead) true.
+func (e *ClockAheadError) Is(target error) bool { return target == ErrClockAhead }
 
 // MismatchError describes a digest mismatch. It matches ErrDigestMismatch
 // with errors.Is.

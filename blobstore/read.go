@@ -25,11 +25,27 @@ func (s *Store) record(id dtfc.ID) (rec record, ok bool, err error) {
 	return rec, ok, err
 }
 
+// lookup reads id's record for a reader. A reader that finds no record
+// while the blob's file exists has caught an upload between the rename
+// that placed its file and the commit of its record (or an eviction
+// between its commit and its unlink): it waits for that to finish (the
+// ID's lock, which both hold throughout) and reads again, so a blob that
+// a web server in front may already serve from blobs/ is not answered 404
+// here a moment later.
+func (s *Store) lookup(id dtfc.ID) (record, bool, error) {
+	rec, ok, err := s.record(id)
+	if err != nil || ok || !s.fileExists(id) {
+		return rec, ok, err
+	}
+	s.locks.lock(id)()
+	return s.record(id)
+}
+
 // Stat returns what the node knows of id: a present blob's state or a
 // tombstone (State.Deleted). It returns ErrNotFound if the node has no
 // record of id at all.
 func (s *Store) Stat(id dtfc.ID) (dtfc.State, error) {
-	rec, ok, err := s.record(id)
+	rec, ok, err := s.lookup(id)
 	if err != nil {
 		return dtfc.State{}, err
 	}
@@ -60,7 +76,7 @@ func (b *Blob) Close() error {
 // Open opens the blob of id for reading. It returns ErrNotFound if the node
 // holds no bytes for id (no record, or a tombstone).
 func (s *Store) Open(id dtfc.ID) (*Blob, error) {
-	rec, ok, err := s.record(id)
+	rec, ok, err := s.lookup(id)
 	if err != nil {
 		return nil, err
 	}
@@ -125,11 +141,18 @@ func (o Outcome) String() string {
 // Apply applies a state received from another node, under the
 // last-writer-wins rule: a tombstone removes the blob; an upload of bytes
 // already held updates the record. An upload of bytes not held is not
-// applied and answers NeedBytes. Tombstones are recorded even for IDs this
-// node never held, so that an older copy arriving later stays dead.
+// applied and answers NeedBytes — also when the state equals the local
+// record but the record's file is missing (lost, or quarantined by the
+// scrubber), so that the bytes come back. Tombstones are recorded even
+// for IDs this node never held, so that an older copy arriving later
+// stays dead. A state whose clock is too far ahead of this node's wall
+// clock is refused with a *ClockAheadError and changes nothing.
 func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 	if st.ID.IsZero() {
 		return Stale, errors.New("blobstore: Apply of a state without an ID")
+	}
+	if err := s.checkClock(st.Clock); err != nil {
+		return Stale, err
 	}
 	leave, err := s.enter()
 	if err != nil {
@@ -148,6 +171,9 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		return Stale, err
 	}
 	if ok && !st.Newer(old.State) {
+		if sameUpload(st, old.State) && !s.fileExists(st.ID) {
+			return NeedBytes, nil
+		}
 		return Stale, nil
 	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
@@ -160,6 +186,12 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		return Applied, s.removeFile(st.ID)
 	}
 	return Applied, nil
+}
+
+// sameUpload reports whether st is the very upload o records (the same
+// operation: same clock and node).
+func sameUpload(st, o dtfc.State) bool {
+	return !st.Deleted && !o.Deleted && st.Clock == o.Clock && st.Node == o.Node
 }
 
 // setState commits st over whatever record id has. The caller holds the
@@ -197,6 +229,7 @@ func (s *Store) forget(id dtfc.ID) error {
 
 // removeFile unlinks a blob's file and makes the unlink durable.
 func (s *Store) removeFile(id dtfc.ID) error {
+	s.small.drop(id)
 	p := s.Path(id)
 	err := os.Remove(p)
 	if errors.Is(err, os.ErrNotExist) {
@@ -210,31 +243,56 @@ func (s *Store) removeFile(id dtfc.ID) error {
 }
 
 // Change is one entry of the change feed: the current state of an ID that
-// changed after the reader's cursor.
+// changed after the reader's cursor, or its current deny entry.
 type Change struct {
 	Seq   uint64
 	State dtfc.State
+	// Deny, if not nil, makes this a change of the deny list (State is
+	// then zero).
+	Deny *Deny
 }
 
 // Changes returns up to limit changes with a sequence number greater than
-// since, in order. The feed holds only the latest change of each ID: a
-// reader that resumes from its cursor sees every ID whose state changed
-// since, with its current state, and never a superseded one.
+// since, in order. The feed holds only the latest change of each ID (and
+// of each ID's deny entry): a reader that resumes from its cursor sees
+// every ID whose state changed since, with its current state, and never a
+// superseded one.
 func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
 	var out []Change
 	err := s.db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
+		meta, deny := tx.Bucket(bucketMeta), tx.Bucket(bucketDeny)
 		c := tx.Bucket(bucketFeed).Cursor()
 		for k, v := c.Seek(u64(since + 1)); k != nil && len(out) < limit; k, v = c.Next() {
-			rec, err := decodeRecord(v, meta.Get(v))
+			ch, err := feedChange(meta, deny, k, v)
 			if err != nil {
 				return err
 			}
-			out = append(out, Change{Seq: decU64(k), State: rec.State})
+			out = append(out, ch)
 		}
 		return nil
 	})
 	return out, err
+}
+
+// feedChange decodes the feed entry k -> v.
+func feedChange(meta, deny *bolt.Bucket, k, v []byte) (Change, error) {
+	ch := Change{Seq: decU64(k)}
+	if len(v) == 1+dtfc.IDLen && v[0] == 'D' {
+		var id dtfc.ID
+		copy(id[:], v[1:])
+		d, ok, err := getDeny(deny, id)
+		if err != nil {
+			return ch, err
+		}
+		if !ok {
+			return ch, fmt.Errorf("%w: feed entry %d names a missing deny entry", errBadRecord, ch.Seq)
+		}
+		ch.Deny = &d.Deny
+		return ch, nil
+	}
+	rec, err := decodeRecord(v, meta.Get(v))
+	ch.State = rec.State
+	return ch, err
 }
 
 // Value returns a value stored with SetValue, or nil.
@@ -261,19 +319,17 @@ func (s *Store) SetValue(key string, v []byte) error {
 }
 
 // CountChanges counts the feed entries after since (with deletesOnly,
-// only tombstones): what a peer at that cursor has yet to accept.
+// only tombstones and deny entries: what a cache is sent): what a peer at
+// that cursor has yet to accept.
 func (s *Store) CountChanges(since uint64, deletesOnly bool) (int64, error) {
 	var n int64
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		c := tx.Bucket(bucketFeed).Cursor()
 		for k, v := c.Seek(u64(since + 1)); k != nil; k, v = c.Next() {
-			if deletesOnly {
-				rec, err := decodeRecord(v, meta.Get(v))
-				if err != nil {
-					return err
-				}
-				if !rec.Deleted {
+			if deletesOnly && len(v) == dtfc.IDLen {
+				// The deleted flag of the record, without decoding it all.
+				if r := meta.Get(v); len(r) < 2 || r[1]&1 == 0 {
 					continue
 				}
 			}

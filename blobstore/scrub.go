@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -24,8 +25,11 @@ type ScrubProgress struct {
 	Checked      int64     `json:"checked"`
 	CheckedBytes int64     `json:"checked_bytes"`
 	Corrupt      int64     `json:"corrupt"`
-	Passes       int64     `json:"passes"`
-	TotalCorrupt int64     `json:"total_corrupt"`
+	// Unreadable counts blobs skipped because they could not be read (an
+	// error that says nothing of their bytes).
+	Unreadable   int64 `json:"unreadable"`
+	Passes       int64 `json:"passes"`
+	TotalCorrupt int64 `json:"total_corrupt"`
 }
 
 type scrubState struct {
@@ -54,7 +58,7 @@ func (s *Store) scrubUpdate(f func(*ScrubProgress)) {
 // caller can repair it from a peer at once.
 func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtfc.State)) error {
 	s.scrubUpdate(func(p *ScrubProgress) {
-		p.Running, p.PassStarted, p.Checked, p.CheckedBytes, p.Corrupt = true, time.Now(), 0, 0, 0
+		p.Running, p.PassStarted, p.Checked, p.CheckedBytes, p.Corrupt, p.Unreadable = true, time.Now(), 0, 0, 0, 0
 	})
 	defer s.scrubUpdate(func(p *ScrubProgress) { p.Running = false })
 	lim := &rateLimit{perSec: bytesPerSec, start: time.Now()}
@@ -94,12 +98,17 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtf
 		}
 		for _, st := range batch {
 			ok, err := s.verify(ctx, st, buf, lim)
+			if errors.Is(err, errUnreadable) {
+				s.log.Warn("scrub: cannot read a blob; skipped", "id", st.ID.String(), "err", err)
+				s.scrubUpdate(func(p *ScrubProgress) { p.Unreadable++ })
+				continue
+			}
 			if err != nil {
 				return err
 			}
 			s.scrubUpdate(func(p *ScrubProgress) { p.Checked++; p.CheckedBytes += st.Size })
 			if !ok {
-				if err := s.quarantine(st, onCorrupt); err != nil {
+				if err := s.quarantine(st, "scrub", onCorrupt); err != nil {
 					return err
 				}
 			}
@@ -109,27 +118,38 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtf
 	return nil
 }
 
-// verify re-hashes one blob. A missing file counts as corrupt; a record
-// changed meanwhile (deleted, replaced) is skipped as fine.
+// errUnreadable marks a blob the scrubber could not read for a reason
+// that says nothing of its bytes (too many open files, a permission, an
+// I/O error): it is skipped and counted, never quarantined, since a cache
+// never fetches a quarantined blob back.
+var errUnreadable = errors.New("unreadable")
+
+// verify re-hashes one blob. A missing file, or something that is not a
+// plain file where the blob should be (a planted symlink, a directory),
+// counts as corrupt; a record changed meanwhile (deleted, replaced) is
+// skipped as fine; any other failure to read is errUnreadable.
 func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rateLimit) (bool, error) {
 	f, err := s.openBlob(st.ID)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		// A symlink or something else that is not a plain file in the
-		// store: as bad as wrong bytes.
-		s.log.Warn("scrub: cannot open a blob as a plain file", "id", st.ID.String(), "err", err)
-		return false, nil
-	}
-	if errors.Is(err, os.ErrNotExist) {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		cur, ok, rerr := s.record(st.ID)
 		if rerr != nil {
 			return false, rerr
 		}
 		return !(ok && !cur.Deleted && cur.Clock == st.Clock), nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("blobstore: scrub %s: %w", st.ID, err)
+	case errors.Is(err, syscall.ELOOP), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EXDEV):
+		s.log.Warn("scrub: the blob's path is not a plain file in the store", "id", st.ID.String(), "err", err)
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("%w: %w", errUnreadable, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return false, fmt.Errorf("%w: %w", errUnreadable, err)
+	} else if !fi.Mode().IsRegular() {
+		s.log.Warn("scrub: the blob's path is not a plain file", "id", st.ID.String(), "mode", fi.Mode().String())
+		return false, nil
+	}
 	h := sha512.New()
 	for {
 		if err := ctx.Err(); err != nil {
@@ -144,7 +164,7 @@ func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rate
 			break
 		}
 		if rerr != nil {
-			return false, fmt.Errorf("blobstore: scrub %s: %w", st.ID, rerr)
+			return false, fmt.Errorf("%w: %w", errUnreadable, rerr)
 		}
 	}
 	var got dtfc.ID
@@ -152,7 +172,11 @@ func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rate
 	return got == st.ID, nil
 }
 
-func (s *Store) quarantine(st dtfc.State, onCorrupt func(dtfc.State)) error {
+// quarantine moves a corrupt blob's file to quarantine/ (kept for
+// inspection) and forgets its record, so reads and anti-entropy treat it
+// as missing and fetch it again; onCorrupt, if set, is then called with
+// its former state, outside any lock. how names who found it.
+func (s *Store) quarantine(st dtfc.State, how string, onCorrupt func(dtfc.State)) error {
 	leave, err := s.enter()
 	if err != nil {
 		return err
@@ -176,7 +200,7 @@ func (s *Store) quarantine(st dtfc.State, onCorrupt func(dtfc.State)) error {
 	if err != nil {
 		return err
 	}
-	s.log.Warn("scrub found a corrupt blob; quarantined", "id", st.ID.String(), "path", dst)
+	s.log.Warn("found a corrupt blob; quarantined", "by", how, "id", st.ID.String(), "path", dst)
 	s.scrubUpdate(func(p *ScrubProgress) { p.Corrupt++; p.TotalCorrupt++ })
 	if onCorrupt != nil {
 		onCorrupt(st)

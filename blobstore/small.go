@@ -13,9 +13,11 @@ import (
 )
 
 // smallCache keeps the bytes of small, recently read blobs in memory. A
-// blob's bytes never change (its name is their hash), so entries need no
-// invalidation: whether the blob is still present is decided by its record
-// on every read, and only the open/read/close syscalls are saved.
+// cache of bytes is a cache of trust: an entry is added only after its
+// bytes hashed to the ID (a blob corrupted on disk must never be served
+// from memory after the scrubber repaired its file), and every path that
+// removes, quarantines or replaces a blob's file drops it. Whether the
+// blob is still present is decided by its record on every read.
 type smallCache struct {
 	mu    sync.Mutex
 	lru   *lru.Cache // not safe for concurrent use: guarded by mu
@@ -64,9 +66,12 @@ func (c *smallCache) drop(id dtfc.ID) {
 // ReadSmall returns the state of id and, if the blob is at most limit
 // bytes, its bytes (from memory when recently read; callers must not
 // modify them). For a larger blob the bytes are nil: use Open. It returns
-// ErrNotFound like Open.
+// ErrNotFound like Open. Bytes read from disk are hashed first: a blob
+// whose file does not hash to its ID is quarantined (as the scrubber
+// would) and answered ErrNotFound, so the caller fetches it again from a
+// peer rather than serve it.
 func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
-	rec, ok, err := s.record(id)
+	rec, ok, err := s.lookup(id)
 	if err != nil {
 		return dtfc.State{}, nil, err
 	}
@@ -90,9 +95,17 @@ func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
 		return dtfc.State{}, nil, fmt.Errorf("blobstore: open %s: %w", id, err)
 	}
 	defer f.Close()
-	b := make([]byte, rec.Size)
-	if n, err := f.ReadAt(b, 0); err != nil && !(err == io.EOF && int64(n) == rec.Size) {
+	b := make([]byte, rec.Size+1)
+	n, err := io.ReadFull(f, b)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return dtfc.State{}, nil, fmt.Errorf("blobstore: read %s: %w", id, err)
+	}
+	b = b[:n]
+	if int64(n) != rec.Size || dtfc.Sum(b) != id {
+		if err := s.quarantine(rec.State, "read", nil); err != nil {
+			return dtfc.State{}, nil, err
+		}
+		return dtfc.State{}, nil, ErrNotFound
 	}
 	s.small.add(id, b)
 	return rec.State, b, nil

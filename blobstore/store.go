@@ -64,6 +64,7 @@ type Store struct {
 	feedMu   sync.Mutex
 	feedCh   chan struct{}
 	access   accessLog
+	evictMu  sync.Mutex
 	scrubber scrubState
 	small    *smallCache
 	denied   denyCache
@@ -95,6 +96,9 @@ var (
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxClockOffset <= 0 {
+		opts.MaxClockOffset = time.Minute
 	}
 	s := &Store{
 		dir:     dir,
@@ -200,13 +204,13 @@ func (s *Store) init() (clean bool, err error) {
 		s.clock.Observe(dtfc.Timestamp(getU64(sys, keyClock)))
 		s.blobs.Store(int64(getU64(sys, keyBlobs)))
 		s.bytes.Store(int64(getU64(sys, keyBytes)))
-		// The bucket's sequence, not its last key: compaction, purges
-		// and evictions delete feed entries, the latest one included.
-		s.lastSeq.Store(tx.Bucket(bucketFeed).Sequence())
 		s.access.next = getU64(sys, keyAccessNext)
 		if err := s.loadDeny(tx); err != nil {
 			return err
 		}
+		// The bucket's sequence, not its last key: compaction, purges
+		// and evictions delete feed entries, the latest one included.
+		s.lastSeq.Store(tx.Bucket(bucketFeed).Sequence())
 		return sys.Put(keyClean, []byte("0"))
 	})
 	if err != nil {
@@ -321,6 +325,16 @@ func (s *Store) Clock() *dtfc.Clock { return s.clock }
 
 // Stats returns the number of blobs held and their total size in bytes.
 func (s *Store) Stats() (blobs, bytes int64) { return s.blobs.Load(), s.bytes.Load() }
+
+// checkClock refuses a remote clock further ahead of the wall clock than
+// MaxClockOffset: observing it would drag this node's clock (and every
+// clock that hears from it) ahead with it.
+func (s *Store) checkClock(t dtfc.Timestamp) error {
+	if ahead := s.clock.Ahead(t); ahead > s.opts.MaxClockOffset {
+		return &ClockAheadError{Clock: t, Ahead: ahead, Max: s.opts.MaxClockOffset}
+	}
+	return nil
+}
 
 // shardPath is the path of a blob relative to the blob directory.
 func shardPath(id dtfc.ID) string {

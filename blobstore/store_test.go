@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -1174,7 +1175,7 @@ func TestLastSeqDoesNotGoBackAfterReopen(t *testing.T) {
 	gone := put(t, s, []byte("deleted then purged"), blobstore.Upload{})
 	tomb, err := s.Delete(gone.State.ID, false)
 	require.NoError(t, err)
-	n, err := s.PurgeTombstones(tomb.Clock + 1)
+	n, err := s.PurgeTombstones(tomb.Clock+1, forgetAll)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	before := s.LastSeq()
@@ -1474,12 +1475,12 @@ func TestPurgeTombstones(t *testing.T) {
 		tombs = append(tombs, st)
 	}
 
-	n, err := s.PurgeTombstones(epoch)
+	n, err := s.PurgeTombstones(epoch, forgetAll)
 	require.NoError(t, err)
 	assert.Zero(t, n, "nothing is older than the first tombstone")
 
 	// Clocks epoch, +10, +20 are before epoch+25.
-	n, err = s.PurgeTombstones(epoch + 25)
+	n, err = s.PurgeTombstones(epoch+25, forgetAll)
 	require.NoError(t, err)
 	assert.Equal(t, 3, n)
 	for i, st := range tombs {
@@ -1491,7 +1492,7 @@ func TestPurgeTombstones(t *testing.T) {
 		}
 	}
 	// Exactly at the horizon is not before it.
-	n, err = s.PurgeTombstones(tombs[3].Clock)
+	n, err = s.PurgeTombstones(tombs[3].Clock, forgetAll)
 	require.NoError(t, err)
 	assert.Zero(t, n)
 
@@ -1504,7 +1505,7 @@ func TestPurgeTombstones(t *testing.T) {
 	// blob stays.
 	local, err := s.Delete(dtfc.Sum([]byte("forced")), true)
 	require.NoError(t, err)
-	n, err = s.PurgeTombstones(local.Clock + 1)
+	n, err = s.PurgeTombstones(local.Clock+1, forgetAll)
 	require.NoError(t, err)
 	assert.Equal(t, 3, n)
 	_, err = s.Stat(local.ID)
@@ -1560,7 +1561,7 @@ func TestEvict(t *testing.T) {
 		read(t, s, ids[0], ids[1], ids[2]) // the oldest uploads become the most recent
 		seq := s.LastSeq()
 
-		evicted, err := s.Evict(5*size, 0)
+		evicted, err := s.Evict(5*size, 0, allAcked)
 		require.NoError(t, err)
 		var got []dtfc.ID
 		for _, st := range evicted {
@@ -1573,12 +1574,12 @@ func TestEvict(t *testing.T) {
 		assert.Equal(t, seq, s.LastSeq(), "eviction is not a change")
 
 		// Within budget: nothing to do.
-		evicted, err = s.Evict(5*size, 0)
+		evicted, err = s.Evict(5*size, 0, allAcked)
 		require.NoError(t, err)
 		assert.Empty(t, evicted)
 
 		// A reserve makes room for what comes.
-		evicted, err = s.Evict(5*size, 2*size)
+		evicted, err = s.Evict(5*size, 2*size, allAcked)
 		require.NoError(t, err)
 		assert.Len(t, evicted, 2)
 		assertHeld(t, s, ids, 0, 1, 2)
@@ -1590,7 +1591,7 @@ func TestEvict(t *testing.T) {
 		b, err := s.Open(ids[0])
 		require.NoError(t, err)
 		read(t, s, ids[1:]...) // ids[0] is now the least recently used
-		evicted, err := s.Evict(2*size, 0)
+		evicted, err := s.Evict(2*size, 0, allAcked)
 		require.NoError(t, err)
 		assert.Len(t, evicted, 8)
 		assertHeld(t, s, ids, 0, 9)
@@ -1600,7 +1601,7 @@ func TestEvict(t *testing.T) {
 		require.NoError(t, b.Close())
 
 		// Closed, it goes.
-		evicted, err = s.Evict(size, 0)
+		evicted, err = s.Evict(size, 0, allAcked)
 		require.NoError(t, err)
 		require.Len(t, evicted, 1)
 		assert.Equal(t, ids[0], evicted[0].ID)
@@ -1614,7 +1615,7 @@ func TestEvict(t *testing.T) {
 		read(t, s, ids[0])
 		require.NoError(t, s.Close())
 		s = openStore(t, dir, blobstore.Options{TrackAccess: true})
-		_, err = s.Evict(9*size, 0)
+		_, err = s.Evict(9*size, 0, allAcked)
 		require.NoError(t, err)
 		assertHeld(t, s, ids, 0, 2, 3, 4, 5, 6, 7, 8, 9)
 	})
@@ -1623,7 +1624,7 @@ func TestEvict(t *testing.T) {
 		s := newStore(t)
 		ids := fill(t, s)
 		read(t, s, ids...)
-		evicted, err := s.Evict(size, 0)
+		evicted, err := s.Evict(size, 0, allAcked)
 		require.NoError(t, err)
 		assert.Empty(t, evicted)
 		blobs, nbytes := s.Stats()
@@ -1833,10 +1834,10 @@ func TestClosedStore(t *testing.T) {
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "Delete force")
 	_, err = s.Apply(dtfc.State{ID: res.State.ID, Deleted: true, Clock: res.State.Clock + 1, Node: "x"})
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "Apply")
-	_, err = s.PurgeTombstones(res.State.Clock + 1)
+	_, err = s.PurgeTombstones(res.State.Clock+1, forgetAll)
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "PurgeTombstones")
 	assert.ErrorIs(t, s.Forget(res.State.ID), blobstore.ErrClosed, "Forget")
-	_, err = s.Evict(1, 0)
+	_, err = s.Evict(1, 0, allAcked)
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "Evict")
 	// The blob file is untouched by all of the above.
 	_, err = os.Stat(blobPath(s.Dir(), res.State.ID))
@@ -1889,3 +1890,11 @@ func TestOutcomeString(t *testing.T) {
 	assert.Equal(t, "applied", blobstore.Applied.String())
 	assert.Equal(t, "need-bytes", blobstore.NeedBytes.String())
 }
+
+// forgetAll lets PurgeTombstones and PurgeLifts forget whatever is old
+// enough (no peer holds anything back).
+func forgetAll(uint64, dtfc.Timestamp) bool { return true }
+
+// allAcked lets Evict evict whatever the read order says (every change
+// accepted by a replica).
+const allAcked = math.MaxUint64

@@ -117,6 +117,7 @@ type txn struct {
 	s                                    *Store
 	tx                                   *bolt.Tx
 	meta, feed, tombs, digest, sys, vals *bolt.Bucket
+	deny                                 *bolt.Bucket
 	dBlobs, dBytes                       int64
 	lastSeq                              uint64
 	feedChanged                          bool
@@ -131,6 +132,7 @@ func (t *txn) bind(tx *bolt.Tx) {
 	t.digest = tx.Bucket(bucketDigest)
 	t.sys = tx.Bucket(bucketSys)
 	t.vals = tx.Bucket(bucketValues)
+	t.deny = tx.Bucket(bucketDeny)
 }
 
 func (t *txn) finish() error {
@@ -217,11 +219,8 @@ func (t *txn) remove(old *record) error {
 // unindex takes a record out of the feed, tombstone index, counters and
 // digest, ahead of its replacement or removal.
 func (t *txn) unindex(old *record) error {
-	if old.Seq != 0 {
-		if err := t.feed.Delete(u64(old.Seq)); err != nil {
-			return err
-		}
-		t.feedChanged = true
+	if err := t.unfeed(old.Seq); err != nil {
+		return err
 	}
 	if old.Deleted {
 		if err := t.tombs.Delete(tombKey(old.Clock, old.ID)); err != nil {
@@ -232,6 +231,15 @@ func (t *txn) unindex(old *record) error {
 		t.dBytes -= old.Size
 	}
 	return t.xorDigest(&old.State, -1)
+}
+
+// unfeed removes the feed entry seq (0: none), superseded or forgotten.
+func (t *txn) unfeed(seq uint64) error {
+	if seq == 0 {
+		return nil
+	}
+	t.feedChanged = true
+	return t.feed.Delete(u64(seq))
 }
 
 func (t *txn) xorDigest(st *dtfc.State, delta int64) error {

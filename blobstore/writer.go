@@ -338,7 +338,7 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 	if err := w.finish(u.Expected); err != nil {
 		return Result{}, err
 	}
-	return w.place(func(*record) (dtfc.State, bool, bool) {
+	return w.place(func(*record, bool) (dtfc.State, bool, bool) {
 		return dtfc.State{
 			ID:          w.sum,
 			Clock:       w.s.clock.Now(),
@@ -368,9 +368,15 @@ func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
 		w.err = fmt.Errorf("blobstore: state says %d bytes, received %d", st.Size, w.n)
 		return Result{}, w.err
 	}
+	if err := w.s.checkClock(st.Clock); err != nil {
+		w.err = err
+		return Result{}, err
+	}
 	w.s.clock.Observe(st.Clock)
-	return w.place(func(old *record) (dtfc.State, bool, bool) {
-		if old != nil && !st.Newer(old.State) {
+	return w.place(func(old *record, held bool) (dtfc.State, bool, bool) {
+		// The same upload whose file is missing is placed again: a
+		// record without its bytes is repaired by any copy of them.
+		if old != nil && !st.Newer(old.State) && !(sameUpload(st, old.State) && !held) {
 			return old.State, false, false
 		}
 		return st, true, toFeed
@@ -378,9 +384,9 @@ func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
 }
 
 // place commits under the ID's lock. decide sees the current record and
-// returns the new state, whether to apply it, and whether it enters the
-// feed.
-func (w *Writer) place(decide func(old *record) (dtfc.State, bool, bool)) (res Result, err error) {
+// whether its bytes are held, and returns the new state, whether to apply
+// it, and whether it enters the feed.
+func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bool)) (res Result, err error) {
 	s := w.s
 	leave, err := s.enter()
 	if err != nil {
@@ -403,11 +409,11 @@ func (w *Writer) place(decide func(old *record) (dtfc.State, bool, bool)) (res R
 	if ok {
 		oldp = &old
 	}
-	st, apply, toFeed := decide(oldp)
+	held := ok && !old.Deleted && s.fileExists(id)
+	st, apply, toFeed := decide(oldp, held)
 	if !apply {
 		return Result{State: st}, nil
 	}
-	held := ok && !old.Deleted && s.fileExists(id)
 	dst := s.Path(id)
 	if !held {
 		if err := s.ensureShard(id); err != nil {

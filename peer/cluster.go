@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -418,7 +419,7 @@ func (c *Cluster) evict(incoming int64) (int, error) {
 	if c.opts.MaxBytes <= 0 {
 		return 0, nil
 	}
-	ev, err := c.store.Evict(c.opts.MaxBytes, incoming)
+	ev, err := c.store.Evict(c.opts.MaxBytes, incoming, math.MaxUint64)
 	c.metrics.evictions.Add(float64(len(ev)))
 	return len(ev), err
 }

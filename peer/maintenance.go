@@ -121,13 +121,13 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 		if time.Since(lastPurge) >= purgeEvery {
 			lastPurge = time.Now()
 			horizon := dtfc.TimestampAt(c.opts.Wall().Add(-c.opts.TombstoneRetention))
-			if n, err := c.store.PurgeTombstones(horizon); err != nil {
+			if n, err := c.store.PurgeTombstones(horizon, func(uint64, dtfc.Timestamp) bool { return true }); err != nil {
 				c.log.Error("expiring tombstones", "err", err)
 			} else if n > 0 {
 				c.metrics.tombstonesPurged.Add(float64(n))
 				c.log.Info("expired tombstones older than the retention", "count", n)
 			}
-			if _, err := c.store.PurgeLifts(horizon); err != nil {
+			if _, err := c.store.PurgeLifts(horizon, func(uint64, dtfc.Timestamp) bool { return true }); err != nil {
 				c.log.Error("expiring lifted blocks", "err", err)
 			}
 		}

@@ -86,7 +86,6 @@ func (p *pusher) run(ctx context.Context) {
 	p.caughtUp.Store(&start)
 	p.loaded.Store(true)
 	failures := 0
-	var denySent uint64 // deny-list version the peer has accepted
 	for ctx.Err() == nil {
 		if c.holdPushes() {
 			// Away longer than the tombstone retention: offering old
@@ -96,26 +95,11 @@ func (p *pusher) run(ctx context.Context) {
 			}
 			continue
 		}
-		changed, denyChanged := c.store.Changed(), c.store.DenyChanged()
+		changed := c.store.Changed()
 		if failures > 0 {
 			// A retry starts: the peer's answers to it must not wake
 			// the pusher for another one at once.
 			r.pushFailed()
-		}
-		if v := c.store.DenyVersion(); v != denySent {
-			if err := c.pushDeny(ctx, r); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				failures++
-				r.pushFailed()
-				c.log.Debug("pushing the deny list failed", "peer", r.URL, "err", err)
-				if !p.backoff(ctx, failures) {
-					return
-				}
-				continue
-			}
-			denySent = v
 		}
 		changes, err := c.store.Changes(cursor, pushBatch)
 		if err != nil {
@@ -130,20 +114,27 @@ func (p *pusher) run(ctx context.Context) {
 			p.caughtUp.Store(&now)
 			select {
 			case <-changed:
-			case <-denyChanged:
 			case <-ctx.Done():
 				return
 			}
 			continue
 		}
 		var send []dtfc.State
+		var deny []blobstore.Deny
 		for _, ch := range changes {
-			if !r.IsCache() || ch.State.Deleted {
+			switch {
+			case ch.Deny != nil:
+				deny = append(deny, *ch.Deny)
+			case !r.IsCache() || ch.State.Deleted:
 				send = append(send, ch.State)
 			}
 		}
-		if len(send) > 0 {
-			if err := p.push(ctx, send); err != nil {
+		if len(send) > 0 || len(deny) > 0 {
+			err := c.pushDeny(ctx, r, deny)
+			if err == nil {
+				err = p.push(ctx, send)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -194,12 +185,11 @@ func (p *pusher) backoff(ctx context.Context, failures int) bool {
 	return true
 }
 
-// pushDeny sends the whole deny list (it is small); the peer applies what
-// is newer, and what changes its list flows on from there.
-func (c *Cluster) pushDeny(ctx context.Context, r *remote) error {
-	list, err := c.store.DenyList()
-	if err != nil {
-		return err
+// pushDeny sends deny entries of the feed; the peer applies what is
+// newer, and what changes its list flows on from there.
+func (c *Cluster) pushDeny(ctx context.Context, r *remote, list []blobstore.Deny) error {
+	if len(list) == 0 {
+		return nil
 	}
 	var ans denyAnswer
 	return r.callJSON(ctx, http.MethodPost, "/deny", denyRequest{Entries: list}, &ans)
@@ -226,6 +216,9 @@ type changesAnswer struct {
 
 // push offers states to the peer and sends the bytes it asks for.
 func (p *pusher) push(ctx context.Context, states []dtfc.State) error {
+	if len(states) == 0 {
+		return nil
+	}
 	var ans changesAnswer
 	if err := p.r.callJSON(ctx, http.MethodPost, "/changes", changesRequest{Changes: states}, &ans); err != nil {
 		return err

@@ -1,0 +1,357 @@
+package blobstore_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// TestClockAheadRefused: a remote state, a pushed blob or a deny entry
+// whose clock is further ahead of the wall clock than MaxClockOffset is
+// refused, nothing of it is applied, and the local clock does not move
+// (one such push once dragged every node's clock a year ahead).
+func TestClockAheadRefused(t *testing.T) {
+	wall := fixedWall()
+	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }, MaxClockOffset: time.Minute})
+	data := content(1, 100)
+	id := dtfc.Sum(data)
+	ahead := dtfc.TimestampAt(wall.Add(time.Hour))
+	within := dtfc.TimestampAt(wall.Add(30 * time.Second))
+	before := s.Clock().Now()
+
+	_, err := s.Apply(dtfc.State{ID: id, Deleted: true, Clock: ahead, Node: "far"})
+	var cae *blobstore.ClockAheadError
+	require.ErrorAs(t, err, &cae)
+	assert.ErrorIs(t, err, blobstore.ErrClockAhead)
+	assert.Equal(t, time.Hour, cae.Ahead)
+	_, err = s.Stat(id)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "nothing recorded")
+
+	_, err = commitState(t, s, data, dtfc.State{ID: id, Clock: dtfc.MaxTimestamp, Node: "far", Size: 100}, true)
+	assert.ErrorIs(t, err, blobstore.ErrClockAhead)
+	assert.NoFileExists(t, blobPath(s.Dir(), id))
+
+	_, err = s.ApplyDeny(blobstore.Deny{ID: id, Status: 451, Clock: ahead, Node: "far"})
+	assert.ErrorIs(t, err, blobstore.ErrClockAhead)
+	_, denied := s.Denied(id)
+	assert.False(t, denied)
+
+	after := s.Clock().Now()
+	assert.Less(t, after, within, "the clock did not move to the refused readings")
+	assert.Greater(t, after, before)
+
+	// Within the offset: accepted, and observed.
+	res, err := commitState(t, s, data, dtfc.State{ID: id, Clock: within, Node: "near", Size: 100}, true)
+	require.NoError(t, err)
+	assert.True(t, res.Applied)
+	assert.Greater(t, s.Clock().Now(), within)
+
+	// Local operations are never refused, whatever the clock says.
+	w2 := wall
+	s2 := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return w2 }})
+	s2.Clock().Observe(ahead)
+	_, err = s2.SetDeny(id, 451, "", false)
+	assert.NoError(t, err)
+}
+
+// TestDenyInFeed: blocks and lifts are changes of the feed, each ID's
+// latest one only, and count for caches.
+func TestDenyInFeed(t *testing.T) {
+	s := newStore(t)
+	a := put(t, s, content(1, 10), blobstore.Upload{})
+	id := a.State.ID
+	d, err := s.SetDeny(id, 451, "court order", false)
+	require.NoError(t, err)
+	changes, err := s.Changes(0, 100)
+	require.NoError(t, err)
+	require.Len(t, changes, 2, "the block and the delete it caused; the upload is superseded")
+	var deny *blobstore.Deny
+	var tomb dtfc.State
+	for _, ch := range changes {
+		if ch.Deny != nil {
+			deny = ch.Deny
+		} else {
+			tomb = ch.State
+		}
+	}
+	require.NotNil(t, deny)
+	assert.Equal(t, d, *deny)
+	assert.True(t, tomb.Deleted)
+	n, err := s.CountChanges(0, true)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), n, "a cache is sent the delete and the block")
+
+	lift, err := s.SetDeny(id, 0, "", true)
+	require.NoError(t, err)
+	changes, err = s.Changes(0, 100)
+	require.NoError(t, err)
+	require.Len(t, changes, 2)
+	last := changes[len(changes)-1]
+	require.NotNil(t, last.Deny)
+	assert.Equal(t, lift, *last.Deny, "the lift replaced the block in the feed")
+
+	// A reopened store keeps the entries in the feed.
+	dir := s.Dir()
+	require.NoError(t, s.Close())
+	s = openStore(t, dir, blobstore.Options{})
+	changes2, err := s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Equal(t, changes, changes2)
+}
+
+// TestPurgeHeldBack: tombstones and lifts old enough are forgotten only
+// when the caller allows it, given their feed position; a held-back one
+// stays and is offered again at the next purge.
+func TestPurgeHeldBack(t *testing.T) {
+	wall := fixedWall()
+	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
+	var seqs []uint64
+	for i := range 4 {
+		r := put(t, s, content(i, 10), blobstore.Upload{})
+		st, err := s.Delete(r.State.ID, false)
+		require.NoError(t, err)
+		got, err := s.Changes(0, 100)
+		require.NoError(t, err)
+		for _, ch := range got {
+			if ch.State.ID == st.ID {
+				seqs = append(seqs, ch.Seq)
+			}
+		}
+	}
+	idLift := dtfc.Sum(content(99, 1))
+	_, err := s.SetDeny(idLift, 403, "", false)
+	require.NoError(t, err)
+	_, err = s.SetDeny(idLift, 0, "", true)
+	require.NoError(t, err)
+	horizon := s.Clock().Now()
+
+	acked := seqs[1] // a peer accepted the first two tombstones only
+	var offered []uint64
+	n, err := s.PurgeTombstones(horizon, func(seq uint64, _ dtfc.Timestamp) bool {
+		offered = append(offered, seq)
+		return seq <= acked
+	})
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	assert.ElementsMatch(t, seqs, offered)
+	n, err = s.PurgeLifts(horizon, func(uint64, dtfc.Timestamp) bool { return false })
+	require.NoError(t, err)
+	assert.Equal(t, 0, n)
+	list, err := s.DenyList()
+	require.NoError(t, err)
+	assert.Len(t, list, 1, "the lift is kept while held back")
+
+	changes, err := s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Len(t, changes, 3, "two tombstones and the lift left in the feed")
+	n, err = s.PurgeTombstones(horizon, forgetAll)
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	n, err = s.PurgeLifts(horizon, forgetAll)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	changes, err = s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Empty(t, changes)
+	list, err = s.DenyList()
+	require.NoError(t, err)
+	assert.Empty(t, list)
+}
+
+// TestEvictKeepsUnacknowledged: a cache's own uploads are not evicted
+// before a replica accepted them (acked passes their feed position), even
+// above the size limit; fills go as usual.
+func TestEvictKeepsUnacknowledged(t *testing.T) {
+	s := openStore(t, t.TempDir(), blobstore.Options{TrackAccess: true})
+	const size = 1000
+	var uploads []blobstore.Result
+	for i := range 3 {
+		uploads = append(uploads, put(t, s, content(i, size), blobstore.Upload{}))
+	}
+	fill := content(10, size)
+	fillID := dtfc.Sum(fill)
+	_, err := commitState(t, s, fill, dtfc.State{ID: fillID, Clock: s.Clock().Now(), Node: "other", Size: size}, false)
+	require.NoError(t, err)
+	require.NoError(t, s.FlushAccess())
+
+	evicted, err := s.Evict(size, 0, 0)
+	require.NoError(t, err)
+	require.Len(t, evicted, 1, "only the fill")
+	assert.Equal(t, fillID, evicted[0].ID)
+	_, bytes := s.Stats()
+	assert.Equal(t, int64(3*size), bytes, "above the limit: the uploads are not acknowledged yet")
+
+	evicted, err = s.Evict(size, 0, uploads[1].Seq)
+	require.NoError(t, err)
+	assert.Len(t, evicted, 2, "the two acknowledged uploads")
+	_, err = s.Stat(uploads[2].State.ID)
+	assert.NoError(t, err, "the unacknowledged one stays")
+}
+
+// TestRecordWithoutFileRepaired: a record whose file is gone is repaired
+// by the same state from a peer (Apply asks for the bytes, CommitState
+// places them), where it used to be refused as not newer until the next
+// scrub.
+func TestRecordWithoutFileRepaired(t *testing.T) {
+	s := newStore(t)
+	data := content(3, 500)
+	r := put(t, s, data, blobstore.Upload{Filename: "a.txt"})
+	require.NoError(t, os.Remove(blobPath(s.Dir(), r.State.ID)))
+
+	out, err := s.Apply(r.State)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.NeedBytes, out)
+	res, err := commitState(t, s, data, r.State, true)
+	require.NoError(t, err)
+	assert.True(t, res.Applied)
+	assert.True(t, res.Created)
+	got, st := readBlob(t, s, r.State.ID)
+	assert.Equal(t, data, got)
+	assert.Equal(t, r.State, st)
+
+	out, err = s.Apply(r.State)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "held again: nothing to do")
+}
+
+// TestReadSmallVerifies: bytes read from disk into the small-blob cache
+// are hashed first; a corrupt file is quarantined and answered as
+// missing, and after a repair only the right bytes are served.
+func TestReadSmallVerifies(t *testing.T) {
+	s := newStore(t)
+	data := content(4, 2000)
+	r := put(t, s, data, blobstore.Upload{})
+	id := r.State.ID
+	p := blobPath(s.Dir(), id)
+	bad := append([]byte(nil), data...)
+	bad[100] ^= 0xff
+	require.NoError(t, os.WriteFile(p, bad, 0o644))
+
+	_, _, err := s.ReadSmall(id, 1<<20)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "corrupt bytes are not served")
+	assert.NoFileExists(t, p)
+	q, err := os.ReadDir(filepath.Join(s.Dir(), "quarantine"))
+	require.NoError(t, err)
+	assert.Len(t, q, 1)
+	_, err = s.Stat(id)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "record forgotten: a read fetches it again")
+
+	_, err = commitState(t, s, data, r.State, true)
+	require.NoError(t, err)
+	_, got, err := s.ReadSmall(id, 1<<20)
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+}
+
+// TestSmallCacheDroppedOnRepair: the scrubber quarantines a blob whose
+// good bytes are in the small-blob cache and whose file went bad; the
+// cache entry goes with it, and the repaired blob is served right.
+func TestSmallCacheDroppedOnRepair(t *testing.T) {
+	s := newStore(t)
+	data := content(5, 3000)
+	r := put(t, s, data, blobstore.Upload{})
+	id := r.State.ID
+	_, got, err := s.ReadSmall(id, 1<<20)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+
+	bad := append([]byte(nil), data...)
+	bad[0] ^= 1
+	require.NoError(t, os.WriteFile(blobPath(s.Dir(), id), bad, 0o644))
+	var corrupt []dtfc.ID
+	require.NoError(t, s.Scrub(t.Context(), 0, func(st dtfc.State) { corrupt = append(corrupt, st.ID) }))
+	assert.Equal(t, []dtfc.ID{id}, corrupt)
+	_, _, err = s.ReadSmall(id, 1<<20)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound)
+
+	// Repaired with the same bytes (but a file written anew).
+	_, err = commitState(t, s, data, r.State, true)
+	require.NoError(t, err)
+	_, got, err = s.ReadSmall(id, 1<<20)
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+}
+
+// TestScrubSkipsUnreadable: a blob that cannot be opened for a reason
+// that says nothing of its bytes (here: permission, for a non-root user)
+// is skipped and counted, not quarantined.
+func TestScrubSkipsUnreadable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads any file: the permission error cannot be made here")
+	}
+	s := newStore(t)
+	r := put(t, s, content(6, 100), blobstore.Upload{})
+	p := blobPath(s.Dir(), r.State.ID)
+	require.NoError(t, os.Chmod(p, 0))
+	t.Cleanup(func() { os.Chmod(p, 0o644) })
+	require.NoError(t, s.Scrub(t.Context(), 0, func(dtfc.State) { t.Error("quarantined") }))
+	assert.Equal(t, int64(1), s.ScrubProgress().Unreadable)
+	assert.FileExists(t, p)
+}
+
+// TestScrubNotAPlainFile: a directory where a blob should be is as bad as
+// wrong bytes.
+func TestScrubNotAPlainFile(t *testing.T) {
+	s := newStore(t)
+	r := put(t, s, content(7, 100), blobstore.Upload{})
+	p := blobPath(s.Dir(), r.State.ID)
+	require.NoError(t, os.Remove(p))
+	require.NoError(t, os.Mkdir(p, 0o755))
+	var corrupt int
+	require.NoError(t, s.Scrub(t.Context(), 0, func(dtfc.State) { corrupt++ }))
+	assert.Equal(t, 1, corrupt)
+}
+
+// TestNoMissWhileFileVisible: whenever a blob's file is visible under
+// blobs/ (where a web server in front may serve it), the store answers
+// for it — reads wait for the commit that follows the rename.
+func TestNoMissWhileFileVisible(t *testing.T) {
+	s := newStore(t)
+	const n = 300
+	blobs := make([][]byte, n)
+	for i := range blobs {
+		blobs[i] = content(1000+i, 64)
+	}
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	var misses atomic.Int64
+	for r := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := r; !done.Load(); k = (k + 1) % n {
+				id := dtfc.Sum(blobs[k])
+				if _, err := os.Lstat(blobPath(s.Dir(), id)); err != nil {
+					continue
+				}
+				if _, err := s.Stat(id); errors.Is(err, blobstore.ErrNotFound) {
+					misses.Add(1)
+				}
+			}
+		}()
+	}
+	var pw sync.WaitGroup
+	for w := range 4 {
+		pw.Add(1)
+		go func() {
+			defer pw.Done()
+			for i := w; i < n; i += 4 {
+				put(t, s, blobs[i], blobstore.Upload{})
+			}
+		}()
+	}
+	pw.Wait()
+	done.Store(true)
+	wg.Wait()
+	assert.Zero(t, misses.Load(), "a file visible in blobs/ was answered as missing")
+}
