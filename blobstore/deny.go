@@ -363,3 +363,27 @@ func (t *txn) removeDeny(old *denyRecord) error {
 	}
 	return t.deny.Delete(old.ID[:])
 }
+
+// ForgetDeny removes id's deny entry without a trace: no lift is recorded
+// and nothing replicates. It is for a node that learns it holds an entry
+// the cluster lifted and forgot while it was away (package peer's resync).
+func (s *Store) ForgetDeny(id dtfc.ID) error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	defer s.locks.lock(id)()
+	err = s.update(func(t *txn) error {
+		cur, ok, err := getDeny(t.deny, id)
+		if err != nil || !ok {
+			return err
+		}
+		return t.removeDeny(&cur)
+	})
+	if err != nil {
+		return err
+	}
+	s.denied.set(Deny{ID: id, Lifted: true})
+	return nil
+}

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +92,7 @@ type Cluster struct {
 	fetch   *fetcher
 
 	mem     atomic.Pointer[membership]
-	mu      sync.Mutex // guards pushers, runCtx start
+	mu      sync.Mutex // guards pushers, runCtx, running
 	pushers map[string]*pusher
 	runCtx  context.Context
 	running bool
@@ -101,11 +101,9 @@ type Cluster struct {
 	ackMu sync.Mutex
 	ackCh chan struct{} // closed and replaced whenever a cursor advances
 
-	syncMu      sync.Mutex
-	synced      bool      // completed an anti-entropy round with the replicas
-	resyncing   bool      // away longer than the tombstone retention
-	lastContact time.Time // last exchange with a peer, persisted
-	savedAt     time.Time
+	synced  atomic.Bool // completed an anti-entropy round with the replicas
+	expired expiries    // peers this node marked expired (acks.go)
+	resync  resync      // whether this node must resync (resync.go)
 }
 
 type membership struct {
@@ -113,6 +111,20 @@ type membership struct {
 	ring    *Ring
 	remotes []*remote
 	byURL   map[string]*remote
+}
+
+// byIdentity returns the remote of an identity ("node <id>" or
+// "url <url>"), or nil.
+func (m *membership) byIdentity(key string) *remote {
+	for _, r := range m.remotes {
+		if r.identity() == key {
+			return r
+		}
+	}
+	if url, ok := strings.CutPrefix(key, "url "); ok {
+		return m.byURL[url]
+	}
+	return nil
 }
 
 // New returns a Cluster for store, reading the peer list if one is set.
@@ -156,9 +168,8 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 		ackCh:   make(chan struct{}),
 		runCtx:  context.Background(),
 	}
-	c.fetch = &fetcher{c: c, inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, opts.MaxFetches)}
+	c.fetch = newFetcher(c, opts.MaxFetches)
 	c.metrics = newMetrics(opts.Registry, c)
-	c.loadContact()
 	var peers []Peer
 	if opts.PeerList != "" {
 		var err error
@@ -167,22 +178,26 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 		}
 	}
 	c.setPeers(peers)
-	// Decide now, before the listener serves a single request, whether
-	// this node was away too long: its states must not be offered (pushed
-	// or pulled) until it has resynced.
-	c.checkStale()
+	// Before the listener serves a single request: a resync cut short
+	// resumes (its states must not be offered until it ends), and the
+	// peers marked expired stay so.
+	c.loadResync()
+	c.loadExpiries()
+	c.applyMarks()
 	return c, nil
 }
 
 // DefaultHTTPClient returns the client nodes use to talk to each other:
-// bounded connect and header waits, no overall timeout (a blob may take
-// hours), connections kept alive per peer.
+// a bounded connect, no overall timeout (a blob may take hours; each
+// exchange is cut off after stallTimeout without progress instead),
+// connections kept alive per peer.
 func DefaultHTTPClient(tr *http.Transport) *http.Client {
 	if tr == nil {
 		tr = http.DefaultTransport.(*http.Transport).Clone()
 	}
 	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	tr.ResponseHeaderTimeout = 2 * time.Minute // a large push is fsync'd before the answer
+	// No ResponseHeaderTimeout: a large push is fsync'd before the
+	// answer, and every exchange has a progress watch instead (remote.do).
 	tr.MaxIdleConnsPerHost = 16
 	tr.IdleConnTimeout = 90 * time.Second
 	tr.ForceAttemptHTTP2 = false
@@ -205,6 +220,10 @@ func (c *Cluster) setPeers(peers []Peer) {
 		}
 		if r == nil {
 			r = newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID())
+			r.notes = c
+			if m, ok := c.markOf(r); ok {
+				r.setExpired(m.Since)
+			}
 		}
 		m.remotes = append(m.remotes, r)
 		m.byURL[p.URL] = r
@@ -240,15 +259,18 @@ func (c *Cluster) Refresh() ([]Peer, error) {
 
 // candidates lists the remotes to ask for id: ring order, with peers that
 // failed recently moved to the end rather than dropped (if every peer is
-// backing off, they are still tried).
+// backing off, they are still tried). This node itself (listed under
+// another URL) and peers it marked expired are never asked.
 func (c *Cluster) candidates(id dtfc.ID) []*remote {
 	m := c.mem.Load()
 	var fresh, stale []*remote
 	for _, u := range m.ring.Candidates(id) {
 		r := m.byURL[u]
-		if r.backedOff() {
+		switch {
+		case r.Self() || !r.expired().IsZero():
+		case r.backedOff():
 			stale = append(stale, r)
-		} else {
+		default:
 			fresh = append(fresh, r)
 		}
 	}
@@ -261,15 +283,25 @@ func (c *Cluster) Fetch(ctx context.Context, id dtfc.ID) (*Download, error) {
 	return c.fetch.open(ctx, id)
 }
 
+// ErrPeersUnreachable means a Lookup found no record, but some peer could
+// not be asked.
+var ErrPeersUnreachable = errors.New("some peers could not be asked")
+
 // Lookup asks the peers for id's state without moving its bytes. With
 // held, only a peer holding the bytes counts (HEAD of a miss); without, any
 // record counts, tombstones included (DELETE of an ID unknown here). A
-// state that loses to the local record does not count.
+// state that loses to the local record does not count. It returns
+// ErrNotFound only when every peer answered; ErrPeersUnreachable when
+// none that answered knows id but some did not answer.
 func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error) {
 	local, lerr := c.store.Stat(id)
+	unreachable := false
 	for _, r := range c.candidates(id) {
 		var ans stateAnswer
 		if err := r.getJSON(ctx, "/state/"+id.String(), &ans); err != nil {
+			if !errors.Is(err, errPeerNotFound) {
+				unreachable = true
+			}
 			continue
 		}
 		if held && !ans.Held {
@@ -280,6 +312,16 @@ func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 		}
 		return ans.State, nil
 	}
+	// A peer marked expired counts as one that could not be asked: its
+	// "never heard of it" is not worth a 404.
+	for _, r := range c.mem.Load().remotes {
+		if !r.Self() && !r.expired().IsZero() {
+			unreachable = true
+		}
+	}
+	if unreachable {
+		return dtfc.State{}, fmt.Errorf("%w: %w", ErrNotFound, ErrPeersUnreachable)
+	}
 	return dtfc.State{}, ErrNotFound
 }
 
@@ -289,23 +331,24 @@ var ErrTooFewReplicas = errors.New("not that many replicas in the cluster")
 
 // WaitReplicas blocks until n replicas, this node counted, hold the state
 // committed with sequence number seq: a replica peer holds it once its
-// pusher's cursor has passed seq.
+// pusher's cursor has passed seq. Replicas are counted by node identity
+// (a node listed under two URLs is one), and only peers that are replicas
+// by their own word.
 func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
-	reps := c.replicaPeers()
-	if n > len(reps)+1 {
-		return fmt.Errorf("%w: asked for %d, the cluster has %d (this node and %d replica peers)", ErrTooFewReplicas, n, len(reps)+1, len(reps))
+	if have := c.Replicas(); n > have {
+		return fmt.Errorf("%w: asked for %d, the cluster has %d (this node and %d replica peers)", ErrTooFewReplicas, n, have, have-1)
 	}
 	for {
 		c.ackMu.Lock()
 		ch := c.ackCh
 		c.ackMu.Unlock()
-		have := 1
-		for _, r := range reps {
+		holders := map[string]bool{}
+		for _, r := range c.replicaPeers() {
 			if c.cursorOf(r.URL) >= seq {
-				have++
+				holders[r.identity()] = true
 			}
 		}
-		if have >= n {
+		if len(holders)+1 >= n {
 			return nil
 		}
 		select {
@@ -317,13 +360,21 @@ func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
 }
 
 // Replicas is how many replicas ?replicas=N can count on: this node and
-// the replica (not cache) peers of its current list.
-func (c *Cluster) Replicas() int { return len(c.replicaPeers()) + 1 }
+// the distinct replica (not cache) peers of its current list.
+func (c *Cluster) Replicas() int {
+	ids := map[string]bool{}
+	for _, r := range c.replicaPeers() {
+		ids[r.identity()] = true
+	}
+	return len(ids) + 1
+}
 
+// replicaPeers are the peers that are replicas (by their word, or the
+// list's until they answered), this node itself excluded.
 func (c *Cluster) replicaPeers() []*remote {
 	var reps []*remote
 	for _, r := range c.mem.Load().remotes {
-		if !r.IsCache() {
+		if !r.IsCache() && !r.Self() {
 			reps = append(reps, r)
 		}
 	}
@@ -339,18 +390,20 @@ func (c *Cluster) acked() {
 
 // Status describes the cluster as this node sees it.
 type Status struct {
-	Peers     []PeerStatus            `json:"peers"`
-	Synced    bool                    `json:"synced"`
+	Peers  []PeerStatus `json:"peers"`
+	Synced bool         `json:"synced"`
+	// Resyncing is Resync.State != "in_sync": the node holds its states
+	// back until it has compared them with the peers that expired it.
 	Resyncing bool                    `json:"resyncing"`
+	Resync    ResyncStatus            `json:"resync"`
 	Scrub     blobstore.ScrubProgress `json:"scrub"`
 }
 
 // Status returns each peer's health and replication queue.
 func (c *Cluster) Status() Status {
-	st := Status{Scrub: c.store.ScrubProgress()}
-	c.syncMu.Lock()
-	st.Synced, st.Resyncing = c.synced, c.resyncing
-	c.syncMu.Unlock()
+	st := Status{Scrub: c.store.ScrubProgress(), Resync: c.resync.status()}
+	st.Resyncing = st.Resync.State != ResyncInSync
+	st.Synced = c.isSynced()
 	for _, r := range c.mem.Load().remotes {
 		ps := r.status()
 		q, lag := c.queue(r)
@@ -360,10 +413,15 @@ func (c *Cluster) Status() Status {
 	return st
 }
 
+// isSynced reports whether this node has completed anti-entropy with its
+// replica peers and is not resyncing.
+func (c *Cluster) isSynced() bool { return c.synced.Load() && !c.resync.holds() }
+
 // Run runs the cluster's background work until ctx ends: a pusher per
-// peer, anti-entropy, tombstone expiry, scrubbing, and for a cache the
-// persistence of its read order. It returns after all of it has stopped
-// and every transfer from peers has finished or been cut off.
+// peer, anti-entropy, tombstone expiry, the resync when one is needed,
+// scrubbing, and for a cache the persistence of its read order. It
+// returns after all of it has stopped and every transfer from peers has
+// finished or been cut off.
 func (c *Cluster) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.runCtx = ctx
@@ -373,6 +431,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)
+	c.goLoop(ctx, c.resyncLoop)
 	if c.opts.ScrubInterval > 0 {
 		c.goLoop(ctx, c.scrubLoop)
 	}
@@ -380,9 +439,9 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.running = false
 	c.mu.Unlock()
+	c.fetch.stop()
 	c.wg.Wait()
 	c.fetch.wg.Wait()
-	c.saveContact(true)
 	return nil
 }
 
@@ -414,12 +473,23 @@ func (c *Cluster) syncPushersLocked(m *membership) {
 	}
 }
 
-// evict makes room in a cache for incoming bytes.
+// evict makes room in a cache for incoming bytes, never evicting what no
+// replica has accepted yet (the cache's own uploads).
 func (c *Cluster) evict(incoming int64) (int, error) {
 	if c.opts.MaxBytes <= 0 {
 		return 0, nil
 	}
-	ev, err := c.store.Evict(c.opts.MaxBytes, incoming, math.MaxUint64)
+	ev, err := c.store.Evict(c.opts.MaxBytes, incoming, c.replicaAcked())
 	c.metrics.evictions.Add(float64(len(ev)))
 	return len(ev), err
+}
+
+// replicaAcked is the furthest feed position a replica peer accepted:
+// everything up to it is held by at least one replica.
+func (c *Cluster) replicaAcked() uint64 {
+	var acked uint64
+	for _, r := range c.replicaPeers() {
+		acked = max(acked, c.cursorOf(r.URL))
+	}
+	return acked
 }

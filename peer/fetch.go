@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dtfc/dtfc"
@@ -26,20 +27,34 @@ var (
 // slotWait is how long a miss waits for a free transfer slot.
 const slotWait = 5 * time.Second
 
-// stallTimeout cuts off a peer whose body sends nothing for this long.
-const stallTimeout = 30 * time.Second
-
 // fetcher runs transfers from peers. It keeps at most one transfer per ID:
 // x/sync/singleflight would hand every waiter the finished result, but
 // here every waiter must read the stream while it arrives (the first byte
 // must not wait for the last), so waiters attach to the transfer itself.
 type fetcher struct {
-	c        *Cluster
+	c *Cluster
+	// ctx is the transfers' context, detached from their clients: made
+	// at New, cancelled when Run ends (stop), so a transfer started
+	// before Run is cut off with the rest.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	mu       sync.Mutex
 	inflight map[dtfc.ID]*transfer
 	wg       sync.WaitGroup
 	slots    chan struct{} // one token per running transfer
+	// reserved is the size of the transfers in flight into a cache: each
+	// fill makes room for the others' bytes too, so concurrent fills do
+	// not together overshoot max_bytes.
+	reserved atomic.Int64
 }
+
+func newFetcher(c *Cluster, maxFetches int) *fetcher {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &fetcher{c: c, ctx: ctx, cancel: cancel, inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
+}
+
+// stop cuts off every transfer.
+func (f *fetcher) stop() { f.cancel() }
 
 // transfer is one blob coming from a peer into a temp file, readable by
 // any number of Downloads while it arrives.
@@ -191,7 +206,7 @@ func (f *fetcher) run(t *transfer) {
 		f.mu.Unlock()
 	}()
 	c := f.c
-	ctx, cancel := context.WithCancel(c.runCtx)
+	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 
 	local, lerr := c.store.Stat(t.id)
@@ -203,14 +218,19 @@ func (f *fetcher) run(t *transfer) {
 			errs = append(errs, err)
 			continue
 		}
-		if hasLocal && !st.Newer(local) {
+		// The local record wins unless the peer's state is newer — or is
+		// the very same upload whose local file is missing (a record
+		// without its bytes is repaired by a read).
+		if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
 			// Our tombstone is newer than the peer's copy: it is deleted.
 			resp.Body.Close()
 			errs = append(errs, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound))
 			continue
 		}
 		if c.isCache() {
-			if _, err := c.evict(st.Size); err != nil {
+			reserved := f.reserved.Add(st.Size)
+			defer f.reserved.Add(-st.Size)
+			if _, err := c.evict(reserved); err != nil {
 				c.log.Warn("eviction failed", "err", err)
 			}
 		}
@@ -224,9 +244,7 @@ func (f *fetcher) run(t *transfer) {
 		t.st, t.src, t.w = st, r.URL, w
 		close(t.ready)
 		start := time.Now()
-		body := newStallGuard(resp.Body, stallTimeout, cancel)
-		_, err = w.ReadFrom(body)
-		body.stop()
+		_, err = w.ReadFrom(resp.Body)
 		resp.Body.Close()
 		if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
 			t.verify()
@@ -377,21 +395,3 @@ func (d *Download) Close() error {
 	return nil
 }
 
-// stallGuard cancels a transfer whose body sends nothing for a while.
-type stallGuard struct {
-	r     io.Reader
-	timer *time.Timer
-	d     time.Duration
-}
-
-func newStallGuard(r io.Reader, d time.Duration, cancel func()) *stallGuard {
-	return &stallGuard{r: r, d: d, timer: time.AfterFunc(d, cancel)}
-}
-
-func (g *stallGuard) Read(p []byte) (int, error) {
-	n, err := g.r.Read(p)
-	g.timer.Reset(g.d)
-	return n, err
-}
-
-func (g *stallGuard) stop() { g.timer.Stop() }

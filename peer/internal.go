@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -29,39 +30,59 @@ const (
 // refuses a request that does not carry it.
 func (c *Cluster) InternalHandler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(c.authPeer)
+	r.Use(c.authPeer, heartbeat)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "no such node-to-node route")
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusMethodNotAllowed, "method not allowed on this node-to-node route")
 	})
-	// Offering states: refused while this node resyncs (its states may be
-	// files the cluster deleted and forgot while it was away).
+	// Handing out blobs and single states: refused while this node
+	// resyncs (they may be files the cluster deleted and forgot while it
+	// was away). Listings stay readable, marked resyncing: importing from
+	// them is the reader's decision, and a resync compares with them.
 	r.Group(func(r chi.Router) {
 		r.Use(c.notResyncing)
 		r.Get("/blobs/{id}", c.hGetBlob)
 		r.Head("/blobs/{id}", c.hGetBlob)
 		r.Get("/state/{id}", c.hState)
-		r.Get("/digests", c.hDigests)
-		r.Get("/digests/{first}", c.hDigests)
-		r.Get("/states", c.hStates)
-		r.Post("/lookup", c.hLookup)
-		r.Get("/deny", c.hDenyList)
 	})
-	// Receiving states: always.
-	r.Put("/blobs/{id}", c.hPutBlob)
-	r.Post("/changes", c.hChanges)
-	r.Post("/deny", c.hDenyApply)
+	r.Get("/digests", c.hDigests)
+	r.Get("/digests/{first}", c.hDigests)
+	r.Get("/states", c.hStates)
+	r.Post("/lookup", c.hLookup)
+	r.Get("/deny", c.hDenyList)
+	r.Post("/resynced", c.hResynced)
+	// Receiving states: always, but not from a peer this node marked
+	// expired until it resynced.
+	r.Group(func(r chi.Router) {
+		r.Use(c.notFromExpired)
+		r.Put("/blobs/{id}", c.hPutBlob)
+		r.Post("/changes", c.hChanges)
+	})
 	return r
 }
 
 func (c *Cluster) notResyncing(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c.isResyncing() {
+		if c.resync.holds() {
 			w.Header().Set(HeaderResyncing, "1")
 			w.Header().Set("Retry-After", "5")
-			writeErr(w, http.StatusServiceUnavailable, "resyncing after an absence longer than the tombstone retention; ask another node")
+			writeErr(w, http.StatusServiceUnavailable, "resyncing: peers forgot deletes this node never acknowledged; ask another node")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// notFromExpired refuses what a peer this node marked expired offers: its
+// states may be files deleted here and forgotten. The answer tells it to
+// resync.
+func (c *Cluster) notFromExpired(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := c.markOfNode(r.Header.Get(HeaderFrom)); ok {
+			w.Header().Set(HeaderExpired, formatExpired(m.Since))
+			writeErr(w, http.StatusConflict, "this node forgot deletes you never acknowledged (you were away longer than tombstone_expiry): resync before offering anything")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -70,7 +91,9 @@ func (c *Cluster) notResyncing(next http.Handler) http.Handler {
 
 func (c *Cluster) authPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(HeaderNode, c.store.NodeID())
+		h := w.Header()
+		h.Set(HeaderNode, c.store.NodeID())
+		h.Set(HeaderRole, c.opts.Role)
 		if c.opts.RequirePeerCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
 			writeErr(w, http.StatusForbidden, "node-to-node route: a client certificate signed by the cluster's CA is required")
 			return
@@ -80,10 +103,89 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 			return
 		}
 		if from := r.Header.Get(HeaderFrom); from != "" {
+			if m, ok := c.markOfNode(from); ok {
+				h.Set(HeaderExpired, formatExpired(m.Since))
+			}
+			if since, ok := parseExpired(r.Header.Get(HeaderExpired)); ok {
+				if rm := c.mem.Load().byIdentity("node " + from); rm != nil {
+					c.expiredBy(rm, since)
+				}
+			}
 			c.heardFrom(from)
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// heartbeatEvery is how often a node-to-node request still being worked
+// on answers 102 Processing: the caller's progress watch (stallTimeout)
+// then tells a busy peer from one that stopped answering.
+const heartbeatEvery = 5 * time.Second
+
+// heartbeat sends 102 Processing every heartbeatEvery until the handler
+// starts its answer.
+func heartbeat(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hw := &heartbeatWriter{ResponseWriter: w}
+		hw.timer = time.AfterFunc(heartbeatEvery, hw.beat)
+		defer hw.stop()
+		next.ServeHTTP(hw, r)
+	})
+}
+
+// heartbeatWriter serialises the heartbeats with the handler's first
+// write; after it, calls pass straight through.
+type heartbeatWriter struct {
+	http.ResponseWriter
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+}
+
+func (hw *heartbeatWriter) beat() {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	if hw.stopped {
+		return
+	}
+	hw.ResponseWriter.WriteHeader(http.StatusProcessing)
+	hw.timer.Reset(heartbeatEvery)
+}
+
+func (hw *heartbeatWriter) stop() {
+	hw.mu.Lock()
+	hw.stopped = true
+	hw.mu.Unlock()
+	hw.timer.Stop()
+}
+
+func (hw *heartbeatWriter) WriteHeader(code int) {
+	hw.stop()
+	hw.ResponseWriter.WriteHeader(code)
+}
+
+func (hw *heartbeatWriter) Write(p []byte) (int, error) {
+	hw.stop()
+	return hw.ResponseWriter.Write(p)
+}
+
+// ReadFrom keeps sendfile for blobs served to peers.
+func (hw *heartbeatWriter) ReadFrom(r io.Reader) (int64, error) {
+	hw.stop()
+	if rf, ok := hw.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(hw.ResponseWriter, r)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (hw *heartbeatWriter) Unwrap() http.ResponseWriter { return hw.ResponseWriter }
+
+func (hw *heartbeatWriter) Flush() {
+	hw.stop()
+	if f, ok := hw.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // secretOK compares a presented secret with every accepted one, each in
@@ -162,13 +264,17 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, err := decodeStateHeader(r.Header.Get(HeaderState))
-	if err != nil || st.ID != id || st.Deleted || st.Size < 0 {
+	if err == nil {
+		err = validState(st)
+	}
+	if err != nil || st.ID != id || st.Deleted {
 		writeErr(w, http.StatusBadRequest, "missing or inconsistent state header")
 		return
 	}
 	out, err := c.store.Apply(st)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
+		c.refusedClock(err)
+		writeErr(w, storeStatus(err), err.Error())
 		return
 	}
 	if out != blobstore.NeedBytes {
@@ -189,6 +295,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := bw.CommitState(st, true)
 	if err != nil {
+		c.refusedClock(err)
 		writeErr(w, storeStatus(err), err.Error())
 		return
 	}
@@ -199,8 +306,39 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, map[string]string{"result": "applied"})
 }
 
+// Bounds on what a state may carry (the same as on uploads).
+const (
+	maxStateText = 255
+	maxNodeLen   = 64
+)
+
+// validState checks a state received from a peer.
+func validState(st dtfc.State) error {
+	switch {
+	case st.ID.IsZero(), st.Clock == 0:
+		return errors.New("a state needs an ID and a clock")
+	case !st.Deleted && st.Size < 0:
+		return errors.New("negative size")
+	case len(st.ContentType) > maxStateText, len(st.Filename) > maxStateText:
+		return fmt.Errorf("content type or filename longer than %d bytes", maxStateText)
+	case st.Node == "", len(st.Node) > maxNodeLen:
+		return errors.New("a state needs a node identity of at most 64 bytes")
+	}
+	return nil
+}
+
+// refusedClock counts a remote state refused for its clock.
+func (c *Cluster) refusedClock(err error) {
+	if errors.Is(err, blobstore.ErrClockAhead) {
+		c.metrics.clockRefusedIn.Inc()
+		c.log.Warn("refused a state from a peer: its clock is too far ahead of this node's", "err", err)
+	}
+}
+
 func storeStatus(err error) int {
 	switch {
+	case errors.Is(err, blobstore.ErrClockAhead):
+		return http.StatusUnprocessableEntity
 	case errors.Is(err, blobstore.ErrDigestMismatch), errors.Is(err, blobstore.ErrTooLarge):
 		return http.StatusBadRequest
 	case errors.Is(err, blobstore.ErrNoSpace):
@@ -253,34 +391,67 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, stateAnswer{State: st, Held: held})
 }
 
-// hChanges applies pushed states under the last-writer-wins rule. A
-// change that alters local state enters this node's feed and so flows on
-// to its peers; one that alters nothing stops here.
+// hChanges applies pushed states and deny entries under the
+// last-writer-wins rule. A change that alters local state enters this
+// node's feed and so flows on to its peers; one that alters nothing stops
+// here. A change whose clock is too far ahead is refused ("ahead"); a
+// cache answers "cache" to an upload it does not hold (it keeps only what
+// is read through it).
 func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 	var req changesRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody)).Decode(&req); err != nil {
 		writeErr(w, http.StatusBadRequest, "bad changes: "+err.Error())
 		return
 	}
-	if len(req.Changes) > maxChanges {
+	if len(req.Changes)+len(req.Deny) > maxChanges {
 		writeErr(w, http.StatusBadRequest, fmt.Sprintf("more than %d changes in one request", maxChanges))
 		return
 	}
-	ans := changesAnswer{Results: make([]string, len(req.Changes))}
 	for i, st := range req.Changes {
-		if st.ID.IsZero() || st.Clock == 0 || (!st.Deleted && st.Size < 0) {
-			writeErr(w, http.StatusBadRequest, fmt.Sprintf("change %d is not a valid state", i))
+		if err := validState(st); err != nil {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("change %d: %v", i, err))
 			return
 		}
+	}
+	for _, d := range req.Deny {
+		if err := validDeny(d); err != nil {
+			writeErr(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
+	for i, d := range req.Deny {
+		ans.DenyResults[i] = resultOK
+		ok, err := c.store.ApplyDeny(d)
+		switch {
+		case errors.Is(err, blobstore.ErrClockAhead):
+			c.refusedClock(err)
+			ans.DenyResults[i] = resultAhead
+		case err != nil:
+			writeErr(w, storeStatus(err), err.Error())
+			return
+		case ok && d.Active():
+			c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
+		}
+	}
+	for i, st := range req.Changes {
 		out, err := c.store.Apply(st)
+		if errors.Is(err, blobstore.ErrClockAhead) {
+			c.refusedClock(err)
+			ans.Results[i] = resultAhead
+			continue
+		}
 		if err != nil {
 			writeErr(w, storeStatus(err), err.Error())
 			return
 		}
-		ans.Results[i] = "ok"
+		ans.Results[i] = resultOK
 		switch out {
 		case blobstore.NeedBytes:
-			ans.Results[i] = "need"
+			ans.Results[i] = resultNeed
+			if c.isCache() {
+				ans.Results[i] = resultCache
+			}
 		case blobstore.Applied:
 			c.metrics.received.WithLabelValues(kindOf(st)).Inc()
 		}
@@ -288,11 +459,34 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ans)
 }
 
+// hResynced lifts the expiry mark of the requesting node, which resynced
+// against it.
+func (c *Cluster) hResynced(w http.ResponseWriter, r *http.Request) {
+	var req resyncedRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "bad resynced: "+err.Error())
+		return
+	}
+	from := r.Header.Get(HeaderFrom)
+	if from == "" {
+		writeErr(w, http.StatusBadRequest, "resynced: no "+HeaderFrom+" header")
+		return
+	}
+	if !c.clearExpired(from, req.Since) {
+		writeErr(w, http.StatusConflict, "resynced against another expiry than this node's mark; resync again")
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
 // digestsAnswer carries 256 range digests compactly: the sums as one hex
 // string (256 × 32 bytes), the counts as numbers.
 type digestsAnswer struct {
-	Node   string   `json:"node"`
-	Synced bool     `json:"synced"`
+	Node   string `json:"node"`
+	Synced bool   `json:"synced"`
+	// Resyncing: the answering node holds states it may have to drop;
+	// nothing may be imported from it.
+	Resyncing bool `json:"resyncing,omitempty"`
 	Sums   string   `json:"sums"`
 	Counts []uint64 `json:"counts"`
 	// Deny digests the deny list (blobstore.DenyDigest).
@@ -340,6 +534,7 @@ func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ans := encodeDigests(c.store.NodeID(), c.isSynced(), &d)
+	ans.Resyncing = c.resync.holds()
 	if ans.Deny, err = c.store.DenyDigest(); err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
@@ -356,32 +551,25 @@ func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []blobstore.Deny{}
 	}
-	writeJSON(w, http.StatusOK, denyRequest{Entries: list})
+	writeJSON(w, http.StatusOK, denyList{Entries: list})
 }
 
-// hDenyApply applies a peer's deny list, entry by entry, last writer wins.
-func (c *Cluster) hDenyApply(w http.ResponseWriter, r *http.Request) {
-	var req denyRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody)).Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, "bad deny list: "+err.Error())
-		return
-	}
-	n, err := c.applyDenyList(req.Entries)
-	if err != nil {
-		writeErr(w, storeStatus(err), err.Error())
-		return
-	}
-	dig, _ := c.store.DenyDigest()
-	writeJSON(w, http.StatusOK, denyAnswer{Applied: n, Digest: dig})
+// denyList is the answer of GET /_internal/deny: the whole deny list.
+type denyList struct {
+	Entries []blobstore.Deny `json:"entries"`
 }
 
 func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
 	n := 0
 	for _, d := range entries {
-		if d.ID.IsZero() || d.Clock == 0 || (d.Active() && !ValidDenyStatus(d.Status)) {
-			return n, fmt.Errorf("invalid deny entry for %s", d.ID)
+		if err := validDeny(d); err != nil {
+			return n, err
 		}
 		ok, err := c.store.ApplyDeny(d)
+		if errors.Is(err, blobstore.ErrClockAhead) {
+			c.refusedClock(err)
+			continue
+		}
 		if err != nil {
 			return n, err
 		}
@@ -393,6 +581,13 @@ func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+func validDeny(d blobstore.Deny) error {
+	if d.ID.IsZero() || d.Clock == 0 || (d.Active() && !ValidDenyStatus(d.Status)) || len(d.Reason) > 1000 || len(d.Node) > maxNodeLen {
+		return fmt.Errorf("invalid deny entry for %s", d.ID)
+	}
+	return nil
 }
 
 // ValidDenyStatus reports whether status may answer reads of a denied ID.

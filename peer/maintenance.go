@@ -8,104 +8,10 @@ import (
 	"github.com/dtfc/dtfc"
 )
 
-const (
-	keyLastContact = "last_contact" // unix ms of the last exchange with a peer
-	keyLastScrub   = "last_scrub"   // unix ms of the last finished scrub pass
-	contactPersist = time.Minute    // how often last_contact is written, at most
-)
+const keyLastScrub = "last_scrub" // unix ms of the last finished scrub pass
 
-func (c *Cluster) loadContact() {
-	if v, err := c.store.Value(keyLastContact); err == nil && v != nil {
-		if ms, err := strconv.ParseInt(string(v), 10, 64); err == nil {
-			c.lastContact = time.UnixMilli(ms)
-			c.savedAt = time.Now()
-		}
-	}
-}
-
-// contact records a successful exchange with a peer.
-func (c *Cluster) contact() {
-	c.syncMu.Lock()
-	c.lastContact = time.Now()
-	c.syncMu.Unlock()
-	c.saveContact(false)
-}
-
-func (c *Cluster) contactTime() time.Time {
-	c.syncMu.Lock()
-	defer c.syncMu.Unlock()
-	return c.lastContact
-}
-
-// saveContact persists the last contact at most once a minute (or now,
-// with force): its only use is telling, after a long absence, that the
-// node must resync, so a minute's imprecision is harmless.
-func (c *Cluster) saveContact(force bool) {
-	c.syncMu.Lock()
-	// A stale persisted value makes a returning node resync sooner (safe),
-	// but one older than the states it pushed since could let it keep a
-	// state the cluster deleted: persist well within the retention.
-	every := min(contactPersist, c.opts.TombstoneRetention/4)
-	t, due := c.lastContact, force || time.Since(c.savedAt) >= every
-	if due && !t.IsZero() {
-		c.savedAt = time.Now()
-	}
-	c.syncMu.Unlock()
-	if !due || t.IsZero() {
-		return
-	}
-	if err := c.store.SetValue(keyLastContact, []byte(strconv.FormatInt(t.UnixMilli(), 10))); err != nil {
-		c.log.Warn("persisting the last contact time", "err", err)
-	}
-}
-
-// checkStale reports whether this node has been out of touch with the
-// cluster for longer than the tombstone retention (deletes it missed may
-// have been forgotten by the others), and enters resync mode if so. A node
-// that never had contact is new, not stale.
-func (c *Cluster) checkStale() bool {
-	c.syncMu.Lock()
-	defer c.syncMu.Unlock()
-	if c.resyncing {
-		return true
-	}
-	if c.lastContact.IsZero() || time.Since(c.lastContact) <= c.opts.TombstoneRetention {
-		return false
-	}
-	if len(c.mem.Load().remotes) == 0 {
-		return false
-	}
-	c.resyncing = true
-	c.log.Warn("out of touch with the cluster for longer than the tombstone retention: resyncing before offering any state",
-		"last_contact", c.lastContact, "retention", c.opts.TombstoneRetention)
-	return true
-}
-
-func (c *Cluster) isResyncing() bool {
-	c.syncMu.Lock()
-	defer c.syncMu.Unlock()
-	return c.resyncing
-}
-
-// holdPushes tells pushers to wait while the node resyncs.
-func (c *Cluster) holdPushes() bool { return c.checkStale() }
-
-func (c *Cluster) setSynced() {
-	c.syncMu.Lock()
-	c.synced = true
-	c.syncMu.Unlock()
-}
-
-// isSynced reports whether this node has completed anti-entropy with its
-// replica peers and is not resyncing: only then may others trust its lack
-// of a record as "deleted and forgotten".
-func (c *Cluster) isSynced() bool {
-	c.syncMu.Lock()
-	defer c.syncMu.Unlock()
-	return c.synced && !c.resyncing
-}
-
-// maintenanceLoop expires tombstones older than the retention, and for a
+// maintenanceLoop forgets tombstones and lifted blocks that are older than
+// the retention and that every peer accepted (see acks.go), and for a
 // cache persists its read order and keeps it under its size.
 func (c *Cluster) maintenanceLoop(ctx context.Context) {
 	purgeEvery := min(max(c.opts.TombstoneRetention/10, time.Second), time.Hour)
@@ -120,16 +26,7 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 		}
 		if time.Since(lastPurge) >= purgeEvery {
 			lastPurge = time.Now()
-			horizon := dtfc.TimestampAt(c.opts.Wall().Add(-c.opts.TombstoneRetention))
-			if n, err := c.store.PurgeTombstones(horizon, func(uint64, dtfc.Timestamp) bool { return true }); err != nil {
-				c.log.Error("expiring tombstones", "err", err)
-			} else if n > 0 {
-				c.metrics.tombstonesPurged.Add(float64(n))
-				c.log.Info("expired tombstones older than the retention", "count", n)
-			}
-			if _, err := c.store.PurgeLifts(horizon, func(uint64, dtfc.Timestamp) bool { return true }); err != nil {
-				c.log.Error("expiring lifted blocks", "err", err)
-			}
+			c.purge()
 		}
 		if c.isCache() {
 			if err := c.store.FlushAccess(); err != nil {
@@ -137,7 +34,23 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 			}
 			c.evict(0)
 		}
-		c.saveContact(false)
+	}
+}
+
+// purge forgets what may be forgotten now.
+func (c *Cluster) purge() {
+	now := c.opts.Wall()
+	horizon := dtfc.TimestampAt(now.Add(-c.opts.TombstoneRetention))
+	if n, err := c.store.PurgeTombstones(horizon, c.mayForget(now)); err != nil {
+		c.log.Error("forgetting old tombstones", "err", err)
+	} else if n > 0 {
+		c.metrics.tombstonesPurged.Add(float64(n))
+		c.log.Info("forgot tombstones every peer acknowledged, older than the retention", "count", n)
+	}
+	if n, err := c.store.PurgeLifts(horizon, c.mayForget(now)); err != nil {
+		c.log.Error("forgetting lifted blocks", "err", err)
+	} else if n > 0 {
+		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)
 	}
 }
 
@@ -145,6 +58,7 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 // finished pass, which survives restarts). A corrupt blob is fetched again
 // from a peer at once.
 func (c *Cluster) scrubLoop(ctx context.Context) {
+	failures := 0
 	for {
 		var last time.Time
 		if v, err := c.store.Value(keyLastScrub); err == nil && v != nil {
@@ -159,7 +73,16 @@ func (c *Cluster) scrubLoop(ctx context.Context) {
 		if !sleepCtx(ctx, time.Until(last.Add(c.opts.ScrubInterval))) {
 			return
 		}
-		c.Scrub(ctx)
+		if err := c.Scrub(ctx); err != nil {
+			// A pass that fails is retried with backoff, not at once in
+			// a loop (the last finished pass has not moved).
+			failures++
+			if !sleepCtx(ctx, min(backoff(failures)*10, c.opts.ScrubInterval)) {
+				return
+			}
+			continue
+		}
+		failures = 0
 	}
 }
 
@@ -182,6 +105,21 @@ func (c *Cluster) Scrub(ctx context.Context) error {
 	p := c.store.ScrubProgress()
 	c.log.Info("scrub pass finished", "checked", p.Checked, "bytes", p.CheckedBytes, "corrupt", p.Corrupt)
 	return nil
+}
+
+// goRepair fetches a blob whose file is missing from the peers, in the
+// background (owned by Run).
+func (c *Cluster) goRepair(st dtfc.State) {
+	if c.isCache() {
+		return
+	}
+	// Under c.mu: Run waits for its goroutines only once running is
+	// false, so none can be added after.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running {
+		c.goLoop(c.runCtx, func(ctx context.Context) { c.repair(ctx, st) })
+	}
 }
 
 // repair fetches a blob the scrubber quarantined from the peers.

@@ -14,6 +14,9 @@ type metrics struct {
 	resyncDropped    prometheus.Counter
 	scrubCorrupt     prometheus.Counter
 	scrubRepaired    prometheus.Counter
+	clockRefused     *prometheus.CounterVec
+	clockRefusedIn   prometheus.Counter
+	expired          *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
@@ -62,6 +65,18 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			Name: "dtfc_scrub_repaired_total",
 			Help: "Corrupt blobs fetched again from a peer.",
 		}),
+		clockRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_replication_clock_refused_total",
+			Help: "Changes a peer refused because their clock was more than its max_clock_offset ahead of its wall clock, by peer.",
+		}, []string{"peer"}),
+		clockRefusedIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_clock_refused_total",
+			Help: "States and deny entries from peers this node refused because their clock was more than max_clock_offset ahead of its wall clock.",
+		}),
+		expired: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "dtfc_peer_expired",
+			Help: "1 if this node marked the peer expired (it forgot deletes the peer never acknowledged; the peer must resync).",
+		}, []string{"peer"}),
 	}
 	for _, r := range []string{"ok", "corrupt", "failed", "notfound"} {
 		m.fetches.WithLabelValues(r)
@@ -76,6 +91,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	}
 	reg.MustRegister(m.fetches, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
 		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
+		m.clockRefused, m.clockRefusedIn, m.expired,
 		&queueCollector{c: c},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "dtfc_scrub_checked_blobs",
@@ -113,5 +129,17 @@ func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, r.URL)
+	}
+}
+
+// setExpired sets dtfc_peer_expired for the current peers.
+func (m *metrics) setExpired(remotes []*remote) {
+	m.expired.Reset()
+	for _, r := range remotes {
+		v := 0.0
+		if !r.expired().IsZero() {
+			v = 1
+		}
+		m.expired.WithLabelValues(r.URL).Set(v)
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,20 +24,24 @@ const (
 
 // pusher sends the local change feed to one peer: every change after the
 // peer's acknowledged cursor, uploads with their bytes if the peer wants
-// them, deletes as tombstones (a cache gets deletes only). The cursor is
-// persisted after the peer accepted a batch, so a crash may resend a
-// change but never skips one.
+// them, deletes as tombstones, blocks and lifts (a cache gets no
+// uploads). The cursor is persisted after the peer accepted a prefix of a
+// batch, so a crash may resend a change but never skips one; a change the
+// peer refuses (its clock too far ahead of the peer's) holds the cursor
+// until it is accepted.
 type pusher struct {
 	c      *Cluster
 	r      *remote
 	cancel context.CancelFunc
 	cursor atomic.Uint64
 	loaded atomic.Bool
-	// caughtUp is when the pusher last found nothing to send.
-	caughtUp atomic.Pointer[time.Time]
+	// caughtUp is when the pusher last found nothing to send (for the
+	// lag); ackedAt the same, persisted at most every ackedAtPersist and
+	// kept across restarts (for expiry).
+	caughtUp   atomic.Pointer[time.Time]
+	ackedAt    atomic.Pointer[time.Time]
+	ackedSaved time.Time // when ackedAt was last persisted (run's goroutine only)
 }
-
-func cursorKey(url string) string { return "cursor " + url }
 
 // storedCursor reads a peer's persisted cursor.
 func (c *Cluster) storedCursor(url string) uint64 {
@@ -62,6 +68,9 @@ func (c *Cluster) cursorOf(url string) uint64 {
 // queue counts the operations the peer has not accepted yet, and how long
 // the pusher has been behind (since it last had nothing to send).
 func (c *Cluster) queue(r *remote) (int64, time.Duration) {
+	if r.Self() {
+		return 0, 0
+	}
 	n, err := c.store.CountChanges(c.cursorOf(r.URL), r.IsCache())
 	if err != nil || n == 0 {
 		return n, 0
@@ -78,19 +87,34 @@ func (c *Cluster) queue(r *remote) (int64, time.Duration) {
 	return n, 0
 }
 
+// wakePushers makes every pusher look again at once (a peer's identity or
+// role became known, a resync ended).
+func (c *Cluster) wakePushers() {
+	for _, r := range c.mem.Load().remotes {
+		r.wake()
+	}
+}
+
 func (p *pusher) run(ctx context.Context) {
 	c, r := p.c, p.r
 	cursor := c.storedCursor(r.URL)
 	p.cursor.Store(cursor)
 	start := time.Now()
 	p.caughtUp.Store(&start)
+	if t := c.storedAckedAt(r.URL); !t.IsZero() {
+		p.ackedAt.Store(&t)
+		p.ackedSaved = t
+	}
 	p.loaded.Store(true)
 	failures := 0
 	for ctx.Err() == nil {
-		if c.holdPushes() {
-			// Away longer than the tombstone retention: offering old
-			// states could resurrect deletes the others have forgotten.
-			if !sleepCtx(ctx, time.Second) {
+		if c.resync.holds() || r.Self() {
+			// Resyncing: offering old states could resurrect deletes the
+			// others have forgotten. Itself: nothing to send.
+			select {
+			case <-c.resync.changed():
+			case <-r.kick:
+			case <-ctx.Done():
 				return
 			}
 			continue
@@ -110,65 +134,70 @@ func (p *pusher) run(ctx context.Context) {
 			continue
 		}
 		if len(changes) == 0 {
-			now := time.Now()
-			p.caughtUp.Store(&now)
+			p.caughtUpNow()
 			select {
 			case <-changed:
+			case <-c.resync.changed():
 			case <-ctx.Done():
 				return
 			}
 			continue
 		}
-		var send []dtfc.State
-		var deny []blobstore.Deny
-		for _, ch := range changes {
-			switch {
-			case ch.Deny != nil:
-				deny = append(deny, *ch.Deny)
-			case !r.IsCache() || ch.State.Deleted:
-				send = append(send, ch.State)
-			}
-		}
-		if len(send) > 0 || len(deny) > 0 {
-			err := c.pushDeny(ctx, r, deny)
-			if err == nil {
-				err = p.push(ctx, send)
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				failures++
-				r.pushFailed()
-				d := backoff(failures)
-				if failures == 1 {
-					c.log.Warn("push to peer failed; retrying with backoff", "peer", r.URL, "err", err)
-				} else {
-					c.log.Debug("push to peer failed", "peer", r.URL, "err", err, "retry_in", d)
-				}
-				if !p.backoff(ctx, failures) {
+		upTo, err := p.push(ctx, changes)
+		if upTo > cursor {
+			if serr := c.store.SetValue(cursorKey(r.URL), []byte(strconv.FormatUint(upTo, 10))); serr != nil {
+				c.log.Error("persisting a replication cursor", "peer", r.URL, "err", serr)
+				if !sleepCtx(ctx, time.Second) {
 					return
 				}
 				continue
 			}
-			if failures > 0 {
-				c.log.Info("peer accepts pushes again", "peer", r.URL)
-				r.pushOK()
-			}
-			failures = 0
+			cursor = upTo
+			p.cursor.Store(cursor)
+			c.acked()
 		}
-		cursor = changes[len(changes)-1].Seq
-		if err := c.store.SetValue(cursorKey(r.URL), []byte(strconv.FormatUint(cursor, 10))); err != nil {
-			c.log.Error("persisting a replication cursor", "peer", r.URL, "err", err)
-			if !sleepCtx(ctx, time.Second) {
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			r.pushFailed()
+			d := backoff(failures)
+			switch {
+			case errors.Is(err, errExpired):
+				// The answer told the resync; it holds this pusher next.
+				c.log.Debug("push refused: this node is expired at the peer", "peer", r.URL)
+			case failures == 1:
+				c.log.Warn("push to peer failed; retrying with backoff", "peer", r.URL, "err", err)
+			default:
+				c.log.Debug("push to peer failed", "peer", r.URL, "err", err, "retry_in", d)
+			}
+			if !p.backoff(ctx, failures) {
 				return
 			}
 			continue
 		}
-		p.cursor.Store(cursor)
-		c.acked()
-		c.contact()
+		if failures > 0 {
+			c.log.Info("peer accepts pushes again", "peer", r.URL)
+			r.pushOK()
+		}
+		failures = 0
 	}
+}
+
+// caughtUpNow records that the peer has accepted the whole feed.
+func (p *pusher) caughtUpNow() {
+	now := time.Now()
+	p.caughtUp.Store(&now)
+	p.ackedAt.Store(&now)
+	if now.Sub(p.ackedSaved) < ackedAtPersist {
+		return
+	}
+	if err := p.c.store.SetValue(keyAckedAtPrefix+p.r.URL, []byte(strconv.FormatInt(now.UnixMilli(), 10))); err != nil {
+		p.c.log.Warn("persisting when a peer was last caught up", "peer", p.r.URL, "err", err)
+		return
+	}
+	p.ackedSaved = now
 }
 
 // backoff waits before the next attempt (or until the peer shows signs of
@@ -185,61 +214,123 @@ func (p *pusher) backoff(ctx context.Context, failures int) bool {
 	return true
 }
 
-// pushDeny sends deny entries of the feed; the peer applies what is
-// newer, and what changes its list flows on from there.
-func (c *Cluster) pushDeny(ctx context.Context, r *remote, list []blobstore.Deny) error {
-	if len(list) == 0 {
-		return nil
-	}
-	var ans denyAnswer
-	return r.callJSON(ctx, http.MethodPost, "/deny", denyRequest{Entries: list}, &ans)
-}
-
-type denyRequest struct {
-	Entries []blobstore.Deny `json:"entries"`
-}
-
-type denyAnswer struct {
-	Applied int    `json:"applied"`
-	Digest  string `json:"digest"`
-}
-
 type changesRequest struct {
-	Changes []dtfc.State `json:"changes"`
+	Changes []dtfc.State     `json:"changes"`
+	Deny    []blobstore.Deny `json:"deny,omitempty"`
 }
+
+// Results of an offered change.
+const (
+	resultOK    = "ok"    // applied, or older than what the peer has
+	resultNeed  = "need"  // send the bytes
+	resultAhead = "ahead" // refused: its clock is too far ahead of the peer's
+	resultCache = "cache" // the peer is a cache: an upload is not kept
+)
 
 type changesAnswer struct {
-	// Results has one entry per change: "ok" (applied, or older than what
-	// the peer has) or "need" (send the bytes).
-	Results []string `json:"results"`
+	// Results has one entry per change, DenyResults one per deny entry.
+	Results     []string `json:"results"`
+	DenyResults []string `json:"deny_results,omitempty"`
 }
 
-// push offers states to the peer and sends the bytes it asks for.
-func (p *pusher) push(ctx context.Context, states []dtfc.State) error {
-	if len(states) == 0 {
-		return nil
-	}
-	var ans changesAnswer
-	if err := p.r.callJSON(ctx, http.MethodPost, "/changes", changesRequest{Changes: states}, &ans); err != nil {
-		return err
-	}
-	if len(ans.Results) != len(states) {
-		return fmt.Errorf("peer %s answered %d results for %d changes", p.r.URL, len(ans.Results), len(states))
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(pushParallelism)
-	for i, res := range ans.Results {
-		switch res {
-		case "ok":
-			p.c.metrics.pushed.WithLabelValues(kindOf(states[i])).Inc()
-		case "need":
-			st := states[i]
-			g.Go(func() error { return p.c.sendBlob(gctx, p.r, st) })
+// errClockRefused: the peer refused changes whose clock is too far ahead
+// of its wall clock.
+var errClockRefused = errors.New("refused: clock too far ahead of the peer's")
+
+// push offers changes to the peer, sends the bytes it asks for, and
+// returns the sequence number up to which the peer accepted every change
+// (the cursor may move that far) with the first failure, if any.
+func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, error) {
+	c, r := p.c, p.r
+	var req changesRequest
+	// where[i] is change i's index in req.Changes (>= 0), in req.Deny
+	// (-1-j), or skip (an upload not sent to a cache).
+	const skip = math.MinInt
+	where := make([]int, len(changes))
+	cache := r.IsCache()
+	for i, ch := range changes {
+		switch {
+		case ch.Deny != nil:
+			where[i] = -1 - len(req.Deny)
+			req.Deny = append(req.Deny, *ch.Deny)
+		case cache && !ch.State.Deleted:
+			where[i] = skip
 		default:
-			return fmt.Errorf("peer %s: unknown result %q", p.r.URL, res)
+			where[i] = len(req.Changes)
+			req.Changes = append(req.Changes, ch.State)
 		}
 	}
-	return g.Wait()
+	accepted := make([]bool, len(changes))
+	var firstErr error
+	if len(req.Changes)+len(req.Deny) > 0 {
+		var ans changesAnswer
+		if err := r.callJSON(ctx, http.MethodPost, "/changes", req, &ans); err != nil {
+			return 0, err
+		}
+		if len(ans.Results) != len(req.Changes) || len(ans.DenyResults) != len(req.Deny) {
+			return 0, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
+		}
+		var refused int
+		var mu sync.Mutex
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(pushParallelism)
+		for i, w := range where {
+			var res string
+			switch {
+			case w == skip:
+				accepted[i] = true
+				continue
+			case w < 0:
+				res = ans.DenyResults[-1-w]
+			default:
+				res = ans.Results[w]
+			}
+			switch res {
+			case resultOK, resultCache:
+				accepted[i] = true
+				if changes[i].Deny == nil {
+					c.metrics.pushed.WithLabelValues(kindOf(changes[i].State)).Inc()
+				}
+			case resultNeed:
+				st := changes[i].State
+				g.Go(func() error {
+					err := c.sendBlob(gctx, r, st)
+					mu.Lock()
+					accepted[i] = err == nil
+					mu.Unlock()
+					return err
+				})
+			case resultAhead:
+				refused++
+			default:
+				if firstErr == nil {
+					firstErr = fmt.Errorf("peer %s: unknown result %q", r.URL, res)
+				}
+			}
+		}
+		// Every send started is waited for, whatever failed: none may
+		// outlive Run and the store's Close.
+		if err := g.Wait(); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		if refused > 0 {
+			r.clockRefusals(refused)
+			c.metrics.clockRefused.WithLabelValues(r.URL).Add(float64(refused))
+			err := fmt.Errorf("peer %s: %d change(s) %w; check the clocks (max_clock_offset)", r.URL, refused, errClockRefused)
+			if firstErr == nil {
+				firstErr = err
+			}
+			c.log.Warn("a peer refused changes whose clock is too far ahead of its own", "peer", r.URL, "count", refused)
+		}
+	}
+	var upTo uint64
+	for i, ok := range accepted {
+		if !ok {
+			break
+		}
+		upTo = changes[i].Seq
+	}
+	return upTo, firstErr
 }
 
 func kindOf(st dtfc.State) string {
@@ -250,10 +341,17 @@ func kindOf(st dtfc.State) string {
 }
 
 // sendBlob sends a blob's bytes with its state. If the blob is gone
-// meanwhile, its newer state is later in the feed and nothing is sent.
+// meanwhile, its newer state is later in the feed and nothing is sent;
+// if its record is still there but its file is lost, it is fetched back
+// from a peer and the offer counts as done (the peer gets the state again
+// with the repair's feed entry).
 func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error {
 	b, err := c.store.Open(st.ID)
 	if errors.Is(err, blobstore.ErrNotFound) {
+		if cur, serr := c.store.Stat(st.ID); serr == nil && !cur.Deleted {
+			c.log.Warn("a record's file is missing; fetching it again", "id", st.ID.String())
+			c.goRepair(cur)
+		}
 		return nil
 	}
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +29,14 @@ const (
 	HeaderNode = "X-Dtfc-Node"
 	// HeaderState carries a dtfc.State as base64url JSON.
 	HeaderState = "X-Dtfc-State"
+	// HeaderRole names the answering node's role ("replica" or "cache"):
+	// what a peer really is wins over what a peer list says of it.
+	HeaderRole = "X-Dtfc-Role"
+	// HeaderExpired, on a request or an answer between two nodes, tells
+	// the node it is addressed to that the sender forgot deletes (or
+	// lifts) it never acknowledged, and since when (RFC 3339 with
+	// milliseconds): the addressee must resync before it offers anything.
+	HeaderExpired = "X-Dtfc-Expired"
 )
 
 // errPeerNotFound: the peer answered 404.
@@ -34,6 +44,10 @@ var errPeerNotFound = errors.New("peer does not hold it")
 
 // errPeerResyncing: the peer is resyncing and offers none of its states.
 var errPeerResyncing = errors.New("peer is resyncing")
+
+// errExpired: the peer refused what this node offered because it marked
+// this node expired (it forgot deletes this node never acknowledged).
+var errExpired = errors.New("this node is expired at the peer and must resync first")
 
 // HeaderResyncing marks the 503 of a node that is resyncing.
 const HeaderResyncing = "X-Dtfc-Resyncing"
@@ -45,16 +59,30 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
+// stallTimeout cuts off a node-to-node exchange in which nothing moves
+// for this long: no byte of the request body taken, no answer (a peer
+// working on a long request sends 102 Processing every heartbeat), no
+// byte of the answer's body. A peer that stops answering without closing
+// its connection is given up on after this, not after minutes.
+var stallTimeout = 15 * time.Second
+
 // remote is one peer and this node's experience of it.
 type remote struct {
 	Peer
 	hc     *http.Client
 	secret string
 	self   string // this node's identity, sent as HeaderFrom
+	// notes receives what the peer's answers tell this node about itself
+	// (that it is expired there). Set by the Cluster; nil in tests.
+	notes noteTaker
 
-	mu          sync.Mutex
-	nodeID      string // the peer's identity, learned from its answers
-	up          bool
+	mu           sync.Mutex
+	nodeID       string // the peer's identity, learned from its answers
+	reportedRole string // the role the peer says it has ("" until known)
+	isSelf       bool   // the peer's identity is this node's: it is this node
+	expiredSince time.Time // this node marked the peer expired (zero: not)
+	clockRefused int64     // changes the peer refused for their clock
+	up           bool
 	contacted   bool
 	lastContact time.Time
 	lastErr     string
@@ -73,24 +101,119 @@ type remote struct {
 // pusher whose pushes to it fail although the peer is up.
 const pushWake = 5 * time.Second
 
+// noteTaker is told what peers say about this node.
+type noteTaker interface {
+	// expiredBy: the peer r marked this node expired at the given time.
+	expiredBy(r *remote, since time.Time)
+	// learned: r's identity or role became known or changed.
+	learned(r *remote)
+}
+
 func newRemote(p Peer, hc *http.Client, secret, self string) *remote {
 	return &remote{Peer: p, hc: hc, secret: secret, self: self, kick: make(chan struct{}, 1)}
 }
 
-// ok records a successful exchange.
-func (r *remote) ok(nodeID string) {
+// ok records a successful exchange and what the answer's headers say of
+// the peer.
+func (r *remote) ok(h http.Header) {
+	nodeID, role := h.Get(HeaderNode), h.Get(HeaderRole)
 	r.mu.Lock()
 	wasDown := r.contacted && !r.up
 	r.up, r.contacted, r.failures, r.retryAt = true, true, 0, time.Time{}
 	r.lastContact = time.Now()
-	if nodeID != "" {
-		r.nodeID = nodeID
+	changed := false
+	if nodeID != "" && nodeID != r.nodeID {
+		r.nodeID, r.isSelf, changed = nodeID, nodeID == r.self, true
+	}
+	if (role == RoleReplica || role == RoleCache) && role != r.reportedRole {
+		r.reportedRole, changed = role, true
 	}
 	wake := wasDown || r.pushRetryLocked()
 	r.mu.Unlock()
+	if changed && r.notes != nil {
+		r.notes.learned(r)
+	}
+	if since, ok := parseExpired(h.Get(HeaderExpired)); ok && r.notes != nil {
+		r.notes.expiredBy(r, since)
+	}
 	if wake {
 		r.wake()
 	}
+}
+
+// IsCache reports whether the peer is a cache: what it says it is once it
+// has answered, what the peer list says before.
+func (r *remote) IsCache() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.reportedRole != "" {
+		return r.reportedRole == RoleCache
+	}
+	return r.Role == RoleCache
+}
+
+// reported returns the role the peer says it has, "" until it answered.
+func (r *remote) reported() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reportedRole
+}
+
+// clockRefusals counts changes the peer refused for their clock.
+func (r *remote) clockRefusals(n int) {
+	r.mu.Lock()
+	r.clockRefused += int64(n)
+	r.mu.Unlock()
+}
+
+// Self reports whether the peer turned out to be this very node (listed
+// under a URL other than its --me).
+func (r *remote) Self() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.isSelf
+}
+
+// identity is the peer's node ID, or its URL while the ID is unknown: two
+// entries of one identity are one node.
+func (r *remote) identity() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.nodeID != "" {
+		return "node " + r.nodeID
+	}
+	return "url " + r.URL
+}
+
+// NodeID returns the peer's identity, "" until it has answered.
+func (r *remote) NodeID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nodeID
+}
+
+// setExpired records whether this node marked the peer expired.
+func (r *remote) setExpired(since time.Time) {
+	r.mu.Lock()
+	r.expiredSince = since
+	r.mu.Unlock()
+}
+
+// expired returns when this node marked the peer expired, zero if not.
+func (r *remote) expired() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.expiredSince
+}
+
+func formatExpired(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func parseExpired(v string) (time.Time, bool) {
+	if v == "" {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
 }
 
 // pushFailed and pushOK record how the pusher's last attempt went.
@@ -156,10 +279,25 @@ func (r *remote) backedOff() bool {
 
 // PeerStatus describes one peer as this node sees it.
 type PeerStatus struct {
-	URL         string    `json:"url"`
-	Role        string    `json:"role"`
-	Node        string    `json:"node,omitempty"`
-	Up          bool      `json:"up"`
+	URL  string `json:"url"`
+	Role string `json:"role"`
+	// ReportedRole is the role the peer says it has, once it answered;
+	// it wins over Role (the peer list's).
+	ReportedRole string `json:"reported_role,omitempty"`
+	Node         string `json:"node,omitempty"`
+	// Self: the entry reaches this very node (under another URL); it is
+	// ignored.
+	Self bool `json:"self,omitempty"`
+	// Expired: this node forgot deletes the peer never acknowledged (it
+	// was away longer than tombstone_expiry); it must resync on return.
+	// ExpiredSince is the last moment it was known to have acknowledged
+	// this node's changes.
+	Expired      bool      `json:"expired"`
+	ExpiredSince time.Time `json:"expired_since,omitzero"`
+	// ClockRefused counts changes the peer refused because their clock
+	// was too far ahead of its own (since this node started).
+	ClockRefused int64     `json:"clock_refused"`
+	Up           bool      `json:"up"`
 	Contacted   bool      `json:"contacted"`
 	LastContact time.Time `json:"last_contact,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
@@ -176,48 +314,161 @@ func (r *remote) status() PeerStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return PeerStatus{
-		URL: r.URL, Role: r.Role, Node: r.nodeID, Up: r.up, Contacted: r.contacted,
+		URL: r.URL, Role: r.Role, ReportedRole: r.reportedRole, Node: r.nodeID, Self: r.isSelf,
+		Expired: !r.expiredSince.IsZero(), ExpiredSince: r.expiredSince, ClockRefused: r.clockRefused,
+		Up: r.up, Contacted: r.contacted,
 		LastContact: r.lastContact, LastError: r.lastErr, LastErrorAt: r.lastErrAt, Failures: r.failures,
 	}
 }
 
 // do sends a node-to-node request. Transport failures and 5xx answers count
-// against the peer's health; any answer from it proves it is up.
-func (r *remote) do(ctx context.Context, method, path string, body io.Reader, hdr http.Header) (*http.Response, error) {
+// against the peer's health; any answer from it proves it is up. The
+// exchange is cut off when nothing moves for stallTimeout (see there); the
+// answer's body must be closed, which releases that watch.
+func (r *remote) do(parent context.Context, method, path string, body io.Reader, hdr http.Header) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(parent)
+	w := newStallWatch(cancel)
+	if body != nil {
+		body = &progressReader{r: body, w: w}
+	}
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		Got1xxResponse: func(int, textproto.MIMEHeader) error { w.touch(); return nil },
+	})
 	req, err := http.NewRequestWithContext(ctx, method, r.URL+"/_internal"+path, body)
 	if err != nil {
+		w.stop()
 		return nil, err
 	}
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	if l, ok := body.(interface{ Len() int64 }); ok {
-		req.ContentLength = l.Len()
+	if pr, ok := body.(*progressReader); ok {
+		switch l := pr.r.(type) {
+		case interface{ Len() int64 }:
+			req.ContentLength = l.Len()
+		case interface{ Len() int }:
+			req.ContentLength = int64(l.Len())
+		}
 	}
 	if r.secret != "" {
 		req.Header.Set(HeaderSecret, r.secret)
 	}
 	req.Header.Set(HeaderFrom, r.self)
+	if since := r.expired(); !since.IsZero() {
+		req.Header.Set(HeaderExpired, formatExpired(since))
+	}
 	resp, err := r.hc.Do(req)
 	if err != nil {
-		if ctx.Err() == nil {
+		stalled := w.stop()
+		switch {
+		case stalled:
+			err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
+			r.fail(err)
+		case parent.Err() == nil:
 			r.fail(err)
 		}
 		return nil, fmt.Errorf("peer %s: %w", r.URL, err)
 	}
+	w.touch()
+	resp.Body = &progressBody{ReadCloser: resp.Body, w: w}
 	if resp.StatusCode >= 500 {
 		err := answerErr(r.URL, resp)
 		resp.Body.Close()
 		if resp.Header.Get(HeaderResyncing) != "" {
 			// Alive, but offering nothing for now.
-			r.ok(resp.Header.Get(HeaderNode))
+			r.ok(resp.Header)
 			return nil, fmt.Errorf("%w: %w", errPeerResyncing, err)
 		}
 		r.fail(err)
 		return nil, err
 	}
-	r.ok(resp.Header.Get(HeaderNode))
+	r.ok(resp.Header)
+	if resp.StatusCode == http.StatusConflict && resp.Header.Get(HeaderExpired) != "" {
+		err := answerErr(r.URL, resp)
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: %w", errExpired, err)
+	}
 	return resp, nil
+}
+
+// stallWatch cancels an exchange when nothing moves for stallTimeout.
+type stallWatch struct {
+	timer   *time.Timer
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	fired   bool
+	stopped bool
+}
+
+func newStallWatch(cancel context.CancelFunc) *stallWatch {
+	w := &stallWatch{cancel: cancel}
+	w.timer = time.AfterFunc(stallTimeout, func() {
+		w.mu.Lock()
+		if !w.stopped {
+			w.fired = true
+		}
+		w.mu.Unlock()
+		cancel()
+	})
+	return w
+}
+
+func (w *stallWatch) touch() {
+	w.mu.Lock()
+	if !w.stopped && !w.fired {
+		w.timer.Reset(stallTimeout)
+	}
+	w.mu.Unlock()
+}
+
+// stop ends the watch (and the exchange's context) and reports whether it
+// had fired.
+func (w *stallWatch) stop() bool {
+	w.mu.Lock()
+	w.stopped = true
+	fired := w.fired
+	w.mu.Unlock()
+	w.timer.Stop()
+	w.cancel()
+	return fired
+}
+
+// progressReader is a request body whose reads count as progress.
+type progressReader struct {
+	r io.Reader
+	w *stallWatch
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.w.touch()
+	}
+	return n, err
+}
+
+// progressBody is an answer's body whose reads count as progress; closing
+// it ends the watch.
+type progressBody struct {
+	io.ReadCloser
+	w *stallWatch
+}
+
+func (p *progressBody) Read(b []byte) (int, error) {
+	n, err := p.ReadCloser.Read(b)
+	if n > 0 {
+		p.w.touch()
+	}
+	if err != nil && err != io.EOF && p.w.stop() {
+		err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
+	}
+	return n, err
+}
+
+func (p *progressBody) Close() error {
+	err := p.ReadCloser.Close()
+	p.w.stop()
+	return err
 }
 
 // answerErr reads a peer's JSON error answer.

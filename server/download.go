@@ -253,9 +253,12 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	st, err := s.store.Delete(id, false)
 	if err == blobstore.ErrNotFound && s.cfg.Cluster != nil {
 		// Unknown here but perhaps known to a peer (a delete racing its
-		// upload's replication): record the tombstone here, and it
-		// replicates like any delete.
-		if _, lerr := s.cfg.Cluster.Lookup(r.Context(), id, false); lerr == nil {
+		// upload's replication, or a file only a peer that is down
+		// holds): record the tombstone here, and it replicates like any
+		// delete. Only when every peer answered that it does not know the
+		// ID is the answer 404 (API.md, Consistency 9).
+		_, lerr := s.cfg.Cluster.Lookup(r.Context(), id, false)
+		if lerr == nil || errors.Is(lerr, peer.ErrPeersUnreachable) {
 			st, err = s.store.Delete(id, true)
 		}
 	}

@@ -28,6 +28,8 @@ const (
 	stateUp      = "up"
 	stateDown    = "down"
 	stateUnknown = "unknown" // not contacted since this node started
+	stateExpired = "expired" // this node forgot deletes it never acknowledged
+	stateSelf    = "self"    // the entry reaches this very node
 )
 
 var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
@@ -64,6 +66,10 @@ func newPage(st Status, now time.Time) page {
 		for _, ps := range c.Peers {
 			state := stateUnknown
 			switch {
+			case ps.Self:
+				state = stateSelf
+			case ps.Expired:
+				state = stateExpired
 			case ps.Up:
 				state = stateUp
 			case ps.Contacted:

@@ -1,0 +1,455 @@
+package peer
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// A node resyncs when a peer tells it that it is expired there: the peer
+// forgot deletes (or lifts) this node never acknowledged, so what this
+// node holds from before may be exactly what the cluster deleted. Until
+// the resync is done the node offers nothing: its pushers wait, and its
+// node-to-node routes that hand out blobs or states answer 503 (the
+// digests, state listings and lookups stay readable, marked resyncing, so
+// that other resyncing nodes can compare with it — a listing imports
+// nothing). The resync compares the node's states with each peer that
+// expired it and drops those the peer has no record of and that are older
+// than the moment it stopped acknowledging that peer, unless a healthy
+// replica still holds them; states made or received since are kept, so an
+// upload taken while cut off is not lost. It ends only when every step
+// succeeded; a failed step leaves it to retry.
+
+// ResyncState is where the resync state machine stands.
+type ResyncState string
+
+// The states of a resync.
+const (
+	// ResyncInSync: nothing to do.
+	ResyncInSync ResyncState = "in_sync"
+	// ResyncNeeded: a peer said this node is expired; not started yet.
+	ResyncNeeded ResyncState = "needed"
+	// ResyncRunning: comparing and dropping.
+	ResyncRunning ResyncState = "running"
+	// ResyncRetrying: the last attempt failed; another follows.
+	ResyncRetrying ResyncState = "retrying"
+)
+
+const keyResync = "resync" // the resync's durable state (resyncSaved)
+
+// expiredAt is one peer's word that this node is expired there.
+type expiredAt struct {
+	URL   string    `json:"url"`
+	Since time.Time `json:"since"`
+}
+
+// resyncSaved is what survives a restart: a kill -9 during a resync must
+// not come back in sync.
+type resyncSaved struct {
+	// By are the peers whose expiry this node has yet to resync against,
+	// by node identity.
+	By map[string]expiredAt `json:"by,omitempty"`
+	// Done are the expiries already resynced against, by node identity:
+	// a peer that repeats one is told again that it was done.
+	Done map[string]expiredAt `json:"done,omitempty"`
+}
+
+// resync owns "is this node out of date, with respect to whom, since
+// when, and what ends it".
+type resync struct {
+	mu      sync.Mutex
+	state   ResyncState
+	since   time.Time // when the current state was entered
+	saved   resyncSaved
+	lastErr string
+	notify  map[string]bool // peers (by identity) to tell "resynced" again
+	wake    chan struct{}   // closed and replaced on every change
+}
+
+// ResyncStatus describes the resync for /_status.
+type ResyncStatus struct {
+	State ResyncState `json:"state"`
+	Since time.Time   `json:"since,omitzero"`
+	// Against lists the peers (URLs) that expired this node and their
+	// horizons.
+	Against   []expiredAt `json:"against,omitempty"`
+	LastError string      `json:"last_error,omitempty"`
+}
+
+func (rs *resync) changedLocked() {
+	close(rs.wake)
+	rs.wake = make(chan struct{})
+}
+
+func (rs *resync) status() ResyncStatus {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	st := ResyncStatus{State: rs.state, Since: rs.since, LastError: rs.lastErr}
+	for _, e := range rs.saved.By {
+		st.Against = append(st.Against, e)
+	}
+	sort.Slice(st.Against, func(i, j int) bool { return st.Against[i].URL < st.Against[j].URL })
+	return st
+}
+
+// holds reports whether the node must hold its states back.
+func (rs *resync) holds() bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.state != ResyncInSync
+}
+
+// changed returns a channel closed at the next change of state.
+func (rs *resync) changed() <-chan struct{} {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.wake
+}
+
+// loadResync restores the resync's durable state.
+func (c *Cluster) loadResync() {
+	rs := &c.resync
+	rs.state, rs.since, rs.wake, rs.notify = ResyncInSync, time.Now(), make(chan struct{}), map[string]bool{}
+	v, err := c.store.Value(keyResync)
+	if err != nil || v == nil {
+		return
+	}
+	if err := json.Unmarshal(v, &rs.saved); err != nil {
+		c.log.Error("reading the resync state; resyncing to be safe", "err", err)
+		return
+	}
+	if len(rs.saved.By) > 0 {
+		rs.state = ResyncNeeded
+		c.log.Warn("resuming a resync cut short: peers forgot deletes this node never acknowledged", "peers", len(rs.saved.By))
+	}
+}
+
+func (c *Cluster) saveResyncLocked() error {
+	b, err := json.Marshal(c.resync.saved)
+	if err != nil {
+		return err
+	}
+	return c.store.SetValue(keyResync, b)
+}
+
+// expiredBy is told that the peer r marked this node expired at since.
+func (c *Cluster) expiredBy(r *remote, since time.Time) {
+	if r.Self() {
+		return
+	}
+	key := r.identity()
+	rs := &c.resync
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if d, ok := rs.saved.Done[key]; ok && d.Since.Equal(since) {
+		// Done already; the peer has not heard: tell it again.
+		if !rs.notify[key] {
+			rs.notify[key] = true
+			rs.changedLocked()
+		}
+		return
+	}
+	if b, ok := rs.saved.By[key]; ok && b.Since.Equal(since) {
+		return
+	}
+	if rs.saved.By == nil {
+		rs.saved.By = map[string]expiredAt{}
+	}
+	rs.saved.By[key] = expiredAt{URL: r.URL, Since: since}
+	if err := c.saveResyncLocked(); err != nil {
+		c.log.Error("persisting the resync state", "err", err)
+	}
+	if rs.state == ResyncInSync {
+		rs.state, rs.since = ResyncNeeded, time.Now()
+		c.log.Warn("a peer forgot deletes this node never acknowledged: resyncing before offering any state",
+			"peer", r.URL, "last_acknowledged", since)
+	}
+	rs.changedLocked()
+}
+
+// resyncLoop runs resyncs when needed and tells the peers when done.
+func (c *Cluster) resyncLoop(ctx context.Context) {
+	failures := 0
+	for {
+		rs := &c.resync
+		rs.mu.Lock()
+		state, wake := rs.state, rs.wake
+		notify := len(rs.notify) > 0
+		rs.mu.Unlock()
+		switch {
+		case state == ResyncNeeded || state == ResyncRetrying:
+			if err := c.runResync(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				rs.mu.Lock()
+				rs.state, rs.since, rs.lastErr = ResyncRetrying, time.Now(), err.Error()
+				rs.changedLocked()
+				rs.mu.Unlock()
+				c.log.Warn("resync failed; retrying", "err", err, "retry_in", backoff(failures))
+				if !sleepCtx(ctx, backoff(failures)) {
+					return
+				}
+				continue
+			}
+			failures = 0
+		case notify:
+			c.tellResynced(ctx)
+			if !sleepCtx(ctx, time.Second) {
+				return
+			}
+		default:
+			select {
+			case <-wake:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// runResync is one attempt.
+func (c *Cluster) runResync(ctx context.Context) error {
+	rs := &c.resync
+	rs.mu.Lock()
+	rs.state, rs.since = ResyncRunning, time.Now()
+	by := make(map[string]expiredAt, len(rs.saved.By))
+	for k, v := range rs.saved.By {
+		by[k] = v
+	}
+	rs.changedLocked()
+	rs.mu.Unlock()
+
+	m := c.mem.Load()
+	candidates := map[dtfc.ID]dtfc.State{}
+	denyCandidates := map[dtfc.ID]blobstore.Deny{}
+	for key, e := range by {
+		r := m.byIdentity(key)
+		if r == nil {
+			// The peer left the list: nothing to resync against.
+			c.log.Info("a peer that expired this node is no longer listed; its expiry is dropped", "peer", e.URL)
+			continue
+		}
+		horizon := dtfc.TimestampAt(e.Since)
+		if err := c.orphansAgainst(ctx, r, horizon, candidates); err != nil {
+			return fmt.Errorf("comparing with %s: %w", r.URL, err)
+		}
+		if err := c.denyOrphansAgainst(ctx, r, horizon, denyCandidates); err != nil {
+			return fmt.Errorf("comparing deny lists with %s: %w", r.URL, err)
+		}
+	}
+	if err := c.keepHeldElsewhere(ctx, candidates); err != nil {
+		return err
+	}
+	for id, st := range candidates {
+		if err := c.store.Forget(id); err != nil {
+			return fmt.Errorf("dropping %s: %w", id, err)
+		}
+		c.metrics.resyncDropped.Inc()
+		c.log.Warn("resync dropped a file the cluster deleted and forgot while this node was away",
+			"id", id.String(), "uploaded", st.Clock.Time())
+	}
+	for id := range denyCandidates {
+		if err := c.store.ForgetDeny(id); err != nil {
+			return fmt.Errorf("dropping the deny entry of %s: %w", id, err)
+		}
+		c.log.Warn("resync dropped a deny entry the cluster forgot", "id", id.String())
+	}
+
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.saved.Done == nil {
+		rs.saved.Done = map[string]expiredAt{}
+	}
+	for key, e := range by {
+		if cur, ok := rs.saved.By[key]; ok && cur.Since.Equal(e.Since) {
+			delete(rs.saved.By, key)
+			rs.saved.Done[key] = e
+			rs.notify[key] = true
+		}
+	}
+	if err := c.saveResyncLocked(); err != nil {
+		return fmt.Errorf("persisting the end of the resync: %w", err)
+	}
+	rs.lastErr = ""
+	if len(rs.saved.By) > 0 {
+		rs.state = ResyncNeeded // another peer spoke up meanwhile
+	} else {
+		rs.state = ResyncInSync
+		c.log.Info("resync finished; replication resumes", "dropped", len(candidates), "deny_dropped", len(denyCandidates))
+	}
+	rs.since = time.Now()
+	rs.changedLocked()
+	return nil
+}
+
+// tellResynced tells each peer whose expiry this node resynced against
+// that it did, so that the peer lifts its mark.
+func (c *Cluster) tellResynced(ctx context.Context) {
+	rs := &c.resync
+	rs.mu.Lock()
+	todo := map[string]expiredAt{}
+	for key := range rs.notify {
+		todo[key] = rs.saved.Done[key]
+	}
+	rs.mu.Unlock()
+	m := c.mem.Load()
+	for key, e := range todo {
+		r := m.byIdentity(key)
+		ok := r == nil // not listed any more: nobody to tell
+		if r != nil {
+			var ans struct{}
+			err := r.callJSON(ctx, http.MethodPost, "/resynced", resyncedRequest{Since: e.Since}, &ans)
+			ok = err == nil
+			if err != nil && ctx.Err() == nil {
+				c.log.Info("telling a peer this node resynced failed; retrying", "peer", r.URL, "err", err)
+			}
+		}
+		if ok {
+			rs.mu.Lock()
+			delete(rs.notify, key)
+			rs.mu.Unlock()
+		}
+	}
+}
+
+type resyncedRequest struct {
+	Since time.Time `json:"since"`
+}
+
+// orphansAgainst adds to out every live local state older than horizon
+// of which r has no record at all, comparing range digests first so
+// that ranges in agreement cost nothing.
+func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) error {
+	var ans digestsAnswer
+	if err := r.getJSON(ctx, "/digests", &ans); err != nil {
+		return err
+	}
+	theirs, err := ans.decode()
+	if err != nil {
+		return err
+	}
+	ours, err := c.store.Digests()
+	if err != nil {
+		return err
+	}
+	for b := range 256 {
+		if ours[b] == theirs[b] || ours[b].Count == 0 {
+			continue
+		}
+		if err := c.orphansInRange(ctx, r, []byte{byte(b)}, horizon, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) error {
+	local := map[dtfc.ID]dtfc.State{}
+	if err := c.store.States(prefix, func(st dtfc.State) error {
+		if !st.Deleted && st.Clock < horizon {
+			local[st.ID] = st
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(local) == 0 {
+		return nil
+	}
+	resp, err := r.do(ctx, http.MethodGet, "/states?prefix="+hex.EncodeToString(prefix), nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return answerErr(r.URL, resp)
+	}
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	for {
+		var st dtfc.State
+		if err := dec.Decode(&st); err == io.EOF {
+			break
+		} else if err != nil {
+			return fmt.Errorf("peer %s: reading states: %w", r.URL, err)
+		}
+		delete(local, st.ID)
+	}
+	for id, st := range local {
+		out[id] = st
+	}
+	return nil
+}
+
+// denyOrphansAgainst adds to out the local deny entries older than
+// horizon that r has no entry for (r lifted them and forgot the lift).
+func (c *Cluster) denyOrphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]blobstore.Deny) error {
+	var theirs denyList
+	if err := r.getJSON(ctx, "/deny", &theirs); err != nil {
+		return err
+	}
+	known := map[dtfc.ID]bool{}
+	for _, d := range theirs.Entries {
+		known[d.ID] = true
+	}
+	ours, err := c.store.DenyList()
+	if err != nil {
+		return err
+	}
+	for _, d := range ours {
+		if !known[d.ID] && d.Clock < horizon {
+			out[d.ID] = d
+		}
+	}
+	return nil
+}
+
+// keepHeldElsewhere removes from candidates what a healthy replica peer
+// (not resyncing, not expired here) still holds live: a delete the
+// cluster forgot would have reached it first, so the state is no orphan.
+func (c *Cluster) keepHeldElsewhere(ctx context.Context, candidates map[dtfc.ID]dtfc.State) error {
+	if len(candidates) == 0 {
+		return nil
+	}
+	ids := make([]dtfc.ID, 0, len(candidates))
+	for id := range candidates {
+		ids = append(ids, id)
+	}
+	for _, r := range c.mem.Load().remotes {
+		if r.Self() || r.IsCache() || !r.expired().IsZero() {
+			continue
+		}
+		var d digestsAnswer
+		if err := r.getJSON(ctx, "/digests", &d); err != nil || d.Resyncing {
+			continue // cannot vouch for anything
+		}
+		for start := 0; start < len(ids); start += lookupBatch {
+			var ans lookupAnswer
+			end := min(start+lookupBatch, len(ids))
+			if err := r.callJSON(ctx, http.MethodPost, "/lookup", lookupRequest{IDs: ids[start:end]}, &ans); err != nil {
+				if errors.Is(err, context.Canceled) {
+					return err
+				}
+				break
+			}
+			for _, st := range ans.States {
+				if !st.Deleted {
+					delete(candidates, st.ID)
+				}
+			}
+		}
+	}
+	return nil
+}
