@@ -295,4 +295,3 @@ func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
 	}
 	return nil
 }
-

@@ -394,4 +394,3 @@ func (d *Download) Close() error {
 	}
 	return nil
 }
-

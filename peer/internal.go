@@ -486,9 +486,9 @@ type digestsAnswer struct {
 	Synced bool   `json:"synced"`
 	// Resyncing: the answering node holds states it may have to drop;
 	// nothing may be imported from it.
-	Resyncing bool `json:"resyncing,omitempty"`
-	Sums   string   `json:"sums"`
-	Counts []uint64 `json:"counts"`
+	Resyncing bool     `json:"resyncing,omitempty"`
+	Sums      string   `json:"sums"`
+	Counts    []uint64 `json:"counts"`
 	// Deny digests the deny list (blobstore.DenyDigest).
 	Deny string `json:"deny"`
 }

@@ -77,19 +77,19 @@ type remote struct {
 	notes noteTaker
 
 	mu           sync.Mutex
-	nodeID       string // the peer's identity, learned from its answers
-	reportedRole string // the role the peer says it has ("" until known)
-	isSelf       bool   // the peer's identity is this node's: it is this node
+	nodeID       string    // the peer's identity, learned from its answers
+	reportedRole string    // the role the peer says it has ("" until known)
+	isSelf       bool      // the peer's identity is this node's: it is this node
 	expiredSince time.Time // this node marked the peer expired (zero: not)
 	clockRefused int64     // changes the peer refused for their clock
 	up           bool
-	contacted   bool
-	lastContact time.Time
-	lastErr     string
-	lastErrAt   time.Time
-	failures    int
-	retryAt     time.Time
-	kick        chan struct{} // wakes the pusher when the peer is back
+	contacted    bool
+	lastContact  time.Time
+	lastErr      string
+	lastErrAt    time.Time
+	failures     int
+	retryAt      time.Time
+	kick         chan struct{} // wakes the pusher when the peer is back
 	// pushFailedAt is when the pusher last failed or began a retry
 	// (zero: its last push succeeded). A peer can refuse pushes (400, 507) while every other
 	// exchange with it succeeds, so it never looks down and its return
@@ -298,11 +298,11 @@ type PeerStatus struct {
 	// was too far ahead of its own (since this node started).
 	ClockRefused int64     `json:"clock_refused"`
 	Up           bool      `json:"up"`
-	Contacted   bool      `json:"contacted"`
-	LastContact time.Time `json:"last_contact,omitzero"`
-	LastError   string    `json:"last_error,omitempty"`
-	LastErrorAt time.Time `json:"last_error_at,omitzero"`
-	Failures    int       `json:"failures"`
+	Contacted    bool      `json:"contacted"`
+	LastContact  time.Time `json:"last_contact,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	Failures     int       `json:"failures"`
 	// Queue counts operations not yet accepted by the peer.
 	Queue int64 `json:"queue"`
 	// LagSeconds is how long replication to the peer has been behind
