@@ -26,6 +26,7 @@ type corruptor struct {
 	srv       *http.Server
 	tr        *http.Transport
 	done      chan struct{}
+	closing   chan struct{} // closed by close: delays end at once
 
 	// delay (nanoseconds) and rate (bytes per second, 0: unlimited) are
 	// the Delay and Throttle faults (slow.go).
@@ -37,8 +38,9 @@ type corruptor struct {
 // node's URL).
 func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 	c := &corruptor{
-		ln:   ln,
-		done: make(chan struct{}),
+		ln:      ln,
+		done:    make(chan struct{}),
+		closing: make(chan struct{}),
 		tr: &http.Transport{
 			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
@@ -101,6 +103,7 @@ func (c *corruptor) flipped() { c.corrupted.Add(1) }
 
 // close stops the corruptor and cuts every connection through it.
 func (c *corruptor) close() {
+	close(c.closing)
 	c.srv.Close()
 	<-c.done
 	c.tr.CloseIdleConnections()

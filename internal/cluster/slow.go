@@ -49,6 +49,8 @@ func (c *corruptor) slow(ctx context.Context, body *io.ReadCloser) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+		case <-c.closing:
+			t.Stop()
 		}
 	}
 	if *body != nil && *body != http.NoBody {
