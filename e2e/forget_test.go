@@ -3,8 +3,8 @@ package e2e_test
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
