@@ -196,7 +196,9 @@ func localOnly(r *http.Request) bool {
 func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 	hexID := st.ID.String()
 	ct := st.ContentType
-	if ct == "" {
+	if ct == "" || len(ct) > maxContentType {
+		// A longer type was recorded before uploads were bounded, or
+		// came from a peer that does not bound them: never sent on.
 		ct = "application/octet-stream"
 	}
 	h["Content-Type"] = []string{ct}
