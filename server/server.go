@@ -70,6 +70,12 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Cluster connects the node to its peers. If nil, the node is alone.
 	Cluster Cluster
+	// NoInternal, if set, does not serve the node-to-node routes under
+	// /_internal at all, even with a Cluster (they answer 404 like any
+	// unknown route). For a node alone whose writes need a token but
+	// that has no cluster secret: those routes take states and blobs
+	// without any token.
+	NoInternal bool
 }
 
 // Server is dtfc's HTTP API over a local store and, optionally, a cluster.
@@ -176,7 +182,7 @@ func (s *Server) routes() chi.Router {
 		getHead(r, "/{id}", s.download)
 		getHead(r, "/{id}/nopeerload", s.download)
 	})
-	if c := s.cfg.Cluster; c != nil {
+	if c := s.cfg.Cluster; c != nil && !s.cfg.NoInternal {
 		r.Mount("/_internal", c.InternalHandler())
 	}
 	return r

@@ -361,6 +361,11 @@ func (c *Config) validate() error {
 	if c.TLSRequirePeerCert && (c.TLSCA == "" || c.TLSCert == "") {
 		errs = append(errs, errors.New("tls_require_peer_cert needs tls_ca (to verify peers' certificates) and tls_cert (HTTPS)"))
 	}
+	if anySet(c.AuthToken) && !anySet(c.ClusterSecret) && c.Peerlist != "" {
+		// The node-to-node routes take uploads and deletes; without a
+		// secret they would take them from anyone, token or not.
+		errs = append(errs, errors.New("auth_token is set but cluster_secret is not: with a peerlist, the node-to-node routes (/_internal) would accept writes from anyone; set cluster_secret (the same on every node)"))
+	}
 	if _, err := c.proxies(); err != nil {
 		errs = append(errs, err)
 	}
@@ -389,6 +394,24 @@ func (c *Config) validate() error {
 	}
 	c.Me = strings.TrimRight(c.Me, "/")
 	return errors.Join(errs...)
+}
+
+// anySet reports whether l holds a non-empty string: an empty token or
+// secret is ignored, as if unset.
+func anySet(l StringList) bool {
+	for _, s := range l {
+		if s != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// internalHidden reports whether the node-to-node routes are not served:
+// writes need a token, no cluster secret protects those routes, and there
+// is no peer list (validate refuses the same with one).
+func (c *Config) internalHidden() bool {
+	return anySet(c.AuthToken) && !anySet(c.ClusterSecret) && c.Peerlist == ""
 }
 
 // proxies parses trusted_proxies: addresses or CIDR prefixes.

@@ -117,6 +117,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		RecentErrors:        recent.Entries,
 		Registry:            reg,
 		Cluster:             cluster,
+		NoInternal:          c.internalHidden(),
 	}, store)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
@@ -138,6 +139,9 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
 		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
+	if c.internalHidden() {
+		log.Info("node-to-node routes (/_internal) not served: auth_token is set without cluster_secret, and there is no peerlist")
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return cluster.Run(gctx) })
