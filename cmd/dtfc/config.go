@@ -361,10 +361,11 @@ func (c *Config) validate() error {
 	if c.TLSRequirePeerCert && (c.TLSCA == "" || c.TLSCert == "") {
 		errs = append(errs, errors.New("tls_require_peer_cert needs tls_ca (to verify peers' certificates) and tls_cert (HTTPS)"))
 	}
-	if anySet(c.AuthToken) && !anySet(c.ClusterSecret) && c.Peerlist != "" {
-		// The node-to-node routes take uploads and deletes; without a
-		// secret they would take them from anyone, token or not.
-		errs = append(errs, errors.New("auth_token is set but cluster_secret is not: with a peerlist, the node-to-node routes (/_internal) would accept writes from anyone; set cluster_secret (the same on every node)"))
+	if key := c.tokenKey(); key != "" && !anySet(c.ClusterSecret) && c.Peerlist != "" {
+		// The node-to-node routes take uploads and deletes and serve
+		// every blob; without a secret they would do so for anyone,
+		// token or not.
+		errs = append(errs, fmt.Errorf("%s is set but cluster_secret is not: with a peerlist, the node-to-node routes (/_internal) would accept writes and serve blobs without any token; set cluster_secret (the same on every node)", key))
 	}
 	if _, err := c.proxies(); err != nil {
 		errs = append(errs, err)
@@ -407,11 +408,23 @@ func anySet(l StringList) bool {
 	return false
 }
 
+// tokenKey names the first client token set (auth_token, then
+// read_token), or "" if none is.
+func (c *Config) tokenKey() string {
+	switch {
+	case anySet(c.AuthToken):
+		return "auth_token"
+	case anySet(c.ReadToken):
+		return "read_token"
+	}
+	return ""
+}
+
 // internalHidden reports whether the node-to-node routes are not served:
-// writes need a token, no cluster secret protects those routes, and there
-// is no peer list (validate refuses the same with one).
+// writes or reads need a token, no cluster secret protects those routes,
+// and there is no peer list (validate refuses the same with one).
 func (c *Config) internalHidden() bool {
-	return anySet(c.AuthToken) && !anySet(c.ClusterSecret) && c.Peerlist == ""
+	return c.tokenKey() != "" && !anySet(c.ClusterSecret) && c.Peerlist == ""
 }
 
 // proxies parses trusted_proxies: addresses or CIDR prefixes.

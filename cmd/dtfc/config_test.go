@@ -69,6 +69,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "auth_token alone", args: []string{"--auth-token", "w"}, check: func(t *testing.T, c Config) {
 			assert.True(t, c.internalHidden(), "no peers, no secret: /_internal is not served")
 		}},
+		{name: "read_token, peers, no secret", args: []string{"--read-token", "r", "--peerlist", "p.toml"}, wantErr: "read_token is set but cluster_secret is not"},
+		{name: "read_token alone", args: []string{"--read-token", "r"}, check: func(t *testing.T, c Config) {
+			assert.True(t, c.internalHidden())
+		}},
 		{name: "no token", args: []string{"--peerlist", "p.toml"}, check: func(t *testing.T, c Config) {
 			assert.False(t, c.internalHidden())
 		}},

@@ -20,8 +20,8 @@ import (
 	"github.com/dtfc/dtfc"
 )
 
-// TestAuthTokenNeedsClusterSecret: a node whose writes need a token but
-// that has a peer list and no cluster secret refuses to start, with one
+// TestAuthTokenNeedsClusterSecret: a node whose writes (or reads) need a
+// token but that has a peer list and no cluster secret refuses to start, with one
 // line naming the keys and exit status 1, and creates nothing; with the
 // secret it starts.
 func TestAuthTokenNeedsClusterSecret(t *testing.T) {
@@ -38,6 +38,7 @@ func TestAuthTokenNeedsClusterSecret(t *testing.T) {
 		{"flags", []string{"--auth-token", "w", "--peerlist", peers}},
 		{"config file", []string{"--config", conf}},
 		{"an empty secret is none", []string{"--auth-token", "w", "--peerlist", peers, "--cluster-secret", ""}},
+		{"read_token", []string{"--read-token", "r", "--peerlist", peers}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			base := filepath.Join(t.TempDir(), "data")
@@ -45,8 +46,7 @@ func TestAuthTokenNeedsClusterSecret(t *testing.T) {
 			stdout, stderr, code := cli(t, nil, args...)
 			assert.Equal(t, 1, code, "stdout: %s\nstderr: %s", stdout, stderr)
 			assert.Equal(t, 1, strings.Count(stderr, "\n"), "one line: %q", stderr)
-			assert.Contains(t, stderr, "auth_token")
-			assert.Contains(t, stderr, "cluster_secret")
+			assert.Contains(t, stderr, "_token is set but cluster_secret is not")
 			assert.Contains(t, stderr, "peerlist")
 			assert.NoDirExists(t, base, "nothing is created for a refused config")
 		})
@@ -117,4 +117,28 @@ func TestAuthTokenAloneHidesInternal(t *testing.T) {
 	code, _ = do(http.MethodGet, "/"+bigID.String(), nil)
 	assert.Equal(t, http.StatusNotFound, code, "the pushed blob was stored")
 	assert.Contains(t, p.stderr.String(), "/_internal) not served")
+}
+
+// TestReadTokenAloneHidesInternal: likewise with read_token: the blobs
+// that need a read token are not served without one by /_internal.
+func TestReadTokenAloneHidesInternal(t *testing.T) {
+	p := startServer(t, filepath.Join(t.TempDir(), "data"), "--read-token", "r")
+	data := []byte("for readers with the token")
+	require.Equal(t, http.StatusCreated, putStatusData(t, p.url+"/secret.txt", data))
+	id := sum(data)
+	assert.Equal(t, http.StatusUnauthorized, statusOf(httpClient, p.url+"/"+id), "the read token is in force")
+	for _, path := range []string{"/_internal/blobs/" + id, "/_internal/states", "/_internal/state/" + id} {
+		assert.Equal(t, http.StatusNotFound, statusOf(httpClient, p.url+path), "GET %s", path)
+	}
+}
+
+// putStatusData uploads data to url and returns the status.
+func putStatusData(t testing.TB, url string, data []byte) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, url, bytes.NewReader(data))
+	require.NoError(t, err)
+	resp, err := httpClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
 }

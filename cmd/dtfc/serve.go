@@ -140,7 +140,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
 		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
 	if c.internalHidden() {
-		log.Info("node-to-node routes (/_internal) not served: auth_token is set without cluster_secret, and there is no peerlist")
+		log.Info("node-to-node routes (/_internal) not served: a token is set without cluster_secret, and there is no peerlist", "key", c.tokenKey())
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
