@@ -76,7 +76,7 @@ func defaultConfig() Config {
 		MaxClockOffset:      Duration(time.Minute),
 		ShutdownGrace:       Duration(30 * time.Second),
 		MaxUploadsPerClient: 64,
-		MaxHeaderBytes:      64 << 10,
+		MaxHeaderBytes:      8 << 10,
 		ReadHeaderTimeout:   Duration(10 * time.Second),
 		MaxPeerFetches:      64,
 	}
@@ -237,7 +237,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.BoolVar(&c.TLSRequirePeerCert, "tls-require-peer-cert", c.TLSRequirePeerCert, "node-to-node routes require a client certificate verified by tls-ca")
 	fs.IntVar(&c.MaxUploadsPerClient, "max-uploads-per-client", c.MaxUploadsPerClient, "uploads in flight per client address before 429 (negative = no limit)")
 	fs.Var(&listFlag{l: &c.TrustedProxies}, "trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client; repeatable")
-	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request header accepted")
+	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request head (request line and header fields, as HTTP/1.1 sends them) accepted; larger ones get 431")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")
 }

@@ -112,6 +112,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		ReadTokens:          c.ReadToken,
 		PrivateStatus:       c.PrivateStatus,
 		MaxUploadsPerClient: c.MaxUploadsPerClient,
+		MaxHeaderBytes:      int(c.MaxHeaderBytes),
 		TrustedProxies:      proxies,
 		Logger:              log.With("component", "http"),
 		RecentErrors:        recent.Entries,
@@ -128,8 +129,11 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		Handler:           api,
 		ReadHeaderTimeout: time.Duration(c.ReadHeaderTimeout),
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    int(c.MaxHeaderBytes),
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// dtfc applies max_header_bytes itself (the same way over every
+		// protocol, answered as JSON); net/http's own bound, looser than
+		// its setting, is only a backstop above it.
+		MaxHeaderBytes: server.NetHTTPMaxHeaderBytes(int(c.MaxHeaderBytes)),
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// No WriteTimeout or ReadTimeout: downloads and uploads may take
 		// hours. Uploads get per-read idle deadlines instead.
 	}
