@@ -34,7 +34,7 @@ const nginxInstall = "apt-get install -y nginx-light (or nginx)"
 // exactly the values (and the number of values) dtfc gives them.
 var blobHeaders = []string{
 	"Content-Type", "Etag", "X-Content-Sha512", "Cache-Control", "Content-Length",
-	"Accept-Ranges", "X-Content-Type-Options", "X-Dtfc-Source", "Content-Range", "Last-Modified",
+	"Accept-Ranges", "X-Content-Type-Options", "Content-Security-Policy", "X-Dtfc-Source", "Content-Range", "Last-Modified",
 }
 
 // nginxFront is a running nginx configured from deploy/nginx.conf.

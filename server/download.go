@@ -25,6 +25,10 @@ var (
 	nosniff      = []string{"nosniff"}
 	sourceLocal  = []string{"local"}
 	sourcePeer   = []string{"peer"}
+	// sandbox makes a blob a document of its own unique origin in which
+	// nothing runs: an uploaded HTML page or SVG image opened from a
+	// node cannot run scripts as the node's origin (SECURITY.md).
+	sandbox = []string{"sandbox"}
 )
 
 // download serves GET and HEAD of /{id} and /{id}/nopeerload.
@@ -196,7 +200,9 @@ func localOnly(r *http.Request) bool {
 func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 	hexID := st.ID.String()
 	ct := st.ContentType
-	if ct == "" {
+	if ct == "" || len(ct) > maxContentType {
+		// A longer type was recorded before uploads were bounded, or
+		// came from a peer that does not bound them: never sent on.
 		ct = "application/octet-stream"
 	}
 	h["Content-Type"] = []string{ct}
@@ -205,6 +211,7 @@ func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 	h["Cache-Control"] = cacheControl
 	h["Accept-Ranges"] = acceptRanges
 	h["X-Content-Type-Options"] = nosniff
+	h["Content-Security-Policy"] = sandbox
 	h["X-Dtfc-Source"] = source
 	return hexID
 }

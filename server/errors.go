@@ -33,6 +33,9 @@ var (
 	ErrNotFound = errors.New("not found on this node or any reachable peer")
 	// ErrIdleTimeout answers 408: the upload body stalled.
 	ErrIdleTimeout = errors.New("upload body sent nothing for too long")
+	// ErrHeaderTooLarge answers 431: the request's head is larger than
+	// Config.MaxHeaderBytes.
+	ErrHeaderTooLarge = errors.New("request header fields too large")
 	// ErrReplicasTimeout answers 504: ?replicas=N was not reached in time.
 	ErrReplicasTimeout = errors.New("not enough replicas confirmed in time; the file is stored and still replicating")
 )
@@ -55,6 +58,8 @@ func errorStatus(err error) int {
 		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrReplicasTimeout):
 		return http.StatusGatewayTimeout
+	case errors.Is(err, ErrHeaderTooLarge):
+		return http.StatusRequestHeaderFieldsTooLarge
 	case errors.Is(err, blobstore.ErrClosed), errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable
 	}

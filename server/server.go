@@ -56,6 +56,13 @@ type Config struct {
 	// MaxUploadsPerClient answers 429 to a client address with more
 	// uploads in flight. If zero, it defaults to 64; negative: no limit.
 	MaxUploadsPerClient int
+	// MaxHeaderBytes, if positive, answers 431 to a request whose head is
+	// larger: its request line and header fields as HTTP/1.1 writes them
+	// ("Name: value\r\n"), the Host field included, measured the same way
+	// over HTTP/2 so that one limit means the same on both. The
+	// http.Server's own MaxHeaderBytes must leave room above it: see
+	// NetHTTPMaxHeaderBytes.
+	MaxHeaderBytes int
 	// TrustedProxies are the addresses of reverse proxies whose
 	// X-Forwarded-For names the client (for MaxUploadsPerClient and logs).
 	TrustedProxies []netip.Prefix
@@ -70,6 +77,12 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Cluster connects the node to its peers. If nil, the node is alone.
 	Cluster Cluster
+	// NoInternal, if set, does not serve the node-to-node routes under
+	// /_internal at all, even with a Cluster (they answer 404 like any
+	// unknown route). For a node alone whose writes need a token but
+	// that has no cluster secret: those routes take states and blobs
+	// without any token.
+	NoInternal bool
 }
 
 // Server is dtfc's HTTP API over a local store and, optionally, a cluster.
@@ -137,6 +150,9 @@ func (s *Server) Wait() { s.flight.Wait() }
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(s.track)
+	if s.cfg.MaxHeaderBytes > 0 {
+		r.Use(s.limitHeader)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path))
 	})
@@ -176,7 +192,7 @@ func (s *Server) routes() chi.Router {
 		getHead(r, "/{id}", s.download)
 		getHead(r, "/{id}/nopeerload", s.download)
 	})
-	if c := s.cfg.Cluster; c != nil {
+	if c := s.cfg.Cluster; c != nil && !s.cfg.NoInternal {
 		r.Mount("/_internal", c.InternalHandler())
 	}
 	return r

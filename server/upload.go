@@ -238,21 +238,46 @@ func checkFilename(name string) error {
 	return nil
 }
 
+// maxContentType bounds a recorded Content-Type (bytes), like a filename:
+// it is sent with every download and, inside the state header, with every
+// node-to-node transfer, where proxies and peers refuse long headers.
+const maxContentType = 255
+
 // contentType chooses the type recorded for an upload: the client's, if it
-// said something more precise than "bytes"; else the filename extension's;
-// else what the first bytes look like.
+// is a valid media type (type/subtype), at most maxContentType bytes, and
+// more precise than "bytes"; else the filename extension's; else what the
+// first bytes look like.
 func contentType(header, filename string, head []byte) string {
-	if mt, params, err := mime.ParseMediaType(header); err == nil {
-		switch mt {
-		case "application/octet-stream", "application/x-www-form-urlencoded", "multipart/form-data":
-		default:
-			return mime.FormatMediaType(mt, params)
-		}
+	if t := clientType(header); t != "" {
+		return t
 	}
 	if ext := path.Ext(filename); ext != "" {
-		if t := mime.TypeByExtension(ext); t != "" {
+		if t := mime.TypeByExtension(ext); t != "" && len(t) <= maxContentType {
 			return t
 		}
 	}
 	return http.DetectContentType(head)
+}
+
+// clientType is the client's Content-Type as it would be recorded, or ""
+// when it is to be ignored: too long, not a media type, or generic.
+func clientType(header string) string {
+	if len(header) > maxContentType {
+		return ""
+	}
+	mt, params, err := mime.ParseMediaType(header)
+	if err != nil || !strings.Contains(mt, "/") {
+		// ParseMediaType also takes a lone token ("attachment"), which is
+		// a disposition, not a media type.
+		return ""
+	}
+	switch mt {
+	case "application/octet-stream", "application/x-www-form-urlencoded", "multipart/form-data":
+		return ""
+	}
+	// Formatting may quote parameters: the bound holds for what is kept.
+	if t := mime.FormatMediaType(mt, params); len(t) <= maxContentType {
+		return t
+	}
+	return ""
 }

@@ -76,7 +76,7 @@ func defaultConfig() Config {
 		MaxClockOffset:      Duration(time.Minute),
 		ShutdownGrace:       Duration(30 * time.Second),
 		MaxUploadsPerClient: 64,
-		MaxHeaderBytes:      64 << 10,
+		MaxHeaderBytes:      8 << 10,
 		ReadHeaderTimeout:   Duration(10 * time.Second),
 		MaxPeerFetches:      64,
 	}
@@ -237,7 +237,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.BoolVar(&c.TLSRequirePeerCert, "tls-require-peer-cert", c.TLSRequirePeerCert, "node-to-node routes require a client certificate verified by tls-ca")
 	fs.IntVar(&c.MaxUploadsPerClient, "max-uploads-per-client", c.MaxUploadsPerClient, "uploads in flight per client address before 429 (negative = no limit)")
 	fs.Var(&listFlag{l: &c.TrustedProxies}, "trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client; repeatable")
-	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request header accepted")
+	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request head (request line and header fields, as HTTP/1.1 sends them) accepted; larger ones get 431")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")
 }
@@ -361,6 +361,12 @@ func (c *Config) validate() error {
 	if c.TLSRequirePeerCert && (c.TLSCA == "" || c.TLSCert == "") {
 		errs = append(errs, errors.New("tls_require_peer_cert needs tls_ca (to verify peers' certificates) and tls_cert (HTTPS)"))
 	}
+	if key := c.tokenKey(); key != "" && !anySet(c.ClusterSecret) && c.Peerlist != "" {
+		// The node-to-node routes take uploads and deletes and serve
+		// every blob; without a secret they would do so for anyone,
+		// token or not.
+		errs = append(errs, fmt.Errorf("%s is set but cluster_secret is not: with a peerlist, the node-to-node routes (/_internal) would accept writes and serve blobs without any token; set cluster_secret (the same on every node)", key))
+	}
 	if _, err := c.proxies(); err != nil {
 		errs = append(errs, err)
 	}
@@ -389,6 +395,36 @@ func (c *Config) validate() error {
 	}
 	c.Me = strings.TrimRight(c.Me, "/")
 	return errors.Join(errs...)
+}
+
+// anySet reports whether l holds a non-empty string: an empty token or
+// secret is ignored, as if unset.
+func anySet(l StringList) bool {
+	for _, s := range l {
+		if s != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// tokenKey names the first client token set (auth_token, then
+// read_token), or "" if none is.
+func (c *Config) tokenKey() string {
+	switch {
+	case anySet(c.AuthToken):
+		return "auth_token"
+	case anySet(c.ReadToken):
+		return "read_token"
+	}
+	return ""
+}
+
+// internalHidden reports whether the node-to-node routes are not served:
+// writes or reads need a token, no cluster secret protects those routes,
+// and there is no peer list (validate refuses the same with one).
+func (c *Config) internalHidden() bool {
+	return c.tokenKey() != "" && !anySet(c.ClusterSecret) && c.Peerlist == ""
 }
 
 // proxies parses trusted_proxies: addresses or CIDR prefixes.

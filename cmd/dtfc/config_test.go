@@ -62,6 +62,20 @@ func TestLoadConfig(t *testing.T) {
 		{name: "zero interval", file: "anti_entropy_interval = \"0s\"\n", wantErr: "anti_entropy_interval must be positive"},
 		{name: "syntax", file: "port = = 1\n", wantErr: "line 1"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "auth_token, peers, no secret", file: "auth_token = \"w\"\npeerlist = \"p.toml\"\n", wantErr: "auth_token is set but cluster_secret is not"},
+		{name: "auth_token and peers with a secret", file: "auth_token = \"w\"\npeerlist = \"p.toml\"\ncluster_secret = \"s\"\n", check: func(t *testing.T, c Config) {
+			assert.False(t, c.internalHidden())
+		}},
+		{name: "auth_token alone", args: []string{"--auth-token", "w"}, check: func(t *testing.T, c Config) {
+			assert.True(t, c.internalHidden(), "no peers, no secret: /_internal is not served")
+		}},
+		{name: "read_token, peers, no secret", args: []string{"--read-token", "r", "--peerlist", "p.toml"}, wantErr: "read_token is set but cluster_secret is not"},
+		{name: "read_token alone", args: []string{"--read-token", "r"}, check: func(t *testing.T, c Config) {
+			assert.True(t, c.internalHidden())
+		}},
+		{name: "no token", args: []string{"--peerlist", "p.toml"}, check: func(t *testing.T, c Config) {
+			assert.False(t, c.internalHidden())
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -112,32 +112,51 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		ReadTokens:          c.ReadToken,
 		PrivateStatus:       c.PrivateStatus,
 		MaxUploadsPerClient: c.MaxUploadsPerClient,
+		MaxHeaderBytes:      int(c.MaxHeaderBytes),
 		TrustedProxies:      proxies,
 		Logger:              log.With("component", "http"),
 		RecentErrors:        recent.Entries,
 		Registry:            reg,
 		Cluster:             cluster,
+		NoInternal:          c.internalHidden(),
 	}, store)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
 	if err != nil {
 		return err
 	}
+	// HTTP/1.1, and HTTP/2 over TLS (ALPN "h2"; no cleartext HTTP/2).
+	// The limits hold on both: the server applies max_header_bytes itself
+	// (net/http's own bound is only a backstop above it),
+	// read_header_timeout also bounds the TLS handshake, uploads get a
+	// read deadline per read on either (a stream's, over HTTP/2), and an
+	// HTTP/2 connection runs at most maxStreams requests at once, where
+	// HTTP/1.1 runs one.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
 	hs := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: time.Duration(c.ReadHeaderTimeout),
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    int(c.MaxHeaderBytes),
+		MaxHeaderBytes:    server.NetHTTPMaxHeaderBytes(int(c.MaxHeaderBytes)),
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		Protocols:         &protocols,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 		// No WriteTimeout or ReadTimeout: downloads and uploads may take
 		// hours. Uploads get per-read idle deadlines instead.
 	}
 	if tlsr != nil && tlsr.Serving() {
+		// The configuration offers "h2" (tlsreload), which is also what
+		// tells hs.Serve to set HTTP/2 up for this listener.
 		hs.TLSConfig = tlsr.ServerConfig()
 		ln = tls.NewListener(ln, hs.TLSConfig)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
 		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
+	if c.internalHidden() {
+		log.Info("node-to-node routes (/_internal) not served: a token is set without cluster_secret, and there is no peerlist", "key", c.tokenKey())
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return cluster.Run(gctx) })
@@ -188,6 +207,12 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	log.Info("stopped")
 	return nil
 }
+
+// maxStreams bounds the requests one HTTP/2 connection may have in flight
+// (SETTINGS_MAX_CONCURRENT_STREAMS; a stream beyond is refused). 100 is
+// the least RFC 9113 recommends; max_uploads_per_client still bounds the
+// uploads of one client over all its connections.
+const maxStreams = 100
 
 // scrubInterval maps the config's "0 = never" to the peer package's
 // "negative disables".

@@ -149,15 +149,21 @@ func (r *Reloader) current() (cert, client *tls.Certificate, pool *x509.CertPool
 // ServerConfig is the listener's configuration: the current server
 // certificate and, when a CA is set, client certificates verified against
 // it if presented (tls.VerifyClientCertIfGiven: public clients need none;
-// node-to-node routes may demand one, see PeerVerified).
+// node-to-node routes may demand one, see PeerVerified). It offers HTTP/2
+// and HTTP/1.1 by ALPN (NextProtos "h2", "http/1.1"), so the http.Server
+// serving it must speak both (its default); change NextProtos of the
+// returned configuration, before it is used, to offer other protocols.
 func (r *Reloader) ServerConfig() *tls.Config {
-	base := &tls.Config{MinVersion: tls.VersionTLS12}
+	base := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		cert, _, pool := r.current()
 		if cert == nil {
 			return nil, errors.New("no server certificate")
 		}
-		c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cert}}
+		// The configuration returned here replaces base for this
+		// handshake, ALPN included: without base's protocols no client
+		// could negotiate HTTP/2.
+		c := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cert}, NextProtos: base.NextProtos}
 		if pool != nil {
 			c.ClientCAs = pool
 			c.ClientAuth = tls.VerifyClientCertIfGiven

@@ -1,0 +1,230 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/peer"
+	"github.com/dtfc/dtfc/server"
+)
+
+// TestLongContentTypeIgnored: a client's Content-Type of 60,000 bytes is
+// not recorded (it would be sent with every download); the extension's or
+// the sniffed type is, and a long type recorded before the bound is not
+// sent on.
+func TestLongContentTypeIgnored(t *testing.T) {
+	long := "text/html; junk=" + strings.Repeat("x", 60000)
+	n := startNode(t, server.Config{})
+	html := []byte("<!doctype html><title>x</title><p>hello")
+	check := func(t *testing.T, id, want string) {
+		t.Helper()
+		for _, m := range []string{http.MethodGet, http.MethodHead} {
+			a := n.do(t, m, "/"+id, nil)
+			requireStatus(t, a, http.StatusOK)
+			assert.Equal(t, want, a.header.Get("Content-Type"), m)
+		}
+	}
+
+	t.Run("PUT, by the extension", func(t *testing.T) {
+		data := []byte("not really a png")
+		requireStatus(t, n.put(t, "/pic.png", data, "Content-Type", long), http.StatusCreated)
+		check(t, sum(data), "image/png")
+	})
+	t.Run("PUT, sniffed", func(t *testing.T) {
+		requireStatus(t, n.put(t, "/page", html, "Content-Type", long), http.StatusCreated)
+		check(t, sum(html), "text/html; charset=utf-8")
+	})
+	t.Run("not a media type", func(t *testing.T) {
+		data := []byte("plain words")
+		requireStatus(t, n.put(t, "/notes", data, "Content-Type", "no media type"), http.StatusCreated)
+		check(t, sum(data), "text/plain; charset=utf-8")
+	})
+	t.Run("multipart part", func(t *testing.T) {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		w, err := mw.CreatePart(textproto.MIMEHeader{
+			"Content-Disposition": {`form-data; name="file"; filename="photo.jpg"`},
+			"Content-Type":        {long},
+		})
+		require.NoError(t, err)
+		data := []byte("\xff\xd8\xff\xe0 jpeg bytes")
+		_, err = w.Write(data)
+		require.NoError(t, err)
+		require.NoError(t, mw.Close())
+		requireStatus(t, n.do(t, http.MethodPost, "/", &buf, "Content-Type", mw.FormDataContentType()), http.StatusCreated)
+		check(t, sum(data), "image/jpeg")
+	})
+	t.Run("recorded before the bound", func(t *testing.T) {
+		data := []byte("recorded by an older version")
+		bw, err := n.store.NewWriter(blobstore.WriterOptions{})
+		require.NoError(t, err)
+		defer bw.Close()
+		_, err = bw.ReadFrom(bytes.NewReader(data))
+		require.NoError(t, err)
+		res, err := bw.Commit(blobstore.Upload{ContentType: long})
+		require.NoError(t, err)
+		require.Equal(t, long, res.State.ContentType, "the store keeps what it is given")
+		check(t, sum(data), "application/octet-stream")
+	})
+	t.Run("short types still recorded", func(t *testing.T) {
+		data := []byte("x,y")
+		ct := fmt.Sprintf("application/vnd.dtfc.%s", strings.Repeat("y", 200))
+		requireStatus(t, n.put(t, "/data", data, "Content-Type", ct), http.StatusCreated)
+		check(t, sum(data), ct)
+	})
+}
+
+// lookupCluster answers Lookup with a fixed state, as a peer holding the
+// blob would; a HEAD of a local miss needs nothing else.
+type lookupCluster struct {
+	server.Cluster // nil: any other method panics
+	st             dtfc.State
+}
+
+func (l *lookupCluster) Lookup(_ context.Context, id dtfc.ID, _ bool) (dtfc.State, error) {
+	if id != l.st.ID {
+		return dtfc.State{}, peer.ErrNotFound
+	}
+	return l.st, nil
+}
+func (l *lookupCluster) InternalHandler() http.Handler { return http.NotFoundHandler() }
+func (l *lookupCluster) Replicas() int                 { return 1 }
+func (l *lookupCluster) Status() peer.Status           { return peer.Status{} }
+
+// TestBlobAnswersSandboxed: every answer with a blob carries
+// Content-Security-Policy: sandbox, once: small (from memory) and large
+// (from the file), GET and HEAD, ranges, 304, the accel-redirect answer a
+// front server sends on, and a miss answered from a peer. An HTML page
+// or SVG image served from the node runs nothing as the node's origin
+// (deploy/activecontent_test.go shows it in Chromium).
+func TestBlobAnswersSandboxed(t *testing.T) {
+	html := []byte("<!doctype html><script>document.title='ran'</script>")
+	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 8<<10)...)
+	svg = append(svg, "</svg>"...)
+	remote := dtfc.State{ID: dtfc.ID(sumBytes([]byte("held by a peer"))), Clock: 1, Node: "n", Size: 14, ContentType: "text/html"}
+	n := startNode(t, server.Config{Cluster: &lookupCluster{st: remote}})
+	requireStatus(t, n.put(t, "/page.html", html), http.StatusCreated)
+	requireStatus(t, n.put(t, "/image.svg", svg), http.StatusCreated)
+	small, large := sum(html), sum(svg)
+
+	for _, tt := range []struct {
+		name, method, path string
+		hdr                []string
+		status             int
+	}{
+		{"small GET", http.MethodGet, "/" + small, nil, http.StatusOK},
+		{"small HEAD", http.MethodHead, "/" + small, nil, http.StatusOK},
+		{"large GET", http.MethodGet, "/" + large, nil, http.StatusOK},
+		{"large HEAD", http.MethodHead, "/" + large + "/nopeerload", nil, http.StatusOK},
+		{"range", http.MethodGet, "/" + large, []string{"Range", "bytes=0-99"}, http.StatusPartialContent},
+		{"ranges", http.MethodGet, "/" + small, []string{"Range", "bytes=0-0,5-9"}, http.StatusPartialContent},
+		{"not modified", http.MethodGet, "/" + small, []string{"If-None-Match", `"` + small + `"`}, http.StatusNotModified},
+		{"accel redirect", http.MethodGet, "/" + large, []string{server.HeaderAccel, "/_dtfc_blobs"}, http.StatusOK},
+		{"accel redirect, not modified", http.MethodHead, "/" + small, []string{server.HeaderAccel, "/_dtfc_blobs", "If-None-Match", `"` + small + `"`}, http.StatusNotModified},
+		{"miss, HEAD answered by a peer", http.MethodHead, "/" + remote.ID.String(), nil, http.StatusOK},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := n.do(t, tt.method, tt.path, nil, tt.hdr...)
+			requireStatus(t, a, tt.status)
+			assert.Equal(t, []string{"sandbox"}, a.header.Values("Content-Security-Policy"))
+			assert.Equal(t, []string{"nosniff"}, a.header.Values("X-Content-Type-Options"))
+		})
+	}
+	assert.Equal(t, "peer", n.do(t, http.MethodHead, "/"+remote.ID.String(), nil).header.Get("X-Dtfc-Source"))
+	assert.NotEmpty(t, n.do(t, http.MethodGet, "/"+large, nil, server.HeaderAccel, "/_dtfc_blobs").header.Get("X-Accel-Redirect"))
+	// Not on dtfc's own status page, which has its own policy and must
+	// reload itself.
+	assert.NotContains(t, n.get(t, "/").header.Get("Content-Security-Policy"), "sandbox")
+}
+
+func sumBytes(b []byte) [64]byte { return sha512.Sum512(b) }
+
+// sendHead writes head (a request without a body, up to its blank line)
+// as it is over a new connection and reads the answer.
+func (n *node) sendHead(t testing.TB, head string) answer {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", strings.TrimPrefix(n.url, "http://"), deadline)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(deadline)))
+	_, err = io.WriteString(c, head)
+	require.NoError(t, err)
+	return readAnswer(t, c, strings.Fields(head)[0])
+}
+
+// paddedHead is a request head of exactly size bytes, made up to size by
+// an X-Pad field.
+func paddedHead(t testing.TB, method, target, fields string, size int) string {
+	t.Helper()
+	head := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: dtfc.test\r\n%sX-Pad: \r\n\r\n", method, target, fields)
+	require.Less(t, len(head), size)
+	head = strings.Replace(head, "X-Pad: ", "X-Pad: "+strings.Repeat("p", size-len(head)), 1)
+	require.Len(t, head, size)
+	return head
+}
+
+// TestMaxHeaderBytes: Config.MaxHeaderBytes is the exact bound on a
+// request's head as sent over HTTP/1.1 (request line, fields, blank
+// line): one byte more answers 431 as JSON, on every route; Go's client
+// sees the same bound. (cmd/dtfc's tests show it over HTTP/2 and against
+// the real daemon's net/http limits.)
+func TestMaxHeaderBytes(t *testing.T) {
+	const limit = 8 << 10
+	n := startNode(t, server.Config{MaxHeaderBytes: limit})
+
+	for _, tt := range []struct{ name, method, target, fields string }{
+		{"GET /health", http.MethodGet, "/health", ""},
+		{"GET a blob", http.MethodGet, "/" + strings.Repeat("ab", 64), "Accept: */*\r\nUser-Agent: test\r\n"},
+		{"chunked PUT", http.MethodPut, "/pad.txt", "Transfer-Encoding: chunked\r\n"},
+		{"node-to-node", http.MethodGet, "/_internal/digests", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			head := paddedHead(t, tt.method, tt.target, tt.fields, limit)
+			if strings.Contains(tt.fields, "chunked") {
+				head += "0\r\n\r\n"
+			}
+			a := n.sendHead(t, head)
+			assert.NotEqual(t, http.StatusRequestHeaderFieldsTooLarge, a.status, "a head of exactly the limit: %s", a)
+			head = paddedHead(t, tt.method, tt.target, tt.fields, limit+1)
+			if strings.Contains(tt.fields, "chunked") {
+				head += "0\r\n\r\n"
+			}
+			requireError(t, n.sendHead(t, head), http.StatusRequestHeaderFieldsTooLarge)
+		})
+	}
+
+	t.Run("Go's client", func(t *testing.T) {
+		requireStatus(t, n.get(t, "/health", "X-Pad", strings.Repeat("a", 7<<10)), http.StatusOK)
+		a := n.get(t, "/health", "X-Pad", strings.Repeat("a", 9<<10))
+		requireError(t, a, http.StatusRequestHeaderFieldsTooLarge)
+		assert.Contains(t, string(a.body), "8192")
+		// Many small fields count as much as one large one.
+		var hdr []string
+		for i := range 400 {
+			hdr = append(hdr, fmt.Sprintf("X-Field-%03d", i), "0123456789")
+		}
+		requireError(t, n.get(t, "/health", hdr...), http.StatusRequestHeaderFieldsTooLarge)
+	})
+
+	t.Run("an upload refused stores nothing", func(t *testing.T) {
+		n := startNode(t, server.Config{MaxHeaderBytes: limit})
+		a := n.put(t, "/refused.txt", []byte("some bytes"), "X-Pad", strings.Repeat("a", 9<<10))
+		requireError(t, a, http.StatusRequestHeaderFieldsTooLarge)
+		n.requireNothingStored(t)
+	})
+}
