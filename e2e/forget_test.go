@@ -542,3 +542,30 @@ func liftDeny(t *testing.T, hc *http.Client, base, id string) {
 	res, ans := do(t, hc, req)
 	require.Equal(t, http.StatusOK, res.StatusCode, "%s", ans)
 }
+
+// TestCacheListedAsReplica: a node whose peer list calls a cache a
+// replica learns the cache's real role from its answers, does not count
+// it in ?replicas=N (it answered 201, and the cache then evicted the
+// upload: one copy, unnoticed), and does not push it uploads: the cache
+// answers them "cache". About 5 s.
+func TestCacheListedAsReplica(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache},
+		Args: []string{"--replicas-timeout", "2s"}})
+	hc := newClient(t)
+	list := fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"replica\"\n", c.PeerURL(0, 1))
+	require.NoError(t, os.WriteFile(c.Nodes[0].PeerList, []byte(list), 0o644))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, c.Nodes[0].URL+"/refreshpeers", nil)
+	require.NoError(t, err)
+	res, body := do(t, hc, req)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body)
+	// Any exchange tells node 0 what node 1 is.
+	_, warm := upload(t, hc, c.Nodes[0].URL, "warm", randomBytes(1000))
+	eventually(t, converge, "node 0 learns node 1 is a cache", func() bool {
+		return peerStatus(t, c, 0, 1)["reported_role"] == "cache"
+	})
+	res, body = putQuery(t, hc, c.Nodes[0].URL+"/r2?replicas=2", randomBytes(5000))
+	assert.Equal(t, http.StatusBadRequest, res.StatusCode, "a cache is no replica: %s", body)
+	eventually(t, converge, "node 0's queue towards the cache drains", func() bool { return queueLength(t, c, 0, 1) == 0 })
+	assert.NotContains(t, c.BlobFiles(1), warm, "the cache was pushed an upload")
+	assert.True(t, logHas(c.Nodes[0], "role differs from the peer list"), "node 0 logs the mismatch")
+}

@@ -187,6 +187,9 @@ func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, p
 		if l, ok := local[st.ID]; ok && !st.Newer(l) {
 			continue
 		}
+		if err := validState(st); err != nil {
+			return fmt.Errorf("peer %s: state of %s: %w", r.URL, st.ID, err)
+		}
 		g.Go(func() error { return c.pull(ctx, r, st) })
 	}
 	return nil

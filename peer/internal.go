@@ -327,6 +327,20 @@ func validState(st dtfc.State) error {
 	return nil
 }
 
+// bounded is st as it may leave this node: a content type or filename
+// longer than peers accept (recorded before uploads were bounded) is
+// dropped, so that a peer never refuses the state for it, and every
+// reader serves its own default instead.
+func bounded(st dtfc.State) dtfc.State {
+	if len(st.ContentType) > maxStateText {
+		st.ContentType = ""
+	}
+	if len(st.Filename) > maxStateText {
+		st.Filename = ""
+	}
+	return st
+}
+
 // refusedClock counts a remote state refused for its clock.
 func (c *Cluster) refusedClock(err error) {
 	if errors.Is(err, blobstore.ErrClockAhead) {
@@ -388,7 +402,7 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 			held = true
 		}
 	}
-	writeJSON(w, http.StatusOK, stateAnswer{State: st, Held: held})
+	writeJSON(w, http.StatusOK, stateAnswer{State: bounded(st), Held: held})
 }
 
 // hChanges applies pushed states and deny entries under the
@@ -606,7 +620,7 @@ func (c *Cluster) hStates(w http.ResponseWriter, r *http.Request) {
 	}
 	var states []dtfc.State
 	if err := c.store.States(prefix, func(st dtfc.State) error {
-		states = append(states, st)
+		states = append(states, bounded(st))
 		return nil
 	}); err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
@@ -644,7 +658,7 @@ func (c *Cluster) hLookup(w http.ResponseWriter, r *http.Request) {
 	ans := lookupAnswer{States: []dtfc.State{}}
 	for _, id := range req.IDs {
 		if st, err := c.store.Stat(id); err == nil {
-			ans.States = append(ans.States, st)
+			ans.States = append(ans.States, bounded(st))
 		}
 	}
 	writeJSON(w, http.StatusOK, ans)

@@ -108,9 +108,10 @@ func (p *pusher) run(ctx context.Context) {
 	p.loaded.Store(true)
 	failures := 0
 	for ctx.Err() == nil {
-		if c.resync.holds() || r.Self() {
-			// Resyncing: offering old states could resurrect deletes the
-			// others have forgotten. Itself: nothing to send.
+		if r.Self() || c.resync.holdsFor(r.identity()) {
+			// Itself: nothing to send. A peer that marked this node
+			// expired: it refuses everything until the resync against it
+			// is done.
 			select {
 			case <-c.resync.changed():
 			case <-r.kick:
@@ -257,7 +258,7 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 			where[i] = skip
 		default:
 			where[i] = len(req.Changes)
-			req.Changes = append(req.Changes, ch.State)
+			req.Changes = append(req.Changes, bounded(ch.State))
 		}
 	}
 	accepted := make([]bool, len(changes))

@@ -528,6 +528,9 @@ func (r *remote) getBlob(ctx context.Context, id dtfc.ID, method string) (*http.
 		return nil, dtfc.State{}, answerErr(r.URL, resp)
 	}
 	st, err := decodeStateHeader(resp.Header.Get(HeaderState))
+	if err == nil {
+		err = validState(st)
+	}
 	if err == nil && (st.ID != id || st.Deleted || st.Size != resp.ContentLength) {
 		err = fmt.Errorf("peer %s: inconsistent state header for %s", r.URL, id)
 	}
@@ -539,7 +542,7 @@ func (r *remote) getBlob(ctx context.Context, id dtfc.ID, method string) (*http.
 }
 
 func encodeStateHeader(st dtfc.State) string {
-	b, _ := json.Marshal(st)
+	b, _ := json.Marshal(bounded(st))
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 

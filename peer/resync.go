@@ -20,11 +20,15 @@ import (
 // A node resyncs when a peer tells it that it is expired there: the peer
 // forgot deletes (or lifts) this node never acknowledged, so what this
 // node holds from before may be exactly what the cluster deleted. Until
-// the resync is done the node offers nothing: its pushers wait, and its
-// node-to-node routes that hand out blobs or states answer 503 (the
-// digests, state listings and lookups stay readable, marked resyncing, so
-// that other resyncing nodes can compare with it — a listing imports
-// nothing). The resync compares the node's states with each peer that
+// the resync is done the node offers nothing to that peer (which would
+// refuse it), and to no one else that might import it: its node-to-node
+// routes that hand out blobs or states answer 503, and its digests say
+// "resyncing" so that anti-entropy imports nothing from it (the digests,
+// state listings and lookups stay readable, so that another resyncing
+// node can compare with it — a listing imports nothing). Its pushes to
+// the peers that did not expire it go on: such a peer forgot only deletes
+// this node acknowledged, so nothing it is offered can resurrect there,
+// and an upload taken meanwhile still replicates. The resync compares the node's states with each peer that
 // expired it and drops those the peer has no record of and that are older
 // than the moment it stopped acknowledging that peer, unless a healthy
 // replica still holds them; states made or received since are kept, so an
@@ -103,11 +107,23 @@ func (rs *resync) status() ResyncStatus {
 	return st
 }
 
-// holds reports whether the node must hold its states back.
+// holds reports whether a resync is pending or running.
 func (rs *resync) holds() bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	return rs.state != ResyncInSync
+}
+
+// holdsFor reports whether pushes to the peer of this identity must wait:
+// it marked this node expired and the resync against it is not done (it
+// would refuse them). Pushes to the other peers go on: a peer that did
+// not mark this node forgot only deletes this node acknowledged, so what
+// this node offers it can resurrect nothing there.
+func (rs *resync) holdsFor(identity string) bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	_, ok := rs.saved.By[identity]
+	return ok
 }
 
 // changed returns a channel closed at the next change of state.
