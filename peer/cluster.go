@@ -370,6 +370,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.syncPushersLocked(c.mem.Load())
 	c.mu.Unlock()
 
+	c.resolveUnconfirmed(ctx) // before anti-entropy, which would download what is held aside
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)
 	if c.opts.ScrubInterval > 0 {
