@@ -5,10 +5,15 @@
 //
 // Layout under the base directory:
 //
-//	blobs/ab/cd/<id>   complete, verified blobs (0644; directories 0755)
-//	tmp/               temp files of uploads in progress (same filesystem)
-//	quarantine/        blobs the scrubber found corrupt, kept for inspection
-//	meta.db            bbolt: records, change feed, digests, cursors
+//	blobs/ab/cd/<id>        complete, verified blobs (0644; directories 0755)
+//	tmp/                    temp files of uploads in progress (same filesystem)
+//	quarantine/             corrupt blobs and foreign files, kept for inspection
+//	unconfirmed/ab/cd/<id>  verified blobs whose state is unknown (unconfirmed.go)
+//	meta.db                 bbolt: records, change feed, digests, cursors
+//	node-id                 the node's identity, kept beside meta.db
+//
+// meta.db is checked before it is opened (check.go); a damaged or lost one
+// is rebuilt from the blob files by Rebuild, never by deleting them.
 //
 // A blob file exists under blobs/ only once its bytes were hashed, matched
 // their name and were fsync'd; the rename that places it is fsync'd in its

@@ -1,8 +1,6 @@
 package blobstore
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -69,6 +67,9 @@ type Store struct {
 	small    *smallCache
 	denied   denyCache
 	opener   *blobOpener
+
+	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
+	unlock      func()       // releases the lock on dir (lockDir)
 }
 
 var (
@@ -80,19 +81,34 @@ var (
 	bucketValues  = []byte("values") // other layers' durable values (cursors)
 	bucketATime   = []byte("atime")  // id -> access counter (caches)
 	bucketLRU     = []byte("lru")    // access|id -> {} (caches)
-	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny}
+	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed}
 	keyNode       = []byte("node")
 	keyClean      = []byte("clean")
+	keyRebuilding = []byte("rebuilding") // set by Rebuild until it has finished
 	keyClock      = []byte("clock")
 	keyBlobs      = []byte("blobs")
 	keyBytes      = []byte("bytes")
 	keyAccessNext = []byte("access")
 )
 
-// Open opens (creating if needed) the store in dir. Temp files left by a
-// previous process are removed; after an unclean shutdown (a crash or
-// kill -9), blob files that no committed record accounts for are removed
-// too, so nothing unacknowledged or deleted stays visible under blobs/.
+// errDirLocked means another process holds the store's directory.
+var errDirLocked = errors.New("blobstore: directory locked")
+
+// Open opens (creating if needed) the store in dir.
+//
+// The metadata (meta.db) is checked first, read-only (see check.go):
+// Open refuses, with a *MetaError and without changing anything in dir,
+// a meta.db that is damaged, one that names another node than dir's
+// node-id file, and a missing one while blobs/ or unconfirmed/ holds
+// files (Rebuild is the way out of each). A missing meta.db with no blob
+// file starts a fresh store, under the identity of node-id if there is
+// one.
+//
+// Temp files left by a previous process are removed. After an unclean
+// shutdown (a crash or kill -9) the blob files are reconciled with the
+// records: a deleted ID's file is removed; a file no record accounts for
+// is never deleted but set aside as unconfirmed (see unconfirmed.go), so
+// blobs/ holds exactly the blobs the store serves.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -118,7 +134,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	case opts.SmallCacheBytes > 0:
 		s.small = newSmallCache(opts.SmallCacheBytes)
 	}
-	for _, d := range []string{dir, s.blobDir, s.tmpDir, filepath.Join(dir, "quarantine")} {
+	for _, d := range []string{dir, s.blobDir, s.tmpDir, filepath.Join(dir, "quarantine"), filepath.Join(dir, unconfirmedDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, diskErr("create directory", err)
 		}
@@ -135,9 +151,36 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// openFiles opens the blob directory and the metadata, and brings them to
-// a consistent state; on failure it closes whatever it opened.
+// openFiles locks the directory, checks and opens the metadata and the
+// blob directory, and brings them to a consistent state; on failure it
+// closes whatever it opened.
 func (s *Store) openFiles() (err error) {
+	s.unlock, err = lockDir(s.dir, 2*time.Second)
+	if errors.Is(err, errDirLocked) {
+		return fmt.Errorf("blobstore: %s is in use by another process", s.dir)
+	}
+	if err != nil {
+		return fmt.Errorf("blobstore: lock %s: %w", s.dir, err)
+	}
+	defer func() {
+		if err != nil {
+			s.unlock()
+		}
+	}()
+	// Nothing below writes to dir before prepare has accepted it: a store
+	// it refuses is left as found (but for the store's directories, made
+	// if missing).
+	plan, err := s.prepare()
+	if err != nil {
+		return err
+	}
+	if plan.writeNodeID {
+		// Before meta.db exists or is written to: the identity is on disk
+		// before anything that carries it.
+		if err := writeNodeID(s.dir, s.tmpDir, plan.node); err != nil {
+			return err
+		}
+	}
 	if s.opener, err = newBlobOpener(s.blobDir); err != nil {
 		return fmt.Errorf("blobstore: %w", err)
 	}
@@ -146,7 +189,7 @@ func (s *Store) openFiles() (err error) {
 			s.opener.close()
 		}
 	}()
-	s.db, err = bolt.Open(filepath.Join(s.dir, "meta.db"), 0o600, &bolt.Options{
+	s.db, err = bolt.Open(s.metaPath(), 0o600, &bolt.Options{
 		Timeout:        2 * time.Second, // another process holds the directory
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
@@ -162,7 +205,7 @@ func (s *Store) openFiles() (err error) {
 			s.db.Close()
 		}
 	}()
-	clean, err := s.init()
+	clean, err := s.init(plan)
 	if err != nil {
 		return err
 	}
@@ -175,9 +218,126 @@ func (s *Store) openFiles() (err error) {
 	return nil
 }
 
+func (s *Store) metaPath() string { return filepath.Join(s.dir, "meta.db") }
+
+// openPlan is what prepare decided.
+type openPlan struct {
+	// node is the identity of a store initialised now (meta.db missing or
+	// empty): node-id's, or a new one.
+	node string
+	// writeNodeID: node-id is missing (or unreadable) and must be written
+	// with node.
+	writeNodeID bool
+	// checked: meta.db was checked and these are its counts.
+	checked      bool
+	blobs, bytes int64
+}
+
+// prepare decides, before bbolt opens meta.db for writing (which would
+// create a missing one, and crashes on a damaged one), whether the store
+// may be opened, and under which identity.
+func (s *Store) prepare() (openPlan, error) {
+	var p openPlan
+	path := s.metaPath()
+	fileID, err := readNodeID(s.dir)
+	if errors.Is(err, errBadNodeID) {
+		s.log.Warn("ignoring the node-id file", "err", err)
+		fileID, p.writeNodeID = "", true
+	} else if err != nil {
+		return p, err
+	}
+	var mc metaContents
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		mc.empty = true
+	case err != nil:
+		return p, fmt.Errorf("blobstore: %w", err)
+	case fi.Size() == 0:
+		mc.empty = true
+	default:
+		if mc, err = checkMeta(path); err != nil {
+			return p, err
+		}
+		if mc.warning != "" {
+			s.log.Warn("meta.db: "+mc.warning, "path", path)
+		}
+		if !mc.empty {
+			s.log.Info("checked the metadata", "blobs", mc.blobs, "unconfirmed", mc.unconfirmed, "took", mc.took.Round(time.Millisecond))
+		}
+	}
+	if mc.empty {
+		// A new store, or one whose metadata is gone: which it is, the
+		// blob files tell.
+		held, err := s.holdsBlobFiles()
+		if err != nil {
+			return p, err
+		}
+		if held != "" {
+			what := "does not exist"
+			if fi != nil {
+				what = "holds no metadata"
+			}
+			return p, &MetaError{Kind: ErrMetaMissing, Path: path,
+				Detail: fmt.Sprintf("it %s, but the store holds blob files (%s): opening it would make an empty store that knows none of them", what, held)}
+		}
+		if fileID != "" {
+			s.log.Warn("meta.db is missing and no blob file is held: starting a fresh store under the same identity", "node", fileID, "path", path)
+			p.node = fileID
+			return p, nil
+		}
+		if p.node, err = newNodeID(); err != nil {
+			return p, err
+		}
+		p.writeNodeID = true
+		return p, nil
+	}
+	if mc.rebuilding {
+		return p, damaged(path, "a dtfc rebuild-meta was interrupted before it finished")
+	}
+	if fileID != "" && mc.node != fileID {
+		return p, &MetaError{Kind: ErrMetaForeign, Path: path,
+			Detail: fmt.Sprintf("it names node %s, but %s names node %s: it is not this store's own metadata (copied from another node?)",
+				mc.node, filepath.Join(s.dir, nodeIDFile), fileID)}
+	}
+	if fileID == "" {
+		// A store made before node-id existed: keep its identity there
+		// from now on.
+		p.writeNodeID = true
+	}
+	p.node, p.checked = mc.node, true
+	p.blobs, p.bytes = mc.blobs, mc.bytes
+	return p, nil
+}
+
+// holdsBlobFiles returns the path of a file under blobs/ or unconfirmed/
+// (one is enough), or "" if there is none.
+func (s *Store) holdsBlobFiles() (string, error) {
+	var found string
+	for _, root := range []string{s.blobDir, filepath.Join(s.dir, unconfirmedDir)} {
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() {
+				found = path
+				return fs.SkipAll
+			}
+			return nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("blobstore: look for blob files: %w", err)
+		}
+		if found != "" {
+			return found, nil
+		}
+	}
+	return "", nil
+}
+
 // init creates the buckets, reads the store-wide values and marks the store
 // dirty until a clean Close.
-func (s *Store) init() (clean bool, err error) {
+func (s *Store) init(p openPlan) (clean bool, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -188,11 +348,7 @@ func (s *Store) init() (clean bool, err error) {
 		if v := sys.Get(keyNode); v != nil {
 			s.node = string(v)
 		} else {
-			var b [8]byte
-			if _, err := rand.Read(b[:]); err != nil {
-				return err
-			}
-			s.node = hex.EncodeToString(b[:])
+			s.node = p.node
 			if err := sys.Put(keyNode, []byte(s.node)); err != nil {
 				return err
 			}
@@ -204,6 +360,21 @@ func (s *Store) init() (clean bool, err error) {
 		s.clock.Observe(dtfc.Timestamp(getU64(sys, keyClock)))
 		s.blobs.Store(int64(getU64(sys, keyBlobs)))
 		s.bytes.Store(int64(getU64(sys, keyBytes)))
+		if p.checked && (s.blobs.Load() != p.blobs || s.bytes.Load() != p.bytes) {
+			// Counted from the records by the check: the stored counters
+			// are only a cache of that.
+			s.log.Warn("the stored blob counters disagree with the records; corrected",
+				"blobs", s.blobs.Load(), "counted", p.blobs, "bytes", s.bytes.Load(), "counted_bytes", p.bytes)
+			s.blobs.Store(p.blobs)
+			s.bytes.Store(p.bytes)
+			if err := sys.Put(keyBlobs, u64(uint64(p.blobs))); err != nil {
+				return err
+			}
+			if err := sys.Put(keyBytes, u64(uint64(p.bytes))); err != nil {
+				return err
+			}
+		}
+		s.unconfirmed.Store(int64(tx.Bucket(bucketUnconfirmed).Stats().KeyN))
 		s.access.next = getU64(sys, keyAccessNext)
 		if err := s.loadDeny(tx); err != nil {
 			return err
@@ -251,42 +422,163 @@ func (s *Store) sweepTemp() error {
 	return nil
 }
 
-// reconcile runs after an unclean shutdown. A crash can leave a blob file
-// renamed into place whose record was never committed (the upload was not
-// acknowledged) or a file whose tombstone was committed before the unlink.
-// Neither may stay visible to readers of blobs/, so both are removed. Other
-// nodes still hold what should exist, and anti-entropy brings it back.
+// reconcile runs after an unclean shutdown, to bring blobs/ and
+// unconfirmed/ in line with the records. A crash can leave in blobs/ a
+// file whose tombstone was committed before the unlink (an acknowledged
+// delete): it is removed. It can also leave a file renamed into place
+// whose record was never committed (an upload cut before its commit,
+// never acknowledged), or a file of an unconfirmed blob between its two
+// moves: no such file is deleted; it is verified and set aside as
+// unconfirmed (see unconfirmed.go), or quarantined if its bytes do not
+// hash to its name. A file that is not a blob at its place (a foreign
+// file) is quarantined too. blobs/ then holds exactly the recorded,
+// present blobs; other nodes still hold what should exist, and
+// anti-entropy brings it back.
 func (s *Store) reconcile() error {
 	start := time.Now()
-	var checked, removed int
+	r := &reconciler{s: s, buf: make([]byte, 1<<20)}
 	err := filepath.WalkDir(s.blobDir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
+		if err != nil || d.IsDir() {
 			return err
 		}
-		if d.IsDir() {
-			return nil
-		}
-		id, perr := dtfc.ParseID(d.Name())
-		if perr != nil || filepath.Join(s.blobDir, shardPath(id)) != path {
-			s.log.Warn("removing a foreign file from the blob directory", "path", path)
-			removed++
-			return os.Remove(path)
-		}
-		checked++
-		rec, ok, err := s.record(id)
-		if err != nil {
-			return err
-		}
-		if !ok || rec.Deleted {
-			removed++
-			return os.Remove(path)
-		}
-		return nil
+		return r.blobFile(path, d)
 	})
+	if err == nil {
+		root := filepath.Join(s.dir, unconfirmedDir)
+		err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			return r.unconfirmedFile(root, path, d)
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("blobstore: reconcile after unclean shutdown: %w", err)
 	}
-	s.log.Info("checked blob files after an unclean shutdown", "files", checked, "removed", removed, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("checked blob files after an unclean shutdown", "files", r.checked, "removed", r.removed,
+		"unconfirmed", r.setAside, "quarantined", r.quarantined, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// reconciler is one reconcile pass.
+type reconciler struct {
+	s                                       *Store
+	buf                                     []byte
+	checked, removed, setAside, quarantined int
+}
+
+// blobFile reconciles one file under blobs/.
+func (r *reconciler) blobFile(path string, d fs.DirEntry) error {
+	s := r.s
+	r.checked++
+	id, perr := dtfc.ParseID(d.Name())
+	if perr != nil || !d.Type().IsRegular() || s.Path(id) != path {
+		return r.quarantine(path, "a file that is not a blob at its place in the blob directory")
+	}
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ok && !rec.Deleted:
+		return nil
+	case ok:
+		// The delete was acknowledged; only its unlink was lost.
+		r.removed++
+		return removeDurably(path)
+	}
+	_, entry, err := s.unconfirmedEntry(id)
+	if err != nil {
+		return err
+	}
+	if !entry {
+		got, size, _, err := hashFile(path, r.buf)
+		if err != nil {
+			return err
+		}
+		if got != id {
+			return r.quarantine(path, "a blob file whose bytes do not hash to its name")
+		}
+		if err := s.putUnconfirmed(UnconfirmedBlob{ID: id, Size: size, Since: time.Now()}); err != nil {
+			return err
+		}
+	}
+	dst := s.UnconfirmedPath(id)
+	if _, err := os.Lstat(dst); err == nil {
+		// Already set aside once (a crash between the two moves of an
+		// adoption): the copy in unconfirmed/ was verified, this one is
+		// the same bytes under the same name.
+		r.removed++
+		return removeDurably(path)
+	}
+	if err := ensureDirIn(filepath.Join(s.dir, unconfirmedDir), shardPath(id)); err != nil {
+		return err
+	}
+	if err := moveDurably(path, dst); err != nil {
+		return err
+	}
+	r.setAside++
+	s.log.Warn("a blob file without a record was set aside as unconfirmed (an upload cut before its commit?)", "id", id.String(), "path", dst)
+	return nil
+}
+
+// unconfirmedFile reconciles one file under unconfirmed/.
+func (r *reconciler) unconfirmedFile(root, path string, d fs.DirEntry) error {
+	s := r.s
+	id, perr := dtfc.ParseID(d.Name())
+	if perr != nil || !d.Type().IsRegular() || filepath.Join(root, shardPath(id)) != path {
+		return r.quarantine(path, "a file that is not an unconfirmed blob at its place")
+	}
+	if _, ok, err := s.unconfirmedEntry(id); err != nil || ok {
+		return err
+	}
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return err
+	}
+	if ok && (rec.Deleted || s.fileExists(id)) {
+		// Settled or deleted while the file was still here.
+		r.removed++
+		return removeDurably(path)
+	}
+	got, size, _, err := hashFile(path, r.buf)
+	if err != nil {
+		return err
+	}
+	if got != id {
+		return r.quarantine(path, "an unconfirmed blob file whose bytes do not hash to its name")
+	}
+	if ok {
+		// Recorded as present, its file lost on the way back: put it back.
+		if err := s.ensureShard(id); err != nil {
+			return err
+		}
+		return moveDurably(path, s.Path(id))
+	}
+	r.setAside++
+	return s.putUnconfirmed(UnconfirmedBlob{ID: id, Size: size, Since: time.Now()})
+}
+
+func (r *reconciler) quarantine(path, why string) error {
+	dst, err := quarantineFile(r.s.dir, path)
+	if err != nil {
+		return err
+	}
+	r.quarantined++
+	r.s.log.Warn("moved "+why+" to quarantine/", "from", path, "to", dst)
+	return nil
+}
+
+// putUnconfirmed records an unconfirmed entry. It is used while opening,
+// before the committer runs.
+func (s *Store) putUnconfirmed(u UnconfirmedBlob) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUnconfirmed).Put(u.ID[:], encodeUnconfirmed(u))
+	})
+	if err != nil {
+		return diskErr("commit metadata", err)
+	}
+	s.unconfirmed.Add(1)
 	return nil
 }
 
@@ -307,7 +599,9 @@ func (s *Store) Close() error {
 		return tx.Bucket(bucketSys).Put(keyClean, []byte("1"))
 	}))
 	s.opener.close()
-	return errors.Join(err, s.db.Close())
+	err = errors.Join(err, s.db.Close())
+	s.unlock()
+	return err
 }
 
 // Dir returns the store's base directory.

@@ -429,6 +429,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.syncPushersLocked(c.mem.Load())
 	c.mu.Unlock()
 
+	c.resolveUnconfirmed(ctx) // before anti-entropy, which would download what is held aside
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)
 	c.goLoop(ctx, c.resyncLoop)

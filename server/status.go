@@ -28,12 +28,25 @@ type Status struct {
 	// first (Config.RecentErrors); empty if there were none or nobody
 	// keeps them.
 	RecentErrors []LogEntry `json:"recent_errors"`
+
+	// Unconfirmed counts the blob files the node holds aside because it
+	// does not know their state (after its metadata was rebuilt, or an
+	// upload cut by a crash): never served, never replicated. See README,
+	// "When the metadata is damaged".
+	Unconfirmed int64 `json:"unconfirmed"`
 }
 
 // QueueStatus describes replication towards one peer.
 type QueueStatus struct {
 	// Length counts operations not yet accepted by the peer.
 	Length int64 `json:"length"`
+}
+
+// UnconfirmedStore is implemented by a store that sets aside blob files
+// whose state it does not know (*blobstore.Store): the status counts
+// them.
+type UnconfirmedStore interface {
+	UnconfirmedCount() int64
 }
 
 func (s *Server) statusData() Status {
@@ -48,6 +61,9 @@ func (s *Server) statusData() Status {
 		Started: s.started,
 		// An empty list, not null: a JSON reader can range over it.
 		RecentErrors: []LogEntry{},
+	}
+	if u, ok := s.store.(UnconfirmedStore); ok {
+		st.Unconfirmed = u.UnconfirmedCount()
 	}
 	if d, ok := s.store.(DirStore); ok {
 		if disk, ok := diskOf(d.Dir()); ok {

@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/dtfc/dtfc/blobstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3"; if
@@ -32,6 +34,8 @@ Usage:
   dtfc get [flags] ID [-o FILE]  download and verify a file (stdout by default)
   dtfc rm [flags] ID...          delete files throughout the cluster
   dtfc status [flags]            print a node's status
+  dtfc rebuild-meta --basedir DIR
+                                 rebuild a stopped node's missing or damaged metadata
   dtfc couchdb migrate|follow|orphans [flags]
                                  move CouchDB attachments to dtfc (dtfc couchdb -h)
   dtfc version                   print the version
@@ -54,6 +58,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		c, err = loadConfig(args)
 		if err == nil {
 			err = serve(ctx, c, func() (Config, error) { return loadConfig(args) }, stderr)
+			var me *blobstore.MetaError
+			if errors.As(err, &me) {
+				err = fmt.Errorf("%w%s", err, metaAdvice(err, c.Basedir))
+			}
 		}
 	case "put":
 		err = cmdPut(ctx, args, stdin, stdout, stderr)
@@ -65,6 +73,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdCouchDB(ctx, args, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args, stdout)
+	case "rebuild-meta":
+		err = cmdRebuildMeta(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "dtfc", versionString())
 	case "help":

@@ -1,0 +1,702 @@
+package blobstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+	"runtime/debug"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// Why meta.db is checked before it is opened for writing, and how.
+//
+// A damaged bbolt file does not fail politely. bbolt trusts every page
+// number and offset it reads; opening a file for writing walks the whole
+// tree to rebuild its free list (this store does not persist it), and
+// does so on a goroutine of its own, where a page id that is wrong panics
+// ("assertion failed: Page expected to be ...") and a page beyond the end
+// of a truncated file faults on the memory map (SIGBUS). Either kills the
+// process with a Go trace, and a recover cannot reach that goroutine.
+// tx.Check, bbolt's consistency check, also walks on a goroutine of its
+// own.
+//
+// So the check goes in two steps, and bbolt only sees a file the first
+// step found well-formed:
+//
+//  1. walkBolt reads the file with ReadAt (no memory map, nothing to
+//     fault) and checks every structure bbolt's walks would touch: the
+//     meta pages and their checksums, the high-water mark against the
+//     file's size, and for every page reachable from the root its id, its
+//     type, its element table, every key and value inside the page, key
+//     order, nested and inline buckets, no page reached twice (no cycle).
+//  2. On a goroutine with debug.SetPanicOnFault(true) and a recover, the
+//     file is opened read-only and every key and value of every bucket is
+//     read, the store's own invariants are checked (records decode, the
+//     per-range digests, the change feed and the tombstone index agree
+//     with the records), and tx.Check runs. Should step 1 have missed a
+//     bad page, the fault or panic it causes on this goroutine becomes an
+//     error, not a crash.
+//
+// Nothing is written: a damaged file is left exactly as found.
+
+// Errors that say why Open refused a store's metadata. They are matched
+// with errors.Is; the error itself is a *MetaError.
+var (
+	// ErrMetaDamaged means meta.db exists but is not sound: bbolt's
+	// structures or the store's records are inconsistent, or a rebuild
+	// of the metadata was interrupted.
+	ErrMetaDamaged = errors.New("blobstore: metadata damaged")
+	// ErrMetaMissing means meta.db is missing (or empty) while the store
+	// holds blob files: opening would make a new, empty store that knows
+	// none of them.
+	ErrMetaMissing = errors.New("blobstore: metadata missing")
+	// ErrMetaForeign means meta.db belongs to another node than the one
+	// named by the store's node-id file.
+	ErrMetaForeign = errors.New("blobstore: metadata of another node")
+)
+
+// MetaError tells why Open refused a store's metadata. Open writes no
+// file in the store (no blob file moves, meta.db is not touched) before it
+// returns one.
+type MetaError struct {
+	// Kind is ErrMetaDamaged, ErrMetaMissing or ErrMetaForeign.
+	Kind error
+	// Path is the metadata file, <dir>/meta.db.
+	Path string
+	// Detail says what was found.
+	Detail string
+}
+
+func (e *MetaError) Error() string {
+	switch e.Kind {
+	case ErrMetaMissing:
+		return fmt.Sprintf("blobstore: the metadata is missing: %s: %s", e.Path, e.Detail)
+	case ErrMetaForeign:
+		return fmt.Sprintf("blobstore: the metadata is another node's: %s: %s", e.Path, e.Detail)
+	}
+	return fmt.Sprintf("blobstore: the metadata is damaged: %s: %s", e.Path, e.Detail)
+}
+
+// Is makes errors.Is(err, e.Kind) true.
+func (e *MetaError) Is(target error) bool { return target == e.Kind }
+
+func damaged(path, format string, args ...any) *MetaError {
+	return &MetaError{Kind: ErrMetaDamaged, Path: path, Detail: fmt.Sprintf(format, args...)}
+}
+
+// metaContents is what checkMeta learnt of a sound meta.db.
+type metaContents struct {
+	// empty: the file holds none of the store's buckets (created, never
+	// initialised).
+	empty bool
+	// node is the store's node ID ("" if empty).
+	node string
+	// rebuilding: an unfinished Rebuild wrote it.
+	rebuilding bool
+	// blobs, bytes count the records of present blobs.
+	blobs, bytes int64
+	// unconfirmed counts the unconfirmed entries.
+	unconfirmed int64
+	// warning describes something worth logging that is not damage.
+	warning string
+	took    time.Duration
+}
+
+// checkMeta checks the metadata file at path (which exists and is not
+// empty) without writing to it. A damaged file is a *MetaError of kind
+// ErrMetaDamaged; a file another process holds is an error saying so.
+func checkMeta(path string) (metaContents, error) {
+	start := time.Now()
+	f, err := os.Open(path)
+	if err != nil {
+		return metaContents{}, fmt.Errorf("blobstore: check metadata: %w", err)
+	}
+	geo, err := walkBolt(f)
+	f.Close()
+	if err != nil {
+		return metaContents{}, damaged(path, "%v", err)
+	}
+	mc, err := readMetaProtected(path)
+	if err != nil {
+		return mc, err
+	}
+	mc.warning = geo.warning
+	mc.took = time.Since(start)
+	return mc, nil
+}
+
+// readMetaProtected is step 2 of the check (see the top of this file): it
+// opens path read-only on a goroutine where faults are panics and panics
+// are recovered, reads everything and checks the store's invariants and
+// bbolt's.
+func readMetaProtected(path string) (mc metaContents, err error) {
+	err = protect(func() error {
+		var err error
+		mc, err = readMeta(path)
+		return err
+	})
+	if errors.Is(err, errPanicked) {
+		return mc, damaged(path, "reading it failed: %v", err)
+	}
+	return mc, err
+}
+
+// errPanicked marks the error protect makes of a panic.
+var errPanicked = errors.New("panic")
+
+// protect runs f on a goroutine of its own where a memory fault is a
+// panic (debug.SetPanicOnFault: only that goroutine) and a panic is
+// recovered into an error wrapping errPanicked: a fault on the memory map
+// of a damaged file (beyond its end, at a wild page number) fails f
+// instead of killing the process.
+func protect(f func() error) (err error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		debug.SetPanicOnFault(true)
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("%w: %v", errPanicked, r)
+			}
+		}()
+		err = f()
+	}()
+	<-done
+	return err
+}
+
+func readMeta(path string) (mc metaContents, err error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return mc, fmt.Errorf("blobstore: %s is in use by another process", path)
+	}
+	if err != nil {
+		return mc, damaged(path, "bbolt cannot open it: %v", err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		if err := readAll(tx); err != nil {
+			return err
+		}
+		var err error
+		if mc, err = checkRecords(tx); err != nil {
+			return err
+		}
+		var errs []error
+		for err := range tx.Check() {
+			// Drained to the end: the checker's goroutine must finish.
+			if len(errs) < 5 {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("bbolt's consistency check: %w", errors.Join(errs...))
+		}
+		return nil
+	})
+	if err != nil {
+		var me *MetaError
+		if errors.As(err, &me) {
+			return mc, me
+		}
+		return mc, damaged(path, "%v", err)
+	}
+	return mc, nil
+}
+
+// readAll reads every key and value of every bucket, nested ones too, so
+// that a bad page is met here, on the protected goroutine.
+func readAll(tx *bolt.Tx) error {
+	var sum byte
+	var walk func(b *bolt.Bucket) error
+	walk = func(b *bolt.Bucket) error {
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			for _, x := range k {
+				sum ^= x
+			}
+			if v == nil {
+				child := b.Bucket(k)
+				if child == nil {
+					return fmt.Errorf("key %x: neither a value nor a bucket", k)
+				}
+				if err := walk(child); err != nil {
+					return err
+				}
+				continue
+			}
+			for _, x := range v {
+				sum ^= x
+			}
+		}
+		return nil
+	}
+	err := tx.ForEach(func(name []byte, b *bolt.Bucket) error { return walk(b) })
+	_ = sum
+	return err
+}
+
+// checkRecords checks the store's own invariants, which bbolt knows
+// nothing of: it has no checksum on its pages, so a flipped bit in a
+// record is found only here. Every record decodes; the per-range digests
+// (what anti-entropy compares) are those of the records; the change feed
+// holds exactly one entry per record that says it is in the feed, and
+// the tombstone index one per tombstone; the feed's sequence is ahead of
+// its entries. Each bucket is read once, in order: the feed and the index
+// are compared with the records through an order-independent sum of a
+// hash of each entry.
+func checkRecords(tx *bolt.Tx) (metaContents, error) {
+	var mc metaContents
+	sys, meta := tx.Bucket(bucketSys), tx.Bucket(bucketMeta)
+	if sys == nil && meta == nil {
+		mc.empty = true
+		return mc, nil
+	}
+	for _, b := range [][]byte{bucketSys, bucketMeta, bucketFeed, bucketTombs, bucketDigest} {
+		if tx.Bucket(b) == nil {
+			return mc, fmt.Errorf("the bucket %q is missing", b)
+		}
+	}
+	node := sys.Get(keyNode)
+	if len(node) == 0 {
+		return mc, errors.New("it names no node identity")
+	}
+	mc.node = string(node)
+	mc.rebuilding = sys.Get(keyRebuilding) != nil
+
+	var digests [256]Digest
+	var feedWant, tombWant entrySum
+	c := meta.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) != dtfc.IDLen {
+			return mc, fmt.Errorf("a record's key is %d bytes long, not %d", len(k), dtfc.IDLen)
+		}
+		rec, err := decodeRecord(k, v)
+		if err != nil {
+			return mc, fmt.Errorf("the record of %x: %w", k, err)
+		}
+		d := &digests[k[0]]
+		sum := digestOf(&rec.State)
+		for i := range d.Sum {
+			d.Sum[i] ^= sum[i]
+		}
+		d.Count++
+		if rec.Deleted {
+			tombWant.add(u64(uint64(rec.Clock)), k)
+		} else {
+			mc.blobs++
+			mc.bytes += rec.Size
+		}
+		if rec.Seq != 0 {
+			feedWant.add(u64(rec.Seq), k)
+		}
+	}
+	stored := tx.Bucket(bucketDigest)
+	for i := range digests {
+		var d Digest
+		if v := stored.Get([]byte{byte(i)}); v != nil {
+			if len(v) != 40 {
+				return mc, fmt.Errorf("the digest of range %02x is %d bytes long", i, len(v))
+			}
+			copy(d.Sum[:], v[:32])
+			d.Count = binary.BigEndian.Uint64(v[32:])
+		}
+		if d != digests[i] {
+			return mc, fmt.Errorf("the digest of range %02x does not match its records (%d stored, %d found): a record or the digest was altered", i, d.Count, digests[i].Count)
+		}
+	}
+
+	// Deny entries are in the feed too ('D' and the ID), those made
+	// before they entered it excepted (Seq 0: given one at open).
+	if db := tx.Bucket(bucketDeny); db != nil {
+		err := db.ForEach(func(k, v []byte) error {
+			var d denyRecord
+			if len(k) != dtfc.IDLen || json.Unmarshal(v, &d) != nil || d.ID != dtfc.ID(k) {
+				return fmt.Errorf("the deny entry of %x is malformed", k)
+			}
+			if d.Seq != 0 {
+				feedWant.add(u64(d.Seq), denyFeedKey(d.ID))
+			}
+			return nil
+		})
+		if err != nil {
+			return mc, err
+		}
+	}
+	feed := tx.Bucket(bucketFeed)
+	var feedHave entrySum
+	var last uint64
+	fc := feed.Cursor()
+	for k, v := fc.First(); k != nil; k, v = fc.Next() {
+		if len(k) != 8 || (len(v) != dtfc.IDLen && (len(v) != 1+dtfc.IDLen || v[0] != 'D')) {
+			return mc, fmt.Errorf("a change-feed entry is malformed (key %x)", k)
+		}
+		feedHave.add(k, v)
+		last = decU64(k)
+	}
+	if feedHave != feedWant {
+		return mc, fmt.Errorf("the change feed (%d entries) does not match the records in it (%d)", feedHave.n, feedWant.n)
+	}
+	if feed.Sequence() < last {
+		return mc, fmt.Errorf("the change feed's sequence (%d) is behind its last entry (%d)", feed.Sequence(), last)
+	}
+	var tombHave entrySum
+	tc := tx.Bucket(bucketTombs).Cursor()
+	for k, _ := tc.First(); k != nil; k, _ = tc.Next() {
+		if len(k) != 8+dtfc.IDLen {
+			return mc, fmt.Errorf("a tombstone index entry is malformed (key %x)", k)
+		}
+		tombHave.add(k[:8], k[8:])
+	}
+	if tombHave != tombWant {
+		return mc, fmt.Errorf("the tombstone index (%d entries) does not match the tombstones (%d)", tombHave.n, tombWant.n)
+	}
+
+	if ub := tx.Bucket(bucketUnconfirmed); ub != nil {
+		err := ub.ForEach(func(k, v []byte) error {
+			if len(k) != dtfc.IDLen {
+				return fmt.Errorf("an unconfirmed entry's key is %d bytes long", len(k))
+			}
+			if _, err := decodeUnconfirmed(k, v); err != nil {
+				return fmt.Errorf("the unconfirmed entry of %x: %w", k, err)
+			}
+			mc.unconfirmed++
+			return nil
+		})
+		if err != nil {
+			return mc, err
+		}
+	}
+	return mc, nil
+}
+
+// entrySum summarises a set of (a, b) byte pairs independently of their
+// order: their count, and the sum and the XOR of a 64-bit hash of each.
+// Two sets that differ by an altered entry differ here (but for a 2^-64
+// chance).
+type entrySum struct{ n, sum, xor uint64 }
+
+func (e *entrySum) add(a, b []byte) {
+	h := fnv.New64a()
+	h.Write(a)
+	h.Write(b)
+	v := h.Sum64()
+	e.n++
+	e.sum += v
+	e.xor ^= v
+}
+
+// bbolt's file format (go.etcd.io/bbolt/internal/common), which walkBolt
+// reads without bbolt. Its integers are in the machine's byte order.
+const (
+	boltMagic        = 0xED0CDAED
+	boltVersion      = 2
+	boltPageHeader   = 16 // id u64, flags u16, count u16, overflow u32
+	boltElem         = 16 // branch: pos u32, ksize u32, pgid u64; leaf: flags u32, pos u32, ksize u32, vsize u32
+	boltBucketHeader = 16 // root pgid u64, sequence u64
+	boltMetaSize     = 64 // magic, version, pageSize, flags, root (16), freelist, pgid, txid, checksum
+	boltBranch       = 0x01
+	boltLeaf         = 0x02
+	boltFreelist     = 0x10
+	boltBucketLeaf   = 0x01
+	boltNoFreelist   = ^uint64(0)
+)
+
+var boltEndian = binary.NativeEndian
+
+// boltMeta is one of a bbolt file's two meta pages.
+type boltMeta struct {
+	pageSize uint32
+	root     uint64
+	freelist uint64
+	hwm      uint64 // pages in use
+	txid     uint64
+	valid    bool
+}
+
+func parseBoltMeta(page []byte) boltMeta {
+	if len(page) < boltPageHeader+boltMetaSize {
+		return boltMeta{}
+	}
+	m := page[boltPageHeader:]
+	h := fnv.New64a()
+	h.Write(m[:56])
+	return boltMeta{
+		pageSize: boltEndian.Uint32(m[8:]),
+		root:     boltEndian.Uint64(m[16:]),
+		freelist: boltEndian.Uint64(m[32:]),
+		hwm:      boltEndian.Uint64(m[40:]),
+		txid:     boltEndian.Uint64(m[48:]),
+		valid: boltEndian.Uint32(m[0:]) == boltMagic && boltEndian.Uint32(m[4:]) == boltVersion &&
+			boltEndian.Uint64(m[56:]) == h.Sum64(),
+	}
+}
+
+// boltGeometry is what walkBolt learnt of a well-formed file.
+type boltGeometry struct {
+	pageSize int64
+	hwm      uint64
+	pages    int // pages reachable from the root
+	warning  string
+}
+
+// walkBolt is step 1 of the check (see the top of this file).
+func walkBolt(f *os.File) (boltGeometry, error) {
+	var g boltGeometry
+	fi, err := f.Stat()
+	if err != nil {
+		return g, err
+	}
+	size := fi.Size()
+	first := make([]byte, 4096)
+	if n, err := f.ReadAt(first, 0); err != nil && !(errors.Is(err, io.EOF) && n >= boltPageHeader+boltMetaSize) {
+		return g, fmt.Errorf("it is too short to be a bbolt file (%d bytes)", size)
+	}
+	// As bbolt does: the page size from the first meta page, or failing
+	// that from the second, looked for at every possible page size.
+	m0 := parseBoltMeta(first)
+	ps := int64(m0.pageSize)
+	var m1 boltMeta
+	if !m0.valid {
+		for i := 0; i <= 14; i++ {
+			at := int64(1024) << i
+			if at+boltPageHeader+boltMetaSize > size {
+				break
+			}
+			buf := make([]byte, boltPageHeader+boltMetaSize)
+			if _, err := f.ReadAt(buf, at); err != nil {
+				return g, fmt.Errorf("reading it: %w", err)
+			}
+			if m := parseBoltMeta(buf); m.valid && int64(m.pageSize) == at {
+				m1, ps = m, at
+				break
+			}
+		}
+		if !m1.valid {
+			return g, errors.New("neither of its two meta pages is valid (magic, version or checksum)")
+		}
+	} else {
+		if ps < 1024 || ps > 1<<24 || ps&(ps-1) != 0 {
+			return g, fmt.Errorf("its page size (%d) is not one bbolt writes", ps)
+		}
+		buf := make([]byte, boltPageHeader+boltMetaSize)
+		if _, err := f.ReadAt(buf, ps); err == nil {
+			m1 = parseBoltMeta(buf)
+		}
+	}
+	m := m0
+	switch {
+	case !m0.valid:
+		m = m1
+		g.warning = "meta page 0 is invalid; bbolt uses the other, one transaction older (a crash during a commit can leave this)"
+	case !m1.valid:
+		g.warning = "meta page 1 is invalid; bbolt uses the other, one transaction older (a crash during a commit can leave this)"
+	case m1.txid > m0.txid:
+		m = m1
+	}
+	if m1.valid && m0.valid && m0.pageSize != m1.pageSize {
+		return g, fmt.Errorf("its meta pages disagree on the page size (%d, %d)", m0.pageSize, m1.pageSize)
+	}
+	g.pageSize, g.hwm = ps, m.hwm
+	if m.hwm < 3 || m.hwm > uint64(1<<62)/uint64(ps) {
+		return g, fmt.Errorf("its high-water mark (%d pages) is impossible", m.hwm)
+	}
+	if used := int64(m.hwm) * ps; used > size {
+		return g, fmt.Errorf("it is truncated: it uses %d pages (%d bytes) but the file has %d bytes", m.hwm, used, size)
+	}
+	w := &boltWalker{r: f, ps: ps, hwm: m.hwm, seen: map[uint64]bool{0: true, 1: true}}
+	if m.freelist != boltNoFreelist {
+		if err := w.freelist(m.freelist); err != nil {
+			return g, err
+		}
+	}
+	if err := w.walk(m.root); err != nil {
+		return g, err
+	}
+	g.pages = w.pages
+	return g, nil
+}
+
+// boltWalker visits the pages of a bbolt file through ReadAt, checking
+// what bbolt would take on trust.
+type boltWalker struct {
+	r     io.ReaderAt
+	ps    int64
+	hwm   uint64
+	seen  map[uint64]bool
+	pages int
+}
+
+// page reads page id with its overflow pages, checking its header.
+func (w *boltWalker) page(id uint64, from string) ([]byte, error) {
+	if id < 2 || id >= w.hwm {
+		return nil, fmt.Errorf("%s points at page %d, outside the %d pages in use", from, id, w.hwm)
+	}
+	hdr := make([]byte, boltPageHeader)
+	if _, err := w.r.ReadAt(hdr, int64(id)*w.ps); err != nil {
+		return nil, fmt.Errorf("reading page %d: %w", id, err)
+	}
+	if got := boltEndian.Uint64(hdr); got != id {
+		return nil, fmt.Errorf("page %d identifies itself as page %d (zeroed or overwritten)", id, got)
+	}
+	over := uint64(boltEndian.Uint32(hdr[12:]))
+	if id+over >= w.hwm {
+		return nil, fmt.Errorf("page %d claims %d overflow pages, beyond the %d pages in use", id, over, w.hwm)
+	}
+	for i := id; i <= id+over; i++ {
+		if w.seen[i] {
+			return nil, fmt.Errorf("page %d is reached twice (%s; a cycle or crossed links)", i, from)
+		}
+		w.seen[i] = true
+	}
+	w.pages++
+	buf := make([]byte, int64(over+1)*w.ps)
+	if _, err := w.r.ReadAt(buf, int64(id)*w.ps); err != nil {
+		return nil, fmt.Errorf("reading page %d: %w", id, err)
+	}
+	return buf, nil
+}
+
+func (w *boltWalker) freelist(id uint64) error {
+	p, err := w.page(id, "the meta page's free list")
+	if err != nil {
+		return err
+	}
+	if boltEndian.Uint16(p[8:]) != boltFreelist {
+		return fmt.Errorf("page %d should hold the free list but does not", id)
+	}
+	count := uint64(boltEndian.Uint16(p[10:]))
+	start := uint64(boltPageHeader)
+	if count == 0xFFFF {
+		count = boltEndian.Uint64(p[boltPageHeader:])
+		start += 8
+	}
+	if count > uint64(len(p)) || start+count*8 > uint64(len(p)) {
+		return fmt.Errorf("the free list on page %d claims %d entries, more than the page holds", id, count)
+	}
+	return nil
+}
+
+// walkItem is a page (or an inline bucket's page) still to visit, with
+// the key range its keys must fall in ([lo, hi); nil means unbounded).
+type walkItem struct {
+	id     uint64 // 0 for an inline page
+	inline []byte // the inline page, if id is 0
+	lo, hi []byte
+	from   string
+}
+
+// walk visits every page reachable from the root bucket's root page.
+// It keeps its own stack: a corrupt tree cannot recurse it to death.
+func (w *boltWalker) walk(root uint64) error {
+	stack := []walkItem{{id: root, from: "the meta page"}}
+	for len(stack) > 0 {
+		it := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		p, name := it.inline, "an inline bucket"
+		if it.id != 0 {
+			var err error
+			if p, err = w.page(it.id, it.from); err != nil {
+				return err
+			}
+			name = fmt.Sprintf("page %d", it.id)
+		}
+		flags, count := boltEndian.Uint16(p[8:]), int(boltEndian.Uint16(p[10:]))
+		if boltPageHeader+count*boltElem > len(p) {
+			return fmt.Errorf("%s claims %d elements, more than it holds", name, count)
+		}
+		elem := func(i int) []byte { return p[boltPageHeader+i*boltElem:] }
+		// span returns p[e+off : e+off+n] where e is element i's
+		// offset, or false if that leaves the page.
+		span := func(i int, off, n uint64) ([]byte, bool) {
+			e := uint64(boltPageHeader + i*boltElem)
+			if off > uint64(len(p)) || n > uint64(len(p)) || e+off+n > uint64(len(p)) {
+				return nil, false
+			}
+			return p[e+off : e+off+n], true
+		}
+		keys := make([][]byte, count)
+		switch {
+		case flags == boltBranch && it.id != 0:
+			if count == 0 {
+				return fmt.Errorf("%s is a branch page without elements", name)
+			}
+			for i := range count {
+				e := elem(i)
+				k, ok := span(i, uint64(boltEndian.Uint32(e)), uint64(boltEndian.Uint32(e[4:])))
+				if !ok {
+					return fmt.Errorf("%s: the key of element %d lies outside the page", name, i)
+				}
+				keys[i] = k
+			}
+		case flags == boltLeaf:
+			for i := range count {
+				e := elem(i)
+				pos, ks, vs := uint64(boltEndian.Uint32(e[4:])), uint64(boltEndian.Uint32(e[8:])), uint64(boltEndian.Uint32(e[12:]))
+				k, ok := span(i, pos, ks)
+				if !ok {
+					return fmt.Errorf("%s: the key of element %d lies outside the page", name, i)
+				}
+				v, ok := span(i, pos+ks, vs)
+				if !ok {
+					return fmt.Errorf("%s: the value of element %d lies outside the page", name, i)
+				}
+				keys[i] = k
+				if boltEndian.Uint32(e)&boltBucketLeaf == 0 {
+					continue
+				}
+				// A nested bucket: its header, then its own tree or,
+				// if it is inline, its page within the value.
+				if len(v) < boltBucketHeader {
+					return fmt.Errorf("%s: bucket %q has a %d-byte header", name, k, len(v))
+				}
+				from := fmt.Sprintf("bucket %q on %s", k, name)
+				if r := boltEndian.Uint64(v); r != 0 {
+					stack = append(stack, walkItem{id: r, from: from})
+					continue
+				}
+				in := v[boltBucketHeader:]
+				if len(in) < boltPageHeader {
+					return fmt.Errorf("%s: the inline page is %d bytes long", from, len(in))
+				}
+				if in := in; boltEndian.Uint16(in[8:]) != boltLeaf {
+					return fmt.Errorf("%s: the inline page is not a leaf page (flags %#x)", from, boltEndian.Uint16(in[8:]))
+				}
+				stack = append(stack, walkItem{inline: in, from: from})
+			}
+		default:
+			return fmt.Errorf("%s is neither a branch nor a leaf page (flags %#x; reached from %s)", name, flags, it.from)
+		}
+		for i, k := range keys {
+			switch {
+			case i == 0 && it.lo != nil && bytes.Compare(k, it.lo) < 0:
+				return fmt.Errorf("%s: its first key sorts before its parent's", name)
+			case i > 0 && bytes.Compare(keys[i-1], k) >= 0:
+				return fmt.Errorf("%s: keys %d and %d are out of order", name, i-1, i)
+			case it.hi != nil && bytes.Compare(k, it.hi) >= 0:
+				return fmt.Errorf("%s: key %d sorts after its parent's next key", name, i)
+			}
+		}
+		if flags == boltBranch {
+			for i := count - 1; i >= 0; i-- {
+				hi := it.hi
+				if i+1 < count {
+					hi = keys[i+1]
+				}
+				e := elem(i)
+				stack = append(stack, walkItem{id: boltEndian.Uint64(e[8:]), lo: keys[i], hi: hi,
+					from: fmt.Sprintf("element %d of %s", i, name)})
+			}
+		}
+	}
+	return nil
+}

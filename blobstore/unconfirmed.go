@@ -1,0 +1,457 @@
+package blobstore
+
+import (
+	"crypto/sha512"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// Unconfirmed blobs.
+//
+// A blob file the node has no record of is never deleted: its metadata
+// may have been lost (a missing or damaged meta.db, rebuilt by Rebuild),
+// or it was an upload cut before its commit (never acknowledged, found
+// after a crash). Either way the node cannot tell whether the cluster
+// wants it. Such a file is verified (its bytes hash to its name; if not it
+// goes to quarantine/), moved out of blobs/ (which holds only blobs the
+// node serves: nginx may serve that directory) into
+// <dir>/unconfirmed/ab/cd/<id>, and recorded as unconfirmed. An
+// unconfirmed blob has no record: to readers, to anti-entropy and to the
+// change feed it does not exist, so it is never served, pushed or
+// offered. Package peer resolves each one: with a state some peer holds
+// (ResolveUnconfirmed), or, on a node without peers, as a new upload
+// (AdoptUnconfirmed). One no peer knows stays where it is, for the
+// operator.
+//
+// Order of operations, so that a crash at any point leaves a state the
+// next start's reconcile understands: an entry is recorded before its
+// file is moved into unconfirmed/, and a file is moved back into blobs/
+// before the record that adopts it is committed (the commit drops the
+// entry). Every file in unconfirmed/ therefore has an entry, except after
+// a crash, which reconcile repairs.
+
+// bucketUnconfirmed maps an ID to its unconfirmed entry.
+var bucketUnconfirmed = []byte("unconfirmed")
+
+// unconfirmedDir is the directory, under the store's, of unconfirmed blobs.
+const unconfirmedDir = "unconfirmed"
+
+// UnconfirmedBlob is a verified blob file whose state the node does not
+// know (see the package's README section "When the metadata is damaged").
+type UnconfirmedBlob struct {
+	ID   dtfc.ID
+	Size int64
+	// ContentType is a guess from the bytes when the entry was made, or
+	// "".
+	ContentType string
+	// Since is when the entry was made.
+	Since time.Time
+}
+
+const unconfirmedVersion = 1
+
+func encodeUnconfirmed(u UnconfirmedBlob) []byte {
+	b := []byte{unconfirmedVersion}
+	b = binary.AppendUvarint(b, uint64(u.Size))
+	b = binary.AppendVarint(b, u.Since.UnixNano())
+	b = binary.AppendUvarint(b, uint64(len(u.ContentType)))
+	return append(b, u.ContentType...)
+}
+
+func decodeUnconfirmed(id, b []byte) (UnconfirmedBlob, error) {
+	var u UnconfirmedBlob
+	if len(id) != dtfc.IDLen || len(b) < 1 || b[0] != unconfirmedVersion {
+		return u, errBadRecord
+	}
+	copy(u.ID[:], id)
+	b = b[1:]
+	size, n := binary.Uvarint(b)
+	if n <= 0 || size > 1<<62 {
+		return u, errBadRecord
+	}
+	b = b[n:]
+	since, n := binary.Varint(b)
+	if n <= 0 {
+		return u, errBadRecord
+	}
+	b = b[n:]
+	l, n := binary.Uvarint(b)
+	if n <= 0 || uint64(len(b)-n) != l {
+		return u, errBadRecord
+	}
+	u.Size, u.Since, u.ContentType = int64(size), time.Unix(0, since), string(b[n:])
+	return u, nil
+}
+
+// UnconfirmedCount returns the number of unconfirmed blobs.
+func (s *Store) UnconfirmedCount() int64 { return s.unconfirmed.Load() }
+
+// Unconfirmed returns up to limit unconfirmed blobs whose IDs come after
+// after (the zero ID: from the first), in ID order.
+func (s *Store) Unconfirmed(after dtfc.ID, limit int) ([]UnconfirmedBlob, error) {
+	var out []UnconfirmedBlob
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketUnconfirmed).Cursor()
+		k, v := c.First()
+		if !after.IsZero() {
+			if k, v = c.Seek(after[:]); k != nil && string(k) == string(after[:]) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Next() {
+			u, err := decodeUnconfirmed(k, v)
+			if err != nil {
+				return fmt.Errorf("unconfirmed entry %x: %w", k, err)
+			}
+			out = append(out, u)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// UnconfirmedPath returns where the file of unconfirmed blob id lives.
+func (s *Store) UnconfirmedPath(id dtfc.ID) string {
+	return filepath.Join(s.dir, unconfirmedDir, shardPath(id))
+}
+
+// UnconfirmedOutcome is what ResolveUnconfirmed or AdoptUnconfirmed did.
+type UnconfirmedOutcome int
+
+const (
+	// UnconfirmedPending: nothing decides the blob yet; it stays.
+	UnconfirmedPending UnconfirmedOutcome = iota
+	// UnconfirmedAdopted: recorded as a present blob under the state
+	// given (or a new one) and moved back into blobs/; the record is in
+	// the change feed.
+	UnconfirmedAdopted
+	// UnconfirmedDeleted: a tombstone won; it is recorded (and in the
+	// change feed) and the file removed.
+	UnconfirmedDeleted
+	// UnconfirmedSettled: the node's own record decided (a copy of a
+	// blob it holds is dropped, one it lacks is put back, one it holds a
+	// tombstone for is removed), or the ID is blocked, or the file was
+	// gone.
+	UnconfirmedSettled
+	// UnconfirmedNone: the ID is not unconfirmed.
+	UnconfirmedNone
+)
+
+func (o UnconfirmedOutcome) String() string {
+	return [...]string{"pending", "adopted", "deleted", "settled", "none"}[o]
+}
+
+// ResolveUnconfirmed decides unconfirmed blob id with st, a state of id
+// that another node holds (nil if none is known). The winner under the
+// last-writer-wins rule between st and the node's own record, if any,
+// decides: a present state is adopted (recorded with its clock and node,
+// the file moved back into blobs/: nothing is downloaded), a tombstone is
+// applied and the file removed; the node's own record settles the copy.
+// With no record and st nil it does nothing (UnconfirmedPending).
+func (s *Store) ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (UnconfirmedOutcome, error) {
+	if st != nil && st.ID != id {
+		return UnconfirmedPending, fmt.Errorf("blobstore: resolve %s with a state of %s", id, st.ID)
+	}
+	if st != nil {
+		// A peer's state: its clock is bounded like any remote state's.
+		if err := s.checkClock(st.Clock); err != nil {
+			return UnconfirmedPending, err
+		}
+	}
+	return s.resolve(id, func(UnconfirmedBlob, bool) *dtfc.State { return st })
+}
+
+// AdoptUnconfirmed records unconfirmed blob id as an upload to this node
+// (a new operation with a fresh clock reading), for a node without peers:
+// nobody can tell it otherwise. If the node has a record of id, that
+// record settles the copy instead.
+func (s *Store) AdoptUnconfirmed(id dtfc.ID) (UnconfirmedOutcome, error) {
+	return s.resolve(id, func(u UnconfirmedBlob, hasLocal bool) *dtfc.State {
+		if hasLocal {
+			return nil
+		}
+		return &dtfc.State{ID: id, Clock: s.clock.Now(), Node: s.node, Size: u.Size, ContentType: u.ContentType}
+	})
+}
+
+// resolve decides unconfirmed blob id under its lock with the state that
+// state returns (given the entry and whether the node has a record of id).
+func (s *Store) resolve(id dtfc.ID, state func(u UnconfirmedBlob, hasLocal bool) *dtfc.State) (UnconfirmedOutcome, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return UnconfirmedPending, err
+	}
+	defer leave()
+	defer s.locks.lock(id)()
+	u, ok, err := s.unconfirmedEntry(id)
+	if err != nil || !ok {
+		return UnconfirmedNone, err
+	}
+	src := s.UnconfirmedPath(id)
+	if _, err := os.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("an unconfirmed blob's file is gone (removed by hand?); forgetting it", "id", id.String(), "path", src)
+		return UnconfirmedSettled, s.dropUnconfirmed(id, "")
+	} else if err != nil {
+		return UnconfirmedPending, fmt.Errorf("blobstore: unconfirmed %s: %w", id, err)
+	}
+	local, hasLocal, err := s.record(id)
+	if err != nil {
+		return UnconfirmedPending, err
+	}
+	st := state(u, hasLocal)
+	if st != nil && (!hasLocal || st.Newer(local.State)) {
+		if !st.Deleted && st.Size != u.Size {
+			return UnconfirmedPending, fmt.Errorf("blobstore: unconfirmed %s: the state says %d bytes, the file has %d", id, st.Size, u.Size)
+		}
+		s.clock.Observe(st.Clock)
+		if st.Deleted {
+			return s.unconfirmedTombstone(id, *st)
+		}
+		if s.checkDenied(id) != nil {
+			// Blocked: its bytes are not to be held.
+			return UnconfirmedSettled, s.dropUnconfirmed(id, src)
+		}
+		return s.adoptFile(id, *st)
+	}
+	if hasLocal {
+		return s.settleByRecord(id, local)
+	}
+	return UnconfirmedPending, nil
+}
+
+func (s *Store) unconfirmedEntry(id dtfc.ID) (u UnconfirmedBlob, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketUnconfirmed).Get(id[:])
+		if v == nil {
+			return nil
+		}
+		ok = true
+		u, err = decodeUnconfirmed(id[:], v)
+		return err
+	})
+	return u, ok, err
+}
+
+// dropUnconfirmed removes the file at src (if src is not "") and then
+// the entry. The caller holds the ID's lock.
+func (s *Store) dropUnconfirmed(id dtfc.ID, src string) error {
+	if src != "" {
+		if err := removeDurably(src); err != nil {
+			return err
+		}
+	}
+	err := s.update(func(t *txn) error { return t.tx.Bucket(bucketUnconfirmed).Delete(id[:]) })
+	if err != nil {
+		return err
+	}
+	s.unconfirmed.Add(-1)
+	return nil
+}
+
+// settleByRecord lets the node's own record decide: the copy of a blob
+// it holds, or has a tombstone for, goes; one it lacks is put back.
+func (s *Store) settleByRecord(id dtfc.ID, local record) (UnconfirmedOutcome, error) {
+	src := s.UnconfirmedPath(id)
+	if local.Deleted || s.fileExists(id) {
+		return UnconfirmedSettled, s.dropUnconfirmed(id, src)
+	}
+	if err := s.moveIn(id); err != nil {
+		return UnconfirmedPending, err
+	}
+	return UnconfirmedSettled, s.dropUnconfirmed(id, "")
+}
+
+// adoptFile moves the file back into blobs/ (unless a copy is there
+// already) and commits st, dropping the entry in the same transaction.
+func (s *Store) adoptFile(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error) {
+	src := s.UnconfirmedPath(id)
+	held := s.fileExists(id)
+	if !held {
+		if err := s.moveIn(id); err != nil {
+			return UnconfirmedPending, err
+		}
+	}
+	err := s.update(func(t *txn) error {
+		cur, ok, err := t.get(id)
+		if err != nil {
+			return err
+		}
+		var curp *record
+		if ok {
+			curp = &cur
+		}
+		if _, err := t.set(curp, st, true); err != nil {
+			return err
+		}
+		return t.tx.Bucket(bucketUnconfirmed).Delete(id[:])
+	})
+	if err != nil {
+		if !held {
+			// Back out of blobs/: nothing unrecorded stays visible.
+			if rerr := moveDurably(s.Path(id), src); rerr != nil {
+				s.log.Error("could not move an unconfirmed blob back out of blobs/", "id", id.String(), "err", rerr)
+			}
+		}
+		return UnconfirmedPending, err
+	}
+	s.unconfirmed.Add(-1)
+	if held {
+		if err := removeDurably(src); err != nil {
+			return UnconfirmedAdopted, err
+		}
+	}
+	s.noteWrite(id, st.Size)
+	return UnconfirmedAdopted, nil
+}
+
+// unconfirmedTombstone commits the tombstone st (dropping the entry in the
+// same transaction), then removes the file and any copy in blobs/.
+func (s *Store) unconfirmedTombstone(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error) {
+	err := s.update(func(t *txn) error {
+		cur, ok, err := t.get(id)
+		if err != nil {
+			return err
+		}
+		var curp *record
+		if ok {
+			curp = &cur
+		}
+		if _, err := t.set(curp, st, true); err != nil {
+			return err
+		}
+		return t.tx.Bucket(bucketUnconfirmed).Delete(id[:])
+	})
+	if err != nil {
+		return UnconfirmedPending, err
+	}
+	s.unconfirmed.Add(-1)
+	if err := removeDurably(s.UnconfirmedPath(id)); err != nil {
+		return UnconfirmedDeleted, err
+	}
+	return UnconfirmedDeleted, s.removeFile(id)
+}
+
+// moveIn moves the unconfirmed file of id into its place in blobs/.
+func (s *Store) moveIn(id dtfc.ID) error {
+	if err := s.ensureShard(id); err != nil {
+		return err
+	}
+	return moveDurably(s.UnconfirmedPath(id), s.Path(id))
+}
+
+// moveDurably renames src to dst and fsyncs both directories, so that
+// after a crash the file is in one place or the other, not both or none.
+func moveDurably(src, dst string) error {
+	if err := os.Rename(src, dst); err != nil {
+		return diskErr("move blob file", err)
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return diskErr("fsync directory", err)
+	}
+	return diskErr("fsync directory", syncDir(filepath.Dir(src)))
+}
+
+// removeDurably unlinks path (already gone is fine) and fsyncs its
+// directory.
+func removeDurably(path string) error {
+	err := os.Remove(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return diskErr("remove file", err)
+	}
+	return diskErr("fsync directory", syncDir(filepath.Dir(path)))
+}
+
+// ensureDirIn creates the shard directories of rel's parent under root
+// (0755, against the umask), fsyncing each new directory's parent.
+func ensureDirIn(root, rel string) error {
+	parent := root
+	dir := filepath.Dir(rel)
+	if dir == "." {
+		return nil
+	}
+	for _, part := range splitPath(dir) {
+		d := filepath.Join(parent, part)
+		err := checkRealDir(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = os.Mkdir(d, 0o755); err == nil {
+				if err = os.Chmod(d, 0o755); err == nil {
+					err = syncDir(parent)
+				}
+			} else if errors.Is(err, fs.ErrExist) {
+				err = checkRealDir(d)
+			}
+		}
+		if err != nil {
+			return diskErr("create directory", err)
+		}
+		parent = d
+	}
+	return nil
+}
+
+func splitPath(p string) []string {
+	var parts []string
+	for p != "." && p != "/" && p != "" {
+		parts = append([]string{filepath.Base(p)}, parts...)
+		p = filepath.Dir(p)
+	}
+	return parts
+}
+
+// quarantineFile moves the file at path into dir's quarantine/, named
+// after it and the time, fsyncing both directories; it returns the new
+// path. Nothing there is ever read again by the store: it is kept for the
+// operator.
+func quarantineFile(dir, path string) (string, error) {
+	qdir := filepath.Join(dir, "quarantine")
+	if err := os.MkdirAll(qdir, 0o755); err != nil {
+		return "", diskErr("create quarantine directory", err)
+	}
+	dst := filepath.Join(qdir, fmt.Sprintf("%s.%d", filepath.Base(path), time.Now().UnixNano()))
+	return dst, moveDurably(path, dst)
+}
+
+// hashFile streams the file at path through SHA-512 with buf and returns
+// the ID its bytes hash to and its size.
+func hashFile(path string, buf []byte) (dtfc.ID, int64, []byte, error) {
+	var id dtfc.ID
+	f, err := os.Open(path)
+	if err != nil {
+		return id, 0, nil, err
+	}
+	defer f.Close()
+	h := sha512.New()
+	var head []byte
+	var n int64
+	for {
+		k, err := f.Read(buf)
+		if k > 0 {
+			h.Write(buf[:k])
+			if len(head) < 512 {
+				head = append(head, buf[:min(k, 512-len(head))]...)
+			}
+			n += int64(k)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return id, n, head, err
+		}
+	}
+	copy(id[:], h.Sum(nil))
+	return id, n, head, nil
+}

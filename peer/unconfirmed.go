@@ -1,0 +1,255 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// Unconfirmed blobs are verified blob files whose state this node does
+// not know: its metadata was rebuilt (dtfc rebuild-meta), or an upload
+// was cut by a crash before its commit (see blobstore/unconfirmed.go).
+// The store never serves, pushes or offers them. The cluster decides
+// each one:
+//
+//   - the node's own record, if it has one meanwhile (a push, a fetch,
+//     an upload of the same bytes), settles it;
+//   - without peers, the node adopts it as a new upload: nobody can tell
+//     it otherwise;
+//   - with peers, each is asked (GET /_internal/state/{id}); the newest
+//     state any peer answers wins: a present state is adopted with its
+//     clock and node (the file goes back into blobs/, nothing is
+//     downloaded, and the record enters the change feed like any applied
+//     remote state), a tombstone is applied and the file removed;
+//   - if every peer answered that it knows nothing, the blob stays where
+//     it is, logged once and counted in /_status: a rebuilt node must
+//     never resurrect a file the cluster deleted and has forgotten;
+//   - if some peer could not be asked, the blob is asked about again
+//     later, backing off from 0.5 s to 30 s.
+//
+// Blobs no peer knew are asked about again every unconfirmedRecheck, in
+// case the peer list changed.
+
+const (
+	// unconfirmedPage is how many entries are read from the store at a
+	// time.
+	unconfirmedPage = 256
+	// unconfirmedParallel bounds the blobs asked about at once.
+	unconfirmedParallel = 4
+	// unconfirmedFirstPass bounds the pass at start-up, which runs before
+	// anti-entropy (so a blob a peer holds is adopted, not downloaded);
+	// what it does not reach is done in the background.
+	unconfirmedFirstPass = 30 * time.Second
+	// unconfirmedRecheck is how often blobs no peer knew are asked about
+	// again.
+	unconfirmedRecheck = time.Hour
+)
+
+// unconfirmedResolver resolves the unconfirmed blobs of one Cluster run.
+type unconfirmedResolver struct {
+	c *Cluster
+	// logged holds the blobs already logged as left unconfirmed: each
+	// is logged once.
+	logged sync.Map
+}
+
+// resolveUnconfirmed runs a first pass over the unconfirmed blobs, then
+// leaves further passes to a loop of the Cluster's. It returns at once if
+// there are none. Run calls it before anti-entropy starts.
+func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
+	if c.store.UnconfirmedCount() == 0 {
+		return
+	}
+	c.log.Info("resolving unconfirmed blobs: files this node holds without knowing their state",
+		"count", c.store.UnconfirmedCount(), "peers", len(c.mem.Load().remotes))
+	ur := &unconfirmedResolver{c: c}
+	fctx, cancel := context.WithTimeout(ctx, unconfirmedFirstPass)
+	retry := ur.pass(fctx)
+	cancel()
+	retry = retry || fctx.Err() != nil
+	c.goLoop(ctx, func(ctx context.Context) { ur.loop(ctx, retry) })
+}
+
+// loop passes again over the unconfirmed blobs: soon (with
+// backoff) while some need asking again, hourly otherwise, until there
+// are none left.
+func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
+	c := ur.c
+	failures := 0
+	for c.store.UnconfirmedCount() > 0 {
+		d := unconfirmedRecheck
+		if retry {
+			failures++
+			d = min(minBackoff<<min(failures-1, 10), maxBackoff)
+		} else {
+			failures = 0
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		retry = ur.pass(ctx)
+	}
+}
+
+// unconfirmedTally counts what a pass did.
+type unconfirmedTally struct {
+	mu                                               sync.Mutex
+	adopted, deleted, settled, left, retry, failures int
+}
+
+func (t *unconfirmedTally) add(f *int) {
+	t.mu.Lock()
+	*f++
+	t.mu.Unlock()
+}
+
+// pass tries to resolve every unconfirmed blob once. It
+// reports whether some should be asked about again soon (a peer could not
+// be asked, or the store failed).
+func (ur *unconfirmedResolver) pass(ctx context.Context) bool {
+	c := ur.c
+	// This node itself (listed under another URL) is nobody to ask, and
+	// a peer marked expired may still hold what the cluster deleted.
+	var remotes []*remote
+	for _, r := range c.mem.Load().remotes {
+		if !r.Self() && r.expired().IsZero() {
+			remotes = append(remotes, r)
+		}
+	}
+	var tally unconfirmedTally
+	// A peer that fails once in a pass is not asked again in it: one
+	// timeout per unreachable peer, not one per blob.
+	var downMu sync.Mutex
+	down := map[*remote]bool{}
+	isDown := func(r *remote) bool { downMu.Lock(); defer downMu.Unlock(); return down[r] }
+	setDown := func(r *remote) { downMu.Lock(); down[r] = true; downMu.Unlock() }
+
+	var after dtfc.ID
+	for ctx.Err() == nil {
+		page, err := c.store.Unconfirmed(after, unconfirmedPage)
+		if err != nil {
+			c.log.Error("reading the unconfirmed blobs", "err", err)
+			return true
+		}
+		if len(page) == 0 {
+			break
+		}
+		after = page[len(page)-1].ID
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(unconfirmedParallel)
+		for _, u := range page {
+			g.Go(func() error {
+				ur.resolveOne(gctx, u, remotes, isDown, setDown, &tally)
+				return nil
+			})
+		}
+		_ = g.Wait()
+	}
+	if ctx.Err() != nil {
+		return true
+	}
+	if tally.adopted+tally.deleted+tally.settled+tally.retry+tally.failures > 0 {
+		c.log.Info("unconfirmed blobs: pass done", "adopted", tally.adopted, "deleted", tally.deleted,
+			"settled", tally.settled, "left", tally.left, "to_ask_again", tally.retry, "failed", tally.failures)
+	}
+	if tally.retry > 0 {
+		c.log.Warn("could not ask every peer about some unconfirmed blobs; will ask again", "count", tally.retry)
+	}
+	return tally.retry > 0 || tally.failures > 0
+}
+
+// resolveOne decides one unconfirmed blob, if anything can.
+func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.UnconfirmedBlob, remotes []*remote,
+	isDown func(*remote) bool, setDown func(*remote), tally *unconfirmedTally) {
+	c, id := ur.c, u.ID
+	out, err := c.store.ResolveUnconfirmed(id, nil)
+	if err == nil && out == blobstore.UnconfirmedPending {
+		if len(remotes) == 0 {
+			out, err = c.store.AdoptUnconfirmed(id)
+		} else {
+			var st *dtfc.State
+			var unasked int
+			st, unasked, err = c.askAboutUnconfirmed(ctx, id, remotes, isDown, setDown)
+			switch {
+			case err != nil:
+			case st != nil:
+				out, err = c.store.ResolveUnconfirmed(id, st)
+			case unasked > 0:
+				tally.add(&tally.retry)
+				return
+			default:
+				tally.add(&tally.left)
+				if _, seen := ur.logged.LoadOrStore(id, true); !seen {
+					c.log.Warn("left unconfirmed: no peer knows this blob (deleted and forgotten by the cluster, or an upload never acknowledged); it stays out of blobs/, never served or replicated",
+						"id", id.String(), "bytes", u.Size, "path", c.store.UnconfirmedPath(id))
+				}
+				return
+			}
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("could not resolve an unconfirmed blob", "id", id.String(), "err", err)
+		}
+		tally.add(&tally.failures)
+		return
+	}
+	switch out {
+	case blobstore.UnconfirmedAdopted:
+		tally.add(&tally.adopted)
+	case blobstore.UnconfirmedDeleted:
+		tally.add(&tally.deleted)
+	case blobstore.UnconfirmedSettled:
+		tally.add(&tally.settled)
+	}
+}
+
+// askAboutUnconfirmed asks every peer for its state of id and returns
+// the newest answered (nil if none), and how many peers could not be
+// asked.
+func (c *Cluster) askAboutUnconfirmed(ctx context.Context, id dtfc.ID, remotes []*remote,
+	isDown func(*remote) bool, setDown func(*remote)) (*dtfc.State, int, error) {
+	var best *dtfc.State
+	unasked := 0
+	for _, r := range remotes {
+		if isDown(r) {
+			unasked++
+			continue
+		}
+		var ans stateAnswer
+		err := r.getJSON(ctx, "/state/"+id.String(), &ans)
+		switch {
+		case err == nil:
+			st := ans.State
+			if st.ID != id || validState(st) != nil {
+				c.log.Warn("a peer answered an invalid state for an unconfirmed blob", "peer", r.URL, "id", id.String())
+				unasked++
+				continue
+			}
+			if best == nil || st.Newer(*best) {
+				best = &st
+			}
+		case errors.Is(err, errPeerNotFound):
+			// It has no record of id.
+		default:
+			if ctx.Err() != nil {
+				return nil, 0, ctx.Err()
+			}
+			unasked++
+			if !errors.Is(err, errPeerResyncing) {
+				setDown(r)
+			}
+		}
+	}
+	return best, unasked, nil
+}
