@@ -136,3 +136,29 @@ func TestHumanFigures(t *testing.T) {
 func slogWarn(r *server.Recent, msg string, args ...any) {
 	slog.New(r.Handler(slog.DiscardHandler)).Warn(msg, args...)
 }
+
+// TestStatusPageForgetting: the page shows a peer marked expired (and
+// since when it acknowledged), an entry that is the node itself, a role
+// the peer reports against the list's, changes refused for their clock,
+// and a resync in progress with its last error.
+func TestStatusPageForgetting(t *testing.T) {
+	now := time.Now()
+	fc := &fakeCluster{status: peer.Status{
+		Resyncing: true,
+		Resync:    peer.ResyncStatus{State: peer.ResyncRetrying, LastError: "comparing with http://a: connection refused"},
+		Peers: []peer.PeerStatus{
+			{URL: "http://gone.example:8080", Role: "replica", Contacted: true, Expired: true, ExpiredSince: now.Add(-100 * 24 * time.Hour)},
+			{URL: "http://localhost:8080", Role: "replica", Self: true, Up: true, Contacted: true},
+			{URL: "http://cache.example:8080", Role: "replica", ReportedRole: "cache", Up: true, Contacted: true, ClockRefused: 3},
+		},
+	}}
+	n := startNode(t, server.Config{Cluster: fc})
+	page := string(n.get(t, "/").body)
+	assert.Contains(t, page, `data-state="expired"`)
+	assert.Contains(t, page, "must resync")
+	assert.Contains(t, page, `data-state="self"`)
+	assert.Contains(t, page, "(says cache)")
+	assert.Contains(t, page, "3 refused: clock ahead")
+	assert.Contains(t, page, "resyncing (retrying)")
+	assert.Contains(t, page, "connection refused")
+}

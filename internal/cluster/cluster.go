@@ -52,7 +52,8 @@ type Options struct {
 	Secret string
 	// AuthToken, if set, is every node's auth_token (in the same --config
 	// file): writes need "Authorization: Bearer <AuthToken>". The harness
-	// sends it with PUT /refreshpeers.
+	// sends it with PUT /refreshpeers. It needs Secret: a node with a
+	// peer list and an auth_token but no cluster_secret refuses to start.
 	AuthToken string
 	// Direct, if set, lets nodes reach each other directly: no proxies,
 	// so no faults can be injected (Cut, Latency, Corrupt and the like
