@@ -3,6 +3,7 @@ package blobstore
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -138,4 +139,58 @@ func (s *Store) Forget(id dtfc.ID) error {
 	defer leave()
 	defer s.locks.lock(id)()
 	return s.forget(id)
+}
+
+// Forgettable calls fn with the feed sequence number and clock of every
+// tombstone and lifted deny entry whose clock is before the horizon,
+// tombstones oldest first: what PurgeTombstones and PurgeLifts would
+// offer to forget. The peer layer reads it first to mark, durably, the
+// peers that never acknowledged what it is about to forget. fn runs
+// inside a read transaction and must not call the Store's write methods.
+func (s *Store) Forgettable(before dtfc.Timestamp, fn func(seq uint64, clock dtfc.Timestamp)) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		c := tx.Bucket(bucketTombs).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			clock := dtfc.Timestamp(binary.BigEndian.Uint64(k))
+			if clock >= before {
+				break
+			}
+			rec, err := decodeRecord(k[8:], meta.Get(k[8:]))
+			if err != nil {
+				return err
+			}
+			fn(rec.Seq, clock)
+		}
+		return tx.Bucket(bucketDeny).ForEach(func(k, v []byte) error {
+			var d denyRecord
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			if d.Lifted && d.Clock < before {
+				fn(d.Seq, d.Clock)
+			}
+			return nil
+		})
+	})
+}
+
+// Records calls fn with the state and feed sequence number (0: not in the
+// feed) of every ID whose first bytes are prefix, in ID order. fn must not
+// call back into the Store's write methods: it runs inside a read
+// transaction.
+func (s *Store) Records(prefix []byte, fn func(st dtfc.State, seq uint64) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMeta).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			rec, err := decodeRecord(k, v)
+			if err != nil {
+				return err
+			}
+			if err := fn(rec.State, rec.Seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -569,3 +569,70 @@ func TestCacheListedAsReplica(t *testing.T) {
 	assert.NotContains(t, c.BlobFiles(1), warm, "the cache was pushed an upload")
 	assert.True(t, logHas(c.Nodes[0], "role differs from the peer list"), "node 0 logs the mismatch")
 }
+
+// TestPartitionLongerThanExpiry: four nodes split {0,1} | {2,3} for longer
+// than tombstone_expiry; each side deletes a file and takes an upload,
+// forgets its delete and marks the other side expired. After the heal
+// every node resyncs against the other side: both deletes hold, both
+// uploads reach every node, and no mark or resync is left. (A resync that
+// took a node of its own side, expired by the other, as a witness that a
+// file was still live kept the other side's deleted file.) About 30 s.
+func TestPartitionLongerThanExpiry(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 4, Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "3s"}})
+	hc := newClient(t)
+	_, xID := upload(t, hc, c.Nodes[0].URL, "x", randomBytes(20<<10))
+	_, yID := upload(t, hc, c.Nodes[2].URL, "y", randomBytes(30<<10))
+	c.WaitConverged(t, converge)
+	for _, a := range []int{0, 1} {
+		for _, b := range []int{2, 3} {
+			c.Partition(a, b)
+		}
+	}
+	deleteID(t, hc, c.Nodes[0].URL, xID)
+	deleteID(t, hc, c.Nodes[2].URL, yID)
+	_, uID := upload(t, hc, c.Nodes[1].URL, "u", randomBytes(40<<10))
+	_, vID := upload(t, hc, c.Nodes[3].URL, "v", randomBytes(50<<10))
+	eventually(t, 2*converge, "each side forgets its delete and marks the other side expired", func() bool {
+		for i := range c.Nodes {
+			id := xID
+			if i >= 2 {
+				id = yID
+			}
+			if s, _ := stateOf(t, c, hc, i, id); s != http.StatusNotFound {
+				return false
+			}
+			for j := range c.Nodes {
+				if (i < 2) != (j < 2) {
+					if exp, _ := peerStatus(t, c, i, j)["expired"].(bool); !exp {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+	c.HealAll()
+	c.WaitConverged(t, 2*converge)
+	assertNowhere(t, c, xID)
+	assertNowhere(t, c, yID)
+	assertEveryReplica(t, c, uID, 40<<10)
+	assertEveryReplica(t, c, vID, 50<<10)
+	eventually(t, converge, "no node resyncing, no peer marked expired", func() bool {
+		for i := range c.Nodes {
+			st, err := c.Status(i)
+			require.NoError(t, err)
+			cl, _ := st["cluster"].(map[string]any)
+			if r, _ := cl["resyncing"].(bool); r {
+				return false
+			}
+			for j := range c.Nodes {
+				if j != i {
+					if exp, _ := peerStatus(t, c, i, j)["expired"].(bool); exp {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+}

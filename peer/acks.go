@@ -2,6 +2,7 @@ package peer
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -28,14 +29,19 @@ const (
 
 func cursorKey(url string) string { return keyCursorPrefix + url }
 
-// expiryMark records that this node forgot deletes a peer never
-// acknowledged.
+// expiryMark records that this node forgot deletes (or lifts) a peer
+// never acknowledged.
 type expiryMark struct {
 	URL  string `json:"url"`
 	Node string `json:"node,omitempty"`
-	// Since is the last moment the peer was known to have acknowledged
-	// this node's feed: what it held from before may be deleted and
-	// forgotten here.
+	// Horizon is the greatest clock of what was forgotten without the
+	// peer's acknowledgement: whatever was deleted by it is older. It
+	// grows if more is forgotten before the peer resyncs, and names the
+	// mark: the peer resyncs against a horizon, and the mark is lifted
+	// only for one at least this great.
+	Horizon dtfc.Timestamp `json:"horizon"`
+	// Since is the last moment the peer was known to be caught up with
+	// this node's feed (shown; zero if never).
 	Since time.Time `json:"since"`
 }
 
@@ -48,48 +54,41 @@ type expiries struct {
 // loadExpiries reads the marks persisted by earlier runs.
 func (c *Cluster) loadExpiries() {
 	c.expired.marks = map[string]expiryMark{}
-	for _, r := range c.mem.Load().remotes {
-		c.loadExpiry("url " + r.URL)
-	}
-	if v, err := c.store.Value(keyExpiredPrefix + "index"); err == nil && v != nil {
-		var keys []string
-		if json.Unmarshal(v, &keys) == nil {
-			for _, k := range keys {
-				c.loadExpiry(k)
-			}
-		}
-	}
-}
-
-func (c *Cluster) loadExpiry(key string) {
-	v, err := c.store.Value(keyExpiredPrefix + key)
+	v, err := c.store.Value(keyExpiredPrefix + "index")
 	if err != nil || v == nil {
 		return
 	}
-	var m expiryMark
-	if json.Unmarshal(v, &m) == nil && !m.Since.IsZero() {
-		c.expired.marks[key] = m
+	var keys []string
+	if json.Unmarshal(v, &keys) != nil {
+		return
+	}
+	for _, k := range keys {
+		v, err := c.store.Value(keyExpiredPrefix + k)
+		if err != nil || v == nil {
+			continue
+		}
+		var m expiryMark
+		if json.Unmarshal(v, &m) == nil && m.Horizon != 0 {
+			c.expired.marks[k] = m
+		}
 	}
 }
 
-// saveExpiriesLocked persists the marks (a handful at most) and the index
-// of their keys.
+// saveExpiryLocked persists the mark of key (nil: its removal) and the
+// index of the marks' keys (a handful at most).
 func (c *Cluster) saveExpiryLocked(key string, m *expiryMark) error {
-	if m == nil {
-		if err := c.store.SetValue(keyExpiredPrefix+key, nil); err != nil {
-			return err
-		}
-	} else {
-		b, _ := json.Marshal(m)
-		if err := c.store.SetValue(keyExpiredPrefix+key, b); err != nil {
-			return err
-		}
+	var b []byte
+	if m != nil {
+		b, _ = json.Marshal(m)
+	}
+	if err := c.store.SetValue(keyExpiredPrefix+key, b); err != nil {
+		return err
 	}
 	keys := make([]string, 0, len(c.expired.marks))
 	for k := range c.expired.marks {
 		keys = append(keys, k)
 	}
-	b, _ := json.Marshal(keys)
+	b, _ = json.Marshal(keys)
 	return c.store.SetValue(keyExpiredPrefix+"index", b)
 }
 
@@ -111,63 +110,90 @@ func (c *Cluster) markOfNode(node string) (expiryMark, bool) {
 	}
 	c.expired.mu.Lock()
 	defer c.expired.mu.Unlock()
-	m, ok := c.expired.marks["node "+node]
-	if !ok {
-		for _, mm := range c.expired.marks {
-			if mm.Node == node {
-				return mm, true
-			}
+	if m, ok := c.expired.marks["node "+node]; ok {
+		return m, true
+	}
+	for _, m := range c.expired.marks {
+		if m.Node == node {
+			return m, true
 		}
 	}
-	return m, ok
+	return expiryMark{}, false
+}
+
+// expiredNodes lists the identities of the nodes this node marked
+// expired (what a resyncing peer must not take their word from).
+func (c *Cluster) expiredNodes() []string {
+	c.expired.mu.Lock()
+	defer c.expired.mu.Unlock()
+	var out []string
+	for _, m := range c.expired.marks {
+		if m.Node != "" {
+			out = append(out, m.Node)
+		}
+	}
+	return out
 }
 
 // applyMarks tells every remote whether it is marked.
 func (c *Cluster) applyMarks() {
 	for _, r := range c.mem.Load().remotes {
 		m, ok := c.markOf(r)
-		if ok {
-			r.setExpired(m.Since)
-		} else {
-			r.setExpired(time.Time{})
+		if !ok {
+			m = expiryMark{}
 		}
+		r.setExpired(m)
 	}
 	c.metrics.setExpired(c.mem.Load().remotes)
 }
 
-// markExpired marks r expired, durably, unless it already is. It is
-// called before a tombstone r never acknowledged is forgotten.
-func (c *Cluster) markExpired(r *remote) error {
-	if _, ok := c.markOf(r); ok {
+// markExpired marks r expired, durably, with the greatest clock of what
+// is about to be forgotten without its acknowledgement (or raises the
+// horizon of its mark). It runs before anything is forgotten.
+func (c *Cluster) markExpired(r *remote, horizon dtfc.Timestamp) error {
+	old, had := c.markOf(r)
+	if had && old.Horizon >= horizon {
 		return nil
 	}
-	since := c.ackedAt(r.URL)
-	m := expiryMark{URL: r.URL, Node: r.NodeID(), Since: since}
+	m := expiryMark{URL: r.URL, Node: r.NodeID(), Horizon: horizon, Since: c.ackedAt(r.URL)}
+	if had {
+		m.Since = old.Since
+	}
 	key := r.identity()
 	c.expired.mu.Lock()
+	prev, hadKey := c.expired.marks[key]
+	if !hadKey && had {
+		delete(c.expired.marks, "url "+r.URL) // moved under the node identity
+	}
 	c.expired.marks[key] = m
 	err := c.saveExpiryLocked(key, &m)
 	if err != nil {
-		delete(c.expired.marks, key)
+		if hadKey {
+			c.expired.marks[key] = prev
+		} else {
+			delete(c.expired.marks, key)
+		}
 	}
 	c.expired.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	c.applyMarks()
-	c.log.Warn("peer expired: it has not acknowledged deletes for longer than tombstone_expiry; they are forgotten here, and it must resync when it returns",
-		"peer", r.URL, "node", m.Node, "last_acknowledged", since, "expiry", c.opts.TombstoneExpiry)
+	if !had {
+		c.log.Warn("peer expired: it has not acknowledged deletes for longer than tombstone_expiry; they are forgotten here, and it must resync when it returns",
+			"peer", r.URL, "node", m.Node, "last_caught_up", m.Since, "expiry", c.opts.TombstoneExpiry)
+	}
 	return nil
 }
 
-// clearExpired lifts the mark of the node identity node if it was made
-// at since (the peer resynced against it).
-func (c *Cluster) clearExpired(node string, since time.Time) bool {
+// clearExpired lifts the mark of the node identity node if the node
+// resynced against a horizon at least as great as the mark's.
+func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 	c.expired.mu.Lock()
 	var key string
 	for k, m := range c.expired.marks {
 		if m.Node == node || k == "node "+node {
-			if !m.Since.Equal(since) {
+			if horizon < m.Horizon {
 				c.expired.mu.Unlock()
 				return false
 			}
@@ -176,7 +202,7 @@ func (c *Cluster) clearExpired(node string, since time.Time) bool {
 	}
 	if key == "" {
 		c.expired.mu.Unlock()
-		return true // nothing to clear: already lifted
+		return true // nothing to lift
 	}
 	m := c.expired.marks[key]
 	delete(c.expired.marks, key)
@@ -194,13 +220,13 @@ func (c *Cluster) clearExpired(node string, since time.Time) bool {
 
 // learned is told that r's identity or role became known: a mark made
 // under its URL is moved under its node identity, and a peer list entry
-// that is this node itself is reported once.
+// that is this node itself, or whose role differs, is reported once.
 func (c *Cluster) learned(r *remote) {
 	if r.Self() {
 		c.log.Warn("a peer list entry reaches this node itself (under another URL than --me); it is ignored", "url", r.URL)
 	}
-	if r.reported() != "" && r.reported() != r.Role {
-		c.log.Warn("a peer's role differs from the peer list's; the peer's own word is used", "peer", r.URL, "listed", r.Role, "reported", r.reported())
+	if rep := r.reported(); rep != "" && rep != r.Role {
+		c.log.Warn("a peer's role differs from the peer list's; the peer's own word is used", "peer", r.URL, "listed", r.Role, "reported", rep)
 	}
 	node := r.NodeID()
 	if node == "" {
@@ -245,25 +271,53 @@ func (c *Cluster) storedAckedAt(url string) time.Time {
 	return time.UnixMilli(ms)
 }
 
-// mayForget returns the rule PurgeTombstones and PurgeLifts apply to each
-// entry old enough: forget it only if every peer (but this node itself,
-// listed under another URL) has accepted it, or it is older than the
-// expiry and those that have not are marked expired first.
-func (c *Cluster) mayForget(now time.Time) func(seq uint64, clock dtfc.Timestamp) bool {
-	expiry := dtfc.TimestampAt(now.Add(-c.opts.TombstoneExpiry))
-	type peerAck struct {
-		r      *remote
-		cursor uint64
-	}
+// peerAck is a peer and how far it has accepted the feed, at one moment.
+type peerAck struct {
+	r      *remote
+	cursor uint64
+}
+
+// acks snapshots every peer's cursor but this node's own (listed under
+// another URL). A snapshot only lags: it holds back more, never less.
+func (c *Cluster) acks() []peerAck {
 	var peers []peerAck
 	for _, r := range c.mem.Load().remotes {
-		if r.Self() {
-			continue
+		if !r.Self() {
+			peers = append(peers, peerAck{r, c.cursorOf(r.URL)})
 		}
-		peers = append(peers, peerAck{r, c.cursorOf(r.URL)})
 	}
+	return peers
+}
+
+// markLate marks expired, before anything goes, every peer that has not
+// acknowledged something older than the expiry horizon that is about to
+// be forgotten, with the greatest clock of those.
+func (c *Cluster) markLate(expiry dtfc.Timestamp, peers []peerAck) error {
+	late := map[*remote]dtfc.Timestamp{}
+	err := c.store.Forgettable(expiry, func(seq uint64, clock dtfc.Timestamp) {
+		for _, p := range peers {
+			if p.cursor < seq && clock > late[p.r] {
+				late[p.r] = clock
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for r, horizon := range late {
+		if err := c.markExpired(r, horizon); err != nil {
+			return fmt.Errorf("marking %s expired: %w", r.URL, err)
+		}
+	}
+	return nil
+}
+
+// mayForget is the rule PurgeTombstones and PurgeLifts apply to each entry
+// old enough: forget it only if every peer has accepted it, or it is
+// older than the expiry and every peer that has not is marked expired
+// with a horizon that covers it (markLate ran first).
+func (c *Cluster) mayForget(expiry dtfc.Timestamp, peers []peerAck) func(seq uint64, clock dtfc.Timestamp) bool {
 	return func(seq uint64, clock dtfc.Timestamp) bool {
-		var late []*remote
 		for _, p := range peers {
 			if p.cursor >= seq {
 				continue
@@ -271,11 +325,7 @@ func (c *Cluster) mayForget(now time.Time) func(seq uint64, clock dtfc.Timestamp
 			if clock >= expiry {
 				return false
 			}
-			late = append(late, p.r)
-		}
-		for _, r := range late {
-			if err := c.markExpired(r); err != nil {
-				c.log.Error("marking a peer expired; its deletes are kept", "peer", r.URL, "err", err)
+			if m, ok := c.markOf(p.r); !ok || m.Horizon < clock {
 				return false
 			}
 		}

@@ -49,7 +49,7 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 	for _, r := range c.replicaPeers() {
 		// Never import from a peer marked expired: it may hold what was
 		// deleted and forgotten here.
-		if r.expired().IsZero() {
+		if !r.isExpired() {
 			reps = append(reps, r)
 		}
 	}

@@ -222,7 +222,7 @@ func (c *Cluster) setPeers(peers []Peer) {
 			r = newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID())
 			r.notes = c
 			if m, ok := c.markOf(r); ok {
-				r.setExpired(m.Since)
+				r.setExpired(m)
 			}
 		}
 		m.remotes = append(m.remotes, r)
@@ -267,7 +267,7 @@ func (c *Cluster) candidates(id dtfc.ID) []*remote {
 	for _, u := range m.ring.Candidates(id) {
 		r := m.byURL[u]
 		switch {
-		case r.Self() || !r.expired().IsZero():
+		case r.Self() || r.isExpired():
 		case r.backedOff():
 			stale = append(stale, r)
 		default:
@@ -315,7 +315,7 @@ func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 	// A peer marked expired counts as one that could not be asked: its
 	// "never heard of it" is not worth a 404.
 	for _, r := range c.mem.Load().remotes {
-		if !r.Self() && !r.expired().IsZero() {
+		if !r.Self() && r.isExpired() {
 			unreachable = true
 		}
 	}

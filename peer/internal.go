@@ -81,7 +81,7 @@ func (c *Cluster) notResyncing(next http.Handler) http.Handler {
 func (c *Cluster) notFromExpired(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := c.markOfNode(r.Header.Get(HeaderFrom)); ok {
-			w.Header().Set(HeaderExpired, formatExpired(m.Since))
+			w.Header().Set(HeaderExpired, formatExpired(m.Horizon))
 			writeErr(w, http.StatusConflict, "this node forgot deletes you never acknowledged (you were away longer than tombstone_expiry): resync before offering anything")
 			return
 		}
@@ -104,11 +104,11 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 		}
 		if from := r.Header.Get(HeaderFrom); from != "" {
 			if m, ok := c.markOfNode(from); ok {
-				h.Set(HeaderExpired, formatExpired(m.Since))
+				h.Set(HeaderExpired, formatExpired(m.Horizon))
 			}
-			if since, ok := parseExpired(r.Header.Get(HeaderExpired)); ok {
+			if horizon, ok := parseExpired(r.Header.Get(HeaderExpired)); ok {
 				if rm := c.mem.Load().byIdentity("node " + from); rm != nil {
-					c.expiredBy(rm, since)
+					c.expiredBy(rm, horizon)
 				}
 			}
 			c.heardFrom(from)
@@ -486,7 +486,7 @@ func (c *Cluster) hResynced(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "resynced: no "+HeaderFrom+" header")
 		return
 	}
-	if !c.clearExpired(from, req.Since) {
+	if !c.clearExpired(from, req.Horizon) {
 		writeErr(w, http.StatusConflict, "resynced against another expiry than this node's mark; resync again")
 		return
 	}
@@ -500,9 +500,12 @@ type digestsAnswer struct {
 	Synced bool   `json:"synced"`
 	// Resyncing: the answering node holds states it may have to drop;
 	// nothing may be imported from it.
-	Resyncing bool     `json:"resyncing,omitempty"`
-	Sums      string   `json:"sums"`
-	Counts    []uint64 `json:"counts"`
+	Resyncing bool `json:"resyncing,omitempty"`
+	// Expired lists the node identities the answering node marked
+	// expired: a resyncing node does not take their word against it.
+	Expired []string `json:"expired,omitempty"`
+	Sums    string   `json:"sums"`
+	Counts  []uint64 `json:"counts"`
 	// Deny digests the deny list (blobstore.DenyDigest).
 	Deny string `json:"deny"`
 }
@@ -549,6 +552,7 @@ func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
 	}
 	ans := encodeDigests(c.store.NodeID(), c.isSynced(), &d)
 	ans.Resyncing = c.resync.holds()
+	ans.Expired = c.expiredNodes()
 	if ans.Deny, err = c.store.DenyDigest(); err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return

@@ -37,17 +37,22 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 	}
 }
 
-// purge forgets what may be forgotten now.
+// purge forgets what may be forgotten now (acks.go).
 func (c *Cluster) purge() {
 	now := c.opts.Wall()
 	horizon := dtfc.TimestampAt(now.Add(-c.opts.TombstoneRetention))
-	if n, err := c.store.PurgeTombstones(horizon, c.mayForget(now)); err != nil {
+	expiry := dtfc.TimestampAt(now.Add(-c.opts.TombstoneExpiry))
+	peers := c.acks()
+	if err := c.markLate(expiry, peers); err != nil {
+		c.log.Error("marking peers expired; nothing they have not acknowledged is forgotten", "err", err)
+	}
+	if n, err := c.store.PurgeTombstones(horizon, c.mayForget(expiry, peers)); err != nil {
 		c.log.Error("forgetting old tombstones", "err", err)
 	} else if n > 0 {
 		c.metrics.tombstonesPurged.Add(float64(n))
 		c.log.Info("forgot tombstones every peer acknowledged, older than the retention", "count", n)
 	}
-	if n, err := c.store.PurgeLifts(horizon, c.mayForget(now)); err != nil {
+	if n, err := c.store.PurgeLifts(horizon, c.mayForget(expiry, peers)); err != nil {
 		c.log.Error("forgetting lifted blocks", "err", err)
 	} else if n > 0 {
 		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)

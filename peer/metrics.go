@@ -137,7 +137,7 @@ func (m *metrics) setExpired(remotes []*remote) {
 	m.expired.Reset()
 	for _, r := range remotes {
 		v := 0.0
-		if !r.expired().IsZero() {
+		if r.isExpired() {
 			v = 1
 		}
 		m.expired.WithLabelValues(r.URL).Set(v)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -77,11 +78,11 @@ type remote struct {
 	notes noteTaker
 
 	mu           sync.Mutex
-	nodeID       string    // the peer's identity, learned from its answers
-	reportedRole string    // the role the peer says it has ("" until known)
-	isSelf       bool      // the peer's identity is this node's: it is this node
-	expiredSince time.Time // this node marked the peer expired (zero: not)
-	clockRefused int64     // changes the peer refused for their clock
+	nodeID       string     // the peer's identity, learned from its answers
+	reportedRole string     // the role the peer says it has ("" until known)
+	isSelf       bool       // the peer's identity is this node's: it is this node
+	expiredMark  expiryMark // this node marked the peer expired (zero: not)
+	clockRefused int64      // changes the peer refused for their clock
 	up           bool
 	contacted    bool
 	lastContact  time.Time
@@ -103,8 +104,9 @@ const pushWake = 5 * time.Second
 
 // noteTaker is told what peers say about this node.
 type noteTaker interface {
-	// expiredBy: the peer r marked this node expired at the given time.
-	expiredBy(r *remote, since time.Time)
+	// expiredBy: the peer r marked this node expired; what it forgot
+	// without this node's acknowledgement is older than horizon.
+	expiredBy(r *remote, horizon dtfc.Timestamp)
 	// learned: r's identity or role became known or changed.
 	learned(r *remote)
 }
@@ -133,8 +135,8 @@ func (r *remote) ok(h http.Header) {
 	if changed && r.notes != nil {
 		r.notes.learned(r)
 	}
-	if since, ok := parseExpired(h.Get(HeaderExpired)); ok && r.notes != nil {
-		r.notes.expiredBy(r, since)
+	if horizon, ok := parseExpired(h.Get(HeaderExpired)); ok && r.notes != nil {
+		r.notes.expiredBy(r, horizon)
 	}
 	if wake {
 		r.wake()
@@ -192,28 +194,38 @@ func (r *remote) NodeID() string {
 	return r.nodeID
 }
 
-// setExpired records whether this node marked the peer expired.
-func (r *remote) setExpired(since time.Time) {
+// setExpired records the mark this node holds against the peer (zero:
+// none).
+func (r *remote) setExpired(m expiryMark) {
 	r.mu.Lock()
-	r.expiredSince = since
+	r.expiredMark = m
 	r.mu.Unlock()
 }
 
-// expired returns when this node marked the peer expired, zero if not.
-func (r *remote) expired() time.Time {
+// isExpired reports whether this node marked the peer expired.
+func (r *remote) isExpired() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.expiredSince
+	return r.expiredMark.Horizon != 0
 }
 
-func formatExpired(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+// expiredHorizon is the horizon of this node's mark against the peer (0:
+// not marked).
+func (r *remote) expiredHorizon() dtfc.Timestamp {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.expiredMark.Horizon
+}
 
-func parseExpired(v string) (time.Time, bool) {
+// HeaderExpired carries a mark's horizon as a decimal clock reading.
+func formatExpired(h dtfc.Timestamp) string { return strconv.FormatUint(uint64(h), 10) }
+
+func parseExpired(v string) (dtfc.Timestamp, bool) {
 	if v == "" {
-		return time.Time{}, false
+		return 0, false
 	}
-	t, err := time.Parse(time.RFC3339Nano, v)
-	return t, err == nil
+	n, err := strconv.ParseUint(v, 10, 64)
+	return dtfc.Timestamp(n), err == nil && n != 0
 }
 
 // pushFailed and pushOK record how the pusher's last attempt went.
@@ -290,10 +302,12 @@ type PeerStatus struct {
 	Self bool `json:"self,omitempty"`
 	// Expired: this node forgot deletes the peer never acknowledged (it
 	// was away longer than tombstone_expiry); it must resync on return.
-	// ExpiredSince is the last moment it was known to have acknowledged
-	// this node's changes.
-	Expired      bool      `json:"expired"`
-	ExpiredSince time.Time `json:"expired_since,omitzero"`
+	// ExpiredSince is the last moment it was known to be caught up with
+	// this node's changes; ExpiredHorizon the time of the latest of what
+	// was forgotten without its acknowledgement.
+	Expired        bool      `json:"expired"`
+	ExpiredSince   time.Time `json:"expired_since,omitzero"`
+	ExpiredHorizon time.Time `json:"expired_horizon,omitzero"`
 	// ClockRefused counts changes the peer refused because their clock
 	// was too far ahead of its own (since this node started).
 	ClockRefused int64     `json:"clock_refused"`
@@ -313,9 +327,14 @@ type PeerStatus struct {
 func (r *remote) status() PeerStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var horizon time.Time
+	if r.expiredMark.Horizon != 0 {
+		horizon = r.expiredMark.Horizon.Time()
+	}
 	return PeerStatus{
-		URL: r.URL, Role: r.Role, ReportedRole: r.reportedRole, Node: r.nodeID, Self: r.isSelf,
-		Expired: !r.expiredSince.IsZero(), ExpiredSince: r.expiredSince, ClockRefused: r.clockRefused,
+		ExpiredHorizon: horizon,
+		URL:            r.URL, Role: r.Role, ReportedRole: r.reportedRole, Node: r.nodeID, Self: r.isSelf,
+		Expired: r.expiredMark.Horizon != 0, ExpiredSince: r.expiredMark.Since, ClockRefused: r.clockRefused,
 		Up: r.up, Contacted: r.contacted,
 		LastContact: r.lastContact, LastError: r.lastErr, LastErrorAt: r.lastErrAt, Failures: r.failures,
 	}
@@ -354,8 +373,8 @@ func (r *remote) do(parent context.Context, method, path string, body io.Reader,
 		req.Header.Set(HeaderSecret, r.secret)
 	}
 	req.Header.Set(HeaderFrom, r.self)
-	if since := r.expired(); !since.IsZero() {
-		req.Header.Set(HeaderExpired, formatExpired(since))
+	if h := r.expiredHorizon(); h != 0 {
+		req.Header.Set(HeaderExpired, formatExpired(h))
 	}
 	resp, err := r.hc.Do(req)
 	if err != nil {

@@ -18,22 +18,27 @@ import (
 )
 
 // A node resyncs when a peer tells it that it is expired there: the peer
-// forgot deletes (or lifts) this node never acknowledged, so what this
-// node holds from before may be exactly what the cluster deleted. Until
-// the resync is done the node offers nothing to that peer (which would
-// refuse it), and to no one else that might import it: its node-to-node
-// routes that hand out blobs or states answer 503, and its digests say
-// "resyncing" so that anti-entropy imports nothing from it (the digests,
-// state listings and lookups stay readable, so that another resyncing
-// node can compare with it — a listing imports nothing). Its pushes to
-// the peers that did not expire it go on: such a peer forgot only deletes
-// this node acknowledged, so nothing it is offered can resurrect there,
-// and an upload taken meanwhile still replicates. The resync compares the node's states with each peer that
-// expired it and drops those the peer has no record of and that are older
-// than the moment it stopped acknowledging that peer, unless a healthy
-// replica still holds them; states made or received since are kept, so an
-// upload taken while cut off is not lost. It ends only when every step
-// succeeded; a failed step leaves it to retry.
+// forgot deletes (or lifts) this node never acknowledged, all of them
+// older than the mark's horizon, so what this node holds may be exactly
+// what the cluster deleted. Until the resync against that peer is done
+// the node offers nothing to it (which would refuse it), and to no one
+// else that might import it: its node-to-node routes that hand out blobs
+// or states answer 503, and its digests say "resyncing" so that
+// anti-entropy imports nothing from it (the digests, state listings and
+// lookups stay readable, so that another resyncing node can compare with
+// it — a listing imports nothing). Its pushes to the peers that did not
+// expire it go on: such a peer forgot only deletes this node
+// acknowledged, so nothing it is offered can resurrect there, and an
+// upload taken meanwhile still replicates.
+//
+// The resync drops a live state the expiring peer has no record of when
+// either this node delivered it to that peer (it was its own upload, and
+// the peer's cursor passed it: the peer had it, and forgot it only after
+// deleting it), or it came from elsewhere and is older than the horizon —
+// unless a healthy replica, one neither side marked expired, still holds
+// it. It keeps its own uploads the peer never got, so an upload taken
+// while cut off survives. It ends only when every step succeeded; a
+// failed step leaves it to retry.
 
 // ResyncState is where the resync state machine stands.
 type ResyncState string
@@ -54,8 +59,10 @@ const keyResync = "resync" // the resync's durable state (resyncSaved)
 
 // expiredAt is one peer's word that this node is expired there.
 type expiredAt struct {
-	URL   string    `json:"url"`
-	Since time.Time `json:"since"`
+	URL string `json:"url"`
+	// Horizon: what the peer forgot without this node's acknowledgement
+	// is older.
+	Horizon dtfc.Timestamp `json:"horizon"`
 }
 
 // resyncSaved is what survives a restart: a kill -9 during a resync must
@@ -159,8 +166,10 @@ func (c *Cluster) saveResyncLocked() error {
 	return c.store.SetValue(keyResync, b)
 }
 
-// expiredBy is told that the peer r marked this node expired at since.
-func (c *Cluster) expiredBy(r *remote, since time.Time) {
+// expiredBy is told that the peer r marked this node expired, horizon
+// being the greatest clock of what it forgot without this node's
+// acknowledgement.
+func (c *Cluster) expiredBy(r *remote, horizon dtfc.Timestamp) {
 	if r.Self() {
 		return
 	}
@@ -168,7 +177,7 @@ func (c *Cluster) expiredBy(r *remote, since time.Time) {
 	rs := &c.resync
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if d, ok := rs.saved.Done[key]; ok && d.Since.Equal(since) {
+	if d, ok := rs.saved.Done[key]; ok && d.Horizon >= horizon {
 		// Done already; the peer has not heard: tell it again.
 		if !rs.notify[key] {
 			rs.notify[key] = true
@@ -176,20 +185,20 @@ func (c *Cluster) expiredBy(r *remote, since time.Time) {
 		}
 		return
 	}
-	if b, ok := rs.saved.By[key]; ok && b.Since.Equal(since) {
+	if b, ok := rs.saved.By[key]; ok && b.Horizon >= horizon {
 		return
 	}
 	if rs.saved.By == nil {
 		rs.saved.By = map[string]expiredAt{}
 	}
-	rs.saved.By[key] = expiredAt{URL: r.URL, Since: since}
+	rs.saved.By[key] = expiredAt{URL: r.URL, Horizon: horizon}
 	if err := c.saveResyncLocked(); err != nil {
 		c.log.Error("persisting the resync state", "err", err)
 	}
 	if rs.state == ResyncInSync {
 		rs.state, rs.since = ResyncNeeded, time.Now()
-		c.log.Warn("a peer forgot deletes this node never acknowledged: resyncing before offering any state",
-			"peer", r.URL, "last_acknowledged", since)
+		c.log.Warn("a peer forgot deletes this node never acknowledged: resyncing before offering it anything",
+			"peer", r.URL, "horizon", horizon.Time())
 	}
 	rs.changedLocked()
 }
@@ -251,6 +260,7 @@ func (c *Cluster) runResync(ctx context.Context) error {
 	m := c.mem.Load()
 	candidates := map[dtfc.ID]dtfc.State{}
 	denyCandidates := map[dtfc.ID]blobstore.Deny{}
+	distrust := map[string]bool{}
 	for key, e := range by {
 		r := m.byIdentity(key)
 		if r == nil {
@@ -258,15 +268,18 @@ func (c *Cluster) runResync(ctx context.Context) error {
 			c.log.Info("a peer that expired this node is no longer listed; its expiry is dropped", "peer", e.URL)
 			continue
 		}
-		horizon := dtfc.TimestampAt(e.Since)
-		if err := c.orphansAgainst(ctx, r, horizon, candidates); err != nil {
+		expired, err := c.orphansAgainst(ctx, r, e.Horizon, candidates)
+		if err != nil {
 			return fmt.Errorf("comparing with %s: %w", r.URL, err)
 		}
-		if err := c.denyOrphansAgainst(ctx, r, horizon, denyCandidates); err != nil {
+		for _, n := range expired {
+			distrust["node "+n] = true
+		}
+		if err := c.denyOrphansAgainst(ctx, r, e.Horizon, denyCandidates); err != nil {
 			return fmt.Errorf("comparing deny lists with %s: %w", r.URL, err)
 		}
 	}
-	if err := c.keepHeldElsewhere(ctx, candidates); err != nil {
+	if err := c.keepHeldElsewhere(ctx, candidates, distrust); err != nil {
 		return err
 	}
 	for id, st := range candidates {
@@ -290,7 +303,7 @@ func (c *Cluster) runResync(ctx context.Context) error {
 		rs.saved.Done = map[string]expiredAt{}
 	}
 	for key, e := range by {
-		if cur, ok := rs.saved.By[key]; ok && cur.Since.Equal(e.Since) {
+		if cur, ok := rs.saved.By[key]; ok && cur.Horizon <= e.Horizon {
 			delete(rs.saved.By, key)
 			rs.saved.Done[key] = e
 			rs.notify[key] = true
@@ -327,7 +340,7 @@ func (c *Cluster) tellResynced(ctx context.Context) {
 		ok := r == nil // not listed any more: nobody to tell
 		if r != nil {
 			var ans struct{}
-			err := r.callJSON(ctx, http.MethodPost, "/resynced", resyncedRequest{Since: e.Since}, &ans)
+			err := r.callJSON(ctx, http.MethodPost, "/resynced", resyncedRequest{Horizon: e.Horizon}, &ans)
 			ok = err == nil
 			if err != nil && ctx.Err() == nil {
 				c.log.Info("telling a peer this node resynced failed; retrying", "peer", r.URL, "err", err)
@@ -342,40 +355,53 @@ func (c *Cluster) tellResynced(ctx context.Context) {
 }
 
 type resyncedRequest struct {
-	Since time.Time `json:"since"`
+	Horizon dtfc.Timestamp `json:"horizon"`
 }
 
-// orphansAgainst adds to out every live local state older than horizon
-// of which r has no record at all, comparing range digests first so
-// that ranges in agreement cost nothing.
-func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) error {
+// orphansAgainst adds to out every live local state r has no record of
+// and that r had and forgot: one this node delivered to r (its pusher's
+// cursor towards r passed it), or one older than horizon. It compares
+// range digests first, so ranges in agreement cost nothing. It returns
+// the nodes r marked expired (their word does not count against r's).
+func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) ([]string, error) {
 	var ans digestsAnswer
 	if err := r.getJSON(ctx, "/digests", &ans); err != nil {
-		return err
+		return nil, err
 	}
 	theirs, err := ans.decode()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ours, err := c.store.Digests()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	delivered := c.cursorOf(r.URL)
 	for b := range 256 {
 		if ours[b] == theirs[b] || ours[b].Count == 0 {
 			continue
 		}
-		if err := c.orphansInRange(ctx, r, []byte{byte(b)}, horizon, out); err != nil {
-			return err
+		if err := c.orphansInRange(ctx, r, []byte{byte(b)}, horizon, delivered, out); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	return ans.Expired, nil
 }
 
-func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) error {
+func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, delivered uint64, out map[dtfc.ID]dtfc.State) error {
+	me := c.store.NodeID()
 	local := map[dtfc.ID]dtfc.State{}
-	if err := c.store.States(prefix, func(st dtfc.State) error {
-		if !st.Deleted && st.Clock < horizon {
+	if err := c.store.Records(prefix, func(st dtfc.State, seq uint64) error {
+		if st.Deleted {
+			return nil
+		}
+		// Its own upload that r never got from it cannot be something r
+		// deleted (short of a path through a third node): kept. The
+		// rest is suspect when older than what r forgot.
+		if st.Node == me && seq > delivered {
+			return nil
+		}
+		if st.Node == me || st.Clock < horizon {
 			local[st.ID] = st
 		}
 		return nil
@@ -433,9 +459,10 @@ func (c *Cluster) denyOrphansAgainst(ctx context.Context, r *remote, horizon dtf
 }
 
 // keepHeldElsewhere removes from candidates what a healthy replica peer
-// (not resyncing, not expired here) still holds live: a delete the
-// cluster forgot would have reached it first, so the state is no orphan.
-func (c *Cluster) keepHeldElsewhere(ctx context.Context, candidates map[dtfc.ID]dtfc.State) error {
+// still holds live — one not resyncing, not marked expired here, nor by a
+// peer this node resyncs against (distrust): every delete such a peer
+// forgot, it had first, so a live state there is no orphan.
+func (c *Cluster) keepHeldElsewhere(ctx context.Context, candidates map[dtfc.ID]dtfc.State, distrust map[string]bool) error {
 	if len(candidates) == 0 {
 		return nil
 	}
@@ -444,7 +471,7 @@ func (c *Cluster) keepHeldElsewhere(ctx context.Context, candidates map[dtfc.ID]
 		ids = append(ids, id)
 	}
 	for _, r := range c.mem.Load().remotes {
-		if r.Self() || r.IsCache() || !r.expired().IsZero() {
+		if r.Self() || r.IsCache() || r.isExpired() || distrust[r.identity()] {
 			continue
 		}
 		var d digestsAnswer

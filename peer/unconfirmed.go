@@ -122,7 +122,7 @@ func (ur *unconfirmedResolver) pass(ctx context.Context) bool {
 	// a peer marked expired may still hold what the cluster deleted.
 	var remotes []*remote
 	for _, r := range c.mem.Load().remotes {
-		if !r.Self() && r.expired().IsZero() {
+		if !r.Self() && !r.isExpired() {
 			remotes = append(remotes, r)
 		}
 	}
