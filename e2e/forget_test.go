@@ -636,3 +636,33 @@ func TestPartitionLongerThanExpiry(t *testing.T) {
 		return true
 	})
 }
+
+// TestClockAheadExpiresNobody: a node whose wall clock jumps a year
+// ahead sees every tombstone as older than the expiry; it must not mark
+// the peers that have not acknowledged them expired (and forget them)
+// while its clock is ahead of every peer's. About 10 s.
+func TestClockAheadExpiresNobody(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "1h"}})
+	hc := newClient(t)
+	_, xID := upload(t, hc, c.Nodes[2].URL, "x", randomBytes(10<<10))
+	c.WaitConverged(t, converge)
+	c.Nodes[1].Stop()
+	deleteID(t, hc, c.Nodes[2].URL, xID)
+	eventually(t, converge, "node 0 has the delete", func() bool {
+		_, st := stateOf(t, c, hc, 0, xID)
+		return st.Deleted
+	})
+	c.Nodes[0].SetClock(365 * 24 * time.Hour)
+	eventually(t, converge, "node 0 sees its clock ahead of its peers'", func() bool {
+		return logHas(c.Nodes[0], "clock is ahead of every peer")
+	})
+	wait(3 * time.Second) // purges run every second
+	exp, _ := peerStatus(t, c, 0, 1)["expired"].(bool)
+	assert.False(t, exp, "node 0 marked node 1 expired on the strength of a clock a year ahead")
+	_, st := stateOf(t, c, hc, 0, xID)
+	assert.True(t, st.Deleted, "node 0 forgot the delete node 1 has not acknowledged")
+	c.Nodes[0].SetClock(0)
+	c.Nodes[1].Start()
+	c.WaitConverged(t, converge)
+	assertNowhere(t, c, xID)
+}

@@ -101,9 +101,10 @@ type Cluster struct {
 	ackMu sync.Mutex
 	ackCh chan struct{} // closed and replaced whenever a cursor advances
 
-	synced  atomic.Bool // completed an anti-entropy round with the replicas
-	expired expiries    // peers this node marked expired (acks.go)
-	resync  resync      // whether this node must resync (resync.go)
+	synced     atomic.Bool // completed an anti-entropy round with the replicas
+	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
+	expired    expiries    // peers this node marked expired (acks.go)
+	resync     resync      // whether this node must resync (resync.go)
 }
 
 type membership struct {
@@ -219,7 +220,7 @@ func (c *Cluster) setPeers(peers []Peer) {
 			}
 		}
 		if r == nil {
-			r = newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID())
+			r = newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID(), c.opts.Wall)
 			r.notes = c
 			if m, ok := c.markOf(r); ok {
 				r.setExpired(m)

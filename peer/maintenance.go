@@ -42,6 +42,17 @@ func (c *Cluster) purge() {
 	now := c.opts.Wall()
 	horizon := dtfc.TimestampAt(now.Add(-c.opts.TombstoneRetention))
 	expiry := dtfc.TimestampAt(now.Add(-c.opts.TombstoneExpiry))
+	if ahead, ok := c.aheadOfPeers(); ok && ahead > c.opts.MaxClockOffset {
+		// With a wall clock far ahead, everything looks old: nothing is
+		// forgotten for its age past the expiry (only by acknowledgement).
+		expiry = 0
+		if !c.clockAhead.Swap(true) {
+			c.log.Warn("this node's clock is ahead of every peer's; no peer is expired until it is set right",
+				"ahead", ahead.Round(time.Second), "max_clock_offset", c.opts.MaxClockOffset)
+		}
+	} else {
+		c.clockAhead.Store(false)
+	}
 	peers := c.acks()
 	if err := c.markLate(expiry, peers); err != nil {
 		c.log.Error("marking peers expired; nothing they have not acknowledged is forgotten", "err", err)
@@ -140,4 +151,21 @@ func (c *Cluster) repair(ctx context.Context, st dtfc.State) {
 	}
 	c.metrics.scrubRepaired.Inc()
 	c.log.Info("repaired a corrupt blob from a peer", "id", st.ID.String())
+}
+
+// aheadOfPeers returns by how much this node's wall clock is ahead of the
+// least-behind peer heard from in the last minutes (their answers' Date
+// headers), and whether any was.
+func (c *Cluster) aheadOfPeers() (time.Duration, bool) {
+	var least time.Duration
+	heard := false
+	for _, r := range c.mem.Load().remotes {
+		if r.Self() {
+			continue
+		}
+		if d, ok := r.skew(); ok && (!heard || d < least) {
+			least, heard = d, true
+		}
+	}
+	return least, heard
 }

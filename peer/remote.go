@@ -73,6 +73,7 @@ type remote struct {
 	hc     *http.Client
 	secret string
 	self   string // this node's identity, sent as HeaderFrom
+	wall   func() time.Time
 	// notes receives what the peer's answers tell this node about itself
 	// (that it is expired there). Set by the Cluster; nil in tests.
 	notes noteTaker
@@ -83,14 +84,18 @@ type remote struct {
 	isSelf       bool       // the peer's identity is this node's: it is this node
 	expiredMark  expiryMark // this node marked the peer expired (zero: not)
 	clockRefused int64      // changes the peer refused for their clock
-	up           bool
-	contacted    bool
-	lastContact  time.Time
-	lastErr      string
-	lastErrAt    time.Time
-	failures     int
-	retryAt      time.Time
-	kick         chan struct{} // wakes the pusher when the peer is back
+	// peerDate is the Date header of the peer's last answer (its wall
+	// clock, to the second) and dateAt when it came (monotonic).
+	peerDate    time.Time
+	dateAt      time.Time
+	up          bool
+	contacted   bool
+	lastContact time.Time
+	lastErr     string
+	lastErrAt   time.Time
+	failures    int
+	retryAt     time.Time
+	kick        chan struct{} // wakes the pusher when the peer is back
 	// pushFailedAt is when the pusher last failed or began a retry
 	// (zero: its last push succeeded). A peer can refuse pushes (400, 507) while every other
 	// exchange with it succeeds, so it never looks down and its return
@@ -111,15 +116,38 @@ type noteTaker interface {
 	learned(r *remote)
 }
 
-func newRemote(p Peer, hc *http.Client, secret, self string) *remote {
-	return &remote{Peer: p, hc: hc, secret: secret, self: self, kick: make(chan struct{}, 1)}
+func newRemote(p Peer, hc *http.Client, secret, self string, wall func() time.Time) *remote {
+	if wall == nil {
+		wall = time.Now
+	}
+	return &remote{Peer: p, hc: hc, secret: secret, self: self, wall: wall, kick: make(chan struct{}, 1)}
+}
+
+// skew returns this node's wall clock now minus the peer's (as its last
+// answer's Date header said, carried forward by the time since), and
+// whether it is worth anything: the peer is up and answered in the last
+// minutes.
+func (r *remote) skew() (time.Duration, bool) {
+	r.mu.Lock()
+	date, at, up := r.peerDate, r.dateAt, r.up
+	r.mu.Unlock()
+	if !up || at.IsZero() || time.Since(at) > 10*time.Minute {
+		return 0, false
+	}
+	return r.wall().Sub(date.Add(time.Since(at))), true
 }
 
 // ok records a successful exchange and what the answer's headers say of
 // the peer.
 func (r *remote) ok(h http.Header) {
 	nodeID, role := h.Get(HeaderNode), h.Get(HeaderRole)
+	date, derr := http.ParseTime(h.Get("Date"))
 	r.mu.Lock()
+	if derr == nil {
+		// The header is truncated to the second: half a second in the
+		// middle of it.
+		r.peerDate, r.dateAt = date.Add(500*time.Millisecond), time.Now()
+	}
 	wasDown := r.contacted && !r.up
 	r.up, r.contacted, r.failures, r.retryAt = true, true, 0, time.Time{}
 	r.lastContact = time.Now()
