@@ -198,15 +198,7 @@ func sameUpload(st, o dtfc.State) bool {
 // ID's lock.
 func (s *Store) setState(st dtfc.State, toFeed bool) error {
 	return s.update(func(t *txn) error {
-		cur, ok, err := t.get(st.ID)
-		if err != nil {
-			return err
-		}
-		var curp *record
-		if ok {
-			curp = &cur
-		}
-		_, err = t.set(curp, st, toFeed)
+		_, err := t.replace(st, toFeed)
 		return err
 	})
 }

@@ -203,6 +203,19 @@ func (t *txn) set(old *record, st dtfc.State, toFeed bool) (record, error) {
 	return nr, t.xorDigest(&st, +1)
 }
 
+// replace sets st over whatever record its ID has (see set).
+func (t *txn) replace(st dtfc.State, toFeed bool) (record, error) {
+	cur, ok, err := t.get(st.ID)
+	if err != nil {
+		return record{}, err
+	}
+	var curp *record
+	if ok {
+		curp = &cur
+	}
+	return t.set(curp, st, toFeed)
+}
+
 // remove forgets a record entirely: no tombstone, no feed entry. Used for
 // evictions, purged tombstones and blobs dropped as corrupt, none of which
 // is an operation to replicate.

@@ -282,15 +282,7 @@ func (s *Store) adoptFile(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error)
 		}
 	}
 	err := s.update(func(t *txn) error {
-		cur, ok, err := t.get(id)
-		if err != nil {
-			return err
-		}
-		var curp *record
-		if ok {
-			curp = &cur
-		}
-		if _, err := t.set(curp, st, true); err != nil {
+		if _, err := t.replace(st, true); err != nil {
 			return err
 		}
 		return t.tx.Bucket(bucketUnconfirmed).Delete(id[:])
@@ -318,15 +310,7 @@ func (s *Store) adoptFile(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error)
 // same transaction), then removes the file and any copy in blobs/.
 func (s *Store) unconfirmedTombstone(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error) {
 	err := s.update(func(t *txn) error {
-		cur, ok, err := t.get(id)
-		if err != nil {
-			return err
-		}
-		var curp *record
-		if ok {
-			curp = &cur
-		}
-		if _, err := t.set(curp, st, true); err != nil {
+		if _, err := t.replace(st, true); err != nil {
 			return err
 		}
 		return t.tx.Bucket(bucketUnconfirmed).Delete(id[:])

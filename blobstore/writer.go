@@ -432,15 +432,8 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 	}
 	var nr record
 	err = s.update(func(t *txn) error {
-		cur, ok, err := t.get(id)
-		if err != nil {
-			return err
-		}
-		var curp *record
-		if ok {
-			curp = &cur
-		}
-		nr, err = t.set(curp, st, toFeed)
+		var err error
+		nr, err = t.replace(st, toFeed)
 		return err
 	})
 	if err != nil {

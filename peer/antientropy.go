@@ -1,13 +1,9 @@
 package peer
 
 import (
-	"bufio"
 	"context"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"time"
@@ -168,31 +164,16 @@ func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, p
 	}); err != nil {
 		return err
 	}
-	resp, err := r.do(ctx, http.MethodGet, "/states?prefix="+hex.EncodeToString(prefix), nil, nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return answerErr(r.URL, resp)
-	}
-	dec := json.NewDecoder(bufio.NewReader(resp.Body))
-	for {
-		var st dtfc.State
-		if err := dec.Decode(&st); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("peer %s: reading states: %w", r.URL, err)
-		}
+	return r.states(ctx, prefix, func(st dtfc.State) error {
 		if l, ok := local[st.ID]; ok && !st.Newer(l) {
-			continue
+			return nil
 		}
 		if err := validState(st); err != nil {
 			return fmt.Errorf("peer %s: state of %s: %w", r.URL, st.ID, err)
 		}
 		g.Go(func() error { return c.pull(ctx, r, st) })
-	}
-	return nil
+		return nil
+	})
 }
 
 // pull applies one state from r, fetching its bytes if needed.

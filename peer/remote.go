@@ -1,10 +1,12 @@
 package peer
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -562,6 +564,31 @@ func (r *remote) callJSON(ctx context.Context, method, path string, in, out any)
 		return fmt.Errorf("peer %s: %s %s: decoding the answer: %w", r.URL, method, path, err)
 	}
 	return nil
+}
+
+// states streams the peer's states of every ID beginning with prefix to
+// fn, in ID order (GET /_internal/states: one JSON object per line).
+func (r *remote) states(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error {
+	resp, err := r.do(ctx, http.MethodGet, "/states?prefix="+hex.EncodeToString(prefix), nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return answerErr(r.URL, resp)
+	}
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	for {
+		var st dtfc.State
+		if err := dec.Decode(&st); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("peer %s: reading states: %w", r.URL, err)
+		}
+		if err := fn(st); err != nil {
+			return err
+		}
+	}
 }
 
 // getBlob opens the peer's own copy of id (never one it would fetch).

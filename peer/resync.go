@@ -1,13 +1,10 @@
 package peer
 
 import (
-	"bufio"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"sync"
@@ -411,23 +408,12 @@ func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, 
 	if len(local) == 0 {
 		return nil
 	}
-	resp, err := r.do(ctx, http.MethodGet, "/states?prefix="+hex.EncodeToString(prefix), nil, nil)
+	err := r.states(ctx, prefix, func(st dtfc.State) error {
+		delete(local, st.ID)
+		return nil
+	})
 	if err != nil {
 		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return answerErr(r.URL, resp)
-	}
-	dec := json.NewDecoder(bufio.NewReader(resp.Body))
-	for {
-		var st dtfc.State
-		if err := dec.Decode(&st); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("peer %s: reading states: %w", r.URL, err)
-		}
-		delete(local, st.ID)
 	}
 	for id, st := range local {
 		out[id] = st
