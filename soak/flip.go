@@ -32,7 +32,6 @@ type flipKey struct {
 // flip is a byte flipped in a blob file on a node's disk.
 type flip struct {
 	file  Content
-	seq   int // the fault's event
 	at    time.Time
 	small bool
 	// repaired is when the file was seen hashing right again (or gone
@@ -129,10 +128,19 @@ func flipByte(path string, off int64) error {
 	return f.Close()
 }
 
-// flipsPending says which flipped blob is not repaired yet, or "": one
-// repaired hashes right again; one gone is repaired on a cache (it
-// fetches it again when read) or for an ID that need not be present.
+// flipsPending says which flipped blob is not repaired yet, or "".
 func (r *Runner) flipsPending() string {
+	if pending := r.refreshFlips(); len(pending) > 0 {
+		return pending[0]
+	}
+	return ""
+}
+
+// refreshFlips marks the flipped blobs repaired since the last look and
+// describes those that are not: one repaired hashes right again; one
+// gone is repaired on a cache (it fetches it again when read) or for an
+// ID that need not be present.
+func (r *Runner) refreshFlips() (pending []string) {
 	r.flipsMu.Lock()
 	defer r.flipsMu.Unlock()
 	var entries map[string]Entry
@@ -163,13 +171,14 @@ func (r *Runner) flipsPending() string {
 				f.repaired, f.how = time.Now(), "removed"
 				continue
 			}
-			return fmt.Sprintf("node %d: the blob of file %d, flipped %v ago, is gone and not fetched again yet",
-				k.node, f.file.Index, time.Since(f.at).Round(100*time.Millisecond))
+			pending = append(pending, fmt.Sprintf("node %d: the blob of file %d, flipped %v ago, is gone and not fetched again yet",
+				k.node, f.file.Index, time.Since(f.at).Round(100*time.Millisecond)))
+			continue
 		}
-		return fmt.Sprintf("node %d: the blob of file %d, flipped %v ago, is not repaired yet",
-			k.node, f.file.Index, time.Since(f.at).Round(100*time.Millisecond))
+		pending = append(pending, fmt.Sprintf("node %d: the blob of file %d, flipped %v ago, is not repaired yet",
+			k.node, f.file.Index, time.Since(f.at).Round(100*time.Millisecond)))
 	}
-	return ""
+	return pending
 }
 
 // excused reports whether a read of id from node that came back wrong is

@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -97,6 +98,7 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 			}
 		}
 	}
+	r.refreshFlips() // the convergence may have ended before it looked
 	flips := r.takeFlips()
 	keys := make([]flipKey, 0, len(flips))
 	for k := range flips {
@@ -111,10 +113,13 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 		op := Op{Kind: OpRead, File: e.File, NoPeer: !r.cache[k.node]}
 		class, res, v := get(k.node, k.id, op)
 		line := Line{T: r.log.Since(time.Now()), Round: int(r.round.Load()), Actor: "check", Kind: OpRead, Node: k.node, Peer: -1,
-			File: e.File.Index, ID: k.id, Size: e.File.Size, Detail: fmt.Sprintf("the blob flipped %v before, %s", time.Since(f.at).Round(100*time.Millisecond), f.how), Result: res}
+			File: e.File.Index, ID: k.id, Size: e.File.Size, Detail: fmt.Sprintf("the blob flipped %v before, %s", time.Since(f.at).Round(100*time.Millisecond), cmp.Or(f.how, "NOT repaired")), Result: res}
 		seq := r.log.Add(line)
 		want, _ := e.Want()
 		switch {
+		case v != nil && f.repaired.IsZero():
+			v.Detail += fmt.Sprintf("; the file was flipped on disk and not repaired by the check, event %d", seq)
+			out = append(out, *v)
 		case v != nil:
 			v.Kind = VWrongAfterRepair
 			v.Detail += fmt.Sprintf("; the file was flipped on disk and %s (scrub), event %d", f.how, seq)
