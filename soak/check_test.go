@@ -1,9 +1,12 @@
 package soak
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestEntryModel(t *testing.T) {
@@ -169,4 +172,20 @@ func TestResyncingStatus(t *testing.T) {
 	assert.False(t, rs)
 	rs, _ = resyncing(map[string]any{})
 	assert.False(t, rs)
+}
+
+func TestLogTotals(t *testing.T) {
+	l := NewLog(time.Now())
+	l.Add(Line{Actor: "fault", Kind: FaultSkewFar})
+	l.Add(Line{Actor: "fault", Kind: FaultUnskew})
+	l.Add(Line{Actor: "fault", Kind: FaultFlip, Result: "skipped: no blob file of that size to flip"})
+	l.Add(Line{Actor: "fault", Kind: FaultFlip, Result: "byte 3 flipped"})
+	l.Add(Line{Actor: "fault", Kind: FaultLongStop})
+	l.Add(Line{Actor: "worker 2", Kind: OpBlock})
+	tot := l.Totals()
+	assert.Equal(t, map[Kind]int{FaultSkewFar: 1, FaultFlip: 1, FaultLongStop: 1}, tot["fault"])
+	assert.Equal(t, map[Kind]int{OpBlock: 1}, tot["worker"])
+	var b strings.Builder
+	require.NoError(t, l.WriteTotals(&b))
+	assert.Contains(t, b.String(), "# fault: 3 (bit-flip 1, long-stop 1, skew-far 1)")
 }

@@ -1102,6 +1102,7 @@ func (r *Runner) Keep(dir string, nodeLogs bool) error {
 		return err
 	}
 	r.log.WriteTo(f)
+	r.log.WriteTotals(f)
 	if err := f.Close(); err != nil {
 		return err
 	}
