@@ -665,6 +665,7 @@ func (r *Runner) apply(ev Event) {
 		nn := c.AddNode(cluster.RoleReplica)
 		r.mu.Lock()
 		r.urls = append(r.urls, nn.URL)
+		r.basedirs = append(r.basedirs, nn.Basedir)
 		r.mu.Unlock()
 		r.up[nn.Index].Store(true)
 		line.Result = fmt.Sprintf("node %d joined at %s", nn.Index, nn.URL)
