@@ -365,9 +365,20 @@ func NewPlan(cfg Config, short bool) *Plan {
 			// nodes up; nothing to avoid there.
 			return false
 		}
+		// Nodes that must stay up for a while: the skewed one, so that
+		// its probes run.
+		var reserved []struct {
+			node int
+			interval
+		}
 		canDown := func(node int, iv interval) bool {
 			if diskBusy(node, iv) {
 				return false
+			}
+			for _, x := range reserved {
+				if x.node == node && x.overlaps(iv) {
+					return false
+				}
 			}
 			n := 0
 			for _, d := range down {
@@ -386,12 +397,18 @@ func NewPlan(cfg Config, short bool) *Plan {
 				interval
 			}{node, iv})
 		}
+		reserve := func(node int, iv interval) {
+			reserved = append(reserved, struct {
+				node int
+				interval
+			}{node, iv})
+		}
 		end := cfg.Round - 500*time.Millisecond
 
 		// The round's planned episodes first (their own stream, so the
 		// random ones below stay as they were): long outages, a skew,
 		// bit flips.
-		p.Faults[r] = append(p.Faults[r], p.specials(r, end, next, canDown, markDown)...)
+		p.Faults[r] = append(p.Faults[r], p.specials(r, end, next, canDown, markDown, reserve)...)
 
 		gap := func() time.Duration {
 			return time.Duration(float64(cfg.FaultGap) * (0.3 + 1.4*rng.Float64()))
@@ -469,13 +486,19 @@ func NewPlan(cfg Config, short bool) *Plan {
 //     even rounds, the first on a cache in odd ones.
 //
 // Every episode stays on the nodes started (not the joined one). Long
-// stops and kills are registered with markDown, if canDown allows.
+// stops and kills are registered with markDown, if canDown allows. The
+// skewed node is one no long outage of the round takes while it is
+// skewed, and it is reserved: no kill or stop takes it down then.
 func (p *Plan) specials(r int, end time.Duration, next func() int,
-	canDown func(int, interval) bool, markDown func(int, interval)) []Event {
+	canDown func(int, interval) bool, markDown func(int, interval), reserve func(int, interval)) []Event {
 	cfg := p.Config
 	rng := rand.New(rand.NewPCG(cfg.Seed, 2000+uint64(r)))
 	var out []Event
 	replicas := cfg.Replicas()
+	var outages []struct {
+		nodes []int
+		interval
+	}
 	between := func(lo, hi time.Duration) time.Duration {
 		if hi <= lo {
 			return lo
@@ -529,6 +552,14 @@ func (p *Plan) specials(r int, end time.Duration, next func() int,
 		}
 		start.Node, stop.Node = a, a
 		out = append(out, start, stop)
+		nodes := []int{a}
+		if start.Peer >= 0 {
+			nodes = append(nodes, start.Peer)
+		}
+		outages = append(outages, struct {
+			nodes []int
+			interval
+		}{nodes, iv})
 	}
 
 	// The skew: its window (the skew, then as long again as its offset,
@@ -550,7 +581,19 @@ func (p *Plan) specials(r int, end time.Duration, next func() int,
 	}
 	if from > 0 {
 		ep := next()
+		iv := interval{from - time.Second, from + d + time.Second}
 		a := rng.IntN(replicas)
+		for i := range replicas {
+			free := true
+			for _, o := range outages {
+				free = free && !(slices.Contains(o.nodes, (a+i)%replicas) && o.overlaps(iv))
+			}
+			if free {
+				a = (a + i) % replicas
+				break
+			}
+		}
+		reserve(a, iv)
 		out = append(out,
 			Event{Round: r, At: from, Kind: kind, Node: a, Peer: -1, Episode: ep, Offset: off, Dur: d},
 			Event{Round: r, At: from + d, Kind: FaultUnskew, Node: a, Peer: -1, Episode: ep})

@@ -40,6 +40,7 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 				down := map[int]bool{}
 				long := map[int]Event{}
 				var skew Event
+				skewing := -1
 				for i, ev := range evs {
 					assert.Equal(t, r, ev.Round)
 					assert.Less(t, ev.At, p.Round, "every event within its round")
@@ -56,6 +57,7 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 						continue
 					case FaultLongKill, FaultLongStop:
 						kinds[ev.Kind]++
+						assert.NotEqual(t, skewing, ev.Node, "seed %d: the skewed node goes down", seed)
 						assert.False(t, down[ev.Node], "seed %d: node %d down twice", seed, ev.Node)
 						assert.False(t, p.Cache(ev.Node), "long outages of caches are isolations")
 						down[ev.Node] = true
@@ -66,6 +68,8 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 						long[ev.Episode] = ev
 					case FaultSkew, FaultSkewFar:
 						kinds[ev.Kind]++
+						assert.False(t, down[ev.Node], "seed %d: skew of node %d, which is down", seed, ev.Node)
+						skewing = ev.Node
 						assert.False(t, p.Cache(ev.Node), "skews are of replicas")
 						if ev.Kind == FaultSkewFar {
 							assert.Greater(t, ev.Offset, p.MaxClockOffset)
@@ -74,6 +78,7 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 						}
 						skew = ev
 					case FaultUnskew:
+						skewing = -1
 						// The window (the skew, then its offset and a
 						// second more) closes within the round.
 						assert.Less(t, ev.At+skew.Offset.Abs()+time.Second, p.Round, "seed %d round %d: skew window", seed, r)
@@ -88,6 +93,7 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 						assert.False(t, down[ev.Node], "seed %d: free-disk of a node that is down", seed)
 					case FaultKill, FaultStop:
 						assert.False(t, down[ev.Node], "seed %d: node %d killed twice", seed, ev.Node)
+						assert.NotEqual(t, skewing, ev.Node, "seed %d: the skewed node goes down", seed)
 						down[ev.Node] = true
 						assert.LessOrEqual(t, len(down), maxDown, "seed %d round %d: too many nodes down at %v", seed, r, ev.At)
 					case FaultRestart:
