@@ -218,8 +218,10 @@ func (r *Report) Table() string {
 		mode = "short"
 	}
 	b.WriteString("| soak | value |\n| --- | --- |\n")
-	row("seed", "%d (%s: %d nodes%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes,
-		map[bool]string{true: " + 1 joined", false: ""}[!r.NoAddNode], r.Workers, r.Duration, r.Round)
+	row("seed", "%d (%s: %d nodes, %d of them caches%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes, r.Caches,
+		map[bool]string{true: ", + 1 joined", false: ""}[!r.NoAddNode], r.Workers, r.Duration, r.Round)
+	row("cluster", "tombstone retention %v, expiry %v, max clock offset %v, scrub every %v; peer lists: self listed %v, every peer twice %v",
+		r.Retention, r.Expiry, r.MaxClockOffset, r.ScrubInterval, !r.NoListSelf, !r.NoListTwice)
 	row("wall time", "%v, %d rounds completed", r.Wall.Round(time.Second), r.Rounds)
 	ops := r.Ops()
 	total := 0

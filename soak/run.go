@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha512"
 	"encoding/hex"
@@ -149,6 +150,9 @@ func (r *Runner) Replay() string {
 	}
 	if p.Workers != Defaults(r.short).Workers {
 		s += fmt.Sprintf(" --workers %d", p.Workers)
+	}
+	if d := Defaults(r.short).withDefaults(Defaults(r.short)); p.Caches != d.Caches {
+		s += fmt.Sprintf(" --caches %d", cmp.Or(p.Caches, -1))
 	}
 	if p.NoListSelf {
 		s += " --no-list-self"
