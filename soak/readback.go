@@ -67,11 +67,15 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 	}
 	for _, id := range deleted[:min(sample, len(deleted))] {
 		e := entries[id]
+		m := e.Model()
 		for node := range r.c.Nodes {
 			class, res, v := get(node, id, Op{Kind: OpRead, File: e.File})
 			switch {
 			case v != nil:
 				out = append(out, *v)
+			case m.Deny == Lifted && class == fmt.Sprint(BlockStatus):
+				out = append(out, Violation{Invariant: 2, Kind: VLiftedBack, Node: node, ID: id,
+					Detail: fmt.Sprintf("file %d, lifted at event %d, deleted at event %d: GET after convergence: %s", e.File.Index, m.DenyDecider.Seq, m.Decider.Seq, res)})
 			case strings.HasPrefix(class, "200"):
 				out = append(out, Violation{Invariant: 2, Kind: VDeletedServed, Node: node, ID: id,
 					Detail: fmt.Sprintf("file %d, deleted at event %d: GET after convergence: %s", e.File.Index, e.Model().Decider.Seq, res)})

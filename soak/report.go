@@ -148,6 +148,7 @@ var rows = []struct {
 }{
 	{"acknowledged uploads lost", []string{VLostUpload, VWrongSize, VStateLost}},
 	{"deletes undone (file, state or GET)", []string{VUndoneDelete, VStateUndone, VDeletedServed}},
+	{"deleted IDs answering other than 404", []string{VDeletedNot404}},
 	{"wrong bytes served (after a repair included)", []string{VWrongServed, VWrongRange, VWrongAfterRepair}},
 	{"blob files with wrong bytes on disk", []string{VWrongOnDisk}},
 	{"temp or stray files left", []string{VTemp, VStray}},
