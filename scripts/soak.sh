@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The chaos soak (package soak): a seeded schedule of uploads, deletes,
-# reads, kills, partitions, latency, corruption, a full disk and a join
-# against a cluster of real dtfc processes, then the invariants of API.md
-# "Consistency" checked after every round.
+# blocks, lifts and reads, kills, partitions, latency, corruption, a full
+# disk, a join, outages longer than the tombstone retention, clock skews
+# and bit flips on disk against a cluster of real dtfc processes (caches
+# included), then the invariants of API.md "Consistency" checked after
+# every round, every node's state of every ID against a model.
 #
-#   scripts/soak.sh --short                  # about 2 minutes, 5 nodes (CI)
+#   scripts/soak.sh --short                  # about 3 minutes, 5 nodes (CI)
 #   scripts/soak.sh                          # 30 minutes of chaos, 7 nodes
 #   scripts/soak.sh --seed N [--short] ...   # replay a seed (same flags)
-#   scripts/soak.sh --duration 10m --round 2m --nodes 5 --workers 4
-#   scripts/soak.sh --short --sabotage       # self-test: must fail (a blob removed)
+#   scripts/soak.sh --duration 10m --round 2m --nodes 5 --workers 4 --caches 1
+#   scripts/soak.sh --short --sabotage       # self-tests: must fail, each caught
+#   scripts/soak.sh --short --sabotage=lost,undone   # some of them
+#   scripts/soak.sh --short --keep-going     # all rounds, even after violations
+#   scripts/soak.sh --no-list-self --no-list-twice   # plain peer lists
 #
 # Prints the seed first, then the report; on a violation, the events that
 # matter and the replay command, and exits non-zero. The event log, plan
@@ -18,11 +23,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-short=0 sabotage=0 seed="" duration="" round="" nodes="" workers=""
+short=0 sabotage="" seed="" duration="" round="" nodes="" workers="" caches="" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --short) short=1 ;;
-    --sabotage) sabotage=1 ;;
+    --sabotage) sabotage=all ;;
+    --sabotage=*) sabotage=${1#*=} ;;
+    --keep-going|--no-list-self|--no-list-twice) extra+=("-${1#--}") ;;
+    --caches) caches=$2; shift ;;
+    --caches=*) caches=${1#*=} ;;
     --seed) seed=$2; shift ;;
     --seed=*) seed=${1#*=} ;;
     --duration) duration=$2; shift ;;
@@ -33,7 +42,7 @@ while [ $# -gt 0 ]; do
     --nodes=*) nodes=${1#*=} ;;
     --workers) workers=$2; shift ;;
     --workers=*) workers=${1#*=} ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -69,7 +78,9 @@ fi
 [ -n "$round" ] && args+=(-round "$round")
 [ -n "$nodes" ] && args+=(-nodes "$nodes")
 [ -n "$workers" ] && args+=(-workers "$workers")
-[ "$sabotage" = 1 ] && args+=(-sabotage)
+[ -n "$caches" ] && args+=(-caches "$caches")
+[ -n "$sabotage" ] && args+=("-sabotage=$sabotage")
+args+=("${extra[@]}")
 
 out="${TMPDIR:-/tmp}/dtfc-soak-$seed.out"
 status=0

@@ -3,6 +3,7 @@ package soak
 import (
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,11 +15,13 @@ import (
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
-// Violation is a broken promise. Invariant is the number of the issue's
-// list (1: acknowledged uploads everywhere, bytes verified; 2: no deleted
-// file anywhere; 3: no temp or partial file; 4: queues empty, same IDs
-// everywhere; 5: no complete 200 of wrong bytes), 0 for another promise
-// of API.md.
+// Violation is a broken promise. Invariant is the number of the package
+// doc's list (1: acknowledged uploads everywhere, bytes verified; 2: no
+// deleted or blocked file anywhere, nor served; 3: no temp or partial
+// file; 4: queues empty, no node resyncing, the same IDs and states
+// everywhere; 5: no complete 200 of wrong bytes; 6: every node's state of
+// every ID is the one the model says wins), 0 for another promise of
+// API.md.
 type Violation struct {
 	Invariant int
 	Kind      string
@@ -46,7 +49,34 @@ const (
 	VWrongAnswer    = "upload answered another ID or size"
 	VCrash          = "node exited on its own"
 	VDeletedServed  = "GET of a deleted ID answered 200"
+	VDeletedNot404  = "GET of a deleted ID answered neither 404 nor 200"
 	VNodeUnreadable = "node state unreadable"
+
+	// Resync and clocks.
+	VResyncing     = "node still resyncing after the heal"
+	VClockAccepted = "state with a clock beyond max_clock_offset accepted"
+	// Blocks.
+	VBlockedStored = "blocked file present"
+	VBlockedServed = "GET of a blocked ID answered 200"
+	VBlockedStatus = "GET of a blocked ID answered another status"
+	VBlockMissing  = "blocked ID missing from the deny list"
+	VLiftedBack    = "lifted block active again"
+	VLiftedRefused = "upload of a lifted ID refused"
+	VBlockUnknown  = "block no client made"
+	VDenyDiffer    = "nodes disagree on a block"
+	// Deletes (Consistency 9).
+	VDelete404 = "DELETE of an acknowledged upload answered 404"
+	// Identity.
+	VReplicasShort = "?replicas=N acknowledged before N replicas held the file"
+	// Scrub.
+	VWrongAfterRepair = "wrong bytes served after the scrubber repaired the blob"
+	// The model check (invariant 6): GET /_internal/state/{id}.
+	VStateLost        = "acknowledged upload's state lost"
+	VStateUndone      = "acknowledged delete's state undone"
+	VStateOlder       = "state older than the one acknowledged"
+	VStateUnexplained = "live state no acknowledged write explains"
+	VStateDiffer      = "replicas disagree on the state"
+	VStateUnreadable  = "state unreadable"
 )
 
 func (v Violation) String() string {
@@ -82,6 +112,9 @@ type FileView struct {
 // NodeView is what the checker sees of one node after convergence.
 type NodeView struct {
 	Index int
+	// Cache is true for a cache: it need not hold anything, but must
+	// not hold a deleted or blocked file, nor wrong bytes.
+	Cache bool
 	// Files are the blob files under blobs/, by name.
 	Files map[string]FileView
 	// Strays are paths under blobs/ that are not blobs/ab/cd/<id>.
@@ -92,18 +125,25 @@ type NodeView struct {
 	StatusBlobs int64
 	// Queues are /_status's queue lengths by peer URL.
 	Queues map[string]int64
+	// Resyncing is /_status's cluster.resyncing (Resync its cluster.resync,
+	// if any, for the message).
+	Resyncing bool
+	Resync    string
 	// Err is an error reading the node's state.
 	Err error
 }
 
 // Check compares what the nodes hold with what the ledger's entries want,
-// invariants 1 to 4.
+// invariants 1 to 4: every replica holds every present ID; no node, cache
+// or replica, holds an absent (deleted, blocked, never acknowledged) one;
+// the replicas agree on the unknown ones.
 func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 	var out []Violation
 	add := func(inv int, kind string, node int, id, format string, args ...any) {
 		out = append(out, Violation{Invariant: inv, Kind: kind, Node: node, ID: id, Detail: fmt.Sprintf(format, args...)})
 	}
-	all := map[string][]int{} // ID -> nodes holding it
+	all := map[string][]int{}      // ID -> nodes holding it
+	replicas := map[string][]int{} // ID -> replicas holding it
 	for _, n := range nodes {
 		if n.Err != nil {
 			add(4, VNodeUnreadable, n.Index, "", "%v", n.Err)
@@ -112,6 +152,9 @@ func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 		for _, id := range sortedIDs(n.Files) {
 			f := n.Files[id]
 			all[id] = append(all[id], n.Index)
+			if !n.Cache {
+				replicas[id] = append(replicas[id], n.Index)
+			}
 			if f.Sum != id {
 				add(1, VWrongOnDisk, n.Index, id, "the file hashes to %s", short(f.Sum))
 			}
@@ -133,21 +176,24 @@ func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 		if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) {
 			add(4, VStatus, n.Index, "", "/_status says %d blobs, blobs/ holds %d files", n.StatusBlobs, len(n.Files))
 		}
+		if n.Resyncing {
+			add(4, VResyncing, n.Index, "", "/_status: cluster.resyncing true%s", n.Resync)
+		}
 	}
 	readable := 0
 	for _, n := range nodes {
-		if n.Err == nil {
+		if n.Err == nil && !n.Cache {
 			readable++
 		}
 	}
 	for _, id := range sortedIDs(entries) {
 		e := entries[id]
-		want, last := e.Want()
-		holders := all[id]
-		switch want {
+		m := e.Model()
+		last := m.Decider
+		switch m.State {
 		case Present:
 			for _, n := range nodes {
-				if n.Err != nil {
+				if n.Err != nil || n.Cache {
 					continue
 				}
 				f, ok := n.Files[id]
@@ -159,23 +205,227 @@ func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 				}
 			}
 		case Absent:
-			for _, n := range holders {
-				if last != nil {
+			for _, n := range all[id] {
+				switch {
+				case last != nil && last.Kind == OpBlock:
+					add(2, VBlockedStored, n, id, "file %d, blocked at event %d", e.File.Index, last.Seq)
+				case last != nil:
 					add(2, VUndoneDelete, n, id, "file %d, deleted at event %d", e.File.Index, last.Seq)
-				} else {
+				default:
 					add(0, VRefusedStored, n, id, "file %d", e.File.Index)
 				}
 			}
 		case Unknown:
-			if len(holders) > 0 && len(holders) < readable {
-				add(4, VDiffer, -1, id, "file %d (state unknown) held by nodes %v only", e.File.Index, holders)
+			if h := replicas[id]; len(h) > 0 && len(h) < readable {
+				add(4, VDiffer, -1, id, "file %d (state unknown) held by replicas %v only", e.File.Index, h)
+			}
+		}
+		if m.Deny == Blocked && m.State != Absent {
+			for _, n := range all[id] {
+				add(2, VBlockedStored, n, id, "file %d, blocked at event %d", e.File.Index, m.DenyDecider.Seq)
 			}
 		}
 	}
-	// IDs that are in no entry and held by some nodes only.
-	for _, id := range sortedIDs(all) {
-		if _, ok := entries[id]; !ok && len(all[id]) < readable {
-			add(4, VDiffer, -1, id, "held by nodes %v only", all[id])
+	// IDs that are in no entry and held by some replicas only.
+	for _, id := range sortedIDs(replicas) {
+		if _, ok := entries[id]; !ok && len(replicas[id]) < readable {
+			add(4, VDiffer, -1, id, "held by replicas %v only", replicas[id])
+		}
+	}
+	return out
+}
+
+// NodeState is a node's answer to GET /_internal/state/{id}.
+type NodeState struct {
+	// Code is the HTTP status: 200 (a record), 404 (no record), another
+	// (an error), 0 (not reached: Err says why).
+	Code  int
+	Stamp Stamp
+	Held  bool
+	Err   string
+}
+
+func (s NodeState) String() string {
+	switch s.Code {
+	case 200:
+		if s.Held {
+			return s.Stamp.String() + ", held"
+		}
+		return s.Stamp.String() + ", not held"
+	case 404:
+		return "no record"
+	case 0:
+		return "unreachable: " + s.Err
+	}
+	return fmt.Sprintf("%d %s", s.Code, s.Err)
+}
+
+// CheckStates is the model check (invariant 6): states[id][i] is node i's
+// answer for id; cache[i] marks the caches, whose states are not held to
+// the model (they keep what they please; their disks and answers are
+// checked elsewhere). On every replica:
+//
+//   - a present ID has a live state, held, no older than the state the
+//     node acknowledging the upload showed;
+//   - an ID absent by an acknowledged delete or block has a deleted state
+//     (or none: a tombstone forgotten), no older than the acknowledged one;
+//   - an ID never acknowledged has no live state;
+//   - an unknown ID is live and held everywhere, or nowhere;
+//   - every replica with a record has the same (deleted, clock, node).
+//
+// names turns a node identity into something readable (a node index).
+func CheckStates(states map[string][]NodeState, cache []bool, entries map[string]Entry, names func(string) string) []Violation {
+	var out []Violation
+	add := func(kind string, node int, id, format string, args ...any) {
+		out = append(out, Violation{Invariant: 6, Kind: kind, Node: node, ID: id, Detail: fmt.Sprintf(format, args...)})
+	}
+	show := func(s NodeState) string {
+		t := s.String()
+		if s.Code == 200 {
+			t = strings.Replace(t, shortNode(s.Stamp.Node), names(s.Stamp.Node), 1)
+		}
+		return t
+	}
+	stampOf := func(w *Write) string {
+		if w == nil || w.Stamp == nil {
+			return "state not read"
+		}
+		return strings.Replace(w.Stamp.String(), shortNode(w.Stamp.Node), names(w.Stamp.Node), 1)
+	}
+	unreadable := map[int][]string{} // node -> IDs
+	for _, id := range sortedIDs(states) {
+		e, ok := entries[id]
+		if !ok {
+			continue
+		}
+		m := e.Model()
+		ns := states[id]
+		var records []int // replicas with a record
+		live, dead := 0, 0
+		for i, s := range ns {
+			if cache[i] {
+				continue
+			}
+			switch s.Code {
+			case 200:
+				records = append(records, i)
+				if s.Stamp.Deleted {
+					dead++
+				} else {
+					live++
+				}
+			case 404:
+				dead++
+			default:
+				unreadable[i] = append(unreadable[i], id)
+				continue
+			}
+			dec := m.Decider
+			switch {
+			case m.State == Present && (s.Code != 200 || s.Stamp.Deleted || !s.Held):
+				add(VStateLost, i, id, "file %d: %s; the model wants the upload of event %d (%s)", e.File.Index, show(s), dec.Seq, stampOf(dec))
+			case m.State == Present && dec.Stamp != nil && s.Stamp.Less(*dec.Stamp):
+				add(VStateOlder, i, id, "file %d: %s, older than the upload acknowledged at event %d (%s)", e.File.Index, show(s), dec.Seq, stampOf(dec))
+			case m.State == Absent && dec != nil && s.Code == 200 && !s.Stamp.Deleted:
+				add(VStateUndone, i, id, "file %d: %s; the model wants the %s of event %d (%s)", e.File.Index, show(s), dec.Kind, dec.Seq, stampOf(dec))
+			case m.State == Absent && dec != nil && s.Code == 200 && dec.Stamp != nil && dec.Stamp.Deleted && s.Stamp.Less(*dec.Stamp):
+				add(VStateOlder, i, id, "file %d: %s, older than the %s acknowledged at event %d (%s)", e.File.Index, show(s), dec.Kind, dec.Seq, stampOf(dec))
+			case m.State == Absent && dec == nil && s.Code == 200 && !s.Stamp.Deleted:
+				add(VStateUnexplained, i, id, "file %d: %s; no upload of it was acknowledged", e.File.Index, show(s))
+			}
+		}
+		if m.State == Unknown && live > 0 && dead > 0 {
+			var parts []string
+			for i, s := range ns {
+				if !cache[i] {
+					parts = append(parts, fmt.Sprintf("node %d: %s", i, show(s)))
+				}
+			}
+			add(VStateDiffer, -1, id, "file %d (unknown): some replicas live, some not: %s", e.File.Index, strings.Join(parts, "; "))
+			continue
+		}
+		for _, i := range records {
+			a, b := ns[records[0]].Stamp, ns[i].Stamp
+			if a != b {
+				var parts []string
+				for _, k := range records {
+					parts = append(parts, fmt.Sprintf("node %d: %s", k, show(ns[k])))
+				}
+				add(VStateDiffer, -1, id, "file %d: %s", e.File.Index, strings.Join(parts, "; "))
+				break
+			}
+		}
+	}
+	for _, i := range slices.Sorted(maps.Keys(unreadable)) {
+		ids := unreadable[i]
+		s := states[ids[0]][i]
+		add(VStateUnreadable, i, "", "%d IDs, the first %s: %s", len(ids), short(ids[0]), s)
+	}
+	return out
+}
+
+// DenyView is a node's active deny list (GET /_deny): status by ID.
+type DenyView struct {
+	Index   int
+	Cache   bool
+	Entries map[string]int
+	Err     error
+}
+
+// CheckDeny compares every node's deny list, caches included, with the
+// model: a blocked ID is on every list with its status; a lifted one (or
+// one never blocked) on none; an unknown one on all or none.
+func CheckDeny(lists []DenyView, entries map[string]Entry) []Violation {
+	var out []Violation
+	add := func(kind string, node int, id, format string, args ...any) {
+		out = append(out, Violation{Invariant: 2, Kind: kind, Node: node, ID: id, Detail: fmt.Sprintf(format, args...)})
+	}
+	readable := 0
+	listed := map[string][]int{}
+	for _, l := range lists {
+		if l.Err != nil {
+			add(VNodeUnreadable, l.Index, "", "GET /_deny: %v", l.Err)
+			continue
+		}
+		readable++
+		for id := range l.Entries {
+			listed[id] = append(listed[id], l.Index)
+		}
+	}
+	for _, id := range sortedIDs(listed) {
+		if _, ok := entries[id]; !ok {
+			add(VBlockUnknown, -1, id, "listed by nodes %v", listed[id])
+		}
+	}
+	for _, id := range sortedIDs(entries) {
+		e := entries[id]
+		m := e.Model()
+		switch m.Deny {
+		case Blocked:
+			for _, l := range lists {
+				if l.Err != nil {
+					continue
+				}
+				st, ok := l.Entries[id]
+				switch {
+				case !ok:
+					add(VBlockMissing, l.Index, id, "file %d, blocked at event %d", e.File.Index, m.DenyDecider.Seq)
+				case st != BlockStatus:
+					add(VBlockMissing, l.Index, id, "file %d listed with status %d, blocked with %d at event %d", e.File.Index, st, BlockStatus, m.DenyDecider.Seq)
+				}
+			}
+		case Lifted:
+			for _, n := range listed[id] {
+				add(VLiftedBack, n, id, "file %d, lifted at event %d, listed again", e.File.Index, m.DenyDecider.Seq)
+			}
+		case NotBlocked:
+			for _, n := range listed[id] {
+				add(VBlockUnknown, n, id, "file %d was never blocked", e.File.Index)
+			}
+		case DenyUnknown:
+			if n := len(listed[id]); n > 0 && n < readable {
+				add(VDenyDiffer, -1, id, "file %d (block unknown) listed by nodes %v only", e.File.Index, listed[id])
+			}
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package soak
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -118,4 +119,44 @@ func (l *Log) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// Totals counts the lines by actor class ("fault", "worker", "probe",
+// "check") and kind, leaving out faults that were skipped (their result
+// says so) and the ends of episodes, which are not faults of their own.
+func (l *Log) Totals() map[string]map[Kind]int {
+	out := map[string]map[Kind]int{}
+	for _, line := range l.Lines() {
+		actor, _, _ := strings.Cut(line.Actor, " ")
+		if actor == "fault" && (strings.HasPrefix(line.Result, "skipped") || !slices.Contains(faultStarts, line.Kind)) {
+			continue
+		}
+		if out[actor] == nil {
+			out[actor] = map[Kind]int{}
+		}
+		out[actor][line.Kind]++
+	}
+	return out
+}
+
+// WriteTotals writes Totals as comment lines ("# fault: kill 3, ...").
+func (l *Log) WriteTotals(w io.Writer) error {
+	t := l.Totals()
+	for _, actor := range []string{"fault", "worker", "probe", "check"} {
+		kinds := make([]string, 0, len(t[actor]))
+		for k := range t[actor] {
+			kinds = append(kinds, string(k))
+		}
+		sort.Strings(kinds)
+		var parts []string
+		n := 0
+		for _, k := range kinds {
+			parts = append(parts, fmt.Sprintf("%s %d", k, t[actor][Kind(k)]))
+			n += t[actor][Kind(k)]
+		}
+		if _, err := fmt.Fprintf(w, "# %s: %d (%s)\n", actor, n, strings.Join(parts, ", ")); err != nil {
+			return err
+		}
+	}
+	return nil
 }

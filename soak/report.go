@@ -35,10 +35,15 @@ type Report struct {
 	faults     map[Kind]int
 	ackedBytes int64
 	violations []Violation
+	seen       map[string]bool // violations reported, by key
+	excused    int             // wrong reads excused (a corrupt disk before the scrub)
+	states     int64           // node states compared with the model
+	sabotage   []string        // what each self-test came to
 }
 
 func newReport(seed uint64, short bool, cfg Config) *Report {
-	return &Report{Seed: seed, Short: short, Config: cfg, ops: map[string]int{}, faults: map[Kind]int{}, FinalIDs: map[Want]int{}}
+	return &Report{Seed: seed, Short: short, Config: cfg, ops: map[string]int{}, faults: map[Kind]int{}, FinalIDs: map[Want]int{},
+		seen: map[string]bool{}}
 }
 
 // countOp counts a client operation by kind and outcome.
@@ -60,10 +65,40 @@ func (r *Report) addAcked(n int64) {
 	r.mu.Unlock()
 }
 
-// Violate records a violation.
-func (r *Report) Violate(v ...Violation) {
+// Violate records violations. One seen before (the same kind on the same
+// node and ID, or for no ID the same detail too) is not recorded again:
+// a lost upload stays lost in every later round.
+func (r *Report) Violate(vs ...Violation) {
 	r.mu.Lock()
-	r.violations = append(r.violations, v...)
+	defer r.mu.Unlock()
+	for _, v := range vs {
+		key := fmt.Sprintf("%s|%d|%s", v.Kind, v.Node, v.ID)
+		if v.ID == "" {
+			key += "|" + v.Detail
+		}
+		if r.seen[key] {
+			continue
+		}
+		r.seen[key] = true
+		r.violations = append(r.violations, v)
+	}
+}
+
+func (r *Report) countExcused() {
+	r.mu.Lock()
+	r.excused++
+	r.mu.Unlock()
+}
+
+func (r *Report) addStates(n int64) {
+	r.mu.Lock()
+	r.states += n
+	r.mu.Unlock()
+}
+
+func (r *Report) addSabotage(s string) {
+	r.mu.Lock()
+	r.sabotage = append(r.sabotage, s)
 	r.mu.Unlock()
 }
 
@@ -94,16 +129,39 @@ func (r *Report) count(kinds ...string) int {
 }
 
 // LostUploads is the number of acknowledged, not deleted uploads missing
-// (or of the wrong size) on some node.
-func (r *Report) LostUploads() int { return r.count(VLostUpload, VWrongSize) }
+// (or of the wrong size, or whose state is lost) on some replica.
+func (r *Report) LostUploads() int { return r.count(VLostUpload, VWrongSize, VStateLost) }
 
-// UndoneDeletes is the number of acknowledged deletes whose file came
-// back somewhere.
-func (r *Report) UndoneDeletes() int { return r.count(VUndoneDelete) }
+// UndoneDeletes is the number of acknowledged deletes whose file or state
+// came back somewhere, or that a node served.
+func (r *Report) UndoneDeletes() int { return r.count(VUndoneDelete, VStateUndone, VDeletedServed) }
 
 // WrongServed is the number of reads that completed with wrong bytes (a
-// 200, or a 206).
-func (r *Report) WrongServed() int { return r.count(VWrongServed, VWrongRange) }
+// 200, or a 206), after a repair included.
+func (r *Report) WrongServed() int { return r.count(VWrongServed, VWrongRange, VWrongAfterRepair) }
+
+// rows groups the violation kinds by the row of the table that counts
+// them; the first three are LostUploads, UndoneDeletes and WrongServed.
+var rows = []struct {
+	name  string
+	kinds []string
+}{
+	{"acknowledged uploads lost", []string{VLostUpload, VWrongSize, VStateLost}},
+	{"deletes undone (file, state or GET)", []string{VUndoneDelete, VStateUndone, VDeletedServed}},
+	{"deleted IDs answering other than 404", []string{VDeletedNot404}},
+	{"wrong bytes served (after a repair included)", []string{VWrongServed, VWrongRange, VWrongAfterRepair}},
+	{"blob files with wrong bytes on disk", []string{VWrongOnDisk}},
+	{"temp or stray files left", []string{VTemp, VStray}},
+	{"queues not empty, not converged", []string{VQueue, VNotConverged}},
+	{"nodes left resyncing after the heal", []string{VResyncing}},
+	{"IDs differing between replicas (files, /_status)", []string{VDiffer, VStatus}},
+	{"states off the model or differing (invariant 6)", []string{VStateOlder, VStateUnexplained, VStateDiffer, VStateUnreadable}},
+	{"blocks not holding (stored, served, unlisted)", []string{VBlockedStored, VBlockedServed, VBlockedStatus, VBlockMissing, VDenyDiffer, VBlockUnknown}},
+	{"lifted blocks back (listed, or upload refused)", []string{VLiftedBack, VLiftedRefused}},
+	{"states accepted beyond max_clock_offset", []string{VClockAccepted}},
+	{"?replicas=N acknowledged too early", []string{VReplicasShort}},
+	{"DELETE of a known ID answered 404", []string{VDelete404}},
+}
 
 // Ops returns the operation counts.
 func (r *Report) Ops() map[string]int {
@@ -122,6 +180,18 @@ func (r *Report) opsTotal(prefix string) int {
 	for k, v := range r.Ops() {
 		if strings.HasPrefix(k, prefix) {
 			n += v
+		}
+	}
+	return n
+}
+
+// countNot returns the number of violations whose kind is among kinds
+// (each one, not per ID).
+func (r *Report) countNot(kinds []string) int {
+	n := 0
+	for _, v := range r.Violations() {
+		if slices.Contains(kinds, v.Kind) {
+			n++
 		}
 	}
 	return n
@@ -149,8 +219,10 @@ func (r *Report) Table() string {
 		mode = "short"
 	}
 	b.WriteString("| soak | value |\n| --- | --- |\n")
-	row("seed", "%d (%s: %d nodes%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes,
-		map[bool]string{true: " + 1 joined", false: ""}[!r.NoAddNode], r.Workers, r.Duration, r.Round)
+	row("seed", "%d (%s: %d nodes, %d of them caches%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes, r.Caches,
+		map[bool]string{true: ", + 1 joined", false: ""}[!r.NoAddNode], r.Workers, r.Duration, r.Round)
+	row("cluster", "tombstone retention %v, expiry %v, max clock offset %v, scrub every %v; peer lists: self listed %v, every peer twice %v",
+		r.Retention, r.Expiry, r.MaxClockOffset, r.ScrubInterval, !r.NoListSelf, !r.NoListTwice)
 	row("wall time", "%v, %d rounds completed", r.Wall.Round(time.Second), r.Rounds)
 	ops := r.Ops()
 	total := 0
@@ -163,7 +235,7 @@ func (r *Report) Table() string {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	for _, kind := range []Kind{OpUpload, OpReupload, OpDelete, OpRead} {
+	for _, kind := range []Kind{OpUpload, OpReupload, OpDelete, OpRead, OpBlock, OpLift, "probe"} {
 		var parts []string
 		n := 0
 		for _, k := range keys {
@@ -196,14 +268,20 @@ func (r *Report) Table() string {
 	for _, s := range r.Skipped {
 		row("· skipped", "%s", s)
 	}
-	row("acknowledged uploads lost", "%d", r.LostUploads())
-	row("deletes undone", "%d", r.UndoneDeletes())
-	row("wrong bytes served", "%d", r.WrongServed())
-	row("blob files with wrong bytes on disk", "%d", r.count(VWrongOnDisk))
-	row("temp or stray files left", "%d", r.count(VTemp, VStray))
-	row("queues not empty / IDs differing", "%d / %d", r.count(VQueue, VNotConverged), r.count(VDiffer, VStatus))
-	row("other violations", "%d", len(r.Violations())-r.count(VLostUpload, VWrongSize, VUndoneDelete, VWrongServed, VWrongRange,
-		VWrongOnDisk, VTemp, VStray, VQueue, VNotConverged, VDiffer, VStatus))
+	r.mu.Lock()
+	excused, states, sab := r.excused, r.states, slices.Clone(r.sabotage)
+	r.mu.Unlock()
+	row("· reads of a blob corrupted on its node's disk, wrong before the scrub (allowed)", "%d", excused)
+	row("node states compared with the model", "%d", states)
+	var known []string
+	for _, g := range rows {
+		row(g.name, "%d", r.count(g.kinds...))
+		known = append(known, g.kinds...)
+	}
+	row("other violations", "%d", len(r.Violations())-r.countNot(known))
+	for _, s := range sab {
+		row("sabotage (self-test)", "%s", s)
+	}
 	p50, mx := r.ConvergeStats()
 	var conv []string
 	for _, d := range r.Converge {

@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha512"
 	"encoding/hex"
@@ -8,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -71,6 +71,29 @@ type Runner struct {
 	episodes map[int][][2]int // the links a cut episode cut
 	fullDisk error            // why the full disk cannot run, or nil
 	hashes   []hashCache      // by node index
+
+	// cache marks the caches, by node index (fixed from the start).
+	cache []bool
+	// basedirs are the nodes' basedirs by index, guarded by mu (the
+	// workers look at disks for ?replicas=N).
+	basedirs []string
+	// window is the clock-skew window in force, if any (see skew.go).
+	window atomic.Pointer[skewWindow]
+	// skewed are the nodes whose clock is off now (test goroutine).
+	skewed map[int]time.Duration
+	// probes counts the probe files made (test goroutine and the one
+	// probe goroutine of a skew).
+	probes atomic.Int64
+	// bg tracks the probes' goroutines of a round.
+	bg sync.WaitGroup
+	// names maps node identities (X-Dtfc-Node) to "node i".
+	names sync.Map
+	// flips are the bit flips not yet checked after a repair.
+	flipsMu sync.Mutex
+	flips   map[flipKey]*flip
+	// sabotaged are the self-tests applied, checked after the first
+	// round's checks.
+	sabotaged []sabotage
 }
 
 // NewRunner prepares a soak of cfg (zero fields: Defaults(short)) on t.
@@ -89,6 +112,12 @@ func NewRunner(t testing.TB, cfg Config, short bool) *Runner {
 		episodes: map[int][][2]int{},
 		up:       make([]atomic.Bool, plan.MaxNodes()),
 		hashes:   make([]hashCache, plan.MaxNodes()),
+		cache:    make([]bool, plan.MaxNodes()),
+		skewed:   map[int]time.Duration{},
+		flips:    map[flipKey]*flip{},
+	}
+	for i := range r.cache {
+		r.cache[i] = plan.Cache(i)
 	}
 	for i := range r.hashes {
 		r.hashes[i] = hashCache{}
@@ -122,8 +151,23 @@ func (r *Runner) Replay() string {
 	if p.Workers != Defaults(r.short).Workers {
 		s += fmt.Sprintf(" --workers %d", p.Workers)
 	}
-	if p.Sabotage {
+	if d := Defaults(r.short).withDefaults(Defaults(r.short)); p.Caches != d.Caches {
+		s += fmt.Sprintf(" --caches %d", cmp.Or(p.Caches, -1))
+	}
+	if p.NoListSelf {
+		s += " --no-list-self"
+	}
+	if p.NoListTwice {
+		s += " --no-list-twice"
+	}
+	if p.KeepGoing {
+		s += " --keep-going"
+	}
+	switch {
+	case len(p.Sabotage) == len(SabotageKinds):
 		s += " --sabotage"
+	case len(p.Sabotage) > 0:
+		s += " --sabotage=" + strings.Join(p.Sabotage, ",")
 	}
 	return s
 }
@@ -142,13 +186,35 @@ func (r *Runner) Run() *Report {
 	r.log = NewLog(r.start)
 	defer func() { r.report.Wall = time.Since(r.start) }()
 
+	roles := make([]string, p.Nodes)
+	nodeArgs := map[int][]string{}
+	for i := range roles {
+		roles[i] = cluster.RoleReplica
+		if p.Cache(i) {
+			roles[i] = cluster.RoleCache
+			nodeArgs[i] = []string{"--max-bytes", fmt.Sprint(p.CacheMaxBytes)}
+		}
+	}
 	r.c = cluster.Start(t, cluster.Options{
-		Nodes: p.Nodes,
-		// A ?replicas=N upload waits at most this long for its 504.
-		Args: []string{"--replicas-timeout", "10s"},
+		Nodes:    p.Nodes,
+		Roles:    roles,
+		NodeArgs: nodeArgs,
+		Args: []string{
+			// A ?replicas=N upload waits at most this long for its 504.
+			"--replicas-timeout", "10s",
+			"--tombstone-retention", p.Retention.String(),
+			"--tombstone-expiry", p.Expiry.String(),
+			"--max-clock-offset", p.MaxClockOffset.String(),
+			"--scrub-interval", p.ScrubInterval.String(),
+			"--scrub-rate", fmt.Sprint(p.ScrubRate),
+		},
+		ListSelf:    !p.NoListSelf,
+		ListTwice:   !p.NoListTwice,
+		SecondProxy: true,
 	})
 	for _, n := range r.c.Nodes {
 		r.urls = append(r.urls, n.URL)
+		r.basedirs = append(r.basedirs, n.Basedir)
 		r.up[n.Index].Store(true)
 	}
 	tr := &http.Transport{
@@ -168,14 +234,16 @@ func (r *Runner) Run() *Report {
 			r.report.Skipped = append(r.report.Skipped, fmt.Sprintf("full disk: %v", r.fullDisk))
 		}
 	}
-	r.logf("cluster of %d nodes up in %v", p.Nodes, time.Since(r.start).Round(time.Millisecond))
+	r.logf("cluster of %d nodes (%d caches of %d MiB) up in %v; tombstone retention %v, expiry %v, max clock offset %v, scrub every %v; peer lists: self %v, every peer twice %v",
+		p.Nodes, p.Caches, p.CacheMaxBytes>>20, time.Since(r.start).Round(time.Millisecond), p.Retention, p.Expiry, p.MaxClockOffset,
+		p.ScrubInterval, !p.NoListSelf, !p.NoListTwice)
 
 	for round := range p.Rounds() {
 		r.round.Store(int64(round))
 		r.chaos(round)
 		r.settle(round)
 		r.report.Rounds = round + 1
-		if v := r.report.Violations(); len(v) > 0 {
+		if v := r.report.Violations(); len(v) > 0 && !p.KeepGoing {
 			r.logf("round %d: %d violations; stopping", round, len(v))
 			break
 		}
@@ -205,6 +273,7 @@ func (r *Runner) chaos(round int) {
 		stop()
 		cancel()
 		wg.Wait()
+		r.bg.Wait()
 	}()
 	for _, ev := range p.Faults[round] {
 		time.Sleep(time.Until(begin.Add(ev.At)))
@@ -238,11 +307,16 @@ func (r *Runner) worker(soft, hard context.Context, round, w int) {
 }
 
 // target chooses the node for op: its planned one, or the next running
-// one if that is down and op is not stubborn.
-func (r *Runner) target(op Op) (int, string) {
+// one if that is down and op is not stubborn. In a clock-skew window a
+// write goes to the worker's home node instead (see skew.go).
+func (r *Runner) target(op Op, w *skewWindow) (node int, url, note string) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	n := len(r.urls)
+	if w != nil && op.Kind != OpRead {
+		i := w.home(op.Worker, n)
+		return i, r.urls[i], fmt.Sprintf("[skew window of node %d: through home node %d]", w.node, i)
+	}
 	i := op.Node % n
 	if !op.Stubborn {
 		for k := range n {
@@ -252,35 +326,82 @@ func (r *Runner) target(op Op) (int, string) {
 			}
 		}
 	}
-	return i, r.urls[i]
+	return i, r.urls[i], ""
 }
 
 func (r *Runner) do(ctx context.Context, round int, op Op) {
-	node, url := r.target(op)
+	win := r.activeWindow()
+	if (op.Kind == OpBlock || op.Kind == OpLift) && win != nil {
+		// Every node applying a block deletes with its own clock: no
+		// blocks while the clocks may disagree.
+		op.Kind = OpRead
+	}
+	node, url, note := r.target(op, win)
 	id := r.ids.Of(op.File)
 	line := Line{Round: round, Actor: fmt.Sprintf("worker %d", op.Worker), Kind: op.Kind, Node: node, Peer: -1,
 		File: op.File.Index, ID: id, Size: op.File.Size}
 	begin := time.Now()
 	line.T = r.log.Since(begin)
+	write := func(kind Kind, out Outcome, res string) {
+		w := Write{Kind: kind, Outcome: out}
+		if out == Acked {
+			// The state the node now holds is this write's: the worker
+			// is the only one writing the ID.
+			if st, err := r.readState(ctx, node, url, id); err == nil && st.Code == http.StatusOK {
+				w.Stamp = &st.Stamp
+				res += " [" + r.showStamp(st.Stamp) + "]"
+			}
+		}
+		line.Dur, line.Result = time.Since(begin), res
+		line.Detail = strings.TrimSpace(line.Detail + " " + note)
+		w.Seq = r.log.Add(line)
+		r.ledger.Record(id, op.File, op.Worker, w)
+		r.report.countOp(op.Kind, out.String())
+		if out == Acked && r.cache[node] {
+			r.report.countOp(op.Kind, "acked by a cache")
+		}
+	}
 	switch op.Kind {
 	case OpUpload, OpReupload:
 		out, res := r.upload(ctx, url, id, op, &line)
-		line.Dur, line.Result = time.Since(begin), res
-		seq := r.log.Add(line)
-		r.ledger.Record(id, op.File, op.Worker, Write{Outcome: out, Seq: seq})
-		r.report.countOp(op.Kind, out.String())
+		if out == Acked && op.Replicas > 0 && !strings.HasPrefix(res, "504") {
+			if v := r.checkReplicas(id, op.Replicas); v != nil {
+				v.Node = node
+				v.Detail += fmt.Sprintf(", after %s %s", line.Detail, res)
+				r.report.Violate(*v)
+				res += " [" + v.Detail + "]"
+			}
+		}
+		write(OpUpload, out, res)
 		if out == Acked {
 			r.report.addAcked(op.File.Size)
 		}
 	case OpDelete:
+		pre, _ := r.ledger.Model(id)
 		out, res := r.delete(ctx, url, id)
-		line.Dur, line.Result = time.Since(begin), res
-		seq := r.log.Add(line)
-		r.ledger.Record(id, op.File, op.Worker, Write{Delete: true, Outcome: out, Seq: seq})
-		r.report.countOp(op.Kind, out.String())
+		if out == Refused && strings.HasPrefix(res, "404") && pre.State == Present && pre.Deny != Blocked {
+			// Consistency 9: 404 only when every peer answered that it
+			// does not know the ID; an acknowledged upload is known.
+			r.report.Violate(Violation{Invariant: 0, Kind: VDelete404, Node: node, ID: id,
+				Detail: fmt.Sprintf("file %d, its upload acknowledged at event %d: DELETE answered %s", op.File.Index, pre.Decider.Seq, res)})
+			res += " [VIOLATION: the upload was acknowledged]"
+		}
+		write(OpDelete, out, res)
+	case OpBlock:
+		out, res := r.deny(ctx, url, id, true)
+		write(OpBlock, out, res)
+	case OpLift:
+		out, res := r.deny(ctx, url, id, false)
+		write(OpLift, out, res)
 	case OpRead:
 		class, res, v := r.read(ctx, url, id, op, &line)
+		if v != nil && r.excused(node, id, op.File.Size, res) {
+			class, res = class+" (excused)", res+" [excused: this node's copy was corrupted on disk and not yet repaired; API.md Consistency 5]"
+			r.report.countExcused()
+			v = nil
+		}
 		line.Dur, line.Result = time.Since(begin), res
+		line.Detail = strings.TrimSpace(line.Detail + " " + note)
 		seq := r.log.Add(line)
 		r.report.countOp(op.Kind, class)
 		if v != nil {
@@ -289,6 +410,30 @@ func (r *Runner) do(ctx context.Context, round int, op Op) {
 			r.report.Violate(*v)
 		}
 	}
+}
+
+// checkReplicas counts the replicas whose disk holds id right after an
+// upload with ?replicas=want was acknowledged (a replica's answer to a
+// push comes after the file is in place, and only this worker removes
+// the ID): fewer than want is a violation of Consistency 11.
+func (r *Runner) checkReplicas(id string, want int) *Violation {
+	r.mu.RLock()
+	dirs := slices.Clone(r.basedirs)
+	r.mu.RUnlock()
+	var holders []int
+	for i, dir := range dirs {
+		if r.cache[i] {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, "blobs", id[:2], id[2:4], id)); err == nil {
+			holders = append(holders, i)
+		}
+	}
+	if len(holders) >= want {
+		return nil
+	}
+	return &Violation{Invariant: 0, Kind: VReplicasShort, ID: id,
+		Detail: fmt.Sprintf("%d replicas asked, %d held the file right after the answer: nodes %v", want, len(holders), holders)}
 }
 
 // refused reports an error from a connection that never opened: the
@@ -413,6 +558,38 @@ func (r *Runner) delete(ctx context.Context, url, id string) (Outcome, string) {
 	return Maybe, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
 }
 
+// deny blocks id (with BlockStatus) or lifts its block, and classifies
+// the answer: 200 acknowledged; a 4xx (a lift's 404: not blocked on that
+// node) refused; no answer or another status maybe.
+func (r *Runner) deny(ctx context.Context, url, id string, block bool) (Outcome, string) {
+	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+	defer cancel()
+	method, body := http.MethodDelete, io.Reader(nil)
+	if block {
+		method, body = http.MethodPut, strings.NewReader(fmt.Sprintf(`{"status": %d, "reason": "soak"}`, BlockStatus))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url+"/_deny/"+id, body)
+	if err != nil {
+		return Refused, errText(err)
+	}
+	res, err := r.hc.Do(req)
+	if err != nil {
+		if refused(err) {
+			return Refused, "refused: " + errText(err)
+		}
+		return Maybe, "error: " + errText(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	switch {
+	case res.StatusCode == http.StatusOK:
+		return Acked, "200"
+	case res.StatusCode >= 400 && res.StatusCode < 500:
+		return Refused, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return Maybe, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+}
+
 // read GETs id, hashing what comes; a complete 200 of other bytes is a
 // violation of invariant 5 (and a complete 206 of wrong bytes is one too).
 func (r *Runner) read(ctx context.Context, url, id string, op Op, line *Line) (class, result string, v *Violation) {
@@ -492,6 +669,7 @@ func (r *Runner) apply(ev Event) {
 		nn := c.AddNode(cluster.RoleReplica)
 		r.mu.Lock()
 		r.urls = append(r.urls, nn.URL)
+		r.basedirs = append(r.basedirs, nn.Basedir)
 		r.mu.Unlock()
 		r.up[nn.Index].Store(true)
 		line.Result = fmt.Sprintf("node %d joined at %s", nn.Index, nn.URL)
@@ -505,13 +683,13 @@ func (r *Runner) apply(ev Event) {
 	n := c.Nodes[ev.Node]
 	counted := slices.Contains(faultStarts, ev.Kind)
 	switch ev.Kind {
-	case FaultKill, FaultStop:
+	case FaultKill, FaultStop, FaultLongKill, FaultLongStop:
 		if !n.Running() {
 			line.Result, counted = "skipped: not running", false
 			break
 		}
 		r.up[ev.Node].Store(false)
-		if ev.Kind == FaultKill {
+		if ev.Kind == FaultKill || ev.Kind == FaultLongKill {
 			n.Kill()
 		} else {
 			n.Stop()
@@ -521,10 +699,10 @@ func (r *Runner) apply(ev Event) {
 			n.Start()
 		}
 		r.up[ev.Node].Store(true)
-	case FaultPartition:
+	case FaultPartition, FaultLongPartition:
 		r.cut(ev.Episode, ev.Node, ev.Peer)
 		r.cut(ev.Episode, ev.Peer, ev.Node)
-	case FaultIsolate:
+	case FaultIsolate, FaultLongIsolate:
 		for j := range c.Nodes {
 			if j != ev.Node {
 				r.cut(ev.Episode, ev.Node, j)
@@ -578,6 +756,14 @@ func (r *Runner) apply(ev Event) {
 			r.up[ev.Node].Store(true)
 			line.Result = fmt.Sprintf("node %d on a tmpfs of %d MiB (%d MiB used, %d KiB free)", ev.Node, size>>10, used>>20, freeBytes(n.Basedir)>>10)
 		}
+	case FaultSkewFar, FaultSkew:
+		r.skew(ev, &line)
+	case FaultUnskew:
+		r.unskew(ev, &line)
+	case FaultFlip:
+		if !r.flip(ev, &line) {
+			counted = false
+		}
 	case FaultFreeDisk:
 		if !c.OnTmpfs(ev.Node) {
 			line.Result = "skipped: not on a tmpfs"
@@ -604,13 +790,18 @@ func (r *Runner) cut(episode, from, to int) {
 	}
 }
 
-// settle ends a round: heal everything, restart every node, wait for
-// convergence, then check the invariants.
+// settle ends a round: heal everything, put every clock back, restart
+// every node, wait for convergence, then check the invariants.
 func (r *Runner) settle(round int) {
 	c := r.c
 	begin := time.Now()
 	c.HealAll()
 	r.cuts, r.corrupt, r.episodes = map[[2]int]int{}, map[[2]int]int{}, map[int][][2]int{}
+	for i := range r.skewed {
+		c.Nodes[i].SetClock(0)
+	}
+	r.skewed = map[int]time.Duration{}
+	r.window.Store(nil)
 	for i, n := range c.Nodes {
 		if c.OnTmpfs(i) {
 			c.FreeDisk(i)
@@ -622,18 +813,22 @@ func (r *Runner) settle(round int) {
 	}
 	healed := time.Now()
 	r.log.Add(Line{T: r.log.Since(begin), Dur: healed.Sub(begin), Round: round, Actor: "check", Kind: "heal-all", Node: -1, Peer: -1, File: -1,
-		Result: "every link healed, every node up"})
+		Result: "every link healed, every clock right, every node up"})
 
 	conv, why, waited := r.waitConverged(r.plan.Converge)
 	if why != "" {
-		r.report.Violate(Violation{Invariant: 4, Kind: VNotConverged, Node: -1, Detail: fmt.Sprintf("after %v: %s", r.plan.Converge, why)})
+		kind := VNotConverged
+		if strings.Contains(why, "resyncing") {
+			kind = VResyncing
+		}
+		r.report.Violate(Violation{Invariant: 4, Kind: kind, Node: -1, Detail: fmt.Sprintf("after %v: %s", r.plan.Converge, why)})
 	} else {
 		r.report.Converge = append(r.report.Converge, conv)
 	}
 	r.log.Add(Line{T: r.log.Since(healed), Dur: conv, Round: round, Actor: "check", Kind: "converge", Node: -1, Peer: -1, File: -1,
 		Result: map[bool]string{true: "converged", false: "NOT converged: " + why}[why == ""] + waited})
 
-	if r.plan.Sabotage && round == 0 {
+	if len(r.plan.Sabotage) > 0 && round == 0 {
 		r.sabotage(round)
 	}
 
@@ -641,7 +836,7 @@ func (r *Runner) settle(round int) {
 	checkStart := time.Now()
 	var views []NodeView
 	for i, n := range c.Nodes {
-		v := NodeView{Index: i, StatusBlobs: -1, Queues: map[string]int64{}}
+		v := NodeView{Index: i, Cache: r.cache[i], StatusBlobs: -1, Queues: map[string]int64{}}
 		var hashed int64
 		v.Files, v.Strays, v.Temp, hashed, v.Err = ScanNode(n.Basedir, r.hashes[i])
 		r.report.Hashed += hashed
@@ -657,11 +852,17 @@ func (r *Runner) settle(round int) {
 				l, _ := m["length"].(float64)
 				v.Queues[url] = int64(l)
 			}
+			v.Resyncing, v.Resync = resyncing(st)
 		}
 		views = append(views, v)
 	}
 	entries := r.ledger.Entries()
 	violations := Check(views, entries)
+	// Invariant 6, the model check, and the deny lists.
+	states := r.fetchStates(entries)
+	violations = append(violations, CheckStates(states, r.cache[:len(c.Nodes)], entries, r.nodeName)...)
+	lists := r.fetchDeny()
+	violations = append(violations, CheckDeny(lists, entries)...)
 	violations = append(violations, r.readBack(entries, views)...)
 	for i, n := range c.Nodes {
 		if !n.Running() {
@@ -669,28 +870,13 @@ func (r *Runner) settle(round int) {
 		}
 	}
 	r.report.Violate(violations...)
-	if len(views) > 0 {
-		r.report.FinalIDs = map[Want]int{}
-		for id, e := range entries {
-			want, _ := e.Want()
-			if want == Unknown {
-				// Take what the cluster shows as the state from now on
-				// (if it shows one state).
-				held := 0
-				for _, v := range views {
-					if _, ok := v.Files[id]; ok {
-						held++
-					}
-				}
-				if held == 0 || held == len(views) {
-					seq := r.log.Add(Line{T: r.log.Since(time.Now()), Round: round, Actor: "check", Kind: "resolve", Node: -1, Peer: -1,
-						File: e.File.Index, ID: id, Size: e.File.Size, Result: map[bool]string{true: "present everywhere", false: "absent everywhere"}[held > 0]})
-					r.ledger.Resolve(id, held > 0, seq)
-				}
-			}
-			r.report.FinalIDs[want]++
-		}
+	r.report.addStates(int64(len(states) * len(c.Nodes)))
+	if round == 0 && len(r.sabotaged) > 0 {
+		r.verifySabotage(violations)
 	}
+	r.resolve(round, entries, views, lists)
+	lifted := r.uploadLifted(round)
+
 	var corrupted int64
 	for i := range c.Nodes {
 		for j := range c.Nodes {
@@ -701,29 +887,79 @@ func (r *Runner) settle(round int) {
 	}
 	r.report.Corrupted = corrupted
 	counts := r.ledger.Counts()
-	r.logf("round %d: converged in %v%s; checked %d nodes, %d IDs (%d present, %d absent, %d unknown) in %v: %d violations",
+	r.logf("round %d: converged in %v%s; checked %d nodes, %d IDs (%d present, %d absent, %d unknown; %d states) in %v: %d violations; %s",
 		round, conv.Round(10*time.Millisecond), waited, len(views), len(entries), counts[Present], counts[Absent], counts[Unknown],
-		time.Since(checkStart).Round(10*time.Millisecond), len(violations))
+		len(states)*len(c.Nodes), time.Since(checkStart).Round(10*time.Millisecond), len(violations), lifted)
 	r.log.Add(Line{T: r.log.Since(checkStart), Dur: time.Since(checkStart), Round: round, Actor: "check", Kind: "invariants", Node: -1, Peer: -1, File: -1,
 		Result: fmt.Sprintf("%d violations", len(violations))})
 }
 
-// sabotage removes the blob file of one ID that must be present from the
-// last node (see Config.Sabotage).
-func (r *Runner) sabotage(round int) {
-	entries := r.ledger.Entries()
+// resyncing reads cluster.resyncing (and cluster.resync, if any) from a
+// /_status answer.
+func resyncing(st map[string]any) (bool, string) {
+	cl, _ := st["cluster"].(map[string]any)
+	rs, _ := cl["resyncing"].(bool)
+	if m, ok := cl["resync"].(map[string]any); ok {
+		if state, _ := m["state"].(string); state != "" && state != "in_sync" {
+			rs = true
+		}
+		if rs {
+			b, _ := json.Marshal(m)
+			return rs, " (resync: " + string(b) + ")"
+		}
+	}
+	return rs, ""
+}
+
+// resolve fixes, after a check, every Unknown ID to the state the
+// replicas show when they agree, and every unknown block to what the
+// deny lists show when they agree.
+func (r *Runner) resolve(round int, entries map[string]Entry, views []NodeView, lists []DenyView) {
+	var replicas []NodeView
+	for _, v := range views {
+		if !v.Cache && v.Err == nil {
+			replicas = append(replicas, v)
+		}
+	}
+	readable := 0
+	for _, l := range lists {
+		if l.Err == nil {
+			readable++
+		}
+	}
+	r.report.FinalIDs = map[Want]int{}
 	for _, id := range sortedIDs(entries) {
 		e := entries[id]
-		if want, _ := e.Want(); want != Present {
-			continue
+		m := e.Model()
+		if m.Deny == DenyUnknown && readable > 0 {
+			n := 0
+			for _, l := range lists {
+				if _, ok := l.Entries[id]; ok && l.Err == nil {
+					n++
+				}
+			}
+			if n == 0 || n == readable {
+				seq := r.log.Add(Line{T: r.log.Since(time.Now()), Round: round, Actor: "check", Kind: "resolve", Node: -1, Peer: -1,
+					File: e.File.Index, ID: id, Size: e.File.Size, Result: map[bool]string{true: "blocked everywhere", false: "blocked nowhere"}[n > 0]})
+				r.ledger.ResolveDeny(id, n > 0, seq)
+			}
 		}
-		n := r.c.Nodes[len(r.c.Nodes)-1]
-		path := filepath.Join(n.Basedir, "blobs", id[:2], id[2:4], id)
-		err := os.Remove(path)
-		r.log.Add(Line{T: r.log.Since(time.Now()), Round: round, Actor: "check", Kind: "sabotage", Node: n.Index, Peer: -1,
-			File: e.File.Index, ID: id, Size: e.File.Size, Result: fmt.Sprintf("removed %s: %v", path, err)})
-		r.logf("sabotage (self-test): removed file %d (%s) from node %d: %v", e.File.Index, short(id), n.Index, err)
-		return
+		if m.State == Unknown && len(replicas) > 0 {
+			// Take what the cluster shows as the state from now on
+			// (if it shows one state).
+			held := 0
+			for _, v := range replicas {
+				if _, ok := v.Files[id]; ok {
+					held++
+				}
+			}
+			if held == 0 || held == len(replicas) {
+				seq := r.log.Add(Line{T: r.log.Since(time.Now()), Round: round, Actor: "check", Kind: "resolve", Node: -1, Peer: -1,
+					File: e.File.Index, ID: id, Size: e.File.Size, Result: map[bool]string{true: "present everywhere", false: "absent everywhere"}[held > 0]})
+				r.ledger.Resolve(id, held > 0, seq)
+			}
+		}
+		r.report.FinalIDs[m.State]++
 	}
 }
 
@@ -731,12 +967,13 @@ func (r *Runner) sabotage(round int) {
 // while it stays the same reason.
 var countRE = regexp.MustCompile(`\b\d+( operations| entries)`)
 
-// waitConverged polls until, on every node, every queue is empty and the
-// digests of every node are the same (what cluster.WaitConverged waits
-// for, without failing the test), and returns how long it took; or, on
-// timeout, what still differs. waited says what it waited for longest.
+// waitConverged polls until, on every node, every queue is empty, no node
+// resyncs, the digests of every replica are the same (what
+// cluster.WaitConverged waits for, without failing the test), and every
+// blob flipped this round was repaired (or removed); it returns how long
+// it took, or, on timeout, what still differs. waited says what it
+// waited for longest.
 func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, waited string) {
-	c := r.c
 	begin := time.Now()
 	deadline := begin.Add(timeout)
 	var longest time.Duration
@@ -750,40 +987,7 @@ func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, 
 		}
 	}()
 	for {
-		why := ""
-		var ref *cluster.Digests
-		for i, n := range c.Nodes {
-			if !n.Running() {
-				why = fmt.Sprintf("node %d is not running", i)
-				break
-			}
-			st, err := c.Status(i)
-			if err != nil {
-				why = fmt.Sprintf("node %d: %v", i, err)
-				break
-			}
-			qs, _ := st["queues"].(map[string]any)
-			for url, q := range qs {
-				m, _ := q.(map[string]any)
-				if l, _ := m["length"].(float64); l != 0 && why == "" {
-					why = fmt.Sprintf("node %d: %v operations queued for %s", i, l, url)
-				}
-			}
-			if why != "" {
-				break
-			}
-			d, err := c.Digests(i)
-			if err != nil {
-				why = fmt.Sprintf("node %d: digests: %v", i, err)
-				break
-			}
-			if ref == nil {
-				ref = d
-			} else if d.Sums != ref.Sums || !slices.Equal(d.Counts, ref.Counts) {
-				why = fmt.Sprintf("node %d's digests (%d entries) differ from node 0's (%d entries)", i, d.Total(), ref.Total())
-				break
-			}
-		}
+		why := r.notConverged()
 		// The reason, without its numbers, to see how long one thing
 		// was waited for.
 		if countRE.ReplaceAllString(why, "N") != countRE.ReplaceAllString(last, "N") {
@@ -802,47 +1006,44 @@ func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, 
 	}
 }
 
-// readBack reads a sample of the IDs through the API once converged:
-// every node serves a present file locally with the right bytes, and no
-// node serves a deleted one, even from its peers.
-func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violation {
-	rng := rand.New(rand.NewPCG(r.plan.Seed, uint64(r.round.Load())+7))
-	var present, absent []string
-	for _, id := range sortedIDs(entries) {
-		e := entries[id]
-		switch want, last := e.Want(); {
-		case want == Present && e.File.Size <= 4<<20:
-			present = append(present, id)
-		case want == Absent && last != nil:
-			absent = append(absent, id)
+// notConverged says what keeps the cluster from being converged now, or
+// "".
+func (r *Runner) notConverged() string {
+	c := r.c
+	var ref *cluster.Digests
+	refNode := -1
+	for i, n := range c.Nodes {
+		if !n.Running() {
+			return fmt.Sprintf("node %d is not running", i)
+		}
+		st, err := c.Status(i)
+		if err != nil {
+			return fmt.Sprintf("node %d: %v", i, err)
+		}
+		if rs, info := resyncing(st); rs {
+			return fmt.Sprintf("node %d is resyncing%s", i, info)
+		}
+		qs, _ := st["queues"].(map[string]any)
+		for _, url := range sortedIDs(qs) {
+			m, _ := qs[url].(map[string]any)
+			if l, _ := m["length"].(float64); l != 0 {
+				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url)
+			}
+		}
+		if r.cache[i] {
+			continue // a cache holds what it pleases
+		}
+		d, err := c.Digests(i)
+		if err != nil {
+			return fmt.Sprintf("node %d: digests: %v", i, err)
+		}
+		if ref == nil {
+			ref, refNode = d, i
+		} else if d.Sums != ref.Sums || !slices.Equal(d.Counts, ref.Counts) {
+			return fmt.Sprintf("node %d's digests (%d entries) differ from node %d's (%d entries)", i, d.Total(), refNode, ref.Total())
 		}
 	}
-	rng.Shuffle(len(present), func(i, j int) { present[i], present[j] = present[j], present[i] })
-	rng.Shuffle(len(absent), func(i, j int) { absent[i], absent[j] = absent[j], absent[i] })
-	var out []Violation
-	ctx := context.Background()
-	for _, id := range present[:min(sample, len(present))] {
-		node := rng.IntN(len(r.c.Nodes))
-		op := Op{Kind: OpRead, File: entries[id].File, NoPeer: true}
-		line := Line{}
-		class, res, v := r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
-		if v != nil {
-			v.Node = node
-			out = append(out, *v)
-		} else if class != "200 verified" {
-			out = append(out, Violation{Invariant: 1, Kind: VLostUpload, Node: node, ID: id, Detail: "GET ?nopeerload=1 after convergence: " + res})
-		}
-	}
-	for _, id := range absent[:min(sample, len(absent))] {
-		node := rng.IntN(len(r.c.Nodes))
-		op := Op{Kind: OpRead, File: entries[id].File}
-		line := Line{}
-		class, res, _ := r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
-		if strings.HasPrefix(class, "200") {
-			out = append(out, Violation{Invariant: 2, Kind: VDeletedServed, Node: node, ID: id, Detail: "GET after convergence: " + res})
-		}
-	}
-	return out
+	return r.flipsPending()
 }
 
 // finish reports: the table always; on a violation or a failed test, the
@@ -906,6 +1107,7 @@ func (r *Runner) Keep(dir string, nodeLogs bool) error {
 		return err
 	}
 	r.log.WriteTo(f)
+	r.log.WriteTotals(f)
 	if err := f.Close(); err != nil {
 		return err
 	}

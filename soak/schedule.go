@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -19,7 +20,12 @@ const (
 	OpReupload Kind = "reupload" // a file of the same worker again (after its delete, or while held)
 	OpDelete   Kind = "delete"
 	OpRead     Kind = "read"
+	OpBlock    Kind = "block" // PUT /_deny/{id} with status 451
+	OpLift     Kind = "lift"  // DELETE /_deny/{id}
 )
+
+// BlockStatus is the status every block of the soak asks for.
+const BlockStatus = 451
 
 // Faults, applied by the test goroutine. Each fault but AddNode is an
 // episode: a start event and, later in the same round, its end event.
@@ -39,12 +45,31 @@ const (
 	FaultFillDisk  Kind = "fill-disk" // move a node onto a small tmpfs
 	FaultFreeDisk  Kind = "free-disk" // and back onto the disk
 	FaultAddNode   Kind = "add-node"  // join a new, empty replica
+
+	// Outages planned longer than the tombstone retention (some longer
+	// than the expiry), ended by FaultUncut or FaultRestart.
+	FaultLongPartition Kind = "long-partition"
+	FaultLongIsolate   Kind = "long-isolate"
+	FaultLongStop      Kind = "long-stop"
+	FaultLongKill      Kind = "long-kill"
+	// A node's wall clock moved (Node.SetClock): beyond max_clock_offset
+	// or within it, then back to 0 by FaultUnskew.
+	FaultSkewFar Kind = "skew-far"
+	FaultSkew    Kind = "skew"
+	FaultUnskew  Kind = "unskew"
+	// A byte of one blob file flipped in place on a node's disk, for
+	// the scrubber to find (an instant, like AddNode).
+	FaultFlip Kind = "bit-flip"
 )
 
 // faultStarts are the kinds that count as an injected fault (ends and
 // restarts are not counted again).
 var faultStarts = []Kind{FaultKill, FaultStop, FaultPartition, FaultIsolate, FaultCut,
-	FaultLatency, FaultBandwidth, FaultCorrupt, FaultFillDisk, FaultAddNode}
+	FaultLatency, FaultBandwidth, FaultCorrupt, FaultFillDisk, FaultAddNode,
+	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip}
+
+// longKinds are the long outages, in the order the rounds take them.
+var longKinds = []Kind{FaultLongIsolate, FaultLongPartition, FaultLongStop, FaultLongKill}
 
 // Config configures a soak. Zero fields take the defaults of Defaults.
 type Config struct {
@@ -81,10 +106,45 @@ type Config struct {
 	NoAddNode bool
 	// Converge bounds the wait for convergence after each round.
 	Converge time.Duration
-	// Sabotage removes one acknowledged blob file from one node's disk
-	// before the first check: a self-test that the soak reports a lost
-	// upload and fails.
-	Sabotage bool
+	// Caches is the number of cache nodes (the last of the Nodes), each
+	// with a store of CacheMaxBytes (--max-bytes); the workers use them
+	// like any node. Negative: none.
+	Caches        int
+	CacheMaxBytes int64
+	// Retention and Expiry are every node's --tombstone-retention and
+	// --tombstone-expiry. Every round has outages planned longer than
+	// Retention; some are longer than Expiry.
+	Retention, Expiry time.Duration
+	// MaxClockOffset is every node's --max-clock-offset. Every round
+	// skews a node's clock, beyond it or within it.
+	MaxClockOffset time.Duration
+	// ScrubInterval and ScrubRate are every node's --scrub-interval and
+	// --scrub-rate: the bit flips of each round must be found and
+	// repaired before the round's check.
+	ScrubInterval time.Duration
+	ScrubRate     int64
+	// NoListSelf and NoListTwice leave out the identity traps: by
+	// default every node's peer list names the node itself under a
+	// second URL (cluster.Options.ListSelf) and every peer twice, under
+	// two proxies of the same link (ListTwice, SecondProxy).
+	NoListSelf, NoListTwice bool
+	// KeepGoing runs every round even after one found violations (by
+	// default the soak stops after the first such round).
+	KeepGoing bool
+	// Sabotage lists self-tests (SabotageKinds) applied before the first
+	// check, each of which the checks must report; the soak then fails.
+	Sabotage []string
+}
+
+// SabotageKinds are the self-tests of Config.Sabotage: what each does
+// behind the soak's back just before the first round's check.
+var SabotageKinds = []string{
+	"lost",    // remove an acknowledged blob file from a replica
+	"undone",  // put a deleted file's bytes back into a replica's blobs/
+	"flip",    // flip a byte of a present blob on a replica (no time to scrub)
+	"delete",  // delete a present ID through the API, unrecorded
+	"unblock", // lift a blocked ID through the API, unrecorded
+	"block",   // block a lifted (or present) ID through the API, unrecorded
 }
 
 // Defaults returns the configuration of a run: short (about two minutes
@@ -93,9 +153,12 @@ func Defaults(short bool) Config {
 	if short {
 		return Config{
 			Nodes: 5, Duration: 70 * time.Second, Round: 35 * time.Second, Workers: 4,
-			MaxSize: 64 << 20, BigPercent: 1.5, ByteBudget: 600 << 20,
+			MaxSize: 64 << 20, BigPercent: 1.5, ByteBudget: 300 << 20,
 			Pause: 60 * time.Millisecond, FaultGap: 1500 * time.Millisecond, MaxFault: 6 * time.Second,
 			Converge: 90 * time.Second,
+			Caches:   1, CacheMaxBytes: 4 << 20,
+			Retention: 5 * time.Second, Expiry: 15 * time.Second, MaxClockOffset: 3 * time.Second,
+			ScrubInterval: 3 * time.Second, ScrubRate: 32 << 20,
 		}
 	}
 	return Config{
@@ -103,6 +166,9 @@ func Defaults(short bool) Config {
 		MaxSize: 64 << 20, BigPercent: 3, ByteBudget: 4 << 30,
 		Pause: 120 * time.Millisecond, FaultGap: 3 * time.Second, MaxFault: 15 * time.Second,
 		Converge: 3 * time.Minute,
+		Caches:   2, CacheMaxBytes: 16 << 20,
+		Retention: 10 * time.Second, Expiry: 40 * time.Second, MaxClockOffset: 3 * time.Second,
+		ScrubInterval: 10 * time.Second, ScrubRate: 32 << 20,
 	}
 }
 
@@ -119,8 +185,25 @@ func (c Config) withDefaults(d Config) Config {
 	c.FaultGap = cmp.Or(c.FaultGap, d.FaultGap)
 	c.MaxFault = cmp.Or(c.MaxFault, d.MaxFault)
 	c.Converge = cmp.Or(c.Converge, d.Converge)
+	c.Caches = cmp.Or(c.Caches, d.Caches)
+	if c.Caches < 0 {
+		c.Caches = 0
+	}
+	c.Caches = min(c.Caches, c.Nodes-1) // at least one replica
+	c.CacheMaxBytes = cmp.Or(c.CacheMaxBytes, d.CacheMaxBytes)
+	c.Retention = cmp.Or(c.Retention, d.Retention)
+	c.Expiry = cmp.Or(c.Expiry, d.Expiry)
+	c.MaxClockOffset = cmp.Or(c.MaxClockOffset, d.MaxClockOffset)
+	c.ScrubInterval = cmp.Or(c.ScrubInterval, d.ScrubInterval)
+	c.ScrubRate = cmp.Or(c.ScrubRate, d.ScrubRate)
 	return c
 }
+
+// Cache reports whether node i is a cache (the joined node is a replica).
+func (c Config) Cache(i int) bool { return i < c.Nodes && i >= c.Nodes-c.Caches }
+
+// Replicas is the number of replicas started.
+func (c Config) Replicas() int { return c.Nodes - c.Caches }
 
 // Rounds is the number of rounds of chaos.
 func (c Config) Rounds() int {
@@ -154,6 +237,14 @@ type Event struct {
 	Rate int64
 	// Margin is the free space a full disk gets, in bytes.
 	Margin int64
+	// Offset is a skew's clock offset.
+	Offset time.Duration
+	// Pick chooses the blob file a bit flip hits (among those present
+	// when it strikes); Small prefers files served from memory.
+	Pick  uint64
+	Small bool
+	// Dur is a long outage's or a skew's planned length (for the log).
+	Dur time.Duration
 }
 
 func (e Event) String() string {
@@ -164,7 +255,7 @@ func (e Event) String() string {
 	}
 	if e.Peer >= 0 {
 		switch e.Kind {
-		case FaultPartition:
+		case FaultPartition, FaultLongPartition:
 			fmt.Fprintf(&b, " <-> node %d", e.Peer)
 		default:
 			fmt.Fprintf(&b, " -> node %d", e.Peer)
@@ -177,6 +268,15 @@ func (e Event) String() string {
 		fmt.Fprintf(&b, " %d KB/s", e.Rate)
 	case e.Margin > 0:
 		fmt.Fprintf(&b, " (%d KiB free)", e.Margin>>10)
+	case e.Offset != 0:
+		fmt.Fprintf(&b, " clock %+v", e.Offset)
+	case e.Kind == FaultFlip && e.Small:
+		b.WriteString(" (a small file)")
+	case e.Kind == FaultFlip:
+		b.WriteString(" (a larger file)")
+	}
+	if e.Dur > 0 {
+		fmt.Fprintf(&b, " for %v", e.Dur.Round(100*time.Millisecond))
 	}
 	if e.Episode > 0 {
 		fmt.Fprintf(&b, " [episode %d]", e.Episode)
@@ -265,9 +365,20 @@ func NewPlan(cfg Config, short bool) *Plan {
 			// nodes up; nothing to avoid there.
 			return false
 		}
+		// Nodes that must stay up for a while: the skewed one, so that
+		// its probes run.
+		var reserved []struct {
+			node int
+			interval
+		}
 		canDown := func(node int, iv interval) bool {
 			if diskBusy(node, iv) {
 				return false
+			}
+			for _, x := range reserved {
+				if x.node == node && x.overlaps(iv) {
+					return false
+				}
 			}
 			n := 0
 			for _, d := range down {
@@ -280,10 +391,28 @@ func NewPlan(cfg Config, short bool) *Plan {
 			}
 			return n < maxDown
 		}
+		markDown := func(node int, iv interval) {
+			down = append(down, struct {
+				node int
+				interval
+			}{node, iv})
+		}
+		reserve := func(node int, iv interval) {
+			reserved = append(reserved, struct {
+				node int
+				interval
+			}{node, iv})
+		}
+		end := cfg.Round - 500*time.Millisecond
+
+		// The round's planned episodes first (their own stream, so the
+		// random ones below stay as they were): long outages, a skew,
+		// bit flips.
+		p.Faults[r] = append(p.Faults[r], p.specials(r, end, next, canDown, markDown, reserve)...)
+
 		gap := func() time.Duration {
 			return time.Duration(float64(cfg.FaultGap) * (0.3 + 1.4*rng.Float64()))
 		}
-		end := cfg.Round - 500*time.Millisecond
 		for at := gap(); at < end-time.Second; at += gap() {
 			d := time.Second + time.Duration(rng.Int64N(int64(cfg.MaxFault-time.Second)+1))
 			iv := interval{at, min(at+d, end)}
@@ -307,10 +436,7 @@ func NewPlan(cfg Config, short bool) *Plan {
 				if !canDown(a, iv) {
 					continue
 				}
-				down = append(down, struct {
-					node int
-					interval
-				}{a, iv})
+				markDown(a, iv)
 				stop.Kind = FaultRestart
 			case FaultIsolate:
 				stop.Kind = FaultUncut
@@ -343,6 +469,145 @@ func NewPlan(cfg Config, short bool) *Plan {
 		sort.SliceStable(p.Faults[r], func(i, j int) bool { return p.Faults[r][i].At < p.Faults[r][j].At })
 	}
 	return p
+}
+
+// specials plans round r's episodes of the new kinds, from their own
+// stream PCG(seed, 2000+round):
+//
+//   - two long outages (longKinds in turn: an isolation, of a cache when
+//     there is one, and a partition in one round; a stop and a kill in
+//     the next), longer than the retention; every stop longer than the
+//     expiry too;
+//   - one skew of a replica's clock, beyond max_clock_offset in even
+//     rounds, within it in odd ones; the skew and its after-effect (the
+//     node's clock stays ahead by the offset once put back) end within
+//     the round;
+//   - two bit flips (a small file, then a larger one), on a replica in
+//     even rounds, the first on a cache in odd ones.
+//
+// Every episode stays on the nodes started (not the joined one). Long
+// stops and kills are registered with markDown, if canDown allows. The
+// skewed node is one no long outage of the round takes while it is
+// skewed, and it is reserved: no kill or stop takes it down then.
+func (p *Plan) specials(r int, end time.Duration, next func() int,
+	canDown func(int, interval) bool, markDown func(int, interval), reserve func(int, interval)) []Event {
+	cfg := p.Config
+	rng := rand.New(rand.NewPCG(cfg.Seed, 2000+uint64(r)))
+	var out []Event
+	replicas := cfg.Replicas()
+	var outages []struct {
+		nodes []int
+		interval
+	}
+	between := func(lo, hi time.Duration) time.Duration {
+		if hi <= lo {
+			return lo
+		}
+		return lo + time.Duration(rng.Int64N(int64(hi-lo)))
+	}
+	for k := range 2 {
+		kind := longKinds[(2*r+k)%len(longKinds)]
+		d := between(cfg.Retention+2*time.Second, cfg.Expiry+5*time.Second)
+		if kind == FaultLongStop {
+			d = between(cfg.Expiry+2*time.Second, cfg.Expiry+5*time.Second)
+		}
+		from := between(cfg.Round*8/100, cfg.Round*25/100)
+		if from+d > end-time.Second {
+			d = end - time.Second - from
+		}
+		if d <= cfg.Retention {
+			continue // a round too short for it
+		}
+		iv := interval{from, from + d}
+		ep := next()
+		a := rng.IntN(replicas)
+		start := Event{Round: r, At: iv.from, Kind: kind, Node: a, Peer: -1, Episode: ep, Dur: d}
+		stop := Event{Round: r, At: iv.to, Kind: FaultUncut, Node: a, Peer: -1, Episode: ep}
+		switch kind {
+		case FaultLongIsolate:
+			if cfg.Caches > 0 && (r < 2 || rng.IntN(2) == 0) {
+				// A cache cut off from every replica while the
+				// workers upload to it: what it took must wait.
+				a = replicas + rng.IntN(cfg.Caches)
+			}
+		case FaultLongPartition:
+			if replicas < 2 {
+				continue
+			}
+			b := (a + 1 + rng.IntN(replicas-1)) % replicas
+			start.Peer, stop.Peer = b, b
+		case FaultLongStop, FaultLongKill:
+			ok := false
+			for i := range replicas {
+				if canDown((a+i)%replicas, iv) {
+					a, ok = (a+i)%replicas, true
+					break
+				}
+			}
+			if !ok {
+				continue
+			}
+			markDown(a, iv)
+			stop.Kind = FaultRestart
+		}
+		start.Node, stop.Node = a, a
+		out = append(out, start, stop)
+		nodes := []int{a}
+		if start.Peer >= 0 {
+			nodes = append(nodes, start.Peer)
+		}
+		outages = append(outages, struct {
+			nodes []int
+			interval
+		}{nodes, iv})
+	}
+
+	// The skew: its window (the skew, then as long again as its offset,
+	// and a second) ends within the round.
+	far := r%2 == 0
+	off := cfg.MaxClockOffset * time.Duration(2+rng.IntN(3))
+	kind := FaultSkewFar
+	if !far {
+		kind = FaultSkew
+		off = cfg.MaxClockOffset/4 + time.Duration(rng.Int64N(int64(cfg.MaxClockOffset/4)+1))
+		if rng.IntN(2) == 0 {
+			off = -off
+		}
+	}
+	d := between(3*time.Second, max(6*time.Second, cfg.Round/20))
+	from := between(cfg.Round*25/100, cfg.Round*45/100)
+	if tail := from + d + off.Abs() + time.Second; tail > end {
+		from -= tail - end
+	}
+	if from > 0 {
+		ep := next()
+		iv := interval{from - time.Second, from + d + time.Second}
+		a := rng.IntN(replicas)
+		for i := range replicas {
+			free := true
+			for _, o := range outages {
+				free = free && !(slices.Contains(o.nodes, (a+i)%replicas) && o.overlaps(iv))
+			}
+			if free {
+				a = (a + i) % replicas
+				break
+			}
+		}
+		reserve(a, iv)
+		out = append(out,
+			Event{Round: r, At: from, Kind: kind, Node: a, Peer: -1, Episode: ep, Offset: off, Dur: d},
+			Event{Round: r, At: from + d, Kind: FaultUnskew, Node: a, Peer: -1, Episode: ep})
+	}
+
+	for k := range 2 {
+		a := rng.IntN(replicas)
+		if k == 0 && r%2 == 1 && cfg.Caches > 0 {
+			a = replicas + rng.IntN(cfg.Caches)
+		}
+		out = append(out, Event{Round: r, At: between(cfg.Round*35/100, cfg.Round*85/100), Kind: FaultFlip,
+			Node: a, Peer: -1, Pick: rng.Uint64(), Small: k == 0})
+	}
+	return out
 }
 
 type weighted struct {
@@ -447,6 +712,8 @@ type Stream struct {
 	seq     int
 	files   []int        // own files uploaded (planned) so far
 	live    map[int]bool // own files whose last planned operation is an upload
+	blocked map[int]bool // own files blocked (planned) and not lifted since
+	lifted  []int        // own files lifted (planned) and not uploaded since
 	created int          // own files drawn
 	budget  int64        // bytes of new files left
 	next    *Op          // a read planned right after a write
@@ -455,7 +722,7 @@ type Stream struct {
 // Stream returns worker w's operations.
 func (p *Plan) Stream(w int) *Stream {
 	return &Stream{p: p, w: w, rng: rand.New(rand.NewPCG(p.Seed, 10+uint64(w))),
-		live: map[int]bool{}, budget: p.ByteBudget / int64(p.Workers)}
+		live: map[int]bool{}, blocked: map[int]bool{}, budget: p.ByteBudget / int64(p.Workers)}
 }
 
 // Next returns the worker's next operation.
@@ -492,7 +759,7 @@ func (s *Stream) draw() Op {
 	op.Pause = 5*time.Millisecond + time.Duration(float64(s.p.Pause)*2*rng.Float64())
 	kind := OpUpload
 	if len(s.files) > 0 {
-		kind = pick(rng, []weighted{{OpUpload, 28}, {OpReupload, 12}, {OpDelete, 15}, {OpRead, 45}})
+		kind = pick(rng, []weighted{{OpUpload, 28}, {OpReupload, 12}, {OpDelete, 15}, {OpRead, 40}, {OpBlock, 3}, {OpLift, 2}})
 	}
 	switch kind {
 	case OpUpload:
@@ -509,15 +776,49 @@ func (s *Stream) draw() Op {
 		op.File = c
 		s.uploadVariant(&op)
 	case OpReupload:
-		// Mostly a file deleted before (it must come back), else one
-		// still held (answered 200).
-		f := s.choose(false, rng.IntN(10) < 7)
+		// Half the time a file lifted since its block, if any (it must
+		// be accepted and kept); else mostly a file deleted before (it
+		// must come back), else one still held (answered 200).
+		var f int
+		if n := len(s.lifted); n > 0 && rng.IntN(2) == 0 {
+			i := rng.IntN(n)
+			f = s.lifted[i]
+			s.lifted = append(s.lifted[:i], s.lifted[i+1:]...)
+		} else if f = s.choose(false, rng.IntN(10) < 7); s.blocked[f] {
+			return s.read(op) // an upload of a blocked file is refused
+		}
 		s.live[f] = true
 		op.File = s.p.File(f)
 		s.uploadVariant(&op)
 	case OpDelete:
 		f := s.choose(true, rng.IntN(10) < 9)
+		if s.blocked[f] {
+			return s.read(op)
+		}
 		s.live[f] = false
+		op.File = s.p.File(f)
+	case OpBlock:
+		f := s.choose(true, rng.IntN(10) < 8)
+		if s.blocked[f] {
+			return s.read(op)
+		}
+		s.live[f] = false
+		s.blocked[f] = true
+		s.lifted = slices.DeleteFunc(s.lifted, func(g int) bool { return g == f })
+		op.File = s.p.File(f)
+	case OpLift:
+		var bl []int
+		for _, f := range s.files {
+			if s.blocked[f] {
+				bl = append(bl, f)
+			}
+		}
+		if len(bl) == 0 {
+			return s.read(op)
+		}
+		f := bl[rng.IntN(len(bl))]
+		delete(s.blocked, f)
+		s.lifted = append(s.lifted, f)
 		op.File = s.p.File(f)
 	case OpRead:
 		return s.read(op)

@@ -34,9 +34,13 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 			require.Len(t, p.Faults, p.Rounds())
 			maxDown := (p.Nodes - 1) / 2
 			fills, adds := 0, 0
+			kinds := map[Kind]int{}
 			for r, evs := range p.Faults {
 				open := map[int]Event{}
 				down := map[int]bool{}
+				long := map[int]Event{}
+				var skew Event
+				skewing := -1
 				for i, ev := range evs {
 					assert.Equal(t, r, ev.Round)
 					assert.Less(t, ev.At, p.Round, "every event within its round")
@@ -47,6 +51,41 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 					case FaultAddNode:
 						adds++
 						continue
+					case FaultFlip:
+						kinds[ev.Kind]++
+						assert.Less(t, ev.Node, p.Nodes, "a flip on a node started")
+						continue
+					case FaultLongKill, FaultLongStop:
+						kinds[ev.Kind]++
+						assert.NotEqual(t, skewing, ev.Node, "seed %d: the skewed node goes down", seed)
+						assert.False(t, down[ev.Node], "seed %d: node %d down twice", seed, ev.Node)
+						assert.False(t, p.Cache(ev.Node), "long outages of caches are isolations")
+						down[ev.Node] = true
+						assert.LessOrEqual(t, len(down), maxDown, "seed %d round %d: too many nodes down at %v", seed, r, ev.At)
+						long[ev.Episode] = ev
+					case FaultLongPartition, FaultLongIsolate:
+						kinds[ev.Kind]++
+						long[ev.Episode] = ev
+					case FaultSkew, FaultSkewFar:
+						kinds[ev.Kind]++
+						assert.False(t, down[ev.Node], "seed %d: skew of node %d, which is down", seed, ev.Node)
+						skewing = ev.Node
+						assert.False(t, p.Cache(ev.Node), "skews are of replicas")
+						if ev.Kind == FaultSkewFar {
+							assert.Greater(t, ev.Offset, p.MaxClockOffset)
+						} else {
+							assert.Less(t, ev.Offset.Abs(), p.MaxClockOffset)
+						}
+						skew = ev
+					case FaultUnskew:
+						skewing = -1
+						// The window (the skew, then its offset and a
+						// second more) closes within the round.
+						assert.Less(t, ev.At+skew.Offset.Abs()+time.Second, p.Round, "seed %d round %d: skew window", seed, r)
+					case FaultUncut:
+						if s, ok := long[ev.Episode]; ok {
+							assert.Greater(t, ev.At-s.At, p.Retention, "seed %d: %v longer than the retention", seed, s)
+						}
 					case FaultFillDisk:
 						fills++
 						assert.False(t, down[ev.Node], "seed %d: fill-disk of a node that is down", seed)
@@ -54,10 +93,17 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 						assert.False(t, down[ev.Node], "seed %d: free-disk of a node that is down", seed)
 					case FaultKill, FaultStop:
 						assert.False(t, down[ev.Node], "seed %d: node %d killed twice", seed, ev.Node)
+						assert.NotEqual(t, skewing, ev.Node, "seed %d: the skewed node goes down", seed)
 						down[ev.Node] = true
 						assert.LessOrEqual(t, len(down), maxDown, "seed %d round %d: too many nodes down at %v", seed, r, ev.At)
 					case FaultRestart:
 						delete(down, ev.Node)
+						if s, ok := long[ev.Episode]; ok {
+							assert.Greater(t, ev.At-s.At, p.Retention, "seed %d: %v longer than the retention", seed, s)
+							if s.Kind == FaultLongStop {
+								assert.Greater(t, ev.At-s.At, p.Expiry, "seed %d: %v longer than the expiry", seed, s)
+							}
+						}
 					}
 					if s, ok := open[ev.Episode]; ok {
 						assert.Equal(t, s.Node, ev.Node)
@@ -70,6 +116,17 @@ func TestPlanKeepsItsConstraints(t *testing.T) {
 			}
 			assert.Equal(t, 1, fills)
 			assert.Equal(t, 1, adds)
+			// The first round cuts a cache off from every replica for
+			// longer than the retention, while the workers upload to it.
+			cacheCut := false
+			for _, ev := range p.Faults[0] {
+				cacheCut = cacheCut || ev.Kind == FaultLongIsolate && p.Cache(ev.Node)
+			}
+			assert.True(t, cacheCut, "seed %d: no long isolation of a cache in round 0", seed)
+			// Every new kind at least once, the short run included.
+			for _, k := range []Kind{FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip} {
+				assert.Positive(t, kinds[k], "seed %d (short %v): no %s", seed, short, k)
+			}
 		}
 	}
 }
@@ -131,15 +188,45 @@ func TestStreamsKeepToTheirFiles(t *testing.T) {
 				require.Equal(t, w, op.File.Index%3, "worker %d writes file %d", w, op.File.Index)
 			}
 		}
-		for _, k := range []Kind{OpUpload, OpReupload, OpDelete, OpRead} {
+		for _, k := range []Kind{OpUpload, OpReupload, OpDelete, OpRead, OpBlock, OpLift} {
 			assert.Positive(t, kinds[k], "worker %d: %s", w, k)
 		}
 	}
 }
 
+// TestStreamsBlockLiftReupload checks that a worker blocks its files,
+// lifts blocks, and uploads lifted files again, never uploading a file it
+// has blocked and not lifted.
+func TestStreamsBlockLiftReupload(t *testing.T) {
+	p := NewPlan(Config{Seed: 11}, true)
+	s := p.Stream(1)
+	blocked := map[int]bool{}
+	lifted := map[int]bool{}
+	again := 0
+	for range 5000 {
+		op := s.Next()
+		f := op.File.Index
+		switch op.Kind {
+		case OpBlock:
+			blocked[f] = true
+		case OpLift:
+			require.True(t, blocked[f], "lift of file %d, not blocked", f)
+			delete(blocked, f)
+			lifted[f] = true
+		case OpUpload, OpReupload:
+			require.False(t, blocked[f], "upload of file %d, blocked", f)
+			if lifted[f] {
+				again++
+			}
+			delete(lifted, f)
+		}
+	}
+	assert.Positive(t, again, "lifted files uploaded again")
+}
+
 func TestEntryWant(t *testing.T) {
-	up := func(o Outcome) Write { return Write{Outcome: o} }
-	del := func(o Outcome) Write { return Write{Delete: true, Outcome: o} }
+	up := func(o Outcome) Write { return Write{Kind: OpUpload, Outcome: o} }
+	del := func(o Outcome) Write { return Write{Kind: OpDelete, Outcome: o} }
 	for _, tc := range []struct {
 		name   string
 		writes []Write
@@ -156,7 +243,7 @@ func TestEntryWant(t *testing.T) {
 		{"re-uploaded", []Write{up(Acked), del(Acked), up(Acked)}, Present},
 		{"re-upload maybe", []Write{up(Acked), del(Acked), up(Maybe)}, Unknown},
 		{"re-upload maybe, refused after", []Write{up(Acked), del(Acked), up(Maybe), del(Refused)}, Unknown},
-		{"resolved", []Write{up(Acked), del(Maybe), {Delete: true, Outcome: Acked, Resolved: true}}, Absent},
+		{"resolved", []Write{up(Acked), del(Maybe), {Kind: OpDelete, Outcome: Acked, Resolved: true}}, Absent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := Entry{Writes: tc.writes}
@@ -188,7 +275,7 @@ func TestCheck(t *testing.T) {
 		return map[string]Entry{ida: {ID: ida, File: a, Writes: wa}, idb: {ID: idb, File: b, Writes: wb}}
 	}
 	acked := []Write{{Outcome: Acked, Seq: 1}}
-	deleted := []Write{{Outcome: Acked, Seq: 1}, {Delete: true, Outcome: Acked, Seq: 2}}
+	deleted := []Write{{Outcome: Acked, Seq: 1}, {Kind: OpDelete, Outcome: Acked, Seq: 2}}
 	maybe := []Write{{Outcome: Maybe, Seq: 1}}
 	kinds := func(vs []Violation) []string {
 		var k []string

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,10 +23,42 @@ var (
 	round    = flag.Duration("round", 0, "chaos time of one round, after which the cluster is healed and checked (default 35s with -short, else 3m)")
 	nodes    = flag.Int("nodes", 0, "nodes to start (default 5); one more joins during the soak")
 	workers  = flag.Int("workers", 0, "concurrent clients (default 4)")
-	sabotage = flag.Bool("sabotage", false, "self-test: remove one acknowledged blob from one node before the first check; the soak must fail")
+	caches   = flag.Int("caches", 0, "cache nodes among -nodes (default 1 with -short, else 2; -1: none)")
+	noSelf   = flag.Bool("no-list-self", false, "do not list every node in its own peer list under a second URL")
+	noTwice  = flag.Bool("no-list-twice", false, "do not list every peer twice in each peer list")
+	goOn     = flag.Bool("keep-going", false, "run every round even after one found violations")
 	nodeLogs = flag.Bool("nodelogs", false, "keep every node's log in the -keep directory also when the soak passes")
 	keep     = flag.String("keep", "", "directory for the event log, plan and report, and the node logs of a failure (default: $TMPDIR/dtfc-soak-<seed>)")
+	sabotage sabotageFlag
 )
+
+func init() {
+	flag.Var(&sabotage, "sabotage", "self-tests applied before the first check, each of which must be reported (the soak then fails): "+
+		"-sabotage for all of them, or -sabotage=KIND,... with KIND among "+strings.Join(soak.SabotageKinds, ", "))
+}
+
+// sabotageFlag is -sabotage (every self-test) or -sabotage=KIND,...
+type sabotageFlag []string
+
+func (s *sabotageFlag) String() string   { return strings.Join(*s, ",") }
+func (s *sabotageFlag) IsBoolFlag() bool { return true }
+func (s *sabotageFlag) Set(v string) error {
+	switch v {
+	case "true", "all":
+		*s = slices.Clone(soak.SabotageKinds)
+	case "false", "":
+		*s = nil
+	default:
+		*s = nil
+		for _, k := range strings.Split(v, ",") {
+			if !slices.Contains(soak.SabotageKinds, k) {
+				return fmt.Errorf("unknown sabotage %q (want %s)", k, strings.Join(soak.SabotageKinds, ", "))
+			}
+			*s = append(*s, k)
+		}
+	}
+	return nil
+}
 
 func TestMain(m *testing.M) {
 	// Everything the soak starts is stopped, except toxiproxy's
@@ -57,7 +91,8 @@ func TestSoak(t *testing.T) {
 	}
 	// The seed first: whatever happens next, the run can be replayed.
 	t.Logf("soak: seed %d", seed)
-	cfg := soak.Config{Seed: seed, Duration: *duration, Round: *round, Nodes: *nodes, Workers: *workers, Sabotage: *sabotage}
+	cfg := soak.Config{Seed: seed, Duration: *duration, Round: *round, Nodes: *nodes, Workers: *workers, Caches: *caches,
+		NoListSelf: *noSelf, NoListTwice: *noTwice, KeepGoing: *goOn, Sabotage: sabotage}
 	r := soak.NewRunner(t, cfg, testing.Short())
 	p := r.Plan()
 	faults := 0

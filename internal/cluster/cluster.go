@@ -65,8 +65,15 @@ type Options struct {
 	ListSelf bool
 	// ListTwice, if set, names every peer twice in each peer list: by
 	// the URL of the link's proxy and by the peer's own URL (the second
-	// bypasses the proxies, so faults do not apply to it).
+	// bypasses the proxies, so faults do not apply to it, unless
+	// SecondProxy).
 	ListTwice bool
+	// SecondProxy, with ListTwice, makes a peer's second URL that of a
+	// second toxiproxy on the same link, in front of the same corruptor,
+	// instead of the peer's own URL: every fault on the link (Cut,
+	// Corrupt, Delay, Latency, ...) then applies to both names of the
+	// peer, so a partition still partitions.
+	SecondProxy bool
 }
 
 // Cluster is a set of running dtfc nodes and the proxies between them.
@@ -246,6 +253,21 @@ func (c *Cluster) PeerURL(from, to int) string {
 	return c.link(from, to).url
 }
 
+// PeerURLs returns every URL by which node from knows node to: PeerURL,
+// and with ListTwice the second one (the peer's own URL, or with
+// SecondProxy the second proxy's). Each is a key of node from's /_status
+// queues.
+func (c *Cluster) PeerURLs(from, to int) []string {
+	urls := []string{c.PeerURL(from, to)}
+	if !c.opts.ListTwice || c.opts.Direct {
+		return urls
+	}
+	if l := c.link(from, to); l.url2 != "" {
+		return append(urls, l.url2)
+	}
+	return append(urls, c.Nodes[to].URL)
+}
+
 // writePeerList writes node n's peer list: every other node, as n reaches
 // it. The file is replaced atomically, so a node reloading it never reads
 // half of it.
@@ -262,7 +284,11 @@ func (c *Cluster) writePeerList(n *Node) {
 		if m != n {
 			list.Peers = append(list.Peers, entry{URL: c.PeerURL(n.Index, m.Index), Role: m.Role})
 			if c.opts.ListTwice && !c.opts.Direct {
-				list.Peers = append(list.Peers, entry{URL: m.URL, Role: m.Role})
+				second := m.URL
+				if l := c.link(n.Index, m.Index); l.url2 != "" {
+					second = l.url2
+				}
+				list.Peers = append(list.Peers, entry{URL: second, Role: m.Role})
 			}
 		}
 	}

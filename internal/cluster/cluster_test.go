@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -314,4 +315,59 @@ func TestLatencyAndBandwidth(t *testing.T) {
 	c.HealAll()
 	requireEverywhere(t, c, hc, data)
 	assert.True(t, strings.HasPrefix(c.PeerURL(0, 1), "http://127.0.0.1:"))
+}
+
+// TestListTwiceSecondProxy checks the peer lists of ListSelf and
+// ListTwice with SecondProxy: every peer under two proxies' URLs, both
+// reaching it, both cut by Cut and restored by Heal; the node itself
+// under a second URL.
+func TestListTwiceSecondProxy(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, ListSelf: true, ListTwice: true, SecondProxy: true})
+	hc := client(t)
+	urls := c.PeerURLs(0, 1)
+	require.Len(t, urls, 2)
+	assert.NotEqual(t, urls[0], urls[1])
+	list := readFile(t, c.Nodes[0].PeerList)
+	for _, u := range urls {
+		assert.Contains(t, list, u)
+		assert.NotEqual(t, c.Nodes[1].URL, u, "the second URL goes through a proxy")
+	}
+	assert.NotContains(t, list, c.Nodes[1].URL)
+	assert.Contains(t, list, fmt.Sprintf("http://localhost:%d", c.Nodes[0].Port), "the node itself, under another name")
+
+	health := func(u string) error {
+		res, err := hc.Get(u + "/health")
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s", res.Status)
+		}
+		return nil
+	}
+	for _, u := range urls {
+		require.NoError(t, health(u), "%s reaches node 1", u)
+	}
+	c.Cut(0, 1)
+	for _, u := range urls {
+		assert.Error(t, health(u), "%s is cut", u)
+	}
+	c.HealAll()
+	for _, u := range urls {
+		require.NoError(t, health(u), "%s reaches node 1 again", u)
+	}
+
+	// The cluster replicates over them (and the harness counts both
+	// queues).
+	data := randomBytes(3000)
+	put(t, hc, c.Nodes[0].URL, "twice", data)
+	c.WaitConverged(t, converge)
+	requireEverywhere(t, c, hc, data)
+	st, err := c.Status(0)
+	require.NoError(t, err)
+	queues, _ := st["queues"].(map[string]any)
+	for _, u := range urls {
+		assert.Contains(t, queues, u)
+	}
 }

@@ -84,6 +84,9 @@ func (c *Cluster) snapshot() *snapshot {
 	c.mu.Lock()
 	for _, l := range c.links {
 		byURL[l.url] = target{idx: l.to, cut: l.cut}
+		if l.url2 != "" {
+			byURL[l.url2] = target{idx: l.to, cut: l.cut}
+		}
 	}
 	c.mu.Unlock()
 

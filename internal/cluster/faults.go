@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/Shopify/toxiproxy/v2"
@@ -35,8 +36,20 @@ type link struct {
 	from, to int
 	url      string // the toxiproxy's URL, what node from knows node to by
 	proxy    *toxiproxy.Proxy
-	corr     *corruptor
-	cut      bool // guarded by Cluster.mu
+	// url2 and proxy2 are the link's second toxiproxy, in front of the
+	// same corruptor (Options.SecondProxy), or empty.
+	url2   string
+	proxy2 *toxiproxy.Proxy
+	corr   *corruptor
+	cut    bool // guarded by Cluster.mu
+}
+
+// proxies returns the link's toxiproxies: one, or two with SecondProxy.
+func (l *link) proxies() []*toxiproxy.Proxy {
+	if l.proxy2 != nil {
+		return []*toxiproxy.Proxy{l.proxy, l.proxy2}
+	}
+	return []*toxiproxy.Proxy{l.proxy}
 }
 
 // addLink creates and starts the proxies of the link from -> to.
@@ -52,10 +65,27 @@ func (c *Cluster) addLink(from, to int) {
 	c.mu.Lock()
 	c.links[[2]int{from, to}] = l // closed at cleanup from here on
 	c.mu.Unlock()
+	p, u := c.startToxiproxy(fmt.Sprintf("node%d->node%d", from, to), corr.addr())
+	c.mu.Lock()
+	l.proxy, l.url = p, u
+	c.mu.Unlock()
+	if c.opts.ListTwice && c.opts.SecondProxy {
+		p, u := c.startToxiproxy(fmt.Sprintf("node%d->node%d (second)", from, to), corr.addr())
+		c.mu.Lock()
+		l.proxy2, l.url2 = p, u
+		c.mu.Unlock()
+	}
+}
+
+// startToxiproxy starts a toxiproxy forwarding to upstream on a port the
+// cluster has not handed out, and returns it with its URL.
+func (c *Cluster) startToxiproxy(name, upstream string) (*toxiproxy.Proxy, string) {
+	t := c.t
+	t.Helper()
 	for range 100 {
-		p := toxiproxy.NewProxy(c.proxy.api, fmt.Sprintf("node%d->node%d", from, to), "127.0.0.1:0", corr.addr())
+		p := toxiproxy.NewProxy(c.proxy.api, name, "127.0.0.1:0", upstream)
 		if err := p.Start(); err != nil {
-			t.Fatalf("cluster: link %d->%d: starting toxiproxy: %v", from, to, err)
+			t.Fatalf("cluster: %s: starting toxiproxy: %v", name, err)
 		}
 		// Listen is the address actually bound, set by Start.
 		_, ps, _ := net.SplitHostPort(p.Listen)
@@ -67,12 +97,10 @@ func (c *Cluster) addLink(from, to int) {
 			p.Stop()
 			continue
 		}
-		c.mu.Lock()
-		l.proxy, l.url = p, "http://"+p.Listen
-		c.mu.Unlock()
-		return
+		return p, "http://" + p.Listen
 	}
-	t.Fatalf("cluster: link %d->%d: no free port for toxiproxy", from, to)
+	t.Fatalf("cluster: %s: no free port for toxiproxy", name)
+	return nil, ""
 }
 
 // listen opens a listener on a loopback port the cluster has not handed
@@ -95,8 +123,10 @@ func (c *Cluster) listen() net.Listener {
 
 // close stops both proxies of the link, cutting its connections.
 func (l *link) close() {
-	if l.proxy != nil {
-		l.proxy.Stop()
+	for _, p := range []*toxiproxy.Proxy{l.proxy, l.proxy2} {
+		if p != nil {
+			p.Stop()
+		}
 	}
 	l.corr.close()
 }
@@ -117,17 +147,19 @@ func (c *Cluster) link(from, to int) *link {
 	return l
 }
 
-// Cut makes node from unable to reach node to: the link's toxiproxy stops
-// listening and closes its connections, so node from's requests to node
-// to fail at once (connection refused, or reset for those in flight). The
-// other direction is untouched.
+// Cut makes node from unable to reach node to: the link's toxiproxy (both,
+// with SecondProxy) stops listening and closes its connections, so node
+// from's requests to node to fail at once (connection refused, or reset
+// for those in flight). The other direction is untouched.
 func (c *Cluster) Cut(from, to int) {
 	c.t.Helper()
 	l := c.link(from, to)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !l.cut {
-		l.proxy.Stop()
+		for _, p := range l.proxies() {
+			p.Stop()
+		}
 		l.cut = true
 	}
 }
@@ -178,19 +210,29 @@ func (c *Cluster) heal(l *link) {
 	c.t.Helper()
 	l.corr.on.Store(false)
 	l.corr.unslow()
-	c.toxiproxy(l, "resetting toxics", func(ctx context.Context) error {
-		l.proxy.Toxics.ResetToxics(ctx)
-		return nil
-	})
+	for _, p := range l.proxies() {
+		c.toxiproxy(l, "resetting toxics", func(ctx context.Context) error {
+			p.Toxics.ResetToxics(ctx)
+			return nil
+		})
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if l.cut {
-		// Start listens again on the address it had.
-		if err := l.proxy.Start(); err != nil {
-			c.t.Fatalf("cluster: healing link %d->%d: restarting toxiproxy on %s: %v", l.from, l.to, l.proxy.Listen, err)
-		}
-		l.cut = false
+		l.restart(c.t, "healing")
 	}
+}
+
+// restart makes a cut link's toxiproxies listen again on the addresses
+// they had. The caller holds Cluster.mu.
+func (l *link) restart(t testing.TB, why string) {
+	t.Helper()
+	for _, p := range l.proxies() {
+		if err := p.Start(); err != nil {
+			t.Fatalf("cluster: %s link %d->%d: restarting toxiproxy on %s: %v", why, l.from, l.to, p.Listen, err)
+		}
+	}
+	l.cut = false
 }
 
 // Latency delays everything on the link from -> to by d in each direction
@@ -216,11 +258,18 @@ func (c *Cluster) Bandwidth(from, to int, kbPerSec int64) {
 // removes it if !on.
 func (c *Cluster) setToxic(l *link, typ string, on bool, attrs map[string]any) {
 	c.t.Helper()
+	for _, p := range l.proxies() {
+		c.setProxyToxic(l, p, typ, on, attrs)
+	}
+}
+
+func (c *Cluster) setProxyToxic(l *link, p *toxiproxy.Proxy, typ string, on bool, attrs map[string]any) {
+	c.t.Helper()
 	for _, stream := range []string{"upstream", "downstream"} {
 		name := typ + "_" + stream
-		if l.proxy.Toxics.GetToxic(name) != nil {
+		if p.Toxics.GetToxic(name) != nil {
 			c.toxiproxy(l, "removing "+name, func(ctx context.Context) error {
-				return l.proxy.Toxics.RemoveToxic(ctx, name)
+				return p.Toxics.RemoveToxic(ctx, name)
 			})
 		}
 		if !on {
@@ -232,7 +281,7 @@ func (c *Cluster) setToxic(l *link, typ string, on bool, attrs map[string]any) {
 		if err != nil {
 			c.t.Fatalf("cluster: %v", err)
 		}
-		if _, err := l.proxy.Toxics.AddToxicJson(strings.NewReader(string(js))); err != nil {
+		if _, err := p.Toxics.AddToxicJson(strings.NewReader(string(js))); err != nil {
 			c.t.Fatalf("cluster: link %d->%d: adding %s: %v", l.from, l.to, js, err)
 		}
 	}

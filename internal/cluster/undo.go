@@ -19,10 +19,7 @@ func (c *Cluster) Uncut(from, to int) {
 	if !l.cut {
 		return
 	}
-	if err := l.proxy.Start(); err != nil {
-		c.t.Fatalf("cluster: uncutting link %d->%d: restarting toxiproxy on %s: %v", from, to, l.proxy.Listen, err)
-	}
-	l.cut = false
+	l.restart(c.t, "uncutting")
 }
 
 // CanFillDisk reports why FillDisk would skip the test (not root, or no
