@@ -267,13 +267,20 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 			return nil
 		}
 		// The block's delete commits with the block: no moment where the
-		// block is recorded and the blob still live.
+		// block is recorded and the blob still live. It carries the
+		// block's own clock and node, so every node derives the same
+		// one, and it undoes only uploads older than the block: a block
+		// that arrives late, after its lift and a new upload, deletes
+		// nothing (the bytes go while it is in force, and come back
+		// after its lift; see Store.Missing).
 		removeBytes = true
 		rec, ok, err := t.get(d.ID)
 		if err != nil || !ok || rec.Deleted {
 			return err
 		}
-		_, err = t.set(&rec, dtfc.State{ID: d.ID, Deleted: true, Clock: s.clock.Now(), Node: s.node}, true)
+		if tomb := (dtfc.State{ID: d.ID, Deleted: true, Clock: d.Clock, Node: d.Node}); tomb.Newer(rec.State) {
+			_, err = t.set(&rec, tomb, true)
+		}
 		return err
 	})
 	if err != nil || !applied {

@@ -355,3 +355,48 @@ func TestNoMissWhileFileVisible(t *testing.T) {
 	wg.Wait()
 	assert.Zero(t, misses.Load(), "a file visible in blobs/ was answered as missing")
 }
+
+// TestLateBlockSparesNewerUpload: a block arriving after its lift and a
+// new upload (its lift not here yet) takes the bytes while it is in force
+// but deletes only what is older than it: every node derives the same
+// delete, at the block's clock, and the newer upload stays recorded, so
+// its bytes come back once the lift arrives (Missing names them).
+func TestLateBlockSparesNewerUpload(t *testing.T) {
+	wall := fixedWall()
+	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
+	data := content(8, 500)
+	id := dtfc.Sum(data)
+	block := blobstore.Deny{ID: id, Status: 451, Clock: epoch + 10, Node: "a"}
+	lift := blobstore.Deny{ID: id, Lifted: true, Clock: epoch + 20, Node: "a"}
+	newer := dtfc.State{ID: id, Clock: epoch + 30, Node: "b", Size: 500}
+	_, err := commitState(t, s, data, newer, true)
+	require.NoError(t, err)
+
+	ok, err := s.ApplyDeny(block)
+	require.NoError(t, err)
+	require.True(t, ok)
+	st, err := s.Stat(id)
+	require.NoError(t, err)
+	assert.False(t, st.Deleted, "the upload newer than the block is not deleted")
+	assert.NoFileExists(t, blobPath(s.Dir(), id), "the bytes go while the block is in force")
+	_, missing := s.Missing(id)
+	assert.False(t, missing, "blocked: nothing to fetch back")
+
+	ok, err = s.ApplyDeny(lift)
+	require.NoError(t, err)
+	require.True(t, ok)
+	got, missing := s.Missing(id)
+	assert.True(t, missing)
+	assert.Equal(t, newer, got)
+
+	// An older upload is deleted, at the block's clock, on every node
+	// alike.
+	s2 := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
+	_, err = commitState(t, s2, data, dtfc.State{ID: id, Clock: epoch + 5, Node: "b", Size: 500}, true)
+	require.NoError(t, err)
+	_, err = s2.ApplyDeny(block)
+	require.NoError(t, err)
+	st, err = s2.Stat(id)
+	require.NoError(t, err)
+	assert.Equal(t, dtfc.State{ID: id, Deleted: true, Clock: block.Clock, Node: block.Node}, st)
+}

@@ -331,3 +331,17 @@ func (s *Store) CountChanges(since uint64, deletesOnly bool) (int64, error) {
 	})
 	return n, err
 }
+
+// Missing returns id's state when the node records it as held but its
+// file is not there (lost, quarantined, or removed by a block since
+// lifted): the caller fetches the bytes again from a peer.
+func (s *Store) Missing(id dtfc.ID) (dtfc.State, bool) {
+	rec, ok, err := s.record(id)
+	if err != nil || !ok || rec.Deleted || s.fileExists(id) {
+		return dtfc.State{}, false
+	}
+	if _, blocked := s.denied.get(id); blocked {
+		return dtfc.State{}, false
+	}
+	return rec.State, true
+}

@@ -444,8 +444,8 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 		case err != nil:
 			writeErr(w, storeStatus(err), err.Error())
 			return
-		case ok && d.Active():
-			c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
+		case ok:
+			c.denyApplied(d)
 		}
 	}
 	for i, st := range req.Changes {
@@ -593,12 +593,23 @@ func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
 		}
 		if ok {
 			n++
-			if d.Active() {
-				c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
-			}
+			c.denyApplied(d)
 		}
 	}
 	return n, nil
+}
+
+// denyApplied follows a deny entry received from a peer: a block is
+// logged; after a lift, bytes the block removed while an upload newer
+// than it stayed recorded are fetched back.
+func (c *Cluster) denyApplied(d blobstore.Deny) {
+	if d.Active() {
+		c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
+		return
+	}
+	if st, ok := c.store.Missing(d.ID); ok {
+		c.goRepair(st)
+	}
 }
 
 func validDeny(d blobstore.Deny) error {
