@@ -666,3 +666,31 @@ func TestClockAheadExpiresNobody(t *testing.T) {
 	c.WaitConverged(t, converge)
 	assertNowhere(t, c, xID)
 }
+
+// TestLateDeleteGivesFullExpiry: a delete that reaches a node late, with
+// an old clock, gives that node's peers the whole expiry to acknowledge
+// it from when it arrived: node 0 learns it 4 s after it was made (expiry
+// 5 s) and must not mark node 1, cut off from it for 2 s more, expired.
+// (The expiry counted from the delete's clock: node 0 marked node 1 a
+// second after it learned of the delete.) About 15 s.
+func TestLateDeleteGivesFullExpiry(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "5s"}})
+	hc := newClient(t)
+	_, xID := upload(t, hc, c.Nodes[0].URL, "x", randomBytes(10<<10))
+	c.WaitConverged(t, converge)
+	c.Partition(0, 1)
+	c.Partition(0, 2)
+	deleteID(t, hc, c.Nodes[2].URL, xID)
+	wait(4 * time.Second)
+	c.Heal(0, 2)
+	eventually(t, converge, "node 0 learns of the delete", func() bool {
+		_, st := stateOf(t, c, hc, 0, xID)
+		return st.Deleted
+	})
+	wait(2 * time.Second)
+	exp, _ := peerStatus(t, c, 0, 1)["expired"].(bool)
+	assert.False(t, exp, "node 0 marked node 1 expired a moment after it learned of an old delete")
+	c.HealAll()
+	c.WaitConverged(t, converge)
+	assertNowhere(t, c, xID)
+}

@@ -290,11 +290,15 @@ func (c *Cluster) acks() []peerAck {
 }
 
 // markLate marks expired, before anything goes, every peer that has not
-// acknowledged something older than the expiry horizon that is about to
-// be forgotten, with the greatest clock of those.
-func (c *Cluster) markLate(expiry dtfc.Timestamp, peers []peerAck) error {
+// acknowledged something old enough to forget (its clock before horizon)
+// that has been in this node's feed for longer than the expiry (its
+// sequence number at most expirySeq), with the greatest clock of those.
+func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []peerAck) error {
 	late := map[*remote]dtfc.Timestamp{}
-	err := c.store.Forgettable(expiry, func(seq uint64, clock dtfc.Timestamp) {
+	err := c.store.Forgettable(horizon, func(seq uint64, clock dtfc.Timestamp) {
+		if seq > expirySeq {
+			return
+		}
 		for _, p := range peers {
 			if p.cursor < seq && clock > late[p.r] {
 				late[p.r] = clock
@@ -313,17 +317,15 @@ func (c *Cluster) markLate(expiry dtfc.Timestamp, peers []peerAck) error {
 }
 
 // mayForget is the rule PurgeTombstones and PurgeLifts apply to each entry
-// old enough: forget it only if every peer has accepted it, or it is
-// older than the expiry and every peer that has not is marked expired
-// with a horizon that covers it (markLate ran first).
-func (c *Cluster) mayForget(expiry dtfc.Timestamp, peers []peerAck) func(seq uint64, clock dtfc.Timestamp) bool {
+// old enough: forget it only if every peer has accepted it, or is marked
+// expired with a horizon that covers it (markLate marked those that had
+// the expiry to accept it; an entry learned again after this node forgot
+// it goes at once if the mark covers it).
+func (c *Cluster) mayForget(peers []peerAck) func(seq uint64, clock dtfc.Timestamp) bool {
 	return func(seq uint64, clock dtfc.Timestamp) bool {
 		for _, p := range peers {
 			if p.cursor >= seq {
 				continue
-			}
-			if clock >= expiry {
-				return false
 			}
 			if m, ok := c.markOf(p.r); !ok || m.Horizon < clock {
 				return false
@@ -331,4 +333,57 @@ func (c *Cluster) mayForget(expiry dtfc.Timestamp, peers []peerAck) func(seq uin
 		}
 		return true
 	}
+}
+
+// feedClock dates the change feed coarsely: how far it reached at some
+// moments. The expiry counts from when an entry entered this node's feed
+// (a delete that arrives late, with an old clock, gives every peer the
+// whole expiry to acknowledge it), so "older than the expiry" is "at or
+// before the feed position reached expiry ago". Persisted, so a restart
+// does not make everything look new (which would only delay).
+type feedClock struct {
+	mu     sync.Mutex
+	points []feedPoint // oldest first
+}
+
+type feedPoint struct {
+	At  time.Time `json:"at"`
+	Seq uint64    `json:"seq"`
+}
+
+const keyFeedClock = "feed_clock"
+
+func (c *Cluster) loadFeedClock() {
+	v, err := c.store.Value(keyFeedClock)
+	if err != nil || v == nil {
+		return
+	}
+	_ = json.Unmarshal(v, &c.feedClock.points)
+}
+
+// tickFeedClock records where the feed is now, drops the points no
+// longer needed (all but the newest one older than the expiry), persists
+// them, and returns the feed position reached an expiry ago (0: none
+// known that old).
+func (c *Cluster) tickFeedClock(now time.Time) uint64 {
+	fc := &c.feedClock
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	fc.points = append(fc.points, feedPoint{At: now, Seq: c.store.LastSeq()})
+	cutoff := now.Add(-c.opts.TombstoneExpiry)
+	var seq uint64
+	keep := 0
+	for i, p := range fc.points {
+		if p.At.After(cutoff) {
+			break
+		}
+		seq, keep = p.Seq, i
+	}
+	fc.points = append(fc.points[:0], fc.points[keep:]...)
+	if b, err := json.Marshal(fc.points); err == nil {
+		if err := c.store.SetValue(keyFeedClock, b); err != nil {
+			c.log.Warn("persisting the feed's dates", "err", err)
+		}
+	}
+	return seq
 }

@@ -104,6 +104,7 @@ type Cluster struct {
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
 	expired    expiries    // peers this node marked expired (acks.go)
+	feedClock  feedClock   // when the feed reached where (acks.go)
 	resync     resync      // whether this node must resync (resync.go)
 }
 
@@ -184,6 +185,7 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 	// peers marked expired stay so.
 	c.loadResync()
 	c.loadExpiries()
+	c.loadFeedClock()
 	c.applyMarks()
 	return c, nil
 }

@@ -41,29 +41,35 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 func (c *Cluster) purge() {
 	now := c.opts.Wall()
 	horizon := dtfc.TimestampAt(now.Add(-c.opts.TombstoneRetention))
-	expiry := dtfc.TimestampAt(now.Add(-c.opts.TombstoneExpiry))
-	if ahead, ok := c.aheadOfPeers(); ok && ahead > c.opts.MaxClockOffset {
+	expirySeq := c.tickFeedClock(now)
+	switch ahead, ok := c.aheadOfPeers(); {
+	case c.isCache():
+		// A cache holds what was read through it, no more: a replica
+		// resyncing against it would take every file the cache never
+		// read for deleted. It waits for every acknowledgement.
+		expirySeq = 0
+	case ok && ahead > c.opts.MaxClockOffset:
 		// With a wall clock far ahead, everything looks old: nothing is
 		// forgotten for its age past the expiry (only by acknowledgement).
-		expiry = 0
+		expirySeq = 0
 		if !c.clockAhead.Swap(true) {
 			c.log.Warn("this node's clock is ahead of every peer's; no peer is expired until it is set right",
 				"ahead", ahead.Round(time.Second), "max_clock_offset", c.opts.MaxClockOffset)
 		}
-	} else {
+	default:
 		c.clockAhead.Store(false)
 	}
 	peers := c.acks()
-	if err := c.markLate(expiry, peers); err != nil {
+	if err := c.markLate(horizon, expirySeq, peers); err != nil {
 		c.log.Error("marking peers expired; nothing they have not acknowledged is forgotten", "err", err)
 	}
-	if n, err := c.store.PurgeTombstones(horizon, c.mayForget(expiry, peers)); err != nil {
+	if n, err := c.store.PurgeTombstones(horizon, c.mayForget(peers)); err != nil {
 		c.log.Error("forgetting old tombstones", "err", err)
 	} else if n > 0 {
 		c.metrics.tombstonesPurged.Add(float64(n))
 		c.log.Info("forgot tombstones every peer acknowledged, older than the retention", "count", n)
 	}
-	if n, err := c.store.PurgeLifts(horizon, c.mayForget(expiry, peers)); err != nil {
+	if n, err := c.store.PurgeLifts(horizon, c.mayForget(peers)); err != nil {
 		c.log.Error("forgetting lifted blocks", "err", err)
 	} else if n > 0 {
 		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)
