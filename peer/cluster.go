@@ -339,7 +339,7 @@ var ErrTooFewReplicas = errors.New("not that many replicas in the cluster")
 // by their own word.
 func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
 	if have := c.Replicas(); n > have {
-		return fmt.Errorf("%w: asked for %d, the cluster has %d (this node and %d replica peers)", ErrTooFewReplicas, n, have, have-1)
+		return fmt.Errorf("%w: asked for %d, the cluster has %d", ErrTooFewReplicas, n, have)
 	}
 	for {
 		c.ackMu.Lock()
@@ -351,7 +351,7 @@ func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
 				holders[r.identity()] = true
 			}
 		}
-		if len(holders)+1 >= n {
+		if len(holders)+c.selfReplica() >= n {
 			return nil
 		}
 		select {
@@ -362,14 +362,24 @@ func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
 	}
 }
 
-// Replicas is how many replicas ?replicas=N can count on: this node and
-// the distinct replica (not cache) peers of its current list.
+// Replicas is how many replicas ?replicas=N can count on: this node (if
+// it is a replica) and the distinct replica (not cache) peers of its
+// current list.
 func (c *Cluster) Replicas() int {
 	ids := map[string]bool{}
 	for _, r := range c.replicaPeers() {
 		ids[r.identity()] = true
 	}
-	return len(ids) + 1
+	return len(ids) + c.selfReplica()
+}
+
+// selfReplica is 1 if this node counts as a replica of what it stores, 0
+// for a cache: a cache keeps an upload only until a replica has it.
+func (c *Cluster) selfReplica() int {
+	if c.isCache() {
+		return 0
+	}
+	return 1
 }
 
 // replicaPeers are the peers that are replicas (by their word, or the

@@ -69,7 +69,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 	}
 	if have := s.replicas(); replicas > have {
 		// Known before a byte is read: refuse at once, store nothing.
-		return errorf(http.StatusBadRequest, "replicas=%d: the cluster has %d replica(s), this node counted; nothing stored", replicas, have)
+		return errorf(http.StatusBadRequest, "replicas=%d: the cluster has %d replica(s) (this node counted if it is one, a cache is not); nothing stored", replicas, have)
 	}
 	if !expected.IsZero() {
 		// Known before a byte is read: refuse a blocked ID at once.
