@@ -68,6 +68,8 @@ const (
 	VDelete404 = "DELETE of an acknowledged upload answered 404"
 	// Identity.
 	VReplicasShort = "?replicas=N acknowledged before N replicas held the file"
+	// Damaged metadata: the node must refuse to start, naming the fix.
+	VMetaRefusal = "damaged meta.db not refused with the runbook's message"
 	// Scrub.
 	VWrongAfterRepair = "wrong bytes served after the scrubber repaired the blob"
 	// The model check (invariant 6): GET /_internal/state/{id}.

@@ -240,6 +240,9 @@ func (r *Runner) Run() *Report {
 
 	for round := range p.Rounds() {
 		r.round.Store(int64(round))
+		if round > 0 && !p.NoMetaDamage {
+			r.metaDamage(round)
+		}
 		r.chaos(round)
 		r.settle(round)
 		r.report.Rounds = round + 1

@@ -60,13 +60,17 @@ const (
 	// A byte of one blob file flipped in place on a node's disk, for
 	// the scrubber to find (an instant, like AddNode).
 	FaultFlip Kind = "bit-flip"
+	// Between two rounds, a replica stopped, its meta.db removed,
+	// truncated or half zeroed, and the runbook followed: the start is
+	// refused, dtfc rebuild-meta, start (meta.go).
+	FaultMetaDamage Kind = "meta-damage"
 )
 
 // faultStarts are the kinds that count as an injected fault (ends and
 // restarts are not counted again).
 var faultStarts = []Kind{FaultKill, FaultStop, FaultPartition, FaultIsolate, FaultCut,
 	FaultLatency, FaultBandwidth, FaultCorrupt, FaultFillDisk, FaultAddNode,
-	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip}
+	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip, FaultMetaDamage}
 
 // longKinds are the long outages, in the order the rounds take them.
 var longKinds = []Kind{FaultLongIsolate, FaultLongPartition, FaultLongStop, FaultLongKill}
@@ -104,6 +108,10 @@ type Config struct {
 	// NoAddNode leaves out the join (by default a new replica joins in
 	// the middle of one round).
 	NoAddNode bool
+	// NoMetaDamage leaves out the damaged metadata (by default, before
+	// every round but the first, a replica's meta.db is damaged while it
+	// is stopped and the runbook followed).
+	NoMetaDamage bool
 	// Converge bounds the wait for convergence after each round.
 	Converge time.Duration
 	// Caches is the number of cache nodes (the last of the Nodes), each
