@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -498,12 +499,19 @@ func (c *Cluster) evict(incoming int64) (int, error) {
 	return len(ev), err
 }
 
-// replicaAcked is the furthest feed position a replica peer accepted:
-// everything up to it is held by at least one replica.
+// replicaAcked is the feed position every replica peer accepted:
+// everything up to it is held by all of them. (One replica would keep an
+// upload safe, but the pushers to the others still need its bytes: a
+// cache that evicted it then would count them as holders, and they would
+// only get it later from that one replica.)
 func (c *Cluster) replicaAcked() uint64 {
-	var acked uint64
-	for _, r := range c.replicaPeers() {
-		acked = max(acked, c.cursorOf(r.URL))
+	reps := c.replicaPeers()
+	if len(reps) == 0 {
+		return 0
+	}
+	acked := uint64(math.MaxUint64)
+	for _, r := range reps {
+		acked = min(acked, c.cursorOf(r.URL))
 	}
 	return acked
 }

@@ -202,13 +202,16 @@ func (p *pusher) caughtUpNow() {
 }
 
 // backoff waits before the next attempt (or until the peer shows signs of
-// life); false means ctx ended.
+// life, or this node's resync moves on: a push refused because this node
+// was expired is retried as soon as the resync is done); false means ctx
+// ended.
 func (p *pusher) backoff(ctx context.Context, failures int) bool {
 	t := time.NewTimer(backoff(failures))
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-p.r.kick:
+	case <-p.c.resync.changed():
 	case <-ctx.Done():
 		return false
 	}
