@@ -245,6 +245,7 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 	defer leave()
 	s.clock.Observe(d.Clock)
 	defer s.locks.lock(d.ID)()
+	forgotten := s.forgottenClock('D', d.ID)
 	var applied, removeBytes bool
 	err = s.update(func(t *txn) error {
 		applied, removeBytes = false, false
@@ -254,6 +255,9 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 		}
 		if ok && !d.Newer(cur.Deny) {
 			return nil
+		}
+		if !ok && d.Clock <= forgotten {
+			return nil // forgotten lately: nothing new
 		}
 		var curp *denyRecord
 		if ok {
@@ -324,7 +328,10 @@ func (s *Store) PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock 
 				return err
 			}
 			purged = true
-			return t.removeDeny(&cur)
+			if err := t.removeDeny(&cur); err != nil {
+				return err
+			}
+			return t.remember('D', cur.ID, cur.Clock)
 		})
 		unlock()
 		if err != nil {

@@ -117,7 +117,16 @@ func (s *Store) PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, c
 			unlock := s.locks.lock(id)
 			rec, ok, err := s.record(id)
 			if err == nil && ok && rec.Deleted && rec.Clock < before && forget(rec.Seq, rec.Clock) {
-				err = s.forget(id)
+				err = s.update(func(t *txn) error {
+					cur, ok, err := t.get(id)
+					if err != nil || !ok {
+						return err
+					}
+					if err := t.remove(&cur); err != nil {
+						return err
+					}
+					return t.remember('S', id, cur.Clock)
+				})
 				total++
 			}
 			unlock()

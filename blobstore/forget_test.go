@@ -400,3 +400,61 @@ func TestLateBlockSparesNewerUpload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, dtfc.State{ID: id, Deleted: true, Clock: block.Clock, Node: block.Node}, st)
 }
+
+// TestForgottenNotImportedAgain: a tombstone (or lift) forgotten here is
+// not recorded again when a peer that still holds it offers it, nor is
+// an older upload of its ID taken, until the memory is pruned (a bounce
+// between two nodes forgetting out of step).
+func TestForgottenNotImportedAgain(t *testing.T) {
+	wall := fixedWall()
+	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
+	data := content(9, 100)
+	id := dtfc.Sum(data)
+	up := dtfc.State{ID: id, Clock: epoch + 1, Node: "a", Size: 100}
+	tomb := dtfc.State{ID: id, Deleted: true, Clock: epoch + 2, Node: "a"}
+	_, err := commitState(t, s, data, up, true)
+	require.NoError(t, err)
+	_, err = s.Apply(tomb)
+	require.NoError(t, err)
+	lift := blobstore.Deny{ID: id, Lifted: true, Clock: epoch + 3, Node: "a"}
+	_, err = s.ApplyDeny(lift)
+	require.NoError(t, err)
+	horizon := s.Clock().Now()
+	n, err := s.PurgeTombstones(horizon, forgetAll)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	n, err = s.PurgeLifts(horizon, forgetAll)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+
+	out, err := s.Apply(tomb)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "the forgotten tombstone offered again")
+	out, err = s.Apply(up)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "the deleted upload offered again")
+	res, err := commitState(t, s, data, up, true)
+	require.NoError(t, err)
+	assert.False(t, res.Applied)
+	ok, err := s.ApplyDeny(lift)
+	require.NoError(t, err)
+	assert.False(t, ok, "the forgotten lift offered again")
+	_, err = s.Stat(id)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound)
+	changes, err := s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Empty(t, changes)
+
+	// A newer upload is news.
+	newer := dtfc.State{ID: id, Clock: epoch + 10, Node: "b", Size: 100}
+	res, err = commitState(t, s, data, newer, true)
+	require.NoError(t, err)
+	assert.True(t, res.Applied)
+
+	// Once pruned, the memory is gone.
+	_, err = s.Delete(id, false)
+	require.NoError(t, err)
+	n, err = s.PruneForgotten(wall.Add(time.Hour))
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+}

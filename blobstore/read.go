@@ -176,6 +176,9 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		}
 		return Stale, nil
 	}
+	if !ok && st.Clock <= s.forgottenClock('S', st.ID) {
+		return Stale, nil // its delete was forgotten here lately
+	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
 		return NeedBytes, nil
 	}

@@ -81,7 +81,7 @@ var (
 	bucketValues  = []byte("values") // other layers' durable values (cursors)
 	bucketATime   = []byte("atime")  // id -> access counter (caches)
 	bucketLRU     = []byte("lru")    // access|id -> {} (caches)
-	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed}
+	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed, bucketForgotten}
 	keyNode       = []byte("node")
 	keyClean      = []byte("clean")
 	keyRebuilding = []byte("rebuilding") // set by Rebuild until it has finished

@@ -373,11 +373,15 @@ func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
 		return Result{}, err
 	}
 	w.s.clock.Observe(st.Clock)
+	forgotten := w.s.forgottenClock('S', st.ID)
 	return w.place(func(old *record, held bool) (dtfc.State, bool, bool) {
 		// The same upload whose file is missing is placed again: a
 		// record without its bytes is repaired by any copy of them.
 		if old != nil && !st.Newer(old.State) && !(sameUpload(st, old.State) && !held) {
 			return old.State, false, false
+		}
+		if old == nil && st.Clock <= forgotten {
+			return st, false, false // deleted, and the delete forgotten here lately
 		}
 		return st, true, toFeed
 	})

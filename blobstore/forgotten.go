@@ -1,0 +1,79 @@
+package blobstore
+
+import (
+	"encoding/binary"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dtfc/dtfc"
+)
+
+// A tombstone (or lift) forgotten here may still be held by a peer that
+// waits for an acknowledgement of its own; anti-entropy would import it
+// again, the node forget it again at its next purge, the peer import it
+// back from this node after forgetting its own: a bounce that can last as
+// long as the nodes' purges keep out of step. So for a while (a
+// retention) a node remembers what it forgot, outside the records, the
+// feed and the digests: the ID, the clock forgotten and when. A state or
+// deny entry no newer than that, for an ID the node has no record of, is
+// stale: nothing it says is news, and it is not imported again. It also
+// keeps a late copy of the deleted upload out.
+
+var bucketForgotten = []byte("forgotten") // 'S'|id or 'D'|id -> clock(8) | forgotten at, unix ms(8)
+
+func forgottenKey(kind byte, id dtfc.ID) []byte { return append([]byte{kind}, id[:]...) }
+
+// remember records that the tombstone or lift of id with clock was
+// forgotten now.
+func (t *txn) remember(kind byte, id dtfc.ID, clock dtfc.Timestamp) error {
+	v := binary.BigEndian.AppendUint64(nil, uint64(clock))
+	v = binary.BigEndian.AppendUint64(v, uint64(t.s.clock.WallNow().Time().UnixMilli()))
+	return t.tx.Bucket(bucketForgotten).Put(forgottenKey(kind, id), v)
+}
+
+// forgottenSince returns the clock of the tombstone ('S') or lift ('D')
+// of id this node forgot lately, 0 if none.
+func (s *Store) forgottenClock(kind byte, id dtfc.ID) dtfc.Timestamp {
+	var c dtfc.Timestamp
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id)); len(v) == 16 {
+			c = dtfc.Timestamp(binary.BigEndian.Uint64(v))
+		}
+		return nil
+	})
+	return c
+}
+
+// PruneForgotten drops the memory of what was forgotten before the given
+// time (the caller passes now minus the retention: by then every peer has
+// had a retention to forget it too).
+func (s *Store) PruneForgotten(before time.Time) (int, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return 0, err
+	}
+	defer leave()
+	var keys [][]byte
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketForgotten).ForEach(func(k, v []byte) error {
+			if len(v) != 16 || int64(binary.BigEndian.Uint64(v[8:])) < before.UnixMilli() {
+				keys = append(keys, append([]byte(nil), k...))
+			}
+			return nil
+		})
+	})
+	if err != nil || len(keys) == 0 {
+		return 0, err
+	}
+	err = s.update(func(t *txn) error {
+		b := t.tx.Bucket(bucketForgotten)
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return len(keys), err
+}
