@@ -159,6 +159,15 @@ func (s *Store) checkDenied(id dtfc.ID) error {
 	return nil
 }
 
+// denyEntry reads id's deny entry in its own read transaction.
+func (s *Store) denyEntry(id dtfc.ID) (d denyRecord, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		d, ok, err = getDeny(tx.Bucket(bucketDeny), id)
+		return err
+	})
+	return d, ok, err
+}
+
 func getDeny(b *bolt.Bucket, id dtfc.ID) (denyRecord, bool, error) {
 	v := b.Get(id[:])
 	if v == nil {
@@ -319,20 +328,21 @@ func (s *Store) PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock 
 		if !d.Lifted || d.Clock >= before {
 			continue
 		}
+		// forget is asked outside any transaction (it may take the
+		// caller's locks, and write): under the ID's lock, the entry read
+		// now is the one the transaction removes.
 		unlock := s.locks.lock(d.ID)
 		var purged bool
-		err := s.update(func(t *txn) error {
-			purged = false
-			cur, ok, err := getDeny(t.deny, d.ID)
-			if err != nil || !ok || !cur.Lifted || cur.Clock >= before || !forget(cur.Seq, cur.Clock) {
-				return err
-			}
+		cur, ok, err := s.denyEntry(d.ID)
+		if err == nil && ok && cur.Lifted && cur.Clock < before && forget(cur.Seq, cur.Clock) {
 			purged = true
-			if err := t.removeDeny(&cur); err != nil {
-				return err
-			}
-			return t.remember('D', cur.ID, cur.Clock)
-		})
+			err = s.update(func(t *txn) error {
+				if err := t.removeDeny(&cur); err != nil {
+					return err
+				}
+				return t.remember('D', cur.ID, cur.Clock)
+			})
+		}
 		unlock()
 		if err != nil {
 			return n, err

@@ -45,10 +45,14 @@ type expiryMark struct {
 	Since time.Time `json:"since"`
 }
 
-// expiries is the set of peers this node marked expired.
+// expiries is the set of peers this node marked expired. mu guards the
+// map only and is never held across a write to the store (a write waits
+// for the store's committer, which may be running a purge that asks
+// about marks); persist serialises the writes.
 type expiries struct {
-	mu    sync.Mutex
-	marks map[string]expiryMark // by identity ("node <id>" or "url <url>")
+	mu      sync.Mutex
+	marks   map[string]expiryMark // by identity ("node <id>" or "url <url>")
+	persist sync.Mutex
 }
 
 // loadExpiries reads the marks persisted by earlier runs.
@@ -74,21 +78,29 @@ func (c *Cluster) loadExpiries() {
 	}
 }
 
-// saveExpiryLocked persists the mark of key (nil: its removal) and the
-// index of the marks' keys (a handful at most).
-func (c *Cluster) saveExpiryLocked(key string, m *expiryMark) error {
-	var b []byte
-	if m != nil {
-		b, _ = json.Marshal(m)
+// saveExpiries persists the marks of keys as they are now (a removed one
+// is deleted), and the index of the marks' keys (a handful at most).
+func (c *Cluster) saveExpiries(keys ...string) error {
+	c.expired.persist.Lock()
+	defer c.expired.persist.Unlock()
+	c.expired.mu.Lock()
+	vals := make([][]byte, len(keys))
+	for i, k := range keys {
+		if m, ok := c.expired.marks[k]; ok {
+			vals[i], _ = json.Marshal(m)
+		}
 	}
-	if err := c.store.SetValue(keyExpiredPrefix+key, b); err != nil {
-		return err
-	}
-	keys := make([]string, 0, len(c.expired.marks))
+	index := make([]string, 0, len(c.expired.marks))
 	for k := range c.expired.marks {
-		keys = append(keys, k)
+		index = append(index, k)
 	}
-	b, _ = json.Marshal(keys)
+	c.expired.mu.Unlock()
+	for i, k := range keys {
+		if err := c.store.SetValue(keyExpiredPrefix+k, vals[i]); err != nil {
+			return err
+		}
+	}
+	b, _ := json.Marshal(index)
 	return c.store.SetValue(keyExpiredPrefix+"index", b)
 }
 
@@ -162,20 +174,24 @@ func (c *Cluster) markExpired(r *remote, horizon dtfc.Timestamp) error {
 	key := r.identity()
 	c.expired.mu.Lock()
 	prev, hadKey := c.expired.marks[key]
-	if !hadKey && had {
+	moved := !hadKey && had
+	if moved {
 		delete(c.expired.marks, "url "+r.URL) // moved under the node identity
 	}
 	c.expired.marks[key] = m
-	err := c.saveExpiryLocked(key, &m)
-	if err != nil {
+	c.expired.mu.Unlock()
+	keys := []string{key}
+	if moved {
+		keys = append(keys, "url "+r.URL)
+	}
+	if err := c.saveExpiries(keys...); err != nil {
+		c.expired.mu.Lock()
 		if hadKey {
 			c.expired.marks[key] = prev
 		} else {
 			delete(c.expired.marks, key)
 		}
-	}
-	c.expired.mu.Unlock()
-	if err != nil {
+		c.expired.mu.Unlock()
 		return err
 	}
 	c.applyMarks()
@@ -206,13 +222,14 @@ func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 	}
 	m := c.expired.marks[key]
 	delete(c.expired.marks, key)
-	if err := c.saveExpiryLocked(key, nil); err != nil {
+	c.expired.mu.Unlock()
+	if err := c.saveExpiries(key); err != nil {
+		c.expired.mu.Lock()
 		c.expired.marks[key] = m
 		c.expired.mu.Unlock()
 		c.log.Error("lifting an expiry mark", "node", node, "err", err)
 		return false
 	}
-	c.expired.mu.Unlock()
 	c.applyMarks()
 	c.log.Info("peer resynced; its expiry is lifted", "peer", m.URL, "node", node)
 	return true
@@ -233,14 +250,19 @@ func (c *Cluster) learned(r *remote) {
 		return
 	}
 	c.expired.mu.Lock()
-	if m, ok := c.expired.marks["url "+r.URL]; ok && m.Node == "" {
+	m, moved := c.expired.marks["url "+r.URL]
+	moved = moved && m.Node == ""
+	if moved {
 		m.Node = node
 		delete(c.expired.marks, "url "+r.URL)
 		c.expired.marks["node "+node] = m
-		_ = c.saveExpiryLocked("url "+r.URL, nil)
-		_ = c.saveExpiryLocked("node "+node, &m)
 	}
 	c.expired.mu.Unlock()
+	if moved {
+		if err := c.saveExpiries("url "+r.URL, "node "+node); err != nil {
+			c.log.Error("persisting an expiry mark", "peer", r.URL, "err", err)
+		}
+	}
 	c.applyMarks()
 	c.wakePushers()
 }
