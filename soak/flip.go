@@ -97,7 +97,9 @@ func (r *Runner) flip(ev Event, line *Line) bool {
 	rl := Line{Round: ev.Round, Actor: "probe", Kind: OpRead, Node: ev.Node, Peer: -1, File: e.File.Index, ID: c.id, Size: c.size}
 	begin := time.Now()
 	rl.T = r.log.Since(begin)
-	_, res, v := r.read(context.Background(), n.URL, c.id, Op{Kind: OpRead, File: e.File, NoPeer: true}, &rl)
+	ctx, cancel := context.WithTimeout(context.Background(), checkReadTimeout)
+	defer cancel()
+	_, res, v := r.read(ctx, n.URL, c.id, Op{Kind: OpRead, File: e.File, NoPeer: true}, &rl)
 	rl.Detail = strings.TrimSpace("right after the flip " + rl.Detail)
 	rl.Dur, rl.Result = time.Since(begin), res
 	seq := r.log.Add(rl)

@@ -49,6 +49,9 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 	ctx := context.Background()
 	get := func(node int, id string, op Op) (class, res string, v *Violation) {
 		line := Line{}
+		// Bounded: a node that stops answering is a finding, not a hang.
+		ctx, cancel := context.WithTimeout(ctx, checkReadTimeout)
+		defer cancel()
 		class, res, v = r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
 		if v != nil {
 			v.Node = node
@@ -157,7 +160,8 @@ func (r *Runner) uploadLifted(round int) string {
 		line := Line{Round: round, Actor: "check", Kind: OpReupload, Node: node, Peer: -1, File: e.File.Index, ID: id, Size: e.File.Size}
 		begin := time.Now()
 		line.T = r.log.Since(begin)
-		ctx := context.Background()
+		ctx, cancel := context.WithTimeout(context.Background(), checkReadTimeout)
+		defer cancel()
 		out, res := r.upload(ctx, url, id, Op{Worker: e.Worker, Kind: OpReupload, File: e.File, Variant: PutID}, &line)
 		line.Detail = "lifted at event " + fmt.Sprint(m.DenyDecider.Seq) + ", uploadable again? " + line.Detail
 		w := Write{Kind: OpUpload, Outcome: out}
@@ -178,3 +182,8 @@ func (r *Runner) uploadLifted(round int) string {
 	}
 	return fmt.Sprintf("%d lifted IDs uploaded again (%d acknowledged)", n, acked)
 }
+
+// checkReadTimeout bounds one read of the checks: long enough for a
+// 64 MiB file on a busy machine, short of hanging the soak on a node that
+// stopped answering.
+const checkReadTimeout = 2 * time.Minute
