@@ -120,7 +120,7 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 // heartbeatEvery is how often a node-to-node request still being worked
 // on answers 102 Processing: the caller's progress watch (stallTimeout)
 // then tells a busy peer from one that stopped answering.
-const heartbeatEvery = 5 * time.Second
+var heartbeatEvery = 5 * time.Second
 
 // heartbeat sends 102 Processing every heartbeatEvery until the handler
 // starts its answer.
