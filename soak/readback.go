@@ -76,6 +76,9 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 			switch {
 			case v != nil:
 				out = append(out, *v)
+			case m.Deny == DenyUnknown && class == fmt.Sprint(BlockStatus):
+				// A lift whose answer never came: blocked is as right as
+				// deleted (the model resolves it from the deny lists).
 			case m.Deny == Lifted && class == fmt.Sprint(BlockStatus):
 				out = append(out, Violation{Invariant: 2, Kind: VLiftedBack, Node: node, ID: id,
 					Detail: fmt.Sprintf("file %d, lifted at event %d, deleted at event %d: GET after convergence: %s", e.File.Index, m.DenyDecider.Seq, m.Decider.Seq, res)})
