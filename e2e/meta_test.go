@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -32,88 +31,20 @@ import (
 // metaDamage is one way of damaging a stopped node's meta.db.
 type metaDamage struct {
 	name string
-	// apply damages the file at path.
-	apply func(t *testing.T, path string)
+	// how is the harness's name of the damage (cluster.DamageMeta).
+	how string
 	// says is what the refusal must call the metadata.
 	says string
 }
 
 var metaDamages = []metaDamage{
-	{"Removed", removeMeta, "missing"},
-	{"Truncated", truncateMeta, "damaged"},
-	{"FlippedBytes", flipMetaBytes, "damaged"},
-	{"ZeroedPages", zeroMetaPages, "damaged"},
+	{"Removed", cluster.MetaRemoved, "missing"},
+	{"Truncated", cluster.MetaTruncated, "damaged"},
+	{"FlippedBytes", cluster.MetaFlipped, "damaged"},
+	{"ZeroedPages", cluster.MetaZeroed, "damaged"},
 }
 
-func metaPath(n *cluster.Node) string { return filepath.Join(n.Basedir, "meta.db") }
-
-func removeMeta(t *testing.T, path string) {
-	t.Helper()
-	require.NoError(t, os.Remove(path))
-}
-
-// metaExtent reads bbolt's two meta pages and returns the page size, the
-// root bucket's page and the high-water mark (pages in use) of the newer
-// valid one.
-func metaExtent(t *testing.T, path string) (pageSize, root, hwm int64) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	require.Greater(t, len(b), 2*4096, "meta.db is too small to damage")
-	pageSize = int64(binary.LittleEndian.Uint32(b[16+8:]))
-	require.Contains(t, []int64{4096, 8192, 16384, 65536}, pageSize, "meta.db's page size")
-	var txid uint64
-	for i := range int64(2) {
-		m := b[i*pageSize+16:]
-		if binary.LittleEndian.Uint32(m) != 0xED0CDAED {
-			continue
-		}
-		if tx := binary.LittleEndian.Uint64(m[48:]); tx >= txid {
-			txid = tx
-			root = int64(binary.LittleEndian.Uint64(m[16:]))
-			hwm = int64(binary.LittleEndian.Uint64(m[40:]))
-		}
-	}
-	require.Greater(t, hwm, int64(4), "meta.db's high-water mark")
-	require.LessOrEqual(t, hwm*pageSize, int64(len(b)))
-	return pageSize, root, hwm
-}
-
-// truncateMeta cuts the file to half the pages it uses, as a copy cut
-// short or a filesystem repair leaves it.
-func truncateMeta(t *testing.T, path string) {
-	t.Helper()
-	ps, _, hwm := metaExtent(t, path)
-	require.NoError(t, os.Truncate(path, hwm/2*ps))
-}
-
-// flipMetaBytes inverts one byte in every 97 of the pages in use after
-// the two meta pages (a failing medium, a bad copy).
-func flipMetaBytes(t *testing.T, path string) {
-	t.Helper()
-	ps, _, hwm := metaExtent(t, path)
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	for off := 2*ps + 7; off < hwm*ps; off += 97 {
-		b[off] ^= 0xFF
-	}
-	require.NoError(t, os.WriteFile(path, b, 0o600))
-}
-
-// zeroMetaPages zeroes every other page in use after the meta pages, and
-// the root bucket's page (a lost extent, a filesystem bug).
-func zeroMetaPages(t *testing.T, path string) {
-	t.Helper()
-	ps, root, hwm := metaExtent(t, path)
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	for p := int64(2); p < hwm; p++ {
-		if p%2 == 0 || p == root {
-			clear(b[p*ps : (p+1)*ps])
-		}
-	}
-	require.NoError(t, os.WriteFile(path, b, 0o600))
-}
+func metaPath(n *cluster.Node) string { return n.MetaPath() }
 
 // nodeArgs is node n's command line as the harness gives it.
 func nodeArgs(n *cluster.Node) []string {
@@ -335,7 +266,7 @@ func TestMetaDamagedSingleNode(t *testing.T) {
 			n.Stop()
 			before := c.BlobFiles(0)
 			require.Len(t, before, len(live))
-			d.apply(t, metaPath(n))
+			require.NoError(t, cluster.DamageMeta(metaPath(n), d.how))
 
 			refuseTwice(t, c, hc, n, d.says)
 
@@ -448,7 +379,7 @@ func TestMetaDamagedCluster(t *testing.T) {
 			}
 			forgotten := plantBlob(t, x, randomBytes(7000))
 			c.WaitConverged(t, converge)
-			d.apply(t, metaPath(x))
+			require.NoError(t, cluster.DamageMeta(metaPath(x), d.how))
 
 			refuseTwice(t, c, hc, x, d.says)
 			for _, i := range []int{0, 2} {
@@ -529,7 +460,7 @@ func TestMetaRebuildAsksAgain(t *testing.T) {
 	x := c.Nodes[1]
 	x.Stop()
 	forgotten := plantBlob(t, x, randomBytes(3000))
-	removeMeta(t, metaPath(x))
+	require.NoError(t, cluster.DamageMeta(metaPath(x), cluster.MetaRemoved))
 	rebuildMeta(t, x)
 
 	c.Nodes[2].Stop()
@@ -567,7 +498,7 @@ func TestMetaMissingEmptyStore(t *testing.T) {
 	node := nodeIdentity(t, c, 0)
 	n.Stop()
 	require.Empty(t, c.BlobFiles(0))
-	removeMeta(t, metaPath(n))
+	require.NoError(t, cluster.DamageMeta(metaPath(n), cluster.MetaRemoved))
 	n.Start()
 	assert.Equal(t, node, nodeIdentity(t, c, 0), "the node's identity")
 	assert.True(t, logHas(n, "starting a fresh store under the same identity"), "the log warns")

@@ -5,10 +5,12 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/dtfc/dtfc/internal/cluster"
 )
 
 // metaDamages are the ways a stopped node's meta.db is damaged, by round.
-var metaDamages = []string{"remove", "truncate", "zero"}
+var metaDamages = []string{cluster.MetaRemoved, cluster.MetaTruncated, cluster.MetaZeroed, cluster.MetaFlipped}
 
 // metaDamage follows the runbook of README "When the metadata is damaged"
 // on one replica, between two rounds (every fault healed, the cluster

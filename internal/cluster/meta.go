@@ -2,11 +2,13 @@ package cluster
 
 import (
 	"context"
+	binenc "encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -14,39 +16,89 @@ import (
 // MetaPath is where node n keeps its metadata (meta.db).
 func (n *Node) MetaPath() string { return filepath.Join(n.Basedir, "meta.db") }
 
-// DamageMeta damages the stopped node's meta.db as an operator or a disk
-// might: "remove" deletes it, "truncate" cuts it to half its size,
-// "zero" overwrites its second half with zeros. It fails the test if the
-// node is running.
+// Ways DamageMeta damages a meta.db, as an operator, a failing medium
+// or a bad copy might.
+const (
+	MetaRemoved   = "remove"   // the file deleted
+	MetaTruncated = "truncate" // cut to half the pages it uses
+	MetaFlipped   = "flip"     // one byte in every 97 inverted, past the meta pages
+	MetaZeroed    = "zero"     // every other page in use, and the root bucket's, zeroed
+)
+
+// DamageMeta damages the stopped node's meta.db in one of the Meta*
+// ways (all but MetaRemoved within the pages bbolt uses, so the damage
+// is real). It fails the test if the node is running.
 func (n *Node) DamageMeta(how string) {
 	t := n.c.t
 	t.Helper()
 	if n.Running() {
 		t.Fatalf("cluster: DamageMeta: node %d is running", n.Index)
 	}
-	p := n.MetaPath()
-	fi, err := os.Stat(p)
-	if err != nil {
-		t.Fatalf("cluster: DamageMeta: node %d: %v", n.Index, err)
-	}
-	switch how {
-	case "remove":
-		err = os.Remove(p)
-	case "truncate":
-		err = os.Truncate(p, fi.Size()/2)
-	case "zero":
-		var f *os.File
-		if f, err = os.OpenFile(p, os.O_WRONLY, 0); err == nil {
-			_, err = f.WriteAt(make([]byte, fi.Size()-fi.Size()/2), fi.Size()/2)
-			err = errors.Join(err, f.Close())
-		}
-	default:
-		err = fmt.Errorf("unknown damage %q", how)
-	}
-	if err != nil {
+	if err := DamageMeta(n.MetaPath(), how); err != nil {
 		t.Fatalf("cluster: DamageMeta %s: node %d: %v", how, n.Index, err)
 	}
 	n.appendLog(fmt.Sprintf("=== cluster harness: meta.db damaged (%s)\n", how))
+}
+
+// DamageMeta damages the meta.db at path in one of the Meta* ways.
+func DamageMeta(path, how string) error {
+	if how == MetaRemoved {
+		return os.Remove(path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	ps, root, hwm, err := metaExtent(b)
+	if err != nil {
+		return err
+	}
+	switch how {
+	case MetaTruncated:
+		return os.Truncate(path, hwm/2*ps)
+	case MetaFlipped:
+		for off := 2*ps + 7; off < hwm*ps; off += 97 {
+			b[off] ^= 0xFF
+		}
+	case MetaZeroed:
+		for p := int64(2); p < hwm; p++ {
+			if p%2 == 0 || p == root {
+				clear(b[p*ps : (p+1)*ps])
+			}
+		}
+	default:
+		return fmt.Errorf("unknown damage %q", how)
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// metaExtent reads bbolt's two meta pages and returns the page size, the
+// root bucket's page and the high-water mark (pages in use) of the newer
+// valid one.
+func metaExtent(b []byte) (pageSize, root, hwm int64, err error) {
+	if len(b) <= 2*4096 {
+		return 0, 0, 0, errors.New("meta.db is too small to damage")
+	}
+	pageSize = int64(binenc.LittleEndian.Uint32(b[16+8:]))
+	if !slices.Contains([]int64{4096, 8192, 16384, 65536}, pageSize) {
+		return 0, 0, 0, fmt.Errorf("meta.db's page size %d", pageSize)
+	}
+	var txid uint64
+	for i := range int64(2) {
+		m := b[i*pageSize+16:]
+		if binenc.LittleEndian.Uint32(m) != 0xED0CDAED {
+			continue
+		}
+		if tx := binenc.LittleEndian.Uint64(m[48:]); tx >= txid {
+			txid = tx
+			root = int64(binenc.LittleEndian.Uint64(m[16:]))
+			hwm = int64(binenc.LittleEndian.Uint64(m[40:]))
+		}
+	}
+	if hwm <= 4 || hwm*pageSize > int64(len(b)) {
+		return 0, 0, 0, fmt.Errorf("meta.db's high-water mark %d pages of %d bytes, file %d bytes", hwm, pageSize, len(b))
+	}
+	return pageSize, root, hwm, nil
 }
 
 // StartRefused starts the node expecting it to refuse to start: it
