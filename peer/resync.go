@@ -373,7 +373,14 @@ func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Ti
 	if err != nil {
 		return nil, err
 	}
-	delivered := c.cursorOf(r.URL)
+	// Listed under several URLs, the peer got from this node whatever
+	// any of its pushers delivered.
+	var delivered uint64
+	for _, o := range c.mem.Load().remotes {
+		if o.identity() == r.identity() {
+			delivered = max(delivered, c.cursorOf(o.URL))
+		}
+	}
 	for b := range 256 {
 		if ours[b] == theirs[b] || ours[b].Count == 0 {
 			continue
