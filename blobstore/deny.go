@@ -340,7 +340,7 @@ func (s *Store) PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock 
 				if err := t.removeDeny(&cur); err != nil {
 					return err
 				}
-				return t.remember('D', cur.ID, cur.Clock)
+				return t.remember('D', cur.ID, cur.Clock, cur.Node)
 			})
 		}
 		unlock()

@@ -125,7 +125,7 @@ func (s *Store) PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, c
 					if err := t.remove(&cur); err != nil {
 						return err
 					}
-					return t.remember('S', id, cur.Clock)
+					return t.remember('S', id, cur.Clock, cur.Node)
 				})
 				total++
 			}

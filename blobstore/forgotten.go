@@ -13,41 +13,57 @@ import (
 // waits for an acknowledgement of its own; anti-entropy would import it
 // again, the node forget it again at its next purge, the peer import it
 // back from this node after forgetting its own: a bounce that can last as
-// long as the nodes' purges keep out of step. So for a while (a
-// retention) a node remembers what it forgot, outside the records, the
-// feed and the digests: the ID, the clock forgotten and when. A state or
+// long as the nodes' purges keep out of step. So for a while (the
+// expiry, by when every peer has forgotten it too or been marked expired)
+// a node remembers what it forgot, outside the records, the feed and the
+// digests: the ID, the clock and node forgotten, and when. A state or
 // deny entry no newer than that, for an ID the node has no record of, is
 // stale: nothing it says is news, and it is not imported again. It also
-// keeps a late copy of the deleted upload out.
+// keeps a late copy of the deleted upload out, and tells a peer that lost
+// its metadata that the blob was deleted (Forgotten).
 
-var bucketForgotten = []byte("forgotten") // 'S'|id or 'D'|id -> clock(8) | forgotten at, unix ms(8)
+var bucketForgotten = []byte("forgotten") // 'S'|id or 'D'|id -> clock(8) | forgotten at, unix ms(8) | node
 
 func forgottenKey(kind byte, id dtfc.ID) []byte { return append([]byte{kind}, id[:]...) }
 
-// remember records that the tombstone or lift of id with clock was
-// forgotten now.
-func (t *txn) remember(kind byte, id dtfc.ID, clock dtfc.Timestamp) error {
+// remember records that the tombstone or lift of id with clock, made by
+// node, was forgotten now.
+func (t *txn) remember(kind byte, id dtfc.ID, clock dtfc.Timestamp, node string) error {
 	v := binary.BigEndian.AppendUint64(nil, uint64(clock))
 	v = binary.BigEndian.AppendUint64(v, uint64(t.s.clock.WallNow().Time().UnixMilli()))
+	v = append(v, node...)
 	return t.tx.Bucket(bucketForgotten).Put(forgottenKey(kind, id), v)
 }
 
-// forgottenSince returns the clock of the tombstone ('S') or lift ('D')
+// forgottenClock returns the clock of the tombstone ('S') or lift ('D')
 // of id this node forgot lately, 0 if none.
 func (s *Store) forgottenClock(kind byte, id dtfc.ID) dtfc.Timestamp {
-	var c dtfc.Timestamp
+	st, ok := s.forgotten(kind, id)
+	if !ok {
+		return 0
+	}
+	return st.Clock
+}
+
+func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id)); len(v) == 16 {
-			c = dtfc.Timestamp(binary.BigEndian.Uint64(v))
+		if v := tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id)); len(v) >= 16 {
+			st = dtfc.State{ID: id, Deleted: true, Clock: dtfc.Timestamp(binary.BigEndian.Uint64(v)), Node: string(v[16:])}
+			ok = true
 		}
 		return nil
 	})
-	return c
+	return st, ok
 }
 
+// Forgotten returns the tombstone of id this node forgot lately (every
+// peer had acknowledged it), if it still remembers it: a peer asking
+// about a blob whose state it lost learns that the blob was deleted.
+func (s *Store) Forgotten(id dtfc.ID) (dtfc.State, bool) { return s.forgotten('S', id) }
+
 // PruneForgotten drops the memory of what was forgotten before the given
-// time (the caller passes now minus the retention: by then every peer has
-// had a retention to forget it too).
+// time (the caller passes now minus the expiry: by then every peer has
+// forgotten it too, or been marked expired).
 func (s *Store) PruneForgotten(before time.Time) (int, error) {
 	leave, err := s.enter()
 	if err != nil {
@@ -57,7 +73,7 @@ func (s *Store) PruneForgotten(before time.Time) (int, error) {
 	var keys [][]byte
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketForgotten).ForEach(func(k, v []byte) error {
-			if len(v) != 16 || int64(binary.BigEndian.Uint64(v[8:])) < before.UnixMilli() {
+			if len(v) < 16 || int64(binary.BigEndian.Uint64(v[8:16])) < before.UnixMilli() {
 				keys = append(keys, append([]byte(nil), k...))
 			}
 			return nil

@@ -171,16 +171,22 @@ func (s *Store) ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (UnconfirmedOutco
 	return s.resolve(id, func(UnconfirmedBlob, bool) *dtfc.State { return st })
 }
 
+// OldestClock is the clock an adopted unconfirmed blob gets: older than
+// any operation any node made, so that any delete (or upload) of its ID
+// the cluster still knows of wins over it wherever they meet.
+const OldestClock dtfc.Timestamp = 1
+
 // AdoptUnconfirmed records unconfirmed blob id as an upload to this node
-// (a new operation with a fresh clock reading), for a node without peers:
-// nobody can tell it otherwise. If the node has a record of id, that
-// record settles the copy instead.
+// stamped OldestClock, for a node whose peers (if any) all answered that
+// they know nothing of it: an upload it took and never passed on before
+// its metadata was lost, which must not be lost in its turn. If the node
+// has a record of id, that record settles the copy instead.
 func (s *Store) AdoptUnconfirmed(id dtfc.ID) (UnconfirmedOutcome, error) {
 	return s.resolve(id, func(u UnconfirmedBlob, hasLocal bool) *dtfc.State {
 		if hasLocal {
 			return nil
 		}
-		return &dtfc.State{ID: id, Clock: s.clock.Now(), Node: s.node, Size: u.Size, ContentType: u.ContentType}
+		return &dtfc.State{ID: id, Clock: OldestClock, Node: s.node, Size: u.Size, ContentType: u.ContentType}
 	})
 }
 

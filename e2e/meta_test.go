@@ -338,22 +338,34 @@ func filesIn(t *testing.T, dir string) []string {
 
 // TestMetaDamagedCluster: in a cluster of three with uploads and deletes
 // replicated, a node's meta.db is damaged while it is down, after more
-// deletes (of files it still holds) and uploads, and beside a valid blob
-// no node knows (one deleted and forgotten long ago). The node refuses
-// to start, deletes nothing, and after dtfc rebuild-meta: adopts every
-// live blob with its peers' state and without downloading it, applies
-// the deletes it missed, keeps the unknown blob out of blobs/ and out of
-// the cluster (counted as unconfirmed), keeps its identity, and the
-// cluster converges with no blob lost and no deleted blob back. 2 to 5 s
-// per case.
+// deletes (of files it still holds) and uploads, beside a valid blob no
+// node knows (an upload it took and never passed on) and one the cluster
+// deleted and forgot lately. The node refuses to start, deletes nothing,
+// and after dtfc rebuild-meta: adopts every live blob with its peers'
+// state and without downloading it, applies the deletes it missed,
+// removes the blob whose delete its peers remember forgetting, adopts the
+// unknown one as the oldest operation on its ID (so it is not lost and
+// replicates), keeps its identity, and the cluster converges with no blob
+// lost and no deleted blob back. 3 to 6 s per case.
 func TestMetaDamagedCluster(t *testing.T) {
 	for _, d := range metaDamages {
 		t.Run(d.name, func(t *testing.T) {
-			c := cluster.Start(t, cluster.Options{Nodes: 3})
+			c := cluster.Start(t, cluster.Options{Nodes: 3, Args: []string{"--tombstone-retention", "1s"}})
 			hc := newClient(t)
 			urls := []string{c.Nodes[0].URL, c.Nodes[1].URL, c.Nodes[2].URL}
 			live, deleted := populate(t, hc, urls, 30, 8)
+			forgottenData := randomBytes(6000)
+			_, forgotten := upload(t, hc, urls[0], "forgotten", forgottenData)
 			c.WaitConverged(t, converge)
+			deleteID(t, hc, urls[0], forgotten)
+			eventually(t, converge, "every node forgets the delete", func() bool {
+				for i := range c.Nodes {
+					if s, _ := stateOf(t, c, hc, i, forgotten); s != http.StatusNotFound {
+						return false
+					}
+				}
+				return true
+			})
 
 			x := c.Nodes[1]
 			node := nodeIdentity(t, c, 1)
@@ -377,7 +389,9 @@ func TestMetaDamagedCluster(t *testing.T) {
 				live[id] = data
 				missed += int64(len(data))
 			}
-			forgotten := plantBlob(t, x, randomBytes(7000))
+			unknownData := randomBytes(7000)
+			unknown := plantBlob(t, x, unknownData)
+			require.Equal(t, forgotten, plantBlob(t, x, forgottenData))
 			c.WaitConverged(t, converge)
 			require.NoError(t, cluster.DamageMeta(metaPath(x), d.how))
 
@@ -398,9 +412,10 @@ func TestMetaDamagedCluster(t *testing.T) {
 			c.Cut(2, 1)
 			x.Start()
 			eventually(t, converge, "node 1 has asked its peers about every unconfirmed blob", func() bool {
-				return statusNumber(t, c, 1, "unconfirmed") == 1 && logHas(x, "left unconfirmed")
+				return statusNumber(t, c, 1, "unconfirmed") == 0
 			})
-			assert.True(t, logHas(x, "deleted=3"), "node 1 applied the 3 deletes its peers answered")
+			assert.True(t, logHas(x, "deleted=4"), "node 1 applied the 3 deletes its peers answered and the one they forgot lately")
+			assert.Equal(t, 1, logCount(x, "adopted an unconfirmed blob no peer knows"), "node 1 adopted the blob no peer knew")
 			c.HealAll()
 			c.WaitConverged(t, converge)
 
@@ -416,16 +431,17 @@ func TestMetaDamagedCluster(t *testing.T) {
 			for _, id := range deleted {
 				assertNowhere(t, c, id)
 			}
+			assertNowhere(t, c, forgotten)
+			assertEveryReplica(t, c, unknown, int64(len(unknownData)))
 			for i := range c.Nodes {
-				assert.NotContains(t, c.BlobFiles(i), forgotten, "node %d holds the blob no node knew", i)
 				res, _ := get(t, hc, c.Nodes[i].URL+"/"+forgotten)
-				assert.Equal(t, http.StatusNotFound, res.StatusCode, "GET of the unknown blob on node %d", i)
+				assert.Equal(t, http.StatusNotFound, res.StatusCode, "GET of the deleted and forgotten blob on node %d", i)
+				_, st := stateOf(t, c, hc, i, unknown)
+				assert.Equal(t, uint64(1), st.Clock, "node %d: the adopted blob is the oldest operation on its ID", i)
 				_, bad := wrongBlobs(c.Nodes[i])
 				assert.Empty(t, bad)
 			}
-			assert.Equal(t, []string{filepath.Join(forgotten[0:2], forgotten[2:4], forgotten)},
-				filesIn(t, filepath.Join(x.Basedir, "unconfirmed")), "node 1's unconfirmed/")
-			assert.Equal(t, 1, logCount(x, "left unconfirmed"), "logged once")
+			assert.Empty(t, filesIn(t, filepath.Join(x.Basedir, "unconfirmed")), "node 1's unconfirmed/")
 			// Adopted, not downloaded: node 1 fetched at most the files
 			// uploaded while it was down.
 			assert.LessOrEqual(t, fetchedBytes(t, hc, x), missed, "bytes node 1 fetched from peers")
@@ -450,8 +466,8 @@ func fetchedBytes(t *testing.T, hc *http.Client, n *cluster.Node) int64 {
 
 // TestMetaRebuildAsksAgain: a rebuilt node that cannot ask every peer
 // adopts what the reachable ones know, and keeps asking about the rest
-// until every peer has answered; only then is a blob no peer knows left
-// unconfirmed. About 10 s.
+// until every peer has answered; only then is a blob no peer knows
+// adopted (the oldest operation on its ID) and replicated. About 10 s.
 func TestMetaRebuildAsksAgain(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 3})
 	hc := newClient(t)
@@ -459,7 +475,7 @@ func TestMetaRebuildAsksAgain(t *testing.T) {
 	c.WaitConverged(t, converge)
 	x := c.Nodes[1]
 	x.Stop()
-	forgotten := plantBlob(t, x, randomBytes(3000))
+	unknown := plantBlob(t, x, randomBytes(3000))
 	require.NoError(t, cluster.DamageMeta(metaPath(x), cluster.MetaRemoved))
 	rebuildMeta(t, x)
 
@@ -470,21 +486,19 @@ func TestMetaRebuildAsksAgain(t *testing.T) {
 	})
 	eventually(t, converge, "node 1 says it will ask again", func() bool { return logHas(x, "will ask again") })
 	assert.Equal(t, float64(1), statusNumber(t, c, 1, "unconfirmed"))
-	assert.False(t, logHas(x, "left unconfirmed"), "left unconfirmed while a peer could not be asked")
+	assert.False(t, logHas(x, "adopted an unconfirmed blob"), "adopted while a peer could not be asked")
 
 	c.Nodes[2].Start()
-	eventually(t, converge, "node 1 asks node 2 once it is back", func() bool { return logHas(x, "left unconfirmed") })
+	eventually(t, converge, "node 1 asks node 2 once it is back", func() bool { return logHas(x, "adopted an unconfirmed blob") })
 	c.WaitConverged(t, converge)
-	assert.Equal(t, float64(1), statusNumber(t, c, 1, "unconfirmed"))
+	assert.Equal(t, float64(0), statusNumber(t, c, 1, "unconfirmed"))
 	for id, data := range live {
 		assertEveryReplica(t, c, id, int64(len(data)))
 	}
 	for _, id := range deleted {
 		assertNowhere(t, c, id)
 	}
-	for i := range c.Nodes {
-		assert.NotContains(t, c.BlobFiles(i), forgotten, "node %d", i)
-	}
+	assertEveryReplica(t, c, unknown, 3000)
 }
 
 // TestMetaMissingEmptyStore: a node whose meta.db is gone but whose

@@ -388,6 +388,11 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := c.store.Stat(id)
 	if errors.Is(err, blobstore.ErrNotFound) {
+		if f, ok := c.store.Forgotten(id); ok {
+			// No record, but a delete forgotten lately: a node that lost
+			// its metadata must not take the blob for one nobody deleted.
+			w.Header().Set(HeaderForgotten, encodeStateHeader(f))
+		}
 		writeErr(w, http.StatusNotFound, "no record of this ID")
 		return
 	}

@@ -74,7 +74,7 @@ func (c *Cluster) purge() {
 	} else if n > 0 {
 		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)
 	}
-	if _, err := c.store.PruneForgotten(now.Add(-c.opts.TombstoneRetention)); err != nil {
+	if _, err := c.store.PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
 		c.log.Error("pruning the memory of forgotten deletes", "err", err)
 	}
 }

@@ -35,6 +35,9 @@ const (
 	// HeaderRole names the answering node's role ("replica" or "cache"):
 	// what a peer really is wins over what a peer list says of it.
 	HeaderRole = "X-Dtfc-Role"
+	// HeaderForgotten, on a 404 of GET /_internal/state/{id}, carries the
+	// tombstone of the ID the node forgot lately (as HeaderState does).
+	HeaderForgotten = "X-Dtfc-Forgotten"
 	// HeaderExpired, on a request or an answer between two nodes, tells
 	// the node it is addressed to that the sender forgot deletes (or
 	// lifts) it never acknowledged, and since when (RFC 3339 with
@@ -564,6 +567,30 @@ func (r *remote) callJSON(ctx context.Context, method, path string, in, out any)
 		return fmt.Errorf("peer %s: %s %s: decoding the answer: %w", r.URL, method, path, err)
 	}
 	return nil
+}
+
+// stateOf asks the peer for its state of id (GET /_internal/state/{id}):
+// its record, or the tombstone it forgot lately (HeaderForgotten), or
+// errPeerNotFound.
+func (r *remote) stateOf(ctx context.Context, id dtfc.ID) (dtfc.State, error) {
+	resp, err := r.do(ctx, http.MethodGet, "/state/"+id.String(), nil, nil)
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		if f := resp.Header.Get(HeaderForgotten); f != "" {
+			return decodeStateHeader(f)
+		}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return dtfc.State{}, answerErr(r.URL, resp)
+	}
+	var ans stateAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+		return dtfc.State{}, fmt.Errorf("peer %s: state of %s: %w", r.URL, id, err)
+	}
+	return ans.State, nil
 }
 
 // states streams the peer's states of every ID beginning with prefix to

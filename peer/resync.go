@@ -130,6 +130,14 @@ func (rs *resync) holdsFor(identity string) bool {
 	return ok
 }
 
+// everExpired reports whether a peer ever told this node (since its
+// resync state was last lost, with its metadata) that it missed deletes.
+func (rs *resync) everExpired() bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return len(rs.saved.By) > 0 || len(rs.saved.Done) > 0
+}
+
 // changed returns a channel closed at the next change of state.
 func (rs *resync) changed() <-chan struct{} {
 	rs.mu.Lock()

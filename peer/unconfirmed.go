@@ -187,10 +187,24 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 			case unasked > 0:
 				tally.add(&tally.retry)
 				return
+			case !c.resync.holds() && !c.resync.everExpired():
+				// Every peer answered that it knows nothing of it, none
+				// forgot a delete of it lately, and none says this node
+				// missed deletes it forgot: a file in blobs/ was live here
+				// (a delete this node applied removed it), so no delete of
+				// it can have been forgotten without this node's
+				// acknowledgement. It is an upload this node took and
+				// never passed on: kept, as the oldest operation on its
+				// ID, so any delete still known anywhere wins over it.
+				out, err = c.store.AdoptUnconfirmed(id)
+				if err == nil {
+					c.log.Warn("adopted an unconfirmed blob no peer knows (an upload this node never passed on before its metadata was lost)",
+						"id", id.String(), "bytes", u.Size)
+				}
 			default:
 				tally.add(&tally.left)
 				if _, seen := ur.logged.LoadOrStore(id, true); !seen {
-					c.log.Warn("left unconfirmed: no peer knows this blob (deleted and forgotten by the cluster, or an upload never acknowledged); it stays out of blobs/, never served or replicated",
+					c.log.Warn("left unconfirmed: no peer knows this blob, and this node was told it missed deletes its peers forgot; it stays out of blobs/, never served or replicated",
 						"id", id.String(), "bytes", u.Size, "path", c.store.UnconfirmedPath(id))
 				}
 				return
@@ -226,11 +240,9 @@ func (c *Cluster) askAboutUnconfirmed(ctx context.Context, id dtfc.ID, remotes [
 			unasked++
 			continue
 		}
-		var ans stateAnswer
-		err := r.getJSON(ctx, "/state/"+id.String(), &ans)
+		st, err := r.stateOf(ctx, id)
 		switch {
 		case err == nil:
-			st := ans.State
 			if st.ID != id || validState(st) != nil {
 				c.log.Warn("a peer answered an invalid state for an unconfirmed blob", "peer", r.URL, "id", id.String())
 				unasked++
