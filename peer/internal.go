@@ -127,7 +127,11 @@ var heartbeatEvery = 5 * time.Second
 func heartbeat(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hw := &heartbeatWriter{ResponseWriter: w}
+		// Under mu: the first beat may come before the assignment is
+		// done otherwise.
+		hw.mu.Lock()
 		hw.timer = time.AfterFunc(heartbeatEvery, hw.beat)
+		hw.mu.Unlock()
 		defer hw.stop()
 		next.ServeHTTP(hw, r)
 	})
@@ -155,8 +159,9 @@ func (hw *heartbeatWriter) beat() {
 func (hw *heartbeatWriter) stop() {
 	hw.mu.Lock()
 	hw.stopped = true
+	t := hw.timer
 	hw.mu.Unlock()
-	hw.timer.Stop()
+	t.Stop()
 }
 
 func (hw *heartbeatWriter) WriteHeader(code int) {
