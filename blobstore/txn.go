@@ -101,6 +101,12 @@ func (s *Store) runTx(batch []*op) error {
 	}
 	s.blobs.Add(t.dBlobs)
 	s.bytes.Add(t.dBytes)
+	for _, id := range t.unconfirmedGone {
+		s.unconfirmed.Add(-1)
+		if err := removeDurably(s.UnconfirmedPath(id)); err != nil {
+			s.log.Error("removing a deleted blob's unconfirmed copy (the next start does)", "id", id.String(), "err", err)
+		}
+	}
 	if t.lastSeq != 0 {
 		s.lastSeq.Store(t.lastSeq)
 	}
@@ -122,6 +128,9 @@ type txn struct {
 	lastSeq                              uint64
 	feedChanged                          bool
 	maxClock                             dtfc.Timestamp
+	// unconfirmedGone are unconfirmed blobs a tombstone settled: their
+	// entries go with the commit, their files right after it.
+	unconfirmedGone []dtfc.ID
 }
 
 func (t *txn) bind(tx *bolt.Tx) {
@@ -189,6 +198,16 @@ func (t *txn) set(old *record, st dtfc.State, toFeed bool) (record, error) {
 	if st.Deleted {
 		if err := t.tombs.Put(tombKey(st.Clock, st.ID), nil); err != nil {
 			return nr, err
+		}
+		// A copy of it set aside as unconfirmed goes with the delete: left
+		// there, it would outlive the tombstone and be taken, once the
+		// tombstone is forgotten everywhere, for an upload nobody knew.
+		ub := t.tx.Bucket(bucketUnconfirmed)
+		if ub.Get(st.ID[:]) != nil {
+			if err := ub.Delete(st.ID[:]); err != nil {
+				return nr, err
+			}
+			t.unconfirmedGone = append(t.unconfirmedGone, st.ID)
 		}
 		if err := dropAccess(t.tx, st.ID); err != nil {
 			return nr, err

@@ -315,18 +315,13 @@ func (s *Store) adoptFile(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error)
 // unconfirmedTombstone commits the tombstone st (dropping the entry in the
 // same transaction), then removes the file and any copy in blobs/.
 func (s *Store) unconfirmedTombstone(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error) {
+	// The tombstone's commit drops the entry and then the file (txn.set).
 	err := s.update(func(t *txn) error {
-		if _, err := t.replace(st, true); err != nil {
-			return err
-		}
-		return t.tx.Bucket(bucketUnconfirmed).Delete(id[:])
+		_, err := t.replace(st, true)
+		return err
 	})
 	if err != nil {
 		return UnconfirmedPending, err
-	}
-	s.unconfirmed.Add(-1)
-	if err := removeDurably(s.UnconfirmedPath(id)); err != nil {
-		return UnconfirmedDeleted, err
 	}
 	return UnconfirmedDeleted, s.removeFile(id)
 }

@@ -173,6 +173,10 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 	isDown func(*remote) bool, setDown func(*remote), tally *unconfirmedTally) {
 	c, id := ur.c, u.ID
 	out, err := c.store.ResolveUnconfirmed(id, nil)
+	if f, ok := c.store.Forgotten(id); ok && err == nil && out == blobstore.UnconfirmedPending {
+		// This node itself forgot a delete of it lately.
+		out, err = c.store.ResolveUnconfirmed(id, &f)
+	}
 	if err == nil && out == blobstore.UnconfirmedPending {
 		if len(remotes) == 0 {
 			out, err = c.store.AdoptUnconfirmed(id)
