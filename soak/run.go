@@ -859,14 +859,20 @@ func (r *Runner) settle(round int) {
 		}
 		views = append(views, v)
 	}
+	scanned := time.Since(checkStart)
 	entries := r.ledger.Entries()
 	violations := Check(views, entries)
 	// Invariant 6, the model check, and the deny lists.
+	t0 := time.Now()
 	states := r.fetchStates(entries)
 	violations = append(violations, CheckStates(states, r.cache[:len(c.Nodes)], entries, r.nodeName)...)
 	lists := r.fetchDeny()
 	violations = append(violations, CheckDeny(lists, entries)...)
+	modelled := time.Since(t0)
+	t0 = time.Now()
 	violations = append(violations, r.readBack(entries, views)...)
+	r.logf("round %d: check phases: disks and /_status %v, states and deny lists %v, reads %v",
+		round, scanned.Round(10*time.Millisecond), modelled.Round(10*time.Millisecond), time.Since(t0).Round(10*time.Millisecond))
 	for i, n := range c.Nodes {
 		if !n.Running() {
 			violations = append(violations, Violation{Invariant: 0, Kind: VCrash, Node: i})
