@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/internal/diskspace"
 )
 
 // Timeouts of the client operations and of the end of a round.
@@ -1146,4 +1147,13 @@ func (r *Runner) Keep(dir string, nodeLogs bool) error {
 		}
 	}
 	return nil
+}
+
+// freeBytes returns the bytes available on dir's filesystem, or -1.
+func freeBytes(dir string) int64 {
+	avail, _, err := diskspace.Of(dir)
+	if err != nil {
+		return -1
+	}
+	return int64(avail)
 }
