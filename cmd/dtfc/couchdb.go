@@ -16,6 +16,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/couchdb"
+	"github.com/dtfc/dtfc/internal/listflag"
 )
 
 const couchUsage = `Usage:
@@ -30,12 +31,6 @@ const couchUsage = `Usage:
 
 Run "dtfc couchdb SUBCOMMAND -h" for the flags.
 `
-
-// stringList is a repeatable flag.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -54,11 +49,11 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fs, mk := clientFlags("couchdb " + sub)
 	couch := fs.String("couch", os.Getenv("DTFC_COUCHDB"), "CouchDB URL; may carry user:password@ (default $DTFC_COUCHDB)")
-	var dbs stringList
+	var dbs []string
 	if sub == "orphans" {
-		fs.Var(&dbs, "db", "database whose documents count as references; repeat for several")
+		fs.Var(&listflag.List{Into: &dbs}, "db", "database whose documents count as references; repeat for several")
 	} else {
-		fs.Var(&dbs, "db", "database to migrate")
+		fs.Var(&listflag.List{Into: &dbs}, "db", "database to migrate")
 	}
 	var (
 		remove    = new(bool)
