@@ -22,6 +22,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/client"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // Store is where attachments go: a dtfc cluster. *client.Client is one.
@@ -243,17 +244,6 @@ func backoff(n int) time.Duration {
 	return d - time.Duration(rand.Int64N(int64(d/4)+1))
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 func (m *Migrator) loop(ctx context.Context, follow bool) error {
 	var since json.RawMessage
 	loaded := false
@@ -288,7 +278,7 @@ func (m *Migrator) loop(ctx context.Context, follow bool) error {
 		}
 		wait := backoff(failures)
 		m.log.Warn("retrying from the checkpoint", "db", m.db.name, "attempt", failures, "in", wait.Round(time.Millisecond), "err", err)
-		if err := sleep(ctx, wait); err != nil {
+		if err := sleep.For(ctx, wait); err != nil {
 			return err
 		}
 	}
@@ -655,7 +645,7 @@ func (m *Migrator) document(ctx context.Context, d *document) error {
 		// write: read the newer revision and apply the change to it.
 		wait := min(20*time.Millisecond<<attempt, time.Second)
 		wait -= time.Duration(rand.Int64N(int64(wait / 2)))
-		if err := sleep(ctx, wait); err != nil {
+		if err := sleep.For(ctx, wait); err != nil {
 			return err
 		}
 		raw, err := m.db.Get(ctx, d.id, "")
