@@ -528,39 +528,34 @@ func (r *Runner) upload(ctx context.Context, url, id string, op Op, line *Line) 
 	if op.SHA {
 		line.Detail += " +sha"
 	}
-	res, err := r.hc.Do(req)
-	if err != nil {
-		if refused(err) {
-			return Refused, "refused: " + errText(err)
-		}
-		return Maybe, "error: " + errText(err)
+	a, out, why := r.send(req)
+	if a == nil {
+		return out, why
 	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
-	msg := fmt.Sprintf("%d", res.StatusCode)
+	msg := fmt.Sprintf("%d", a.status)
 	switch {
-	case res.StatusCode == http.StatusOK || res.StatusCode == http.StatusCreated:
+	case a.status == http.StatusOK || a.status == http.StatusCreated:
 		var ans struct {
 			SHA512 string `json:"sha512"`
 			Size   int64  `json:"size"`
 		}
-		if err := json.Unmarshal(b, &ans); err != nil || ans.SHA512 != id || ans.Size != op.File.Size {
+		if err := json.Unmarshal(a.body, &ans); err != nil || ans.SHA512 != id || ans.Size != op.File.Size {
 			r.report.Violate(Violation{Invariant: 0, Kind: VWrongAnswer, Node: line.Node, ID: id,
-				Detail: fmt.Sprintf("answered %d %s", res.StatusCode, strings.TrimSpace(string(b)))})
+				Detail: fmt.Sprintf("answered %d %s", a.status, strings.TrimSpace(string(a.body)))})
 		}
 		return Acked, msg
-	case res.StatusCode == http.StatusGatewayTimeout && op.Replicas > 0:
+	case a.status == http.StatusGatewayTimeout && op.Replicas > 0:
 		// API.md: the file is kept and still replicates.
 		return Acked, msg + " (replicas: kept)"
 	}
-	msg += " " + strings.TrimSpace(string(b))
+	msg += " " + strings.TrimSpace(string(a.body))
 	switch {
-	case res.StatusCode == http.StatusBadRequest && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
+	case a.status == http.StatusBadRequest && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
 		// Too few replicas, found after the upload (the peer list
 		// shrank meanwhile); usually that is refused before a byte is
 		// read, "nothing stored".
 		return Maybe, msg
-	case res.StatusCode >= 400 && res.StatusCode < 500, res.StatusCode == http.StatusInsufficientStorage:
+	case a.status >= 400 && a.status < 500, a.status == http.StatusInsufficientStorage:
 		return Refused, msg
 	}
 	return Maybe, msg
@@ -594,22 +589,40 @@ func (r *Runner) change(ctx context.Context, method, url string, body io.Reader)
 	if err != nil {
 		return Refused, errText(err)
 	}
+	a, out, why := r.send(req)
+	if a == nil {
+		return out, why
+	}
+	switch {
+	case a.status == http.StatusOK:
+		return Acked, "200"
+	case a.status >= 400 && a.status < 500:
+		return Refused, fmt.Sprintf("%d %s", a.status, strings.TrimSpace(string(a.body)))
+	}
+	return Maybe, fmt.Sprintf("%d %s", a.status, strings.TrimSpace(string(a.body)))
+}
+
+// answer is a node's answer to a write: its status, and the first 64 KiB
+// of its body.
+type answer struct {
+	status int
+	body   []byte
+}
+
+// send sends the write req and reads the answer. With none, it returns
+// a nil answer and the write's outcome: refused if the connection was,
+// else maybe.
+func (r *Runner) send(req *http.Request) (*answer, Outcome, string) {
 	res, err := r.hc.Do(req)
 	if err != nil {
 		if refused(err) {
-			return Refused, "refused: " + errText(err)
+			return nil, Refused, "refused: " + errText(err)
 		}
-		return Maybe, "error: " + errText(err)
+		return nil, Maybe, "error: " + errText(err)
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
-	switch {
-	case res.StatusCode == http.StatusOK:
-		return Acked, "200"
-	case res.StatusCode >= 400 && res.StatusCode < 500:
-		return Refused, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
-	}
-	return Maybe, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	return &answer{status: res.StatusCode, body: b}, 0, ""
 }
 
 // read GETs id, hashing what comes; a complete 200 of other bytes is a
