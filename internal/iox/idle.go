@@ -22,9 +22,12 @@ type ReadDeadliner interface {
 // cannot take deadlines, as HTTP/2 through some proxies) is ignored: the
 // read proceeds without it.
 type IdleReader struct {
-	R        io.Reader
+	// R is the body read.
+	R io.Reader
+	// Deadline takes the deadline of each read.
 	Deadline ReadDeadliner
-	Idle     time.Duration
+	// Idle is how long one read may wait for bytes.
+	Idle time.Duration
 	// TimeoutErr, if not nil, is returned in place of an error that is
 	// os.ErrDeadlineExceeded (the deadline passed); nil returns that
 	// error as it is.
