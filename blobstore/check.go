@@ -273,110 +273,157 @@ func checkRecords(tx *bolt.Tx) (metaContents, error) {
 	mc.node = string(node)
 	mc.rebuilding = sys.Get(keyRebuilding) != nil
 
-	var digests [256]Digest
-	var feedWant, tombWant entrySum
+	want, err := sumRecords(meta, &mc)
+	if err != nil {
+		return mc, err
+	}
+	if err := checkDigests(tx.Bucket(bucketDigest), &want.digests); err != nil {
+		return mc, err
+	}
+	if err := sumDenyFeed(tx.Bucket(bucketDeny), &want.feed); err != nil {
+		return mc, err
+	}
+	if err := checkFeed(tx.Bucket(bucketFeed), want.feed); err != nil {
+		return mc, err
+	}
+	if err := checkTombs(tx.Bucket(bucketTombs), want.tombs); err != nil {
+		return mc, err
+	}
+	if err := countUnconfirmed(tx.Bucket(bucketUnconfirmed), &mc); err != nil {
+		return mc, err
+	}
+	return mc, nil
+}
+
+// recordSums is what the records say the other buckets hold.
+type recordSums struct {
+	digests     [256]Digest // per range, as anti-entropy compares them
+	feed, tombs entrySum    // the change-feed entries, the tombstone index
+}
+
+// sumRecords decodes every record of meta, counting the blobs in mc.
+func sumRecords(meta *bolt.Bucket, mc *metaContents) (*recordSums, error) {
+	want := &recordSums{}
 	c := meta.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != dtfc.IDLen {
-			return mc, fmt.Errorf("a record's key is %d bytes long, not %d", len(k), dtfc.IDLen)
+			return nil, fmt.Errorf("a record's key is %d bytes long, not %d", len(k), dtfc.IDLen)
 		}
 		rec, err := decodeRecord(k, v)
 		if err != nil {
-			return mc, fmt.Errorf("the record of %x: %w", k, err)
+			return nil, fmt.Errorf("the record of %x: %w", k, err)
 		}
-		d := &digests[k[0]]
+		d := &want.digests[k[0]]
 		sum := digestOf(&rec.State)
 		for i := range d.Sum {
 			d.Sum[i] ^= sum[i]
 		}
 		d.Count++
 		if rec.Deleted {
-			tombWant.add(u64(uint64(rec.Clock)), k)
+			want.tombs.add(u64(uint64(rec.Clock)), k)
 		} else {
 			mc.blobs++
 			mc.bytes += rec.Size
 		}
 		if rec.Seq != 0 {
-			feedWant.add(u64(rec.Seq), k)
+			want.feed.add(u64(rec.Seq), k)
 		}
 	}
-	stored := tx.Bucket(bucketDigest)
+	return want, nil
+}
+
+// checkDigests compares the stored per-range digests with the records'.
+func checkDigests(stored *bolt.Bucket, digests *[256]Digest) error {
 	for i := range digests {
 		var d Digest
 		if v := stored.Get([]byte{byte(i)}); v != nil {
 			if len(v) != 40 {
-				return mc, fmt.Errorf("the digest of range %02x is %d bytes long", i, len(v))
+				return fmt.Errorf("the digest of range %02x is %d bytes long", i, len(v))
 			}
 			copy(d.Sum[:], v[:32])
 			d.Count = binary.BigEndian.Uint64(v[32:])
 		}
 		if d != digests[i] {
-			return mc, fmt.Errorf("the digest of range %02x does not match its records (%d stored, %d found): a record or the digest was altered", i, d.Count, digests[i].Count)
+			return fmt.Errorf("the digest of range %02x does not match its records (%d stored, %d found): a record or the digest was altered", i, d.Count, digests[i].Count)
 		}
 	}
+	return nil
+}
 
-	// Deny entries are in the feed too ('D' and the ID), those made
-	// before they entered it excepted (Seq 0: given one at open).
-	if db := tx.Bucket(bucketDeny); db != nil {
-		err := db.ForEach(func(k, v []byte) error {
-			var d denyRecord
-			if len(k) != dtfc.IDLen || json.Unmarshal(v, &d) != nil || d.ID != dtfc.ID(k) {
-				return fmt.Errorf("the deny entry of %x is malformed", k)
-			}
-			if d.Seq != 0 {
-				feedWant.add(u64(d.Seq), denyFeedKey(d.ID))
-			}
-			return nil
-		})
-		if err != nil {
-			return mc, err
-		}
+// sumDenyFeed adds to feedWant the deny entries of the bucket deny (if
+// any): they are in the feed too ('D' and the ID), those made before they
+// entered it excepted (Seq 0: given one at open).
+func sumDenyFeed(deny *bolt.Bucket, feedWant *entrySum) error {
+	if deny == nil {
+		return nil
 	}
-	feed := tx.Bucket(bucketFeed)
-	var feedHave entrySum
+	return deny.ForEach(func(k, v []byte) error {
+		var d denyRecord
+		if len(k) != dtfc.IDLen || json.Unmarshal(v, &d) != nil || d.ID != dtfc.ID(k) {
+			return fmt.Errorf("the deny entry of %x is malformed", k)
+		}
+		if d.Seq != 0 {
+			feedWant.add(u64(d.Seq), denyFeedKey(d.ID))
+		}
+		return nil
+	})
+}
+
+// checkFeed checks that the change feed holds exactly the entries want
+// sums, and that its sequence is ahead of them.
+func checkFeed(feed *bolt.Bucket, want entrySum) error {
+	var have entrySum
 	var last uint64
 	fc := feed.Cursor()
 	for k, v := fc.First(); k != nil; k, v = fc.Next() {
 		if len(k) != 8 || (len(v) != dtfc.IDLen && (len(v) != 1+dtfc.IDLen || v[0] != 'D')) {
-			return mc, fmt.Errorf("a change-feed entry is malformed (key %x)", k)
+			return fmt.Errorf("a change-feed entry is malformed (key %x)", k)
 		}
-		feedHave.add(k, v)
+		have.add(k, v)
 		last = decU64(k)
 	}
-	if feedHave != feedWant {
-		return mc, fmt.Errorf("the change feed (%d entries) does not match the records in it (%d)", feedHave.n, feedWant.n)
+	if have != want {
+		return fmt.Errorf("the change feed (%d entries) does not match the records in it (%d)", have.n, want.n)
 	}
 	if feed.Sequence() < last {
-		return mc, fmt.Errorf("the change feed's sequence (%d) is behind its last entry (%d)", feed.Sequence(), last)
+		return fmt.Errorf("the change feed's sequence (%d) is behind its last entry (%d)", feed.Sequence(), last)
 	}
-	var tombHave entrySum
-	tc := tx.Bucket(bucketTombs).Cursor()
+	return nil
+}
+
+// checkTombs checks that the tombstone index holds exactly the entries
+// want sums.
+func checkTombs(tombs *bolt.Bucket, want entrySum) error {
+	var have entrySum
+	tc := tombs.Cursor()
 	for k, _ := tc.First(); k != nil; k, _ = tc.Next() {
 		if len(k) != 8+dtfc.IDLen {
-			return mc, fmt.Errorf("a tombstone index entry is malformed (key %x)", k)
+			return fmt.Errorf("a tombstone index entry is malformed (key %x)", k)
 		}
-		tombHave.add(k[:8], k[8:])
+		have.add(k[:8], k[8:])
 	}
-	if tombHave != tombWant {
-		return mc, fmt.Errorf("the tombstone index (%d entries) does not match the tombstones (%d)", tombHave.n, tombWant.n)
+	if have != want {
+		return fmt.Errorf("the tombstone index (%d entries) does not match the tombstones (%d)", have.n, want.n)
 	}
+	return nil
+}
 
-	if ub := tx.Bucket(bucketUnconfirmed); ub != nil {
-		err := ub.ForEach(func(k, v []byte) error {
-			if len(k) != dtfc.IDLen {
-				return fmt.Errorf("an unconfirmed entry's key is %d bytes long", len(k))
-			}
-			if _, err := decodeUnconfirmed(k, v); err != nil {
-				return fmt.Errorf("the unconfirmed entry of %x: %w", k, err)
-			}
-			mc.unconfirmed++
-			return nil
-		})
-		if err != nil {
-			return mc, err
-		}
+// countUnconfirmed decodes the entries of the bucket ub (if any),
+// counting them in mc.
+func countUnconfirmed(ub *bolt.Bucket, mc *metaContents) error {
+	if ub == nil {
+		return nil
 	}
-	return mc, nil
+	return ub.ForEach(func(k, v []byte) error {
+		if len(k) != dtfc.IDLen {
+			return fmt.Errorf("an unconfirmed entry's key is %d bytes long", len(k))
+		}
+		if _, err := decodeUnconfirmed(k, v); err != nil {
+			return fmt.Errorf("the unconfirmed entry of %x: %w", k, err)
+		}
+		mc.unconfirmed++
+		return nil
+	})
 }
 
 // entrySum summarises a set of (a, b) byte pairs independently of their
@@ -602,100 +649,167 @@ func (w *boltWalker) walk(root uint64) error {
 	for len(stack) > 0 {
 		it := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		p, name := it.inline, "an inline bucket"
-		if it.id != 0 {
-			var err error
-			if p, err = w.page(it.id, it.from); err != nil {
-				return err
-			}
-			name = fmt.Sprintf("page %d", it.id)
+		next, err := w.visit(it)
+		if err != nil {
+			return err
 		}
-		flags, count := boltEndian.Uint16(p[8:]), int(boltEndian.Uint16(p[10:]))
-		if boltPageHeader+count*boltElem > len(p) {
-			return fmt.Errorf("%s claims %d elements, more than it holds", name, count)
+		stack = append(stack, next...)
+	}
+	return nil
+}
+
+// visit checks the page of it: its elements lie within it, its keys are
+// in order and within its parent's range. It returns the pages it points
+// at, in the order they go on walk's stack.
+func (w *boltWalker) visit(it walkItem) ([]walkItem, error) {
+	pg := boltPage{p: it.inline, name: "an inline bucket"}
+	if it.id != 0 {
+		var err error
+		if pg.p, err = w.page(it.id, it.from); err != nil {
+			return nil, err
 		}
-		elem := func(i int) []byte { return p[boltPageHeader+i*boltElem:] }
-		// span returns p[e+off : e+off+n] where e is element i's
-		// offset, or false if that leaves the page.
-		span := func(i int, off, n uint64) ([]byte, bool) {
-			e := uint64(boltPageHeader + i*boltElem)
-			if off > uint64(len(p)) || n > uint64(len(p)) || e+off+n > uint64(len(p)) {
-				return nil, false
-			}
-			return p[e+off : e+off+n], true
+		pg.name = fmt.Sprintf("page %d", it.id)
+	}
+	flags, count := boltEndian.Uint16(pg.p[8:]), int(boltEndian.Uint16(pg.p[10:]))
+	if boltPageHeader+count*boltElem > len(pg.p) {
+		return nil, fmt.Errorf("%s claims %d elements, more than it holds", pg.name, count)
+	}
+	var (
+		keys [][]byte
+		next []walkItem
+		err  error
+	)
+	switch {
+	case flags == boltBranch && it.id != 0:
+		keys, err = pg.branchKeys(count)
+	case flags == boltLeaf:
+		keys, next, err = pg.leaf(count)
+	default:
+		return nil, fmt.Errorf("%s is neither a branch nor a leaf page (flags %#x; reached from %s)", pg.name, flags, it.from)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKeyOrder(pg.name, keys, it.lo, it.hi); err != nil {
+		return nil, err
+	}
+	if flags == boltBranch {
+		next = pg.children(keys, it.hi)
+	}
+	return next, nil
+}
+
+// boltPage is a page being visited: its bytes, and its name for errors.
+type boltPage struct {
+	p    []byte
+	name string
+}
+
+func (pg boltPage) elem(i int) []byte { return pg.p[boltPageHeader+i*boltElem:] }
+
+// span returns p[e+off : e+off+n] where e is element i's offset, or
+// false if that leaves the page.
+func (pg boltPage) span(i int, off, n uint64) ([]byte, bool) {
+	p := pg.p
+	e := uint64(boltPageHeader + i*boltElem)
+	if off > uint64(len(p)) || n > uint64(len(p)) || e+off+n > uint64(len(p)) {
+		return nil, false
+	}
+	return p[e+off : e+off+n], true
+}
+
+// branchKeys returns the keys of a branch page's count elements.
+func (pg boltPage) branchKeys(count int) ([][]byte, error) {
+	if count == 0 {
+		return nil, fmt.Errorf("%s is a branch page without elements", pg.name)
+	}
+	keys := make([][]byte, count)
+	for i := range count {
+		e := pg.elem(i)
+		k, ok := pg.span(i, uint64(boltEndian.Uint32(e)), uint64(boltEndian.Uint32(e[4:])))
+		if !ok {
+			return nil, fmt.Errorf("%s: the key of element %d lies outside the page", pg.name, i)
 		}
-		keys := make([][]byte, count)
+		keys[i] = k
+	}
+	return keys, nil
+}
+
+// leaf returns the keys of a leaf page's count elements, and the pages of
+// the nested buckets among them.
+func (pg boltPage) leaf(count int) (keys [][]byte, buckets []walkItem, err error) {
+	keys = make([][]byte, count)
+	for i := range count {
+		e := pg.elem(i)
+		pos, ks, vs := uint64(boltEndian.Uint32(e[4:])), uint64(boltEndian.Uint32(e[8:])), uint64(boltEndian.Uint32(e[12:]))
+		k, ok := pg.span(i, pos, ks)
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: the key of element %d lies outside the page", pg.name, i)
+		}
+		v, ok := pg.span(i, pos+ks, vs)
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: the value of element %d lies outside the page", pg.name, i)
+		}
+		keys[i] = k
+		if boltEndian.Uint32(e)&boltBucketLeaf == 0 {
+			continue
+		}
+		b, err := pg.nestedBucket(k, v)
+		if err != nil {
+			return nil, nil, err
+		}
+		buckets = append(buckets, b)
+	}
+	return keys, buckets, nil
+}
+
+// nestedBucket returns the page of the nested bucket k, whose value v
+// holds its header, then its own tree or, if it is inline, its page.
+func (pg boltPage) nestedBucket(k, v []byte) (walkItem, error) {
+	if len(v) < boltBucketHeader {
+		return walkItem{}, fmt.Errorf("%s: bucket %q has a %d-byte header", pg.name, k, len(v))
+	}
+	from := fmt.Sprintf("bucket %q on %s", k, pg.name)
+	if r := boltEndian.Uint64(v); r != 0 {
+		return walkItem{id: r, from: from}, nil
+	}
+	in := v[boltBucketHeader:]
+	if len(in) < boltPageHeader {
+		return walkItem{}, fmt.Errorf("%s: the inline page is %d bytes long", from, len(in))
+	}
+	if boltEndian.Uint16(in[8:]) != boltLeaf {
+		return walkItem{}, fmt.Errorf("%s: the inline page is not a leaf page (flags %#x)", from, boltEndian.Uint16(in[8:]))
+	}
+	return walkItem{inline: in, from: from}, nil
+}
+
+// children returns the pages a branch page's elements point at, each
+// with its key range, last first (so that walk visits them in order).
+func (pg boltPage) children(keys [][]byte, hi []byte) []walkItem {
+	var next []walkItem
+	for i := len(keys) - 1; i >= 0; i-- {
+		chi := hi
+		if i+1 < len(keys) {
+			chi = keys[i+1]
+		}
+		e := pg.elem(i)
+		next = append(next, walkItem{id: boltEndian.Uint64(e[8:]), lo: keys[i], hi: chi,
+			from: fmt.Sprintf("element %d of %s", i, pg.name)})
+	}
+	return next
+}
+
+// checkKeyOrder checks that the keys of the page name are in order, and
+// within its parent's range [lo, hi) (nil: unbounded).
+func checkKeyOrder(name string, keys [][]byte, lo, hi []byte) error {
+	for i, k := range keys {
 		switch {
-		case flags == boltBranch && it.id != 0:
-			if count == 0 {
-				return fmt.Errorf("%s is a branch page without elements", name)
-			}
-			for i := range count {
-				e := elem(i)
-				k, ok := span(i, uint64(boltEndian.Uint32(e)), uint64(boltEndian.Uint32(e[4:])))
-				if !ok {
-					return fmt.Errorf("%s: the key of element %d lies outside the page", name, i)
-				}
-				keys[i] = k
-			}
-		case flags == boltLeaf:
-			for i := range count {
-				e := elem(i)
-				pos, ks, vs := uint64(boltEndian.Uint32(e[4:])), uint64(boltEndian.Uint32(e[8:])), uint64(boltEndian.Uint32(e[12:]))
-				k, ok := span(i, pos, ks)
-				if !ok {
-					return fmt.Errorf("%s: the key of element %d lies outside the page", name, i)
-				}
-				v, ok := span(i, pos+ks, vs)
-				if !ok {
-					return fmt.Errorf("%s: the value of element %d lies outside the page", name, i)
-				}
-				keys[i] = k
-				if boltEndian.Uint32(e)&boltBucketLeaf == 0 {
-					continue
-				}
-				// A nested bucket: its header, then its own tree or,
-				// if it is inline, its page within the value.
-				if len(v) < boltBucketHeader {
-					return fmt.Errorf("%s: bucket %q has a %d-byte header", name, k, len(v))
-				}
-				from := fmt.Sprintf("bucket %q on %s", k, name)
-				if r := boltEndian.Uint64(v); r != 0 {
-					stack = append(stack, walkItem{id: r, from: from})
-					continue
-				}
-				in := v[boltBucketHeader:]
-				if len(in) < boltPageHeader {
-					return fmt.Errorf("%s: the inline page is %d bytes long", from, len(in))
-				}
-				if in := in; boltEndian.Uint16(in[8:]) != boltLeaf {
-					return fmt.Errorf("%s: the inline page is not a leaf page (flags %#x)", from, boltEndian.Uint16(in[8:]))
-				}
-				stack = append(stack, walkItem{inline: in, from: from})
-			}
-		default:
-			return fmt.Errorf("%s is neither a branch nor a leaf page (flags %#x; reached from %s)", name, flags, it.from)
-		}
-		for i, k := range keys {
-			switch {
-			case i == 0 && it.lo != nil && bytes.Compare(k, it.lo) < 0:
-				return fmt.Errorf("%s: its first key sorts before its parent's", name)
-			case i > 0 && bytes.Compare(keys[i-1], k) >= 0:
-				return fmt.Errorf("%s: keys %d and %d are out of order", name, i-1, i)
-			case it.hi != nil && bytes.Compare(k, it.hi) >= 0:
-				return fmt.Errorf("%s: key %d sorts after its parent's next key", name, i)
-			}
-		}
-		if flags == boltBranch {
-			for i := count - 1; i >= 0; i-- {
-				hi := it.hi
-				if i+1 < count {
-					hi = keys[i+1]
-				}
-				e := elem(i)
-				stack = append(stack, walkItem{id: boltEndian.Uint64(e[8:]), lo: keys[i], hi: hi,
-					from: fmt.Sprintf("element %d of %s", i, name)})
-			}
+		case i == 0 && lo != nil && bytes.Compare(k, lo) < 0:
+			return fmt.Errorf("%s: its first key sorts before its parent's", name)
+		case i > 0 && bytes.Compare(keys[i-1], k) >= 0:
+			return fmt.Errorf("%s: keys %d and %d are out of order", name, i-1, i)
+		case hi != nil && bytes.Compare(k, hi) >= 0:
+			return fmt.Errorf("%s: key %d sorts after its parent's next key", name, i)
 		}
 	}
 	return nil

@@ -59,6 +59,12 @@ func (s *Store) States(prefix []byte, fn func(dtfc.State) error) error {
 }
 
 func (s *Store) forEach(prefix []byte, fn func(*dtfc.State) error) error {
+	return s.forEachRecord(prefix, func(rec *record) error { return fn(&rec.State) })
+}
+
+// forEachRecord calls fn with the record of every ID whose first bytes
+// are prefix, in ID order, inside a read transaction.
+func (s *Store) forEachRecord(prefix []byte, fn func(*record) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMeta).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -66,7 +72,7 @@ func (s *Store) forEach(prefix []byte, fn func(*dtfc.State) error) error {
 			if err != nil {
 				return err
 			}
-			if err := fn(&rec.State); err != nil {
+			if err := fn(&rec); err != nil {
 				return err
 			}
 		}
@@ -189,17 +195,5 @@ func (s *Store) Forgettable(before dtfc.Timestamp, fn func(seq uint64, clock dtf
 // call back into the Store's write methods: it runs inside a read
 // transaction.
 func (s *Store) Records(prefix []byte, fn func(st dtfc.State, seq uint64) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketMeta).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			rec, err := decodeRecord(k, v)
-			if err != nil {
-				return err
-			}
-			if err := fn(rec.State, rec.Seq); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return s.forEachRecord(prefix, func(rec *record) error { return fn(rec.State, rec.Seq) })
 }

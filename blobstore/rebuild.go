@@ -91,100 +91,27 @@ func Rebuild(dir string, opts RebuildOptions) (rep RebuildReport, err error) {
 	}
 	path := filepath.Join(dir, "meta.db")
 	blobDir := filepath.Join(dir, "blobs")
-	if !exists(path) && !exists(blobDir) {
-		return rep, fmt.Errorf("blobstore: %s holds no store (neither meta.db nor blobs/)", dir)
-	}
-	unlock, err := lockDir(dir, 0)
-	if errors.Is(err, errDirLocked) {
-		return rep, fmt.Errorf("blobstore: %s is in use by a running node: stop it first", dir)
-	}
+	tmpDir := filepath.Join(dir, "tmp")
+	unlock, err := lockForRebuild(dir, path, blobDir, tmpDir)
 	if err != nil {
-		return rep, fmt.Errorf("blobstore: lock %s: %w", dir, err)
+		return rep, err
 	}
 	defer unlock()
-	tmpDir := filepath.Join(dir, "tmp")
-	for _, d := range []string{blobDir, tmpDir, filepath.Join(dir, "quarantine"), filepath.Join(dir, unconfirmedDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return rep, diskErr("create directory", err)
-		}
-		if err := os.Chmod(d, 0o755); err != nil {
-			return rep, fmt.Errorf("blobstore: %w", err)
-		}
-	}
 
 	fileID, err := readNodeID(dir)
 	if err != nil && !errors.Is(err, errBadNodeID) {
 		return rep, err
 	}
 	rep.Node, rep.NodeFrom = fileID, "node-id"
-	if fi, serr := os.Stat(path); serr == nil {
-		// A node of a version without the directory lock holds bbolt's.
-		release, lerr := lockDir(path, 0)
-		if errors.Is(lerr, errDirLocked) {
-			return rep, fmt.Errorf("blobstore: %s is in use by a running node: stop it first", path)
-		}
-		if lerr != nil {
-			return rep, fmt.Errorf("blobstore: lock %s: %w", path, lerr)
-		}
-		release()
-		var mc metaContents
-		var cerr error
-		if fi.Size() > 0 {
-			mc, cerr = checkMeta(path)
-		}
-		var me *MetaError
-		switch {
-		case cerr != nil && !errors.As(cerr, &me):
-			return rep, cerr
-		case fi.Size() == 0:
-			rep.Found = "meta.db is empty"
-		case cerr != nil:
-			rep.Found = "damaged: " + me.Detail
-		case mc.empty:
-			rep.Found = "meta.db holds no metadata"
-		case fileID != "" && mc.node != fileID:
-			rep.Found = fmt.Sprintf("meta.db names node %s, node-id names node %s", mc.node, fileID)
-		case mc.rebuilding:
-			rep.Resumed = true
-		case !opts.Force:
-			return rep, fmt.Errorf("%w: %s checks out (%d blobs, %d unconfirmed); rebuilding it would forget its deletes and replication state", ErrMetaSound, path, mc.blobs, mc.unconfirmed)
-		default:
-			rep.Found = "sound, rebuilt on request"
-		}
-		if rep.Node == "" && !mc.empty && mc.node != "" {
-			rep.Node, rep.NodeFrom = mc.node, "meta.db"
-		}
-		if rep.Node == "" && cerr != nil {
-			if n := peekNode(path); n != "" {
-				rep.Node, rep.NodeFrom = n, "meta.db"
-			}
-		}
-	} else if !errors.Is(serr, fs.ErrNotExist) {
-		return rep, fmt.Errorf("blobstore: %w", serr)
-	} else {
-		rep.Found = "meta.db is missing"
+	if err := examineMeta(path, fileID, opts.Force, &rep); err != nil {
+		return rep, err
 	}
-	if rep.Node == "" {
-		if rep.Node, err = newNodeID(); err != nil {
-			return rep, err
-		}
-		rep.NodeFrom = "new"
-	}
-	if fileID != rep.Node {
-		if err := writeNodeID(dir, tmpDir, rep.Node); err != nil {
-			return rep, err
-		}
+	if err := settleNode(dir, tmpDir, fileID, &rep); err != nil {
+		return rep, err
 	}
 	if !rep.Resumed && exists(path) {
-		rep.MovedAside = filepath.Join(dir, "meta.db.damaged-"+start.UTC().Format("20060102T150405Z"))
-		for i := 1; exists(rep.MovedAside); i++ {
-			rep.MovedAside = filepath.Join(dir, fmt.Sprintf("meta.db.damaged-%s.%d", start.UTC().Format("20060102T150405Z"), i))
-		}
-		if err := os.Rename(path, rep.MovedAside); err != nil {
-			return rep, fmt.Errorf("blobstore: move the old metadata aside: %w", err)
-		}
-		if err := syncDir(dir); err != nil {
-			return rep, diskErr("fsync directory", err)
+		if err := moveMetaAside(dir, path, start, &rep); err != nil {
+			return rep, err
 		}
 	}
 
@@ -197,14 +124,148 @@ func Rebuild(dir string, opts RebuildOptions) (rep RebuildReport, err error) {
 			err = fmt.Errorf("blobstore: close metadata: %w", cerr)
 		}
 	}()
-	err = db.Update(func(tx *bolt.Tx) error {
+	if err := startRebuildMeta(db, rep.Node); err != nil {
+		return rep, diskErr("create metadata", err)
+	}
+	rb := &rebuilder{dir: dir, db: db, opts: opts, rep: &rep, buf: make([]byte, 1<<20), start: start, lastProgress: time.Now()}
+	if err := rb.run(blobDir); err != nil {
+		return rep, err
+	}
+	if err := finishRebuildMeta(db); err != nil {
+		return rep, diskErr("commit metadata", err)
+	}
+	rep.Took = time.Since(start)
+	return rep, nil
+}
+
+// lockForRebuild takes the lock on the store in dir (refusing a store in
+// use, or no store at all) and makes sure its directories exist, open to
+// all (0755). It returns the function that releases the lock.
+func lockForRebuild(dir, path, blobDir, tmpDir string) (unlock func(), err error) {
+	if !exists(path) && !exists(blobDir) {
+		return nil, fmt.Errorf("blobstore: %s holds no store (neither meta.db nor blobs/)", dir)
+	}
+	unlock, err = lockDir(dir, 0)
+	if errors.Is(err, errDirLocked) {
+		return nil, fmt.Errorf("blobstore: %s is in use by a running node: stop it first", dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: lock %s: %w", dir, err)
+	}
+	for _, d := range []string{blobDir, tmpDir, filepath.Join(dir, "quarantine"), filepath.Join(dir, unconfirmedDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			unlock()
+			return nil, diskErr("create directory", err)
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			unlock()
+			return nil, fmt.Errorf("blobstore: %w", err)
+		}
+	}
+	return unlock, nil
+}
+
+// examineMeta looks at the old meta.db at path, if any, and notes in rep
+// what it found, and the node it names when node-id (fileID) named none.
+// It refuses a meta.db a node of an older version holds, and a sound one
+// unless force.
+func examineMeta(path, fileID string, force bool, rep *RebuildReport) error {
+	fi, serr := os.Stat(path)
+	if serr != nil {
+		if !errors.Is(serr, fs.ErrNotExist) {
+			return fmt.Errorf("blobstore: %w", serr)
+		}
+		rep.Found = "meta.db is missing"
+		return nil
+	}
+	// A node of a version without the directory lock holds bbolt's.
+	release, lerr := lockDir(path, 0)
+	if errors.Is(lerr, errDirLocked) {
+		return fmt.Errorf("blobstore: %s is in use by a running node: stop it first", path)
+	}
+	if lerr != nil {
+		return fmt.Errorf("blobstore: lock %s: %w", path, lerr)
+	}
+	release()
+	var mc metaContents
+	var cerr error
+	if fi.Size() > 0 {
+		mc, cerr = checkMeta(path)
+	}
+	var me *MetaError
+	switch {
+	case cerr != nil && !errors.As(cerr, &me):
+		return cerr
+	case fi.Size() == 0:
+		rep.Found = "meta.db is empty"
+	case cerr != nil:
+		rep.Found = "damaged: " + me.Detail
+	case mc.empty:
+		rep.Found = "meta.db holds no metadata"
+	case fileID != "" && mc.node != fileID:
+		rep.Found = fmt.Sprintf("meta.db names node %s, node-id names node %s", mc.node, fileID)
+	case mc.rebuilding:
+		rep.Resumed = true
+	case !force:
+		return fmt.Errorf("%w: %s checks out (%d blobs, %d unconfirmed); rebuilding it would forget its deletes and replication state", ErrMetaSound, path, mc.blobs, mc.unconfirmed)
+	default:
+		rep.Found = "sound, rebuilt on request"
+	}
+	if rep.Node == "" && !mc.empty && mc.node != "" {
+		rep.Node, rep.NodeFrom = mc.node, "meta.db"
+	}
+	if rep.Node == "" && cerr != nil {
+		if n := peekNode(path); n != "" {
+			rep.Node, rep.NodeFrom = n, "meta.db"
+		}
+	}
+	return nil
+}
+
+// settleNode gives the store a new identity if neither node-id nor the
+// old meta.db named one, and writes node-id when it differs from
+// rep.Node.
+func settleNode(dir, tmpDir, fileID string, rep *RebuildReport) error {
+	if rep.Node == "" {
+		var err error
+		if rep.Node, err = newNodeID(); err != nil {
+			return err
+		}
+		rep.NodeFrom = "new"
+	}
+	if fileID != rep.Node {
+		return writeNodeID(dir, tmpDir, rep.Node)
+	}
+	return nil
+}
+
+// moveMetaAside renames the old meta.db to meta.db.damaged-<start> (with
+// a suffix if that is taken) and makes the rename durable.
+func moveMetaAside(dir, path string, start time.Time, rep *RebuildReport) error {
+	rep.MovedAside = filepath.Join(dir, "meta.db.damaged-"+start.UTC().Format("20060102T150405Z"))
+	for i := 1; exists(rep.MovedAside); i++ {
+		rep.MovedAside = filepath.Join(dir, fmt.Sprintf("meta.db.damaged-%s.%d", start.UTC().Format("20060102T150405Z"), i))
+	}
+	if err := os.Rename(path, rep.MovedAside); err != nil {
+		return fmt.Errorf("blobstore: move the old metadata aside: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return diskErr("fsync directory", err)
+	}
+	return nil
+}
+
+// startRebuildMeta creates the new metadata's buckets, under node, marked
+// unclean and rebuilding until finishRebuildMeta.
+func startRebuildMeta(db *bolt.DB, node string) error {
+	return db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
 		sys := tx.Bucket(bucketSys)
-		if err := sys.Put(keyNode, []byte(rep.Node)); err != nil {
+		if err := sys.Put(keyNode, []byte(node)); err != nil {
 			return err
 		}
 		if err := sys.Put(keyClean, []byte("0")); err != nil {
@@ -212,32 +273,28 @@ func Rebuild(dir string, opts RebuildOptions) (rep RebuildReport, err error) {
 		}
 		return sys.Put(keyRebuilding, []byte("1"))
 	})
-	if err != nil {
-		return rep, diskErr("create metadata", err)
-	}
+}
 
-	rb := &rebuilder{dir: dir, db: db, opts: opts, rep: &rep, buf: make([]byte, 1<<20), start: start, lastProgress: time.Now()}
-	if err := rb.walk(blobDir, false); err != nil {
-		return rep, err
-	}
-	if err := rb.walk(filepath.Join(dir, unconfirmedDir), true); err != nil {
-		return rep, err
-	}
-	if err := rb.flush(); err != nil {
-		return rep, err
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
+// finishRebuildMeta marks the new metadata rebuilt, and clean.
+func finishRebuildMeta(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
 		sys := tx.Bucket(bucketSys)
 		if err := sys.Delete(keyRebuilding); err != nil {
 			return err
 		}
 		return sys.Put(keyClean, []byte("1"))
 	})
-	if err != nil {
-		return rep, diskErr("commit metadata", err)
+}
+
+// run records every blob file under blobs/ and unconfirmed/.
+func (rb *rebuilder) run(blobDir string) error {
+	if err := rb.walk(blobDir, false); err != nil {
+		return err
 	}
-	rep.Took = time.Since(start)
-	return rep, nil
+	if err := rb.walk(filepath.Join(rb.dir, unconfirmedDir), true); err != nil {
+		return err
+	}
+	return rb.flush()
 }
 
 func exists(path string) bool {

@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // ScrubProgress describes the scrubber's current or last pass.
@@ -225,12 +226,5 @@ func (l *rateLimit) wait(ctx context.Context, n int) error {
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return sleep.For(ctx, d)
 }

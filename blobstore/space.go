@@ -3,7 +3,7 @@ package blobstore
 import (
 	"fmt"
 
-	"golang.org/x/sys/unix"
+	"github.com/dtfc/dtfc/internal/diskspace"
 )
 
 // spareBytes is kept free beyond an incoming blob: metadata commits need
@@ -12,13 +12,7 @@ const spareBytes = 256 << 10
 
 // Free returns the bytes available to this process on the store's
 // filesystem, and its total size.
-func (s *Store) Free() (avail, total uint64, err error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(s.tmpDir, &st); err != nil {
-		return 0, 0, err
-	}
-	return uint64(st.Bavail) * uint64(st.Bsize), uint64(st.Blocks) * uint64(st.Bsize), nil
-}
+func (s *Store) Free() (avail, total uint64, err error) { return diskspace.Of(s.tmpDir) }
 
 // checkSpace refuses a blob of known size that cannot fit, before a byte
 // is written: a node whose disk is full must not fill it again with every

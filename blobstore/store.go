@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/internal/broadcast"
 )
 
 // Options configure a Store. The zero value is a replica store with a
@@ -59,8 +60,7 @@ type Store struct {
 	blobs    atomic.Int64
 	bytes    atomic.Int64
 	lastSeq  atomic.Uint64
-	feedMu   sync.Mutex
-	feedCh   chan struct{}
+	feed     broadcast.Signal // notified at every change of the feed
 	access   accessLog
 	evictMu  sync.Mutex
 	scrubber scrubState
@@ -126,7 +126,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		ops:     make(chan *op, 1024),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
-		feedCh:  make(chan struct{}),
 	}
 	switch {
 	case opts.SmallCacheBytes == 0:
@@ -651,18 +650,7 @@ func (s *Store) enter() (func(), error) {
 
 // Changed returns a channel that is closed at the next change of the feed.
 // Take it before reading the feed, so that no change can slip between.
-func (s *Store) Changed() <-chan struct{} {
-	s.feedMu.Lock()
-	defer s.feedMu.Unlock()
-	return s.feedCh
-}
-
-func (s *Store) notifyFeed() {
-	s.feedMu.Lock()
-	close(s.feedCh)
-	s.feedCh = make(chan struct{})
-	s.feedMu.Unlock()
-}
+func (s *Store) Changed() <-chan struct{} { return s.feed.Wait() }
 
 // LastSeq returns the sequence number of the latest change in the feed.
 func (s *Store) LastSeq() uint64 { return s.lastSeq.Load() }

@@ -111,7 +111,7 @@ func (s *Store) runTx(batch []*op) error {
 		s.lastSeq.Store(t.lastSeq)
 	}
 	if t.feedChanged {
-		s.notifyFeed()
+		s.feed.Notify()
 	}
 	return nil
 }

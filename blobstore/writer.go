@@ -153,85 +153,13 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		return 0, err
 	}
 
-	bufs := []*[]byte{first}
-	free := make(chan *[]byte, pipeBufs)
-	for i := 1; i < pipeBufs; i++ {
-		b := bufPool.Get().(*[]byte)
-		bufs = append(bufs, b)
-		free <- b
-	}
-	defer func() {
-		for _, b := range bufs {
-			bufPool.Put(b)
-		}
-	}()
-	type chunk struct {
-		b *[]byte
-		n int
-	}
-	toHash := make(chan chunk, pipeBufs)
-	toWrite := make(chan chunk, pipeBufs)
-	abort := make(chan struct{})
-	writeErr := make(chan error, 1)
-	go func() {
-		for c := range toHash {
-			w.h.Write((*c.b)[:c.n])
-			toWrite <- c
-		}
-		close(toWrite)
-	}()
-	go func() {
-		var werr error
-		for c := range toWrite {
-			if werr == nil {
-				var k int
-				k, werr = w.f.Write((*c.b)[:c.n])
-				if k > 0 {
-					w.wrote(k)
-				}
-				if werr != nil {
-					close(abort)
-				}
-			}
-			free <- c.b
-		}
-		writeErr <- werr
-	}()
-
-	var rerr error
-	c := chunk{first, n}
-	for {
-		if rerr = w.accept((*c.b)[:c.n]); rerr != nil {
-			free <- c.b
-			break
-		}
-		toHash <- c
-		var b *[]byte
-		select {
-		case b = <-free:
-		case <-abort:
-		}
-		if b == nil {
-			break
-		}
-		k, err := r.Read(*b)
-		c = chunk{b, k}
-		if err != nil {
-			if err != io.EOF {
-				rerr = err
-			} else if k > 0 {
-				rerr = w.accept((*b)[:k])
-				if rerr == nil {
-					toHash <- c
-					break
-				}
-			}
-			free <- b
-			break
-		}
-	}
-	close(toHash)
-	werr := <-writeErr
+	p := newPipeline(first)
+	defer p.release()
+	go p.hash(w.h)
+	go p.write(w)
+	rerr := p.read(w, r, chunk{first, n})
+	close(p.toHash)
+	werr := <-p.writeErr
 	switch {
 	case werr != nil:
 		w.err = diskErr("write temp file", werr)
@@ -239,6 +167,113 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		w.err = rerr
 	}
 	return w.n - start, w.err
+}
+
+// chunk is a buffer of the pipeline and the bytes read into it.
+type chunk struct {
+	b *[]byte
+	n int
+}
+
+// pipeline carries ReadFrom's buffers from the reader (read) to the hasher
+// (hash) to the writer of the temp file (write), which frees them for the
+// reader again.
+type pipeline struct {
+	bufs     []*[]byte // all of them, back to bufPool at the end
+	free     chan *[]byte
+	toHash   chan chunk // closed by the reader at its end
+	toWrite  chan chunk // closed by the hasher at its end
+	abort    chan struct{}
+	writeErr chan error // the writer's first error (or nil), at its end
+}
+
+// newPipeline gets the pipeline's buffers (first, read already, and
+// pipeBufs-1 free ones).
+func newPipeline(first *[]byte) *pipeline {
+	p := &pipeline{bufs: []*[]byte{first}, free: make(chan *[]byte, pipeBufs)}
+	for i := 1; i < pipeBufs; i++ {
+		b := bufPool.Get().(*[]byte)
+		p.bufs = append(p.bufs, b)
+		p.free <- b
+	}
+	p.toHash = make(chan chunk, pipeBufs)
+	p.toWrite = make(chan chunk, pipeBufs)
+	p.abort = make(chan struct{})
+	p.writeErr = make(chan error, 1)
+	return p
+}
+
+// release gives the buffers back to bufPool, once the pipeline is done.
+func (p *pipeline) release() {
+	for _, b := range p.bufs {
+		bufPool.Put(b)
+	}
+}
+
+// hash feeds the chunks to h, then passes them to the writer.
+func (p *pipeline) hash(h hash.Hash) {
+	for c := range p.toHash {
+		h.Write((*c.b)[:c.n])
+		p.toWrite <- c
+	}
+	close(p.toWrite)
+}
+
+// write writes the chunks to w's temp file and frees them; after a failed
+// write it aborts the reader and only frees the chunks still coming.
+func (p *pipeline) write(w *Writer) {
+	var werr error
+	for c := range p.toWrite {
+		if werr == nil {
+			var k int
+			k, werr = w.f.Write((*c.b)[:c.n])
+			if k > 0 {
+				w.wrote(k)
+			}
+			if werr != nil {
+				close(p.abort)
+			}
+		}
+		p.free <- c.b
+	}
+	p.writeErr <- werr
+}
+
+// read accepts c, sends it to the hasher, and reads r into the next free
+// buffer, until EOF, an error of r or of accept (returned), or the
+// writer's abort.
+func (p *pipeline) read(w *Writer, r io.Reader, c chunk) error {
+	for {
+		if err := w.accept((*c.b)[:c.n]); err != nil {
+			p.free <- c.b
+			return err
+		}
+		p.toHash <- c
+		var b *[]byte
+		select {
+		case b = <-p.free:
+		case <-p.abort:
+		}
+		if b == nil {
+			return nil
+		}
+		k, err := r.Read(*b)
+		c = chunk{b, k}
+		if err != nil {
+			var rerr error
+			if err != io.EOF {
+				rerr = err
+			} else if k > 0 {
+				rerr = w.accept((*b)[:k])
+				if rerr == nil {
+					p.toHash <- c
+					return nil
+				}
+			}
+			p.free <- b
+			return rerr
+		}
+	}
 }
 
 // ReadAt reads bytes already written to the temp file (see

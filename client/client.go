@@ -126,6 +126,15 @@ func (c *Client) request(ctx context.Context, method, u string, body io.Reader) 
 	return req, nil
 }
 
+// do sends a request to u, with the client's token.
+func (c *Client) do(ctx context.Context, method, u string, body io.Reader) (*http.Response, error) {
+	req, err := c.request(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	return c.hc.Do(req)
+}
+
 // answerError turns a non-2xx answer into an *Error, reading its JSON body.
 func answerError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -333,11 +342,7 @@ func (hr *hashingReader) sum(ctx context.Context) (id dtfc.ID, whole bool, err e
 func (c *Client) Get(ctx context.Context, id dtfc.ID) (io.ReadCloser, error) {
 	var out io.ReadCloser
 	err := c.each(ctx, func(base string) error {
-		req, err := c.request(ctx, http.MethodGet, base+"/"+id.String(), nil)
-		if err != nil {
-			return err
-		}
-		resp, err := c.hc.Do(req)
+		resp, err := c.do(ctx, http.MethodGet, base+"/"+id.String(), nil)
 		if err != nil {
 			return err
 		}
@@ -385,11 +390,7 @@ func (v *verifier) Close() error { return v.rc.Close() }
 // Delete deletes id throughout the cluster.
 func (c *Client) Delete(ctx context.Context, id dtfc.ID) error {
 	return c.each(ctx, func(base string) error {
-		req, err := c.request(ctx, http.MethodDelete, base+"/"+id.String(), nil)
-		if err != nil {
-			return err
-		}
-		resp, err := c.hc.Do(req)
+		resp, err := c.do(ctx, http.MethodDelete, base+"/"+id.String(), nil)
 		if err != nil {
 			return err
 		}
@@ -436,11 +437,7 @@ func (c *Client) Stat(ctx context.Context, id dtfc.ID) (Info, error) {
 func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
 	var out json.RawMessage
 	err := c.each(ctx, func(base string) error {
-		req, err := c.request(ctx, http.MethodGet, base+"/_status", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := c.hc.Do(req)
+		resp, err := c.do(ctx, http.MethodGet, base+"/_status", nil)
 		if err != nil {
 			return err
 		}

@@ -348,26 +348,26 @@ func TestPutChecksTheAnsweredID(t *testing.T) {
 	assert.EqualValues(t, 1, calls.Load())
 }
 
+// errorServer answers every request with status and the JSON body,
+// counting the requests in calls.
+func errorServer(t *testing.T, calls *atomic.Int32, status int, body string) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		w.Write([]byte(body))
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 // A node failing on its side (5xx) is skipped like an unreachable one;
 // a refusal (4xx) is final.
 func TestServerErrorsFallBack(t *testing.T) {
 	var fails, refuses atomic.Int32
-	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fails.Add(1)
-		io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte(`{"error":"shutting down"}`))
-	}))
-	t.Cleanup(failing.Close)
-	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		refuses.Add(1)
-		io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnauthorized)
-		w.Write([]byte(`{"error":"this node requires a write token"}`))
-	}))
-	t.Cleanup(refusing.Close)
+	failing := errorServer(t, &fails, http.StatusServiceUnavailable, `{"error":"shutting down"}`)
+	refusing := errorServer(t, &refuses, http.StatusUnauthorized, `{"error":"this node requires a write token"}`)
 
 	data := []byte("five hundred and three")
 	_, err := newClient(t, failing.URL, refusing.URL).Put(t.Context(), bytes.NewReader(data), client.PutOptions{Filename: "a.txt"})

@@ -22,6 +22,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/client"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // Store is where attachments go: a dtfc cluster. *client.Client is one.
@@ -243,17 +244,6 @@ func backoff(n int) time.Duration {
 	return d - time.Duration(rand.Int64N(int64(d/4)+1))
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 func (m *Migrator) loop(ctx context.Context, follow bool) error {
 	var since json.RawMessage
 	loaded := false
@@ -288,7 +278,7 @@ func (m *Migrator) loop(ctx context.Context, follow bool) error {
 		}
 		wait := backoff(failures)
 		m.log.Warn("retrying from the checkpoint", "db", m.db.name, "attempt", failures, "in", wait.Round(time.Millisecond), "err", err)
-		if err := sleep(ctx, wait); err != nil {
+		if err := sleep.For(ctx, wait); err != nil {
 			return err
 		}
 	}
@@ -317,121 +307,155 @@ type job struct {
 func (m *Migrator) pass(ctx context.Context, since json.RawMessage, follow bool) (json.RawMessage, bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		mu      sync.Mutex // guards pages, failed
-		pages   []*pending // in feed order, not yet checkpointed
-		failed  error
-		ckMu    sync.Mutex // serialises checkpoint writes, in order
-		reached = since
-		moved   bool
-	)
-	fail := func(err error) {
-		mu.Lock()
-		if failed == nil {
-			failed = err
-		}
-		mu.Unlock()
-		cancel()
-	}
-	// advance checkpoints the pages done at the head of the queue.
-	advance := func() {
-		ckMu.Lock()
-		defer ckMu.Unlock()
-		mu.Lock()
-		var seq json.RawMessage
-		for len(pages) > 0 && pages[0].left == 0 {
-			seq = pages[0].last
-			pages = pages[1:]
-		}
-		mu.Unlock()
-		if seq == nil || ctx.Err() != nil {
-			return
-		}
-		if err := m.saveCheckpoint(ctx, seq); err != nil {
-			fail(err)
-			return
-		}
-		reached, moved = seq, true
-	}
+	p := &feedPass{m: m, ctx: ctx, cancel: cancel, reached: since}
 	work := make(chan job, m.opts.Concurrency)
 	var wg sync.WaitGroup
 	for range m.opts.Concurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := range work {
-				if err := m.change(ctx, j.ch); err != nil {
-					fail(err)
-					continue
-				}
-				mu.Lock()
-				j.page.left--
-				done := j.page.left == 0
-				mu.Unlock()
-				if done {
-					advance()
-				}
-			}
+			p.work(work)
 		}()
 	}
+	caughtUp := p.read(since, follow, work)
+	close(work)
+	wg.Wait()
+	p.mu.Lock()
+	err := p.failed
+	p.mu.Unlock()
+	if err == nil && !caughtUp {
+		err = ctx.Err()
+	}
+	return p.reached, p.moved, err
+}
 
-	caughtUp := false
+// feedPass is the state of one pass: the pages read and not yet
+// checkpointed, its first failure, and how far its checkpoint reached.
+type feedPass struct {
+	m      *Migrator
+	ctx    context.Context
+	cancel context.CancelFunc // ends the pass, at its first failure
+
+	mu      sync.Mutex // guards pages, failed
+	pages   []*pending // in feed order, not yet checkpointed
+	failed  error
+	ckMu    sync.Mutex // serialises checkpoint writes, in order
+	reached json.RawMessage
+	moved   bool
+}
+
+// fail records the pass's first failure and ends the pass.
+func (p *feedPass) fail(err error) {
+	p.mu.Lock()
+	if p.failed == nil {
+		p.failed = err
+	}
+	p.mu.Unlock()
+	p.cancel()
+}
+
+// advance checkpoints the pages done at the head of the queue.
+func (p *feedPass) advance() {
+	p.ckMu.Lock()
+	defer p.ckMu.Unlock()
+	p.mu.Lock()
+	var seq json.RawMessage
+	for len(p.pages) > 0 && p.pages[0].left == 0 {
+		seq = p.pages[0].last
+		p.pages = p.pages[1:]
+	}
+	p.mu.Unlock()
+	if seq == nil || p.ctx.Err() != nil {
+		return
+	}
+	if err := p.m.saveCheckpoint(p.ctx, seq); err != nil {
+		p.fail(err)
+		return
+	}
+	p.reached, p.moved = seq, true
+}
+
+// work migrates the changes of work until it is closed, advancing the
+// checkpoint when it finishes a page.
+func (p *feedPass) work(work <-chan job) {
+	for j := range work {
+		if err := p.m.change(p.ctx, j.ch); err != nil {
+			p.fail(err)
+			continue
+		}
+		p.mu.Lock()
+		j.page.left--
+		done := j.page.left == 0
+		p.mu.Unlock()
+		if done {
+			p.advance()
+		}
+	}
+}
+
+// read reads the feed from since, page by page, and sends the changes to
+// migrate to work, until the pass ends or (not following) it has caught
+// up, which it reports.
+func (p *feedPass) read(since json.RawMessage, follow bool, work chan<- job) (caughtUp bool) {
 	next := since
-	for ctx.Err() == nil {
-		page, err := m.db.Changes(ctx, ChangesOptions{
-			Since: next, Limit: m.opts.Batch, IncludeDocs: true,
-			Longpoll: follow, Heartbeat: m.opts.Heartbeat,
+	for p.ctx.Err() == nil {
+		page, err := p.m.db.Changes(p.ctx, ChangesOptions{
+			Since: next, Limit: p.m.opts.Batch, IncludeDocs: true,
+			Longpoll: follow, Heartbeat: p.m.opts.Heartbeat,
 		})
 		if err != nil {
-			fail(err)
+			p.fail(err)
 			break
 		}
 		if len(page.Results) == 0 {
 			if !follow {
-				caughtUp = true
-				break
+				return true
 			}
 			next = page.LastSeq
 			continue
 		}
-		var jobs []Change
-		for _, ch := range page.Results {
-			switch {
-			case ch.Deleted || len(ch.Doc) == 0 || string(ch.Doc) == "null":
-			case strings.HasPrefix(ch.ID, "_design/"):
-				m.mu.Lock()
-				m.stats.Design++
-				m.mu.Unlock()
-			default:
-				jobs = append(jobs, ch)
-			}
-		}
-		p := &pending{last: page.LastSeq, left: len(jobs)}
-		mu.Lock()
-		pages = append(pages, p)
-		mu.Unlock()
-		if len(jobs) == 0 {
-			advance()
-		}
-	send:
-		for _, ch := range jobs {
-			select {
-			case work <- job{ch: ch, page: p}:
-			case <-ctx.Done():
-				break send
-			}
-		}
+		p.send(page, work)
 		next = page.LastSeq
 	}
-	close(work)
-	wg.Wait()
-	mu.Lock()
-	err := failed
-	mu.Unlock()
-	if err == nil && !caughtUp {
-		err = ctx.Err()
+	return false
+}
+
+// send queues page, and sends its changes to migrate to work (until the
+// pass ends).
+func (p *feedPass) send(page *Changes, work chan<- job) {
+	jobs := p.m.toMigrate(page.Results)
+	pg := &pending{last: page.LastSeq, left: len(jobs)}
+	p.mu.Lock()
+	p.pages = append(p.pages, pg)
+	p.mu.Unlock()
+	if len(jobs) == 0 {
+		p.advance()
 	}
-	return reached, moved, err
+	for _, ch := range jobs {
+		select {
+		case work <- job{ch: ch, page: pg}:
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+// toMigrate returns the changes that bring a document to migrate: not a
+// deletion, nor a design document (counted).
+func (m *Migrator) toMigrate(changes []Change) []Change {
+	var jobs []Change
+	for _, ch := range changes {
+		switch {
+		case ch.Deleted || len(ch.Doc) == 0 || string(ch.Doc) == "null":
+		case strings.HasPrefix(ch.ID, "_design/"):
+			m.mu.Lock()
+			m.stats.Design++
+			m.mu.Unlock()
+		default:
+			jobs = append(jobs, ch)
+		}
+	}
+	return jobs
 }
 
 // transient reports whether err may go away by itself: CouchDB or dtfc
@@ -621,7 +645,7 @@ func (m *Migrator) document(ctx context.Context, d *document) error {
 		// write: read the newer revision and apply the change to it.
 		wait := min(20*time.Millisecond<<attempt, time.Second)
 		wait -= time.Duration(rand.Int64N(int64(wait / 2)))
-		if err := sleep(ctx, wait); err != nil {
+		if err := sleep.For(ctx, wait); err != nil {
 			return err
 		}
 		raw, err := m.db.Get(ctx, d.id, "")
@@ -859,19 +883,8 @@ func (a *attachmentReader) Read(p []byte) (int, error) {
 		}
 		return 0, io.EOF
 	}
-	if a.body == nil {
-		body, _, err := a.db.Attachment(a.ctx, a.doc, a.name, a.rev)
-		if err != nil {
-			if errors.Is(err, ErrNotFound) {
-				err = errStale
-			}
-			a.err = err
-			return 0, err
-		}
-		a.body = body
-		if strings.HasPrefix(a.stub.Digest, "md5-") && a.stub.Encoding == "" {
-			a.md5 = md5.New()
-		}
+	if err := a.open(); err != nil {
+		return 0, err
 	}
 	// Read after the held byte, which goes first; with room for it only,
 	// read one byte aside.
@@ -885,40 +898,80 @@ func (a *attachmentReader) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := a.body.Read(buf)
-	a.n += int64(n)
-	if a.md5 != nil {
-		a.md5.Write(buf[:n])
-	}
-	if a.n > a.stub.Length {
-		err = &corrupt{fmt.Sprintf("CouchDB sent more than the %d bytes of the attachment", a.stub.Length)}
-	} else if err == io.EOF {
-		if a.n != a.stub.Length {
-			err = &corrupt{fmt.Sprintf("CouchDB sent %d bytes, the attachment has %d", a.n, a.stub.Length)}
-		} else if a.md5 != nil {
-			if got := "md5-" + base64.StdEncoding.EncodeToString(a.md5.Sum(nil)); got != a.stub.Digest {
-				err = &corrupt{fmt.Sprintf("CouchDB sent bytes with digest %s, the attachment's is %s", got, a.stub.Digest)}
-			}
-		}
-	}
-	if err != nil && err != io.EOF {
+	if err = a.count(buf[:n], err); err != nil && err != io.EOF {
 		a.err = err
 		return 0, err
 	}
 	if len(p) == 1 && a.holding {
-		// p has room for the held byte only: give it, hold the new one.
-		if n == 0 {
-			if err == io.EOF {
-				a.ended = true
-				p[0], a.holding = a.held[0], false
-				return 1, io.EOF
-			}
-			return 0, nil
-		}
-		p[0], a.held[0] = a.held[0], one[0]
-		a.ended = err == io.EOF
-		return 1, nil
+		return a.swapHeld(p, one[0], n, err)
 	}
-	total := off + n
+	return a.holdLast(p, off+n, err)
+}
+
+// open requests the attachment from CouchDB, if it is not open yet.
+func (a *attachmentReader) open() error {
+	if a.body != nil {
+		return nil
+	}
+	body, _, err := a.db.Attachment(a.ctx, a.doc, a.name, a.rev)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			err = errStale
+		}
+		a.err = err
+		return err
+	}
+	a.body = body
+	if strings.HasPrefix(a.stub.Digest, "md5-") && a.stub.Encoding == "" {
+		a.md5 = md5.New()
+	}
+	return nil
+}
+
+// count takes in b, just read from CouchDB with err, and checks the
+// transfer against the stub: more bytes than its length, or at the end
+// another length or MD5, is a *corrupt error in place of err.
+func (a *attachmentReader) count(b []byte, err error) error {
+	a.n += int64(len(b))
+	if a.md5 != nil {
+		a.md5.Write(b)
+	}
+	if a.n > a.stub.Length {
+		return &corrupt{fmt.Sprintf("CouchDB sent more than the %d bytes of the attachment", a.stub.Length)}
+	}
+	if err != io.EOF {
+		return err
+	}
+	if a.n != a.stub.Length {
+		return &corrupt{fmt.Sprintf("CouchDB sent %d bytes, the attachment has %d", a.n, a.stub.Length)}
+	}
+	if a.md5 != nil {
+		if got := "md5-" + base64.StdEncoding.EncodeToString(a.md5.Sum(nil)); got != a.stub.Digest {
+			return &corrupt{fmt.Sprintf("CouchDB sent bytes with digest %s, the attachment's is %s", got, a.stub.Digest)}
+		}
+	}
+	return err
+}
+
+// swapHeld is the end of a Read whose p has room for the held byte only:
+// it gives that byte and holds the one just read (n is 0 or 1).
+func (a *attachmentReader) swapHeld(p []byte, next byte, n int, err error) (int, error) {
+	if n == 0 {
+		if err == io.EOF {
+			a.ended = true
+			p[0], a.holding = a.held[0], false
+			return 1, io.EOF
+		}
+		return 0, nil
+	}
+	p[0], a.held[0] = a.held[0], next
+	a.ended = err == io.EOF
+	return 1, nil
+}
+
+// holdLast is the end of a Read that filled p[:total]: it holds the last
+// byte back, unless CouchDB's answer has ended (and matched the stub).
+func (a *attachmentReader) holdLast(p []byte, total int, err error) (int, error) {
 	if err == io.EOF {
 		a.ended, a.holding = true, false
 		return total, io.EOF

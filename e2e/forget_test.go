@@ -47,11 +47,7 @@ func TestPartitionLongerThanRetention(t *testing.T) {
 	_, zID := upload(t, hc, c.Nodes[1].URL, "z", z)
 	c.WaitConverged(t, converge)
 
-	for _, a := range []int{0, 1} {
-		for _, b := range []int{2, 3} {
-			c.Partition(a, b)
-		}
-	}
+	splitHalves(c)
 	deleteID(t, hc, c.Nodes[0].URL, xID)
 	deleteID(t, hc, c.Nodes[2].URL, yID)
 	wait(3 * time.Second) // longer than the retention: purges have run
@@ -583,11 +579,7 @@ func TestPartitionLongerThanExpiry(t *testing.T) {
 	_, xID := upload(t, hc, c.Nodes[0].URL, "x", randomBytes(20<<10))
 	_, yID := upload(t, hc, c.Nodes[2].URL, "y", randomBytes(30<<10))
 	c.WaitConverged(t, converge)
-	for _, a := range []int{0, 1} {
-		for _, b := range []int{2, 3} {
-			c.Partition(a, b)
-		}
-	}
+	splitHalves(c)
 	deleteID(t, hc, c.Nodes[0].URL, xID)
 	deleteID(t, hc, c.Nodes[2].URL, yID)
 	_, uID := upload(t, hc, c.Nodes[1].URL, "u", randomBytes(40<<10))

@@ -381,3 +381,12 @@ func metrics(t *testing.T, hc *http.Client, base string, prefixes ...string) str
 	}
 	return strings.Join(out, "; ")
 }
+
+// splitHalves partitions nodes 0 and 1 from nodes 2 and 3.
+func splitHalves(c *cluster.Cluster) {
+	for _, a := range []int{0, 1} {
+		for _, b := range []int{2, 3} {
+			c.Partition(a, b)
+		}
+	}
+}

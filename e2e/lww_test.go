@@ -32,14 +32,7 @@ func TestLWWOrderings(t *testing.T) {
 		status, _ := stateOf(t, c, hc, 1, id)
 		t.Logf("node 1's record of the file just before the delete: %d (404: none yet)", status)
 		deleteID(t, hc, c.Nodes[1].URL, id)
-		c.WaitConverged(t, converge)
-		assertNowhere(t, c, id)
-		for i := range c.Nodes {
-			status, st := stateOf(t, c, hc, i, id)
-			if assert.Equal(t, http.StatusOK, status, "node %d: record of the deleted ID", i) {
-				assert.True(t, st.Deleted, "node %d: the delete lost to the older upload: %+v", i, st)
-			}
-		}
+		assertDeletedEverywhere(t, c, hc, id, "the delete lost to the older upload")
 		c.HealAll()
 		c.CheckNoTemp(t)
 	})
@@ -104,14 +97,7 @@ func TestLWWOrderings(t *testing.T) {
 			}
 			return true
 		})
-		c.WaitConverged(t, converge)
-		assertNowhere(t, c, id)
-		for i := range c.Nodes {
-			status, st := stateOf(t, c, hc, i, id)
-			if assert.Equal(t, http.StatusOK, status, "node %d: record of the deleted ID", i) {
-				assert.True(t, st.Deleted, "node %d: an old upload resurrected the file: %+v", i, st)
-			}
-		}
+		assertDeletedEverywhere(t, c, hc, id, "an old upload resurrected the file")
 	})
 }
 
@@ -150,4 +136,19 @@ func TestRestoredFromOldCopy(t *testing.T) {
 	assertNowhere(t, c, ids["B"])
 	assertEveryReplica(t, c, ids["C"], int64(len(blobs["C"])))
 	c.CheckNoTemp(t)
+}
+
+// assertDeletedEverywhere waits for the cluster to converge, then checks
+// that no node holds id and every node holds its tombstone; why says what
+// a live record would mean.
+func assertDeletedEverywhere(t *testing.T, c *cluster.Cluster, hc *http.Client, id, why string) {
+	t.Helper()
+	c.WaitConverged(t, converge)
+	assertNowhere(t, c, id)
+	for i := range c.Nodes {
+		status, st := stateOf(t, c, hc, i, id)
+		if assert.Equal(t, http.StatusOK, status, "node %d: record of the deleted ID", i) {
+			assert.True(t, st.Deleted, "node %d: %s: %+v", i, why, st)
+		}
+	}
 }

@@ -140,47 +140,11 @@ type NodeView struct {
 // or replica, holds an absent (deleted, blocked, never acknowledged) one;
 // the replicas agree on the unknown ones.
 func Check(nodes []NodeView, entries map[string]Entry) []Violation {
-	var out []Violation
-	add := func(inv int, kind string, node int, id, format string, args ...any) {
-		out = append(out, Violation{Invariant: inv, Kind: kind, Node: node, ID: id, Detail: fmt.Sprintf(format, args...)})
-	}
+	var f findings
 	all := map[string][]int{}      // ID -> nodes holding it
 	replicas := map[string][]int{} // ID -> replicas holding it
 	for _, n := range nodes {
-		if n.Err != nil {
-			add(4, VNodeUnreadable, n.Index, "", "%v", n.Err)
-			continue
-		}
-		for _, id := range sortedIDs(n.Files) {
-			f := n.Files[id]
-			all[id] = append(all[id], n.Index)
-			if !n.Cache {
-				replicas[id] = append(replicas[id], n.Index)
-			}
-			if f.Sum != id {
-				add(1, VWrongOnDisk, n.Index, id, "the file hashes to %s", short(f.Sum))
-			}
-			if _, ok := entries[id]; !ok {
-				add(2, VUnknownFile, n.Index, id, "%d bytes", f.Size)
-			}
-		}
-		for _, p := range n.Strays {
-			add(3, VStray, n.Index, "", "%s", p)
-		}
-		for _, p := range n.Temp {
-			add(3, VTemp, n.Index, "", "tmp/%s", p)
-		}
-		for _, url := range sortedIDs(n.Queues) {
-			if q := n.Queues[url]; q != 0 {
-				add(4, VQueue, n.Index, "", "%d operations queued for %s", q, url)
-			}
-		}
-		if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) {
-			add(4, VStatus, n.Index, "", "/_status says %d blobs, blobs/ holds %d files", n.StatusBlobs, len(n.Files))
-		}
-		if n.Resyncing {
-			add(4, VResyncing, n.Index, "", "/_status: cluster.resyncing true%s", n.Resync)
-		}
+		f.checkNode(n, entries, all, replicas)
 	}
 	readable := 0
 	for _, n := range nodes {
@@ -189,52 +153,106 @@ func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 		}
 	}
 	for _, id := range sortedIDs(entries) {
-		e := entries[id]
-		m := e.Model()
-		last := m.Decider
-		switch m.State {
-		case Present:
-			for _, n := range nodes {
-				if n.Err != nil || n.Cache {
-					continue
-				}
-				f, ok := n.Files[id]
-				switch {
-				case !ok:
-					add(1, VLostUpload, n.Index, id, "file %d, %d bytes, acknowledged at event %d", e.File.Index, e.File.Size, last.Seq)
-				case f.Size != e.File.Size:
-					add(1, VWrongSize, n.Index, id, "%d bytes, want %d", f.Size, e.File.Size)
-				}
-			}
-		case Absent:
-			for _, n := range all[id] {
-				switch {
-				case last != nil && last.Kind == OpBlock:
-					add(2, VBlockedStored, n, id, "file %d, blocked at event %d", e.File.Index, last.Seq)
-				case last != nil:
-					add(2, VUndoneDelete, n, id, "file %d, deleted at event %d", e.File.Index, last.Seq)
-				default:
-					add(0, VRefusedStored, n, id, "file %d", e.File.Index)
-				}
-			}
-		case Unknown:
-			if h := replicas[id]; len(h) > 0 && len(h) < readable {
-				add(4, VDiffer, -1, id, "file %d (state unknown) held by replicas %v only", e.File.Index, h)
-			}
-		}
-		if m.Deny == Blocked && m.State != Absent {
-			for _, n := range all[id] {
-				add(2, VBlockedStored, n, id, "file %d, blocked at event %d", e.File.Index, m.DenyDecider.Seq)
-			}
-		}
+		f.checkEntry(id, entries[id], nodes, all[id], replicas[id], readable)
 	}
 	// IDs that are in no entry and held by some replicas only.
 	for _, id := range sortedIDs(replicas) {
 		if _, ok := entries[id]; !ok && len(replicas[id]) < readable {
-			add(4, VDiffer, -1, id, "held by replicas %v only", replicas[id])
+			f.add(4, VDiffer, -1, id, "held by replicas %v only", replicas[id])
 		}
 	}
-	return out
+	return f
+}
+
+// findings collects violations.
+type findings []Violation
+
+// add records a violation of invariant inv.
+func (f *findings) add(inv int, kind string, node int, id, format string, args ...any) {
+	*f = append(*f, Violation{Invariant: inv, Kind: kind, Node: node, ID: id, Detail: fmt.Sprintf(format, args...)})
+}
+
+// checkNode checks what node n holds on its own (invariants 1-4), and
+// notes the IDs it holds in all and, for a replica, in replicas.
+func (f *findings) checkNode(n NodeView, entries map[string]Entry, all, replicas map[string][]int) {
+	if n.Err != nil {
+		f.add(4, VNodeUnreadable, n.Index, "", "%v", n.Err)
+		return
+	}
+	for _, id := range sortedIDs(n.Files) {
+		file := n.Files[id]
+		all[id] = append(all[id], n.Index)
+		if !n.Cache {
+			replicas[id] = append(replicas[id], n.Index)
+		}
+		if file.Sum != id {
+			f.add(1, VWrongOnDisk, n.Index, id, "the file hashes to %s", short(file.Sum))
+		}
+		if _, ok := entries[id]; !ok {
+			f.add(2, VUnknownFile, n.Index, id, "%d bytes", file.Size)
+		}
+	}
+	for _, p := range n.Strays {
+		f.add(3, VStray, n.Index, "", "%s", p)
+	}
+	for _, p := range n.Temp {
+		f.add(3, VTemp, n.Index, "", "tmp/%s", p)
+	}
+	for _, url := range sortedIDs(n.Queues) {
+		if q := n.Queues[url]; q != 0 {
+			f.add(4, VQueue, n.Index, "", "%d operations queued for %s", q, url)
+		}
+	}
+	if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) {
+		f.add(4, VStatus, n.Index, "", "/_status says %d blobs, blobs/ holds %d files", n.StatusBlobs, len(n.Files))
+	}
+	if n.Resyncing {
+		f.add(4, VResyncing, n.Index, "", "/_status: cluster.resyncing true%s", n.Resync)
+	}
+}
+
+// checkEntry checks the nodes against the model's state of id: held by
+// (the nodes in holders, of which replicas are the replicas) where it is
+// present, nowhere where it is absent or blocked. readable counts the
+// replicas that could be read.
+func (f *findings) checkEntry(id string, e Entry, nodes []NodeView, holders, replicas []int, readable int) {
+	m := e.Model()
+	last := m.Decider
+	switch m.State {
+	case Present:
+		for _, n := range nodes {
+			if n.Err != nil || n.Cache {
+				continue
+			}
+			file, ok := n.Files[id]
+			switch {
+			case !ok:
+				f.add(1, VLostUpload, n.Index, id, "file %d, %d bytes, acknowledged at event %d", e.File.Index, e.File.Size, last.Seq)
+			case file.Size != e.File.Size:
+				f.add(1, VWrongSize, n.Index, id, "%d bytes, want %d", file.Size, e.File.Size)
+			}
+		}
+	case Absent:
+		for _, n := range holders {
+			switch {
+			case last != nil && last.Kind == OpBlock:
+				f.add(2, VBlockedStored, n, id, "file %d, blocked at event %d", e.File.Index, last.Seq)
+			case last != nil:
+				f.add(2, VUndoneDelete, n, id, "file %d, deleted at event %d", e.File.Index, last.Seq)
+			default:
+				f.add(0, VRefusedStored, n, id, "file %d", e.File.Index)
+			}
+		}
+	case Unknown:
+		if h := replicas; len(h) > 0 && len(h) < readable {
+			f.add(4, VDiffer, -1, id, "file %d (state unknown) held by replicas %v only", e.File.Index, h)
+		}
+	}
+	if m.Deny == Blocked && m.State != Absent {
+		for _, n := range holders {
+			f.add(2, VBlockedStored, n, id, "file %d, blocked at event %d", e.File.Index, m.DenyDecider.Seq)
+		}
+	}
 }
 
 // NodeState is a node's answer to GET /_internal/state/{id}.
@@ -277,93 +295,118 @@ func (s NodeState) String() string {
 //
 // names turns a node identity into something readable (a node index).
 func CheckStates(states map[string][]NodeState, cache []bool, entries map[string]Entry, names func(string) string) []Violation {
-	var out []Violation
-	add := func(kind string, node int, id, format string, args ...any) {
-		out = append(out, Violation{Invariant: 6, Kind: kind, Node: node, ID: id, Detail: fmt.Sprintf(format, args...)})
-	}
-	show := func(s NodeState) string {
-		t := s.String()
-		if s.Code == 200 {
-			t = strings.Replace(t, shortNode(s.Stamp.Node), names(s.Stamp.Node), 1)
-		}
-		return t
-	}
-	stampOf := func(w *Write) string {
-		if w == nil || w.Stamp == nil {
-			return "state not read"
-		}
-		return strings.Replace(w.Stamp.String(), shortNode(w.Stamp.Node), names(w.Stamp.Node), 1)
-	}
+	sc := &stateCheck{cache: cache, names: names}
 	unreadable := map[int][]string{} // node -> IDs
 	for _, id := range sortedIDs(states) {
 		e, ok := entries[id]
 		if !ok {
 			continue
 		}
-		m := e.Model()
-		ns := states[id]
-		var records []int // replicas with a record
-		live, dead := 0, 0
-		for i, s := range ns {
-			if cache[i] {
-				continue
-			}
-			switch s.Code {
-			case 200:
-				records = append(records, i)
-				if s.Stamp.Deleted {
-					dead++
-				} else {
-					live++
-				}
-			case 404:
-				dead++
-			default:
-				unreadable[i] = append(unreadable[i], id)
-				continue
-			}
-			dec := m.Decider
-			switch {
-			case m.State == Present && (s.Code != 200 || s.Stamp.Deleted || !s.Held):
-				add(VStateLost, i, id, "file %d: %s; the model wants the upload of event %d (%s)", e.File.Index, show(s), dec.Seq, stampOf(dec))
-			case m.State == Present && dec.Stamp != nil && s.Stamp.Less(*dec.Stamp):
-				add(VStateOlder, i, id, "file %d: %s, older than the upload acknowledged at event %d (%s)", e.File.Index, show(s), dec.Seq, stampOf(dec))
-			case m.State == Absent && dec != nil && s.Code == 200 && !s.Stamp.Deleted:
-				add(VStateUndone, i, id, "file %d: %s; the model wants the %s of event %d (%s)", e.File.Index, show(s), dec.Kind, dec.Seq, stampOf(dec))
-			case m.State == Absent && dec != nil && s.Code == 200 && dec.Stamp != nil && dec.Stamp.Deleted && s.Stamp.Less(*dec.Stamp):
-				add(VStateOlder, i, id, "file %d: %s, older than the %s acknowledged at event %d (%s)", e.File.Index, show(s), dec.Kind, dec.Seq, stampOf(dec))
-			case m.State == Absent && dec == nil && s.Code == 200 && !s.Stamp.Deleted:
-				add(VStateUnexplained, i, id, "file %d: %s; no upload of it was acknowledged", e.File.Index, show(s))
-			}
-		}
-		if m.State == Unknown && live > 0 && dead > 0 {
-			var parts []string
-			for i, s := range ns {
-				if !cache[i] {
-					parts = append(parts, fmt.Sprintf("node %d: %s", i, show(s)))
-				}
-			}
-			add(VStateDiffer, -1, id, "file %d (unknown): some replicas live, some not: %s", e.File.Index, strings.Join(parts, "; "))
-			continue
-		}
-		for _, i := range records {
-			a, b := ns[records[0]].Stamp, ns[i].Stamp
-			if a != b {
-				var parts []string
-				for _, k := range records {
-					parts = append(parts, fmt.Sprintf("node %d: %s", k, show(ns[k])))
-				}
-				add(VStateDiffer, -1, id, "file %d: %s", e.File.Index, strings.Join(parts, "; "))
-				break
-			}
-		}
+		sc.checkID(id, e, states[id], unreadable)
 	}
 	for _, i := range slices.Sorted(maps.Keys(unreadable)) {
 		ids := unreadable[i]
 		s := states[ids[0]][i]
-		add(VStateUnreadable, i, "", "%d IDs, the first %s: %s", len(ids), short(ids[0]), s)
+		sc.add(VStateUnreadable, i, "", "%d IDs, the first %s: %s", len(ids), short(ids[0]), s)
 	}
-	return out
+	return sc.out
+}
+
+// stateCheck is one CheckStates.
+type stateCheck struct {
+	out   findings
+	cache []bool
+	names func(string) string
+}
+
+// add records a violation of invariant 6.
+func (sc *stateCheck) add(kind string, node int, id, format string, args ...any) {
+	sc.out.add(6, kind, node, id, format, args...)
+}
+
+// show shows s, naming its node.
+func (sc *stateCheck) show(s NodeState) string {
+	t := s.String()
+	if s.Code == 200 {
+		t = strings.Replace(t, shortNode(s.Stamp.Node), sc.names(s.Stamp.Node), 1)
+	}
+	return t
+}
+
+// stampOf shows the state w left, naming its node.
+func (sc *stateCheck) stampOf(w *Write) string {
+	if w == nil || w.Stamp == nil {
+		return "state not read"
+	}
+	return strings.Replace(w.Stamp.String(), shortNode(w.Stamp.Node), sc.names(w.Stamp.Node), 1)
+}
+
+// checkID checks the replicas' states ns of id against the model, and
+// against each other; it notes in unreadable the replicas that did not
+// answer.
+func (sc *stateCheck) checkID(id string, e Entry, ns []NodeState, unreadable map[int][]string) {
+	m := e.Model()
+	var records []int // replicas with a record
+	live, dead := 0, 0
+	for i, s := range ns {
+		if sc.cache[i] {
+			continue
+		}
+		switch s.Code {
+		case 200:
+			records = append(records, i)
+			if s.Stamp.Deleted {
+				dead++
+			} else {
+				live++
+			}
+		case 404:
+			dead++
+		default:
+			unreadable[i] = append(unreadable[i], id)
+			continue
+		}
+		sc.checkState(id, e, m, i, s)
+	}
+	if m.State == Unknown && live > 0 && dead > 0 {
+		var parts []string
+		for i, s := range ns {
+			if !sc.cache[i] {
+				parts = append(parts, fmt.Sprintf("node %d: %s", i, sc.show(s)))
+			}
+		}
+		sc.add(VStateDiffer, -1, id, "file %d (unknown): some replicas live, some not: %s", e.File.Index, strings.Join(parts, "; "))
+		return
+	}
+	for _, i := range records {
+		a, b := ns[records[0]].Stamp, ns[i].Stamp
+		if a != b {
+			var parts []string
+			for _, k := range records {
+				parts = append(parts, fmt.Sprintf("node %d: %s", k, sc.show(ns[k])))
+			}
+			sc.add(VStateDiffer, -1, id, "file %d: %s", e.File.Index, strings.Join(parts, "; "))
+			break
+		}
+	}
+}
+
+// checkState checks replica i's state s of id (a record, or none) against
+// the model m.
+func (sc *stateCheck) checkState(id string, e Entry, m Model, i int, s NodeState) {
+	dec := m.Decider
+	switch {
+	case m.State == Present && (s.Code != 200 || s.Stamp.Deleted || !s.Held):
+		sc.add(VStateLost, i, id, "file %d: %s; the model wants the upload of event %d (%s)", e.File.Index, sc.show(s), dec.Seq, sc.stampOf(dec))
+	case m.State == Present && dec.Stamp != nil && s.Stamp.Less(*dec.Stamp):
+		sc.add(VStateOlder, i, id, "file %d: %s, older than the upload acknowledged at event %d (%s)", e.File.Index, sc.show(s), dec.Seq, sc.stampOf(dec))
+	case m.State == Absent && dec != nil && s.Code == 200 && !s.Stamp.Deleted:
+		sc.add(VStateUndone, i, id, "file %d: %s; the model wants the %s of event %d (%s)", e.File.Index, sc.show(s), dec.Kind, dec.Seq, sc.stampOf(dec))
+	case m.State == Absent && dec != nil && s.Code == 200 && dec.Stamp != nil && dec.Stamp.Deleted && s.Stamp.Less(*dec.Stamp):
+		sc.add(VStateOlder, i, id, "file %d: %s, older than the %s acknowledged at event %d (%s)", e.File.Index, sc.show(s), dec.Kind, dec.Seq, sc.stampOf(dec))
+	case m.State == Absent && dec == nil && s.Code == 200 && !s.Stamp.Deleted:
+		sc.add(VStateUnexplained, i, id, "file %d: %s; no upload of it was acknowledged", e.File.Index, sc.show(s))
+	}
 }
 
 // DenyView is a node's active deny list (GET /_deny): status by ID.

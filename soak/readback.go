@@ -23,7 +23,18 @@ import (
 //     that the scrubber repaired it.
 func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violation {
 	rng := rand.New(rand.NewPCG(r.plan.Seed, uint64(r.round.Load())+7))
-	var present, deleted, blocked []string
+	present, deleted, blocked := shuffledIDs(entries, rng)
+	var out []Violation
+	out = append(out, r.readPresent(entries, present[:min(sample, len(present))], rng)...)
+	out = append(out, r.readDeleted(entries, deleted[:min(sample, len(deleted))])...)
+	out = append(out, r.readBlocked(entries, blocked[:min(2*sample, len(blocked))])...)
+	out = append(out, r.readFlipped(entries)...)
+	return out
+}
+
+// shuffledIDs sorts the IDs into present (of 4 MiB at most), deleted and
+// blocked ones, each list shuffled with rng.
+func shuffledIDs(entries map[string]Entry, rng *rand.Rand) (present, deleted, blocked []string) {
 	for _, id := range sortedIDs(entries) {
 		e := entries[id]
 		m := e.Model()
@@ -39,6 +50,26 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 	for _, s := range [][]string{present, deleted, blocked} {
 		rng.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
 	}
+	return present, deleted, blocked
+}
+
+// getChecked reads id from node, within checkReadTimeout (a node that
+// stops answering is a finding, not a hang); a violation names the node.
+func (r *Runner) getChecked(node int, id string, op Op) (class, res string, v *Violation) {
+	line := Line{}
+	ctx, cancel := context.WithTimeout(context.Background(), checkReadTimeout)
+	defer cancel()
+	class, res, v = r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
+	if v != nil {
+		v.Node = node
+		v.Detail += " (read after convergence)"
+	}
+	return class, res, v
+}
+
+// readPresent reads each of ids from a replica chosen with rng, locally:
+// it must give the right bytes.
+func (r *Runner) readPresent(entries map[string]Entry, ids []string, rng *rand.Rand) []Violation {
 	var replicas []int
 	for i := range r.c.Nodes {
 		if !r.cache[i] {
@@ -46,33 +77,26 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 		}
 	}
 	var out []Violation
-	ctx := context.Background()
-	get := func(node int, id string, op Op) (class, res string, v *Violation) {
-		line := Line{}
-		// Bounded: a node that stops answering is a finding, not a hang.
-		ctx, cancel := context.WithTimeout(ctx, checkReadTimeout)
-		defer cancel()
-		class, res, v = r.read(ctx, r.c.Nodes[node].URL, id, op, &line)
-		if v != nil {
-			v.Node = node
-			v.Detail += " (read after convergence)"
-		}
-		return class, res, v
-	}
-	for _, id := range present[:min(sample, len(present))] {
+	for _, id := range ids {
 		node := replicas[rng.IntN(len(replicas))]
-		class, res, v := get(node, id, Op{Kind: OpRead, File: entries[id].File, NoPeer: true})
+		class, res, v := r.getChecked(node, id, Op{Kind: OpRead, File: entries[id].File, NoPeer: true})
 		if v != nil {
 			out = append(out, *v)
 		} else if class != "200 verified" {
 			out = append(out, Violation{Invariant: 1, Kind: VLostUpload, Node: node, ID: id, Detail: "GET ?nopeerload=1 after convergence: " + res})
 		}
 	}
-	for _, id := range deleted[:min(sample, len(deleted))] {
+	return out
+}
+
+// readDeleted reads each of ids from every node: 404 (invariant 2).
+func (r *Runner) readDeleted(entries map[string]Entry, ids []string) []Violation {
+	var out []Violation
+	for _, id := range ids {
 		e := entries[id]
 		m := e.Model()
 		for node := range r.c.Nodes {
-			class, res, v := get(node, id, Op{Kind: OpRead, File: e.File})
+			class, res, v := r.getChecked(node, id, Op{Kind: OpRead, File: e.File})
 			switch {
 			case v != nil:
 				out = append(out, *v)
@@ -91,11 +115,17 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 			}
 		}
 	}
-	for _, id := range blocked[:min(2*sample, len(blocked))] {
+	return out
+}
+
+// readBlocked reads each of ids from every node: BlockStatus.
+func (r *Runner) readBlocked(entries map[string]Entry, ids []string) []Violation {
+	var out []Violation
+	for _, id := range ids {
 		e := entries[id]
 		seq := e.Model().DenyDecider.Seq
 		for node := range r.c.Nodes {
-			class, res, v := get(node, id, Op{Kind: OpRead, File: e.File})
+			class, res, v := r.getChecked(node, id, Op{Kind: OpRead, File: e.File})
 			switch {
 			case v != nil:
 				out = append(out, *v)
@@ -108,6 +138,13 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 			}
 		}
 	}
+	return out
+}
+
+// readFlipped reads every blob flipped this round from its node: the
+// right bytes, now that the scrubber repaired it.
+func (r *Runner) readFlipped(entries map[string]Entry) []Violation {
+	var out []Violation
 	r.refreshFlips() // the convergence may have ended before it looked
 	flips := r.takeFlips()
 	keys := make([]flipKey, 0, len(flips))
@@ -121,7 +158,7 @@ func (r *Runner) readBack(entries map[string]Entry, views []NodeView) []Violatio
 		f := flips[k]
 		e := entries[k.id]
 		op := Op{Kind: OpRead, File: e.File, NoPeer: !r.cache[k.node]}
-		class, res, v := get(k.node, k.id, op)
+		class, res, v := r.getChecked(k.node, k.id, op)
 		line := Line{T: r.log.Since(time.Now()), Round: int(r.round.Load()), Actor: "check", Kind: OpRead, Node: k.node, Peer: -1,
 			File: e.File.Index, ID: k.id, Size: e.File.Size, Detail: fmt.Sprintf("the blob flipped %v before, %s", time.Since(f.at).Round(100*time.Millisecond), cmp.Or(f.how, "NOT repaired")), Result: res}
 		seq := r.log.Add(line)

@@ -210,26 +210,43 @@ func (r *Report) ConvergeStats() (p50, maxd time.Duration) {
 
 // Table renders the report as a Markdown table.
 func (r *Report) Table() string {
-	var b strings.Builder
-	row := func(k string, format string, args ...any) {
-		fmt.Fprintf(&b, "| %s | %s |\n", k, fmt.Sprintf(format, args...))
-	}
+	var t table
+	t.WriteString("| soak | value |\n| --- | --- |\n")
+	r.setupRows(&t)
+	r.opRows(&t)
+	r.faultRows(&t)
+	r.checkRows(&t)
+	return t.String()
+}
+
+// table is a Markdown table of two columns being written.
+type table struct{ strings.Builder }
+
+func (t *table) row(k string, format string, args ...any) {
+	fmt.Fprintf(t, "| %s | %s |\n", k, fmt.Sprintf(format, args...))
+}
+
+// setupRows writes what the soak ran: its seed, its cluster, its time.
+func (r *Report) setupRows(t *table) {
 	mode := "long"
 	if r.Short {
 		mode = "short"
 	}
-	b.WriteString("| soak | value |\n| --- | --- |\n")
-	row("seed", "%d (%s: %d nodes, %d of them caches%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes, r.Caches,
+	t.row("seed", "%d (%s: %d nodes, %d of them caches%s, %d workers, %v of chaos in rounds of %v)", r.Seed, mode, r.Nodes, r.Caches,
 		map[bool]string{true: ", + 1 joined", false: ""}[!r.NoAddNode], r.Workers, r.Duration, r.Round)
-	row("cluster", "tombstone retention %v, expiry %v, max clock offset %v, scrub every %v; peer lists: self listed %v, every peer twice %v",
+	t.row("cluster", "tombstone retention %v, expiry %v, max clock offset %v, scrub every %v; peer lists: self listed %v, every peer twice %v",
 		r.Retention, r.Expiry, r.MaxClockOffset, r.ScrubInterval, !r.NoListSelf, !r.NoListTwice)
-	row("wall time", "%v, %d rounds completed", r.Wall.Round(time.Second), r.Rounds)
+	t.row("wall time", "%v, %d rounds completed", r.Wall.Round(time.Second), r.Rounds)
+}
+
+// opRows writes the operations run, by kind and outcome.
+func (r *Report) opRows(t *table) {
 	ops := r.Ops()
 	total := 0
 	for _, v := range ops {
 		total += v
 	}
-	row("operations run", "%d", total)
+	t.row("operations run", "%d", total)
 	keys := make([]string, 0, len(ops))
 	for k := range ops {
 		keys = append(keys, k)
@@ -244,8 +261,12 @@ func (r *Report) Table() string {
 				n += ops[k]
 			}
 		}
-		row("· "+string(kind), "%d (%s)", n, strings.Join(parts, ", "))
+		t.row("· "+string(kind), "%d (%s)", n, strings.Join(parts, ", "))
 	}
+}
+
+// faultRows writes the bytes acknowledged and the faults injected.
+func (r *Report) faultRows(t *table) {
 	r.mu.Lock()
 	acked := r.ackedBytes
 	faults := make(map[Kind]int, len(r.faults))
@@ -253,7 +274,7 @@ func (r *Report) Table() string {
 		faults[k] = v
 	}
 	r.mu.Unlock()
-	row("bytes acknowledged (uploads)", "%.1f MiB", float64(acked)/(1<<20))
+	t.row("bytes acknowledged (uploads)", "%.1f MiB", float64(acked)/(1<<20))
 	nf := 0
 	var fparts []string
 	for _, k := range faultStarts {
@@ -262,33 +283,36 @@ func (r *Report) Table() string {
 			nf += faults[k]
 		}
 	}
-	row("faults injected", "%d", nf)
-	row("· by kind", "%s", strings.Join(fparts, ", "))
-	row("· bodies corrupted in transit", "%d", r.Corrupted)
+	t.row("faults injected", "%d", nf)
+	t.row("· by kind", "%s", strings.Join(fparts, ", "))
+	t.row("· bodies corrupted in transit", "%d", r.Corrupted)
 	for _, s := range r.Skipped {
-		row("· skipped", "%s", s)
+		t.row("· skipped", "%s", s)
 	}
+}
+
+// checkRows writes what the checks compared and found.
+func (r *Report) checkRows(t *table) {
 	r.mu.Lock()
 	excused, states, sab := r.excused, r.states, slices.Clone(r.sabotage)
 	r.mu.Unlock()
-	row("· reads of a blob corrupted on its node's disk, wrong before the scrub (allowed)", "%d", excused)
-	row("node states compared with the model", "%d", states)
+	t.row("· reads of a blob corrupted on its node's disk, wrong before the scrub (allowed)", "%d", excused)
+	t.row("node states compared with the model", "%d", states)
 	var known []string
 	for _, g := range rows {
-		row(g.name, "%d", r.count(g.kinds...))
+		t.row(g.name, "%d", r.count(g.kinds...))
 		known = append(known, g.kinds...)
 	}
-	row("other violations", "%d", len(r.Violations())-r.countNot(known))
+	t.row("other violations", "%d", len(r.Violations())-r.countNot(known))
 	for _, s := range sab {
-		row("sabotage (self-test)", "%s", s)
+		t.row("sabotage (self-test)", "%s", s)
 	}
 	p50, mx := r.ConvergeStats()
 	var conv []string
 	for _, d := range r.Converge {
 		conv = append(conv, d.Round(100*time.Millisecond).String())
 	}
-	row("time to converge after the final heal", "p50 %v, max %v (per round: %s)", p50.Round(100*time.Millisecond), mx.Round(100*time.Millisecond), strings.Join(conv, " "))
-	row("IDs at the last check", "%d present, %d absent, %d unknown", r.FinalIDs[Present], r.FinalIDs[Absent], r.FinalIDs[Unknown])
-	row("blob bytes hashed by the checks", "%.1f MiB", float64(r.Hashed)/(1<<20))
-	return b.String()
+	t.row("time to converge after the final heal", "p50 %v, max %v (per round: %s)", p50.Round(100*time.Millisecond), mx.Round(100*time.Millisecond), strings.Join(conv, " "))
+	t.row("IDs at the last check", "%d present, %d absent, %d unknown", r.FinalIDs[Present], r.FinalIDs[Absent], r.FinalIDs[Unknown])
+	t.row("blob bytes hashed by the checks", "%.1f MiB", float64(r.Hashed)/(1<<20))
 }

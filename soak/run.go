@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/internal/diskspace"
 )
 
 // Timeouts of the client operations and of the end of a round.
@@ -341,77 +342,109 @@ func (r *Runner) do(ctx context.Context, round int, op Op) {
 	}
 	node, url, note := r.target(op, win)
 	id := r.ids.Of(op.File)
-	line := Line{Round: round, Actor: fmt.Sprintf("worker %d", op.Worker), Kind: op.Kind, Node: node, Peer: -1,
-		File: op.File.Index, ID: id, Size: op.File.Size}
-	begin := time.Now()
-	line.T = r.log.Since(begin)
-	write := func(kind Kind, out Outcome, res string) {
-		w := Write{Kind: kind, Outcome: out}
-		if out == Acked {
-			// The state the node now holds is this write's: the worker
-			// is the only one writing the ID.
-			if st, err := r.readState(ctx, node, url, id); err == nil && st.Code == http.StatusOK {
-				w.Stamp = &st.Stamp
-				res += " [" + r.showStamp(st.Stamp) + "]"
-			}
-		}
-		line.Dur, line.Result = time.Since(begin), res
-		line.Detail = strings.TrimSpace(line.Detail + " " + note)
-		w.Seq = r.log.Add(line)
-		r.ledger.Record(id, op.File, op.Worker, w)
-		r.report.countOp(op.Kind, out.String())
-		if out == Acked && r.cache[node] {
-			r.report.countOp(op.Kind, "acked by a cache")
-		}
-	}
+	o := &opRun{ctx: ctx, op: op, node: node, url: url, id: id, note: note,
+		line: Line{Round: round, Actor: fmt.Sprintf("worker %d", op.Worker), Kind: op.Kind, Node: node, Peer: -1,
+			File: op.File.Index, ID: id, Size: op.File.Size}}
+	o.begin = time.Now()
+	o.line.T = r.log.Since(o.begin)
 	switch op.Kind {
 	case OpUpload, OpReupload:
-		out, res := r.upload(ctx, url, id, op, &line)
-		if out == Acked && op.Replicas > 0 && !strings.HasPrefix(res, "504") {
-			if v := r.checkReplicas(id, op.Replicas); v != nil {
-				v.Node = node
-				v.Detail += fmt.Sprintf(", after %s %s", line.Detail, res)
-				r.report.Violate(*v)
-				res += " [" + v.Detail + "]"
-			}
-		}
-		write(OpUpload, out, res)
-		if out == Acked {
-			r.report.addAcked(op.File.Size)
-		}
+		r.doUpload(o)
 	case OpDelete:
-		pre, _ := r.ledger.Model(id)
-		out, res := r.delete(ctx, url, id)
-		if out == Refused && strings.HasPrefix(res, "404") && pre.State == Present && pre.Deny != Blocked {
-			// Consistency 9: 404 only when every peer answered that it
-			// does not know the ID; an acknowledged upload is known.
-			r.report.Violate(Violation{Invariant: 0, Kind: VDelete404, Node: node, ID: id,
-				Detail: fmt.Sprintf("file %d, its upload acknowledged at event %d: DELETE answered %s", op.File.Index, pre.Decider.Seq, res)})
-			res += " [VIOLATION: the upload was acknowledged]"
-		}
-		write(OpDelete, out, res)
+		r.doDelete(o)
 	case OpBlock:
 		out, res := r.deny(ctx, url, id, true)
-		write(OpBlock, out, res)
+		r.record(o, OpBlock, out, res)
 	case OpLift:
 		out, res := r.deny(ctx, url, id, false)
-		write(OpLift, out, res)
+		r.record(o, OpLift, out, res)
 	case OpRead:
-		class, res, v := r.read(ctx, url, id, op, &line)
-		if v != nil && r.excused(node, id, op.File.Size, res) {
-			class, res = class+" (excused)", res+" [excused: this node's copy was corrupted on disk and not yet repaired; API.md Consistency 5]"
-			r.report.countExcused()
-			v = nil
+		r.doRead(o)
+	}
+}
+
+// opRun is an operation a worker is doing, with its line of the log.
+type opRun struct {
+	ctx           context.Context
+	op            Op
+	node          int
+	url, id, note string
+	line          Line
+	begin         time.Time
+}
+
+// record logs the write o did and records it in the ledger; an
+// acknowledged one with the state the node now holds.
+func (r *Runner) record(o *opRun, kind Kind, out Outcome, res string) {
+	w := Write{Kind: kind, Outcome: out}
+	if out == Acked {
+		// The state the node now holds is this write's: the worker
+		// is the only one writing the ID.
+		if st, err := r.readState(o.ctx, o.node, o.url, o.id); err == nil && st.Code == http.StatusOK {
+			w.Stamp = &st.Stamp
+			res += " [" + r.showStamp(st.Stamp) + "]"
 		}
-		line.Dur, line.Result = time.Since(begin), res
-		line.Detail = strings.TrimSpace(line.Detail + " " + note)
-		seq := r.log.Add(line)
-		r.report.countOp(op.Kind, class)
-		if v != nil {
-			v.Node = node
-			v.Detail += fmt.Sprintf(", event %d", seq)
+	}
+	o.line.Dur, o.line.Result = time.Since(o.begin), res
+	o.line.Detail = strings.TrimSpace(o.line.Detail + " " + o.note)
+	w.Seq = r.log.Add(o.line)
+	r.ledger.Record(o.id, o.op.File, o.op.Worker, w)
+	r.report.countOp(o.op.Kind, out.String())
+	if out == Acked && r.cache[o.node] {
+		r.report.countOp(o.op.Kind, "acked by a cache")
+	}
+}
+
+// doUpload uploads (or uploads again) o's file, checking the replicas it
+// asked for.
+func (r *Runner) doUpload(o *opRun) {
+	out, res := r.upload(o.ctx, o.url, o.id, o.op, &o.line)
+	if out == Acked && o.op.Replicas > 0 && !strings.HasPrefix(res, "504") {
+		if v := r.checkReplicas(o.id, o.op.Replicas); v != nil {
+			v.Node = o.node
+			v.Detail += fmt.Sprintf(", after %s %s", o.line.Detail, res)
 			r.report.Violate(*v)
+			res += " [" + v.Detail + "]"
 		}
+	}
+	r.record(o, OpUpload, out, res)
+	if out == Acked {
+		r.report.addAcked(o.op.File.Size)
+	}
+}
+
+// doDelete deletes o's file; a 404 for an acknowledged upload is a
+// violation.
+func (r *Runner) doDelete(o *opRun) {
+	pre, _ := r.ledger.Model(o.id)
+	out, res := r.delete(o.ctx, o.url, o.id)
+	if out == Refused && strings.HasPrefix(res, "404") && pre.State == Present && pre.Deny != Blocked {
+		// Consistency 9: 404 only when every peer answered that it
+		// does not know the ID; an acknowledged upload is known.
+		r.report.Violate(Violation{Invariant: 0, Kind: VDelete404, Node: o.node, ID: o.id,
+			Detail: fmt.Sprintf("file %d, its upload acknowledged at event %d: DELETE answered %s", o.op.File.Index, pre.Decider.Seq, res)})
+		res += " [VIOLATION: the upload was acknowledged]"
+	}
+	r.record(o, OpDelete, out, res)
+}
+
+// doRead reads o's file back; wrong bytes are a violation, unless the
+// node's copy is known to be corrupt on disk and not yet repaired.
+func (r *Runner) doRead(o *opRun) {
+	class, res, v := r.read(o.ctx, o.url, o.id, o.op, &o.line)
+	if v != nil && r.excused(o.node, o.id, o.op.File.Size, res) {
+		class, res = class+" (excused)", res+" [excused: this node's copy was corrupted on disk and not yet repaired; API.md Consistency 5]"
+		r.report.countExcused()
+		v = nil
+	}
+	o.line.Dur, o.line.Result = time.Since(o.begin), res
+	o.line.Detail = strings.TrimSpace(o.line.Detail + " " + o.note)
+	seq := r.log.Add(o.line)
+	r.report.countOp(o.op.Kind, class)
+	if v != nil {
+		v.Node = o.node
+		v.Detail += fmt.Sprintf(", event %d", seq)
+		r.report.Violate(*v)
 	}
 }
 
@@ -495,102 +528,101 @@ func (r *Runner) upload(ctx context.Context, url, id string, op Op, line *Line) 
 	if op.SHA {
 		line.Detail += " +sha"
 	}
-	res, err := r.hc.Do(req)
-	if err != nil {
-		if refused(err) {
-			return Refused, "refused: " + errText(err)
-		}
-		return Maybe, "error: " + errText(err)
+	a, out, why := r.send(req)
+	if a == nil {
+		return out, why
 	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
-	msg := fmt.Sprintf("%d", res.StatusCode)
+	msg := fmt.Sprintf("%d", a.status)
 	switch {
-	case res.StatusCode == http.StatusOK || res.StatusCode == http.StatusCreated:
+	case a.status == http.StatusOK || a.status == http.StatusCreated:
 		var ans struct {
 			SHA512 string `json:"sha512"`
 			Size   int64  `json:"size"`
 		}
-		if err := json.Unmarshal(b, &ans); err != nil || ans.SHA512 != id || ans.Size != op.File.Size {
+		if err := json.Unmarshal(a.body, &ans); err != nil || ans.SHA512 != id || ans.Size != op.File.Size {
 			r.report.Violate(Violation{Invariant: 0, Kind: VWrongAnswer, Node: line.Node, ID: id,
-				Detail: fmt.Sprintf("answered %d %s", res.StatusCode, strings.TrimSpace(string(b)))})
+				Detail: fmt.Sprintf("answered %d %s", a.status, strings.TrimSpace(string(a.body)))})
 		}
 		return Acked, msg
-	case res.StatusCode == http.StatusGatewayTimeout && op.Replicas > 0:
+	case a.status == http.StatusGatewayTimeout && op.Replicas > 0:
 		// API.md: the file is kept and still replicates.
 		return Acked, msg + " (replicas: kept)"
 	}
-	msg += " " + strings.TrimSpace(string(b))
+	msg += " " + strings.TrimSpace(string(a.body))
 	switch {
-	case res.StatusCode == http.StatusBadRequest && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
+	case a.status == http.StatusBadRequest && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
 		// Too few replicas, found after the upload (the peer list
 		// shrank meanwhile); usually that is refused before a byte is
 		// read, "nothing stored".
 		return Maybe, msg
-	case res.StatusCode >= 400 && res.StatusCode < 500, res.StatusCode == http.StatusInsufficientStorage:
+	case a.status >= 400 && a.status < 500, a.status == http.StatusInsufficientStorage:
 		return Refused, msg
 	}
 	return Maybe, msg
 }
 
-// delete deletes id and classifies the answer.
+// delete deletes id and classifies the answer: 200 acknowledged; a 4xx
+// (404: neither the node nor a reachable peer knows the ID; no tombstone
+// is recorded) refused; no answer or another status maybe.
 func (r *Runner) delete(ctx context.Context, url, id string) (Outcome, string) {
-	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, url+"/"+id, nil)
-	if err != nil {
-		return Refused, errText(err)
-	}
-	res, err := r.hc.Do(req)
-	if err != nil {
-		if refused(err) {
-			return Refused, "refused: " + errText(err)
-		}
-		return Maybe, "error: " + errText(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
-	switch {
-	case res.StatusCode == http.StatusOK:
-		return Acked, "200"
-	case res.StatusCode >= 400 && res.StatusCode < 500:
-		// 404: neither the node nor a reachable peer knows the ID; no
-		// tombstone is recorded.
-		return Refused, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
-	}
-	return Maybe, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	return r.change(ctx, http.MethodDelete, url+"/"+id, nil)
 }
 
 // deny blocks id (with BlockStatus) or lifts its block, and classifies
 // the answer: 200 acknowledged; a 4xx (a lift's 404: not blocked on that
 // node) refused; no answer or another status maybe.
 func (r *Runner) deny(ctx context.Context, url, id string, block bool) (Outcome, string) {
-	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
-	defer cancel()
 	method, body := http.MethodDelete, io.Reader(nil)
 	if block {
 		method, body = http.MethodPut, strings.NewReader(fmt.Sprintf(`{"status": %d, "reason": "soak"}`, BlockStatus))
 	}
-	req, err := http.NewRequestWithContext(ctx, method, url+"/_deny/"+id, body)
+	return r.change(ctx, method, url+"/_deny/"+id, body)
+}
+
+// change sends a delete or a deny (within deleteTimeout) and classifies
+// the answer: 200 acknowledged; a 4xx refused; no answer or another
+// status maybe.
+func (r *Runner) change(ctx context.Context, method, url string, body io.Reader) (Outcome, string) {
+	ctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
 		return Refused, errText(err)
 	}
+	a, out, why := r.send(req)
+	if a == nil {
+		return out, why
+	}
+	switch {
+	case a.status == http.StatusOK:
+		return Acked, "200"
+	case a.status >= 400 && a.status < 500:
+		return Refused, fmt.Sprintf("%d %s", a.status, strings.TrimSpace(string(a.body)))
+	}
+	return Maybe, fmt.Sprintf("%d %s", a.status, strings.TrimSpace(string(a.body)))
+}
+
+// answer is a node's answer to a write: its status, and the first 64 KiB
+// of its body.
+type answer struct {
+	status int
+	body   []byte
+}
+
+// send sends the write req and reads the answer. With none, it returns
+// a nil answer and the write's outcome: refused if the connection was,
+// else maybe.
+func (r *Runner) send(req *http.Request) (*answer, Outcome, string) {
 	res, err := r.hc.Do(req)
 	if err != nil {
 		if refused(err) {
-			return Refused, "refused: " + errText(err)
+			return nil, Refused, "refused: " + errText(err)
 		}
-		return Maybe, "error: " + errText(err)
+		return nil, Maybe, "error: " + errText(err)
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
-	switch {
-	case res.StatusCode == http.StatusOK:
-		return Acked, "200"
-	case res.StatusCode >= 400 && res.StatusCode < 500:
-		return Refused, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
-	}
-	return Maybe, fmt.Sprintf("%d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	return &answer{status: res.StatusCode, body: b}, 0, ""
 }
 
 // read GETs id, hashing what comes; a complete 200 of other bytes is a
@@ -685,23 +717,57 @@ func (r *Runner) apply(ev Event) {
 	}
 	n := c.Nodes[ev.Node]
 	counted := slices.Contains(faultStarts, ev.Kind)
+	var applied bool
 	switch ev.Kind {
-	case FaultKill, FaultStop, FaultLongKill, FaultLongStop:
-		if !n.Running() {
-			line.Result, counted = "skipped: not running", false
-			break
-		}
-		r.up[ev.Node].Store(false)
-		if ev.Kind == FaultKill || ev.Kind == FaultLongKill {
-			n.Kill()
-		} else {
-			n.Stop()
-		}
-	case FaultRestart:
+	case FaultKill, FaultStop, FaultLongKill, FaultLongStop, FaultRestart:
+		applied = r.applyProcess(ev, n, &line)
+	case FaultFillDisk, FaultFreeDisk:
+		applied = r.applyDisk(ev, n, &line)
+	case FaultSkewFar, FaultSkew:
+		r.skew(ev, &line)
+		applied = true
+	case FaultUnskew:
+		r.unskew(ev, &line)
+		applied = true
+	case FaultFlip:
+		applied = r.flip(ev, &line)
+	default:
+		r.applyLink(ev)
+		applied = true
+	}
+	if counted && applied {
+		r.report.countFault(ev.Kind)
+	}
+}
+
+// applyProcess kills, stops or restarts node n. It reports false for a
+// fault skipped (the node is not running), which is not counted.
+func (r *Runner) applyProcess(ev Event, n *cluster.Node, line *Line) bool {
+	if ev.Kind == FaultRestart {
 		if !n.Running() {
 			n.Start()
 		}
 		r.up[ev.Node].Store(true)
+		return true
+	}
+	if !n.Running() {
+		line.Result = "skipped: not running"
+		return false
+	}
+	r.up[ev.Node].Store(false)
+	if ev.Kind == FaultKill || ev.Kind == FaultLongKill {
+		n.Kill()
+	} else {
+		n.Stop()
+	}
+	return true
+}
+
+// applyLink applies a fault of the links between nodes (any other kind
+// does nothing).
+func (r *Runner) applyLink(ev Event) {
+	c := r.c
+	switch ev.Kind {
 	case FaultPartition, FaultLongPartition:
 		r.cut(ev.Episode, ev.Node, ev.Peer)
 		r.cut(ev.Episode, ev.Peer, ev.Node)
@@ -742,44 +808,43 @@ func (r *Runner) apply(ev Event) {
 			delete(r.corrupt, l)
 			c.Corrupt(l[0], l[1], false)
 		}
-	case FaultFillDisk:
-		switch {
-		case r.fullDisk != nil:
-			line.Result, counted = "skipped: "+r.fullDisk.Error(), false
-		case !n.Running():
-			line.Result, counted = "skipped: not running", false
-		default:
-			// Stopped first, so that nothing grows between the measure
-			// and the copy (FillDisk starts it again).
-			r.up[ev.Node].Store(false)
-			n.Stop()
-			used := c.DiskUsage(ev.Node)
-			size := (used+ev.Margin)/1024 + 256 // KiB
-			c.FillDisk(ev.Node, fmt.Sprintf("%dk", size))
-			r.up[ev.Node].Store(true)
-			line.Result = fmt.Sprintf("node %d on a tmpfs of %d MiB (%d MiB used, %d KiB free)", ev.Node, size>>10, used>>20, freeBytes(n.Basedir)>>10)
-		}
-	case FaultSkewFar, FaultSkew:
-		r.skew(ev, &line)
-	case FaultUnskew:
-		r.unskew(ev, &line)
-	case FaultFlip:
-		if !r.flip(ev, &line) {
-			counted = false
-		}
-	case FaultFreeDisk:
+	}
+}
+
+// applyDisk fills node n's disk, or frees it. It reports false for a fill
+// skipped (a disk cannot be filled, or the node is not running), which is
+// not counted.
+func (r *Runner) applyDisk(ev Event, n *cluster.Node, line *Line) bool {
+	c := r.c
+	if ev.Kind == FaultFreeDisk {
 		if !c.OnTmpfs(ev.Node) {
 			line.Result = "skipped: not on a tmpfs"
-			break
+			return true
 		}
 		line.Result = fmt.Sprintf("%d KiB were free", freeBytes(n.Basedir)>>10)
 		r.up[ev.Node].Store(false)
 		c.FreeDisk(ev.Node)
 		r.up[ev.Node].Store(n.Running())
+		return true
 	}
-	if counted {
-		r.report.countFault(ev.Kind)
+	switch {
+	case r.fullDisk != nil:
+		line.Result = "skipped: " + r.fullDisk.Error()
+		return false
+	case !n.Running():
+		line.Result = "skipped: not running"
+		return false
 	}
+	// Stopped first, so that nothing grows between the measure and the
+	// copy (FillDisk starts it again).
+	r.up[ev.Node].Store(false)
+	n.Stop()
+	used := c.DiskUsage(ev.Node)
+	size := (used+ev.Margin)/1024 + 256 // KiB
+	c.FillDisk(ev.Node, fmt.Sprintf("%dk", size))
+	r.up[ev.Node].Store(true)
+	line.Result = fmt.Sprintf("node %d on a tmpfs of %d MiB (%d MiB used, %d KiB free)", ev.Node, size>>10, used>>20, freeBytes(n.Basedir)>>10)
+	return true
 }
 
 // cut cuts the link from -> to for an episode, counting the episodes that
@@ -796,6 +861,38 @@ func (r *Runner) cut(episode, from, to int) {
 // settle ends a round: heal everything, put every clock back, restart
 // every node, wait for convergence, then check the invariants.
 func (r *Runner) settle(round int) {
+	healed := r.healAll(round)
+	conv, waited := r.converge(round, healed)
+	if len(r.plan.Sabotage) > 0 && round == 0 {
+		r.sabotage(round)
+	}
+
+	// Invariants 1-4 on every node's disk and /_status.
+	checkStart := time.Now()
+	views := r.nodeViews()
+	scanned := time.Since(checkStart)
+	entries := r.ledger.Entries()
+	violations, states, lists := r.check(round, entries, views, scanned)
+	r.report.Violate(violations...)
+	r.report.addStates(int64(len(states) * len(r.c.Nodes)))
+	if round == 0 && len(r.sabotaged) > 0 {
+		r.verifySabotage(violations)
+	}
+	r.resolve(round, entries, views, lists)
+	lifted := r.uploadLifted(round)
+
+	r.report.Corrupted = r.corrupted()
+	counts := r.ledger.Counts()
+	r.logf("round %d: converged in %v%s; checked %d nodes, %d IDs (%d present, %d absent, %d unknown; %d states) in %v: %d violations; %s",
+		round, conv.Round(10*time.Millisecond), waited, len(views), len(entries), counts[Present], counts[Absent], counts[Unknown],
+		len(states)*len(r.c.Nodes), time.Since(checkStart).Round(10*time.Millisecond), len(violations), lifted)
+	r.log.Add(Line{T: r.log.Since(checkStart), Dur: time.Since(checkStart), Round: round, Actor: "check", Kind: "invariants", Node: -1, Peer: -1, File: -1,
+		Result: fmt.Sprintf("%d violations", len(violations))})
+}
+
+// healAll heals every link, puts every clock right and brings every node
+// up; it returns when that was done.
+func (r *Runner) healAll(round int) (healed time.Time) {
 	c := r.c
 	begin := time.Now()
 	c.HealAll()
@@ -814,10 +911,16 @@ func (r *Runner) settle(round int) {
 		}
 		r.up[i].Store(true)
 	}
-	healed := time.Now()
+	healed = time.Now()
 	r.log.Add(Line{T: r.log.Since(begin), Dur: healed.Sub(begin), Round: round, Actor: "check", Kind: "heal-all", Node: -1, Peer: -1, File: -1,
 		Result: "every link healed, every clock right, every node up"})
+	return healed
+}
 
+// converge waits for the cluster to converge (invariant 4), a violation
+// if it does not; it returns how long it took, and what it waited for
+// longest.
+func (r *Runner) converge(round int, healed time.Time) (conv time.Duration, waited string) {
 	conv, why, waited := r.waitConverged(r.plan.Converge)
 	if why != "" {
 		kind := VNotConverged
@@ -830,20 +933,18 @@ func (r *Runner) settle(round int) {
 	}
 	r.log.Add(Line{T: r.log.Since(healed), Dur: conv, Round: round, Actor: "check", Kind: "converge", Node: -1, Peer: -1, File: -1,
 		Result: map[bool]string{true: "converged", false: "NOT converged: " + why}[why == ""] + waited})
+	return conv, waited
+}
 
-	if len(r.plan.Sabotage) > 0 && round == 0 {
-		r.sabotage(round)
-	}
-
-	// Invariants 1-4 on every node's disk and /_status.
-	checkStart := time.Now()
+// nodeViews scans every node's disk and reads its /_status.
+func (r *Runner) nodeViews() []NodeView {
 	var views []NodeView
-	for i, n := range c.Nodes {
+	for i, n := range r.c.Nodes {
 		v := NodeView{Index: i, Cache: r.cache[i], StatusBlobs: -1, Queues: map[string]int64{}}
 		var hashed int64
 		v.Files, v.Strays, v.Temp, hashed, v.Err = ScanNode(n.Basedir, r.hashes[i])
 		r.report.Hashed += hashed
-		if st, err := c.Status(i); err != nil {
+		if st, err := r.c.Status(i); err != nil {
 			v.Err = errors.Join(v.Err, err)
 		} else {
 			if b, ok := st["blobs"].(float64); ok {
@@ -859,8 +960,14 @@ func (r *Runner) settle(round int) {
 		}
 		views = append(views, v)
 	}
-	scanned := time.Since(checkStart)
-	entries := r.ledger.Entries()
+	return views
+}
+
+// check checks the invariants on the views (1-4), the states fetched
+// (6, the model check), the deny lists and the reads back, and that every
+// node still runs; it logs how long each phase took (scanned: the views).
+func (r *Runner) check(round int, entries map[string]Entry, views []NodeView, scanned time.Duration) ([]Violation, map[string][]NodeState, []DenyView) {
+	c := r.c
 	violations := Check(views, entries)
 	// Invariant 6, the model check, and the deny lists.
 	t0 := time.Now()
@@ -878,29 +985,20 @@ func (r *Runner) settle(round int) {
 			violations = append(violations, Violation{Invariant: 0, Kind: VCrash, Node: i})
 		}
 	}
-	r.report.Violate(violations...)
-	r.report.addStates(int64(len(states) * len(c.Nodes)))
-	if round == 0 && len(r.sabotaged) > 0 {
-		r.verifySabotage(violations)
-	}
-	r.resolve(round, entries, views, lists)
-	lifted := r.uploadLifted(round)
+	return violations, states, lists
+}
 
+// corrupted counts the bodies the links between nodes have corrupted.
+func (r *Runner) corrupted() int64 {
 	var corrupted int64
-	for i := range c.Nodes {
-		for j := range c.Nodes {
+	for i := range r.c.Nodes {
+		for j := range r.c.Nodes {
 			if i != j {
-				corrupted += c.Corrupted(i, j)
+				corrupted += r.c.Corrupted(i, j)
 			}
 		}
 	}
-	r.report.Corrupted = corrupted
-	counts := r.ledger.Counts()
-	r.logf("round %d: converged in %v%s; checked %d nodes, %d IDs (%d present, %d absent, %d unknown; %d states) in %v: %d violations; %s",
-		round, conv.Round(10*time.Millisecond), waited, len(views), len(entries), counts[Present], counts[Absent], counts[Unknown],
-		len(states)*len(c.Nodes), time.Since(checkStart).Round(10*time.Millisecond), len(violations), lifted)
-	r.log.Add(Line{T: r.log.Since(checkStart), Dur: time.Since(checkStart), Round: round, Actor: "check", Kind: "invariants", Node: -1, Peer: -1, File: -1,
-		Result: fmt.Sprintf("%d violations", len(violations))})
+	return corrupted
 }
 
 // resyncing reads cluster.resyncing (and cluster.resync, if any) from a
@@ -1146,4 +1244,13 @@ func (r *Runner) Keep(dir string, nodeLogs bool) error {
 		}
 	}
 	return nil
+}
+
+// freeBytes returns the bytes available on dir's filesystem, or -1.
+func freeBytes(dir string) int64 {
+	avail, _, err := diskspace.Of(dir)
+	if err != nil {
+		return -1
+	}
+	return int64(avail)
 }

@@ -312,6 +312,12 @@ func (a interval) overlaps(b interval) bool { return a.from < b.to && b.from < a
 // PCG(seed, 1000+round) for the faults of a round, PCG(seed, 999) for the
 // one-off events, PCG(seed, 10+w) for worker w, PCG(seed, 1<<32+f) for
 // file f's size.
+//
+// It is long on purpose, for now: each stream's draws must stay in exactly
+// this order, or a seed no longer replays the schedule it named (a soak
+// run reports its seed so that a failure can be replayed). A split into
+// steps must keep every draw, in order, and is checked by replaying seeds
+// before and after.
 func NewPlan(cfg Config, short bool) *Plan {
 	cfg = cfg.withDefaults(Defaults(short))
 	p := &Plan{Config: cfg, FullDiskNode: -1}
@@ -497,6 +503,9 @@ func NewPlan(cfg Config, short bool) *Plan {
 // stops and kills are registered with markDown, if canDown allows. The
 // skewed node is one no long outage of the round takes while it is
 // skewed, and it is reserved: no kill or stop takes it down then.
+//
+// It is long for the reason NewPlan is: its draws from PCG(seed,
+// 2000+round) must stay in this order for a seed to replay.
 func (p *Plan) specials(r int, end time.Duration, next func() int,
 	canDown func(int, interval) bool, markDown func(int, interval), reserve func(int, interval)) []Event {
 	cfg := p.Config

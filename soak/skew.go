@@ -117,70 +117,84 @@ func (r *Runner) skew(ev Event, line *Line) {
 		line.Result += "; no probes: the node is down"
 		return
 	}
-	type peer struct {
-		node int
-		url  string
-	}
-	var others []peer
+	var others []skewPeer
 	r.mu.RLock()
 	for i, u := range r.urls {
 		if i != ev.Node && !r.cache[i] {
-			others = append(others, peer{i, u})
+			others = append(others, skewPeer{i, u})
 		}
 	}
 	r.mu.RUnlock()
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
-		far := ev.Kind == FaultSkewFar
-		// The node reads its clock file within about 20 ms: probe until
-		// a probe's state shows the new clock (only a clock moved ahead
-		// shows it for sure).
-		var ahead probed
-		for try := range 10 {
-			p := r.probeWrite(ev.Round, ev.Node, n.URL, OpUpload, r.probeFile(), fmt.Sprintf("with the clock %+v (try %d):", ev.Offset, try+1))
-			if p.out != Acked || p.stamp == nil {
-				break
-			}
-			if !far || clockTime(p.stamp.Clock).After(time.Now().Add(ev.Offset-time.Second)) {
-				ahead = p
-				break
-			}
-		}
-		if before.out == Acked {
-			r.probeWrite(ev.Round, ev.Node, n.URL, OpDelete, before.file, fmt.Sprintf("with the clock %+v:", ev.Offset))
-		}
-		if !far || ahead.stamp == nil {
-			return
-		}
-		// No other node may take a state this far ahead of its clock.
-		flagged := map[int]bool{}
-		deadline := time.Now().Add(1500 * time.Millisecond)
-		for time.Now().Before(deadline) {
-			for _, o := range others {
-				if flagged[o.node] {
-					continue
-				}
-				st, err := r.readState(context.Background(), o.node, o.url, ahead.id)
-				if err != nil || st.Code != 200 {
-					continue
-				}
-				if lead := clockTime(st.Stamp.Clock).Sub(time.Now()); lead > r.plan.MaxClockOffset+500*time.Millisecond {
-					flagged[o.node] = true
-					seq := r.log.Add(Line{T: r.log.Since(time.Now()), Round: ev.Round, Actor: "probe", Kind: "clock-check", Node: o.node, Peer: ev.Node,
-						File: ahead.file.Index, ID: ahead.id, Size: ahead.file.Size,
-						Result: fmt.Sprintf("VIOLATION: holds %s, %v ahead of its clock", r.showStamp(st.Stamp), lead.Round(10*time.Millisecond))})
-					r.report.Violate(Violation{Invariant: 0, Kind: VClockAccepted, Node: o.node, ID: ahead.id,
-						Detail: fmt.Sprintf("probe file %d uploaded to node %d with its clock %+v: node %d holds its state %v ahead of its own clock (max_clock_offset %v), event %d",
-							ahead.file.Index, ev.Node, ev.Offset, o.node, lead.Round(10*time.Millisecond), r.plan.MaxClockOffset, seq)})
-				}
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		r.log.Add(Line{T: r.log.Since(time.Now()), Round: ev.Round, Actor: "probe", Kind: "clock-check", Node: -1, Peer: ev.Node,
-			File: ahead.file.Index, ID: ahead.id, Size: ahead.file.Size,
-			Result: fmt.Sprintf("%d of %d other replicas took the state while it was beyond max_clock_offset", len(flagged), len(others))})
+		r.probeSkew(ev, n.URL, before, others)
 	}()
+}
+
+// skewPeer is a replica other than the skewed node.
+type skewPeer struct {
+	node int
+	url  string
+}
+
+// probeSkew probes the node skewed by ev (at url) until a probe shows
+// its new clock, deletes the probe written before the skew, and, for a
+// far skew, checks the other replicas.
+func (r *Runner) probeSkew(ev Event, url string, before probed, others []skewPeer) {
+	far := ev.Kind == FaultSkewFar
+	// The node reads its clock file within about 20 ms: probe until
+	// a probe's state shows the new clock (only a clock moved ahead
+	// shows it for sure).
+	var ahead probed
+	for try := range 10 {
+		p := r.probeWrite(ev.Round, ev.Node, url, OpUpload, r.probeFile(), fmt.Sprintf("with the clock %+v (try %d):", ev.Offset, try+1))
+		if p.out != Acked || p.stamp == nil {
+			break
+		}
+		if !far || clockTime(p.stamp.Clock).After(time.Now().Add(ev.Offset-time.Second)) {
+			ahead = p
+			break
+		}
+	}
+	if before.out == Acked {
+		r.probeWrite(ev.Round, ev.Node, url, OpDelete, before.file, fmt.Sprintf("with the clock %+v:", ev.Offset))
+	}
+	if !far || ahead.stamp == nil {
+		return
+	}
+	r.checkFarState(ev, ahead, others)
+}
+
+// checkFarState checks for 1.5 s that no other replica takes the state
+// of ahead, written with a clock far ahead: a violation otherwise.
+func (r *Runner) checkFarState(ev Event, ahead probed, others []skewPeer) {
+	flagged := map[int]bool{}
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		for _, o := range others {
+			if flagged[o.node] {
+				continue
+			}
+			st, err := r.readState(context.Background(), o.node, o.url, ahead.id)
+			if err != nil || st.Code != 200 {
+				continue
+			}
+			if lead := clockTime(st.Stamp.Clock).Sub(time.Now()); lead > r.plan.MaxClockOffset+500*time.Millisecond {
+				flagged[o.node] = true
+				seq := r.log.Add(Line{T: r.log.Since(time.Now()), Round: ev.Round, Actor: "probe", Kind: "clock-check", Node: o.node, Peer: ev.Node,
+					File: ahead.file.Index, ID: ahead.id, Size: ahead.file.Size,
+					Result: fmt.Sprintf("VIOLATION: holds %s, %v ahead of its clock", r.showStamp(st.Stamp), lead.Round(10*time.Millisecond))})
+				r.report.Violate(Violation{Invariant: 0, Kind: VClockAccepted, Node: o.node, ID: ahead.id,
+					Detail: fmt.Sprintf("probe file %d uploaded to node %d with its clock %+v: node %d holds its state %v ahead of its own clock (max_clock_offset %v), event %d",
+						ahead.file.Index, ev.Node, ev.Offset, o.node, lead.Round(10*time.Millisecond), r.plan.MaxClockOffset, seq)})
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.log.Add(Line{T: r.log.Since(time.Now()), Round: ev.Round, Actor: "probe", Kind: "clock-check", Node: -1, Peer: ev.Node,
+		File: ahead.file.Index, ID: ahead.id, Size: ahead.file.Size,
+		Result: fmt.Sprintf("%d of %d other replicas took the state while it was beyond max_clock_offset", len(flagged), len(others))})
 }
 
 // unskew puts a skewed node's clock back (test goroutine): the skew

@@ -19,34 +19,23 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/client"
+	"github.com/dtfc/dtfc/internal/listflag"
 )
-
-// urlList is a repeatable --server flag that also takes commas.
-type urlList []string
-
-func (u *urlList) String() string { return strings.Join(*u, ",") }
-func (u *urlList) Set(s string) error {
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*u = append(*u, p)
-		}
-	}
-	return nil
-}
 
 // clientFlags registers the flags every client command shares.
 func clientFlags(name string) (*flag.FlagSet, func() (*client.Client, error)) {
 	fs := flag.NewFlagSet("dtfc "+name, flag.ContinueOnError)
-	var servers urlList
+	var servers []string
+	serverFlag := &listflag.List{Into: &servers, Commas: true} // repeatable, also takes commas
 	token := fs.String("token", os.Getenv("DTFC_TOKEN"), "write token (default $DTFC_TOKEN)")
 	ca := fs.String("ca", os.Getenv("DTFC_CA"), "PEM CA bundle to verify https nodes (default $DTFC_CA, else the system roots)")
-	fs.Var(&servers, "server", "node URL; repeat (or separate with commas) to fall back to others (default $DTFC_SERVER or http://localhost:8080)")
+	fs.Var(serverFlag, "server", "node URL; repeat (or separate with commas) to fall back to others (default $DTFC_SERVER or http://localhost:8080)")
 	return fs, func() (*client.Client, error) {
 		if len(servers) == 0 {
-			servers.Set(os.Getenv("DTFC_SERVER"))
+			serverFlag.Set(os.Getenv("DTFC_SERVER"))
 		}
 		if len(servers) == 0 {
-			servers = urlList{"http://localhost:8080"}
+			servers = []string{"http://localhost:8080"}
 		}
 		opts := client.Options{Token: *token}
 		if *ca != "" {

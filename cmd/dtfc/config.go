@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/dtfc/dtfc/internal/listflag"
 )
 
 // Config is everything `dtfc serve` can be told, from flags or a TOML file
@@ -107,30 +109,11 @@ func (l *StringList) UnmarshalTOML(v any) error {
 	return fmt.Errorf("want a string or an array of strings, got %v", v)
 }
 
-// listFlag is a repeatable flag filling a StringList: its first use on
-// the command line replaces what the config file said, later uses add.
-type listFlag struct {
-	l   *StringList
-	set bool
-}
-
-func (f *listFlag) String() string {
-	if f.l == nil {
-		return ""
-	}
-	return strings.Join(*f.l, ",")
-}
-
-func (f *listFlag) Set(s string) error {
-	if !f.set {
-		*f.l, f.set = nil, true
-	}
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*f.l = append(*f.l, p)
-		}
-	}
-	return nil
+// asFlag returns l as a repeatable flag (or comma-separated): its first
+// use on the command line replaces what the config file said, later uses
+// add.
+func (l *StringList) asFlag() flag.Value {
+	return &listflag.List{Into: (*[]string)(l), Commas: true, Replace: true}
 }
 
 // Duration is a time.Duration written as a Go duration string ("1.5s").
@@ -218,10 +201,10 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&c.MaxUploadBytes, "max-upload-bytes", "larger uploads get 413 (0 = no limit)")
 	fs.Var(&c.IdleTimeout, "idle-timeout", "an upload body that sends nothing this long gets 408")
 	fs.Var(&c.ReplicasTimeout, "replicas-timeout", "how long ?replicas=N waits before 504")
-	fs.Var(&listFlag{l: &c.AuthToken}, "auth-token", "when set, writes need Authorization: Bearer <token>; repeat for several (rotation). Prefer the config file: flags show in ps")
-	fs.Var(&listFlag{l: &c.ReadToken}, "read-token", "when set, reads need Authorization: Bearer <token> (a write token reads too); repeatable")
+	fs.Var(c.AuthToken.asFlag(), "auth-token", "when set, writes need Authorization: Bearer <token>; repeat for several (rotation). Prefer the config file: flags show in ps")
+	fs.Var(c.ReadToken.asFlag(), "read-token", "when set, reads need Authorization: Bearer <token> (a write token reads too); repeatable")
 	fs.BoolVar(&c.PrivateStatus, "private-status", c.PrivateStatus, "require a read or write token for /, /_status and /metrics")
-	fs.Var(&listFlag{l: &c.ClusterSecret}, "cluster-secret", "when set, node-to-node requests must carry it; with several, the first is sent and all are accepted (rotation). Prefer the config file")
+	fs.Var(c.ClusterSecret.asFlag(), "cluster-secret", "when set, node-to-node requests must carry it; with several, the first is sent and all are accepted (rotation). Prefer the config file")
 	fs.Var(&c.ScrubInterval, "scrub-interval", "how often a full re-hash pass over the store starts (0 = never)")
 	fs.Var(&c.ScrubRate, "scrub-rate", "bytes per second the scrubber reads at most (0 = no limit)")
 	fs.Var(&c.AntiEntropyInterval, "anti-entropy-interval", "how often each peer's digests are compared")
@@ -236,7 +219,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.StringVar(&c.TLSClientKey, "tls-client-key", c.TLSClientKey, "PEM key of tls-client-cert")
 	fs.BoolVar(&c.TLSRequirePeerCert, "tls-require-peer-cert", c.TLSRequirePeerCert, "node-to-node routes require a client certificate verified by tls-ca")
 	fs.IntVar(&c.MaxUploadsPerClient, "max-uploads-per-client", c.MaxUploadsPerClient, "uploads in flight per client address before 429 (negative = no limit)")
-	fs.Var(&listFlag{l: &c.TrustedProxies}, "trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client; repeatable")
+	fs.Var(c.TrustedProxies.asFlag(), "trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client; repeatable")
 	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request head (request line and header fields, as HTTP/1.1 sends them) accepted; larger ones get 431")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")

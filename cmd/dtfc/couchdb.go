@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/client"
 	"github.com/dtfc/dtfc/couchdb"
+	"github.com/dtfc/dtfc/internal/listflag"
 )
 
 const couchUsage = `Usage:
@@ -30,12 +32,6 @@ const couchUsage = `Usage:
 
 Run "dtfc couchdb SUBCOMMAND -h" for the flags.
 `
-
-// stringList is a repeatable flag.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -52,99 +48,94 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprint(stderr, couchUsage)
 		return fmt.Errorf("unknown sub-command %q", sub)
 	}
-	fs, mk := clientFlags("couchdb " + sub)
-	couch := fs.String("couch", os.Getenv("DTFC_COUCHDB"), "CouchDB URL; may carry user:password@ (default $DTFC_COUCHDB)")
-	var dbs stringList
-	if sub == "orphans" {
-		fs.Var(&dbs, "db", "database whose documents count as references; repeat for several")
-	} else {
-		fs.Var(&dbs, "db", "database to migrate")
-	}
-	var (
-		remove    = new(bool)
-		dry       = new(bool)
-		batch     = new(int)
-		conc      = new(int)
-		heartbeat = new(time.Duration)
-		verbose   = new(bool)
-		blobs     = new(string)
-	)
-	if sub == "orphans" {
-		fs.StringVar(blobs, "blobs", "", "a replica node's basedir (or its blobs/ directory): the blobs to check")
-	} else {
-		fs.BoolVar(remove, "remove-attachments", false, "drop each attachment from its document once it is in dtfc (same update)")
-		fs.BoolVar(dry, "dry-run", false, "report what would be done; write nothing")
-		fs.IntVar(batch, "batch", 100, "changes per page of the feed; the checkpoint moves as pages complete")
-		fs.IntVar(conc, "concurrency", 4, "documents migrated at once")
-		fs.BoolVar(verbose, "v", false, "log every document updated")
-		if sub == "follow" {
-			fs.DurationVar(heartbeat, "heartbeat", 10*time.Second, "change feed heartbeat; a connection silent for three is re-opened")
-		}
-	}
-	pos, err := interleaved(fs, args)
+	a, err := parseCouchArgs(sub, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q", pos[0])
-	}
-	if *couch == "" {
-		return errors.New("--couch URL is required")
-	}
-	if len(dbs) == 0 {
-		return errors.New("--db NAME is required")
-	}
-	cc, err := couchdb.New(*couch, couchdb.ClientOptions{})
+	cc, err := couchdb.New(a.couch, couchdb.ClientOptions{})
 	if err != nil {
 		return err
 	}
 	defer cc.CloseIdleConnections()
 	if sub == "orphans" {
-		return couchOrphans(ctx, cc, dbs, *blobs, stdout, stderr)
+		return couchOrphans(ctx, cc, a.dbs, a.blobs, stdout, stderr)
 	}
-	if len(dbs) > 1 {
+	if len(a.dbs) > 1 {
 		return fmt.Errorf("%s takes one --db (run one per database)", sub)
 	}
-	if *batch <= 0 || *conc <= 0 {
+	if a.batch <= 0 || a.conc <= 0 {
 		return errors.New("--batch and --concurrency must be positive")
 	}
-	dc, err := mk()
+	return couchMigrate(ctx, a, cc.DB(a.dbs[0]), stdout, stderr)
+}
+
+// couchArgs are the flags of a couchdb sub-command; those the sub-command
+// does not take stay zero.
+type couchArgs struct {
+	sub       string
+	fs        *flag.FlagSet
+	mk        func() (*client.Client, error) // the dtfc client, from the shared flags
+	couch     string
+	dbs       []string
+	remove    bool
+	dry       bool
+	batch     int
+	conc      int
+	heartbeat time.Duration
+	verbose   bool
+	blobs     string
+}
+
+// parseCouchArgs parses the flags of the sub-command sub, and checks the
+// ones every sub-command needs.
+func parseCouchArgs(sub string, args []string) (*couchArgs, error) {
+	a := &couchArgs{sub: sub}
+	a.fs, a.mk = clientFlags("couchdb " + sub)
+	fs := a.fs
+	fs.StringVar(&a.couch, "couch", os.Getenv("DTFC_COUCHDB"), "CouchDB URL; may carry user:password@ (default $DTFC_COUCHDB)")
+	if sub == "orphans" {
+		fs.Var(&listflag.List{Into: &a.dbs}, "db", "database whose documents count as references; repeat for several")
+		fs.StringVar(&a.blobs, "blobs", "", "a replica node's basedir (or its blobs/ directory): the blobs to check")
+	} else {
+		fs.Var(&listflag.List{Into: &a.dbs}, "db", "database to migrate")
+		fs.BoolVar(&a.remove, "remove-attachments", false, "drop each attachment from its document once it is in dtfc (same update)")
+		fs.BoolVar(&a.dry, "dry-run", false, "report what would be done; write nothing")
+		fs.IntVar(&a.batch, "batch", 100, "changes per page of the feed; the checkpoint moves as pages complete")
+		fs.IntVar(&a.conc, "concurrency", 4, "documents migrated at once")
+		fs.BoolVar(&a.verbose, "v", false, "log every document updated")
+		if sub == "follow" {
+			fs.DurationVar(&a.heartbeat, "heartbeat", 10*time.Second, "change feed heartbeat; a connection silent for three is re-opened")
+		}
+	}
+	pos, err := interleaved(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	if a.couch == "" {
+		return nil, errors.New("--couch URL is required")
+	}
+	if len(a.dbs) == 0 {
+		return nil, errors.New("--db NAME is required")
+	}
+	return a, nil
+}
+
+// couchMigrate runs migrate or follow on db, then prints what it did.
+func couchMigrate(ctx context.Context, a *couchArgs, db *couchdb.DB, stdout, stderr io.Writer) error {
+	opts, err := a.migrateOptions(stdout, stderr)
 	if err != nil {
 		return err
-	}
-	// The servers, as mk settled them (defaults included), name the
-	// checkpoint: another cluster starts from the beginning.
-	servers := strings.Split(fs.Lookup("server").Value.String(), ",")
-	slices.Sort(servers)
-	level := slog.LevelWarn
-	if *verbose || sub == "follow" {
-		level = slog.LevelInfo
-	}
-	opts := couchdb.Options{
-		Store:             dc,
-		RemoveAttachments: *remove,
-		DryRun:            *dry,
-		Batch:             *batch,
-		Concurrency:       *conc,
-		Target:            strings.Join(servers, ","),
-		Heartbeat:         *heartbeat,
-		Logger:            slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-	}
-	db := cc.DB(dbs[0])
-	if *dry {
-		opts.Report = func(e couchdb.Event) {
-			if e.Action == "would move" {
-				fmt.Fprintf(stdout, "would move %s/%s (%d bytes)\n", e.DocID, e.Attachment, e.Length)
-			}
-		}
 	}
 	info, err := db.Info(ctx)
 	if err != nil {
 		return err
 	}
 	var mp *migrationProgress
-	if sub == "migrate" {
-		if pb := newProgress(stderr, dbs[0], info.DocCount); pb != nil {
+	if a.sub == "migrate" {
+		if pb := newProgress(stderr, a.dbs[0], info.DocCount); pb != nil {
 			mp = &migrationProgress{progress: pb}
 			opts.Progress = mp.update
 		}
@@ -155,7 +146,7 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	start := time.Now()
 	var stats couchdb.Stats
-	if sub == "follow" {
+	if a.sub == "follow" {
 		stats, err = m.Follow(ctx)
 	} else {
 		stats, err = m.Run(ctx)
@@ -163,7 +154,7 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if mp != nil {
 		mp.done()
 	}
-	printSummary(stdout, dbs[0], stats, time.Since(start), *dry)
+	printSummary(stdout, a.dbs[0], stats, time.Since(start), a.dry)
 	if err != nil && ctx.Err() != nil {
 		return errors.New("interrupted; the same command resumes from the checkpoint")
 	}
@@ -174,6 +165,40 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("%d attachments or documents could not be migrated (listed above); they stay in CouchDB", stats.Failures)
 	}
 	return nil
+}
+
+// migrateOptions returns the migrator's options, with the dtfc client.
+func (a *couchArgs) migrateOptions(stdout, stderr io.Writer) (couchdb.Options, error) {
+	dc, err := a.mk()
+	if err != nil {
+		return couchdb.Options{}, err
+	}
+	// The servers, as mk settled them (defaults included), name the
+	// checkpoint: another cluster starts from the beginning.
+	servers := strings.Split(a.fs.Lookup("server").Value.String(), ",")
+	slices.Sort(servers)
+	level := slog.LevelWarn
+	if a.verbose || a.sub == "follow" {
+		level = slog.LevelInfo
+	}
+	opts := couchdb.Options{
+		Store:             dc,
+		RemoveAttachments: a.remove,
+		DryRun:            a.dry,
+		Batch:             a.batch,
+		Concurrency:       a.conc,
+		Target:            strings.Join(servers, ","),
+		Heartbeat:         a.heartbeat,
+		Logger:            slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if a.dry {
+		opts.Report = func(e couchdb.Event) {
+			if e.Action == "would move" {
+				fmt.Fprintf(stdout, "would move %s/%s (%d bytes)\n", e.DocID, e.Attachment, e.Length)
+			}
+		}
+	}
+	return opts, nil
 }
 
 // migrationProgress draws the progress of a migration on a terminal: the

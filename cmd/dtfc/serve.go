@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -33,23 +34,10 @@ import (
 // swaps in its tokens (a rotation without a restart) and re-reads the peer
 // list.
 func serve(ctx context.Context, c Config, reload func() (Config, error), stderr io.Writer) error {
-	level := slog.LevelInfo
-	if c.Verbose {
-		level = slog.LevelDebug
-	}
-	// The last warnings and errors are kept for the status page and
-	// /_status (server.Recent).
-	recent := server.NewRecent(0)
-	log := slog.New(recent.Handler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
-
+	log, recent := serveLogger(c, stderr)
 	reg := prometheus.NewRegistry()
 	wall := wallClock()
-	store, err := blobstore.Open(c.Basedir, blobstore.Options{
-		Logger:         log.With("component", "blobstore"),
-		TrackAccess:    c.Role == "cache",
-		Wall:           wall,
-		MaxClockOffset: time.Duration(c.MaxClockOffset),
-	})
+	store, err := openStore(c, log, wall)
 	if err != nil {
 		return err
 	}
@@ -58,27 +46,87 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 			log.Error("closing the store", "err", err)
 		}
 	}()
-
-	var tlsr *tlsreload.Reloader
-	if c.TLSCert != "" || c.TLSCA != "" || c.TLSClientCert != "" {
-		tlsr, err = tlsreload.New(tlsreload.Files{
-			Cert: c.TLSCert, Key: c.TLSKey, CA: c.TLSCA,
-			ClientCert: c.TLSClientCert, ClientKey: c.TLSClientKey,
-		}, log.With("component", "tls"))
-		if err != nil {
-			return err
-		}
-	}
-	peerClient := peer.DefaultHTTPClient(nil)
-	if tlsr != nil {
-		peerClient.Transport.(*http.Transport).TLSClientConfig = tlsr.ClientConfig()
+	tlsr, err := loadTLS(c, log)
+	if err != nil {
+		return err
 	}
 	proxies, err := c.proxies()
 	if err != nil {
 		return err
 	}
+	cluster, err := newCluster(c, store, tlsr, log, reg, wall)
+	if err != nil {
+		return err
+	}
+	api := newAPI(c, store, cluster, proxies, recent, log, reg)
+	ln, hs, err := listen(c, api, tlsr, log)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
+		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
+	if c.internalHidden() {
+		log.Info("node-to-node routes (/_internal) not served: a token is set without cluster_secret, and there is no peerlist", "key", c.tokenKey())
+	}
 
-	cluster, err := peer.New(store, peer.Options{
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return cluster.Run(gctx) })
+	g.Go(func() error { return reloadOnHUP(gctx, cluster, api, reload, log) })
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdown(hs, api, time.Duration(c.ShutdownGrace), log)
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("serving: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// serveLogger returns the node's logger, which also keeps the last
+// warnings and errors for the status page and /_status (server.Recent).
+func serveLogger(c Config, stderr io.Writer) (*slog.Logger, *server.Recent) {
+	level := slog.LevelInfo
+	if c.Verbose {
+		level = slog.LevelDebug
+	}
+	recent := server.NewRecent(0)
+	return slog.New(recent.Handler(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))), recent
+}
+
+func openStore(c Config, log *slog.Logger, wall func() time.Time) (*blobstore.Store, error) {
+	return blobstore.Open(c.Basedir, blobstore.Options{
+		Logger:         log.With("component", "blobstore"),
+		TrackAccess:    c.Role == "cache",
+		Wall:           wall,
+		MaxClockOffset: time.Duration(c.MaxClockOffset),
+	})
+}
+
+// loadTLS returns the TLS files' reloader, or nil when none is configured.
+func loadTLS(c Config, log *slog.Logger) (*tlsreload.Reloader, error) {
+	if c.TLSCert == "" && c.TLSCA == "" && c.TLSClientCert == "" {
+		return nil, nil
+	}
+	return tlsreload.New(tlsreload.Files{
+		Cert: c.TLSCert, Key: c.TLSKey, CA: c.TLSCA,
+		ClientCert: c.TLSClientCert, ClientKey: c.TLSClientKey,
+	}, log.With("component", "tls"))
+}
+
+func newCluster(c Config, store *blobstore.Store, tlsr *tlsreload.Reloader, log *slog.Logger, reg *prometheus.Registry, wall func() time.Time) (*peer.Cluster, error) {
+	peerClient := peer.DefaultHTTPClient(nil)
+	if tlsr != nil {
+		peerClient.Transport.(*http.Transport).TLSClientConfig = tlsr.ClientConfig()
+	}
+	return peer.New(store, peer.Options{
 		Me:                  c.Me,
 		Role:                c.Role,
 		PeerList:            c.Peerlist,
@@ -98,11 +146,10 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		Registry:            reg,
 		Wall:                wall,
 	})
-	if err != nil {
-		return err
-	}
+}
 
-	api := server.New(server.Config{
+func newAPI(c Config, store *blobstore.Store, cluster *peer.Cluster, proxies []netip.Prefix, recent *server.Recent, log *slog.Logger, reg *prometheus.Registry) *server.Server {
+	return server.New(server.Config{
 		Me:                  c.Me,
 		Role:                c.Role,
 		MaxUploadBytes:      int64(c.MaxUploadBytes),
@@ -120,10 +167,13 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		Cluster:             cluster,
 		NoInternal:          c.internalHidden(),
 	}, store)
+}
 
+// listen opens the node's listener and the HTTP server that will serve it.
+func listen(c Config, api *server.Server, tlsr *tlsreload.Reloader, log *slog.Logger) (net.Listener, *http.Server, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	// HTTP/1.1, and HTTP/2 over TLS (ALPN "h2"; no cleartext HTTP/2).
 	// The limits hold on both: the server applies max_header_bytes itself
@@ -152,60 +202,44 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 		hs.TLSConfig = tlsr.ServerConfig()
 		ln = tls.NewListener(ln, hs.TLSConfig)
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
-		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
-	if c.internalHidden() {
-		log.Info("node-to-node routes (/_internal) not served: a token is set without cluster_secret, and there is no peerlist", "key", c.tokenKey())
-	}
+	return ln, hs, nil
+}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return cluster.Run(gctx) })
-	g.Go(func() error {
-		// SIGHUP re-reads the peer list, like PUT /refreshpeers, and the
-		// tokens.
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-hup:
-				if _, err := cluster.Refresh(); err != nil && !errors.Is(err, peer.ErrNoPeerList) {
-					log.Error("SIGHUP: peer list not reloaded; the previous one stays in force", "err", err)
-				}
-				if nc, err := reload(); err != nil {
-					log.Error("SIGHUP: configuration not reloaded; the tokens in force stay", "err", err)
-				} else {
-					api.SetTokens(nc.AuthToken, nc.ReadToken)
-					log.Info("SIGHUP: tokens reloaded", "write_tokens", len(nc.AuthToken), "read_tokens", len(nc.ReadToken))
-				}
+// reloadOnHUP re-reads, at every SIGHUP until ctx ends, the peer list
+// (like PUT /refreshpeers) and the tokens.
+func reloadOnHUP(ctx context.Context, cluster *peer.Cluster, api *server.Server, reload func() (Config, error), log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			if _, err := cluster.Refresh(); err != nil && !errors.Is(err, peer.ErrNoPeerList) {
+				log.Error("SIGHUP: peer list not reloaded; the previous one stays in force", "err", err)
+			}
+			if nc, err := reload(); err != nil {
+				log.Error("SIGHUP: configuration not reloaded; the tokens in force stay", "err", err)
+			} else {
+				api.SetTokens(nc.AuthToken, nc.ReadToken)
+				log.Info("SIGHUP: tokens reloaded", "write_tokens", len(nc.AuthToken), "read_tokens", len(nc.ReadToken))
 			}
 		}
-	})
-	g.Go(func() error {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		log.Info("shutting down", "grace", time.Duration(c.ShutdownGrace).String())
-		sctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.ShutdownGrace))
-		defer cancel()
-		if err := hs.Shutdown(sctx); err != nil {
-			log.Warn("requests still running at the end of the grace period; cutting them off", "err", err)
-			hs.Close()
-		}
-		api.Wait()
-		return nil
-	})
-	if err := g.Wait(); err != nil {
-		return fmt.Errorf("serving: %w", err)
 	}
-	log.Info("stopped")
-	return nil
+}
+
+// shutdown lets the requests in flight finish for grace, cuts off what
+// remains, and waits for the handlers to return.
+func shutdown(hs *http.Server, api *server.Server, grace time.Duration, log *slog.Logger) {
+	log.Info("shutting down", "grace", grace.String())
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("requests still running at the end of the grace period; cutting them off", "err", err)
+		hs.Close()
+	}
+	api.Wait()
 }
 
 // maxStreams bounds the requests one HTTP/2 connection may have in flight
