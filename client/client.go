@@ -8,12 +8,12 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/dtfc/dtfc/api"
 	"hash"
 	"io"
 	"net/http"
@@ -433,8 +433,8 @@ func (c *Client) Stat(ctx context.Context, id dtfc.ID) (Info, error) {
 }
 
 // Status returns the first reachable node's /_status document.
-func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
-	var out json.RawMessage
+func (c *Client) Status(ctx context.Context) (*api.Status, error) {
+	var out *api.Status
 	err := c.each(ctx, func(base string) error {
 		req, err := c.request(ctx, http.MethodGet, base+"/_status", nil)
 		if err != nil {
@@ -448,11 +448,11 @@ func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
 		if resp.StatusCode != http.StatusOK {
 			return answerError(resp)
 		}
-		var buf bytes.Buffer
-		if _, err := io.Copy(&buf, io.LimitReader(resp.Body, 16<<20)); err != nil {
-			return err
+		var st api.Status
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&st); err != nil {
+			return fmt.Errorf("%s/_status: %w", base, err)
 		}
-		out = buf.Bytes()
+		out = &st
 		return nil
 	})
 	return out, err
