@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/dtfc/dtfc/api"
 	"hash"
 	"io"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 	"sync"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 )
 
 var (

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/dtfc/dtfc/api"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -26,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 

@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"errors"
 	"fmt"
-	"github.com/dtfc/dtfc/api"
 	"io/fs"
 	"net/http"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // Blobs is the local store as the server uses it.
@@ -154,10 +155,10 @@ func (s *Server) routes() chi.Router {
 		r.Use(s.limitHeader)
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
 	getHead := func(r chi.Router, pattern string, h http.HandlerFunc) {
 		r.Get(pattern, h)

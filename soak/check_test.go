@@ -1,13 +1,14 @@
 package soak
 
 import (
-	"github.com/dtfc/dtfc/api"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/api"
 )
 
 func TestEntryModel(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/dtfc/dtfc/api"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 

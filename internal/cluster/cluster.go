@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/dtfc/dtfc/api"
 	"io"
 	"io/fs"
 	"net"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/dtfc/dtfc/api"
 )
 
 // Roles a node can have.
