@@ -1,6 +1,8 @@
 package server
 
 import (
+	"cmp"
+	"github.com/dtfc/dtfc/internal/defaults"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -111,12 +113,8 @@ func New(cfg Config, store Blobs) *Server {
 	if cfg.Role == "" {
 		cfg.Role = "replica"
 	}
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = 60 * time.Second
-	}
-	if cfg.ReplicasTimeout == 0 {
-		cfg.ReplicasTimeout = 30 * time.Second
-	}
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, defaults.IdleTimeout)
+	cfg.ReplicasTimeout = cmp.Or(cfg.ReplicasTimeout, defaults.ReplicasTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -124,9 +122,7 @@ func New(cfg Config, store Blobs) *Server {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	cfg.Me = strings.TrimRight(cfg.Me, "/")
-	if cfg.MaxUploadsPerClient == 0 {
-		cfg.MaxUploadsPerClient = 64
-	}
+	cfg.MaxUploadsPerClient = cmp.Or(cfg.MaxUploadsPerClient, defaults.MaxUploadsPerClient)
 	s := &Server{cfg: cfg, store: store, log: cfg.Logger, started: time.Now()}
 	s.SetTokens(cfg.AuthTokens, cfg.ReadTokens)
 	s.uploads = &clientLimiter{max: cfg.MaxUploadsPerClient, n: map[string]int{}}
