@@ -8,7 +8,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha512"
 	"encoding/json"
@@ -23,6 +22,7 @@ import (
 	"sync"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 )
 
 var (
@@ -434,8 +434,8 @@ func (c *Client) Stat(ctx context.Context, id dtfc.ID) (Info, error) {
 }
 
 // Status returns the first reachable node's /_status document.
-func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
-	var out json.RawMessage
+func (c *Client) Status(ctx context.Context) (*api.Status, error) {
+	var out *api.Status
 	err := c.each(ctx, func(base string) error {
 		resp, err := c.do(ctx, http.MethodGet, base+"/_status", nil)
 		if err != nil {
@@ -445,11 +445,11 @@ func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
 		if resp.StatusCode != http.StatusOK {
 			return answerError(resp)
 		}
-		var buf bytes.Buffer
-		if _, err := io.Copy(&buf, io.LimitReader(resp.Body, 16<<20)); err != nil {
-			return err
+		var st api.Status
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&st); err != nil {
+			return fmt.Errorf("%s/_status: %w", base, err)
 		}
-		out = buf.Bytes()
+		out = &st
 		return nil
 	})
 	return out, err

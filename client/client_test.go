@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha512"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -130,13 +129,8 @@ func TestClientAgainstCluster(t *testing.T) {
 			assert.Contains(t, []string{"local", "peer"}, info.Source)
 		}
 
-		raw, err := cl.Status(ctx)
+		st, err := cl.Status(ctx)
 		require.NoError(t, err)
-		var st struct {
-			Node  string `json:"node"`
-			Blobs int64  `json:"blobs"`
-		}
-		require.NoError(t, json.Unmarshal(raw, &st))
 		assert.Equal(t, urls[0], st.Node)
 
 		require.NoError(t, cl.Delete(ctx, res.ID))

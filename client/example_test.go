@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"crypto/sha512"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -142,15 +141,8 @@ func ExampleClient_Status() {
 	ctx := context.Background()
 	c.Put(ctx, strings.NewReader("one"), client.PutOptions{Filename: "1.txt"})
 
-	raw, err := c.Status(ctx)
+	st, err := c.Status(ctx)
 	if err != nil {
-		log.Fatal(err)
-	}
-	var st struct {
-		Role  string `json:"role"`
-		Blobs int    `json:"blobs"`
-	}
-	if err := json.Unmarshal(raw, &st); err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println(st.Role, st.Blobs)

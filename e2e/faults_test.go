@@ -393,7 +393,7 @@ func TestDiskFullNode(t *testing.T) {
 	var lastErr string
 	eventually(t, converge, "a push of the big file to node 1 fails with 507", func() bool {
 		for _, i := range []int{0, 2} {
-			lastErr, _ = peerStatus(t, c, i, 1)["last_error"].(string)
+			lastErr = peerStatus(t, c, i, 1).LastError
 			if strings.Contains(lastErr, "507") {
 				return true
 			}
@@ -443,7 +443,7 @@ func TestDiskFullNode(t *testing.T) {
 	assert.NotContains(t, c.BlobFiles(1), bigID)
 	st, err := c.Status(1)
 	require.NoError(t, err)
-	t.Logf("node 1: blobs=%v bytes=%v", st["blobs"], st["bytes"])
+	t.Logf("node 1: blobs=%v bytes=%v", st.Blobs, st.Bytes)
 	res, _ := get(t, hc, c.Nodes[1].URL+"/health")
 	assert.Equal(t, http.StatusOK, res.StatusCode, "node 1 still serves")
 }

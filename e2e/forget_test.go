@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -191,7 +192,7 @@ func testExpiredNodeResyncs(t *testing.T, tc string) {
 		c.Cut(2, 1)
 		for _, j := range []int{0, 1} {
 			eventually(t, converge, fmt.Sprintf("node 2 finds node %d unreachable", j), func() bool {
-				up, _ := peerStatus(t, c, 2, j)["up"].(bool)
+				up := peerStatus(t, c, 2, j).Up
 				return !up
 			})
 		}
@@ -214,7 +215,7 @@ func testExpiredNodeResyncs(t *testing.T, tc string) {
 			if s, _ := stateOf(t, c, hc, i, xID); s != http.StatusNotFound {
 				return false
 			}
-			if exp, _ := peerStatus(t, c, i, 2)["expired"].(bool); !exp {
+			if !peerStatus(t, c, i, 2).Expired {
 				return false
 			}
 		}
@@ -253,15 +254,14 @@ func testExpiredNodeResyncs(t *testing.T, tc string) {
 		for i := range c.Nodes {
 			st, err := c.Status(i)
 			require.NoError(t, err)
-			cl, _ := st["cluster"].(map[string]any)
-			if r, _ := cl["resyncing"].(bool); r {
+			if st.Cluster != nil && st.Cluster.Resyncing {
 				return false
 			}
 			for j := range c.Nodes {
 				if j == i {
 					continue
 				}
-				if exp, _ := peerStatus(t, c, i, j)["expired"].(bool); exp {
+				if peerStatus(t, c, i, j).Expired {
 					return false
 				}
 			}
@@ -298,8 +298,8 @@ func TestCacheBackAfterRetention(t *testing.T) {
 	})
 	st, err := c.Status(2)
 	require.NoError(t, err)
-	cl, _ := st["cluster"].(map[string]any)
-	assert.Equal(t, false, cl["resyncing"], "the cache is left resyncing")
+	require.NotNil(t, st.Cluster)
+	assert.False(t, st.Cluster.Resyncing, "the cache is left resyncing")
 }
 
 // TestReplicaWithOnlyCaches: a replica whose only peers are caches, quiet
@@ -395,7 +395,7 @@ func TestClockSkewedNode(t *testing.T) {
 	data := randomBytes(5000)
 	_, id := upload(t, hc, c.Nodes[1].URL, "skewed", data)
 	eventually(t, converge, "node 1 shows node 0 refusing its push", func() bool {
-		n, _ := peerStatus(t, c, 1, 0)["clock_refused"].(float64)
+		n := peerStatus(t, c, 1, 0).ClockRefused
 		return n > 0
 	})
 	assert.Contains(t, metrics(t, hc, c.Nodes[1].URL, "dtfc_replication_clock_refused_total"), "dtfc_replication_clock_refused_total")
@@ -420,10 +420,11 @@ func TestListedUnderTwoURLs(t *testing.T) {
 	eventually(t, converge, "node 0 finds the entry that is itself", func() bool {
 		st, err := c.Status(0)
 		require.NoError(t, err)
-		cl, _ := st["cluster"].(map[string]any)
-		peers, _ := cl["peers"].([]any)
-		for _, p := range peers {
-			if m, _ := p.(map[string]any); m["self"] == true {
+		if st.Cluster == nil {
+			return false
+		}
+		for _, p := range st.Cluster.Peers {
+			if p.Self {
 				return true
 			}
 		}
@@ -557,7 +558,7 @@ func TestCacheListedAsReplica(t *testing.T) {
 	// Any exchange tells node 0 what node 1 is.
 	_, warm := upload(t, hc, c.Nodes[0].URL, "warm", randomBytes(1000))
 	eventually(t, converge, "node 0 learns node 1 is a cache", func() bool {
-		return peerStatus(t, c, 0, 1)["reported_role"] == "cache"
+		return peerStatus(t, c, 0, 1).ReportedRole == dtfc.RoleCache
 	})
 	res, body = putQuery(t, hc, c.Nodes[0].URL+"/r2?replicas=2", randomBytes(5000))
 	assert.Equal(t, http.StatusBadRequest, res.StatusCode, "a cache is no replica: %s", body)
@@ -595,7 +596,7 @@ func TestPartitionLongerThanExpiry(t *testing.T) {
 			}
 			for j := range c.Nodes {
 				if (i < 2) != (j < 2) {
-					if exp, _ := peerStatus(t, c, i, j)["expired"].(bool); !exp {
+					if !peerStatus(t, c, i, j).Expired {
 						return false
 					}
 				}
@@ -613,13 +614,12 @@ func TestPartitionLongerThanExpiry(t *testing.T) {
 		for i := range c.Nodes {
 			st, err := c.Status(i)
 			require.NoError(t, err)
-			cl, _ := st["cluster"].(map[string]any)
-			if r, _ := cl["resyncing"].(bool); r {
+			if st.Cluster != nil && st.Cluster.Resyncing {
 				return false
 			}
 			for j := range c.Nodes {
 				if j != i {
-					if exp, _ := peerStatus(t, c, i, j)["expired"].(bool); exp {
+					if peerStatus(t, c, i, j).Expired {
 						return false
 					}
 				}
@@ -649,7 +649,7 @@ func TestClockAheadExpiresNobody(t *testing.T) {
 		return logHas(c.Nodes[0], "clock is ahead of every peer")
 	})
 	wait(3 * time.Second) // purges run every second
-	exp, _ := peerStatus(t, c, 0, 1)["expired"].(bool)
+	exp := peerStatus(t, c, 0, 1).Expired
 	assert.False(t, exp, "node 0 marked node 1 expired on the strength of a clock a year ahead")
 	_, st := stateOf(t, c, hc, 0, xID)
 	assert.True(t, st.Deleted, "node 0 forgot the delete node 1 has not acknowledged")
@@ -680,7 +680,7 @@ func TestLateDeleteGivesFullExpiry(t *testing.T) {
 		return st.Deleted
 	})
 	wait(2 * time.Second)
-	exp, _ := peerStatus(t, c, 0, 1)["expired"].(bool)
+	exp := peerStatus(t, c, 0, 1).Expired
 	assert.False(t, exp, "node 0 marked node 1 expired a moment after it learned of an old delete")
 	c.HealAll()
 	c.WaitConverged(t, converge)

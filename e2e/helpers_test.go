@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -314,20 +315,20 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 // peerStatus returns node i's view of node j from its /_status
 // ("cluster.peers", found by the URL by which i knows j).
-func peerStatus(t *testing.T, c *cluster.Cluster, i, j int) map[string]any {
+func peerStatus(t *testing.T, c *cluster.Cluster, i, j int) api.PeerStatus {
 	t.Helper()
 	st, err := c.Status(i)
 	require.NoError(t, err)
-	cl, _ := st["cluster"].(map[string]any)
-	peers, _ := cl["peers"].([]any)
 	want := c.PeerURL(i, j)
-	for _, p := range peers {
-		if m, ok := p.(map[string]any); ok && m["url"] == want {
-			return m
+	if st.Cluster != nil {
+		for _, p := range st.Cluster.Peers {
+			if p.URL == want {
+				return p
+			}
 		}
 	}
-	t.Fatalf("node %d's /_status has no peer %s: %v", i, want, st)
-	return nil
+	t.Fatalf("node %d's /_status has no peer %s: %+v", i, want, st)
+	return api.PeerStatus{}
 }
 
 // queueLength is the length of node i's replication queue towards node j
@@ -336,12 +337,9 @@ func queueLength(t *testing.T, c *cluster.Cluster, i, j int) int64 {
 	t.Helper()
 	st, err := c.Status(i)
 	require.NoError(t, err)
-	qs, _ := st["queues"].(map[string]any)
-	q, ok := qs[c.PeerURL(i, j)].(map[string]any)
-	require.True(t, ok, "node %d's /_status has no queue for node %d: %v", i, j, st["queues"])
-	n, ok := q["length"].(float64)
-	require.True(t, ok, "node %d's queue for node %d: %v", i, j, q)
-	return int64(n)
+	q, ok := st.Queues[c.PeerURL(i, j)]
+	require.True(t, ok, "node %d's /_status has no queue for node %d: %v", i, j, st.Queues)
+	return q.Length
 }
 
 // short abbreviates an ID for messages.

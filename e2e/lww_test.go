@@ -89,9 +89,8 @@ func TestLWWOrderings(t *testing.T) {
 		// peers, then the cluster converges again: still deleted.
 		eventually(t, converge, "node 1 contacts both peers again", func() bool {
 			for _, j := range []int{0, 2} {
-				ts, _ := peerStatus(t, c, 1, j)["last_contact"].(string)
-				last, err := time.Parse(time.RFC3339Nano, ts)
-				if err != nil || !last.After(posted.Add(2*time.Second)) {
+				last := peerStatus(t, c, 1, j).LastContact
+				if !last.After(posted.Add(2 * time.Second)) {
 					return false
 				}
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -210,14 +211,12 @@ func nodeIdentity(t *testing.T, c *cluster.Cluster, i int) string {
 	return d.Node
 }
 
-// statusNumber is a number of node i's /_status.
-func statusNumber(t *testing.T, c *cluster.Cluster, i int, key string) float64 {
+// status is node i's /_status.
+func status(t *testing.T, c *cluster.Cluster, i int) *api.Status {
 	t.Helper()
 	st, err := c.Status(i)
 	require.NoError(t, err)
-	v, ok := st[key].(float64)
-	require.True(t, ok, "node %d's /_status has no number %q: %v", i, key, st)
-	return v
+	return st
 }
 
 // plantBlob writes data as a valid blob file into node n's blobs/, as a
@@ -278,7 +277,7 @@ func TestMetaDamagedSingleNode(t *testing.T) {
 
 			n.Start()
 			eventually(t, converge, "the node adopts every unconfirmed blob", func() bool {
-				return statusNumber(t, c, 0, "unconfirmed") == 0 && statusNumber(t, c, 0, "blobs") == float64(len(live))
+				return status(t, c, 0).Unconfirmed == 0 && status(t, c, 0).Blobs == int64(len(live))
 			})
 			assert.Equal(t, node, nodeIdentity(t, c, 0), "the node's identity after the rebuild")
 			for id := range live {
@@ -412,7 +411,7 @@ func TestMetaDamagedCluster(t *testing.T) {
 			c.Cut(2, 1)
 			x.Start()
 			eventually(t, converge, "node 1 has asked its peers about every unconfirmed blob", func() bool {
-				return statusNumber(t, c, 1, "unconfirmed") == 0
+				return status(t, c, 1).Unconfirmed == 0
 			})
 			assert.True(t, logHas(x, "deleted=4"), "node 1 applied the 3 deletes its peers answered and the one they forgot lately")
 			assert.Equal(t, 1, logCount(x, "adopted an unconfirmed blob no peer knows"), "node 1 adopted the blob no peer knew")
@@ -482,16 +481,16 @@ func TestMetaRebuildAsksAgain(t *testing.T) {
 	c.Nodes[2].Stop()
 	x.Start()
 	eventually(t, converge, "node 1 adopts what node 0 knows", func() bool {
-		return statusNumber(t, c, 1, "blobs") == float64(len(live))
+		return status(t, c, 1).Blobs == int64(len(live))
 	})
 	eventually(t, converge, "node 1 says it will ask again", func() bool { return logHas(x, "will ask again") })
-	assert.Equal(t, float64(1), statusNumber(t, c, 1, "unconfirmed"))
+	assert.EqualValues(t, 1, status(t, c, 1).Unconfirmed)
 	assert.False(t, logHas(x, "adopted an unconfirmed blob"), "adopted while a peer could not be asked")
 
 	c.Nodes[2].Start()
 	eventually(t, converge, "node 1 asks node 2 once it is back", func() bool { return logHas(x, "adopted an unconfirmed blob") })
 	c.WaitConverged(t, converge)
-	assert.Equal(t, float64(0), statusNumber(t, c, 1, "unconfirmed"))
+	assert.EqualValues(t, 0, status(t, c, 1).Unconfirmed)
 	for id, data := range live {
 		assertEveryReplica(t, c, id, int64(len(data)))
 	}

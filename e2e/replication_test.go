@@ -76,7 +76,7 @@ func TestNodeDownCatchesUp(t *testing.T) {
 	// (0.5 s, 1 s, 2 s, 4 s...).
 	for _, i := range []int{0, 1} {
 		eventually(t, 20*time.Second, fmt.Sprintf("node %d's pusher towards node 2 fails 4 times", i), func() bool {
-			f, _ := peerStatus(t, c, i, 2)["failures"].(float64)
+			f := peerStatus(t, c, i, 2).Failures
 			return f >= 4
 		})
 	}

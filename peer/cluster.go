@@ -1,9 +1,11 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dtfc/dtfc/internal/defaults"
 	"log/slog"
 	"math"
 	"net"
@@ -45,7 +47,7 @@ type Options struct {
 	// MaxFetches bounds the transfers from peers running at once, so a
 	// flood of misses cannot exhaust file descriptors; a miss beyond it
 	// waits a few seconds for a slot, then fails with ErrBusy. If zero, it
-	// defaults to 64.
+	// defaults to defaults.MaxPeerFetches.
 	MaxFetches int
 	// AntiEntropyInterval is how often each peer's digests are compared.
 	// If zero, it defaults to one minute.
@@ -62,8 +64,9 @@ type Options struct {
 	// MaxClockOffset bounds how far ahead of the wall clock a remote
 	// state's clock may be. If zero, it defaults to one minute.
 	MaxClockOffset time.Duration
-	// ScrubInterval is how often a scrub pass starts. If zero, it defaults
-	// to 24 hours; negative disables scrubbing.
+	// ScrubInterval is how often a scrub pass starts. If zero (or
+	// negative), the node never scrubs, as scrub_interval = 0 in the
+	// config.
 	ScrubInterval time.Duration
 	// ScrubRate bounds the scrubber's reads, in bytes per second. If zero,
 	// there is no bound.
@@ -135,30 +138,17 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 	if opts.Role == "" {
 		opts.Role = RoleReplica
 	}
-	if opts.AntiEntropyInterval == 0 {
-		opts.AntiEntropyInterval = time.Minute
-	}
-	if opts.TombstoneRetention == 0 {
-		opts.TombstoneRetention = 720 * time.Hour
-	}
-	if opts.TombstoneExpiry == 0 {
-		opts.TombstoneExpiry = 2160 * time.Hour
-	}
-	if opts.MaxClockOffset == 0 {
-		opts.MaxClockOffset = time.Minute
-	}
-	if opts.ScrubInterval == 0 {
-		opts.ScrubInterval = 24 * time.Hour
-	}
+	opts.AntiEntropyInterval = cmp.Or(opts.AntiEntropyInterval, defaults.AntiEntropyInterval)
+	opts.TombstoneRetention = cmp.Or(opts.TombstoneRetention, defaults.TombstoneRetention)
+	opts.TombstoneExpiry = cmp.Or(opts.TombstoneExpiry, defaults.TombstoneExpiry)
+	opts.MaxClockOffset = cmp.Or(opts.MaxClockOffset, defaults.MaxClockOffset)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = DefaultHTTPClient(nil)
 	}
-	if opts.MaxFetches == 0 {
-		opts.MaxFetches = 64
-	}
+	opts.MaxFetches = cmp.Or(opts.MaxFetches, defaults.MaxPeerFetches)
 	if opts.Wall == nil {
 		opts.Wall = time.Now
 	}

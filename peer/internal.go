@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // Limits on node-to-node requests.
@@ -279,7 +279,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	out, err := c.store.Apply(st)
 	if err != nil {
 		c.refusedClock(err)
-		writeErr(w, storeStatus(err), err.Error())
+		writeErr(w, httpstatus.Of(err), err.Error())
 		return
 	}
 	if out != blobstore.NeedBytes {
@@ -289,19 +289,19 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: st.Size, Size: st.Size})
 	if err != nil {
-		writeErr(w, storeStatus(err), err.Error())
+		writeErr(w, httpstatus.Of(err), err.Error())
 		return
 	}
 	defer bw.Close()
 	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w), idle: internalIdle}
 	if _, err := bw.ReadFrom(body); err != nil {
-		writeErr(w, storeStatus(err), fmt.Sprintf("receiving %s: %v", id, err))
+		writeErr(w, httpstatus.Of(err), fmt.Sprintf("receiving %s: %v", id, err))
 		return
 	}
 	res, err := bw.CommitState(st, true)
 	if err != nil {
 		c.refusedClock(err)
-		writeErr(w, storeStatus(err), err.Error())
+		writeErr(w, httpstatus.Of(err), err.Error())
 		return
 	}
 	status := http.StatusOK
@@ -352,20 +352,6 @@ func (c *Cluster) refusedClock(err error) {
 		c.metrics.clockRefusedIn.Inc()
 		c.log.Warn("refused a state from a peer: its clock is too far ahead of this node's", "err", err)
 	}
-}
-
-func storeStatus(err error) int {
-	switch {
-	case errors.Is(err, blobstore.ErrClockAhead):
-		return http.StatusUnprocessableEntity
-	case errors.Is(err, blobstore.ErrDigestMismatch), errors.Is(err, blobstore.ErrTooLarge):
-		return http.StatusBadRequest
-	case errors.Is(err, blobstore.ErrNoSpace):
-		return http.StatusInsufficientStorage
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return http.StatusRequestTimeout
-	}
-	return http.StatusInternalServerError
 }
 
 // deadlineReader gives each read of a request body a fresh deadline.
@@ -452,7 +438,7 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 			c.refusedClock(err)
 			ans.DenyResults[i] = resultAhead
 		case err != nil:
-			writeErr(w, storeStatus(err), err.Error())
+			writeErr(w, httpstatus.Of(err), err.Error())
 			return
 		case ok:
 			c.denyApplied(d)
@@ -466,7 +452,7 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if err != nil {
-			writeErr(w, storeStatus(err), err.Error())
+			writeErr(w, httpstatus.Of(err), err.Error())
 			return
 		}
 		ans.Results[i] = resultOK

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -66,7 +67,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.cfg.Cluster == nil || localOnly(r) {
-		s.writeError(w, r, ErrNotFound)
+		s.writeError(w, r, httpstatus.ErrNotFound)
 		return
 	}
 	s.downloadFromPeers(w, r, id)
@@ -83,7 +84,7 @@ func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dt
 	if r.Method == http.MethodHead {
 		st, err := s.cfg.Cluster.Lookup(ctx, id, true)
 		if err != nil {
-			s.writeError(w, r, ErrNotFound)
+			s.writeError(w, r, httpstatus.ErrNotFound)
 			return
 		}
 		s.serveBlob(w, r, io.NewSectionReader(zeros{}, 0, st.Size), st, sourcePeer)
@@ -96,14 +97,14 @@ func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dt
 			s.serveBlob(w, r, b, b.State, sourceLocal)
 			return
 		}
-		err = ErrNotFound
+		err = httpstatus.ErrNotFound
 	}
 	if errors.Is(err, peer.ErrNotFound) {
-		err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		err = fmt.Errorf("%w: %w", httpstatus.ErrNotFound, err)
 	}
 	if errors.Is(err, peer.ErrBusy) {
 		w.Header().Set("Retry-After", "1")
-		err = &Error{Status: http.StatusServiceUnavailable, Msg: err.Error()}
+		err = &httpstatus.Error{Status: http.StatusServiceUnavailable, Msg: err.Error()}
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -136,7 +137,7 @@ func transferError(source string, err error) error {
 	if errors.Is(err, blobstore.ErrNoSpace) || errors.Is(err, context.Canceled) {
 		return fmt.Errorf("fetching from peer %s: %w", source, err)
 	}
-	return errorf(http.StatusBadGateway, "fetching from peer %s: %v", source, err)
+	return httpstatus.Errorf(http.StatusBadGateway, "fetching from peer %s: %v", source, err)
 }
 
 // zeros stands in for the body of a HEAD answer, which is never read.
@@ -226,7 +227,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content inter
 	setBlobHeaders(h, st, source)
 	if unsatisfiableSuffix(r.Header.Get("Range")) {
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", st.Size))
-		s.writeError(w, r, errorf(http.StatusRequestedRangeNotSatisfiable, "invalid range: a suffix of zero bytes selects nothing"))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusRequestedRangeNotSatisfiable, "invalid range: a suffix of zero bytes selects nothing"))
 		return
 	}
 	var before int64
@@ -270,7 +271,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err == blobstore.ErrNotFound {
-		err = ErrNotFound
+		err = httpstatus.ErrNotFound
 	}
 	if err != nil {
 		s.writeError(w, r, err)

@@ -3,6 +3,8 @@ package server
 import (
 	"fmt"
 	"net/http"
+
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // NetHTTPMaxHeaderBytes is the http.Server.MaxHeaderBytes to pair with
@@ -41,7 +43,7 @@ func headBytes(r *http.Request) int {
 func (s *Server) limitHeader(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n := headBytes(r); n > s.cfg.MaxHeaderBytes {
-			s.writeError(w, r, fmt.Errorf("%w: %d bytes of request line and header fields, more than the %d this node accepts", ErrHeaderTooLarge, n, s.cfg.MaxHeaderBytes))
+			s.writeError(w, r, fmt.Errorf("%w: %d bytes of request line and header fields, more than the %d this node accepts", httpstatus.ErrHeaderTooLarge, n, s.cfg.MaxHeaderBytes))
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // tokens are the bearer tokens in force. They are swapped whole (SetTokens)
@@ -62,7 +63,7 @@ func matchAny(got []byte, sets ...[][]byte) bool {
 	return ok == 1
 }
 
-var errNeedToken = errorf(http.StatusUnauthorized, "this node requires a token: Authorization: Bearer <token>")
+var errNeedToken = httpstatus.Errorf(http.StatusUnauthorized, "this node requires a token: Authorization: Bearer <token>")
 
 // requireWrite guards writes (uploads, deletes, the deny list, peer list
 // reloads) when write tokens are set.
@@ -72,7 +73,7 @@ func (s *Server) requireWrite(next http.Handler) http.Handler {
 		if len(tk.write) > 0 {
 			got, ok := bearer(r)
 			if !ok || !matchAny(got, tk.write) {
-				s.writeError(w, r, errorf(http.StatusUnauthorized, "this node requires a write token: Authorization: Bearer <token>"))
+				s.writeError(w, r, httpstatus.Errorf(http.StatusUnauthorized, "this node requires a write token: Authorization: Bearer <token>"))
 				return
 			}
 		}
@@ -149,7 +150,7 @@ func (s *Server) limitUploads(next http.Handler) http.Handler {
 		addr := s.clientAddr(r)
 		if !s.uploads.acquire(addr) {
 			w.Header().Set("Retry-After", "1")
-			s.writeError(w, r, errorf(http.StatusTooManyRequests,
+			s.writeError(w, r, httpstatus.Errorf(http.StatusTooManyRequests,
 				"too many uploads in flight from %s (at most %d at once); retry when one has finished", addr, s.uploads.max))
 			return
 		}
@@ -229,7 +230,7 @@ func deniedError(d blobstore.Deny, upload bool) error {
 	if upload {
 		msg += "; nothing was stored"
 	}
-	return &Error{Status: status, Msg: msg}
+	return &httpstatus.Error{Status: status, Msg: msg}
 }
 
 // maxReason bounds a deny entry's reason.
@@ -249,18 +250,18 @@ func (s *Server) putDeny(w http.ResponseWriter, r *http.Request) {
 	}
 	var req DenyRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
-		s.writeError(w, r, errorf(http.StatusBadRequest, `body: want {"status": 403|404|451, "reason": "..."}: %v`, err))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, `body: want {"status": 403|404|451, "reason": "..."}: %v`, err))
 		return
 	}
 	if req.Status == 0 {
 		req.Status = http.StatusForbidden
 	}
 	if req.Status != 403 && req.Status != 404 && req.Status != 451 {
-		s.writeError(w, r, errorf(http.StatusBadRequest, "status %d: want 403, 404 or 451", req.Status))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, "status %d: want 403, 404 or 451", req.Status))
 		return
 	}
 	if len(req.Reason) > maxReason {
-		s.writeError(w, r, errorf(http.StatusBadRequest, "reason longer than %d bytes", maxReason))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, "reason longer than %d bytes", maxReason))
 		return
 	}
 	d, err := s.denier.SetDeny(id, req.Status, req.Reason, false)
@@ -279,7 +280,7 @@ func (s *Server) liftDeny(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, ok := s.denier.Denied(id); !ok {
-		s.writeError(w, r, errorf(http.StatusNotFound, "%s is not on the deny list", id))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s is not on the deny list", id))
 		return
 	}
 	d, err := s.denier.SetDeny(id, 0, "", true)

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"cmp"
+	"github.com/dtfc/dtfc/internal/defaults"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // Blobs is the local store as the server uses it.
@@ -110,12 +113,8 @@ func New(cfg Config, store Blobs) *Server {
 	if cfg.Role == "" {
 		cfg.Role = "replica"
 	}
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = 60 * time.Second
-	}
-	if cfg.ReplicasTimeout == 0 {
-		cfg.ReplicasTimeout = 30 * time.Second
-	}
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, defaults.IdleTimeout)
+	cfg.ReplicasTimeout = cmp.Or(cfg.ReplicasTimeout, defaults.ReplicasTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -123,9 +122,7 @@ func New(cfg Config, store Blobs) *Server {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	cfg.Me = strings.TrimRight(cfg.Me, "/")
-	if cfg.MaxUploadsPerClient == 0 {
-		cfg.MaxUploadsPerClient = 64
-	}
+	cfg.MaxUploadsPerClient = cmp.Or(cfg.MaxUploadsPerClient, defaults.MaxUploadsPerClient)
 	s := &Server{cfg: cfg, store: store, log: cfg.Logger, started: time.Now()}
 	s.SetTokens(cfg.AuthTokens, cfg.ReadTokens)
 	s.uploads = &clientLimiter{max: cfg.MaxUploadsPerClient, n: map[string]int{}}
@@ -154,10 +151,10 @@ func (s *Server) routes() chi.Router {
 		r.Use(s.limitHeader)
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
 	getHead := func(r chi.Router, pattern string, h http.HandlerFunc) {
 		r.Get(pattern, h)

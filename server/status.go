@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/dtfc/dtfc/internal/httpstatus"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -103,32 +104,32 @@ func (s *Server) replicas() int {
 // shrunk since.
 func (s *Server) waitReplicas(r *http.Request, seq uint64, n int) error {
 	if s.cfg.Cluster == nil {
-		return errorf(http.StatusBadRequest, "replicas=%d: this node has no peers; only 1 replica exists; the file is stored", n)
+		return httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: this node has no peers; only 1 replica exists; the file is stored", n)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReplicasTimeout)
 	defer cancel()
 	err := s.cfg.Cluster.WaitReplicas(ctx, seq, n)
 	switch {
 	case errors.Is(err, peer.ErrTooFewReplicas):
-		return errorf(http.StatusBadRequest, "replicas=%d: %v; the file is stored", n, err)
+		return httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: %v; the file is stored", n, err)
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%w (%d asked, %s)", ErrReplicasTimeout, n, s.cfg.ReplicasTimeout)
+		return fmt.Errorf("%w (%d asked, %s)", httpstatus.ErrReplicasTimeout, n, s.cfg.ReplicasTimeout)
 	}
 	return err
 }
 
 func (s *Server) refreshPeers(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Cluster == nil {
-		s.writeError(w, r, errorf(http.StatusConflict, "%v", peer.ErrNoPeerList))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", peer.ErrNoPeerList))
 		return
 	}
 	peers, err := s.cfg.Cluster.Refresh()
 	if errors.Is(err, peer.ErrNoPeerList) {
-		s.writeError(w, r, errorf(http.StatusConflict, "%v", err))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", err))
 		return
 	}
 	if err != nil {
-		s.writeError(w, r, errorf(http.StatusUnprocessableEntity, "%v; the previous peer list stays in force", err))
+		s.writeError(w, r, httpstatus.Errorf(http.StatusUnprocessableEntity, "%v; the previous peer list stays in force", err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"peers": peers})

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // UploadResponse is the body of a successful upload.
@@ -56,10 +57,10 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 	if h := r.Header.Get("X-Content-SHA512"); h != "" {
 		id, err := dtfc.ParseID(strings.TrimSpace(h))
 		if err != nil {
-			return errorf(http.StatusBadRequest, "X-Content-SHA512: %v", err)
+			return httpstatus.Errorf(http.StatusBadRequest, "X-Content-SHA512: %v", err)
 		}
 		if !expected.IsZero() && id != expected {
-			return errorf(http.StatusBadRequest, "X-Content-SHA512 %s contradicts the ID in the path %s", id, expected)
+			return httpstatus.Errorf(http.StatusBadRequest, "X-Content-SHA512 %s contradicts the ID in the path %s", id, expected)
 		}
 		expected = id
 	}
@@ -69,7 +70,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 	}
 	if have := s.replicas(); replicas > have {
 		// Known before a byte is read: refuse at once, store nothing.
-		return errorf(http.StatusBadRequest, "replicas=%d: the cluster has %d replica(s) (this node counted if it is one, a cache is not); nothing stored", replicas, have)
+		return httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: the cluster has %d replica(s) (this node counted if it is one, a cache is not); nothing stored", replicas, have)
 	}
 	if !expected.IsZero() {
 		// Known before a byte is read: refuse a blocked ID at once.
@@ -96,7 +97,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if max := s.cfg.MaxUploadBytes; max > 0 && r.ContentLength > max {
-		return errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes exceeds the limit of %d bytes", r.ContentLength, max)
+		return httpstatus.Errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes exceeds the limit of %d bytes", r.ContentLength, max)
 	}
 
 	bw, err := s.store.NewWriter(blobstore.WriterOptions{MaxBytes: s.cfg.MaxUploadBytes, Size: r.ContentLength})
@@ -105,7 +106,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer bw.Close()
 	start := time.Now()
-	n, err := bw.ReadFrom(body)
+	n, err := bw.ReadFrom(clientBody{body})
 	s.metrics.bytesIn.Add(float64(n))
 	if err != nil {
 		return uploadReadError(err, s.cfg.IdleTimeout)
@@ -145,7 +146,7 @@ func replicasParam(r *http.Request) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > 1000 {
-		return 0, errorf(http.StatusBadRequest, "replicas=%q: want a whole number from 1", v)
+		return 0, httpstatus.Errorf(http.StatusBadRequest, "replicas=%q: want a whole number from 1", v)
 	}
 	return n, nil
 }
@@ -156,24 +157,41 @@ func uploadReadError(err error, idle time.Duration) error {
 	switch {
 	case errors.Is(err, blobstore.ErrTooLarge), errors.Is(err, blobstore.ErrNoSpace):
 		return err
-	case errors.Is(err, ErrIdleTimeout):
-		return fmt.Errorf("%w (%s)", ErrIdleTimeout, idle)
+	case errors.Is(err, httpstatus.ErrIdleTimeout):
+		return fmt.Errorf("%w (%s)", httpstatus.ErrIdleTimeout, idle)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return errorf(http.StatusBadRequest, "upload body ended before its announced length")
+		return httpstatus.Errorf(http.StatusBadRequest, "upload body ended before its announced length")
 	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return fmt.Errorf("%w: %v", blobstore.ErrTooLarge, err)
 	}
-	var he *Error
-	if errors.As(err, &he) {
+	var he *httpstatus.Error
+	var be bodyError
+	if errors.As(err, &he) || !errors.As(err, &be) {
+		// Said already, or the store's failure (500), not the client's.
 		return err
 	}
-	if strings.Contains(err.Error(), "blobstore:") {
-		return err
-	}
-	return errorf(http.StatusBadRequest, "reading the upload body: %v", err)
+	return httpstatus.Errorf(http.StatusBadRequest, "reading the upload body: %v", be.err)
 }
+
+// clientBody marks the errors of reading the request body, so that
+// uploadReadError tells them from the store's.
+type clientBody struct{ r io.Reader }
+
+func (c clientBody) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = bodyError{err}
+	}
+	return n, err
+}
+
+// bodyError is an error of reading the request body.
+type bodyError struct{ err error }
+
+func (e bodyError) Error() string { return e.err.Error() }
+func (e bodyError) Unwrap() error { return e.err }
 
 // idleReader gives every read of the body a fresh deadline, so a body that
 // trickles is fine and one that stops is cut off after idle.
@@ -191,7 +209,7 @@ func (ir *idleReader) Read(p []byte) (int, error) {
 	}
 	n, err := ir.r.Read(p)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		err = ErrIdleTimeout
+		err = httpstatus.ErrIdleTimeout
 	}
 	return n, err
 }
@@ -200,13 +218,13 @@ func firstFilePart(mr *multipart.Reader) (*multipart.Part, error) {
 	for {
 		p, err := mr.NextPart()
 		if err == io.EOF {
-			return nil, errorf(http.StatusBadRequest, "multipart upload has no file part")
+			return nil, httpstatus.Errorf(http.StatusBadRequest, "multipart upload has no file part")
 		}
 		if err != nil {
-			if errors.Is(err, ErrIdleTimeout) {
+			if errors.Is(err, httpstatus.ErrIdleTimeout) {
 				return nil, err
 			}
-			return nil, errorf(http.StatusBadRequest, "reading multipart upload: %v", err)
+			return nil, httpstatus.Errorf(http.StatusBadRequest, "reading multipart upload: %v", err)
 		}
 		if p.FileName() != "" || p.FormName() == "file" {
 			return p, nil
@@ -220,19 +238,19 @@ func firstFilePart(mr *multipart.Reader) (*multipart.Part, error) {
 func checkFilename(name string) error {
 	switch {
 	case strings.HasPrefix(name, "_"):
-		return errorf(http.StatusBadRequest, "paths beginning with _ are reserved for the API; nothing was stored")
+		return httpstatus.Errorf(http.StatusBadRequest, "paths beginning with _ are reserved for the API; nothing was stored")
 	case len(name) > maxFilenameLen:
-		return errorf(http.StatusBadRequest, "filename longer than %d bytes", maxFilenameLen)
+		return httpstatus.Errorf(http.StatusBadRequest, "filename longer than %d bytes", maxFilenameLen)
 	case !utf8.ValidString(name):
-		return errorf(http.StatusBadRequest, "filename is not valid UTF-8")
+		return httpstatus.Errorf(http.StatusBadRequest, "filename is not valid UTF-8")
 	case strings.ContainsAny(name, `/\`):
-		return errorf(http.StatusBadRequest, "filename %q contains a path separator; give a plain file name", name)
+		return httpstatus.Errorf(http.StatusBadRequest, "filename %q contains a path separator; give a plain file name", name)
 	case name == "." || name == "..":
-		return errorf(http.StatusBadRequest, "filename %q is not a file name", name)
+		return httpstatus.Errorf(http.StatusBadRequest, "filename %q is not a file name", name)
 	}
 	for _, c := range name {
 		if unicode.IsControl(c) {
-			return errorf(http.StatusBadRequest, "filename contains a control character")
+			return httpstatus.Errorf(http.StatusBadRequest, "filename contains a control character")
 		}
 	}
 	return nil

@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/api"
 )
 
 func TestEntryModel(t *testing.T) {
@@ -163,14 +165,14 @@ func TestCheckDeny(t *testing.T) {
 }
 
 func TestResyncingStatus(t *testing.T) {
-	rs, _ := resyncing(map[string]any{"cluster": map[string]any{"resyncing": true}})
+	rs, _ := resyncing(&api.Status{Cluster: &api.Cluster{Resyncing: true}})
 	assert.True(t, rs)
-	rs, info := resyncing(map[string]any{"cluster": map[string]any{"resyncing": false, "resync": map[string]any{"state": "retrying", "last_error": "x"}}})
+	rs, info := resyncing(&api.Status{Cluster: &api.Cluster{Resync: api.ResyncStatus{State: api.ResyncRetrying, LastError: "x"}}})
 	assert.True(t, rs)
 	assert.Contains(t, info, "retrying")
-	rs, _ = resyncing(map[string]any{"cluster": map[string]any{"resyncing": false, "resync": map[string]any{"state": "in_sync"}}})
+	rs, _ = resyncing(&api.Status{Cluster: &api.Cluster{Resync: api.ResyncStatus{State: api.ResyncInSync}}})
 	assert.False(t, rs)
-	rs, _ = resyncing(map[string]any{})
+	rs, _ = resyncing(&api.Status{})
 	assert.False(t, rs)
 }
 

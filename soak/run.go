@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 	"github.com/dtfc/dtfc/internal/diskspace"
 )
@@ -947,14 +948,9 @@ func (r *Runner) nodeViews() []NodeView {
 		if st, err := r.c.Status(i); err != nil {
 			v.Err = errors.Join(v.Err, err)
 		} else {
-			if b, ok := st["blobs"].(float64); ok {
-				v.StatusBlobs = int64(b)
-			}
-			qs, _ := st["queues"].(map[string]any)
-			for url, q := range qs {
-				m, _ := q.(map[string]any)
-				l, _ := m["length"].(float64)
-				v.Queues[url] = int64(l)
+			v.StatusBlobs = st.Blobs
+			for url, q := range st.Queues {
+				v.Queues[url] = q.Length
 			}
 			v.Resyncing, v.Resync = resyncing(st)
 		}
@@ -1003,19 +999,16 @@ func (r *Runner) corrupted() int64 {
 
 // resyncing reads cluster.resyncing (and cluster.resync, if any) from a
 // /_status answer.
-func resyncing(st map[string]any) (bool, string) {
-	cl, _ := st["cluster"].(map[string]any)
-	rs, _ := cl["resyncing"].(bool)
-	if m, ok := cl["resync"].(map[string]any); ok {
-		if state, _ := m["state"].(string); state != "" && state != "in_sync" {
-			rs = true
-		}
-		if rs {
-			b, _ := json.Marshal(m)
-			return rs, " (resync: " + string(b) + ")"
-		}
+func resyncing(st *api.Status) (bool, string) {
+	if st.Cluster == nil {
+		return false, ""
 	}
-	return rs, ""
+	rs := st.Cluster.Resync
+	if st.Cluster.Resyncing || (rs.State != "" && rs.State != api.ResyncInSync) {
+		b, _ := json.Marshal(rs)
+		return true, " (resync: " + string(b) + ")"
+	}
+	return false, ""
 }
 
 // resolve fixes, after a check, every Unknown ID to the state the
@@ -1130,10 +1123,8 @@ func (r *Runner) notConverged() string {
 		if rs, info := resyncing(st); rs {
 			return fmt.Sprintf("node %d is resyncing%s", i, info)
 		}
-		qs, _ := st["queues"].(map[string]any)
-		for _, url := range sortedIDs(qs) {
-			m, _ := qs[url].(map[string]any)
-			if l, _ := m["length"].(float64); l != 0 {
+		for _, url := range sortedIDs(st.Queues) {
+			if l := st.Queues[url].Length; l != 0 {
 				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url)
 			}
 		}

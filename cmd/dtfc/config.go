@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/dtfc/dtfc/internal/defaults"
 	"io"
 	"net"
 	"net/netip"
@@ -65,22 +66,22 @@ type Config struct {
 func defaultConfig() Config {
 	return Config{
 		Host:                "0.0.0.0",
-		Port:                8080,
+		Port:                defaults.Port,
 		Basedir:             "./dtfc-data",
 		Role:                "replica",
-		IdleTimeout:         Duration(60 * time.Second),
-		ReplicasTimeout:     Duration(30 * time.Second),
-		ScrubInterval:       Duration(24 * time.Hour),
-		ScrubRate:           64 << 20,
-		AntiEntropyInterval: Duration(time.Minute),
-		TombstoneRetention:  Duration(720 * time.Hour),
-		TombstoneExpiry:     Duration(2160 * time.Hour),
-		MaxClockOffset:      Duration(time.Minute),
-		ShutdownGrace:       Duration(30 * time.Second),
-		MaxUploadsPerClient: 64,
-		MaxHeaderBytes:      8 << 10,
-		ReadHeaderTimeout:   Duration(10 * time.Second),
-		MaxPeerFetches:      64,
+		IdleTimeout:         Duration(defaults.IdleTimeout),
+		ReplicasTimeout:     Duration(defaults.ReplicasTimeout),
+		ScrubInterval:       Duration(defaults.ScrubInterval),
+		ScrubRate:           defaults.ScrubRate,
+		AntiEntropyInterval: Duration(defaults.AntiEntropyInterval),
+		TombstoneRetention:  Duration(defaults.TombstoneRetention),
+		TombstoneExpiry:     Duration(defaults.TombstoneExpiry),
+		MaxClockOffset:      Duration(defaults.MaxClockOffset),
+		ShutdownGrace:       Duration(defaults.ShutdownGrace),
+		MaxUploadsPerClient: defaults.MaxUploadsPerClient,
+		MaxHeaderBytes:      defaults.MaxHeaderBytes,
+		ReadHeaderTimeout:   Duration(defaults.ReadHeaderTimeout),
+		MaxPeerFetches:      defaults.MaxPeerFetches,
 	}
 }
 

@@ -140,7 +140,7 @@ func newCluster(c Config, store *blobstore.Store, tlsr *tlsreload.Reloader, log 
 		TombstoneRetention:  time.Duration(c.TombstoneRetention),
 		TombstoneExpiry:     time.Duration(c.TombstoneExpiry),
 		MaxClockOffset:      time.Duration(c.MaxClockOffset),
-		ScrubInterval:       scrubInterval(c.ScrubInterval),
+		ScrubInterval:       time.Duration(c.ScrubInterval),
 		ScrubRate:           int64(c.ScrubRate),
 		Logger:              log.With("component", "peer"),
 		Registry:            reg,
@@ -250,13 +250,6 @@ const maxStreams = 100
 
 // scrubInterval maps the config's "0 = never" to the peer package's
 // "negative disables".
-func scrubInterval(d Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return time.Duration(d)
-}
-
 func first(l StringList) string {
 	if len(l) == 0 {
 		return ""

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/dtfc/dtfc/api"
 )
 
 // Roles a node can have.
@@ -365,10 +367,12 @@ func (c *Cluster) refreshPeers(n *Node) error {
 }
 
 // Status returns node i's GET /_status, decoded.
-func (c *Cluster) Status(i int) (map[string]any, error) {
-	var v map[string]any
-	err := c.getJSON(c.Nodes[i].URL+"/_status", nil, &v)
-	return v, err
+func (c *Cluster) Status(i int) (*api.Status, error) {
+	var v api.Status
+	if err := c.getJSON(c.Nodes[i].URL+"/_status", nil, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
 }
 
 // Digests is a node's answer to GET /_internal/digests: a digest per ID

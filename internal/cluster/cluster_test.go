@@ -28,12 +28,17 @@ import (
 const converge = 30 * time.Second
 
 func TestMain(m *testing.M) {
-	// The harness stops its proxies completely: nothing may be left
-	// running, toxiproxy's goroutines included.
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		cluster.RemoveBinary()
-		os.Exit(code)
-	}))
+	// The harness stops its proxies: nothing may be left running, except
+	// toxiproxy's per-connection pipes, which can stay blocked on a
+	// channel send after their proxy stopped (as in package e2e; seen here
+	// once on a loaded machine, 2026-12-02).
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read"),
+		goleak.Cleanup(func(code int) {
+			cluster.RemoveBinary()
+			os.Exit(code)
+		}))
 }
 
 // client is a plain HTTP client whose connections each test closes.
@@ -158,9 +163,9 @@ func TestReplicates(t *testing.T) {
 
 	st, err := c.Status(1)
 	require.NoError(t, err)
-	assert.EqualValues(t, 1, st["blobs"])
+	assert.EqualValues(t, 1, st.Blobs)
 	// Node 1 knows its peers by their proxies' URLs, never their own.
-	queues, _ := st["queues"].(map[string]any)
+	queues := st.Queues
 	assert.Contains(t, queues, c.PeerURL(1, 0))
 	assert.Contains(t, queues, c.PeerURL(1, 2))
 	assert.NotContains(t, queues, c.Nodes[0].URL)
@@ -366,7 +371,7 @@ func TestListTwiceSecondProxy(t *testing.T) {
 	requireEverywhere(t, c, hc, data)
 	st, err := c.Status(0)
 	require.NoError(t, err)
-	queues, _ := st["queues"].(map[string]any)
+	queues := st.Queues
 	for _, u := range urls {
 		assert.Contains(t, queues, u)
 	}

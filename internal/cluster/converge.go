@@ -55,8 +55,9 @@ type nodeSnap struct {
 	n        *Node
 	running  bool
 	err      error // reaching /_status or /_internal/digests
-	blobs    any
-	bytes    any
+	blobs    int64
+	bytes    int64
+	stated   bool // /_status answered
 	queues   []queueSnap
 	digests  *Digests // replicas only
 	excluded bool     // a cache: not compared
@@ -103,15 +104,9 @@ func (c *Cluster) snapshot() *snapshot {
 			s.nodes = append(s.nodes, ns)
 			continue
 		}
-		ns.blobs, ns.bytes = st["blobs"], st["bytes"]
-		qs, _ := st["queues"].(map[string]any)
-		for url, v := range qs {
-			q := queueSnap{url: url, length: -1}
-			if m, ok := v.(map[string]any); ok {
-				if f, ok := m["length"].(float64); ok {
-					q.length = int64(f)
-				}
-			}
+		ns.blobs, ns.bytes, ns.stated = st.Blobs, st.Bytes, true
+		for url, v := range st.Queues {
+			q := queueSnap{url: url, length: v.Length}
 			if tg, ok := byURL[url]; ok {
 				q.peer = fmt.Sprintf("node %d", tg.idx)
 				switch {
@@ -175,7 +170,7 @@ func (s *snapshot) report() string {
 		case !ns.running:
 			b.WriteString("not running\n")
 			continue
-		case ns.err != nil && ns.blobs == nil:
+		case !ns.stated:
 			fmt.Fprintf(&b, "error: %v\n", ns.err)
 			continue
 		}
