@@ -1,6 +1,9 @@
 package server
 
-import "github.com/dtfc/dtfc/blobstore"
+import (
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/diskspace"
+)
 
 // Disk describes the filesystem holding the node's store, from statfs.
 type Disk struct {
@@ -23,7 +26,7 @@ var _ DirStore = (*blobstore.Store)(nil)
 // diskOf measures the filesystem holding dir. ok is false where statfs is
 // not available (see disk_statfs.go) or fails.
 func diskOf(dir string) (d Disk, ok bool) {
-	free, total, err := statfs(dir)
+	free, total, err := diskspace.Of(dir)
 	if err != nil {
 		return Disk{}, false
 	}

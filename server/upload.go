@@ -3,11 +3,11 @@ package server
 import (
 	"errors"
 	"fmt"
+	"github.com/dtfc/dtfc/internal/iox"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
-	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -79,7 +79,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 
-	body := io.Reader(&idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.cfg.IdleTimeout})
+	body := io.Reader(&iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: s.cfg.IdleTimeout, TimeoutErr: httpstatus.ErrIdleTimeout})
 	ctype := r.Header.Get("Content-Type")
 	if mt, params, err := mime.ParseMediaType(ctype); err == nil && mt == "multipart/form-data" && r.Method == http.MethodPost {
 		// A browser form: store the first file part, streamed.
@@ -192,27 +192,6 @@ type bodyError struct{ err error }
 
 func (e bodyError) Error() string { return e.err.Error() }
 func (e bodyError) Unwrap() error { return e.err }
-
-// idleReader gives every read of the body a fresh deadline, so a body that
-// trickles is fine and one that stops is cut off after idle.
-type idleReader struct {
-	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
-}
-
-func (ir *idleReader) Read(p []byte) (int, error) {
-	if ir.idle > 0 {
-		// An error means the connection cannot take deadlines (HTTP/2
-		// through some proxies); the upload proceeds without one.
-		_ = ir.rc.SetReadDeadline(time.Now().Add(ir.idle))
-	}
-	n, err := ir.r.Read(p)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		err = httpstatus.ErrIdleTimeout
-	}
-	return n, err
-}
 
 func firstFilePart(mr *multipart.Reader) (*multipart.Part, error) {
 	for {
