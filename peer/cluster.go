@@ -281,6 +281,13 @@ func (c *Cluster) candidates(id dtfc.ID) []*remote {
 	return append(fresh, stale...)
 }
 
+// stater answers a peer's state of one ID (Lookup; unconfirmed.go).
+type stater interface {
+	// Stat returns the peer's state of id (errPeerNotFound if it has no
+	// record).
+	Stat(ctx context.Context, id dtfc.ID) (NodeState, error)
+}
+
 // ErrPeersUnreachable means a Lookup found no record, but some peer could
 // not be asked.
 var ErrPeersUnreachable = errors.New("some peers could not be asked")
@@ -301,9 +308,10 @@ func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 	local, lerr := c.store.Stat(id)
 	unreachable := false
 	for _, r := range c.candidates(id) {
-		var ans stateAnswer
-		if err := r.getJSON(ctx, "/state/"+id.String(), &ans); err != nil {
-			if !errors.Is(err, errPeerNotFound) {
+		ans, err := r.node.Stat(ctx, id)
+		if err != nil || ans.Forgotten {
+			// A delete the peer forgot is no record: as good as a 404.
+			if !ans.Forgotten && !errors.Is(err, errPeerNotFound) {
 				unreachable = true
 			}
 			continue

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +19,14 @@ var (
 	// ErrBusy means too many transfers from peers are running; retry.
 	ErrBusy = errors.New("too many transfers from peers in flight; retry shortly")
 )
+
+// blobSource hands out a peer's own copy of a blob (the fetcher,
+// anti-entropy's pulls).
+type blobSource interface {
+	// Open opens the peer's copy of id with its state, checked to be a
+	// present state of id whose size is the body's.
+	Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error)
+}
 
 // slotWait is how long a miss waits for a free transfer slot.
 const slotWait = 5 * time.Second
@@ -225,7 +232,7 @@ func (f *fetcher) run(t *transfer) {
 	hasLocal := lerr == nil
 	var errs []error
 	for _, r := range c.candidates(t.id) {
-		resp, st, err := r.getBlob(ctx, t.id, http.MethodGet)
+		body, st, err := r.node.Open(ctx, t.id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -235,7 +242,7 @@ func (f *fetcher) run(t *transfer) {
 		// without its bytes is repaired by a read).
 		if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
 			// Our tombstone is newer than the peer's copy: it is deleted.
-			resp.Body.Close()
+			body.Close()
 			errs = append(errs, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound))
 			continue
 		}
@@ -248,7 +255,7 @@ func (f *fetcher) run(t *transfer) {
 		}
 		w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
 		if err != nil {
-			resp.Body.Close()
+			body.Close()
 			t.startErr = err
 			close(t.ready)
 			return
@@ -256,8 +263,8 @@ func (f *fetcher) run(t *transfer) {
 		t.st, t.src, t.w = st, r.URL, w
 		close(t.ready)
 		start := time.Now()
-		_, err = w.ReadFrom(resp.Body)
-		resp.Body.Close()
+		_, err = w.ReadFrom(body)
+		body.Close()
 		if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
 			t.verify()
 		}

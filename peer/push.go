@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,6 +21,15 @@ const (
 	pushBatch       = 256 // changes offered per request
 	pushParallelism = 16  // blob bodies sent at once to one peer
 )
+
+// pushTarget takes what a pusher sends.
+type pushTarget interface {
+	// Offer offers states and deny entries and returns the peer's
+	// result for each (resultOK, resultNeed, ...).
+	Offer(ctx context.Context, req changesRequest) (changesAnswer, error)
+	// Put sends the size bytes of body, the blob of st.
+	Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error
+}
 
 // pusher sends the local change feed to one peer: every change after the
 // peer's acknowledged cursor, uploads with their bytes if the peer wants
@@ -218,25 +227,6 @@ func (p *pusher) backoff(ctx context.Context, failures int) bool {
 	return true
 }
 
-type changesRequest struct {
-	Changes []dtfc.State     `json:"changes"`
-	Deny    []blobstore.Deny `json:"deny,omitempty"`
-}
-
-// Results of an offered change.
-const (
-	resultOK    = "ok"    // applied, or older than what the peer has
-	resultNeed  = "need"  // send the bytes
-	resultAhead = "ahead" // refused: its clock is too far ahead of the peer's
-	resultCache = "cache" // the peer is a cache: an upload is not kept
-)
-
-type changesAnswer struct {
-	// Results has one entry per change, DenyResults one per deny entry.
-	Results     []string `json:"results"`
-	DenyResults []string `json:"deny_results,omitempty"`
-}
-
 // errClockRefused: the peer refused changes whose clock is too far ahead
 // of its wall clock.
 var errClockRefused = errors.New("refused: clock too far ahead of the peer's")
@@ -267,8 +257,8 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 	accepted := make([]bool, len(changes))
 	var firstErr error
 	if len(req.Changes)+len(req.Deny) > 0 {
-		var ans changesAnswer
-		if err := r.callJSON(ctx, http.MethodPost, "/changes", req, &ans); err != nil {
+		ans, err := r.node.Offer(ctx, req)
+		if err != nil {
 			return 0, err
 		}
 		if len(ans.Results) != len(req.Changes) || len(ans.DenyResults) != len(req.Deny) {
@@ -362,34 +352,13 @@ func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error 
 		return err
 	}
 	defer b.Close()
-	hdr := http.Header{}
-	hdr.Set(HeaderState, encodeStateHeader(b.State))
-	hdr.Set("Content-Type", "application/octet-stream")
-	body := &sizedReader{r: b.File, n: b.State.Size}
-	resp, err := r.do(ctx, http.MethodPut, "/blobs/"+st.ID.String(), body, hdr)
-	if err != nil {
+	if err := r.node.Put(ctx, b.State, b.File, b.State.Size); err != nil {
 		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
-		return answerErr(r.URL, resp)
 	}
 	c.metrics.pushed.WithLabelValues("upload").Inc()
 	c.metrics.pushedBytes.Add(float64(b.State.Size))
 	return nil
 }
-
-// sizedReader lets net/http send a Content-Length for a file body.
-type sizedReader struct {
-	r interface{ Read([]byte) (int, error) }
-	n int64
-}
-
-func (s *sizedReader) Read(p []byte) (int, error) { return s.r.Read(p) }
-
-// Len is what http.NewRequest looks for... it only knows a few types, so
-// do() sets ContentLength from it.
-func (s *sizedReader) Len() int64 { return s.n }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
