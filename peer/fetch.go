@@ -224,81 +224,93 @@ func (f *fetcher) run(t *transfer) {
 		f.gen++
 		f.mu.Unlock()
 	}()
-	c := f.c
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 
-	local, lerr := c.store.Stat(t.id)
-	hasLocal := lerr == nil
+	local, lerr := f.c.store.Stat(t.id)
 	var errs []error
-	for _, r := range c.candidates(t.id) {
-		body, st, err := r.node.Open(ctx, t.id)
+	for _, r := range f.c.candidates(t.id) {
+		body, st, err := f.ask(ctx, r, t.id, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		// The local record wins unless the peer's state is newer — or is
-		// the very same upload whose local file is missing (a record
-		// without its bytes is repaired by a read).
-		if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
-			// Our tombstone is newer than the peer's copy: it is deleted.
-			body.Close()
-			errs = append(errs, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound))
-			continue
-		}
-		if c.isCache() {
-			reserved := f.reserved.Add(st.Size)
-			defer f.reserved.Add(-st.Size)
-			if _, err := c.evict(reserved); err != nil {
-				c.log.Warn("eviction failed", "err", err)
-			}
-		}
-		w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
-		if err != nil {
-			body.Close()
-			t.startErr = err
-			close(t.ready)
-			return
-		}
-		t.st, t.src, t.w = st, r.URL, w
-		close(t.ready)
-		start := time.Now()
-		_, err = w.ReadFrom(body)
-		body.Close()
-		if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
-			t.verify()
-		}
-		if err == nil {
-			_, err = w.CommitState(st, !c.isCache())
-		}
-		switch {
-		case err == nil:
-			c.metrics.fetches.WithLabelValues("ok").Inc()
-			c.metrics.fetchBytes.Add(float64(st.Size))
-			c.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
-		case errors.Is(err, blobstore.ErrDigestMismatch):
-			c.metrics.fetches.WithLabelValues("corrupt").Inc()
-			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
-			c.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
-		default:
-			c.metrics.fetches.WithLabelValues("failed").Inc()
-			if ctx.Err() == nil {
-				r.fail(err)
-			}
-			c.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
-		}
-		if err == nil && c.isCache() {
-			c.evict(0)
-		}
-		t.finish(err)
+		f.fill(ctx, t, r, body, st)
 		return
 	}
-	c.metrics.fetches.WithLabelValues("notfound").Inc()
+	f.c.metrics.fetches.WithLabelValues("notfound").Inc()
 	t.startErr = fmt.Errorf("%w (%w)", ErrNotFound, errors.Join(errs...))
 	if len(errs) == 0 {
 		t.startErr = ErrNotFound
 	}
 	close(t.ready)
+}
+
+// ask opens r's copy of id, unless the local record wins: it does unless
+// the peer's state is newer — or is the very same upload whose local file
+// is missing (a record without its bytes is repaired by a read).
+func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, local dtfc.State, hasLocal bool) (io.ReadCloser, dtfc.State, error) {
+	body, st, err := r.node.Open(ctx, id)
+	if err != nil {
+		return nil, st, err
+	}
+	if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
+		// Our tombstone is newer than the peer's copy: it is deleted.
+		body.Close()
+		return nil, st, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound)
+	}
+	return body, st, nil
+}
+
+// fill streams body, r's copy of the blob of st, into the store through
+// t, readable while it arrives, and records how it went.
+func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State) {
+	c := f.c
+	if c.isCache() {
+		reserved := f.reserved.Add(st.Size)
+		defer f.reserved.Add(-st.Size)
+		if _, err := c.evict(reserved); err != nil {
+			c.log.Warn("eviction failed", "err", err)
+		}
+	}
+	w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
+	if err != nil {
+		body.Close()
+		t.startErr = err
+		close(t.ready)
+		return
+	}
+	t.st, t.src, t.w = st, r.URL, w
+	close(t.ready)
+	start := time.Now()
+	_, err = w.ReadFrom(body)
+	body.Close()
+	if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
+		t.verify()
+	}
+	if err == nil {
+		_, err = w.CommitState(st, !c.isCache())
+	}
+	switch {
+	case err == nil:
+		c.metrics.fetches.WithLabelValues("ok").Inc()
+		c.metrics.fetchBytes.Add(float64(st.Size))
+		c.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
+	case errors.Is(err, blobstore.ErrDigestMismatch):
+		c.metrics.fetches.WithLabelValues("corrupt").Inc()
+		d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
+		c.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+	default:
+		c.metrics.fetches.WithLabelValues("failed").Inc()
+		if ctx.Err() == nil {
+			r.fail(err)
+		}
+		c.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
+	}
+	if err == nil && c.isCache() {
+		c.evict(0)
+	}
+	t.finish(err)
 }
 
 // download reads a blob while it arrives from a peer (the Blob of a
