@@ -218,12 +218,7 @@ func (f *fetcher) run(t *transfer) {
 	defer f.wg.Done()
 	defer func() { <-f.slots }()
 	defer t.release()
-	defer func() {
-		f.mu.Lock()
-		delete(f.inflight, t.id)
-		f.gen++
-		f.mu.Unlock()
-	}()
+	defer f.leave(t)
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 
@@ -310,7 +305,20 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	if err == nil && c.isCache() {
 		c.evict(0)
 	}
+	f.leave(t)
 	t.finish(err)
+}
+
+// leave takes t out of inflight, once: after its commit (so a blob absent
+// both from inflight and locally is truly missing), and before its end is
+// announced, so that no caller joins a transfer that has already failed.
+func (f *fetcher) leave(t *transfer) {
+	f.mu.Lock()
+	if f.inflight[t.id] == t {
+		delete(f.inflight, t.id)
+		f.gen++
+	}
+	f.mu.Unlock()
 }
 
 // download reads a blob while it arrives from a peer (the Blob of a
