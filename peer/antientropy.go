@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -23,6 +22,21 @@ const (
 	// lookupBatch is how many IDs a cache asks about per request.
 	lookupBatch = 1000
 )
+
+// replicaSource lists what a peer holds: anti-entropy compares it with
+// this node's, and so does a resync.
+type replicaSource interface {
+	// Digests returns the 256 range digests of the whole ID space
+	// (prefix empty) or of one first byte's sub-ranges.
+	Digests(ctx context.Context, prefix []byte) (digestsAnswer, error)
+	// States streams the peer's states of the IDs beginning with prefix,
+	// in ID order.
+	States(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error
+	// Lookup returns the peer's states of ids (those it has a record of).
+	Lookup(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, error)
+	// DenyList returns the peer's whole deny list.
+	DenyList(ctx context.Context) ([]blobstore.Deny, error)
+}
 
 // antiEntropyLoop compares this node with each peer at start-up and then
 // every interval (with jitter, so nodes do not all hit one peer at once).
@@ -84,9 +98,9 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 // digestsOf asks r for its digests; a peer that is resyncing (it may
 // hold states the cluster deleted) is errPeerResyncing: nothing is
 // imported from it.
-func (c *Cluster) digestsOf(ctx context.Context, r *remote, path string) (digestsAnswer, error) {
-	var ans digestsAnswer
-	if err := r.getJSON(ctx, path, &ans); err != nil {
+func (c *Cluster) digestsOf(ctx context.Context, r *remote, prefix []byte) (digestsAnswer, error) {
+	ans, err := r.node.Digests(ctx, prefix)
+	if err != nil {
 		return ans, err
 	}
 	if ans.Resyncing {
@@ -99,7 +113,7 @@ func (c *Cluster) digestsOf(ctx context.Context, r *remote, path string) (digest
 // digests first so that a pair of nodes in sync exchanges 256 digests and
 // nothing more.
 func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
-	ans, err := c.digestsOf(ctx, r, "/digests")
+	ans, err := c.digestsOf(ctx, r, nil)
 	if err != nil {
 		return err
 	}
@@ -127,7 +141,7 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 			}
 			continue
 		}
-		sub, err := c.digestsOf(gctx, r, fmt.Sprintf("/digests/%02x", b))
+		sub, err := c.digestsOf(gctx, r, []byte{byte(b)})
 		if err != nil {
 			g.Wait()
 			return err
@@ -164,7 +178,7 @@ func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, p
 	}); err != nil {
 		return err
 	}
-	return r.states(ctx, prefix, func(st dtfc.State) error {
+	return r.node.States(ctx, prefix, func(st dtfc.State) error {
 		if l, ok := local[st.ID]; ok && !st.Newer(l) {
 			return nil
 		}
@@ -193,20 +207,20 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 	case blobstore.Stale:
 		return nil
 	}
-	resp, got, err := r.getBlob(ctx, st.ID, http.MethodGet)
+	body, got, err := r.node.Open(ctx, st.ID)
 	if errors.Is(err, errPeerNotFound) {
 		return nil // deleted there meanwhile; its tombstone comes next round
 	}
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer body.Close()
 	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: got.Size, Size: got.Size})
 	if err != nil {
 		return err
 	}
 	defer bw.Close()
-	if _, err := bw.ReadFrom(resp.Body); err != nil {
+	if _, err := bw.ReadFrom(body); err != nil {
 		return fmt.Errorf("pulling %s from %s: %w", st.ID, r.URL, err)
 	}
 	if _, err := bw.CommitState(got, true); err != nil {
@@ -229,18 +243,18 @@ func (c *Cluster) syncDeny(ctx context.Context, r *remote, theirs string) error 
 	if err != nil || ours == theirs {
 		return err
 	}
-	var list denyList
-	if err := r.getJSON(ctx, "/deny", &list); err != nil {
+	list, err := r.node.DenyList(ctx)
+	if err != nil {
 		return err
 	}
-	_, err = c.applyDenyList(list.Entries)
+	_, err = c.applyDenyList(list)
 	return err
 }
 
 // cacheSync asks r about every blob the cache holds and applies what is
 // newer: a cache learns of deletes even if a push to it was lost.
 func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
-	d, err := c.digestsOf(ctx, r, "/digests")
+	d, err := c.digestsOf(ctx, r, nil)
 	if err != nil {
 		return err
 	}
@@ -258,12 +272,12 @@ func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
 	}
 	for len(ids) > 0 {
 		n := min(len(ids), lookupBatch)
-		var ans lookupAnswer
-		if err := r.callJSON(ctx, http.MethodPost, "/lookup", lookupRequest{IDs: ids[:n]}, &ans); err != nil {
+		states, err := r.node.Lookup(ctx, ids[:n])
+		if err != nil {
 			return err
 		}
 		ids = ids[n:]
-		for _, st := range ans.States {
+		for _, st := range states {
 			out, err := c.store.Apply(st)
 			if errors.Is(err, blobstore.ErrClockAhead) {
 				c.refusedClock(err)

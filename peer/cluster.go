@@ -271,10 +271,11 @@ func (c *Cluster) candidates(id dtfc.ID) []*remote {
 	return append(fresh, stale...)
 }
 
-// Fetch opens id from the peers after a local miss (see Download).
-// It returns ErrHeldLocally if the blob is now in the local store.
-func (c *Cluster) Fetch(ctx context.Context, id dtfc.ID) (*Download, error) {
-	return c.fetch.open(ctx, id)
+// stater answers a peer's state of one ID (Lookup; unconfirmed.go).
+type stater interface {
+	// Stat returns the peer's state of id (errPeerNotFound if it has no
+	// record).
+	Stat(ctx context.Context, id dtfc.ID) (NodeState, error)
 }
 
 // ErrPeersUnreachable means a Lookup found no record, but some peer could
@@ -288,12 +289,19 @@ var ErrPeersUnreachable = errors.New("some peers could not be asked")
 // ErrNotFound only when every peer answered; ErrPeersUnreachable when
 // none that answered knows id but some did not answer.
 func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error) {
+	st, _, err := c.lookup(ctx, id, held)
+	return st, err
+}
+
+// lookup is Lookup that also returns the URL of the peer that answered.
+func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, string, error) {
 	local, lerr := c.store.Stat(id)
 	unreachable := false
 	for _, r := range c.candidates(id) {
-		var ans stateAnswer
-		if err := r.getJSON(ctx, "/state/"+id.String(), &ans); err != nil {
-			if !errors.Is(err, errPeerNotFound) {
+		ans, err := r.node.Stat(ctx, id)
+		if err != nil || ans.Forgotten {
+			// A delete the peer forgot is no record: as good as a 404.
+			if !ans.Forgotten && !errors.Is(err, errPeerNotFound) {
 				unreachable = true
 			}
 			continue
@@ -304,7 +312,7 @@ func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 		if lerr == nil && !ans.State.Newer(local) {
 			continue
 		}
-		return ans.State, nil
+		return ans.State, r.URL, nil
 	}
 	// A peer marked expired counts as one that could not be asked: its
 	// "never heard of it" is not worth a 404.
@@ -314,9 +322,9 @@ func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 		}
 	}
 	if unreachable {
-		return dtfc.State{}, fmt.Errorf("%w: %w", ErrNotFound, ErrPeersUnreachable)
+		return dtfc.State{}, "", fmt.Errorf("%w: %w", ErrNotFound, ErrPeersUnreachable)
 	}
-	return dtfc.State{}, ErrNotFound
+	return dtfc.State{}, "", ErrNotFound
 }
 
 // ErrTooFewReplicas means ?replicas=N asked for more replicas than the

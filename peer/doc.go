@@ -5,8 +5,30 @@
 // feed to every peer with a durable cursor, anti-entropy, tombstone
 // retention, and repairs of what the scrubber finds corrupt.
 //
-// The node-to-node HTTP routes live here too (Cluster.InternalHandler,
-// mounted under /_internal); a peer answering a peer only ever serves its
-// own disk and never forwards, so two nodes that disagree about ownership
-// cannot wait on each other.
+// Its shape:
+//
+//   - Cluster ties the rest together: New reads the peer list and the
+//     durable state, Run runs the background work, Open is the one read
+//     path (a Blob: a local file, bytes in memory, or a transfer from a
+//     peer, with its state and source), Lookup asks for a state alone.
+//   - remote is one peer and this node's experience of it (health,
+//     identity, role, expiry mark); its Node is how the work talks to it.
+//     Each consumer declares the few methods it needs (stater,
+//     blobSource, pushTarget, replicaSource, resyncTarget); Node is their
+//     sum. Tests put a fake built from function fields in its place.
+//   - wire.go is the whole node-to-node protocol: routes, headers,
+//     request and answer types, limits, and httpNode, its client. The
+//     server side is Cluster.InternalHandler (internal.go; the deny list's
+//     handler in deny.go), mounted under InternalPrefix, using the same
+//     types. A peer answering a peer only ever serves its own disk and
+//     never forwards, so two nodes that disagree about ownership cannot
+//     wait on each other.
+//   - fetcher (fetch.go) runs the transfers from peers, at most one per
+//     ID, under its own lock; it never reads the disk under that lock
+//     (Open looks locally at a generation of the fetcher instead).
+//   - pusher (push.go) sends the feed to one peer: a short run loop over
+//     step, which says how to wait before the next one.
+//   - resync (resync.go) is the state machine of "this node must resync",
+//     with its own lock; expiries and feedClock (acks.go) decide what may
+//     be forgotten.
 package peer

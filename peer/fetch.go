@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,12 +16,17 @@ import (
 var (
 	// ErrNotFound means no reachable peer holds the ID.
 	ErrNotFound = errors.New("no reachable peer holds it")
-	// ErrHeldLocally means the blob arrived locally meanwhile: read it
-	// from the store.
-	ErrHeldLocally = errors.New("held locally")
 	// ErrBusy means too many transfers from peers are running; retry.
 	ErrBusy = errors.New("too many transfers from peers in flight; retry shortly")
 )
+
+// blobSource hands out a peer's own copy of a blob (the fetcher,
+// anti-entropy's pulls).
+type blobSource interface {
+	// Open opens the peer's copy of id with its state, checked to be a
+	// present state of id whose size is the body's.
+	Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error)
+}
 
 // slotWait is how long a miss waits for a free transfer slot.
 const slotWait = 5 * time.Second
@@ -40,6 +44,7 @@ type fetcher struct {
 	cancel   context.CancelFunc
 	mu       sync.Mutex
 	inflight map[dtfc.ID]*transfer
+	gen      uint64 // transfers ended (generation)
 	wg       sync.WaitGroup
 	slots    chan struct{} // one token per running transfer
 	// reserved is the size of the transfers in flight into a cache: each
@@ -57,7 +62,7 @@ func newFetcher(c *Cluster, maxFetches int) *fetcher {
 func (f *fetcher) stop() { f.cancel() }
 
 // transfer is one blob coming from a peer into a temp file, readable by
-// any number of Downloads while it arrives.
+// any number of downloads while it arrives.
 type transfer struct {
 	id    dtfc.ID
 	ready chan struct{} // closed once st/w are set, or startErr
@@ -114,35 +119,68 @@ func (t *transfer) release() {
 	}
 }
 
-// open returns a Download of id from peers. Concurrent calls for one ID
-// share one transfer, which runs detached from the callers' contexts (a
-// client that goes away does not cancel a fill others wait for).
-func (f *fetcher) open(ctx context.Context, id dtfc.ID) (*Download, error) {
+// generation counts the transfers that have ended. Open reads it before
+// it looks for id locally: if no transfer ended between that look and
+// the start of a transfer, none committed id meanwhile, so a blob absent
+// both locally and from inflight is truly missing — and no disk is read
+// under f.mu.
+func (f *fetcher) generation() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gen
+}
+
+// open returns id from peers after a local miss seen at generation gen.
+// Concurrent calls for one ID share one transfer. If transfers ended
+// since gen, local is asked again (the blob may have arrived) before a
+// transfer starts.
+func (f *fetcher) open(ctx context.Context, id dtfc.ID, gen uint64, local func() (*Blob, error)) (*Blob, error) {
 	if d, err := f.attach(ctx, id); d != nil || err != nil {
 		return d, err
 	}
 	// A new transfer needs a slot; waiting for one holds no lock.
-	t := time.NewTimer(slotWait)
-	defer t.Stop()
+	timer := time.NewTimer(slotWait)
+	defer timer.Stop()
 	select {
 	case f.slots <- struct{}{}:
-	case <-t.C:
+	case <-timer.C:
 		return nil, ErrBusy
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	d, err := f.start(ctx, id)
-	return d, err
+	for {
+		f.mu.Lock()
+		if t := f.inflight[id]; t != nil {
+			<-f.slots // someone else's transfer: give the slot back
+			return f.join(ctx, t)
+		}
+		if f.gen == gen {
+			return f.start(ctx, id)
+		}
+		gen = f.gen
+		f.mu.Unlock()
+		// A transfer ended since the local miss: look again, holding the
+		// slot but no lock.
+		if b, err := local(); err != blobstore.ErrNotFound {
+			<-f.slots
+			return b, err
+		}
+	}
 }
 
 // attach joins a transfer of id already running, if any.
-func (f *fetcher) attach(ctx context.Context, id dtfc.ID) (*Download, error) {
+func (f *fetcher) attach(ctx context.Context, id dtfc.ID) (*Blob, error) {
 	f.mu.Lock()
 	t := f.inflight[id]
 	if t == nil {
 		f.mu.Unlock()
 		return nil, nil
 	}
+	return f.join(ctx, t)
+}
+
+// join takes a reference to t, unlocks f.mu and waits for t's headers.
+func (f *fetcher) join(ctx context.Context, t *transfer) (*Blob, error) {
 	t.mu.Lock()
 	t.refs++
 	t.mu.Unlock()
@@ -150,38 +188,18 @@ func (f *fetcher) attach(ctx context.Context, id dtfc.ID) (*Download, error) {
 	return f.wait(ctx, t)
 }
 
-// start begins a transfer of id holding a slot (released when it ends, or
-// here if another caller started one meanwhile).
-func (f *fetcher) start(ctx context.Context, id dtfc.ID) (*Download, error) {
-	f.mu.Lock()
-	t := f.inflight[id]
-	if t == nil {
-		// Checked under f.mu: a transfer leaves inflight only after its
-		// commit, so a blob absent both here and locally is truly missing.
-		if _, err := f.c.store.Stat(id); err == nil {
-			if b, err := f.c.store.Open(id); err == nil {
-				b.Close()
-				f.mu.Unlock()
-				<-f.slots
-				return nil, ErrHeldLocally
-			}
-		}
-		t = &transfer{id: id, ready: make(chan struct{}), notify: make(chan struct{}), refs: 1}
-		f.inflight[id] = t
-		f.wg.Add(1)
-		go f.run(t)
-	} else {
-		<-f.slots // someone else's transfer: give the slot back
-	}
-	t.mu.Lock()
-	t.refs++
-	t.mu.Unlock()
-	f.mu.Unlock()
-	return f.wait(ctx, t)
+// start begins a transfer of id holding a slot (released when it ends),
+// with f.mu held (unlocked here).
+func (f *fetcher) start(ctx context.Context, id dtfc.ID) (*Blob, error) {
+	t := &transfer{id: id, ready: make(chan struct{}), notify: make(chan struct{}), refs: 1}
+	f.inflight[id] = t
+	f.wg.Add(1)
+	go f.run(t)
+	return f.join(ctx, t)
 }
 
-// wait waits for a transfer's headers and returns a Download of it.
-func (f *fetcher) wait(ctx context.Context, t *transfer) (*Download, error) {
+// wait waits for a transfer's headers and returns a Blob reading it.
+func (f *fetcher) wait(ctx context.Context, t *transfer) (*Blob, error) {
 	select {
 	case <-t.ready:
 	case <-ctx.Done():
@@ -192,7 +210,7 @@ func (f *fetcher) wait(ctx context.Context, t *transfer) (*Download, error) {
 		t.release()
 		return nil, t.startErr
 	}
-	return &Download{t: t, ctx: ctx}, nil
+	return fromPeer(&download{t: t, ctx: ctx}), nil
 }
 
 // run finds a peer holding the blob and streams it into the store.
@@ -200,81 +218,22 @@ func (f *fetcher) run(t *transfer) {
 	defer f.wg.Done()
 	defer func() { <-f.slots }()
 	defer t.release()
-	defer func() {
-		f.mu.Lock()
-		delete(f.inflight, t.id)
-		f.mu.Unlock()
-	}()
-	c := f.c
+	defer f.leave(t)
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 
-	local, lerr := c.store.Stat(t.id)
-	hasLocal := lerr == nil
+	local, lerr := f.c.store.Stat(t.id)
 	var errs []error
-	for _, r := range c.candidates(t.id) {
-		resp, st, err := r.getBlob(ctx, t.id, http.MethodGet)
+	for _, r := range f.c.candidates(t.id) {
+		body, st, err := f.ask(ctx, r, t.id, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		// The local record wins unless the peer's state is newer — or is
-		// the very same upload whose local file is missing (a record
-		// without its bytes is repaired by a read).
-		if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
-			// Our tombstone is newer than the peer's copy: it is deleted.
-			resp.Body.Close()
-			errs = append(errs, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound))
-			continue
-		}
-		if c.isCache() {
-			reserved := f.reserved.Add(st.Size)
-			defer f.reserved.Add(-st.Size)
-			if _, err := c.evict(reserved); err != nil {
-				c.log.Warn("eviction failed", "err", err)
-			}
-		}
-		w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
-		if err != nil {
-			resp.Body.Close()
-			t.startErr = err
-			close(t.ready)
-			return
-		}
-		t.st, t.src, t.w = st, r.URL, w
-		close(t.ready)
-		start := time.Now()
-		_, err = w.ReadFrom(resp.Body)
-		resp.Body.Close()
-		if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
-			t.verify()
-		}
-		if err == nil {
-			_, err = w.CommitState(st, !c.isCache())
-		}
-		switch {
-		case err == nil:
-			c.metrics.fetches.WithLabelValues("ok").Inc()
-			c.metrics.fetchBytes.Add(float64(st.Size))
-			c.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
-		case errors.Is(err, blobstore.ErrDigestMismatch):
-			c.metrics.fetches.WithLabelValues("corrupt").Inc()
-			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
-			c.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
-		default:
-			c.metrics.fetches.WithLabelValues("failed").Inc()
-			if ctx.Err() == nil {
-				r.fail(err)
-			}
-			c.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
-		}
-		if err == nil && c.isCache() {
-			c.evict(0)
-		}
-		t.finish(err)
+		f.fill(ctx, t, r, body, st)
 		return
 	}
-	c.metrics.fetches.WithLabelValues("notfound").Inc()
+	f.c.metrics.fetches.WithLabelValues("notfound").Inc()
 	t.startErr = fmt.Errorf("%w (%w)", ErrNotFound, errors.Join(errs...))
 	if len(errs) == 0 {
 		t.startErr = ErrNotFound
@@ -282,26 +241,100 @@ func (f *fetcher) run(t *transfer) {
 	close(t.ready)
 }
 
-// Download reads a blob while it arrives from a peer. It is an
-// io.ReadSeeker for http.ServeContent. Reads block until the bytes are
-// there; the last byte is held back until the whole blob has hashed to its
-// ID, so a reader never completes a body of wrong bytes: on a mismatch the
-// read returns an error instead.
-type Download struct {
+// ask opens r's copy of id, unless the local record wins: it does unless
+// the peer's state is newer — or is the very same upload whose local file
+// is missing (a record without its bytes is repaired by a read).
+func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, local dtfc.State, hasLocal bool) (io.ReadCloser, dtfc.State, error) {
+	body, st, err := r.node.Open(ctx, id)
+	if err != nil {
+		return nil, st, err
+	}
+	if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
+		// Our tombstone is newer than the peer's copy: it is deleted.
+		body.Close()
+		return nil, st, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound)
+	}
+	return body, st, nil
+}
+
+// fill streams body, r's copy of the blob of st, into the store through
+// t, readable while it arrives, and records how it went.
+func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State) {
+	c := f.c
+	if c.isCache() {
+		reserved := f.reserved.Add(st.Size)
+		defer f.reserved.Add(-st.Size)
+		if _, err := c.evict(reserved); err != nil {
+			c.log.Warn("eviction failed", "err", err)
+		}
+	}
+	w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
+	if err != nil {
+		body.Close()
+		t.startErr = err
+		close(t.ready)
+		return
+	}
+	t.st, t.src, t.w = st, r.URL, w
+	close(t.ready)
+	start := time.Now()
+	_, err = w.ReadFrom(body)
+	body.Close()
+	if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
+		t.verify()
+	}
+	if err == nil {
+		_, err = w.CommitState(st, !c.isCache())
+	}
+	switch {
+	case err == nil:
+		c.metrics.fetches.WithLabelValues("ok").Inc()
+		c.metrics.fetchBytes.Add(float64(st.Size))
+		c.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
+	case errors.Is(err, blobstore.ErrDigestMismatch):
+		c.metrics.fetches.WithLabelValues("corrupt").Inc()
+		d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
+		c.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+	default:
+		c.metrics.fetches.WithLabelValues("failed").Inc()
+		if ctx.Err() == nil {
+			r.fail(err)
+		}
+		c.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
+	}
+	if err == nil && c.isCache() {
+		c.evict(0)
+	}
+	f.leave(t)
+	t.finish(err)
+}
+
+// leave takes t out of inflight, once: after its commit (so a blob absent
+// both from inflight and locally is truly missing), and before its end is
+// announced, so that no caller joins a transfer that has already failed.
+func (f *fetcher) leave(t *transfer) {
+	f.mu.Lock()
+	if f.inflight[t.id] == t {
+		delete(f.inflight, t.id)
+		f.gen++
+	}
+	f.mu.Unlock()
+}
+
+// download reads a blob while it arrives from a peer (the Blob of a
+// transfer). Reads block until the bytes are there; the last byte is held
+// back until the whole blob has hashed to its ID, so a reader never
+// completes a body of wrong bytes: on a mismatch the read returns an
+// error instead.
+type download struct {
 	t      *transfer
 	ctx    context.Context
 	off    int64
 	closed bool
 }
 
-// State returns the blob's state, as the peer sent it.
-func (d *Download) State() dtfc.State { return d.t.st }
-
-// Source returns the URL of the peer the bytes come from.
-func (d *Download) Source() string { return d.t.src }
-
 // Read implements io.Reader.
-func (d *Download) Read(p []byte) (int, error) {
+func (d *download) Read(p []byte) (int, error) {
 	t := d.t
 	size := t.st.Size
 	for {
@@ -337,7 +370,7 @@ func (d *Download) Read(p []byte) (int, error) {
 }
 
 // Seek implements io.Seeker.
-func (d *Download) Seek(offset int64, whence int) (int64, error) {
+func (d *download) Seek(offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
@@ -356,7 +389,7 @@ func (d *Download) Seek(offset int64, whence int) (int64, error) {
 
 // Wait blocks until the transfer has finished and returns its result: nil
 // if the blob was verified and stored.
-func (d *Download) Wait(ctx context.Context) error {
+func (d *download) Wait(ctx context.Context) error {
 	t := d.t
 	for {
 		t.mu.Lock()
@@ -376,7 +409,7 @@ func (d *Download) Wait(ctx context.Context) error {
 // Failed returns the transfer's error if it has finished with one before
 // its bytes were verified (a failure to store verified bytes does not make
 // what readers received wrong).
-func (d *Download) Failed() error {
+func (d *download) Failed() error {
 	d.t.mu.Lock()
 	defer d.t.mu.Unlock()
 	if d.t.finished && !d.t.verified {
@@ -385,9 +418,9 @@ func (d *Download) Failed() error {
 	return nil
 }
 
-// Close releases the Download; the transfer goes on for other readers and
+// Close releases the download; the transfer goes on for other readers and
 // for the store.
-func (d *Download) Close() error {
+func (d *download) Close() error {
 	if !d.closed {
 		d.closed = true
 		d.t.release()

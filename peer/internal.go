@@ -17,14 +17,6 @@ import (
 	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
-// Limits on node-to-node requests.
-const (
-	maxChanges     = 10000
-	maxJSONBody    = 32 << 20
-	internalIdle   = 60 * time.Second
-	maxStatePrefix = 8
-)
-
 // InternalHandler serves the node-to-node routes (mounted under
 // /_internal). When a cluster secret is configured, every one of them
 // refuses a request that does not carry it.
@@ -43,22 +35,22 @@ func (c *Cluster) InternalHandler() http.Handler {
 	// them is the reader's decision, and a resync compares with them.
 	r.Group(func(r chi.Router) {
 		r.Use(c.notResyncing)
-		r.Get("/blobs/{id}", c.hGetBlob)
-		r.Head("/blobs/{id}", c.hGetBlob)
-		r.Get("/state/{id}", c.hState)
+		r.Get(routeBlob+"{id}", c.hGetBlob)
+		r.Head(routeBlob+"{id}", c.hGetBlob)
+		r.Get(routeState+"{id}", c.hState)
 	})
-	r.Get("/digests", c.hDigests)
-	r.Get("/digests/{first}", c.hDigests)
-	r.Get("/states", c.hStates)
-	r.Post("/lookup", c.hLookup)
-	r.Get("/deny", c.hDenyList)
-	r.Post("/resynced", c.hResynced)
+	r.Get(routeDigests, c.hDigests)
+	r.Get(routeDigests+"/{first}", c.hDigests)
+	r.Get(routeStates, c.hStates)
+	r.Post(routeLookup, c.hLookup)
+	r.Get(routeDeny, c.hDenyList)
+	r.Post(routeResynced, c.hResynced)
 	// Receiving states: always, but not from a peer this node marked
 	// expired until it resynced.
 	r.Group(func(r chi.Router) {
 		r.Use(c.notFromExpired)
-		r.Put("/blobs/{id}", c.hPutBlob)
-		r.Post("/changes", c.hChanges)
+		r.Put(routeBlob+"{id}", c.hPutBlob)
+		r.Post(routeChanges, c.hChanges)
 	})
 	return r
 }
@@ -311,41 +303,6 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, map[string]string{"result": "applied"})
 }
 
-// Bounds on what a state may carry (the same as on uploads).
-const (
-	maxStateText = 255
-	maxNodeLen   = 64
-)
-
-// validState checks a state received from a peer.
-func validState(st dtfc.State) error {
-	switch {
-	case st.ID.IsZero(), st.Clock == 0:
-		return errors.New("a state needs an ID and a clock")
-	case !st.Deleted && st.Size < 0:
-		return errors.New("negative size")
-	case len(st.ContentType) > maxStateText, len(st.Filename) > maxStateText:
-		return fmt.Errorf("content type or filename longer than %d bytes", maxStateText)
-	case st.Node == "", len(st.Node) > maxNodeLen:
-		return errors.New("a state needs a node identity of at most 64 bytes")
-	}
-	return nil
-}
-
-// bounded is st as it may leave this node: a content type or filename
-// longer than peers accept (recorded before uploads were bounded) is
-// dropped, so that a peer never refuses the state for it, and every
-// reader serves its own default instead.
-func bounded(st dtfc.State) dtfc.State {
-	if len(st.ContentType) > maxStateText {
-		st.ContentType = ""
-	}
-	if len(st.Filename) > maxStateText {
-		st.Filename = ""
-	}
-	return st
-}
-
 // refusedClock counts a remote state refused for its clock.
 func (c *Cluster) refusedClock(err error) {
 	if errors.Is(err, blobstore.ErrClockAhead) {
@@ -364,12 +321,6 @@ type deadlineReader struct {
 func (d *deadlineReader) Read(p []byte) (int, error) {
 	_ = d.rc.SetReadDeadline(time.Now().Add(d.idle))
 	return d.r.Read(p)
-}
-
-type stateAnswer struct {
-	State dtfc.State `json:"state"`
-	// Held is true if the node holds the blob's bytes.
-	Held bool `json:"held"`
 }
 
 func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
@@ -489,46 +440,6 @@ func (c *Cluster) hResynced(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
-// digestsAnswer carries 256 range digests compactly: the sums as one hex
-// string (256 × 32 bytes), the counts as numbers.
-type digestsAnswer struct {
-	Node   string `json:"node"`
-	Synced bool   `json:"synced"`
-	// Resyncing: the answering node holds states it may have to drop;
-	// nothing may be imported from it.
-	Resyncing bool `json:"resyncing,omitempty"`
-	// Expired lists the node identities the answering node marked
-	// expired: a resyncing node does not take their word against it.
-	Expired []string `json:"expired,omitempty"`
-	Sums    string   `json:"sums"`
-	Counts  []uint64 `json:"counts"`
-	// Deny digests the deny list (blobstore.DenyDigest).
-	Deny string `json:"deny"`
-}
-
-func encodeDigests(node string, synced bool, d *[256]blobstore.Digest) digestsAnswer {
-	sums := make([]byte, 0, 256*32)
-	counts := make([]uint64, 256)
-	for i := range d {
-		sums = append(sums, d[i].Sum[:]...)
-		counts[i] = d[i].Count
-	}
-	return digestsAnswer{Node: node, Synced: synced, Sums: hex.EncodeToString(sums), Counts: counts}
-}
-
-func (a *digestsAnswer) decode() ([256]blobstore.Digest, error) {
-	var d [256]blobstore.Digest
-	sums, err := hex.DecodeString(a.Sums)
-	if err != nil || len(sums) != 256*32 || len(a.Counts) != 256 {
-		return d, errors.New("malformed digests")
-	}
-	for i := range d {
-		copy(d[i].Sum[:], sums[i*32:])
-		d[i].Count = a.Counts[i]
-	}
-	return d, nil
-}
-
 func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
 	var d [256]blobstore.Digest
 	var err error
@@ -556,70 +467,6 @@ func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ans)
 }
 
-func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
-	list, err := c.store.DenyList()
-	if err != nil {
-		writeErr(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	if list == nil {
-		list = []blobstore.Deny{}
-	}
-	writeJSON(w, http.StatusOK, denyList{Entries: list})
-}
-
-// denyList is the answer of GET /_internal/deny: the whole deny list.
-type denyList struct {
-	Entries []blobstore.Deny `json:"entries"`
-}
-
-func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
-	n := 0
-	for _, d := range entries {
-		if err := validDeny(d); err != nil {
-			return n, err
-		}
-		ok, err := c.store.ApplyDeny(d)
-		if errors.Is(err, blobstore.ErrClockAhead) {
-			c.refusedClock(err)
-			continue
-		}
-		if err != nil {
-			return n, err
-		}
-		if ok {
-			n++
-			c.denyApplied(d)
-		}
-	}
-	return n, nil
-}
-
-// denyApplied follows a deny entry received from a peer: a block is
-// logged; after a lift, bytes the block removed while an upload newer
-// than it stayed recorded are fetched back.
-func (c *Cluster) denyApplied(d blobstore.Deny) {
-	if d.Active() {
-		c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
-		return
-	}
-	if st, ok := c.store.Missing(d.ID); ok {
-		c.goRepair(st)
-	}
-}
-
-func validDeny(d blobstore.Deny) error {
-	if d.ID.IsZero() || d.Clock == 0 || (d.Active() && !ValidDenyStatus(d.Status)) || len(d.Reason) > 1000 || len(d.Node) > maxNodeLen {
-		return fmt.Errorf("invalid deny entry for %s", d.ID)
-	}
-	return nil
-}
-
-// ValidDenyStatus reports whether status may answer reads of a denied ID.
-func ValidDenyStatus(status int) bool {
-	return status == http.StatusForbidden || status == http.StatusNotFound || status == http.StatusUnavailableForLegalReasons
-}
-
 // hStates lists the states of every ID with a prefix, one JSON object per
 // line. They are read into memory first (a range is about 1/256 or 1/65536
 // of the store) so a slow reader holds no database transaction open.
@@ -644,14 +491,6 @@ func (c *Cluster) hStates(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-}
-
-type lookupRequest struct {
-	IDs []dtfc.ID `json:"ids"`
-}
-
-type lookupAnswer struct {
-	States []dtfc.State `json:"states"`
 }
 
 // hLookup answers the states this node knows of the given IDs (a cache

@@ -149,12 +149,13 @@ func (c *Cluster) goRepair(st dtfc.State) {
 
 // repair fetches a blob the scrubber quarantined from the peers.
 func (c *Cluster) repair(ctx context.Context, st dtfc.State) {
-	d, err := c.Fetch(ctx, st.ID)
+	// Held locally meanwhile (Open finds it there) counts as repaired.
+	b, err := c.Open(ctx, st.ID, OpenOptions{})
 	if err == nil {
-		err = d.Wait(ctx)
-		d.Close()
+		err = b.Wait(ctx)
+		b.Close()
 	}
-	if err != nil && err != ErrHeldLocally {
+	if err != nil {
 		c.log.Error("repairing a corrupt blob from peers failed; anti-entropy will retry", "id", st.ID.String(), "err", err)
 		return
 	}

@@ -19,6 +19,9 @@ type metrics struct {
 	expired          *prometheus.GaugeVec
 }
 
+// newMetrics declares every metric of the peer layer, with its help
+// text, and registers them. It is long only because it is a list: one
+// declaration per metric, nothing to follow but the order.
 func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	m := &metrics{
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{

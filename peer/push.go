@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,6 +21,15 @@ const (
 	pushBatch       = 256 // changes offered per request
 	pushParallelism = 16  // blob bodies sent at once to one peer
 )
+
+// pushTarget takes what a pusher sends.
+type pushTarget interface {
+	// Offer offers states and deny entries and returns the peer's
+	// result for each (resultOK, resultNeed, ...).
+	Offer(ctx context.Context, req changesRequest) (changesAnswer, error)
+	// Put sends the size bytes of body, the blob of st.
+	Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error
+}
 
 // pusher sends the local change feed to one peer: every change after the
 // peer's acknowledged cursor, uploads with their bytes if the peer wants
@@ -41,6 +50,10 @@ type pusher struct {
 	caughtUp   atomic.Pointer[time.Time]
 	ackedAt    atomic.Pointer[time.Time]
 	ackedSaved time.Time // when ackedAt was last persisted (run's goroutine only)
+	// next is the cursor as run knows it, failures the pushes failed in
+	// a row (run's goroutine only).
+	next     uint64
+	failures int
 }
 
 // storedCursor reads a peer's persisted cursor.
@@ -95,95 +108,123 @@ func (c *Cluster) wakePushers() {
 	}
 }
 
+// run pushes the feed to the peer until ctx ends: a driver over step,
+// which does one thing and says how to wait before the next.
 func (p *pusher) run(ctx context.Context) {
-	c, r := p.c, p.r
-	cursor := c.storedCursor(r.URL)
-	p.cursor.Store(cursor)
+	p.load()
+	for ctx.Err() == nil {
+		if wait := p.step(ctx); wait != nil && !wait(ctx) {
+			return
+		}
+	}
+}
+
+// wait is how a pusher waits before its next step; false means ctx
+// ended. A nil wait goes on at once.
+type wait func(ctx context.Context) bool
+
+// load reads the peer's cursor and when it was last caught up.
+func (p *pusher) load() {
+	p.next = p.c.storedCursor(p.r.URL)
+	p.cursor.Store(p.next)
 	start := time.Now()
 	p.caughtUp.Store(&start)
-	if t := c.storedAckedAt(r.URL); !t.IsZero() {
+	if t := p.c.storedAckedAt(p.r.URL); !t.IsZero() {
 		p.ackedAt.Store(&t)
 		p.ackedSaved = t
 	}
 	p.loaded.Store(true)
-	failures := 0
-	for ctx.Err() == nil {
-		if r.Self() || c.resync.holdsFor(r.identity()) {
-			// Itself: nothing to send. A peer that marked this node
-			// expired: it refuses everything until the resync against it
-			// is done.
-			select {
-			case <-c.resync.changed():
-			case <-r.kick:
-			case <-ctx.Done():
-				return
-			}
-			continue
-		}
-		changed := c.store.Changed()
-		if failures > 0 {
-			// A retry starts: the peer's answers to it must not wake
-			// the pusher for another one at once.
-			r.pushFailed()
-		}
-		changes, err := c.store.Changes(cursor, pushBatch)
-		if err != nil {
-			c.log.Error("reading the change feed", "err", err)
-			if !sleepCtx(ctx, time.Second) {
-				return
-			}
-			continue
-		}
-		if len(changes) == 0 {
-			p.caughtUpNow()
-			select {
-			case <-changed:
-			case <-c.resync.changed():
-			case <-ctx.Done():
-				return
-			}
-			continue
-		}
-		upTo, err := p.push(ctx, changes)
-		if upTo > cursor {
-			if serr := c.store.SetValue(cursorKey(r.URL), []byte(strconv.FormatUint(upTo, 10))); serr != nil {
-				c.log.Error("persisting a replication cursor", "peer", r.URL, "err", serr)
-				if !sleepCtx(ctx, time.Second) {
-					return
-				}
-				continue
-			}
-			cursor = upTo
-			p.cursor.Store(cursor)
-			c.acked()
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			failures++
-			r.pushFailed()
-			d := backoff(failures)
-			switch {
-			case errors.Is(err, errExpired):
-				// The answer told the resync; it holds this pusher next.
-				c.log.Debug("push refused: this node is expired at the peer", "peer", r.URL)
-			case failures == 1:
-				c.log.Warn("push to peer failed; retrying with backoff", "peer", r.URL, "err", err)
-			default:
-				c.log.Debug("push to peer failed", "peer", r.URL, "err", err, "retry_in", d)
-			}
-			if !p.backoff(ctx, failures) {
-				return
-			}
-			continue
-		}
-		if failures > 0 {
-			c.log.Info("peer accepts pushes again", "peer", r.URL)
-			r.pushOK()
-		}
-		failures = 0
+}
+
+// step waits while the peer must not be pushed to, waits for the feed
+// when the peer has all of it, and pushes the next batch otherwise.
+func (p *pusher) step(ctx context.Context) wait {
+	c, r := p.c, p.r
+	if r.Self() || c.resync.holdsFor(r.identity()) {
+		// Itself: nothing to send. A peer that marked this node
+		// expired: it refuses everything until the resync against it
+		// is done.
+		return either(c.resync.changed(), r.kick)
 	}
+	changed := c.store.Changed()
+	if p.failures > 0 {
+		// A retry starts: the peer's answers to it must not wake the
+		// pusher for another one at once.
+		r.pushFailed()
+	}
+	changes, err := c.store.Changes(p.next, pushBatch)
+	if err != nil {
+		c.log.Error("reading the change feed", "err", err)
+		return pause(time.Second)
+	}
+	if len(changes) == 0 {
+		p.caughtUpNow()
+		return either(changed, c.resync.changed())
+	}
+	upTo, err := p.push(ctx, changes)
+	if upTo > p.next && !p.advance(upTo) {
+		return pause(time.Second)
+	}
+	if err != nil {
+		return p.failed(ctx, err)
+	}
+	if p.failures > 0 {
+		c.log.Info("peer accepts pushes again", "peer", r.URL)
+		r.pushOK()
+	}
+	p.failures = 0
+	return nil
+}
+
+// advance persists the cursor at upTo (the peer accepted everything up
+// to it); false if it could not.
+func (p *pusher) advance(upTo uint64) bool {
+	if err := p.c.store.SetValue(cursorKey(p.r.URL), []byte(strconv.FormatUint(upTo, 10))); err != nil {
+		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
+		return false
+	}
+	p.next = upTo
+	p.cursor.Store(upTo)
+	p.c.acked()
+	return true
+}
+
+// failed counts a failed push and returns the backoff before the next.
+func (p *pusher) failed(ctx context.Context, err error) wait {
+	if ctx.Err() != nil {
+		return nil // run ends
+	}
+	p.failures++
+	p.r.pushFailed()
+	failures := p.failures
+	switch {
+	case errors.Is(err, errExpired):
+		// The answer told the resync; it holds this pusher next.
+		p.c.log.Debug("push refused: this node is expired at the peer", "peer", p.r.URL)
+	case failures == 1:
+		p.c.log.Warn("push to peer failed; retrying with backoff", "peer", p.r.URL, "err", err)
+	default:
+		p.c.log.Debug("push to peer failed", "peer", p.r.URL, "err", err, "retry_in", backoff(failures))
+	}
+	return func(ctx context.Context) bool { return p.backoff(ctx, failures) }
+}
+
+// either waits for a or b.
+func either(a, b <-chan struct{}) wait {
+	return func(ctx context.Context) bool {
+		select {
+		case <-a:
+		case <-b:
+		case <-ctx.Done():
+			return false
+		}
+		return true
+	}
+}
+
+// pause waits d.
+func pause(d time.Duration) wait {
+	return func(ctx context.Context) bool { return sleepCtx(ctx, d) }
 }
 
 // caughtUpNow records that the peer has accepted the whole feed.
@@ -218,25 +259,6 @@ func (p *pusher) backoff(ctx context.Context, failures int) bool {
 	return true
 }
 
-type changesRequest struct {
-	Changes []dtfc.State     `json:"changes"`
-	Deny    []blobstore.Deny `json:"deny,omitempty"`
-}
-
-// Results of an offered change.
-const (
-	resultOK    = "ok"    // applied, or older than what the peer has
-	resultNeed  = "need"  // send the bytes
-	resultAhead = "ahead" // refused: its clock is too far ahead of the peer's
-	resultCache = "cache" // the peer is a cache: an upload is not kept
-)
-
-type changesAnswer struct {
-	// Results has one entry per change, DenyResults one per deny entry.
-	Results     []string `json:"results"`
-	DenyResults []string `json:"deny_results,omitempty"`
-}
-
 // errClockRefused: the peer refused changes whose clock is too far ahead
 // of its wall clock.
 var errClockRefused = errors.New("refused: clock too far ahead of the peer's")
@@ -245,13 +267,38 @@ var errClockRefused = errors.New("refused: clock too far ahead of the peer's")
 // returns the sequence number up to which the peer accepted every change
 // (the cursor may move that far) with the first failure, if any.
 func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, error) {
-	c, r := p.c, p.r
+	req, where := p.offer(changes)
+	accepted := make([]bool, len(changes))
+	var firstErr error
+	if len(req.Changes)+len(req.Deny) > 0 {
+		ans, err := p.r.node.Offer(ctx, req)
+		if err != nil {
+			return 0, err
+		}
+		if len(ans.Results) != len(req.Changes) || len(ans.DenyResults) != len(req.Deny) {
+			return 0, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", p.r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
+		}
+		firstErr = p.settle(ctx, changes, where, ans, accepted)
+	}
+	var upTo uint64
+	for i, ok := range accepted {
+		if !ok {
+			break
+		}
+		upTo = changes[i].Seq
+	}
+	return upTo, firstErr
+}
+
+// skip marks a change not offered (an upload not sent to a cache).
+const skip = math.MinInt
+
+// offer builds the request offering changes; where[i] is change i's
+// index in req.Changes (>= 0), in req.Deny (-1-j), or skip.
+func (p *pusher) offer(changes []blobstore.Change) (changesRequest, []int) {
 	var req changesRequest
-	// where[i] is change i's index in req.Changes (>= 0), in req.Deny
-	// (-1-j), or skip (an upload not sent to a cache).
-	const skip = math.MinInt
 	where := make([]int, len(changes))
-	cache := r.IsCache()
+	cache := p.r.IsCache()
 	for i, ch := range changes {
 		switch {
 		case ch.Deny != nil:
@@ -264,77 +311,68 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 			req.Changes = append(req.Changes, bounded(ch.State))
 		}
 	}
-	accepted := make([]bool, len(changes))
+	return req, where
+}
+
+// settle acts on the peer's answer: marks in accepted the changes it
+// took, sends the bytes it asked for, and counts what it refused. It
+// returns the first failure.
+func (p *pusher) settle(ctx context.Context, changes []blobstore.Change, where []int, ans changesAnswer, accepted []bool) error {
+	c, r := p.c, p.r
 	var firstErr error
-	if len(req.Changes)+len(req.Deny) > 0 {
-		var ans changesAnswer
-		if err := r.callJSON(ctx, http.MethodPost, "/changes", req, &ans); err != nil {
-			return 0, err
+	var refused int
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pushParallelism)
+	for i, w := range where {
+		var res string
+		switch {
+		case w == skip:
+			accepted[i] = true
+			continue
+		case w < 0:
+			res = ans.DenyResults[-1-w]
+		default:
+			res = ans.Results[w]
 		}
-		if len(ans.Results) != len(req.Changes) || len(ans.DenyResults) != len(req.Deny) {
-			return 0, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
-		}
-		var refused int
-		var mu sync.Mutex
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(pushParallelism)
-		for i, w := range where {
-			var res string
-			switch {
-			case w == skip:
-				accepted[i] = true
-				continue
-			case w < 0:
-				res = ans.DenyResults[-1-w]
-			default:
-				res = ans.Results[w]
+		switch res {
+		case resultOK, resultCache:
+			accepted[i] = true
+			if changes[i].Deny == nil {
+				c.metrics.pushed.WithLabelValues(kindOf(changes[i].State)).Inc()
 			}
-			switch res {
-			case resultOK, resultCache:
-				accepted[i] = true
-				if changes[i].Deny == nil {
-					c.metrics.pushed.WithLabelValues(kindOf(changes[i].State)).Inc()
-				}
-			case resultNeed:
-				st := changes[i].State
-				g.Go(func() error {
-					err := c.sendBlob(gctx, r, st)
-					mu.Lock()
-					accepted[i] = err == nil
-					mu.Unlock()
-					return err
-				})
-			case resultAhead:
-				refused++
-			default:
-				if firstErr == nil {
-					firstErr = fmt.Errorf("peer %s: unknown result %q", r.URL, res)
-				}
+		case resultNeed:
+			st := changes[i].State
+			g.Go(func() error {
+				err := c.sendBlob(gctx, r, st)
+				mu.Lock()
+				accepted[i] = err == nil
+				mu.Unlock()
+				return err
+			})
+		case resultAhead:
+			refused++
+		default:
+			if firstErr == nil {
+				firstErr = fmt.Errorf("peer %s: unknown result %q", r.URL, res)
 			}
 		}
-		// Every send started is waited for, whatever failed: none may
-		// outlive Run and the store's Close.
-		if err := g.Wait(); err != nil && firstErr == nil {
+	}
+	// Every send started is waited for, whatever failed: none may
+	// outlive Run and the store's Close.
+	if err := g.Wait(); err != nil && firstErr == nil {
+		firstErr = err
+	}
+	if refused > 0 {
+		r.clockRefusals(refused)
+		c.metrics.clockRefused.WithLabelValues(r.URL).Add(float64(refused))
+		err := fmt.Errorf("peer %s: %d change(s) %w; check the clocks (max_clock_offset)", r.URL, refused, errClockRefused)
+		if firstErr == nil {
 			firstErr = err
 		}
-		if refused > 0 {
-			r.clockRefusals(refused)
-			c.metrics.clockRefused.WithLabelValues(r.URL).Add(float64(refused))
-			err := fmt.Errorf("peer %s: %d change(s) %w; check the clocks (max_clock_offset)", r.URL, refused, errClockRefused)
-			if firstErr == nil {
-				firstErr = err
-			}
-			c.log.Warn("a peer refused changes whose clock is too far ahead of its own", "peer", r.URL, "count", refused)
-		}
+		c.log.Warn("a peer refused changes whose clock is too far ahead of its own", "peer", r.URL, "count", refused)
 	}
-	var upTo uint64
-	for i, ok := range accepted {
-		if !ok {
-			break
-		}
-		upTo = changes[i].Seq
-	}
-	return upTo, firstErr
+	return firstErr
 }
 
 func kindOf(st dtfc.State) string {
@@ -362,34 +400,13 @@ func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error 
 		return err
 	}
 	defer b.Close()
-	hdr := http.Header{}
-	hdr.Set(HeaderState, encodeStateHeader(b.State))
-	hdr.Set("Content-Type", "application/octet-stream")
-	body := &sizedReader{r: b.File, n: b.State.Size}
-	resp, err := r.do(ctx, http.MethodPut, "/blobs/"+st.ID.String(), body, hdr)
-	if err != nil {
+	if err := r.node.Put(ctx, b.State, b.File, b.State.Size); err != nil {
 		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
-		return answerErr(r.URL, resp)
 	}
 	c.metrics.pushed.WithLabelValues("upload").Inc()
 	c.metrics.pushedBytes.Add(float64(b.State.Size))
 	return nil
 }
-
-// sizedReader lets net/http send a Content-Length for a file body.
-type sizedReader struct {
-	r interface{ Read([]byte) (int, error) }
-	n int64
-}
-
-func (s *sizedReader) Read(p []byte) (int, error) { return s.r.Read(p) }
-
-// Len is what http.NewRequest looks for... it only knows a few types, so
-// do() sets ContentLength from it.
-func (s *sizedReader) Len() int64 { return s.n }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

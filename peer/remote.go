@@ -1,62 +1,13 @@
 package peer
 
 import (
-	"bufio"
-	"bytes"
-	"context"
 	"crypto/subtle"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/dtfc/dtfc"
 )
-
-// Headers of the node-to-node protocol.
-const (
-	// HeaderSecret carries the cluster secret on node-to-node requests.
-	HeaderSecret = "X-Dtfc-Cluster-Secret"
-	// HeaderFrom names the node identity of the requesting node.
-	HeaderFrom = "X-Dtfc-From"
-	// HeaderNode names the node identity of the answering node.
-	HeaderNode = "X-Dtfc-Node"
-	// HeaderState carries a dtfc.State as base64url JSON.
-	HeaderState = "X-Dtfc-State"
-	// HeaderRole names the answering node's role ("replica" or "cache"):
-	// what a peer really is wins over what a peer list says of it.
-	HeaderRole = "X-Dtfc-Role"
-	// HeaderForgotten, on a 404 of GET /_internal/state/{id}, carries the
-	// tombstone of the ID the node forgot lately (as HeaderState does).
-	HeaderForgotten = "X-Dtfc-Forgotten"
-	// HeaderExpired, on a request or an answer between two nodes, tells
-	// the node it is addressed to that the sender forgot deletes (or
-	// lifts) it never acknowledged, and since when (RFC 3339 with
-	// milliseconds): the addressee must resync before it offers anything.
-	HeaderExpired = "X-Dtfc-Expired"
-)
-
-// errPeerNotFound: the peer answered 404.
-var errPeerNotFound = errors.New("peer does not hold it")
-
-// errPeerResyncing: the peer is resyncing and offers none of its states.
-var errPeerResyncing = errors.New("peer is resyncing")
-
-// errExpired: the peer refused what this node offered because it marked
-// this node expired (it forgot deletes this node never acknowledged).
-var errExpired = errors.New("this node is expired at the peer and must resync first")
-
-// HeaderResyncing marks the 503 of a node that is resyncing.
-const HeaderResyncing = "X-Dtfc-Resyncing"
 
 // Backoff bounds for retrying a failed peer: twice a second at first, once
 // every 30 seconds at most (API.md, Consistency 3).
@@ -65,20 +16,14 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
-// stallTimeout cuts off a node-to-node exchange in which nothing moves
-// for this long: no byte of the request body taken, no answer (a peer
-// working on a long request sends 102 Processing every heartbeat), no
-// byte of the answer's body. A peer that stops answering without closing
-// its connection is given up on after this, not after minutes.
-var stallTimeout = 15 * time.Second
-
 // remote is one peer and this node's experience of it.
 type remote struct {
 	Peer
-	hc     *http.Client
-	secret string
-	self   string // this node's identity, sent as HeaderFrom
-	wall   func() time.Time
+	// node is how this node talks to the peer (an *httpNode, or a fake
+	// in tests).
+	node Node
+	self string // this node's identity
+	wall func() time.Time
 	// notes receives what the peer's answers tell this node about itself
 	// (that it is expired there). Set by the Cluster; nil in tests.
 	notes noteTaker
@@ -121,11 +66,32 @@ type noteTaker interface {
 	learned(r *remote)
 }
 
+// Node is a peer as this node's work with it sees it: what push, fetch,
+// anti-entropy, resync and lookups each need of it (their interfaces,
+// declared where they are used). *httpNode implements it over the wire.
+type Node interface {
+	stater
+	blobSource
+	pushTarget
+	replicaSource
+	resyncTarget
+}
+
+var _ Node = (*httpNode)(nil)
+
+// newRemote returns the remote of p, talked to over HTTP with hc.
 func newRemote(p Peer, hc *http.Client, secret, self string, wall func() time.Time) *remote {
+	r := newRemoteNode(p, nil, self, wall)
+	r.node = &httpNode{url: p.URL, hc: hc, secret: secret, self: self, r: r}
+	return r
+}
+
+// newRemoteNode returns the remote of p, talked to through node.
+func newRemoteNode(p Peer, node Node, self string, wall func() time.Time) *remote {
 	if wall == nil {
 		wall = time.Now
 	}
-	return &remote{Peer: p, hc: hc, secret: secret, self: self, wall: wall, kick: make(chan struct{}, 1)}
+	return &remote{Peer: p, node: node, self: self, wall: wall, kick: make(chan struct{}, 1)}
 }
 
 // skew returns this node's wall clock now minus the peer's (as its last
@@ -250,17 +216,6 @@ func (r *remote) expiredHorizon() dtfc.Timestamp {
 	return r.expiredMark.Horizon
 }
 
-// HeaderExpired carries a mark's horizon as a decimal clock reading.
-func formatExpired(h dtfc.Timestamp) string { return strconv.FormatUint(uint64(h), 10) }
-
-func parseExpired(v string) (dtfc.Timestamp, bool) {
-	if v == "" {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(v, 10, 64)
-	return dtfc.Timestamp(n), err == nil && n != 0
-}
-
 // pushFailed and pushOK record how the pusher's last attempt went.
 func (r *remote) pushFailed() {
 	r.mu.Lock()
@@ -371,292 +326,6 @@ func (r *remote) status() PeerStatus {
 		Up: r.up, Contacted: r.contacted,
 		LastContact: r.lastContact, LastError: r.lastErr, LastErrorAt: r.lastErrAt, Failures: r.failures,
 	}
-}
-
-// do sends a node-to-node request. Transport failures and 5xx answers count
-// against the peer's health; any answer from it proves it is up. The
-// exchange is cut off when nothing moves for stallTimeout (see there); the
-// answer's body must be closed, which releases that watch.
-func (r *remote) do(parent context.Context, method, path string, body io.Reader, hdr http.Header) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(parent)
-	w := newStallWatch(cancel)
-	if body != nil {
-		body = &progressReader{r: body, w: w}
-	}
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		Got1xxResponse: func(int, textproto.MIMEHeader) error { w.touch(); return nil },
-	})
-	req, err := http.NewRequestWithContext(ctx, method, r.URL+"/_internal"+path, body)
-	if err != nil {
-		w.stop()
-		return nil, err
-	}
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	if pr, ok := body.(*progressReader); ok {
-		switch l := pr.r.(type) {
-		case interface{ Len() int64 }:
-			req.ContentLength = l.Len()
-		case interface{ Len() int }:
-			req.ContentLength = int64(l.Len())
-		}
-	}
-	if r.secret != "" {
-		req.Header.Set(HeaderSecret, r.secret)
-	}
-	req.Header.Set(HeaderFrom, r.self)
-	if h := r.expiredHorizon(); h != 0 {
-		req.Header.Set(HeaderExpired, formatExpired(h))
-	}
-	resp, err := r.hc.Do(req)
-	if err != nil {
-		stalled := w.stop()
-		switch {
-		case stalled:
-			err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
-			r.fail(err)
-		case parent.Err() == nil:
-			r.fail(err)
-		}
-		return nil, fmt.Errorf("peer %s: %w", r.URL, err)
-	}
-	w.touch()
-	resp.Body = &progressBody{ReadCloser: resp.Body, w: w}
-	if resp.StatusCode >= 500 {
-		err := answerErr(r.URL, resp)
-		resp.Body.Close()
-		if resp.Header.Get(HeaderResyncing) != "" {
-			// Alive, but offering nothing for now.
-			r.ok(resp.Header)
-			return nil, fmt.Errorf("%w: %w", errPeerResyncing, err)
-		}
-		r.fail(err)
-		return nil, err
-	}
-	r.ok(resp.Header)
-	if resp.StatusCode == http.StatusConflict && resp.Header.Get(HeaderExpired) != "" {
-		err := answerErr(r.URL, resp)
-		resp.Body.Close()
-		return nil, fmt.Errorf("%w: %w", errExpired, err)
-	}
-	return resp, nil
-}
-
-// stallWatch cancels an exchange when nothing moves for stallTimeout.
-type stallWatch struct {
-	timer   *time.Timer
-	cancel  context.CancelFunc
-	mu      sync.Mutex
-	fired   bool
-	stopped bool
-}
-
-func newStallWatch(cancel context.CancelFunc) *stallWatch {
-	w := &stallWatch{cancel: cancel}
-	w.timer = time.AfterFunc(stallTimeout, func() {
-		w.mu.Lock()
-		if !w.stopped {
-			w.fired = true
-		}
-		w.mu.Unlock()
-		cancel()
-	})
-	return w
-}
-
-func (w *stallWatch) touch() {
-	w.mu.Lock()
-	if !w.stopped && !w.fired {
-		w.timer.Reset(stallTimeout)
-	}
-	w.mu.Unlock()
-}
-
-// stop ends the watch (and the exchange's context) and reports whether it
-// had fired.
-func (w *stallWatch) stop() bool {
-	w.mu.Lock()
-	w.stopped = true
-	fired := w.fired
-	w.mu.Unlock()
-	w.timer.Stop()
-	w.cancel()
-	return fired
-}
-
-// progressReader is a request body whose reads count as progress.
-type progressReader struct {
-	r io.Reader
-	w *stallWatch
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	if n > 0 {
-		p.w.touch()
-	}
-	return n, err
-}
-
-// progressBody is an answer's body whose reads count as progress; closing
-// it ends the watch.
-type progressBody struct {
-	io.ReadCloser
-	w *stallWatch
-}
-
-func (p *progressBody) Read(b []byte) (int, error) {
-	n, err := p.ReadCloser.Read(b)
-	if n > 0 {
-		p.w.touch()
-	}
-	if err != nil && err != io.EOF && p.w.stop() {
-		err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
-	}
-	return n, err
-}
-
-func (p *progressBody) Close() error {
-	err := p.ReadCloser.Close()
-	p.w.stop()
-	return err
-}
-
-// answerErr reads a peer's JSON error answer.
-func answerErr(url string, resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	var e struct {
-		Error string `json:"error"`
-	}
-	msg := strings.TrimSpace(string(b))
-	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		msg = e.Error
-	}
-	if resp.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("peer %s: %w", url, errPeerNotFound)
-	}
-	return fmt.Errorf("peer %s: %s: %s", url, resp.Status, msg)
-}
-
-// getJSON GETs path and decodes the JSON answer into v.
-func (r *remote) getJSON(ctx context.Context, path string, v any) error {
-	return r.callJSON(ctx, http.MethodGet, path, nil, v)
-}
-
-func (r *remote) callJSON(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	hdr := http.Header{}
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-		hdr.Set("Content-Type", "application/json")
-	}
-	resp, err := r.do(ctx, method, path, body, hdr)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return answerErr(r.URL, resp)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("peer %s: %s %s: decoding the answer: %w", r.URL, method, path, err)
-	}
-	return nil
-}
-
-// stateOf asks the peer for its state of id (GET /_internal/state/{id}):
-// its record, or the tombstone it forgot lately (HeaderForgotten), or
-// errPeerNotFound.
-func (r *remote) stateOf(ctx context.Context, id dtfc.ID) (dtfc.State, error) {
-	resp, err := r.do(ctx, http.MethodGet, "/state/"+id.String(), nil, nil)
-	if err != nil {
-		return dtfc.State{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		if f := resp.Header.Get(HeaderForgotten); f != "" {
-			return decodeStateHeader(f)
-		}
-	}
-	if resp.StatusCode != http.StatusOK {
-		return dtfc.State{}, answerErr(r.URL, resp)
-	}
-	var ans stateAnswer
-	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
-		return dtfc.State{}, fmt.Errorf("peer %s: state of %s: %w", r.URL, id, err)
-	}
-	return ans.State, nil
-}
-
-// states streams the peer's states of every ID beginning with prefix to
-// fn, in ID order (GET /_internal/states: one JSON object per line).
-func (r *remote) states(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error {
-	resp, err := r.do(ctx, http.MethodGet, "/states?prefix="+hex.EncodeToString(prefix), nil, nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return answerErr(r.URL, resp)
-	}
-	dec := json.NewDecoder(bufio.NewReader(resp.Body))
-	for {
-		var st dtfc.State
-		if err := dec.Decode(&st); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("peer %s: reading states: %w", r.URL, err)
-		}
-		if err := fn(st); err != nil {
-			return err
-		}
-	}
-}
-
-// getBlob opens the peer's own copy of id (never one it would fetch).
-func (r *remote) getBlob(ctx context.Context, id dtfc.ID, method string) (*http.Response, dtfc.State, error) {
-	resp, err := r.do(ctx, method, "/blobs/"+id.String(), nil, nil)
-	if err != nil {
-		return nil, dtfc.State{}, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, dtfc.State{}, answerErr(r.URL, resp)
-	}
-	st, err := decodeStateHeader(resp.Header.Get(HeaderState))
-	if err == nil {
-		err = validState(st)
-	}
-	if err == nil && (st.ID != id || st.Deleted || st.Size != resp.ContentLength) {
-		err = fmt.Errorf("peer %s: inconsistent state header for %s", r.URL, id)
-	}
-	if err != nil {
-		resp.Body.Close()
-		return nil, dtfc.State{}, err
-	}
-	return resp, st, nil
-}
-
-func encodeStateHeader(st dtfc.State) string {
-	b, _ := json.Marshal(bounded(st))
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeStateHeader(v string) (dtfc.State, error) {
-	var st dtfc.State
-	b, err := base64.RawURLEncoding.DecodeString(v)
-	if err == nil {
-		err = json.Unmarshal(b, &st)
-	}
-	if err != nil {
-		return st, fmt.Errorf("bad %s header: %w", HeaderState, err)
-	}
-	return st, nil
 }
 
 // secretOK compares a presented secret with the configured one in

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -36,6 +35,11 @@ import (
 // it. It keeps its own uploads the peer never got, so an upload taken
 // while cut off survives. It ends only when every step succeeded; a
 // failed step leaves it to retry.
+
+// resyncTarget is told that this node resynced against its expiry mark.
+type resyncTarget interface {
+	Resynced(ctx context.Context, horizon dtfc.Timestamp) error
+}
 
 // ResyncState is where the resync state machine stands.
 type ResyncState string
@@ -344,8 +348,7 @@ func (c *Cluster) tellResynced(ctx context.Context) {
 		r := m.byIdentity(key)
 		ok := r == nil // not listed any more: nobody to tell
 		if r != nil {
-			var ans struct{}
-			err := r.callJSON(ctx, http.MethodPost, "/resynced", resyncedRequest{Horizon: e.Horizon}, &ans)
+			err := r.node.Resynced(ctx, e.Horizon)
 			ok = err == nil
 			if err != nil && ctx.Err() == nil {
 				c.log.Info("telling a peer this node resynced failed; retrying", "peer", r.URL, "err", err)
@@ -359,18 +362,14 @@ func (c *Cluster) tellResynced(ctx context.Context) {
 	}
 }
 
-type resyncedRequest struct {
-	Horizon dtfc.Timestamp `json:"horizon"`
-}
-
 // orphansAgainst adds to out every live local state r has no record of
 // and that r had and forgot: one this node delivered to r (its pusher's
 // cursor towards r passed it), or one older than horizon. It compares
 // range digests first, so ranges in agreement cost nothing. It returns
 // the nodes r marked expired (their word does not count against r's).
 func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) ([]string, error) {
-	var ans digestsAnswer
-	if err := r.getJSON(ctx, "/digests", &ans); err != nil {
+	ans, err := r.node.Digests(ctx, nil)
+	if err != nil {
 		return nil, err
 	}
 	theirs, err := ans.decode()
@@ -423,7 +422,7 @@ func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, 
 	if len(local) == 0 {
 		return nil
 	}
-	err := r.states(ctx, prefix, func(st dtfc.State) error {
+	err := r.node.States(ctx, prefix, func(st dtfc.State) error {
 		delete(local, st.ID)
 		return nil
 	})
@@ -439,12 +438,12 @@ func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, 
 // denyOrphansAgainst adds to out the local deny entries older than
 // horizon that r has no entry for (r lifted them and forgot the lift).
 func (c *Cluster) denyOrphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]blobstore.Deny) error {
-	var theirs denyList
-	if err := r.getJSON(ctx, "/deny", &theirs); err != nil {
+	theirs, err := r.node.DenyList(ctx)
+	if err != nil {
 		return err
 	}
 	known := map[dtfc.ID]bool{}
-	for _, d := range theirs.Entries {
+	for _, d := range theirs {
 		known[d.ID] = true
 	}
 	ours, err := c.store.DenyList()
@@ -475,20 +474,19 @@ func (c *Cluster) keepHeldElsewhere(ctx context.Context, candidates map[dtfc.ID]
 		if r.Self() || r.IsCache() || r.isExpired() || distrust[r.identity()] {
 			continue
 		}
-		var d digestsAnswer
-		if err := r.getJSON(ctx, "/digests", &d); err != nil || d.Resyncing {
+		if d, err := r.node.Digests(ctx, nil); err != nil || d.Resyncing {
 			continue // cannot vouch for anything
 		}
 		for start := 0; start < len(ids); start += lookupBatch {
-			var ans lookupAnswer
 			end := min(start+lookupBatch, len(ids))
-			if err := r.callJSON(ctx, http.MethodPost, "/lookup", lookupRequest{IDs: ids[start:end]}, &ans); err != nil {
+			states, err := r.node.Lookup(ctx, ids[start:end])
+			if err != nil {
 				if errors.Is(err, context.Canceled) {
 					return err
 				}
 				break
 			}
-			for _, st := range ans.States {
+			for _, st := range states {
 				if !st.Deleted {
 					delete(candidates, st.ID)
 				}

@@ -47,10 +47,11 @@ func TestStallWatch(t *testing.T) {
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(release) })
 	r := newRemote(Peer{URL: srv.URL, Role: RoleReplica}, DefaultHTTPClient(nil), "", "me", nil)
-	t.Cleanup(r.hc.CloseIdleConnections)
+	n := r.node.(*httpNode)
+	t.Cleanup(n.hc.CloseIdleConnections)
 
 	get := func(path string) (string, error) {
-		resp, err := r.do(t.Context(), http.MethodGet, path, nil, nil)
+		resp, err := n.do(t.Context(), http.MethodGet, path, nil, nil)
 		if err != nil {
 			return "", err
 		}

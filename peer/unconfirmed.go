@@ -244,7 +244,8 @@ func (c *Cluster) askAboutUnconfirmed(ctx context.Context, id dtfc.ID, remotes [
 			unasked++
 			continue
 		}
-		st, err := r.stateOf(ctx, id)
+		ans, err := r.node.Stat(ctx, id)
+		st := ans.State
 		switch {
 		case err == nil:
 			if st.ID != id || validState(st) != nil {

@@ -11,8 +11,9 @@ import (
 // Cluster is the rest of the cluster as the server uses it
 // (*peer.Cluster). A nil Cluster means a node alone.
 type Cluster interface {
-	// Fetch streams id from a peer after a local miss.
-	Fetch(ctx context.Context, id dtfc.ID) (*peer.Download, error)
+	// Open reads id: from this node, or on a local miss (unless opts
+	// say otherwise) from a peer, streamed while it is verified.
+	Open(ctx context.Context, id dtfc.ID, opts peer.OpenOptions) (*peer.Blob, error)
 	// Lookup asks peers for id's state without moving bytes; held
 	// requires a peer that holds the bytes.
 	Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error)

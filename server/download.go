@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -48,85 +47,60 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	st, small, err := s.store.ReadSmall(id, smallBlob)
-	if err == nil && small != nil {
-		s.serveBlob(w, r, bytes.NewReader(small), st, sourceLocal)
-		return
-	}
-	var b *blobstore.Blob
-	if err == nil {
-		b, err = s.store.Open(id)
-	}
-	if err == nil {
-		defer b.Close()
-		s.serveBlob(w, r, b, b.State, sourceLocal)
-		return
-	}
-	if err != blobstore.ErrNotFound {
-		s.writeError(w, r, err)
-		return
-	}
-	if s.cfg.Cluster == nil || localOnly(r) {
-		s.writeError(w, r, httpstatus.ErrNotFound)
-		return
-	}
-	s.downloadFromPeers(w, r, id)
-}
-
-// downloadFromPeers serves a local miss from the peers. HEAD asks for the
-// state only. GET streams the transfer as it arrives; if the bytes turn
-// out not to match the ID, the connection is cut before the last byte, so
-// no client ever completes a 200 body of wrong bytes. A range request
-// waits for the whole blob to be verified first: a client could not tell
-// a partial answer of wrong bytes from a right one.
-func (s *Server) downloadFromPeers(w http.ResponseWriter, r *http.Request, id dtfc.ID) {
 	ctx := r.Context()
-	if r.Method == http.MethodHead {
-		st, err := s.cfg.Cluster.Lookup(ctx, id, true)
-		if err != nil {
-			s.writeError(w, r, httpstatus.ErrNotFound)
-			return
-		}
-		s.serveBlob(w, r, io.NewSectionReader(zeros{}, 0, st.Size), st, sourcePeer)
-		return
-	}
-	d, err := s.cfg.Cluster.Fetch(ctx, id)
-	if errors.Is(err, peer.ErrHeldLocally) {
-		if b, err := s.store.Open(id); err == nil {
-			defer b.Close()
-			s.serveBlob(w, r, b, b.State, sourceLocal)
-			return
-		}
-		err = httpstatus.ErrNotFound
-	}
-	if errors.Is(err, peer.ErrNotFound) {
-		err = fmt.Errorf("%w: %w", httpstatus.ErrNotFound, err)
-	}
-	if errors.Is(err, peer.ErrBusy) {
-		w.Header().Set("Retry-After", "1")
-		err = &httpstatus.Error{Status: http.StatusServiceUnavailable, Msg: err.Error()}
-	}
+	b, err := s.open(ctx, id, peer.OpenOptions{Small: smallBlob, LocalOnly: localOnly(r), StateOnly: r.Method == http.MethodHead})
 	if err != nil {
-		s.writeError(w, r, err)
+		s.writeError(w, r, s.openError(w, r, err))
 		return
 	}
-	defer d.Close()
-	if r.Header.Get("Range") != "" {
-		if err := d.Wait(ctx); err != nil {
-			s.writeError(w, r, transferError(d.Source(), err))
+	defer b.Close()
+	if !b.Local() && r.Header.Get("Range") != "" {
+		// A range of a transfer waits for the whole blob to be verified
+		// first: a client could not tell a partial answer of wrong bytes
+		// from a right one.
+		if err := b.Wait(ctx); err != nil {
+			s.writeError(w, r, transferError(b.Source(), err))
 			return
 		}
 	}
-	s.serveBlob(w, r, d, d.State(), sourcePeer)
-	if d.Failed() != nil {
-		// ServeContent stopped short of the announced length; make sure
-		// the client sees a broken transfer, not a short success.
+	s.serveBlob(w, r, b)
+	if b.Failed() != nil {
+		// ServeContent stopped short of the announced length (the bytes
+		// from the peer did not match the ID); make sure the client sees
+		// a broken transfer, not a short success.
 		panic(http.ErrAbortHandler)
 	}
 	// The client has every byte once they were verified; the handler
-	// returns only once the blob is stored, so the next request on this
+	// returns only once a transfer is stored, so the next request on this
 	// connection finds it local.
-	d.Wait(ctx)
+	b.Wait(ctx)
+}
+
+// open reads id: through the cluster, or from the store alone for a node
+// without one. A HEAD of a local miss asks the peers for the state only;
+// a GET streams the transfer as it arrives.
+func (s *Server) open(ctx context.Context, id dtfc.ID, opts peer.OpenOptions) (*peer.Blob, error) {
+	if s.cfg.Cluster == nil {
+		opts.LocalOnly = true
+		return peer.OpenLocal(s.store, id, opts)
+	}
+	return s.cfg.Cluster.Open(ctx, id, opts)
+}
+
+// openError is the answer to a blob that could not be opened.
+func (s *Server) openError(w http.ResponseWriter, r *http.Request, err error) error {
+	switch {
+	case errors.Is(err, blobstore.ErrNotFound):
+		return httpstatus.ErrNotFound
+	case r.Method == http.MethodHead && errors.Is(err, peer.ErrNotFound):
+		return httpstatus.ErrNotFound
+	case errors.Is(err, peer.ErrNotFound):
+		return fmt.Errorf("%w: %w", httpstatus.ErrNotFound, err)
+	case errors.Is(err, peer.ErrBusy):
+		w.Header().Set("Retry-After", "1")
+		return httpstatus.Errorf(http.StatusServiceUnavailable, "%v", err)
+	}
+	return err
 }
 
 // transferError is the answer to a ranged GET whose pull from a peer
@@ -139,11 +113,6 @@ func transferError(source string, err error) error {
 	}
 	return httpstatus.Errorf(http.StatusBadGateway, "fetching from peer %s: %v", source, err)
 }
-
-// zeros stands in for the body of a HEAD answer, which is never read.
-type zeros struct{}
-
-func (zeros) ReadAt(p []byte, _ int64) (int, error) { clear(p); return len(p), nil }
 
 // smallBlob is the size up to which a blob is served from memory
 // (Store.ReadSmall) and written with its headers in one write, rather than
@@ -219,10 +188,12 @@ func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 
 // serveBlob answers with the blob's headers and, through
 // http.ServeContent, its bytes (sendfile for files), ranges and 304s.
-func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content interface {
-	Read([]byte) (int, error)
-	Seek(int64, int) (int64, error)
-}, st dtfc.State, source []string) {
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, b *peer.Blob) {
+	st := b.State()
+	source := sourcePeer
+	if b.Local() {
+		source = sourceLocal
+	}
 	h := w.Header()
 	setBlobHeaders(h, st, source)
 	if unsatisfiableSuffix(r.Header.Get("Range")) {
@@ -236,15 +207,15 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, content inter
 		before = sw.n
 	}
 	jw := &jsonErrorWriter{ResponseWriter: w}
-	if _, inMemory := content.(*bytes.Reader); inMemory {
+	if b.InMemory() {
 		// Through Write, not ReadFrom: net/http's ReadFrom flushes the
 		// headers on their own first, one more syscall for nothing.
 		jw.noReadFrom = true
 	}
-	http.ServeContent(jw, r, "", time.Time{}, content)
+	http.ServeContent(jw, r, "", time.Time{}, b)
 	jw.finish()
 	if sw != nil {
-		if &source[0] == &sourceLocal[0] {
+		if b.Local() {
 			s.metrics.outLocal.Add(float64(sw.n - before))
 		} else {
 			s.metrics.outRemote.Add(float64(sw.n - before))

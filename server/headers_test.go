@@ -90,10 +90,13 @@ func TestLongContentTypeIgnored(t *testing.T) {
 }
 
 // lookupCluster answers Lookup with a fixed state, as a peer holding the
-// blob would; a HEAD of a local miss needs nothing else.
+// blob would; a HEAD of a local miss needs nothing else. Open reads the
+// node's store as peer.Cluster does, and answers a HEAD of a miss from
+// Lookup.
 type lookupCluster struct {
 	server.Cluster // nil: any other method panics
 	st             dtfc.State
+	store          peer.LocalBlobs
 }
 
 func (l *lookupCluster) Lookup(_ context.Context, id dtfc.ID, _ bool) (dtfc.State, error) {
@@ -101,6 +104,18 @@ func (l *lookupCluster) Lookup(_ context.Context, id dtfc.ID, _ bool) (dtfc.Stat
 		return dtfc.State{}, peer.ErrNotFound
 	}
 	return l.st, nil
+}
+
+func (l *lookupCluster) Open(ctx context.Context, id dtfc.ID, opts peer.OpenOptions) (*peer.Blob, error) {
+	b, err := peer.OpenLocal(l.store, id, opts)
+	if err != blobstore.ErrNotFound || opts.LocalOnly || !opts.StateOnly {
+		return b, err
+	}
+	st, err := l.Lookup(ctx, id, true)
+	if err != nil {
+		return nil, err
+	}
+	return peer.StateOnlyBlob(st, "http://peer.invalid"), nil
 }
 func (l *lookupCluster) InternalHandler() http.Handler { return http.NotFoundHandler() }
 func (l *lookupCluster) Replicas() int                 { return 1 }
@@ -117,7 +132,9 @@ func TestBlobAnswersSandboxed(t *testing.T) {
 	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 8<<10)...)
 	svg = append(svg, "</svg>"...)
 	remote := dtfc.State{ID: dtfc.ID(sumBytes([]byte("held by a peer"))), Clock: 1, Node: "n", Size: 14, ContentType: "text/html"}
-	n := startNode(t, server.Config{Cluster: &lookupCluster{st: remote}})
+	lc := &lookupCluster{st: remote}
+	n := startNode(t, server.Config{Cluster: lc})
+	lc.store = n.store
 	requireStatus(t, n.put(t, "/page.html", html), http.StatusCreated)
 	requireStatus(t, n.put(t, "/image.svg", svg), http.StatusCreated)
 	small, large := sum(html), sum(svg)

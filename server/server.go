@@ -17,6 +17,7 @@ import (
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/httpstatus"
+	"github.com/dtfc/dtfc/peer"
 )
 
 // Blobs is the local store as the server uses it.
@@ -190,7 +191,7 @@ func (s *Server) routes() chi.Router {
 		getHead(r, "/{id}/nopeerload", s.download)
 	})
 	if c := s.cfg.Cluster; c != nil && !s.cfg.NoInternal {
-		r.Mount("/_internal", c.InternalHandler())
+		r.Mount(peer.InternalPrefix, c.InternalHandler())
 	}
 	return r
 }

@@ -1,0 +1,72 @@
+package peer
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// The deny list replicates like states (last writer wins per ID, pushed
+// with the change feed, compared by digest in anti-entropy); these are
+// its node-to-node handler and what applying a peer's entries does.
+
+func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
+	list, err := c.store.DenyList()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if list == nil {
+		list = []blobstore.Deny{}
+	}
+	writeJSON(w, http.StatusOK, denyList{Entries: list})
+}
+
+func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
+	n := 0
+	for _, d := range entries {
+		if err := validDeny(d); err != nil {
+			return n, err
+		}
+		ok, err := c.store.ApplyDeny(d)
+		if errors.Is(err, blobstore.ErrClockAhead) {
+			c.refusedClock(err)
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if ok {
+			n++
+			c.denyApplied(d)
+		}
+	}
+	return n, nil
+}
+
+// denyApplied follows a deny entry received from a peer: a block is
+// logged; after a lift, bytes the block removed while an upload newer
+// than it stayed recorded are fetched back.
+func (c *Cluster) denyApplied(d blobstore.Deny) {
+	if d.Active() {
+		c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
+		return
+	}
+	if st, ok := c.store.Missing(d.ID); ok {
+		c.goRepair(st)
+	}
+}
+
+func validDeny(d blobstore.Deny) error {
+	if d.ID.IsZero() || d.Clock == 0 || (d.Active() && !ValidDenyStatus(d.Status)) || len(d.Reason) > 1000 || len(d.Node) > maxNodeLen {
+		return fmt.Errorf("invalid deny entry for %s", d.ID)
+	}
+	return nil
+}
+
+// ValidDenyStatus reports whether status may answer reads of a denied ID.
+func ValidDenyStatus(status int) bool {
+	return status == http.StatusForbidden || status == http.StatusNotFound || status == http.StatusUnavailableForLegalReasons
+}

@@ -1,0 +1,251 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// fakeNode is a peer made of functions, as litestream's mocks are: each
+// method calls its field. A method whose field is nil was not expected
+// by the test: it fails the test and answers an error.
+type fakeNode struct {
+	t            testing.TB
+	StatFunc     func(ctx context.Context, id dtfc.ID) (NodeState, error)
+	OpenFunc     func(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error)
+	PutFunc      func(ctx context.Context, st dtfc.State, body io.Reader, size int64) error
+	OfferFunc    func(ctx context.Context, req changesRequest) (changesAnswer, error)
+	DigestsFunc  func(ctx context.Context, prefix []byte) (digestsAnswer, error)
+	StatesFunc   func(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error
+	LookupFunc   func(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, error)
+	DenyListFunc func(ctx context.Context) ([]blobstore.Deny, error)
+	ResyncedFunc func(ctx context.Context, horizon dtfc.Timestamp) error
+}
+
+var _ Node = (*fakeNode)(nil)
+
+func (f *fakeNode) unexpected(method string) error {
+	f.t.Errorf("fakeNode: unexpected call of %s", method)
+	return fmt.Errorf("fakeNode: %s not expected", method)
+}
+
+func (f *fakeNode) Stat(ctx context.Context, id dtfc.ID) (NodeState, error) {
+	if f.StatFunc == nil {
+		return NodeState{}, f.unexpected("Stat")
+	}
+	return f.StatFunc(ctx, id)
+}
+
+func (f *fakeNode) Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error) {
+	if f.OpenFunc == nil {
+		return nil, dtfc.State{}, f.unexpected("Open")
+	}
+	return f.OpenFunc(ctx, id)
+}
+
+func (f *fakeNode) Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error {
+	if f.PutFunc == nil {
+		return f.unexpected("Put")
+	}
+	return f.PutFunc(ctx, st, body, size)
+}
+
+func (f *fakeNode) Offer(ctx context.Context, req changesRequest) (changesAnswer, error) {
+	if f.OfferFunc == nil {
+		return changesAnswer{}, f.unexpected("Offer")
+	}
+	return f.OfferFunc(ctx, req)
+}
+
+func (f *fakeNode) Digests(ctx context.Context, prefix []byte) (digestsAnswer, error) {
+	if f.DigestsFunc == nil {
+		return digestsAnswer{}, f.unexpected("Digests")
+	}
+	return f.DigestsFunc(ctx, prefix)
+}
+
+func (f *fakeNode) States(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error {
+	if f.StatesFunc == nil {
+		return f.unexpected("States")
+	}
+	return f.StatesFunc(ctx, prefix, fn)
+}
+
+func (f *fakeNode) Lookup(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, error) {
+	if f.LookupFunc == nil {
+		return nil, f.unexpected("Lookup")
+	}
+	return f.LookupFunc(ctx, ids)
+}
+
+func (f *fakeNode) DenyList(ctx context.Context) ([]blobstore.Deny, error) {
+	if f.DenyListFunc == nil {
+		return nil, f.unexpected("DenyList")
+	}
+	return f.DenyListFunc(ctx)
+}
+
+func (f *fakeNode) Resynced(ctx context.Context, horizon dtfc.Timestamp) error {
+	if f.ResyncedFunc == nil {
+		return f.unexpected("Resynced")
+	}
+	return f.ResyncedFunc(ctx, horizon)
+}
+
+// newLoneCluster returns a Cluster without peers over a fresh store; it
+// runs nothing.
+func newLoneCluster(t *testing.T) (*Cluster, *blobstore.Store) {
+	t.Helper()
+	store, err := blobstore.Open(t.TempDir(), blobstore.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, store.Close()) })
+	c, err := New(store, Options{Me: "http://me.invalid"})
+	require.NoError(t, err)
+	return c, store
+}
+
+func putBytes(t *testing.T, store *blobstore.Store, b []byte) dtfc.ID {
+	t.Helper()
+	w, err := store.NewWriter(blobstore.WriterOptions{})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.Write(b)
+	require.NoError(t, err)
+	res, err := w.Commit(blobstore.Upload{ContentType: "application/octet-stream"})
+	require.NoError(t, err)
+	return res.State.ID
+}
+
+// TestPushToFakePeer: a pusher sends the bytes of exactly the uploads
+// the peer asks for, and its cursor may advance only over the prefix of
+// the batch the peer accepted.
+func TestPushToFakePeer(t *testing.T) {
+	errDisk := errors.New("the peer's disk is full")
+	for _, tt := range []struct {
+		name    string
+		results []string // the peer's answer to the three offers
+		putErr  error    // what the peer answers to the bytes
+		upTo    int      // how many changes the cursor may pass
+		wantErr error
+		sent    int // uploads whose bytes were sent
+	}{
+		{"all accepted", []string{resultNeed, resultOK, resultNeed}, nil, 3, nil, 2},
+		{"a clock refused", []string{resultNeed, resultOK, resultAhead}, nil, 2, errClockRefused, 1},
+		{"bytes refused", []string{resultOK, resultNeed, resultOK}, errDisk, 1, errDisk, 1},
+		{"cache", []string{resultCache, resultCache, resultCache}, nil, 3, nil, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, store := newLoneCluster(t)
+			data := map[dtfc.ID][]byte{}
+			for i := range 3 {
+				b := fmt.Appendf(nil, "upload %d", i)
+				data[putBytes(t, store, b)] = b
+			}
+			changes, err := store.Changes(0, 10)
+			require.NoError(t, err)
+			require.Len(t, changes, 3)
+
+			var mu sync.Mutex
+			sent := map[dtfc.ID][]byte{}
+			fake := &fakeNode{t: t,
+				OfferFunc: func(_ context.Context, req changesRequest) (changesAnswer, error) {
+					assert.Len(t, req.Changes, 3, "every upload is offered to a replica")
+					return changesAnswer{Results: tt.results}, nil
+				},
+				PutFunc: func(_ context.Context, st dtfc.State, body io.Reader, size int64) error {
+					b, err := io.ReadAll(body)
+					require.NoError(t, err)
+					assert.Equal(t, size, int64(len(b)))
+					mu.Lock()
+					sent[st.ID] = b
+					mu.Unlock()
+					return tt.putErr
+				},
+			}
+			r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+			p := &pusher{c: c, r: r}
+			upTo, err := p.push(t.Context(), changes)
+			if tt.wantErr != nil {
+				assert.ErrorIs(t, err, tt.wantErr)
+			} else {
+				assert.NoError(t, err)
+			}
+			want := uint64(0)
+			if tt.upTo > 0 {
+				want = changes[tt.upTo-1].Seq
+			}
+			assert.Equal(t, want, upTo, "the cursor passes only what the peer accepted")
+			assert.Len(t, sent, tt.sent)
+			for id, b := range sent {
+				assert.Equal(t, data[id], b, "the bytes of the blob the peer asked for")
+			}
+		})
+	}
+}
+
+// TestAntiEntropyFromFakePeer: a range whose digests differ is compared
+// state by state, a newer state is pulled with its bytes, and bytes that
+// do not hash to their ID are refused and count against the peer.
+func TestAntiEntropyFromFakePeer(t *testing.T) {
+	good := []byte("a blob only the peer holds")
+	for _, tt := range []struct {
+		name     string
+		body     []byte
+		held     bool
+		failures int
+	}{
+		{"good bytes", good, true, 0},
+		{"corrupt bytes", []byte("a blob only the peer holdz"), false, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, store := newLoneCluster(t)
+			id := dtfc.Sum(good)
+			st := dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now().Add(-time.Minute)), Node: "peer", Size: int64(len(good)), ContentType: "text/plain"}
+			var theirs [256]blobstore.Digest
+			theirs[id[0]] = blobstore.Digest{Count: 1, Sum: [32]byte{1}}
+			ans := encodeDigests("peer", true, &theirs)
+			var err error
+			ans.Deny, err = store.DenyDigest()
+			require.NoError(t, err)
+			fake := &fakeNode{t: t,
+				DigestsFunc: func(_ context.Context, prefix []byte) (digestsAnswer, error) {
+					assert.Empty(t, prefix, "a range of one state is not drilled into")
+					return ans, nil
+				},
+				StatesFunc: func(_ context.Context, prefix []byte, fn func(dtfc.State) error) error {
+					assert.Equal(t, []byte{id[0]}, prefix, "only the range that differs is listed")
+					return fn(st)
+				},
+				OpenFunc: func(_ context.Context, got dtfc.ID) (io.ReadCloser, dtfc.State, error) {
+					assert.Equal(t, id, got)
+					return io.NopCloser(bytes.NewReader(tt.body)), st, nil
+				},
+			}
+			r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+			err = c.syncWith(t.Context(), r)
+			if tt.held {
+				require.NoError(t, err)
+				b, err := store.Open(id)
+				require.NoError(t, err, "pulled")
+				assert.Equal(t, st, b.State, "with the peer's state")
+				b.Close()
+			} else {
+				assert.ErrorIs(t, err, blobstore.ErrDigestMismatch)
+				_, err := store.Open(id)
+				assert.ErrorIs(t, err, blobstore.ErrNotFound, "wrong bytes are never stored")
+			}
+			assert.Equal(t, tt.failures, r.status().Failures)
+		})
+	}
+}

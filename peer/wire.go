@@ -1,0 +1,606 @@
+package peer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// This file is the whole node-to-node protocol as both sides speak it:
+// routes, headers, the request and answer types, the limits on what a
+// peer may send, and the client side (httpNode). The server side is
+// Cluster.InternalHandler (internal.go, deny.go), which uses the same
+// types and constants.
+
+// Routes of the node-to-node protocol, under InternalPrefix (where
+// Cluster.InternalHandler is mounted).
+const (
+	InternalPrefix = "/_internal"
+	routeBlob      = "/blobs/" // + ID: GET, HEAD, PUT
+	routeState     = "/state/" // + ID: GET
+	routeStates    = "/states" // ?prefix=<hex>: GET, one state per line
+	routeDigests   = "/digests"
+	routeLookup    = "/lookup"
+	routeDeny      = "/deny"
+	routeResynced  = "/resynced"
+	routeChanges   = "/changes"
+)
+
+// Headers of the node-to-node protocol.
+const (
+	// HeaderSecret carries the cluster secret on node-to-node requests.
+	HeaderSecret = "X-Dtfc-Cluster-Secret"
+	// HeaderFrom names the node identity of the requesting node.
+	HeaderFrom = "X-Dtfc-From"
+	// HeaderNode names the node identity of the answering node.
+	HeaderNode = "X-Dtfc-Node"
+	// HeaderState carries a dtfc.State as base64url JSON.
+	HeaderState = "X-Dtfc-State"
+	// HeaderRole names the answering node's role ("replica" or "cache"):
+	// what a peer really is wins over what a peer list says of it.
+	HeaderRole = "X-Dtfc-Role"
+	// HeaderForgotten, on a 404 of GET /_internal/state/{id}, carries the
+	// tombstone of the ID the node forgot lately (as HeaderState does).
+	HeaderForgotten = "X-Dtfc-Forgotten"
+	// HeaderExpired, on a request or an answer between two nodes, tells
+	// the node it is addressed to that the sender forgot deletes (or
+	// lifts) it never acknowledged, and since when (RFC 3339 with
+	// milliseconds): the addressee must resync before it offers anything.
+	HeaderExpired = "X-Dtfc-Expired"
+)
+
+// errPeerNotFound: the peer answered 404.
+var errPeerNotFound = errors.New("peer does not hold it")
+
+// errPeerResyncing: the peer is resyncing and offers none of its states.
+var errPeerResyncing = errors.New("peer is resyncing")
+
+// errExpired: the peer refused what this node offered because it marked
+// this node expired (it forgot deletes this node never acknowledged).
+var errExpired = errors.New("this node is expired at the peer and must resync first")
+
+// HeaderResyncing marks the 503 of a node that is resyncing.
+const HeaderResyncing = "X-Dtfc-Resyncing"
+
+// stallTimeout cuts off a node-to-node exchange in which nothing moves
+// for this long: no byte of the request body taken, no answer (a peer
+// working on a long request sends 102 Processing every heartbeat), no
+// byte of the answer's body. A peer that stops answering without closing
+// its connection is given up on after this, not after minutes.
+var stallTimeout = 15 * time.Second
+
+// HeaderExpired carries a mark's horizon as a decimal clock reading.
+func formatExpired(h dtfc.Timestamp) string { return strconv.FormatUint(uint64(h), 10) }
+
+func parseExpired(v string) (dtfc.Timestamp, bool) {
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	return dtfc.Timestamp(n), err == nil && n != 0
+}
+
+// Limits on node-to-node requests.
+const (
+	maxChanges     = 10000
+	maxJSONBody    = 32 << 20
+	internalIdle   = 60 * time.Second
+	maxStatePrefix = 8
+)
+
+// Bounds on what a state may carry (the same as on uploads).
+const (
+	maxStateText = 255
+	maxNodeLen   = 64
+)
+
+// validState checks a state received from a peer.
+func validState(st dtfc.State) error {
+	switch {
+	case st.ID.IsZero(), st.Clock == 0:
+		return errors.New("a state needs an ID and a clock")
+	case !st.Deleted && st.Size < 0:
+		return errors.New("negative size")
+	case len(st.ContentType) > maxStateText, len(st.Filename) > maxStateText:
+		return fmt.Errorf("content type or filename longer than %d bytes", maxStateText)
+	case st.Node == "", len(st.Node) > maxNodeLen:
+		return errors.New("a state needs a node identity of at most 64 bytes")
+	}
+	return nil
+}
+
+// bounded is st as it may leave this node: a content type or filename
+// longer than peers accept (recorded before uploads were bounded) is
+// dropped, so that a peer never refuses the state for it, and every
+// reader serves its own default instead.
+func bounded(st dtfc.State) dtfc.State {
+	if len(st.ContentType) > maxStateText {
+		st.ContentType = ""
+	}
+	if len(st.Filename) > maxStateText {
+		st.Filename = ""
+	}
+	return st
+}
+
+// NodeState is a peer's answer about one ID (Node.Stat).
+type NodeState struct {
+	State dtfc.State
+	// Held: the peer holds the bytes.
+	Held bool
+	// Forgotten: the peer has no record, but State is a tombstone of the
+	// ID it forgot lately.
+	Forgotten bool
+}
+
+type stateAnswer struct {
+	State dtfc.State `json:"state"`
+	// Held is true if the node holds the blob's bytes.
+	Held bool `json:"held"`
+}
+
+type changesRequest struct {
+	Changes []dtfc.State     `json:"changes"`
+	Deny    []blobstore.Deny `json:"deny,omitempty"`
+}
+
+// Results of an offered change.
+const (
+	resultOK    = "ok"    // applied, or older than what the peer has
+	resultNeed  = "need"  // send the bytes
+	resultAhead = "ahead" // refused: its clock is too far ahead of the peer's
+	resultCache = "cache" // the peer is a cache: an upload is not kept
+)
+
+type changesAnswer struct {
+	// Results has one entry per change, DenyResults one per deny entry.
+	Results     []string `json:"results"`
+	DenyResults []string `json:"deny_results,omitempty"`
+}
+
+// digestsAnswer carries 256 range digests compactly: the sums as one hex
+// string (256 × 32 bytes), the counts as numbers.
+type digestsAnswer struct {
+	Node   string `json:"node"`
+	Synced bool   `json:"synced"`
+	// Resyncing: the answering node holds states it may have to drop;
+	// nothing may be imported from it.
+	Resyncing bool `json:"resyncing,omitempty"`
+	// Expired lists the node identities the answering node marked
+	// expired: a resyncing node does not take their word against it.
+	Expired []string `json:"expired,omitempty"`
+	Sums    string   `json:"sums"`
+	Counts  []uint64 `json:"counts"`
+	// Deny digests the deny list (blobstore.DenyDigest).
+	Deny string `json:"deny"`
+}
+
+func encodeDigests(node string, synced bool, d *[256]blobstore.Digest) digestsAnswer {
+	sums := make([]byte, 0, 256*32)
+	counts := make([]uint64, 256)
+	for i := range d {
+		sums = append(sums, d[i].Sum[:]...)
+		counts[i] = d[i].Count
+	}
+	return digestsAnswer{Node: node, Synced: synced, Sums: hex.EncodeToString(sums), Counts: counts}
+}
+
+func (a *digestsAnswer) decode() ([256]blobstore.Digest, error) {
+	var d [256]blobstore.Digest
+	sums, err := hex.DecodeString(a.Sums)
+	if err != nil || len(sums) != 256*32 || len(a.Counts) != 256 {
+		return d, errors.New("malformed digests")
+	}
+	for i := range d {
+		copy(d[i].Sum[:], sums[i*32:])
+		d[i].Count = a.Counts[i]
+	}
+	return d, nil
+}
+
+// denyList is the answer of GET /_internal/deny: the whole deny list.
+type denyList struct {
+	Entries []blobstore.Deny `json:"entries"`
+}
+
+type lookupRequest struct {
+	IDs []dtfc.ID `json:"ids"`
+}
+
+type lookupAnswer struct {
+	States []dtfc.State `json:"states"`
+}
+
+type resyncedRequest struct {
+	Horizon dtfc.Timestamp `json:"horizon"`
+}
+
+// httpNode is the client side of the protocol: one peer over HTTP. It
+// reports every exchange's outcome to the peer's remote (health, what the
+// peer says of itself and of this node).
+type httpNode struct {
+	url    string
+	hc     *http.Client
+	secret string
+	self   string  // this node's identity, sent as HeaderFrom
+	r      *remote // told how each exchange went
+}
+
+// do sends a node-to-node request. Transport failures and 5xx answers count
+// against the peer's health; any answer from it proves it is up. The
+// exchange is cut off when nothing moves for stallTimeout (see there); the
+// answer's body must be closed, which releases that watch.
+func (n *httpNode) do(parent context.Context, method, path string, body io.Reader, hdr http.Header) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(parent)
+	w := newStallWatch(cancel)
+	if body != nil {
+		body = &progressReader{r: body, w: w}
+	}
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		Got1xxResponse: func(int, textproto.MIMEHeader) error { w.touch(); return nil },
+	})
+	req, err := http.NewRequestWithContext(ctx, method, n.url+InternalPrefix+path, body)
+	if err != nil {
+		w.stop()
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if pr, ok := body.(*progressReader); ok {
+		switch l := pr.r.(type) {
+		case interface{ Len() int64 }:
+			req.ContentLength = l.Len()
+		case interface{ Len() int }:
+			req.ContentLength = int64(l.Len())
+		}
+	}
+	if n.secret != "" {
+		req.Header.Set(HeaderSecret, n.secret)
+	}
+	req.Header.Set(HeaderFrom, n.self)
+	if h := n.r.expiredHorizon(); h != 0 {
+		req.Header.Set(HeaderExpired, formatExpired(h))
+	}
+	resp, err := n.hc.Do(req)
+	if err != nil {
+		stalled := w.stop()
+		switch {
+		case stalled:
+			err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
+			n.r.fail(err)
+		case parent.Err() == nil:
+			n.r.fail(err)
+		}
+		return nil, fmt.Errorf("peer %s: %w", n.url, err)
+	}
+	w.touch()
+	resp.Body = &progressBody{ReadCloser: resp.Body, w: w}
+	if resp.StatusCode >= 500 {
+		err := answerErr(n.url, resp)
+		resp.Body.Close()
+		if resp.Header.Get(HeaderResyncing) != "" {
+			// Alive, but offering nothing for now.
+			n.r.ok(resp.Header)
+			return nil, fmt.Errorf("%w: %w", errPeerResyncing, err)
+		}
+		n.r.fail(err)
+		return nil, err
+	}
+	n.r.ok(resp.Header)
+	if resp.StatusCode == http.StatusConflict && resp.Header.Get(HeaderExpired) != "" {
+		err := answerErr(n.url, resp)
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: %w", errExpired, err)
+	}
+	return resp, nil
+}
+
+// stallWatch cancels an exchange when nothing moves for stallTimeout.
+type stallWatch struct {
+	timer   *time.Timer
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	fired   bool
+	stopped bool
+}
+
+func newStallWatch(cancel context.CancelFunc) *stallWatch {
+	w := &stallWatch{cancel: cancel}
+	w.timer = time.AfterFunc(stallTimeout, func() {
+		w.mu.Lock()
+		if !w.stopped {
+			w.fired = true
+		}
+		w.mu.Unlock()
+		cancel()
+	})
+	return w
+}
+
+func (w *stallWatch) touch() {
+	w.mu.Lock()
+	if !w.stopped && !w.fired {
+		w.timer.Reset(stallTimeout)
+	}
+	w.mu.Unlock()
+}
+
+// stop ends the watch (and the exchange's context) and reports whether it
+// had fired.
+func (w *stallWatch) stop() bool {
+	w.mu.Lock()
+	w.stopped = true
+	fired := w.fired
+	w.mu.Unlock()
+	w.timer.Stop()
+	w.cancel()
+	return fired
+}
+
+// progressReader is a request body whose reads count as progress.
+type progressReader struct {
+	r io.Reader
+	w *stallWatch
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.w.touch()
+	}
+	return n, err
+}
+
+// progressBody is an answer's body whose reads count as progress; closing
+// it ends the watch.
+type progressBody struct {
+	io.ReadCloser
+	w *stallWatch
+}
+
+func (p *progressBody) Read(b []byte) (int, error) {
+	n, err := p.ReadCloser.Read(b)
+	if n > 0 {
+		p.w.touch()
+	}
+	if err != nil && err != io.EOF && p.w.stop() {
+		err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
+	}
+	return n, err
+}
+
+func (p *progressBody) Close() error {
+	err := p.ReadCloser.Close()
+	p.w.stop()
+	return err
+}
+
+// answerErr reads a peer's JSON error answer.
+func answerErr(url string, resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var e struct {
+		Error string `json:"error"`
+	}
+	msg := strings.TrimSpace(string(b))
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("peer %s: %w", url, errPeerNotFound)
+	}
+	return fmt.Errorf("peer %s: %s: %s", url, resp.Status, msg)
+}
+
+// getJSON GETs path and decodes the JSON answer into v.
+func (n *httpNode) getJSON(ctx context.Context, path string, v any) error {
+	return n.callJSON(ctx, http.MethodGet, path, nil, v)
+}
+
+func (n *httpNode) callJSON(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	hdr := http.Header{}
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+		hdr.Set("Content-Type", "application/json")
+	}
+	resp, err := n.do(ctx, method, path, body, hdr)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return answerErr(n.url, resp)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("peer %s: %s %s: decoding the answer: %w", n.url, method, path, err)
+	}
+	return nil
+}
+
+// Stat asks the peer for its state of id (GET /_internal/state/{id}):
+// its record and whether it holds the bytes. A peer with no record
+// answers errPeerNotFound — or, if it forgot a delete of id lately
+// (HeaderForgotten), that tombstone with Forgotten set (and the error of
+// a malformed one).
+func (n *httpNode) Stat(ctx context.Context, id dtfc.ID) (NodeState, error) {
+	resp, err := n.do(ctx, http.MethodGet, routeState+id.String(), nil, nil)
+	if err != nil {
+		return NodeState{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		if f := resp.Header.Get(HeaderForgotten); f != "" {
+			st, err := decodeStateHeader(f)
+			return NodeState{State: st, Forgotten: true}, err
+		}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return NodeState{}, answerErr(n.url, resp)
+	}
+	var ans stateAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+		return NodeState{}, fmt.Errorf("peer %s: state of %s: %w", n.url, id, err)
+	}
+	return NodeState{State: ans.State, Held: ans.Held}, nil
+}
+
+// States streams the peer's states of every ID beginning with prefix to
+// fn, in ID order (GET /_internal/states: one JSON object per line).
+func (n *httpNode) States(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error {
+	resp, err := n.do(ctx, http.MethodGet, routeStates+"?prefix="+hex.EncodeToString(prefix), nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return answerErr(n.url, resp)
+	}
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	for {
+		var st dtfc.State
+		if err := dec.Decode(&st); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("peer %s: reading states: %w", n.url, err)
+		}
+		if err := fn(st); err != nil {
+			return err
+		}
+	}
+}
+
+// Open opens the peer's own copy of id (never one it would fetch) with
+// the state it sends along, checked to be a present state of id of the
+// body's length.
+func (n *httpNode) Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error) {
+	resp, err := n.do(ctx, http.MethodGet, routeBlob+id.String(), nil, nil)
+	if err != nil {
+		return nil, dtfc.State{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, dtfc.State{}, answerErr(n.url, resp)
+	}
+	st, err := decodeStateHeader(resp.Header.Get(HeaderState))
+	if err == nil {
+		err = validState(st)
+	}
+	if err == nil && (st.ID != id || st.Deleted || st.Size != resp.ContentLength) {
+		err = fmt.Errorf("peer %s: inconsistent state header for %s", n.url, id)
+	}
+	if err != nil {
+		resp.Body.Close()
+		return nil, dtfc.State{}, err
+	}
+	return resp.Body, st, nil
+}
+
+// Put sends a blob's bytes (size of them, from body) with its state
+// (PUT /_internal/blobs/{id}).
+func (n *httpNode) Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error {
+	hdr := http.Header{}
+	hdr.Set(HeaderState, encodeStateHeader(st))
+	hdr.Set("Content-Type", "application/octet-stream")
+	resp, err := n.do(ctx, http.MethodPut, routeBlob+st.ID.String(), &sizedReader{r: body, n: size}, hdr)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		return answerErr(n.url, resp)
+	}
+	return nil
+}
+
+// Offer offers states and deny entries (POST /_internal/changes) and
+// returns the peer's result for each.
+func (n *httpNode) Offer(ctx context.Context, req changesRequest) (changesAnswer, error) {
+	var ans changesAnswer
+	err := n.callJSON(ctx, http.MethodPost, routeChanges, req, &ans)
+	return ans, err
+}
+
+// Digests returns the peer's 256 range digests: of the whole ID space
+// (prefix empty), or of the 256 sub-ranges of one first byte (prefix of
+// one byte).
+func (n *httpNode) Digests(ctx context.Context, prefix []byte) (digestsAnswer, error) {
+	path := routeDigests
+	if len(prefix) > 0 {
+		path += fmt.Sprintf("/%02x", prefix[0])
+	}
+	var ans digestsAnswer
+	err := n.getJSON(ctx, path, &ans)
+	return ans, err
+}
+
+// DenyList returns the peer's whole deny list (GET /_internal/deny).
+func (n *httpNode) DenyList(ctx context.Context) ([]blobstore.Deny, error) {
+	var list denyList
+	err := n.getJSON(ctx, routeDeny, &list)
+	return list.Entries, err
+}
+
+// Lookup returns the states the peer knows of ids (POST
+// /_internal/lookup); IDs it has no record of are left out.
+func (n *httpNode) Lookup(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, error) {
+	var ans lookupAnswer
+	err := n.callJSON(ctx, http.MethodPost, routeLookup, lookupRequest{IDs: ids}, &ans)
+	return ans.States, err
+}
+
+// Resynced tells the peer this node resynced against its expiry mark of
+// horizon (POST /_internal/resynced).
+func (n *httpNode) Resynced(ctx context.Context, horizon dtfc.Timestamp) error {
+	var ans struct{}
+	return n.callJSON(ctx, http.MethodPost, routeResynced, resyncedRequest{Horizon: horizon}, &ans)
+}
+
+func encodeStateHeader(st dtfc.State) string {
+	b, _ := json.Marshal(bounded(st))
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeStateHeader(v string) (dtfc.State, error) {
+	var st dtfc.State
+	b, err := base64.RawURLEncoding.DecodeString(v)
+	if err == nil {
+		err = json.Unmarshal(b, &st)
+	}
+	if err != nil {
+		return st, fmt.Errorf("bad %s header: %w", HeaderState, err)
+	}
+	return st, nil
+}
+
+// sizedReader lets net/http send a Content-Length for a file body.
+type sizedReader struct {
+	r interface{ Read([]byte) (int, error) }
+	n int64
+}
+
+func (s *sizedReader) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// Len is what http.NewRequest looks for... it only knows a few types, so
+// do() sets ContentLength from it.
+func (s *sizedReader) Len() int64 { return s.n }
