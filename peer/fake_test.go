@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -248,4 +249,53 @@ func TestAntiEntropyFromFakePeer(t *testing.T) {
 			assert.Equal(t, tt.failures, r.status().Failures)
 		})
 	}
+}
+
+// TestResyncKeepsWhatNoPeerForgot: a resync drops a local file that the
+// peer which expired this node lacks only if that peer says it deleted
+// and forgot it (a newer forgotten tombstone); a peer that merely lacks
+// it (never got it, or its metadata was rebuilt) leaves it kept. The
+// soak found the first rule missing (seed 20261203): every replica,
+// expired by a node whose metadata had been rebuilt, dropped acknowledged
+// uploads that node had set aside as unconfirmed.
+func TestResyncKeepsWhatNoPeerForgot(t *testing.T) {
+	c, store := newLoneCluster(t)
+	kept := putBytes(t, store, []byte("an upload the expiring peer never got"))
+	gone := putBytes(t, store, []byte("an upload the expiring peer deleted and forgot"))
+	newer := putBytes(t, store, []byte("an upload newer than the delete the peer forgot"))
+	local := map[dtfc.ID]dtfc.State{}
+	for _, id := range []dtfc.ID{kept, gone, newer} {
+		st, err := store.Stat(id)
+		require.NoError(t, err)
+		local[id] = st
+	}
+	tomb := func(id dtfc.ID, clock dtfc.Timestamp) dtfc.State {
+		return dtfc.State{ID: id, Clock: clock, Node: "peer", Deleted: true}
+	}
+	fake := &fakeNode{t: t,
+		StatFunc: func(_ context.Context, id dtfc.ID) (NodeState, error) {
+			switch id {
+			case gone:
+				return NodeState{State: tomb(id, local[id].Clock+1), Forgotten: true}, nil
+			case newer:
+				return NodeState{State: tomb(id, local[id].Clock-1), Forgotten: true}, nil
+			}
+			return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
+		},
+	}
+	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
+	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+
+	candidates := maps.Clone(local)
+	require.NoError(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
+	assert.Equal(t, map[dtfc.ID]dtfc.State{gone: local[gone]}, candidates, "only the file the peer deleted after its upload is dropped")
+
+	// A peer that cannot be asked ends the attempt: nothing is dropped on
+	// a guess.
+	fake.StatFunc = func(context.Context, dtfc.ID) (NodeState, error) {
+		return NodeState{}, errors.New("connection refused")
+	}
+	candidates = maps.Clone(local)
+	assert.Error(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
 }

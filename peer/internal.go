@@ -37,8 +37,10 @@ func (c *Cluster) InternalHandler() http.Handler {
 		r.Use(c.notResyncing)
 		r.Get(routeBlob+"{id}", c.hGetBlob)
 		r.Head(routeBlob+"{id}", c.hGetBlob)
-		r.Get(routeState+"{id}", c.hState)
 	})
+	// A single state: refused too, but for a delete this node forgot
+	// (hState), which a resync against it needs even while it resyncs.
+	r.Get(routeState+"{id}", c.hState)
 	r.Get(routeDigests, c.hDigests)
 	r.Get(routeDigests+"/{first}", c.hDigests)
 	r.Get(routeStates, c.hStates)
@@ -58,13 +60,18 @@ func (c *Cluster) InternalHandler() http.Handler {
 func (c *Cluster) notResyncing(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if c.resync.holds() {
-			w.Header().Set(HeaderResyncing, "1")
-			w.Header().Set("Retry-After", "5")
-			writeErr(w, http.StatusServiceUnavailable, "resyncing: peers forgot deletes this node never acknowledged; ask another node")
+			refuseResyncing(w)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// refuseResyncing answers that this node resyncs and vouches for nothing.
+func refuseResyncing(w http.ResponseWriter) {
+	w.Header().Set(HeaderResyncing, "1")
+	w.Header().Set("Retry-After", "5")
+	writeErr(w, http.StatusServiceUnavailable, "resyncing: peers forgot deletes this node never acknowledged; ask another node")
 }
 
 // notFromExpired refuses what a peer this node marked expired offers: its
@@ -329,10 +336,19 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, err := c.store.Stat(id)
+	f, forgotten := dtfc.State{}, false
 	if errors.Is(err, blobstore.ErrNotFound) {
-		if f, ok := c.store.Forgotten(id); ok {
+		f, forgotten = c.store.Forgotten(id)
+	}
+	if c.resync.holds() && !forgotten {
+		refuseResyncing(w)
+		return
+	}
+	if errors.Is(err, blobstore.ErrNotFound) {
+		if forgotten {
 			// No record, but a delete forgotten lately: a node that lost
-			// its metadata must not take the blob for one nobody deleted.
+			// its metadata, or one resyncing against this one, must not
+			// take the blob for one nobody deleted.
 			w.Header().Set(HeaderForgotten, encodeStateHeader(f))
 		}
 		writeErr(w, http.StatusNotFound, "no record of this ID")

@@ -74,8 +74,12 @@ func (c *Cluster) purge() {
 	} else if n > 0 {
 		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)
 	}
-	if _, err := c.store.PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
-		c.log.Error("pruning the memory of forgotten deletes", "err", err)
+	// The memory of forgotten deletes is what a peer marked expired
+	// resyncs against (keepUnlessForgotten): kept while any peer is.
+	if !c.anyExpired() {
+		if _, err := c.store.PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
+			c.log.Error("pruning the memory of forgotten deletes", "err", err)
+		}
 	}
 }
 
@@ -178,4 +182,14 @@ func (c *Cluster) aheadOfPeers() (time.Duration, bool) {
 		}
 	}
 	return least, heard
+}
+
+// anyExpired reports whether some listed peer is marked expired.
+func (c *Cluster) anyExpired() bool {
+	for _, r := range c.mem.Load().remotes {
+		if r.isExpired() {
+			return true
+		}
+	}
+	return false
 }

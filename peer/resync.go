@@ -291,6 +291,9 @@ func (c *Cluster) runResync(ctx context.Context) error {
 	if err := c.keepHeldElsewhere(ctx, candidates, distrust); err != nil {
 		return err
 	}
+	if err := c.keepUnlessForgotten(ctx, m, by, candidates); err != nil {
+		return err
+	}
 	for id, st := range candidates {
 		if err := c.store.Forget(id); err != nil {
 			return fmt.Errorf("dropping %s: %w", id, err)
@@ -431,6 +434,39 @@ func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, 
 	}
 	for id, st := range local {
 		out[id] = st
+	}
+	return nil
+}
+
+// keepUnlessForgotten keeps every candidate that no peer which expired
+// this node says it deleted: a peer lacking a state is not enough (it may
+// never have had it: down, cut off, its metadata rebuilt). A candidate is
+// dropped only if such a peer answers that it forgot a delete of the ID
+// newer than the local state (404 with HeaderForgotten); a peer that
+// cannot be asked keeps the attempt from ending.
+func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map[string]expiredAt, candidates map[dtfc.ID]dtfc.State) error {
+	for id, st := range candidates {
+		deleted := false
+		for key := range by {
+			r := m.byIdentity(key)
+			if r == nil {
+				continue
+			}
+			ns, err := r.node.Stat(ctx, id)
+			switch {
+			case errors.Is(err, errPeerNotFound), errors.Is(err, errPeerResyncing):
+				// No word of a delete (a peer resyncing answers only
+				// for the deletes it forgot).
+				continue
+			case err != nil:
+				return fmt.Errorf("asking %s about %s: %w", r.URL, id, err)
+			case ns.Forgotten && ns.State.Deleted && ns.State.Newer(st):
+				deleted = true
+			}
+		}
+		if !deleted {
+			delete(candidates, id)
+		}
 	}
 	return nil
 }
