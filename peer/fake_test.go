@@ -195,6 +195,26 @@ func TestPushToFakePeer(t *testing.T) {
 	}
 }
 
+// TestPushOnlyUploadsToCache: a batch of uploads alone, none of which a
+// cache is offered, moves the cursor past them without a request;
+// before, the cursor stayed put and the pusher read the same batch again
+// at once (256 uploads in a row kept every later delete from the cache).
+func TestPushOnlyUploadsToCache(t *testing.T) {
+	c, store := newLoneCluster(t)
+	for i := range 3 {
+		putBytes(t, store, fmt.Appendf(nil, "upload %d to no cache", i))
+	}
+	changes, err := store.Changes(0, 10)
+	require.NoError(t, err)
+	require.Len(t, changes, 3)
+	fake := &fakeNode{t: t} // any call fails the test
+	r := newRemoteNode(Peer{URL: "http://cache.invalid", Role: RoleCache}, fake, store.NodeID(), nil)
+	p := &pusher{c: c, r: r}
+	upTo, err := p.push(t.Context(), changes)
+	require.NoError(t, err)
+	assert.Equal(t, changes[2].Seq, upTo, "the cursor passes the uploads a cache is not sent")
+}
+
 // TestAntiEntropyFromFakePeer: a range whose digests differ is compared
 // state by state, a newer state is pulled with its bytes, and bytes that
 // do not hash to their ID are refused and count against the peer.

@@ -269,6 +269,11 @@ var errClockRefused = errors.New("refused: clock too far ahead of the peer's")
 func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, error) {
 	req, where := p.offer(changes)
 	accepted := make([]bool, len(changes))
+	for i, w := range where {
+		// Not offered (an upload to a cache): passed, even when nothing
+		// else in the batch is offered.
+		accepted[i] = w == skip
+	}
 	var firstErr error
 	if len(req.Changes)+len(req.Deny) > 0 {
 		ans, err := p.r.node.Offer(ctx, req)
