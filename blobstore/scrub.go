@@ -15,23 +15,12 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // ScrubProgress describes the scrubber's current or last pass.
-type ScrubProgress struct {
-	Running      bool      `json:"running"`
-	PassStarted  time.Time `json:"pass_started,omitzero"`
-	PassFinished time.Time `json:"pass_finished,omitzero"`
-	Checked      int64     `json:"checked"`
-	CheckedBytes int64     `json:"checked_bytes"`
-	Corrupt      int64     `json:"corrupt"`
-	// Unreadable counts blobs skipped because they could not be read (an
-	// error that says nothing of their bytes).
-	Unreadable   int64 `json:"unreadable"`
-	Passes       int64 `json:"passes"`
-	TotalCorrupt int64 `json:"total_corrupt"`
-}
+type ScrubProgress = api.ScrubProgress
 
 type scrubState struct {
 	mu sync.Mutex

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dtfc/dtfc/internal/defaults"
 	"log/slog"
 	"math"
 	"net"
@@ -19,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/defaults"
 )
 
 // Options configure a Cluster. Zero durations take the defaults of API.md.
@@ -400,16 +401,9 @@ func (c *Cluster) acked() {
 	c.ackMu.Unlock()
 }
 
-// Status describes the cluster as this node sees it.
-type Status struct {
-	Peers  []PeerStatus `json:"peers"`
-	Synced bool         `json:"synced"`
-	// Resyncing is Resync.State != "in_sync": the node holds its states
-	// back until it has compared them with the peers that expired it.
-	Resyncing bool                    `json:"resyncing"`
-	Resync    ResyncStatus            `json:"resync"`
-	Scrub     blobstore.ScrubProgress `json:"scrub"`
-}
+// Status describes the cluster as this node sees it (the "cluster" of
+// /_status).
+type Status = api.Cluster
 
 // Status returns each peer's health and replication queue.
 func (c *Cluster) Status() Status {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 )
 
 // Backoff bounds for retrying a failed peer: twice a second at first, once
@@ -278,39 +279,7 @@ func (r *remote) backedOff() bool {
 }
 
 // PeerStatus describes one peer as this node sees it.
-type PeerStatus struct {
-	URL  string `json:"url"`
-	Role string `json:"role"`
-	// ReportedRole is the role the peer says it has, once it answered;
-	// it wins over Role (the peer list's).
-	ReportedRole string `json:"reported_role,omitempty"`
-	Node         string `json:"node,omitempty"`
-	// Self: the entry reaches this very node (under another URL); it is
-	// ignored.
-	Self bool `json:"self,omitempty"`
-	// Expired: this node forgot deletes the peer never acknowledged (it
-	// was away longer than tombstone_expiry); it must resync on return.
-	// ExpiredSince is the last moment it was known to be caught up with
-	// this node's changes; ExpiredHorizon the time of the latest of what
-	// was forgotten without its acknowledgement.
-	Expired        bool      `json:"expired"`
-	ExpiredSince   time.Time `json:"expired_since,omitzero"`
-	ExpiredHorizon time.Time `json:"expired_horizon,omitzero"`
-	// ClockRefused counts changes the peer refused because their clock
-	// was too far ahead of its own (since this node started).
-	ClockRefused int64     `json:"clock_refused"`
-	Up           bool      `json:"up"`
-	Contacted    bool      `json:"contacted"`
-	LastContact  time.Time `json:"last_contact,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
-	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
-	Failures     int       `json:"failures"`
-	// Queue counts operations not yet accepted by the peer.
-	Queue int64 `json:"queue"`
-	// LagSeconds is how long replication to the peer has been behind
-	// (0 when its queue is empty).
-	LagSeconds float64 `json:"lag_seconds"`
-}
+type PeerStatus = api.PeerStatus
 
 func (r *remote) status() PeerStatus {
 	r.mu.Lock()
@@ -321,7 +290,7 @@ func (r *remote) status() PeerStatus {
 	}
 	return PeerStatus{
 		ExpiredHorizon: horizon,
-		URL:            r.URL, Role: r.Role, ReportedRole: r.reportedRole, Node: r.nodeID, Self: r.isSelf,
+		URL:            r.URL, Role: dtfc.Role(r.Role), ReportedRole: dtfc.Role(r.reportedRole), Node: r.nodeID, Self: r.isSelf,
 		Expired: r.expiredMark.Horizon != 0, ExpiredSince: r.expiredMark.Since, ClockRefused: r.clockRefused,
 		Up: r.up, Contacted: r.contacted,
 		LastContact: r.lastContact, LastError: r.lastErr, LastErrorAt: r.lastErrAt, Failures: r.failures,

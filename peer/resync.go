@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
 )
 
@@ -42,29 +43,20 @@ type resyncTarget interface {
 }
 
 // ResyncState is where the resync state machine stands.
-type ResyncState string
+type ResyncState = api.ResyncState
 
 // The states of a resync.
 const (
-	// ResyncInSync: nothing to do.
-	ResyncInSync ResyncState = "in_sync"
-	// ResyncNeeded: a peer said this node is expired; not started yet.
-	ResyncNeeded ResyncState = "needed"
-	// ResyncRunning: comparing and dropping.
-	ResyncRunning ResyncState = "running"
-	// ResyncRetrying: the last attempt failed; another follows.
-	ResyncRetrying ResyncState = "retrying"
+	ResyncInSync   = api.ResyncInSync
+	ResyncNeeded   = api.ResyncNeeded
+	ResyncRunning  = api.ResyncRunning
+	ResyncRetrying = api.ResyncRetrying
 )
 
 const keyResync = "resync" // the resync's durable state (resyncSaved)
 
 // expiredAt is one peer's word that this node is expired there.
-type expiredAt struct {
-	URL string `json:"url"`
-	// Horizon: what the peer forgot without this node's acknowledgement
-	// is older.
-	Horizon dtfc.Timestamp `json:"horizon"`
-}
+type expiredAt = api.ExpiredAt
 
 // resyncSaved is what survives a restart: a kill -9 during a resync must
 // not come back in sync.
@@ -90,14 +82,7 @@ type resync struct {
 }
 
 // ResyncStatus describes the resync for /_status.
-type ResyncStatus struct {
-	State ResyncState `json:"state"`
-	Since time.Time   `json:"since,omitzero"`
-	// Against lists the peers (URLs) that expired this node and their
-	// horizons.
-	Against   []expiredAt `json:"against,omitempty"`
-	LastError string      `json:"last_error,omitempty"`
-}
+type ResyncStatus = api.ResyncStatus
 
 func (rs *resync) changedLocked() {
 	close(rs.wake)

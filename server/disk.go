@@ -1,19 +1,13 @@
 package server
 
 import (
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/diskspace"
 )
 
 // Disk describes the filesystem holding the node's store, from statfs.
-type Disk struct {
-	// Dir is the directory measured: the store's base directory.
-	Dir string `json:"dir"`
-	// FreeBytes is what an unprivileged writer can still use.
-	FreeBytes uint64 `json:"free_bytes"`
-	// TotalBytes is the filesystem's size.
-	TotalBytes uint64 `json:"total_bytes"`
-}
+type Disk = api.Disk
 
 // DirStore is implemented by a store that lives in a directory
 // (*blobstore.Store): the status reports the free space of its filesystem.

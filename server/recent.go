@@ -8,18 +8,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dtfc/dtfc/api"
 )
 
 // LogEntry is one warning or error the node logged, as the status page
 // and GET /_status show it.
-type LogEntry struct {
-	Time    time.Time `json:"time"`
-	Level   string    `json:"level"`
-	Message string    `json:"message"`
-	// Attrs are the record's attributes, those added with Logger.With
-	// included, as "key=value" pairs separated by spaces.
-	Attrs string `json:"attrs,omitempty"`
-}
+type LogEntry = api.LogEntry
 
 // Recent keeps the last warnings and errors of the node's log in a bounded
 // ring, so an operator sees what went wrong lately without reading the

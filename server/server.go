@@ -2,7 +2,6 @@ package server
 
 import (
 	"cmp"
-	"github.com/dtfc/dtfc/internal/defaults"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/defaults"
 	"github.com/dtfc/dtfc/internal/httpstatus"
 	"github.com/dtfc/dtfc/peer"
 )

@@ -7,41 +7,17 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/httpstatus"
 	"github.com/dtfc/dtfc/peer"
 )
 
 // Status is the body of GET /_status.
-type Status struct {
-	Node    string                 `json:"node"`
-	Role    string                 `json:"role"`
-	Blobs   int64                  `json:"blobs"`
-	Bytes   int64                  `json:"bytes"`
-	Queues  map[string]QueueStatus `json:"queues"`
-	Uptime  string                 `json:"uptime"`
-	Started time.Time              `json:"started"`
-	// Cluster is present when the node has a peer list.
-	Cluster *peer.Status `json:"cluster,omitempty"`
-	// Disk is the filesystem holding the store, absent where it cannot be
-	// measured.
-	Disk *Disk `json:"disk,omitempty"`
-	// RecentErrors are the node's latest warnings and errors, newest
-	// first (Config.RecentErrors); empty if there were none or nobody
-	// keeps them.
-	RecentErrors []LogEntry `json:"recent_errors"`
-
-	// Unconfirmed counts the blob files the node holds aside because it
-	// does not know their state (after its metadata was rebuilt, or an
-	// upload cut by a crash): never served, never replicated. See README,
-	// "When the metadata is damaged".
-	Unconfirmed int64 `json:"unconfirmed"`
-}
+type Status = api.Status
 
 // QueueStatus describes replication towards one peer.
-type QueueStatus struct {
-	// Length counts operations not yet accepted by the peer.
-	Length int64 `json:"length"`
-}
+type QueueStatus = api.QueueStatus
 
 // UnconfirmedStore is implemented by a store that sets aside blob files
 // whose state it does not know (*blobstore.Store): the status counts
@@ -54,7 +30,7 @@ func (s *Server) statusData() Status {
 	blobs, bytes := s.stats()
 	st := Status{
 		Node:    s.cfg.Me,
-		Role:    s.cfg.Role,
+		Role:    dtfc.Role(s.cfg.Role),
 		Blobs:   blobs,
 		Bytes:   bytes,
 		Queues:  map[string]QueueStatus{},

@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"github.com/dtfc/dtfc/internal/iox"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -18,6 +17,7 @@ import (
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/httpstatus"
+	"github.com/dtfc/dtfc/internal/iox"
 )
 
 // UploadResponse is the body of a successful upload.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/dtfc/dtfc/internal/defaults"
 	"io"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/dtfc/dtfc/internal/defaults"
 	"github.com/dtfc/dtfc/internal/listflag"
 )
 
