@@ -11,6 +11,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 const (
@@ -44,7 +45,7 @@ func (c *Cluster) antiEntropyLoop(ctx context.Context) {
 	for {
 		c.antiEntropyRound(ctx)
 		d := time.Duration(float64(c.opts.AntiEntropyInterval) * (0.9 + 0.2*rand.Float64()))
-		if !sleepCtx(ctx, d) {
+		if sleep.For(ctx, d) != nil {
 			return
 		}
 	}

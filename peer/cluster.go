@@ -20,6 +20,7 @@ import (
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/broadcast"
 	"github.com/dtfc/dtfc/internal/defaults"
 )
 
@@ -103,8 +104,7 @@ type Cluster struct {
 	running bool
 	wg      sync.WaitGroup
 
-	ackMu sync.Mutex
-	ackCh chan struct{} // closed and replaced whenever a cursor advances
+	ackSig broadcast.Signal // notified whenever a cursor advances
 
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
@@ -159,7 +159,6 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 		store:   store,
 		log:     opts.Logger,
 		pushers: map[string]*pusher{},
-		ackCh:   make(chan struct{}),
 		runCtx:  context.Background(),
 	}
 	c.fetch = newFetcher(c, opts.MaxFetches)
@@ -342,9 +341,7 @@ func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
 		return fmt.Errorf("%w: asked for %d, the cluster has %d", ErrTooFewReplicas, n, have)
 	}
 	for {
-		c.ackMu.Lock()
-		ch := c.ackCh
-		c.ackMu.Unlock()
+		ch := c.ackSig.Wait()
 		holders := map[string]bool{}
 		for _, r := range c.replicaPeers() {
 			if c.cursorOf(r.URL) >= seq {
@@ -394,12 +391,7 @@ func (c *Cluster) replicaPeers() []*remote {
 	return reps
 }
 
-func (c *Cluster) acked() {
-	c.ackMu.Lock()
-	close(c.ackCh)
-	c.ackCh = make(chan struct{})
-	c.ackMu.Unlock()
-}
+func (c *Cluster) acked() { c.ackSig.Notify() }
 
 // Status describes the cluster as this node sees it (the "cluster" of
 // /_status).

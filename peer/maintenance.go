@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 const keyLastScrub = "last_scrub" // unix ms of the last finished scrub pass
@@ -99,14 +100,14 @@ func (c *Cluster) scrubLoop(ctx context.Context) {
 			last = time.Now()
 			c.store.SetValue(keyLastScrub, []byte(strconv.FormatInt(last.UnixMilli(), 10)))
 		}
-		if !sleepCtx(ctx, time.Until(last.Add(c.opts.ScrubInterval))) {
+		if sleep.For(ctx, time.Until(last.Add(c.opts.ScrubInterval))) != nil {
 			return
 		}
 		if err := c.Scrub(ctx); err != nil {
 			// A pass that fails is retried with backoff, not at once in
 			// a loop (the last finished pass has not moved).
 			failures++
-			if !sleepCtx(ctx, min(backoff(failures)*10, c.opts.ScrubInterval)) {
+			if sleep.For(ctx, min(backoff(failures)*10, c.opts.ScrubInterval)) != nil {
 				return
 			}
 			continue

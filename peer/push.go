@@ -15,6 +15,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 const (
@@ -224,7 +225,7 @@ func either(a, b <-chan struct{}) wait {
 
 // pause waits d.
 func pause(d time.Duration) wait {
-	return func(ctx context.Context) bool { return sleepCtx(ctx, d) }
+	return func(ctx context.Context) bool { return sleep.For(ctx, d) == nil }
 }
 
 // caughtUpNow records that the peer has accepted the whole feed.
@@ -411,15 +412,4 @@ func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error 
 	c.metrics.pushed.WithLabelValues("upload").Inc()
 	c.metrics.pushedBytes.Add(float64(b.State.Size))
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

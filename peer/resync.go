@@ -12,6 +12,7 @@ import (
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // A node resyncs when a peer tells it that it is expired there: the peer
@@ -218,7 +219,7 @@ func (c *Cluster) resyncLoop(ctx context.Context) {
 				rs.changedLocked()
 				rs.mu.Unlock()
 				c.log.Warn("resync failed; retrying", "err", err, "retry_in", backoff(failures))
-				if !sleepCtx(ctx, backoff(failures)) {
+				if sleep.For(ctx, backoff(failures)) != nil {
 					return
 				}
 				continue
@@ -226,7 +227,7 @@ func (c *Cluster) resyncLoop(ctx context.Context) {
 			failures = 0
 		case notify:
 			c.tellResynced(ctx)
-			if !sleepCtx(ctx, time.Second) {
+			if sleep.For(ctx, time.Second) != nil {
 				return
 			}
 		default:
