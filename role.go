@@ -28,6 +28,9 @@ func ParseRole(s string) (Role, error) {
 // IsCache reports whether r is RoleCache.
 func (r Role) IsCache() bool { return r == RoleCache }
 
+// MarshalText implements encoding.TextMarshaler.
+func (r Role) MarshalText() ([]byte, error) { return []byte(r), nil }
+
 // UnmarshalText implements encoding.TextUnmarshaler (TOML, JSON) with
 // ParseRole.
 func (r *Role) UnmarshalText(b []byte) error {

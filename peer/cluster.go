@@ -29,7 +29,7 @@ type Options struct {
 	// Me is this node's own URL; a peer list entry equal to it is ignored.
 	Me string
 	// Role is RoleReplica (the default) or RoleCache.
-	Role string
+	Role dtfc.Role
 	// PeerList is the path of the peer list file. If empty, the node has
 	// no peers (a single node) and Refresh has nothing to read.
 	PeerList string

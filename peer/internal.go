@@ -92,7 +92,7 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set(HeaderNode, c.store.NodeID())
-		h.Set(HeaderRole, c.opts.Role)
+		h.Set(HeaderRole, string(c.opts.Role))
 		if c.opts.RequirePeerCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
 			writeErr(w, http.StatusForbidden, "node-to-node route: a client certificate signed by the cluster's CA is required")
 			return

@@ -9,12 +9,14 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/dtfc/dtfc"
 )
 
-// Roles a node can have.
+// Roles a node can have (dtfc.Role).
 const (
-	RoleReplica = "replica"
-	RoleCache   = "cache"
+	RoleReplica = dtfc.RoleReplica
+	RoleCache   = dtfc.RoleCache
 )
 
 // Peer is another node, as this node reaches it.
@@ -24,7 +26,7 @@ type Peer struct {
 	URL string `toml:"url" json:"url"`
 	// Role is "replica" (holds every file) or "cache" (gets deletes, never
 	// pushed uploads). If empty in the file, it defaults to "replica".
-	Role string `toml:"role" json:"role"`
+	Role dtfc.Role `toml:"role" json:"role"`
 }
 
 // IsCache reports whether the peer is a cache.

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // nodeOpts configure an in-process node.
 type nodeOpts struct {
-	role     string                          // "" = replica
+	role     dtfc.Role                       // "" = replica
 	maxBytes int64                           // cache size limit
 	run      bool                            // run background work (pushers, anti-entropy)
 	wrap     func(http.Handler) http.Handler // e.g. a corrupter in front of the node

@@ -31,7 +31,7 @@ type remote struct {
 
 	mu           sync.Mutex
 	nodeID       string     // the peer's identity, learned from its answers
-	reportedRole string     // the role the peer says it has ("" until known)
+	reportedRole dtfc.Role  // the role the peer says it has ("" until known)
 	isSelf       bool       // the peer's identity is this node's: it is this node
 	expiredMark  expiryMark // this node marked the peer expired (zero: not)
 	clockRefused int64      // changes the peer refused for their clock
@@ -112,7 +112,7 @@ func (r *remote) skew() (time.Duration, bool) {
 // ok records a successful exchange and what the answer's headers say of
 // the peer.
 func (r *remote) ok(h http.Header) {
-	nodeID, role := h.Get(HeaderNode), h.Get(HeaderRole)
+	nodeID, role := h.Get(HeaderNode), dtfc.Role(h.Get(HeaderRole))
 	date, derr := http.ParseTime(h.Get("Date"))
 	r.mu.Lock()
 	if derr == nil {
@@ -155,7 +155,7 @@ func (r *remote) IsCache() bool {
 }
 
 // reported returns the role the peer says it has, "" until it answered.
-func (r *remote) reported() string {
+func (r *remote) reported() dtfc.Role {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.reportedRole
@@ -290,7 +290,7 @@ func (r *remote) status() PeerStatus {
 	}
 	return PeerStatus{
 		ExpiredHorizon: horizon,
-		URL:            r.URL, Role: dtfc.Role(r.Role), ReportedRole: dtfc.Role(r.reportedRole), Node: r.nodeID, Self: r.isSelf,
+		URL:            r.URL, Role: r.Role, ReportedRole: r.reportedRole, Node: r.nodeID, Self: r.isSelf,
 		Expired: r.expiredMark.Horizon != 0, ExpiredSince: r.expiredMark.Since, ClockRefused: r.clockRefused,
 		Up: r.up, Contacted: r.contacted,
 		LastContact: r.lastContact, LastError: r.lastErr, LastErrorAt: r.lastErrAt, Failures: r.failures,

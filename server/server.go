@@ -37,7 +37,7 @@ type Config struct {
 	Me string
 	// Role is "replica" or "cache", reported in /_status. If empty, it
 	// defaults to "replica".
-	Role string
+	Role dtfc.Role
 	// MaxUploadBytes answers 413 to larger uploads. If zero, there is no
 	// limit.
 	MaxUploadBytes int64
@@ -112,7 +112,7 @@ type Stats interface {
 // New returns a Server over store. It starts nothing.
 func New(cfg Config, store Blobs) *Server {
 	if cfg.Role == "" {
-		cfg.Role = "replica"
+		cfg.Role = dtfc.RoleReplica
 	}
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, defaults.IdleTimeout)
 	cfg.ReplicasTimeout = cmp.Or(cfg.ReplicasTimeout, defaults.ReplicasTimeout)

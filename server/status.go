@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/httpstatus"
 	"github.com/dtfc/dtfc/peer"
@@ -30,7 +29,7 @@ func (s *Server) statusData() Status {
 	blobs, bytes := s.stats()
 	st := Status{
 		Node:    s.cfg.Me,
-		Role:    dtfc.Role(s.cfg.Role),
+		Role:    s.cfg.Role,
 		Blobs:   blobs,
 		Bytes:   bytes,
 		Queues:  map[string]QueueStatus{},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/defaults"
 	"github.com/dtfc/dtfc/internal/listflag"
 )
@@ -25,14 +26,14 @@ import (
 // Config is everything `dtfc serve` can be told, from flags or a TOML file
 // (flags win). TOML keys are the flags' long names with '-' written '_'.
 type Config struct {
-	Host     string   `toml:"host"`
-	Port     int      `toml:"port"`
-	Basedir  string   `toml:"basedir"`
-	Me       string   `toml:"me"`
-	Peerlist string   `toml:"peerlist"`
-	Role     string   `toml:"role"`
-	MaxBytes ByteSize `toml:"max_bytes"`
-	Verbose  bool     `toml:"verbose"`
+	Host     string    `toml:"host"`
+	Port     int       `toml:"port"`
+	Basedir  string    `toml:"basedir"`
+	Me       string    `toml:"me"`
+	Peerlist string    `toml:"peerlist"`
+	Role     dtfc.Role `toml:"role"`
+	MaxBytes ByteSize  `toml:"max_bytes"`
+	Verbose  bool      `toml:"verbose"`
 
 	MaxUploadBytes  ByteSize   `toml:"max_upload_bytes"`
 	IdleTimeout     Duration   `toml:"idle_timeout"`
@@ -68,7 +69,7 @@ func defaultConfig() Config {
 		Host:                "0.0.0.0",
 		Port:                defaults.Port,
 		Basedir:             "./dtfc-data",
-		Role:                "replica",
+		Role:                dtfc.RoleReplica,
 		IdleTimeout:         Duration(defaults.IdleTimeout),
 		ReplicasTimeout:     Duration(defaults.ReplicasTimeout),
 		ScrubInterval:       Duration(defaults.ScrubInterval),
@@ -195,7 +196,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.StringVar(&c.Basedir, "basedir", c.Basedir, "directory holding all state of the node (created if missing)")
 	fs.StringVar(&c.Me, "me", c.Me, "URL under which other nodes and clients reach this node (default http://<host>:<port>)")
 	fs.StringVar(&c.Peerlist, "peerlist", c.Peerlist, "peer list TOML file; none = a single node")
-	fs.StringVar(&c.Role, "role", c.Role, "replica (holds every file) or cache (holds what was read through it)")
+	fs.TextVar(&c.Role, "role", c.Role, "replica (holds every file) or cache (holds what was read through it)")
 	fs.Var(&c.MaxBytes, "max-bytes", "for a cache: size of the local store to stay under (0 = no limit)")
 	fs.BoolVar(&c.Verbose, "verbose", c.Verbose, "debug logging")
 	fs.BoolVar(&c.Verbose, "v", c.Verbose, "debug logging (shorthand)")
@@ -309,13 +310,13 @@ func (c *Config) validate() error {
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d: want 0 to 65535", c.Port))
 	}
-	if c.Role != "replica" && c.Role != "cache" {
+	if _, err := dtfc.ParseRole(string(c.Role)); err != nil || c.Role == "" {
 		errs = append(errs, fmt.Errorf("role %q: want \"replica\" or \"cache\"", c.Role))
 	}
 	if c.MaxBytes < 0 || c.MaxUploadBytes < 0 || c.ScrubRate < 0 {
 		errs = append(errs, errors.New("sizes cannot be negative"))
 	}
-	if c.MaxBytes > 0 && c.Role != "cache" {
+	if c.MaxBytes > 0 && !c.Role.IsCache() {
 		errs = append(errs, errors.New("max_bytes applies to caches only: a replica holds every file (set role = \"cache\")"))
 	}
 	if c.Basedir == "" {

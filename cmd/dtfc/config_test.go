@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
 )
 
 // TestExampleConfig keeps dtfc.toml.example valid and equal to the
@@ -35,7 +37,7 @@ func TestLoadConfig(t *testing.T) {
 	}{
 		{name: "defaults", check: func(t *testing.T, c Config) {
 			assert.Equal(t, 8080, c.Port)
-			assert.Equal(t, "replica", c.Role)
+			assert.Equal(t, dtfc.RoleReplica, c.Role)
 			assert.Equal(t, 60*time.Second, time.Duration(c.IdleTimeout))
 			assert.NotEmpty(t, c.Me)
 		}},
@@ -45,7 +47,7 @@ func TestLoadConfig(t *testing.T) {
 		{name: "file and flags", file: "port = 9001\nrole = \"cache\"\nmax_bytes = \"1GiB\"\nidle_timeout = \"1.5s\"\n", args: []string{"--port", "9002"},
 			check: func(t *testing.T, c Config) {
 				assert.Equal(t, 9002, c.Port, "flags win")
-				assert.Equal(t, "cache", c.Role)
+				assert.Equal(t, dtfc.RoleCache, c.Role)
 				assert.EqualValues(t, 1<<30, c.MaxBytes)
 				assert.Equal(t, 1500*time.Millisecond, time.Duration(c.IdleTimeout))
 			}},

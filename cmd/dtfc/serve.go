@@ -104,7 +104,7 @@ func serveLogger(c Config, stderr io.Writer) (*slog.Logger, *server.Recent) {
 func openStore(c Config, log *slog.Logger, wall func() time.Time) (*blobstore.Store, error) {
 	return blobstore.Open(c.Basedir, blobstore.Options{
 		Logger:         log.With("component", "blobstore"),
-		TrackAccess:    c.Role == "cache",
+		TrackAccess:    c.Role.IsCache(),
 		Wall:           wall,
 		MaxClockOffset: time.Duration(c.MaxClockOffset),
 	})
