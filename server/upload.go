@@ -39,89 +39,25 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
-	var expected dtfc.ID
-	filename := ""
-	if r.Method == http.MethodPut {
-		name := strings.TrimPrefix(r.URL.Path, "/")
-		if dtfc.LooksLikeID(name) {
-			expected, _ = dtfc.ParseID(name)
-		} else {
-			filename = name
-		}
-	} else {
-		filename = r.Header.Get("X-Filename")
-		if filename == "" {
-			filename = r.URL.Query().Get("filename")
-		}
-	}
-	if h := r.Header.Get("X-Content-SHA512"); h != "" {
-		id, err := dtfc.ParseID(strings.TrimSpace(h))
-		if err != nil {
-			return httpstatus.Errorf(http.StatusBadRequest, "X-Content-SHA512: %v", err)
-		}
-		if !expected.IsZero() && id != expected {
-			return httpstatus.Errorf(http.StatusBadRequest, "X-Content-SHA512 %s contradicts the ID in the path %s", id, expected)
-		}
-		expected = id
-	}
-	replicas, err := replicasParam(r)
+	up, err := s.parseUpload(r)
 	if err != nil {
 		return err
 	}
-	if have := s.replicas(); replicas > have {
-		// Known before a byte is read: refuse at once, store nothing.
-		return httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: the cluster has %d replica(s) (this node counted if it is one, a cache is not); nothing stored", replicas, have)
+	body, err := up.openBody(w, r, s.cfg.IdleTimeout)
+	if err != nil {
+		return err
 	}
-	if !expected.IsZero() {
-		// Known before a byte is read: refuse a blocked ID at once.
-		if err := s.checkDenied(expected, true); err != nil {
-			return err
-		}
-	}
-
-	body := io.Reader(&iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: s.cfg.IdleTimeout, TimeoutErr: httpstatus.ErrIdleTimeout})
-	ctype := r.Header.Get("Content-Type")
-	if mt, params, err := mime.ParseMediaType(ctype); err == nil && mt == "multipart/form-data" && r.Method == http.MethodPost {
-		// A browser form: store the first file part, streamed.
-		part, err := firstFilePart(multipart.NewReader(body, params["boundary"]))
-		if err != nil {
-			return err
-		}
-		body = part
-		if filename == "" {
-			filename = part.FileName()
-		}
-		ctype = part.Header.Get("Content-Type")
-	}
-	if err := checkFilename(filename); err != nil {
+	if err := checkFilename(up.filename); err != nil {
 		return err
 	}
 	if max := s.cfg.MaxUploadBytes; max > 0 && r.ContentLength > max {
 		return httpstatus.Errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes exceeds the limit of %d bytes", r.ContentLength, max)
 	}
-
-	bw, err := s.store.NewWriter(blobstore.WriterOptions{MaxBytes: s.cfg.MaxUploadBytes, Size: r.ContentLength})
+	res, err := s.storeUpload(up, body, r.ContentLength)
 	if err != nil {
 		return err
 	}
-	defer bw.Close()
-	start := time.Now()
-	n, err := bw.ReadFrom(clientBody{body})
-	s.metrics.bytesIn.Add(float64(n))
-	if err != nil {
-		return uploadReadError(err, s.cfg.IdleTimeout)
-	}
-	received := time.Now()
-	res, err := bw.Commit(blobstore.Upload{
-		Expected:    expected,
-		ContentType: contentType(ctype, filename, bw.Head()),
-		Filename:    filename,
-	})
-	if err != nil {
-		return errorsAsDenied(err, true)
-	}
 	id := res.State.ID.String()
-	s.log.Debug("upload stored", "id", id, "bytes", n, "receive", received.Sub(start), "commit", time.Since(received))
 	status := http.StatusOK
 	if res.Created {
 		status = http.StatusCreated
@@ -129,14 +65,111 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		s.metrics.uploads.WithLabelValues("existing").Inc()
 	}
-	if replicas > 1 {
-		if err := s.waitReplicas(r, res.Seq, replicas); err != nil {
+	if up.replicas > 1 {
+		if err := s.waitReplicas(r, res.Seq, up.replicas); err != nil {
 			return err
 		}
 	}
 	w.Header().Set("Location", s.cfg.Me+"/"+id)
-	writeJSON(w, status, UploadResponse{SHA512: id, Size: res.State.Size, Filename: filename})
+	writeJSON(w, status, UploadResponse{SHA512: id, Size: res.State.Size, Filename: up.filename})
 	return nil
+}
+
+// upload is what a request says of the file it uploads.
+type upload struct {
+	expected dtfc.ID // the ID it must hash to; zero if not said
+	filename string
+	ctype    string
+	replicas int
+}
+
+// parseUpload reads the request's path, headers and query, and refuses
+// at once, before a byte of the body is read, what it can: a bad or
+// contradicted ID, more replicas than the cluster has, a blocked ID.
+func (s *Server) parseUpload(r *http.Request) (upload, error) {
+	up := upload{ctype: r.Header.Get("Content-Type")}
+	if r.Method == http.MethodPut {
+		name := strings.TrimPrefix(r.URL.Path, "/")
+		if dtfc.LooksLikeID(name) {
+			up.expected, _ = dtfc.ParseID(name)
+		} else {
+			up.filename = name
+		}
+	} else {
+		up.filename = r.Header.Get("X-Filename")
+		if up.filename == "" {
+			up.filename = r.URL.Query().Get("filename")
+		}
+	}
+	if h := r.Header.Get("X-Content-SHA512"); h != "" {
+		id, err := dtfc.ParseID(strings.TrimSpace(h))
+		if err != nil {
+			return up, httpstatus.Errorf(http.StatusBadRequest, "X-Content-SHA512: %v", err)
+		}
+		if !up.expected.IsZero() && id != up.expected {
+			return up, httpstatus.Errorf(http.StatusBadRequest, "X-Content-SHA512 %s contradicts the ID in the path %s", id, up.expected)
+		}
+		up.expected = id
+	}
+	var err error
+	if up.replicas, err = replicasParam(r); err != nil {
+		return up, err
+	}
+	if have := s.replicas(); up.replicas > have {
+		return up, httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: the cluster has %d replica(s) (this node counted if it is one, a cache is not); nothing stored", up.replicas, have)
+	}
+	if !up.expected.IsZero() {
+		if err := s.checkDenied(up.expected, true); err != nil {
+			return up, err
+		}
+	}
+	return up, nil
+}
+
+// openBody returns the file's bytes: the request body with an idle
+// deadline on every read, or a browser form's first file part (whose
+// name and type then fill in what the request did not say).
+func (up *upload) openBody(w http.ResponseWriter, r *http.Request, idle time.Duration) (io.Reader, error) {
+	body := io.Reader(&iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: idle, TimeoutErr: httpstatus.ErrIdleTimeout})
+	mt, params, err := mime.ParseMediaType(up.ctype)
+	if err != nil || mt != "multipart/form-data" || r.Method != http.MethodPost {
+		return body, nil
+	}
+	part, err := firstFilePart(multipart.NewReader(body, params["boundary"]))
+	if err != nil {
+		return nil, err
+	}
+	if up.filename == "" {
+		up.filename = part.FileName()
+	}
+	up.ctype = part.Header.Get("Content-Type")
+	return part, nil
+}
+
+// storeUpload streams body into the store and commits it.
+func (s *Server) storeUpload(up upload, body io.Reader, size int64) (blobstore.Result, error) {
+	bw, err := s.store.NewWriter(blobstore.WriterOptions{MaxBytes: s.cfg.MaxUploadBytes, Size: size})
+	if err != nil {
+		return blobstore.Result{}, err
+	}
+	defer bw.Close()
+	start := time.Now()
+	n, err := bw.ReadFrom(clientBody{body})
+	s.metrics.bytesIn.Add(float64(n))
+	if err != nil {
+		return blobstore.Result{}, uploadReadError(err, s.cfg.IdleTimeout)
+	}
+	received := time.Now()
+	res, err := bw.Commit(blobstore.Upload{
+		Expected:    up.expected,
+		ContentType: contentType(up.ctype, up.filename, bw.Head()),
+		Filename:    up.filename,
+	})
+	if err != nil {
+		return blobstore.Result{}, errorsAsDenied(err, true)
+	}
+	s.log.Debug("upload stored", "id", res.State.ID.String(), "bytes", n, "receive", received.Sub(start), "commit", time.Since(received))
+	return res, nil
 }
 
 func replicasParam(r *http.Request) (int, error) {
