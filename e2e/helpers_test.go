@@ -23,7 +23,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
@@ -33,20 +32,7 @@ import (
 // machine (the harness runs anti-entropy every 2 s).
 const converge = 30 * time.Second
 
-func TestMain(m *testing.M) {
-	// The harness stops its processes and proxies, and every client here
-	// closes its connections: nothing may be left running, except
-	// toxiproxy's per-connection pipes, which can stay blocked on a
-	// channel send after their proxy stopped (seen after TestDiskFullNode,
-	// where a node closes connections on bodies it refuses).
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read"),
-		goleak.Cleanup(func(code int) {
-			cluster.RemoveBinary()
-			os.Exit(code)
-		}))
-}
+func TestMain(m *testing.M) { cluster.VerifyTestMain(m) }
 
 // newClient returns an HTTP client for talking to the nodes directly (not
 // through the proxies). Its connections are closed when the test ends.

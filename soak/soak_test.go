@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/dtfc/dtfc/internal/cluster"
 	"github.com/dtfc/dtfc/soak"
 )
@@ -60,18 +58,7 @@ func (s *sabotageFlag) Set(v string) error {
 	return nil
 }
 
-func TestMain(m *testing.M) {
-	// Everything the soak starts is stopped, except toxiproxy's
-	// per-connection pipes, which can stay blocked on a channel send
-	// after their proxy stopped (as in package e2e).
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read"),
-		goleak.Cleanup(func(code int) {
-			cluster.RemoveBinary()
-			os.Exit(code)
-		}))
-}
+func TestMain(m *testing.M) { cluster.VerifyTestMain(m) }
 
 // TestSoak runs the chaos soak (see the package doc). It runs only with
 // -soak:

@@ -18,7 +18,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/dtfc/dtfc/internal/cluster"
 )
@@ -27,19 +26,7 @@ import (
 // machine (anti-entropy runs every 2 s in the harness).
 const converge = 30 * time.Second
 
-func TestMain(m *testing.M) {
-	// The harness stops its proxies: nothing may be left running, except
-	// toxiproxy's per-connection pipes, which can stay blocked on a
-	// channel send after their proxy stopped (as in package e2e; seen here
-	// once on a loaded machine, 2026-12-02).
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read"),
-		goleak.Cleanup(func(code int) {
-			cluster.RemoveBinary()
-			os.Exit(code)
-		}))
-}
+func TestMain(m *testing.M) { cluster.VerifyTestMain(m) }
 
 // client is a plain HTTP client whose connections each test closes.
 func client(t *testing.T) *http.Client {
