@@ -32,6 +32,8 @@ type metaFixture struct {
 	node    string
 	live    map[dtfc.ID][]byte
 	deleted []dtfc.ID
+	// clocks are the live blobs' states' clocks.
+	clocks map[dtfc.ID]dtfc.Timestamp
 }
 
 func blobBytes(seed, n int) []byte {
@@ -59,16 +61,23 @@ func putBytes(t testing.TB, s *Store, data []byte, u Upload) Result {
 // them deleted) and closes it.
 func newMetaFixture(t testing.TB, uploads, deletes int) *metaFixture {
 	t.Helper()
-	f := &metaFixture{dir: t.TempDir(), live: map[dtfc.ID][]byte{}}
+	f := &metaFixture{dir: t.TempDir(), live: map[dtfc.ID][]byte{}, clocks: map[dtfc.ID]dtfc.Timestamp{}}
 	s, err := Open(f.dir, Options{})
 	require.NoError(t, err)
 	f.node = s.NodeID()
 	var ids []dtfc.ID
 	for i := range uploads {
 		data := blobBytes(i, 100+53*i)
-		id := putBytes(t, s, data, Upload{ContentType: "text/plain", Filename: fmt.Sprintf("f%d.txt", i)}).State.ID
-		f.live[id] = data
-		ids = append(ids, id)
+		st := putBytes(t, s, data, Upload{ContentType: "text/plain", Filename: fmt.Sprintf("f%d.txt", i)}).State
+		f.live[st.ID], f.clocks[st.ID] = data, st.Clock
+		ids = append(ids, st.ID)
+	}
+	if uploads > deletes {
+		// The same bytes uploaded again: a newer state over a file
+		// already held.
+		st := putBytes(t, s, f.live[ids[deletes]], Upload{}).State
+		require.Greater(t, st.Clock, f.clocks[st.ID])
+		f.clocks[st.ID] = st.Clock
 	}
 	for _, id := range ids[:deletes] {
 		_, err := s.Delete(id, false)
@@ -287,6 +296,7 @@ func TestOpenRefusesDamagedMeta(t *testing.T) {
 				require.NoError(t, err)
 				assert.Equal(t, data, got)
 				assert.Equal(t, f.node, b.State.Node)
+				assert.Equal(t, f.clocks[id], b.State.Clock, "adopted with the clock its file's time records")
 			}
 			for _, id := range f.deleted {
 				_, err := s.Open(id)

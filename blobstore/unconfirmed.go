@@ -56,6 +56,11 @@ type UnconfirmedBlob struct {
 	ContentType string
 	// Since is when the entry was made.
 	Since time.Time
+	// Clock is the clock its file's modification time records (see
+	// filetime.go): when the operation that made it live happened, as
+	// far as the file can tell; 0 if it cannot. It is read from the file,
+	// not kept in the entry.
+	Clock dtfc.Timestamp
 }
 
 const unconfirmedVersion = 1
@@ -113,6 +118,7 @@ func (s *Store) Unconfirmed(after dtfc.ID, limit int) ([]UnconfirmedBlob, error)
 			if err != nil {
 				return fmt.Errorf("unconfirmed entry %x: %w", k, err)
 			}
+			u.Clock = s.fileStateClock(s.UnconfirmedPath(u.ID))
 			out = append(out, u)
 		}
 		return nil
@@ -171,13 +177,24 @@ func (s *Store) ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (UnconfirmedOutco
 	return s.resolve(id, func(UnconfirmedBlob, bool) *dtfc.State { return st })
 }
 
-// OldestClock is the clock an adopted unconfirmed blob gets: older than
-// any operation any node made, so that any delete (or upload) of its ID
-// the cluster still knows of wins over it wherever they meet.
+// OldestClock is the clock an adopted unconfirmed blob gets when its
+// file does not say when it was made live (UnconfirmedBlob.Clock is 0):
+// older than any operation any node made, so that any delete (or upload)
+// of its ID the cluster still knows of wins over it wherever they meet.
 const OldestClock dtfc.Timestamp = 1
 
-// AdoptUnconfirmed records unconfirmed blob id as an upload to this node
-// stamped OldestClock, for a node whose peers (if any) all answered that
+// FileState is the state unconfirmed blob u's file tells of: present,
+// made by this node at u.Clock, or OldestClock if the file cannot say.
+func (s *Store) FileState(u UnconfirmedBlob) dtfc.State {
+	c := u.Clock
+	if c == 0 {
+		c = OldestClock
+	}
+	return dtfc.State{ID: u.ID, Clock: c, Node: s.node, Size: u.Size, ContentType: u.ContentType}
+}
+
+// AdoptUnconfirmed records unconfirmed blob id under the state its file
+// tells of (FileState), for a node whose peers (if any) all answered that
 // they know nothing of it: an upload it took and never passed on before
 // its metadata was lost, which must not be lost in its turn. If the node
 // has a record of id, that record settles the copy instead.
@@ -186,7 +203,8 @@ func (s *Store) AdoptUnconfirmed(id dtfc.ID) (UnconfirmedOutcome, error) {
 		if hasLocal {
 			return nil
 		}
-		return &dtfc.State{ID: id, Clock: OldestClock, Node: s.node, Size: u.Size, ContentType: u.ContentType}
+		st := s.FileState(u)
+		return &st
 	})
 }
 
@@ -243,6 +261,7 @@ func (s *Store) unconfirmedEntry(id dtfc.ID) (u UnconfirmedBlob, ok bool, err er
 		}
 		ok = true
 		u, err = decodeUnconfirmed(id[:], v)
+		u.Clock = s.fileStateClock(s.UnconfirmedPath(id))
 		return err
 	})
 	return u, ok, err
@@ -303,6 +322,7 @@ func (s *Store) adoptFile(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error)
 		return UnconfirmedPending, err
 	}
 	s.unconfirmed.Add(-1)
+	s.stampFile(s.Path(id), st.Clock)
 	if held {
 		if err := removeDurably(src); err != nil {
 			return UnconfirmedAdopted, err

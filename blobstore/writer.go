@@ -458,6 +458,7 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		if err := s.ensureShard(id); err != nil {
 			return res, err
 		}
+		s.stampFile(w.tmp, st.Clock) // see filetime.go
 		if err := os.Rename(w.tmp, dst); err != nil {
 			return res, diskErr("place blob", err)
 		}
@@ -485,6 +486,9 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		// The bytes were already here: the temp file is redundant.
 		os.Remove(w.tmp)
 		w.placed = true
+	}
+	if held {
+		s.stampFile(dst, nr.Clock)
 	}
 	s.noteWrite(id, st.Size)
 	return Result{State: nr.State, Created: !held, Applied: true, Seq: nr.Seq}, nil

@@ -230,6 +230,19 @@ func plantBlob(t *testing.T, n *cluster.Node, data []byte) string {
 	return id
 }
 
+// plantBlobAt plants data like plantBlob, its file dated as dtfc dates
+// the file of a state of clock c (blobstore/filetime.go).
+func plantBlobAt(t *testing.T, n *cluster.Node, data []byte, c uint64) string {
+	t.Helper()
+	id := plantBlob(t, n, data)
+	tm := time.UnixMilli(int64(c >> 16)).Add(time.Duration(c & 0xffff))
+	require.NoError(t, os.Chtimes(blobPath(n, id), time.Time{}, tm))
+	return id
+}
+
+// clockNow is a clock of the present moment, as a node would stamp it.
+func clockNow() uint64 { return uint64(time.Now().UnixMilli())<<16 | 7 }
+
 // refuseTwice damages nothing itself: it checks, on node n whose
 // metadata is damaged, that a start refuses, that starts killed with
 // kill -9 at several moments (right after exec, 10 ms and 30 ms later)
@@ -342,10 +355,12 @@ func filesIn(t *testing.T, dir string) []string {
 // deleted and forgot lately. The node refuses to start, deletes nothing,
 // and after dtfc rebuild-meta: adopts every live blob with its peers'
 // state and without downloading it, applies the deletes it missed,
-// removes the blob whose delete its peers remember forgetting, adopts the
-// unknown one as the oldest operation on its ID (so it is not lost and
-// replicates), keeps its identity, and the cluster converges with no blob
-// lost and no deleted blob back. 3 to 6 s per case.
+// removes the blob whose delete its peers remember forgetting (its file
+// dated before the delete), adopts the unknown one and one whose file is
+// newer than its forgotten delete (an upload after it) with the clocks
+// their files record (so they are not lost and replicate), keeps its
+// identity, and the cluster converges with no blob lost and no deleted
+// blob back. 3 to 6 s per case.
 func TestMetaDamagedCluster(t *testing.T) {
 	for _, d := range metaDamages {
 		t.Run(d.name, func(t *testing.T) {
@@ -353,14 +368,19 @@ func TestMetaDamagedCluster(t *testing.T) {
 			hc := newClient(t)
 			urls := []string{c.Nodes[0].URL, c.Nodes[1].URL, c.Nodes[2].URL}
 			live, deleted := populate(t, hc, urls, 30, 8)
-			forgottenData := randomBytes(6000)
+			forgottenData, againData := randomBytes(6000), randomBytes(6500)
 			_, forgotten := upload(t, hc, urls[0], "forgotten", forgottenData)
+			_, again := upload(t, hc, urls[0], "again", againData)
 			c.WaitConverged(t, converge)
+			_, forgottenState := stateOf(t, c, hc, 0, forgotten)
 			deleteID(t, hc, urls[0], forgotten)
-			eventually(t, converge, "every node forgets the delete", func() bool {
+			deleteID(t, hc, urls[0], again)
+			eventually(t, converge, "every node forgets the deletes", func() bool {
 				for i := range c.Nodes {
-					if s, _ := stateOf(t, c, hc, i, forgotten); s != http.StatusNotFound {
-						return false
+					for _, id := range []string{forgotten, again} {
+						if s, _ := stateOf(t, c, hc, i, id); s != http.StatusNotFound {
+							return false
+						}
 					}
 				}
 				return true
@@ -388,9 +408,16 @@ func TestMetaDamagedCluster(t *testing.T) {
 				live[id] = data
 				missed += int64(len(data))
 			}
-			unknownData := randomBytes(7000)
-			unknown := plantBlob(t, x, unknownData)
-			require.Equal(t, forgotten, plantBlob(t, x, forgottenData))
+			// Planted as they would be on node 1: a blob no node knows
+			// (an upload it never passed on), the blob whose delete it
+			// missed and the cluster forgot (its file dated by its
+			// upload), and one uploaded again to it after its delete was
+			// forgotten (dated after it).
+			unknownData, unknownClock := randomBytes(7000), clockNow()
+			unknown := plantBlobAt(t, x, unknownData, unknownClock)
+			require.Equal(t, forgotten, plantBlobAt(t, x, forgottenData, forgottenState.Clock))
+			againClock := clockNow() + 1
+			require.Equal(t, again, plantBlobAt(t, x, againData, againClock))
 			c.WaitConverged(t, converge)
 			require.NoError(t, cluster.DamageMeta(metaPath(x), d.how))
 
@@ -415,6 +442,7 @@ func TestMetaDamagedCluster(t *testing.T) {
 			})
 			assert.True(t, logHas(x, "deleted=4"), "node 1 applied the 3 deletes its peers answered and the one they forgot lately")
 			assert.Equal(t, 1, logCount(x, "adopted an unconfirmed blob no peer knows"), "node 1 adopted the blob no peer knew")
+			assert.Equal(t, 1, logCount(x, "whose file is newer than every state its peers know"), "node 1 adopted the blob uploaded again after its delete")
 			c.HealAll()
 			c.WaitConverged(t, converge)
 
@@ -432,11 +460,15 @@ func TestMetaDamagedCluster(t *testing.T) {
 			}
 			assertNowhere(t, c, forgotten)
 			assertEveryReplica(t, c, unknown, int64(len(unknownData)))
+			assertEveryReplica(t, c, again, int64(len(againData)))
 			for i := range c.Nodes {
 				res, _ := get(t, hc, c.Nodes[i].URL+"/"+forgotten)
 				assert.Equal(t, http.StatusNotFound, res.StatusCode, "GET of the deleted and forgotten blob on node %d", i)
-				_, st := stateOf(t, c, hc, i, unknown)
-				assert.Equal(t, uint64(1), st.Clock, "node %d: the adopted blob is the oldest operation on its ID", i)
+				for id, clock := range map[string]uint64{unknown: unknownClock, again: againClock} {
+					_, st := stateOf(t, c, hc, i, id)
+					assert.Equal(t, clock, st.Clock, "node %d: %s adopted with the clock its file records", i, short(id))
+					assert.Equal(t, node, st.Node, "node %d: %s adopted as node 1's upload", i, short(id))
+				}
 				_, bad := wrongBlobs(c.Nodes[i])
 				assert.Empty(t, bad)
 			}

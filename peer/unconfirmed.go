@@ -20,16 +20,25 @@ import (
 //
 //   - the node's own record, if it has one meanwhile (a push, a fetch,
 //     an upload of the same bytes), settles it;
-//   - without peers, the node adopts it as a new upload: nobody can tell
-//     it otherwise;
-//   - with peers, each is asked (GET /_internal/state/{id}); the newest
-//     state any peer answers wins: a present state is adopted with its
-//     clock and node (the file goes back into blobs/, nothing is
-//     downloaded, and the record enters the change feed like any applied
-//     remote state), a tombstone is applied and the file removed;
-//   - if every peer answered that it knows nothing, the blob stays where
-//     it is, logged once and counted in /_status: a rebuilt node must
-//     never resurrect a file the cluster deleted and has forgotten;
+//   - without peers, the node adopts it with its file's clock (below),
+//     unless it forgot a newer delete of it lately: nobody can tell it
+//     otherwise;
+//   - with peers, each is asked (GET /_internal/state/{id}), and the
+//     newest of what anyone can tell wins: a peer's record, a delete a
+//     peer (or this node) forgot lately, and the file itself, whose
+//     modification time records the clock of the operation that made it
+//     live here (blobstore/filetime.go). A present state is adopted with
+//     its clock and node (the file goes back into blobs/, nothing is
+//     downloaded, and the record enters the change feed like any
+//     applied remote state), a tombstone is applied and the file
+//     removed; a file newer than everything its peers know is an upload
+//     this node took and never passed on (after a delete since
+//     forgotten, perhaps), adopted with its own clock;
+//   - if every peer answered that it knows nothing, the blob is adopted
+//     with its file's clock, unless a peer said this node missed deletes
+//     it forgot: then it stays where it is, logged once and counted in
+//     /_status, for a rebuilt node must never resurrect a file the
+//     cluster deleted and has forgotten;
 //   - if some peer could not be asked, the blob is asked about again
 //     later, backing off from 0.5 s to 30 s.
 //
@@ -173,47 +182,31 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 	isDown func(*remote) bool, setDown func(*remote), tally *unconfirmedTally) {
 	c, id := ur.c, u.ID
 	out, err := c.store.ResolveUnconfirmed(id, nil)
-	if f, ok := c.store.Forgotten(id); ok && err == nil && out == blobstore.UnconfirmedPending {
-		// This node itself forgot a delete of it lately.
-		out, err = c.store.ResolveUnconfirmed(id, &f)
-	}
 	if err == nil && out == blobstore.UnconfirmedPending {
-		if len(remotes) == 0 {
-			out, err = c.store.AdoptUnconfirmed(id)
-		} else {
+		// known is the newest state of id anyone can tell of: a delete
+		// this node forgot lately, a peer's record, or a delete a peer
+		// forgot lately.
+		var known *dtfc.State
+		complete := true // every peer answered
+		if f, ok := c.store.Forgotten(id); ok {
+			known = &f
+		}
+		if len(remotes) > 0 {
 			var st *dtfc.State
 			var unasked int
 			st, unasked, err = c.askAboutUnconfirmed(ctx, id, remotes, isDown, setDown)
-			switch {
-			case err != nil:
-			case st != nil:
-				out, err = c.store.ResolveUnconfirmed(id, st)
-			case unasked > 0:
-				tally.add(&tally.retry)
-				return
-			case !c.resync.holds() && !c.resync.everExpired():
-				// Every peer answered that it knows nothing of it, none
-				// forgot a delete of it lately, and none says this node
-				// missed deletes it forgot: a file in blobs/ was live here
-				// (a delete this node applied removed it), so no delete of
-				// it can have been forgotten without this node's
-				// acknowledgement. It is an upload this node took and
-				// never passed on: kept, as the oldest operation on its
-				// ID, so any delete still known anywhere wins over it.
-				out, err = c.store.AdoptUnconfirmed(id)
-				if err == nil {
-					c.log.Warn("adopted an unconfirmed blob no peer knows (an upload this node never passed on before its metadata was lost)",
-						"id", id.String(), "bytes", u.Size)
-				}
-			default:
-				tally.add(&tally.left)
-				if _, seen := ur.logged.LoadOrStore(id, true); !seen {
-					c.log.Warn("left unconfirmed: no peer knows this blob, and this node was told it missed deletes its peers forgot; it stays out of blobs/, never served or replicated",
-						"id", id.String(), "bytes", u.Size, "path", c.store.UnconfirmedPath(id))
-				}
-				return
+			complete = unasked == 0
+			if st != nil && (known == nil || st.Newer(*known)) {
+				known = st
 			}
 		}
+		if err == nil {
+			out, err = ur.decide(u, known, len(remotes) == 0, complete)
+		}
+	}
+	if errors.Is(err, errAskAgain) {
+		tally.add(&tally.retry)
+		return
 	}
 	if err != nil {
 		if ctx.Err() == nil {
@@ -229,7 +222,70 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 		tally.add(&tally.deleted)
 	case blobstore.UnconfirmedSettled:
 		tally.add(&tally.settled)
+	case blobstore.UnconfirmedPending:
+		tally.add(&tally.left)
 	}
+}
+
+// errAskAgain is decide's word that it needs every peer's answer.
+var errAskAgain = errors.New("some peer could not be asked")
+
+// decide resolves unconfirmed blob u, of which this node has no record,
+// given known, the newest state of its ID anyone could tell of (nil if
+// none; alone: the node has no peer to ask; complete: every peer
+// answered). A state some peer holds is adopted (or applied) even if
+// not every peer answered: it is an ordinary state, and any newer one
+// wins over it later as anywhere. The file's own word needs every
+// peer's (errAskAgain).
+//
+// The file itself tells of a state too (Store.FileState): present since
+// the clock its modification time records, the clock of the operation
+// that made it live here. The newest of the two wins: a delete newer
+// than the file (one this node missed, or forgot) removes it, and a file
+// newer than every state anyone knows (an upload this node took after a
+// delete, forgotten since, and never passed on before its metadata was
+// lost) is adopted with its own clock rather than deleted.
+func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.State, alone, complete bool) (blobstore.UnconfirmedOutcome, error) {
+	c, id := ur.c, u.ID
+	file := c.store.FileState(u)
+	if known == nil && !complete {
+		return blobstore.UnconfirmedPending, errAskAgain
+	}
+	if known != nil {
+		// A file dated with the known state's clock is that state's
+		// (made by whichever node): only a later clock is another.
+		if u.Clock <= known.Clock {
+			return c.store.ResolveUnconfirmed(id, known)
+		}
+		if !complete {
+			return blobstore.UnconfirmedPending, errAskAgain
+		}
+		c.log.Warn("adopted an unconfirmed blob whose file is newer than every state its peers know (an upload this node never passed on before its metadata was lost)",
+			"id", id.String(), "bytes", u.Size, "clock", file.Clock.String(), "newest_known", known.Clock.String(), "known_deleted", known.Deleted)
+		return c.store.ResolveUnconfirmed(id, &file)
+	}
+	if !alone && (c.resync.holds() || c.resync.everExpired()) {
+		// Nobody knows it, and a peer says this node missed deletes it
+		// forgot: one of them may have been of this file, and nobody
+		// remembers it to compare.
+		if _, seen := ur.logged.LoadOrStore(id, true); !seen {
+			c.log.Warn("left unconfirmed: no peer knows this blob, and this node was told it missed deletes its peers forgot; it stays out of blobs/, never served or replicated",
+				"id", id.String(), "bytes", u.Size, "path", c.store.UnconfirmedPath(id))
+		}
+		return blobstore.UnconfirmedPending, nil
+	}
+	out, err := c.store.AdoptUnconfirmed(id)
+	if err == nil && !alone {
+		// Every peer answered that it knows nothing of it, none forgot a
+		// delete of it lately, and none says this node missed deletes it
+		// forgot: a file in blobs/ was live here (a delete this node
+		// applied removed it), so no delete of it can have been
+		// forgotten without this node's acknowledgement. It is an upload
+		// this node took and never passed on.
+		c.log.Warn("adopted an unconfirmed blob no peer knows (an upload this node never passed on before its metadata was lost)",
+			"id", id.String(), "bytes", u.Size, "clock", file.Clock.String())
+	}
+	return out, err
 }
 
 // askAboutUnconfirmed asks every peer for its state of id and returns
