@@ -61,6 +61,26 @@ func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 // about a blob whose state it lost learns that the blob was deleted.
 func (s *Store) Forgotten(id dtfc.ID) (dtfc.State, bool) { return s.forgotten('S', id) }
 
+// ForgottenLifts returns the lifts this node forgot lately (every peer
+// had them), if it still remembers them: a peer that expired and must
+// drop the blocks the cluster lifted while it was away learns which.
+func (s *Store) ForgottenLifts() ([]Deny, error) {
+	var out []Deny
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketForgotten).Cursor()
+		for k, v := c.Seek([]byte{'D'}); len(k) == 1+dtfc.IDLen && k[0] == 'D'; k, v = c.Next() {
+			if len(v) < 16 {
+				continue
+			}
+			d := Deny{Lifted: true, Clock: dtfc.Timestamp(binary.BigEndian.Uint64(v)), Node: string(v[16:])}
+			copy(d.ID[:], k[1:])
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // PruneForgotten drops the memory of what was forgotten before the given
 // time (the caller passes now minus the expiry: by then every peer has
 // forgotten it too, or been marked expired).

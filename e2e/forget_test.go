@@ -162,6 +162,66 @@ func TestLiftedBlockStaysLifted(t *testing.T) {
 	assertEveryReplica(t, c, xID, int64(len(x)))
 }
 
+// TestExpiredNodeDropsForgottenLift: a block lifted and forgotten while
+// a node was away longer than the expiry is dropped by that node's
+// resync, on its peers' word that they lifted it (forgotten_lifts in
+// GET /_internal/deny): the bytes uploaded again reach it. A block
+// nobody lifted stays everywhere. About 15 s.
+func TestExpiredNodeDropsForgottenLift(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "3s"}})
+	hc := newClient(t)
+	x, y := randomBytes(10<<10), randomBytes(11<<10)
+	_, xID := upload(t, hc, c.Nodes[0].URL, "x", x)
+	_, yID := upload(t, hc, c.Nodes[0].URL, "y", y)
+	setDeny(t, hc, c.Nodes[0].URL, xID, `{"status": 451, "reason": "test"}`)
+	setDeny(t, hc, c.Nodes[0].URL, yID, `{"status": 451, "reason": "test"}`)
+	c.WaitConverged(t, converge)
+	require.True(t, hasDenyEntry(t, hc, c.Nodes[2].URL, xID))
+
+	c.Nodes[2].Stop()
+	liftDeny(t, hc, c.Nodes[0].URL, xID)
+	eventually(t, converge, "nodes 0 and 1 forget the lift and mark node 2 expired", func() bool {
+		for _, i := range []int{0, 1} {
+			if hasDenyEntry(t, hc, c.Nodes[i].URL, xID) || !peerStatus(t, c, i, 2).Expired {
+				return false
+			}
+		}
+		return true
+	})
+	c.Nodes[2].Start()
+	eventually(t, 2*converge, "node 2 finishes its resync", func() bool { return logHas(c.Nodes[2], "resync finished") })
+	assert.Equal(t, 1, logCount(c.Nodes[2], "resync dropped a deny entry the cluster forgot"), "node 2 dropped the lifted block, and only it")
+	upload(t, hc, c.Nodes[0].URL, "x", x)
+	c.WaitConverged(t, converge)
+	assertEveryReplica(t, c, xID, int64(len(x)))
+	for i := range c.Nodes {
+		assert.True(t, hasDenyEntry(t, hc, c.Nodes[i].URL, yID), "node %d: the block nobody lifted", i)
+		res, _ := get(t, hc, c.Nodes[i].URL+"/"+yID)
+		assert.Equal(t, http.StatusUnavailableForLegalReasons, res.StatusCode, "node %d", i)
+	}
+}
+
+// hasDenyEntry reports whether the node at base has an active block of
+// id (GET /_internal/deny).
+func hasDenyEntry(t *testing.T, hc *http.Client, base, id string) bool {
+	t.Helper()
+	res, body := get(t, hc, base+"/_internal/deny")
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body)
+	var list struct {
+		Entries []struct {
+			ID     string `json:"sha512"`
+			Lifted bool   `json:"lifted"`
+		} `json:"entries"`
+	}
+	require.NoError(t, json.Unmarshal(body, &list))
+	for _, e := range list.Entries {
+		if e.ID == id && !e.Lifted {
+			return true
+		}
+	}
+	return false
+}
+
 // TestExpiredNodeResyncs: a node away longer than tombstone_expiry no
 // longer holds its peers' deletes back: they forget them and mark it
 // expired. On its return it learns so, resyncs (drops the files the

@@ -35,8 +35,9 @@ type replicaSource interface {
 	States(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error
 	// Lookup returns the peer's states of ids (those it has a record of).
 	Lookup(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, error)
-	// DenyList returns the peer's whole deny list.
-	DenyList(ctx context.Context) ([]blobstore.Deny, error)
+	// DenyList returns the peer's whole deny list, and the lifts it
+	// forgot lately.
+	DenyList(ctx context.Context) (denyList, error)
 }
 
 // antiEntropyLoop compares this node with each peer at start-up and then
@@ -248,7 +249,7 @@ func (c *Cluster) syncDeny(ctx context.Context, r *remote, theirs string) error 
 	if err != nil {
 		return err
 	}
-	_, err = c.applyDenyList(list)
+	_, err = c.applyDenyList(list.Entries)
 	return err
 }
 

@@ -21,7 +21,12 @@ func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []blobstore.Deny{}
 	}
-	writeJSON(w, http.StatusOK, denyList{Entries: list})
+	lifts, err := c.store.ForgottenLifts()
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, denyList{Entries: list, ForgottenLifts: lifts})
 }
 
 func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {

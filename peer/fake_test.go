@@ -30,7 +30,7 @@ type fakeNode struct {
 	DigestsFunc  func(ctx context.Context, prefix []byte) (digestsAnswer, error)
 	StatesFunc   func(ctx context.Context, prefix []byte, fn func(dtfc.State) error) error
 	LookupFunc   func(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, error)
-	DenyListFunc func(ctx context.Context) ([]blobstore.Deny, error)
+	DenyListFunc func(ctx context.Context) (denyList, error)
 	ResyncedFunc func(ctx context.Context, horizon dtfc.Timestamp) error
 }
 
@@ -90,9 +90,9 @@ func (f *fakeNode) Lookup(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, err
 	return f.LookupFunc(ctx, ids)
 }
 
-func (f *fakeNode) DenyList(ctx context.Context) ([]blobstore.Deny, error) {
+func (f *fakeNode) DenyList(ctx context.Context) (denyList, error) {
 	if f.DenyListFunc == nil {
-		return nil, f.unexpected("DenyList")
+		return denyList{}, f.unexpected("DenyList")
 	}
 	return f.DenyListFunc(ctx)
 }
@@ -318,4 +318,42 @@ func TestResyncKeepsWhatNoPeerForgot(t *testing.T) {
 	}
 	candidates = maps.Clone(local)
 	assert.Error(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
+}
+
+// TestResyncKeepsBlocksNoPeerLifted: a resync drops a local block that
+// the peer which expired this node lacks only if that peer says it
+// lifted and forgot it (a forgotten lift no older than the block); a
+// block the peer merely lacks stays, and so does one newer than the lift
+// it forgot.
+func TestResyncKeepsBlocksNoPeerLifted(t *testing.T) {
+	c, store := newLoneCluster(t)
+	var clock dtfc.Clock
+	block := func(seed byte) blobstore.Deny {
+		d := blobstore.Deny{ID: dtfc.ID{seed}, Status: 451, Reason: "test", Clock: clock.Now(), Node: "peer"}
+		_, err := store.ApplyDeny(d)
+		require.NoError(t, err)
+		return d
+	}
+	block(1) // the peer lacks it and says nothing of it: kept
+	lifted, newer, theirs := block(2), block(3), block(4)
+	lift := func(d blobstore.Deny, clock dtfc.Timestamp) blobstore.Deny {
+		return blobstore.Deny{ID: d.ID, Lifted: true, Clock: clock, Node: "peer"}
+	}
+	fake := &fakeNode{t: t,
+		DenyListFunc: func(context.Context) (denyList, error) {
+			return denyList{
+				Entries:        []blobstore.Deny{theirs},
+				ForgottenLifts: []blobstore.Deny{lift(lifted, lifted.Clock+1), lift(newer, newer.Clock-1), lift(theirs, theirs.Clock+1)},
+			}, nil
+		},
+	}
+	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+	out := map[dtfc.ID]blobstore.Deny{}
+	require.NoError(t, c.denyOrphansAgainst(t.Context(), r, clock.Now()+1, out))
+	assert.Equal(t, map[dtfc.ID]blobstore.Deny{lifted.ID: lifted}, out, "only the block the peer lifted after it was made is dropped")
+
+	// Nothing older than the horizon: nothing dropped.
+	out = map[dtfc.ID]blobstore.Deny{}
+	require.NoError(t, c.denyOrphansAgainst(t.Context(), r, lifted.Clock, out))
+	assert.Empty(t, out)
 }

@@ -458,22 +458,31 @@ func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map
 }
 
 // denyOrphansAgainst adds to out the local deny entries older than
-// horizon that r has no entry for (r lifted them and forgot the lift).
+// horizon that r, which expired this node, lifted and forgot: r has no
+// entry for the ID and says it forgot a lift of it no older than ours. A
+// block r merely lacks stays (r may never have had it: down, cut off,
+// its metadata rebuilt); lifting a block by mistake would let its bytes
+// be served again.
 func (c *Cluster) denyOrphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]blobstore.Deny) error {
 	theirs, err := r.node.DenyList(ctx)
 	if err != nil {
 		return err
 	}
 	known := map[dtfc.ID]bool{}
-	for _, d := range theirs {
+	for _, d := range theirs.Entries {
 		known[d.ID] = true
+	}
+	lifted := map[dtfc.ID]blobstore.Deny{}
+	for _, d := range theirs.ForgottenLifts {
+		lifted[d.ID] = d
 	}
 	ours, err := c.store.DenyList()
 	if err != nil {
 		return err
 	}
 	for _, d := range ours {
-		if !known[d.ID] && d.Clock < horizon {
+		f, ok := lifted[d.ID]
+		if !known[d.ID] && d.Clock < horizon && ok && !d.Newer(f) {
 			out[d.ID] = d
 		}
 	}

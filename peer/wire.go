@@ -217,6 +217,11 @@ func (a *digestsAnswer) decode() ([256]blobstore.Digest, error) {
 // denyList is the answer of GET /_internal/deny: the whole deny list.
 type denyList struct {
 	Entries []blobstore.Deny `json:"entries"`
+	// ForgottenLifts are the lifts the peer forgot lately (every peer
+	// had them), which it remembers for the expiry: a node the peer
+	// expired drops a block only on this word that it was lifted, not
+	// because the peer lacks it. Older nodes send none.
+	ForgottenLifts []blobstore.Deny `json:"forgotten_lifts,omitempty"`
 }
 
 type lookupRequest struct {
@@ -554,11 +559,12 @@ func (n *httpNode) Digests(ctx context.Context, prefix []byte) (digestsAnswer, e
 	return ans, err
 }
 
-// DenyList returns the peer's whole deny list (GET /_internal/deny).
-func (n *httpNode) DenyList(ctx context.Context) ([]blobstore.Deny, error) {
+// DenyList returns the peer's whole deny list and the lifts it forgot
+// lately (GET /_internal/deny).
+func (n *httpNode) DenyList(ctx context.Context) (denyList, error) {
 	var list denyList
 	err := n.getJSON(ctx, routeDeny, &list)
-	return list.Entries, err
+	return list, err
 }
 
 // Lookup returns the states the peer knows of ids (POST
