@@ -363,6 +363,12 @@ func (c *Cluster) mayForget(peers []peerAck) func(seq uint64, clock dtfc.Timesta
 // whole expiry to acknowledge it), so "older than the expiry" is "at or
 // before the feed position reached expiry ago". Persisted, so a restart
 // does not make everything look new (which would only delay).
+//
+// It counts only time this node was running: a peer cannot acknowledge
+// what a stopped node does not send, so a node back from a long stop
+// (or whose wall clock jumped ahead) must not mark its peers expired for
+// its own absence. A gap between two dates longer than the purge period
+// allows is taken out: the dates before it move forward by its excess.
 type feedClock struct {
 	mu     sync.Mutex
 	points []feedPoint // oldest first
@@ -391,6 +397,17 @@ func (c *Cluster) tickFeedClock(now time.Time) uint64 {
 	fc := &c.feedClock
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
+	if n := len(fc.points); n > 0 {
+		// The purge runs every purgeEvery, late by a few ticks at worst.
+		allowed := 2*c.purgeEvery() + 10*time.Second
+		if gap := now.Sub(fc.points[n-1].At); gap > allowed {
+			c.log.Info("this node was stopped (or its clock jumped) since it last dated its feed: the time does not count against its peers' expiry",
+				"gap", gap.Round(time.Second))
+			for i := range fc.points {
+				fc.points[i].At = fc.points[i].At.Add(gap - c.purgeEvery())
+			}
+		}
+	}
 	fc.points = append(fc.points, feedPoint{At: now, Seq: c.store.LastSeq()})
 	cutoff := now.Add(-c.opts.TombstoneExpiry)
 	var seq uint64

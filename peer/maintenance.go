@@ -15,7 +15,7 @@ const keyLastScrub = "last_scrub" // unix ms of the last finished scrub pass
 // the retention and that every peer accepted (see acks.go), and for a
 // cache persists its read order and keeps it under its size.
 func (c *Cluster) maintenanceLoop(ctx context.Context) {
-	purgeEvery := min(max(c.opts.TombstoneRetention/10, time.Second), time.Hour)
+	purgeEvery := c.purgeEvery()
 	tick := time.NewTicker(min(purgeEvery, 5*time.Second))
 	defer tick.Stop()
 	var lastPurge time.Time
@@ -36,6 +36,12 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 			c.evict(0)
 		}
 	}
+}
+
+// purgeEvery is how often purge runs: a tenth of the retention, within
+// a second and an hour.
+func (c *Cluster) purgeEvery() time.Duration {
+	return min(max(c.opts.TombstoneRetention/10, time.Second), time.Hour)
 }
 
 // purge forgets what may be forgotten now (acks.go).

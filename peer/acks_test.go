@@ -1,0 +1,60 @@
+package peer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestFeedClockCountsOnlyRunningTime: the expiry counts the time this
+// node was running. Dated every purge period, the feed ages with the
+// wall clock; after a stop (or a clock jump) longer than the expiry, the
+// entries of before it are as old as the time the node ran since, not
+// older, so nothing is past the expiry and no peer is marked expired for
+// the node's own absence. The feed's dates survive a restart.
+func TestFeedClockCountsOnlyRunningTime(t *testing.T) {
+	_, store := newLoneCluster(t)
+	opts := Options{Me: "http://me.invalid", TombstoneRetention: 10 * time.Second, TombstoneExpiry: time.Minute}
+	c, err := New(store, opts)
+	require.NoError(t, err)
+	require.Equal(t, time.Second, c.purgeEvery())
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+
+	putBytes(t, store, []byte("first"))
+	first := store.LastSeq()
+	assert.Zero(t, c.tickFeedClock(at(0)))
+	// Running, dated every second: after the expiry, the first entry is
+	// past it.
+	var seq uint64
+	for s := 1; s <= 61; s++ {
+		seq = c.tickFeedClock(at(time.Duration(s) * time.Second))
+	}
+	assert.Equal(t, first, seq, "running for longer than the expiry: the first entry is past it")
+	putBytes(t, store, []byte("second"))
+	second := store.LastSeq()
+	assert.Equal(t, first, c.tickFeedClock(at(62*time.Second)))
+
+	// Stopped for ten minutes, then started again (a new Cluster on the
+	// same store): the entry made just before the stop is not past the
+	// expiry however long the stop was, until the node has run for it.
+	c, err = New(store, opts)
+	require.NoError(t, err)
+	restart := at(10 * time.Minute)
+	for s := 0; s < 55; s++ {
+		seq = c.tickFeedClock(restart.Add(time.Duration(s) * time.Second))
+		require.Less(t, seq, second, "%d s after the restart: the entry of before the stop is past the expiry", s)
+	}
+	for s := 55; s <= 65; s++ {
+		seq = c.tickFeedClock(restart.Add(time.Duration(s) * time.Second))
+	}
+	assert.Equal(t, second, seq, "a minute of running after the restart")
+
+	// A clock that jumps a year ahead while the node runs is a gap too.
+	putBytes(t, store, []byte("third"))
+	third := store.LastSeq()
+	c.tickFeedClock(restart.Add(66 * time.Second))
+	assert.Less(t, c.tickFeedClock(restart.AddDate(1, 0, 0)), third, "a year's jump of the clock")
+}
