@@ -270,10 +270,7 @@ func (c *Cluster) learned(r *remote) {
 // ackedAt returns when the peer at url was last known to be caught up with
 // this node's feed (zero if never).
 func (c *Cluster) ackedAt(url string) time.Time {
-	c.mu.Lock()
-	p := c.pushers[url]
-	c.mu.Unlock()
-	if p != nil {
+	if p := c.pushers.get(url); p != nil {
 		if t := p.ackedAt.Load(); t != nil {
 			return *t
 		}

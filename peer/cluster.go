@@ -97,12 +97,11 @@ type Cluster struct {
 	metrics *metrics
 	fetch   *fetcher
 
-	mem     atomic.Pointer[membership]
-	mu      sync.Mutex // guards pushers, runCtx, running
-	pushers map[string]*pusher
-	runCtx  context.Context
-	running bool
-	wg      sync.WaitGroup
+	mem          atomic.Pointer[membership]
+	peersChanged broadcast.Signal // notified by setPeers (pushers.go)
+	pushers      pushers
+	repairs      repairs
+	wg           sync.WaitGroup // Run's goroutines
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
@@ -155,14 +154,12 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 	}
 	opts.Me = normalizeURL(opts.Me)
 	c := &Cluster{
-		opts:    opts,
-		store:   store,
-		log:     opts.Logger,
-		pushers: map[string]*pusher{},
-		runCtx:  context.Background(),
+		opts:  opts,
+		store: store,
+		log:   opts.Logger,
 	}
-	c.fetch = newFetcher(c, opts.MaxFetches)
 	c.metrics = newMetrics(opts.Registry, c)
+	c.fetch = newFetcher(c, opts.MaxFetches)
 	var peers []Peer
 	if opts.PeerList != "" {
 		var err error
@@ -223,11 +220,7 @@ func (c *Cluster) setPeers(peers []Peer) {
 		m.byURL[p.URL] = r
 	}
 	c.mem.Store(m)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.running {
-		c.syncPushersLocked(m)
-	}
+	c.peersChanged.Notify()
 }
 
 // Peers returns the current peer list.
@@ -421,12 +414,8 @@ func (c *Cluster) isSynced() bool { return c.synced.Load() && !c.resync.holds() 
 // returns after all of it has stopped and every transfer from peers has
 // finished or been cut off.
 func (c *Cluster) Run(ctx context.Context) error {
-	c.mu.Lock()
-	c.runCtx = ctx
-	c.running = true
-	c.syncPushersLocked(c.mem.Load())
-	c.mu.Unlock()
-
+	c.goLoop(ctx, c.pusherLoop)
+	c.goLoop(ctx, c.repairLoop)
 	c.resolveUnconfirmed(ctx) // before anti-entropy, which would download what is held aside
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)
@@ -435,9 +424,6 @@ func (c *Cluster) Run(ctx context.Context) error {
 		c.goLoop(ctx, c.scrubLoop)
 	}
 	<-ctx.Done()
-	c.mu.Lock()
-	c.running = false
-	c.mu.Unlock()
 	c.fetch.stop()
 	c.wg.Wait()
 	c.fetch.wg.Wait()
@@ -450,26 +436,6 @@ func (c *Cluster) goLoop(ctx context.Context, f func(context.Context)) {
 		defer c.wg.Done()
 		f(ctx)
 	}()
-}
-
-// syncPushersLocked starts a pusher for each new peer and stops those of
-// removed peers.
-func (c *Cluster) syncPushersLocked(m *membership) {
-	for url, p := range c.pushers {
-		if r := m.byURL[url]; r == nil || r != p.r {
-			p.cancel()
-			delete(c.pushers, url)
-		}
-	}
-	for _, r := range m.remotes {
-		if c.pushers[r.URL] != nil {
-			continue
-		}
-		ctx, cancel := context.WithCancel(c.runCtx)
-		p := &pusher{c: c, r: r, cancel: cancel}
-		c.pushers[r.URL] = p
-		c.goLoop(ctx, p.run)
-	}
 }
 
 // evict makes room in a cache for incoming bytes, never evicting what no

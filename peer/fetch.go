@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +37,14 @@ const slotWait = 5 * time.Second
 // here every waiter must read the stream while it arrives (the first byte
 // must not wait for the last), so waiters attach to the transfer itself.
 type fetcher struct {
-	c *Cluster
+	store fetchStore
+	// candidates are the peers to ask for an ID, best first.
+	candidates func(dtfc.ID) []*remote
+	// evict, on a cache (nil on a replica), makes room for incoming
+	// bytes (0: just keep under max_bytes).
+	evict   func(incoming int64) (int, error)
+	log     *slog.Logger
+	metrics *metrics
 	// ctx is the transfers' context, detached from their clients: made
 	// at New, cancelled when Run ends (stop), so a transfer started
 	// before Run is cut off with the rest.
@@ -53,9 +61,21 @@ type fetcher struct {
 	reserved atomic.Int64
 }
 
+// fetchStore is what the fetcher needs of the blob store: the local
+// state, and a writer for what arrives.
+type fetchStore interface {
+	Stat(id dtfc.ID) (dtfc.State, error)
+	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+}
+
 func newFetcher(c *Cluster, maxFetches int) *fetcher {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &fetcher{c: c, ctx: ctx, cancel: cancel, inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
+	f := &fetcher{store: c.store, candidates: c.candidates, log: c.log, metrics: c.metrics,
+		ctx: ctx, cancel: cancel, inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
+	if c.isCache() {
+		f.evict = c.evict
+	}
+	return f
 }
 
 // stop cuts off every transfer.
@@ -222,9 +242,9 @@ func (f *fetcher) run(t *transfer) {
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 
-	local, lerr := f.c.store.Stat(t.id)
+	local, lerr := f.store.Stat(t.id)
 	var errs []error
-	for _, r := range f.c.candidates(t.id) {
+	for _, r := range f.candidates(t.id) {
 		body, st, err := f.ask(ctx, r, t.id, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
@@ -233,7 +253,7 @@ func (f *fetcher) run(t *transfer) {
 		f.fill(ctx, t, r, body, st)
 		return
 	}
-	f.c.metrics.fetches.WithLabelValues("notfound").Inc()
+	f.metrics.fetches.WithLabelValues("notfound").Inc()
 	t.startErr = fmt.Errorf("%w (%w)", ErrNotFound, errors.Join(errs...))
 	if len(errs) == 0 {
 		t.startErr = ErrNotFound
@@ -260,15 +280,15 @@ func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, local dtfc.Sta
 // fill streams body, r's copy of the blob of st, into the store through
 // t, readable while it arrives, and records how it went.
 func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State) {
-	c := f.c
-	if c.isCache() {
+	cache := f.evict != nil
+	if cache {
 		reserved := f.reserved.Add(st.Size)
 		defer f.reserved.Add(-st.Size)
-		if _, err := c.evict(reserved); err != nil {
-			c.log.Warn("eviction failed", "err", err)
+		if _, err := f.evict(reserved); err != nil {
+			f.log.Warn("eviction failed", "err", err)
 		}
 	}
-	w, err := c.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
+	w, err := f.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
 	if err != nil {
 		body.Close()
 		t.startErr = err
@@ -284,26 +304,26 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 		t.verify()
 	}
 	if err == nil {
-		_, err = w.CommitState(st, !c.isCache())
+		_, err = w.CommitState(st, !cache)
 	}
 	switch {
 	case err == nil:
-		c.metrics.fetches.WithLabelValues("ok").Inc()
-		c.metrics.fetchBytes.Add(float64(st.Size))
-		c.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
+		f.metrics.fetches.WithLabelValues("ok").Inc()
+		f.metrics.fetchBytes.Add(float64(st.Size))
+		f.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
 	case errors.Is(err, blobstore.ErrDigestMismatch):
-		c.metrics.fetches.WithLabelValues("corrupt").Inc()
+		f.metrics.fetches.WithLabelValues("corrupt").Inc()
 		d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
-		c.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+		f.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
 	default:
-		c.metrics.fetches.WithLabelValues("failed").Inc()
+		f.metrics.fetches.WithLabelValues("failed").Inc()
 		if ctx.Err() == nil {
 			r.fail(err)
 		}
-		c.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
+		f.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
 	}
-	if err == nil && c.isCache() {
-		c.evict(0)
+	if err == nil && cache {
+		f.evict(0)
 	}
 	f.leave(t)
 	t.finish(err)

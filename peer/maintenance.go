@@ -143,19 +143,13 @@ func (c *Cluster) Scrub(ctx context.Context) error {
 	return nil
 }
 
-// goRepair fetches a blob whose file is missing from the peers, in the
-// background (owned by Run).
+// goRepair has a blob whose file is missing or corrupt fetched again
+// from the peers, in the background (Run's repairLoop).
 func (c *Cluster) goRepair(st dtfc.State) {
 	if c.isCache() {
 		return
 	}
-	// Under c.mu: Run waits for its goroutines only once running is
-	// false, so none can be added after.
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.running {
-		c.goLoop(c.runCtx, func(ctx context.Context) { c.repair(ctx, st) })
-	}
+	c.repairs.add(st)
 }
 
 // repair fetches a blob the scrubber quarantined from the peers.

@@ -70,10 +70,7 @@ func (c *Cluster) storedCursor(url string) uint64 {
 // cursorOf returns the sequence number up to which the peer has accepted
 // the feed.
 func (c *Cluster) cursorOf(url string) uint64 {
-	c.mu.Lock()
-	p := c.pushers[url]
-	c.mu.Unlock()
-	if p != nil && p.loaded.Load() {
+	if p := c.pushers.get(url); p != nil && p.loaded.Load() {
 		return p.cursor.Load()
 	}
 	return c.storedCursor(url)
@@ -89,9 +86,7 @@ func (c *Cluster) queue(r *remote) (int64, time.Duration) {
 	if err != nil || n == 0 {
 		return n, 0
 	}
-	c.mu.Lock()
-	p := c.pushers[r.URL]
-	c.mu.Unlock()
+	p := c.pushers.get(r.URL)
 	if p == nil {
 		return n, 0
 	}
