@@ -12,6 +12,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/broadcast"
 )
 
 var (
@@ -94,7 +95,7 @@ type transfer struct {
 
 	mu       sync.Mutex
 	written  int64
-	notify   chan struct{} // closed and replaced at every progress
+	changed  broadcast.Signal // notified at every progress
 	verified bool          // every byte is written and hashed to the ID
 	finished bool
 	result   error // after finished: nil if verified and committed
@@ -104,9 +105,8 @@ type transfer struct {
 func (t *transfer) progress(n int64) {
 	t.mu.Lock()
 	t.written = n
-	close(t.notify)
-	t.notify = make(chan struct{})
 	t.mu.Unlock()
+	t.changed.Notify()
 }
 
 // verify marks the bytes as good: readers may take the last byte while the
@@ -114,17 +114,15 @@ func (t *transfer) progress(n int64) {
 func (t *transfer) verify() {
 	t.mu.Lock()
 	t.verified = true
-	close(t.notify)
-	t.notify = make(chan struct{})
 	t.mu.Unlock()
+	t.changed.Notify()
 }
 
 func (t *transfer) finish(err error) {
 	t.mu.Lock()
 	t.finished, t.result = true, err
-	close(t.notify)
-	t.notify = make(chan struct{})
 	t.mu.Unlock()
+	t.changed.Notify()
 }
 
 // release drops a reference; the last one closes the temp file (whose name
@@ -211,7 +209,7 @@ func (f *fetcher) join(ctx context.Context, t *transfer) (*Blob, error) {
 // start begins a transfer of id holding a slot (released when it ends),
 // with f.mu held (unlocked here).
 func (f *fetcher) start(ctx context.Context, id dtfc.ID) (*Blob, error) {
-	t := &transfer{id: id, ready: make(chan struct{}), notify: make(chan struct{}), refs: 1}
+	t := &transfer{id: id, ready: make(chan struct{}), refs: 1}
 	f.inflight[id] = t
 	f.wg.Add(1)
 	go f.run(t)
@@ -358,8 +356,9 @@ func (d *download) Read(p []byte) (int, error) {
 	t := d.t
 	size := t.st.Size
 	for {
+		ch := t.changed.Wait() // before the state is read: no change is missed
 		t.mu.Lock()
-		avail, ok, fin, res, ch := t.written, t.verified, t.finished, t.result, t.notify
+		avail, ok, fin, res := t.written, t.verified, t.finished, t.result
 		t.mu.Unlock()
 		if fin && res != nil && !ok {
 			return 0, fmt.Errorf("transfer from %s failed: %w", t.src, res)
@@ -412,8 +411,9 @@ func (d *download) Seek(offset int64, whence int) (int64, error) {
 func (d *download) Wait(ctx context.Context) error {
 	t := d.t
 	for {
+		ch := t.changed.Wait()
 		t.mu.Lock()
-		fin, res, ch := t.finished, t.result, t.notify
+		fin, res := t.finished, t.result
 		t.mu.Unlock()
 		if fin {
 			return res

@@ -15,6 +15,7 @@ import (
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/httpstatus"
+	"github.com/dtfc/dtfc/internal/iox"
 )
 
 // InternalHandler serves the node-to-node routes (mounted under
@@ -292,7 +293,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer bw.Close()
-	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w), idle: internalIdle}
+	body := &iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: internalIdle}
 	if _, err := bw.ReadFrom(body); err != nil {
 		writeErr(w, httpstatus.Of(err), fmt.Sprintf("receiving %s: %v", id, err))
 		return
@@ -316,18 +317,6 @@ func (c *Cluster) refusedClock(err error) {
 		c.metrics.clockRefusedIn.Inc()
 		c.log.Warn("refused a state from a peer: its clock is too far ahead of this node's", "err", err)
 	}
-}
-
-// deadlineReader gives each read of a request body a fresh deadline.
-type deadlineReader struct {
-	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	_ = d.rc.SetReadDeadline(time.Now().Add(d.idle))
-	return d.r.Read(p)
 }
 
 func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
