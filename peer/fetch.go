@@ -96,7 +96,7 @@ type transfer struct {
 	mu       sync.Mutex
 	written  int64
 	changed  broadcast.Signal // notified at every progress
-	verified bool          // every byte is written and hashed to the ID
+	verified bool             // every byte is written and hashed to the ID
 	finished bool
 	result   error // after finished: nil if verified and committed
 	refs     int
