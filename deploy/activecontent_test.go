@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -143,7 +144,7 @@ func TestActiveContentSandboxed(t *testing.T) {
 		require.True(t, marked, "control %s: the script did not mark the document", p.path)
 	}
 
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache}, Direct: true})
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}, Direct: true})
 	replica, cache := c.Nodes[0], c.Nodes[1]
 	hc := &http.Client{Timeout: 30 * time.Second}
 	t.Cleanup(hc.CloseIdleConnections)

@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -268,7 +269,7 @@ func randomData(seed uint64, n int) []byte {
 // every hit.
 func TestNginxFront(t *testing.T) {
 	nginx := need(t, "nginx", nginxInstall)
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache}, Direct: true})
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}, Direct: true})
 	origin, front := c.Nodes[0], c.Nodes[1]
 	ngx := startNginx(t, nginx, front)
 	tr := &http.Transport{DisableCompression: true, Proxy: nil}
@@ -476,7 +477,7 @@ func TestNginxFront(t *testing.T) {
 func TestNginxPassesOnACorruptMiss(t *testing.T) {
 	nginx := need(t, "nginx", nginxInstall)
 	// Proxies between the nodes (not Direct): the link can corrupt.
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache}})
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}})
 	origin, front := c.Nodes[0], c.Nodes[1]
 	ngx := startNginx(t, nginx, front)
 	tr := &http.Transport{DisableCompression: true, Proxy: nil}

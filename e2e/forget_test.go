@@ -96,7 +96,7 @@ func TestPartitionLongerThanRetention(t *testing.T) {
 // back, all three reach it, and then the cache may evict. About 15 s.
 func TestCacheKeepsUnpushedUploads(t *testing.T) {
 	const size = 200 << 10
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache},
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache},
 		NodeArgs: map[int][]string{1: {"--max-bytes", fmt.Sprint(size + size/2)}}})
 	hc := newClient(t)
 	c.Nodes[0].Stop()
@@ -336,7 +336,7 @@ func testExpiredNodeResyncs(t *testing.T, tc string) {
 // the heal it is not left resyncing (it was, forever), its upload reaches
 // the replicas and it stops serving the deleted file. About 15 s.
 func TestCacheBackAfterRetention(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []string{cluster.RoleReplica, cluster.RoleReplica, cluster.RoleCache},
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleReplica, cluster.RoleCache},
 		Args: []string{"--tombstone-retention", retention}})
 	hc := newClient(t)
 	cache := c.Nodes[2].URL
@@ -366,7 +366,7 @@ func TestCacheBackAfterRetention(t *testing.T) {
 // for longer than the retention, still serves their misses (it became
 // "stale" and refused them).
 func TestReplicaWithOnlyCaches(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []string{cluster.RoleReplica, cluster.RoleCache, cluster.RoleCache},
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache, cluster.RoleCache},
 		Args: []string{"--tombstone-retention", retention}})
 	hc := newClient(t)
 	_, xID := upload(t, hc, c.Nodes[0].URL, "x", randomBytes(40<<10))
@@ -606,7 +606,7 @@ func liftDeny(t *testing.T, hc *http.Client, base, id string) {
 // upload: one copy, unnoticed), and does not push it uploads: the cache
 // answers them "cache". About 5 s.
 func TestCacheListedAsReplica(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []string{cluster.RoleReplica, cluster.RoleCache},
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache},
 		Args: []string{"--replicas-timeout", "2s"}})
 	hc := newClient(t)
 	list := fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"replica\"\n", c.PeerURL(0, 1))

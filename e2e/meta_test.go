@@ -50,7 +50,7 @@ func metaPath(n *cluster.Node) string { return n.MetaPath() }
 // nodeArgs is node n's command line as the harness gives it.
 func nodeArgs(n *cluster.Node) []string {
 	a := []string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(n.Port), "--me", n.URL,
-		"--basedir", n.Basedir, "--peerlist", n.PeerList, "--role", n.Role,
+		"--basedir", n.Basedir, "--peerlist", n.PeerList, "--role", string(n.Role),
 		"--anti-entropy-interval", "2s", "--scrub-interval", "0"}
 	if n.Config != "" {
 		a = append(a, "--config", n.Config)

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -17,7 +18,7 @@ import (
 // through it misses; the miss is served from a replica and stored, the
 // next read is local (issue 3).
 func TestMissFromPeerRealProcesses(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []string{cluster.RoleReplica, cluster.RoleReplica, cluster.RoleCache}})
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleReplica, cluster.RoleCache}})
 	hc := newClient(t)
 	cache := c.Nodes[2].URL
 

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 	"github.com/dtfc/dtfc/internal/diskspace"
@@ -188,7 +189,7 @@ func (r *Runner) Run() *Report {
 	r.log = NewLog(r.start)
 	defer func() { r.report.Wall = time.Since(r.start) }()
 
-	roles := make([]string, p.Nodes)
+	roles := make([]dtfc.Role, p.Nodes)
 	nodeArgs := map[int][]string{}
 	for i := range roles {
 		roles[i] = cluster.RoleReplica

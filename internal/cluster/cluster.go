@@ -20,13 +20,14 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 )
 
-// Roles a node can have.
+// Roles a node can have (dtfc.Role's, named here for the tests' brevity).
 const (
-	RoleReplica = "replica"
-	RoleCache   = "cache"
+	RoleReplica = dtfc.RoleReplica
+	RoleCache   = dtfc.RoleCache
 )
 
 // HeaderSecret is the header carrying the cluster secret on node-to-node
@@ -40,7 +41,7 @@ type Options struct {
 	Nodes int
 	// Roles gives each node's role by index: "replica" or "cache". A
 	// missing or empty entry means "replica".
-	Roles []string
+	Roles []dtfc.Role
 	// Args are extra flags for every node, e.g. "--anti-entropy-interval",
 	// "5s". They follow the harness's defaults (--anti-entropy-interval 2s,
 	// --scrub-interval 0) on the command line, and the last of a repeated
@@ -178,7 +179,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 }
 
 // newNode prepares node i: port, directories, files. It starts nothing.
-func (c *Cluster) newNode(i int, role string) *Node {
+func (c *Cluster) newNode(i int, role dtfc.Role) *Node {
 	t := c.t
 	t.Helper()
 	if role != RoleReplica && role != RoleCache {
@@ -276,8 +277,8 @@ func (c *Cluster) PeerURLs(from, to int) []string {
 func (c *Cluster) writePeerList(n *Node) {
 	c.t.Helper()
 	type entry struct {
-		URL  string `toml:"url"`
-		Role string `toml:"role"`
+		URL  string    `toml:"url"`
+		Role dtfc.Role `toml:"role"`
 	}
 	var list struct {
 		Peers []entry `toml:"peers"`
@@ -316,7 +317,7 @@ func (c *Cluster) writePeerList(n *Node) {
 // rewritten to include it, and every running node is told to re-read its
 // list with PUT /refreshpeers (which must answer 200). Options.NodeArgs
 // applies to the new node's index.
-func (c *Cluster) AddNode(role string) *Node {
+func (c *Cluster) AddNode(role dtfc.Role) *Node {
 	t := c.t
 	t.Helper()
 	if role == "" {

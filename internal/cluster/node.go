@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dtfc/dtfc"
 )
 
 // Deadlines of the node lifecycle.
@@ -34,7 +36,7 @@ type Node struct {
 	// Index is the node's position in Cluster.Nodes.
 	Index int
 	// Role is "replica" or "cache".
-	Role string
+	Role dtfc.Role
 	// URL is the node's own URL (its --me), what clients use:
 	// http://127.0.0.1:<Port>. Other nodes know it by a proxy's URL unless
 	// the cluster is Direct (see Cluster.PeerURL).
@@ -74,7 +76,7 @@ func (n *Node) args() []string {
 		"--me", n.URL,
 		"--basedir", n.Basedir,
 		"--peerlist", n.PeerList,
-		"--role", n.Role,
+		"--role", string(n.Role),
 		// Defaults for tests, before the caller's flags: the last of a
 		// repeated flag wins, so Options.Args and NodeArgs override them.
 		"--anti-entropy-interval", "2s",
