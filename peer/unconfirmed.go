@@ -40,7 +40,8 @@ import (
 //     /_status, for a rebuilt node must never resurrect a file the
 //     cluster deleted and has forgotten;
 //   - if some peer could not be asked, the blob is asked about again
-//     later, backing off from 0.5 s to 30 s.
+//     later, backing off from 0.5 s to 30 s; a peer this node marked
+//     expired is asked too, but not waited for.
 //
 // Blobs no peer knew are asked about again every unconfirmedRecheck, in
 // case the peer list changed.
@@ -127,11 +128,10 @@ func (t *unconfirmedTally) add(f *int) {
 // be asked, or the store failed).
 func (ur *unconfirmedResolver) pass(ctx context.Context) bool {
 	c := ur.c
-	// This node itself (listed under another URL) is nobody to ask, and
-	// a peer marked expired may still hold what the cluster deleted.
+	// This node itself (listed under another URL) is nobody to ask.
 	var remotes []*remote
 	for _, r := range c.mem.Load().remotes {
-		if !r.Self() && !r.isExpired() {
+		if !r.Self() {
 			remotes = append(remotes, r)
 		}
 	}
@@ -290,14 +290,20 @@ func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.S
 
 // askAboutUnconfirmed asks every peer for its state of id and returns
 // the newest answered (nil if none), and how many peers could not be
-// asked.
+// asked. A peer this node marked expired is asked too (what it says is
+// as good as anyone's), but is not waited for: it has not answered for
+// the expiry already.
 func (c *Cluster) askAboutUnconfirmed(ctx context.Context, id dtfc.ID, remotes []*remote,
 	isDown func(*remote) bool, setDown func(*remote)) (*dtfc.State, int, error) {
 	var best *dtfc.State
 	unasked := 0
 	for _, r := range remotes {
+		waited := 1
+		if r.isExpired() {
+			waited = 0
+		}
 		if isDown(r) {
-			unasked++
+			unasked += waited
 			continue
 		}
 		ans, err := r.node.Stat(ctx, id)
@@ -306,7 +312,7 @@ func (c *Cluster) askAboutUnconfirmed(ctx context.Context, id dtfc.ID, remotes [
 		case err == nil:
 			if st.ID != id || validState(st) != nil {
 				c.log.Warn("a peer answered an invalid state for an unconfirmed blob", "peer", r.URL, "id", id.String())
-				unasked++
+				unasked += waited
 				continue
 			}
 			if best == nil || st.Newer(*best) {
@@ -318,7 +324,7 @@ func (c *Cluster) askAboutUnconfirmed(ctx context.Context, id dtfc.ID, remotes [
 			if ctx.Err() != nil {
 				return nil, 0, ctx.Err()
 			}
-			unasked++
+			unasked += waited
 			if !errors.Is(err, errPeerResyncing) {
 				setDown(r)
 			}
