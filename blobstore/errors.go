@@ -23,6 +23,10 @@ var (
 	ErrNoSpace = errors.New("blobstore: no space left on device")
 	// ErrClosed means the Store was closed.
 	ErrClosed = errors.New("blobstore: closed")
+	// ErrDenyUnknown means the store takes no upload yet: its metadata
+	// was rebuilt (or started afresh) and it has not yet learned the
+	// blocks its peers hold (see Store.DenyKnown); nothing was stored.
+	ErrDenyUnknown = errors.New("blobstore: this node's metadata was rebuilt and it has not yet learned its peers' blocks; retry in a few seconds")
 	// ErrStale means a remote state lost to the local one under the
 	// last-writer-wins rule and was not applied.
 	ErrStale = errors.New("blobstore: state is older than the local one")

@@ -61,6 +61,32 @@ func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 // about a blob whose state it lost learns that the blob was deleted.
 func (s *Store) Forgotten(id dtfc.ID) (dtfc.State, bool) { return s.forgotten('S', id) }
 
+// DenyKnown reports whether the store's deny list holds every block it
+// was told of: false after its metadata was rebuilt (or started afresh
+// under its old identity) until MarkDenyKnown. Until then it takes no
+// upload (ErrDenyUnknown): it could take blocked bytes, acknowledge them,
+// and then lose them to the block its peers teach it (a block removes
+// the bytes it covers).
+func (s *Store) DenyKnown() bool { return !s.denyUnknown.Load() }
+
+// MarkDenyKnown records that the deny list is complete again: it was
+// compared with a peer's (package peer), or the node has no peer.
+func (s *Store) MarkDenyKnown() error {
+	if !s.denyUnknown.Load() {
+		return nil
+	}
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	if err := s.update(func(t *txn) error { return t.sys.Delete(keyDenyUnknown) }); err != nil {
+		return err
+	}
+	s.denyUnknown.Store(false)
+	return nil
+}
+
 // ForgottenLifts returns the lifts this node forgot lately (every peer
 // had them), if it still remembers them: a peer that expired and must
 // drop the blocks the cluster lifted while it was away learns which.

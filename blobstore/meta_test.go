@@ -373,6 +373,8 @@ func TestMissingMetaEmptyStore(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	assert.Equal(t, f.node, s.NodeID())
+	assert.False(t, s.DenyKnown(), "its deny list is lost")
+	require.NoError(t, s.MarkDenyKnown())
 	putBytes(t, s, []byte("after"), Upload{})
 }
 
@@ -552,6 +554,7 @@ func TestResolveUnconfirmed(t *testing.T) {
 			s, err := Open(dir, Options{})
 			require.NoError(t, err)
 			defer s.Close()
+			require.NoError(t, s.MarkDenyKnown())
 			require.Equal(t, int64(1), s.UnconfirmedCount())
 			var local *dtfc.State
 			if tc.local != nil {
@@ -701,4 +704,55 @@ func BenchmarkOpenBigStore(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestRebuiltStoreTakesNoUploadUntilDenyKnown: a rebuilt store (whose
+// deny list is lost), or one started afresh under its old identity,
+// takes no upload until its deny list is marked complete, also after a
+// reopen; states from peers it takes. Marked, it takes uploads, and the
+// mark survives a reopen.
+func TestRebuiltStoreTakesNoUploadUntilDenyKnown(t *testing.T) {
+	f := newMetaFixture(t, 3, 1)
+	require.NoError(t, os.Remove(f.meta()))
+	_, err := Rebuild(f.dir, RebuildOptions{})
+	require.NoError(t, err)
+
+	open := func() *Store {
+		s, err := Open(f.dir, Options{})
+		require.NoError(t, err)
+		return s
+	}
+	s := open()
+	assert.False(t, s.DenyKnown())
+	w, err := s.NewWriter(WriterOptions{})
+	require.NoError(t, err)
+	_, err = w.Write([]byte("an upload before the blocks are known"))
+	require.NoError(t, err)
+	_, err = w.Commit(Upload{})
+	assert.ErrorIs(t, err, ErrDenyUnknown)
+	w.Close()
+	require.NoError(t, s.Close())
+
+	s = open()
+	assert.False(t, s.DenyKnown(), "after a reopen")
+	require.NoError(t, s.MarkDenyKnown())
+	putBytes(t, s, []byte("an upload once they are"), Upload{})
+	require.NoError(t, s.Close())
+	s = open()
+	assert.True(t, s.DenyKnown(), "after a reopen")
+	require.NoError(t, s.Close())
+	assert.Empty(t, filesIn(t, filepath.Join(f.dir, "tmp")), "the refused upload left no temp file")
+
+	// meta.db gone with no blob file held: a fresh store under the same
+	// identity has lost its deny list too.
+	empty := t.TempDir()
+	s, err = Open(empty, Options{})
+	require.NoError(t, err)
+	assert.True(t, s.DenyKnown(), "a new store knows every block: there are none")
+	require.NoError(t, s.Close())
+	require.NoError(t, os.Remove(filepath.Join(empty, "meta.db")))
+	s, err = Open(empty, Options{})
+	require.NoError(t, err)
+	defer s.Close()
+	assert.False(t, s.DenyKnown(), "a fresh store under a known identity")
 }

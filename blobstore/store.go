@@ -69,6 +69,7 @@ type Store struct {
 	opener   *blobOpener
 
 	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
+	denyUnknown atomic.Bool  // keyDenyUnknown is set
 	unlock      func()       // releases the lock on dir (lockDir)
 }
 
@@ -85,10 +86,14 @@ var (
 	keyNode       = []byte("node")
 	keyClean      = []byte("clean")
 	keyRebuilding = []byte("rebuilding") // set by Rebuild until it has finished
-	keyClock      = []byte("clock")
-	keyBlobs      = []byte("blobs")
-	keyBytes      = []byte("bytes")
-	keyAccessNext = []byte("access")
+	// keyDenyUnknown is set while the store's deny list may lack blocks
+	// its peers hold: its metadata was rebuilt, or started afresh under
+	// a known identity (MarkDenyKnown clears it).
+	keyDenyUnknown = []byte("deny_unknown")
+	keyClock       = []byte("clock")
+	keyBlobs       = []byte("blobs")
+	keyBytes       = []byte("bytes")
+	keyAccessNext  = []byte("access")
 )
 
 // errDirLocked means another process holds the store's directory.
@@ -227,6 +232,9 @@ type openPlan struct {
 	// writeNodeID: node-id is missing (or unreadable) and must be written
 	// with node.
 	writeNodeID bool
+	// denyUnknown: the store starts afresh under an identity that had a
+	// deny list once (keyDenyUnknown).
+	denyUnknown bool
 	// checked: meta.db was checked and these are its counts.
 	checked      bool
 	blobs, bytes int64
@@ -282,7 +290,7 @@ func (s *Store) prepare() (openPlan, error) {
 		}
 		if fileID != "" {
 			s.log.Warn("meta.db is missing and no blob file is held: starting a fresh store under the same identity", "node", fileID, "path", path)
-			p.node = fileID
+			p.node, p.denyUnknown = fileID, true
 			return p, nil
 		}
 		if p.node, err = newNodeID(); err != nil {
@@ -374,6 +382,12 @@ func (s *Store) init(p openPlan) (clean bool, err error) {
 			}
 		}
 		s.unconfirmed.Store(int64(tx.Bucket(bucketUnconfirmed).Stats().KeyN))
+		if p.denyUnknown {
+			if err := sys.Put(keyDenyUnknown, []byte("1")); err != nil {
+				return err
+			}
+		}
+		s.denyUnknown.Store(sys.Get(keyDenyUnknown) != nil)
 		s.access.next = getU64(sys, keyAccessNext)
 		if err := s.loadDeny(tx); err != nil {
 			return err

@@ -373,6 +373,10 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 	if err := w.finish(u.Expected); err != nil {
 		return Result{}, err
 	}
+	if !w.s.DenyKnown() {
+		w.err = ErrDenyUnknown
+		return Result{}, w.err
+	}
 	return w.place(func(*record, bool) (dtfc.State, bool, bool) {
 		return dtfc.State{
 			ID:          w.sum,

@@ -67,6 +67,7 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 	}
 	if len(reps) == 0 {
 		c.synced.Store(true)
+		c.denyLearned("no replica peer to compare with")
 		return 0
 	}
 	done := 0
@@ -239,18 +240,38 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 	return nil
 }
 
-// syncDeny pulls r's deny list when its digest differs from ours.
+// syncDeny pulls r's deny list when its digest differs from ours. Once
+// it has (or the lists were equal), a store whose deny list was lost
+// takes uploads again.
 func (c *Cluster) syncDeny(ctx context.Context, r *remote, theirs string) error {
 	ours, err := c.store.DenyDigest()
-	if err != nil || ours == theirs {
-		return err
-	}
-	list, err := r.node.DenyList(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = c.applyDenyList(list.Entries)
-	return err
+	if ours != theirs {
+		list, err := r.node.DenyList(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := c.applyDenyList(list.Entries); err != nil {
+			return err
+		}
+	}
+	c.denyLearned("compared with " + r.URL)
+	return nil
+}
+
+// denyLearned marks the store's deny list complete, if it was not (its
+// metadata was rebuilt): the node takes uploads again.
+func (c *Cluster) denyLearned(how string) {
+	if c.store.DenyKnown() {
+		return
+	}
+	if err := c.store.MarkDenyKnown(); err != nil {
+		c.log.Error("recording that the deny list is complete again", "err", err)
+		return
+	}
+	c.log.Info("learned the blocks the peers hold after the metadata was rebuilt; taking uploads again", "how", how)
 }
 
 // cacheSync asks r about every blob the cache holds and applies what is

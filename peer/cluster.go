@@ -168,6 +168,11 @@ func New(store *blobstore.Store, opts Options) (*Cluster, error) {
 		}
 	}
 	c.setPeers(peers)
+	if len(peers) == 0 {
+		// Alone, the node has nobody to learn blocks from: it takes
+		// uploads at once, also after a rebuild.
+		c.denyLearned("no peer list")
+	}
 	// Before the listener serves a single request: a resync cut short
 	// resumes (its states must not be offered until it ends), and the
 	// peers marked expired stay so.
@@ -416,6 +421,11 @@ func (c *Cluster) isSynced() bool { return c.synced.Load() && !c.resync.holds() 
 func (c *Cluster) Run(ctx context.Context) error {
 	c.goLoop(ctx, c.pusherLoop)
 	c.goLoop(ctx, c.repairLoop)
+	if !c.store.DenyKnown() {
+		// The first anti-entropy round, right after resolveUnconfirmed,
+		// compares them (or finds no replica peer to compare with).
+		c.log.Warn("the metadata was rebuilt: uploads are refused (503) until this node has compared its deny list with a peer's")
+	}
 	c.resolveUnconfirmed(ctx) // before anti-entropy, which would download what is held aside
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)

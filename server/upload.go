@@ -34,11 +34,19 @@ const maxFilenameLen = 255
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	if err := s.doUpload(w, r); err != nil {
 		s.metrics.uploads.WithLabelValues("failed").Inc()
+		if errors.Is(err, blobstore.ErrDenyUnknown) {
+			w.Header().Set("Retry-After", "5")
+		}
 		s.writeError(w, r, err)
 	}
 }
 
 func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
+	if !s.store.DenyKnown() {
+		// Checked again at the commit; here so the body is not sent for
+		// nothing.
+		return blobstore.ErrDenyUnknown
+	}
 	up, err := s.parseUpload(r)
 	if err != nil {
 		return err

@@ -60,6 +60,8 @@ func Of(err error) int {
 	case errors.Is(err, blobstore.ErrClockAhead):
 		// A state from a peer whose clock runs too far ahead of ours.
 		return http.StatusUnprocessableEntity
+	case errors.Is(err, blobstore.ErrDenyUnknown):
+		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrReplicasTimeout):
 		return http.StatusGatewayTimeout
 	case errors.Is(err, ErrHeaderTooLarge):
