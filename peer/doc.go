@@ -25,9 +25,14 @@
 //     wait on each other.
 //   - fetcher (fetch.go) runs the transfers from peers, at most one per
 //     ID, under its own lock; it never reads the disk under that lock
-//     (Open looks locally at a generation of the fetcher instead).
+//     (Open looks locally at a generation of the fetcher instead). It
+//     holds what it uses (fetchStore, the candidates, eviction), not the
+//     Cluster.
 //   - pusher (push.go) sends the feed to one peer: a short run loop over
-//     step, which says how to wait before the next one.
+//     step, which says how to wait before the next one. The pushers
+//     (pushers.go) have their own lock and follow the peer list in a
+//     loop of Run's, as the repairs do: no run context is kept in a
+//     struct.
 //   - resync (resync.go) is the state machine of "this node must resync",
 //     with its own lock; expiries and feedClock (acks.go) decide what may
 //     be forgotten.
