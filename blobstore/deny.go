@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -255,9 +257,10 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 	s.clock.Observe(d.Clock)
 	defer s.locks.lock(d.ID)()
 	forgotten := s.forgottenClock('D', d.ID)
-	var applied, removeBytes bool
+	held := s.fileExists(d.ID)
+	var applied, removeBytes, setAside bool
 	err = s.update(func(t *txn) error {
-		applied, removeBytes = false, false
+		applied, removeBytes, setAside = false, false, false
 		cur, ok, err := getDeny(t.deny, d.ID)
 		if err != nil {
 			return err
@@ -282,10 +285,7 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 		// The block's delete commits with the block: no moment where the
 		// block is recorded and the blob still live. It carries the
 		// block's own clock and node, so every node derives the same
-		// one, and it undoes only uploads older than the block: a block
-		// that arrives late, after its lift and a new upload, deletes
-		// nothing (the bytes go while it is in force, and come back
-		// after its lift; see Store.Missing).
+		// one, and it undoes only uploads older than the block.
 		removeBytes = true
 		rec, ok, err := t.get(d.ID)
 		if err != nil || !ok || rec.Deleted {
@@ -293,19 +293,62 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 		}
 		if tomb := (dtfc.State{ID: d.ID, Deleted: true, Clock: d.Clock, Node: d.Node}); tomb.Newer(rec.State) {
 			_, err = t.set(&rec, tomb, true)
+			return err
 		}
-		return err
+		// An upload newer than the block, taken by a node that did not
+		// know of it: the block may have been lifted meanwhile where
+		// this node has not heard yet, and this copy may be the only
+		// one (the peers that know of the block refused it). The bytes
+		// leave blobs/ (never served, pushed or offered while blocked)
+		// but are set aside in unconfirmed/, entry first, and come back
+		// with the lift (liftSetAside); a later delete removes them.
+		if held && t.tx.Bucket(bucketUnconfirmed).Get(d.ID[:]) == nil {
+			removeBytes, setAside = false, true
+			return t.tx.Bucket(bucketUnconfirmed).Put(d.ID[:], encodeUnconfirmed(UnconfirmedBlob{
+				ID: d.ID, Size: rec.Size, ContentType: rec.ContentType, Since: time.Now()}))
+		}
+		return nil
 	})
 	if err != nil || !applied {
 		return applied, err
 	}
 	s.denied.set(d)
-	if removeBytes {
+	switch {
+	case removeBytes:
 		if err := s.removeFile(d.ID); err != nil {
 			return true, err
 		}
+	case setAside:
+		s.unconfirmed.Add(1)
+		s.small.drop(d.ID)
+		if err := ensureDirIn(filepath.Join(s.dir, unconfirmedDir), shardPath(d.ID)); err != nil {
+			return true, err
+		}
+		if err := moveDurably(s.Path(d.ID), s.UnconfirmedPath(d.ID)); err != nil {
+			return true, err
+		}
+		s.access.forget(d.ID)
+		s.log.Warn("blocked an upload newer than the block (taken where the block was not known): its bytes are set aside in unconfirmed/ until a lift or a delete",
+			"id", d.ID.String(), "block_clock", d.Clock.String())
+	case !d.Active():
+		return true, s.liftSetAside(d.ID)
 	}
 	return true, nil
+}
+
+// liftSetAside puts back into blobs/ the bytes a block set aside (see
+// applyDeny), if the ID's record is still present once the block is
+// lifted. The caller holds the ID's lock.
+func (s *Store) liftSetAside(id dtfc.ID) error {
+	if _, ok, err := s.unconfirmedEntry(id); err != nil || !ok {
+		return err
+	}
+	rec, ok, err := s.record(id)
+	if err != nil || !ok {
+		return err
+	}
+	_, err = s.settleByRecord(id, rec)
+	return err
 }
 
 // PurgeLifts forgets lifted entries whose clock is before the horizon (the

@@ -357,10 +357,11 @@ func TestNoMissWhileFileVisible(t *testing.T) {
 }
 
 // TestLateBlockSparesNewerUpload: a block arriving after its lift and a
-// new upload (its lift not here yet) takes the bytes while it is in force
-// but deletes only what is older than it: every node derives the same
-// delete, at the block's clock, and the newer upload stays recorded, so
-// its bytes come back once the lift arrives (Missing names them).
+// new upload (its lift not here yet) takes the bytes out of blobs/ while
+// it is in force but deletes only what is older than it: every node
+// derives the same delete, at the block's clock, and the newer upload
+// stays recorded, its bytes set aside, so they come back once the lift
+// arrives (TestBlockSetsAsideNewerUpload has the details).
 func TestLateBlockSparesNewerUpload(t *testing.T) {
 	wall := fixedWall()
 	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
@@ -385,9 +386,12 @@ func TestLateBlockSparesNewerUpload(t *testing.T) {
 	ok, err = s.ApplyDeny(lift)
 	require.NoError(t, err)
 	require.True(t, ok)
-	got, missing := s.Missing(id)
-	assert.True(t, missing)
-	assert.Equal(t, newer, got)
+	_, missing = s.Missing(id)
+	assert.False(t, missing, "back from where the block set them aside")
+	assert.FileExists(t, blobPath(s.Dir(), id))
+	st, err = s.Stat(id)
+	require.NoError(t, err)
+	assert.Equal(t, newer, st)
 
 	// An older upload is deleted, at the block's clock, on every node
 	// alike.

@@ -151,10 +151,14 @@ const (
 	UnconfirmedSettled
 	// UnconfirmedNone: the ID is not unconfirmed.
 	UnconfirmedNone
+	// UnconfirmedBlocked: the node records the blob as present, but its
+	// ID is blocked: the bytes a block set aside (see applyDeny) stay
+	// aside until the lift.
+	UnconfirmedBlocked
 )
 
 func (o UnconfirmedOutcome) String() string {
-	return [...]string{"pending", "adopted", "deleted", "settled", "none"}[o]
+	return [...]string{"pending", "adopted", "deleted", "settled", "none", "blocked"}[o]
 }
 
 // ResolveUnconfirmed decides unconfirmed blob id with st, a state of id
@@ -289,6 +293,9 @@ func (s *Store) settleByRecord(id dtfc.ID, local record) (UnconfirmedOutcome, er
 	src := s.UnconfirmedPath(id)
 	if local.Deleted || s.fileExists(id) {
 		return UnconfirmedSettled, s.dropUnconfirmed(id, src)
+	}
+	if s.checkDenied(id) != nil {
+		return UnconfirmedBlocked, nil
 	}
 	if err := s.moveIn(id); err != nil {
 		return UnconfirmedPending, err

@@ -182,6 +182,11 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 	isDown func(*remote) bool, setDown func(*remote), tally *unconfirmedTally) {
 	c, id := ur.c, u.ID
 	out, err := c.store.ResolveUnconfirmed(id, nil)
+	if err == nil && out == blobstore.UnconfirmedBlocked {
+		// Set aside by a block, back with its lift: nothing to ask.
+		tally.add(&tally.left)
+		return
+	}
 	if err == nil && out == blobstore.UnconfirmedPending {
 		// known is the newest state of id anyone can tell of: a delete
 		// this node forgot lately, a peer's record, or a delete a peer
@@ -260,9 +265,12 @@ func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.S
 		if !complete {
 			return blobstore.UnconfirmedPending, errAskAgain
 		}
-		c.log.Warn("adopted an unconfirmed blob whose file is newer than every state its peers know (an upload this node never passed on before its metadata was lost)",
-			"id", id.String(), "bytes", u.Size, "clock", file.Clock.String(), "newest_known", known.Clock.String(), "known_deleted", known.Deleted)
-		return c.store.ResolveUnconfirmed(id, &file)
+		out, err := c.store.ResolveUnconfirmed(id, &file)
+		if err == nil && out == blobstore.UnconfirmedAdopted {
+			c.log.Warn("adopted an unconfirmed blob whose file is newer than every state its peers know (an upload this node never passed on before its metadata was lost)",
+				"id", id.String(), "bytes", u.Size, "clock", file.Clock.String(), "newest_known", known.Clock.String(), "known_deleted", known.Deleted)
+		}
+		return out, err
 	}
 	if !alone && (c.resync.holds() || c.resync.everExpired()) {
 		// Nobody knows it, and a peer says this node missed deletes it
