@@ -40,6 +40,12 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	out, err := s.ResolveUnconfirmed(st.ID, nil)
 	require.NoError(t, err)
 	assert.Equal(t, UnconfirmedBlocked, out)
+	// The scrubber finds no file for the record, and leaves it: blocked.
+	require.NoError(t, s.Scrub(t.Context(), 0, nil))
+	assert.Zero(t, s.ScrubProgress().Corrupt)
+	got, err = s.Stat(st.ID)
+	require.NoError(t, err)
+	assert.Equal(t, st, got, "the scrubber kept the record")
 
 	require.NoError(t, s.Close())
 	s, err = Open(dir, Options{})

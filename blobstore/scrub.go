@@ -122,6 +122,11 @@ func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rate
 	f, err := s.openBlob(st.ID)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		if s.checkDenied(st.ID) != nil {
+			// Blocked: its bytes are not to be in blobs/ (a block newer
+			// than the upload set them aside; see applyDeny).
+			return true, nil
+		}
 		cur, ok, rerr := s.record(st.ID)
 		if rerr != nil {
 			return false, rerr

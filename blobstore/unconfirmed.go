@@ -246,8 +246,9 @@ func (s *Store) resolve(id dtfc.ID, state func(u UnconfirmedBlob, hasLocal bool)
 			return s.unconfirmedTombstone(id, *st)
 		}
 		if s.checkDenied(id) != nil {
-			// Blocked: its bytes are not to be held.
-			return UnconfirmedSettled, s.dropUnconfirmed(id, src)
+			// Blocked: the bytes stay aside, never served, until a lift
+			// (or a delete) decides them; the lift may be on its way.
+			return UnconfirmedBlocked, nil
 		}
 		return s.adoptFile(id, *st)
 	}

@@ -227,7 +227,7 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 		tally.add(&tally.deleted)
 	case blobstore.UnconfirmedSettled:
 		tally.add(&tally.settled)
-	case blobstore.UnconfirmedPending:
+	case blobstore.UnconfirmedPending, blobstore.UnconfirmedBlocked:
 		tally.add(&tally.left)
 	}
 }
