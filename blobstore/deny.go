@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -321,10 +320,7 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 	case setAside:
 		s.unconfirmed.Add(1)
 		s.small.drop(d.ID)
-		if err := ensureDirIn(filepath.Join(s.dir, unconfirmedDir), shardPath(d.ID)); err != nil {
-			return true, err
-		}
-		if err := moveDurably(s.Path(d.ID), s.UnconfirmedPath(d.ID)); err != nil {
+		if err := s.moveAside(s.Path(d.ID), d.ID); err != nil {
 			return true, err
 		}
 		s.access.forget(d.ID)

@@ -524,10 +524,7 @@ func (r *reconciler) blobFile(path string, d fs.DirEntry) error {
 		r.removed++
 		return removeDurably(path)
 	}
-	if err := ensureDirIn(filepath.Join(s.dir, unconfirmedDir), shardPath(id)); err != nil {
-		return err
-	}
-	if err := moveDurably(path, dst); err != nil {
+	if err := s.moveAside(path, id); err != nil {
 		return err
 	}
 	r.setAside++

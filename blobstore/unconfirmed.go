@@ -354,6 +354,15 @@ func (s *Store) unconfirmedTombstone(id dtfc.ID, st dtfc.State) (UnconfirmedOutc
 	return UnconfirmedDeleted, s.removeFile(id)
 }
 
+// moveAside moves the file at path, blob id's bytes, to its place in
+// unconfirmed/, whose entry the caller recorded first.
+func (s *Store) moveAside(path string, id dtfc.ID) error {
+	if err := ensureDirIn(filepath.Join(s.dir, unconfirmedDir), shardPath(id)); err != nil {
+		return err
+	}
+	return moveDurably(path, s.UnconfirmedPath(id))
+}
+
 // moveIn moves the unconfirmed file of id into its place in blobs/.
 func (s *Store) moveIn(id dtfc.ID) error {
 	if err := s.ensureShard(id); err != nil {
