@@ -56,9 +56,21 @@ type expiries struct {
 }
 
 // loadExpiries reads the marks persisted by earlier runs.
+// ledgerStore is what the expiries and the feed clock need of the blob store: where
+// they are kept, the feed's end, and which tombstones are old enough to
+// forget.
+type ledgerStore interface {
+	Value(key string) ([]byte, error)
+	SetValue(key string, v []byte) error
+	LastSeq() uint64
+	Forgettable(before dtfc.Timestamp, fn func(seq uint64, clock dtfc.Timestamp)) error
+}
+
+func (c *Cluster) ledgerStore() ledgerStore { return c.store }
+
 func (c *Cluster) loadExpiries() {
 	c.expired.marks = map[string]expiryMark{}
-	v, err := c.store.Value(keyExpiredPrefix + "index")
+	v, err := c.ledgerStore().Value(keyExpiredPrefix + "index")
 	if err != nil || v == nil {
 		return
 	}
@@ -67,7 +79,7 @@ func (c *Cluster) loadExpiries() {
 		return
 	}
 	for _, k := range keys {
-		v, err := c.store.Value(keyExpiredPrefix + k)
+		v, err := c.ledgerStore().Value(keyExpiredPrefix + k)
 		if err != nil || v == nil {
 			continue
 		}
@@ -96,12 +108,12 @@ func (c *Cluster) saveExpiries(keys ...string) error {
 	}
 	c.expired.mu.Unlock()
 	for i, k := range keys {
-		if err := c.store.SetValue(keyExpiredPrefix+k, vals[i]); err != nil {
+		if err := c.ledgerStore().SetValue(keyExpiredPrefix+k, vals[i]); err != nil {
 			return err
 		}
 	}
 	b, _ := json.Marshal(index)
-	return c.store.SetValue(keyExpiredPrefix+"index", b)
+	return c.ledgerStore().SetValue(keyExpiredPrefix+"index", b)
 }
 
 // markOf returns the expiry mark that applies to r, if any.
@@ -279,7 +291,7 @@ func (c *Cluster) ackedAt(url string) time.Time {
 }
 
 func (c *Cluster) storedAckedAt(url string) time.Time {
-	v, err := c.store.Value(keyAckedAtPrefix + url)
+	v, err := c.ledgerStore().Value(keyAckedAtPrefix + url)
 	if err != nil || v == nil {
 		return time.Time{}
 	}
@@ -314,7 +326,7 @@ func (c *Cluster) acks() []peerAck {
 // sequence number at most expirySeq), with the greatest clock of those.
 func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []peerAck) error {
 	late := map[*remote]dtfc.Timestamp{}
-	err := c.store.Forgettable(horizon, func(seq uint64, clock dtfc.Timestamp) {
+	err := c.ledgerStore().Forgettable(horizon, func(seq uint64, clock dtfc.Timestamp) {
 		if seq > expirySeq {
 			return
 		}
@@ -379,7 +391,7 @@ type feedPoint struct {
 const keyFeedClock = "feed_clock"
 
 func (c *Cluster) loadFeedClock() {
-	v, err := c.store.Value(keyFeedClock)
+	v, err := c.ledgerStore().Value(keyFeedClock)
 	if err != nil || v == nil {
 		return
 	}
@@ -405,7 +417,7 @@ func (c *Cluster) tickFeedClock(now time.Time) uint64 {
 			}
 		}
 	}
-	fc.points = append(fc.points, feedPoint{At: now, Seq: c.store.LastSeq()})
+	fc.points = append(fc.points, feedPoint{At: now, Seq: c.ledgerStore().LastSeq()})
 	cutoff := now.Add(-c.opts.TombstoneExpiry)
 	var seq uint64
 	keep := 0
@@ -417,7 +429,7 @@ func (c *Cluster) tickFeedClock(now time.Time) uint64 {
 	}
 	fc.points = append(fc.points[:0], fc.points[keep:]...)
 	if b, err := json.Marshal(fc.points); err == nil {
-		if err := c.store.SetValue(keyFeedClock, b); err != nil {
+		if err := c.ledgerStore().SetValue(keyFeedClock, b); err != nil {
 			c.log.Warn("persisting the feed's dates", "err", err)
 		}
 	}

@@ -42,6 +42,21 @@ type replicaSource interface {
 
 // antiEntropyLoop compares this node with each peer at start-up and then
 // every interval (with jitter, so nodes do not all hit one peer at once).
+// syncStore is what anti-entropy needs of the blob store: its digests and
+// states to compare, and the means to take a peer's newer state.
+type syncStore interface {
+	Digests() ([256]blobstore.Digest, error)
+	SubDigests(first byte) ([256]blobstore.Digest, error)
+	States(prefix []byte, fn func(dtfc.State) error) error
+	Apply(st dtfc.State) (blobstore.Outcome, error)
+	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	DenyDigest() (string, error)
+	DenyKnown() bool
+	MarkDenyKnown() error
+}
+
+func (c *Cluster) syncStore() syncStore { return c.store }
+
 func (c *Cluster) antiEntropyLoop(ctx context.Context) {
 	for {
 		c.antiEntropyRound(ctx)
@@ -127,7 +142,7 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 	if err != nil {
 		return fmt.Errorf("peer %s: %w", r.URL, err)
 	}
-	ours, err := c.store.Digests()
+	ours, err := c.syncStore().Digests()
 	if err != nil {
 		return err
 	}
@@ -154,7 +169,7 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 			g.Wait()
 			return fmt.Errorf("peer %s: %w", r.URL, err)
 		}
-		ourSub, err := c.store.SubDigests(byte(b))
+		ourSub, err := c.syncStore().SubDigests(byte(b))
 		if err != nil {
 			g.Wait()
 			return err
@@ -175,7 +190,7 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 // pull of each newer remote state on g.
 func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, prefix []byte) error {
 	local := map[dtfc.ID]dtfc.State{}
-	if err := c.store.States(prefix, func(st dtfc.State) error {
+	if err := c.syncStore().States(prefix, func(st dtfc.State) error {
 		local[st.ID] = st
 		return nil
 	}); err != nil {
@@ -195,7 +210,7 @@ func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, p
 
 // pull applies one state from r, fetching its bytes if needed.
 func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
-	out, err := c.store.Apply(st)
+	out, err := c.syncStore().Apply(st)
 	if errors.Is(err, blobstore.ErrClockAhead) {
 		c.refusedClock(err)
 		return nil // refused; counted and logged
@@ -218,7 +233,7 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 		return err
 	}
 	defer body.Close()
-	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: got.Size, Size: got.Size})
+	bw, err := c.syncStore().NewWriter(blobstore.WriterOptions{MaxBytes: got.Size, Size: got.Size})
 	if err != nil {
 		return err
 	}
@@ -244,7 +259,7 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 // it has (or the lists were equal), a store whose deny list was lost
 // takes uploads again.
 func (c *Cluster) syncDeny(ctx context.Context, r *remote, theirs string) error {
-	ours, err := c.store.DenyDigest()
+	ours, err := c.syncStore().DenyDigest()
 	if err != nil {
 		return err
 	}
@@ -264,10 +279,10 @@ func (c *Cluster) syncDeny(ctx context.Context, r *remote, theirs string) error 
 // denyLearned marks the store's deny list complete, if it was not (its
 // metadata was rebuilt): the node takes uploads again.
 func (c *Cluster) denyLearned(how string) {
-	if c.store.DenyKnown() {
+	if c.syncStore().DenyKnown() {
 		return
 	}
-	if err := c.store.MarkDenyKnown(); err != nil {
+	if err := c.syncStore().MarkDenyKnown(); err != nil {
 		c.log.Error("recording that the deny list is complete again", "err", err)
 		return
 	}
@@ -285,7 +300,7 @@ func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
 		return err
 	}
 	var ids []dtfc.ID
-	if err := c.store.States(nil, func(st dtfc.State) error {
+	if err := c.syncStore().States(nil, func(st dtfc.State) error {
 		if !st.Deleted {
 			ids = append(ids, st.ID)
 		}
@@ -301,7 +316,7 @@ func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
 		}
 		ids = ids[n:]
 		for _, st := range states {
-			out, err := c.store.Apply(st)
+			out, err := c.syncStore().Apply(st)
 			if errors.Is(err, blobstore.ErrClockAhead) {
 				c.refusedClock(err)
 				continue

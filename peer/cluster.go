@@ -88,11 +88,31 @@ type Options struct {
 	Wall func() time.Time
 }
 
+// Store is what the cluster needs of this node's blob store
+// (*blobstore.Store): the sum of the interfaces its parts declare where
+// they use it, and a few reads of its own.
+type Store interface {
+	LocalBlobs
+	fetchStore
+	feedStore
+	syncStore
+	servedStore
+	denyStore
+	resyncStore
+	ledgerStore
+	upkeepStore
+	unconfirmedStore
+	// Evict makes room on a cache (see blobstore.Store.Evict).
+	Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error)
+}
+
+var _ Store = (*blobstore.Store)(nil)
+
 // Cluster is this node's view of, and work with, the other nodes.
 // New starts nothing; Run runs the background work until its context ends.
 type Cluster struct {
 	opts    Options
-	store   *blobstore.Store
+	store   Store
 	log     *slog.Logger
 	metrics *metrics
 	fetch   *fetcher
@@ -134,7 +154,7 @@ func (m *membership) byIdentity(key string) *remote {
 }
 
 // New returns a Cluster for store, reading the peer list if one is set.
-func New(store *blobstore.Store, opts Options) (*Cluster, error) {
+func New(store Store, opts Options) (*Cluster, error) {
 	if opts.Role == "" {
 		opts.Role = RoleReplica
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
 )
 
@@ -12,8 +13,18 @@ import (
 // with the change feed, compared by digest in anti-entropy); these are
 // its node-to-node handler and what applying a peer's entries does.
 
+// denyStore is what the deny list's handlers need of the blob store.
+type denyStore interface {
+	DenyList() ([]blobstore.Deny, error)
+	ForgottenLifts() ([]blobstore.Deny, error)
+	ApplyDeny(d blobstore.Deny) (bool, error)
+	Missing(id dtfc.ID) (dtfc.State, bool)
+}
+
+func (c *Cluster) denyStore() denyStore { return c.store }
+
 func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
-	list, err := c.store.DenyList()
+	list, err := c.denyStore().DenyList()
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
@@ -21,7 +32,7 @@ func (c *Cluster) hDenyList(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []blobstore.Deny{}
 	}
-	lifts, err := c.store.ForgottenLifts()
+	lifts, err := c.denyStore().ForgottenLifts()
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
@@ -35,7 +46,7 @@ func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
 		if err := validDeny(d); err != nil {
 			return n, err
 		}
-		ok, err := c.store.ApplyDeny(d)
+		ok, err := c.denyStore().ApplyDeny(d)
 		if errors.Is(err, blobstore.ErrClockAhead) {
 			c.refusedClock(err)
 			continue
@@ -59,7 +70,7 @@ func (c *Cluster) denyApplied(d blobstore.Deny) {
 		c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
 		return
 	}
-	if st, ok := c.store.Missing(d.ID); ok {
+	if st, ok := c.denyStore().Missing(d.ID); ok {
 		c.goRepair(st)
 	}
 }

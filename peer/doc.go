@@ -11,6 +11,12 @@
 //     durable state, Run runs the background work, Open is the one read
 //     path (a Blob: a local file, bytes in memory, or a transfer from a
 //     peer, with its state and source), Lookup asks for a state alone.
+//   - The blob store is a Store: the sum of what each part declares in
+//     its own file and reaches through its own view (feedStore for the
+//     pushers, syncStore for anti-entropy, resyncStore, servedStore for
+//     answering peers, denyStore, ledgerStore for expiries, upkeepStore,
+//     unconfirmedStore, fetchStore), so a part's use of the store reads
+//     at the top of its file and the compiler holds it to that.
 //   - remote is one peer and this node's experience of it (health,
 //     identity, role, expiry mark); its Node is how the work talks to it.
 //     Each consumer declares the few methods it needs (stater,
@@ -27,7 +33,8 @@
 //     ID, under its own lock; it never reads the disk under that lock
 //     (Open looks locally at a generation of the fetcher instead). It
 //     holds what it uses (fetchStore, the candidates, eviction), not the
-//     Cluster.
+//     Cluster. A transfer's context is its own, detached from the clients
+//     that wait for it; stop cancels every one, and any started later.
 //   - pusher (push.go) sends the feed to one peer: a short run loop over
 //     step, which says how to wait before the next one. The pushers
 //     (pushers.go) have their own lock and follow the peer list in a

@@ -175,7 +175,7 @@ func TestPushToFakePeer(t *testing.T) {
 				},
 			}
 			r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
-			p := &pusher{c: c, r: r}
+			p := newPusher(c, r, nil)
 			upTo, err := p.push(t.Context(), changes)
 			if tt.wantErr != nil {
 				assert.ErrorIs(t, err, tt.wantErr)
@@ -209,7 +209,7 @@ func TestPushOnlyUploadsToCache(t *testing.T) {
 	require.Len(t, changes, 3)
 	fake := &fakeNode{t: t} // any call fails the test
 	r := newRemoteNode(Peer{URL: "http://cache.invalid", Role: RoleCache}, fake, store.NodeID(), nil)
-	p := &pusher{c: c, r: r}
+	p := newPusher(c, r, nil)
 	upTo, err := p.push(t.Context(), changes)
 	require.NoError(t, err)
 	assert.Equal(t, changes[2].Seq, upTo, "the cursor passes the uploads a cache is not sent")

@@ -43,19 +43,17 @@ type fetcher struct {
 	candidates func(dtfc.ID) []*remote
 	// evict, on a cache (nil on a replica), makes room for incoming
 	// bytes (0: just keep under max_bytes).
-	evict   func(incoming int64) (int, error)
-	log     *slog.Logger
-	metrics *metrics
-	// ctx is the transfers' context, detached from their clients: made
-	// at New, cancelled when Run ends (stop), so a transfer started
-	// before Run is cut off with the rest.
-	ctx      context.Context
-	cancel   context.CancelFunc
+	evict    func(incoming int64) (int, error)
+	log      *slog.Logger
+	metrics  *metrics
 	mu       sync.Mutex
 	inflight map[dtfc.ID]*transfer
 	gen      uint64 // transfers ended (generation)
-	wg       sync.WaitGroup
-	slots    chan struct{} // one token per running transfer
+	// stopped: Run ended; every transfer was cut off, and one started
+	// now is cut off at once.
+	stopped bool
+	wg      sync.WaitGroup
+	slots   chan struct{} // one token per running transfer
 	// reserved is the size of the transfers in flight into a cache: each
 	// fill makes room for the others' bytes too, so concurrent fills do
 	// not together overshoot max_bytes.
@@ -70,23 +68,33 @@ type fetchStore interface {
 }
 
 func newFetcher(c *Cluster, maxFetches int) *fetcher {
-	ctx, cancel := context.WithCancel(context.Background())
 	f := &fetcher{store: c.store, candidates: c.candidates, log: c.log, metrics: c.metrics,
-		ctx: ctx, cancel: cancel, inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
+		inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
 	if c.isCache() {
 		f.evict = c.evict
 	}
 	return f
 }
 
-// stop cuts off every transfer.
-func (f *fetcher) stop() { f.cancel() }
+// stop cuts off every transfer, and any started later (a transfer
+// started before Run is cut off with the rest).
+func (f *fetcher) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stopped = true
+	for _, t := range f.inflight {
+		t.cancel()
+	}
+}
 
 // transfer is one blob coming from a peer into a temp file, readable by
 // any number of downloads while it arrives.
 type transfer struct {
 	id    dtfc.ID
 	ready chan struct{} // closed once st/w are set, or startErr
+	// cancel cuts the transfer off: its context is detached from the
+	// clients that wait for it, and ends only at the fetcher's stop.
+	cancel context.CancelFunc
 	// Set before ready is closed:
 	startErr error
 	st       dtfc.State
@@ -209,10 +217,14 @@ func (f *fetcher) join(ctx context.Context, t *transfer) (*Blob, error) {
 // start begins a transfer of id holding a slot (released when it ends),
 // with f.mu held (unlocked here).
 func (f *fetcher) start(ctx context.Context, id dtfc.ID) (*Blob, error) {
-	t := &transfer{id: id, ready: make(chan struct{}), refs: 1}
+	tctx, cancel := context.WithCancel(context.Background())
+	t := &transfer{id: id, ready: make(chan struct{}), refs: 1, cancel: cancel}
+	if f.stopped {
+		cancel()
+	}
 	f.inflight[id] = t
 	f.wg.Add(1)
-	go f.run(t)
+	go f.run(tctx, t)
 	return f.join(ctx, t)
 }
 
@@ -232,13 +244,12 @@ func (f *fetcher) wait(ctx context.Context, t *transfer) (*Blob, error) {
 }
 
 // run finds a peer holding the blob and streams it into the store.
-func (f *fetcher) run(t *transfer) {
+func (f *fetcher) run(ctx context.Context, t *transfer) {
 	defer f.wg.Done()
 	defer func() { <-f.slots }()
 	defer t.release()
 	defer f.leave(t)
-	ctx, cancel := context.WithCancel(f.ctx)
-	defer cancel()
+	defer t.cancel()
 
 	local, lerr := f.store.Stat(t.id)
 	var errs []error

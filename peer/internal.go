@@ -21,6 +21,24 @@ import (
 // InternalHandler serves the node-to-node routes (mounted under
 // /_internal). When a cluster secret is configured, every one of them
 // refuses a request that does not carry it.
+// servedStore is what answering a peer needs of the blob store: what it holds, and
+// the means to take what the peer sends.
+type servedStore interface {
+	NodeID() string
+	Open(id dtfc.ID) (*blobstore.Blob, error)
+	Stat(id dtfc.ID) (dtfc.State, error)
+	Forgotten(id dtfc.ID) (dtfc.State, bool)
+	Apply(st dtfc.State) (blobstore.Outcome, error)
+	ApplyDeny(d blobstore.Deny) (bool, error)
+	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	Digests() ([256]blobstore.Digest, error)
+	SubDigests(first byte) ([256]blobstore.Digest, error)
+	DenyDigest() (string, error)
+	States(prefix []byte, fn func(dtfc.State) error) error
+}
+
+func (c *Cluster) servedStore() servedStore { return c.store }
+
 func (c *Cluster) InternalHandler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(c.authPeer, heartbeat)
@@ -92,7 +110,7 @@ func (c *Cluster) notFromExpired(next http.Handler) http.Handler {
 func (c *Cluster) authPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set(HeaderNode, c.store.NodeID())
+		h.Set(HeaderNode, c.servedStore().NodeID())
 		h.Set(HeaderRole, string(c.opts.Role))
 		if c.opts.RequirePeerCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
 			writeErr(w, http.StatusForbidden, "node-to-node route: a client certificate signed by the cluster's CA is required")
@@ -244,7 +262,7 @@ func (c *Cluster) hGetBlob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	b, err := c.store.Open(id)
+	b, err := c.servedStore().Open(id)
 	if errors.Is(err, blobstore.ErrNotFound) {
 		writeErr(w, http.StatusNotFound, "not held by this node")
 		return
@@ -276,7 +294,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "missing or inconsistent state header")
 		return
 	}
-	out, err := c.store.Apply(st)
+	out, err := c.servedStore().Apply(st)
 	if err != nil {
 		c.refusedClock(err)
 		writeErr(w, httpstatus.Of(err), err.Error())
@@ -287,7 +305,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"result": out.String()})
 		return
 	}
-	bw, err := c.store.NewWriter(blobstore.WriterOptions{MaxBytes: st.Size, Size: st.Size})
+	bw, err := c.servedStore().NewWriter(blobstore.WriterOptions{MaxBytes: st.Size, Size: st.Size})
 	if err != nil {
 		writeErr(w, httpstatus.Of(err), err.Error())
 		return
@@ -324,10 +342,10 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	st, err := c.store.Stat(id)
+	st, err := c.servedStore().Stat(id)
 	f, forgotten := dtfc.State{}, false
 	if errors.Is(err, blobstore.ErrNotFound) {
-		f, forgotten = c.store.Forgotten(id)
+		f, forgotten = c.servedStore().Forgotten(id)
 	}
 	if c.resync.holds() && !forgotten {
 		refuseResyncing(w)
@@ -349,7 +367,7 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 	}
 	held := false
 	if !st.Deleted {
-		if b, err := c.store.Open(id); err == nil {
+		if b, err := c.servedStore().Open(id); err == nil {
 			b.Close()
 			held = true
 		}
@@ -388,7 +406,7 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
 	for i, d := range req.Deny {
 		ans.DenyResults[i] = resultOK
-		ok, err := c.store.ApplyDeny(d)
+		ok, err := c.servedStore().ApplyDeny(d)
 		switch {
 		case errors.Is(err, blobstore.ErrClockAhead):
 			c.refusedClock(err)
@@ -401,7 +419,7 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	for i, st := range req.Changes {
-		out, err := c.store.Apply(st)
+		out, err := c.servedStore().Apply(st)
 		if errors.Is(err, blobstore.ErrClockAhead) {
 			c.refusedClock(err)
 			ans.Results[i] = resultAhead
@@ -454,18 +472,18 @@ func (c *Cluster) hDigests(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, http.StatusBadRequest, "want one byte in hex")
 			return
 		}
-		d, err = c.store.SubDigests(b[0])
+		d, err = c.servedStore().SubDigests(b[0])
 	} else {
-		d, err = c.store.Digests()
+		d, err = c.servedStore().Digests()
 	}
 	if err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	ans := encodeDigests(c.store.NodeID(), c.isSynced(), &d)
+	ans := encodeDigests(c.servedStore().NodeID(), c.isSynced(), &d)
 	ans.Resyncing = c.resync.holds()
 	ans.Expired = c.expiredNodes()
-	if ans.Deny, err = c.store.DenyDigest(); err != nil {
+	if ans.Deny, err = c.servedStore().DenyDigest(); err != nil {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
@@ -482,7 +500,7 @@ func (c *Cluster) hStates(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var states []dtfc.State
-	if err := c.store.States(prefix, func(st dtfc.State) error {
+	if err := c.servedStore().States(prefix, func(st dtfc.State) error {
 		states = append(states, bounded(st))
 		return nil
 	}); err != nil {
@@ -512,7 +530,7 @@ func (c *Cluster) hLookup(w http.ResponseWriter, r *http.Request) {
 	}
 	ans := lookupAnswer{States: []dtfc.State{}}
 	for _, id := range req.IDs {
-		if st, err := c.store.Stat(id); err == nil {
+		if st, err := c.servedStore().Stat(id); err == nil {
 			ans.States = append(ans.States, bounded(st))
 		}
 	}

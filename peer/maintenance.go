@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/sleep"
 )
 
@@ -14,6 +15,21 @@ const keyLastScrub = "last_scrub" // unix ms of the last finished scrub pass
 // maintenanceLoop forgets tombstones and lifted blocks that are older than
 // the retention and that every peer accepted (see acks.go), and for a
 // cache persists its read order and keeps it under its size.
+// upkeepStore is what the periodic upkeep needs of the blob store: purging what
+// every peer has, scrubbing, flushing access times.
+type upkeepStore interface {
+	FlushAccess() error
+	PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error)
+	PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error)
+	PruneForgotten(before time.Time) (int, error)
+	Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtfc.State)) error
+	ScrubProgress() blobstore.ScrubProgress
+	Value(key string) ([]byte, error)
+	SetValue(key string, v []byte) error
+}
+
+func (c *Cluster) upkeepStore() upkeepStore { return c.store }
+
 func (c *Cluster) maintenanceLoop(ctx context.Context) {
 	purgeEvery := c.purgeEvery()
 	tick := time.NewTicker(min(purgeEvery, 5*time.Second))
@@ -30,7 +46,7 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 			c.purge()
 		}
 		if c.isCache() {
-			if err := c.store.FlushAccess(); err != nil {
+			if err := c.upkeepStore().FlushAccess(); err != nil {
 				c.log.Warn("persisting the cache's read order", "err", err)
 			}
 			c.evict(0)
@@ -70,13 +86,13 @@ func (c *Cluster) purge() {
 	if err := c.markLate(horizon, expirySeq, peers); err != nil {
 		c.log.Error("marking peers expired; nothing they have not acknowledged is forgotten", "err", err)
 	}
-	if n, err := c.store.PurgeTombstones(horizon, c.mayForget(peers)); err != nil {
+	if n, err := c.upkeepStore().PurgeTombstones(horizon, c.mayForget(peers)); err != nil {
 		c.log.Error("forgetting old tombstones", "err", err)
 	} else if n > 0 {
 		c.metrics.tombstonesPurged.Add(float64(n))
 		c.log.Info("forgot tombstones every peer acknowledged, older than the retention", "count", n)
 	}
-	if n, err := c.store.PurgeLifts(horizon, c.mayForget(peers)); err != nil {
+	if n, err := c.upkeepStore().PurgeLifts(horizon, c.mayForget(peers)); err != nil {
 		c.log.Error("forgetting lifted blocks", "err", err)
 	} else if n > 0 {
 		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)
@@ -84,7 +100,7 @@ func (c *Cluster) purge() {
 	// The memory of forgotten deletes is what a peer marked expired
 	// resyncs against (keepUnlessForgotten): kept while any peer is.
 	if !c.anyExpired() {
-		if _, err := c.store.PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
+		if _, err := c.upkeepStore().PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
 			c.log.Error("pruning the memory of forgotten deletes", "err", err)
 		}
 	}
@@ -97,14 +113,14 @@ func (c *Cluster) scrubLoop(ctx context.Context) {
 	failures := 0
 	for {
 		var last time.Time
-		if v, err := c.store.Value(keyLastScrub); err == nil && v != nil {
+		if v, err := c.upkeepStore().Value(keyLastScrub); err == nil && v != nil {
 			if ms, err := strconv.ParseInt(string(v), 10, 64); err == nil {
 				last = time.UnixMilli(ms)
 			}
 		} else if last.IsZero() {
 			// First start: count from now rather than scrub at once.
 			last = time.Now()
-			c.store.SetValue(keyLastScrub, []byte(strconv.FormatInt(last.UnixMilli(), 10)))
+			c.upkeepStore().SetValue(keyLastScrub, []byte(strconv.FormatInt(last.UnixMilli(), 10)))
 		}
 		if sleep.For(ctx, time.Until(last.Add(c.opts.ScrubInterval))) != nil {
 			return
@@ -124,7 +140,7 @@ func (c *Cluster) scrubLoop(ctx context.Context) {
 
 // Scrub runs one scrub pass now.
 func (c *Cluster) Scrub(ctx context.Context) error {
-	err := c.store.Scrub(ctx, c.opts.ScrubRate, func(st dtfc.State) {
+	err := c.upkeepStore().Scrub(ctx, c.opts.ScrubRate, func(st dtfc.State) {
 		c.metrics.scrubCorrupt.Inc()
 		if c.isCache() {
 			return // a cache fetches it again when it is next read
@@ -137,8 +153,8 @@ func (c *Cluster) Scrub(ctx context.Context) error {
 		}
 		return err
 	}
-	c.store.SetValue(keyLastScrub, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10)))
-	p := c.store.ScrubProgress()
+	c.upkeepStore().SetValue(keyLastScrub, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10)))
+	p := c.upkeepStore().ScrubProgress()
 	c.log.Info("scrub pass finished", "checked", p.Checked, "bytes", p.CheckedBytes, "corrupt", p.Corrupt)
 	return nil
 }

@@ -32,6 +32,20 @@ type pushTarget interface {
 	Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error
 }
 
+// feedStore is what a pusher needs of the blob store: the change feed,
+// the blobs it sends, and where it keeps the peer's cursor.
+type feedStore interface {
+	Changes(since uint64, limit int) ([]blobstore.Change, error)
+	Changed() <-chan struct{}
+	CountChanges(since uint64, deletesOnly bool) (int64, error)
+	Open(id dtfc.ID) (*blobstore.Blob, error)
+	Stat(id dtfc.ID) (dtfc.State, error)
+	Value(key string) ([]byte, error)
+	SetValue(key string, v []byte) error
+}
+
+func (c *Cluster) feedStore() feedStore { return c.store }
+
 // pusher sends the local change feed to one peer: every change after the
 // peer's acknowledged cursor, uploads with their bytes if the peer wants
 // them, deletes as tombstones, blocks and lifts (a cache gets no
@@ -41,6 +55,7 @@ type pushTarget interface {
 // until it is accepted.
 type pusher struct {
 	c      *Cluster
+	store  feedStore
 	r      *remote
 	cancel context.CancelFunc
 	cursor atomic.Uint64
@@ -57,9 +72,14 @@ type pusher struct {
 	failures int
 }
 
+// newPusher returns r's pusher; cancel stops its run.
+func newPusher(c *Cluster, r *remote, cancel context.CancelFunc) *pusher {
+	return &pusher{c: c, store: c.store, r: r, cancel: cancel}
+}
+
 // storedCursor reads a peer's persisted cursor.
 func (c *Cluster) storedCursor(url string) uint64 {
-	v, err := c.store.Value(cursorKey(url))
+	v, err := c.feedStore().Value(cursorKey(url))
 	if err != nil || v == nil {
 		return 0
 	}
@@ -82,7 +102,7 @@ func (c *Cluster) queue(r *remote) (int64, time.Duration) {
 	if r.Self() {
 		return 0, 0
 	}
-	n, err := c.store.CountChanges(c.cursorOf(r.URL), r.IsCache())
+	n, err := c.feedStore().CountChanges(c.cursorOf(r.URL), r.IsCache())
 	if err != nil || n == 0 {
 		return n, 0
 	}
@@ -142,13 +162,13 @@ func (p *pusher) step(ctx context.Context) wait {
 		// is done.
 		return either(c.resync.changed(), r.kick)
 	}
-	changed := c.store.Changed()
+	changed := p.store.Changed()
 	if p.failures > 0 {
 		// A retry starts: the peer's answers to it must not wake the
 		// pusher for another one at once.
 		r.pushFailed()
 	}
-	changes, err := c.store.Changes(p.next, pushBatch)
+	changes, err := p.store.Changes(p.next, pushBatch)
 	if err != nil {
 		c.log.Error("reading the change feed", "err", err)
 		return pause(time.Second)
@@ -175,7 +195,7 @@ func (p *pusher) step(ctx context.Context) wait {
 // advance persists the cursor at upTo (the peer accepted everything up
 // to it); false if it could not.
 func (p *pusher) advance(upTo uint64) bool {
-	if err := p.c.store.SetValue(cursorKey(p.r.URL), []byte(strconv.FormatUint(upTo, 10))); err != nil {
+	if err := p.store.SetValue(cursorKey(p.r.URL), []byte(strconv.FormatUint(upTo, 10))); err != nil {
 		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
 		return false
 	}
@@ -231,7 +251,7 @@ func (p *pusher) caughtUpNow() {
 	if now.Sub(p.ackedSaved) < ackedAtPersist {
 		return
 	}
-	if err := p.c.store.SetValue(keyAckedAtPrefix+p.r.URL, []byte(strconv.FormatInt(now.UnixMilli(), 10))); err != nil {
+	if err := p.store.SetValue(keyAckedAtPrefix+p.r.URL, []byte(strconv.FormatInt(now.UnixMilli(), 10))); err != nil {
 		p.c.log.Warn("persisting when a peer was last caught up", "peer", p.r.URL, "err", err)
 		return
 	}
@@ -389,9 +409,9 @@ func kindOf(st dtfc.State) string {
 // from a peer and the offer counts as done (the peer gets the state again
 // with the repair's feed entry).
 func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error {
-	b, err := c.store.Open(st.ID)
+	b, err := c.feedStore().Open(st.ID)
 	if errors.Is(err, blobstore.ErrNotFound) {
-		if cur, serr := c.store.Stat(st.ID); serr == nil && !cur.Deleted {
+		if cur, serr := c.feedStore().Stat(st.ID); serr == nil && !cur.Deleted {
 			c.log.Warn("a record's file is missing; fetching it again", "id", st.ID.String())
 			c.goRepair(cur)
 		}

@@ -54,7 +54,7 @@ func (c *Cluster) pusherLoop(ctx context.Context) {
 	for {
 		changed := c.peersChanged.Wait()
 		c.pushers.follow(ctx, c.mem.Load(), func(ctx context.Context, r *remote, cancel context.CancelFunc) *pusher {
-			p := &pusher{c: c, r: r, cancel: cancel}
+			p := newPusher(c, r, cancel)
 			c.goLoop(ctx, p.run)
 			return p
 		})

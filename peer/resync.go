@@ -136,10 +136,26 @@ func (rs *resync) changed() <-chan struct{} {
 }
 
 // loadResync restores the resync's durable state.
+// resyncStore is what a resync needs of the blob store: the records and blocks to
+// weigh against a peer's, the means to forget one, and where the resync
+// state is kept.
+type resyncStore interface {
+	NodeID() string
+	Digests() ([256]blobstore.Digest, error)
+	Records(prefix []byte, fn func(st dtfc.State, seq uint64) error) error
+	DenyList() ([]blobstore.Deny, error)
+	Forget(id dtfc.ID) error
+	ForgetDeny(id dtfc.ID) error
+	Value(key string) ([]byte, error)
+	SetValue(key string, v []byte) error
+}
+
+func (c *Cluster) resyncStore() resyncStore { return c.store }
+
 func (c *Cluster) loadResync() {
 	rs := &c.resync
 	rs.state, rs.since, rs.wake, rs.notify = ResyncInSync, time.Now(), make(chan struct{}), map[string]bool{}
-	v, err := c.store.Value(keyResync)
+	v, err := c.resyncStore().Value(keyResync)
 	if err != nil || v == nil {
 		return
 	}
@@ -158,7 +174,7 @@ func (c *Cluster) saveResyncLocked() error {
 	if err != nil {
 		return err
 	}
-	return c.store.SetValue(keyResync, b)
+	return c.resyncStore().SetValue(keyResync, b)
 }
 
 // expiredBy is told that the peer r marked this node expired, horizon
@@ -281,7 +297,7 @@ func (c *Cluster) runResync(ctx context.Context) error {
 		return err
 	}
 	for id, st := range candidates {
-		if err := c.store.Forget(id); err != nil {
+		if err := c.resyncStore().Forget(id); err != nil {
 			return fmt.Errorf("dropping %s: %w", id, err)
 		}
 		c.metrics.resyncDropped.Inc()
@@ -289,7 +305,7 @@ func (c *Cluster) runResync(ctx context.Context) error {
 			"id", id.String(), "uploaded", st.Clock.Time())
 	}
 	for id := range denyCandidates {
-		if err := c.store.ForgetDeny(id); err != nil {
+		if err := c.resyncStore().ForgetDeny(id); err != nil {
 			return fmt.Errorf("dropping the deny entry of %s: %w", id, err)
 		}
 		c.log.Warn("resync dropped a deny entry the cluster forgot", "id", id.String())
@@ -365,7 +381,7 @@ func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Ti
 	if err != nil {
 		return nil, err
 	}
-	ours, err := c.store.Digests()
+	ours, err := c.resyncStore().Digests()
 	if err != nil {
 		return nil, err
 	}
@@ -389,9 +405,9 @@ func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Ti
 }
 
 func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, delivered uint64, out map[dtfc.ID]dtfc.State) error {
-	me := c.store.NodeID()
+	me := c.resyncStore().NodeID()
 	local := map[dtfc.ID]dtfc.State{}
-	if err := c.store.Records(prefix, func(st dtfc.State, seq uint64) error {
+	if err := c.resyncStore().Records(prefix, func(st dtfc.State, seq uint64) error {
 		if st.Deleted {
 			return nil
 		}
@@ -476,7 +492,7 @@ func (c *Cluster) denyOrphansAgainst(ctx context.Context, r *remote, horizon dtf
 	for _, d := range theirs.ForgottenLifts {
 		lifted[d.ID] = d
 	}
-	ours, err := c.store.DenyList()
+	ours, err := c.resyncStore().DenyList()
 	if err != nil {
 		return err
 	}

@@ -61,6 +61,19 @@ const (
 	unconfirmedRecheck = time.Hour
 )
 
+// unconfirmedStore is what settling unconfirmed blobs needs of the blob store.
+type unconfirmedStore interface {
+	UnconfirmedCount() int64
+	Unconfirmed(after dtfc.ID, limit int) ([]blobstore.UnconfirmedBlob, error)
+	ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (blobstore.UnconfirmedOutcome, error)
+	FileState(u blobstore.UnconfirmedBlob) dtfc.State
+	Forgotten(id dtfc.ID) (dtfc.State, bool)
+	AdoptUnconfirmed(id dtfc.ID) (blobstore.UnconfirmedOutcome, error)
+	UnconfirmedPath(id dtfc.ID) string
+}
+
+func (c *Cluster) unconfirmedStore() unconfirmedStore { return c.store }
+
 // unconfirmedResolver resolves the unconfirmed blobs of one Cluster run.
 type unconfirmedResolver struct {
 	c *Cluster
@@ -73,11 +86,11 @@ type unconfirmedResolver struct {
 // leaves further passes to a loop of the Cluster's. It returns at once if
 // there are none. Run calls it before anti-entropy starts.
 func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
-	if c.store.UnconfirmedCount() == 0 {
+	if c.unconfirmedStore().UnconfirmedCount() == 0 {
 		return
 	}
 	c.log.Info("resolving unconfirmed blobs: files this node holds without knowing their state",
-		"count", c.store.UnconfirmedCount(), "peers", len(c.mem.Load().remotes))
+		"count", c.unconfirmedStore().UnconfirmedCount(), "peers", len(c.mem.Load().remotes))
 	ur := &unconfirmedResolver{c: c}
 	fctx, cancel := context.WithTimeout(ctx, unconfirmedFirstPass)
 	retry := ur.pass(fctx)
@@ -92,7 +105,7 @@ func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
 func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
 	c := ur.c
 	failures := 0
-	for c.store.UnconfirmedCount() > 0 {
+	for c.unconfirmedStore().UnconfirmedCount() > 0 {
 		d := unconfirmedRecheck
 		if retry {
 			failures++
@@ -145,7 +158,7 @@ func (ur *unconfirmedResolver) pass(ctx context.Context) bool {
 
 	var after dtfc.ID
 	for ctx.Err() == nil {
-		page, err := c.store.Unconfirmed(after, unconfirmedPage)
+		page, err := c.unconfirmedStore().Unconfirmed(after, unconfirmedPage)
 		if err != nil {
 			c.log.Error("reading the unconfirmed blobs", "err", err)
 			return true
@@ -181,7 +194,7 @@ func (ur *unconfirmedResolver) pass(ctx context.Context) bool {
 func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.UnconfirmedBlob, remotes []*remote,
 	isDown func(*remote) bool, setDown func(*remote), tally *unconfirmedTally) {
 	c, id := ur.c, u.ID
-	out, err := c.store.ResolveUnconfirmed(id, nil)
+	out, err := c.unconfirmedStore().ResolveUnconfirmed(id, nil)
 	if err == nil && out == blobstore.UnconfirmedBlocked {
 		// Set aside by a block, back with its lift: nothing to ask.
 		tally.add(&tally.left)
@@ -193,7 +206,7 @@ func (ur *unconfirmedResolver) resolveOne(ctx context.Context, u blobstore.Uncon
 		// forgot lately.
 		var known *dtfc.State
 		complete := true // every peer answered
-		if f, ok := c.store.Forgotten(id); ok {
+		if f, ok := c.unconfirmedStore().Forgotten(id); ok {
 			known = &f
 		}
 		if len(remotes) > 0 {
@@ -252,7 +265,7 @@ var errAskAgain = errors.New("some peer could not be asked")
 // lost) is adopted with its own clock rather than deleted.
 func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.State, alone, complete bool) (blobstore.UnconfirmedOutcome, error) {
 	c, id := ur.c, u.ID
-	file := c.store.FileState(u)
+	file := c.unconfirmedStore().FileState(u)
 	if known == nil && !complete {
 		return blobstore.UnconfirmedPending, errAskAgain
 	}
@@ -260,12 +273,12 @@ func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.S
 		// A file dated with the known state's clock is that state's
 		// (made by whichever node): only a later clock is another.
 		if u.Clock <= known.Clock {
-			return c.store.ResolveUnconfirmed(id, known)
+			return c.unconfirmedStore().ResolveUnconfirmed(id, known)
 		}
 		if !complete {
 			return blobstore.UnconfirmedPending, errAskAgain
 		}
-		out, err := c.store.ResolveUnconfirmed(id, &file)
+		out, err := c.unconfirmedStore().ResolveUnconfirmed(id, &file)
 		if err == nil && out == blobstore.UnconfirmedAdopted {
 			c.log.Warn("adopted an unconfirmed blob whose file is newer than every state its peers know (an upload this node never passed on before its metadata was lost)",
 				"id", id.String(), "bytes", u.Size, "clock", file.Clock.String(), "newest_known", known.Clock.String(), "known_deleted", known.Deleted)
@@ -278,11 +291,11 @@ func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.S
 		// remembers it to compare.
 		if _, seen := ur.logged.LoadOrStore(id, true); !seen {
 			c.log.Warn("left unconfirmed: no peer knows this blob, and this node was told it missed deletes its peers forgot; it stays out of blobs/, never served or replicated",
-				"id", id.String(), "bytes", u.Size, "path", c.store.UnconfirmedPath(id))
+				"id", id.String(), "bytes", u.Size, "path", c.unconfirmedStore().UnconfirmedPath(id))
 		}
 		return blobstore.UnconfirmedPending, nil
 	}
-	out, err := c.store.AdoptUnconfirmed(id)
+	out, err := c.unconfirmedStore().AdoptUnconfirmed(id)
 	if err == nil && !alone {
 		// Every peer answered that it knows nothing of it, none forgot a
 		// delete of it lately, and none says this node missed deletes it
