@@ -255,11 +255,33 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 	defer leave()
 	s.clock.Observe(d.Clock)
 	defer s.locks.lock(d.ID)()
+	fx, err := s.recordDeny(d)
+	if err != nil || fx == denyIgnored {
+		return false, err
+	}
+	s.denied.set(d)
+	return true, s.denyBytes(d, fx)
+}
+
+// denyEffect is what recording a deny entry leaves to do with the bytes.
+type denyEffect int
+
+const (
+	denyIgnored   denyEffect = iota // not newer than what is known
+	denyRecorded                    // recorded; nothing for the bytes (a lift brings set-aside bytes back)
+	denyRemoves                     // a block: the bytes go
+	denySetsAside                   // a block older than the upload: the bytes go to unconfirmed/
+)
+
+// recordDeny records d if it is newer than the entry held, with what a
+// block does to the record in the same transaction, and says what is left
+// to do with the bytes. The caller holds d.ID's lock.
+func (s *Store) recordDeny(d Deny) (denyEffect, error) {
 	forgotten := s.forgottenClock('D', d.ID)
 	held := s.fileExists(d.ID)
-	var applied, removeBytes, setAside bool
-	err = s.update(func(t *txn) error {
-		applied, removeBytes, setAside = false, false, false
+	var fx denyEffect
+	err := s.update(func(t *txn) error {
+		fx = denyIgnored
 		cur, ok, err := getDeny(t.deny, d.ID)
 		if err != nil {
 			return err
@@ -277,7 +299,7 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 		if err := t.setDeny(curp, d); err != nil {
 			return err
 		}
-		applied = true
+		fx = denyRecorded
 		if !d.Active() {
 			return nil
 		}
@@ -285,7 +307,7 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 		// block is recorded and the blob still live. It carries the
 		// block's own clock and node, so every node derives the same
 		// one, and it undoes only uploads older than the block.
-		removeBytes = true
+		fx = denyRemoves
 		rec, ok, err := t.get(d.ID)
 		if err != nil || !ok || rec.Deleted {
 			return err
@@ -302,34 +324,33 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 		// but are set aside in unconfirmed/, entry first, and come back
 		// with the lift (liftSetAside); a later delete removes them.
 		if held && t.tx.Bucket(bucketUnconfirmed).Get(d.ID[:]) == nil {
-			removeBytes, setAside = false, true
+			fx = denySetsAside
 			return t.tx.Bucket(bucketUnconfirmed).Put(d.ID[:], encodeUnconfirmed(UnconfirmedBlob{
 				ID: d.ID, Size: rec.Size, ContentType: rec.ContentType, Since: time.Now()}))
 		}
 		return nil
 	})
-	if err != nil || !applied {
-		return applied, err
-	}
-	s.denied.set(d)
+	return fx, err
+}
+
+// denyBytes does with d.ID's bytes what recording d left to do.
+func (s *Store) denyBytes(d Deny, fx denyEffect) error {
 	switch {
-	case removeBytes:
-		if err := s.removeFile(d.ID); err != nil {
-			return true, err
-		}
-	case setAside:
+	case fx == denyRemoves:
+		return s.removeFile(d.ID)
+	case fx == denySetsAside:
 		s.unconfirmed.Add(1)
 		s.small.drop(d.ID)
 		if err := s.moveAside(s.Path(d.ID), d.ID); err != nil {
-			return true, err
+			return err
 		}
 		s.access.forget(d.ID)
 		s.log.Warn("blocked an upload newer than the block (taken where the block was not known): its bytes are set aside in unconfirmed/ until a lift or a delete",
 			"id", d.ID.String(), "block_clock", d.Clock.String())
 	case !d.Active():
-		return true, s.liftSetAside(d.ID)
+		return s.liftSetAside(d.ID)
 	}
-	return true, nil
+	return nil
 }
 
 // liftSetAside puts back into blobs/ the bytes a block set aside (see
