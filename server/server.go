@@ -73,6 +73,14 @@ type Config struct {
 	// TrustedProxies are the addresses of reverse proxies whose
 	// X-Forwarded-For names the client (for MaxUploadsPerClient and logs).
 	TrustedProxies []netip.Prefix
+	// CORSOrigins are the origins whose browser pages may read and
+	// upload ("*": any). If empty, no CORS headers are sent.
+	CORSOrigins []string
+	// CouchDBAuth, if set, is the URL of a CouchDB whose sessions
+	// authorize writers (see couchauth.go); CouchDBRoles, if any, are the
+	// roles one of which such a writer needs.
+	CouchDBAuth  string
+	CouchDBRoles []string
 	// Logger receives the server's logs. If nil, logs are discarded.
 	Logger *slog.Logger
 	// RecentErrors, if set, returns the node's latest warnings and errors,
@@ -151,6 +159,7 @@ func (s *Server) Wait() { s.flight.Wait() }
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(s.track)
+	r.Use(s.cors)
 	if s.cfg.MaxHeaderBytes > 0 {
 		r.Use(s.limitHeader)
 	}
@@ -177,6 +186,7 @@ func (s *Server) routes() chi.Router {
 		r.Put("/refreshpeers", s.refreshPeers)
 		r.Put("/refreshpeers.html", s.refreshPeers)
 		r.Delete("/{id}", s.delete)
+		r.Get("/_blobs", s.listBlobs)
 		if s.denier != nil {
 			r.Get("/_deny", s.listDeny)
 			r.Put("/_deny/{id}", s.putDeny)
@@ -192,6 +202,7 @@ func (s *Server) routes() chi.Router {
 		r.Use(s.requireRead)
 		getHead(r, "/{id}", s.download)
 		getHead(r, "/{id}/nopeerload", s.download)
+		r.Get("/{id}/ffmetadata", s.ffmetadata)
 	})
 	if c := s.cfg.Cluster; c != nil && !s.cfg.NoInternal {
 		r.Mount(peer.InternalPrefix, c.InternalHandler())

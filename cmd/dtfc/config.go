@@ -62,6 +62,10 @@ type Config struct {
 	TombstoneExpiry     Duration   `toml:"tombstone_expiry"`
 	MaxClockOffset      Duration   `toml:"max_clock_offset"`
 	ShutdownGrace       Duration   `toml:"shutdown_grace"`
+
+	CORSOrigins  StringList `toml:"cors_origins"`
+	CouchDBAuth  string     `toml:"couchdb_auth"`
+	CouchDBRoles StringList `toml:"couchdb_roles"`
 }
 
 func defaultConfig() Config {
@@ -225,6 +229,9 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request head (request line and header fields, as HTTP/1.1 sends them) accepted; larger ones get 431")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")
+	fs.Var(c.CORSOrigins.asFlag(), "cors-origins", "origins whose browser pages may read and upload (CORS); \"*\" for any; repeatable")
+	fs.StringVar(&c.CouchDBAuth, "couchdb-auth", c.CouchDBAuth, "CouchDB URL whose sessions (AuthSession cookie or Basic credentials) authorize writers")
+	fs.Var(c.CouchDBRoles.asFlag(), "couchdb-roles", "with couchdb-auth: a writer needs one of these CouchDB roles; repeatable")
 }
 
 // loadConfig builds the configuration: defaults, then the TOML file named
@@ -358,6 +365,7 @@ func (c *Config) validate() error {
 	if c.MaxHeaderBytes < 1024 || c.ReadHeaderTimeout <= 0 || c.MaxPeerFetches < 1 {
 		errs = append(errs, errors.New("max_header_bytes must be at least 1024, read_header_timeout positive, max_peer_fetches at least 1"))
 	}
+	errs = append(errs, c.validateApps()...)
 	if c.Me == "" {
 		scheme := "http://"
 		if c.TLSCert != "" {
@@ -382,6 +390,30 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
+// validateApps checks the keys for applications: CORS origins and CouchDB
+// sessions.
+func (c *Config) validateApps() []error {
+	var errs []error
+	for _, o := range c.CORSOrigins {
+		if o == "*" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			errs = append(errs, fmt.Errorf("cors_origins %q: want \"*\" or an origin like https://app.example.com (scheme, host, optional port; no path)", o))
+		}
+	}
+	if c.CouchDBAuth != "" {
+		if u, err := url.Parse(c.CouchDBAuth); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("couchdb_auth %q: want CouchDB's URL, like http://127.0.0.1:5984", c.CouchDBAuth))
+		}
+	}
+	if anySet(c.CouchDBRoles) && c.CouchDBAuth == "" {
+		errs = append(errs, errors.New("couchdb_roles needs couchdb_auth (the CouchDB whose sessions name the roles)"))
+	}
+	return errs
+}
+
 // anySet reports whether l holds a non-empty string: an empty token or
 // secret is ignored, as if unset.
 func anySet(l StringList) bool {
@@ -401,6 +433,8 @@ func (c *Config) tokenKey() string {
 		return "auth_token"
 	case anySet(c.ReadToken):
 		return "read_token"
+	case c.CouchDBAuth != "":
+		return "couchdb_auth"
 	}
 	return ""
 }
