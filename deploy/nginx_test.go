@@ -450,6 +450,21 @@ func TestNginxFront(t *testing.T) {
 		}
 	})
 
+	t.Run("a blocked blob is not served", func(t *testing.T) {
+		data := randomData(6, 100<<10)
+		id := upload(t, hc, ngx.URL+"/blocked.bin", data)
+		require.Equal(t, http.StatusOK, httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil).status)
+		r := httpDo(t, hc, http.MethodPut, front.URL+"/_deny/"+id, strings.NewReader(`{"status":451,"reason":"test"}`), "Content-Type", "application/json")
+		require.True(t, r.status == http.StatusOK || r.status == http.StatusCreated, "%s", r)
+		for _, m := range []string{http.MethodGet, http.MethodHead} {
+			got := httpDo(t, hc, m, ngx.URL+"/"+id, nil)
+			assert.Equal(t, http.StatusUnavailableForLegalReasons, got.status, "%s after the block: %s", m, got)
+			if m == http.MethodGet {
+				assert.NotContains(t, string(got.body), string(data[:64]))
+			}
+		}
+	})
+
 	t.Run("nginx's own paths", func(t *testing.T) {
 		id := ids["hello.txt"]
 		// The internal location is not reachable from outside.
