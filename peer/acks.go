@@ -55,7 +55,6 @@ type expiries struct {
 	persist sync.Mutex
 }
 
-// loadExpiries reads the marks persisted by earlier runs.
 // ledgerStore is what the expiries and the feed clock need of the blob store: where
 // they are kept, the feed's end, and which tombstones are old enough to
 // forget.
@@ -68,6 +67,7 @@ type ledgerStore interface {
 
 func (c *Cluster) ledgerStore() ledgerStore { return c.store }
 
+// loadExpiries reads the marks persisted by earlier runs.
 func (c *Cluster) loadExpiries() {
 	c.expired.marks = map[string]expiryMark{}
 	v, err := c.ledgerStore().Value(keyExpiredPrefix + "index")

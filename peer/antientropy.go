@@ -40,8 +40,6 @@ type replicaSource interface {
 	DenyList(ctx context.Context) (denyList, error)
 }
 
-// antiEntropyLoop compares this node with each peer at start-up and then
-// every interval (with jitter, so nodes do not all hit one peer at once).
 // syncStore is what anti-entropy needs of the blob store: its digests and
 // states to compare, and the means to take a peer's newer state.
 type syncStore interface {
@@ -57,6 +55,8 @@ type syncStore interface {
 
 func (c *Cluster) syncStore() syncStore { return c.store }
 
+// antiEntropyLoop compares this node with each peer at start-up and then
+// every interval (with jitter, so nodes do not all hit one peer at once).
 func (c *Cluster) antiEntropyLoop(ctx context.Context) {
 	for {
 		c.antiEntropyRound(ctx)

@@ -18,9 +18,6 @@ import (
 	"github.com/dtfc/dtfc/internal/iox"
 )
 
-// InternalHandler serves the node-to-node routes (mounted under
-// /_internal). When a cluster secret is configured, every one of them
-// refuses a request that does not carry it.
 // servedStore is what answering a peer needs of the blob store: what it holds, and
 // the means to take what the peer sends.
 type servedStore interface {
@@ -39,6 +36,9 @@ type servedStore interface {
 
 func (c *Cluster) servedStore() servedStore { return c.store }
 
+// InternalHandler serves the node-to-node routes (mounted under
+// /_internal). When a cluster secret is configured, every one of them
+// refuses a request that does not carry it.
 func (c *Cluster) InternalHandler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(c.authPeer, heartbeat)

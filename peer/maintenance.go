@@ -12,9 +12,6 @@ import (
 
 const keyLastScrub = "last_scrub" // unix ms of the last finished scrub pass
 
-// maintenanceLoop forgets tombstones and lifted blocks that are older than
-// the retention and that every peer accepted (see acks.go), and for a
-// cache persists its read order and keeps it under its size.
 // upkeepStore is what the periodic upkeep needs of the blob store: purging what
 // every peer has, scrubbing, flushing access times.
 type upkeepStore interface {
@@ -30,6 +27,9 @@ type upkeepStore interface {
 
 func (c *Cluster) upkeepStore() upkeepStore { return c.store }
 
+// maintenanceLoop forgets tombstones and lifted blocks that are older than
+// the retention and that every peer accepted (see acks.go), and for a
+// cache persists its read order and keeps it under its size.
 func (c *Cluster) maintenanceLoop(ctx context.Context) {
 	purgeEvery := c.purgeEvery()
 	tick := time.NewTicker(min(purgeEvery, 5*time.Second))

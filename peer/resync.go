@@ -135,7 +135,6 @@ func (rs *resync) changed() <-chan struct{} {
 	return rs.wake
 }
 
-// loadResync restores the resync's durable state.
 // resyncStore is what a resync needs of the blob store: the records and blocks to
 // weigh against a peer's, the means to forget one, and where the resync
 // state is kept.
@@ -152,6 +151,7 @@ type resyncStore interface {
 
 func (c *Cluster) resyncStore() resyncStore { return c.store }
 
+// loadResync restores the resync's durable state.
 func (c *Cluster) loadResync() {
 	rs := &c.resync
 	rs.state, rs.since, rs.wake, rs.notify = ResyncInSync, time.Now(), make(chan struct{}), map[string]bool{}
