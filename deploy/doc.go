@@ -11,6 +11,9 @@
 //     command);
 //   - the status page at GET / rendered in headless Chromium against a
 //     real three-node cluster (statuspage_test.go);
+//   - a page's fetch() uploads and reads, in headless Chromium, against a
+//     real node with cors_origins, and is refused for an origin not
+//     listed (cors_test.go);
 //   - the release builds of ../.goreleaser.yaml (release_test.go, through
 //     ../scripts/release-check.sh).
 //
