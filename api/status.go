@@ -68,6 +68,28 @@ type Cluster struct {
 	Resyncing bool          `json:"resyncing"`
 	Resync    ResyncStatus  `json:"resync"`
 	Scrub     ScrubProgress `json:"scrub"`
+	// Members are the membership records (GET /_members), removals
+	// included: every node records itself, and learns the others' records
+	// from its peers.
+	Members []Member `json:"members,omitempty"`
+}
+
+// Member is a node of the cluster as membership records it (GET
+// /_members): one per node identity, last writer wins by Clock.
+type Member struct {
+	// Node is the node's identity (its store's node ID).
+	Node string `json:"node"`
+	// URL is where the members reach it; a node that joins again under
+	// a new URL replaces its old one.
+	URL  string    `json:"url"`
+	Role dtfc.Role `json:"role"`
+	// Since is when it joined (or was added again).
+	Since time.Time `json:"since"`
+	// Removed marks a node taken out of the cluster: nobody pushes to it
+	// and its own requests are refused until it is added again.
+	Removed bool `json:"removed,omitempty"`
+	// Clock is the record's hybrid logical clock (last writer wins).
+	Clock dtfc.Timestamp `json:"clock"`
 }
 
 // PeerStatus describes one peer as a node sees it.

@@ -277,6 +277,11 @@ func (c *Cluster) learned(r *remote) {
 	}
 	c.applyMarks()
 	c.wakePushers()
+	if c.members.inUse() {
+		// A file's entry now has an identity: a member record of the
+		// same node is no longer a peer of its own.
+		c.applyPeers()
+	}
 }
 
 // ackedAt returns when the peer at url was last known to be caught up with

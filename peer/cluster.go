@@ -86,6 +86,10 @@ type Options struct {
 	// clocks (the store's hybrid logical clock should read the same). If
 	// nil, it defaults to time.Now.
 	Wall func() time.Time
+	// Join are members to join the cluster through (--join): at start
+	// this node sends them its membership records, itself included, and
+	// learns theirs.
+	Join []string
 }
 
 // Store is what the cluster needs of this node's blob store
@@ -102,6 +106,7 @@ type Store interface {
 	ledgerStore
 	upkeepStore
 	unconfirmedStore
+	membersStore
 	// Evict makes room on a cache (see blobstore.Store.Evict).
 	Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error)
 }
@@ -118,6 +123,10 @@ type Cluster struct {
 	fetch   *fetcher
 
 	mem          atomic.Pointer[membership]
+	peersMu      sync.Mutex // serializes applyPeers
+	filePeers    []Peer     // the peer list file's entries (under peersMu)
+	members      members    // membership records (members.go)
+	membersSig   broadcast.Signal
 	peersChanged broadcast.Signal // notified by setPeers (pushers.go)
 	pushers      pushers
 	repairs      repairs
@@ -180,15 +189,17 @@ func New(store Store, opts Options) (*Cluster, error) {
 	}
 	c.metrics = newMetrics(opts.Registry, c)
 	c.fetch = newFetcher(c, opts.MaxFetches)
-	var peers []Peer
 	if opts.PeerList != "" {
 		var err error
-		if peers, err = LoadList(opts.PeerList, opts.Me); err != nil {
+		if c.filePeers, err = LoadList(opts.PeerList, opts.Me); err != nil {
 			return nil, err
 		}
 	}
-	c.setPeers(peers)
-	if len(peers) == 0 {
+	if err := c.loadMembers(); err != nil {
+		return nil, err
+	}
+	c.applyPeers()
+	if len(c.mem.Load().peers) == 0 && len(opts.Join) == 0 {
 		// Alone, the node has nobody to learn blocks from: it takes
 		// uploads at once, also after a rebuild.
 		c.denyLearned("no peer list")
@@ -235,17 +246,23 @@ func (c *Cluster) setPeers(peers []Peer) {
 			}
 		}
 		if r == nil {
-			r = newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID(), c.opts.Wall)
-			r.notes = c
-			if m, ok := c.markOf(r); ok {
-				r.setExpired(m)
-			}
+			r = c.newRemote(p)
 		}
 		m.remotes = append(m.remotes, r)
 		m.byURL[p.URL] = r
 	}
 	c.mem.Store(m)
 	c.peersChanged.Notify()
+}
+
+// newRemote returns a remote of p that tells this Cluster what it learns.
+func (c *Cluster) newRemote(p Peer) *remote {
+	r := newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID(), c.opts.Wall)
+	r.notes = c
+	if m, ok := c.markOf(r); ok {
+		r.setExpired(m)
+	}
+	return r
 }
 
 // Peers returns the current peer list.
@@ -264,7 +281,10 @@ func (c *Cluster) Refresh() ([]Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.setPeers(peers)
+	c.peersMu.Lock()
+	c.filePeers = peers
+	c.peersMu.Unlock()
+	c.applyPeers()
 	c.log.Info("peer list reloaded", "peers", len(peers))
 	return c.Peers(), nil
 }
@@ -420,6 +440,7 @@ func (c *Cluster) Status() Status {
 	st := Status{Scrub: c.store.ScrubProgress(), Resync: c.resync.status()}
 	st.Resyncing = st.Resync.State != ResyncInSync
 	st.Synced = c.isSynced()
+	st.Members = c.members.list()
 	for _, r := range c.mem.Load().remotes {
 		ps := r.status()
 		q, lag := c.queue(r)
@@ -441,6 +462,7 @@ func (c *Cluster) isSynced() bool { return c.synced.Load() && !c.resync.holds() 
 func (c *Cluster) Run(ctx context.Context) error {
 	c.goLoop(ctx, c.pusherLoop)
 	c.goLoop(ctx, c.repairLoop)
+	c.goLoop(ctx, c.membersLoop)
 	if !c.store.DenyKnown() {
 		// The first anti-entropy round, right after resolveUnconfirmed,
 		// compares them (or finds no replica peer to compare with).

@@ -48,30 +48,37 @@ func (c *Cluster) InternalHandler() http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusMethodNotAllowed, "method not allowed on this node-to-node route")
 	})
-	// Handing out blobs and single states: refused while this node
-	// resyncs (they may be files the cluster deleted and forgot while it
-	// was away). Listings stay readable, marked resyncing: importing from
-	// them is the reader's decision, and a resync compares with them.
+	// Membership records: exchanged with any node of the cluster, a
+	// removed one included (the answer tells it it was removed).
+	r.Post(routeMembers, c.hMembers)
+	// Everything else is refused to a node removed from the cluster.
 	r.Group(func(r chi.Router) {
-		r.Use(c.notResyncing)
-		r.Get(routeBlob+"{id}", c.hGetBlob)
-		r.Head(routeBlob+"{id}", c.hGetBlob)
-	})
-	// A single state: refused too, but for a delete this node forgot
-	// (hState), which a resync against it needs even while it resyncs.
-	r.Get(routeState+"{id}", c.hState)
-	r.Get(routeDigests, c.hDigests)
-	r.Get(routeDigests+"/{first}", c.hDigests)
-	r.Get(routeStates, c.hStates)
-	r.Post(routeLookup, c.hLookup)
-	r.Get(routeDeny, c.hDenyList)
-	r.Post(routeResynced, c.hResynced)
-	// Receiving states: always, but not from a peer this node marked
-	// expired until it resynced.
-	r.Group(func(r chi.Router) {
-		r.Use(c.notFromExpired)
-		r.Put(routeBlob+"{id}", c.hPutBlob)
-		r.Post(routeChanges, c.hChanges)
+		r.Use(c.notFromRemoved)
+		// Handing out blobs and single states: refused while this node
+		// resyncs (they may be files the cluster deleted and forgot while it
+		// was away). Listings stay readable, marked resyncing: importing from
+		// them is the reader's decision, and a resync compares with them.
+		r.Group(func(r chi.Router) {
+			r.Use(c.notResyncing)
+			r.Get(routeBlob+"{id}", c.hGetBlob)
+			r.Head(routeBlob+"{id}", c.hGetBlob)
+		})
+		// A single state: refused too, but for a delete this node forgot
+		// (hState), which a resync against it needs even while it resyncs.
+		r.Get(routeState+"{id}", c.hState)
+		r.Get(routeDigests, c.hDigests)
+		r.Get(routeDigests+"/{first}", c.hDigests)
+		r.Get(routeStates, c.hStates)
+		r.Post(routeLookup, c.hLookup)
+		r.Get(routeDeny, c.hDenyList)
+		r.Post(routeResynced, c.hResynced)
+		// Receiving states: always, but not from a peer this node marked
+		// expired until it resynced.
+		r.Group(func(r chi.Router) {
+			r.Use(c.notFromExpired)
+			r.Put(routeBlob+"{id}", c.hPutBlob)
+			r.Post(routeChanges, c.hChanges)
+		})
 	})
 	return r
 }

@@ -65,6 +65,8 @@ type noteTaker interface {
 	expiredBy(r *remote, horizon dtfc.Timestamp)
 	// learned: r's identity or role became known or changed.
 	learned(r *remote)
+	// removedBy: r refused this node as removed from the cluster.
+	removedBy(r *remote)
 }
 
 // Node is a peer as this node's work with it sees it: what push, fetch,
@@ -137,6 +139,9 @@ func (r *remote) ok(h http.Header) {
 	}
 	if horizon, ok := parseExpired(h.Get(HeaderExpired)); ok && r.notes != nil {
 		r.notes.expiredBy(r, horizon)
+	}
+	if h.Get(HeaderRemoved) != "" && r.notes != nil {
+		r.notes.removedBy(r)
 	}
 	if wake {
 		r.wake()

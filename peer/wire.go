@@ -40,6 +40,7 @@ const (
 	routeDeny      = "/deny"
 	routeResynced  = "/resynced"
 	routeChanges   = "/changes"
+	routeMembers   = "/members" // POST: exchange membership records
 )
 
 // Headers of the node-to-node protocol.
@@ -48,6 +49,9 @@ const (
 	HeaderSecret = "X-Dtfc-Cluster-Secret"
 	// HeaderFrom names the node identity of the requesting node.
 	HeaderFrom = "X-Dtfc-From"
+	// HeaderRemoved marks an answer refusing a node removed from the
+	// cluster: when it was removed.
+	HeaderRemoved = "X-Dtfc-Removed"
 	// HeaderNode names the node identity of the answering node.
 	HeaderNode = "X-Dtfc-Node"
 	// HeaderState carries a dtfc.State as base64url JSON.
@@ -580,6 +584,21 @@ func (n *httpNode) Lookup(ctx context.Context, ids []dtfc.ID) ([]dtfc.State, err
 func (n *httpNode) Resynced(ctx context.Context, horizon dtfc.Timestamp) error {
 	var ans struct{}
 	return n.callJSON(ctx, http.MethodPost, routeResynced, resyncedRequest{Horizon: horizon}, &ans)
+}
+
+// membersMessage is what an exchange of members sends and answers.
+type membersMessage struct {
+	// Node is the sender's node identity.
+	Node    string   `json:"node"`
+	Members []Member `json:"members"`
+}
+
+// Members exchanges membership records with the peer (POST
+// /_internal/members).
+func (n *httpNode) Members(ctx context.Context, msg membersMessage) (membersMessage, error) {
+	var ans membersMessage
+	err := n.callJSON(ctx, http.MethodPost, routeMembers, msg, &ans)
+	return ans, err
 }
 
 func encodeStateHeader(st dtfc.State) string {

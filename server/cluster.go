@@ -23,6 +23,11 @@ type Cluster interface {
 	Replicas() int
 	// Refresh re-reads the peer list.
 	Refresh() ([]peer.Peer, error)
+	// Members returns the membership records; AddMember adds the node
+	// reached at a URL, RemoveMember removes one.
+	Members() []peer.Member
+	AddMember(ctx context.Context, url string, role dtfc.Role) (peer.Member, error)
+	RemoveMember(url string) (peer.Member, error)
 	// Status describes the peers and replication.
 	Status() peer.Status
 	// InternalHandler serves the node-to-node routes under /_internal.

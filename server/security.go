@@ -65,17 +65,43 @@ func matchAny(got []byte, sets ...[][]byte) bool {
 
 var errNeedToken = httpstatus.Errorf(http.StatusUnauthorized, "this node requires a token: Authorization: Bearer <token>")
 
-// requireWrite guards writes (uploads, deletes, the deny list, peer list
-// reloads) when write tokens are set.
+// requireWrite guards writes (uploads, deletes) when write tokens are set
+// or CouchDB sessions authorize writers (Config.CouchDBAuth): either
+// credential may write.
 func (s *Server) requireWrite(next http.Handler) http.Handler {
+	return s.requireWriter(next, false)
+}
+
+// requireOperator guards the operator's routes (the deny list, the blob
+// listing, membership, peer list reloads) like requireWrite, except that
+// a CouchDB user needs CouchDB's _admin role: couchdb_roles lets an
+// application's users upload, not run the cluster.
+func (s *Server) requireOperator(next http.Handler) http.Handler {
+	return s.requireWriter(next, true)
+}
+
+func (s *Server) requireWriter(next http.Handler, operator bool) http.Handler {
+	couch := s.couch
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tk := s.tokens.Load()
-		if len(tk.write) > 0 {
-			got, ok := bearer(r)
-			if !ok || !matchAny(got, tk.write) {
-				s.writeError(w, r, httpstatus.Errorf(http.StatusUnauthorized, "this node requires a write token: Authorization: Bearer <token>"))
-				return
+		if len(tk.write) == 0 && couch == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if got, ok := bearer(r); ok && len(tk.write) > 0 && matchAny(got, tk.write) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if couch == nil {
+			s.writeError(w, r, httpstatus.Errorf(http.StatusUnauthorized, "this node requires a write token: Authorization: Bearer <token>"))
+			return
+		}
+		if err := s.authorizeCouch(r, couch, len(tk.write) > 0, operator); err != nil {
+			if httpstatus.Of(err) == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", couchRetryAfter)
 			}
+			s.writeError(w, r, err)
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -312,6 +338,52 @@ func errorsAsDenied(err error, upload bool) error {
 	var de *blobstore.DeniedError
 	if errors.As(err, &de) {
 		return deniedError(de.Deny, upload)
+	}
+	return err
+}
+
+// cookieOrigin reports whether a page of origin may write with a session
+// cookie: this node's own origin, or one listed by name in cors_origins
+// ("*" does not count: it allows reading, never credentials).
+func (s *Server) cookieOrigin(origin string) bool {
+	n, ok := normalizeOrigin(origin)
+	if !ok {
+		return false
+	}
+	if me, ok := normalizeOrigin(s.cfg.Me); ok && me == n {
+		return true
+	}
+	return newCORSPolicy(s.cfg.CORSOrigins).origins[n]
+}
+
+// authorizeCouch checks r's CouchDB credentials with couch: nil if they
+// name a user who may write (with operator, a CouchDB _admin), else the
+// error to answer (401, 403, or 503 with Retry-After when CouchDB cannot
+// be asked). withToken says a write token would do too, for the message.
+//
+// A session cookie rides along with any request a browser sends to this
+// node, whichever page made it: one from a page of another origin is
+// refused unless that origin is listed by name in cors_origins (a
+// cross-site request forgery would otherwise write as the user).
+func (s *Server) authorizeCouch(r *http.Request, couch *couchAuth, withToken, operator bool) error {
+	cred, ok := couchCredentialOf(r)
+	if !ok {
+		msg := "this node requires a CouchDB session (the AuthSession cookie) or a CouchDB user's Basic credentials"
+		if withToken {
+			msg += ", or a write token: Authorization: Bearer <token>"
+		}
+		return httpstatus.Errorf(http.StatusUnauthorized, "%s", msg)
+	}
+	if origin := r.Header.Get("Origin"); cred.cookie != "" && origin != "" && !s.cookieOrigin(origin) {
+		return httpstatus.Errorf(http.StatusForbidden,
+			"a CouchDB session cookie sent by a page of %s is refused: list that origin by name in cors_origins", origin)
+	}
+	err := couch.authorize(r.Context(), cred, operator)
+	if errIsCouch(err) {
+		// Never a 401: the credentials may be fine. The detail names
+		// CouchDB's address and the cause, never the credentials.
+		s.log.Warn("cannot ask CouchDB whether a writer may write", "method", r.Method, "path", r.URL.Path, "err", err)
+		return errCouchUnavailable
 	}
 	return err
 }

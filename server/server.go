@@ -113,6 +113,7 @@ type Server struct {
 	tokens  atomic.Pointer[tokens]
 	uploads *clientLimiter
 	denier  Denier
+	couch   *couchAuth // nil without Config.CouchDBAuth
 }
 
 // Stats is implemented by a store that counts what it holds.
@@ -144,6 +145,7 @@ func New(cfg Config, store Blobs) *Server {
 		s.stats = st.Stats
 	}
 	s.metrics = newMetrics(cfg.Registry, s)
+	s.couch = newCouchAuth(cfg.CouchDBAuth, cfg.CouchDBRoles)
 	s.router = s.routes()
 	return s
 }
@@ -182,16 +184,24 @@ func (s *Server) routes() chi.Router {
 		getHead(r, "/", s.index)
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(s.requireWrite)
+		r.Use(s.requireOperator)
 		r.Put("/refreshpeers", s.refreshPeers)
 		r.Put("/refreshpeers.html", s.refreshPeers)
-		r.Delete("/{id}", s.delete)
 		r.Get("/_blobs", s.listBlobs)
+		if s.cfg.Cluster != nil {
+			r.Get("/_members", s.listMembers)
+			r.Put("/_members", s.addMember)
+			r.Delete("/_members", s.removeMember)
+		}
 		if s.denier != nil {
 			r.Get("/_deny", s.listDeny)
 			r.Put("/_deny/{id}", s.putDeny)
 			r.Delete("/_deny/{id}", s.liftDeny)
 		}
+	})
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireWrite)
+		r.Delete("/{id}", s.delete)
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitUploads)
 			r.Post("/", s.upload)

@@ -240,6 +240,34 @@ func cmdStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	return enc.Encode(st)
 }
 
+// cmdLeave removes a node from the cluster: by default the --server node
+// itself (the URL its members know it by, its --me); with --url, another
+// one, e.g. a node that is down, asked of any member given as --server.
+func cmdLeave(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, mk := clientFlags("leave")
+	nodeURL := fs.String("url", "", "the node to remove (default: the --server node itself)")
+	if _, err := interleaved(fs, args); err != nil {
+		return err
+	}
+	c, err := mk()
+	if err != nil {
+		return err
+	}
+	if *nodeURL == "" {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		*nodeURL = st.Node
+	}
+	m, err := c.RemoveMember(ctx, *nodeURL)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed %s (node %s) from the cluster; its members stop pushing to it within seconds\n", m.URL, m.Node)
+	return nil
+}
+
 // progress draws a one-line progress bar on a terminal.
 type progress struct {
 	w     io.Writer

@@ -26,14 +26,15 @@ import (
 // Config is everything `dtfc serve` can be told, from flags or a TOML file
 // (flags win). TOML keys are the flags' long names with '-' written '_'.
 type Config struct {
-	Host     string    `toml:"host"`
-	Port     int       `toml:"port"`
-	Basedir  string    `toml:"basedir"`
-	Me       string    `toml:"me"`
-	Peerlist string    `toml:"peerlist"`
-	Role     dtfc.Role `toml:"role"`
-	MaxBytes ByteSize  `toml:"max_bytes"`
-	Verbose  bool      `toml:"verbose"`
+	Host     string     `toml:"host"`
+	Port     int        `toml:"port"`
+	Basedir  string     `toml:"basedir"`
+	Me       string     `toml:"me"`
+	Peerlist string     `toml:"peerlist"`
+	Join     StringList `toml:"join"`
+	Role     dtfc.Role  `toml:"role"`
+	MaxBytes ByteSize   `toml:"max_bytes"`
+	Verbose  bool       `toml:"verbose"`
 
 	MaxUploadBytes  ByteSize   `toml:"max_upload_bytes"`
 	IdleTimeout     Duration   `toml:"idle_timeout"`
@@ -200,6 +201,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.StringVar(&c.Basedir, "basedir", c.Basedir, "directory holding all state of the node (created if missing)")
 	fs.StringVar(&c.Me, "me", c.Me, "URL under which other nodes and clients reach this node (default http://<host>:<port>)")
 	fs.StringVar(&c.Peerlist, "peerlist", c.Peerlist, "peer list TOML file; none = a single node")
+	fs.Var(c.Join.asFlag(), "join", "URL of a member to join the cluster through (it and every member learn of this node); repeatable")
 	fs.TextVar(&c.Role, "role", c.Role, "replica (holds every file) or cache (holds what was read through it)")
 	fs.Var(&c.MaxBytes, "max-bytes", "for a cache: size of the local store to stay under (0 = no limit)")
 	fs.BoolVar(&c.Verbose, "verbose", c.Verbose, "debug logging")
@@ -353,7 +355,7 @@ func (c *Config) validate() error {
 	if c.TLSRequirePeerCert && (c.TLSCA == "" || c.TLSCert == "") {
 		errs = append(errs, errors.New("tls_require_peer_cert needs tls_ca (to verify peers' certificates) and tls_cert (HTTPS)"))
 	}
-	if key := c.tokenKey(); key != "" && !anySet(c.ClusterSecret) && c.Peerlist != "" {
+	if key := c.tokenKey(); key != "" && !anySet(c.ClusterSecret) && (c.Peerlist != "" || len(c.Join) > 0) {
 		// The node-to-node routes take uploads and deletes and serve
 		// every blob; without a secret they would do so for anyone,
 		// token or not.
@@ -404,8 +406,13 @@ func (c *Config) validateApps() []error {
 		}
 	}
 	if c.CouchDBAuth != "" {
-		if u, err := url.Parse(c.CouchDBAuth); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("couchdb_auth %q: want CouchDB's URL, like http://127.0.0.1:5984", c.CouchDBAuth))
+		if u, err := url.Parse(c.CouchDBAuth); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			errs = append(errs, errors.New("couchdb_auth: want CouchDB's URL, like http://127.0.0.1:5984, without credentials in it (dtfc forwards each writer's own)"))
+		}
+	}
+	for _, j := range c.Join {
+		if u, err := url.Parse(j); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("join %q: want a member's URL, like http://host:port", j))
 		}
 	}
 	if anySet(c.CouchDBRoles) && c.CouchDBAuth == "" {
@@ -443,7 +450,7 @@ func (c *Config) tokenKey() string {
 // writes or reads need a token, no cluster secret protects those routes,
 // and there is no peer list (validate refuses the same with one).
 func (c *Config) internalHidden() bool {
-	return c.tokenKey() != "" && !anySet(c.ClusterSecret) && c.Peerlist == ""
+	return c.tokenKey() != "" && !anySet(c.ClusterSecret) && c.Peerlist == "" && len(c.Join) == 0
 }
 
 // proxies parses trusted_proxies: addresses or CIDR prefixes.

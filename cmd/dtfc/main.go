@@ -34,6 +34,7 @@ Usage:
   dtfc get [flags] ID [-o FILE]  download and verify a file (stdout by default)
   dtfc rm [flags] ID...          delete files throughout the cluster
   dtfc status [flags]            print a node's status
+  dtfc leave [--url URL] [flags] remove a node (default: the --server node) from the cluster
   dtfc rebuild-meta --basedir DIR
                                  rebuild a stopped node's missing or damaged metadata
   dtfc couchdb migrate|follow|orphans [flags]
@@ -73,6 +74,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdCouchDB(ctx, args, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args, stdout)
+	case "leave":
+		err = cmdLeave(ctx, args, stdout)
 	case "rebuild-meta":
 		err = cmdRebuildMeta(args, stdout, stderr)
 	case "version":

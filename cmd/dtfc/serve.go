@@ -130,6 +130,7 @@ func newCluster(c Config, store *blobstore.Store, tlsr *tlsreload.Reloader, log 
 		Me:                  c.Me,
 		Role:                c.Role,
 		PeerList:            c.Peerlist,
+		Join:                c.Join,
 		MaxBytes:            int64(c.MaxBytes),
 		Secret:              first(c.ClusterSecret),
 		AcceptSecrets:       c.ClusterSecret,

@@ -77,6 +77,12 @@ type Options struct {
 	// Corrupt, Delay, Latency, ...) then applies to both names of the
 	// peer, so a partition still partitions.
 	SecondProxy bool
+	// Join, if set, makes the nodes find each other by joining node 0
+	// (--join) instead of by peer lists: every peer list is empty, and
+	// every other node, those added by AddNode included, starts with
+	// --join <node 0's URL>. It implies Direct: members reach each other
+	// at their own URLs.
+	Join bool
 }
 
 // Cluster is a set of running dtfc nodes and the proxies between them.
@@ -121,6 +127,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 	}
 	bin := Binary(t)
+	if opts.Join {
+		opts.Direct = true
+	}
 	c := &Cluster{
 		t:     t,
 		opts:  opts,
@@ -284,7 +293,7 @@ func (c *Cluster) writePeerList(n *Node) {
 		Peers []entry `toml:"peers"`
 	}
 	for _, m := range c.Nodes {
-		if m != n {
+		if m != n && !c.opts.Join {
 			list.Peers = append(list.Peers, entry{URL: c.PeerURL(n.Index, m.Index), Role: m.Role})
 			if c.opts.ListTwice && !c.opts.Direct {
 				second := m.URL
@@ -336,6 +345,9 @@ func (c *Cluster) AddNode(role dtfc.Role) *Node {
 	}
 	n.Start()
 	for _, m := range c.Nodes[:n.Index] {
+		if c.opts.Join {
+			break // it joined node 0
+		}
 		if !m.Running() {
 			continue // it reads the new list when it starts
 		}

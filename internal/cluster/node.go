@@ -85,6 +85,9 @@ func (n *Node) args() []string {
 	if n.Config != "" {
 		a = append(a, "--config", n.Config)
 	}
+	if n.c.opts.Join && n.Index > 0 {
+		a = append(a, "--join", n.c.Nodes[0].URL)
+	}
 	a = append(a, n.c.opts.Args...)
 	return append(a, n.c.opts.NodeArgs[n.Index]...)
 }

@@ -1,0 +1,49 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+
+	"github.com/dtfc/dtfc/api"
+)
+
+// Members lists the cluster's membership records (GET /_members).
+func (c *Client) Members(ctx context.Context) ([]api.Member, error) {
+	var ans struct {
+		Members []api.Member `json:"members"`
+	}
+	err := c.each(ctx, func(base string) error {
+		resp, err := c.do(ctx, http.MethodGet, base+"/_members", nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return answerError(resp)
+		}
+		return json.NewDecoder(resp.Body).Decode(&ans)
+	})
+	return ans.Members, err
+}
+
+// RemoveMember removes the member reached at nodeURL from the cluster
+// (DELETE /_members?url=...), through the first node that answers.
+func (c *Client) RemoveMember(ctx context.Context, nodeURL string) (api.Member, error) {
+	var ans struct {
+		Member api.Member `json:"member"`
+	}
+	err := c.each(ctx, func(base string) error {
+		resp, err := c.do(ctx, http.MethodDelete, base+"/_members?url="+url.QueryEscape(nodeURL), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return answerError(resp)
+		}
+		return json.NewDecoder(resp.Body).Decode(&ans)
+	})
+	return ans.Member, err
+}

@@ -1,0 +1,251 @@
+package e2e_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/api"
+	"github.com/dtfc/dtfc/internal/cluster"
+)
+
+// Membership without editing files (API.md): nodes join through a member
+// (--join), leave (DELETE /_members), and the records survive restarts.
+
+// membersOf returns node i's membership records by URL.
+func membersOf(t *testing.T, c *cluster.Cluster, i int) map[string]api.Member {
+	t.Helper()
+	st, err := c.Status(i)
+	if err != nil || st.Cluster == nil {
+		return nil
+	}
+	out := map[string]api.Member{}
+	for _, m := range st.Cluster.Members {
+		out[m.URL] = m
+	}
+	return out
+}
+
+// peersOf returns the URLs of node i's peers.
+func peersOf(t *testing.T, c *cluster.Cluster, i int) []string {
+	t.Helper()
+	st, err := c.Status(i)
+	if err != nil || st.Cluster == nil {
+		return nil
+	}
+	var out []string
+	for _, p := range st.Cluster.Peers {
+		out = append(out, p.URL)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// othersOf returns the URLs of the nodes other than i among nodes.
+func othersOf(c *cluster.Cluster, i int, nodes ...int) []string {
+	var out []string
+	for _, j := range nodes {
+		if j != i {
+			out = append(out, c.Nodes[j].URL)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitMembers waits until each of nodes works with exactly the others.
+func waitMembers(t *testing.T, c *cluster.Cluster, d time.Duration, nodes ...int) {
+	t.Helper()
+	for _, i := range nodes {
+		waitPeers(t, c, d, i, nodes...)
+	}
+}
+
+// waitPeers waits until node i works with exactly the others of nodes.
+func waitPeers(t *testing.T, c *cluster.Cluster, d time.Duration, i int, nodes ...int) {
+	t.Helper()
+	{
+		want := othersOf(c, i, nodes...)
+		var got []string
+		deadline := time.Now().Add(d)
+		for {
+			if got = peersOf(t, c, i); slices.Equal(got, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not within %v: node %d (%s) has peers [%s], want [%s]; its members: %+v", d, i, c.Nodes[i].URL, join(got), join(want), membersOf(t, c, i))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func join(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += ", "
+		}
+		out += x
+	}
+	return out
+}
+
+// removeMember sends DELETE /_members?url=<node's URL> to node via and
+// requires 200.
+func removeMember(t *testing.T, hc *http.Client, via, node string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodDelete, via+"/_members?url="+url.QueryEscape(node), nil)
+	require.NoError(t, err)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// TestJoinUnderLoad: a third node joins while uploads go on; every member
+// learns of it, nothing acknowledged is lost, and it fills itself.
+func TestJoinUnderLoad(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Join: true})
+	hc := newClient(t)
+	waitMembers(t, c, 20*time.Second, 0, 1)
+
+	ctx, stop := context.WithCancel(t.Context())
+	var mu sync.Mutex
+	var acked []string
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				data := randomBytes(1 << 10)
+				status, id, err := tryUpload(ctx, hc, c.Nodes[w].URL, "f", data)
+				if err == nil && (status == http.StatusOK || status == http.StatusCreated) {
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	eventually(t, 20*time.Second, "some uploads", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) > 50 })
+	c.AddNode(cluster.RoleReplica)
+	waitMembers(t, c, 60*time.Second, 0, 1, 2)
+	eventually(t, 20*time.Second, "uploads after the join", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) > 200 })
+	stop()
+	wg.Wait()
+
+	c.WaitConverged(t, 3*time.Minute)
+	for _, id := range acked {
+		assertEveryReplica(t, c, id, 1<<10)
+	}
+	t.Logf("%d uploads acknowledged around the join; all on the three nodes", len(acked))
+}
+
+// TestTwoJoinAtOnce: two nodes join through the same member at the same
+// time; all three learn of each other.
+func TestTwoJoinAtOnce(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true})
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	hc := newClient(t)
+	_, id := upload(t, hc, c.Nodes[2].URL, "x", []byte("joined at once"))
+	c.WaitConverged(t, time.Minute)
+	assertEveryReplica(t, c, id, int64(len("joined at once")))
+}
+
+// TestJoinThroughNodeThatDies: a node joins through node 0 while node 1
+// is down, then node 0 is killed and node 1 comes back: node 1 knew only
+// nodes 0 and itself, and learns of the new node from the new node
+// itself; they replicate.
+func TestJoinThroughNodeThatDies(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Join: true})
+	waitMembers(t, c, 20*time.Second, 0, 1)
+	c.Nodes[1].Stop()
+	n := c.AddNode(cluster.RoleReplica)
+	eventually(t, 20*time.Second, "node 0 records the new node", func() bool {
+		_, ok := membersOf(t, c, 0)[n.URL]
+		return ok
+	})
+	c.Nodes[0].Kill()
+	c.Nodes[1].Start()
+	// Node 0 is down, not removed: both still count it.
+	waitPeers(t, c, 30*time.Second, 1, 0, 1, 2)
+	waitPeers(t, c, 30*time.Second, 2, 0, 1, 2)
+	hc := newClient(t)
+	data := []byte("while the member it joined through is down")
+	_, id := upload(t, hc, c.Nodes[1].URL, "y", data)
+	eventually(t, 20*time.Second, "the new node holds an upload to node 1", func() bool {
+		return assertHeldQuiet(c, 2, id)
+	})
+}
+
+// assertHeldQuiet reports whether node i holds id's file.
+func assertHeldQuiet(c *cluster.Cluster, i int, id string) bool {
+	return !gone(c.Nodes[i], id)
+}
+
+// TestLeaveWhileDown: a node is removed while it is down. Its members stop
+// counting it (their queues to it go), uploads go on without it, and when
+// it comes back it learns it was removed: it does not add itself back,
+// gets nothing, and says why.
+func TestLeaveWhileDown(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true})
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	hc := newClient(t)
+	c.Nodes[2].Stop()
+	removeMember(t, hc, c.Nodes[0].URL, c.Nodes[2].URL)
+	waitMembers(t, c, 30*time.Second, 0, 1)
+	data := []byte("after the leave")
+	_, id := upload(t, hc, c.Nodes[0].URL, "z", data)
+	eventually(t, 20*time.Second, "node 1 holds it", func() bool { return assertHeldQuiet(c, 1, id) })
+
+	c.Nodes[2].Start()
+	eventually(t, 30*time.Second, "the removed node learns it was removed", func() bool {
+		m, ok := membersOf(t, c, 2)[c.Nodes[2].URL]
+		return ok && m.Removed && len(peersOf(t, c, 2)) == 0
+	})
+	// Its --join does not bring it back, on any member.
+	for _, i := range []int{0, 1} {
+		m := membersOf(t, c, i)[c.Nodes[2].URL]
+		require.True(t, m.Removed, "node %d: %+v", i, m)
+		require.NotContains(t, peersOf(t, c, i), c.Nodes[2].URL)
+	}
+	require.True(t, gone(c.Nodes[2], id), "the removed node got an upload made after it left")
+	require.True(t, logHas(c.Nodes[2], "removed from the cluster"), "the removed node says why")
+
+	// Added again by an operator, it is a member again and fills.
+	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))
+	require.NoError(t, err)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	eventually(t, time.Minute, "the node added again fills itself", func() bool { return assertHeldQuiet(c, 2, id) })
+}
+
+// TestMembershipSurvivesRestart: every node stopped and started again
+// keeps its members, the node 0 that never had --join included.
+func TestMembershipSurvivesRestart(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true})
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	for _, n := range c.Nodes {
+		n.Stop()
+	}
+	// Node 0 alone first: it knows its members without anyone joining.
+	c.Nodes[0].Start()
+	eventually(t, 10*time.Second, "node 0 lists its members after a restart", func() bool {
+		return slices.Equal(peersOf(t, c, 0), othersOf(c, 0, 0, 1, 2))
+	})
+	c.Nodes[1].Start()
+	c.Nodes[2].Start()
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+}

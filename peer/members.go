@@ -1,0 +1,450 @@
+package peer
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
+)
+
+// Membership without editing files (API.md): every node keeps a record of
+// every member it heard of, itself included, keyed by node identity (the
+// store's node ID), and exchanges the whole set with every peer (POST
+// /_internal/members) at start, on every change and every membersEvery.
+// Records merge last writer wins by clock, like states and deny entries.
+// A removal is a record too (Removed), and it is never forgotten: there
+// are few members, and an old record of a removed node must never bring
+// it back. The peers a node works with are the peer list file's entries
+// plus the members that are not removed (and not itself).
+
+const (
+	keyMembers   = "members"        // the records, JSON
+	membersEvery = 10 * time.Second // how often members are exchanged
+)
+
+// membersStore is what membership needs of the blob store: where the
+// records are kept, this node's identity and the clock that dates them.
+type membersStore interface {
+	NodeID() string
+	Clock() *dtfc.Clock
+	Value(key string) ([]byte, error)
+	SetValue(key string, v []byte) error
+}
+
+func (c *Cluster) membersStore() membersStore { return c.store }
+
+// Member is a node of the cluster as membership records it.
+type Member = api.Member
+
+// members is this node's membership records, with their own lock.
+type members struct {
+	mu     sync.Mutex
+	byNode map[string]Member
+}
+
+// newerMember reports whether a wins over b: the later clock; at equal
+// clocks a removal, then the greater URL (any fixed order will do).
+func newerMember(a, b Member) bool {
+	if a.Clock != b.Clock {
+		return a.Clock > b.Clock
+	}
+	if a.Removed != b.Removed {
+		return a.Removed
+	}
+	return a.URL > b.URL
+}
+
+// merge takes the records of in that are newer than those held and
+// returns whether any was.
+func (ms *members) merge(in []Member) bool {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	changed := false
+	for _, m := range in {
+		if m.Node == "" || m.URL == "" {
+			continue
+		}
+		m.URL = normalizeURL(m.URL)
+		if cur, ok := ms.byNode[m.Node]; ok && !newerMember(m, cur) {
+			continue
+		}
+		ms.byNode[m.Node] = m
+		changed = true
+	}
+	return changed
+}
+
+// list returns the records sorted by URL.
+func (ms *members) list() []Member {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	out := make([]Member, 0, len(ms.byNode))
+	for _, m := range ms.byNode {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return cmp.Or(cmp.Compare(a.URL, b.URL), cmp.Compare(a.Node, b.Node)) })
+	return out
+}
+
+func (ms *members) get(node string) (Member, bool) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	m, ok := ms.byNode[node]
+	return m, ok
+}
+
+// byURL returns the member reached at url that is not removed.
+func (ms *members) byURL(url string) (Member, bool) {
+	url = normalizeURL(url)
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	for _, m := range ms.byNode {
+		if m.URL == url && !m.Removed {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// loadMembers reads the records, and records this node itself if it
+// joins (Join) or is already a member under another URL or role (a member
+// is one node: its new URL replaces the old one). A node that was removed
+// stays removed until it is added again (PUT /_members on a member). A
+// cluster made only of peer list files keeps no records at all, and
+// exchanges none.
+func (c *Cluster) loadMembers() error {
+	c.members.byNode = map[string]Member{}
+	v, err := c.membersStore().Value(keyMembers)
+	if err != nil {
+		return err
+	}
+	if v != nil {
+		var list []Member
+		if err := json.Unmarshal(v, &list); err != nil {
+			return fmt.Errorf("membership records: %w", err)
+		}
+		c.members.merge(list)
+	}
+	if me, ok := c.members.get(c.membersStore().NodeID()); ok && me.Removed {
+		c.log.Warn("this node was removed from the cluster: it works only with its peer list file's entries until a member adds it again (PUT /_members)",
+			"removed_at", me.Clock.Time())
+		return nil
+	}
+	if _, ok := c.members.get(c.membersStore().NodeID()); ok || len(c.opts.Join) > 0 {
+		return c.recordSelf()
+	}
+	return nil
+}
+
+// recordSelf records this node as a member under its URL and role, unless
+// it is so recorded already or was removed.
+func (c *Cluster) recordSelf() error {
+	me, ok := c.members.get(c.membersStore().NodeID())
+	switch {
+	case ok && me.Removed:
+		return nil
+	case ok && me.URL == c.opts.Me && me.Role == c.opts.Role:
+		return nil
+	}
+	since := time.Now().UTC()
+	if ok {
+		since = me.Since
+	}
+	return c.setMember(Member{Node: c.membersStore().NodeID(), URL: c.opts.Me, Role: c.opts.Role, Since: since})
+}
+
+// setMember records m with a new clock, persists the records and applies
+// them.
+func (c *Cluster) setMember(m Member) error {
+	m.Clock = c.membersStore().Clock().Now()
+	c.members.merge([]Member{m})
+	return c.membersChanged()
+}
+
+// membersChanged persists the records and recomputes the peers.
+func (c *Cluster) membersChanged() error {
+	b, err := json.Marshal(c.members.list())
+	if err != nil {
+		return err
+	}
+	if err := c.membersStore().SetValue(keyMembers, b); err != nil {
+		return err
+	}
+	c.applyPeers()
+	c.membersSig.Notify()
+	return nil
+}
+
+// removed reports whether this node was removed from the cluster.
+func (c *Cluster) removed() bool {
+	me, ok := c.members.get(c.membersStore().NodeID())
+	return ok && me.Removed
+}
+
+// applyPeers sets the peers: the peer list file's entries, then the
+// members that are not removed, neither this node nor a node the file
+// lists already (by URL, or by the identity its entry answered with: the
+// file says how to reach it). A removed node keeps only its file's
+// entries.
+func (c *Cluster) applyPeers() {
+	c.peersMu.Lock()
+	defer c.peersMu.Unlock()
+	peers := slices.Clone(c.filePeers)
+	if !c.removed() {
+		seenURL := map[string]bool{c.opts.Me: true}
+		seenNode := map[string]bool{c.membersStore().NodeID(): true}
+		var cur *membership
+		if cur = c.mem.Load(); cur == nil {
+			cur = &membership{}
+		}
+		for _, p := range peers {
+			seenURL[p.URL] = true
+			if r := cur.byURL[p.URL]; r != nil && r.NodeID() != "" {
+				seenNode[r.NodeID()] = true
+			}
+		}
+		for _, m := range c.members.list() {
+			if m.Removed || seenNode[m.Node] || seenURL[m.URL] {
+				continue
+			}
+			seenURL[m.URL] = true
+			peers = append(peers, Peer{URL: m.URL, Role: m.Role})
+		}
+	}
+	if cur := c.mem.Load(); cur != nil && slices.Equal(cur.peers, peers) {
+		return
+	}
+	c.setPeers(peers)
+}
+
+// inUse reports whether this node keeps membership records.
+func (ms *members) inUse() bool {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return len(ms.byNode) > 0
+}
+
+// Members returns the membership records, removals included.
+func (c *Cluster) Members() []Member { return c.members.list() }
+
+// membersLoop exchanges the records with every peer now, on every change,
+// and every membersEvery; and with the nodes to join through (Join) every
+// second until one of them answered (a node started with the ones it
+// joins may come up before them).
+func (c *Cluster) membersLoop(ctx context.Context) {
+	joined := len(c.opts.Join) == 0
+	for {
+		changed := c.membersSig.Wait()
+		if (c.members.inUse() || !joined) && c.exchangeAll(ctx, !joined) {
+			joined = true
+		}
+		every := membersEvery
+		if !joined {
+			every = time.Second
+		}
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// exchangeAll exchanges the records with every peer, every member that
+// is not removed (a removed node tells the others it left, and learns if
+// it was added again), and the join URLs when join is set; it reports
+// whether one of those answered.
+func (c *Cluster) exchangeAll(ctx context.Context, join bool) (joined bool) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	joinURL := map[string]bool{}
+	for _, u := range c.opts.Join {
+		joinURL[normalizeURL(u)] = true
+	}
+	targets := map[string]*remote{}
+	for _, r := range c.mem.Load().remotes {
+		if !r.Self() {
+			targets[r.URL] = r
+		}
+	}
+	var urls []string
+	for _, m := range c.members.list() {
+		if !m.Removed && m.Node != c.membersStore().NodeID() {
+			urls = append(urls, m.URL)
+		}
+	}
+	if join {
+		urls = append(urls, c.opts.Join...)
+	}
+	for _, u := range urls {
+		u = normalizeURL(u)
+		if targets[u] == nil && u != c.opts.Me {
+			targets[u] = c.newRemote(Peer{URL: u, Role: RoleReplica})
+		}
+	}
+	for _, r := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.exchange(ctx, r)
+			switch {
+			case err == nil && join && joinURL[r.URL]:
+				mu.Lock()
+				joined = true
+				mu.Unlock()
+				c.log.Info("joined the cluster", "through", r.URL, "members", len(c.members.list()))
+			case err != nil && join && joinURL[r.URL] && ctx.Err() == nil:
+				c.log.Warn("joining the cluster: retrying every second", "through", r.URL, "err", err)
+			case err != nil && ctx.Err() == nil:
+				c.log.Debug("exchanging members", "peer", r.URL, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	return joined
+}
+
+// exchange sends this node's records to r and merges its answer; it
+// returns r's node identity.
+func (c *Cluster) exchange(ctx context.Context, r *remote) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	mp, ok := r.node.(memberPeer)
+	if !ok {
+		return "", errors.New("this peer does not exchange members")
+	}
+	ans, err := mp.Members(ctx, membersMessage{Node: c.membersStore().NodeID(), Members: c.members.list()})
+	if err != nil {
+		return "", err
+	}
+	if c.members.merge(ans.Members) {
+		if err := c.membersChanged(); err != nil {
+			return ans.Node, err
+		}
+	}
+	return ans.Node, nil
+}
+
+// memberPeer is a peer that exchanges membership records.
+type memberPeer interface {
+	Members(ctx context.Context, msg membersMessage) (membersMessage, error)
+}
+
+// hMembers is the node-to-node exchange: it merges the sender's records
+// and answers with its own.
+func (c *Cluster) hMembers(w http.ResponseWriter, r *http.Request) {
+	var in membersMessage
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<20)).Decode(&in); err != nil {
+		writeErr(w, http.StatusBadRequest, "members: "+err.Error())
+		return
+	}
+	changed := c.members.merge(in.Members)
+	if len(in.Members) > 0 {
+		// Someone uses membership (joins through this node, or gossips):
+		// this node is a member too, under its own URL.
+		if err := c.recordSelf(); err != nil {
+			writeErr(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+	}
+	if changed {
+		if err := c.membersChanged(); err != nil {
+			writeErr(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, membersMessage{Node: c.membersStore().NodeID(), Members: c.members.list()})
+}
+
+// ErrNotMember means no member is reached at that URL.
+var ErrNotMember = errors.New("no member is reached at that URL")
+
+// ErrMemberRole means the node at the URL has another role than asked.
+var ErrMemberRole = errors.New("the node has another role")
+
+// AddMember adds the node reached at url: it asks the node for its
+// records (learning its identity), and records it as a member, again if
+// it had been removed. role, if set, must be the node's own.
+func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Member, error) {
+	url = normalizeURL(url)
+	if err := c.recordSelf(); err != nil {
+		return Member{}, err
+	}
+	r := c.newRemote(Peer{URL: url, Role: RoleReplica})
+	node, err := c.exchange(ctx, r)
+	if err != nil {
+		return Member{}, fmt.Errorf("asking %s for its identity: %w", url, err)
+	}
+	if node == "" {
+		return Member{}, fmt.Errorf("%s did not say which node it is", url)
+	}
+	m, ok := c.members.get(node)
+	if !ok || m.Role == "" {
+		m = Member{Node: node, Role: cmp.Or(role, RoleReplica), Since: time.Now().UTC()}
+	}
+	if role != "" && m.Role != role {
+		return Member{}, fmt.Errorf("%w: %s is a %s, not a %s", ErrMemberRole, url, m.Role, role)
+	}
+	if m.Removed || !ok {
+		m.Since = time.Now().UTC()
+	}
+	m.URL, m.Removed = url, false
+	if err := c.setMember(m); err != nil {
+		return Member{}, err
+	}
+	c.log.Info("member added", "url", url, "node", node, "role", m.Role)
+	got, _ := c.members.get(node)
+	return got, nil
+}
+
+// RemoveMember removes the member reached at url: it is no longer pushed
+// to, what it alone had not acknowledged may be forgotten, and its own
+// pushes are refused until it is added again.
+func (c *Cluster) RemoveMember(url string) (Member, error) {
+	m, ok := c.members.byURL(url)
+	if !ok {
+		return Member{}, ErrNotMember
+	}
+	m.Removed = true
+	if err := c.setMember(m); err != nil {
+		return Member{}, err
+	}
+	c.log.Info("member removed", "url", m.URL, "node", m.Node)
+	got, _ := c.members.get(m.Node)
+	return got, nil
+}
+
+// removedBy: a peer refused this node as removed; the records are
+// exchanged at once, so that it learns from them.
+func (c *Cluster) removedBy(r *remote) {
+	if !c.removed() {
+		c.membersSig.Notify()
+	}
+}
+
+// notFromRemoved refuses a removed node's requests, except the exchange
+// of members (so that it learns why).
+func (c *Cluster) notFromRemoved(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		from := r.Header.Get(HeaderFrom)
+		if m, ok := c.members.get(from); ok && m.Removed && from != c.membersStore().NodeID() {
+			w.Header().Set(HeaderRemoved, m.Clock.Time().UTC().Format(time.RFC3339))
+			writeErr(w, http.StatusForbidden, fmt.Sprintf("your node (%s) was removed from the cluster at %s: it gets nothing and may send nothing; to come back, add it again (PUT /_members on a member, or dtfc serve --join after PUT /_members)",
+				from, m.Clock.Time().UTC().Format(time.RFC3339)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,83 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/internal/httpstatus"
+	"github.com/dtfc/dtfc/peer"
+)
+
+// Membership routes (API.md, "Membership without editing files"): GET
+// lists the records, PUT adds the node reached at a URL, DELETE removes
+// one. All need the write token when auth_token is set.
+
+func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"members": s.cfg.Cluster.Members()})
+}
+
+// memberRequest is PUT /_members' body.
+type memberRequest struct {
+	URL  string    `json:"url"`
+	Role dtfc.Role `json:"role"`
+}
+
+func (s *Server) addMember(w http.ResponseWriter, r *http.Request) {
+	var req memberRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, `body: want {"url": "http://host:port", "role": "replica"|"cache"}: %v`, err))
+		return
+	}
+	if err := checkNodeURL(req.URL); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Role != "" {
+		if _, err := dtfc.ParseRole(string(req.Role)); err != nil {
+			s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, "role %q: want \"replica\" or \"cache\"", req.Role))
+			return
+		}
+	}
+	m, err := s.cfg.Cluster.AddMember(r.Context(), req.URL, req.Role)
+	switch {
+	case errors.Is(err, peer.ErrMemberRole):
+		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", err))
+		return
+	case err != nil:
+		s.writeError(w, r, httpstatus.Errorf(http.StatusBadGateway, "%v (the node must run, be reachable from this one and share its cluster_secret)", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"member": m})
+}
+
+func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
+	u := r.URL.Query().Get("url")
+	if err := checkNodeURL(u); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	m, err := s.cfg.Cluster.RemoveMember(u)
+	switch {
+	case errors.Is(err, peer.ErrNotMember):
+		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s: %v", u, err))
+		return
+	case err != nil:
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"member": m})
+}
+
+// checkNodeURL checks a node's URL given to a membership route.
+func checkNodeURL(s string) error {
+	u, err := url.Parse(s)
+	if s == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return httpstatus.Errorf(http.StatusBadRequest, "url %q: want a node's URL, like http://host:port", s)
+	}
+	return nil
+}
