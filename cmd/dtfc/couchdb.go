@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,11 +27,35 @@ const couchUsage = `Usage:
       doc.dtfc[name] = {"sha512", "content_type", "length"}; resumable
   dtfc couchdb follow --couch URL --db NAME [--server URL]... [flags]
       the same, continuously, following the change feed (until SIGTERM)
-  dtfc couchdb orphans --couch URL --db NAME [--db NAME]... --blobs DIR
-      list the IDs of the blobs in DIR (a replica's basedir) that no
-      document of the databases references (report only)
+  dtfc couchdb orphans --couch URL --db NAME [--db NAME]... --server URL
+          [--token TOKEN] [--older-than DURATION [--purge]]
+      list the blobs a replica holds (GET /_blobs) that no document of
+      the databases references, in any readable revision; with
+      --older-than, only those uploaded longer ago; with --purge, delete
+      them throughout the cluster (a report unless --purge is given)
 
 Run "dtfc couchdb SUBCOMMAND -h" for the flags.
+`
+
+const orphansHelp = `
+Orphans lists the node's blobs first, then reads the references of every
+document (winning and conflicting revisions), then, with --purge, reads
+each orphan's entry again just before deleting it: a blob uploaded again
+meanwhile is young and kept. A blob uploaded less than --older-than ago
+is never an orphan, so an application that uploads a blob and then writes
+its reference within that time is safe. Age is measured against the
+earlier of this machine's clock and the node's.
+
+Name a replica: it holds the whole collection; a cache lists only what it
+holds. Deletes go through that node and reach every node. The IDs go to
+stdout (one a line: deleted, or would be), the summary to stderr; the
+exit status is 1 if a delete failed.
+
+  dtfc couchdb orphans --couch $C --db photos --server $S --older-than 24h          # report
+  dtfc couchdb orphans --couch $C --db photos --server $S --older-than 24h --purge  # delete
+
+--blobs DIR (a replica's basedir, read from its disk) is the older way to
+list; it has no upload times, so it only reports.
 `
 
 func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -48,7 +73,7 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprint(stderr, couchUsage)
 		return fmt.Errorf("unknown sub-command %q", sub)
 	}
-	a, err := parseCouchArgs(sub, args)
+	a, err := parseCouchArgs(sub, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -58,7 +83,7 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer cc.CloseIdleConnections()
 	if sub == "orphans" {
-		return couchOrphans(ctx, cc, a.dbs, a.blobs, stdout, stderr)
+		return couchOrphans(ctx, cc, a, stdout, stderr)
 	}
 	if len(a.dbs) > 1 {
 		return fmt.Errorf("%s takes one --db (run one per database)", sub)
@@ -84,18 +109,28 @@ type couchArgs struct {
 	heartbeat time.Duration
 	verbose   bool
 	blobs     string
+	purge     bool
+	olderThan time.Duration
 }
 
 // parseCouchArgs parses the flags of the sub-command sub, and checks the
-// ones every sub-command needs.
-func parseCouchArgs(sub string, args []string) (*couchArgs, error) {
+// ones every sub-command needs. Help and flag errors go to stderr.
+func parseCouchArgs(sub string, args []string, stderr io.Writer) (*couchArgs, error) {
 	a := &couchArgs{sub: sub}
 	a.fs, a.mk = clientFlags("couchdb " + sub)
 	fs := a.fs
+	fs.SetOutput(stderr)
 	fs.StringVar(&a.couch, "couch", os.Getenv("DTFC_COUCHDB"), "CouchDB URL; may carry user:password@ (default $DTFC_COUCHDB)")
 	if sub == "orphans" {
 		fs.Var(&listflag.List{Into: &a.dbs}, "db", "database whose documents count as references; repeat for several")
-		fs.StringVar(&a.blobs, "blobs", "", "a replica node's basedir (or its blobs/ directory): the blobs to check")
+		fs.DurationVar(&a.olderThan, "older-than", 0, "grace period: only blobs uploaded longer ago are orphans (at least 1m; required with --purge)")
+		fs.BoolVar(&a.purge, "purge", false, "delete the orphans throughout the cluster (DELETE through --server, write token); without it, only report")
+		fs.StringVar(&a.blobs, "blobs", "", "instead of --server: a replica's basedir (or its blobs/ directory), read from disk; report only")
+		fs.Usage = func() {
+			fmt.Fprintf(fs.Output(), "Usage of dtfc couchdb orphans:\n")
+			fs.PrintDefaults()
+			fmt.Fprint(fs.Output(), orphansHelp)
+		}
 	} else {
 		fs.Var(&listflag.List{Into: &a.dbs}, "db", "database to migrate")
 		fs.BoolVar(&a.remove, "remove-attachments", false, "drop each attachment from its document once it is in dtfc (same update)")
@@ -268,13 +303,103 @@ func printSummary(w io.Writer, db string, s couchdb.Stats, took time.Duration, d
 		took.Round(time.Millisecond), float64(s.Documents)/secs, human(float64(s.Bytes)/secs))
 }
 
-// couchOrphans lists the blobs of a replica's store that no document of
-// dbs references. dtfc has no listing API; the blob directory is the
-// documented on-disk contract (blobs/ab/cd/<id>).
-func couchOrphans(ctx context.Context, cc *couchdb.Client, dbs []string, dir string, stdout, stderr io.Writer) error {
-	if dir == "" {
-		return errors.New("--blobs DIR is required: a replica node's basedir (or its blobs/ directory)")
+// couchOrphans reports (and with --purge deletes) the blobs that no
+// document of the databases references: listed by the --server node
+// (GET /_blobs), or, with --blobs, read from a replica's disk.
+func couchOrphans(ctx context.Context, cc *couchdb.Client, a *couchArgs, stdout, stderr io.Writer) error {
+	olderThanSet := false
+	a.fs.Visit(func(f *flag.Flag) { olderThanSet = olderThanSet || f.Name == "older-than" })
+	switch {
+	case a.blobs != "" && (a.purge || olderThanSet):
+		return errors.New("--purge and --older-than need the blob list of --server (GET /_blobs): --blobs has no upload times")
+	case a.purge && !olderThanSet:
+		return fmt.Errorf("--purge needs --older-than DURATION (at least %s): blobs uploaded more recently may be about to be referenced", couchdb.MinOlderThan)
+	case olderThanSet && a.olderThan < couchdb.MinOlderThan:
+		return fmt.Errorf("--older-than %s: must be at least %s; a blob uploaded more recently may be about to be referenced", a.olderThan, couchdb.MinOlderThan)
 	}
+	handles := make([]*couchdb.DB, len(a.dbs))
+	for i, name := range a.dbs {
+		handles[i] = cc.DB(name)
+	}
+	if a.blobs != "" {
+		return orphansOnDisk(ctx, handles, a.dbs, a.blobs, stdout, stderr)
+	}
+	dc, err := a.mk()
+	if err != nil {
+		return err
+	}
+	if st, err := dc.Status(ctx); err == nil && st.Role == dtfc.RoleCache {
+		fmt.Fprintf(stderr, "warning: %s is a cache: it lists only the blobs it holds; name a replica to find every orphan\n", st.Node)
+	}
+	stats, err := couchdb.Collect(ctx, couchdb.CollectOptions{
+		Blobs:     dc,
+		DBs:       handles,
+		OlderThan: a.olderThan,
+		Purge:     a.purge,
+		Report: func(o couchdb.Orphan) {
+			switch o.Action {
+			case "would delete", "deleted":
+				fmt.Fprintln(stdout, o.ID)
+			case "failed":
+				fmt.Fprintf(stderr, "failed to delete %s: %v\n", o.ID, o.Err)
+			case "kept":
+				fmt.Fprintf(stderr, "kept %s: uploaded again at %s\n", o.ID, o.Uploaded.UTC().Format(time.RFC3339))
+			}
+		},
+	})
+	if err != nil {
+		return orphansError(err)
+	}
+	printOrphans(stderr, a, stats)
+	if stats.Failed > 0 {
+		return fmt.Errorf("%d orphans could not be deleted (listed above); run again to retry", stats.Failed)
+	}
+	return nil
+}
+
+// orphansError says what to do about a node's refusal.
+func orphansError(err error) error {
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	switch ce.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Errorf("%w\nthe node needs its write token: --token TOKEN or $DTFC_TOKEN", err)
+	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented:
+		if strings.Contains(ce.URL, "/_blobs") {
+			return fmt.Errorf("%w\nthis node cannot list its blobs (GET /_blobs came with a later dtfc): upgrade it, or use --blobs DIR on a replica (report only)", err)
+		}
+	}
+	return err
+}
+
+// printOrphans prints the summary of a collection.
+func printOrphans(w io.Writer, a *couchArgs, s couchdb.CollectStats) {
+	fmt.Fprintf(w, "listed: %d blobs (%s)\n", s.Listed, human(float64(s.ListedBytes)))
+	fmt.Fprintf(w, "documents: %d read in %s\n", s.Documents, strings.Join(a.dbs, ", "))
+	fmt.Fprintf(w, "referenced: %d\n", s.Referenced)
+	old := ""
+	if a.olderThan > 0 {
+		fmt.Fprintf(w, "young: %d (unreferenced, uploaded less than %s ago)\n", s.Young, a.olderThan)
+		old = fmt.Sprintf(", uploaded more than %s ago", a.olderThan)
+	}
+	fmt.Fprintf(w, "orphans: %d (%s)%s\n", s.Orphans, human(float64(s.OrphanBytes)), old)
+	if !a.purge {
+		fmt.Fprintf(w, "deleted: none (a report; --purge deletes)\n")
+		return
+	}
+	fmt.Fprintf(w, "deleted: %d (%s)\n", s.Deleted, human(float64(s.DeletedBytes)))
+	fmt.Fprintf(w, "failed: %d\n", s.Failed)
+	if s.Kept > 0 || s.Gone > 0 {
+		fmt.Fprintf(w, "left: %d uploaded again since the listing, %d deleted meanwhile by others\n", s.Kept, s.Gone)
+	}
+}
+
+// orphansOnDisk lists the blobs of a replica's store that no document of
+// dbs references, from its blob directory (the documented on-disk layout,
+// blobs/ab/cd/<id>). It has no upload times: a report only.
+func orphansOnDisk(ctx context.Context, handles []*couchdb.DB, dbs []string, dir string, stdout, stderr io.Writer) error {
 	held, err := listBlobs(dir)
 	if err != nil {
 		return err
@@ -282,10 +407,6 @@ func couchOrphans(ctx context.Context, cc *couchdb.Client, dbs []string, dir str
 	ids := make([]dtfc.ID, 0, len(held))
 	for id := range held {
 		ids = append(ids, id)
-	}
-	handles := make([]*couchdb.DB, len(dbs))
-	for i, name := range dbs {
-		handles[i] = cc.DB(name)
 	}
 	orphans, err := couchdb.Orphans(ctx, handles, ids)
 	if err != nil {

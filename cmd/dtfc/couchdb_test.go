@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/server"
 )
 
 // The migration itself is tested against pouchdb-server and real nodes in
@@ -30,7 +33,16 @@ func TestCouchDBArguments(t *testing.T) {
 		{[]string{"couchdb", "migrate", "--couch", "http://127.0.0.1:1", "--db", "a", "extra"}, 1, `unexpected argument "extra"`},
 		{[]string{"couchdb", "migrate", "--couch", "http://127.0.0.1:1", "--db", "a", "--batch", "0"}, 1, "must be positive"},
 		{[]string{"couchdb", "migrate", "--couch", "ftp://u:secret@h", "--db", "a"}, 1, "want http(s)://"},
-		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a"}, 1, "--blobs DIR is required"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--purge"}, 1, "--purge needs --older-than DURATION (at least 1m0s)"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--purge", "--older-than", "0"}, 1, "--older-than 0s: must be at least 1m0s"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--purge", "--older-than", "59s"}, 1, "--older-than 59s: must be at least 1m0s"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--older-than", "-1h"}, 1, "must be at least 1m0s"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--older-than", "soon"}, 1, "invalid value"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--blobs", "/nonexistent", "--purge", "--older-than", "1h"}, 1, "--blobs has no upload times"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--blobs", "/nonexistent", "--older-than", "1h"}, 1, "--blobs has no upload times"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--server", "ftp://h", "--older-than", "1h"}, 1, "want http(s)://"},
+		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--server", "http://127.0.0.1:1", "--older-than", "1h", "--purge"}, 1, "127.0.0.1:1/_blobs"},
+		{[]string{"couchdb", "orphans", "-h"}, 0, "--older-than"},
 		{[]string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--remove-attachments"}, 2, ""},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -72,4 +84,36 @@ func TestListBlobs(t *testing.T) {
 	}
 	_, err := listBlobs(filepath.Join(dir, "missing"))
 	assert.Error(t, err)
+}
+
+// TestOrphansNeedsToken runs orphans against a real node whose writes
+// need a token: without it, or with a wrong one, the listing is refused
+// and the error names --token; with it, the run gets past the listing
+// (and then fails on the CouchDB, which is not there).
+func TestOrphansNeedsToken(t *testing.T) {
+	store, err := blobstore.Open(t.TempDir(), blobstore.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, store.Close()) })
+	api := server.New(server.Config{AuthTokens: []string{"w"}}, store)
+	srv := httptest.NewServer(api)
+	t.Cleanup(func() {
+		srv.Close()
+		api.Wait()
+	})
+	args := []string{"couchdb", "orphans", "--couch", "http://127.0.0.1:1", "--db", "a", "--server", srv.URL, "--older-than", "1h", "--purge"}
+	for _, extra := range [][]string{nil, {"--token", "wrong"}} {
+		var out, errb bytes.Buffer
+		code := run(t.Context(), append(args, extra...), nil, &out, &errb)
+		assert.Equal(t, 1, code)
+		assert.Contains(t, errb.String(), "401")
+		assert.Contains(t, errb.String(), "--token TOKEN or $DTFC_TOKEN", "%v", extra)
+		assert.Empty(t, out.String())
+		t.Log(errb.String())
+	}
+	var out, errb bytes.Buffer
+	code := run(t.Context(), append(args, "--token", "w"), nil, &out, &errb)
+	assert.Equal(t, 1, code)
+	assert.NotContains(t, errb.String(), "--token")
+	assert.Contains(t, errb.String(), "127.0.0.1:1", "the CouchDB could not be read")
+	t.Log(errb.String())
 }
