@@ -14,6 +14,9 @@
 //   - a page's fetch() uploads and reads, in headless Chromium, against a
 //     real node with cors_origins, and is refused for an origin not
 //     listed (cors_test.go);
+//   - grafana-dashboard.json, a Grafana dashboard of the exported
+//     metrics: grafana_test.go checks every metric it reads against a
+//     real two-node cluster's /metrics;
 //   - the release builds of ../.goreleaser.yaml (release_test.go, through
 //     ../scripts/release-check.sh).
 //

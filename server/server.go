@@ -114,6 +114,7 @@ type Server struct {
 	uploads *clientLimiter
 	denier  Denier
 	couch   *couchAuth // nil without Config.CouchDBAuth
+	ff      *prober    // GET /{id}/ffmetadata (ffmetadata.go)
 }
 
 // Stats is implemented by a store that counts what it holds.
@@ -146,6 +147,7 @@ func New(cfg Config, store Blobs) *Server {
 	}
 	s.metrics = newMetrics(cfg.Registry, s)
 	s.couch = newCouchAuth(cfg.CouchDBAuth, cfg.CouchDBRoles)
+	s.ff = newProber()
 	s.router = s.routes()
 	return s
 }

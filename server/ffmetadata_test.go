@@ -1,0 +1,556 @@
+package server
+
+// These tests are in package server (not server_test) to reach the
+// prober's run counter and program name; they build their nodes the way
+// api_test.go does: a real blobstore, the real Server, a loopback socket.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/peer"
+)
+
+// ffWait bounds every wait in these tests (a loaded 2-core machine, the
+// race detector).
+const ffWait = 30 * time.Second
+
+// needFFmpeg skips the test unless ffmpeg and ffprobe are installed and
+// returns ffprobe's path.
+func needFFmpeg(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{"ffmpeg", "ffprobe"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("%s is not installed (Debian: apt-get install ffmpeg)", p)
+		}
+	}
+	path, _ := exec.LookPath("ffprobe")
+	return path
+}
+
+// ffmpegFile makes a small media file with ffmpeg from a lavfi source and
+// returns its bytes.
+func ffmpegFile(t *testing.T, name string, args ...string) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("ffmpeg", append(append([]string{"-v", "error", "-nostdin", "-y"}, args...), out)...)
+	b, err := cmd.CombinedOutput()
+	require.NoError(t, err, "ffmpeg %v: %s", args, b)
+	data, err := os.ReadFile(out)
+	require.NoError(t, err)
+	return data
+}
+
+// ffNode is a server over a real store on a loopback socket.
+type ffNode struct {
+	url   string
+	store *blobstore.Store
+	api   *Server
+	hc    *http.Client
+}
+
+// startFFNode serves a fresh store with cfg; cfg.Cluster may be set, and
+// ln, if not nil, is the socket to serve (so that peers know the URL in
+// advance). Everything is closed in t.Cleanup.
+func startFFNode(t *testing.T, cfg Config, ln net.Listener, dir string) *ffNode {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	store, err := blobstore.Open(dir, blobstore.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, store.Close()) })
+	return serveFF(t, cfg, ln, store)
+}
+
+func serveFF(t *testing.T, cfg Config, ln net.Listener, store *blobstore.Store) *ffNode {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	if ln != nil {
+		srv.Listener.Close()
+		srv.Listener = ln
+	}
+	url := "http://" + srv.Listener.Addr().String()
+	if cfg.Me == "" {
+		cfg.Me = url
+	}
+	api := New(cfg, store)
+	srv.Config.Handler = api
+	srv.Start()
+	t.Cleanup(func() {
+		srv.Close()
+		api.Wait()
+	})
+	return &ffNode{url: url, store: store, api: api, hc: srv.Client()}
+}
+
+type ffAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (a ffAnswer) String() string { return fmt.Sprintf("%d %s", a.status, bytes.TrimSpace(a.body)) }
+
+func (n *ffNode) do(t *testing.T, method, path string, body []byte, hdr ...string) ffAnswer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ffWait)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, n.url+path, bytes.NewReader(body))
+	require.NoError(t, err)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := n.hc.Do(req)
+	require.NoError(t, err, "%s %s", method, path)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return ffAnswer{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// upload PUTs data and returns its ID.
+func (n *ffNode) upload(t *testing.T, name string, data []byte, hdr ...string) string {
+	t.Helper()
+	a := n.do(t, http.MethodPut, "/"+name, data, hdr...)
+	require.Contains(t, []int{http.StatusCreated, http.StatusOK}, a.status, "PUT %s: %s", name, a)
+	var ans struct {
+		SHA512 string `json:"sha512"`
+	}
+	require.NoError(t, json.Unmarshal(a.body, &ans))
+	return ans.SHA512
+}
+
+// ffProbed is the answer of GET /{id}/ffmetadata, decoded.
+type ffProbed struct {
+	Format  map[string]any   `json:"format"`
+	Streams []map[string]any `json:"streams"`
+}
+
+func (n *ffNode) ffmetadata(t *testing.T, id string, hdr ...string) (ffAnswer, ffProbed) {
+	t.Helper()
+	a := n.do(t, http.MethodGet, "/"+id+"/ffmetadata", nil, hdr...)
+	var p ffProbed
+	if a.status == http.StatusOK {
+		assert.Equal(t, "application/json", a.header.Get("Content-Type"))
+		require.NoError(t, json.Unmarshal(a.body, &p), "%s", a)
+	}
+	return a, p
+}
+
+// ffRequireError checks a JSON error answer with status and a message
+// containing want.
+func ffRequireError(t *testing.T, a ffAnswer, status int, want string) {
+	t.Helper()
+	require.Equal(t, status, a.status, "%s", a)
+	assert.Equal(t, "application/json", a.header.Get("Content-Type"))
+	var e struct {
+		Error string `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal(a.body, &e), "%s", a)
+	assert.Contains(t, e.Error, want)
+}
+
+// TestFFMetadata: audio and video files generated by ffmpeg answer their
+// format and streams; text, random bytes, one byte and nothing answer
+// 422; an unknown, malformed or deleted ID answers as GET does.
+func TestFFMetadata(t *testing.T) {
+	needFFmpeg(t)
+	wav := ffmpegFile(t, "a.wav", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-f", "wav")
+	mp4 := ffmpegFile(t, "v.mp4", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64:rate=10", "-pix_fmt", "yuv420p", "-f", "mp4")
+	srt := []byte("1\n00:00:01,000 --> 00:00:02,000\nHello\n\n")
+	random := make([]byte, 100<<10)
+	rand.NewChaCha8([32]byte{1, 2}).Read(random)
+	mp3 := ffmpegFile(t, "a.mp3", "-f", "lavfi", "-i", "sine=duration=1", "-id3v2_version", "0", "-write_xing", "0", "-b:a", "128k", "-f", "mp3")
+	framesInText := append([]byte(strings.Repeat("hello, a text file\n", 20)), mp3[:1700]...)
+	xbin := append([]byte("XBIN\x1a\x50\x00\x19\x00\x10\x00"), bytes.Repeat([]byte("A\x07"), 80*25)...)
+	n := startFFNode(t, Config{}, nil, "")
+
+	t.Run("media", func(t *testing.T) {
+		for _, tt := range []struct {
+			name, format string
+			data         []byte
+			check        func(t *testing.T, s map[string]any)
+		}{
+			{"a.wav", "wav", wav, func(t *testing.T, s map[string]any) {
+				assert.Equal(t, "audio", s["codec_type"])
+				assert.Equal(t, "pcm_s16le", s["codec_name"])
+				assert.Equal(t, "44100", s["sample_rate"])
+				assert.Equal(t, "1.000000", s["duration"])
+			}},
+			{"v.mp4", "mov,mp4,m4a,3gp,3g2,mj2", mp4, func(t *testing.T, s map[string]any) {
+				assert.Equal(t, "video", s["codec_type"])
+				assert.Equal(t, "h264", s["codec_name"])
+				assert.EqualValues(t, 64, s["width"])
+				assert.EqualValues(t, 64, s["height"])
+			}},
+			{"s.srt", "srt", srt, func(t *testing.T, s map[string]any) {
+				assert.Equal(t, "subtitle", s["codec_type"])
+			}},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				id := n.upload(t, tt.name, tt.data)
+				a, p := n.ffmetadata(t, id)
+				require.Equal(t, http.StatusOK, a.status, "%s", a)
+				assert.Equal(t, tt.format, p.Format["format_name"])
+				assert.Equal(t, strconv.Itoa(len(tt.data)), p.Format["size"])
+				assert.NotContains(t, p.Format, "filename", "ffprobe's name of the file (/proc/self/fd/3) is not shown")
+				require.Len(t, p.Streams, 1)
+				tt.check(t, p.Streams[0])
+			})
+		}
+	})
+
+	t.Run("not media", func(t *testing.T) {
+		for _, tt := range []struct {
+			name string
+			data []byte
+			why  string
+		}{
+			{"text.txt", []byte("hello world\nthis is plain text, not media\n"), "Invalid data"},
+			{"ansi.txt", []byte("\x1b[31mred\x1b[0m text\r\n\x1b[1mbold\x1b[0m\r\n"), "Invalid data"},
+			{"random.bin", random, "Invalid data"},
+			{"byte.bin", []byte("x"), "Invalid data"},
+			{"empty.bin", nil, "Invalid data"},
+			// XBin ANSI art: ffprobe reads it as a "video" stream.
+			{"art.xb", xbin, "ffprobe reads it as text (xbin)"},
+			// Text with a few MP3 frames in it: ffprobe guesses mp3.
+			{"frames.txt", framesInText, "ffprobe only guessed the format mp3 (probe score 25)"},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				id := n.upload(t, tt.name, tt.data)
+				a, _ := n.ffmetadata(t, id)
+				ffRequireError(t, a, http.StatusUnprocessableEntity, "not media: "+tt.why)
+			})
+		}
+	})
+
+	t.Run("not found", func(t *testing.T) {
+		unknown := strings.Repeat("ab", dtfc.IDHexLen/2)
+		ffRequireError(t, n.do(t, http.MethodGet, "/"+unknown+"/ffmetadata", nil), http.StatusNotFound, "not found")
+		ffRequireError(t, n.do(t, http.MethodGet, "/nothex/ffmetadata", nil), http.StatusBadRequest, "")
+	})
+
+	t.Run("deleted after a probe", func(t *testing.T) {
+		id := n.upload(t, "again.wav", append(bytes.Clone(wav[:len(wav)-2]), 0, 0))
+		a, _ := n.ffmetadata(t, id)
+		require.Equal(t, http.StatusOK, a.status, "%s", a)
+		require.Equal(t, http.StatusOK, n.do(t, http.MethodDelete, "/"+id, nil).status)
+		a, _ = n.ffmetadata(t, id)
+		ffRequireError(t, a, http.StatusNotFound, "not found")
+	})
+}
+
+// TestFFMetadataCacheAndCoalescing: concurrent requests for one blob
+// share one ffprobe run (held at a gate until every request is in), and
+// later requests are answered from the cache without running it.
+func TestFFMetadataCacheAndCoalescing(t *testing.T) {
+	ffprobe := needFFmpeg(t)
+	wav := ffmpegFile(t, "a.wav", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-f", "wav")
+	n := startFFNode(t, Config{}, nil, "")
+	p := n.api.prober()
+	// A wrapper that waits for the gate file, then runs the real ffprobe.
+	dir := t.TempDir()
+	gate := filepath.Join(dir, "gate")
+	sleep, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	p.program = ffScript(t, dir, fmt.Sprintf("until [ -e %q ]; do %q 0.01; done\nexec %q \"$@\"\n", gate, sleep, ffprobe))
+	id := n.upload(t, "a.wav", wav)
+
+	const clients = 6
+	answers := make([]ffAnswer, clients)
+	errs := make([]error, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		// No require in these goroutines: errors are checked after Wait.
+		wg.Go(func() {
+			res, err := n.hc.Get(n.url + "/" + id + "/ffmetadata")
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer res.Body.Close()
+			answers[i].status = res.StatusCode
+			answers[i].body, errs[i] = io.ReadAll(res.Body)
+		})
+	}
+	// Every request is in the server, the first one's run has started.
+	ffWaitFor(t, "every request in flight and one ffprobe run", func() bool {
+		if runs := p.runs.Load(); runs > 1 {
+			t.Fatalf("%d ffprobe runs for one blob", runs)
+		}
+		return n.inFlight(t) == clients && p.runs.Load() == 1
+	})
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	wg.Wait()
+	for i, a := range answers {
+		require.NoError(t, errs[i])
+		require.Equal(t, http.StatusOK, a.status, "%s", a)
+		assert.Equal(t, answers[0].body, a.body)
+	}
+	assert.EqualValues(t, 1, p.runs.Load(), "concurrent requests share one run")
+
+	for range 3 {
+		a, _ := n.ffmetadata(t, id)
+		require.Equal(t, http.StatusOK, a.status)
+		assert.Equal(t, answers[0].body, a.body)
+	}
+	assert.EqualValues(t, 1, p.runs.Load(), "later requests are answered from the cache")
+
+	// A 422 is a verdict too: cached.
+	text := n.upload(t, "t.txt", []byte("just text\n"))
+	for range 2 {
+		a, _ := n.ffmetadata(t, text)
+		ffRequireError(t, a, http.StatusUnprocessableEntity, "not media")
+	}
+	assert.EqualValues(t, 2, p.runs.Load())
+}
+
+// TestFFMetadataLimits: ffprobe runs under the address-space limit, and
+// one that outlasts the time limit is killed with its whole process group
+// and answers 504, which is not cached.
+func TestFFMetadataLimits(t *testing.T) {
+	ffprobe := needFFmpeg(t)
+	n := startFFNode(t, Config{}, nil, "")
+	p := n.api.prober()
+	id := n.upload(t, "t.txt", []byte("some bytes\n"))
+	dir := t.TempDir()
+
+	t.Run("memory", func(t *testing.T) {
+		limit := filepath.Join(dir, "limit")
+		p.program = ffScript(t, dir, fmt.Sprintf("ulimit -v > %q\nexec %q \"$@\"\n", limit, ffprobe))
+		a, _ := n.ffmetadata(t, id)
+		ffRequireError(t, a, http.StatusUnprocessableEntity, "not media")
+		b, err := os.ReadFile(limit)
+		require.NoError(t, err)
+		assert.Equal(t, strconv.Itoa(probeMemory>>10), strings.TrimSpace(string(b)), "ulimit -v (KiB) seen by ffprobe")
+	})
+
+	t.Run("cannot start", func(t *testing.T) {
+		// A program the shell cannot exec (its interpreter is missing):
+		// the node's fault, a 500, not a verdict on the blob.
+		p.program = ffScript(t, dir, "")
+		require.NoError(t, os.WriteFile(p.program, []byte("#!/nonexistent/interpreter\n"), 0o755))
+		fresh := n.upload(t, "v.txt", []byte("never probed\n"))
+		runs := p.runs.Load()
+		for range 2 {
+			a, _ := n.ffmetadata(t, fresh)
+			ffRequireError(t, a, http.StatusInternalServerError, "running ffprobe: exit status 127")
+		}
+		assert.EqualValues(t, runs+2, p.runs.Load(), "a failure to run is not cached")
+	})
+
+	t.Run("time", func(t *testing.T) {
+		sleep, err := exec.LookPath("sleep")
+		require.NoError(t, err)
+		pidFile := filepath.Join(dir, "pid")
+		// A child in the background (same process group), then wait.
+		p.program = ffScript(t, dir, fmt.Sprintf("%q 60 &\necho $! > %q\nwait\n", sleep, pidFile))
+		p.timeout = 300 * time.Millisecond
+		other := n.upload(t, "u.txt", []byte("other bytes\n"))
+		runs := p.runs.Load()
+		for i := range 2 {
+			a, _ := n.ffmetadata(t, other)
+			ffRequireError(t, a, http.StatusGatewayTimeout, "did not finish within")
+			assert.EqualValues(t, runs+int64(i)+1, p.runs.Load(), "a timeout is not cached")
+		}
+		b, err := os.ReadFile(pidFile)
+		require.NoError(t, err)
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		require.NoError(t, err)
+		ffWaitFor(t, "the background child killed", func() bool { return !ffAlive(pid) })
+	})
+}
+
+// TestFFMetadataNoFFprobe: 501 when ffprobe is not on PATH.
+func TestFFMetadataNoFFprobe(t *testing.T) {
+	n := startFFNode(t, Config{}, nil, "")
+	n.api.prober().program = "dtfc-test-no-such-ffprobe"
+	id := n.upload(t, "t.txt", []byte("x"))
+	a, _ := n.ffmetadata(t, id)
+	ffRequireError(t, a, http.StatusNotImplemented, "ffprobe is not installed")
+}
+
+// TestFFMetadataAccess: the read token is needed, and a blocked blob
+// answers like GET (451), even after its metadata was cached.
+func TestFFMetadataAccess(t *testing.T) {
+	needFFmpeg(t)
+	wav := ffmpegFile(t, "a.wav", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-f", "wav")
+	n := startFFNode(t, Config{AuthTokens: []string{"writer"}, ReadTokens: []string{"reader"}}, nil, "")
+	auth := []string{"Authorization", "Bearer writer"}
+	id := n.upload(t, "a.wav", wav, auth...)
+
+	a, _ := n.ffmetadata(t, id)
+	ffRequireError(t, a, http.StatusUnauthorized, "")
+	a, p := n.ffmetadata(t, id, "Authorization", "Bearer reader")
+	require.Equal(t, http.StatusOK, a.status, "%s", a)
+	assert.Equal(t, "wav", p.Format["format_name"])
+
+	deny := n.do(t, http.MethodPut, "/_deny/"+id, []byte(`{"status": 451, "reason": "court order"}`), auth...)
+	require.Equal(t, http.StatusOK, deny.status, "%s", deny)
+	get := n.do(t, http.MethodGet, "/"+id, nil, "Authorization", "Bearer reader")
+	a, _ = n.ffmetadata(t, id, "Authorization", "Bearer reader")
+	ffRequireError(t, a, get.status, "court order")
+	assert.Equal(t, http.StatusUnavailableForLegalReasons, a.status)
+}
+
+// TestFFMetadataPeerMiss: two nodes with a real peer.Cluster each; a blob
+// only node A holds is fetched by node B, stored there and ffProbed there;
+// with ?nopeerload, B answers 404 for a blob it does not hold.
+func TestFFMetadataPeerMiss(t *testing.T) {
+	needFFmpeg(t)
+	mp4 := ffmpegFile(t, "v.mp4", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64:rate=10", "-pix_fmt", "yuv420p", "-f", "mp4")
+	wav := ffmpegFile(t, "a.wav", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-f", "wav")
+
+	var lns [2]net.Listener
+	var urls [2]string
+	for i := range lns {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		lns[i], urls[i] = ln, "http://"+ln.Addr().String()
+	}
+	var nodes [2]*ffNode
+	for i := range nodes {
+		dir := t.TempDir()
+		peers := filepath.Join(dir, "peers.toml")
+		require.NoError(t, os.WriteFile(peers, fmt.Appendf(nil, "[[peers]]\nurl = %q\nrole = \"replica\"\n", urls[1-i]), 0o644))
+		store, err := blobstore.Open(filepath.Join(dir, "data"), blobstore.Options{})
+		require.NoError(t, err)
+		t.Cleanup(func() { assert.NoError(t, store.Close()) })
+		// The cluster is not Run: no pushers, so only a read moves bytes.
+		cl, err := peer.New(store, peer.Options{Me: urls[i], PeerList: peers, ScrubInterval: -1, AntiEntropyInterval: time.Hour})
+		require.NoError(t, err)
+		nodes[i] = serveFF(t, Config{Me: urls[i], Cluster: cl}, lns[i], store)
+	}
+	a, b := nodes[0], nodes[1]
+	id := a.upload(t, "v.mp4", mp4)
+	parsed, err := dtfc.ParseID(id)
+	require.NoError(t, err)
+	_, err = b.store.Stat(parsed)
+	require.ErrorIs(t, err, blobstore.ErrNotFound, "node B does not hold the blob yet")
+
+	ans, p := b.ffmetadata(t, id)
+	require.Equal(t, http.StatusOK, ans.status, "%s", ans)
+	assert.Equal(t, "mov,mp4,m4a,3gp,3g2,mj2", p.Format["format_name"])
+	require.Len(t, p.Streams, 1)
+	assert.EqualValues(t, 64, p.Streams[0]["width"])
+	blob, err := b.store.Open(parsed)
+	require.NoError(t, err, "node B fetched and stored the blob")
+	blob.Close()
+	assert.EqualValues(t, 1, b.api.prober().runs.Load(), "node B ran ffprobe")
+	assert.Zero(t, a.api.prober().runs.Load(), "node A was only asked for the bytes")
+
+	// A blob whose record B keeps but whose file is gone (as when the
+	// scrubber sets a corrupt file aside) is read again from A.
+	require.NoError(t, os.Remove(b.store.Path(parsed)))
+	a.api.prober().cache = newProbeCache(probeCacheBytes)
+	b.api.prober().cache = newProbeCache(probeCacheBytes)
+	ans, p = b.ffmetadata(t, id)
+	require.Equal(t, http.StatusOK, ans.status, "%s", ans)
+	assert.Equal(t, "mov,mp4,m4a,3gp,3g2,mj2", p.Format["format_name"])
+	blob, err = b.store.Open(parsed)
+	require.NoError(t, err, "node B fetched the blob again")
+	blob.Close()
+	assert.EqualValues(t, 2, b.api.prober().runs.Load())
+
+	other := a.upload(t, "a.wav", wav)
+	ffRequireError(t, b.do(t, http.MethodGet, "/"+other+"/ffmetadata?nopeerload", nil), http.StatusNotFound, "")
+	assert.EqualValues(t, 2, b.api.prober().runs.Load())
+}
+
+// inFlight is the node's dtfc_http_requests_in_flight.
+func (n *ffNode) inFlight(t *testing.T) float64 {
+	mfs, err := n.api.cfg.Registry.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == "dtfc_http_requests_in_flight" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no dtfc_http_requests_in_flight")
+	return 0
+}
+
+// ffScript writes an executable shell script and returns its path.
+func ffScript(t *testing.T, dir, body string) string {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "script-*.sh")
+	require.NoError(t, err)
+	_, err = f.WriteString("#!/bin/sh\n" + body)
+	require.NoError(t, err)
+	require.NoError(t, f.Chmod(0o755))
+	require.NoError(t, f.Close())
+	return f.Name()
+}
+
+// ffWaitFor polls cond until it holds, failing the test after ffWait.
+func ffWaitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(ffWait)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ffAlive reports whether pid is a process that has not exited (a zombie
+// waiting for its parent counts as exited).
+func ffAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(rest, "Z")
+}
+
+// TestFFProbeCacheBounded: the cache keeps its total size under its
+// bound, dropping the least recently used answer first.
+func TestFFProbeCacheBounded(t *testing.T) {
+	c := newProbeCache(10 << 10)
+	ids := make([]dtfc.ID, 20)
+	for i := range ids {
+		ids[i][0] = byte(i)
+		c.add(ids[i], probeResult{body: bytes.Repeat([]byte("x"), 1<<10)})
+		assert.LessOrEqual(t, c.bytes, c.max)
+		if i == 5 {
+			_, ok := c.get(ids[0]) // used: kept longer than ids[1..]
+			require.True(t, ok)
+		}
+	}
+	_, ok := c.get(ids[19])
+	assert.True(t, ok, "the newest answer is kept")
+	_, ok = c.get(ids[1])
+	assert.False(t, ok, "an old answer was dropped")
+	big := dtfc.ID{0xff}
+	c.add(big, probeResult{body: make([]byte, 11<<10)})
+	_, ok = c.get(big)
+	assert.False(t, ok, "an answer larger than the bound is not kept")
+	assert.LessOrEqual(t, c.bytes, c.max)
+}
