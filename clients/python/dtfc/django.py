@@ -1,0 +1,160 @@
+"""A Django storage backend that keeps files in a dtfc cluster.
+
+A saved file's name is exactly its blob ID (the 128-hex SHA-512 of its
+bytes): saving the same bytes twice gives the same name, and a FileField
+holding it needs max_length=128 or more. Options (each may instead be a
+key of the settings.DTFC_STORAGE dict; options given to the constructor
+win):
+
+- urls: the node base URLs (a list, or one string), tried in order;
+- token: the write token (Authorization: Bearer); keep it in settings
+  rather than in a field's storage=, where migrations would copy it;
+- base_url: where browsers fetch files (url(name) is base_url + "/" +
+  name); default the first of urls;
+- timeout: seconds for each socket operation (default 30).
+
+Django 4.2 and later::
+
+    STORAGES = {
+        "default": {
+            "BACKEND": "dtfc.django.DtfcStorage",
+            "OPTIONS": {"urls": ["http://10.0.0.1:8080"], "base_url": "https://files.example.com"},
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+Django 3.2::
+
+    DEFAULT_FILE_STORAGE = "dtfc.django.DtfcStorage"
+    DTFC_STORAGE = {"urls": ["http://10.0.0.1:8080"], "token": "..."}
+"""
+
+import os
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.base import File
+from django.core.files.storage import Storage
+from django.utils.deconstruct import deconstructible
+
+import dtfc
+
+__all__ = ["DtfcStorage"]
+
+# ID_LENGTH is the length of every name this storage gives a file.
+ID_LENGTH = 128
+
+_OPTIONS = ("urls", "token", "base_url", "timeout")
+
+
+@deconstructible
+class DtfcStorage(Storage):
+    """DtfcStorage stores files in dtfc; a file's name is its blob ID."""
+
+    def __init__(self, urls=None, token=None, base_url=None, timeout=None):
+        self._given = {"urls": urls, "token": token, "base_url": base_url, "timeout": timeout}
+        self._client = None
+        self._client_key = None
+
+    def _option(self, key):
+        v = self._given[key]
+        if v is not None:
+            return v
+        conf = getattr(settings, "DTFC_STORAGE", None) or {}
+        if not isinstance(conf, dict):
+            raise ImproperlyConfigured("settings.DTFC_STORAGE must be a dict with keys %s" % ", ".join(_OPTIONS))
+        unknown = set(conf) - set(_OPTIONS)
+        if unknown:
+            raise ImproperlyConfigured(
+                "settings.DTFC_STORAGE: unknown key(s) %s; the keys are %s"
+                % (", ".join(sorted(unknown)), ", ".join(_OPTIONS))
+            )
+        return conf.get(key)
+
+    def _urls(self):
+        urls = self._option("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not urls:
+            raise ImproperlyConfigured(
+                "DtfcStorage needs the dtfc node URLs: give OPTIONS {'urls': [...]} "
+                "(STORAGES) or settings.DTFC_STORAGE = {'urls': [...]}"
+            )
+        return list(urls)
+
+    @property
+    def client(self):
+        """client is the dtfc.Client for the current options (settings
+        are read when it is first needed, and again if they change)."""
+        key = (tuple(self._urls()), self._option("token"), self._option("timeout"))
+        if self._client is None or self._client_key != key:
+            timeout = key[2] if key[2] is not None else 30
+            self._client = dtfc.Client(list(key[0]), token=key[1], timeout=timeout)
+            self._client_key = key
+        return self._client
+
+    # Names.
+
+    def get_available_name(self, name, max_length=None):
+        # The stored name is the content's ID, chosen by _save: there is
+        # nothing to make unique, and the name must not be altered. What
+        # can be checked here is that the field can hold an ID.
+        if max_length is not None and max_length < ID_LENGTH:
+            raise ImproperlyConfigured(
+                "DtfcStorage names a file by its 128-character SHA-512 ID, but this FileField "
+                "has max_length=%d: set max_length=%d or more on the field (and migrate)"
+                % (max_length, ID_LENGTH)
+            )
+        return name
+
+    def _save(self, name, content):
+        try:
+            content.seek(0)
+        except (AttributeError, OSError, ValueError):
+            pass  # not seekable: sent from where it is (and not re-sent to another node)
+        filename = os.path.basename(name or "") or None
+        res = self.client.put(content, filename=filename, content_type=getattr(content, "content_type", None))
+        return res["sha512"]
+
+    # Reading.
+
+    def _open(self, name, mode="rb"):
+        if any(c in mode for c in "wax+"):
+            raise ValueError("DtfcStorage files are read-only (mode %r): save new content with save()" % mode)
+        self._check_name(name)
+        try:
+            reader = self.client.open(name)
+        except dtfc.NotFound as e:
+            raise FileNotFoundError("dtfc: no node holds %s" % name) from e
+        return File(reader, name=name)
+
+    def exists(self, name):
+        if not dtfc.is_id(name):
+            return False
+        return self.client.stat(name) is not None
+
+    def size(self, name):
+        self._check_name(name)
+        st = self.client.stat(name)
+        if st is None:
+            raise FileNotFoundError("dtfc: no node holds %s" % name)
+        return st["size"]
+
+    def url(self, name):
+        self._check_name(name)
+        base = self._option("base_url") or self._urls()[0]
+        return base.rstrip("/") + "/" + name.lower()
+
+    def delete(self, name):
+        if not name:
+            raise ValueError("The name must be given to delete().")
+        if not dtfc.is_id(name):
+            return  # no file of this storage has such a name
+        try:
+            self.client.delete(name)
+        except dtfc.NotFound:
+            pass
+
+    def _check_name(self, name):
+        if not dtfc.is_id(name):
+            raise ValueError("DtfcStorage: %r is not a dtfc name (a 128-hex SHA-512 ID)" % (name,))
