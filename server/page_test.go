@@ -79,6 +79,10 @@ func TestStatusPagePeers(t *testing.T) {
 				LastContact: now.Add(-10 * time.Minute), LastError: `dial tcp: <script>alert("x")</script>`, LastErrorAt: now.Add(-time.Second)},
 			{URL: "http://new.example:8080", Role: "cache"},
 		},
+		Members: []peer.Member{
+			{Node: "a1b2c3", URL: "http://up.example:8080", Role: "replica", Since: now.Add(-time.Hour)},
+			{Node: "d4e5f6", URL: "http://gone.example:8080", Role: "replica", Since: now.Add(-2 * time.Hour), Removed: true, Clock: dtfc.TimestampAt(now.Add(-3 * time.Second))},
+		},
 	}}
 	recent := server.NewRecent(4)
 	n := startNode(t, server.Config{Cluster: fc, RecentErrors: recent.Entries})
@@ -110,6 +114,8 @@ func TestStatusPagePeers(t *testing.T) {
 	assert.Contains(t, page, "in sync")
 	assert.Contains(t, page, "running since 1m 30s ago")
 	assert.Contains(t, page, "12 blobs (3.0 MiB) checked")
+	assert.Regexp(t, `(?s)<tr data-member="http://up.example:8080" data-removed="false">.*?<code>a1b2c3</code>.*?member</td>.*?1h 0m ago`, page)
+	assert.Regexp(t, `(?s)<tr data-member="http://gone.example:8080" data-removed="true">.*?removed 3s ago`, page)
 
 	// A warning logged through Recent shows on the page and in the JSON.
 	slogWarn(recent, "push to peer failed", "peer", "http://down.example:8080")
