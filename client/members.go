@@ -29,13 +29,19 @@ func (c *Client) Members(ctx context.Context) ([]api.Member, error) {
 }
 
 // RemoveMember removes the member reached at nodeURL from the cluster
-// (DELETE /_members?url=...), through the first node that answers.
-func (c *Client) RemoveMember(ctx context.Context, nodeURL string) (api.Member, error) {
+// (DELETE /_members?url=...), through the first node that answers. A
+// node that removes itself first waits until its replicas accepted its
+// feed (409 until then) unless force.
+func (c *Client) RemoveMember(ctx context.Context, nodeURL string, force bool) (api.Member, error) {
 	var ans struct {
 		Member api.Member `json:"member"`
 	}
 	err := c.each(ctx, func(base string) error {
-		resp, err := c.do(ctx, http.MethodDelete, base+"/_members?url="+url.QueryEscape(nodeURL), nil)
+		q := "/_members?url=" + url.QueryEscape(nodeURL)
+		if force {
+			q += "&force=1"
+		}
+		resp, err := c.do(ctx, http.MethodDelete, base+q, nil)
 		if err != nil {
 			return err
 		}

@@ -249,3 +249,36 @@ func TestMembershipSurvivesRestart(t *testing.T) {
 	c.Nodes[2].Start()
 	waitMembers(t, c, 30*time.Second, 0, 1, 2)
 }
+
+// TestLeaveWaitsForQueues: a node that removes itself while its replicas
+// have not accepted all of its feed is refused (409): an upload only it
+// holds would be stranded. It leaves once they caught up, or with force.
+func TestLeaveWaitsForQueues(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true})
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	hc := newClient(t)
+	c.Nodes[1].Stop()
+	upload(t, hc, c.Nodes[0].URL, "only-here", []byte("not yet on node 1"))
+	del := func(force string) int {
+		req, err := http.NewRequest(http.MethodDelete, c.Nodes[0].URL+"/_members?url="+url.QueryEscape(c.Nodes[0].URL)+force, nil)
+		require.NoError(t, err)
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusConflict, del(""), "leaving with an upload node 1 has not accepted")
+	c.Nodes[1].Start()
+	eventually(t, 30*time.Second, "node 0 leaves once node 1 caught up", func() bool { return del("") == http.StatusOK })
+	waitMembers(t, c, 30*time.Second, 1, 2)
+
+	// Node 2 leaves with a queue, forced.
+	c.Nodes[1].Stop()
+	upload(t, hc, c.Nodes[2].URL, "forced", []byte("left behind on purpose"))
+	req, err := http.NewRequest(http.MethodDelete, c.Nodes[2].URL+"/_members?force=1&url="+url.QueryEscape(c.Nodes[2].URL), nil)
+	require.NoError(t, err)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}

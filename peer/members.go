@@ -63,14 +63,23 @@ func newerMember(a, b Member) bool {
 }
 
 // merge takes the records of in that are newer than those held and
-// returns whether any was.
-func (ms *members) merge(in []Member) bool {
+// returns whether any was. A record dated further ahead of clock's wall
+// clock than maxAhead is refused (a node whose clock runs a year ahead
+// would make its records unremovable); the others are observed by clock,
+// so that a later change here is dated after them.
+func (ms *members) merge(in []Member, clock *dtfc.Clock, maxAhead time.Duration) bool {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	changed := false
 	for _, m := range in {
 		if m.Node == "" || m.URL == "" {
 			continue
+		}
+		if clock != nil {
+			if clock.Ahead(m.Clock) > maxAhead {
+				continue
+			}
+			clock.Observe(m.Clock)
 		}
 		m.URL = normalizeURL(m.URL)
 		if cur, ok := ms.byNode[m.Node]; ok && !newerMember(m, cur) {
@@ -131,7 +140,7 @@ func (c *Cluster) loadMembers() error {
 		if err := json.Unmarshal(v, &list); err != nil {
 			return fmt.Errorf("membership records: %w", err)
 		}
-		c.members.merge(list)
+		c.members.merge(list, nil, 0)
 	}
 	if me, ok := c.members.get(c.membersStore().NodeID()); ok && me.Removed {
 		c.log.Warn("this node was removed from the cluster: it works only with its peer list file's entries until a member adds it again (PUT /_members)",
@@ -165,7 +174,7 @@ func (c *Cluster) recordSelf() error {
 // them.
 func (c *Cluster) setMember(m Member) error {
 	m.Clock = c.membersStore().Clock().Now()
-	c.members.merge([]Member{m})
+	c.members.merge([]Member{m}, nil, 0)
 	return c.membersChanged()
 }
 
@@ -181,6 +190,12 @@ func (c *Cluster) membersChanged() error {
 	c.applyPeers()
 	c.membersSig.Notify()
 	return nil
+}
+
+// mergeMembers merges a peer's records, refusing those dated further
+// ahead than max_clock_offset.
+func (c *Cluster) mergeMembers(in []Member) bool {
+	return c.members.merge(in, c.membersStore().Clock(), c.opts.MaxClockOffset)
 }
 
 // removed reports whether this node was removed from the cluster.
@@ -329,7 +344,7 @@ func (c *Cluster) exchange(ctx context.Context, r *remote) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if c.members.merge(ans.Members) {
+	if c.mergeMembers(ans.Members) {
 		if err := c.membersChanged(); err != nil {
 			return ans.Node, err
 		}
@@ -350,7 +365,7 @@ func (c *Cluster) hMembers(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "members: "+err.Error())
 		return
 	}
-	changed := c.members.merge(in.Members)
+	changed := c.mergeMembers(in.Members)
 	if len(in.Members) > 0 {
 		// Someone uses membership (joins through this node, or gossips):
 		// this node is a member too, under its own URL.
@@ -409,13 +424,29 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 	return got, nil
 }
 
+// ErrNotDrained means this node cannot leave yet: its peers have not
+// accepted all of its feed.
+var ErrNotDrained = errors.New("this node's replication queues are not empty")
+
 // RemoveMember removes the member reached at url: it is no longer pushed
 // to, what it alone had not acknowledged may be forgotten, and its own
-// pushes are refused until it is added again.
-func (c *Cluster) RemoveMember(url string) (Member, error) {
+// pushes are refused until it is added again. A node that removes itself
+// first waits until every replica peer accepted its feed (an upload it
+// alone holds would be stranded), unless force.
+func (c *Cluster) RemoveMember(url string, force bool) (Member, error) {
 	m, ok := c.members.byURL(url)
 	if !ok {
 		return Member{}, ErrNotMember
+	}
+	if m.Node == c.membersStore().NodeID() && !force {
+		var pending int64
+		for _, r := range c.replicaPeers() {
+			n, _ := c.queue(r)
+			pending += n
+		}
+		if pending > 0 {
+			return Member{}, fmt.Errorf("%w: %d operation(s) not yet accepted by the replicas; wait, or force", ErrNotDrained, pending)
+		}
 	}
 	m.Removed = true
 	if err := c.setMember(m); err != nil {

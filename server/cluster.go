@@ -27,7 +27,7 @@ type Cluster interface {
 	// reached at a URL, RemoveMember removes one.
 	Members() []peer.Member
 	AddMember(ctx context.Context, url string, role dtfc.Role) (peer.Member, error)
-	RemoveMember(url string) (peer.Member, error)
+	RemoveMember(url string, force bool) (peer.Member, error)
 	// Status describes the peers and replication.
 	Status() peer.Status
 	// InternalHandler serves the node-to-node routes under /_internal.

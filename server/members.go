@@ -61,10 +61,15 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	m, err := s.cfg.Cluster.RemoveMember(u)
+	force := r.URL.Query().Get("force")
+	m, err := s.cfg.Cluster.RemoveMember(u, force == "1" || force == "true")
 	switch {
 	case errors.Is(err, peer.ErrNotMember):
 		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s: %v", u, err))
+		return
+	case errors.Is(err, peer.ErrNotDrained):
+		w.Header().Set("Retry-After", "5")
+		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v (?force=1 removes it anyway: what only it holds stays on its disk, out of the cluster)", err))
 		return
 	case err != nil:
 		s.writeError(w, r, err)
