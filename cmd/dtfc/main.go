@@ -34,7 +34,8 @@ Usage:
   dtfc get [flags] ID [-o FILE]  download and verify a file (stdout by default)
   dtfc rm [flags] ID...          delete files throughout the cluster
   dtfc status [flags]            print a node's status
-  dtfc leave [--url URL] [flags] remove a node (default: the --server node) from the cluster
+  dtfc leave [--url URL] [--force] [flags]
+                                 remove a node (default: the --server node) from the cluster
   dtfc rebuild-meta --basedir DIR
                                  rebuild a stopped node's missing or damaged metadata
   dtfc couchdb migrate|follow|orphans [flags]
