@@ -143,7 +143,7 @@ func (c *Cluster) loadMembers() error {
 		c.members.merge(list, nil, 0)
 	}
 	if me, ok := c.members.get(c.membersStore().NodeID()); ok && me.Removed {
-		c.log.Warn("this node was removed from the cluster: it works only with its peer list file's entries until a member adds it again (PUT /_members)",
+		c.log.Warn("this node was removed from the cluster: it works alone, with no peer, until a member adds it again (PUT /_members)",
 			"removed_at", me.Clock.Time())
 		return nil
 	}
@@ -207,18 +207,29 @@ func (c *Cluster) removed() bool {
 // applyPeers sets the peers: the peer list file's entries, then the
 // members that are not removed, neither this node nor a node the file
 // lists already (by URL, or by the identity its entry answered with: the
-// file says how to reach it). A removed node keeps only its file's
-// entries.
+// file says how to reach it). A removal wins over the file: an entry that
+// answered with the identity of a removed member is left out until the
+// member is added again. A removed node has no peers at all: it serves
+// what it holds, alone, until it is added again.
 func (c *Cluster) applyPeers() {
 	c.peersMu.Lock()
 	defer c.peersMu.Unlock()
-	peers := slices.Clone(c.filePeers)
+	var peers []Peer
 	if !c.removed() {
 		seenURL := map[string]bool{c.opts.Me: true}
 		seenNode := map[string]bool{c.membersStore().NodeID(): true}
 		var cur *membership
 		if cur = c.mem.Load(); cur == nil {
 			cur = &membership{}
+		}
+		for _, p := range c.filePeers {
+			if r := cur.byURL[p.URL]; r != nil && r.NodeID() != "" {
+				if m, ok := c.members.get(r.NodeID()); ok && m.Removed {
+					c.log.Debug("a peer list entry is a removed member: left out until it is added again (PUT /_members)", "url", p.URL, "node", m.Node)
+					continue
+				}
+			}
+			peers = append(peers, p)
 		}
 		for _, p := range peers {
 			seenURL[p.URL] = true
