@@ -1,4 +1,5 @@
-// Package peer owns what a node knows of the other nodes: the peer list,
+// Package peer owns what a node knows of the other nodes: the peer list
+// and membership,
 // the consistent-hash ring that picks which peer to ask first, fetching a
 // missing blob from peers (one transfer per ID however many clients wait,
 // streamed to all of them while it is verified), pushing the local change
@@ -43,4 +44,8 @@
 //   - resync (resync.go) is the state machine of "this node must resync",
 //     with its own lock; expiries and feedClock (acks.go) decide what may
 //     be forgotten.
+//   - members (members.go) are the membership records (--join,
+//     /_members), with their own lock, exchanged with every peer by a
+//     loop of Run's; applyPeers makes the peers from the peer list
+//     file's entries and the members.
 package peer
