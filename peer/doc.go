@@ -1,10 +1,10 @@
 // Package peer owns what a node knows of the other nodes: the peer list
 // and membership, the consistent-hash ring that picks which peer to ask
-// first, fetching a
-// missing blob from peers (one transfer per ID however many clients wait,
-// streamed to all of them while it is verified), pushing the local change
-// feed to every peer with a durable cursor, anti-entropy, tombstone
-// retention, and repairs of what the scrubber finds corrupt.
+// first, fetching a missing blob from peers (one transfer per ID however
+// many clients wait, streamed to all of them while it is verified),
+// pushing the local change feed to every peer with a durable cursor,
+// anti-entropy, tombstone retention, and repairs of what the scrubber
+// finds corrupt.
 //
 // Its shape:
 //
