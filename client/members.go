@@ -14,17 +14,7 @@ func (c *Client) Members(ctx context.Context) ([]api.Member, error) {
 	var ans struct {
 		Members []api.Member `json:"members"`
 	}
-	err := c.each(ctx, func(base string) error {
-		resp, err := c.do(ctx, http.MethodGet, base+"/_members", nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return answerError(resp)
-		}
-		return json.NewDecoder(resp.Body).Decode(&ans)
-	})
+	err := c.callJSON(ctx, http.MethodGet, "/_members", &ans)
 	return ans.Members, err
 }
 
@@ -36,12 +26,19 @@ func (c *Client) RemoveMember(ctx context.Context, nodeURL string, force bool) (
 	var ans struct {
 		Member api.Member `json:"member"`
 	}
-	err := c.each(ctx, func(base string) error {
-		q := "/_members?url=" + url.QueryEscape(nodeURL)
-		if force {
-			q += "&force=1"
-		}
-		resp, err := c.do(ctx, http.MethodDelete, base+q, nil)
+	q := "/_members?url=" + url.QueryEscape(nodeURL)
+	if force {
+		q += "&force=1"
+	}
+	err := c.callJSON(ctx, http.MethodDelete, q, &ans)
+	return ans.Member, err
+}
+
+// callJSON sends a request without a body to the first node that answers
+// and decodes its 200 answer into out.
+func (c *Client) callJSON(ctx context.Context, method, path string, out any) error {
+	return c.each(ctx, func(base string) error {
+		resp, err := c.do(ctx, method, base+path, nil)
 		if err != nil {
 			return err
 		}
@@ -49,7 +46,6 @@ func (c *Client) RemoveMember(ctx context.Context, nodeURL string, force bool) (
 		if resp.StatusCode != http.StatusOK {
 			return answerError(resp)
 		}
-		return json.NewDecoder(resp.Body).Decode(&ans)
+		return json.NewDecoder(resp.Body).Decode(out)
 	})
-	return ans.Member, err
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc/api"
+	"github.com/dtfc/dtfc/client"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -98,16 +99,18 @@ func join(s []string) string {
 	return out
 }
 
-// removeMember sends DELETE /_members?url=<node's URL> to node via and
-// requires 200.
+// removeMember removes node through the member via, with the Go client
+// (as dtfc leave does), and checks the record it answers.
 func removeMember(t *testing.T, hc *http.Client, via, node string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodDelete, via+"/_members?url="+url.QueryEscape(node), nil)
+	cl, err := client.New([]string{via}, client.Options{HTTPClient: hc})
 	require.NoError(t, err)
-	resp, err := hc.Do(req)
+	m, err := cl.RemoveMember(t.Context(), node, false)
 	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.True(t, m.Removed && m.URL == node, "%+v", m)
+	members, err := cl.Members(t.Context())
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(members, func(m api.Member) bool { return m.URL == node && m.Removed }), "%+v", members)
 }
 
 // TestJoinUnderLoad: a third node joins while uploads go on; every member
