@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -284,4 +285,76 @@ func TestLeaveWaitsForQueues(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// TestReaddedNodeResyncs: a node removed while down misses a delete that
+// the others then forget. Added again (within tombstone_expiry), it is
+// marked expired: its offers are refused until it resyncs, and the file
+// it still holds is not brought back.
+func TestReaddedNodeResyncs(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true,
+		Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "30s"}})
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	hc := newClient(t)
+	x := randomBytes(40 << 10)
+	_, xID := upload(t, hc, c.Nodes[0].URL, "x", x)
+	eventually(t, 30*time.Second, "node 2 holds x", func() bool { return assertHeldQuiet(c, 2, xID) })
+
+	c.Nodes[2].Stop()
+	removeMember(t, hc, c.Nodes[0].URL, c.Nodes[2].URL)
+	deleteID(t, hc, c.Nodes[0].URL, xID)
+	eventually(t, 30*time.Second, "nodes 0 and 1 forget x's delete", func() bool {
+		for _, i := range []int{0, 1} {
+			if s, _ := stateOf(t, c, hc, i, xID); s != http.StatusNotFound {
+				return false
+			}
+		}
+		return true
+	})
+	require.False(t, gone(c.Nodes[2], xID), "node 2 still holds x")
+
+	c.Nodes[2].Start()
+	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))
+	require.NoError(t, err)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	eventually(t, time.Minute, "node 2 drops x (it resynced) and nobody took it back", func() bool {
+		return gone(c.Nodes[0], xID) && gone(c.Nodes[1], xID) && gone(c.Nodes[2], xID)
+	})
+	// Still gone once everything settled.
+	c.WaitConverged(t, time.Minute)
+	for i := range c.Nodes {
+		require.True(t, gone(c.Nodes[i], xID), "node %d holds x again", i)
+	}
+}
+
+// TestReaddAfterExpiryRefused: a node removed longer than tombstone_expiry
+// ago cannot be added again (409): deletes it never saw may be forgotten
+// and gone from memory; it must join again as a new node.
+func TestReaddAfterExpiryRefused(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true,
+		Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "3s"}})
+	waitMembers(t, c, 30*time.Second, 0, 1, 2)
+	hc := newClient(t)
+	c.Nodes[2].Stop()
+	removeMember(t, hc, c.Nodes[0].URL, c.Nodes[2].URL)
+	c.Nodes[2].Start()
+	// Node 1's clock a minute ahead: the removal is older than the expiry
+	// there. (Restarted, so that it reads the clock from its start.)
+	c.Nodes[1].Stop()
+	c.Nodes[1].SetClock(time.Minute)
+	c.Nodes[1].Start()
+	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))
+	require.NoError(t, err)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusConflict, resp.StatusCode, "%s", body)
+	require.Contains(t, string(body), "join it as a new node")
+	m := membersOf(t, c, 1)[c.Nodes[2].URL]
+	require.True(t, m.Removed)
 }

@@ -59,6 +59,7 @@ type expiries struct {
 // they are kept, the feed's end, and which tombstones are old enough to
 // forget.
 type ledgerStore interface {
+	NodeID() string
 	Value(key string) ([]byte, error)
 	SetValue(key string, v []byte) error
 	LastSeq() uint64
@@ -331,7 +332,9 @@ func (c *Cluster) acks() []peerAck {
 // sequence number at most expirySeq), with the greatest clock of those.
 func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []peerAck) error {
 	late := map[*remote]dtfc.Timestamp{}
+	var newest dtfc.Timestamp // of everything old enough to forget
 	err := c.ledgerStore().Forgettable(horizon, func(seq uint64, clock dtfc.Timestamp) {
+		newest = max(newest, clock)
 		if seq > expirySeq {
 			return
 		}
@@ -347,6 +350,41 @@ func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []pee
 	for r, horizon := range late {
 		if err := c.markExpired(r, horizon); err != nil {
 			return fmt.Errorf("marking %s expired: %w", r.URL, err)
+		}
+	}
+	return c.markRemoved(newest)
+}
+
+// markRemoved marks every member removed less than tombstone_expiry ago
+// expired up to newest: whatever is forgotten from now on is forgotten
+// without it (a removed member no longer holds anything back), so if it
+// is added again it must resync before anything it offers is taken. A
+// member removed longer ago than that cannot be added again (AddMember):
+// the memory of what was forgotten meanwhile may be gone.
+func (c *Cluster) markRemoved(newest dtfc.Timestamp) error {
+	if newest == 0 {
+		return nil
+	}
+	wall := c.opts.Wall()
+	for _, m := range c.members.list() {
+		if !m.Removed || m.Node == c.ledgerStore().NodeID() || wall.Sub(m.Clock.Time()) > c.opts.TombstoneExpiry {
+			continue
+		}
+		key := "node " + m.Node
+		c.expired.mu.Lock()
+		old, had := c.expired.marks[key]
+		if had && old.Horizon >= newest {
+			c.expired.mu.Unlock()
+			continue
+		}
+		mark := expiryMark{URL: m.URL, Node: m.Node, Horizon: newest, Since: m.Clock.Time()}
+		c.expired.marks[key] = mark
+		c.expired.mu.Unlock()
+		if err := c.saveExpiries(key); err != nil {
+			return fmt.Errorf("marking removed member %s expired: %w", m.URL, err)
+		}
+		if !had {
+			c.log.Info("a removed member is marked expired: deletes are forgotten without it, and it must resync if it is added again", "url", m.URL, "node", m.Node)
 		}
 	}
 	return nil

@@ -400,6 +400,11 @@ var ErrNotMember = errors.New("no member is reached at that URL")
 // ErrMemberRole means the node at the URL has another role than asked.
 var ErrMemberRole = errors.New("the node has another role")
 
+// ErrRemovedTooLong means the node was removed longer than
+// tombstone_expiry ago: deletes it never saw may be forgotten by now, and
+// its files could bring them back. It must join again as a new node.
+var ErrRemovedTooLong = errors.New("removed longer than tombstone_expiry ago")
+
 // AddMember adds the node reached at url: it asks the node for its
 // records (learning its identity), and records it as a member, again if
 // it had been removed. role, if set, must be the node's own.
@@ -422,6 +427,10 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 	}
 	if role != "" && m.Role != role {
 		return Member{}, fmt.Errorf("%w: %s is a %s, not a %s", ErrMemberRole, url, m.Role, role)
+	}
+	if m.Removed && c.opts.Wall().Sub(m.Clock.Time()) > c.opts.TombstoneExpiry {
+		return Member{}, fmt.Errorf("%w: %s (node %s) was removed at %s; deletes it never saw may be forgotten since: empty its basedir and join it as a new node",
+			ErrRemovedTooLong, url, node, m.Clock.Time().UTC().Format(time.RFC3339))
 	}
 	if m.Removed || !ok {
 		m.Since = time.Now().UTC()

@@ -45,7 +45,7 @@ func (s *Server) addMember(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := s.cfg.Cluster.AddMember(r.Context(), req.URL, req.Role)
 	switch {
-	case errors.Is(err, peer.ErrMemberRole):
+	case errors.Is(err, peer.ErrMemberRole), errors.Is(err, peer.ErrRemovedTooLong):
 		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", err))
 		return
 	case err != nil:
