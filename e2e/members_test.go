@@ -224,6 +224,13 @@ func TestLeaveWhileDown(t *testing.T) {
 	}
 	require.True(t, gone(c.Nodes[2], id), "the removed node got an upload made after it left")
 	require.True(t, logHas(c.Nodes[2], "removed from the cluster"), "the removed node says why")
+	// It takes no writes (they would reach nobody): 503, try another node.
+	status, _, err := tryUpload(t.Context(), hc, c.Nodes[2].URL, "w", []byte("to a removed node"))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	status, err = tryDelete(t.Context(), hc, c.Nodes[2].URL, id)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusServiceUnavailable, status)
 
 	// Added again by an operator, it is a member again and fills.
 	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))

@@ -200,8 +200,18 @@ func (c *Cluster) mergeMembers(in []Member) bool {
 
 // removed reports whether this node was removed from the cluster.
 func (c *Cluster) removed() bool {
+	_, removed := c.Removed()
+	return removed
+}
+
+// Removed reports whether this node was removed from the cluster, and
+// when.
+func (c *Cluster) Removed() (time.Time, bool) {
 	me, ok := c.members.get(c.membersStore().NodeID())
-	return ok && me.Removed
+	if !ok || !me.Removed {
+		return time.Time{}, false
+	}
+	return me.Clock.Time(), true
 }
 
 // applyPeers sets the peers: the peer list file's entries, then the

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/peer"
@@ -28,6 +29,9 @@ type Cluster interface {
 	Members() []peer.Member
 	AddMember(ctx context.Context, url string, role dtfc.Role) (peer.Member, error)
 	RemoveMember(url string, force bool) (peer.Member, error)
+	// Removed reports whether this node was removed from the cluster,
+	// and when: it then takes no uploads or deletes.
+	Removed() (time.Time, bool)
 	// Status describes the peers and replication.
 	Status() peer.Status
 	// InternalHandler serves the node-to-node routes under /_internal.

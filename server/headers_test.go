@@ -99,6 +99,8 @@ type lookupCluster struct {
 	store          peer.LocalBlobs
 }
 
+func (l *lookupCluster) Removed() (time.Time, bool) { return time.Time{}, false }
+
 func (l *lookupCluster) Lookup(_ context.Context, id dtfc.ID, _ bool) (dtfc.State, error) {
 	if id != l.st.ID {
 		return dtfc.State{}, peer.ErrNotFound

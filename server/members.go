@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/httpstatus"
@@ -17,6 +18,25 @@ import (
 
 func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"members": s.cfg.Cluster.Members()})
+}
+
+// notRemoved refuses uploads and deletes on a node removed from the
+// cluster (503, so that clients try another node): nothing it took would
+// reach the others, and a delete of an ID it does not hold could only be
+// answered 404.
+func (s *Server) notRemoved(next http.Handler) http.Handler {
+	if s.cfg.Cluster == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if at, removed := s.cfg.Cluster.Removed(); removed {
+			s.writeError(w, r, httpstatus.Errorf(http.StatusServiceUnavailable,
+				"this node was removed from the cluster at %s: it takes no uploads or deletes; use another node, or add it again (PUT /_members on a member)",
+				at.UTC().Format(time.RFC3339)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // memberRequest is PUT /_members' body.

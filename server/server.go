@@ -202,7 +202,7 @@ func (s *Server) routes() chi.Router {
 		}
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(s.requireWrite)
+		r.Use(s.requireWrite, s.notRemoved)
 		r.Delete("/{id}", s.delete)
 		r.Group(func(r chi.Router) {
 			r.Use(s.limitUploads)

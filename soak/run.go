@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -72,6 +73,7 @@ type Runner struct {
 	cuts     map[[2]int]int   // refcount of cuts per directed link
 	corrupt  map[[2]int]int   // refcount of corruption per link
 	episodes map[int][][2]int // the links a cut episode cut
+	removed  map[int]bool     // nodes removed from the cluster (FaultLeave), not yet added again
 	fullDisk error            // why the full disk cannot run, or nil
 	hashes   []hashCache      // by node index
 
@@ -113,6 +115,7 @@ func NewRunner(t testing.TB, cfg Config, short bool) *Runner {
 		cuts:     map[[2]int]int{},
 		corrupt:  map[[2]int]int{},
 		episodes: map[int][][2]int{},
+		removed:  map[int]bool{},
 		up:       make([]atomic.Bool, plan.MaxNodes()),
 		hashes:   make([]hashCache, plan.MaxNodes()),
 		cache:    make([]bool, plan.MaxNodes()),
@@ -733,12 +736,98 @@ func (r *Runner) apply(ev Event) {
 		applied = true
 	case FaultFlip:
 		applied = r.flip(ev, &line)
+	case FaultLeave, FaultRejoin:
+		applied = r.membership(ev, &line)
 	default:
 		r.applyLink(ev)
 		applied = true
 	}
 	if counted && applied {
 		r.report.countFault(ev.Kind)
+	}
+}
+
+// membership removes node ev.Node from the cluster (FaultLeave: PUT
+// /_members first, so that a cluster of peer lists has its records, then
+// DELETE /_members?force=1) or adds it again (FaultRejoin), through
+// another running node. It reports false for what could not be done: a
+// leave of a node that is down is skipped, a rejoin left to the heal.
+func (r *Runner) membership(ev Event, line *Line) bool {
+	c := r.c
+	node := c.Nodes[ev.Node].URL
+	if ev.Kind == FaultRejoin && !r.removed[ev.Node] {
+		line.Result = "skipped: not removed"
+		return false
+	}
+	if ev.Kind == FaultLeave && !c.Nodes[ev.Node].Running() {
+		line.Result = "skipped: not running"
+		return false
+	}
+	var tried []string
+	for j, n := range c.Nodes {
+		if j == ev.Node || !n.Running() {
+			continue
+		}
+		res, err := r.member(n.URL, node, ev.Kind == FaultLeave)
+		if err == nil {
+			if ev.Kind == FaultLeave {
+				r.removed[ev.Node] = true
+			} else {
+				delete(r.removed, ev.Node)
+			}
+			line.Result = fmt.Sprintf("through node %d: %s", j, res)
+			return true
+		}
+		tried = append(tried, fmt.Sprintf("node %d: %v", j, err))
+	}
+	line.Result = "not done: " + strings.Join(tried, "; ")
+	return false
+}
+
+// member adds node through the node at via, and with remove then removes
+// it (forced: what only it holds comes back with its rejoin).
+func (r *Runner) member(via, node string, remove bool) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	call := func(method, path string, body io.Reader) (string, error) {
+		req, err := http.NewRequestWithContext(ctx, method, via+path, body)
+		if err != nil {
+			return "", err
+		}
+		res, err := r.hc.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
+		if res.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("%s %s: %d %s", method, path, res.StatusCode, strings.TrimSpace(string(b)))
+		}
+		return fmt.Sprintf("%s %s: 200", method, path), nil
+	}
+	added, err := call(http.MethodPut, "/_members", strings.NewReader(`{"url":"`+node+`"}`))
+	if err != nil || !remove {
+		return added, err
+	}
+	removed, err := call(http.MethodDelete, "/_members?force=1&url="+url.QueryEscape(node), nil)
+	return added + ", " + removed, err
+}
+
+// rejoinAll adds again every node removed and not yet added (its rejoin
+// found it down), trying for up to a minute: the round's check needs
+// every node back in the cluster.
+func (r *Runner) rejoinAll(round int) {
+	for node := range r.removed {
+		deadline := time.Now().Add(time.Minute)
+		line := Line{Round: round, Actor: "check", Kind: FaultRejoin, Node: node, Peer: -1, File: -1}
+		begin := time.Now()
+		for r.removed[node] && time.Now().Before(deadline) {
+			if !r.membership(Event{Round: round, Kind: FaultRejoin, Node: node, Peer: -1}, &line) {
+				time.Sleep(500 * time.Millisecond)
+			}
+		}
+		line.T, line.Dur = r.log.Since(begin), time.Since(begin)
+		r.log.Add(line)
 	}
 }
 
@@ -913,6 +1002,7 @@ func (r *Runner) healAll(round int) (healed time.Time) {
 		}
 		r.up[i].Store(true)
 	}
+	r.rejoinAll(round)
 	healed = time.Now()
 	r.log.Add(Line{T: r.log.Since(begin), Dur: healed.Sub(begin), Round: round, Actor: "check", Kind: "heal-all", Node: -1, Peer: -1, File: -1,
 		Result: "every link healed, every clock right, every node up"})

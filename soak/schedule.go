@@ -64,13 +64,20 @@ const (
 	// truncated or half zeroed, and the runbook followed: the start is
 	// refused, dtfc rebuild-meta, start (meta.go).
 	FaultMetaDamage Kind = "meta-damage"
+	// A replica removed from the cluster (DELETE /_members, forced)
+	// through another node, then added again (PUT /_members): meanwhile
+	// it is pushed nothing and pushes nothing, deletes are forgotten
+	// without it, and once back it resyncs. A rejoin that cannot be done
+	// (the node is down) is done when the round heals.
+	FaultLeave  Kind = "leave"
+	FaultRejoin Kind = "rejoin"
 )
 
 // faultStarts are the kinds that count as an injected fault (ends and
 // restarts are not counted again).
 var faultStarts = []Kind{FaultKill, FaultStop, FaultPartition, FaultIsolate, FaultCut,
 	FaultLatency, FaultBandwidth, FaultCorrupt, FaultFillDisk, FaultAddNode,
-	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip, FaultMetaDamage}
+	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip, FaultMetaDamage, FaultLeave}
 
 // longKinds are the long outages, in the order the rounds take them.
 var longKinds = []Kind{FaultLongIsolate, FaultLongPartition, FaultLongStop, FaultLongKill}
@@ -112,6 +119,9 @@ type Config struct {
 	// every round but the first, a replica's meta.db is damaged while it
 	// is stopped and the runbook followed).
 	NoMetaDamage bool
+	// NoLeave leaves out the leave and rejoin of a member (by default one
+	// replica is removed from the cluster and added again in one round).
+	NoLeave bool
 	// Converge bounds the wait for convergence after each round.
 	Converge time.Duration
 	// Caches is the number of cache nodes (the last of the Nodes), each
@@ -482,7 +492,39 @@ func NewPlan(cfg Config, short bool) *Plan {
 		}
 		sort.SliceStable(p.Faults[r], func(i, j int) bool { return p.Faults[r][i].At < p.Faults[r][j].At })
 	}
+	p.planLeave(fdRound, next)
 	return p
+}
+
+// planLeave adds the leave and rejoin of a replica to the last round (the
+// first of a run of one or two rounds), from a stream of its own,
+// PCG(seed, 997), drawn after every other: the other streams' draws, and
+// so the schedules the seeds named before it, are unchanged.
+func (p *Plan) planLeave(fdRound int, next func() int) {
+	cfg := p.Config
+	if cfg.NoLeave || cfg.Replicas() < 3 {
+		return
+	}
+	rounds := cfg.Rounds()
+	round := 0
+	if rounds > 2 {
+		round = rounds - 1
+	}
+	var nodes []int
+	for i := range cfg.Replicas() {
+		if round != fdRound || i != p.FullDiskNode {
+			nodes = append(nodes, i)
+		}
+	}
+	lv := rand.New(rand.NewPCG(cfg.Seed, 997))
+	node := nodes[lv.IntN(len(nodes))]
+	leave := cfg.Round * time.Duration(15+lv.IntN(15)) / 100
+	rejoin := cfg.Round * time.Duration(50+lv.IntN(20)) / 100
+	ep := next()
+	p.Faults[round] = append(p.Faults[round],
+		Event{Round: round, At: leave, Kind: FaultLeave, Node: node, Peer: -1, Episode: ep},
+		Event{Round: round, At: rejoin, Kind: FaultRejoin, Node: node, Peer: -1, Episode: ep})
+	sort.SliceStable(p.Faults[round], func(i, j int) bool { return p.Faults[round][i].At < p.Faults[round][j].At })
 }
 
 // specials plans round r's episodes of the new kinds, from their own
