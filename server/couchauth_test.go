@@ -31,14 +31,11 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -46,45 +43,19 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/pouchtest"
 )
 
 // couchWait bounds every wait in these tests: generous, for a noisy
 // 2-core machine running the race detector.
 const couchWait = 30 * time.Second
 
-// couchPouchVersion is the pouchdb-server these tests were checked with.
-const couchPouchVersion = "4.2.0"
-
-// couchPouchBinary returns the pouchdb-server executable, or a message
-// saying how to install it.
-func couchPouchBinary() (string, string) {
-	dir := os.Getenv("DTFC_NODE_TOOLS")
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			home = os.TempDir()
-		}
-		dir = filepath.Join(home, ".cache", "dtfc-node-tools")
-	}
-	install := fmt.Sprintf("npm install --prefix %s pouchdb-server@%s", dir, couchPouchVersion)
-	if _, err := exec.LookPath("node"); err != nil {
-		return "", "node is not installed (Node.js 18 or later, with npm); then: " + install
-	}
-	bin := filepath.Join(dir, "node_modules", ".bin", "pouchdb-server")
-	if _, err := os.Stat(bin); err != nil {
-		return "", "pouchdb-server is not installed; run: " + install + " (or set DTFC_NODE_TOOLS to where it is)"
-	}
-	return bin, ""
-}
-
-// couchPouch is an in-memory pouchdb-server on a loopback port, with an
+// couchPouch is an in-memory pouchdb-server (internal/pouchtest) with an
 // admin "admin" (password couchAdminPassword).
 type couchPouch struct {
-	url  string
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	hc   *http.Client
+	*pouchtest.Server
+	url string
+	hc  *http.Client
 }
 
 const couchAdminPassword = "admin-pw-1f6c"
@@ -93,88 +64,16 @@ const couchAdminPassword = "admin-pw-1f6c"
 // the test is skipped, saying how to install it, if it is not installed.
 func startCouchPouch(t *testing.T) *couchPouch {
 	t.Helper()
-	bin, msg := couchPouchBinary()
-	if bin == "" {
-		t.Skip(msg)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := ln.Addr().(*net.TCPAddr).Port
-	require.NoError(t, ln.Close())
-
-	p := &couchPouch{
-		url:  "http://127.0.0.1:" + strconv.Itoa(port),
-		dir:  t.TempDir(),
-		done: make(chan struct{}),
-		hc:   &http.Client{Timeout: couchWait, Transport: &http.Transport{}},
-	}
-	out, err := os.Create(filepath.Join(p.dir, "stdout.log"))
-	require.NoError(t, err)
-	defer out.Close()
-	p.cmd = exec.Command(bin, "--host", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--config", filepath.Join(p.dir, "config.json"), "--no-stdout-logs", "--in-memory")
-	p.cmd.Dir = p.dir // it writes log.txt into its working directory
-	p.cmd.Stdout, p.cmd.Stderr = out, out
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if err := p.stop(); err != nil {
-			t.Errorf("pouchdb-server: %v", err)
-		}
-		p.hc.CloseIdleConnections()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(p.dir, "stdout.log"))
-			t.Logf("pouchdb-server output:\n%s", b)
-		}
-	})
-
-	deadline := time.Now().Add(couchWait)
-	for {
-		resp, err := p.hc.Get(p.url + "/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("pouchdb-server exited at start: %s", p.cmd.ProcessState)
-		default:
-		}
-		require.True(t, time.Now().Before(deadline), "pouchdb-server did not answer within %s", couchWait)
-		time.Sleep(50 * time.Millisecond)
-	}
+	srv := pouchtest.ForTest(t, true)
+	p := &couchPouch{Server: srv, url: srv.URL, hc: &http.Client{Timeout: couchWait, Transport: &http.Transport{}}}
+	t.Cleanup(p.hc.CloseIdleConnections)
 	// The end of "admin party": from now on only named users are users.
 	p.do(t, http.MethodPut, "/_config/admins/admin", strconv.Quote(couchAdminPassword), http.StatusOK, false)
 	return p
 }
 
-// stop stops the server (SIGTERM, then SIGKILL) and waits for its exit.
-// Calling it again does nothing.
-func (p *couchPouch) stop() error {
-	select {
-	case <-p.done:
-		return nil
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("pid %d did not exit after SIGKILL", p.cmd.Process.Pid)
-	}
-}
+// stop stops the server and waits for its exit.
+func (p *couchPouch) stop() error { return p.Shutdown() }
 
 // do sends a JSON request to pouchdb-server (as the admin if asAdmin)
 // and requires status.
