@@ -114,6 +114,18 @@ func removeMember(t *testing.T, hc *http.Client, via, node string) {
 	require.True(t, slices.ContainsFunc(members, func(m api.Member) bool { return m.URL == node && m.Removed }), "%+v", members)
 }
 
+// addMember sends PUT /_members {"url": node} to the member via and
+// returns the status.
+func addMember(t *testing.T, hc *http.Client, via, node string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, via+"/_members", strings.NewReader(`{"url":"`+node+`"}`))
+	require.NoError(t, err)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // TestJoinUnderLoad: a third node joins while uploads go on; every member
 // learns of it, nothing acknowledged is lost, and it fills itself.
 func TestJoinUnderLoad(t *testing.T) {
@@ -233,12 +245,7 @@ func TestLeaveWhileDown(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, status)
 
 	// Added again by an operator, it is a member again and fills.
-	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))
-	require.NoError(t, err)
-	resp, err := hc.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, http.StatusOK, addMember(t, hc, c.Nodes[1].URL, c.Nodes[2].URL))
 	waitMembers(t, c, 30*time.Second, 0, 1, 2)
 	eventually(t, time.Minute, "the node added again fills itself", func() bool { return assertHeldQuiet(c, 2, id) })
 }
@@ -321,12 +328,7 @@ func TestReaddedNodeResyncs(t *testing.T) {
 	require.False(t, gone(c.Nodes[2], xID), "node 2 still holds x")
 
 	c.Nodes[2].Start()
-	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))
-	require.NoError(t, err)
-	resp, err := hc.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, http.StatusOK, addMember(t, hc, c.Nodes[1].URL, c.Nodes[2].URL))
 	waitMembers(t, c, 30*time.Second, 0, 1, 2)
 	eventually(t, time.Minute, "node 2 drops x (it resynced) and nobody took it back", func() bool {
 		return gone(c.Nodes[0], xID) && gone(c.Nodes[1], xID) && gone(c.Nodes[2], xID)

@@ -33,13 +33,8 @@ var (
 
 // download serves GET and HEAD of /{id} and /{id}/nopeerload.
 func (s *Server) download(w http.ResponseWriter, r *http.Request) {
-	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := s.checkDenied(id, false); err != nil {
-		s.writeError(w, r, err)
+	id, ok := s.readableID(w, r)
+	if !ok {
 		return
 	}
 	if prefix := r.Header.Get(HeaderAccel); prefix != "" {
@@ -74,6 +69,20 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 	// returns only once a transfer is stored, so the next request on this
 	// connection finds it local.
 	b.Wait(ctx)
+}
+
+// readableID parses the {id} of a read and checks that it is not
+// blocked; on false the error was answered.
+func (s *Server) readableID(w http.ResponseWriter, r *http.Request) (dtfc.ID, bool) {
+	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
+	if err == nil {
+		err = s.checkDenied(id, false)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return dtfc.ID{}, false
+	}
+	return id, true
 }
 
 // open reads id: through the cluster, or from the store alone for a node

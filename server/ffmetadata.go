@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/golang/groupcache/lru"
 	"golang.org/x/sync/singleflight"
 
@@ -91,13 +90,8 @@ type probeResult struct {
 // does not hold is read as GET reads it (from a peer, stored here) first:
 // ffprobe needs a seekable file.
 func (s *Server) ffmetadata(w http.ResponseWriter, r *http.Request) {
-	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if err := s.checkDenied(id, false); err != nil {
-		s.writeError(w, r, err)
+	id, ok := s.readableID(w, r)
+	if !ok {
 		return
 	}
 	p := s.prober()
