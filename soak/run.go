@@ -747,20 +747,42 @@ func (r *Runner) apply(ev Event) {
 	}
 }
 
-// membership removes node ev.Node from the cluster (FaultLeave: PUT
-// /_members first, so that a cluster of peer lists has its records, then
-// DELETE /_members?force=1) or adds it again (FaultRejoin), through
-// another running node. It reports false for what could not be done: a
-// leave of a node that is down is skipped, a rejoin left to the heal.
+// membership makes node ev.Node leave the cluster (FaultLeave: PUT
+// /_members of itself first, so that a cluster of peer lists has its
+// records, then DELETE /_members of itself, retried while it answers 409
+// because its replicas have not taken its feed) or adds it again
+// (FaultRejoin, through another running node). It reports false for what
+// could not be done: a leave of a node that is down or not drained
+// within 10 s is skipped, a rejoin left to the heal.
 func (r *Runner) membership(ev Event, line *Line) bool {
 	c := r.c
 	node := c.Nodes[ev.Node].URL
-	if ev.Kind == FaultRejoin && !r.removed[ev.Node] {
-		line.Result = "skipped: not removed"
-		return false
+	if ev.Kind == FaultLeave {
+		if !c.Nodes[ev.Node].Running() {
+			line.Result = "skipped: not running"
+			return false
+		}
+		if _, err := r.member(node, http.MethodPut, node); err != nil {
+			line.Result = "skipped: " + err.Error()
+			return false
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			res, err := r.member(node, http.MethodDelete, node)
+			if err == nil {
+				r.removed[ev.Node] = true
+				line.Result = res
+				return true
+			}
+			if !strings.Contains(err.Error(), ": 409 ") || time.Now().After(deadline) {
+				line.Result = "skipped: " + err.Error()
+				return false
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
-	if ev.Kind == FaultLeave && !c.Nodes[ev.Node].Running() {
-		line.Result = "skipped: not running"
+	if !r.removed[ev.Node] {
+		line.Result = "skipped: not removed"
 		return false
 	}
 	var tried []string
@@ -768,15 +790,16 @@ func (r *Runner) membership(ev Event, line *Line) bool {
 		if j == ev.Node || !n.Running() {
 			continue
 		}
-		res, err := r.member(n.URL, node, ev.Kind == FaultLeave)
+		res, err := r.member(n.URL, http.MethodPut, node)
 		if err == nil {
-			if ev.Kind == FaultLeave {
-				r.removed[ev.Node] = true
-			} else {
-				delete(r.removed, ev.Node)
-			}
+			delete(r.removed, ev.Node)
 			line.Result = fmt.Sprintf("through node %d: %s", j, res)
 			return true
+		}
+		if strings.Contains(err.Error(), "join it as a new node") {
+			// Out longer than the expiry: the runbook's way back.
+			r.rejoinAsNew(ev.Node, line)
+			return false
 		}
 		tried = append(tried, fmt.Sprintf("node %d: %v", j, err))
 	}
@@ -784,33 +807,45 @@ func (r *Runner) membership(ev Event, line *Line) bool {
 	return false
 }
 
-// member adds node through the node at via, and with remove then removes
-// it (forced: what only it holds comes back with its rejoin).
-func (r *Runner) member(via, node string, remove bool) (string, error) {
+// rejoinAsNew empties the basedir of a node removed longer than the
+// expiry and starts it again: a new node (a new identity), which the
+// next rejoin adds and anti-entropy fills. It held nothing acknowledged
+// that its replicas had not taken (it left only once they had, and took
+// no writes since).
+func (r *Runner) rejoinAsNew(node int, line *Line) {
+	n := r.c.Nodes[node]
+	n.Stop()
+	if err := os.RemoveAll(n.Basedir); err != nil {
+		r.t.Fatalf("soak: emptying node %d: %v", node, err)
+	}
+	n.Start()
+	r.up[node].Store(true)
+	line.Result = fmt.Sprintf("node %d was out longer than the expiry: emptied, started as a new node", node)
+}
+
+// member sends PUT /_members {"url": node} or DELETE /_members?url=node
+// to the node at via.
+func (r *Runner) member(via, method, node string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	call := func(method, path string, body io.Reader) (string, error) {
-		req, err := http.NewRequestWithContext(ctx, method, via+path, body)
-		if err != nil {
-			return "", err
-		}
-		res, err := r.hc.Do(req)
-		if err != nil {
-			return "", err
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
-		if res.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("%s %s: %d %s", method, path, res.StatusCode, strings.TrimSpace(string(b)))
-		}
-		return fmt.Sprintf("%s %s: 200", method, path), nil
+	path, body := "/_members", io.Reader(strings.NewReader(`{"url":"`+node+`"}`))
+	if method == http.MethodDelete {
+		path, body = "/_members?url="+url.QueryEscape(node), nil
 	}
-	added, err := call(http.MethodPut, "/_members", strings.NewReader(`{"url":"`+node+`"}`))
-	if err != nil || !remove {
-		return added, err
+	req, err := http.NewRequestWithContext(ctx, method, via+path, body)
+	if err != nil {
+		return "", err
 	}
-	removed, err := call(http.MethodDelete, "/_members?force=1&url="+url.QueryEscape(node), nil)
-	return added + ", " + removed, err
+	res, err := r.hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
+	if res.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s %s: %d %s", method, path, res.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return fmt.Sprintf("%s %s: 200", method, path), nil
 }
 
 // rejoinAll adds again every node removed and not yet added (its rejoin

@@ -64,11 +64,13 @@ const (
 	// truncated or half zeroed, and the runbook followed: the start is
 	// refused, dtfc rebuild-meta, start (meta.go).
 	FaultMetaDamage Kind = "meta-damage"
-	// A replica removed from the cluster (DELETE /_members, forced)
-	// through another node, then added again (PUT /_members): meanwhile
-	// it is pushed nothing and pushes nothing, deletes are forgotten
-	// without it, and once back it resyncs. A rejoin that cannot be done
-	// (the node is down) is done when the round heals.
+	// A replica leaves the cluster (DELETE /_members of itself, through
+	// itself: refused until its replicas took its feed), then is added
+	// again (PUT /_members): meanwhile it takes no writes and is pushed
+	// nothing, deletes are forgotten without it, and once back it
+	// resyncs. A rejoin that cannot be done (the node is down) is done
+	// when the round heals; if it has been out longer than the expiry by
+	// then, it is emptied and joins as a new node, as the runbook says.
 	FaultLeave  Kind = "leave"
 	FaultRejoin Kind = "rejoin"
 )
@@ -519,7 +521,10 @@ func (p *Plan) planLeave(fdRound int, next func() int) {
 	lv := rand.New(rand.NewPCG(cfg.Seed, 997))
 	node := nodes[lv.IntN(len(nodes))]
 	leave := cfg.Round * time.Duration(15+lv.IntN(15)) / 100
-	rejoin := cfg.Round * time.Duration(50+lv.IntN(20)) / 100
+	// Back well within the expiry: a node removed longer than that must
+	// join again as a new one (the heal does that if the rejoin finds it
+	// down).
+	rejoin := leave + cfg.Expiry/3
 	ep := next()
 	p.Faults[round] = append(p.Faults[round],
 		Event{Round: round, At: leave, Kind: FaultLeave, Node: node, Peer: -1, Episode: ep},
