@@ -137,13 +137,15 @@ func TestJoinUnderLoad(t *testing.T) {
 	var mu sync.Mutex
 	var acked []string
 	var wg sync.WaitGroup
+	// The URLs now: AddNode appends to c.Nodes while the workers run.
+	urls := []string{c.Nodes[0].URL, c.Nodes[1].URL}
 	for w := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for n := 0; ctx.Err() == nil; n++ {
 				data := randomBytes(1 << 10)
-				status, id, err := tryUpload(ctx, hc, c.Nodes[w].URL, "f", data)
+				status, id, err := tryUpload(ctx, hc, urls[w], "f", data)
 				if err == nil && (status == http.StatusOK || status == http.StatusCreated) {
 					mu.Lock()
 					acked = append(acked, id)
