@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --short) short=1 ;;
     --sabotage) sabotage=all ;;
     --sabotage=*) sabotage=${1#*=} ;;
-    --keep-going|--no-list-self|--no-list-twice) extra+=("-${1#--}") ;;
+    --keep-going|--no-list-self|--no-list-twice|--leave) extra+=("-${1#--}") ;;
     --caches) caches=$2; shift ;;
     --caches=*) caches=${1#*=} ;;
     --seed) seed=$2; shift ;;
