@@ -480,7 +480,7 @@ func TestCouchAuth(t *testing.T) {
 				answers <- n.put(t, "f.txt", []byte(fmt.Sprint("concurrent ", i)), withSession(aliceCookie))
 			})
 		}
-		waitFor(t, "every upload to enter and one to reach CouchDB", func() bool {
+		waitFor(t, couchWait, "every upload to enter and one to reach CouchDB", func() bool {
 			return n.entered.Load() == k && proxy.sessions.Load() >= 1
 		})
 		// None of the others may reach CouchDB while the first is held.
@@ -524,16 +524,6 @@ func TestCouchAuth(t *testing.T) {
 			assert.NotContains(t, logs, s, "a credential in the logs")
 		}
 	})
-}
-
-// waitFor waits until cond holds, failing t after couchWait.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(couchWait)
-	for !cond() {
-		require.True(t, time.Now().Before(deadline), "waited %s for %s", couchWait, what)
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // TestCouchAuthUnreachable: a CouchDB nobody answers at is a 503, never

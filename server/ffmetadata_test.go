@@ -296,7 +296,7 @@ func TestFFMetadataCacheAndCoalescing(t *testing.T) {
 		})
 	}
 	// Every request is in the server, the first one's run has started.
-	ffWaitFor(t, "every request in flight and one ffprobe run", func() bool {
+	waitFor(t, ffWait, "every request in flight and one ffprobe run", func() bool {
 		if runs := p.runs.Load(); runs > 1 {
 			t.Fatalf("%d ffprobe runs for one blob", runs)
 		}
@@ -379,7 +379,7 @@ func TestFFMetadataLimits(t *testing.T) {
 		require.NoError(t, err)
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 		require.NoError(t, err)
-		ffWaitFor(t, "the background child killed", func() bool { return !ffAlive(pid) })
+		waitFor(t, ffWait, "the background child killed", func() bool { return !ffAlive(pid) })
 	})
 }
 
@@ -502,18 +502,6 @@ func ffScript(t *testing.T, dir, body string) string {
 	require.NoError(t, f.Chmod(0o755))
 	require.NoError(t, f.Close())
 	return f.Name()
-}
-
-// ffWaitFor polls cond until it holds, failing the test after ffWait.
-func ffWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(ffWait)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // ffAlive reports whether pid is a process that has not exited (a zombie
