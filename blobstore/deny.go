@@ -255,12 +255,12 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 	defer leave()
 	s.clock.Observe(d.Clock)
 	defer s.locks.lock(d.ID)()
-	fx, err := s.recordDeny(d)
+	fx, aside, err := s.recordDeny(d)
 	if err != nil || fx == denyIgnored {
 		return false, err
 	}
 	s.denied.set(d)
-	return true, s.denyBytes(d, fx)
+	return true, s.denyBytes(d, fx, aside)
 }
 
 // denyEffect is what recording a deny entry leaves to do with the bytes.
@@ -270,17 +270,17 @@ const (
 	denyIgnored   denyEffect = iota // not newer than what is known
 	denyRecorded                    // recorded; nothing for the bytes (a lift brings set-aside bytes back)
 	denyRemoves                     // a block: the bytes go
-	denySetsAside                   // a block older than the upload: the bytes go to unconfirmed/
+	denySetsAside                   // a block older than the upload: the bytes join the copy already in unconfirmed/
+	denySetsAsideNew                // the same, into a new unconfirmed entry
 )
 
 // recordDeny records d if it is newer than the entry held, with what a
 // block does to the record in the same transaction, and says what is left
 // to do with the bytes. The caller holds d.ID's lock.
-func (s *Store) recordDeny(d Deny) (denyEffect, error) {
+func (s *Store) recordDeny(d Deny) (fx denyEffect, aside dtfc.State, err error) {
 	forgotten := s.forgottenClock('D', d.ID)
 	held := s.fileExists(d.ID)
-	var fx denyEffect
-	err := s.update(func(t *txn) error {
+	err = s.update(func(t *txn) error {
 		fx = denyIgnored
 		cur, ok, err := getDeny(t.deny, d.ID)
 		if err != nil {
@@ -312,41 +312,63 @@ func (s *Store) recordDeny(d Deny) (denyEffect, error) {
 		if err != nil || !ok || rec.Deleted {
 			return err
 		}
-		if tomb := (dtfc.State{ID: d.ID, Deleted: true, Clock: d.Clock, Node: d.Node}); tomb.Newer(rec.State) {
-			_, err = t.set(&rec, tomb, true)
+		// The block's tombstone replaces the record, even an upload newer
+		// than the block (taken by a node that did not know of it): while
+		// blocked, no node holds a live record of the ID, so that every
+		// node derives the same state (the block's own clock and node)
+		// and the replicas' digests agree.
+		tomb := dtfc.State{ID: d.ID, Deleted: true, Clock: d.Clock, Node: d.Node}
+		newer := !tomb.Newer(rec.State)
+		if _, err := t.set(&rec, tomb, true); err != nil {
 			return err
 		}
-		// An upload newer than the block, taken by a node that did not
-		// know of it: the block may have been lifted meanwhile where
-		// this node has not heard yet, and this copy may be the only
-		// one (the peers that know of the block refused it). The bytes
-		// leave blobs/ (never served, pushed or offered while blocked)
-		// but are set aside in unconfirmed/, entry first, and come back
-		// with the lift (liftSetAside); a later delete removes them.
-		if held && t.tx.Bucket(bucketUnconfirmed).Get(d.ID[:]) == nil {
-			fx = denySetsAside
-			return t.tx.Bucket(bucketUnconfirmed).Put(d.ID[:], encodeUnconfirmed(UnconfirmedBlob{
-				ID: d.ID, Size: rec.Size, ContentType: rec.ContentType, Since: time.Now()}))
+		if !newer || !held {
+			return nil
 		}
-		return nil
+		// That newer upload may be the only copy (the peers that knew
+		// of the block refused it), and the block may have been lifted
+		// meanwhile where this node has not heard yet. Its bytes leave
+		// blobs/ (never served, pushed or offered while blocked) but are
+		// set aside in unconfirmed/, dated by the upload's clock, and
+		// come back with the lift (liftSetAside); a later delete removes
+		// them.
+		fx, aside = denySetsAside, rec.State
+		if err := t.putAside(rec.State); err != nil {
+			return err
+		}
+		ub := t.tx.Bucket(bucketUnconfirmed)
+		if ub.Get(d.ID[:]) != nil {
+			return nil // a copy set aside before, newer than the block: set kept it
+		}
+		fx = denySetsAsideNew
+		return ub.Put(d.ID[:], encodeUnconfirmed(UnconfirmedBlob{
+			ID: d.ID, Size: rec.Size, ContentType: rec.ContentType, Since: time.Now()}))
 	})
-	return fx, err
+	return fx, aside, err
 }
 
-// denyBytes does with d.ID's bytes what recording d left to do.
-func (s *Store) denyBytes(d Deny, fx denyEffect) error {
+// denyBytes does with d.ID's bytes what recording d left to do; aside is
+// the upload whose bytes a block sets aside.
+func (s *Store) denyBytes(d Deny, fx denyEffect, aside dtfc.State) error {
 	switch {
 	case fx == denyRemoves:
 		return s.removeFile(d.ID)
-	case fx == denySetsAside:
-		s.unconfirmed.Add(1)
-		s.small.drop(d.ID)
-		if err := s.moveAside(s.Path(d.ID), d.ID); err != nil {
-			return err
+	case fx == denySetsAside || fx == denySetsAsideNew:
+		if fx == denySetsAsideNew {
+			s.unconfirmed.Add(1)
+			s.small.drop(d.ID)
+			if err := s.moveAside(s.Path(d.ID), d.ID); err != nil {
+				return err
+			}
+			s.access.forget(d.ID)
+		} else if err := s.removeFile(d.ID); err != nil {
+			return err // the same bytes are aside already
 		}
-		s.access.forget(d.ID)
+		if s.fileStateClock(s.UnconfirmedPath(d.ID)) < aside.Clock {
+			s.stampFile(s.UnconfirmedPath(d.ID), aside.Clock)
+		}
 		s.log.Warn("blocked an upload newer than the block (taken where the block was not known): its bytes are set aside in unconfirmed/ until a lift or a delete",
-			"id", d.ID.String(), "block_clock", d.Clock.String())
+			"id", d.ID.String(), "block_clock", d.Clock.String(), "upload_clock", aside.Clock.String())
 	case !d.Active():
 		return s.liftSetAside(d.ID)
 	}
@@ -354,14 +376,18 @@ func (s *Store) denyBytes(d Deny, fx denyEffect) error {
 }
 
 // liftSetAside puts back into blobs/ the bytes a block set aside (see
-// applyDeny), if the ID's record is still present once the block is
-// lifted. The caller holds the ID's lock.
+// recordDeny), once the block is lifted, as the upload they were, unless
+// a delete newer than that upload came meanwhile (settleByRecord). The
+// caller holds the ID's lock.
 func (s *Store) liftSetAside(id dtfc.ID) error {
-	if _, ok, err := s.unconfirmedEntry(id); err != nil || !ok {
+	_, ok, err := s.unconfirmedEntry(id)
+	if err != nil || !ok {
 		return err
 	}
 	rec, ok, err := s.record(id)
 	if err != nil || !ok {
+		// No record (the block's tombstone forgotten): the unconfirmed
+		// pass asks the peers, and adopts the copy if none knows better.
 		return err
 	}
 	_, err = s.settleByRecord(id, rec)

@@ -5,6 +5,8 @@ import (
 	"os"
 	"testing"
 
+	"github.com/dtfc/dtfc"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -12,17 +14,21 @@ import (
 // TestBlockSetsAsideNewerUpload: a block older than the upload it
 // reaches (taken by a node that did not know of it; the block may have
 // been lifted meanwhile elsewhere, and this may be the only copy) takes
-// the bytes out of blobs/ but sets them aside: the state stays present,
-// nothing is served, and the lift puts them back, also after a reopen. A
-// later delete removes them. A block newer than the upload deletes it as
-// before. The long soak lost such an upload (seed 20261203, round 2).
+// the bytes out of blobs/ but sets them aside: the record becomes the
+// block's tombstone (as on every node, so that their digests agree; a
+// live record without its bytes made the soak's replicas disagree for
+// good, seeds 14 and 18 with --leave), nothing is served, and the lift
+// puts them back as the upload they were (clock, node, filename), also
+// after a reopen. A later delete removes them. A block newer than the
+// upload deletes it as before. The long soak lost such an upload (seed
+// 20261203, round 2).
 func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
 	require.NoError(t, err)
 	defer func() { s.Close() }()
 	data := []byte("uploaded where the block was not known")
-	st := putBytes(t, s, data, Upload{}).State
+	st := putBytes(t, s, data, Upload{Filename: "kept.txt", ContentType: "text/plain"}).State
 	// The block, made elsewhere before the upload.
 	block := Deny{ID: st.ID, Status: 451, Reason: "test", Clock: st.Clock - 1, Node: "peer"}
 	applied, err := s.ApplyDeny(block)
@@ -32,9 +38,12 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	_, err = os.Stat(s.UnconfirmedPath(st.ID))
 	assert.NoError(t, err, "set aside in unconfirmed/")
 	assert.EqualValues(t, 1, s.UnconfirmedCount())
+	tomb := dtfc.State{ID: st.ID, Deleted: true, Clock: block.Clock, Node: block.Node}
 	got, err := s.Stat(st.ID)
 	require.NoError(t, err)
-	assert.Equal(t, st, got, "the state stays the upload's")
+	assert.Equal(t, tomb, got, "the record is the block's tombstone")
+	blobs, _ := s.Stats()
+	assert.Zero(t, blobs, "nothing counted live")
 	_, err = s.Open(st.ID)
 	assert.Error(t, err, "nothing is served while blocked")
 	out, err := s.ResolveUnconfirmed(st.ID, nil)
@@ -45,7 +54,9 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	assert.Zero(t, s.ScrubProgress().Corrupt)
 	got, err = s.Stat(st.ID)
 	require.NoError(t, err)
-	assert.Equal(t, st, got, "the scrubber kept the record")
+	assert.Equal(t, tomb, got, "the scrubber kept the record")
+	_, err = os.Stat(s.UnconfirmedPath(st.ID))
+	assert.NoError(t, err, "and the copy")
 
 	require.NoError(t, s.Close())
 	s, err = Open(dir, Options{})
@@ -61,6 +72,9 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, data, back)
 	assert.Zero(t, s.UnconfirmedCount())
+	got, err = s.Stat(st.ID)
+	require.NoError(t, err)
+	assert.Equal(t, st, got, "back as the upload it was")
 
 	// Set aside again, then deleted: the copy goes with the delete.
 	st2 := putBytes(t, s, data, Upload{}).State
@@ -83,4 +97,57 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	got, err = s.Stat(other.ID)
 	require.NoError(t, err)
 	assert.True(t, got.Deleted, "the block's delete")
+}
+
+// TestSetAsideOutlivesOlderDelete: a copy a block set aside is the last
+// writer against a delete older than its upload (the delete leaves it,
+// and the lift brings the upload back), also once the block's tombstone
+// is forgotten; and a crash between the set-aside's commit and the move
+// of its file leaves the file where the next start finds it aside.
+func TestSetAsideOutlivesOlderDelete(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	require.NoError(t, err)
+	defer func() { s.Close() }()
+	data := []byte("set aside, then an older delete")
+	st := putBytes(t, s, data, Upload{Filename: "a.txt"}).State
+	block := Deny{ID: st.ID, Status: 451, Clock: st.Clock - 10, Node: "peer"}
+	_, err = s.ApplyDeny(block)
+	require.NoError(t, err)
+	_, err = s.Apply(dtfc.State{ID: st.ID, Deleted: true, Clock: st.Clock - 5, Node: "peer"})
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, s.UnconfirmedCount(), "a delete older than the upload leaves the copy")
+	out, err := s.ResolveUnconfirmed(st.ID, nil)
+	require.NoError(t, err)
+	assert.Equal(t, UnconfirmedBlocked, out, "blocked: it stays aside")
+
+	// The block's (and the delete's) tombstone forgotten, then the lift.
+	require.NoError(t, s.Forget(st.ID))
+	lift := block
+	lift.Lifted, lift.Clock = true, s.Clock().Now()
+	_, err = s.ApplyDeny(lift)
+	require.NoError(t, err)
+	out, err = s.AdoptUnconfirmed(st.ID)
+	require.NoError(t, err)
+	assert.Equal(t, UnconfirmedAdopted, out)
+	got, err := s.Stat(st.ID)
+	require.NoError(t, err)
+	assert.Equal(t, st, got, "back as the upload it was")
+	assert.True(t, s.fileExists(st.ID))
+
+	// Blocked again (a new upload first), the file moved back by hand as
+	// a crash between commit and move leaves it, the store left unclean.
+	st2 := putBytes(t, s, data, Upload{}).State
+	block.Clock = st2.Clock - 1
+	_, err = s.ApplyDeny(block)
+	require.NoError(t, err)
+	require.NoError(t, os.Rename(s.UnconfirmedPath(st.ID), s.Path(st.ID)))
+	require.NoError(t, s.Close())
+	markUnclean(t, dir)
+	s, err = Open(dir, Options{})
+	require.NoError(t, err)
+	assert.False(t, s.fileExists(st.ID), "not in blobs/ while blocked")
+	_, err = os.Stat(s.UnconfirmedPath(st.ID))
+	assert.NoError(t, err, "aside, not removed as a lost unlink")
+	assert.EqualValues(t, 1, s.UnconfirmedCount())
 }

@@ -358,10 +358,10 @@ func TestNoMissWhileFileVisible(t *testing.T) {
 
 // TestLateBlockSparesNewerUpload: a block arriving after its lift and a
 // new upload (its lift not here yet) takes the bytes out of blobs/ while
-// it is in force but deletes only what is older than it: every node
-// derives the same delete, at the block's clock, and the newer upload
-// stays recorded, its bytes set aside, so they come back once the lift
-// arrives (TestBlockSetsAsideNewerUpload has the details).
+// it is in force, and records its tombstone (every node derives the same
+// one, at the block's clock), but sets the newer upload's bytes and state
+// aside, so they come back once the lift arrives
+// (TestBlockSetsAsideNewerUpload has the details).
 func TestLateBlockSparesNewerUpload(t *testing.T) {
 	wall := fixedWall()
 	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
@@ -378,7 +378,8 @@ func TestLateBlockSparesNewerUpload(t *testing.T) {
 	require.True(t, ok)
 	st, err := s.Stat(id)
 	require.NoError(t, err)
-	assert.False(t, st.Deleted, "the upload newer than the block is not deleted")
+	assert.Equal(t, dtfc.State{ID: id, Deleted: true, Clock: block.Clock, Node: block.Node}, st,
+		"the block's tombstone, as on every node, while the block is in force")
 	assert.NoFileExists(t, blobPath(s.Dir(), id), "the bytes go while the block is in force")
 	_, missing := s.Missing(id)
 	assert.False(t, missing, "blocked: nothing to fetch back")

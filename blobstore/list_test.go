@@ -68,14 +68,15 @@ func TestList(t *testing.T) {
 	blocked := put(t, s, content(101, 10), blobstore.Upload{}).State
 	_, err = s.SetDeny(blocked.ID, 451, "test", false)
 	require.NoError(t, err)
-	// An upload newer than a block made elsewhere: its record stays an
-	// upload, its bytes are set aside, and it is not listed while blocked.
+	// An upload newer than a block made elsewhere: its bytes are set
+	// aside, its record is the block's tombstone, and it is not listed
+	// while blocked.
 	aside := put(t, s, content(102, 10), blobstore.Upload{}).State
 	_, err = s.ApplyDeny(blobstore.Deny{ID: aside.ID, Status: 451, Clock: aside.Clock - 1, Node: "peer"})
 	require.NoError(t, err)
 	st, err := s.Stat(aside.ID)
 	require.NoError(t, err)
-	require.False(t, st.Deleted, "the set-aside upload keeps its record")
+	require.True(t, st.Deleted, "the set-aside upload's record is the block's tombstone")
 
 	want := sortedIDs(live)
 	for _, limit := range []int{1, 5, 23, 24, 1000} {

@@ -82,7 +82,7 @@ var (
 	bucketValues  = []byte("values") // other layers' durable values (cursors)
 	bucketATime   = []byte("atime")  // id -> access counter (caches)
 	bucketLRU     = []byte("lru")    // access|id -> {} (caches)
-	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed, bucketForgotten}
+	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed, bucketAside, bucketForgotten}
 	keyNode       = []byte("node")
 	keyClean      = []byte("clean")
 	keyRebuilding = []byte("rebuilding") // set by Rebuild until it has finished
@@ -496,6 +496,9 @@ func (r *reconciler) blobFile(path string, d fs.DirEntry) error {
 	case ok && !rec.Deleted:
 		return nil
 	case ok:
+		if aside, err := r.setAsideCut(id); err != nil || aside {
+			return err
+		}
 		// The delete was acknowledged; only its unlink was lost.
 		r.removed++
 		return removeDurably(path)
@@ -530,6 +533,23 @@ func (r *reconciler) blobFile(path string, d fs.DirEntry) error {
 	r.setAside++
 	s.log.Warn("a blob file without a record was set aside as unconfirmed (an upload cut before its commit?)", "id", id.String(), "path", dst)
 	return nil
+}
+
+// setAsideCut finishes a block's set-aside (recordDeny) cut between its
+// commit (the tombstone and the unconfirmed entry) and the move of the
+// file: the file at blobs/ goes to unconfirmed/, where the entry says it
+// is. It reports whether it did.
+func (r *reconciler) setAsideCut(id dtfc.ID) (bool, error) {
+	s := r.s
+	_, entry, err := s.unconfirmedEntry(id)
+	if err != nil || !entry {
+		return false, err
+	}
+	if _, err := os.Lstat(s.UnconfirmedPath(id)); !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	r.setAside++
+	return true, s.moveAside(s.Path(id), id)
 }
 
 // unconfirmedFile reconciles one file under unconfirmed/.

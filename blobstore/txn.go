@@ -202,12 +202,19 @@ func (t *txn) set(old *record, st dtfc.State, toFeed bool) (record, error) {
 		// A copy of it set aside as unconfirmed goes with the delete: left
 		// there, it would outlive the tombstone and be taken, once the
 		// tombstone is forgotten everywhere, for an upload nobody knew.
-		ub := t.tx.Bucket(bucketUnconfirmed)
-		if ub.Get(st.ID[:]) != nil {
-			if err := ub.Delete(st.ID[:]); err != nil {
+		// Unless it is an upload a block set aside that is newer than
+		// this delete (see recordDeny): the upload is the last writer.
+		if t.tx.Bucket(bucketUnconfirmed).Get(st.ID[:]) != nil {
+			aside, ok, err := t.aside(st.ID)
+			if err != nil {
 				return nr, err
 			}
-			t.unconfirmedGone = append(t.unconfirmedGone, st.ID)
+			if !ok || !aside.Newer(st) {
+				if err := t.dropUnconfirmed(st.ID); err != nil {
+					return nr, err
+				}
+				t.unconfirmedGone = append(t.unconfirmedGone, st.ID)
+			}
 		}
 		if err := dropAccess(t.tx, st.ID); err != nil {
 			return nr, err

@@ -43,6 +43,53 @@ import (
 // bucketUnconfirmed maps an ID to its unconfirmed entry.
 var bucketUnconfirmed = []byte("unconfirmed")
 
+// bucketAside maps the ID of an unconfirmed blob a block set aside (see
+// recordDeny) to the state of the upload it was: the state it gets back
+// once the block is lifted. Its entries come and go with the unconfirmed
+// ones.
+var bucketAside = []byte("aside")
+
+// aside returns the upload state set aside with id's unconfirmed copy.
+func (t *txn) aside(id dtfc.ID) (dtfc.State, bool, error) {
+	return getAside(t.tx, id)
+}
+
+func getAside(tx *bolt.Tx, id dtfc.ID) (dtfc.State, bool, error) {
+	v := tx.Bucket(bucketAside).Get(id[:])
+	if v == nil {
+		return dtfc.State{}, false, nil
+	}
+	r, err := decodeRecord(id[:], v)
+	if err != nil {
+		return dtfc.State{}, false, fmt.Errorf("set-aside state of %s: %w", id, err)
+	}
+	return r.State, true, nil
+}
+
+// asideState returns the upload state set aside with id's unconfirmed
+// copy, if a block set it aside.
+func (s *Store) asideState(id dtfc.ID) (st dtfc.State, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) (err error) {
+		st, ok, err = getAside(tx, id)
+		return err
+	})
+	return st, ok, err
+}
+
+// putAside records st as the upload st.ID's unconfirmed copy was.
+func (t *txn) putAside(st dtfc.State) error {
+	r := record{State: st}
+	return t.tx.Bucket(bucketAside).Put(st.ID[:], r.encode())
+}
+
+// dropUnconfirmed removes id's unconfirmed entry and set-aside state.
+func (t *txn) dropUnconfirmed(id dtfc.ID) error {
+	if err := t.tx.Bucket(bucketUnconfirmed).Delete(id[:]); err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketAside).Delete(id[:])
+}
+
 // unconfirmedDir is the directory, under the store's, of unconfirmed blobs.
 const unconfirmedDir = "unconfirmed"
 
@@ -207,6 +254,11 @@ func (s *Store) AdoptUnconfirmed(id dtfc.ID) (UnconfirmedOutcome, error) {
 		if hasLocal {
 			return nil
 		}
+		// A copy a block set aside whose tombstone is forgotten: the
+		// upload it was.
+		if st, ok, err := s.asideState(id); err == nil && ok {
+			return &st
+		}
 		st := s.FileState(u)
 		return &st
 	})
@@ -280,7 +332,7 @@ func (s *Store) dropUnconfirmed(id dtfc.ID, src string) error {
 			return err
 		}
 	}
-	err := s.update(func(t *txn) error { return t.tx.Bucket(bucketUnconfirmed).Delete(id[:]) })
+	err := s.update(func(t *txn) error { return t.dropUnconfirmed(id) })
 	if err != nil {
 		return err
 	}
@@ -289,9 +341,26 @@ func (s *Store) dropUnconfirmed(id dtfc.ID, src string) error {
 }
 
 // settleByRecord lets the node's own record decide: the copy of a blob
-// it holds, or has a tombstone for, goes; one it lacks is put back.
+// it holds, or has a tombstone for, goes; one it lacks is put back. But a
+// copy a block set aside (see recordDeny) of an upload newer than the
+// tombstone (the block's, or a delete older than that upload) is not the
+// tombstone's to settle: the upload is the last writer. It stays aside
+// while the ID is blocked, and is adopted as that upload once the block
+// is lifted.
 func (s *Store) settleByRecord(id dtfc.ID, local record) (UnconfirmedOutcome, error) {
 	src := s.UnconfirmedPath(id)
+	if local.Deleted {
+		aside, ok, err := s.asideState(id)
+		if err != nil {
+			return UnconfirmedPending, err
+		}
+		if ok && aside.Newer(local.State) {
+			if s.checkDenied(id) != nil {
+				return UnconfirmedBlocked, nil
+			}
+			return s.adoptFile(id, aside)
+		}
+	}
 	if local.Deleted || s.fileExists(id) {
 		return UnconfirmedSettled, s.dropUnconfirmed(id, src)
 	}
@@ -318,7 +387,7 @@ func (s *Store) adoptFile(id dtfc.ID, st dtfc.State) (UnconfirmedOutcome, error)
 		if _, err := t.replace(st, true); err != nil {
 			return err
 		}
-		return t.tx.Bucket(bucketUnconfirmed).Delete(id[:])
+		return t.dropUnconfirmed(id)
 	})
 	if err != nil {
 		if !held {
