@@ -125,6 +125,10 @@ type NodeView struct {
 	Temp []string
 	// StatusBlobs is /_status's "blobs", -1 if unknown.
 	StatusBlobs int64
+	// Unheld are IDs GET /_blobs lists with no file under blobs/ (read
+	// only when StatusBlobs disagrees with Files, to name the records
+	// behind it).
+	Unheld []string
 	// Queues are /_status's queue lengths by peer URL.
 	Queues map[string]int64
 	// Resyncing is /_status's cluster.resyncing (Resync its cluster.resync,
@@ -204,7 +208,7 @@ func (f *findings) checkNode(n NodeView, entries map[string]Entry, all, replicas
 		}
 	}
 	if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) {
-		f.add(4, VStatus, n.Index, "", "/_status says %d blobs, blobs/ holds %d files", n.StatusBlobs, len(n.Files))
+		f.add(4, VStatus, n.Index, "", "/_status says %d blobs, blobs/ holds %d files%s", n.StatusBlobs, len(n.Files), unheld(n.Unheld))
 	}
 	if n.Resyncing {
 		f.add(4, VResyncing, n.Index, "", "/_status: cluster.resyncing true%s", n.Resync)
@@ -554,4 +558,16 @@ func isHex(s string) bool {
 	return s != "" && !slices.ContainsFunc([]byte(s), func(c byte) bool {
 		return !('0' <= c && c <= '9' || 'a' <= c && c <= 'f')
 	})
+}
+
+// unheld names the records listed without a file, for a message.
+func unheld(ids []string) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	names := make([]string, 0, 5)
+	for _, id := range ids[:min(len(ids), 5)] {
+		names = append(names, short(id))
+	}
+	return fmt.Sprintf("; listed without a file: %s", strings.Join(names, ", "))
 }

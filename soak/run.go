@@ -62,6 +62,10 @@ type Runner struct {
 	mu    sync.RWMutex
 	urls  []string      // by node index
 	up    []atomic.Bool // by node index: the workers' view
+	// noWrites are the nodes the workers send no writes to: leaving
+	// (as an operator stops sending a node traffic before it leaves, so
+	// that its queues can drain) or removed.
+	noWrites []atomic.Bool
 	round atomic.Int64
 
 	// KeepDir, if set, receives the event log, plan and report, and on a
@@ -117,6 +121,7 @@ func NewRunner(t testing.TB, cfg Config, short bool) *Runner {
 		episodes: map[int][][2]int{},
 		removed:  map[int]bool{},
 		up:       make([]atomic.Bool, plan.MaxNodes()),
+		noWrites: make([]atomic.Bool, plan.MaxNodes()),
 		hashes:   make([]hashCache, plan.MaxNodes()),
 		cache:    make([]bool, plan.MaxNodes()),
 		skewed:   map[int]time.Duration{},
@@ -329,7 +334,7 @@ func (r *Runner) target(op Op, w *skewWindow) (node int, url, note string) {
 	i := op.Node % n
 	if !op.Stubborn {
 		for k := range n {
-			if j := (i + k) % n; r.up[j].Load() {
+			if j := (i + k) % n; r.up[j].Load() && (op.Kind == OpRead || !r.noWrites[j].Load()) {
 				i = j
 				break
 			}
@@ -747,7 +752,8 @@ func (r *Runner) apply(ev Event) {
 	}
 }
 
-// membership makes node ev.Node leave the cluster (FaultLeave: PUT
+// membership makes node ev.Node leave the cluster (FaultLeave: the
+// workers stop sending it writes until it is added again, then PUT
 // /_members of itself first, so that a cluster of peer lists has its
 // records, then DELETE /_members of itself, retried while it answers 409
 // because its replicas have not taken its feed) or adds it again
@@ -762,7 +768,9 @@ func (r *Runner) membership(ev Event, line *Line) bool {
 			line.Result = "skipped: not running"
 			return false
 		}
+		r.noWrites[ev.Node].Store(true)
 		if _, err := r.member(node, http.MethodPut, node); err != nil {
+			r.noWrites[ev.Node].Store(false)
 			line.Result = "skipped: " + err.Error()
 			return false
 		}
@@ -775,6 +783,7 @@ func (r *Runner) membership(ev Event, line *Line) bool {
 				return true
 			}
 			if !strings.Contains(err.Error(), ": 409 ") || time.Now().After(deadline) {
+				r.noWrites[ev.Node].Store(false)
 				line.Result = "skipped: " + err.Error()
 				return false
 			}
@@ -793,6 +802,7 @@ func (r *Runner) membership(ev Event, line *Line) bool {
 		res, err := r.member(n.URL, http.MethodPut, node)
 		if err == nil {
 			delete(r.removed, ev.Node)
+			r.noWrites[ev.Node].Store(false)
 			line.Result = fmt.Sprintf("through node %d: %s", j, res)
 			return true
 		}
@@ -1075,6 +1085,9 @@ func (r *Runner) nodeViews() []NodeView {
 			v.Err = errors.Join(v.Err, err)
 		} else {
 			v.StatusBlobs = st.Blobs
+			if st.Blobs != int64(len(v.Files)) {
+				v.Unheld = r.unheld(i, v.Files)
+			}
 			for url, q := range st.Queues {
 				v.Queues[url] = q.Length
 			}
@@ -1083,6 +1096,33 @@ func (r *Runner) nodeViews() []NodeView {
 		views = append(views, v)
 	}
 	return views
+}
+
+// unheld returns the IDs node i lists (GET /_blobs) that have no file
+// in files.
+func (r *Runner) unheld(i int, files map[string]FileView) []string {
+	var out []string
+	after := ""
+	for range 1000 {
+		var page struct {
+			Blobs []struct {
+				ID string `json:"sha512"`
+			} `json:"blobs"`
+			Next string `json:"next"`
+		}
+		if err := r.c.GetJSON(i, "/_blobs?limit=10000&after="+after, &page); err != nil {
+			return append(out, "(listing failed: "+err.Error()+")")
+		}
+		for _, b := range page.Blobs {
+			if _, ok := files[b.ID]; !ok {
+				out = append(out, b.ID)
+			}
+		}
+		if after = page.Next; after == "" {
+			break
+		}
+	}
+	return out
 }
 
 // check checks the invariants on the views (1-4), the states fetched

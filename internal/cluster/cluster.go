@@ -423,6 +423,16 @@ func (c *Cluster) Digests(i int) (*Digests, error) {
 	return &d, nil
 }
 
+// GetJSON decodes node i's answer to GET path (with the write token, if
+// the nodes have one) into v.
+func (c *Cluster) GetJSON(i int, path string, v any) error {
+	var h http.Header
+	if c.opts.AuthToken != "" {
+		h = http.Header{"Authorization": {"Bearer " + c.opts.AuthToken}}
+	}
+	return c.getJSON(c.Nodes[i].URL+path, h, v)
+}
+
 func (c *Cluster) getJSON(url string, h http.Header, v any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
