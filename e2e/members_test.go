@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -270,15 +271,18 @@ func TestMembershipSurvivesRestart(t *testing.T) {
 	waitMembers(t, c, 30*time.Second, 0, 1, 2)
 }
 
-// TestLeaveWaitsForQueues: a node that removes itself while its replicas
-// have not accepted all of its feed is refused (409): an upload only it
-// holds would be stranded. It leaves once they caught up, or with force.
+// TestLeaveWaitsForQueues: a node that removes itself while no replica
+// has accepted all of its feed is refused (409): an upload only it holds
+// would be stranded. It leaves once one replica caught up (that one
+// passes it on to the others), or with force.
 func TestLeaveWaitsForQueues(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true})
 	waitMembers(t, c, 30*time.Second, 0, 1, 2)
 	hc := newClient(t)
 	c.Nodes[1].Stop()
-	upload(t, hc, c.Nodes[0].URL, "only-here", []byte("not yet on node 1"))
+	c.Nodes[2].Stop()
+	body := []byte("not yet on node 1 nor node 2")
+	_, id := upload(t, hc, c.Nodes[0].URL, "only-here", body)
 	del := func(force string) int {
 		req, err := http.NewRequest(http.MethodDelete, c.Nodes[0].URL+"/_members?url="+url.QueryEscape(c.Nodes[0].URL)+force, nil)
 		require.NoError(t, err)
@@ -287,10 +291,22 @@ func TestLeaveWaitsForQueues(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	require.Equal(t, http.StatusConflict, del(""), "leaving with an upload node 1 has not accepted")
+	require.Equal(t, http.StatusConflict, del(""), "leaving with an upload no other replica has accepted")
+	c.Nodes[2].Start()
+	eventually(t, 30*time.Second, "node 0 leaves once node 2 caught up", func() bool { return del("") == http.StatusOK })
+	// Node 1 comes back after node 0 left: node 2 passes the upload on.
+	c.Nodes[0].Stop()
 	c.Nodes[1].Start()
-	eventually(t, 30*time.Second, "node 0 leaves once node 1 caught up", func() bool { return del("") == http.StatusOK })
 	waitMembers(t, c, 30*time.Second, 1, 2)
+	eventually(t, 30*time.Second, "node 1 gets the upload from node 2", func() bool {
+		resp, err := hc.Get(c.Nodes[1].URL + "/" + id + "?nopeerload=1")
+		if err != nil {
+			return false
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && bytes.Equal(got, body)
+	})
 
 	// Node 2 leaves with a queue, forced.
 	c.Nodes[1].Stop()

@@ -303,6 +303,12 @@ func (c *Cluster) membersLoop(ctx context.Context) {
 // it was added again), and the join URLs when join is set; it reports
 // whether one of those answered.
 func (c *Cluster) exchangeAll(ctx context.Context, join bool) (joined bool) {
+	joined, _ = c.exchangeCount(ctx, join)
+	return joined
+}
+
+// exchangeCount is exchangeAll; it also returns how many answered.
+func (c *Cluster) exchangeCount(ctx context.Context, join bool) (joined bool, answered int) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	joinURL := map[string]bool{}
@@ -335,6 +341,11 @@ func (c *Cluster) exchangeAll(ctx context.Context, join bool) (joined bool) {
 		go func() {
 			defer wg.Done()
 			_, err := c.exchange(ctx, r)
+			if err == nil {
+				mu.Lock()
+				answered++
+				mu.Unlock()
+			}
 			switch {
 			case err == nil && join && joinURL[r.URL]:
 				mu.Lock()
@@ -349,7 +360,7 @@ func (c *Cluster) exchangeAll(ctx context.Context, join bool) (joined bool) {
 		}()
 	}
 	wg.Wait()
-	return joined
+	return joined, answered
 }
 
 // exchange sends this node's records to r and merges its answer; it
@@ -450,8 +461,21 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 		return Member{}, err
 	}
 	c.log.Info("member added", "url", url, "node", node, "role", m.Role)
+	c.tellMembers(ctx, "addition", m)
 	got, _ := c.members.get(node)
 	return got, nil
+}
+
+// tellMembers passes a change of membership on to the members at once,
+// before the request that made it is answered: a node that leaves and is
+// stopped right after (as an operator does) must not take the only record
+// of its removal down with it. A change no member took yet is retried by
+// the members loop, every membersEvery, while this node runs.
+func (c *Cluster) tellMembers(ctx context.Context, what string, m Member) {
+	if _, n := c.exchangeCount(ctx, false); n == 0 && len(c.members.list()) > 1 {
+		c.log.Warn("no member could be told of this "+what+" yet; it is retried every 10 s while this node runs (keep it running until one has it)",
+			"url", m.URL, "node", m.Node)
+	}
 }
 
 // ErrNotDrained means this node cannot leave yet: its peers have not
@@ -461,21 +485,27 @@ var ErrNotDrained = errors.New("this node's replication queues are not empty")
 // RemoveMember removes the member reached at url: it is no longer pushed
 // to, what it alone had not acknowledged may be forgotten, and its own
 // pushes are refused until it is added again. A node that removes itself
-// first waits until every replica peer accepted its feed (an upload it
+// first waits until a replica peer accepted its whole feed (an upload it
 // alone holds would be stranded), unless force.
-func (c *Cluster) RemoveMember(url string, force bool) (Member, error) {
+func (c *Cluster) RemoveMember(ctx context.Context, url string, force bool) (Member, error) {
 	m, ok := c.members.byURL(url)
 	if !ok {
 		return Member{}, ErrNotMember
 	}
 	if m.Node == c.membersStore().NodeID() && !force {
-		var pending int64
+		// One replica that took the whole feed is enough: it passes
+		// every operation on to the others (what it accepts enters its
+		// own feed), so nothing is stranded when this node goes. Waiting
+		// for every replica would keep a busy node, or one with a peer
+		// behind a partition, from ever leaving.
+		pending := int64(-1)
 		for _, r := range c.replicaPeers() {
-			n, _ := c.queue(r)
-			pending += n
+			if n, _ := c.queue(r); pending < 0 || n < pending {
+				pending = n
+			}
 		}
 		if pending > 0 {
-			return Member{}, fmt.Errorf("%w: %d operation(s) not yet accepted by the replicas; wait, or force", ErrNotDrained, pending)
+			return Member{}, fmt.Errorf("%w: no replica has accepted all of its operations yet (%d still to pass on to the nearest); wait, or force", ErrNotDrained, pending)
 		}
 	}
 	m.Removed = true
@@ -483,6 +513,7 @@ func (c *Cluster) RemoveMember(url string, force bool) (Member, error) {
 		return Member{}, err
 	}
 	c.log.Info("member removed", "url", m.URL, "node", m.Node)
+	c.tellMembers(ctx, "removal", m)
 	got, _ := c.members.get(m.Node)
 	return got, nil
 }

@@ -28,7 +28,7 @@ type Cluster interface {
 	// reached at a URL, RemoveMember removes one.
 	Members() []peer.Member
 	AddMember(ctx context.Context, url string, role dtfc.Role) (peer.Member, error)
-	RemoveMember(url string, force bool) (peer.Member, error)
+	RemoveMember(ctx context.Context, url string, force bool) (peer.Member, error)
 	// Removed reports whether this node was removed from the cluster,
 	// and when: it then takes no uploads or deletes.
 	Removed() (time.Time, bool)

@@ -82,7 +82,7 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	force := r.URL.Query().Get("force")
-	m, err := s.cfg.Cluster.RemoveMember(u, force == "1" || force == "true")
+	m, err := s.cfg.Cluster.RemoveMember(r.Context(), u, force == "1" || force == "true")
 	switch {
 	case errors.Is(err, peer.ErrNotMember):
 		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s: %v", u, err))
