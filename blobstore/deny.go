@@ -267,11 +267,11 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 type denyEffect int
 
 const (
-	denyIgnored   denyEffect = iota // not newer than what is known
-	denyRecorded                    // recorded; nothing for the bytes (a lift brings set-aside bytes back)
-	denyRemoves                     // a block: the bytes go
-	denySetsAside                   // a block older than the upload: the bytes join the copy already in unconfirmed/
-	denySetsAsideNew                // the same, into a new unconfirmed entry
+	denyIgnored      denyEffect = iota // not newer than what is known
+	denyRecorded                       // recorded; nothing for the bytes (a lift brings set-aside bytes back)
+	denyRemoves                        // a block: the bytes go
+	denySetsAside                      // a block older than the upload: the bytes join the copy already in unconfirmed/
+	denySetsAsideNew                   // the same, into a new unconfirmed entry
 )
 
 // recordDeny records d if it is newer than the entry held, with what a

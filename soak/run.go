@@ -59,14 +59,14 @@ type Runner struct {
 	hc     *http.Client
 	start  time.Time
 
-	mu    sync.RWMutex
-	urls  []string      // by node index
-	up    []atomic.Bool // by node index: the workers' view
+	mu   sync.RWMutex
+	urls []string      // by node index
+	up   []atomic.Bool // by node index: the workers' view
 	// noWrites are the nodes the workers send no writes to: leaving
 	// (as an operator stops sending a node traffic before it leaves, so
 	// that its queues can drain) or removed.
 	noWrites []atomic.Bool
-	round atomic.Int64
+	round    atomic.Int64
 
 	// KeepDir, if set, receives the event log, plan and report, and on a
 	// failure (or with NodeLogs) every node's log (see Keep).
