@@ -54,8 +54,10 @@ type Store struct {
 	ops     chan *op
 	stop    chan struct{}
 	stopped chan struct{}
-	closeMu sync.RWMutex // held shared by writers, exclusively by Close
-	closed  bool
+	// intentsDone is closed when intentsLoop has returned.
+	intentsDone chan struct{}
+	closeMu     sync.RWMutex // held shared by writers, exclusively by Close
+	closed      bool
 
 	blobs    atomic.Int64
 	bytes    atomic.Int64
@@ -82,7 +84,7 @@ var (
 	bucketValues  = []byte("values") // other layers' durable values (cursors)
 	bucketATime   = []byte("atime")  // id -> access counter (caches)
 	bucketLRU     = []byte("lru")    // access|id -> {} (caches)
-	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed, bucketAside, bucketForgotten}
+	allBuckets    = [][]byte{bucketMeta, bucketFeed, bucketTombs, bucketDigest, bucketSys, bucketValues, bucketATime, bucketLRU, bucketDeny, bucketUnconfirmed, bucketAside, bucketIntents, bucketForgotten}
 	keyNode       = []byte("node")
 	keyClean      = []byte("clean")
 	keyRebuilding = []byte("rebuilding") // set by Rebuild until it has finished
@@ -122,15 +124,16 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.MaxClockOffset = time.Minute
 	}
 	s := &Store{
-		dir:     dir,
-		blobDir: filepath.Join(dir, "blobs"),
-		tmpDir:  filepath.Join(dir, "tmp"),
-		log:     opts.Logger,
-		opts:    opts,
-		clock:   &dtfc.Clock{Wall: opts.Wall},
-		ops:     make(chan *op, 1024),
-		stop:    make(chan struct{}),
-		stopped: make(chan struct{}),
+		dir:         dir,
+		blobDir:     filepath.Join(dir, "blobs"),
+		tmpDir:      filepath.Join(dir, "tmp"),
+		log:         opts.Logger,
+		opts:        opts,
+		clock:       &dtfc.Clock{Wall: opts.Wall},
+		ops:         make(chan *op, 1024),
+		stop:        make(chan struct{}),
+		stopped:     make(chan struct{}),
+		intentsDone: make(chan struct{}),
 	}
 	switch {
 	case opts.SmallCacheBytes == 0:
@@ -152,6 +155,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	go s.commitLoop()
+	go s.intentsLoop()
 	return s, nil
 }
 
@@ -209,17 +213,31 @@ func (s *Store) openFiles() (err error) {
 			s.db.Close()
 		}
 	}()
-	clean, err := s.init(plan)
+	clean, intents, err := s.init(plan)
 	if err != nil {
 		return err
+	}
+	var inFlight map[dtfc.ID]bool
+	if !clean && intents {
+		// Before the temp files go: they name the placements in flight.
+		if inFlight, err = s.inFlight(make([]byte, 1<<20)); err != nil {
+			return fmt.Errorf("blobstore: reconcile after unclean shutdown: %w", err)
+		}
 	}
 	if err := s.sweepTemp(); err != nil {
 		return err
 	}
-	if !clean {
-		return s.reconcile()
+	switch {
+	case clean:
+		return nil
+	case intents:
+		return s.reconcileIntents(inFlight)
+	default:
+		if err := s.reconcile(); err != nil {
+			return err
+		}
+		return s.clearIntents()
 	}
-	return nil
 }
 
 func (s *Store) metaPath() string { return filepath.Join(s.dir, "meta.db") }
@@ -344,7 +362,7 @@ func (s *Store) holdsBlobFiles() (string, error) {
 
 // init creates the buckets, reads the store-wide values and marks the store
 // dirty until a clean Close.
-func (s *Store) init(p openPlan) (clean bool, err error) {
+func (s *Store) init(p openPlan) (clean, intents bool, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -363,7 +381,8 @@ func (s *Store) init(p openPlan) (clean bool, err error) {
 		// A fresh store is clean; an existing one is clean only if the
 		// last Close said so.
 		fresh := sys.Get(keyClean) == nil && tx.Bucket(bucketMeta).Stats().KeyN == 0
-		clean = fresh || string(sys.Get(keyClean)) == "1"
+		clean = fresh || string(sys.Get(keyClean)) == markClean
+		intents = string(sys.Get(keyClean)) == markIntents
 		s.clock.Observe(dtfc.Timestamp(getU64(sys, keyClock)))
 		s.blobs.Store(int64(getU64(sys, keyBlobs)))
 		s.bytes.Store(int64(getU64(sys, keyBytes)))
@@ -395,12 +414,13 @@ func (s *Store) init(p openPlan) (clean bool, err error) {
 		// The bucket's sequence, not its last key: compaction, purges
 		// and evictions delete feed entries, the latest one included.
 		s.lastSeq.Store(tx.Bucket(bucketFeed).Sequence())
-		return sys.Put(keyClean, []byte("0"))
+		// Unclean until Close says otherwise; this process keeps intents.
+		return sys.Put(keyClean, []byte(markIntents))
 	})
 	if err != nil {
-		return false, fmt.Errorf("blobstore: init metadata: %w", err)
+		return false, false, fmt.Errorf("blobstore: init metadata: %w", err)
 	}
-	return clean, nil
+	return clean, intents, nil
 }
 
 func getU64(b *bolt.Bucket, k []byte) uint64 {
@@ -457,13 +477,7 @@ func (s *Store) reconcile() error {
 		return r.blobFile(path, d)
 	})
 	if err == nil {
-		root := filepath.Join(s.dir, unconfirmedDir)
-		err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			return r.unconfirmedFile(root, path, d)
-		})
+		err = r.unconfirmedDir()
 	}
 	if err != nil {
 		return fmt.Errorf("blobstore: reconcile after unclean shutdown: %w", err)
@@ -552,6 +566,17 @@ func (r *reconciler) setAsideCut(id dtfc.ID) (bool, error) {
 	return true, s.moveAside(s.Path(id), id)
 }
 
+// unconfirmedDir reconciles every file under unconfirmed/.
+func (r *reconciler) unconfirmedDir() error {
+	root := filepath.Join(r.s.dir, unconfirmedDir)
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		return r.unconfirmedFile(root, path, d)
+	})
+}
+
 // unconfirmedFile reconciles one file under unconfirmed/.
 func (r *reconciler) unconfirmedFile(root, path string, d fs.DirEntry) error {
 	s := r.s
@@ -624,9 +649,18 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	close(s.stop)
 	<-s.stopped
+	<-s.intentsDone
 	err := s.flushAccess()
 	err = errors.Join(err, s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSys).Put(keyClean, []byte("1"))
+		// Nothing is in flight (Close waited for every operation): the
+		// intents go with the clean mark.
+		if err := tx.DeleteBucket(bucketIntents); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketIntents); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketSys).Put(keyClean, []byte(markClean))
 	}))
 	s.opener.close()
 	err = errors.Join(err, s.db.Close())

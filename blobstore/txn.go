@@ -199,6 +199,12 @@ func (t *txn) set(old *record, st dtfc.State, toFeed bool) (record, error) {
 		if err := t.tombs.Put(tombKey(st.Clock, st.ID), nil); err != nil {
 			return nr, err
 		}
+		if old == nil || !old.Deleted {
+			// Its file (if any) leaves blobs/ after the commit.
+			if err := t.intend(st.ID); err != nil {
+				return nr, err
+			}
+		}
 		// A copy of it set aside as unconfirmed goes with the delete: left
 		// there, it would outlive the tombstone and be taken, once the
 		// tombstone is forgotten everywhere, for an upload nobody knew.
@@ -248,6 +254,12 @@ func (t *txn) replace(st dtfc.State, toFeed bool) (record, error) {
 func (t *txn) remove(old *record) error {
 	if err := t.unindex(old); err != nil {
 		return err
+	}
+	if !old.Deleted {
+		// Its file (if any) leaves blobs/ after the commit.
+		if err := t.intend(old.ID); err != nil {
+			return err
+		}
 	}
 	if err := dropAccess(t.tx, old.ID); err != nil {
 		return err

@@ -45,7 +45,7 @@ type Writer struct {
 	err      error
 	sum      dtfc.ID
 	finished bool
-	placed   bool // the temp file was renamed into blobs/ or removed
+	placed   bool // the temp file is gone: linked into blobs/ and committed, or not needed
 	closed   bool
 }
 
@@ -463,12 +463,20 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 			return res, err
 		}
 		s.stampFile(w.tmp, st.Clock) // see filetime.go
-		if err := os.Rename(w.tmp, dst); err != nil {
+		// The placement's intent (see intent.go): the temp file is named
+		// by the ID and linked into blobs/, and stays in tmp/ until the
+		// record is committed, so that after a crash tmp/ names every
+		// placement that was in flight.
+		named := placingName(s.tmpDir, id, w.tmp)
+		if err := os.Rename(w.tmp, named); err != nil {
+			return res, diskErr("name temp file", err)
+		}
+		w.tmp = named
+		if err := os.Link(w.tmp, dst); err != nil {
 			return res, diskErr("place blob", err)
 		}
-		w.placed = true
 		if err := syncDir(filepath.Dir(dst)); err != nil {
-			// The rename may not be durable: take the file back out so
+			// The link may not be durable: take the file back out so
 			// nothing unrecorded stays visible.
 			os.Remove(dst)
 			return res, diskErr("fsync blob directory", err)
@@ -486,8 +494,10 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		}
 		return res, err
 	}
-	if held && !w.placed {
-		// The bytes were already here: the temp file is redundant.
+	if !w.placed {
+		// Committed (the intent is fulfilled), or the bytes were already
+		// here: the temp file goes. Its unlink needs no fsync: left by a
+		// crash, it names a placement that is then checked again.
 		os.Remove(w.tmp)
 		w.placed = true
 	}
