@@ -14,6 +14,7 @@
 #   scripts/soak.sh --short --sabotage=lost,undone   # some of them
 #   scripts/soak.sh --short --keep-going     # all rounds, even after violations
 #   scripts/soak.sh --no-list-self --no-list-twice   # plain peer lists
+#   scripts/soak.sh --no-leave               # no member leaves and comes back
 #
 # Prints the seed first, then the report; on a violation, the events that
 # matter and the replay command, and exits non-zero. The event log, plan
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --short) short=1 ;;
     --sabotage) sabotage=all ;;
     --sabotage=*) sabotage=${1#*=} ;;
-    --keep-going|--no-list-self|--no-list-twice|--leave) extra+=("-${1#--}") ;;
+    --keep-going|--no-list-self|--no-list-twice|--no-leave) extra+=("-${1#--}") ;;
     --caches) caches=$2; shift ;;
     --caches=*) caches=${1#*=} ;;
     --seed) seed=$2; shift ;;

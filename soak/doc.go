@@ -34,9 +34,9 @@
 //     file, read back at once, and a larger one; the scrubber must repair
 //     them before the round's check, and the node then serve right bytes.
 //
-// With Config.Leave (off by default: seeds 14 and 15 fail with it, see
-// the README), in one round (the last; the first of a run of one or two)
-// a replica leaves the cluster, once its replicas took its feed, and is
+// Unless Config.NoLeave, in one round (the last; the first of a run of
+// one or two) a replica leaves the cluster, once a replica took its feed
+// (the workers send it no writes meanwhile), and is
 // added again (FaultLeave, FaultRejoin: PUT and DELETE /_members), from a
 // stream of random numbers of its own, so that the other events of a seed
 // are unchanged.

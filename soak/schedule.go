@@ -121,10 +121,9 @@ type Config struct {
 	// every round but the first, a replica's meta.db is damaged while it
 	// is stopped and the runbook followed).
 	NoMetaDamage bool
-	// Leave adds the leave and rejoin of a member (one replica leaves the
-	// cluster and is added again in one round). Off by default: with it,
-	// seeds 14 and 15 of the short soak fail (see README, Reliability).
-	Leave bool
+	// NoLeave leaves out the leave and rejoin of a member (by default one
+	// replica leaves the cluster and is added again in one round).
+	NoLeave bool
 	// Converge bounds the wait for convergence after each round.
 	Converge time.Duration
 	// Caches is the number of cache nodes (the last of the Nodes), each
@@ -499,13 +498,13 @@ func NewPlan(cfg Config, short bool) *Plan {
 	return p
 }
 
-// planLeave adds (with Leave) the leave and rejoin of a replica to the last round (the
+// planLeave adds (unless NoLeave) the leave and rejoin of a replica to the last round (the
 // first of a run of one or two rounds), from a stream of its own,
 // PCG(seed, 997), drawn after every other: the other streams' draws, and
 // so the schedules the seeds named before it, are unchanged.
 func (p *Plan) planLeave(fdRound int, next func() int) {
 	cfg := p.Config
-	if !cfg.Leave || cfg.Replicas() < 3 {
+	if cfg.NoLeave || cfg.Replicas() < 3 {
 		return
 	}
 	rounds := cfg.Rounds()
