@@ -670,6 +670,12 @@ func (w *boltWalker) visit(it walkItem) ([]walkItem, error) {
 		}
 		pg.name = fmt.Sprintf("page %d", it.id)
 	}
+	if it.id == 0 && it.inline == nil {
+		// Page 0 is a meta page: id 0 means an inline bucket, and a
+		// branch element damaged to 0 must not pass for one (found by
+		// FuzzOpenDamagedMeta: a panic slicing the empty page).
+		return nil, fmt.Errorf("%s points at page 0, a meta page", it.from)
+	}
 	flags, count := boltEndian.Uint16(pg.p[8:]), int(boltEndian.Uint16(pg.p[10:]))
 	if boltPageHeader+count*boltElem > len(pg.p) {
 		return nil, fmt.Errorf("%s claims %d elements, more than it holds", pg.name, count)

@@ -756,3 +756,13 @@ func TestRebuiltStoreTakesNoUploadUntilDenyKnown(t *testing.T) {
 	defer s.Close()
 	assert.False(t, s.DenyKnown(), "a fresh store under a known identity")
 }
+
+// TestWalkPageZero: a branch element damaged to point at page 0 (a meta
+// page, which the walker takes for an inline bucket's marker) is
+// reported, not a panic slicing an empty page. FuzzOpenDamagedMeta found
+// it: "slice bounds out of range [8:0]" in Open.
+func TestWalkPageZero(t *testing.T) {
+	w := &boltWalker{ps: 4096, hwm: 4, seen: map[uint64]bool{0: true, 1: true}}
+	_, err := w.visit(walkItem{id: 0, from: "page 3"})
+	require.ErrorContains(t, err, "points at page 0")
+}
