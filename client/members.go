@@ -20,8 +20,8 @@ func (c *Client) Members(ctx context.Context) ([]api.Member, error) {
 
 // RemoveMember removes the member reached at nodeURL from the cluster
 // (DELETE /_members?url=...), through the first node that answers. A
-// node that removes itself first waits until its replicas accepted its
-// feed (409 until then) unless force.
+// node that removes itself first waits until a replica accepted its
+// whole feed (409 until then) unless force.
 func (c *Client) RemoveMember(ctx context.Context, nodeURL string, force bool) (api.Member, error) {
 	var ans struct {
 		Member api.Member `json:"member"`

@@ -480,7 +480,7 @@ func (c *Cluster) tellMembers(ctx context.Context, what string, m Member) {
 
 // ErrNotDrained means this node cannot leave yet: its peers have not
 // accepted all of its feed.
-var ErrNotDrained = errors.New("this node's replication queues are not empty")
+var ErrNotDrained = errors.New("this node cannot leave yet")
 
 // RemoveMember removes the member reached at url: it is no longer pushed
 // to, what it alone had not acknowledged may be forgotten, and its own

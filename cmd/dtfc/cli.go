@@ -246,7 +246,7 @@ func cmdStatus(ctx context.Context, args []string, stdout io.Writer) error {
 func cmdLeave(ctx context.Context, args []string, stdout io.Writer) error {
 	fs, mk := clientFlags("leave")
 	nodeURL := fs.String("url", "", "the node to remove (default: the --server node itself)")
-	force := fs.Bool("force", false, "leave even though the node's replication queues are not empty (what only it holds stays out of the cluster)")
+	force := fs.Bool("force", false, "leave even though no replica has taken all of the node's operations yet (what only it holds stays out of the cluster)")
 	if _, err := interleaved(fs, args); err != nil {
 		return err
 	}
