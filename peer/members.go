@@ -478,7 +478,7 @@ func (c *Cluster) tellMembers(ctx context.Context, what string, m Member) {
 	}
 }
 
-// ErrNotDrained means this node cannot leave yet: its peers have not
+// ErrNotDrained means this node cannot leave yet: no replica peer has
 // accepted all of its feed.
 var ErrNotDrained = errors.New("this node cannot leave yet")
 
