@@ -836,26 +836,15 @@ func (r *Runner) rejoinAsNew(node int, line *Line) {
 // member sends PUT /_members {"url": node} or DELETE /_members?url=node
 // to the node at via.
 func (r *Runner) member(via, method, node string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	path, body := "/_members", io.Reader(strings.NewReader(`{"url":"`+node+`"}`))
+	path, body := "/_members", `{"url":"`+node+`"}`
 	if method == http.MethodDelete {
-		path, body = "/_members?url="+url.QueryEscape(node), nil
+		path, body = "/_members?url="+url.QueryEscape(node), ""
 	}
-	req, err := http.NewRequestWithContext(ctx, method, via+path, body)
+	status, err := r.call(method, via+path, body, 15*time.Second)
 	if err != nil {
 		return "", err
 	}
-	res, err := r.hc.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
-	if res.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s %s: %d %s", method, path, res.StatusCode, strings.TrimSpace(string(b)))
-	}
-	return fmt.Sprintf("%s %s: 200", method, path), nil
+	return fmt.Sprintf("%s %s: %s", method, path, status), nil
 }
 
 // rejoinAll adds again every node removed and not yet added (its rejoin

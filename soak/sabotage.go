@@ -66,12 +66,12 @@ func (r *Runner) sabotage(round int) {
 			}
 		case "delete":
 			if e, ok = pickID(present); ok {
-				what, err = r.sabotageCall(http.MethodDelete, n.URL+"/"+e.ID, "")
+				what, err = r.call(http.MethodDelete, n.URL+"/"+e.ID, "", deleteTimeout)
 				what, expect = "deleted it through the API, unrecorded: "+what, []string{VStateLost}
 			}
 		case "unblock":
 			if e, ok = pickID(func(e Entry, m Model) bool { return m.Deny == Blocked }); ok {
-				what, err = r.sabotageCall(http.MethodDelete, n.URL+"/_deny/"+e.ID, "")
+				what, err = r.call(http.MethodDelete, n.URL+"/_deny/"+e.ID, "", deleteTimeout)
 				what, expect = "lifted its block through the API, unrecorded: "+what, []string{VBlockMissing, VBlockedStatus}
 			}
 		case "block":
@@ -80,7 +80,7 @@ func (r *Runner) sabotage(round int) {
 				e, ok = pickID(present)
 			}
 			if ok {
-				what, err = r.sabotageCall(http.MethodPut, n.URL+"/_deny/"+e.ID, fmt.Sprintf(`{"status": %d}`, BlockStatus))
+				what, err = r.call(http.MethodPut, n.URL+"/_deny/"+e.ID, fmt.Sprintf(`{"status": %d}`, BlockStatus), deleteTimeout)
 				what, expect = "blocked it through the API, unrecorded: "+what, []string{VLiftedBack, VBlockUnknown}
 			}
 		default:
@@ -102,10 +102,11 @@ func (r *Runner) sabotage(round int) {
 	}
 }
 
-// sabotageCall sends a request the ledger does not know of and describes
-// its answer.
-func (r *Runner) sabotageCall(method, url, body string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+// call sends a request the ledger does not know of (a sabotage, a change
+// of membership) with a time limit, and returns its answer's status; any
+// other answer than 200 is an error naming the status and the body.
+func (r *Runner) call(method, url, body string, limit time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
@@ -118,7 +119,7 @@ func (r *Runner) sabotageCall(method, url, body string) (string, error) {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	if res.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s %s: %s", method, res.Status, strings.TrimSpace(string(b)))
+		return "", fmt.Errorf("%s %s: %s %s", method, url, res.Status, strings.TrimSpace(string(b)))
 	}
 	return res.Status, nil
 }
