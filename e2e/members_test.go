@@ -119,12 +119,30 @@ func removeMember(t *testing.T, hc *http.Client, via, node string) {
 // returns the status.
 func addMember(t *testing.T, hc *http.Client, via, node string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPut, via+"/_members", strings.NewReader(`{"url":"`+node+`"}`))
+	status, _ := membersRequest(t, hc, http.MethodPut, via, node, false)
+	return status
+}
+
+// membersRequest sends PUT /_members {"url": node}, or DELETE /_members?url=node
+// (&force=1 with force), to the member via; it returns the status and
+// the body.
+func membersRequest(t *testing.T, hc *http.Client, method, via, node string, force bool) (int, string) {
+	t.Helper()
+	target, body := via+"/_members", io.Reader(strings.NewReader(`{"url":"`+node+`"}`))
+	if method == http.MethodDelete {
+		target, body = via+"/_members?url="+url.QueryEscape(node), nil
+		if force {
+			target += "&force=1"
+		}
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, target, body)
 	require.NoError(t, err)
 	resp, err := hc.Do(req)
 	require.NoError(t, err)
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
 }
 
 // TestJoinUnderLoad: a third node joins while uploads go on; every member
@@ -283,17 +301,13 @@ func TestLeaveWaitsForQueues(t *testing.T) {
 	c.Nodes[2].Stop()
 	body := []byte("not yet on node 1 nor node 2")
 	_, id := upload(t, hc, c.Nodes[0].URL, "only-here", body)
-	del := func(force string) int {
-		req, err := http.NewRequest(http.MethodDelete, c.Nodes[0].URL+"/_members?url="+url.QueryEscape(c.Nodes[0].URL)+force, nil)
-		require.NoError(t, err)
-		resp, err := hc.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
+	leave := func() int {
+		status, _ := membersRequest(t, hc, http.MethodDelete, c.Nodes[0].URL, c.Nodes[0].URL, false)
+		return status
 	}
-	require.Equal(t, http.StatusConflict, del(""), "leaving with an upload no other replica has accepted")
+	require.Equal(t, http.StatusConflict, leave(), "leaving with an upload no other replica has accepted")
 	c.Nodes[2].Start()
-	eventually(t, 30*time.Second, "node 0 leaves once node 2 caught up", func() bool { return del("") == http.StatusOK })
+	eventually(t, 30*time.Second, "node 0 leaves once node 2 caught up", func() bool { return leave() == http.StatusOK })
 	// Node 1 comes back after node 0 left: node 2 passes the upload on.
 	c.Nodes[0].Stop()
 	c.Nodes[1].Start()
@@ -311,12 +325,8 @@ func TestLeaveWaitsForQueues(t *testing.T) {
 	// Node 2 leaves with a queue, forced.
 	c.Nodes[1].Stop()
 	upload(t, hc, c.Nodes[2].URL, "forced", []byte("left behind on purpose"))
-	req, err := http.NewRequest(http.MethodDelete, c.Nodes[2].URL+"/_members?force=1&url="+url.QueryEscape(c.Nodes[2].URL), nil)
-	require.NoError(t, err)
-	resp, err := hc.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	status, body2 := membersRequest(t, hc, http.MethodDelete, c.Nodes[2].URL, c.Nodes[2].URL, true)
+	require.Equal(t, http.StatusOK, status, "%s", body2)
 }
 
 // TestReaddedNodeResyncs: a node removed while down misses a delete that
@@ -374,14 +384,9 @@ func TestReaddAfterExpiryRefused(t *testing.T) {
 	c.Nodes[1].Stop()
 	c.Nodes[1].SetClock(time.Minute)
 	c.Nodes[1].Start()
-	req, err := http.NewRequest(http.MethodPut, c.Nodes[1].URL+"/_members", strings.NewReader(`{"url":"`+c.Nodes[2].URL+`"}`))
-	require.NoError(t, err)
-	resp, err := hc.Do(req)
-	require.NoError(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.Equal(t, http.StatusConflict, resp.StatusCode, "%s", body)
-	require.Contains(t, string(body), "join it as a new node")
+	status, body := membersRequest(t, hc, http.MethodPut, c.Nodes[1].URL, c.Nodes[2].URL, false)
+	require.Equal(t, http.StatusConflict, status, "%s", body)
+	require.Contains(t, body, "join it as a new node")
 	m := membersOf(t, c, 1)[c.Nodes[2].URL]
 	require.True(t, m.Removed)
 }
