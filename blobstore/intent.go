@@ -228,6 +228,9 @@ func (s *Store) sweepIntents() error {
 			done = append(done, it)
 		}
 	}
+	if len(done) == 0 {
+		return nil // no commit (and its fsync) for nothing
+	}
 	return s.update(func(t *txn) error {
 		b := t.tx.Bucket(bucketIntents)
 		for _, it := range done {
