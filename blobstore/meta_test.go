@@ -116,13 +116,20 @@ func snapshot(t testing.TB, dir string) map[string][32]byte {
 // file's newer valid meta page.
 func geometry(t testing.TB, path string) (ps, root, hwm int64) {
 	t.Helper()
+	m := currentMeta(t, path)
+	return int64(m.pageSize), int64(m.root), int64(m.hwm)
+}
+
+// currentMeta returns the meta page bbolt uses of the file at path.
+func currentMeta(t testing.TB, path string) boltMeta {
+	t.Helper()
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
 	buf := make([]byte, 4096)
 	_, err = io.ReadFull(f, buf)
 	require.NoError(t, err)
-	ps = int64(parseBoltMeta(buf).pageSize)
+	ps := int64(parseBoltMeta(buf).pageSize)
 	var best boltMeta
 	for i := range int64(2) {
 		page := make([]byte, boltPageHeader+boltMetaSize)
@@ -133,7 +140,23 @@ func geometry(t testing.TB, path string) (ps, root, hwm int64) {
 		}
 	}
 	require.True(t, best.valid)
-	return ps, int64(best.root), int64(best.hwm)
+	return best
+}
+
+// freeList returns where the stored free list's entries begin in the file
+// at path, and how many there are (at least one: the tests damage one).
+func freeList(t testing.TB, path string) (at, n int64) {
+	t.Helper()
+	m := currentMeta(t, path)
+	require.NotEqual(t, boltNoFreelist, m.freelist, "the free list is stored")
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	p := b[int64(m.freelist)*int64(m.pageSize):]
+	require.Equal(t, uint16(boltFreelist), boltEndian.Uint16(p[8:]))
+	n, at = int64(boltEndian.Uint16(p[10:])), int64(m.freelist)*int64(m.pageSize)+boltPageHeader
+	require.NotEqual(t, int64(0xFFFF), n, "a free list this short has its count in the header")
+	require.Positive(t, n, "the fixture's deletes freed pages")
+	return at, n
 }
 
 // recordOffset returns where in the file the live record of id is: the
@@ -197,6 +220,22 @@ var metaDamages = []struct {
 	{"ZeroedMetaPages", ErrMetaDamaged, func(t testing.TB, f *metaFixture) {
 		rewrite(t, f.meta(), func(b []byte) []byte { clear(b[:2*4096]); return b })
 	}},
+	{"FreeListNamesAPageInUse", ErrMetaDamaged, func(t testing.TB, f *metaFixture) {
+		// bbolt would hand the root page out again, over live records.
+		at, _ := freeList(t, f.meta())
+		_, root, _ := geometry(t, f.meta())
+		rewrite(t, f.meta(), func(b []byte) []byte {
+			boltEndian.PutUint64(b[at:], uint64(root))
+			return b
+		})
+	}},
+	{"FreeListLosesAPage", ErrMetaDamaged, func(t testing.TB, f *metaFixture) {
+		at, n := freeList(t, f.meta())
+		rewrite(t, f.meta(), func(b []byte) []byte {
+			boltEndian.PutUint16(b[at-boltPageHeader+10:], uint16(n-1))
+			return b
+		})
+	}},
 	{"FlippedClockOfARecord", ErrMetaDamaged, func(t testing.TB, f *metaFixture) {
 		// bbolt has no checksum on its pages: only the store's digests
 		// tell that a record changed.
@@ -217,6 +256,12 @@ var metaDamages = []struct {
 			return b
 		})
 	}},
+}
+
+// metaDamageSays is what the refusal of some damages must say.
+var metaDamageSays = map[string]string{
+	"FreeListNamesAPageInUse": "both in use and on the free list",
+	"FreeListLosesAPage":      "neither in use nor on the free list",
 }
 
 // TestOpenRefusesDamagedMeta: each damage makes Open fail with a
@@ -241,6 +286,7 @@ func TestOpenRefusesDamagedMeta(t *testing.T) {
 			assert.ErrorIs(t, err, d.kind)
 			assert.Equal(t, f.meta(), me.Path)
 			assert.Contains(t, err.Error(), f.meta())
+			assert.Contains(t, err.Error(), metaDamageSays[d.name])
 			t.Logf("refused: %v", err)
 			// Twice: a refusal leaves nothing a second start would act
 			// on.
@@ -762,7 +808,35 @@ func TestRebuiltStoreTakesNoUploadUntilDenyKnown(t *testing.T) {
 // reported, not a panic slicing an empty page. FuzzOpenDamagedMeta found
 // it: "slice bounds out of range [8:0]" in Open.
 func TestWalkPageZero(t *testing.T) {
-	w := &boltWalker{ps: 4096, hwm: 4, seen: map[uint64]bool{0: true, 1: true}}
+	w := newBoltWalker(nil, 4096, 4)
 	_, err := w.visit(walkItem{id: 0, from: "page 3"})
 	require.ErrorContains(t, err, "points at page 0")
+}
+
+// TestOpenStoresFreeList: a store whose free list is not stored (as dtfc
+// wrote them before issue 18) opens, and from then on the free list is
+// stored, checked at the next open.
+func TestOpenStoresFreeList(t *testing.T) {
+	f := newMetaFixture(t, 20, 5)
+	db, err := bolt.Open(f.meta(), 0o600, &bolt.Options{NoFreelistSync: true})
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSys).Put([]byte("x-test"), []byte("1")) }))
+	require.NoError(t, db.Close())
+	require.Equal(t, boltNoFreelist, currentMeta(t, f.meta()).freelist, "the old format")
+
+	for range 2 {
+		s, err := Open(f.dir, Options{})
+		require.NoError(t, err)
+		for id, data := range f.live {
+			b, err := s.Open(id)
+			require.NoError(t, err)
+			got, err := io.ReadAll(b)
+			b.Close()
+			require.NoError(t, err)
+			require.Equal(t, data, got)
+		}
+		putBytes(t, s, []byte(fmt.Sprintf("a write after the open at %v", time.Now())), Upload{})
+		require.NoError(t, s.Close())
+		assert.NotEqual(t, boltNoFreelist, currentMeta(t, f.meta()).freelist, "stored")
+	}
 }

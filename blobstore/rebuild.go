@@ -115,7 +115,7 @@ func Rebuild(dir string, opts RebuildOptions) (rep RebuildReport, err error) {
 		}
 	}
 
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(path, 0o600, metaOptions(time.Second))
 	if err != nil {
 		return rep, fmt.Errorf("blobstore: create metadata: %w", err)
 	}
