@@ -7,12 +7,20 @@
 #   - RSS at idle and its peak under a load of hits (wrk);
 #   - meta.db's size;
 #   - a GET hit's latency (wrk -t1 -c1, p50 and p99);
-#   - GET /_internal/digests (what an anti-entropy round in sync asks).
+#   - GET /_internal/digests (what an anti-entropy round in sync asks);
+#   - a scrub pass, unthrottled and at the default rate (64 MiB/s);
+#   - a new replica's join (an empty node whose peer list names the
+#     store's node, and whose node's lists it, until it holds every blob:
+#     a peer list, not --join, so that the store keeps no membership),
+#     up to DTFC_GROWTH_JOIN_MAX blobs (default 100000: a join moves every
+#     blob, about 1,000 small ones a second).
+# An anti-entropy round with 1% different is a Go benchmark:
+#   DTFC_AE_IDS=N go test -run XXX -bench AntiEntropy ./peer/
 # Each figure is printed with the growth exponent between sizes
 # (log(ratio of figures) / log(ratio of sizes): 0 flat, 1 linear).
 #
 #   scripts/bench-growth.sh [SIZES...]    default: 10000 100000
-#   scripts/bench-growth.sh 10000 100000 1000000   # about 15 more minutes
+#   scripts/bench-growth.sh 10000 100000 1000000   # about 20 more minutes
 #
 # Needs wrk, curl, python3. The store is kept in $DTFC_GROWTH_DIR (default
 # /tmp/dtfc-growth) and grown, not rebuilt, by later runs.
@@ -23,15 +31,17 @@ for t in wrk curl python3; do command -v $t >/dev/null || { echo "bench-growth: 
 dir=${DTFC_GROWTH_DIR:-/tmp/dtfc-growth}
 mkdir -p "$dir"
 bin="$dir/dtfc"; go build -o "$bin" ./cmd/dtfc
+join_max=${DTFC_GROWTH_JOIN_MAX:-100000}
 port=$((20000 + RANDOM % 20000))
-pid=""
-cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; }
+port2=$((port + 1))
+pid=""; pid2=""
+cleanup() { for p in $pid $pid2; do kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 now_ms() { date +%s%3N; }
 start_node() { # sets ms: how long until /health answers (not in a subshell: it sets pid)
   local t0; t0=$(now_ms)
-  "$bin" serve --host 127.0.0.1 --port $port --basedir "$dir/store" --anti-entropy-interval 1h --scrub-interval 0 >>"$dir/node.log" 2>&1 &
+  "$bin" serve --host 127.0.0.1 --port $port --basedir "$dir/store" --anti-entropy-interval 1h --scrub-interval 0 "$@" >>"$dir/node.log" 2>&1 &
   pid=$!
   until curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
     kill -0 $pid 2>/dev/null || { echo "bench-growth: the node exited; see $dir/node.log" >&2; exit 1; }
@@ -70,6 +80,29 @@ for n in "${sizes[@]}"; do
   fig[$n,cache]=$(drop_caches)
   start_node; fig[$n,kill]=$ms
   stop_node
+  scrub() { go run ./internal/growth -dir "$dir/store" -n "$n" -scrub "$1" | awk '/scrub pass/{sub(/\(/,""); print $(NF-3)}'; }
+  fig[$n,scrub]=$(scrub 0); fig[$n,scrub_rated]=$(scrub $((64 << 20)))
+  fig[$n,join]=-
+  if [ "$n" -le "$join_max" ]; then
+    printf '[[peers]]\nurl = "http://127.0.0.1:%s"\n' $port2 >"$dir/peers-a.toml"
+    printf '[[peers]]\nurl = "http://127.0.0.1:%s"\n' $port >"$dir/peers-b.toml"
+    start_node --me "http://127.0.0.1:$port" --peerlist "$dir/peers-a.toml"
+    rm -rf "$dir/joiner"
+    t0=$(now_ms)
+    "$bin" serve --host 127.0.0.1 --port $port2 --me "http://127.0.0.1:$port2" --basedir "$dir/joiner" \
+      --peerlist "$dir/peers-b.toml" --anti-entropy-interval 5s --scrub-interval 0 >>"$dir/joiner.log" 2>&1 &
+    pid2=$!
+    deadline=$(( $(now_ms) + 3600000 ))
+    until [ "$(curl -fs "http://127.0.0.1:$port2/_status" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["blobs"])' 2>/dev/null)" = "$n" ]; do
+      kill -0 $pid2 2>/dev/null || { echo "bench-growth: the joining node exited; see $dir/joiner.log" >&2; exit 1; }
+      [ "$(now_ms)" -lt "$deadline" ] || { echo "bench-growth: the join did not finish in an hour" >&2; exit 1; }
+      sleep 0.5
+    done
+    fig[$n,join]=$(( ($(now_ms) - t0) / 1000 ))
+    kill "$pid2"; wait "$pid2" 2>/dev/null || true; pid2=""
+    stop_node
+    rm -rf "$dir/joiner"
+  fi
 done
 
 exponent() { python3 -c 'import math,sys; a,b,x,y=map(float,sys.argv[1:]); print("%.2f" % (math.log(y/x)/math.log(b/a)) if x>0 and y>0 else "-")' "$@"; }
@@ -90,3 +123,6 @@ row "meta.db (KiB)" meta ""
 row "GET hit p50" p50 ""
 row "GET hit p99" p99 ""
 row "GET /_internal/digests (ms)" digests ""
+row "scrub pass, no limit (blobs/s)" scrub ""
+row "scrub pass at 64 MiB/s (blobs/s)" scrub_rated ""
+row "a new replica's join (s)" join ""
