@@ -155,16 +155,19 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 		return err
 	}
 	// Pulls go on g, range comparisons on rg: a comparison waits for a
-	// pull's slot, never the other way round.
+	// pull's slot, never the other way round. Both run under gctx, which
+	// a failed pull cancels. (Not under a context of rg's own: it ends
+	// when the last comparison does, and would cut the pulls still
+	// running; TestAntiEntropyRoundPullsAll.)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pullParallelism)
-	rg, rctx := errgroup.WithContext(gctx)
+	var rg errgroup.Group
 	rg.SetLimit(rangeParallelism)
 	for b := range 256 {
 		if ours[b] == theirs[b] {
 			continue
 		}
-		rg.Go(func() error { return c.syncTopRange(rctx, g, r, byte(b), ours[b].Count+theirs[b].Count) })
+		rg.Go(func() error { return c.syncTopRange(gctx, g, r, byte(b), ours[b].Count+theirs[b].Count) })
 	}
 	err = rg.Wait()
 	if gerr := g.Wait(); err == nil {
