@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,4 +57,15 @@ func (o *blobOpener) close() {
 	if o.dirfd >= 0 {
 		unix.Close(o.dirfd)
 	}
+}
+
+// releaseMap drops from the process's resident set the pages of bbolt's
+// memory map of meta.db (path). They stay in the page cache, and fault
+// back in when read.
+func releaseMap(db *bolt.DB, path string) {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Size() == 0 {
+		return
+	}
+	unix.Syscall(unix.SYS_MADVISE, db.Info().Data, uintptr(fi.Size()), unix.MADV_DONTNEED)
 }
