@@ -346,14 +346,10 @@ func TestOpenRefusesDamagedMeta(t *testing.T) {
 			}
 			assert.Zero(t, s.UnconfirmedCount())
 			for id, data := range f.live {
-				b, err := s.Open(id)
-				require.NoError(t, err)
-				got, err := io.ReadAll(b)
-				b.Close()
-				require.NoError(t, err)
+				got, st := readHeld(t, s, id)
 				assert.Equal(t, data, got)
-				assert.Equal(t, f.node, b.State.Node)
-				assert.Equal(t, f.clocks[id], b.State.Clock, "adopted with the clock its file's time records")
+				assert.Equal(t, f.node, st.Node)
+				assert.Equal(t, f.clocks[id], st.Clock, "adopted with the clock its file's time records")
 			}
 			for _, id := range f.deleted {
 				_, err := s.Open(id)
@@ -836,15 +832,22 @@ func TestOpenEitherFreeList(t *testing.T) {
 		s, err := Open(f.dir, Options{})
 		require.NoError(t, err)
 		for id, data := range f.live {
-			b, err := s.Open(id)
-			require.NoError(t, err)
-			got, err := io.ReadAll(b)
-			b.Close()
-			require.NoError(t, err)
+			got, _ := readHeld(t, s, id)
 			require.Equal(t, data, got)
 		}
 		putBytes(t, s, []byte(fmt.Sprintf("a write after the open at %v", time.Now())), Upload{})
 		require.NoError(t, s.Close())
 		assert.Equal(t, boltNoFreelist, currentMeta(t, f.meta()).freelist, "unstored")
 	}
+}
+
+// readHeld returns the bytes and state s serves for id.
+func readHeld(t testing.TB, s *Store, id dtfc.ID) ([]byte, dtfc.State) {
+	t.Helper()
+	b, err := s.Open(id)
+	require.NoError(t, err)
+	defer b.Close()
+	got, err := io.ReadAll(b)
+	require.NoError(t, err)
+	return got, b.State
 }
