@@ -155,19 +155,23 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 		return err
 	}
 	// Pulls go on g, range comparisons on rg: a comparison waits for a
-	// pull's slot, never the other way round. Both run under gctx, which
-	// a failed pull cancels. (Not under a context of rg's own: it ends
-	// when the last comparison does, and would cut the pulls still
-	// running; TestAntiEntropyRoundPullsAll.)
+	// pull's slot, never the other way round. A failed pull cancels
+	// both (gctx); a failed comparison (the peer found resyncing, say)
+	// stops the comparisons (rctx) but not the pulls already scheduled,
+	// which run under gctx: rctx ends with the last comparison and would
+	// cut them (TestAntiEntropyRoundPullsAll).
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pullParallelism)
-	var rg errgroup.Group
+	rg, rctx := errgroup.WithContext(gctx)
 	rg.SetLimit(rangeParallelism)
 	for b := range 256 {
 		if ours[b] == theirs[b] {
 			continue
 		}
-		rg.Go(func() error { return c.syncTopRange(gctx, g, r, byte(b), ours[b].Count+theirs[b].Count) })
+		if rctx.Err() != nil {
+			break
+		}
+		rg.Go(func() error { return c.syncTopRange(rctx, gctx, g, r, byte(b), ours[b].Count+theirs[b].Count) })
 	}
 	err = rg.Wait()
 	if gerr := g.Wait(); err == nil {
@@ -178,10 +182,11 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 
 // syncTopRange compares the range of IDs starting with b with r's, both
 // sides holding count records: record by record if they are few, else
-// by its sub-ranges' digests first. Pulls go on g.
-func (c *Cluster) syncTopRange(ctx context.Context, g *errgroup.Group, r *remote, b byte, count uint64) error {
+// by its sub-ranges' digests first. It compares under ctx; pulls go on g,
+// under pullCtx.
+func (c *Cluster) syncTopRange(ctx, pullCtx context.Context, g *errgroup.Group, r *remote, b byte, count uint64) error {
 	if count <= wholeRange {
-		return c.syncRange(ctx, g, r, []byte{b})
+		return c.syncRange(ctx, pullCtx, g, r, []byte{b})
 	}
 	sub, err := c.digestsOf(ctx, r, []byte{b})
 	if err != nil {
@@ -197,7 +202,7 @@ func (c *Cluster) syncTopRange(ctx context.Context, g *errgroup.Group, r *remote
 	}
 	for sb := range 256 {
 		if ourSub[sb] != theirSub[sb] {
-			if err := c.syncRange(ctx, g, r, []byte{b, byte(sb)}); err != nil {
+			if err := c.syncRange(ctx, pullCtx, g, r, []byte{b, byte(sb)}); err != nil {
 				return err
 			}
 		}
@@ -205,9 +210,9 @@ func (c *Cluster) syncTopRange(ctx context.Context, g *errgroup.Group, r *remote
 	return nil
 }
 
-// syncRange compares the records of one ID range with r's and schedules a
-// pull of each newer remote state on g.
-func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, prefix []byte) error {
+// syncRange compares the records of one ID range with r's under ctx, and
+// schedules a pull of each newer remote state on g, under pullCtx.
+func (c *Cluster) syncRange(ctx, pullCtx context.Context, g *errgroup.Group, r *remote, prefix []byte) error {
 	local := map[dtfc.ID]dtfc.State{}
 	if err := c.syncStore().States(prefix, func(st dtfc.State) error {
 		local[st.ID] = st
@@ -222,7 +227,7 @@ func (c *Cluster) syncRange(ctx context.Context, g *errgroup.Group, r *remote, p
 		if err := validState(st); err != nil {
 			return fmt.Errorf("peer %s: state of %s: %w", r.URL, st.ID, err)
 		}
-		g.Go(func() error { return c.pull(ctx, r, st) })
+		g.Go(func() error { return c.pull(pullCtx, r, st) })
 		return nil
 	})
 }
