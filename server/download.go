@@ -38,7 +38,17 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if prefix := r.Header.Get(HeaderAccel); prefix != "" {
-		if st, err := s.store.Stat(id); err == nil && !st.Deleted && s.accelRedirect(w, r, prefix, st) {
+		st, err := s.store.Stat(id)
+		switch {
+		case err != nil || st.Deleted:
+			// A miss streams from a peer, verified as it arrives: the
+			// front passes it on as it comes, never buffered or cached.
+			w.Header()["X-Accel-Buffering"] = accelNoBuffering
+		case st.Size <= frontCacheMax:
+			// A small hit is answered whole, and the front may keep the
+			// answer until the end of this second (frontCacheUntil).
+			w.Header()["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+		case s.accelRedirect(w, r, prefix, st):
 			return
 		}
 	}
@@ -135,6 +145,24 @@ const smallBlob = 16 << 10
 // the bytes straight from <basedir>/blobs (sendfile, ranges) with dtfc's
 // headers. Misses are still served by dtfc itself.
 const HeaderAccel = "X-Dtfc-Accel-Redirect"
+
+// frontCacheMax is the size up to which a hit asked for by a front server
+// is answered whole rather than redirected: nginx keeps such answers for
+// less than a second (deploy/nginx.conf's micro-cache), so that a hot
+// small blob costs it no round trip to dtfc, while larger blobs go
+// straight from disk (sendfile) and are never copied into its cache.
+const frontCacheMax = 256 << 10
+
+// frontCacheUntil is the X-Accel-Expires of a whole answer to a front:
+// "@<unix seconds>", the second that has begun. nginx keeps an answer
+// while its clock's whole second is not past that one, so a blob deleted
+// or blocked at time t is served by the front until the next whole second
+// at the latest: less than one second after t (README, "nginx in front").
+func frontCacheUntil(now time.Time) string {
+	return "@" + strconv.FormatInt(now.Unix(), 10)
+}
+
+var accelNoBuffering = []string{"no"}
 
 func (s *Server) accelRedirect(w http.ResponseWriter, r *http.Request, prefix string, st dtfc.State) bool {
 	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "\r\n?#") {

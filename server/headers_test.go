@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -131,7 +132,7 @@ func (l *lookupCluster) Status() peer.Status           { return peer.Status{} }
 // (deploy/activecontent_test.go shows it in Chromium).
 func TestBlobAnswersSandboxed(t *testing.T) {
 	html := []byte("<!doctype html><script>document.title='ran'</script>")
-	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 8<<10)...)
+	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 80<<10)...) // above the front cache's 256 KiB
 	svg = append(svg, "</svg>"...)
 	remote := dtfc.State{ID: dtfc.ID(sumBytes([]byte("held by a peer"))), Clock: 1, Node: "n", Size: 14, ContentType: "text/html"}
 	lc := &lookupCluster{st: remote}
@@ -169,6 +170,58 @@ func TestBlobAnswersSandboxed(t *testing.T) {
 	// Not on dtfc's own status page, which has its own policy and must
 	// reload itself.
 	assert.NotContains(t, n.get(t, "/").header.Get("Content-Security-Policy"), "sandbox")
+}
+
+// TestAccelAnswers: what dtfc tells a front server (deploy/nginx.conf)
+// that asks for accel redirects. A small hit is answered whole, with the
+// second nginx may keep it until (X-Accel-Expires: @<unix second>); a
+// large hit is a redirect to the file; a miss streamed from a peer is
+// marked X-Accel-Buffering: no, so that it is passed on as it arrives and
+// never kept. A client that asks nothing of the kind gets none of them.
+func TestAccelAnswers(t *testing.T) {
+	remote := []byte("held by a peer")
+	rid := dtfc.ID(sumBytes(remote))
+	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
+	n := startNode(t, server.Config{Cluster: lc})
+	lc.store = n.store
+	small := bytes.Repeat([]byte("s"), 256<<10)
+	large := append(bytes.Repeat([]byte("l"), 256<<10), 'l')
+	requireStatus(t, n.put(t, "/small", small), http.StatusCreated)
+	requireStatus(t, n.put(t, "/large", large), http.StatusCreated)
+	accel := []string{server.HeaderAccel, "/_dtfc_blobs"}
+
+	before := time.Now().Unix()
+	a := n.do(t, http.MethodGet, "/"+sum(small), nil, accel...)
+	after := time.Now().Unix()
+	requireStatus(t, a, http.StatusOK)
+	assert.Equal(t, small, a.body, "a small hit is answered whole")
+	assert.Empty(t, a.header.Get("X-Accel-Redirect"))
+	until, err := strconv.ParseInt(strings.TrimPrefix(a.header.Get("X-Accel-Expires"), "@"), 10, 64)
+	require.NoError(t, err, "X-Accel-Expires: %q", a.header.Get("X-Accel-Expires"))
+	assert.True(t, before <= until && until <= after, "kept until the second that has begun: %d, asked in [%d, %d]", until, before, after)
+	assert.Empty(t, a.header.Get("X-Accel-Buffering"))
+
+	a = n.do(t, http.MethodGet, "/"+sum(large), nil, accel...)
+	requireStatus(t, a, http.StatusOK)
+	assert.Empty(t, a.body)
+	id := sum(large)
+	assert.Equal(t, "/_dtfc_blobs/"+id[0:2]+"/"+id[2:4]+"/"+id, a.header.Get("X-Accel-Redirect"))
+	assert.Empty(t, a.header.Get("X-Accel-Expires"), "a redirect is never kept")
+
+	// A miss (here a HEAD, answered from the peer's state).
+	a = n.do(t, http.MethodHead, "/"+rid.String(), nil, accel...)
+	requireStatus(t, a, http.StatusOK)
+	assert.Equal(t, "peer", a.header.Get("X-Dtfc-Source"))
+	assert.Equal(t, "no", a.header.Get("X-Accel-Buffering"))
+	assert.Empty(t, a.header.Get("X-Accel-Expires"), "a miss is never kept")
+
+	for _, p := range []string{"/" + sum(small), "/" + sum(large), "/" + rid.String()} {
+		a = n.do(t, http.MethodHead, p, nil)
+		requireStatus(t, a, http.StatusOK)
+		for _, h := range []string{"X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Buffering"} {
+			assert.Empty(t, a.header.Values(h), "%s without a front: %s", p, h)
+		}
+	}
 }
 
 func sumBytes(b []byte) [64]byte { return sha512.Sum512(b) }
