@@ -1,41 +1,73 @@
 #!/usr/bin/env bash
 # Serving and upload benchmarks of one dtfc node, with baselines measured
-# in the same run on the same machine:
-#   - GET requests/s and MB/s (wrk) of dtfc and of nginx serving the same
-#     <basedir>/blobs, for 1 KiB, 64 KiB and 10 MiB files, interleaved;
-#   - upload MB/s of a large file against raw SHA-512 speed (go test -bench);
-#   - peak RSS (VmHWM) of the node after uploading and downloading a large
-#     file.
-# Needs wrk and nginx (Debian: apt-get install wrk nginx).
+# in the same run on the same machine, printed as ratios:
+#   - GET requests/s (wrk -t1 -c32) of 1 KiB, 64 KiB and 10 MiB blobs from
+#     dtfc alone, from dtfc behind the shipped nginx front
+#     (deploy/nginx.conf), and from plain nginx serving the same
+#     <basedir>/blobs (sendfile, the baseline); interleaved rounds, best
+#     of each; "pinned": the servers on CPU 0 and wrk on CPU 1 (nginx with
+#     one worker), "unpinned": all on both cores (nginx with two);
+#   - 4 KiB uploads/s (wrk -t1 -c8, every body different) against
+#     internal/minput, a minimal Go server that hashes, writes, fsyncs and
+#     renames, side by side;
+#   - the upload MB/s of a large file against one-core SHA-512 (go test
+#     -bench) and the disk's fsync'd write speed (dd conv=fsync);
+#   - the node's peak RSS after uploading and downloading that file;
+#   - replication latency on a three-node cluster (scripts/cluster.sh):
+#     a 1 MiB upload answered -> held by both other replicas, polled with
+#     HEAD /<id>?nopeerload=1 every 2 ms (internal/repllat).
+# Needs wrk, nginx, curl and taskset (Debian: apt-get install wrk nginx
+# curl util-linux).
 #
 #   scripts/bench.sh [--quick]     --quick: shorter runs, 256 MiB file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0; [ "${1:-}" = "--quick" ] && quick=1
-dur=10s; big_mib=2048; rounds=3
+dur=6s; big_mib=2048; rounds=3
 if [ $quick = 1 ]; then dur=3s; big_mib=256; rounds=2; fi
-for t in wrk nginx curl; do command -v $t >/dev/null || { echo "bench: $t is missing (apt-get install wrk nginx curl)" >&2; exit 1; }; done
+for t in wrk nginx curl taskset dd; do command -v $t >/dev/null || { echo "bench: $t is missing (apt-get install wrk nginx curl util-linux)" >&2; exit 1; }; done
+[ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 cores (server and client pinned apart)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/dtfc-bench.XXXXXX)
 chmod 755 "$work" # nginx workers run as another user
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+nginx_pids=()
+cleanup() {
+  for p in "${nginx_pids[@]}" "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  [ -d "$work/cluster" ] && DTFC_CLUSTER_DIR="$work/cluster" scripts/cluster.sh stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 go build -o "$work/dtfc" ./cmd/dtfc
-port=$((20000 + RANDOM % 20000)); nport=$((port + 1))
+go build -o "$work/minput" ./internal/minput
+go build -o "$work/repllat" ./internal/repllat
+port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3))
 "$work/dtfc" serve --host 127.0.0.1 --port $port --basedir "$work/data" 2>"$work/dtfc.log" &
 pids+=($!); dtfc_pid=$!
+"$work/minput" -addr 127.0.0.1:$mport -dir "$work/minput-data" 2>"$work/minput.log" &
+pids+=($!); minput_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$mport/" && break; sleep 0.1; done
 
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 2;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
+# start_nginx WORKERS: the shipped front and the plain baseline, started
+# afresh with that many workers each.
+start_nginx() {
+  for p in "${nginx_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  nginx_pids=()
+  rm -rf "$work/front" "$work/plain"; mkdir -p "$work/front" "$work/plain"
+  sed -e "s|__LISTEN__|127.0.0.1:$fport|" -e "s|__DTFC__|127.0.0.1:$port|" \
+      -e "s|__BASEDIR__|$work/data|" -e "s|__RUNDIR__|$work/front|" -e "s|__USER__|$(id -un)|" \
+      -e "s|^worker_processes auto;|worker_processes $1; daemon off;|" \
+      -e "s|access_log [^;]*;|access_log off;|" deploy/nginx.conf >"$work/front.conf"
+  cat >"$work/plain.conf" <<NGINX
+worker_processes $1;
+pid $work/plain/nginx.pid;
+error_log $work/plain/error.log;
 daemon off;
-events { worker_connections 4096; }
+events { worker_connections 1024; }
 http {
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  access_log off; sendfile on; tcp_nopush on;
   server {
     listen 127.0.0.1:$nport;
     location ~ "^/([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{124})\$" {
@@ -45,44 +77,108 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$nport/" && break; sleep 0.1; done
+  nginx -c "$work/front.conf" -p "$work/front" 2>>"$work/nginx.log" &
+  nginx_pids+=($!)
+  nginx -c "$work/plain.conf" -p "$work/plain" 2>>"$work/nginx.log" &
+  nginx_pids+=($!)
+  for p in $fport $nport; do
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  done
+}
 
-echo "# dtfc benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3)"
-echo "# wrk -t2 -c32 -d$dur, $rounds interleaved rounds, best round of each"
-printf "%-8s %14s %14s %8s %12s %12s %8s\n" size "dtfc req/s" "nginx req/s" ratio "dtfc MB/s" "nginx MB/s" ratio
+# pin CPUS: every thread of the servers (dtfc, both nginx and their
+# workers, minput) onto CPUS.
+pin() {
+  local p
+  for p in $dtfc_pid $minput_pid "${nginx_pids[@]}" $(pgrep -P "$(echo "${nginx_pids[@]}" | tr ' ' ,)" 2>/dev/null); do
+    taskset -apc "$1" "$p" >/dev/null
+  done
+}
+
+best() { echo "$1 $2" | awk '{print ($1>$2)?$1:$2}'; }
+wrk_rps() { # CPUS URL [wrk args...]
+  local cpus=$1 url=$2; shift 2
+  taskset -c "$cpus" wrk "$@" "$url" | awk '/Requests\/sec/ {print $2}'
+}
+
+echo "# dtfc benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3), $(nginx -v 2>&1 | cut -d' ' -f3)"
+echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx"
+ids=()
 for spec in 1K:1024 64K:65536 10M:10485760; do
   name=${spec%%:*}; bytes=${spec#*:}
   head -c "$bytes" /dev/urandom >"$work/f$name"
-  id=$("$work/dtfc" put --server "http://127.0.0.1:$port" "$work/f$name")
-  [ "$(curl -s "http://127.0.0.1:$nport/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "nginx does not serve $id" >&2; exit 1; }
-  best_d=0; best_n=0
-  for _ in $(seq $rounds); do
-    for who in d n; do
-      p=$port; [ $who = n ] && p=$nport
-      r=$(wrk -t2 -c32 -d"$dur" "http://127.0.0.1:$p/$id" | awk '/Requests\/sec/ {print $2}')
-      if [ $who = d ]; then best_d=$(echo "$r $best_d" | awk '{print ($1>$2)?$1:$2}'); else best_n=$(echo "$r $best_n" | awk '{print ($1>$2)?$1:$2}'); fi
+  ids+=("$name:$("$work/dtfc" put --server "http://127.0.0.1:$port" "$work/f$name")")
+done
+for mode in pinned unpinned; do
+  if [ $mode = pinned ]; then start_nginx 1; pin 0; client=1; else start_nginx 2; pin 0-$(($(nproc) - 1)); client=0-$(($(nproc) - 1)); fi
+  echo
+  echo "## $mode"
+  printf "%-6s %12s %12s %12s %10s %10s\n" size "dtfc req/s" "front req/s" "nginx req/s" "dtfc/ngx" "front/ngx"
+  for entry in "${ids[@]}"; do
+    name=${entry%%:*}; id=${entry#*:}
+    for p in $port $fport $nport; do
+      [ "$(curl -s "http://127.0.0.1:$p/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "bench: port $p does not serve $id" >&2; exit 1; }
     done
+    bd=0; bf=0; bn=0
+    for _ in $(seq $rounds); do
+      bd=$(best "$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur")" $bd)
+      bf=$(best "$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur")" $bf)
+      bn=$(best "$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur")" $bn)
+    done
+    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" 'BEGIN {
+      printf "%-6s %12.0f %12.0f %12.0f %10.2f %10.2f\n", n, d, f, g, d/g, f/g }'
   done
-  awk -v n="$name" -v d="$best_d" -v g="$best_n" -v b="$bytes" 'BEGIN {
-    printf "%-8s %14.0f %14.0f %8.2f %12.1f %12.1f %8.2f\n", n, d, g, d/g, d*b/1e6, g*b/1e6, d/g }'
 done
 
+# Small uploads: every request a different 4 KiB body.
+cat >"$work/put.lua" <<'LUA'
+math.randomseed(os.time())
+local tag = tostring(math.random(1, 1e9)) .. "-" .. tostring(os.time())
+local filler = string.rep("x", 4096)
+local n = 0
+request = function()
+  n = n + 1
+  local p = tag .. "-" .. n .. "-"
+  return wrk.format("PUT", "/u" .. n, nil, p .. filler:sub(#p + 1))
+end
+LUA
+pin 0; bd=0; bm=0
+for _ in $(seq $rounds); do
+  bd=$(best "$(wrk_rps 1 "http://127.0.0.1:$port/" -t1 -c8 -d"$dur" -s "$work/put.lua")" $bd)
+  bm=$(best "$(wrk_rps 1 "http://127.0.0.1:$mport/" -t1 -c8 -d"$dur" -s "$work/put.lua")" $bm)
+done
+echo
+echo "## uploads of 4 KiB (pinned, wrk -t1 -c8, each body different, fsync'd before the answer)"
+awk -v d="$bd" -v m="$bm" 'BEGIN { printf "dtfc %.0f/s, minimal Go server %.0f/s, ratio %.2f\n", d, m, d/m }'
+
+# A large upload against its two limits, measured in the same run.
+pin 0-$(($(nproc) - 1))
 sha=$(go test -run XXX -bench 'SHA512$' -benchtime 2s ./blobstore/ | awk '/BenchmarkSHA512/ {print $(NF-1)}')
 head -c $((big_mib << 20)) /dev/urandom >"$work/big"
 sync
-best=0
+id=$(sha512sum "$work/big" | cut -c1-128)
+best_up=0; best_dd=0
 for _ in 1 2; do
-  rm -rf "$work/data2"; # a fresh node each time would cost a restart: delete instead
-  id=$(sha512sum "$work/big" | cut -c1-128)
+  t=$( { /usr/bin/time -f %e dd if="$work/big" of="$work/dd.out" bs=1M conv=fsync status=none; } 2>&1 )
+  best_dd=$(best "$(awk -v s="$t" -v m="$big_mib" 'BEGIN {print m*1.048576/s}')" $best_dd)
+  rm -f "$work/dd.out"
   curl -s -o /dev/null -X DELETE "http://127.0.0.1:$port/$id" || true
   t=$( { /usr/bin/time -f %e curl -s -o /dev/null -T "$work/big" "http://127.0.0.1:$port/big.bin" ; } 2>&1 )
-  mbs=$(awk -v s="$t" -v m="$big_mib" 'BEGIN {print m*1.048576/s}')
-  best=$(echo "$mbs $best" | awk '{print ($1>$2)?$1:$2}')
+  best_up=$(best "$(awk -v s="$t" -v m="$big_mib" 'BEGIN {print m*1.048576/s}')" $best_up)
 done
 curl -s -o /dev/null "http://127.0.0.1:$port/$id"
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$dtfc_pid/status)
 echo
-echo "upload of $big_mib MiB (curl -T, fsync'd before the answer): $(printf %.0f "$best") MB/s; raw SHA-512: $sha MB/s; ratio $(awk -v a="$best" -v b="$sha" 'BEGIN {printf "%.2f", a/b}')"
+echo "## upload of $big_mib MiB (curl -T, fsync'd before the answer; unpinned)"
+awk -v u="$best_up" -v s="$sha" -v d="$best_dd" 'BEGIN {
+  lim = (s < d) ? s : d
+  printf "dtfc %.0f MB/s; one-core SHA-512 %.0f MB/s; dd conv=fsync %.0f MB/s; ratio to the slower %.2f\n", u, s, d, u/lim }'
 echo "peak RSS of the node after uploading and downloading it: $((hwm / 1024)) MiB"
+
+# Replication latency on three nodes (unpinned).
+cport=$((port + 10))
+DTFC_CLUSTER_DIR="$work/cluster" DTFC_BASE_PORT=$cport scripts/cluster.sh start >"$work/cluster.log" 2>&1
+n=200; [ $quick = 1 ] && n=50
+echo
+echo "## replication, 3 nodes on loopback (unpinned)"
+"$work/repllat" -n $n -size 1048576 http://127.0.0.1:$cport http://127.0.0.1:$((cport + 1)) http://127.0.0.1:$((cport + 2))
