@@ -36,6 +36,7 @@ const nginxInstall = "apt-get install -y nginx-light (or nginx)"
 var blobHeaders = []string{
 	"Content-Type", "Etag", "X-Content-Sha512", "Cache-Control", "Content-Length",
 	"Accept-Ranges", "X-Content-Type-Options", "Content-Security-Policy", "X-Dtfc-Source", "Content-Range", "Last-Modified",
+	"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers", "Vary",
 }
 
 // nginxFront is a running nginx configured from deploy/nginx.conf.
@@ -203,7 +204,9 @@ func sameHeaders(t *testing.T, direct, viaNginx reply, skip ...string) {
 		}
 		assert.Equal(t, direct.header.Values(k), viaNginx.header.Values(k), "header %s", k)
 	}
-	assert.Empty(t, viaNginx.header.Values("X-Accel-Redirect"), "nginx must not leak the redirect")
+	for _, k := range []string{"X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Buffering"} {
+		assert.Empty(t, viaNginx.header.Values(k), "nginx must not pass on dtfc's %s", k)
+	}
 }
 
 func contains(list []string, s string) bool {
@@ -269,7 +272,9 @@ func randomData(seed uint64, n int) []byte {
 // every hit.
 func TestNginxFront(t *testing.T) {
 	nginx := need(t, "nginx", nginxInstall)
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}, Direct: true})
+	const app = "https://app.example"
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}, Direct: true,
+		Args: []string{"--cors-origins", app}})
 	origin, front := c.Nodes[0], c.Nodes[1]
 	ngx := startNginx(t, nginx, front)
 	tr := &http.Transport{DisableCompression: true, Proxy: nil}
@@ -338,6 +343,29 @@ func TestNginxFront(t *testing.T) {
 			}
 		}
 		assert.Equal(t, "image/png", httpDo(t, hc, http.MethodGet, ngx.URL+"/"+ids["photo.png"], nil).header.Get("Content-Type"), "the recorded type")
+	})
+
+	t.Run("CORS, per Origin", func(t *testing.T) {
+		// The micro-cache keeps one answer per Origin: a listed origin's
+		// CORS headers are never given to another, nor kept from it.
+		id := ids["hello.txt"]
+		for range 3 {
+			for _, o := range []string{app, "https://other.example", ""} {
+				var hdr []string
+				if o != "" {
+					hdr = []string{"Origin", o}
+				}
+				got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, hdr...)
+				direct := httpDo(t, hc, http.MethodGet, front.URL+"/"+id, nil, hdr...)
+				require.Equal(t, http.StatusOK, got.status, "%s", got)
+				sameHeaders(t, direct, got)
+				want := ""
+				if o == app {
+					want = app
+				}
+				assert.Equal(t, want, got.header.Get("Access-Control-Allow-Origin"), "Origin %q", o)
+			}
+		}
 	})
 
 	t.Run("range", func(t *testing.T) {
@@ -576,5 +604,31 @@ func TestNginxPassesOnACorruptMiss(t *testing.T) {
 			t.Fatalf("the miss never succeeded after the link healed: %s", r)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestNginxReadTokens: with read_tokens, nginx's micro-cache never gives
+// a blob read with a token to a request without one (or with a wrong
+// one): reads with Authorization skip the cache, and dtfc's 401 is never
+// kept.
+func TestNginxReadTokens(t *testing.T) {
+	nginx := need(t, "nginx", nginxInstall)
+	const token = "read-secret"
+	c := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true, Secret: "cluster-secret", Args: []string{"--read-token", token}})
+	node := c.Nodes[0]
+	ngx := startNginx(t, nginx, node)
+	tr := &http.Transport{DisableCompression: true, Proxy: nil}
+	t.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr, Timeout: time.Minute}
+	data := randomData(8, 4<<10)
+	id := upload(t, hc, node.URL+"/private.bin", data)
+	for range 20 {
+		got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, "Authorization", "Bearer "+token)
+		require.Equal(t, http.StatusOK, got.status, "%s", got)
+		assert.Equal(t, data, got.body)
+		for _, hdr := range [][]string{nil, {"Authorization", "Bearer wrong"}} {
+			got = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, hdr...)
+			require.Equal(t, http.StatusUnauthorized, got.status, "a read with %q: %d, %d bytes", hdr, got.status, len(got.body))
+		}
 	}
 }
