@@ -52,6 +52,7 @@ type Store struct {
 	locks   keyLock
 
 	ops     chan *op
+	placing placings
 	stop    chan struct{}
 	stopped chan struct{}
 	// intentsDone is closed when intentsLoop has returned.
@@ -131,6 +132,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts:        opts,
 		clock:       &dtfc.Clock{Wall: opts.Wall},
 		ops:         make(chan *op, 1024),
+		placing:     placings{arrived: make(chan struct{}, 1)},
 		stop:        make(chan struct{}),
 		stopped:     make(chan struct{}),
 		intentsDone: make(chan struct{}),

@@ -458,6 +458,17 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		return Result{State: st}, nil
 	}
 	dst := s.Path(id)
+	// On its way to the committer, which waits a little for it (and the
+	// others) rather than commit each alone.
+	s.placing.start()
+	arrived := false
+	arrive := func() {
+		if !arrived {
+			arrived = true
+			s.placing.arrive()
+		}
+	}
+	defer arrive()
 	if !held {
 		if err := s.ensureShard(id); err != nil {
 			return res, err
@@ -483,11 +494,11 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		}
 	}
 	var nr record
-	err = s.update(func(t *txn) error {
+	err = s.updateThen(func(t *txn) error {
 		var err error
 		nr, err = t.replace(st, toFeed)
 		return err
-	})
+	}, arrive)
 	if err != nil {
 		if !held {
 			os.Remove(dst)
