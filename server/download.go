@@ -37,18 +37,11 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if prefix := r.Header.Get(HeaderAccel); prefix != "" {
-		st, err := s.store.Stat(id)
-		switch {
-		case err != nil || st.Deleted:
-			// A miss streams from a peer, verified as it arrives: the
-			// front passes it on as it comes, never buffered or cached.
-			w.Header()["X-Accel-Buffering"] = accelNoBuffering
-		case st.Size <= frontCacheMax:
-			// A small hit is answered whole, and the front may keep the
-			// answer until the end of this second (frontCacheUntil).
-			w.Header()["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
-		case s.accelRedirect(w, r, prefix, st):
+	prefix := r.Header.Get(HeaderAccel)
+	if prefix != "" {
+		// A large hit is sent by the front from the file; a small one is
+		// answered whole (below).
+		if st, err := s.store.Stat(id); err == nil && !st.Deleted && st.Size > frontCacheMax && s.accelRedirect(w, r, prefix, st) {
 			return
 		}
 	}
@@ -59,6 +52,17 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer b.Close()
+	if prefix != "" {
+		if b.Local() && b.State().Size <= frontCacheMax {
+			// A small hit: the front may keep this answer until the
+			// end of this second (frontCacheUntil).
+			w.Header()["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+		} else {
+			// A miss streams from a peer, verified as it arrives: the
+			// front passes it on as it comes, never buffered or kept.
+			w.Header()["X-Accel-Buffering"] = accelNoBuffering
+		}
+	}
 	if !b.Local() && r.Header.Get("Range") != "" {
 		// A range of a transfer waits for the whole blob to be verified
 		// first: a client could not tell a partial answer of wrong bytes

@@ -215,6 +215,11 @@ func TestAccelAnswers(t *testing.T) {
 	assert.Equal(t, "no", a.header.Get("X-Accel-Buffering"))
 	assert.Empty(t, a.header.Get("X-Accel-Expires"), "a miss is never kept")
 
+	// An error is never kept either.
+	a = n.do(t, http.MethodGet, "/"+strings.Repeat("ab", 64)+"/nopeerload", nil, accel...)
+	requireStatus(t, a, http.StatusNotFound)
+	assert.Empty(t, a.header.Get("X-Accel-Expires"), "a 404 is never kept")
+
 	for _, p := range []string{"/" + sum(small), "/" + sum(large), "/" + rid.String()} {
 		a = n.do(t, http.MethodHead, p, nil)
 		requireStatus(t, a, http.StatusOK)
