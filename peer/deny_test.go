@@ -88,8 +88,11 @@ func TestDenyReplicates(t *testing.T) {
 		}
 		return true
 	}, "the lift reaches every node")
+	// Taken again (201), or already held (200): when c took its upload
+	// before it knew of the block, the lift brought those bytes back
+	// from unconfirmed/ and they may have reached b first.
 	code, _ = upload(t, b, "back.bin", data, "")
-	require.Equal(t, http.StatusCreated, code)
+	require.Contains(t, []int{http.StatusCreated, http.StatusOK}, code)
 	eventually(t, converge, allHold(nodes[:3], id, true), "uploads work again")
 }
 
