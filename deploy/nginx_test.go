@@ -237,6 +237,28 @@ func localBytesServed(t *testing.T, hc *http.Client, node string) float64 {
 	return 0
 }
 
+// blobReads is how many requests of method to /{id} the node has
+// answered (dtfc_http_request_duration_seconds_count, every status).
+func blobReads(t *testing.T, hc *http.Client, node, method string) float64 {
+	t.Helper()
+	r := httpDo(t, hc, http.MethodGet, node+"/metrics", nil)
+	require.Equal(t, http.StatusOK, r.status)
+	var n float64
+	sc := bufio.NewScanner(bytes.NewReader(r.body))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "dtfc_http_request_duration_seconds_count{") ||
+			!strings.Contains(line, `method="`+method+`"`) || !strings.Contains(line, `route="/{id}"`) {
+			continue
+		}
+		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		require.NoError(t, err)
+		n += f
+	}
+	return n
+}
+
 func sha512Hex(b []byte) string {
 	s := sha512.Sum512(b)
 	return hex.EncodeToString(s[:])
@@ -415,6 +437,23 @@ func TestNginxFront(t *testing.T) {
 		id := upload(t, hc, origin.URL+"/remote.bin", data)
 		require.Equal(t, http.StatusNotFound, httpDo(t, hc, http.MethodGet, front.URL+"/"+id+"/nopeerload", nil).status,
 			"a cache does not get pushed uploads: the blob must be a miss")
+		// A HEAD of the miss is answered from the peer's state: the
+		// cache does not pull the blob for it (nginx must not turn the
+		// HEAD into a GET).
+		heads, gets := blobReads(t, hc, front.URL, "HEAD"), blobReads(t, hc, front.URL, "GET")
+		head := httpDo(t, hc, http.MethodHead, ngx.URL+"/"+id, nil)
+		require.Equal(t, http.StatusOK, head.status, "%s", head)
+		assert.Equal(t, "peer", head.header.Get("X-Dtfc-Source"))
+		assert.Equal(t, strconv.Itoa(len(data)), head.header.Get("Content-Length"))
+		// dtfc counts a request when its handler returns.
+		deadline := time.Now().Add(10 * time.Second)
+		for blobReads(t, hc, front.URL, "HEAD") == heads {
+			require.True(t, time.Now().Before(deadline), "dtfc saw no HEAD: nginx turned it into a GET")
+			time.Sleep(10 * time.Millisecond)
+		}
+		assert.Equal(t, gets, blobReads(t, hc, front.URL, "GET"), "dtfc saw a GET for the HEAD")
+		require.Equal(t, http.StatusNotFound, httpDo(t, hc, http.MethodGet, front.URL+"/"+id+"/nopeerload", nil).status,
+			"a HEAD through nginx made the cache pull the blob")
 		got := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil)
 		require.Equal(t, http.StatusOK, got.status, "%s", got)
 		assert.Equal(t, "peer", got.header.Get("X-Dtfc-Source"))
