@@ -75,18 +75,22 @@ func (p *placings) arrive() {
 // lets them share one (scripts/bench.sh, 4 KiB uploads).
 const placingGather = 2 * time.Millisecond
 
-// gatherPlacings adds to batch the operations that arrive while
-// placements are on their way, for at most placingGather.
+// gatherPlacings adds to batch the operations that arrive while the
+// placements on their way when it is called arrive, for at most
+// placingGather. Placements that start meanwhile are not waited for: the
+// next commit takes them.
 func (s *Store) gatherPlacings(batch []*op) []*op {
-	if s.placing.n.Load() <= 0 {
+	want := s.placing.n.Load()
+	if want <= 0 {
 		return batch
 	}
 	t := time.NewTimer(placingGather)
 	defer t.Stop()
-	for s.placing.n.Load() > 0 && len(batch) < maxBatch {
+	for got := int64(0); got < want && s.placing.n.Load() > 0 && len(batch) < maxBatch; {
 		select {
 		case o := <-s.ops:
 			batch = append(batch, o)
+			got++
 		case <-s.placing.arrived:
 		case <-t.C:
 			return batch
