@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -218,44 +219,50 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// localBytesServed is dtfc's dtfc_download_bytes_total{source="local"}:
-// blob bytes dtfc itself sent from its disk.
-func localBytesServed(t *testing.T, hc *http.Client, node string) float64 {
+// plainClient is an HTTP client without compression or proxies, whose
+// idle connections are closed when the test ends.
+func plainClient(t *testing.T, timeout time.Duration) *http.Client {
+	tr := &http.Transport{DisableCompression: true, Proxy: nil}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: timeout}
+}
+
+// metricSum sums the samples of the node's metric name whose labels
+// include every one of labels (e.g. `source="local"`); found is false if
+// there is none.
+func metricSum(t *testing.T, hc *http.Client, node, name string, labels ...string) (sum float64, found bool) {
 	t.Helper()
 	r := httpDo(t, hc, http.MethodGet, node+"/metrics", nil)
 	require.Equal(t, http.StatusOK, r.status)
 	sc := bufio.NewScanner(bytes.NewReader(r.body))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), `dtfc_download_bytes_total{source="local"} `); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			require.NoError(t, err)
-			return f
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") || slices.ContainsFunc(labels, func(l string) bool { return !strings.Contains(line, l) }) {
+			continue
 		}
+		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		require.NoError(t, err, "%s", line)
+		sum += f
+		found = true
 	}
-	t.Fatalf("no dtfc_download_bytes_total{source=\"local\"} in %s/metrics", node)
-	return 0
+	return sum, found
+}
+
+// localBytesServed is dtfc's dtfc_download_bytes_total{source="local"}:
+// blob bytes dtfc itself sent from its disk.
+func localBytesServed(t *testing.T, hc *http.Client, node string) float64 {
+	t.Helper()
+	n, ok := metricSum(t, hc, node, "dtfc_download_bytes_total", `source="local"`)
+	require.True(t, ok, "no dtfc_download_bytes_total{source=\"local\"} in %s/metrics", node)
+	return n
 }
 
 // blobReads is how many requests of method to /{id} the node has
 // answered (dtfc_http_request_duration_seconds_count, every status).
 func blobReads(t *testing.T, hc *http.Client, node, method string) float64 {
 	t.Helper()
-	r := httpDo(t, hc, http.MethodGet, node+"/metrics", nil)
-	require.Equal(t, http.StatusOK, r.status)
-	var n float64
-	sc := bufio.NewScanner(bytes.NewReader(r.body))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "dtfc_http_request_duration_seconds_count{") ||
-			!strings.Contains(line, `method="`+method+`"`) || !strings.Contains(line, `route="/{id}"`) {
-			continue
-		}
-		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		require.NoError(t, err)
-		n += f
-	}
+	n, _ := metricSum(t, hc, node, "dtfc_http_request_duration_seconds_count", `method="`+method+`"`, `route="/{id}"`)
 	return n
 }
 
@@ -299,9 +306,7 @@ func TestNginxFront(t *testing.T) {
 		Args: []string{"--cors-origins", app}})
 	origin, front := c.Nodes[0], c.Nodes[1]
 	ngx := startNginx(t, nginx, front)
-	tr := &http.Transport{DisableCompression: true, Proxy: nil}
-	t.Cleanup(tr.CloseIdleConnections)
-	hc := &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+	hc := plainClient(t, 2*time.Minute)
 	t.Logf("nginx %s in front of dtfc cache %s (origin %s)", ngx.URL, front.URL, origin.URL)
 
 	// Blobs uploaded through nginx to the cache: hits there.
@@ -613,9 +618,7 @@ func TestNginxPassesOnACorruptMiss(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}})
 	origin, front := c.Nodes[0], c.Nodes[1]
 	ngx := startNginx(t, nginx, front)
-	tr := &http.Transport{DisableCompression: true, Proxy: nil}
-	t.Cleanup(tr.CloseIdleConnections)
-	hc := &http.Client{Transport: tr, Timeout: time.Minute}
+	hc := plainClient(t, time.Minute)
 
 	data := randomData(6, 2<<20)
 	id := upload(t, hc, origin.URL+"/corrupt-me.bin", data)
@@ -656,9 +659,7 @@ func TestNginxReadTokens(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true, Secret: "cluster-secret", Args: []string{"--read-token", token}})
 	node := c.Nodes[0]
 	ngx := startNginx(t, nginx, node)
-	tr := &http.Transport{DisableCompression: true, Proxy: nil}
-	t.Cleanup(tr.CloseIdleConnections)
-	hc := &http.Client{Transport: tr, Timeout: time.Minute}
+	hc := plainClient(t, time.Minute)
 	data := randomData(8, 4<<10)
 	id := upload(t, hc, node.URL+"/private.bin", data)
 	for range 20 {
