@@ -33,15 +33,12 @@ func (s *Store) update(fn func(*txn) error) error {
 }
 
 // updateThen is update, calling queued (if not nil) once the operation
-// is queued for the committer, or has failed to be.
+// is queued for the committer.
 func (s *Store) updateThen(fn func(*txn) error, queued func()) error {
 	o := &op{fn: fn, done: make(chan error, 1)}
 	select {
 	case s.ops <- o:
 	case <-s.stop:
-		if queued != nil {
-			queued()
-		}
 		return ErrClosed
 	}
 	if queued != nil {

@@ -459,7 +459,8 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 	}
 	dst := s.Path(id)
 	// On its way to the committer, which waits a little for it (and the
-	// others) rather than commit each alone.
+	// others) rather than commit each alone. It arrives once its record
+	// is queued, or when place returns without queuing it.
 	s.placing.start()
 	arrived := false
 	arrive := func() {
