@@ -56,7 +56,10 @@ type fetcher struct {
 	slots   chan struct{} // one token per running transfer
 	// reserved is the size of the transfers in flight into a cache: each
 	// fill makes room for the others' bytes too, so concurrent fills do
-	// not together overshoot max_bytes.
+	// not together overshoot max_bytes. A fill's reservation ends just
+	// before its commit adds its bytes to the store's count (so nothing is
+	// counted twice and evicted for nothing); the eviction after the
+	// commit trims what a fill in that moment did not see.
 	reserved atomic.Int64
 }
 
@@ -290,9 +293,12 @@ func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, local dtfc.Sta
 // t, readable while it arrives, and records how it went.
 func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State) {
 	cache := f.evict != nil
+	release := func() {}
 	if cache {
 		reserved := f.reserved.Add(st.Size)
-		defer f.reserved.Add(-st.Size)
+		var once sync.Once
+		release = func() { once.Do(func() { f.reserved.Add(-st.Size) }) }
+		defer release()
 		if _, err := f.evict(reserved); err != nil {
 			f.log.Warn("eviction failed", "err", err)
 		}
@@ -313,6 +319,7 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 		t.verify()
 	}
 	if err == nil {
+		release()
 		_, err = w.CommitState(st, !cache)
 	}
 	switch {

@@ -396,9 +396,12 @@ func TestCacheKeepsRecentlyRead(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 	}
-	read(ids[0])
-	read(ids[1])
-	read(ids[2])
+	// A fill commits just after its reader has all the bytes: wait for
+	// each, so the fills are noted as used in the order of the reads.
+	for _, id := range ids[:3] {
+		read(id)
+		cache.eventuallyHolds(id, true)
+	}
 	read(ids[0]) // 0 is now more recent than 1
 	read(ids[3]) // evicts 1
 	cache.eventuallyHolds(ids[3], true)
