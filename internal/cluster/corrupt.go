@@ -32,6 +32,8 @@ type corruptor struct {
 	// the Delay and Throttle faults (slow.go).
 	delay atomic.Int64
 	rate  atomic.Int64
+
+	cutState // CutAfter, StallAfter and Carried (cut.go)
 }
 
 // newCorruptor starts a corruptor serving on ln, forwarding to target (a
@@ -70,6 +72,7 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 					res.Body = &flipReader{rc: res.Body, at: at, flipped: c.flipped}
 				}
 			}
+			c.cutAnswer(res)
 			c.slow(res.Request.Context(), &res.Body)
 			return nil
 		},
@@ -85,7 +88,7 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 		},
 	}
 	c.srv = &http.Server{
-		Handler:           rp,
+		Handler:           c.serveAnswers(rp),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}

@@ -210,6 +210,7 @@ func (c *Cluster) heal(l *link) {
 	c.t.Helper()
 	l.corr.on.Store(false)
 	l.corr.unslow()
+	l.corr.uncut()
 	for _, p := range l.proxies() {
 		c.toxiproxy(l, "resetting toxics", func(ctx context.Context) error {
 			p.Toxics.ResetToxics(ctx)
