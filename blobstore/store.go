@@ -70,6 +70,9 @@ type Store struct {
 	small    *smallCache
 	denied   denyCache
 	opener   *blobOpener
+	// partials are the IDs with a resumable writer open (partial.go).
+	partialMu sync.Mutex
+	partials  map[dtfc.ID]bool
 
 	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
 	denyUnknown atomic.Bool  // keyDenyUnknown is set
@@ -143,7 +146,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	case opts.SmallCacheBytes > 0:
 		s.small = newSmallCache(opts.SmallCacheBytes)
 	}
-	for _, d := range []string{dir, s.blobDir, s.tmpDir, filepath.Join(dir, "quarantine"), filepath.Join(dir, unconfirmedDir)} {
+	for _, d := range []string{dir, s.blobDir, s.tmpDir, filepath.Join(dir, "quarantine"), filepath.Join(dir, unconfirmedDir), filepath.Join(dir, partialDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, diskErr("create directory", err)
 		}
@@ -224,6 +227,9 @@ func (s *Store) openFiles() (err error) {
 		}
 	}
 	if err := s.sweepTemp(); err != nil {
+		return err
+	}
+	if err := s.sweepPartials(); err != nil {
 		return err
 	}
 	switch {

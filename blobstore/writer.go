@@ -47,6 +47,7 @@ type Writer struct {
 	finished bool
 	placed   bool // the temp file is gone: linked into blobs/ and committed, or not needed
 	closed   bool
+	partial  *partialTransfer // a resumable transfer's (see partial.go)
 }
 
 const (
@@ -68,6 +69,10 @@ func (s *Store) NewWriter(opts WriterOptions) (*Writer, error) {
 	if err := s.checkSpace(opts.Size); err != nil {
 		return nil, err
 	}
+	return s.newWriter(opts)
+}
+
+func (s *Store) newWriter(opts WriterOptions) (*Writer, error) {
 	f, err := os.CreateTemp(s.tmpDir, "blob-*")
 	if err != nil {
 		return nil, diskErr("create temp file", err)
@@ -149,24 +154,37 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	}
 	if err != nil {
 		bufPool.Put(first)
-		w.err = err
-		return 0, err
+		return 0, w.sourceErr(err)
 	}
 
 	p := newPipeline(first)
 	defer p.release()
 	go p.hash(w.h)
 	go p.write(w)
-	rerr := p.read(w, r, chunk{first, n})
+	rerr, fromR := p.read(w, r, chunk{first, n})
 	close(p.toHash)
 	werr := <-p.writeErr
 	switch {
 	case werr != nil:
 		w.err = diskErr("write temp file", werr)
+	case rerr != nil && fromR:
+		return w.n - start, w.sourceErr(rerr)
 	case rerr != nil:
 		w.err = rerr
 	}
 	return w.n - start, w.err
+}
+
+// sourceErr handles an error of ReadFrom's reader. It ends a plain
+// Writer's write (a cut upload must never be committed as a shorter
+// blob); a resumable one stays usable at Size, every byte taken before
+// the error hashed and written, so that the transfer may go on from
+// another source (its commit still needs the whole blob's ID).
+func (w *Writer) sourceErr(err error) error {
+	if w.partial == nil {
+		w.err = err
+	}
+	return err
 }
 
 // chunk is a buffer of the pipeline and the bytes read into it.
@@ -240,13 +258,13 @@ func (p *pipeline) write(w *Writer) {
 }
 
 // read accepts c, sends it to the hasher, and reads r into the next free
-// buffer, until EOF, an error of r or of accept (returned), or the
-// writer's abort.
-func (p *pipeline) read(w *Writer, r io.Reader, c chunk) error {
+// buffer, until EOF, an error of r (fromR) or of accept, or the writer's
+// abort.
+func (p *pipeline) read(w *Writer, r io.Reader, c chunk) (err error, fromR bool) {
 	for {
 		if err := w.accept((*c.b)[:c.n]); err != nil {
 			p.free <- c.b
-			return err
+			return err, false
 		}
 		p.toHash <- c
 		var b *[]byte
@@ -255,24 +273,27 @@ func (p *pipeline) read(w *Writer, r io.Reader, c chunk) error {
 		case <-p.abort:
 		}
 		if b == nil {
-			return nil
+			return nil, false
 		}
 		k, err := r.Read(*b)
 		c = chunk{b, k}
-		if err != nil {
-			var rerr error
-			if err != io.EOF {
-				rerr = err
-			} else if k > 0 {
-				rerr = w.accept((*b)[:k])
-				if rerr == nil {
-					p.toHash <- c
-					return nil
-				}
-			}
-			p.free <- b
-			return rerr
+		if err == nil {
+			continue
 		}
+		if k > 0 {
+			// Bytes that came with the error (or with EOF) count.
+			if aerr := w.accept((*b)[:k]); aerr != nil {
+				p.free <- b
+				return aerr, false
+			}
+			p.toHash <- c
+		} else {
+			p.free <- b
+		}
+		if err == io.EOF {
+			return nil, false
+		}
+		return err, true
 	}
 }
 
@@ -334,6 +355,10 @@ func (w *Writer) Close() error {
 	}
 	w.closed = true
 	err := w.f.Close()
+	if w.partial != nil {
+		w.closePartial()
+		return err
+	}
 	if !w.placed {
 		if rerr := os.Remove(w.tmp); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			err = errors.Join(err, rerr)
@@ -479,7 +504,11 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		// by the ID and linked into blobs/, and stays in tmp/ until the
 		// record is committed, so that after a crash tmp/ names every
 		// placement that was in flight.
-		named := placingName(s.tmpDir, id, w.tmp)
+		base := w.tmp
+		if w.partial != nil {
+			base = "partial" // partial/<id>: one per ID at a time
+		}
+		named := placingName(s.tmpDir, id, base)
 		if err := os.Rename(w.tmp, named); err != nil {
 			return res, diskErr("name temp file", err)
 		}

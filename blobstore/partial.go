@@ -1,0 +1,359 @@
+package blobstore
+
+import (
+	"bytes"
+	"crypto/sha512"
+	"encoding"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dtfc/dtfc"
+)
+
+// A transfer of a large blob from a peer keeps what it received, so that
+// one cut off (a broken link, a peer that stopped, a restart of this node)
+// continues where it stopped instead of from byte 0. Its bytes go to
+// partial/<id>; every Checkpoint makes them durable and writes beside them
+// partial/<id>.resume: how many bytes are good and the SHA-512 state after
+// them (crypto/sha512's digest marshals its state). A later transfer of
+// the same ID opens the pair, cuts the file back to the checkpoint, and
+// asks a peer for the rest (an HTTP Range).
+//
+// Nothing here is trusted: the bytes of a resumed transfer are hashed to
+// the ID at the end like any others, and a checkpoint that does not
+// decode, or names more bytes than the file has, starts the transfer
+// over. What a crash can leave (a file without its checkpoint, a
+// checkpoint of a committed blob) is removed by the next transfer of the
+// ID or at start-up once older than PartialMaxAge.
+
+const (
+	partialDir    = "partial"
+	resumeSuffix  = ".resume"
+	resumeMagic   = "dtfc-resume-1\n"
+	maxResumeSize = 4096 // a checkpoint is ~250 bytes
+)
+
+// PartialMaxAge is how long an abandoned partial transfer is kept: one
+// not resumed for that long is removed at start-up.
+const PartialMaxAge = 24 * time.Hour
+
+// partialPaths returns the data file and checkpoint of id's partial
+// transfer.
+func (s *Store) partialPaths(id dtfc.ID) (data, resume string) {
+	data = filepath.Join(s.dir, partialDir, id.String())
+	return data, data + resumeSuffix
+}
+
+// checkpoint is what partial/<id>.resume holds.
+type checkpoint struct {
+	size  int64  // the blob's size
+	n     int64  // bytes good in the data file
+	state []byte // the SHA-512 state after those n bytes
+}
+
+func (c checkpoint) encode(id dtfc.ID) []byte {
+	var b bytes.Buffer
+	b.WriteString(resumeMagic)
+	b.Write(id[:])
+	binary.Write(&b, binary.BigEndian, c.size)
+	binary.Write(&b, binary.BigEndian, c.n)
+	b.Write(c.state)
+	sum := sha512.Sum512(b.Bytes())
+	b.Write(sum[:8]) // a torn or damaged checkpoint does not decode
+	return b.Bytes()
+}
+
+func decodeCheckpoint(id dtfc.ID, b []byte) (checkpoint, error) {
+	head := len(resumeMagic) + len(id) + 16
+	if len(b) < head+8 || string(b[:len(resumeMagic)]) != resumeMagic {
+		return checkpoint{}, errors.New("not a checkpoint")
+	}
+	body, tail := b[:len(b)-8], b[len(b)-8:]
+	if sum := sha512.Sum512(body); !bytes.Equal(sum[:8], tail) {
+		return checkpoint{}, errors.New("checkpoint damaged")
+	}
+	if !bytes.Equal(body[len(resumeMagic):len(resumeMagic)+len(id)], id[:]) {
+		return checkpoint{}, errors.New("checkpoint of another ID")
+	}
+	p := body[len(resumeMagic)+len(id):]
+	c := checkpoint{
+		size:  int64(binary.BigEndian.Uint64(p[0:8])),
+		n:     int64(binary.BigEndian.Uint64(p[8:16])),
+		state: append([]byte(nil), p[16:]...),
+	}
+	if c.size <= 0 || c.n <= 0 || c.n > c.size {
+		return checkpoint{}, errors.New("checkpoint out of range")
+	}
+	return c, nil
+}
+
+// PartialSize returns how many bytes of id a resumable transfer would
+// start with, and the blob's size they are of (0, 0: none kept, or not
+// usable).
+func (s *Store) PartialSize(id dtfc.ID) (n, size int64) {
+	data, resume := s.partialPaths(id)
+	c, err := readCheckpoint(id, resume)
+	if err != nil {
+		return 0, 0
+	}
+	if fi, err := os.Stat(data); err != nil || fi.Size() < c.n {
+		return 0, 0
+	}
+	return c.n, c.size
+}
+
+func readCheckpoint(id dtfc.ID, path string) (checkpoint, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return checkpoint{}, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxResumeSize+1))
+	if err != nil {
+		return checkpoint{}, err
+	}
+	return decodeCheckpoint(id, b)
+}
+
+// NewResumableWriter is NewWriter for a transfer of id, a blob of size
+// bytes, that continues a partial transfer kept from an earlier one if
+// there is a usable one (Size then starts above zero, and Progress is
+// called with it at once), and keeps its own bytes if Suspend is called
+// before Close. Only one resumable writer per ID may be open at a time:
+// while one is, another call gets a plain Writer.
+func (s *Store) NewResumableWriter(id dtfc.ID, size int64, opts WriterOptions) (*Writer, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
+	s.partialMu.Lock()
+	if s.partials == nil {
+		s.partials = map[dtfc.ID]bool{}
+	}
+	busy := s.partials[id]
+	s.partials[id] = true
+	s.partialMu.Unlock()
+	if busy {
+		return s.newWriter(opts)
+	}
+	w, err := s.openPartial(id, size, opts)
+	if err != nil {
+		s.releasePartial(id)
+		return nil, err
+	}
+	return w, nil
+}
+
+func (s *Store) releasePartial(id dtfc.ID) {
+	s.partialMu.Lock()
+	delete(s.partials, id)
+	s.partialMu.Unlock()
+}
+
+func (s *Store) openPartial(id dtfc.ID, size int64, opts WriterOptions) (*Writer, error) {
+	data, resume := s.partialPaths(id)
+	c, cerr := readCheckpoint(id, resume)
+	if cerr == nil && c.size == size {
+		w, err := s.continuePartial(id, data, c, opts)
+		if err == nil {
+			s.log.Info("resuming a partial transfer", "id", id.String(), "at", c.n, "size", size)
+			return w, nil
+		}
+		s.log.Warn("partial transfer not usable; starting over", "id", id.String(), "err", err)
+	}
+	// A fresh start: whatever was there goes.
+	os.Remove(resume)
+	if err := s.checkSpace(size); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(data, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, diskErr("create partial file", err)
+	}
+	w := &Writer{s: s, f: f, tmp: data, h: sha512.New(), opts: opts}
+	w.partial = &partialTransfer{id: id, size: size, resume: resume}
+	return w, nil
+}
+
+// continuePartial opens data at checkpoint c.
+func (s *Store) continuePartial(id dtfc.ID, data string, c checkpoint, opts WriterOptions) (*Writer, error) {
+	h := sha512.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(c.state); err != nil {
+		return nil, fmt.Errorf("hash state: %w", err)
+	}
+	if err := s.checkSpace(c.size - c.n); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(data, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() < c.n {
+		err = fmt.Errorf("file has %d bytes, checkpoint %d", fi.Size(), c.n)
+	}
+	if err == nil {
+		err = f.Truncate(c.n) // bytes after the checkpoint were never hashed into it
+	}
+	if err == nil {
+		_, err = f.Seek(c.n, io.SeekStart)
+	}
+	head := make([]byte, min(c.n, headSize))
+	if err == nil {
+		_, err = f.ReadAt(head, 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	w := &Writer{s: s, f: f, tmp: data, h: h, opts: opts, n: c.n, head: head, synced: c.n}
+	w.written.Store(c.n)
+	w.partial = &partialTransfer{id: id, size: c.size, resume: data + resumeSuffix, checked: c.n}
+	if opts.Progress != nil {
+		opts.Progress(c.n)
+	}
+	return w, nil
+}
+
+// partialTransfer is a resumable Writer's own state.
+type partialTransfer struct {
+	id      dtfc.ID
+	size    int64
+	resume  string
+	checked int64 // bytes covered by the last checkpoint
+	keep    bool  // Suspend was called: Close keeps the files
+}
+
+// Resumable reports whether w keeps its bytes across a Suspend.
+func (w *Writer) Resumable() bool { return w.partial != nil }
+
+// Checkpoint makes the bytes written so far durable and records them with
+// the hash state, so that a transfer cut after it (even by a crash)
+// resumes from here. Call it between writes, never during one (ReadFrom
+// has returned): the hash state must be that of exactly the bytes in the
+// file. It does nothing for a plain Writer, or if nothing was written
+// since the last one.
+func (w *Writer) Checkpoint() error {
+	p := w.partial
+	if p == nil || w.err != nil || w.finished || w.n == p.checked || w.n == 0 {
+		return nil
+	}
+	state, err := w.h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return err
+	}
+	if err := w.f.Sync(); err != nil {
+		w.err = diskErr("fsync partial file", err)
+		return w.err
+	}
+	b := checkpoint{size: p.size, n: w.n, state: state}.encode(p.id)
+	if err := writeFileSync(p.resume, b); err != nil {
+		return diskErr("write checkpoint", err)
+	}
+	p.checked = w.n
+	return nil
+}
+
+// Suspend checkpoints w and makes Close keep its bytes for a later
+// transfer of the same ID. It returns the checkpoint's error (the bytes
+// are then not kept).
+func (w *Writer) Suspend() error {
+	if w.partial == nil {
+		return nil
+	}
+	if err := w.Checkpoint(); err != nil {
+		return err
+	}
+	w.partial.keep = w.partial.checked > 0
+	return nil
+}
+
+// closePartial ends w's partial transfer at Close: its files stay if it
+// was suspended and never placed, and go otherwise.
+func (w *Writer) closePartial() {
+	p := w.partial
+	if p == nil {
+		return
+	}
+	defer w.s.releasePartial(p.id)
+	if p.keep && !w.placed {
+		return
+	}
+	os.Remove(p.resume)
+	if !w.placed {
+		os.Remove(w.tmp)
+	}
+}
+
+// writeFileSync replaces path with b durably enough for a checkpoint: a
+// crash leaves the old one or the new one (a lost rename only loses
+// progress).
+func writeFileSync(path string, b []byte) error {
+	tmp := path + ".new"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// sweepPartials removes, at start-up, what no transfer will resume: files
+// of partial/ older than PartialMaxAge, leftovers of an interrupted
+// checkpoint, and checkpoints without their data file.
+func (s *Store) sweepPartials() error {
+	dir := filepath.Join(s.dir, partialDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("blobstore: sweep partial transfers: %w", err)
+	}
+	names := map[string]bool{}
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	removed := 0
+	for _, e := range entries {
+		name := e.Name()
+		old := false
+		if fi, err := e.Info(); err == nil {
+			old = time.Since(fi.ModTime()) > PartialMaxAge
+		}
+		// At start-up no transfer runs: a data file without its
+		// checkpoint (cut before the first) would only be started over.
+		stray := strings.HasSuffix(name, ".new") ||
+			(strings.HasSuffix(name, resumeSuffix) && !names[strings.TrimSuffix(name, resumeSuffix)]) ||
+			(!strings.HasSuffix(name, resumeSuffix) && !names[name+resumeSuffix])
+		if _, err := dtfc.ParseID(strings.TrimSuffix(name, resumeSuffix)); err != nil && !stray {
+			stray = true // not ours
+		}
+		if old || stray || !e.Type().IsRegular() {
+			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+				return fmt.Errorf("blobstore: sweep partial transfers: %w", err)
+			}
+			removed++
+		}
+	}
+	if removed > 0 {
+		s.log.Info("removed stale partial transfers", "files", removed)
+	}
+	return nil
+}
