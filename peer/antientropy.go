@@ -249,7 +249,7 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 	case blobstore.Stale:
 		return nil
 	}
-	body, got, err := r.node.Open(ctx, st.ID)
+	body, got, err := r.node.Open(ctx, st.ID, 0)
 	if errors.Is(err, errPeerNotFound) {
 		return nil // deleted there meanwhile; its tombstone comes next round
 	}

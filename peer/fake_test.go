@@ -24,7 +24,7 @@ import (
 type fakeNode struct {
 	t            testing.TB
 	StatFunc     func(ctx context.Context, id dtfc.ID) (NodeState, error)
-	OpenFunc     func(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error)
+	OpenFunc     func(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, dtfc.State, error)
 	PutFunc      func(ctx context.Context, st dtfc.State, body io.Reader, size int64) error
 	OfferFunc    func(ctx context.Context, req changesRequest) (changesAnswer, error)
 	DigestsFunc  func(ctx context.Context, prefix []byte) (digestsAnswer, error)
@@ -48,11 +48,11 @@ func (f *fakeNode) Stat(ctx context.Context, id dtfc.ID) (NodeState, error) {
 	return f.StatFunc(ctx, id)
 }
 
-func (f *fakeNode) Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error) {
+func (f *fakeNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, dtfc.State, error) {
 	if f.OpenFunc == nil {
 		return nil, dtfc.State{}, f.unexpected("Open")
 	}
-	return f.OpenFunc(ctx, id)
+	return f.OpenFunc(ctx, id, off)
 }
 
 func (f *fakeNode) Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error {
@@ -248,7 +248,7 @@ func TestAntiEntropyFromFakePeer(t *testing.T) {
 					assert.Equal(t, []byte{id[0]}, prefix, "only the range that differs is listed")
 					return fn(st)
 				},
-				OpenFunc: func(_ context.Context, got dtfc.ID) (io.ReadCloser, dtfc.State, error) {
+				OpenFunc: func(_ context.Context, got dtfc.ID, _ int64) (io.ReadCloser, dtfc.State, error) {
 					assert.Equal(t, id, got)
 					return io.NopCloser(bytes.NewReader(tt.body)), st, nil
 				},

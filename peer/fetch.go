@@ -25,9 +25,10 @@ var (
 // blobSource hands out a peer's own copy of a blob (the fetcher,
 // anti-entropy's pulls).
 type blobSource interface {
-	// Open opens the peer's copy of id with its state, checked to be a
-	// present state of id whose size is the body's.
-	Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error)
+	// Open opens the peer's copy of id from byte off on (0: all of it)
+	// with its state, checked to be a present state of id whose size less
+	// off is the body's.
+	Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, dtfc.State, error)
 }
 
 // slotWait is how long a miss waits for a free transfer slot.
@@ -68,6 +69,8 @@ type fetcher struct {
 type fetchStore interface {
 	Stat(id dtfc.ID) (dtfc.State, error)
 	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	NewResumableWriter(id dtfc.ID, size int64, opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	PartialSize(id dtfc.ID) (n, size int64)
 }
 
 func newFetcher(c *Cluster, maxFetches int) *fetcher {
@@ -255,14 +258,15 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 	defer t.cancel()
 
 	local, lerr := f.store.Stat(t.id)
+	off, _ := f.store.PartialSize(t.id) // kept by an earlier transfer that was cut
 	var errs []error
 	for _, r := range f.candidates(t.id) {
-		body, st, err := f.ask(ctx, r, t.id, local, lerr == nil)
+		body, st, at, err := f.ask(ctx, r, t.id, off, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		f.fill(ctx, t, r, body, st)
+		f.fill(ctx, t, r, body, st, at)
 		return
 	}
 	f.metrics.fetches.WithLabelValues("notfound").Inc()
@@ -273,25 +277,49 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 	close(t.ready)
 }
 
-// ask opens r's copy of id, unless the local record wins: it does unless
-// the peer's state is newer — or is the very same upload whose local file
-// is missing (a record without its bytes is repaired by a read).
-func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, local dtfc.State, hasLocal bool) (io.ReadCloser, dtfc.State, error) {
-	body, st, err := r.node.Open(ctx, id)
+// ask opens r's copy of id from byte off on (from 0 if r cannot send
+// that range), unless the local record wins: it does unless the peer's
+// state is newer — or is the very same upload whose local file is
+// missing (a record without its bytes is repaired by a read). It returns
+// where the body starts.
+func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, off int64, local dtfc.State, hasLocal bool) (io.ReadCloser, dtfc.State, int64, error) {
+	body, st, err := r.node.Open(ctx, id, off)
+	if err != nil && off > 0 && !errors.Is(err, errPeerNotFound) && ctx.Err() == nil {
+		off = 0
+		body, st, err = r.node.Open(ctx, id, 0)
+	}
 	if err != nil {
-		return nil, st, err
+		return nil, st, 0, err
 	}
 	if hasLocal && !st.Newer(local) && !(st == local && !local.Deleted) {
 		// Our tombstone is newer than the peer's copy: it is deleted.
 		body.Close()
-		return nil, st, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound)
+		return nil, st, 0, fmt.Errorf("peer %s: %w", r.URL, errPeerNotFound)
 	}
-	return body, st, nil
+	return body, st, off, nil
 }
 
-// fill streams body, r's copy of the blob of st, into the store through
-// t, readable while it arrives, and records how it went.
-func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State) {
+const (
+	// resumeMin is the size from which a transfer from a peer keeps what
+	// it received when it is cut, and continues from there (see
+	// blobstore/partial.go); a smaller one starts over.
+	resumeMin = 4 << 20
+	// checkpointEvery is how many bytes a resumable transfer receives
+	// between checkpoints: what a crash of this node can make it fetch
+	// again.
+	checkpointEvery = 32 << 20
+	// maxResumes is how many times in a row a cut transfer is continued
+	// without a byte of progress before it fails (its bytes are kept for
+	// the next one).
+	maxResumes = 3
+)
+
+// fill streams body, r's copy of the blob of st from byte at on, into the
+// store through t, readable while it arrives, and records how it went. A
+// large blob's transfer that is cut goes on from where it stopped, from
+// another holder or the same one; if it cannot, what it verified is kept
+// for the next transfer of the ID, also after a restart.
+func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State, at int64) {
 	cache := f.evict != nil
 	release := func() {}
 	if cache {
@@ -303,18 +331,42 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 			f.log.Warn("eviction failed", "err", err)
 		}
 	}
-	w, err := f.store.NewWriter(blobstore.WriterOptions{Progress: t.progress, Size: st.Size})
+	w, body, err := f.writer(ctx, t, r, body, st, at)
 	if err != nil {
-		body.Close()
 		t.startErr = err
 		close(t.ready)
 		return
 	}
 	t.st, t.src, t.w = st, r.URL, w
 	close(t.ready)
-	start := time.Now()
-	_, err = w.ReadFrom(body)
-	body.Close()
+	start, from := time.Now(), w.Size()
+	sources := map[*remote]bool{r: true}
+	fails := 0
+	for {
+		var cut bool
+		err, cut = copyInto(w, body, st.Size)
+		body.Close()
+		if !cut || !w.Resumable() || ctx.Err() != nil {
+			break
+		}
+		r.fail(err)
+		if w.Size() > from {
+			fails = 0 // it moved: only cuts without progress add up
+		}
+		if fails++; fails > maxResumes {
+			break
+		}
+		next, nbody, rerr := f.resume(ctx, t.id, st, w.Size(), r)
+		if rerr != nil {
+			err = errors.Join(err, rerr)
+			break
+		}
+		f.log.Info("transfer from peer cut; continuing", "id", t.id.String(), "peer", r.URL, "err", err,
+			"at", w.Size(), "size", st.Size, "from", next.URL)
+		f.metrics.fetchResumes.Inc()
+		r, body, from = next, nbody, w.Size()
+		sources[r] = true
+	}
 	if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
 		t.verify()
 	}
@@ -329,20 +381,135 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 		f.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
 	case errors.Is(err, blobstore.ErrDigestMismatch):
 		f.metrics.fetches.WithLabelValues("corrupt").Inc()
-		d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
-		f.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+		if len(sources) == 1 {
+			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
+			f.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+		} else {
+			f.log.Warn("bytes from several peers do not match their SHA-512; transfer aborted", "id", t.id.String(), "peers", len(sources))
+		}
 	default:
 		f.metrics.fetches.WithLabelValues("failed").Inc()
 		if ctx.Err() == nil {
 			r.fail(err)
 		}
-		f.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err)
+		if serr := w.Suspend(); serr != nil {
+			f.log.Warn("could not keep a cut transfer", "id", t.id.String(), "err", serr)
+		}
+		f.log.Warn("fetch from peer failed", "id", t.id.String(), "peer", r.URL, "err", err, "kept", w.Size())
 	}
 	if err == nil && cache {
 		f.evict(0)
 	}
 	f.leave(t)
 	t.finish(err)
+}
+
+// writer opens the store's writer for st's transfer, resumable for a
+// large blob, and lines body (from byte at) up with it: a writer that
+// resumed further skips the bytes it has, one that has fewer asks r again
+// from where it is.
+func (f *fetcher) writer(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State, at int64) (*blobstore.Writer, io.ReadCloser, error) {
+	opts := blobstore.WriterOptions{Progress: t.progress, Size: st.Size}
+	var w *blobstore.Writer
+	var err error
+	if st.Size >= resumeMin {
+		w, err = f.store.NewResumableWriter(st.ID, st.Size, opts)
+	} else {
+		w, err = f.store.NewWriter(opts)
+	}
+	if err != nil {
+		body.Close()
+		return nil, nil, err
+	}
+	switch have := w.Size(); {
+	case have > at:
+		_, err = io.CopyN(io.Discard, body, have-at)
+	case have < at:
+		body.Close()
+		var got dtfc.State
+		body, got, err = r.node.Open(ctx, st.ID, have)
+		if err == nil && got.Size != st.Size {
+			body.Close()
+			err = fmt.Errorf("peer %s: %s changed size", r.URL, st.ID)
+		}
+	}
+	if err != nil {
+		if body != nil {
+			body.Close()
+		}
+		w.Close()
+		return nil, nil, err
+	}
+	return w, body, nil
+}
+
+// resume opens the rest of st's blob, from byte off, at a holder: another
+// than last if one can send it, else last again.
+func (f *fetcher) resume(ctx context.Context, id dtfc.ID, st dtfc.State, off int64, last *remote) (*remote, io.ReadCloser, error) {
+	cands := f.candidates(id)
+	for i, r := range cands {
+		if r == last && i < len(cands)-1 {
+			cands = append(append(cands[:i:i], cands[i+1:]...), r)
+			break
+		}
+	}
+	var errs []error
+	for _, r := range cands {
+		body, got, err := r.node.Open(ctx, id, off)
+		if err == nil && got.Size != st.Size {
+			body.Close()
+			err = fmt.Errorf("peer %s: %s changed size", r.URL, id)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return r, body, nil
+	}
+	return nil, nil, fmt.Errorf("continuing %s at byte %d: %w", id, off, errors.Join(errs...))
+}
+
+// copyInto writes body into w up to size bytes, checkpointing a resumable
+// w every checkpointEvery bytes. cut tells an error of body (the link, the
+// peer: w is still good at its Size) from one of w.
+func copyInto(w *blobstore.Writer, body io.Reader, size int64) (err error, cut bool) {
+	src := &sourceReader{r: body}
+	for w.Size() < size {
+		seg := size - w.Size()
+		if w.Resumable() {
+			seg = min(seg, checkpointEvery-w.Size()%checkpointEvery)
+		}
+		n, err := w.ReadFrom(io.LimitReader(src, seg))
+		if src.err != nil {
+			return src.err, true
+		}
+		if err != nil {
+			return err, false
+		}
+		if n < seg {
+			return io.ErrUnexpectedEOF, true
+		}
+		if w.Size() < size {
+			if err := w.Checkpoint(); err != nil {
+				return err, false
+			}
+		}
+	}
+	return nil, false
+}
+
+// sourceReader remembers its reader's error (other than EOF).
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
 }
 
 // leave takes t out of inflight, once: after its commit (so a blob absent

@@ -4,6 +4,7 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	fetches          *prometheus.CounterVec
+	fetchResumes     prometheus.Counter
 	fetchBytes       prometheus.Counter
 	pushed           *prometheus.CounterVec
 	pushedBytes      prometheus.Counter
@@ -28,6 +29,10 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			Name: "dtfc_peer_fetches_total",
 			Help: "Transfers from peers on a local miss, by result: ok, corrupt (bytes did not match; aborted), failed, notfound.",
 		}, []string{"result"}),
+		fetchResumes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_peer_fetch_resumes_total",
+			Help: "Transfers from peers that were cut and continued from where they stopped (from another holder if one could send the rest).",
+		}),
 		fetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_peer_fetch_bytes_total",
 			Help: "Bytes fetched from peers on local misses and stored.",
@@ -92,7 +97,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fetches, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
+	reg.MustRegister(m.fetches, m.fetchResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
 		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
 		m.clockRefused, m.clockRefusedIn, m.expired,
 		&queueCollector{c: c},

@@ -499,15 +499,23 @@ func (n *httpNode) States(ctx context.Context, prefix []byte, fn func(dtfc.State
 	}
 }
 
-// Open opens the peer's own copy of id (never one it would fetch) with
-// the state it sends along, checked to be a present state of id of the
-// body's length.
-func (n *httpNode) Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.State, error) {
-	resp, err := n.do(ctx, http.MethodGet, routeBlob+id.String(), nil, nil)
+// Open opens the peer's own copy of id (never one it would fetch) from
+// byte off on (a Range; 0: the whole blob) with the state it sends along,
+// checked to be a present state of id whose size fits the body's length.
+func (n *httpNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, dtfc.State, error) {
+	var hdr http.Header
+	if off > 0 {
+		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
+	}
+	resp, err := n.do(ctx, http.MethodGet, routeBlob+id.String(), nil, hdr)
 	if err != nil {
 		return nil, dtfc.State{}, err
 	}
-	if resp.StatusCode != http.StatusOK {
+	want := http.StatusOK
+	if off > 0 {
+		want = http.StatusPartialContent
+	}
+	if resp.StatusCode != want {
 		defer resp.Body.Close()
 		return nil, dtfc.State{}, answerErr(n.url, resp)
 	}
@@ -515,8 +523,11 @@ func (n *httpNode) Open(ctx context.Context, id dtfc.ID) (io.ReadCloser, dtfc.St
 	if err == nil {
 		err = validState(st)
 	}
-	if err == nil && (st.ID != id || st.Deleted || st.Size != resp.ContentLength) {
+	if err == nil && (st.ID != id || st.Deleted || st.Size-off != resp.ContentLength) {
 		err = fmt.Errorf("peer %s: inconsistent state header for %s", n.url, id)
+	}
+	if err == nil && off > 0 && resp.Header.Get("Content-Range") != fmt.Sprintf("bytes %d-%d/%d", off, st.Size-1, st.Size) {
+		err = fmt.Errorf("peer %s: range of %s from %d: Content-Range %q", n.url, id, off, resp.Header.Get("Content-Range"))
 	}
 	if err != nil {
 		resp.Body.Close()

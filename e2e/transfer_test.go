@@ -1,0 +1,157 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/internal/cluster"
+)
+
+// Large transfers between nodes (issue 14): a transfer that is cut keeps
+// what it received and goes on from there. Every test runs two replicas
+// holding a large blob and a cache (node 2) that misses it, so that the
+// cache's links to the holders (2 -> 0, 2 -> 1) carry the transfer.
+
+// holdersAndCache starts the cluster, uploads size random bytes to node 0
+// and waits until both replicas hold them.
+func holdersAndCache(t *testing.T, size int) (*cluster.Cluster, *http.Client, []byte, string) {
+	t.Helper()
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{dtfc.RoleReplica, dtfc.RoleReplica, dtfc.RoleCache}})
+	hc := newClient(t)
+	data := randomBytes(size)
+	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
+	eventually(t, converge, "node 1 gets the large blob", func() bool {
+		return c.BlobFiles(1)[id] == int64(size)
+	})
+	return c, hc, data, id
+}
+
+// carried is what the cache's links to the holders carried to it.
+func carried(c *cluster.Cluster) int64 { return c.Carried(2, 0) + c.Carried(2, 1) }
+
+// metricValue reads one unlabelled metric of a node.
+func metricValue(t *testing.T, hc *http.Client, base, name string) float64 {
+	t.Helper()
+	line := metrics(t, hc, base, name+" ")
+	v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, name)), 64)
+	require.NoError(t, err, "metric %s: %q", name, line)
+	return v
+}
+
+// TestMissResumesAfterCut: a miss whose transfer is cut at 90% goes on
+// from there (from the other holder, or the same), and the client gets
+// one unbroken 200 of the right bytes; in all, the links carry at most
+// 15% more than the blob.
+func TestMissResumesAfterCut(t *testing.T) {
+	const size = 40 << 20
+	c, hc, data, id := holdersAndCache(t, size)
+	before := carried(c)
+	for _, j := range []int{0, 1} {
+		c.CutAfter(2, j, size*9/10)
+	}
+	res, body := get(t, hc, c.Nodes[2].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
+	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
+	moved := carried(c) - before
+	t.Logf("the links carried %d bytes for a %d-byte blob (%.3f×)", moved, size, float64(moved)/size)
+	assert.LessOrEqual(t, moved, int64(size*115/100), "the cut transfer started over")
+	assert.GreaterOrEqual(t, metricValue(t, hc, c.Nodes[2].URL, "dtfc_peer_fetch_resumes_total"), 1.0)
+	eventually(t, converge, "the cache holds the blob", func() bool { return c.BlobFiles(2)[id] == size })
+	assert.Empty(t, partialFiles(t, c.Nodes[2]), "a finished transfer keeps nothing in partial/")
+	c.CheckNoTemp(t)
+}
+
+// TestMissResumesAfterKill: the cache is killed (-9) in the middle of a
+// slowed transfer; restarted, a new miss of the blob continues from the
+// last checkpoint instead of byte 0.
+func TestMissResumesAfterKill(t *testing.T) {
+	const size = 96 << 20
+	c, hc, data, id := holdersAndCache(t, size)
+	for _, j := range []int{0, 1} {
+		c.Throttle(2, j, 16_000) // 16 MB/s: six seconds for the blob
+	}
+	before := carried(c)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Nodes[2].URL+"/"+id, nil)
+		if err != nil {
+			return
+		}
+		if res, err := hc.Do(req); err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+	}()
+	resume := filepath.Join(c.Nodes[2].Basedir, "partial", id+".resume")
+	eventually(t, converge, "the first checkpoint", func() bool {
+		_, err := os.Stat(resume)
+		return err == nil
+	})
+	c.Nodes[2].Kill()
+	cancel()
+	<-done
+	atKill := carried(c) - before
+	t.Logf("killed after the links carried %d bytes", atKill)
+	require.Less(t, atKill, int64(size*3/4), "the transfer was nearly done before the kill: nothing to resume")
+
+	c.Nodes[2].Start()
+	for _, j := range []int{0, 1} {
+		c.Throttle(2, j, 0)
+	}
+	res, body := get(t, hc, c.Nodes[2].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
+	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
+	assert.True(t, logHas(c.Nodes[2], "resuming a partial transfer"), "the restarted cache did not resume")
+	moved := carried(c) - before
+	t.Logf("the links carried %d bytes in all for a %d-byte blob (%.3f×)", moved, size, float64(moved)/size)
+	assert.LessOrEqual(t, moved, int64(size*115/100), "the transfer after the restart started over")
+	eventually(t, converge, "the partial transfer is cleaned up", func() bool { return len(partialFiles(t, c.Nodes[2])) == 0 })
+}
+
+// TestMissResumesAfterStall: a holder that stops sending in the middle
+// of a transfer, without closing, is cut off after the idle time and the
+// transfer goes on from the other holder; the client's stream pauses,
+// never breaks.
+func TestMissResumesAfterStall(t *testing.T) {
+	const size = 24 << 20
+	c, hc, data, id := holdersAndCache(t, size)
+	before := carried(c)
+	for _, j := range []int{0, 1} {
+		c.StallAfter(2, j, size/2)
+	}
+	start := time.Now()
+	res, body := get(t, hc, c.Nodes[2].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
+	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
+	t.Logf("the stalled transfer took %v", time.Since(start).Round(time.Millisecond))
+	moved := carried(c) - before
+	assert.LessOrEqual(t, moved, int64(size*115/100), "the stalled transfer started over")
+	assert.True(t, logHas(c.Nodes[2], "no progress"), "the stall was not what cut the transfer")
+	c.HealAll() // ends the stalled body
+}
+
+func partialFiles(t *testing.T, n *cluster.Node) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(n.Basedir, "partial"))
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
