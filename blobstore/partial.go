@@ -317,9 +317,22 @@ func writeFileSync(path string, b []byte) error {
 	return err
 }
 
-// sweepPartials removes, at start-up, what no transfer will resume: files
-// of partial/ older than PartialMaxAge, leftovers of an interrupted
-// checkpoint, and checkpoints without their data file.
+// SweepPartials removes what no transfer will resume: files of partial/
+// older than PartialMaxAge (by their last write), leftovers of an
+// interrupted checkpoint, checkpoints without their data file, and data
+// files without a checkpoint (a transfer cut before its first). The
+// partial transfers open at the time are left alone. Open runs it; a
+// long-running node runs it now and then, so that partial transfers of
+// blobs deleted meanwhile do not stay for good.
+func (s *Store) SweepPartials() error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	return s.sweepPartials()
+}
+
 func (s *Store) sweepPartials() error {
 	dir := filepath.Join(s.dir, partialDir)
 	entries, err := os.ReadDir(dir)
@@ -333,24 +346,33 @@ func (s *Store) sweepPartials() error {
 	removed := 0
 	for _, e := range entries {
 		name := e.Name()
+		base := strings.TrimSuffix(strings.TrimSuffix(name, ".new"), resumeSuffix)
+		id, perr := dtfc.ParseID(base)
 		old := false
 		if fi, err := e.Info(); err == nil {
 			old = time.Since(fi.ModTime()) > PartialMaxAge
 		}
-		// At start-up no transfer runs: a data file without its
-		// checkpoint (cut before the first) would only be started over.
-		stray := strings.HasSuffix(name, ".new") ||
-			(strings.HasSuffix(name, resumeSuffix) && !names[strings.TrimSuffix(name, resumeSuffix)]) ||
+		stray := perr != nil || // not ours
+			strings.HasSuffix(name, ".new") ||
+			(strings.HasSuffix(name, resumeSuffix) && !names[base]) ||
 			(!strings.HasSuffix(name, resumeSuffix) && !names[name+resumeSuffix])
-		if _, err := dtfc.ParseID(strings.TrimSuffix(name, resumeSuffix)); err != nil && !stray {
-			stray = true // not ours
+		if !old && !stray && e.Type().IsRegular() {
+			continue
 		}
-		if old || stray || !e.Type().IsRegular() {
-			if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
-				return fmt.Errorf("blobstore: sweep partial transfers: %w", err)
-			}
-			removed++
+		// Under partialMu, which a resumable writer takes before it
+		// touches its files: a transfer of the ID starting now either
+		// comes after the removal or is seen open and left alone.
+		s.partialMu.Lock()
+		if perr == nil && s.partials[id] {
+			s.partialMu.Unlock()
+			continue
 		}
+		err := os.RemoveAll(filepath.Join(dir, name))
+		s.partialMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("blobstore: sweep partial transfers: %w", err)
+		}
+		removed++
 	}
 	if removed > 0 {
 		s.log.Info("removed stale partial transfers", "files", removed)

@@ -178,3 +178,30 @@ func TestPartialSweep(t *testing.T) {
 	assert.Equal(t, int64(1000), n)
 	assert.Equal(t, int64(len(keep)), size)
 }
+
+// TestPartialSweepSparesOpen: the upkeep's sweep leaves a transfer in
+// progress alone, even before its first checkpoint.
+func TestPartialSweepSparesOpen(t *testing.T) {
+	s := newStore(t)
+	data := content(12, 1<<20)
+	st := remoteState(data)
+	w, err := s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
+	require.NoError(t, err)
+	_, err = w.Write(data[:1000])
+	require.NoError(t, err)
+	require.NoError(t, s.SweepPartials())
+	_, err = w.Write(data[1000:])
+	require.NoError(t, err)
+	_, err = w.CommitState(st, true)
+	require.NoError(t, err, "the sweep took the open transfer's file")
+	require.NoError(t, w.Close())
+	// A transfer cut before its first checkpoint, closed: nothing kept.
+	other := content(13, 1<<20)
+	w, err = s.NewResumableWriter(dtfc.Sum(other), int64(len(other)), blobstore.WriterOptions{})
+	require.NoError(t, err)
+	_, err = w.Write(other[:1000])
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	require.NoError(t, s.SweepPartials())
+	assert.Empty(t, filesUnder(t, filepath.Join(s.Dir(), "partial")))
+}

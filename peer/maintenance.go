@@ -16,6 +16,7 @@ const keyLastScrub = "last_scrub" // unix ms of the last finished scrub pass
 // every peer has, scrubbing, flushing access times.
 type upkeepStore interface {
 	FlushAccess() error
+	SweepPartials() error
 	PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error)
 	PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error)
 	PruneForgotten(before time.Time) (int, error)
@@ -28,8 +29,9 @@ type upkeepStore interface {
 func (c *Cluster) upkeepStore() upkeepStore { return c.store }
 
 // maintenanceLoop forgets tombstones and lifted blocks that are older than
-// the retention and that every peer accepted (see acks.go), and for a
-// cache persists its read order and keeps it under its size.
+// the retention and that every peer accepted (see acks.go), removes
+// partial transfers nobody will resume, and for a cache persists its read
+// order and keeps it under its size.
 func (c *Cluster) maintenanceLoop(ctx context.Context) {
 	purgeEvery := c.purgeEvery()
 	tick := time.NewTicker(min(purgeEvery, 5*time.Second))
@@ -44,6 +46,9 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 		if time.Since(lastPurge) >= purgeEvery {
 			lastPurge = time.Now()
 			c.purge()
+			if err := c.upkeepStore().SweepPartials(); err != nil {
+				c.log.Warn("removing stale partial transfers", "err", err)
+			}
 		}
 		if c.isCache() {
 			if err := c.upkeepStore().FlushAccess(); err != nil {
