@@ -229,6 +229,74 @@ type partialTransfer struct {
 	resume  string
 	checked int64 // bytes covered by the last checkpoint
 	keep    bool  // Suspend was called: Close keeps the files
+
+	// bg is closed when the background checkpoint in progress
+	// (CheckpointSoon) ends, having set bgChecked or bgErr; nil if none
+	// runs.
+	bg        chan struct{}
+	bgChecked int64
+	bgErr     error
+}
+
+// CheckpointSoon is Checkpoint in the background: the transfer goes on
+// while the disk catches up, and if the last one has not finished, none
+// is started. An error of it (a failed fsync, fatal for the write) is
+// w's at the next write after it is seen. Call it between writes, like
+// Checkpoint.
+func (w *Writer) CheckpointSoon() {
+	p := w.partial
+	if p == nil || w.err != nil || w.finished || w.n == 0 || w.n == p.checked {
+		return
+	}
+	if p.bg != nil {
+		select {
+		case <-p.bg:
+			w.checkpointDone()
+			if w.err != nil {
+				return
+			}
+		default:
+			return // the disk is behind: skip this one
+		}
+	}
+	state, err := w.h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return
+	}
+	b := checkpoint{size: p.size, n: w.n, state: state}.encode(p.id)
+	n, f, done := w.n, w.f, make(chan struct{})
+	p.bg = done
+	go func() {
+		defer close(done)
+		if err := f.Sync(); err != nil {
+			p.bgErr = diskErr("fsync partial file", err)
+			return
+		}
+		if err := writeFileSync(p.resume, b); err != nil {
+			p.bgErr = diskErr("write checkpoint", err)
+			return
+		}
+		p.bgChecked = n
+	}()
+}
+
+// waitCheckpoint waits for the background checkpoint, if one runs.
+func (w *Writer) waitCheckpoint() {
+	if w.partial != nil && w.partial.bg != nil {
+		<-w.partial.bg
+		w.checkpointDone()
+	}
+}
+
+// checkpointDone takes in the result of the background checkpoint, which
+// has ended.
+func (w *Writer) checkpointDone() {
+	p := w.partial
+	p.bg = nil
+	if p.bgErr != nil && w.err == nil {
+		w.err = p.bgErr
+	}
+	p.checked = max(p.checked, p.bgChecked)
 }
 
 // Resumable reports whether w keeps its bytes across a Suspend.
@@ -241,6 +309,7 @@ func (w *Writer) Resumable() bool { return w.partial != nil }
 // file. It does nothing for a plain Writer, or if nothing was written
 // since the last one.
 func (w *Writer) Checkpoint() error {
+	w.waitCheckpoint()
 	p := w.partial
 	if p == nil || w.err != nil || w.finished || w.n == p.checked || w.n == 0 {
 		return nil

@@ -205,3 +205,37 @@ func TestPartialSweepSparesOpen(t *testing.T) {
 	require.NoError(t, s.SweepPartials())
 	assert.Empty(t, filesUnder(t, filepath.Join(s.Dir(), "partial")))
 }
+
+// TestCheckpointSoon: a background checkpoint is taken in by the next
+// step of the writer, and a Close without Suspend waits for it and keeps
+// nothing.
+func TestCheckpointSoon(t *testing.T) {
+	dir := t.TempDir()
+	s, err := blobstore.Open(dir, blobstore.Options{})
+	require.NoError(t, err)
+	data := content(14, 4<<20)
+	st := remoteState(data)
+	w, err := s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
+	require.NoError(t, err)
+	_, err = w.ReadFrom(bytes.NewReader(data[:1<<20]))
+	require.NoError(t, err)
+	w.CheckpointSoon()
+	_, err = w.ReadFrom(bytes.NewReader(data[1<<20 : 2<<20]))
+	require.NoError(t, err)
+	w.CheckpointSoon() // skipped if the first is still running, else a second
+	require.NoError(t, w.Close())
+	assert.Empty(t, filesUnder(t, filepath.Join(dir, "partial")), "closed without Suspend: nothing kept")
+
+	// Killed after a background checkpoint: the next process resumes
+	// from it (simulated: the store closed without the writer's Close).
+	w, err = s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
+	require.NoError(t, err)
+	_, err = w.ReadFrom(bytes.NewReader(data[:3<<20]))
+	require.NoError(t, err)
+	w.CheckpointSoon()
+	_, err = w.CommitState(st, true) // waits for the checkpoint; fails: 3 of 4 MiB
+	require.Error(t, err)
+	n, _ := s.PartialSize(st.ID)
+	assert.Equal(t, int64(3<<20), n, "the background checkpoint is on disk once the writer's next step returned")
+	require.NoError(t, s.Close())
+}

@@ -330,6 +330,10 @@ func (w *Writer) finish(want dtfc.ID) error {
 	if w.finished {
 		return errors.New("blobstore: commit called twice")
 	}
+	w.waitCheckpoint() // its error is the commit's; and place renames the file
+	if w.err != nil {
+		return w.err
+	}
 	w.finished = true
 	copy(w.sum[:], w.h.Sum(nil))
 	if !want.IsZero() && want != w.sum {
@@ -354,6 +358,7 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
+	w.waitCheckpoint() // it uses the file
 	err := w.f.Close()
 	if w.partial != nil {
 		w.closePartial()

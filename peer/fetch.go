@@ -470,7 +470,8 @@ func (f *fetcher) resume(ctx context.Context, id dtfc.ID, st dtfc.State, off int
 }
 
 // copyInto writes body into w up to size bytes, checkpointing a resumable
-// w every checkpointEvery bytes. cut tells an error of body (the link, the
+// w every checkpointEvery bytes (unless the last checkpoint is still
+// being written). cut tells an error of body (the link, the
 // peer: w is still good at its Size) from one of w.
 func copyInto(w *blobstore.Writer, body io.Reader, size int64) (err error, cut bool) {
 	src := &sourceReader{r: body}
@@ -490,9 +491,7 @@ func copyInto(w *blobstore.Writer, body io.Reader, size int64) (err error, cut b
 			return io.ErrUnexpectedEOF, true
 		}
 		if w.Size() < size {
-			if err := w.Checkpoint(); err != nil {
-				return err, false
-			}
+			w.CheckpointSoon() // in the background: the transfer goes on
 		}
 	}
 	return nil, false
