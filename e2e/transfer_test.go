@@ -155,3 +155,31 @@ func partialFiles(t *testing.T, n *cluster.Node) []string {
 	}
 	return names
 }
+
+// TestPullAndMissShareOneTransfer: a client's miss of a blob that
+// anti-entropy is pulling already joins that transfer instead of
+// starting a second one (issue 14: one transfer per blob per node,
+// whichever mechanism asked for it).
+func TestPullAndMissShareOneTransfer(t *testing.T) {
+	const size = 32 << 20
+	c := cluster.Start(t, cluster.Options{Nodes: 2})
+	hc := newClient(t)
+	c.Cut(0, 1)             // no push: node 1 gets the blob by anti-entropy
+	c.Throttle(1, 0, 8_000) // 8 MB/s: four seconds for the blob
+	before := c.Carried(1, 0)
+	data := randomBytes(size)
+	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
+	part := filepath.Join(c.Nodes[1].Basedir, "partial", id)
+	eventually(t, converge, "node 1's anti-entropy starts pulling the blob", func() bool {
+		_, err := os.Stat(part)
+		return err == nil
+	})
+	res, body := get(t, hc, c.Nodes[1].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
+	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
+	moved := c.Carried(1, 0) - before
+	t.Logf("the link carried %d bytes for a %d-byte blob (%.3f×)", moved, size, float64(moved)/size)
+	assert.LessOrEqual(t, moved, int64(size*115/100), "the miss moved the blob a second time")
+	c.Throttle(1, 0, 0)
+	c.Heal(0, 1)
+}

@@ -55,7 +55,7 @@ type syncStore interface {
 	SubDigests(first byte) ([256]blobstore.Digest, error)
 	States(prefix []byte, fn func(dtfc.State) error) error
 	Apply(st dtfc.State) (blobstore.Outcome, error)
-	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	Open(id dtfc.ID) (*blobstore.Blob, error)
 	DenyDigest() (string, error)
 	DenyKnown() bool
 	MarkDenyKnown() error
@@ -249,30 +249,22 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 	case blobstore.Stale:
 		return nil
 	}
-	body, got, err := r.node.Open(ctx, st.ID, 0)
-	if errors.Is(err, errPeerNotFound) {
+	// Through the fetcher: one transfer per ID whoever asks (a client's
+	// miss of the same blob shares it), resumed if it is cut.
+	err = c.fetch.pull(ctx, st.ID, r, func() bool {
+		b, err := c.syncStore().Open(st.ID)
+		if err == nil {
+			b.Close()
+		}
+		return err == nil
+	})
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return nil // deleted there meanwhile; its tombstone comes next round
-	}
-	if err != nil {
-		return err
-	}
-	defer body.Close()
-	bw, err := c.syncStore().NewWriter(blobstore.WriterOptions{MaxBytes: got.Size, Size: got.Size})
-	if err != nil {
-		return err
-	}
-	defer bw.Close()
-	if _, err := bw.ReadFrom(body); err != nil {
-		return fmt.Errorf("pulling %s from %s: %w", st.ID, r.URL, err)
-	}
-	if _, err := bw.CommitState(got, true); err != nil {
-		if errors.Is(err, blobstore.ErrClockAhead) {
-			c.refusedClock(err)
-			return nil
-		}
-		if errors.Is(err, blobstore.ErrDigestMismatch) {
-			r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", st.ID))
-		}
+	case errors.Is(err, blobstore.ErrClockAhead):
+		c.refusedClock(err)
+		return nil
+	case err != nil:
 		return fmt.Errorf("pulling %s from %s: %w", st.ID, r.URL, err)
 	}
 	c.metrics.repairs.WithLabelValues("upload").Inc()

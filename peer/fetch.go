@@ -114,6 +114,12 @@ type transfer struct {
 	finished bool
 	result   error // after finished: nil if verified and committed
 	refs     int
+
+	// Set at the start: the peer to ask first (an anti-entropy pull's);
+	// whether a client's miss started it (it holds a slot, and counts in
+	// dtfc_peer_fetches_total).
+	prefer *remote
+	miss   bool
 }
 
 func (t *transfer) progress(n int64) {
@@ -187,7 +193,7 @@ func (f *fetcher) open(ctx context.Context, id dtfc.ID, gen uint64, local func()
 			return f.join(ctx, t)
 		}
 		if f.gen == gen {
-			return f.start(ctx, id)
+			return f.join(ctx, f.start(id, nil))
 		}
 		gen = f.gen
 		f.mu.Unlock()
@@ -220,18 +226,79 @@ func (f *fetcher) join(ctx context.Context, t *transfer) (*Blob, error) {
 	return f.wait(ctx, t)
 }
 
-// start begins a transfer of id holding a slot (released when it ends),
-// with f.mu held (unlocked here).
-func (f *fetcher) start(ctx context.Context, id dtfc.ID) (*Blob, error) {
+// start begins a transfer of id, with f.mu held: for a client's miss
+// (prefer nil), holding a slot it releases when it ends; for a pull,
+// asking prefer first.
+func (f *fetcher) start(id dtfc.ID, prefer *remote) *transfer {
 	tctx, cancel := context.WithCancel(context.Background())
-	t := &transfer{id: id, ready: make(chan struct{}), refs: 1, cancel: cancel}
+	t := &transfer{id: id, ready: make(chan struct{}), refs: 1, cancel: cancel, prefer: prefer, miss: prefer == nil}
 	if f.stopped {
 		cancel()
 	}
 	f.inflight[id] = t
 	f.wg.Add(1)
 	go f.run(tctx, t)
-	return f.join(ctx, t)
+	return t
+}
+
+// pull brings id's bytes from the peers, r first, for anti-entropy, and
+// waits for them to be stored. It joins the transfer of id in flight if
+// there is one (a client's miss, another pull) instead of starting a
+// second, and takes no slot: a catch-up leaves the misses theirs. held
+// tells whether the bytes are here now; as in open, a transfer that ended
+// since the look makes it look again.
+func (f *fetcher) pull(ctx context.Context, id dtfc.ID, r *remote, held func() bool) error {
+	gen := f.generation()
+	if held() {
+		return nil
+	}
+	for {
+		f.mu.Lock()
+		t := f.inflight[id]
+		if t == nil && f.gen == gen {
+			t = f.start(id, r)
+		}
+		if t != nil {
+			t.mu.Lock()
+			t.refs++
+			t.mu.Unlock()
+			f.mu.Unlock()
+			defer t.release()
+			return t.wait(ctx)
+		}
+		gen = f.gen
+		f.mu.Unlock()
+		if held() {
+			return nil
+		}
+	}
+}
+
+// wait waits for t's end and returns its result: nil if the blob was
+// verified and stored.
+func (t *transfer) wait(ctx context.Context) error {
+	select {
+	case <-t.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if t.startErr != nil {
+		return t.startErr
+	}
+	for {
+		ch := t.changed.Wait()
+		t.mu.Lock()
+		fin, res := t.finished, t.result
+		t.mu.Unlock()
+		if fin {
+			return res
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // wait waits for a transfer's headers and returns a Blob reading it.
@@ -252,7 +319,9 @@ func (f *fetcher) wait(ctx context.Context, t *transfer) (*Blob, error) {
 // run finds a peer holding the blob and streams it into the store.
 func (f *fetcher) run(ctx context.Context, t *transfer) {
 	defer f.wg.Done()
-	defer func() { <-f.slots }()
+	if t.miss {
+		defer func() { <-f.slots }()
+	}
 	defer t.release()
 	defer f.leave(t)
 	defer t.cancel()
@@ -260,7 +329,7 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 	local, lerr := f.store.Stat(t.id)
 	off, _ := f.store.PartialSize(t.id) // kept by an earlier transfer that was cut
 	var errs []error
-	for _, r := range f.candidates(t.id) {
+	for _, r := range preferred(f.candidates(t.id), t.prefer) {
 		body, st, at, err := f.ask(ctx, r, t.id, off, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
@@ -269,7 +338,7 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 		f.fill(ctx, t, r, body, st, at)
 		return
 	}
-	f.metrics.fetches.WithLabelValues("notfound").Inc()
+	f.count(t, "notfound")
 	t.startErr = fmt.Errorf("%w (%w)", ErrNotFound, errors.Join(errs...))
 	if len(errs) == 0 {
 		t.startErr = ErrNotFound
@@ -376,11 +445,13 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	}
 	switch {
 	case err == nil:
-		f.metrics.fetches.WithLabelValues("ok").Inc()
-		f.metrics.fetchBytes.Add(float64(st.Size))
+		f.count(t, "ok")
+		if t.miss {
+			f.metrics.fetchBytes.Add(float64(st.Size))
+		}
 		f.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
 	case errors.Is(err, blobstore.ErrDigestMismatch):
-		f.metrics.fetches.WithLabelValues("corrupt").Inc()
+		f.count(t, "corrupt")
 		if len(sources) == 1 {
 			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
 			f.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
@@ -388,7 +459,7 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 			f.log.Warn("bytes from several peers do not match their SHA-512; transfer aborted", "id", t.id.String(), "peers", len(sources))
 		}
 	default:
-		f.metrics.fetches.WithLabelValues("failed").Inc()
+		f.count(t, "failed")
 		if ctx.Err() == nil {
 			r.fail(err)
 		}
@@ -441,6 +512,27 @@ func (f *fetcher) writer(ctx context.Context, t *transfer, r *remote, body io.Re
 		return nil, nil, err
 	}
 	return w, body, nil
+}
+
+// count counts a result of a miss's transfer (dtfc_peer_fetches_total).
+func (f *fetcher) count(t *transfer, result string) {
+	if t.miss {
+		f.metrics.fetches.WithLabelValues(result).Inc()
+	}
+}
+
+// preferred returns cands with first (if any) moved, or put, first.
+func preferred(cands []*remote, first *remote) []*remote {
+	if first == nil {
+		return cands
+	}
+	out := []*remote{first}
+	for _, r := range cands {
+		if r.URL != first.URL {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // resume opens the rest of st's blob, from byte off, at a holder: another
