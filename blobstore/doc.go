@@ -18,7 +18,10 @@
 // A blob file exists under blobs/ only once its bytes were hashed, matched
 // their name and were fsync'd; the rename that places it is fsync'd in its
 // directory before the metadata commit, and the metadata commit comes
-// before the answer to the client. A blob is never written in place.
+// before the answer to the client. A blob is never written in place. A
+// batch of blobs from peers (CommitBatch, batch.go) takes the same steps
+// in the same order for all its blobs at once, one sync of the file
+// system standing for each step's fsyncs.
 //
 // blobstore knows nothing of HTTP or peers.
 package blobstore

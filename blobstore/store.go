@@ -77,6 +77,10 @@ type Store struct {
 	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
 	denyUnknown atomic.Bool  // keyDenyUnknown is set
 	unlock      func()       // releases the lock on dir (lockDir)
+
+	// syncfs: CommitBatch makes its files durable with one syncfs of
+	// the file system rather than a sync per file and directory.
+	syncfs bool
 }
 
 var (
@@ -139,6 +143,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		stop:        make(chan struct{}),
 		stopped:     make(chan struct{}),
 		intentsDone: make(chan struct{}),
+		syncfs:      canSyncFS(),
 	}
 	switch {
 	case opts.SmallCacheBytes == 0:

@@ -321,9 +321,11 @@ func (w *Writer) Sum() dtfc.ID {
 }
 
 // finish seals the temp file: hash checked against want (unless zero),
-// data fsync'd. An fsync error is fatal for this write and never retried:
-// after a failed fsync the page cache may claim data the disk lost.
-func (w *Writer) finish(want dtfc.ID) error {
+// data fsync'd unless sync is false (CommitBatch, whose one sync of the
+// file system makes it durable instead). An fsync error is fatal for this
+// write and never retried: after a failed fsync the page cache may claim
+// data the disk lost.
+func (w *Writer) finish(want dtfc.ID, sync bool) error {
 	if w.err != nil {
 		return w.err
 	}
@@ -340,9 +342,11 @@ func (w *Writer) finish(want dtfc.ID) error {
 		w.err = &MismatchError{Want: want, Got: w.sum}
 		return w.err
 	}
-	if err := w.f.Sync(); err != nil {
-		w.err = diskErr("fsync temp file", err)
-		return w.err
+	if sync {
+		if err := w.f.Sync(); err != nil {
+			w.err = diskErr("fsync temp file", err)
+			return w.err
+		}
 	}
 	if err := w.f.Chmod(0o644); err != nil {
 		w.err = diskErr("chmod temp file", err)
@@ -400,7 +404,7 @@ type Result struct {
 // an upload after a delete stores the file again. Uploading bytes the node
 // already holds changes no file but still records the newer operation.
 func (w *Writer) Commit(u Upload) (Result, error) {
-	if err := w.finish(u.Expected); err != nil {
+	if err := w.finish(u.Expected, true); err != nil {
 		return Result{}, err
 	}
 	if !w.s.DenyKnown() {
@@ -424,26 +428,44 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 // and nothing changes). With toFeed false the change stays out of the
 // change feed: a cache's fill, which no other node needs to hear about.
 func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
+	decide, err := w.sealState(st, toFeed, true)
+	if err != nil {
+		return Result{}, err
+	}
+	return w.place(decide)
+}
+
+// decideFunc is how a commit decides, under the ID's lock, what to
+// record: it sees the current record (nil if none) and whether its bytes
+// are held, and returns the new state, whether to apply it, and whether
+// it enters the feed.
+type decideFunc func(old *record, held bool) (st dtfc.State, apply, toFeed bool)
+
+// sealState checks the bytes against st, a state received from another
+// node, and returns how CommitState decides whether st wins. With sync
+// false the temp file is not fsync'd: the caller (CommitBatch) makes it
+// durable before it is linked.
+func (w *Writer) sealState(st dtfc.State, toFeed, sync bool) (decideFunc, error) {
 	if st.Deleted {
-		return Result{}, errors.New("blobstore: CommitState of a tombstone")
+		return nil, errors.New("blobstore: CommitState of a tombstone")
 	}
 	if st.ID.IsZero() {
-		return Result{}, errors.New("blobstore: CommitState of a state without an ID")
+		return nil, errors.New("blobstore: CommitState of a state without an ID")
 	}
-	if err := w.finish(st.ID); err != nil {
-		return Result{}, err
+	if err := w.finish(st.ID, sync); err != nil {
+		return nil, err
 	}
 	if st.Size != w.n {
 		w.err = fmt.Errorf("blobstore: state says %d bytes, received %d", st.Size, w.n)
-		return Result{}, w.err
+		return nil, w.err
 	}
 	if err := w.s.checkClock(st.Clock); err != nil {
 		w.err = err
-		return Result{}, err
+		return nil, err
 	}
 	w.s.clock.Observe(st.Clock)
 	forgotten := w.s.forgottenClock('S', st.ID)
-	return w.place(func(old *record, held bool) (dtfc.State, bool, bool) {
+	return func(old *record, held bool) (dtfc.State, bool, bool) {
 		// The same upload whose file is missing is placed again: a
 		// record without its bytes is repaired by any copy of them.
 		if old != nil && !st.Newer(old.State) && !(sameUpload(st, old.State) && !held) {
@@ -453,13 +475,12 @@ func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
 			return st, false, false // deleted, and the delete forgotten here lately
 		}
 		return st, true, toFeed
-	})
+	}, nil
 }
 
-// place commits under the ID's lock. decide sees the current record and
-// whether its bytes are held, and returns the new state, whether to apply
-// it, and whether it enters the feed.
-func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bool)) (res Result, err error) {
+// place commits under the ID's lock what decide makes of the current
+// record (see decideFunc).
+func (w *Writer) place(decide decideFunc) (res Result, err error) {
 	s := w.s
 	leave, err := s.enter()
 	if err != nil {
@@ -468,24 +489,9 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 	defer leave()
 	id := w.sum
 	defer s.locks.lock(id)()
-	// Checked under the ID's lock: ApplyDeny takes it too, so a block and
-	// an upload cannot interleave.
-	if err := s.checkDenied(id); err != nil {
-		return res, err
-	}
-
-	old, ok, err := s.record(id)
-	if err != nil {
-		return res, err
-	}
-	var oldp *record
-	if ok {
-		oldp = &old
-	}
-	held := ok && !old.Deleted && s.fileExists(id)
-	st, apply, toFeed := decide(oldp, held)
-	if !apply {
-		return Result{State: st}, nil
+	d, err := s.decide(id, decide)
+	if err != nil || !d.apply {
+		return Result{State: d.st}, err
 	}
 	dst := s.Path(id)
 	// On its way to the committer, which waits a little for it (and the
@@ -500,26 +506,15 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 		}
 	}
 	defer arrive()
-	if !held {
+	if !d.held {
 		if err := s.ensureShard(id); err != nil {
 			return res, err
 		}
-		s.stampFile(w.tmp, st.Clock) // see filetime.go
-		// The placement's intent (see intent.go): the temp file is named
-		// by the ID and linked into blobs/, and stays in tmp/ until the
-		// record is committed, so that after a crash tmp/ names every
-		// placement that was in flight.
-		base := w.tmp
-		if w.partial != nil {
-			base = "partial" // partial/<id>: one per ID at a time
+		if err := w.nameIntent(d.st.Clock); err != nil {
+			return res, err
 		}
-		named := placingName(s.tmpDir, id, base)
-		if err := os.Rename(w.tmp, named); err != nil {
-			return res, diskErr("name temp file", err)
-		}
-		w.tmp = named
-		if err := os.Link(w.tmp, dst); err != nil {
-			return res, diskErr("place blob", err)
+		if err := w.link(dst); err != nil {
+			return res, err
 		}
 		if err := syncDir(filepath.Dir(dst)); err != nil {
 			// The link may not be durable: take the file back out so
@@ -531,27 +526,89 @@ func (w *Writer) place(decide func(old *record, held bool) (dtfc.State, bool, bo
 	var nr record
 	err = s.updateThen(func(t *txn) error {
 		var err error
-		nr, err = t.replace(st, toFeed)
+		nr, err = t.replace(d.st, d.toFeed)
 		return err
 	}, arrive)
 	if err != nil {
-		if !held {
+		if !d.held {
 			os.Remove(dst)
 		}
 		return res, err
 	}
+	return w.fulfilled(d, nr), nil
+}
+
+// decision is what a commit found and decided under the ID's lock.
+type decision struct {
+	st     dtfc.State
+	apply  bool
+	toFeed bool
+	held   bool // the ID's bytes are in blobs/ already
+}
+
+// decide runs fn over id's current record. The caller holds the ID's
+// lock, and keeps it until the commit: ApplyDeny takes it too (checked
+// here, so a block and an upload cannot interleave), and nothing else
+// changes the record meanwhile.
+func (s *Store) decide(id dtfc.ID, fn decideFunc) (decision, error) {
+	if err := s.checkDenied(id); err != nil {
+		return decision{}, err
+	}
+	old, ok, err := s.record(id)
+	if err != nil {
+		return decision{}, err
+	}
+	var oldp *record
+	if ok {
+		oldp = &old
+	}
+	held := ok && !old.Deleted && s.fileExists(id)
+	st, apply, toFeed := fn(oldp, held)
+	return decision{st: st, apply: apply, toFeed: toFeed, held: held}, nil
+}
+
+// nameIntent renames the temp file tmp/<id>.<name>, dated by clock c (see
+// filetime.go): the placement's intent (see intent.go). It is linked into
+// blobs/ and stays in tmp/ until the record is committed, so that after a
+// crash tmp/ names every placement that was in flight.
+func (w *Writer) nameIntent(c dtfc.Timestamp) error {
+	w.s.stampFile(w.tmp, c)
+	base := w.tmp
+	if w.partial != nil {
+		base = "partial" // partial/<id>: one per ID at a time
+	}
+	named := placingName(w.s.tmpDir, w.sum, base)
+	if err := os.Rename(w.tmp, named); err != nil {
+		return diskErr("name temp file", err)
+	}
+	w.tmp = named
+	return nil
+}
+
+// link links the named temp file into blobs/ at dst (its shard directory
+// made).
+func (w *Writer) link(dst string) error {
+	if err := os.Link(w.tmp, dst); err != nil {
+		return diskErr("place blob", err)
+	}
+	return nil
+}
+
+// fulfilled ends a commit whose record nr is committed under decision d:
+// the intent is fulfilled (or the bytes were already here) and the temp
+// file goes. Its unlink needs no fsync: left by a crash, it names a
+// placement that is then checked again.
+func (w *Writer) fulfilled(d decision, nr record) Result {
+	s, id := w.s, w.sum
 	if !w.placed {
-		// Committed (the intent is fulfilled), or the bytes were already
-		// here: the temp file goes. Its unlink needs no fsync: left by a
-		// crash, it names a placement that is then checked again.
 		os.Remove(w.tmp)
 		w.placed = true
 	}
-	if held {
-		s.stampFile(dst, nr.Clock)
+	if d.held {
+		s.stampFile(s.Path(id), nr.Clock)
 	}
-	s.noteWrite(id, st.Size)
-	return Result{State: nr.State, Created: !held, Applied: true, Seq: nr.Seq}, nil
+	s.noteWrite(id, d.st.Size)
+	return Result{State: nr.State, Created: !d.held, Applied: true, Seq: nr.Seq}
 }
 
 func (s *Store) fileExists(id dtfc.ID) bool {
@@ -563,7 +620,11 @@ func (s *Store) fileExists(id dtfc.ID) bool {
 // parent so the directory entries survive a crash. Existing components are
 // checked every time (two lstats): a shard directory replaced by a symlink
 // would send the blob out of the store.
-func (s *Store) ensureShard(id dtfc.ID) error {
+func (s *Store) ensureShard(id dtfc.ID) error { return s.makeShard(id, true) }
+
+// makeShard is ensureShard; with durable false the new directories'
+// parents are not fsync'd (CommitBatch syncs the whole file system).
+func (s *Store) makeShard(id dtfc.ID, durable bool) error {
 	h := id.String()
 	parent := s.blobDir
 	for _, part := range []string{h[0:2], h[2:4]} {
@@ -576,8 +637,10 @@ func (s *Store) ensureShard(id dtfc.ID) error {
 				if err := os.Chmod(d, 0o755); err != nil { // against the umask
 					return diskErr("chmod shard directory", err)
 				}
-				if err := syncDir(parent); err != nil {
-					return diskErr("fsync blob directory", err)
+				if durable {
+					if err := syncDir(parent); err != nil {
+						return diskErr("fsync blob directory", err)
+					}
 				}
 			case errors.Is(err, os.ErrExist):
 				err = checkRealDir(d) // made meanwhile by another upload

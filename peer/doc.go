@@ -22,7 +22,10 @@
 //     identity, role, expiry mark); its Node is how the work talks to it.
 //     Each consumer declares the few methods it needs (stater,
 //     blobSource, pushTarget, replicaSource, resyncTarget); Node is their
-//     sum. Tests put a fake built from function fields in its place.
+//     sum. Tests put a fake built from function fields in its place. A
+//     pusher sends small blobs in batches to a Node that is also a
+//     batchTarget (checked by a type assertion, as net/http checks its
+//     optional interfaces), one by one to any other.
 //   - wire.go is the whole node-to-node protocol: routes, headers,
 //     request and answer types, limits, and httpNode, its client. The
 //     server side is Cluster.InternalHandler (internal.go; the deny list's

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,7 @@ type servedStore interface {
 	Apply(st dtfc.State) (blobstore.Outcome, error)
 	ApplyDeny(d blobstore.Deny) (bool, error)
 	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
+	CommitBatch(items []blobstore.BatchItem) []blobstore.BatchResult
 	Digests() ([256]blobstore.Digest, error)
 	SubDigests(first byte) ([256]blobstore.Digest, error)
 	DenyDigest() (string, error)
@@ -77,6 +79,7 @@ func (c *Cluster) InternalHandler() http.Handler {
 		r.Group(func(r chi.Router) {
 			r.Use(c.notFromExpired)
 			r.Put(routeBlob+"{id}", c.hPutBlob)
+			r.Post(routeBlobs, c.hPutBlobs)
 			r.Post(routeChanges, c.hChanges)
 		})
 	})
@@ -334,6 +337,128 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusCreated
 	}
 	writeJSON(w, status, map[string]string{"result": "applied"})
+}
+
+// hPutBlobs receives many small pushed blobs in one request (see
+// PutBatch), each as hPutBlob receives one: its state checked and
+// applied first (the bytes of a state that needs none are read and
+// dropped), its bytes streamed into a Writer of its own and verified
+// against its ID before anything is stored. They are committed together
+// (blobstore's CommitBatch: syncs and the metadata commit shared), and
+// the answer, one result per blob, comes after that commit: a pusher
+// moves its cursor only past what is durable here.
+func (c *Cluster) hPutBlobs(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > maxBatchBody {
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("a batch of blobs takes at most %d bytes", maxBatchBody))
+		return
+	}
+	body := &iox.IdleReader{R: http.MaxBytesReader(w, r.Body, maxBatchBody), Deadline: http.NewResponseController(w), Idle: internalIdle}
+	br := bufio.NewReaderSize(body, maxFrameHead)
+	var (
+		results []batchResult
+		items   []blobstore.BatchItem
+		at      []int // items[j] is answered by results[at[j]]
+	)
+	defer func() {
+		for _, it := range items {
+			it.Writer.Close()
+		}
+	}()
+	buf := make([]byte, maxBatchBlobSize) // one blob's bytes at a time
+	for {
+		st, err := readFrameHead(br)
+		if err == io.EOF {
+			break
+		}
+		if err == nil && len(results) == maxBatchBlobs {
+			err = httpstatus.Errorf(http.StatusBadRequest, "more than %d blobs in one batch", maxBatchBlobs)
+		}
+		var res batchResult
+		var bw *blobstore.Writer
+		if err == nil {
+			res, bw, err = c.batchBlob(st, br, buf[:st.Size])
+		}
+		if err != nil {
+			err = batchBodyErr(err)
+			writeErr(w, httpstatus.Of(err), fmt.Sprintf("batch of blobs, blob %d: %v", len(results), err))
+			return
+		}
+		if bw != nil {
+			items = append(items, blobstore.BatchItem{Writer: bw, State: st})
+			at = append(at, len(results))
+		}
+		results = append(results, res)
+	}
+	for j, cr := range c.servedStore().CommitBatch(items) {
+		res := batchResult{Status: http.StatusOK, Result: blobstore.Applied.String()}
+		switch {
+		case cr.Err != nil:
+			c.refusedClock(cr.Err)
+			res = itemErr(cr.Err)
+		case !cr.Applied:
+			res.Result = blobstore.Stale.String()
+		case cr.Created:
+			res.Status = http.StatusCreated
+		}
+		results[at[j]] = res
+	}
+	writeJSON(w, http.StatusOK, batchAnswer{Results: results})
+}
+
+// batchBlob takes the bytes (into b, len(b) of them) of one blob of a
+// batch, whose state st is applied first: if the state needs them, they
+// go into a new Writer for the batch's commit; otherwise they are
+// dropped and res is the blob's result. err fails the whole batch (the
+// body could not be read).
+func (c *Cluster) batchBlob(st dtfc.State, body io.Reader, b []byte) (res batchResult, bw *blobstore.Writer, err error) {
+	store := c.servedStore()
+	out, err := store.Apply(st)
+	switch {
+	case err != nil:
+		c.refusedClock(err)
+		res = itemErr(err)
+	case out != blobstore.NeedBytes:
+		// Stale, or the bytes were here already: nothing to keep.
+		res = batchResult{Status: http.StatusOK, Result: out.String()}
+	default:
+		bw, err = store.NewWriter(blobstore.WriterOptions{MaxBytes: st.Size, Size: st.Size})
+		if err != nil {
+			res = itemErr(err)
+		}
+	}
+	if _, err := io.ReadFull(body, b); err != nil {
+		if bw != nil {
+			bw.Close()
+		}
+		return res, nil, err
+	}
+	if bw == nil {
+		return res, nil, nil
+	}
+	if _, err := bw.Write(b); err != nil {
+		bw.Close()
+		return itemErr(err), nil, nil
+	}
+	return res, bw, nil
+}
+
+// itemErr is the result of a blob of a batch refused with err.
+func itemErr(err error) batchResult {
+	return batchResult{Status: httpstatus.Of(err), Error: err.Error()}
+}
+
+// batchBodyErr tells what went wrong reading a batch's body: a body
+// that ends inside a frame or is too large is a bad request (400); an
+// idle one, or one cut off, keeps its own error.
+func batchBodyErr(err error) error {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return httpstatus.Errorf(http.StatusBadRequest, "a batch of blobs takes at most %d bytes", maxBatchBody)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return httpstatus.Errorf(http.StatusBadRequest, "the body ends inside a blob")
+	}
+	return err
 }
 
 // refusedClock counts a remote state refused for its clock.

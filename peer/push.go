@@ -21,6 +21,12 @@ import (
 const (
 	pushBatch       = 256 // changes offered per request
 	pushParallelism = 16  // blob bodies sent at once to one peer
+	// batchParallelism is how many batches of small blobs (sendBlobs)
+	// are sent at once to one peer, each of at least minBatch blobs when
+	// there are that many: the peer's work on one (creating and linking
+	// files, which costs CPU) then overlaps its syncs of another.
+	batchParallelism = 4
+	minBatch         = 32
 )
 
 // pushTarget takes what a pusher sends.
@@ -30,6 +36,15 @@ type pushTarget interface {
 	Offer(ctx context.Context, req changesRequest) (changesAnswer, error)
 	// Put sends the size bytes of body, the blob of st.
 	Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error
+}
+
+// batchTarget is a pushTarget that also takes many small blobs in one
+// request, their syncs shared (*httpNode does; a peer may refuse it).
+type batchTarget interface {
+	// PutBatch sends the blobs (each of at most maxBatchBlobSize bytes)
+	// and returns the peer's result for each; errBatchUnsupported if the
+	// peer does not know batches.
+	PutBatch(ctx context.Context, blobs []batchBlob) ([]batchResult, error)
 }
 
 // feedStore is what a pusher needs of the blob store: the change feed,
@@ -337,7 +352,8 @@ func (p *pusher) offer(changes []blobstore.Change) (changesRequest, []int) {
 
 // settle acts on the peer's answer: marks in accepted the changes it
 // took, sends the bytes it asked for, and counts what it refused. It
-// returns the first failure.
+// returns the first failure. Small blobs go in batches (sendBlobs) if
+// the peer takes them, larger ones one by one.
 func (p *pusher) settle(ctx context.Context, changes []blobstore.Change, where []int, ans changesAnswer, accepted []bool) error {
 	c, r := p.c, p.r
 	var firstErr error
@@ -345,6 +361,9 @@ func (p *pusher) settle(ctx context.Context, changes []blobstore.Change, where [
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pushParallelism)
+	bt, batching := r.node.(batchTarget)
+	batching = batching && r.batches()
+	var small, large []int // the changes whose bytes the peer needs
 	for i, w := range where {
 		var res string
 		switch {
@@ -363,14 +382,11 @@ func (p *pusher) settle(ctx context.Context, changes []blobstore.Change, where [
 				c.metrics.pushed.WithLabelValues(kindOf(changes[i].State)).Inc()
 			}
 		case resultNeed:
-			st := changes[i].State
-			g.Go(func() error {
-				err := c.sendBlob(gctx, r, st)
-				mu.Lock()
-				accepted[i] = err == nil
-				mu.Unlock()
-				return err
-			})
+			if batching && changes[i].State.Size <= maxBatchBlobSize {
+				small = append(small, i)
+			} else {
+				large = append(large, i)
+			}
 		case resultAhead:
 			refused++
 		default:
@@ -378,6 +394,31 @@ func (p *pusher) settle(ctx context.Context, changes []blobstore.Change, where [
 				firstErr = fmt.Errorf("peer %s: unknown result %q", r.URL, res)
 			}
 		}
+	}
+	if len(small) > 0 {
+		g.Go(func() error {
+			sts := make([]dtfc.State, len(small))
+			for k, i := range small {
+				sts[k] = changes[i].State
+			}
+			ok, err := c.sendBlobs(gctx, r, bt, sts)
+			mu.Lock()
+			for k, i := range small {
+				accepted[i] = ok[k]
+			}
+			mu.Unlock()
+			return err
+		})
+	}
+	for _, i := range large {
+		st := changes[i].State
+		g.Go(func() error {
+			err := c.sendBlob(gctx, r, st)
+			mu.Lock()
+			accepted[i] = err == nil
+			mu.Unlock()
+			return err
+		})
 	}
 	// Every send started is waited for, whatever failed: none may
 	// outlive Run and the store's Close.
@@ -404,27 +445,172 @@ func kindOf(st dtfc.State) string {
 }
 
 // sendBlob sends a blob's bytes with its state. If the blob is gone
-// meanwhile, its newer state is later in the feed and nothing is sent;
-// if its record is still there but its file is lost, it is fetched back
-// from a peer and the offer counts as done (the peer gets the state again
-// with the repair's feed entry).
+// meanwhile, nothing is sent (see openToSend).
 func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error {
+	b, err := c.openToSend(st)
+	if b == nil || err != nil {
+		return err
+	}
+	defer b.Close()
+	return c.putOne(ctx, r, b)
+}
+
+// openToSend opens the blob of st to send its bytes. It returns nil and
+// no error when there is nothing to send, and the offer counts as done:
+// the blob is gone meanwhile (its newer state is later in the feed), or
+// its record is still there but its file is lost (it is fetched back
+// from a peer, and the peer gets the state again with the repair's feed
+// entry).
+func (c *Cluster) openToSend(st dtfc.State) (*blobstore.Blob, error) {
 	b, err := c.feedStore().Open(st.ID)
 	if errors.Is(err, blobstore.ErrNotFound) {
 		if cur, serr := c.feedStore().Stat(st.ID); serr == nil && !cur.Deleted {
 			c.log.Warn("a record's file is missing; fetching it again", "id", st.ID.String())
 			c.goRepair(cur)
 		}
-		return nil
+		return nil, nil
 	}
-	if err != nil {
-		return err
-	}
-	defer b.Close()
+	return b, err
+}
+
+// putOne sends an open blob's bytes with its state, alone. (A batch
+// reads blobs through section readers: the file's offset is still 0.)
+func (c *Cluster) putOne(ctx context.Context, r *remote, b *blobstore.Blob) error {
 	if err := r.node.Put(ctx, b.State, b.File, b.State.Size); err != nil {
 		return err
 	}
-	c.metrics.pushed.WithLabelValues("upload").Inc()
-	c.metrics.pushedBytes.Add(float64(b.State.Size))
+	c.pushedBlob(b.State)
 	return nil
+}
+
+func (c *Cluster) pushedBlob(st dtfc.State) {
+	c.metrics.pushed.WithLabelValues("upload").Inc()
+	c.metrics.pushedBytes.Add(float64(st.Size))
+}
+
+// sendBlobs sends small blobs' bytes with their states, in batches of at
+// most maxBatchBlobs blobs and maxBatchBody bytes, several at once, and
+// reports which ones the peer accepted (or that need no sending: see
+// openToSend), with the first failure. The peer's answer to a batch
+// comes once what it stored is durable there, so an accepted blob may
+// move the cursor. A peer that does not know batches gets the blobs one
+// by one, and no batch again (remote.refuseBatches).
+func (c *Cluster) sendBlobs(ctx context.Context, r *remote, bt batchTarget, sts []dtfc.State) ([]bool, error) {
+	accepted := make([]bool, len(sts))
+	var firstErr error
+	var mu sync.Mutex // guards accepted and firstErr
+	done := func(k int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		accepted[k] = err == nil
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	var todo []openBlob
+	defer func() {
+		for _, o := range todo {
+			o.b.Close()
+		}
+	}()
+	var alone []openBlob
+	for k, st := range sts {
+		b, err := c.openToSend(st)
+		switch {
+		case b == nil:
+			done(k, err)
+		case b.State.Size > maxBatchBlobSize:
+			// Larger than its offered state said (a record whose size
+			// is wrong): alone, as a batch would be refused for it.
+			alone = append(alone, openBlob{k, b})
+		default:
+			todo = append(todo, openBlob{k, b})
+		}
+	}
+	var g errgroup.Group
+	g.SetLimit(batchParallelism)
+	for _, batch := range splitBatches(todo) {
+		g.Go(func() error {
+			c.sendBatch(ctx, r, bt, batch, done)
+			return nil
+		})
+	}
+	for _, o := range alone {
+		g.Go(func() error {
+			defer o.b.Close()
+			done(o.k, c.putOne(ctx, r, o.b))
+			return nil
+		})
+	}
+	g.Wait()
+	return accepted, firstErr
+}
+
+// openBlob is an open blob to send, change k of sendBlobs.
+type openBlob struct {
+	k int
+	b *blobstore.Blob
+}
+
+// splitBatches splits the blobs into batches within the limits, of
+// about equal sizes, into at least batchParallelism of them when there
+// are enough blobs for batches of minBatch.
+func splitBatches(todo []openBlob) [][]openBlob {
+	per := min(maxBatchBlobs, max(minBatch, (len(todo)+batchParallelism-1)/batchParallelism))
+	var batches [][]openBlob
+	for len(todo) > 0 {
+		n, size := 0, int64(0)
+		for ; n < len(todo) && n < per; n++ {
+			st := todo[n].b.State
+			frame := int64(len(frameHead(st))) + st.Size
+			if n > 0 && size+frame > maxBatchBody {
+				break
+			}
+			size += frame
+		}
+		batches = append(batches, todo[:n])
+		todo = todo[n:]
+	}
+	return batches
+}
+
+// sendBatch sends one batch (or, to a peer that does not know batches,
+// its blobs one by one) and tells done how each blob went.
+func (c *Cluster) sendBatch(ctx context.Context, r *remote, bt batchTarget, batch []openBlob, done func(k int, err error)) {
+	blobs := make([]batchBlob, len(batch))
+	for j, o := range batch {
+		blobs[j] = batchBlob{State: o.b.State, Body: io.NewSectionReader(o.b.File, 0, o.b.State.Size)}
+	}
+	var results []batchResult
+	err := errBatchUnsupported
+	if r.batches() {
+		results, err = bt.PutBatch(ctx, blobs)
+	}
+	if errors.Is(err, errBatchUnsupported) {
+		if r.batches() {
+			r.refuseBatches()
+			c.log.Info("peer takes no batch of blobs (a dtfc from before them): sending blobs one by one", "peer", r.URL)
+		}
+		var g errgroup.Group
+		g.SetLimit(pushParallelism)
+		for _, o := range batch {
+			g.Go(func() error {
+				done(o.k, c.putOne(ctx, r, o.b))
+				return nil
+			})
+		}
+		g.Wait()
+		return
+	}
+	for j, o := range batch {
+		switch {
+		case err != nil:
+			done(o.k, err)
+		case results[j].accepted():
+			c.pushedBlob(o.b.State)
+			done(o.k, nil)
+		default:
+			done(o.k, fmt.Errorf("peer %s: %s: %d %s", r.URL, o.b.State.ID, results[j].Status, results[j].Error))
+		}
+	}
 }

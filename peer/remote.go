@@ -52,6 +52,11 @@ type remote struct {
 	// exchange with it succeeds, so it never looks down and its return
 	// would not wake the pusher from a backoff of up to 30 s.
 	pushFailedAt time.Time
+	// noBatches: the peer answered that it does not know batches of
+	// blobs (a dtfc from before them): it gets blobs one by one, until
+	// its identity changes or it is seen down and back (an upgrade
+	// restarts it), when a batch is tried again.
+	noBatches bool
 }
 
 // pushWake is how often at most a peer's successful exchanges wake a
@@ -132,6 +137,9 @@ func (r *remote) ok(h http.Header) {
 	if (role == RoleReplica || role == RoleCache) && role != r.reportedRole {
 		r.reportedRole, changed = role, true
 	}
+	if changed || wasDown {
+		r.noBatches = false
+	}
 	wake := wasDown || r.pushRetryLocked()
 	r.mu.Unlock()
 	if changed && r.notes != nil {
@@ -164,6 +172,20 @@ func (r *remote) reported() dtfc.Role {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.reportedRole
+}
+
+// batches reports whether the peer may be sent batches of blobs.
+func (r *remote) batches() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.noBatches
+}
+
+// refuseBatches records that the peer does not know batches of blobs.
+func (r *remote) refuseBatches() {
+	r.mu.Lock()
+	r.noBatches = true
+	r.mu.Unlock()
 }
 
 // clockRefusals counts changes the peer refused for their clock.

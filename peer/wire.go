@@ -20,6 +20,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
 // This file is the whole node-to-node protocol as both sides speak it:
@@ -33,6 +34,7 @@ import (
 const (
 	InternalPrefix = "/_internal"
 	routeBlob      = "/blobs/" // + ID: GET, HEAD, PUT
+	routeBlobs     = "/blobs"  // POST: many small blobs at once (PutBatch)
 	routeState     = "/state/" // + ID: GET
 	routeStates    = "/states" // ?prefix=<hex>: GET, one state per line
 	routeDigests   = "/digests"
@@ -108,6 +110,18 @@ const (
 	maxStatePrefix = 8
 )
 
+// Limits on a batch of blobs (POST /_internal/blobs): a peer refuses
+// more (400). Blobs above maxBatchBlobSize go one by one (PUT), where a
+// batch would save nothing: their time is their bytes', not their syncs'.
+const (
+	maxBatchBlobs    = 256
+	maxBatchBlobSize = 64 << 10
+	maxBatchBody     = 8 << 20
+	// maxFrameHead bounds a frame's state line: a state within the
+	// bounds below takes at most about 5 KB in base64url JSON.
+	maxFrameHead = 8 << 10
+)
+
 // Bounds on what a state may carry (the same as on uploads).
 const (
 	maxStateText = 255
@@ -177,6 +191,77 @@ type changesAnswer struct {
 	Results     []string `json:"results"`
 	DenyResults []string `json:"deny_results,omitempty"`
 }
+
+// batchBlob is one blob of a batch put: its state and its bytes, the
+// State.Size first bytes of Body.
+type batchBlob struct {
+	State dtfc.State
+	Body  io.Reader
+}
+
+// batchContentType is the type of a batch put's body: one frame per
+// blob, its state as HeaderState carries it (base64url JSON), a newline,
+// then exactly State.Size bytes.
+const batchContentType = "application/x-dtfc-blobs"
+
+// frameHead is the line that begins a blob's frame in a batch.
+func frameHead(st dtfc.State) string { return encodeStateHeader(st) + "\n" }
+
+// readFrameHead reads the state line of the next frame of a batch and
+// checks the state as a PUT's is checked; io.EOF at the end of the body.
+// A malformed frame is an *httpstatus.Error (400): the frames after it
+// cannot be found.
+func readFrameHead(br *bufio.Reader) (dtfc.State, error) {
+	line, err := br.ReadSlice('\n')
+	switch {
+	case err == io.EOF && len(line) == 0:
+		return dtfc.State{}, io.EOF
+	case errors.Is(err, bufio.ErrBufferFull):
+		return dtfc.State{}, httpstatus.Errorf(http.StatusBadRequest, "a frame's state line is longer than %d bytes", br.Size())
+	case err == io.EOF:
+		return dtfc.State{}, httpstatus.Errorf(http.StatusBadRequest, "the body ends inside a frame's state line")
+	case err != nil:
+		return dtfc.State{}, err
+	}
+	st, err := decodeStateHeader(string(line[:len(line)-1]))
+	if err == nil {
+		err = validState(st)
+	}
+	switch {
+	case err != nil:
+		return st, httpstatus.Errorf(http.StatusBadRequest, "bad frame: %v", err)
+	case st.Deleted:
+		return st, httpstatus.Errorf(http.StatusBadRequest, "bad frame: a tombstone has no bytes")
+	case st.Size > maxBatchBlobSize:
+		return st, httpstatus.Errorf(http.StatusBadRequest, "bad frame: %d bytes, more than the %d a batch takes of one blob", st.Size, maxBatchBlobSize)
+	}
+	return st, nil
+}
+
+// batchResult is a peer's result for one blob of a batch.
+type batchResult struct {
+	// Status is what a PUT of that blob alone would have been answered:
+	// 201 (stored), 200 (the state recorded, or older than the peer's:
+	// nothing to do) — both accept it — or an error status (Error says
+	// why): refused, nothing stored.
+	Status int    `json:"status"`
+	Result string `json:"result,omitempty"` // "applied" or "stale", when accepted
+	Error  string `json:"error,omitempty"`
+}
+
+// accepted reports whether the peer took the blob (or needs it no more).
+func (r batchResult) accepted() bool {
+	return r.Status == http.StatusOK || r.Status == http.StatusCreated
+}
+
+// batchAnswer answers a batch put: one result per blob, in its order.
+type batchAnswer struct {
+	Results []batchResult `json:"results"`
+}
+
+// errBatchUnsupported: the peer does not know the batch route (a dtfc
+// from before it answers 404 or 405); it takes blobs one by one.
+var errBatchUnsupported = errors.New("the peer takes no batch of blobs")
 
 // digestsAnswer carries 256 range digests compactly: the sums as one hex
 // string (256 × 32 bytes), the counts as numbers.
@@ -551,6 +636,51 @@ func (n *httpNode) Put(ctx context.Context, st dtfc.State, body io.Reader, size 
 		return answerErr(n.url, resp)
 	}
 	return nil
+}
+
+// PutBatch sends small blobs with their states in one request (POST
+// /_internal/blobs), the body streamed from theirs, and returns the
+// peer's result for each, in order; the answer comes once the peer made
+// what it stored durable. A peer that does not know the route answers
+// errBatchUnsupported.
+func (n *httpNode) PutBatch(ctx context.Context, blobs []batchBlob) ([]batchResult, error) {
+	parts := make([]io.Reader, 0, 2*len(blobs))
+	var size int64
+	for _, b := range blobs {
+		head := frameHead(b.State)
+		parts = append(parts, strings.NewReader(head), io.LimitReader(b.Body, b.State.Size))
+		size += int64(len(head)) + b.State.Size
+	}
+	hdr := http.Header{}
+	hdr.Set("Content-Type", batchContentType)
+	resp, err := n.do(ctx, http.MethodPost, routeBlobs, &sizedReader{r: io.MultiReader(parts...), n: size}, hdr)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return nil, fmt.Errorf("%w: %w", errBatchUnsupported, answerErr(n.url, resp))
+	default:
+		return nil, answerErr(n.url, resp)
+	}
+	var ans batchAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+		return nil, fmt.Errorf("peer %s: batch of blobs: decoding the answer: %w", n.url, err)
+	}
+	if len(ans.Results) != len(blobs) {
+		return nil, fmt.Errorf("peer %s answered %d results for a batch of %d blobs", n.url, len(ans.Results), len(blobs))
+	}
+	for i, r := range ans.Results {
+		if r.Status >= 500 {
+			// Counted against the peer's health, as the answer to a PUT
+			// of that blob would be (do).
+			n.r.fail(fmt.Errorf("peer %s: %s: %d %s", n.url, blobs[i].State.ID, r.Status, r.Error))
+			break
+		}
+	}
+	return ans.Results, nil
 }
 
 // Offer offers states and deny entries (POST /_internal/changes) and
