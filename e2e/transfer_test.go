@@ -183,3 +183,34 @@ func TestPullAndMissShareOneTransfer(t *testing.T) {
 	c.Throttle(1, 0, 0)
 	c.Heal(0, 1)
 }
+
+// TestMissJoinsPushInFlight: a client's miss of a blob that is being
+// pushed to the node joins that push instead of fetching the blob a
+// second time.
+func TestMissJoinsPushInFlight(t *testing.T) {
+	const size = 32 << 20
+	c := cluster.Start(t, cluster.Options{Nodes: 2})
+	hc := newClient(t)
+	c.Throttle(0, 1, 8_000) // the push (0 -> 1) at 8 MB/s: four seconds
+	before := c.Carried(1, 0)
+	data := randomBytes(size)
+	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
+	tmp := filepath.Join(c.Nodes[1].Basedir, "tmp")
+	eventually(t, converge, "the push to node 1 starts", func() bool {
+		entries, _ := os.ReadDir(tmp)
+		for _, e := range entries {
+			if fi, err := e.Info(); err == nil && fi.Size() > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	res, body := get(t, hc, c.Nodes[1].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
+	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
+	moved := c.Carried(1, 0) - before
+	t.Logf("node 1 fetched %d bytes from node 0 for a %d-byte blob being pushed to it", moved, size)
+	assert.Less(t, moved, int64(size/10), "the miss fetched the blob beside the push")
+	c.Throttle(0, 1, 0)
+	eventually(t, converge, "node 1 holds the blob", func() bool { return c.BlobFiles(1)[id] == size })
+}

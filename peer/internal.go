@@ -304,29 +304,45 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "missing or inconsistent state header")
 		return
 	}
-	out, err := c.servedStore().Apply(st)
-	if err != nil {
-		c.refusedClock(err)
-		writeErr(w, httpstatus.Of(err), err.Error())
-		return
+	// One transfer of the ID at a time on this node (receive.go): a push
+	// that finds one in flight (a miss, a pull, another push) waits for
+	// it and applies its state again, reading nothing if the bytes came.
+	var t *transfer
+	for tries := 0; t == nil; tries++ {
+		out, err := c.servedStore().Apply(st)
+		if err != nil {
+			c.refusedClock(err)
+			writeErr(w, httpstatus.Of(err), err.Error())
+			return
+		}
+		if out != blobstore.NeedBytes {
+			// Stale, or the bytes were here already: nothing to read.
+			writeJSON(w, http.StatusOK, map[string]string{"result": out.String()})
+			return
+		}
+		if tries == 3 {
+			writeErr(w, http.StatusServiceUnavailable, errPushBusy.Error())
+			return
+		}
+		t, err = c.fetch.claimPush(r.Context(), id, func() bool {
+			b, err := c.store.Open(id)
+			if err == nil {
+				b.Close()
+			}
+			return err == nil
+		})
+		if err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
 	}
-	if out != blobstore.NeedBytes {
-		// Stale, or the bytes were here already: nothing to read.
-		writeJSON(w, http.StatusOK, map[string]string{"result": out.String()})
-		return
-	}
-	bw, err := c.servedStore().NewWriter(blobstore.WriterOptions{MaxBytes: st.Size, Size: st.Size})
-	if err != nil {
-		writeErr(w, httpstatus.Of(err), err.Error())
-		return
-	}
-	defer bw.Close()
+	defer t.release()
 	body := &iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: internalIdle}
-	if _, err := bw.ReadFrom(body); err != nil {
+	res, received, err := c.fetch.receivePush(t, st, body, "push from "+r.Header.Get(HeaderFrom))
+	if err != nil && !received {
 		writeErr(w, httpstatus.Of(err), fmt.Sprintf("receiving %s: %v", id, err))
 		return
 	}
-	res, err := bw.CommitState(st, true)
 	if err != nil {
 		c.refusedClock(err)
 		writeErr(w, httpstatus.Of(err), err.Error())
