@@ -684,23 +684,7 @@ func (d *download) Seek(offset int64, whence int) (int64, error) {
 
 // Wait blocks until the transfer has finished and returns its result: nil
 // if the blob was verified and stored.
-func (d *download) Wait(ctx context.Context) error {
-	t := d.t
-	for {
-		ch := t.changed.Wait()
-		t.mu.Lock()
-		fin, res := t.finished, t.result
-		t.mu.Unlock()
-		if fin {
-			return res
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
+func (d *download) Wait(ctx context.Context) error { return d.t.wait(ctx) }
 
 // Failed returns the transfer's error if it has finished with one before
 // its bytes were verified (a failure to store verified bytes does not make
