@@ -121,8 +121,7 @@ func (s *Store) commitBatch(items []BatchItem, idx []int, res []BatchResult) {
 	var ps []*batchPlacement
 	for _, i := range idx {
 		it := items[i]
-		// With syncfs, the bytes are made durable below, all at once.
-		decide, err := it.Writer.sealState(it.State, true, !fast)
+		decide, err := it.Writer.sealState(it.State, true)
 		if err != nil {
 			res[i].Err = err
 			continue
@@ -166,14 +165,22 @@ func (s *Store) commitBatch(items []BatchItem, idx []int, res []BatchResult) {
 	}
 
 	// 2. The blobs not held yet named by their intents; their bytes and
-	// names durable (without syncfs, each file was fsync'd by sealState).
+	// names durable (without syncfs, each file's fsync'd first, as place
+	// does).
 	var toLink []*batchPlacement
 	for _, p := range todo {
 		if !p.d.held { // held: only the record changes, as in place
 			toLink = append(toLink, p)
 		}
 	}
-	each(toLink, func(p *batchPlacement) { p.err = p.w.nameIntent(p.d.st.Clock) })
+	each(toLink, func(p *batchPlacement) {
+		if !fast {
+			if p.err = p.w.sync(); p.err != nil {
+				return
+			}
+		}
+		p.err = p.w.nameIntent(p.d.st.Clock)
+	})
 	toLink = going(toLink)
 	if fast && len(toLink) > 0 {
 		if err := syncFS(s.blobDir); err != nil {

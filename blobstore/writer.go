@@ -320,12 +320,11 @@ func (w *Writer) Sum() dtfc.ID {
 	return id
 }
 
-// finish seals the temp file: hash checked against want (unless zero),
-// data fsync'd unless sync is false (CommitBatch, whose one sync of the
-// file system makes it durable instead). An fsync error is fatal for this
-// write and never retried: after a failed fsync the page cache may claim
-// data the disk lost.
-func (w *Writer) finish(want dtfc.ID, sync bool) error {
+// finish seals the temp file: hash checked against want (unless zero).
+// Its data is made durable only if it is to be placed (sync, by place or
+// CommitBatch): bytes that turn out to be held already, or a state that
+// lost, cost no fsync.
+func (w *Writer) finish(want dtfc.ID) error {
 	if w.err != nil {
 		return w.err
 	}
@@ -342,14 +341,19 @@ func (w *Writer) finish(want dtfc.ID, sync bool) error {
 		w.err = &MismatchError{Want: want, Got: w.sum}
 		return w.err
 	}
-	if sync {
-		if err := w.f.Sync(); err != nil {
-			w.err = diskErr("fsync temp file", err)
-			return w.err
-		}
-	}
 	if err := w.f.Chmod(0o644); err != nil {
 		w.err = diskErr("chmod temp file", err)
+		return w.err
+	}
+	return nil
+}
+
+// sync makes the temp file's data durable, before it is placed. An fsync
+// error is fatal for this write and never retried: after a failed fsync
+// the page cache may claim data the disk lost.
+func (w *Writer) sync() error {
+	if err := w.f.Sync(); err != nil {
+		w.err = diskErr("fsync temp file", err)
 		return w.err
 	}
 	return nil
@@ -404,7 +408,7 @@ type Result struct {
 // an upload after a delete stores the file again. Uploading bytes the node
 // already holds changes no file but still records the newer operation.
 func (w *Writer) Commit(u Upload) (Result, error) {
-	if err := w.finish(u.Expected, true); err != nil {
+	if err := w.finish(u.Expected); err != nil {
 		return Result{}, err
 	}
 	if !w.s.DenyKnown() {
@@ -428,7 +432,7 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 // and nothing changes). With toFeed false the change stays out of the
 // change feed: a cache's fill, which no other node needs to hear about.
 func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
-	decide, err := w.sealState(st, toFeed, true)
+	decide, err := w.sealState(st, toFeed)
 	if err != nil {
 		return Result{}, err
 	}
@@ -442,17 +446,15 @@ func (w *Writer) CommitState(st dtfc.State, toFeed bool) (Result, error) {
 type decideFunc func(old *record, held bool) (st dtfc.State, apply, toFeed bool)
 
 // sealState checks the bytes against st, a state received from another
-// node, and returns how CommitState decides whether st wins. With sync
-// false the temp file is not fsync'd: the caller (CommitBatch) makes it
-// durable before it is linked.
-func (w *Writer) sealState(st dtfc.State, toFeed, sync bool) (decideFunc, error) {
+// node, and returns how CommitState decides whether st wins.
+func (w *Writer) sealState(st dtfc.State, toFeed bool) (decideFunc, error) {
 	if st.Deleted {
 		return nil, errors.New("blobstore: CommitState of a tombstone")
 	}
 	if st.ID.IsZero() {
 		return nil, errors.New("blobstore: CommitState of a state without an ID")
 	}
-	if err := w.finish(st.ID, sync); err != nil {
+	if err := w.finish(st.ID); err != nil {
 		return nil, err
 	}
 	if st.Size != w.n {
@@ -492,6 +494,12 @@ func (w *Writer) place(decide decideFunc) (res Result, err error) {
 	d, err := s.decide(id, decide)
 	if err != nil || !d.apply {
 		return Result{State: d.st}, err
+	}
+	if !d.held {
+		// To be placed: the bytes durable before anything names them.
+		if err := w.sync(); err != nil {
+			return res, err
+		}
 	}
 	dst := s.Path(id)
 	// On its way to the committer, which waits a little for it (and the
