@@ -82,9 +82,20 @@ type pusher struct {
 	ackedAt    atomic.Pointer[time.Time]
 	ackedSaved time.Time // when ackedAt was last persisted (run's goroutine only)
 	// next is the cursor as run knows it, failures the pushes failed in
-	// a row (run's goroutine only).
+	// a row, inflight the round on its way (run's goroutine only).
 	next     uint64
 	failures int
+	inflight *round
+}
+
+// round is a batch of changes on its way to the peer (push, run by
+// start).
+type round struct {
+	since   uint64 // the cursor the changes were read after
+	changes []blobstore.Change
+	done    chan struct{} // closed when push returned, with:
+	upTo    uint64
+	err     error
 }
 
 // newPusher returns r's pusher; cancel stops its run.
@@ -143,6 +154,7 @@ func (c *Cluster) wakePushers() {
 // which does one thing and says how to wait before the next.
 func (p *pusher) run(ctx context.Context) {
 	p.load()
+	defer p.drain() // a round may be on its way: none outlives Run
 	for ctx.Err() == nil {
 		if wait := p.step(ctx); wait != nil && !wait(ctx) {
 			return
@@ -171,6 +183,9 @@ func (p *pusher) load() {
 // when the peer has all of it, and pushes the next batch otherwise.
 func (p *pusher) step(ctx context.Context) wait {
 	c, r := p.c, p.r
+	if p.inflight != nil {
+		return p.await(ctx)
+	}
 	if r.Self() || c.resync.holdsFor(r.identity()) {
 		// Itself: nothing to send. A peer that marked this node
 		// expired: it refuses everything until the resync against it
@@ -192,12 +207,55 @@ func (p *pusher) step(ctx context.Context) wait {
 		p.caughtUpNow()
 		return either(changed, c.resync.changed())
 	}
-	upTo, err := p.push(ctx, changes)
-	if upTo > p.next && !p.advance(upTo) {
+	p.inflight = p.start(ctx, p.next, changes)
+	return p.await(ctx)
+}
+
+// start pushes changes, read after the cursor since, in a goroutine of
+// its own.
+func (p *pusher) start(ctx context.Context, since uint64, changes []blobstore.Change) *round {
+	rd := &round{since: since, changes: changes, done: make(chan struct{})}
+	go func() {
+		defer close(rd.done)
+		rd.upTo, rd.err = p.push(ctx, changes)
+	}()
+	return rd
+}
+
+// await waits for the round in flight and moves the cursor as far as
+// the peer accepted it. A full round that is going well has the next
+// one start meanwhile (read after its last change, so the two never
+// overlap): while the peer commits one, the next is offered and its
+// bytes sent, and a peer far behind never waits for this node between
+// rounds. The cursor still moves in order, and only past what the peer
+// accepted: past the next round only once this one was accepted whole;
+// a round after one that failed is waited for and dropped (its changes
+// are offered again, and the peer answers "ok" for what it took).
+func (p *pusher) await(ctx context.Context) wait {
+	c, r := p.c, p.r
+	cur := p.inflight
+	p.inflight = nil
+	last := cur.changes[len(cur.changes)-1].Seq
+	if len(cur.changes) == pushBatch && p.failures == 0 {
+		if next, err := p.store.Changes(last, pushBatch); err == nil && len(next) > 0 {
+			p.inflight = p.start(ctx, last, next)
+		}
+	}
+	<-cur.done
+	if cur.since != p.next {
+		// After a round that was not accepted whole: offered again.
+		p.drain()
+		return nil
+	}
+	if cur.upTo > p.next && !p.advance(cur.upTo) {
+		p.drain()
 		return pause(time.Second)
 	}
-	if err != nil {
-		return p.failed(ctx, err)
+	if cur.err != nil || cur.upTo != last {
+		p.drain()
+	}
+	if cur.err != nil {
+		return p.failed(ctx, cur.err)
 	}
 	if p.failures > 0 {
 		c.log.Info("peer accepts pushes again", "peer", r.URL)
@@ -205,6 +263,14 @@ func (p *pusher) step(ctx context.Context) wait {
 	}
 	p.failures = 0
 	return nil
+}
+
+// drain waits for the round in flight, if any, and drops its result.
+func (p *pusher) drain() {
+	if p.inflight != nil {
+		<-p.inflight.done
+		p.inflight = nil
+	}
 }
 
 // advance persists the cursor at upTo (the peer accepted everything up
