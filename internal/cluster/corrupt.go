@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -21,6 +22,7 @@ const corruptMin = 64
 // flipped as it passes.
 type corruptor struct {
 	on        atomic.Bool
+	nextBlob  atomic.Bool // CorruptNextBlob
 	corrupted atomic.Int64
 	ln        net.Listener
 	srv       *http.Server
@@ -67,8 +69,9 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 			c.slow(pr.In.Context(), &pr.Out.Body)
 		},
 		ModifyResponse: func(res *http.Response) error {
-			if res.Body != nil && res.Body != http.NoBody && c.on.Load() {
-				if at, ok := flipOffset(res.ContentLength); ok {
+			if res.Body != nil && res.Body != http.NoBody {
+				at, ok := flipOffset(res.ContentLength)
+				if ok && (c.on.Load() || (blobAnswer(res) && c.nextBlob.CompareAndSwap(true, false))) {
 					res.Body = &flipReader{rc: res.Body, at: at, flipped: c.flipped}
 				}
 			}
@@ -97,6 +100,13 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 		c.srv.Serve(ln) // returns ErrServerClosed once close is called
 	}()
 	return c
+}
+
+// blobAnswer tells whether res carries a blob's bytes (or a range of
+// them) from one node to another.
+func blobAnswer(res *http.Response) bool {
+	return res.Request.Method == http.MethodGet && strings.HasPrefix(res.Request.URL.Path, "/_internal/blobs/") &&
+		(res.StatusCode == http.StatusOK || res.StatusCode == http.StatusPartialContent)
 }
 
 // addr is the host:port the corruptor listens on.

@@ -298,6 +298,14 @@ func (c *Cluster) Corrupt(from, to int, on bool) {
 	c.link(from, to).corr.on.Store(on)
 }
 
+// CorruptNextBlob flips one byte in the middle of the next blob, or range
+// of one, that the link from -> to carries back (an answer to a GET of
+// /_internal/blobs/<id>), once.
+func (c *Cluster) CorruptNextBlob(from, to int) {
+	c.t.Helper()
+	c.link(from, to).corr.nextBlob.Store(true)
+}
+
 // Corrupted returns how many bodies the link from -> to has corrupted so
 // far.
 func (c *Cluster) Corrupted(from, to int) int64 {
