@@ -24,11 +24,12 @@ import (
 // holding a large blob and a cache (node 2) that misses it, so that the
 // cache's links to the holders (2 -> 0, 2 -> 1) carry the transfer.
 
-// holdersAndCache starts the cluster, uploads size random bytes to node 0
-// and waits until both replicas hold them.
-func holdersAndCache(t *testing.T, size int) (*cluster.Cluster, *http.Client, []byte, string) {
+// holdersAndCache starts the cluster, the cache with cacheArgs, uploads
+// size random bytes to node 0 and waits until both replicas hold them.
+func holdersAndCache(t *testing.T, size int, cacheArgs ...string) (*cluster.Cluster, *http.Client, []byte, string) {
 	t.Helper()
-	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{dtfc.RoleReplica, dtfc.RoleReplica, dtfc.RoleCache}})
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{dtfc.RoleReplica, dtfc.RoleReplica, dtfc.RoleCache},
+		NodeArgs: map[int][]string{2: cacheArgs}})
 	hc := newClient(t)
 	data := randomBytes(size)
 	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
@@ -50,13 +51,17 @@ func metricValue(t *testing.T, hc *http.Client, base, name string) float64 {
 	return v
 }
 
+// oneSource makes the cache fetch from one holder at a time: the path of
+// a blob only one peer holds (pieces_test.go covers several at once).
+var oneSource = []string{"--peer-fetch-sources", "1"}
+
 // TestMissResumesAfterCut: a miss whose transfer is cut at 90% goes on
 // from there (from the other holder, or the same), and the client gets
 // one unbroken 200 of the right bytes; in all, the links carry at most
 // 15% more than the blob.
 func TestMissResumesAfterCut(t *testing.T) {
 	const size = 40 << 20
-	c, hc, data, id := holdersAndCache(t, size)
+	c, hc, data, id := holdersAndCache(t, size, oneSource...)
 	before := carried(c)
 	for _, j := range []int{0, 1} {
 		c.CutAfter(2, j, size*9/10)
@@ -129,7 +134,7 @@ func TestMissResumesAfterKill(t *testing.T) {
 // never breaks.
 func TestMissResumesAfterStall(t *testing.T) {
 	const size = 24 << 20
-	c, hc, data, id := holdersAndCache(t, size)
+	c, hc, data, id := holdersAndCache(t, size, oneSource...)
 	before := carried(c)
 	for _, j := range []int{0, 1} {
 		c.StallAfter(2, j, size/2)

@@ -51,6 +51,10 @@ type Options struct {
 	// waits a few seconds for a slot, then fails with ErrBusy. If zero, it
 	// defaults to defaults.MaxPeerFetches.
 	MaxFetches int
+	// FetchSources is how many holders a transfer of a large blob takes
+	// pieces from at once (1: one holder at a time). If zero, it defaults
+	// to defaults.PeerFetchSources.
+	FetchSources int
 	// AntiEntropyInterval is how often each peer's digests are compared.
 	// If zero, it defaults to one minute.
 	AntiEntropyInterval time.Duration
@@ -178,6 +182,7 @@ func New(store Store, opts Options) (*Cluster, error) {
 		opts.HTTPClient = DefaultHTTPClient(nil)
 	}
 	opts.MaxFetches = cmp.Or(opts.MaxFetches, defaults.MaxPeerFetches)
+	opts.FetchSources = cmp.Or(opts.FetchSources, defaults.PeerFetchSources)
 	if opts.Wall == nil {
 		opts.Wall = time.Now
 	}
@@ -188,7 +193,7 @@ func New(store Store, opts Options) (*Cluster, error) {
 		log:   opts.Logger,
 	}
 	c.metrics = newMetrics(opts.Registry, c)
-	c.fetch = newFetcher(c, opts.MaxFetches)
+	c.fetch = newFetcher(c, opts.MaxFetches, opts.FetchSources)
 	if opts.PeerList != "" {
 		var err error
 		if c.filePeers, err = LoadList(opts.PeerList, opts.Me); err != nil {

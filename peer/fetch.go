@@ -47,6 +47,7 @@ type fetcher struct {
 	evict    func(incoming int64) (int, error)
 	log      *slog.Logger
 	metrics  *metrics
+	sources  int // holders a transfer in pieces takes them from at once
 	mu       sync.Mutex
 	inflight map[dtfc.ID]*transfer
 	gen      uint64 // transfers ended (generation)
@@ -73,8 +74,8 @@ type fetchStore interface {
 	PartialSize(id dtfc.ID) (n, size int64)
 }
 
-func newFetcher(c *Cluster, maxFetches int) *fetcher {
-	f := &fetcher{store: c.store, candidates: c.candidates, log: c.log, metrics: c.metrics,
+func newFetcher(c *Cluster, maxFetches, sources int) *fetcher {
+	f := &fetcher{store: c.store, candidates: c.candidates, log: c.log, metrics: c.metrics, sources: sources,
 		inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
 	if c.isCache() {
 		f.evict = c.evict
@@ -120,6 +121,9 @@ type transfer struct {
 	// dtfc_peer_fetches_total).
 	prefer *remote
 	miss   bool
+	// check, on a transfer started by a recheck (pieces.go), is what it
+	// compares its bytes with; it goes from one holder.
+	check *check
 }
 
 func (t *transfer) progress(n int64) {
@@ -193,7 +197,7 @@ func (f *fetcher) open(ctx context.Context, id dtfc.ID, gen uint64, local func()
 			return f.join(ctx, t)
 		}
 		if f.gen == gen {
-			return f.join(ctx, f.start(id, nil))
+			return f.join(ctx, f.start(id, nil, nil))
 		}
 		gen = f.gen
 		f.mu.Unlock()
@@ -227,11 +231,11 @@ func (f *fetcher) join(ctx context.Context, t *transfer) (*Blob, error) {
 }
 
 // start begins a transfer of id, with f.mu held: for a client's miss
-// (prefer nil), holding a slot it releases when it ends; for a pull,
-// asking prefer first.
-func (f *fetcher) start(id dtfc.ID, prefer *remote) *transfer {
+// (prefer nil), holding a slot it releases when it ends; for a pull or a
+// recheck (ck), asking prefer first.
+func (f *fetcher) start(id dtfc.ID, prefer *remote, ck *check) *transfer {
 	tctx, cancel := context.WithCancel(context.Background())
-	t := &transfer{id: id, ready: make(chan struct{}), refs: 1, cancel: cancel, prefer: prefer, miss: prefer == nil}
+	t := &transfer{id: id, ready: make(chan struct{}), refs: 1, cancel: cancel, prefer: prefer, miss: prefer == nil, check: ck}
 	if f.stopped {
 		cancel()
 	}
@@ -256,7 +260,7 @@ func (f *fetcher) pull(ctx context.Context, id dtfc.ID, r *remote, held func() b
 		f.mu.Lock()
 		t := f.inflight[id]
 		if t == nil && f.gen == gen {
-			t = f.start(id, r)
+			t = f.start(id, r, nil)
 		}
 		if t != nil {
 			t.mu.Lock()
@@ -328,14 +332,20 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 
 	local, lerr := f.store.Stat(t.id)
 	off, _ := f.store.PartialSize(t.id) // kept by an earlier transfer that was cut
+	// With other holders to take pieces from, the first request asks for
+	// the first piece only, so that none is closed half read.
+	length := int64(-1)
+	if f.sources > 1 && t.check == nil && len(f.piecesFrom(t.id, nil, 2, true)) > 1 {
+		length = pieceSize
+	}
 	var errs []error
 	for _, r := range preferred(f.candidates(t.id), t.prefer) {
-		body, st, at, err := f.ask(ctx, r, t.id, off, local, lerr == nil)
+		body, st, at, err := f.ask(ctx, r, t.id, off, length, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		f.fill(ctx, t, r, body, st, at)
+		f.fill(ctx, t, r, body, st, at, bodyEnd(at, length, st.Size))
 		return
 	}
 	f.count(t, "notfound")
@@ -347,15 +357,23 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 }
 
 // ask opens r's copy of id from byte off on (from 0 if r cannot send
-// that range), unless the local record wins: it does unless the peer's
+// that range), length bytes of it if r can send pieces (-1: all), unless the local record wins: it does unless the peer's
 // state is newer — or is the very same upload whose local file is
 // missing (a record without its bytes is repaired by a read). It returns
 // where the body starts.
-func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, off int64, local dtfc.State, hasLocal bool) (io.ReadCloser, dtfc.State, int64, error) {
-	body, st, err := r.node.Open(ctx, id, off)
+func (f *fetcher) ask(ctx context.Context, r *remote, id dtfc.ID, off, length int64, local dtfc.State, hasLocal bool) (io.ReadCloser, dtfc.State, int64, error) {
+	open := r.node.Open
+	if ps, ok := r.node.(pieceSource); ok && length >= 0 {
+		open = func(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, dtfc.State, error) {
+			return ps.OpenPiece(ctx, id, off, length)
+		}
+	} else {
+		length = -1
+	}
+	body, st, err := open(ctx, id, off)
 	if err != nil && off > 0 && !errors.Is(err, errPeerNotFound) && ctx.Err() == nil {
 		off = 0
-		body, st, err = r.node.Open(ctx, id, 0)
+		body, st, err = open(ctx, id, 0)
 	}
 	if err != nil {
 		return nil, st, 0, err
@@ -383,12 +401,12 @@ const (
 	maxResumes = 3
 )
 
-// fill streams body, r's copy of the blob of st from byte at on, into the
-// store through t, readable while it arrives, and records how it went. A
+// fill streams body, r's copy of the blob of st from byte at to end, into
+// the store through t, from several holders if it is large (pieces.go), readable while it arrives, and records how it went. A
 // large blob's transfer that is cut goes on from where it stopped, from
 // another holder or the same one; if it cannot, what it verified is kept
 // for the next transfer of the ID, also after a restart.
-func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State, at int64) {
+func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.ReadCloser, st dtfc.State, at, end int64) {
 	cache := f.evict != nil
 	release := func() {}
 	if cache {
@@ -400,6 +418,13 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 			f.log.Warn("eviction failed", "err", err)
 		}
 	}
+	// In pieces only if the first request asked for one (else what a
+	// worker leaves of that body would be sent for nothing).
+	pieces := end < st.Size && f.inPieces(t, r, st, at)
+	if !pieces && end < st.Size {
+		body = &continued{ctx: ctx, r: r, id: st.ID, size: st.Size, body: body, pos: at, end: end}
+		end = st.Size
+	}
 	w, body, err := f.writer(ctx, t, r, body, st, at)
 	if err != nil {
 		t.startErr = err
@@ -408,33 +433,19 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	}
 	t.st, t.src, t.w = st, r.URL, w
 	close(t.ready)
-	start, from := time.Now(), w.Size()
+	start := time.Now()
 	sources := map[*remote]bool{r: true}
-	fails := 0
-	for {
-		var cut bool
-		err, cut = copyInto(w, body, st.Size)
-		body.Close()
-		if !cut || !w.Resumable() || ctx.Err() != nil {
-			break
+	var spans []span
+	if pieces {
+		if w.Size() != at {
+			end = st.Size // f.writer asked for the rest
 		}
-		r.fail(err)
-		if w.Size() > from {
-			fails = 0 // it moved: only cuts without progress add up
+		err, spans = f.copyPieces(ctx, w, r, body, end, st)
+		for _, sp := range spans {
+			sources[sp.from] = true
 		}
-		if fails++; fails > maxResumes {
-			break
-		}
-		next, nbody, rerr := f.resume(ctx, t.id, st, w.Size(), r)
-		if rerr != nil {
-			err = errors.Join(err, rerr)
-			break
-		}
-		f.log.Info("transfer from peer cut; continuing", "id", t.id.String(), "peer", r.URL, "err", err,
-			"at", w.Size(), "size", st.Size, "from", next.URL)
-		f.metrics.fetchResumes.Inc()
-		r, body, from = next, nbody, w.Size()
-		sources[r] = true
+	} else {
+		err, r = f.copyOne(ctx, t, w, r, body, st, sources)
 	}
 	if err == nil && w.Size() == st.Size && w.Sum() == st.ID {
 		t.verify()
@@ -449,18 +460,31 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 		if t.miss {
 			f.metrics.fetchBytes.Add(float64(st.Size))
 		}
-		f.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "bytes", st.Size, "took", time.Since(start))
+		if t.check != nil {
+			f.blame(w, t.check)
+		}
+		f.log.Debug("fetched from peer", "id", t.id.String(), "peer", r.URL, "sources", len(sources), "bytes", st.Size, "took", time.Since(start))
 	case errors.Is(err, blobstore.ErrDigestMismatch):
 		f.count(t, "corrupt")
+		ck := t.check
 		if len(sources) == 1 {
 			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
 			f.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
+			if ck != nil {
+				f.metrics.corruptSources.WithLabelValues(r.URL).Inc()
+			}
 		} else {
+			ck = &check{spans: spans, tried: map[*remote]bool{}}
+		}
+		if ck != nil && f.recheck(t, ck) {
+			f.log.Warn("bytes from several peers do not match their SHA-512; fetching the blob again from one to find which sent wrong bytes",
+				"id", t.id.String(), "peers", len(sources))
+		} else if len(sources) > 1 {
 			f.log.Warn("bytes from several peers do not match their SHA-512; transfer aborted", "id", t.id.String(), "peers", len(sources))
 		}
 	default:
 		f.count(t, "failed")
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !pieces { // in pieces, each holder was told already
 			r.fail(err)
 		}
 		if serr := w.Suspend(); serr != nil {
@@ -473,6 +497,38 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	}
 	f.leave(t)
 	t.finish(err)
+}
+
+// copyOne copies body, r's copy of st's blob from w's Size on, into w,
+// and goes on from another holder (or r again) where a cut stopped it,
+// for a large blob. It returns how it ended and the holder it ended with,
+// and adds each holder it read to sources.
+func (f *fetcher) copyOne(ctx context.Context, t *transfer, w *blobstore.Writer, r *remote, body io.ReadCloser, st dtfc.State, sources map[*remote]bool) (error, *remote) {
+	from := w.Size()
+	fails := 0
+	for {
+		err, cut := copyInto(w, body, st.Size)
+		body.Close()
+		if !cut || !w.Resumable() || ctx.Err() != nil {
+			return err, r
+		}
+		r.fail(err)
+		if w.Size() > from {
+			fails = 0 // it moved: only cuts without progress add up
+		}
+		if fails++; fails > maxResumes {
+			return err, r
+		}
+		next, nbody, rerr := f.resume(ctx, t.id, st, w.Size(), r)
+		if rerr != nil {
+			return errors.Join(err, rerr), r
+		}
+		f.log.Info("transfer from peer cut; continuing", "id", t.id.String(), "peer", r.URL, "err", err,
+			"at", w.Size(), "size", st.Size, "from", next.URL)
+		f.metrics.fetchResumes.Inc()
+		r, body, from = next, nbody, w.Size()
+		sources[r] = true
+	}
 }
 
 // writer opens the store's writer for st's transfer, resumable for a
@@ -513,6 +569,56 @@ func (f *fetcher) writer(ctx context.Context, t *transfer, r *remote, body io.Re
 	}
 	return w, body, nil
 }
+
+// bodyEnd is where a body from byte at, of length bytes (-1: all) of a
+// blob of size bytes, ends.
+func bodyEnd(at, length, size int64) int64 {
+	if length < 0 {
+		return size
+	}
+	return min(at+length, size)
+}
+
+// continued reads body, r's copy of the blob id from byte pos up to byte
+// end, then the rest of it, to size, from r in a second request.
+type continued struct {
+	ctx      context.Context
+	r        *remote
+	id       dtfc.ID
+	size     int64
+	body     io.ReadCloser
+	pos, end int64
+}
+
+func (c *continued) Read(p []byte) (int, error) {
+	if c.pos == c.end && c.end < c.size {
+		c.body.Close()
+		b, st, err := c.r.node.Open(c.ctx, c.id, c.end)
+		if err == nil && st.Size != c.size {
+			b.Close()
+			err = fmt.Errorf("peer %s: %s changed size", c.r.URL, c.id)
+		}
+		if err != nil {
+			c.body = io.NopCloser(eofReader{})
+			return 0, err
+		}
+		c.body, c.end = b, c.size
+	}
+	n, err := c.body.Read(p)
+	c.pos += int64(n)
+	if err == io.EOF && c.pos < c.end {
+		err = io.ErrUnexpectedEOF
+	} else if err == io.EOF && c.end < c.size {
+		err = nil // the second request next
+	}
+	return n, err
+}
+
+func (c *continued) Close() error { return c.body.Close() }
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // count counts a result of a miss's transfer (dtfc_peer_fetches_total).
 func (f *fetcher) count(t *transfer, result string) {

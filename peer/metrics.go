@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	fetches          *prometheus.CounterVec
 	fetchResumes     prometheus.Counter
+	corruptSources   *prometheus.CounterVec
 	fetchBytes       prometheus.Counter
 	pushed           *prometheus.CounterVec
 	pushedBytes      prometheus.Counter
@@ -33,6 +34,10 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			Name: "dtfc_peer_fetch_resumes_total",
 			Help: "Transfers from peers that were cut and continued from where they stopped (from another holder if one could send the rest).",
 		}),
+		corruptSources: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_peer_fetch_corrupt_sources_total",
+			Help: "Peers found to have sent wrong bytes in a transfer from several holders (by comparing with a copy fetched again from one), by peer.",
+		}, []string{"peer"}),
 		fetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_peer_fetch_bytes_total",
 			Help: "Bytes fetched from peers on local misses and stored.",
@@ -97,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fetches, m.fetchResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
+	reg.MustRegister(m.fetches, m.fetchResumes, m.corruptSources, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
 		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
 		m.clockRefused, m.clockRefusedIn, m.expired,
 		&queueCollector{c: c},

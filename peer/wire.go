@@ -588,8 +588,23 @@ func (n *httpNode) States(ctx context.Context, prefix []byte, fn func(dtfc.State
 // byte off on (a Range; 0: the whole blob) with the state it sends along,
 // checked to be a present state of id whose size fits the body's length.
 func (n *httpNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, dtfc.State, error) {
+	return n.openRange(ctx, id, off, -1)
+}
+
+// OpenPiece opens length bytes of the peer's copy of id from byte off on,
+// or up to its end if it is shorter (a Range with both ends: the
+// connection can be used again after it).
+func (n *httpNode) OpenPiece(ctx context.Context, id dtfc.ID, off, length int64) (io.ReadCloser, dtfc.State, error) {
+	return n.openRange(ctx, id, off, length)
+}
+
+// openRange opens id from byte off on, length bytes of it (-1: to the end).
+func (n *httpNode) openRange(ctx context.Context, id dtfc.ID, off, length int64) (io.ReadCloser, dtfc.State, error) {
 	var hdr http.Header
-	if off > 0 {
+	switch {
+	case length >= 0:
+		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, off+length-1)}}
+	case off > 0:
 		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
 	}
 	resp, err := n.do(ctx, http.MethodGet, routeBlob+id.String(), nil, hdr)
@@ -597,7 +612,7 @@ func (n *httpNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadClos
 		return nil, dtfc.State{}, err
 	}
 	want := http.StatusOK
-	if off > 0 {
+	if hdr != nil {
 		want = http.StatusPartialContent
 	}
 	if resp.StatusCode != want {
@@ -608,10 +623,14 @@ func (n *httpNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadClos
 	if err == nil {
 		err = validState(st)
 	}
-	if err == nil && (st.ID != id || st.Deleted || st.Size-off != resp.ContentLength) {
+	end := st.Size // past the last byte sent: the blob may end before the range asked for
+	if length >= 0 {
+		end = min(off+length, st.Size)
+	}
+	if err == nil && (st.ID != id || st.Deleted || end-off != resp.ContentLength) {
 		err = fmt.Errorf("peer %s: inconsistent state header for %s", n.url, id)
 	}
-	if err == nil && off > 0 && resp.Header.Get("Content-Range") != fmt.Sprintf("bytes %d-%d/%d", off, st.Size-1, st.Size) {
+	if err == nil && hdr != nil && resp.Header.Get("Content-Range") != fmt.Sprintf("bytes %d-%d/%d", off, end-1, st.Size) {
 		err = fmt.Errorf("peer %s: range of %s from %d: Content-Range %q", n.url, id, off, resp.Header.Get("Content-Range"))
 	}
 	if err != nil {

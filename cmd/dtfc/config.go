@@ -56,6 +56,7 @@ type Config struct {
 	MaxHeaderBytes      ByteSize   `toml:"max_header_bytes"`
 	ReadHeaderTimeout   Duration   `toml:"read_header_timeout"`
 	MaxPeerFetches      int        `toml:"max_peer_fetches"`
+	PeerFetchSources    int        `toml:"peer_fetch_sources"`
 	ScrubInterval       Duration   `toml:"scrub_interval"`
 	ScrubRate           ByteSize   `toml:"scrub_rate"`
 	AntiEntropyInterval Duration   `toml:"anti_entropy_interval"`
@@ -88,6 +89,7 @@ func defaultConfig() Config {
 		MaxHeaderBytes:      defaults.MaxHeaderBytes,
 		ReadHeaderTimeout:   Duration(defaults.ReadHeaderTimeout),
 		MaxPeerFetches:      defaults.MaxPeerFetches,
+		PeerFetchSources:    defaults.PeerFetchSources,
 	}
 }
 
@@ -231,6 +233,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request head (request line and header fields, as HTTP/1.1 sends them) accepted; larger ones get 431")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")
+	fs.IntVar(&c.PeerFetchSources, "peer-fetch-sources", c.PeerFetchSources, "holders a transfer of a large blob (16 MiB or more) takes pieces from at once; 1: one holder at a time")
 	fs.Var(c.CORSOrigins.asFlag(), "cors-origins", "origins whose browser pages may read and upload (CORS); \"*\" for any; repeatable")
 	fs.StringVar(&c.CouchDBAuth, "couchdb-auth", c.CouchDBAuth, "CouchDB URL whose sessions (AuthSession cookie or Basic credentials) authorize writers")
 	fs.Var(c.CouchDBRoles.asFlag(), "couchdb-roles", "with couchdb-auth: a writer needs one of these CouchDB roles; repeatable")
@@ -363,6 +366,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := c.proxies(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.PeerFetchSources < 1 || c.PeerFetchSources > 16 {
+		errs = append(errs, fmt.Errorf("peer_fetch_sources must be from 1 to 16, not %d", c.PeerFetchSources))
 	}
 	if c.MaxHeaderBytes < 1024 || c.ReadHeaderTimeout <= 0 || c.MaxPeerFetches < 1 {
 		errs = append(errs, errors.New("max_header_bytes must be at least 1024, read_header_timeout positive, max_peer_fetches at least 1"))

@@ -136,6 +136,7 @@ func newCluster(c Config, store *blobstore.Store, tlsr *tlsreload.Reloader, log 
 		AcceptSecrets:       c.ClusterSecret,
 		RequirePeerCert:     c.TLSRequirePeerCert,
 		MaxFetches:          c.MaxPeerFetches,
+		FetchSources:        c.PeerFetchSources,
 		HTTPClient:          peerClient,
 		AntiEntropyInterval: time.Duration(c.AntiEntropyInterval),
 		TombstoneRetention:  time.Duration(c.TombstoneRetention),

@@ -46,4 +46,7 @@ const (
 	// MaxPeerFetches bounds the transfers from peers at once
 	// (max_peer_fetches).
 	MaxPeerFetches = 64
+	// PeerFetchSources is how many holders a transfer of a large blob
+	// takes pieces from at once (peer_fetch_sources).
+	PeerFetchSources = 4
 )
