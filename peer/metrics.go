@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	fetches          *prometheus.CounterVec
 	fetchResumes     prometheus.Counter
+	pushResumes      prometheus.Counter
 	fetchBytes       prometheus.Counter
 	pushed           *prometheus.CounterVec
 	pushedBytes      prometheus.Counter
@@ -32,6 +33,10 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 		fetchResumes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_peer_fetch_resumes_total",
 			Help: "Transfers from peers that were cut and continued from where they stopped (from another holder if one could send the rest).",
+		}),
+		pushResumes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_peer_push_resumes_total",
+			Help: "Blobs pushed to this node that continued the bytes it kept of them from a cut transfer, instead of starting over.",
 		}),
 		fetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_peer_fetch_bytes_total",
@@ -97,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fetches, m.fetchResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
+	reg.MustRegister(m.fetches, m.fetchResumes, m.pushResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
 		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
 		m.clockRefused, m.clockRefusedIn, m.expired,
 		&queueCollector{c: c},
