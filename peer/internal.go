@@ -358,8 +358,12 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	body := &iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: internalIdle}
 	res, received, err := c.fetch.receivePush(t, st, body, off, "push from "+r.Header.Get(HeaderFrom))
 	var rf *resumeFromError
-	if errors.As(err, &rf) {
+	switch {
+	case errors.As(err, &rf):
 		resumeAt(w, rf.Have, off)
+		return
+	case errors.Is(err, errPushBusy):
+		writeErr(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	if err != nil && !received {

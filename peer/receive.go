@@ -26,8 +26,9 @@ import (
 // from a holder, and a push may continue those a miss left.
 
 // errPushBusy means a push found its ID's transfer in flight again and
-// again: the pusher retries later.
-var errPushBusy = errors.New("the blob keeps arriving by other transfers; retry")
+// again, or the bytes kept of it still held by the one before: the
+// pusher retries later.
+var errPushBusy = errors.New("the blob is busy with other transfers here; retry")
 
 // claimPush makes the push of id's bytes id's transfer, owned by the
 // caller, who feeds it with receivePush. If a transfer of id is in
@@ -145,6 +146,10 @@ func (f *fetcher) pushWriter(t *transfer, st dtfc.State, body io.Reader, off int
 		return nil, err
 	}
 	switch have := w.Size(); {
+	case !w.Resumable() && off > 0:
+		// The kept bytes are still held by the transfer before (see
+		// NewResumableWriter): neither start over nor wait here.
+		err = errPushBusy
 	case have < off:
 		err = &resumeFromError{Have: have, Off: off}
 	case have > off:
