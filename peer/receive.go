@@ -114,17 +114,17 @@ func (f *fetcher) receivePush(t *transfer, st dtfc.State, body io.Reader, off in
 	}
 	t.st, t.src, t.w = st, from, w // closed by the last release of t
 	close(t.ready)
-	if err, _ := copyInto(w, body, st.Size); err != nil {
+	if cerr, _ := copyInto(w, body, st.Size); cerr != nil {
 		if serr := w.Suspend(); serr != nil {
 			f.log.Warn("could not keep a cut push", "id", st.ID.String(), "err", serr)
 		} else if w.Resumable() {
-			f.log.Info("push cut; keeping what came", "id", st.ID.String(), "from", from, "at", w.Size(), "size", st.Size, "err", err)
+			f.log.Info("push cut; keeping what came", "id", st.ID.String(), "from", from, "at", w.Size(), "size", st.Size, "err", cerr)
 		}
-		return res, false, err
+		return res, false, cerr
 	}
 	// More than the blob: the writer's MaxBytes refuses it.
-	if _, err := w.ReadFrom(body); err != nil {
-		return res, false, err
+	if _, rerr := w.ReadFrom(body); rerr != nil {
+		return res, false, rerr
 	}
 	if w.Size() == st.Size && w.Sum() == st.ID {
 		t.verify()
