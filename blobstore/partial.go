@@ -126,21 +126,21 @@ func readCheckpoint(id dtfc.ID, path string) (checkpoint, error) {
 // there is a usable one (Size then starts above zero, and Progress is
 // called with it at once), and keeps its own bytes if Suspend is called
 // before Close. Only one resumable writer per ID may be open at a time:
-// while one is, another call gets a plain Writer.
+// while one is, another call waits up to PartialWait for it to close (a
+// transfer that just ended may be closing, or its last reader letting
+// go), and continues what it kept; if it is still open then, the call
+// gets a plain Writer.
 func (s *Store) NewResumableWriter(id dtfc.ID, size int64, opts WriterOptions) (*Writer, error) {
+	claimed := s.claimPartial(id)
 	leave, err := s.enter()
 	if err != nil {
+		if claimed {
+			s.releasePartial(id)
+		}
 		return nil, err
 	}
 	defer leave()
-	s.partialMu.Lock()
-	if s.partials == nil {
-		s.partials = map[dtfc.ID]bool{}
-	}
-	busy := s.partials[id]
-	s.partials[id] = true
-	s.partialMu.Unlock()
-	if busy {
+	if !claimed {
 		return s.newWriter(opts)
 	}
 	w, err := s.openPartial(id, size, opts)
@@ -151,9 +151,45 @@ func (s *Store) NewResumableWriter(id dtfc.ID, size int64, opts WriterOptions) (
 	return w, nil
 }
 
+// PartialWait is how long NewResumableWriter waits for the resumable
+// writer of the same ID open elsewhere to close.
+const PartialWait = 2 * time.Second
+
+// claimPartial makes id's partial transfer the caller's, waiting up to
+// PartialWait for the writer that has it to close; false if it did not.
+func (s *Store) claimPartial(id dtfc.ID) bool {
+	var timeout <-chan time.Time
+	for {
+		s.partialMu.Lock()
+		if s.partials == nil {
+			s.partials = map[dtfc.ID]chan struct{}{}
+		}
+		closed, busy := s.partials[id]
+		if !busy {
+			s.partials[id] = make(chan struct{})
+			s.partialMu.Unlock()
+			return true
+		}
+		s.partialMu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(PartialWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-closed:
+		case <-timeout:
+			return false
+		}
+	}
+}
+
 func (s *Store) releasePartial(id dtfc.ID) {
 	s.partialMu.Lock()
-	delete(s.partials, id)
+	if closed, ok := s.partials[id]; ok {
+		delete(s.partials, id)
+		close(closed)
+	}
 	s.partialMu.Unlock()
 }
 
@@ -432,7 +468,7 @@ func (s *Store) sweepPartials() error {
 		// touches its files: a transfer of the ID starting now either
 		// comes after the removal or is seen open and left alone.
 		s.partialMu.Lock()
-		if perr == nil && s.partials[id] {
+		if _, open := s.partials[id]; perr == nil && open {
 			s.partialMu.Unlock()
 			continue
 		}

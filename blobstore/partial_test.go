@@ -86,10 +86,13 @@ func TestResumableCompletes(t *testing.T) {
 	w, err = s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
 	require.NoError(t, err)
 	require.Equal(t, int64(1<<20), w.Size())
-	// A second transfer of the same ID meanwhile gets a plain writer.
+	// A second transfer of the same ID meanwhile gets a plain writer,
+	// once it waited for the first to close.
+	start := time.Now()
 	w2, err := s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
 	require.NoError(t, err)
 	assert.False(t, w2.Resumable())
+	assert.GreaterOrEqual(t, time.Since(start), blobstore.PartialWait)
 	assert.Zero(t, w2.Size())
 	require.NoError(t, w2.Close())
 
@@ -104,6 +107,48 @@ func TestResumableCompletes(t *testing.T) {
 	assert.Empty(t, filesUnder(t, filepath.Join(s.Dir(), "partial")))
 	assert.Empty(t, filesUnder(t, filepath.Join(s.Dir(), "tmp")))
 	assertMode(t, blobPath(s.Dir(), st.ID), 0o644)
+}
+
+// TestResumableWaitsForTheOpenOne: a transfer of an ID whose last
+// transfer is still closing (suspended, its last reader letting go)
+// waits for it and continues what it kept, instead of starting over.
+func TestResumableWaitsForTheOpenOne(t *testing.T) {
+	s := newStore(t)
+	data := content(9, 3<<20)
+	st := remoteState(data)
+	w, err := s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
+	require.NoError(t, err)
+	_, err = w.ReadFrom(bytes.NewReader(data[:1<<20]))
+	require.NoError(t, err)
+	require.NoError(t, w.Suspend())
+
+	next := make(chan *blobstore.Writer, 1)
+	go func() {
+		w2, err := s.NewResumableWriter(st.ID, st.Size, blobstore.WriterOptions{})
+		assert.NoError(t, err)
+		next <- w2
+	}()
+	select {
+	case w2 := <-next:
+		w2.Close()
+		t.Fatal("a second writer of the ID opened while the first was open")
+	case <-time.After(100 * time.Millisecond):
+	}
+	require.NoError(t, w.Close())
+	var w2 *blobstore.Writer
+	select {
+	case w2 = <-next:
+	case <-time.After(blobstore.PartialWait):
+		t.Fatal("the waiting writer did not open once the first closed")
+	}
+	require.True(t, w2.Resumable())
+	assert.Equal(t, int64(1<<20), w2.Size(), "it continues what the first kept")
+	_, err = w2.ReadFrom(bytes.NewReader(data[1<<20:]))
+	require.NoError(t, err)
+	_, err = w2.CommitState(st, true)
+	require.NoError(t, err)
+	require.NoError(t, w2.Close())
+	assert.Empty(t, filesUnder(t, filepath.Join(s.Dir(), "partial")))
 }
 
 // TestResumableDamagedCheckpoint: a checkpoint that does not decode, or

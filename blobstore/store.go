@@ -70,9 +70,10 @@ type Store struct {
 	small    *smallCache
 	denied   denyCache
 	opener   *blobOpener
-	// partials are the IDs with a resumable writer open (partial.go).
+	// partials are the IDs with a resumable writer open (partial.go),
+	// each with the channel its Close closes.
 	partialMu sync.Mutex
-	partials  map[dtfc.ID]bool
+	partials  map[dtfc.ID]chan struct{}
 
 	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
 	denyUnknown atomic.Bool  // keyDenyUnknown is set

@@ -200,15 +200,12 @@ func TestMissJoinsPushInFlight(t *testing.T) {
 	before := c.Carried(1, 0)
 	data := randomBytes(size)
 	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
-	tmp := filepath.Join(c.Nodes[1].Basedir, "tmp")
+	// A pushed blob this large is written where a cut push is resumed
+	// from (partial/), a smaller one to tmp/.
+	part := filepath.Join(c.Nodes[1].Basedir, "partial", id)
 	eventually(t, converge, "the push to node 1 starts", func() bool {
-		entries, _ := os.ReadDir(tmp)
-		for _, e := range entries {
-			if fi, err := e.Info(); err == nil && fi.Size() > 0 {
-				return true
-			}
-		}
-		return false
+		fi, err := os.Stat(part)
+		return err == nil && fi.Size() > 0
 	})
 	res, body := get(t, hc, c.Nodes[1].URL+"/"+id)
 	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
@@ -218,4 +215,79 @@ func TestMissJoinsPushInFlight(t *testing.T) {
 	assert.Less(t, moved, int64(size/10), "the miss fetched the blob beside the push")
 	c.Throttle(0, 1, 0)
 	eventually(t, converge, "node 1 holds the blob", func() bool { return c.BlobFiles(1)[id] == size })
+}
+
+// pushedTo is what node 1 was sent of blob bytes by node 0: the bodies
+// of node 0's pushes, and answers to node 1's own requests (its
+// anti-entropy pulls, cut off in these tests).
+func pushedTo(c *cluster.Cluster) int64 { return c.CarriedRequests(0, 1) + c.Carried(1, 0) }
+
+// TestPushResumesAfterCut: a push of a large blob cut at 90% of its body
+// goes on from where it stopped: node 1 keeps what came, and the next
+// push sends only the rest. In all, the link carries at most 15% more
+// than the blob.
+func TestPushResumesAfterCut(t *testing.T) {
+	const size = 64 << 20
+	c := cluster.Start(t, cluster.Options{Nodes: 2})
+	hc := newClient(t)
+	c.Cut(1, 0) // node 1 gets the blob by the push alone, not by a pull
+	before := pushedTo(c)
+	c.CutRequestAfter(0, 1, size*9/10)
+	data := randomBytes(size)
+	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
+	eventually(t, converge, "node 1 gets the pushed blob", func() bool { return c.BlobFiles(1)[id] == size })
+	require.True(t, logHas(c.Nodes[1], "push cut; keeping what came"), "the push was not cut")
+	moved := pushedTo(c) - before
+	t.Logf("the link carried %d bytes for a %d-byte blob (%.3f×)", moved, size, float64(moved)/size)
+	assert.LessOrEqual(t, moved, int64(size*115/100), "the cut push started over")
+	assert.GreaterOrEqual(t, metricValue(t, hc, c.Nodes[1].URL, "dtfc_peer_push_resumes_total"), 1.0)
+	assert.Empty(t, partialFiles(t, c.Nodes[1]), "a finished push keeps nothing in partial/")
+	res, body := get(t, hc, c.Nodes[1].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.True(t, bytes.Equal(data, body), "node 1 serves other bytes")
+	c.Heal(1, 0)
+}
+
+// TestPushResumesAfterKill: the node a large blob is pushed to is killed
+// (-9) in the middle of the push, after a checkpoint; restarted, it gets
+// the rest of the blob from the checkpoint on, not the whole blob again.
+func TestPushResumesAfterKill(t *testing.T) {
+	const (
+		size       = 96 << 20
+		checkpoint = 32 << 20 // peer.checkpointEvery
+	)
+	c := cluster.Start(t, cluster.Options{Nodes: 2})
+	hc := newClient(t)
+	c.Cut(1, 0)              // node 1 gets the blob by the push alone, not by a pull
+	c.Throttle(0, 1, 16_000) // the push at 16 MB/s: six seconds for the blob
+	before := pushedTo(c)
+	data := randomBytes(size)
+	_, id := upload(t, hc, c.Nodes[0].URL, "large.bin", data)
+	resume := filepath.Join(c.Nodes[1].Basedir, "partial", id+".resume")
+	eventually(t, converge, "the push's first checkpoint", func() bool {
+		_, err := os.Stat(resume)
+		return err == nil
+	})
+	c.Nodes[1].Kill()
+	atKill := pushedTo(c) - before
+	t.Logf("killed after the link carried %d bytes", atKill)
+	require.Less(t, atKill, int64(size*3/4), "the push was nearly done before the kill: nothing to resume")
+
+	c.Nodes[1].Start()
+	c.Throttle(0, 1, 0)
+	eventually(t, converge, "node 1 gets the pushed blob", func() bool { return c.BlobFiles(1)[id] == size })
+	assert.True(t, logHas(c.Nodes[1], "resuming a partial transfer"), "the restarted node did not resume")
+	moved := pushedTo(c) - before
+	after := moved - atKill
+	t.Logf("the link carried %d bytes in all for a %d-byte blob (%.3f×), %d after the restart", moved, size, float64(moved)/size, after)
+	// Beside the blob's bytes the link carries the pusher's offers (JSON,
+	// a few hundred bytes each).
+	assert.LessOrEqual(t, after, int64(size-checkpoint+64<<10), "the push after the restart sent bytes node 1 had checkpointed")
+	assert.LessOrEqual(t, moved, int64(size*115/100+checkpoint), "the push after the restart started over")
+	assert.GreaterOrEqual(t, metricValue(t, hc, c.Nodes[1].URL, "dtfc_peer_push_resumes_total"), 1.0)
+	res, body := get(t, hc, c.Nodes[1].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.True(t, bytes.Equal(data, body), "node 1 serves other bytes")
+	eventually(t, converge, "the partial transfer is cleaned up", func() bool { return len(partialFiles(t, c.Nodes[1])) == 0 })
+	c.Heal(1, 0)
 }

@@ -232,6 +232,12 @@ func DefaultHTTPClient(tr *http.Transport) *http.Client {
 	// answer, and every exchange has a progress watch instead (remote.do).
 	tr.MaxIdleConnsPerHost = 16
 	tr.IdleConnTimeout = 90 * time.Second
+	// A large push waits this long at most for the peer's 100 Continue
+	// before it sends its body anyway: a peer that kept part of the blob
+	// refuses it first, before a byte of it (httpNode.Put). Longer than
+	// Go's default second: the peer may be ending the cut transfer that
+	// kept them (their fsync) when the retry comes.
+	tr.ExpectContinueTimeout = 3 * time.Second
 	tr.ForceAttemptHTTP2 = false
 	return &http.Client{Transport: tr}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -290,7 +291,10 @@ func (c *Cluster) hGetBlob(w http.ResponseWriter, r *http.Request) {
 
 // hPutBlob receives a pushed blob with its state. The bytes are verified
 // against the ID before anything is stored; a mismatch (corruption in
-// transit) is refused, and the pusher retries.
+// transit) is refused, and the pusher retries. A pusher that can resume
+// (HeaderResume) is refused before the body (409, HeaderResumeFrom) if
+// this node kept part of the blob from a cut transfer, and sends the rest
+// (HeaderOffset).
 func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	id, ok := idParam(w, r)
 	if !ok {
@@ -302,6 +306,16 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil || st.ID != id || st.Deleted {
 		writeErr(w, http.StatusBadRequest, "missing or inconsistent state header")
+		return
+	}
+	resumable := r.Header.Get(HeaderResume) != ""
+	off, err := parseOffset(r.Header.Get(HeaderOffset))
+	switch {
+	case err != nil:
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("bad %s: %v", HeaderOffset, err))
+		return
+	case off > 0 && (!resumable || off > st.Size || r.ContentLength != st.Size-off):
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("%s %d: the body must be the rest of the %d-byte blob, with %s", HeaderOffset, off, st.Size, HeaderResume))
 		return
 	}
 	// One transfer of the ID at a time on this node (receive.go): a push
@@ -324,6 +338,10 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, http.StatusServiceUnavailable, errPushBusy.Error())
 			return
 		}
+		if have := c.fetch.kept(id, st.Size); resumable && have != off {
+			resumeAt(w, have, off)
+			return
+		}
 		t, err = c.fetch.claimPush(r.Context(), id, func() bool {
 			b, err := c.store.Open(id)
 			if err == nil {
@@ -338,7 +356,16 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	defer t.release()
 	body := &iox.IdleReader{R: r.Body, Deadline: http.NewResponseController(w), Idle: internalIdle}
-	res, received, err := c.fetch.receivePush(t, st, body, "push from "+r.Header.Get(HeaderFrom))
+	res, received, err := c.fetch.receivePush(t, st, body, off, "push from "+r.Header.Get(HeaderFrom))
+	var rf *resumeFromError
+	switch {
+	case errors.As(err, &rf):
+		resumeAt(w, rf.Have, off)
+		return
+	case errors.Is(err, errPushBusy):
+		writeErr(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
 	if err != nil && !received {
 		writeErr(w, httpstatus.Of(err), fmt.Sprintf("receiving %s: %v", id, err))
 		return
@@ -353,6 +380,14 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusCreated
 	}
 	writeJSON(w, status, map[string]string{"result": "applied"})
+}
+
+// resumeAt refuses a push whose body starts at byte off, unread: this
+// node holds the first have bytes of the blob, and the body is to start
+// there.
+func resumeAt(w http.ResponseWriter, have, off int64) {
+	w.Header().Set(HeaderResumeFrom, strconv.FormatInt(have, 10))
+	writeErr(w, http.StatusConflict, fmt.Sprintf("this node holds the first %d bytes of the blob: send it from there (the body started at byte %d)", have, off))
 }
 
 // hPutBlobs receives many small pushed blobs in one request (see

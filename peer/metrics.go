@@ -6,6 +6,7 @@ type metrics struct {
 	fetches          *prometheus.CounterVec
 	fetchResumes     prometheus.Counter
 	corruptSources   *prometheus.CounterVec
+	pushResumes      prometheus.Counter
 	fetchBytes       prometheus.Counter
 	pushed           *prometheus.CounterVec
 	pushedBytes      prometheus.Counter
@@ -38,6 +39,10 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			Name: "dtfc_peer_fetch_corrupt_sources_total",
 			Help: "Peers found to have sent wrong bytes in a transfer from several holders (by comparing with a copy fetched again from one), by peer.",
 		}, []string{"peer"}),
+		pushResumes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dtfc_peer_push_resumes_total",
+			Help: "Blobs pushed to this node that continued the bytes it kept of them from a cut transfer, instead of starting over.",
+		}),
 		fetchBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_peer_fetch_bytes_total",
 			Help: "Bytes fetched from peers on local misses and stored.",
@@ -102,7 +107,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fetches, m.fetchResumes, m.corruptSources, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
+	reg.MustRegister(m.fetches, m.fetchResumes, m.corruptSources, m.pushResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
 		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
 		m.clockRefused, m.clockRefusedIn, m.expired,
 		&queueCollector{c: c},

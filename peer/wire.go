@@ -69,7 +69,37 @@ const (
 	// lifts) it never acknowledged, and since when (RFC 3339 with
 	// milliseconds): the addressee must resync before it offers anything.
 	HeaderExpired = "X-Dtfc-Expired"
+	// HeaderResume, on a PUT of a blob, says the pusher can send the
+	// blob from where the bytes its peer kept of it end: the peer may
+	// then refuse the PUT, before its body, with 409 and
+	// HeaderResumeFrom. A pusher from before it sends it all, and is
+	// never refused so.
+	HeaderResume = "X-Dtfc-Resume"
+	// HeaderResumeFrom, on the 409 answering a PUT with HeaderResume, is
+	// how many bytes of the blob the answering node holds from a cut
+	// transfer: the body is to start there (0: send it all).
+	HeaderResumeFrom = "X-Dtfc-Resume-From"
+	// HeaderOffset, on a PUT with HeaderResume, says the body is the blob
+	// from this byte on (a decimal count, what HeaderResumeFrom said).
+	HeaderOffset = "X-Dtfc-Offset"
 )
+
+// maxPutResumes is how many 409s with HeaderResumeFrom a push follows
+// before it fails (the peer's kept bytes changed under it: a transfer
+// there moved on or was dropped); the pusher retries later.
+const maxPutResumes = 3
+
+// parseOffset reads HeaderOffset or HeaderResumeFrom: a decimal count of
+// bytes, "" for 0.
+func parseOffset(v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	if len(v) > 19 || strings.TrimLeft(v, "0123456789") != "" {
+		return 0, fmt.Errorf("%q is not a byte count", v)
+	}
+	return strconv.ParseInt(v, 10, 64)
+}
 
 // errPeerNotFound: the peer answered 404.
 var errPeerNotFound = errors.New("peer does not hold it")
@@ -641,20 +671,61 @@ func (n *httpNode) openRange(ctx context.Context, id dtfc.ID, off, length int64)
 }
 
 // Put sends a blob's bytes (size of them, from body) with its state
-// (PUT /_internal/blobs/{id}).
+// (PUT /_internal/blobs/{id}). A blob of resumeMin bytes or more read
+// from an io.ReaderAt (a file) is sent so that a cut push resumes: the
+// request says so (HeaderResume) and waits for 100 Continue, and a peer
+// that kept part of the blob from a transfer that was cut refuses it
+// before the body (409, HeaderResumeFrom); Put then sends the rest, from
+// there (HeaderOffset). The peer verifies the whole blob's SHA-512 as
+// for any push.
 func (n *httpNode) Put(ctx context.Context, st dtfc.State, body io.Reader, size int64) error {
-	hdr := http.Header{}
-	hdr.Set(HeaderState, encodeStateHeader(st))
-	hdr.Set("Content-Type", "application/octet-stream")
-	resp, err := n.do(ctx, http.MethodPut, routeBlob+st.ID.String(), &sizedReader{r: body, n: size}, hdr)
-	if err != nil {
-		return err
+	ra, resumable := body.(io.ReaderAt)
+	resumable = resumable && size >= resumeMin
+	var off int64
+	for tries := 0; ; tries++ {
+		hdr := http.Header{}
+		hdr.Set(HeaderState, encodeStateHeader(st))
+		hdr.Set("Content-Type", "application/octet-stream")
+		var send io.Reader = &sizedReader{r: body, n: size}
+		if resumable {
+			hdr.Set(HeaderResume, "1")
+			// A refusal then costs no byte of the body (the transport
+			// waits ExpectContinueTimeout at most for the peer's word).
+			hdr.Set("Expect", "100-continue")
+			if off > 0 {
+				hdr.Set(HeaderOffset, strconv.FormatInt(off, 10))
+			}
+			send = &sizedReader{r: io.NewSectionReader(ra, off, size-off), n: size - off}
+			if off == size {
+				send = nil // the peer kept it all: a body of length 0
+			}
+		}
+		resp, err := n.do(ctx, http.MethodPut, routeBlob+st.ID.String(), send, hdr)
+		if err != nil {
+			return err
+		}
+		if from, ok := resumeFrom(resp, size); ok && resumable && tries < maxPutResumes {
+			resp.Body.Close()
+			off = from
+			continue
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+			return answerErr(n.url, resp)
+		}
+		return nil
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
-		return answerErr(n.url, resp)
+}
+
+// resumeFrom reads where a peer that refused a push wants its body to
+// start (409 with HeaderResumeFrom), within a blob of size bytes.
+func resumeFrom(resp *http.Response, size int64) (int64, bool) {
+	v := resp.Header.Get(HeaderResumeFrom)
+	if resp.StatusCode != http.StatusConflict || v == "" {
+		return 0, false
 	}
-	return nil
+	off, err := parseOffset(v)
+	return off, err == nil && off <= size
 }
 
 // PutBatch sends small blobs with their states in one request (POST

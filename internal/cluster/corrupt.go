@@ -52,6 +52,11 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 			MaxIdleConnsPerHost:   16,
 			IdleConnTimeout:       30 * time.Second,
 			ResponseHeaderTimeout: 0, // the node may fsync a large body first
+			// A request that expects 100 Continue (a large push) waits
+			// for the node's, as on a TCP path: its body is not taken
+			// from the sender before the node asked for it, so a
+			// refusal costs no body bytes through the proxy either.
+			ExpectContinueTimeout: time.Second,
 		},
 	}
 	rp := &httputil.ReverseProxy{
@@ -65,6 +70,9 @@ func newCorruptor(target *url.URL, ln net.Listener) *corruptor {
 				if at, ok := flipOffset(pr.Out.ContentLength); ok {
 					pr.Out.Body = &flipReader{rc: body, at: at, flipped: c.flipped}
 				}
+			}
+			if body := pr.Out.Body; body != nil && body != http.NoBody {
+				pr.Out.Body = c.cutRequest(body, pr.Out.ContentLength)
 			}
 			c.slow(pr.In.Context(), &pr.Out.Body)
 		},

@@ -41,6 +41,29 @@ func (c *Cluster) Carried(from, to int) int64 {
 	return c.link(from, to).corr.carried.Load()
 }
 
+// CutRequestAfter is CutAfter for a request body: the next request body
+// on the link from -> to (node from to node to) that starts after the
+// call and is longer than n bytes breaks off after n bytes: node to reads
+// a short body (its connection closes before the length it was told),
+// and node from sees its request fail, never an answer. At most n bytes
+// reach node to: exactly n when the proxy's transport has flushed them
+// (it does when the request expected 100 Continue), else up to its 4 KiB
+// write buffer fewer. It fires once, like CutAfter, and is independent of
+// it; Heal and HealAll disarm it.
+func (c *Cluster) CutRequestAfter(from, to int, n int64) {
+	c.t.Helper()
+	c.link(from, to).corr.reqShot.Store(&cutShot{n: max(n, 0)})
+}
+
+// CarriedRequests returns how many bytes of request bodies (node from to
+// node to) the link from -> to has passed on so far, bodies cut short
+// included: the traffic node from sent that went through, as Carried
+// counts that of answers.
+func (c *Cluster) CarriedRequests(from, to int) int64 {
+	c.t.Helper()
+	return c.link(from, to).corr.carriedReq.Load()
+}
+
 // cutShot is an armed CutAfter (or StallAfter, if stall). It is taken by
 // the first answer to prove longer than n bytes that started while it was
 // armed, compared by identity: a shot healed away or rearmed is not
@@ -52,8 +75,10 @@ type cutShot struct {
 
 // cutState is the corruptor's part for CutAfter, StallAfter and Carried.
 type cutState struct {
-	shot    atomic.Pointer[cutShot] // armed, or nil
-	carried atomic.Int64            // answer bytes written to clients
+	shot       atomic.Pointer[cutShot] // armed, or nil
+	carried    atomic.Int64            // answer bytes written to clients
+	reqShot    atomic.Pointer[cutShot] // CutRequestAfter armed, or nil
+	carriedReq atomic.Int64            // request bytes passed on to the node
 
 	healMu sync.Mutex
 	healed chan struct{} // closed by uncut: the stalled answers end; nil: none made yet
@@ -62,6 +87,7 @@ type cutState struct {
 var (
 	errCut     = errors.New("cluster: answer cut (CutAfter)")
 	errStalled = errors.New("cluster: stalled answer ended (StallAfter)")
+	errCutReq  = errors.New("cluster: request cut (CutRequestAfter)")
 )
 
 // arm arms s, replacing a shot not taken yet.
@@ -71,6 +97,7 @@ func (c *corruptor) arm(s *cutShot) { c.shot.Store(s) }
 // HealAll do).
 func (c *corruptor) uncut() {
 	c.shot.Store(nil)
+	c.reqShot.Store(nil)
 	c.healMu.Lock()
 	defer c.healMu.Unlock()
 	if c.healed != nil {
@@ -149,6 +176,59 @@ func (r *cutReader) Read(p []byte) (int, error) {
 }
 
 func (r *cutReader) Close() error { return r.rc.Close() }
+
+// cutRequest makes a request body subject to the armed CutRequestAfter,
+// if any and if the body may be longer than its n bytes, and counts what
+// of it is passed on (CarriedRequests).
+func (c *corruptor) cutRequest(body io.ReadCloser, length int64) io.ReadCloser {
+	r := &requestReader{rc: body, c: c}
+	if s := c.reqShot.Load(); s != nil && (length < 0 || length > s.n) {
+		r.shot, r.left = s, s.n
+	}
+	return r
+}
+
+// requestReader passes a request body on, counting it; with a shot, its
+// first shot.n bytes, then, once a further byte came and the shot is
+// still armed, takes it and fails: the proxy's transport drops its
+// connection to the node, and the proxy the one to the sender.
+type requestReader struct {
+	rc   io.ReadCloser
+	c    *corruptor
+	shot *cutShot // nil: the body passes whole
+	left int64
+	err  error // once cut
+}
+
+func (r *requestReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.shot != nil && r.left > 0 {
+		p = p[:min(int64(len(p)), r.left)]
+	}
+	if r.shot != nil && r.left == 0 {
+		var one [1]byte
+		n, err := r.rc.Read(one[:])
+		if n == 0 {
+			return 0, err // the end after exactly n bytes: not longer
+		}
+		if !r.c.reqShot.CompareAndSwap(r.shot, nil) {
+			r.shot = nil // taken by another request, healed or rearmed
+			p[0] = one[0]
+			r.c.carriedReq.Add(1)
+			return 1, err
+		}
+		r.err = errCutReq
+		return 0, r.err
+	}
+	n, err := r.rc.Read(p)
+	r.left -= int64(n)
+	r.c.carriedReq.Add(int64(n))
+	return n, err
+}
+
+func (r *requestReader) Close() error { return r.rc.Close() }
 
 // serveAnswers wraps the corruptor's proxy so that its answers go through
 // an answerWriter.

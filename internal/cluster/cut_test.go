@@ -306,3 +306,127 @@ func TestCorruptorCarried(t *testing.T) {
 	require.Len(t, got, 10)
 	assert.Equal(t, int64(180_010), c.carried.Load(), "requests not counted")
 }
+
+// taken is what taker read of a request body.
+type taken struct {
+	body []byte
+	err  error
+}
+
+// taker reads request bodies and reports each on the channel, and
+// answers ?size=N patterned bytes; with ?refuse=1 it answers 409 without
+// reading (as a node refusing a push that expects 100 Continue does).
+func taker(got chan<- taken) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("refuse") != "" {
+			w.WriteHeader(http.StatusConflict)
+			w.(http.Flusher).Flush()
+			got <- taken{}
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		size, _ := strconv.Atoi(r.URL.Query().Get("size"))
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.Write(patterned(size))
+		got <- taken{body, err}
+	})
+}
+
+// TestCorruptorCutRequestAfter checks that an armed request cut passes at
+// most n bytes of the first request body longer than that (exactly n
+// when the request expected 100 Continue), so that the node reads a
+// short body and the sender sees its request fail; that it fires once;
+// and that CarriedRequests counts what passed, a request refused before
+// its body (100 Continue) included as nothing.
+func TestCorruptorCutRequestAfter(t *testing.T) {
+	got := make(chan taken, 1)
+	c, hc := corruptorBefore(t, taker(got))
+	// Long: a refusal must come before any body byte, not after a wait.
+	hc.Transport.(*http.Transport).ExpectContinueTimeout = within
+	send := func(t *testing.T, size int, expect bool, query string) (*http.Response, error, taken) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPut, "http://"+c.addr()+"/"+query, bytes.NewReader(patterned(size)))
+		require.NoError(t, err)
+		if expect {
+			req.Header.Set("Expect", "100-continue")
+		}
+		res, err := hc.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		select {
+		case tk := <-got:
+			return res, err, tk
+		case <-time.After(within):
+			t.Fatalf("the node got no request in %s", within)
+		}
+		return nil, nil, taken{}
+	}
+	whole := func(t *testing.T, size int, expect bool) {
+		t.Helper()
+		before := c.carriedReq.Load()
+		res, err, tk := send(t, size, expect, "")
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+		require.NoError(t, tk.err)
+		require.True(t, bytes.Equal(patterned(size), tk.body), "the node got %d bytes of %d", len(tk.body), size)
+		assert.Equal(t, int64(size), c.carriedReq.Load()-before)
+	}
+	cut := func(t *testing.T, size int, expect bool, n int) {
+		t.Helper()
+		before := c.carriedReq.Load()
+		_, err, tk := send(t, size, expect, "")
+		require.Error(t, err, "cut after %d bytes of %d: the sender must see its request fail", n, size)
+		require.Error(t, tk.err, "the node must read a broken body")
+		if expect {
+			require.Len(t, tk.body, n)
+		} else {
+			require.LessOrEqual(t, len(tk.body), n)
+			require.GreaterOrEqual(t, len(tk.body), n-4096)
+		}
+		require.True(t, bytes.Equal(patterned(size)[:len(tk.body)], tk.body), "the node got other bytes")
+		assert.Equal(t, int64(n), c.carriedReq.Load()-before, "what passed is counted")
+	}
+
+	for _, tc := range []struct {
+		name    string
+		size, n int
+		expect  bool
+	}{
+		{"expecting 100 Continue", 1 << 20, 600_000, true},
+		{"plain", 1 << 20, 600_000, false},
+		{"before the first byte", 1 << 20, 0, true},
+		{"one byte short", 1000, 999, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.reqShot.Store(&cutShot{n: int64(tc.n)})
+			cut(t, tc.size, tc.expect, tc.n)
+			whole(t, tc.size, tc.expect) // once only
+		})
+	}
+	t.Run("shorter bodies pass and leave it armed", func(t *testing.T) {
+		c.reqShot.Store(&cutShot{n: 1000})
+		whole(t, 1000, true)
+		whole(t, 10, false)
+		cut(t, 1001, true, 1000)
+		whole(t, 1001, true)
+	})
+	t.Run("answers are not cut by it", func(t *testing.T) {
+		c.reqShot.Store(&cutShot{n: 100})
+		b, err := fetch(t, c, hc, 5000, false)
+		require.NoError(t, err)
+		require.Len(t, b, 5000)
+		<-got
+		c.uncut()
+		whole(t, 5000, true) // healing disarms
+	})
+	t.Run("a refusal before the body carries none of it", func(t *testing.T) {
+		before := c.carriedReq.Load()
+		res, err, tk := send(t, 1<<20, true, "?refuse=1")
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusConflict, res.StatusCode)
+		assert.Empty(t, tk.body)
+		assert.Equal(t, before, c.carriedReq.Load())
+	})
+}
