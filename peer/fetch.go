@@ -331,7 +331,12 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 	defer t.cancel()
 
 	local, lerr := f.store.Stat(t.id)
-	off, _ := f.store.PartialSize(t.id) // kept by an earlier transfer that was cut
+	var off int64
+	if t.check == nil {
+		// A recheck starts from byte 0: bytes kept from before may be
+		// those that failed.
+		off, _ = f.store.PartialSize(t.id) // kept by an earlier transfer that was cut
+	}
 	// With other holders to take pieces from, the first request asks for
 	// the first piece only, so that none is closed half read.
 	length := int64(-1)
@@ -539,7 +544,7 @@ func (f *fetcher) writer(ctx context.Context, t *transfer, r *remote, body io.Re
 	opts := blobstore.WriterOptions{Progress: t.progress, Size: st.Size}
 	var w *blobstore.Writer
 	var err error
-	if st.Size >= resumeMin {
+	if st.Size >= resumeMin && t.check == nil {
 		w, err = f.store.NewResumableWriter(st.ID, st.Size, opts)
 	} else {
 		w, err = f.store.NewWriter(opts)
