@@ -293,8 +293,8 @@ func (f *fetcher) inPieces(t *transfer, r *remote, st dtfc.State, at int64) bool
 }
 
 // copyPieces fills w with st's blob from several holders: r, whose body
-// is open at w's Size up to byte end, and the others. It returns how it ended, and the
-// spans each holder sent (for a recheck).
+// is open at w's Size up to byte end, and the others. It returns how it
+// ended, and the spans each holder sent (for a recheck).
 func (f *fetcher) copyPieces(ctx context.Context, w *blobstore.Writer, r *remote, body io.ReadCloser, end int64, st dtfc.State) (error, []span) {
 	ctx, cancel := context.WithCancel(ctx)
 	s := newPieces(st.ID, w, st.Size)
