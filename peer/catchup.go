@@ -86,6 +86,10 @@ func (cs *catchUps) get(node string) *catchUp {
 	return p
 }
 
+// maxCatchUps bounds the senders remembered: a cluster without a secret
+// takes offers from anyone, under any name.
+const maxCatchUps = 1024
+
 // offered records that the peer node offered n changes: a full round
 // says it has more to send, a shorter one that it has sent everything.
 func (cs *catchUps) offered(node string, n int) {
@@ -94,11 +98,28 @@ func (cs *catchUps) offered(node string, n int) {
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	p := cs.get(node)
+	p := cs.peers[node]
+	if p == nil && n < pushBatch {
+		return // nothing to remember
+	}
+	if p == nil && len(cs.peers) >= maxCatchUps {
+		cs.pruneLocked()
+	}
+	p = cs.get(node)
 	if n >= pushBatch {
 		p.active = cs.now()
 	} else {
 		p.active = time.Time{}
+	}
+}
+
+// pruneLocked forgets the senders neither catching this node up nor
+// deferred.
+func (cs *catchUps) pruneLocked() {
+	for node, p := range cs.peers {
+		if !cs.activeLocked(p) && p.deferredSince.IsZero() {
+			delete(cs.peers, node)
+		}
 	}
 }
 
@@ -107,9 +128,13 @@ func (cs *catchUps) offered(node string, n int) {
 func (cs *catchUps) pushed(node string) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if p := cs.peers[node]; p != nil && !p.active.IsZero() {
+	if p := cs.peers[node]; p != nil && cs.activeLocked(p) {
 		p.active = cs.now()
 	}
+}
+
+func (cs *catchUps) activeLocked(p *catchUp) bool {
+	return !p.active.IsZero() && cs.now().Sub(p.active) < cs.window
 }
 
 // mayDefer reports whether a comparison with the peer node may be
@@ -126,7 +151,7 @@ func (cs *catchUps) catchingUp(node string) bool {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	p := cs.peers[node]
-	return p != nil && !p.active.IsZero() && cs.now().Sub(p.active) < cs.window
+	return p != nil && cs.activeLocked(p)
 }
 
 // deferred records that a comparison with the peer node was deferred;

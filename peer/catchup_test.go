@@ -70,7 +70,10 @@ func TestAntiEntropyDefersToCatchUp(t *testing.T) {
 
 	offerAs(t, c, a.Store.NodeID(), 1) // the last round: the feed ran dry
 	c.eventuallyHolds(x, true)
-	require.Equal(t, 1.0, c.metric("dtfc_antientropy_repairs_total", "upload"))
+	// Counted once the pull returned, a moment after the blob is held.
+	eventually(t, 10*time.Second, func() bool {
+		return c.metric("dtfc_antientropy_repairs_total", "upload") == 1
+	}, "one pull counted")
 }
 
 // TestAntiEntropyDeferralIsBounded: a peer whose offers stay full rounds
