@@ -64,11 +64,16 @@ type syncStore interface {
 func (c *Cluster) syncStore() syncStore { return c.store }
 
 // antiEntropyLoop compares this node with each peer at start-up and then
-// every interval (with jitter, so nodes do not all hit one peer at once).
+// every interval (with jitter, so nodes do not all hit one peer at once);
+// after a round that deferred a peer catching this node up, sooner
+// (catchup.go).
 func (c *Cluster) antiEntropyLoop(ctx context.Context) {
 	for {
-		c.antiEntropyRound(ctx)
+		_, deferred := c.antiEntropyRound(ctx)
 		d := time.Duration(float64(c.opts.AntiEntropyInterval) * (0.9 + 0.2*rand.Float64()))
+		if deferred {
+			d = min(d, c.catchUp.window)
+		}
 		if sleep.For(ctx, d) != nil {
 			return
 		}
@@ -76,10 +81,16 @@ func (c *Cluster) antiEntropyLoop(ctx context.Context) {
 }
 
 // AntiEntropy runs one round now and reports how many peers it completed
-// with (tests and operators use it; the loop runs it periodically).
-func (c *Cluster) AntiEntropy(ctx context.Context) int { return c.antiEntropyRound(ctx) }
+// with (tests and operators use it; the loop runs it periodically). A
+// peer catching this node up by pushes is not completed (catchup.go).
+func (c *Cluster) AntiEntropy(ctx context.Context) int {
+	done, _ := c.antiEntropyRound(ctx)
+	return done
+}
 
-func (c *Cluster) antiEntropyRound(ctx context.Context) int {
+// antiEntropyRound compares with each replica peer and reports how many
+// it completed with, and whether it deferred one.
+func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool) {
 	var reps []*remote
 	for _, r := range c.replicaPeers() {
 		// Never import from a peer marked expired: it may hold what was
@@ -91,12 +102,11 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 	if len(reps) == 0 {
 		c.synced.Store(true)
 		c.denyLearned("no replica peer to compare with")
-		return 0
+		return 0, false
 	}
-	done := 0
 	for _, r := range reps {
 		if ctx.Err() != nil {
-			return done
+			return done, deferred
 		}
 		var err error
 		if c.isCache() {
@@ -105,6 +115,10 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 			err = c.syncWith(ctx, r)
 		}
 		if errors.Is(err, errPeerResyncing) {
+			continue
+		}
+		if errors.Is(err, errCatchingUp) {
+			deferred = true
 			continue
 		}
 		if err != nil {
@@ -118,7 +132,7 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) int {
 	if done > 0 {
 		c.synced.Store(true)
 	}
-	return done
+	return done, deferred
 }
 
 // digestsOf asks r for its digests; a peer that is resyncing (it may
@@ -137,7 +151,9 @@ func (c *Cluster) digestsOf(ctx context.Context, r *remote, prefix []byte) (dige
 
 // syncWith pulls from r every state newer than the local one, comparing
 // digests first so that a pair of nodes in sync exchanges 256 digests and
-// nothing more.
+// nothing more. While r is catching this node up by pushes, it compares
+// the deny lists only, and stops scheduling pulls if r begins to during
+// the round: errCatchingUp (catchup.go).
 func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 	ans, err := c.digestsOf(ctx, r, nil)
 	if err != nil {
@@ -153,6 +169,15 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 	ours, err := c.syncStore().Digests()
 	if err != nil {
 		return err
+	}
+	// The identity is known now: the digests' answer told it. Whether
+	// r may be deferred is decided once for the round, so a round past
+	// the bound runs to its end.
+	node := r.NodeID()
+	mayDefer := c.catchUp.mayDefer(node)
+	catchingUp := func() bool { return mayDefer && c.catchUp.catchingUp(node) }
+	if catchingUp() {
+		return c.deferSync(r, node)
 	}
 	// Pulls go on g, range comparisons on rg: a comparison waits for a
 	// pull's slot, never the other way round. A failed pull cancels
@@ -171,11 +196,19 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 		if rctx.Err() != nil {
 			break
 		}
-		rg.Go(func() error { return c.syncTopRange(rctx, gctx, g, r, byte(b), ours[b].Count+theirs[b].Count) })
+		rg.Go(func() error {
+			return c.syncTopRange(rctx, gctx, g, r, byte(b), ours[b].Count+theirs[b].Count, catchingUp)
+		})
 	}
 	err = rg.Wait()
 	if gerr := g.Wait(); err == nil {
 		err = gerr
+	}
+	if errors.Is(err, errCatchingUp) {
+		return c.deferSync(r, node)
+	}
+	if err == nil {
+		c.catchUp.compared(node)
 	}
 	return err
 }
@@ -183,10 +216,10 @@ func (c *Cluster) syncWith(ctx context.Context, r *remote) error {
 // syncTopRange compares the range of IDs starting with b with r's, both
 // sides holding count records: record by record if they are few, else
 // by its sub-ranges' digests first. It compares under ctx; pulls go on g,
-// under pullCtx.
-func (c *Cluster) syncTopRange(ctx, pullCtx context.Context, g *errgroup.Group, r *remote, b byte, count uint64) error {
+// under pullCtx, until catchingUp says r began to catch this node up.
+func (c *Cluster) syncTopRange(ctx, pullCtx context.Context, g *errgroup.Group, r *remote, b byte, count uint64, catchingUp func() bool) error {
 	if count <= wholeRange {
-		return c.syncRange(ctx, pullCtx, g, r, []byte{b})
+		return c.syncRange(ctx, pullCtx, g, r, []byte{b}, catchingUp)
 	}
 	sub, err := c.digestsOf(ctx, r, []byte{b})
 	if err != nil {
@@ -202,7 +235,7 @@ func (c *Cluster) syncTopRange(ctx, pullCtx context.Context, g *errgroup.Group, 
 	}
 	for sb := range 256 {
 		if ourSub[sb] != theirSub[sb] {
-			if err := c.syncRange(ctx, pullCtx, g, r, []byte{b, byte(sb)}); err != nil {
+			if err := c.syncRange(ctx, pullCtx, g, r, []byte{b, byte(sb)}, catchingUp); err != nil {
 				return err
 			}
 		}
@@ -211,8 +244,11 @@ func (c *Cluster) syncTopRange(ctx, pullCtx context.Context, g *errgroup.Group, 
 }
 
 // syncRange compares the records of one ID range with r's under ctx, and
-// schedules a pull of each newer remote state on g, under pullCtx.
-func (c *Cluster) syncRange(ctx, pullCtx context.Context, g *errgroup.Group, r *remote, prefix []byte) error {
+// schedules a pull of each newer remote state on g, under pullCtx. It
+// stops with errCatchingUp once catchingUp says r is catching this node
+// up by pushes (the pulls already scheduled run on: at most
+// pullParallelism of them).
+func (c *Cluster) syncRange(ctx, pullCtx context.Context, g *errgroup.Group, r *remote, prefix []byte, catchingUp func() bool) error {
 	local := map[dtfc.ID]dtfc.State{}
 	if err := c.syncStore().States(prefix, func(st dtfc.State) error {
 		local[st.ID] = st
@@ -226,6 +262,9 @@ func (c *Cluster) syncRange(ctx, pullCtx context.Context, g *errgroup.Group, r *
 		}
 		if err := validState(st); err != nil {
 			return fmt.Errorf("peer %s: state of %s: %w", r.URL, st.ID, err)
+		}
+		if catchingUp() {
+			return errCatchingUp
 		}
 		g.Go(func() error { return c.pull(pullCtx, r, st) })
 		return nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -71,7 +72,11 @@ func BenchmarkReplicationLatency(b *testing.B) {
 
 // BenchmarkCatchUp measures how fast a replica that missed 10,000 uploads
 // of 1 KiB catches up once it returns (DTFC_CATCHUP_FILES and
-// DTFC_CATCHUP_SIZE change the count and size).
+// DTFC_CATCHUP_SIZE change the count and size). It reports too how many
+// blobs the returning node's anti-entropy pulled (ae-pulls): each is one
+// the pushes were bringing as well. DTFC_CATCHUP_CPUPROFILE names a file
+// for a CPU profile of the catch-up alone, without the uploads before it
+// (not with -cpuprofile).
 func BenchmarkCatchUp(b *testing.B) {
 	files, size := 10000, 1<<10
 	if v := os.Getenv("DTFC_CATCHUP_FILES"); v != "" {
@@ -98,6 +103,7 @@ func BenchmarkCatchUp(b *testing.B) {
 			}()
 		}
 		wg.Wait()
+		stopProfile := catchUpProfile(b)
 		b.StartTimer()
 		start := time.Now()
 		c.start()
@@ -109,8 +115,26 @@ func BenchmarkCatchUp(b *testing.B) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		el := time.Since(start)
+		stopProfile()
 		b.ReportMetric(float64(files)/el.Seconds(), "files/s")
 		b.ReportMetric(float64(files*size)/el.Seconds()/1e6, "MB/s")
+		b.ReportMetric(c.metric("dtfc_antientropy_repairs_total", "upload"), "ae-pulls")
+	}
+}
+
+// catchUpProfile starts a CPU profile into the file DTFC_CATCHUP_CPUPROFILE
+// names, if it is set, and returns what stops it.
+func catchUpProfile(b *testing.B) func() {
+	name := os.Getenv("DTFC_CATCHUP_CPUPROFILE")
+	if name == "" {
+		return func() {}
+	}
+	f, err := os.Create(name)
+	require.NoError(b, err)
+	require.NoError(b, pprof.StartCPUProfile(f))
+	return func() {
+		pprof.StopCPUProfile()
+		require.NoError(b, f.Close())
 	}
 }
 

@@ -143,6 +143,7 @@ type Cluster struct {
 	expired    expiries    // peers this node marked expired (acks.go)
 	feedClock  feedClock   // when the feed reached where (acks.go)
 	resync     resync      // whether this node must resync (resync.go)
+	catchUp    *catchUps   // peers catching this node up by pushes (catchup.go)
 }
 
 type membership struct {
@@ -192,6 +193,7 @@ func New(store Store, opts Options) (*Cluster, error) {
 		store: store,
 		log:   opts.Logger,
 	}
+	c.catchUp = newCatchUps(opts.AntiEntropyInterval)
 	c.metrics = newMetrics(opts.Registry, c)
 	c.fetch = newFetcher(c, opts.MaxFetches, opts.FetchSources)
 	if opts.PeerList != "" {

@@ -78,7 +78,7 @@ func (c *Cluster) InternalHandler() http.Handler {
 		// Receiving states: always, but not from a peer this node marked
 		// expired until it resynced.
 		r.Group(func(r chi.Router) {
-			r.Use(c.notFromExpired)
+			r.Use(c.notFromExpired, c.notePushes)
 			r.Put(routeBlob+"{id}", c.hPutBlob)
 			r.Post(routeBlobs, c.hPutBlobs)
 			r.Post(routeChanges, c.hChanges)
@@ -586,6 +586,7 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	c.noteOffer(r, len(req.Changes)+len(req.Deny))
 	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
 	for i, d := range req.Deny {
 		ans.DenyResults[i] = resultOK

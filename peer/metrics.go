@@ -12,6 +12,7 @@ type metrics struct {
 	pushedBytes      prometheus.Counter
 	received         *prometheus.CounterVec
 	repairs          *prometheus.CounterVec
+	deferrals        *prometheus.CounterVec
 	evictions        prometheus.Counter
 	tombstonesPurged prometheus.Counter
 	resyncDropped    prometheus.Counter
@@ -63,6 +64,10 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 			Name: "dtfc_antientropy_repairs_total",
 			Help: "States pulled by anti-entropy because a peer had a newer one, by kind.",
 		}, []string{"kind"}),
+		deferrals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dtfc_antientropy_deferred_total",
+			Help: "Anti-entropy comparisons with a peer deferred because the peer was catching this node up by pushes, by peer.",
+		}, []string{"peer"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_cache_evictions_total",
 			Help: "Blobs a cache evicted to stay under its size limit.",
@@ -107,7 +112,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fetches, m.fetchResumes, m.corruptSources, m.pushResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs,
+	reg.MustRegister(m.fetches, m.fetchResumes, m.corruptSources, m.pushResumes, m.fetchBytes, m.pushed, m.pushedBytes, m.received, m.repairs, m.deferrals,
 		m.evictions, m.tombstonesPurged, m.resyncDropped, m.scrubCorrupt, m.scrubRepaired,
 		m.clockRefused, m.clockRefusedIn, m.expired,
 		&queueCollector{c: c},
