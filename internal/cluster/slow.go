@@ -58,7 +58,9 @@ func (c *corruptor) slow(ctx context.Context, body *io.ReadCloser) {
 	}
 }
 
-// throttleReader passes a body on at no more than rate() bytes per second.
+// throttleReader passes a body on at no more than rate() bytes per second,
+// on average since the rate was set (so the time its reads take counts
+// in it), with no credit for more than throttleSlack of idleness.
 // Once its body said EOF it says EOF without reading it again: the HTTP
 // server closes a request body it saw the end of as soon as the proxy
 // answers, and the transport's last read (after the sleep that delivered
@@ -67,7 +69,16 @@ type throttleReader struct {
 	rc   io.ReadCloser
 	rate func() int64
 	eof  bool
+
+	// The bytes passed since start, at the rate last seen.
+	start    time.Time
+	passed   int64
+	lastRate int64
 }
+
+// throttleSlack is how far behind its rate a throttled body may fall
+// (a reader that paused) and make it up at full speed.
+const throttleSlack = 50 * time.Millisecond
 
 func (r *throttleReader) Read(p []byte) (int, error) {
 	rate := r.rate()
@@ -77,12 +88,24 @@ func (r *throttleReader) Read(p []byte) (int, error) {
 	if r.eof {
 		return 0, io.EOF
 	}
+	if rate != r.lastRate || time.Since(r.due()) > throttleSlack {
+		r.start, r.passed, r.lastRate = time.Now(), 0, rate
+	}
 	n, err := r.rc.Read(p)
 	r.eof = err == io.EOF
 	if rate > 0 && n > 0 {
-		time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
+		r.passed += int64(n)
+		time.Sleep(time.Until(r.due()))
 	}
 	return n, err
+}
+
+// due is when the bytes passed are due at the rate.
+func (r *throttleReader) due() time.Time {
+	if r.lastRate <= 0 {
+		return r.start
+	}
+	return r.start.Add(time.Duration(float64(r.passed) / float64(r.lastRate) * float64(time.Second)))
 }
 
 func (r *throttleReader) Close() error { return r.rc.Close() }
