@@ -51,6 +51,17 @@ func fromHolders(c *cluster.Cluster) [3]int64 {
 	return [3]int64{c.Carried(3, 0), c.Carried(3, 1), c.Carried(3, 2)}
 }
 
+// movedSince is what each of the cache's links carried since before, and
+// their sum.
+func movedSince(c *cluster.Cluster, before [3]int64) (each [3]int64, total int64) {
+	after := fromHolders(c)
+	for j := range 3 {
+		each[j] = after[j] - before[j]
+		total += each[j]
+	}
+	return each, total
+}
+
 // TestMissFromThreeHolders: with each link to a holder throttled to the
 // same rate, a miss of a 48 MiB blob takes about a third from each; the
 // client gets one unbroken 200 of the right bytes; in all, the links carry
@@ -69,11 +80,8 @@ func TestMissFromThreeHolders(t *testing.T) {
 	took := time.Since(start)
 	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
 	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
-	after := fromHolders(c)
-	var total int64
-	for j := range 3 {
-		moved := after[j] - before[j]
-		total += moved
+	each, total := movedSince(c, before)
+	for j, moved := range each {
 		t.Logf("holder %d sent %.1f MiB", j, float64(moved)/(1<<20))
 		assert.GreaterOrEqual(t, moved, int64(size/5), "holder %d took little part: the miss did not take pieces from every holder", j)
 	}
@@ -97,12 +105,8 @@ func TestPiecesGoOnAfterCuts(t *testing.T) {
 	res, body := get(t, hc, c.Nodes[3].URL+"/"+id)
 	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body[:min(len(body), 200)])
 	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
-	after := fromHolders(c)
-	var total int64
-	for j := range 3 {
-		total += after[j] - before[j]
-	}
-	t.Logf("the links carried %.3f× the blob", float64(total)/size)
+	each, total := movedSince(c, before)
+	t.Logf("the links carried %.3f× the blob (%v)", float64(total)/size, each)
 	assert.LessOrEqual(t, total, int64(size*115/100), "cut pieces started over")
 	assert.GreaterOrEqual(t, metricValue(t, hc, c.Nodes[3].URL, "dtfc_peer_fetch_resumes_total"), 1.0)
 	eventually(t, converge, "the cache holds the blob", func() bool { return c.BlobFiles(3)[id] == size })
@@ -168,13 +172,8 @@ func TestPiecesGoOnAfterStall(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, res.StatusCode)
 	require.True(t, bytes.Equal(data, body), "the client got other bytes (%d of %d)", len(body), size)
-	after := fromHolders(c)
-	var total int64
-	for j := range 3 {
-		total += after[j] - before[j]
-	}
-	t.Logf("the stalled transfer took %v; the links carried %.3f× the blob (%v)", time.Since(start).Round(time.Millisecond), float64(total)/size,
-		[3]int64{after[0] - before[0], after[1] - before[1], after[2] - before[2]})
+	each, total := movedSince(c, before)
+	t.Logf("the stalled transfer took %v; the links carried %.3f× the blob (%v)", time.Since(start).Round(time.Millisecond), float64(total)/size, each)
 	if !assert.LessOrEqual(t, total, int64(size*115/100)) {
 		t.Log(c.Nodes[3].Log())
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -604,7 +605,7 @@ func (c *continued) Read(p []byte) (int, error) {
 			err = fmt.Errorf("peer %s: %s changed size", c.r.URL, c.id)
 		}
 		if err != nil {
-			c.body = io.NopCloser(eofReader{})
+			c.body = http.NoBody
 			return 0, err
 		}
 		c.body, c.end = b, c.size
@@ -620,10 +621,6 @@ func (c *continued) Read(p []byte) (int, error) {
 }
 
 func (c *continued) Close() error { return c.body.Close() }
-
-type eofReader struct{}
-
-func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // count counts a result of a miss's transfer (dtfc_peer_fetches_total).
 func (f *fetcher) count(t *transfer, result string) {
