@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/client"
 	"github.com/dtfc/dtfc/internal/cluster"
@@ -389,4 +390,41 @@ func TestReaddAfterExpiryRefused(t *testing.T) {
 	require.Contains(t, body, "join it as a new node")
 	m := membersOf(t, c, 1)[c.Nodes[2].URL]
 	require.True(t, m.Removed)
+}
+
+// TestDeleteOnReaddedNode: a node removed from the cluster and added
+// again (peer lists, as the soak's leave does) is sent a DELETE of an
+// upload it never saw, held only by a cache cut off from every replica.
+// Some peer could not be asked, so the delete is recorded (200), never a
+// 404 (API.md, Consistency 9); once the cache is back, the delete wins
+// everywhere.
+func TestDeleteOnReaddedNode(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 4, Roles: []dtfc.Role{3: dtfc.RoleCache}})
+	hc := newClient(t)
+	self := c.Nodes[2].URL
+	require.Equal(t, http.StatusOK, addMember(t, hc, self, self))
+	eventually(t, 30*time.Second, "node 2 leaves", func() bool {
+		status, _ := membersRequest(t, hc, http.MethodDelete, self, self, false)
+		return status == http.StatusOK
+	})
+	for _, i := range []int{0, 1, 2} {
+		c.Partition(3, i)
+	}
+	data := randomBytes(10 << 10)
+	_, id := upload(t, hc, c.Nodes[3].URL, "only-on-the-cache", data)
+
+	require.Equal(t, http.StatusOK, addMember(t, hc, c.Nodes[0].URL, self))
+	status, err := tryDelete(t.Context(), hc, self, id)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, status, "a DELETE of an acknowledged upload on the node just added again")
+
+	c.HealAll()
+	eventually(t, time.Minute, "the delete wins on every node", func() bool {
+		for i := range c.Nodes {
+			if !gone(c.Nodes[i], id) {
+				return false
+			}
+		}
+		return true
+	})
 }

@@ -138,6 +138,7 @@ type Cluster struct {
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
+	joined     atomic.Bool // not started to join, or joined (members.go)
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
 	expired    expiries    // peers this node marked expired (acks.go)
@@ -205,6 +206,9 @@ func New(store Store, opts Options) (*Cluster, error) {
 	if err := c.loadMembers(); err != nil {
 		return nil, err
 	}
+	// A node that joined before it restarted keeps its records, and with
+	// them the members it asks.
+	c.joined.Store(len(opts.Join) == 0 || len(c.members.list()) > 1)
 	c.applyPeers()
 	if len(c.mem.Load().peers) == 0 && len(opts.Join) == 0 {
 		// Alone, the node has nobody to learn blocks from: it takes
@@ -371,6 +375,13 @@ func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 		if !r.Self() && r.isExpired() {
 			unreachable = true
 		}
+	}
+	// So does a member this node has no remote for yet: the records of
+	// a membership change are taken before the peers are made from them
+	// (a node just added again has no peers until then), and a node
+	// started to join has none until it joined.
+	if c.membersUnasked() {
+		unreachable = true
 	}
 	if unreachable {
 		return dtfc.State{}, "", fmt.Errorf("%w: %w", ErrNotFound, ErrPeersUnreachable)

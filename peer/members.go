@@ -261,6 +261,31 @@ func (c *Cluster) applyPeers() {
 	c.setPeers(peers)
 }
 
+// membersUnasked reports whether a lookup could not have asked every
+// member: this node was started to join a cluster and has not yet, or
+// its records name a member (not removed, not itself) that no peer of
+// its own is (by URL, or by the identity the peer answered with). A
+// removed node has no peers, and says so before any lookup.
+func (c *Cluster) membersUnasked() bool {
+	if !c.joined.Load() {
+		return true
+	}
+	if c.removed() {
+		return false
+	}
+	m := c.mem.Load()
+	me := c.membersStore().NodeID()
+	for _, mb := range c.members.list() {
+		if mb.Removed || mb.Node == me || mb.URL == c.opts.Me || m.byURL[mb.URL] != nil {
+			continue
+		}
+		if !slices.ContainsFunc(m.remotes, func(r *remote) bool { return r.NodeID() == mb.Node }) {
+			return true
+		}
+	}
+	return false
+}
+
 // inUse reports whether this node keeps membership records.
 func (ms *members) inUse() bool {
 	ms.mu.Lock()
@@ -281,6 +306,7 @@ func (c *Cluster) membersLoop(ctx context.Context) {
 		changed := c.membersSig.Wait()
 		if (c.members.inUse() || !joined) && c.exchangeAll(ctx, !joined) {
 			joined = true
+			c.joined.Store(true)
 		}
 		every := membersEvery
 		if !joined {

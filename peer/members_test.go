@@ -59,3 +59,40 @@ func TestMembersMerge(t *testing.T) {
 	assert.False(t, ms.merge([]Member{{URL: "http://x:1"}, {Node: "x"}}, clock, time.Minute))
 	assert.Len(t, ms.list(), 2)
 }
+
+// TestLookupWhileMembersApply: a lookup that could not ask a member is
+// no proof that nobody knows the ID. Between taking a membership change
+// (a node just added again learns it) and making peers of it, the node
+// has records of members but no remote for them: a DELETE there must be
+// recorded, not answered 404 (soak seed 42: a DELETE on a node added
+// again answered 404 for an acknowledged upload). So must a node started
+// to join that has not joined yet.
+func TestLookupWhileMembersApply(t *testing.T) {
+	id := dtfc.ID{1, 2, 3}
+	c, _ := newLoneCluster(t)
+	_, err := c.Lookup(t.Context(), id, false)
+	assert.ErrorIs(t, err, ErrNotFound)
+	assert.NotErrorIs(t, err, ErrPeersUnreachable, "alone, with no member: every peer (none) answered")
+
+	now := dtfc.TimestampAt(time.Now())
+	assert.True(t, c.members.merge([]Member{
+		{Node: c.store.NodeID(), URL: c.opts.Me, Role: RoleReplica, Clock: now},
+		{Node: "other", URL: "http://other.invalid:1", Role: RoleReplica, Clock: now},
+	}, nil, 0))
+	_, err = c.Lookup(t.Context(), id, false)
+	assert.ErrorIs(t, err, ErrPeersUnreachable, "a member with no remote yet")
+
+	// Once removed, that member is no longer one to ask.
+	assert.True(t, c.members.merge([]Member{
+		{Node: "other", URL: "http://other.invalid:1", Role: RoleReplica, Clock: now + 1, Removed: true},
+	}, nil, 0))
+	_, err = c.Lookup(t.Context(), id, false)
+	assert.NotErrorIs(t, err, ErrPeersUnreachable)
+
+	// Started to join, not joined yet: nobody was asked.
+	j, _ := newLoneCluster(t)
+	j.opts.Join = []string{"http://member.invalid:1"}
+	j.joined.Store(false)
+	_, err = j.Lookup(t.Context(), id, false)
+	assert.ErrorIs(t, err, ErrPeersUnreachable, "not joined yet")
+}
