@@ -428,3 +428,30 @@ func TestDeleteOnReaddedNode(t *testing.T) {
 		return true
 	})
 }
+
+// TestExchangesWarnOfNoRole: the remotes a node makes only to exchange
+// members (a member its peer list reaches under another URL, a node
+// being added) take the member's role, or none: a cache was warned of
+// as "a peer's role differs from the peer list's" at every exchange
+// (every 10 s in the soak's logs) by remotes made as replicas'.
+func TestExchangesWarnOfNoRole(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Roles: []dtfc.Role{2: dtfc.RoleCache}})
+	hc := newClient(t)
+	for _, i := range []int{0, 1, 2} {
+		require.Equal(t, http.StatusOK, addMember(t, hc, c.Nodes[0].URL, c.Nodes[i].URL))
+	}
+	eventually(t, 30*time.Second, "every node has every member's record", func() bool {
+		for i := range c.Nodes {
+			if len(membersOf(t, c, i)) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	// The additions were exchanged with every member before they were
+	// answered; once more, now that every node has every record.
+	require.Equal(t, http.StatusOK, addMember(t, hc, c.Nodes[1].URL, c.Nodes[2].URL))
+	for i := range c.Nodes {
+		require.False(t, logHas(c.Nodes[i], "role differs"), "node %d warned of a role", i)
+	}
+}

@@ -255,7 +255,7 @@ func (c *Cluster) learned(r *remote) {
 	if r.Self() {
 		c.log.Warn("a peer list entry reaches this node itself (under another URL than --me); it is ignored", "url", r.URL)
 	}
-	if rep := r.reported(); rep != "" && rep != r.Role {
+	if rep := r.reported(); rep != "" && r.Role != "" && rep != r.Role {
 		c.log.Warn("a peer's role differs from the peer list's; the peer's own word is used", "peer", r.URL, "listed", r.Role, "reported", rep)
 	}
 	node := r.NodeID()

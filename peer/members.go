@@ -347,19 +347,26 @@ func (c *Cluster) exchangeCount(ctx context.Context, join bool) (joined bool, an
 			targets[r.URL] = r
 		}
 	}
-	var urls []string
+	// The members no peer reaches at their URL, and the nodes to join
+	// through, are asked through remotes made for this exchange, with
+	// the member's role (a cache's remote made as a replica's would warn
+	// of a role that differs from the list's at every exchange; a node to
+	// join through has none yet).
+	var extra []Peer
 	for _, m := range c.members.list() {
 		if !m.Removed && m.Node != c.membersStore().NodeID() {
-			urls = append(urls, m.URL)
+			extra = append(extra, Peer{URL: m.URL, Role: m.Role})
 		}
 	}
 	if join {
-		urls = append(urls, c.opts.Join...)
+		for _, u := range c.opts.Join {
+			extra = append(extra, Peer{URL: u})
+		}
 	}
-	for _, u := range urls {
-		u = normalizeURL(u)
-		if targets[u] == nil && u != c.opts.Me {
-			targets[u] = c.newRemote(Peer{URL: u, Role: RoleReplica})
+	for _, p := range extra {
+		p.URL = normalizeURL(p.URL)
+		if targets[p.URL] == nil && p.URL != c.opts.Me {
+			targets[p.URL] = c.newRemote(p)
 		}
 	}
 	for _, r := range targets {
@@ -460,7 +467,9 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 	if err := c.recordSelf(); err != nil {
 		return Member{}, err
 	}
-	r := c.newRemote(Peer{URL: url, Role: RoleReplica})
+	// Made for this exchange, with the role asked for if any: a role
+	// assumed here would be warned of as differing from the list's.
+	r := c.newRemote(Peer{URL: url, Role: role})
 	node, err := c.exchange(ctx, r)
 	if err != nil {
 		return Member{}, fmt.Errorf("asking %s for its identity: %w", url, err)
