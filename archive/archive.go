@@ -158,11 +158,15 @@ func (a *Archive) Check(ctx context.Context) error {
 		err = herr
 	}
 	switch code, status := errorCode(err); {
-	case code == "NoSuchBucket" || (code == "" && status == http.StatusNotFound):
-		return fmt.Errorf("bucket %q: %w", a.bucket, ErrNoBucket)
 	case code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "AccessDenied" ||
-		code == "InvalidClientTokenId" || code == "ExpiredToken" || status == http.StatusForbidden:
+		code == "InvalidClientTokenId" || code == "ExpiredToken" || code == "XAdminUserNotFound" ||
+		status == http.StatusForbidden || status == http.StatusUnauthorized:
+		if code == "" {
+			code = strconv.Itoa(status)
+		}
 		return fmt.Errorf("bucket %q: %w (%s)", a.bucket, ErrCredentials, a.scrub(code))
+	case code == "NoSuchBucket" || status == http.StatusNotFound:
+		return fmt.Errorf("bucket %q: %w", a.bucket, ErrNoBucket)
 	}
 	return fmt.Errorf("bucket %q: %s", a.bucket, a.scrub(err.Error()))
 }
