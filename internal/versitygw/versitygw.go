@@ -120,7 +120,9 @@ func (s *Server) CreateBucket(ctx context.Context, name string) error {
 }
 
 // Path is the file holding key in the test bucket.
-func (s *Server) Path(key string) string { return filepath.Join(s.Root, s.Bucket, filepath.FromSlash(key)) }
+func (s *Server) Path(key string) string {
+	return filepath.Join(s.Root, s.Bucket, filepath.FromSlash(key))
+}
 
 // Start (re)starts the server and waits until it answers, failing t if
 // it cannot.
