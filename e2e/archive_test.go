@@ -1,0 +1,265 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/archive"
+	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/internal/versitygw"
+)
+
+// bucket is a versitygw bucket under a prefix, as the nodes' archive and
+// as the test reads it.
+type bucket struct {
+	s      *versitygw.Server
+	prefix string
+	secret string // the secret_access_key_file
+	a      *archive.Archive
+}
+
+func newBucket(t *testing.T, s *versitygw.Server, prefix string) *bucket {
+	t.Helper()
+	secret := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(secret, []byte(versitygw.SecretKey+"\n"), 0o600))
+	a, err := archive.New(t.Context(), archive.Config{Bucket: s.Bucket, Prefix: prefix, Endpoint: s.URL, PathStyle: true,
+		AccessKeyID: versitygw.AccessKey, SecretAccessKeyFile: secret})
+	require.NoError(t, err)
+	return &bucket{s: s, prefix: prefix, secret: secret, a: a}
+}
+
+// URL is the archive's peer list url.
+func (b *bucket) URL() string { return "s3://" + b.s.Bucket + "/" + b.prefix }
+
+// entry is the archive's peer list entry.
+func (b *bucket) entry() string {
+	return fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
+		b.URL(), b.s.URL, versitygw.AccessKey, b.secret)
+}
+
+// states reads id's state records straight from versitygw's directory.
+func (b *bucket) states(t *testing.T, id string) []dtfc.State {
+	t.Helper()
+	dir := b.s.Path(b.prefix + "/states/" + id[0:2] + "/" + id[2:4] + "/" + id)
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	var out []dtfc.State
+	for _, e := range ents {
+		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		require.NoError(t, err)
+		var st dtfc.State
+		require.NoError(t, json.Unmarshal(body, &st), "record %s", e.Name())
+		out = append(out, st)
+	}
+	return out
+}
+
+// holds reports whether the bucket's directory holds blob id with data.
+func (b *bucket) holds(id string, data []byte) bool {
+	got, err := os.ReadFile(b.s.Path(b.prefix + "/blobs/" + id[0:2] + "/" + id[2:4] + "/" + id))
+	return err == nil && bytes.Equal(got, data)
+}
+
+// seed writes a blob and its upload record into the bucket as a node
+// "7e57" would.
+func (b *bucket) seed(t *testing.T, data []byte) dtfc.ID {
+	t.Helper()
+	id := dtfc.Sum(data)
+	f := filepath.Join(t.TempDir(), "blob")
+	require.NoError(t, os.WriteFile(f, data, 0o644))
+	fh, err := os.Open(f)
+	require.NoError(t, err)
+	defer fh.Close()
+	require.NoError(t, b.a.PutBlob(t.Context(), id, fh, int64(len(data))))
+	require.NoError(t, b.a.PutState(t.Context(), dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now()), Node: "7e57", Size: int64(len(data))}))
+	return id
+}
+
+// archiveNodes starts n nodes, each alone but for the archive b (no node
+// knows another).
+func archiveNodes(t *testing.T, b *bucket, args ...string) *cluster.Cluster {
+	t.Helper()
+	return cluster.Start(t, cluster.Options{Nodes: 1, Direct: true, Args: args,
+		ExtraPeers: func(int) string { return b.entry() }})
+}
+
+func queueOf(t *testing.T, c *cluster.Cluster, i int, url string) (int64, bool) {
+	t.Helper()
+	st, err := c.Status(i)
+	if err != nil {
+		return 0, false
+	}
+	q, ok := st.Queues[url]
+	return q.Length, ok
+}
+
+// TestArchivePush: an upload reaches the bucket as a blob object (the
+// same bytes) and an upload record, a delete as a tombstone record; the
+// queue of the archive (keyed by its URL) empties.
+func TestArchivePush(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "prod")
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	data := randomBytes(100 << 10)
+	_, id := upload(t, hc, c.Nodes[0].URL, "a.bin", data)
+	eventually(t, 20*time.Second, "the blob and its record in the bucket", func() bool {
+		sts := b.states(t, id)
+		return b.holds(id, data) && len(sts) == 1 && !sts[0].Deleted && sts[0].Size == int64(len(data))
+	})
+	eventually(t, 10*time.Second, "the archive's queue empty", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0
+	})
+	deleteID(t, hc, c.Nodes[0].URL, id)
+	eventually(t, 20*time.Second, "a tombstone record in the bucket", func() bool {
+		for _, st := range b.states(t, id) {
+			if st.Deleted {
+				return true
+			}
+		}
+		return false
+	})
+	got, err := b.a.NewestState(t.Context(), dtfc.ID(mustID(t, id)))
+	require.NoError(t, err)
+	assert.True(t, got.Deleted, "the newest record is the delete")
+}
+
+func mustID(t *testing.T, s string) dtfc.ID {
+	id, err := dtfc.ParseID(s)
+	require.NoError(t, err)
+	return id
+}
+
+// TestArchiveDown: with the S3 server stopped, uploads are still
+// acknowledged and wait in the archive's queue (in /_status); when it
+// returns, the queue drains and the bucket holds them.
+func TestArchiveDown(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "down")
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	s.Stop(t)
+	blobs := map[string][]byte{}
+	for i := range 3 {
+		data := randomBytes(10<<10 + i)
+		status, id := upload(t, hc, c.Nodes[0].URL, fmt.Sprintf("f%d", i), data)
+		require.Equal(t, http.StatusCreated, status)
+		blobs[id] = data
+	}
+	eventually(t, 10*time.Second, "3 uploads queued for the archive", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n >= 3
+	})
+	s.Start(t)
+	eventually(t, 45*time.Second, "the queue drained", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0
+	})
+	for id, data := range blobs {
+		assert.True(t, b.holds(id, data), "blob %s in the bucket", id[:12])
+		assert.Len(t, b.states(t, id), 1)
+	}
+}
+
+// TestArchiveMiss: a node missing a blob serves it from the archive
+// (X-Dtfc-Source: peer) and keeps it.
+func TestArchiveMiss(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "miss")
+	data := randomBytes(300 << 10)
+	id := b.seed(t, data).String()
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	res, body := get(t, hc, c.Nodes[0].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "peer", res.Header.Get("X-Dtfc-Source"))
+	assert.True(t, bytes.Equal(data, body))
+	res, _ = get(t, hc, c.Nodes[0].URL+"/"+id+"?nopeerload=1")
+	assert.Equal(t, http.StatusOK, res.StatusCode, "kept after the miss")
+}
+
+// TestArchiveCorrupt: a blob whose object was corrupted in the bucket
+// (its file overwritten under versitygw) is never served whole: the
+// transfer is refused or cut off, and the node does not keep it.
+func TestArchiveCorrupt(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "corrupt")
+	data := randomBytes(200 << 10)
+	id := b.seed(t, data).String()
+	bad := bytes.Clone(data)
+	bad[len(bad)/2] ^= 0xff
+	require.NoError(t, os.WriteFile(s.Path(b.a.BlobKey(mustID(t, id))), bad, 0o644))
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	for range 2 {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, c.Nodes[0].URL+"/"+id, nil)
+		require.NoError(t, err)
+		res, err := hc.Do(req)
+		require.NoError(t, err)
+		body, rerr := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode == http.StatusOK && rerr == nil {
+			sum := sha512.Sum512(body)
+			assert.Equal(t, id, hex.EncodeToString(sum[:]), "a complete 200 body must hash to the ID")
+		}
+		assert.False(t, bytes.Equal(bad, body), "the corrupted bytes were served whole")
+	}
+	res, _ := get(t, hc, c.Nodes[0].URL+"/"+id+"?nopeerload=1")
+	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the corrupted blob is not kept")
+}
+
+// TestArchiveStartRefused: a node does not start with an archive it
+// cannot use, and says which entry and why.
+func TestArchiveStartRefused(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "p")
+	wrongSecret := filepath.Join(t.TempDir(), "wrong")
+	require.NoError(t, os.WriteFile(wrongSecret, []byte("not-the-secret"), 0o600))
+	for _, tc := range []struct {
+		name, list, want string
+	}{
+		{"missing bucket", strings.Replace(b.entry(), "s3://"+s.Bucket+"/", "s3://no-such-bucket/", 1), "bucket does not exist"},
+		{"wrong secret", strings.Replace(b.entry(), b.secret, wrongSecret, 1), "refused the credentials"},
+		{"s3 entry as a replica", strings.Replace(b.entry(), `role = "archive"`, `role = "replica"`, 1), `must have role = "archive"`},
+		{"archive role on a node", "[[peers]]\nurl = \"http://127.0.0.1:1\"\nrole = \"archive\"\n", "s3://bucket/prefix entry"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			list := filepath.Join(dir, "peers.toml")
+			require.NoError(t, os.WriteFile(list, []byte(tc.list), 0o644))
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, cluster.Binary(t), "serve", "--host", "127.0.0.1", "--port", "0",
+				"--basedir", filepath.Join(dir, "data"), "--peerlist", list)
+			out, err := cmd.CombinedOutput()
+			require.Error(t, err, "the node started:\n%s", out)
+			require.NoError(t, ctx.Err(), "the node did not exit:\n%s", out)
+			assert.Contains(t, string(out), tc.want)
+			if !strings.HasPrefix(tc.name, "archive role") {
+				assert.Contains(t, string(out), "s3://", "the entry is named")
+			}
+			assert.NotContains(t, string(out), versitygw.SecretKey)
+			assert.NotContains(t, string(out), "not-the-secret")
+		})
+	}
+}
