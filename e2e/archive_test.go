@@ -263,3 +263,79 @@ func TestArchiveStartRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestArchiveRelay: two nodes whose only common peer is the bucket
+// converge through it, on uploads and on deletes (either way), and a new
+// node whose only peer is the bucket gets the whole collection (and not
+// what was deleted).
+func TestArchiveRelay(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "relay")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	bb := archiveNodes(t, b, "--archive-interval", "300ms")
+	A, B := a.Nodes[0].URL, bb.Nodes[0].URL
+	hc := newClient(t)
+	local := func(base, id string) int {
+		res, _ := get(t, hc, base+"/"+id+"?nopeerload=1")
+		return res.StatusCode
+	}
+	d1, d2, d3 := randomBytes(50<<10), randomBytes(60<<10), randomBytes(70<<10)
+	_, id1 := upload(t, hc, A, "one", d1)
+	_, id2 := upload(t, hc, B, "two", d2)
+	_, id3 := upload(t, hc, A, "three", d3)
+	eventually(t, 30*time.Second, "B holds A's uploads and A holds B's", func() bool {
+		return local(B, id1) == http.StatusOK && local(B, id3) == http.StatusOK && local(A, id2) == http.StatusOK
+	})
+	deleteID(t, hc, B, id1) // B deletes what A uploaded
+	deleteID(t, hc, A, id2) // and A what B uploaded
+	deleted := func(cl *cluster.Cluster, id string) bool {
+		status, st := stateOf(t, cl, hc, 0, id)
+		return status == http.StatusOK && st.Deleted
+	}
+	eventually(t, 30*time.Second, "the deletes applied on the other node", func() bool {
+		return deleted(a, id1) && deleted(bb, id2) && local(A, id1) == http.StatusNotFound && local(B, id2) == http.StatusNotFound
+	})
+	res, body := get(t, hc, A+"/"+id3)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.True(t, bytes.Equal(d3, body))
+
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	C := c.Nodes[0].URL
+	eventually(t, 30*time.Second, "the new node holds the collection and the tombstones", func() bool {
+		return local(C, id3) == http.StatusOK && deleted(c, id1) && deleted(c, id2)
+	})
+	assert.Equal(t, http.StatusNotFound, local(C, id1), "a deleted blob is not brought back")
+	assert.Equal(t, http.StatusNotFound, local(C, id2), "a deleted blob is not brought back")
+	res, body = get(t, hc, C+"/"+id3+"?nopeerload=1")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.True(t, bytes.Equal(d3, body))
+}
+
+// TestArchiveRelayClockAhead: a state in the bucket whose clock is
+// further ahead than max_clock_offset is refused (counted in /metrics),
+// like a peer's.
+func TestArchiveRelayClockAhead(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "ahead")
+	data := randomBytes(10 << 10)
+	id := dtfc.Sum(data)
+	f := filepath.Join(t.TempDir(), "blob")
+	require.NoError(t, os.WriteFile(f, data, 0o644))
+	fh, err := os.Open(f)
+	require.NoError(t, err)
+	defer fh.Close()
+	ctx := t.Context()
+	require.NoError(t, b.a.PutBlob(ctx, id, fh, int64(len(data))))
+	ahead := dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now().Add(time.Hour)), Node: "7e57", Size: int64(len(data))}
+	require.NoError(t, b.a.PutState(ctx, ahead))
+	require.NoError(t, b.a.AppendLog(ctx, "7e57", 1, []archive.LogEntry{{ID: id, Clock: ahead.Clock, Node: ahead.Node}}))
+	c := archiveNodes(t, b, "--archive-interval", "200ms")
+	hc := newClient(t)
+	eventually(t, 20*time.Second, "refused in two relay rounds", func() bool {
+		return strings.Contains(metrics(t, hc, c.Nodes[0].URL, "dtfc_clock_refused_total"), "dtfc_clock_refused_total ") &&
+			!strings.HasSuffix(metrics(t, hc, c.Nodes[0].URL, "dtfc_clock_refused_total"), " 0") &&
+			!strings.HasSuffix(metrics(t, hc, c.Nodes[0].URL, "dtfc_clock_refused_total"), " 1")
+	})
+	status, _ := stateOf(t, c, hc, 0, id.String())
+	assert.Equal(t, http.StatusNotFound, status, "the state from the future is not applied")
+}

@@ -512,6 +512,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)
 	c.goLoop(ctx, c.resyncLoop)
+	c.goLoop(ctx, c.relayLoop)
 	if c.opts.ScrubInterval > 0 {
 		c.goLoop(ctx, c.scrubLoop)
 	}
