@@ -170,6 +170,27 @@ func TestArchiveDown(t *testing.T) {
 		n, ok := queueOf(t, c, 0, b.URL())
 		return ok && n >= 3
 	})
+	// The failures are shown (status, metrics, logs), the credentials
+	// never.
+	eventually(t, 10*time.Second, "the archive's failure in /_status", func() bool {
+		st, err := c.Status(0)
+		if err != nil || st.Cluster == nil {
+			return false
+		}
+		for _, p := range st.Cluster.Peers {
+			if p.URL == b.URL() && p.LastError != "" {
+				return true
+			}
+		}
+		return false
+	})
+	_, statusBody := get(t, hc, c.Nodes[0].URL+"/_status")
+	_, metricsBody := get(t, hc, c.Nodes[0].URL+"/metrics")
+	assert.Contains(t, string(metricsBody), b.URL(), "the archive's queue in /metrics")
+	for what, text := range map[string]string{"/_status": string(statusBody), "/metrics": string(metricsBody), "the log": c.Nodes[0].Log()} {
+		assert.NotContains(t, text, versitygw.AccessKey, "the access key id in %s", what)
+		assert.NotContains(t, text, versitygw.SecretKey, "the secret in %s", what)
+	}
 	s.Start(t)
 	eventually(t, 45*time.Second, "the queue drained", func() bool {
 		n, ok := queueOf(t, c, 0, b.URL())
@@ -338,4 +359,33 @@ func TestArchiveRelayClockAhead(t *testing.T) {
 	})
 	status, _ := stateOf(t, c, hc, 0, id.String())
 	assert.Equal(t, http.StatusNotFound, status, "the state from the future is not applied")
+}
+
+// TestArchiveHoldsTombstones: an archive counts in the acknowledgements
+// a tombstone waits for: while the S3 server is down, a delete older than
+// the retention is kept; once the tombstone's record is in the bucket,
+// it is forgotten.
+func TestArchiveHoldsTombstones(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "acks")
+	c := archiveNodes(t, b, "--archive-interval", "1h", "--tombstone-retention", "1s", "--tombstone-expiry", "1h")
+	hc := newClient(t)
+	data := randomBytes(10 << 10)
+	_, id := upload(t, hc, c.Nodes[0].URL, "t", data)
+	eventually(t, 20*time.Second, "the upload in the bucket", func() bool { return len(b.states(t, id)) == 1 })
+	s.Stop(t)
+	deleteID(t, hc, c.Nodes[0].URL, id)
+	wait(3 * time.Second) // past the retention: purges (every second) have run
+	status, st := stateOf(t, c, hc, 0, id)
+	require.Equal(t, http.StatusOK, status, "the tombstone the archive has not acknowledged is kept")
+	require.True(t, st.Deleted)
+	s.Start(t)
+	eventually(t, 45*time.Second, "the tombstone's record in the bucket", func() bool {
+		sts := b.states(t, id)
+		return len(sts) == 2
+	})
+	eventually(t, 20*time.Second, "the tombstone forgotten once the archive acknowledged it", func() bool {
+		status, _ := stateOf(t, c, hc, 0, id)
+		return status == http.StatusNotFound
+	})
 }
