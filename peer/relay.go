@@ -12,6 +12,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/archive"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/sleep"
 )
 
@@ -146,6 +147,16 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		c.metrics.clockRefusedIn.Inc()
 		c.log.Warn("refused a state from an archive: its clock is too far ahead of this node's", "archive", r.URL, "id", id.String(), "clock", st.Clock.String())
 		return fmt.Errorf("%s: %w", id, errRelayClock)
+	}
+	if c.isCache() && !st.Deleted {
+		// A cache holds what was read through it, no more: an upload
+		// only updates a copy it holds, and is never fetched for it.
+		_, err := c.syncStore().Apply(st)
+		if errors.Is(err, blobstore.ErrClockAhead) {
+			c.refusedClock(err)
+			return nil
+		}
+		return err
 	}
 	return c.pull(ctx, r, st)
 }
