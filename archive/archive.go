@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -282,7 +283,7 @@ func (a *Archive) putParts(ctx context.Context, id dtfc.ID, key string, f io.Rea
 		if err != nil {
 			// A detached context: the upload is abandoned also when
 			// ctx ended.
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30e9)
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
 			a.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: aws.String(a.bucket), Key: aws.String(key), UploadId: up.UploadId})
 		}
@@ -487,10 +488,10 @@ func (a *Archive) Writers(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// ReadLog calls fn with each of writer's log entries after seq after (all
-// of them when after is 0 and none was read yet: pass 0 and entries start
-// at 1), in order, with its sequence number; it stops at fn's first
-// error and returns it. At most limit entries are read (0: all).
+// ReadLog calls fn with each of writer's log entries numbered after
+// after (numbers start at 1: 0 reads them all), in order, with its
+// number; it stops at fn's first error and returns it. At most limit
+// entries are read (0: no limit).
 func (a *Archive) ReadLog(ctx context.Context, writer string, after uint64, limit int, fn func(seq uint64, entries []LogEntry) error) error {
 	dir := a.logDir(writer)
 	in := &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir)}

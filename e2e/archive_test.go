@@ -389,3 +389,31 @@ func TestArchiveHoldsTombstones(t *testing.T) {
 		return status == http.StatusNotFound
 	})
 }
+
+// TestArchiveLogRetried: when a node's log entry cannot be written after
+// the record it names was (the log's path is blocked in the bucket's
+// directory), the retry finds the record there and still names it, so the
+// other node gets the upload once the path is clear.
+func TestArchiveLogRetried(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "logretry")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	bb := archiveNodes(t, b, "--archive-interval", "300ms")
+	hc := newClient(t)
+	nodeA, err := os.ReadFile(filepath.Join(a.Nodes[0].Basedir, "node-id"))
+	require.NoError(t, err)
+	block := s.Path(b.prefix + "/log/" + strings.TrimSpace(string(nodeA)))
+	require.NoError(t, os.MkdirAll(filepath.Dir(block), 0o755))
+	require.NoError(t, os.WriteFile(block, []byte("in the way"), 0o644))
+	data := randomBytes(20 << 10)
+	_, id := upload(t, hc, a.Nodes[0].URL, "x", data)
+	eventually(t, 20*time.Second, "the record written, the log failing", func() bool {
+		n, ok := queueOf(t, a, 0, b.URL())
+		return len(b.states(t, id)) == 1 && ok && n > 0
+	})
+	require.NoError(t, os.Remove(block))
+	eventually(t, 45*time.Second, "the other node holds the upload", func() bool {
+		res, _ := get(t, hc, bb.Nodes[0].URL+"/"+id+"?nopeerload=1")
+		return res.StatusCode == http.StatusOK
+	})
+}

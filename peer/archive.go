@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/archive"
 )
@@ -50,6 +52,56 @@ type archiveNode struct {
 	r     *remote
 
 	logMu sync.Mutex // serializes the log's writes: numbers are taken in order
+
+	// relayed are states the relay read from this archive and applied
+	// (relayNoted): offered back by the pusher, their records are there
+	// and the writer that wrote them named them in its log, so this
+	// node does not name them again. Any other state whose record is
+	// already there is named (it may be a retry after its first log
+	// write failed: a record no log names would reach no other node).
+	relayedMu sync.Mutex
+	relayed   map[relayedKey]struct{}
+}
+
+type relayedKey struct {
+	id    dtfc.ID
+	clock dtfc.Timestamp
+	node  string
+}
+
+// maxRelayed bounds the memory of relayed states; beyond it, a relayed
+// state offered back is named again in this node's log (harmless: a
+// reader finds the same record, and applying it changes nothing).
+const maxRelayed = 100_000
+
+// relayNoted records that the relay applied st from this archive.
+func (n *archiveNode) relayNoted(st dtfc.State) {
+	n.relayedMu.Lock()
+	defer n.relayedMu.Unlock()
+	if n.relayed == nil {
+		n.relayed = map[relayedKey]struct{}{}
+	}
+	if len(n.relayed) < maxRelayed {
+		n.relayed[relayedKey{st.ID, st.Clock, st.Node}] = struct{}{}
+	}
+}
+
+// wasRelayed reports, once, whether the relay applied st from this
+// archive.
+func (n *archiveNode) wasRelayed(st dtfc.State) bool {
+	n.relayedMu.Lock()
+	defer n.relayedMu.Unlock()
+	k := relayedKey{st.ID, st.Clock, st.Node}
+	_, ok := n.relayed[k]
+	delete(n.relayed, k)
+	return ok
+}
+
+// toLog reports whether a record put (fresh: newly written) is named in
+// this node's log.
+func (n *archiveNode) toLog(st dtfc.State, fresh bool) bool {
+	relayed := n.wasRelayed(st)
+	return fresh || !relayed
 }
 
 var _ Node = (*archiveNode)(nil)
@@ -168,34 +220,51 @@ func (n *archiveNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadC
 // Offer writes the record of every delete, and of every upload whose
 // blob is in the bucket; it asks for the bytes of the others (Put writes
 // them, then the record). Deny entries are not kept in a bucket: they
-// are taken as they are. The records newly written are named in this
-// node's log.
+// are taken as they are. The records written are named in this node's
+// log (toLog: also those already there, unless the relay brought them).
 func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAnswer, error) {
 	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
 	for i := range req.Deny {
 		ans.DenyResults[i] = resultOK
 	}
+	var mu sync.Mutex
 	var logged []archive.LogEntry
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pushParallelism) // each change is a request or two: at once
 	for i, st := range req.Changes {
-		if !st.Deleted {
-			has, err := n.a.HasBlob(ctx, st.ID)
-			n.seen(err)
+		g.Go(func() error {
+			if !st.Deleted {
+				has, err := n.a.HasBlob(gctx, st.ID)
+				n.seen(err)
+				if err != nil {
+					return err
+				}
+				if !has {
+					ans.Results[i] = resultNeed
+					return nil
+				}
+			}
+			fresh, err := n.putState(gctx, st)
 			if err != nil {
-				return changesAnswer{}, err
+				return err
 			}
-			if !has {
-				ans.Results[i] = resultNeed
-				continue
+			if n.toLog(st, fresh) {
+				mu.Lock()
+				logged = append(logged, logEntry(st))
+				mu.Unlock()
 			}
+			ans.Results[i] = resultOK
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		// The records written stay (the offer is repeated, and they are
+		// found there then), but their log entry is written first: a
+		// record no log names would reach no other node.
+		if lerr := n.appendLog(context.WithoutCancel(ctx), logged); lerr != nil {
+			return changesAnswer{}, errors.Join(err, lerr)
 		}
-		fresh, err := n.putState(ctx, st)
-		if err != nil {
-			return changesAnswer{}, err
-		}
-		if fresh {
-			logged = append(logged, logEntry(st))
-		}
-		ans.Results[i] = resultOK
+		return changesAnswer{}, err
 	}
 	if err := n.appendLog(ctx, logged); err != nil {
 		return changesAnswer{}, err
@@ -216,13 +285,15 @@ func (n *archiveNode) Put(ctx context.Context, st dtfc.State, body io.Reader, si
 		return err
 	}
 	fresh, err := n.putState(ctx, st)
-	if err != nil || !fresh {
+	if err != nil || !n.toLog(st, fresh) {
 		return err
 	}
 	return n.appendLog(ctx, []archive.LogEntry{logEntry(st)})
 }
 
 // putState writes st's record; fresh is false if it was there already.
+// A record already there is still named in the log unless the relay
+// brought it (toLog).
 func (n *archiveNode) putState(ctx context.Context, st dtfc.State) (fresh bool, err error) {
 	err = n.a.PutState(ctx, st)
 	n.seen(err)

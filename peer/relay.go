@@ -148,6 +148,7 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		c.log.Warn("refused a state from an archive: its clock is too far ahead of this node's", "archive", r.URL, "id", id.String(), "clock", st.Clock.String())
 		return fmt.Errorf("%s: %w", id, errRelayClock)
 	}
+	an.relayNoted(st)
 	if c.isCache() && !st.Deleted {
 		// A cache holds what was read through it, no more: an upload
 		// only updates a copy it holds, and is never fetched for it.
