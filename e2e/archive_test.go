@@ -102,6 +102,21 @@ func archiveNodes(t *testing.T, b *bucket, args ...string) *cluster.Cluster {
 		ExtraPeers: func(int) string { return b.entry() }})
 }
 
+// archiveError is the last error node 0 of c had with the archive b.
+func archiveError(t *testing.T, c *cluster.Cluster, b *bucket) string {
+	t.Helper()
+	st, err := c.Status(0)
+	if err != nil || st.Cluster == nil {
+		return ""
+	}
+	for _, p := range st.Cluster.Peers {
+		if p.URL == b.URL() {
+			return p.LastError
+		}
+	}
+	return ""
+}
+
 func queueOf(t *testing.T, c *cluster.Cluster, i int, url string) (int64, bool) {
 	t.Helper()
 	st, err := c.Status(i)
@@ -408,9 +423,10 @@ func TestArchiveLogRetried(t *testing.T) {
 	data := randomBytes(20 << 10)
 	_, id := upload(t, hc, a.Nodes[0].URL, "x", data)
 	eventually(t, 20*time.Second, "the record written, the log failing", func() bool {
-		n, ok := queueOf(t, a, 0, b.URL())
-		return len(b.states(t, id)) == 1 && ok && n > 0
+		return len(b.states(t, id)) == 1 && strings.Contains(archiveError(t, a, b), "put log")
 	})
+	n, _ := queueOf(t, a, 0, b.URL())
+	require.Positive(t, n, "the upload waits in the queue")
 	require.NoError(t, os.Remove(block))
 	eventually(t, 45*time.Second, "the other node holds the upload", func() bool {
 		res, _ := get(t, hc, bb.Nodes[0].URL+"/"+id+"?nopeerload=1")
