@@ -125,6 +125,12 @@ func ArchiveConfig(p Peer) (archive.Config, error) {
 // (CheckArchives) refuses it first.
 func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	r := newRemoteNode(p, nil, c.store.NodeID(), c.opts.Wall)
+	r.notes = c
+	if m, ok := c.markOf(r); ok {
+		// Marked expired by an earlier run: the relay takes nothing
+		// from it (relayRound).
+		r.setExpired(m)
+	}
 	n := &archiveNode{url: p.URL, store: c.store, r: r}
 	cfg, err := ArchiveConfig(p)
 	if err == nil {

@@ -266,7 +266,9 @@ func (c *Cluster) setPeers(peers []Peer) {
 	for _, p := range peers {
 		var r *remote
 		if old != nil {
-			if o := old.byURL[p.URL]; o != nil && o.Role == p.Role {
+			// The whole entry: an archive whose endpoint or
+			// credentials changed is reached anew.
+			if o := old.byURL[p.URL]; o != nil && o.Peer == p {
 				r = o
 			}
 		}
