@@ -73,6 +73,35 @@ func (b *bucket) states(t *testing.T, id string) []dtfc.State {
 	return out
 }
 
+// logged lists what node 0 of c named in its log in the bucket ("up
+// <id>", "del <id>"), read from versitygw's directory.
+func (b *bucket) logged(t *testing.T, c *cluster.Cluster) []string {
+	t.Helper()
+	node, err := os.ReadFile(filepath.Join(c.Nodes[0].Basedir, "node-id"))
+	require.NoError(t, err)
+	dir := b.s.Path(b.prefix + "/log/" + strings.TrimSpace(string(node)))
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	var out []string
+	for _, e := range ents {
+		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		require.NoError(t, err)
+		var entries []archive.LogEntry
+		require.NoError(t, json.Unmarshal(body, &entries))
+		for _, le := range entries {
+			op := "up "
+			if le.Deleted {
+				op = "del "
+			}
+			out = append(out, op+le.ID.String())
+		}
+	}
+	return out
+}
+
 // holds reports whether the bucket's directory holds blob id with data.
 func (b *bucket) holds(id string, data []byte) bool {
 	got, err := os.ReadFile(b.s.Path(b.prefix + "/blobs/" + id[0:2] + "/" + id[2:4] + "/" + id))
@@ -340,6 +369,11 @@ func TestArchiveRelay(t *testing.T) {
 	eventually(t, 30*time.Second, "the new node holds the collection and the tombstones", func() bool {
 		return local(C, id3) == http.StatusOK && deleted(c, id1) && deleted(c, id2)
 	})
+	// Each node's log names its own operations only: what the relay
+	// brought is not named again (which would echo between the nodes).
+	assert.ElementsMatch(t, []string{"up " + id1, "up " + id3, "del " + id2}, b.logged(t, a), "A's log")
+	assert.ElementsMatch(t, []string{"up " + id2, "del " + id1}, b.logged(t, bb), "B's log")
+	assert.Empty(t, b.logged(t, c), "C's log")
 	assert.Equal(t, http.StatusNotFound, local(C, id1), "a deleted blob is not brought back")
 	assert.Equal(t, http.StatusNotFound, local(C, id2), "a deleted blob is not brought back")
 	res, body = get(t, hc, C+"/"+id3+"?nopeerload=1")

@@ -54,11 +54,12 @@ type archiveNode struct {
 	logMu sync.Mutex // serializes the log's writes: numbers are taken in order
 
 	// relayed are states the relay read from this archive and applied
-	// (relayNoted): offered back by the pusher, their records are there
-	// and the writer that wrote them named them in its log, so this
-	// node does not name them again. Any other state whose record is
-	// already there is named (it may be a retry after its first log
-	// write failed: a record no log names would reach no other node).
+	// (relayNoted): offered back by the pusher, they are taken at once
+	// (their records are there, after their blobs, and never deleted;
+	// the writer that wrote them named them in its log). Any other
+	// state whose record is already there is named again in this node's
+	// log (it may be a retry after its first log write failed: a record
+	// no log names would reach no other node).
 	relayedMu sync.Mutex
 	relayed   map[relayedKey]struct{}
 }
@@ -87,7 +88,7 @@ func (n *archiveNode) relayNoted(st dtfc.State) {
 }
 
 // wasRelayed reports, once, whether the relay applied st from this
-// archive.
+// archive (an offer that fails after it is then repeated in full).
 func (n *archiveNode) wasRelayed(st dtfc.State) bool {
 	n.relayedMu.Lock()
 	defer n.relayedMu.Unlock()
@@ -95,13 +96,6 @@ func (n *archiveNode) wasRelayed(st dtfc.State) bool {
 	_, ok := n.relayed[k]
 	delete(n.relayed, k)
 	return ok
-}
-
-// toLog reports whether a record put (fresh: newly written) is named in
-// this node's log.
-func (n *archiveNode) toLog(st dtfc.State, fresh bool) bool {
-	relayed := n.wasRelayed(st)
-	return fresh || !relayed
 }
 
 var _ Node = (*archiveNode)(nil)
@@ -226,8 +220,9 @@ func (n *archiveNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadC
 // Offer writes the record of every delete, and of every upload whose
 // blob is in the bucket; it asks for the bytes of the others (Put writes
 // them, then the record). Deny entries are not kept in a bucket: they
-// are taken as they are. The records written are named in this node's
-// log (toLog: also those already there, unless the relay brought them).
+// are taken as they are. The records written, or found there, are named
+// in this node's log; a state the relay brought from this archive is
+// taken at once (relayed).
 func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAnswer, error) {
 	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
 	for i := range req.Deny {
@@ -239,6 +234,10 @@ func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAns
 	g.SetLimit(pushParallelism) // each change is a request or two: at once
 	for i, st := range req.Changes {
 		g.Go(func() error {
+			if n.wasRelayed(st) {
+				ans.Results[i] = resultOK
+				return nil
+			}
 			if !st.Deleted {
 				has, err := n.a.HasBlob(gctx, st.ID)
 				n.seen(err)
@@ -250,15 +249,12 @@ func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAns
 					return nil
 				}
 			}
-			fresh, err := n.putState(gctx, st)
-			if err != nil {
+			if err := n.putState(gctx, st); err != nil {
 				return err
 			}
-			if n.toLog(st, fresh) {
-				mu.Lock()
-				logged = append(logged, logEntry(st))
-				mu.Unlock()
-			}
+			mu.Lock()
+			logged = append(logged, logEntry(st))
+			mu.Unlock()
 			ans.Results[i] = resultOK
 			return nil
 		})
@@ -290,23 +286,21 @@ func (n *archiveNode) Put(ctx context.Context, st dtfc.State, body io.Reader, si
 	if err != nil {
 		return err
 	}
-	fresh, err := n.putState(ctx, st)
-	if err != nil || !n.toLog(st, fresh) {
+	if err := n.putState(ctx, st); err != nil {
 		return err
 	}
 	return n.appendLog(ctx, []archive.LogEntry{logEntry(st)})
 }
 
-// putState writes st's record; fresh is false if it was there already.
-// A record already there is still named in the log unless the relay
-// brought it (toLog).
-func (n *archiveNode) putState(ctx context.Context, st dtfc.State) (fresh bool, err error) {
-	err = n.a.PutState(ctx, st)
+// putState writes st's record; one already there (written before) is
+// success.
+func (n *archiveNode) putState(ctx context.Context, st dtfc.State) error {
+	err := n.a.PutState(ctx, st)
 	n.seen(err)
 	if errors.Is(err, archive.ErrExists) {
-		return false, nil
+		return nil
 	}
-	return err == nil, err
+	return err
 }
 
 func logEntry(st dtfc.State) archive.LogEntry {
