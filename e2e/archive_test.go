@@ -467,3 +467,26 @@ func TestArchiveLogRetried(t *testing.T) {
 		return res.StatusCode == http.StatusOK
 	})
 }
+
+// TestArchiveLargeBlob: a blob above the part size (64 MiB) goes to the
+// bucket in parts, read from the node's file, and comes back whole and
+// verified on another node's miss.
+func TestArchiveLargeBlob(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "large")
+	a := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	data := randomBytes(64<<20 + 5<<20 + 17)
+	_, id := upload(t, hc, a.Nodes[0].URL, "big.bin", data)
+	eventually(t, 60*time.Second, "the blob and its record in the bucket", func() bool {
+		return len(b.states(t, id)) == 1
+	})
+	sum, err := cluster.HashFile(s.Path(b.a.BlobKey(mustID(t, id))))
+	require.NoError(t, err)
+	require.Equal(t, id, sum, "the object's bytes hash to the ID")
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	res, body := get(t, hc, c.Nodes[0].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "peer", res.Header.Get("X-Dtfc-Source"))
+	assert.True(t, bytes.Equal(data, body))
+}
