@@ -260,12 +260,8 @@ func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAns
 		})
 	}
 	if err := g.Wait(); err != nil {
-		// The records written stay (the offer is repeated, and they are
-		// found there then), but their log entry is written first: a
-		// record no log names would reach no other node.
-		if lerr := n.appendLog(context.WithoutCancel(ctx), logged); lerr != nil {
-			return changesAnswer{}, errors.Join(err, lerr)
-		}
+		// The records written stay: the offer is repeated, finds them
+		// there and names them then.
 		return changesAnswer{}, err
 	}
 	if err := n.appendLog(ctx, logged); err != nil {
