@@ -529,3 +529,51 @@ func (a *Archive) ReadLog(ctx context.Context, writer string, after uint64, limi
 	}
 	return nil
 }
+
+// EachID calls fn with every ID that has state records in the bucket,
+// in ID order, with the clock and node of its newest record; it stops at
+// fn's first error and returns it. It lists the whole collection's
+// records (no bodies are read): a recovery, not a routine.
+func (a *Archive) EachID(ctx context.Context, fn func(id dtfc.ID, clock dtfc.Timestamp, node string) error) error {
+	dir := a.prefix + "states/"
+	var cur dtfc.ID
+	var have bool
+	var clock dtfc.Timestamp
+	var node string
+	p := s3.NewListObjectsV2Paginator(a.client, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return a.wrap("list", dir, err)
+		}
+		for _, o := range page.Contents {
+			// states/ab/cd/<h>/<clock>-<node>
+			parts := strings.Split(strings.TrimPrefix(aws.ToString(o.Key), dir), "/")
+			if len(parts) != 4 {
+				continue
+			}
+			id, err := dtfc.ParseID(parts[2])
+			if err != nil {
+				continue
+			}
+			hexClock, n, ok := strings.Cut(parts[3], "-")
+			c, perr := strconv.ParseUint(hexClock, 16, 64)
+			if !ok || len(hexClock) != 16 || perr != nil {
+				continue
+			}
+			if have && id != cur {
+				if err := fn(cur, clock, node); err != nil {
+					return err
+				}
+				have = false
+			}
+			if !have || dtfc.Timestamp(c) > clock || dtfc.Timestamp(c) == clock && n > node {
+				cur, clock, node, have = id, dtfc.Timestamp(c), n, true
+			}
+		}
+	}
+	if have {
+		return fn(cur, clock, node)
+	}
+	return nil
+}

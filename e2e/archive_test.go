@@ -490,3 +490,54 @@ func TestArchiveLargeBlob(t *testing.T) {
 	assert.Equal(t, "peer", res.Header.Get("X-Dtfc-Source"))
 	assert.True(t, bytes.Equal(data, body))
 }
+
+// archiveExpired reports whether node 0 of c marked the archive b expired.
+func archiveExpired(t *testing.T, c *cluster.Cluster, b *bucket) bool {
+	t.Helper()
+	st, err := c.Status(0)
+	if err != nil || st.Cluster == nil {
+		return false
+	}
+	for _, p := range st.Cluster.Peers {
+		if p.URL == b.URL() {
+			return p.Expired
+		}
+	}
+	return false
+}
+
+// TestArchiveExpired: an archive unreachable past tombstone_expiry is
+// marked expired and a delete is forgotten without it; when it returns,
+// the node writes the forgotten delete's record into the bucket before it
+// lifts the mark, so a new node whose only peer is the bucket does not
+// bring the file back.
+func TestArchiveExpired(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "expired")
+	a := archiveNodes(t, b, "--archive-interval", "300ms", "--tombstone-retention", "1s", "--tombstone-expiry", "3s")
+	hc := newClient(t)
+	data := randomBytes(10 << 10)
+	_, id := upload(t, hc, a.Nodes[0].URL, "e", data)
+	eventually(t, 20*time.Second, "the upload in the bucket", func() bool { return len(b.states(t, id)) == 1 })
+	s.Stop(t)
+	deleteID(t, hc, a.Nodes[0].URL, id)
+	eventually(t, 30*time.Second, "the archive expired and the delete forgotten", func() bool {
+		status, _ := stateOf(t, a, hc, 0, id)
+		return archiveExpired(t, a, b) && status == http.StatusNotFound
+	})
+	require.Len(t, b.states(t, id), 1, "the bucket lacks the delete")
+	s.Start(t)
+	eventually(t, 45*time.Second, "the forgotten delete written to the bucket, the mark lifted", func() bool {
+		return !archiveExpired(t, a, b)
+	})
+	got, err := b.a.NewestState(t.Context(), mustID(t, id))
+	require.NoError(t, err)
+	require.True(t, got.Deleted, "the newest record in the bucket is the delete")
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	eventually(t, 20*time.Second, "the new node took the delete", func() bool {
+		status, st := stateOf(t, c, hc, 0, id)
+		return status == http.StatusOK && st.Deleted
+	})
+	res, _ := get(t, hc, c.Nodes[0].URL+"/"+id)
+	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the deleted file is not brought back")
+}

@@ -141,6 +141,8 @@ type Cluster struct {
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
+	purgeMu sync.Mutex // serializes purge and resyncArchive (relay.go)
+
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
 	expired    expiries    // peers this node marked expired (acks.go)
