@@ -280,7 +280,9 @@ func TestArchiveCorrupt(t *testing.T) {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, c.Nodes[0].URL+"/"+id, nil)
 		require.NoError(t, err)
 		res, err := hc.Do(req)
-		require.NoError(t, err)
+		if err != nil {
+			continue // cut off before the answer's head: refused
+		}
 		body, rerr := io.ReadAll(res.Body)
 		res.Body.Close()
 		if res.StatusCode == http.StatusOK && rerr == nil {
