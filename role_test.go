@@ -6,13 +6,13 @@ import (
 )
 
 func TestParseRole(t *testing.T) {
-	for in, want := range map[string]Role{"": RoleReplica, "replica": RoleReplica, "cache": RoleCache} {
+	for in, want := range map[string]Role{"": RoleReplica, "replica": RoleReplica, "cache": RoleCache, "archive": RoleArchive} {
 		got, err := ParseRole(in)
 		if err != nil || got != want {
 			t.Errorf("ParseRole(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"Cache", "archive", " replica"} {
+	for _, in := range []string{"Cache", "Archive", " replica"} {
 		if _, err := ParseRole(in); err == nil {
 			t.Errorf("ParseRole(%q): no error", in)
 		}

@@ -58,6 +58,9 @@ type Options struct {
 	// AntiEntropyInterval is how often each peer's digests are compared.
 	// If zero, it defaults to one minute.
 	AntiEntropyInterval time.Duration
+	// ArchiveInterval is how often the relay reads what other nodes
+	// wrote to each archive. If zero, it defaults to ten seconds.
+	ArchiveInterval time.Duration
 	// TombstoneRetention is how long a delete (or a lifted block) that
 	// every peer acknowledged is remembered. If zero, it defaults to 720
 	// hours.
@@ -138,6 +141,8 @@ type Cluster struct {
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
+	purgeMu sync.Mutex // serializes purge and resyncArchive (relay.go)
+
 	joined     atomic.Bool // not started to join, or joined (members.go)
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
@@ -174,6 +179,7 @@ func New(store Store, opts Options) (*Cluster, error) {
 		opts.Role = RoleReplica
 	}
 	opts.AntiEntropyInterval = cmp.Or(opts.AntiEntropyInterval, defaults.AntiEntropyInterval)
+	opts.ArchiveInterval = cmp.Or(opts.ArchiveInterval, defaults.ArchiveInterval)
 	opts.TombstoneRetention = cmp.Or(opts.TombstoneRetention, defaults.TombstoneRetention)
 	opts.TombstoneExpiry = cmp.Or(opts.TombstoneExpiry, defaults.TombstoneExpiry)
 	opts.MaxClockOffset = cmp.Or(opts.MaxClockOffset, defaults.MaxClockOffset)
@@ -254,11 +260,21 @@ func (c *Cluster) isCache() bool { return c.opts.Role == RoleCache }
 // kept (with their health); pushers follow the list when running.
 func (c *Cluster) setPeers(peers []Peer) {
 	old := c.mem.Load()
-	m := &membership{peers: peers, ring: NewRing(peers), byURL: map[string]*remote{}}
+	// Archives are never a blob's owner: a miss asks them after every
+	// node (candidates).
+	var nodes []Peer
+	for _, p := range peers {
+		if !p.IsArchive() {
+			nodes = append(nodes, p)
+		}
+	}
+	m := &membership{peers: peers, ring: NewRing(nodes), byURL: map[string]*remote{}}
 	for _, p := range peers {
 		var r *remote
 		if old != nil {
-			if o := old.byURL[p.URL]; o != nil && o.Role == p.Role {
+			// The whole entry: an archive whose endpoint or
+			// credentials changed is reached anew.
+			if o := old.byURL[p.URL]; o != nil && o.Peer == p {
 				r = o
 			}
 		}
@@ -274,6 +290,9 @@ func (c *Cluster) setPeers(peers []Peer) {
 
 // newRemote returns a remote of p that tells this Cluster what it learns.
 func (c *Cluster) newRemote(p Peer) *remote {
+	if p.IsArchive() {
+		return c.newArchiveRemote(p)
+	}
 	r := newRemote(p, c.opts.HTTPClient, c.opts.Secret, c.store.NodeID(), c.opts.Wall)
 	r.notes = c
 	if m, ok := c.markOf(r); ok {
@@ -323,7 +342,13 @@ func (c *Cluster) candidates(id dtfc.ID) []*remote {
 			fresh = append(fresh, r)
 		}
 	}
-	return append(fresh, stale...)
+	var archives []*remote
+	for _, r := range m.remotes {
+		if r.Peer.IsArchive() && !r.isExpired() {
+			archives = append(archives, r)
+		}
+	}
+	return append(append(fresh, stale...), archives...)
 }
 
 // stater answers a peer's state of one ID (Lookup; unconfirmed.go).
@@ -452,7 +477,7 @@ func (c *Cluster) selfReplica() int {
 func (c *Cluster) replicaPeers() []*remote {
 	var reps []*remote
 	for _, r := range c.mem.Load().remotes {
-		if !r.IsCache() && !r.Self() {
+		if !r.IsCache() && !r.Self() && !r.Peer.IsArchive() {
 			reps = append(reps, r)
 		}
 	}
@@ -502,6 +527,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)
 	c.goLoop(ctx, c.resyncLoop)
+	c.goLoop(ctx, c.relayLoop)
 	if c.opts.ScrubInterval > 0 {
 		c.goLoop(ctx, c.scrubLoop)
 	}

@@ -17,6 +17,7 @@ import (
 const (
 	RoleReplica = dtfc.RoleReplica
 	RoleCache   = dtfc.RoleCache
+	RoleArchive = dtfc.RoleArchive
 )
 
 // Peer is another node, as this node reaches it.
@@ -25,12 +26,27 @@ type Peer struct {
 	// own --me (a proxy, NAT or load balancer may sit between).
 	URL string `toml:"url" json:"url"`
 	// Role is "replica" (holds every file) or "cache" (gets deletes, never
-	// pushed uploads). If empty in the file, it defaults to "replica".
+	// pushed uploads), or "archive" for an s3://bucket/prefix entry. If
+	// empty in the file, it defaults to "replica".
 	Role dtfc.Role `toml:"role" json:"role"`
+
+	// An archive's bucket is reached at Endpoint (empty: AWS itself) in
+	// Region (empty: us-east-1), with the bucket in the path if
+	// PathStyle, with static credentials if AccessKeyID is set (the
+	// secret read from SecretAccessKeyFile), else the AWS standard chain.
+	// Never shown (json "-" for the credentials).
+	Endpoint            string `toml:"endpoint" json:"endpoint,omitempty"`
+	Region              string `toml:"region" json:"region,omitempty"`
+	PathStyle           bool   `toml:"path_style" json:"path_style,omitempty"`
+	AccessKeyID         string `toml:"access_key_id" json:"-"`
+	SecretAccessKeyFile string `toml:"secret_access_key_file" json:"-"`
 }
 
 // IsCache reports whether the peer is a cache.
 func (p Peer) IsCache() bool { return p.Role == RoleCache }
+
+// IsArchive reports whether the peer is an archive (a bucket).
+func (p Peer) IsArchive() bool { return p.Role == RoleArchive }
 
 type listFile struct {
 	Peers []Peer `toml:"peers"`
@@ -54,7 +70,7 @@ func ParseList(data []byte, me string) ([]Peer, error) {
 		for _, k := range und {
 			names = append(names, k.String())
 		}
-		return nil, fmt.Errorf("unknown keys: %s (an entry has url and role)", strings.Join(names, ", "))
+		return nil, fmt.Errorf("unknown keys: %s (an entry has url and role; an archive also endpoint, region, path_style, access_key_id, secret_access_key_file)", strings.Join(names, ", "))
 	}
 	self := normalizeURL(me)
 	seen := map[string]bool{}
@@ -62,15 +78,30 @@ func ParseList(data []byte, me string) ([]Peer, error) {
 	for i, p := range f.Peers {
 		n := normalizeURL(p.URL)
 		u, err := url.Parse(n)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-			return nil, fmt.Errorf("peer %d: url %q: want http(s)://host:port", i+1, p.URL)
-		}
-		switch p.Role {
-		case "":
-			p.Role = RoleReplica
-		case RoleReplica, RoleCache:
-		default:
-			return nil, fmt.Errorf("peer %d (%s): role %q: want \"replica\" or \"cache\"", i+1, p.URL, p.Role)
+		if err == nil && u.Scheme == "s3" {
+			if err := checkArchive(p, u); err != nil {
+				// Named without any user information: the URL might
+				// carry a key.
+				named := *u
+				named.User = nil
+				return nil, fmt.Errorf("peer %d (%s): %w", i+1, named.String(), err)
+			}
+		} else {
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+				return nil, fmt.Errorf("peer %d: url %q: want http(s)://host:port, or s3://bucket/prefix with role = \"archive\"", i+1, p.URL)
+			}
+			switch p.Role {
+			case "":
+				p.Role = RoleReplica
+			case RoleReplica, RoleCache:
+			case RoleArchive:
+				return nil, fmt.Errorf("peer %d (%s): role \"archive\" is for an s3://bucket/prefix entry, not a node's URL", i+1, p.URL)
+			default:
+				return nil, fmt.Errorf("peer %d (%s): role %q: want \"replica\" or \"cache\"", i+1, p.URL, p.Role)
+			}
+			if p.Endpoint != "" || p.Region != "" || p.PathStyle || p.AccessKeyID != "" || p.SecretAccessKeyFile != "" {
+				return nil, fmt.Errorf("peer %d (%s): endpoint, region, path_style and credentials apply only to an s3:// archive entry", i+1, p.URL)
+			}
 		}
 		if n == self {
 			continue
@@ -110,4 +141,29 @@ func normalizeURL(s string) string {
 	u.Host = strings.ToLower(u.Host)
 	u.Path = strings.TrimRight(u.Path, "/")
 	return u.String()
+}
+
+// checkArchive checks an s3:// entry: a bucket, role "archive", and an
+// endpoint that is a URL.
+func checkArchive(p Peer, u *url.URL) error {
+	if p.Role != RoleArchive {
+		role := p.Role
+		if role == "" {
+			role = RoleReplica + " (the default)"
+		}
+		return fmt.Errorf("an s3:// entry must have role = \"archive\", not %s", role)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Port() != "" {
+		return errors.New("want s3://bucket/prefix (credentials go in access_key_id and secret_access_key_file)")
+	}
+	if p.Endpoint != "" {
+		e, err := url.Parse(p.Endpoint)
+		if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" || e.User != nil {
+			return fmt.Errorf("endpoint %q: want http(s)://host[:port]", p.Endpoint)
+		}
+	}
+	if (p.AccessKeyID == "") != (p.SecretAccessKeyFile == "") {
+		return errors.New("access_key_id and secret_access_key_file go together (or neither, for the AWS standard chain)")
+	}
+	return nil
 }

@@ -33,6 +33,20 @@ func TestParseList(t *testing.T) {
 		{name: "duplicate", in: "[[peers]]\nurl = \"http://x:1\"\n[[peers]]\nurl = \"http://X:1/\"\n", wantErr: "listed twice"},
 		{name: "syntax", in: "[[peers]\nurl = 1\n", wantErr: "line 2: expected end of table array"},
 		{name: "wrong type", in: "[[peers]]\nurl = 5\n", wantErr: "url"},
+		{name: "archive", in: "[[peers]]\nurl = \"s3://Bkt/prod/\"\nrole = \"archive\"\nendpoint = \"http://127.0.0.1:7070\"\npath_style = true\naccess_key_id = \"AKID\"\nsecret_access_key_file = \"/etc/dtfc/s3\"\n",
+			want: []Peer{{URL: "s3://bkt/prod", Role: RoleArchive, Endpoint: "http://127.0.0.1:7070", PathStyle: true, AccessKeyID: "AKID", SecretAccessKeyFile: "/etc/dtfc/s3"}}},
+		{name: "archive, standard chain, no prefix", in: "[[peers]]\nurl = \"s3://bkt\"\nrole = \"archive\"\nregion = \"eu-west-1\"\n",
+			want: []Peer{{URL: "s3://bkt", Role: RoleArchive, Region: "eu-west-1"}}},
+		{name: "two prefixes of one bucket", in: "[[peers]]\nurl = \"s3://b/x\"\nrole = \"archive\"\n[[peers]]\nurl = \"s3://b/y\"\nrole = \"archive\"\n",
+			want: []Peer{{URL: "s3://b/x", Role: RoleArchive}, {URL: "s3://b/y", Role: RoleArchive}}},
+		{name: "archive listed twice", in: "[[peers]]\nurl = \"s3://b/x\"\nrole = \"archive\"\n[[peers]]\nurl = \"s3://b/x/\"\nrole = \"archive\"\n", wantErr: "listed twice"},
+		{name: "s3 as a replica", in: "[[peers]]\nurl = \"s3://b/x\"\n", wantErr: `peer 1 (s3://b/x): an s3:// entry must have role = "archive"`},
+		{name: "s3 as a cache", in: "[[peers]]\nurl = \"s3://b/x\"\nrole = \"cache\"\n", wantErr: `must have role = "archive", not cache`},
+		{name: "archive on http", in: "[[peers]]\nurl = \"http://x:1\"\nrole = \"archive\"\n", wantErr: `peer 1 (http://x:1): role "archive" is for an s3://bucket/prefix entry`},
+		{name: "endpoint on a node", in: "[[peers]]\nurl = \"http://x:1\"\nendpoint = \"http://y\"\n", wantErr: "apply only to an s3:// archive entry"},
+		{name: "key without secret", in: "[[peers]]\nurl = \"s3://b\"\nrole = \"archive\"\naccess_key_id = \"K\"\n", wantErr: "go together"},
+		{name: "credentials in the URL", in: "[[peers]]\nurl = \"s3://KEYID:SECRET@b/x\"\nrole = \"archive\"\n", wantErr: "peer 1 (s3://b/x): want s3://bucket/prefix"},
+		{name: "bad endpoint", in: "[[peers]]\nurl = \"s3://b\"\nrole = \"archive\"\nendpoint = \"127.0.0.1:7070\"\n", wantErr: "endpoint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -248,7 +248,7 @@ func (c *Cluster) applyPeers() {
 			}
 		}
 		for _, m := range c.members.list() {
-			if m.Removed || seenNode[m.Node] || seenURL[m.URL] {
+			if m.Removed || seenNode[m.Node] || seenURL[m.URL] || m.Role == RoleArchive {
 				continue
 			}
 			seenURL[m.URL] = true
@@ -343,7 +343,7 @@ func (c *Cluster) exchangeCount(ctx context.Context, join bool) (joined bool, an
 	}
 	targets := map[string]*remote{}
 	for _, r := range c.mem.Load().remotes {
-		if !r.Self() {
+		if !r.Self() && !r.Peer.IsArchive() {
 			targets[r.URL] = r
 		}
 	}

@@ -58,7 +58,7 @@ func (s *Server) addMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Role != "" {
-		if _, err := dtfc.ParseRole(string(req.Role)); err != nil {
+		if role, err := dtfc.ParseRole(string(req.Role)); err != nil || !role.IsNode() {
 			s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, "role %q: want \"replica\" or \"cache\"", req.Role))
 			return
 		}

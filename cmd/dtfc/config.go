@@ -60,6 +60,7 @@ type Config struct {
 	ScrubInterval       Duration   `toml:"scrub_interval"`
 	ScrubRate           ByteSize   `toml:"scrub_rate"`
 	AntiEntropyInterval Duration   `toml:"anti_entropy_interval"`
+	ArchiveInterval     Duration   `toml:"archive_interval"`
 	TombstoneRetention  Duration   `toml:"tombstone_retention"`
 	TombstoneExpiry     Duration   `toml:"tombstone_expiry"`
 	MaxClockOffset      Duration   `toml:"max_clock_offset"`
@@ -81,6 +82,7 @@ func defaultConfig() Config {
 		ScrubInterval:       Duration(defaults.ScrubInterval),
 		ScrubRate:           defaults.ScrubRate,
 		AntiEntropyInterval: Duration(defaults.AntiEntropyInterval),
+		ArchiveInterval:     Duration(defaults.ArchiveInterval),
 		TombstoneRetention:  Duration(defaults.TombstoneRetention),
 		TombstoneExpiry:     Duration(defaults.TombstoneExpiry),
 		MaxClockOffset:      Duration(defaults.MaxClockOffset),
@@ -218,6 +220,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(&c.ScrubInterval, "scrub-interval", "how often a full re-hash pass over the store starts (0 = never)")
 	fs.Var(&c.ScrubRate, "scrub-rate", "bytes per second the scrubber reads at most (0 = no limit)")
 	fs.Var(&c.AntiEntropyInterval, "anti-entropy-interval", "how often each peer's digests are compared")
+	fs.Var(&c.ArchiveInterval, "archive-interval", "how often this node reads what other nodes wrote to an archive")
 	fs.Var(&c.TombstoneRetention, "tombstone-retention", "how long a delete (or lifted block) every peer acknowledged is remembered")
 	fs.Var(&c.TombstoneExpiry, "tombstone-expiry", "after this, a peer that never acknowledged a delete stops holding it back and must resync when it returns (must exceed tombstone-retention)")
 	fs.Var(&c.MaxClockOffset, "max-clock-offset", "remote states whose clock is further ahead of this node's are refused")
@@ -322,7 +325,7 @@ func (c *Config) validate() error {
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d: want 0 to 65535", c.Port))
 	}
-	if _, err := dtfc.ParseRole(string(c.Role)); err != nil || c.Role == "" {
+	if r, err := dtfc.ParseRole(string(c.Role)); err != nil || c.Role == "" || !r.IsNode() {
 		errs = append(errs, fmt.Errorf("role %q: want \"replica\" or \"cache\"", c.Role))
 	}
 	if c.MaxBytes < 0 || c.MaxUploadBytes < 0 || c.ScrubRate < 0 {
@@ -337,6 +340,7 @@ func (c *Config) validate() error {
 	for name, d := range map[string]Duration{
 		"idle_timeout": c.IdleTimeout, "replicas_timeout": c.ReplicasTimeout,
 		"anti_entropy_interval": c.AntiEntropyInterval, "tombstone_retention": c.TombstoneRetention,
+		"archive_interval": c.ArchiveInterval,
 		"tombstone_expiry": c.TombstoneExpiry, "max_clock_offset": c.MaxClockOffset,
 	} {
 		if d <= 0 {

@@ -58,6 +58,11 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	if err != nil {
 		return err
 	}
+	// An archive that cannot be used refuses the start, saying which
+	// and why, rather than queueing for it in silence.
+	if err := cluster.CheckArchives(ctx); err != nil {
+		return err
+	}
 	api := newAPI(c, store, cluster, proxies, recent, log, reg)
 	ln, hs, err := listen(c, api, tlsr, log)
 	if err != nil {
@@ -139,6 +144,7 @@ func newCluster(c Config, store *blobstore.Store, tlsr *tlsreload.Reloader, log 
 		FetchSources:        c.PeerFetchSources,
 		HTTPClient:          peerClient,
 		AntiEntropyInterval: time.Duration(c.AntiEntropyInterval),
+		ArchiveInterval:     time.Duration(c.ArchiveInterval),
 		TombstoneRetention:  time.Duration(c.TombstoneRetention),
 		TombstoneExpiry:     time.Duration(c.TombstoneExpiry),
 		MaxClockOffset:      time.Duration(c.MaxClockOffset),

@@ -77,6 +77,9 @@ type Options struct {
 	// Corrupt, Delay, Latency, ...) then applies to both names of the
 	// peer, so a partition still partitions.
 	SecondProxy bool
+	// ExtraPeers, if set, returns TOML appended to node i's peer list
+	// (further [[peers]] entries, such as an archive's).
+	ExtraPeers func(i int) string
 	// Join, if set, makes the nodes find each other by joining node 0
 	// (--join) instead of by peer lists: every peer list is empty, and
 	// every other node, those added by AddNode included, starts with
@@ -311,6 +314,9 @@ func (c *Cluster) writePeerList(n *Node) {
 	fmt.Fprintf(&buf, "# node %d (%s): its peers, as it reaches them\n", n.Index, n.URL)
 	if err := toml.NewEncoder(&buf).Encode(list); err != nil {
 		c.t.Fatalf("cluster: peer list of node %d: %v", n.Index, err)
+	}
+	if c.opts.ExtraPeers != nil {
+		buf.WriteString("\n" + c.opts.ExtraPeers(n.Index) + "\n")
 	}
 	tmp := n.PeerList + ".tmp"
 	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {

@@ -23,6 +23,9 @@ const (
 	// AntiEntropyInterval is how often each peer's digests are compared
 	// (anti_entropy_interval).
 	AntiEntropyInterval = time.Minute
+	// ArchiveInterval is how often a node reads what other nodes wrote
+	// to an archive (archive_interval).
+	ArchiveInterval = 10 * time.Second
 	// TombstoneRetention: an acknowledged delete is remembered at least
 	// this long (tombstone_retention).
 	TombstoneRetention = 720 * time.Hour

@@ -1,0 +1,579 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/dtfc/dtfc"
+)
+
+// Errors of an archive, matched with errors.Is.
+var (
+	// ErrNotFound: the object (a blob, a state record, a log entry) is
+	// not in the bucket.
+	ErrNotFound = errors.New("archive: not found")
+	// ErrExists: a write-once object already exists under that key.
+	ErrExists = errors.New("archive: object already exists")
+	// ErrNoBucket: the bucket does not exist.
+	ErrNoBucket = errors.New("the bucket does not exist")
+	// ErrCredentials: the server refused the credentials (unknown key,
+	// wrong secret, or no permission on the bucket).
+	ErrCredentials = errors.New("the server refused the credentials")
+)
+
+// DefaultRegion is the region of an entry that sets none.
+const DefaultRegion = "us-east-1"
+
+// DefaultPartSize is the size above which a blob is uploaded in parts,
+// and the size of each part.
+const DefaultPartSize = 64 << 20
+
+// Config says where a bucket is and how to reach it. Only Bucket is
+// required.
+type Config struct {
+	// Bucket is the bucket's name.
+	Bucket string
+	// Prefix is the key prefix everything lives under, without leading
+	// or trailing slashes. If empty, keys start at the bucket's root.
+	Prefix string
+	// Endpoint is the server's URL. If empty, AWS itself (by Region).
+	Endpoint string
+	// Region is the signing region. If empty, it defaults to us-east-1.
+	Region string
+	// PathStyle addresses the bucket in the path rather than the host
+	// name (most non-AWS servers want it).
+	PathStyle bool
+	// AccessKeyID and SecretAccessKeyFile (a file holding the secret)
+	// are static credentials. If AccessKeyID is empty, the AWS standard
+	// chain is used (environment, shared files, instance roles).
+	AccessKeyID         string
+	SecretAccessKeyFile string
+	// PartSize is the size above which a blob is uploaded in parts, each
+	// of this size. If zero, it defaults to DefaultPartSize.
+	PartSize int64
+	// HTTPClient sends the requests. If nil, the SDK's default client.
+	HTTPClient *http.Client
+}
+
+// Archive is a bucket (under a prefix) holding blobs, their state
+// records and the writers' change logs. Its methods are safe for
+// concurrent use. It never deletes an object.
+type Archive struct {
+	client   *s3.Client
+	bucket   string
+	prefix   string // "" or "<prefix>/"
+	partSize int64
+	keyID    string // scrubbed from every error message
+}
+
+// New returns the archive of cfg. It sends no request (see Check).
+func New(ctx context.Context, cfg Config) (*Archive, error) {
+	if cfg.Bucket == "" {
+		return nil, errors.New("archive: no bucket")
+	}
+	region := cfg.Region
+	if region == "" {
+		region = DefaultRegion
+	}
+	opts := []func(*config.LoadOptions) error{config.WithRegion(region)}
+	if cfg.HTTPClient != nil {
+		opts = append(opts, config.WithHTTPClient(cfg.HTTPClient))
+	}
+	if cfg.AccessKeyID != "" {
+		if cfg.SecretAccessKeyFile == "" {
+			return nil, errors.New("archive: access_key_id is set but secret_access_key_file is not")
+		}
+		b, err := os.ReadFile(cfg.SecretAccessKeyFile)
+		if err != nil {
+			// The path, never the content.
+			return nil, fmt.Errorf("archive: reading secret_access_key_file: %w", err)
+		}
+		secret := strings.TrimSpace(string(b))
+		if secret == "" {
+			return nil, fmt.Errorf("archive: secret_access_key_file %s is empty", cfg.SecretAccessKeyFile)
+		}
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(cfg.AccessKeyID, secret, "")))
+	} else if cfg.SecretAccessKeyFile != "" {
+		return nil, errors.New("archive: secret_access_key_file is set but access_key_id is not")
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("archive: loading the AWS configuration: %w", err)
+	}
+	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		o.UsePathStyle = cfg.PathStyle
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+			// Non-AWS servers differ in which checksums they accept on
+			// every request; this archive sends the one it wants
+			// (SHA-512 from the ID) itself, and verifies what it reads
+			// by hashing it.
+			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+		}
+	})
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	part := cfg.PartSize
+	if part <= 0 {
+		part = DefaultPartSize
+	}
+	return &Archive{client: client, bucket: cfg.Bucket, prefix: prefix, partSize: part, keyID: cfg.AccessKeyID}, nil
+}
+
+// Check tells whether the bucket is there and the credentials work: a
+// HeadBucket, then a listing of at most one key (HeadBucket's answers
+// carry no error code, so the listing tells a missing bucket from
+// refused credentials). Its error wraps ErrNoBucket or ErrCredentials
+// when it is one of them.
+func (a *Archive) Check(ctx context.Context) error {
+	_, herr := a.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(a.bucket)})
+	_, lerr := a.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(a.prefix), MaxKeys: aws.Int32(1)})
+	if herr == nil && lerr == nil {
+		return nil
+	}
+	err := lerr
+	if err == nil {
+		err = herr
+	}
+	switch code, status := errorCode(err); {
+	case code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "AccessDenied" ||
+		code == "InvalidClientTokenId" || code == "ExpiredToken" || code == "XAdminUserNotFound" ||
+		status == http.StatusForbidden || status == http.StatusUnauthorized:
+		if code == "" {
+			code = strconv.Itoa(status)
+		}
+		return fmt.Errorf("bucket %q: %w (%s)", a.bucket, ErrCredentials, a.scrub(code))
+	case code == "NoSuchBucket" || status == http.StatusNotFound:
+		return fmt.Errorf("bucket %q: %w", a.bucket, ErrNoBucket)
+	}
+	return fmt.Errorf("bucket %q: %s", a.bucket, a.scrub(err.Error()))
+}
+
+// errorCode returns the S3 error code and HTTP status of err, if any.
+func errorCode(err error) (string, int) {
+	var code string
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		code = ae.ErrorCode()
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return code, re.HTTPStatusCode()
+	}
+	return code, 0
+}
+
+// scrub removes the access key ID from a message (the secret is never in
+// one: the SDK only signs with it).
+func (a *Archive) scrub(s string) string {
+	if a.keyID == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, a.keyID, "<access key id>")
+}
+
+// wrap turns an SDK error into one of this package's, with no
+// credentials in its message.
+func (a *Archive) wrap(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	code, status := errorCode(err)
+	switch {
+	case code == "PreconditionFailed" || status == http.StatusPreconditionFailed:
+		return fmt.Errorf("archive: %s %s: %w", op, key, ErrExists)
+	case code == "NoSuchKey" || code == "NotFound" || status == http.StatusNotFound && code != "NoSuchBucket":
+		return fmt.Errorf("archive: %s %s: %w", op, key, ErrNotFound)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("archive: %s %s: %w", op, key, err)
+	}
+	return fmt.Errorf("archive: %s %s: %s", op, key, a.scrub(err.Error()))
+}
+
+func shard(id dtfc.ID) string {
+	h := id.String()
+	return h[0:2] + "/" + h[2:4] + "/" + h
+}
+
+// BlobKey is the key of blob id's object.
+func (a *Archive) BlobKey(id dtfc.ID) string { return a.prefix + "blobs/" + shard(id) }
+
+// statesDir is the key prefix of id's state records.
+func (a *Archive) statesDir(id dtfc.ID) string { return a.prefix + "states/" + shard(id) + "/" }
+
+// StateKey is the key of the record of st: its clock (16 hex digits,
+// so that keys sort by clock) and the node that performed it.
+func (a *Archive) StateKey(st dtfc.State) string {
+	return a.statesDir(st.ID) + fmt.Sprintf("%016x-%s", uint64(st.Clock), st.Node)
+}
+
+func (a *Archive) logDir(writer string) string { return a.prefix + "log/" + writer + "/" }
+
+// LogKey is the key of a writer's log entry seq.
+func (a *Archive) LogKey(writer string, seq uint64) string {
+	return a.logDir(writer) + fmt.Sprintf("%016x", seq)
+}
+
+// checksum is S3's SHA-512 checksum header of id: the base64 of its 64
+// bytes, so the server refuses bytes that do not hash to it.
+func checksum(id dtfc.ID) *string { return aws.String(base64.StdEncoding.EncodeToString(id[:])) }
+
+// PutBlob writes blob id, the size bytes of f, once: an object that is
+// already there is the same blob (its key is its hash), and that is
+// success. Above the part size it is uploaded in parts, each a section
+// of f (so a retry re-reads it; nothing is held in memory).
+func (a *Archive) PutBlob(ctx context.Context, id dtfc.ID, f io.ReaderAt, size int64) error {
+	key := a.BlobKey(id)
+	if size > a.partSize {
+		return a.putParts(ctx, id, key, f, size)
+	}
+	_, err := a.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(a.bucket), Key: aws.String(key),
+		Body: io.NewSectionReader(f, 0, size), ContentLength: aws.Int64(size),
+		IfNoneMatch: aws.String("*"), ChecksumSHA512: checksum(id),
+		ContentType: aws.String("application/octet-stream"),
+	})
+	err = a.wrap("put", key, err)
+	if errors.Is(err, ErrExists) {
+		return nil
+	}
+	return err
+}
+
+// putParts uploads a large blob in parts. Each part carries its own
+// SHA-512 (hashed from the file before it is sent); the whole blob's
+// hash is the ID, verified on every read.
+func (a *Archive) putParts(ctx context.Context, id dtfc.ID, key string, f io.ReaderAt, size int64) (err error) {
+	if _, herr := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)}); herr == nil {
+		return nil // already there: the same blob
+	}
+	up, err := a.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+		Bucket: aws.String(a.bucket), Key: aws.String(key),
+		ChecksumAlgorithm: types.ChecksumAlgorithmSha512,
+		ContentType:       aws.String("application/octet-stream"),
+	})
+	if err != nil {
+		return a.wrap("create multipart upload", key, err)
+	}
+	defer func() {
+		if err != nil {
+			// A detached context: the upload is abandoned also when
+			// ctx ended.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			a.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: aws.String(a.bucket), Key: aws.String(key), UploadId: up.UploadId})
+		}
+	}()
+	var parts []types.CompletedPart
+	for n, off := int32(1), int64(0); off < size; n, off = n+1, off+a.partSize {
+		length := min(a.partSize, size-off)
+		h := sha512.New()
+		if _, err := io.Copy(h, io.NewSectionReader(f, off, length)); err != nil {
+			return fmt.Errorf("archive: reading part %d of %s: %w", n, id, err)
+		}
+		sum := aws.String(base64.StdEncoding.EncodeToString(h.Sum(nil)))
+		out, err := a.client.UploadPart(ctx, &s3.UploadPartInput{
+			Bucket: aws.String(a.bucket), Key: aws.String(key), UploadId: up.UploadId,
+			PartNumber: aws.Int32(n), Body: io.NewSectionReader(f, off, length), ContentLength: aws.Int64(length),
+			ChecksumSHA512: sum,
+		})
+		if err != nil {
+			return a.wrap(fmt.Sprintf("upload part %d of", n), key, err)
+		}
+		parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(n), ChecksumSHA512: sum})
+	}
+	_, err = a.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		Bucket: aws.String(a.bucket), Key: aws.String(key), UploadId: up.UploadId,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+		IfNoneMatch:     aws.String("*"),
+	})
+	err = a.wrap("complete multipart upload", key, err)
+	if errors.Is(err, ErrExists) {
+		return nil
+	}
+	return err
+}
+
+// HasBlob reports whether blob id's object is in the bucket.
+func (a *Archive) HasBlob(ctx context.Context, id dtfc.ID) (bool, error) {
+	key := a.BlobKey(id)
+	_, err := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
+	err = a.wrap("head", key, err)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// OpenBlob opens blob id's object from byte off on, and returns its
+// whole size. The bytes are the bucket's: the caller verifies them.
+func (a *Archive) OpenBlob(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, int64, error) {
+	key := a.BlobKey(id)
+	in := &s3.GetObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)}
+	if off > 0 {
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-", off))
+	}
+	out, err := a.client.GetObject(ctx, in)
+	if err != nil {
+		code, status := errorCode(err)
+		if code == "InvalidRange" || status == http.StatusRequestedRangeNotSatisfiable {
+			return nil, 0, fmt.Errorf("archive: get %s from %d: %w", key, off, ErrNotFound)
+		}
+		return nil, 0, a.wrap("get", key, err)
+	}
+	size := off + aws.ToInt64(out.ContentLength)
+	if cr := aws.ToString(out.ContentRange); cr != "" {
+		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
+			if n, perr := strconv.ParseInt(cr[i+1:], 10, 64); perr == nil {
+				size = n
+			}
+		}
+	}
+	return out.Body, size, nil
+}
+
+// PutState writes st's record once. ErrExists: the record was already
+// there (the same operation, written before).
+func (a *Archive) PutState(ctx context.Context, st dtfc.State) error {
+	key := a.StateKey(st)
+	body, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = a.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(a.bucket), Key: aws.String(key),
+		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
+		IfNoneMatch: aws.String("*"), ContentType: aws.String("application/json"),
+	})
+	return a.wrap("put state", key, err)
+}
+
+// NewestState returns the winning state of id among its records in the
+// bucket (the greatest clock, ties by node identity: dtfc.State.Newer).
+// ErrNotFound if id has none.
+func (a *Archive) NewestState(ctx context.Context, id dtfc.ID) (dtfc.State, error) {
+	dir := a.statesDir(id)
+	type rec struct {
+		clock dtfc.Timestamp
+		node  string
+		key   string
+	}
+	var best *rec
+	p := s3.NewListObjectsV2Paginator(a.client, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return dtfc.State{}, a.wrap("list", dir, err)
+		}
+		for _, o := range page.Contents {
+			name := strings.TrimPrefix(aws.ToString(o.Key), dir)
+			hexClock, node, ok := strings.Cut(name, "-")
+			if !ok || len(hexClock) != 16 || strings.Contains(node, "/") {
+				continue // not a record of this layout
+			}
+			c, err := strconv.ParseUint(hexClock, 16, 64)
+			if err != nil {
+				continue
+			}
+			r := rec{dtfc.Timestamp(c), node, aws.ToString(o.Key)}
+			if best == nil || r.clock > best.clock || r.clock == best.clock && r.node > best.node {
+				best = &r
+			}
+		}
+	}
+	if best == nil {
+		return dtfc.State{}, fmt.Errorf("archive: states of %s: %w", id, ErrNotFound)
+	}
+	body, err := a.get(ctx, best.key, 1<<20)
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	var st dtfc.State
+	if err := json.Unmarshal(body, &st); err != nil {
+		return dtfc.State{}, fmt.Errorf("archive: state record %s: %w", best.key, err)
+	}
+	// The key decides: a record's body that disagrees with its name is
+	// not trusted.
+	if st.ID != id || st.Clock != best.clock || st.Node != best.node {
+		return dtfc.State{}, fmt.Errorf("archive: state record %s does not match its key", best.key)
+	}
+	return st, nil
+}
+
+// get reads a small object whole (at most limit bytes).
+func (a *Archive) get(ctx context.Context, key string, limit int64) ([]byte, error) {
+	out, err := a.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
+	if err != nil {
+		return nil, a.wrap("get", key, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, limit+1))
+	if err != nil {
+		return nil, a.wrap("read", key, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("archive: %s is larger than %d bytes", key, limit)
+	}
+	return b, nil
+}
+
+// LogEntry is one change named in a writer's log: which ID, and the
+// operation's clock and node (the state records say the rest).
+type LogEntry struct {
+	ID      dtfc.ID        `json:"sha512"`
+	Clock   dtfc.Timestamp `json:"clock"`
+	Node    string         `json:"node"`
+	Deleted bool           `json:"deleted,omitempty"`
+}
+
+// AppendLog writes a writer's log entry seq once. ErrExists: seq was
+// taken (by an earlier attempt whose answer was lost).
+func (a *Archive) AppendLog(ctx context.Context, writer string, seq uint64, entries []LogEntry) error {
+	key := a.LogKey(writer, seq)
+	body, err := json.Marshal(entries)
+	if err != nil {
+		return err
+	}
+	_, err = a.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(a.bucket), Key: aws.String(key),
+		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
+		IfNoneMatch: aws.String("*"), ContentType: aws.String("application/json"),
+	})
+	return a.wrap("put log", key, err)
+}
+
+// Writers lists the identities of the nodes that have a log in the
+// bucket.
+func (a *Archive) Writers(ctx context.Context) ([]string, error) {
+	dir := a.prefix + "log/"
+	var out []string
+	p := s3.NewListObjectsV2Paginator(a.client, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir), Delimiter: aws.String("/")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, a.wrap("list", dir, err)
+		}
+		for _, cp := range page.CommonPrefixes {
+			w := strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), dir), "/")
+			if w != "" {
+				out = append(out, w)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// ReadLog calls fn with each of writer's log entries numbered after
+// after (numbers start at 1: 0 reads them all), in order, with its
+// number; it stops at fn's first error and returns it. At most limit
+// entries are read (0: no limit).
+func (a *Archive) ReadLog(ctx context.Context, writer string, after uint64, limit int, fn func(seq uint64, entries []LogEntry) error) error {
+	dir := a.logDir(writer)
+	in := &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir)}
+	if after > 0 {
+		in.StartAfter = aws.String(a.LogKey(writer, after))
+	}
+	n := 0
+	p := s3.NewListObjectsV2Paginator(a.client, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return a.wrap("list", dir, err)
+		}
+		for _, o := range page.Contents {
+			key := aws.ToString(o.Key)
+			seq, err := strconv.ParseUint(strings.TrimPrefix(key, dir), 16, 64)
+			if err != nil || seq <= after {
+				continue
+			}
+			body, err := a.get(ctx, key, 64<<20)
+			if err != nil {
+				return err
+			}
+			var entries []LogEntry
+			if err := json.Unmarshal(body, &entries); err != nil {
+				return fmt.Errorf("archive: log entry %s: %w", key, err)
+			}
+			if err := fn(seq, entries); err != nil {
+				return err
+			}
+			if n++; limit > 0 && n >= limit {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// EachID calls fn with every ID that has state records in the bucket,
+// in ID order, with the clock and node of its newest record; it stops at
+// fn's first error and returns it. It lists the whole collection's
+// records (no bodies are read): a recovery, not a routine.
+func (a *Archive) EachID(ctx context.Context, fn func(id dtfc.ID, clock dtfc.Timestamp, node string) error) error {
+	dir := a.prefix + "states/"
+	var cur dtfc.ID
+	var have bool
+	var clock dtfc.Timestamp
+	var node string
+	p := s3.NewListObjectsV2Paginator(a.client, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return a.wrap("list", dir, err)
+		}
+		for _, o := range page.Contents {
+			// states/ab/cd/<h>/<clock>-<node>
+			parts := strings.Split(strings.TrimPrefix(aws.ToString(o.Key), dir), "/")
+			if len(parts) != 4 {
+				continue
+			}
+			id, err := dtfc.ParseID(parts[2])
+			if err != nil {
+				continue
+			}
+			hexClock, n, ok := strings.Cut(parts[3], "-")
+			c, perr := strconv.ParseUint(hexClock, 16, 64)
+			if !ok || len(hexClock) != 16 || perr != nil {
+				continue
+			}
+			if have && id != cur {
+				if err := fn(cur, clock, node); err != nil {
+					return err
+				}
+				have = false
+			}
+			if !have || dtfc.Timestamp(c) > clock || dtfc.Timestamp(c) == clock && n > node {
+				cur, clock, node, have = id, dtfc.Timestamp(c), n, true
+			}
+		}
+	}
+	if have {
+		return fn(cur, clock, node)
+	}
+	return nil
+}

@@ -1,0 +1,545 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/archive"
+	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/internal/versitygw"
+)
+
+// bucket is a versitygw bucket under a prefix, as the nodes' archive and
+// as the test reads it.
+type bucket struct {
+	s      *versitygw.Server
+	prefix string
+	secret string // the secret_access_key_file
+	a      *archive.Archive
+}
+
+func newBucket(t *testing.T, s *versitygw.Server, prefix string) *bucket {
+	t.Helper()
+	secret := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(secret, []byte(versitygw.SecretKey+"\n"), 0o600))
+	a, err := archive.New(t.Context(), archive.Config{Bucket: s.Bucket, Prefix: prefix, Endpoint: s.URL, PathStyle: true,
+		AccessKeyID: versitygw.AccessKey, SecretAccessKeyFile: secret})
+	require.NoError(t, err)
+	return &bucket{s: s, prefix: prefix, secret: secret, a: a}
+}
+
+// URL is the archive's peer list url.
+func (b *bucket) URL() string { return "s3://" + b.s.Bucket + "/" + b.prefix }
+
+// entry is the archive's peer list entry.
+func (b *bucket) entry() string {
+	return fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
+		b.URL(), b.s.URL, versitygw.AccessKey, b.secret)
+}
+
+// states reads id's state records straight from versitygw's directory.
+func (b *bucket) states(t *testing.T, id string) []dtfc.State {
+	t.Helper()
+	dir := b.s.Path(b.prefix + "/states/" + id[0:2] + "/" + id[2:4] + "/" + id)
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	var out []dtfc.State
+	for _, e := range ents {
+		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		require.NoError(t, err)
+		var st dtfc.State
+		require.NoError(t, json.Unmarshal(body, &st), "record %s", e.Name())
+		out = append(out, st)
+	}
+	return out
+}
+
+// logged lists what node 0 of c named in its log in the bucket ("up
+// <id>", "del <id>"), read from versitygw's directory.
+func (b *bucket) logged(t *testing.T, c *cluster.Cluster) []string {
+	t.Helper()
+	node, err := os.ReadFile(filepath.Join(c.Nodes[0].Basedir, "node-id"))
+	require.NoError(t, err)
+	dir := b.s.Path(b.prefix + "/log/" + strings.TrimSpace(string(node)))
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	var out []string
+	for _, e := range ents {
+		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		require.NoError(t, err)
+		var entries []archive.LogEntry
+		require.NoError(t, json.Unmarshal(body, &entries))
+		for _, le := range entries {
+			op := "up "
+			if le.Deleted {
+				op = "del "
+			}
+			out = append(out, op+le.ID.String())
+		}
+	}
+	return out
+}
+
+// holds reports whether the bucket's directory holds blob id with data.
+func (b *bucket) holds(id string, data []byte) bool {
+	got, err := os.ReadFile(b.s.Path(b.prefix + "/blobs/" + id[0:2] + "/" + id[2:4] + "/" + id))
+	return err == nil && bytes.Equal(got, data)
+}
+
+// seed writes a blob and its upload record into the bucket as a node
+// "7e57" would.
+func (b *bucket) seed(t *testing.T, data []byte) dtfc.ID {
+	t.Helper()
+	id := dtfc.Sum(data)
+	f := filepath.Join(t.TempDir(), "blob")
+	require.NoError(t, os.WriteFile(f, data, 0o644))
+	fh, err := os.Open(f)
+	require.NoError(t, err)
+	defer fh.Close()
+	require.NoError(t, b.a.PutBlob(t.Context(), id, fh, int64(len(data))))
+	require.NoError(t, b.a.PutState(t.Context(), dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now()), Node: "7e57", Size: int64(len(data))}))
+	return id
+}
+
+// archiveNodes starts n nodes, each alone but for the archive b (no node
+// knows another).
+func archiveNodes(t *testing.T, b *bucket, args ...string) *cluster.Cluster {
+	t.Helper()
+	return cluster.Start(t, cluster.Options{Nodes: 1, Direct: true, Args: args,
+		ExtraPeers: func(int) string { return b.entry() }})
+}
+
+// archiveError is the last error node 0 of c had with the archive b.
+func archiveError(t *testing.T, c *cluster.Cluster, b *bucket) string {
+	t.Helper()
+	st, err := c.Status(0)
+	if err != nil || st.Cluster == nil {
+		return ""
+	}
+	for _, p := range st.Cluster.Peers {
+		if p.URL == b.URL() {
+			return p.LastError
+		}
+	}
+	return ""
+}
+
+func queueOf(t *testing.T, c *cluster.Cluster, i int, url string) (int64, bool) {
+	t.Helper()
+	st, err := c.Status(i)
+	if err != nil {
+		return 0, false
+	}
+	q, ok := st.Queues[url]
+	return q.Length, ok
+}
+
+// TestArchivePush: an upload reaches the bucket as a blob object (the
+// same bytes) and an upload record, a delete as a tombstone record; the
+// queue of the archive (keyed by its URL) empties.
+func TestArchivePush(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "prod")
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	data := randomBytes(100 << 10)
+	_, id := upload(t, hc, c.Nodes[0].URL, "a.bin", data)
+	eventually(t, 20*time.Second, "the blob and its record in the bucket", func() bool {
+		sts := b.states(t, id)
+		return b.holds(id, data) && len(sts) == 1 && !sts[0].Deleted && sts[0].Size == int64(len(data))
+	})
+	eventually(t, 10*time.Second, "the archive's queue empty", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0
+	})
+	deleteID(t, hc, c.Nodes[0].URL, id)
+	eventually(t, 20*time.Second, "a tombstone record in the bucket", func() bool {
+		for _, st := range b.states(t, id) {
+			if st.Deleted {
+				return true
+			}
+		}
+		return false
+	})
+	got, err := b.a.NewestState(t.Context(), dtfc.ID(mustID(t, id)))
+	require.NoError(t, err)
+	assert.True(t, got.Deleted, "the newest record is the delete")
+}
+
+func mustID(t *testing.T, s string) dtfc.ID {
+	id, err := dtfc.ParseID(s)
+	require.NoError(t, err)
+	return id
+}
+
+// TestArchiveDown: with the S3 server stopped, uploads are still
+// acknowledged and wait in the archive's queue (in /_status); when it
+// returns, the queue drains and the bucket holds them.
+func TestArchiveDown(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "down")
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	s.Stop(t)
+	blobs := map[string][]byte{}
+	for i := range 3 {
+		data := randomBytes(10<<10 + i)
+		status, id := upload(t, hc, c.Nodes[0].URL, fmt.Sprintf("f%d", i), data)
+		require.Equal(t, http.StatusCreated, status)
+		blobs[id] = data
+	}
+	eventually(t, 10*time.Second, "3 uploads queued for the archive", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n >= 3
+	})
+	// The failures are shown (status, metrics, logs), the credentials
+	// never.
+	eventually(t, 10*time.Second, "the archive's failure in /_status", func() bool {
+		st, err := c.Status(0)
+		if err != nil || st.Cluster == nil {
+			return false
+		}
+		for _, p := range st.Cluster.Peers {
+			if p.URL == b.URL() && p.LastError != "" {
+				return true
+			}
+		}
+		return false
+	})
+	_, statusBody := get(t, hc, c.Nodes[0].URL+"/_status")
+	_, metricsBody := get(t, hc, c.Nodes[0].URL+"/metrics")
+	assert.Contains(t, string(metricsBody), b.URL(), "the archive's queue in /metrics")
+	for what, text := range map[string]string{"/_status": string(statusBody), "/metrics": string(metricsBody), "the log": c.Nodes[0].Log()} {
+		assert.NotContains(t, text, versitygw.AccessKey, "the access key id in %s", what)
+		assert.NotContains(t, text, versitygw.SecretKey, "the secret in %s", what)
+	}
+	s.Start(t)
+	eventually(t, 45*time.Second, "the queue drained", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0
+	})
+	for id, data := range blobs {
+		assert.True(t, b.holds(id, data), "blob %s in the bucket", id[:12])
+		assert.Len(t, b.states(t, id), 1)
+	}
+}
+
+// TestArchiveMiss: a node missing a blob serves it from the archive
+// (X-Dtfc-Source: peer) and keeps it.
+func TestArchiveMiss(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "miss")
+	data := randomBytes(300 << 10)
+	id := b.seed(t, data).String()
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	res, body := get(t, hc, c.Nodes[0].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "peer", res.Header.Get("X-Dtfc-Source"))
+	assert.True(t, bytes.Equal(data, body))
+	res, _ = get(t, hc, c.Nodes[0].URL+"/"+id+"?nopeerload=1")
+	assert.Equal(t, http.StatusOK, res.StatusCode, "kept after the miss")
+}
+
+// TestArchiveCorrupt: a blob whose object was corrupted in the bucket
+// (its file overwritten under versitygw) is never served whole: the
+// transfer is refused or cut off, and the node does not keep it.
+func TestArchiveCorrupt(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "corrupt")
+	data := randomBytes(200 << 10)
+	id := b.seed(t, data).String()
+	bad := bytes.Clone(data)
+	bad[len(bad)/2] ^= 0xff
+	require.NoError(t, os.WriteFile(s.Path(b.a.BlobKey(mustID(t, id))), bad, 0o644))
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	for range 2 {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, c.Nodes[0].URL+"/"+id, nil)
+		require.NoError(t, err)
+		res, err := hc.Do(req)
+		if err != nil {
+			continue // cut off before the answer's head: refused
+		}
+		body, rerr := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode == http.StatusOK && rerr == nil {
+			sum := sha512.Sum512(body)
+			assert.Equal(t, id, hex.EncodeToString(sum[:]), "a complete 200 body must hash to the ID")
+		}
+		assert.False(t, bytes.Equal(bad, body), "the corrupted bytes were served whole")
+	}
+	res, _ := get(t, hc, c.Nodes[0].URL+"/"+id+"?nopeerload=1")
+	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the corrupted blob is not kept")
+}
+
+// TestArchiveStartRefused: a node does not start with an archive it
+// cannot use, and says which entry and why.
+func TestArchiveStartRefused(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "p")
+	wrongSecret := filepath.Join(t.TempDir(), "wrong")
+	require.NoError(t, os.WriteFile(wrongSecret, []byte("not-the-secret"), 0o600))
+	for _, tc := range []struct {
+		name, list, want string
+	}{
+		{"missing bucket", strings.Replace(b.entry(), "s3://"+s.Bucket+"/", "s3://no-such-bucket/", 1), "bucket does not exist"},
+		{"wrong secret", strings.Replace(b.entry(), b.secret, wrongSecret, 1), "refused the credentials"},
+		{"s3 entry as a replica", strings.Replace(b.entry(), `role = "archive"`, `role = "replica"`, 1), `must have role = "archive"`},
+		{"archive role on a node", "[[peers]]\nurl = \"http://127.0.0.1:1\"\nrole = \"archive\"\n", "s3://bucket/prefix entry"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			list := filepath.Join(dir, "peers.toml")
+			require.NoError(t, os.WriteFile(list, []byte(tc.list), 0o644))
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, cluster.Binary(t), "serve", "--host", "127.0.0.1", "--port", "0",
+				"--basedir", filepath.Join(dir, "data"), "--peerlist", list)
+			out, err := cmd.CombinedOutput()
+			require.Error(t, err, "the node started:\n%s", out)
+			require.NoError(t, ctx.Err(), "the node did not exit:\n%s", out)
+			assert.Contains(t, string(out), tc.want)
+			if !strings.HasPrefix(tc.name, "archive role") {
+				assert.Contains(t, string(out), "s3://", "the entry is named")
+			}
+			assert.NotContains(t, string(out), versitygw.SecretKey)
+			assert.NotContains(t, string(out), "not-the-secret")
+		})
+	}
+}
+
+// TestArchiveRelay: two nodes whose only common peer is the bucket
+// converge through it, on uploads and on deletes (either way), and a new
+// node whose only peer is the bucket gets the whole collection (and not
+// what was deleted).
+func TestArchiveRelay(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "relay")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	bb := archiveNodes(t, b, "--archive-interval", "300ms")
+	A, B := a.Nodes[0].URL, bb.Nodes[0].URL
+	hc := newClient(t)
+	local := func(base, id string) int {
+		res, _ := get(t, hc, base+"/"+id+"?nopeerload=1")
+		return res.StatusCode
+	}
+	d1, d2, d3 := randomBytes(50<<10), randomBytes(60<<10), randomBytes(70<<10)
+	_, id1 := upload(t, hc, A, "one", d1)
+	_, id2 := upload(t, hc, B, "two", d2)
+	_, id3 := upload(t, hc, A, "three", d3)
+	eventually(t, 30*time.Second, "B holds A's uploads and A holds B's", func() bool {
+		return local(B, id1) == http.StatusOK && local(B, id3) == http.StatusOK && local(A, id2) == http.StatusOK
+	})
+	deleteID(t, hc, B, id1) // B deletes what A uploaded
+	deleteID(t, hc, A, id2) // and A what B uploaded
+	deleted := func(cl *cluster.Cluster, id string) bool {
+		status, st := stateOf(t, cl, hc, 0, id)
+		return status == http.StatusOK && st.Deleted
+	}
+	eventually(t, 30*time.Second, "the deletes applied on the other node", func() bool {
+		return deleted(a, id1) && deleted(bb, id2) && local(A, id1) == http.StatusNotFound && local(B, id2) == http.StatusNotFound
+	})
+	res, body := get(t, hc, A+"/"+id3)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.True(t, bytes.Equal(d3, body))
+
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	C := c.Nodes[0].URL
+	eventually(t, 30*time.Second, "the new node holds the collection and the tombstones", func() bool {
+		return local(C, id3) == http.StatusOK && deleted(c, id1) && deleted(c, id2)
+	})
+	// Each node's log names its own operations only: what the relay
+	// brought is not named again (which would echo between the nodes).
+	assert.ElementsMatch(t, []string{"up " + id1, "up " + id3, "del " + id2}, b.logged(t, a), "A's log")
+	assert.ElementsMatch(t, []string{"up " + id2, "del " + id1}, b.logged(t, bb), "B's log")
+	assert.Empty(t, b.logged(t, c), "C's log")
+	assert.Equal(t, http.StatusNotFound, local(C, id1), "a deleted blob is not brought back")
+	assert.Equal(t, http.StatusNotFound, local(C, id2), "a deleted blob is not brought back")
+	res, body = get(t, hc, C+"/"+id3+"?nopeerload=1")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.True(t, bytes.Equal(d3, body))
+}
+
+// TestArchiveRelayClockAhead: a state in the bucket whose clock is
+// further ahead than max_clock_offset is refused (counted in /metrics),
+// like a peer's.
+func TestArchiveRelayClockAhead(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "ahead")
+	data := randomBytes(10 << 10)
+	id := dtfc.Sum(data)
+	f := filepath.Join(t.TempDir(), "blob")
+	require.NoError(t, os.WriteFile(f, data, 0o644))
+	fh, err := os.Open(f)
+	require.NoError(t, err)
+	defer fh.Close()
+	ctx := t.Context()
+	require.NoError(t, b.a.PutBlob(ctx, id, fh, int64(len(data))))
+	ahead := dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now().Add(time.Hour)), Node: "7e57", Size: int64(len(data))}
+	require.NoError(t, b.a.PutState(ctx, ahead))
+	require.NoError(t, b.a.AppendLog(ctx, "7e57", 1, []archive.LogEntry{{ID: id, Clock: ahead.Clock, Node: ahead.Node}}))
+	c := archiveNodes(t, b, "--archive-interval", "200ms")
+	hc := newClient(t)
+	eventually(t, 20*time.Second, "refused in two relay rounds", func() bool {
+		return strings.Contains(metrics(t, hc, c.Nodes[0].URL, "dtfc_clock_refused_total"), "dtfc_clock_refused_total ") &&
+			!strings.HasSuffix(metrics(t, hc, c.Nodes[0].URL, "dtfc_clock_refused_total"), " 0") &&
+			!strings.HasSuffix(metrics(t, hc, c.Nodes[0].URL, "dtfc_clock_refused_total"), " 1")
+	})
+	status, _ := stateOf(t, c, hc, 0, id.String())
+	assert.Equal(t, http.StatusNotFound, status, "the state from the future is not applied")
+}
+
+// TestArchiveHoldsTombstones: an archive counts in the acknowledgements
+// a tombstone waits for: while the S3 server is down, a delete older than
+// the retention is kept; once the tombstone's record is in the bucket,
+// it is forgotten.
+func TestArchiveHoldsTombstones(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "acks")
+	c := archiveNodes(t, b, "--archive-interval", "1h", "--tombstone-retention", "1s", "--tombstone-expiry", "1h")
+	hc := newClient(t)
+	data := randomBytes(10 << 10)
+	_, id := upload(t, hc, c.Nodes[0].URL, "t", data)
+	eventually(t, 20*time.Second, "the upload in the bucket", func() bool { return len(b.states(t, id)) == 1 })
+	s.Stop(t)
+	deleteID(t, hc, c.Nodes[0].URL, id)
+	wait(3 * time.Second) // past the retention: purges (every second) have run
+	status, st := stateOf(t, c, hc, 0, id)
+	require.Equal(t, http.StatusOK, status, "the tombstone the archive has not acknowledged is kept")
+	require.True(t, st.Deleted)
+	s.Start(t)
+	eventually(t, 45*time.Second, "the tombstone's record in the bucket", func() bool {
+		sts := b.states(t, id)
+		return len(sts) == 2
+	})
+	eventually(t, 20*time.Second, "the tombstone forgotten once the archive acknowledged it", func() bool {
+		status, _ := stateOf(t, c, hc, 0, id)
+		return status == http.StatusNotFound
+	})
+}
+
+// TestArchiveLogRetried: when a node's log entry cannot be written after
+// the record it names was (the log's path is blocked in the bucket's
+// directory), the retry finds the record there and still names it, so the
+// other node gets the upload once the path is clear.
+func TestArchiveLogRetried(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "logretry")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	bb := archiveNodes(t, b, "--archive-interval", "300ms")
+	hc := newClient(t)
+	nodeA, err := os.ReadFile(filepath.Join(a.Nodes[0].Basedir, "node-id"))
+	require.NoError(t, err)
+	block := s.Path(b.prefix + "/log/" + strings.TrimSpace(string(nodeA)))
+	require.NoError(t, os.MkdirAll(filepath.Dir(block), 0o755))
+	require.NoError(t, os.WriteFile(block, []byte("in the way"), 0o644))
+	data := randomBytes(20 << 10)
+	_, id := upload(t, hc, a.Nodes[0].URL, "x", data)
+	eventually(t, 20*time.Second, "the record written, the log failing", func() bool {
+		return len(b.states(t, id)) == 1 && strings.Contains(archiveError(t, a, b), "put log")
+	})
+	n, _ := queueOf(t, a, 0, b.URL())
+	require.Positive(t, n, "the upload waits in the queue")
+	require.NoError(t, os.Remove(block))
+	eventually(t, 45*time.Second, "the other node holds the upload", func() bool {
+		res, _ := get(t, hc, bb.Nodes[0].URL+"/"+id+"?nopeerload=1")
+		return res.StatusCode == http.StatusOK
+	})
+}
+
+// TestArchiveLargeBlob: a blob above the part size (64 MiB) goes to the
+// bucket in parts, read from the node's file, and comes back whole and
+// verified on another node's miss.
+func TestArchiveLargeBlob(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "large")
+	a := archiveNodes(t, b, "--archive-interval", "1h")
+	hc := newClient(t)
+	data := randomBytes(64<<20 + 5<<20 + 17)
+	_, id := upload(t, hc, a.Nodes[0].URL, "big.bin", data)
+	eventually(t, 60*time.Second, "the blob and its record in the bucket", func() bool {
+		return len(b.states(t, id)) == 1
+	})
+	sum, err := cluster.HashFile(s.Path(b.a.BlobKey(mustID(t, id))))
+	require.NoError(t, err)
+	require.Equal(t, id, sum, "the object's bytes hash to the ID")
+	c := archiveNodes(t, b, "--archive-interval", "1h")
+	res, body := get(t, hc, c.Nodes[0].URL+"/"+id)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "peer", res.Header.Get("X-Dtfc-Source"))
+	assert.True(t, bytes.Equal(data, body))
+}
+
+// archiveExpired reports whether node 0 of c marked the archive b expired.
+func archiveExpired(t *testing.T, c *cluster.Cluster, b *bucket) bool {
+	t.Helper()
+	st, err := c.Status(0)
+	if err != nil || st.Cluster == nil {
+		return false
+	}
+	for _, p := range st.Cluster.Peers {
+		if p.URL == b.URL() {
+			return p.Expired
+		}
+	}
+	return false
+}
+
+// TestArchiveExpired: an archive unreachable past tombstone_expiry is
+// marked expired and a delete is forgotten without it; when it returns,
+// the node writes the forgotten delete's record into the bucket before it
+// lifts the mark, so a new node whose only peer is the bucket does not
+// bring the file back.
+func TestArchiveExpired(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "expired")
+	a := archiveNodes(t, b, "--archive-interval", "300ms", "--tombstone-retention", "1s", "--tombstone-expiry", "3s")
+	hc := newClient(t)
+	data := randomBytes(10 << 10)
+	_, id := upload(t, hc, a.Nodes[0].URL, "e", data)
+	eventually(t, 20*time.Second, "the upload in the bucket", func() bool { return len(b.states(t, id)) == 1 })
+	s.Stop(t)
+	deleteID(t, hc, a.Nodes[0].URL, id)
+	eventually(t, 30*time.Second, "the archive expired and the delete forgotten", func() bool {
+		status, _ := stateOf(t, a, hc, 0, id)
+		return archiveExpired(t, a, b) && status == http.StatusNotFound
+	})
+	require.Len(t, b.states(t, id), 1, "the bucket lacks the delete")
+	s.Start(t)
+	eventually(t, 45*time.Second, "the forgotten delete written to the bucket, the mark lifted", func() bool {
+		return !archiveExpired(t, a, b)
+	})
+	got, err := b.a.NewestState(t.Context(), mustID(t, id))
+	require.NoError(t, err)
+	require.True(t, got.Deleted, "the newest record in the bucket is the delete")
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	eventually(t, 20*time.Second, "the new node took the delete", func() bool {
+		status, st := stateOf(t, c, hc, 0, id)
+		return status == http.StatusOK && st.Deleted
+	})
+	res, _ := get(t, hc, c.Nodes[0].URL+"/"+id)
+	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the deleted file is not brought back")
+}

@@ -1,0 +1,216 @@
+// Package versitygw runs versitygw, a real S3 server over a directory,
+// on a loopback port for the tests of archive peers. It is installed by
+// go install into a cache outside the repository (.ci/run); a test
+// without it is skipped, saying how to install it.
+package versitygw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// Version is the versitygw the tests were checked with.
+const Version = "v1.8.0"
+
+// The root credentials every server is started with.
+const (
+	AccessKey = "dtfctestroot"
+	SecretKey = "dtfctestrootsecret"
+)
+
+// Binary returns the versitygw executable ($DTFC_VERSITYGW, else
+// ~/.cache/dtfc-tools/versitygw), or a message saying how to install it.
+func Binary() (bin, missing string) {
+	bin = os.Getenv("DTFC_VERSITYGW")
+	if bin == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = os.TempDir()
+		}
+		bin = filepath.Join(home, ".cache", "dtfc-tools", "versitygw")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Sprintf("versitygw is not installed at %s; run: GOBIN=$HOME/.cache/dtfc-tools go install github.com/versity/versitygw/cmd/versitygw@%s (or set DTFC_VERSITYGW)", bin, Version)
+	}
+	return bin, ""
+}
+
+// Server is a versitygw process serving Root (one directory per bucket)
+// on a loopback port. It keeps its port and directory across restarts.
+type Server struct {
+	URL    string // http://127.0.0.1:PORT
+	Root   string // the directory served: Root/<bucket>/<key>
+	Bucket string // the bucket ForTest created
+
+	bin  string
+	dir  string // its log
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// ForTest starts a server for t with one bucket, stopped (by its PID) in
+// t.Cleanup, its output logged if t failed; t is skipped, saying how to
+// install it, when versitygw is not installed.
+func ForTest(t testing.TB) *Server {
+	t.Helper()
+	bin, msg := Binary()
+	if bin == "" {
+		t.Skip(msg)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	s := &Server{URL: "http://127.0.0.1:" + strconv.Itoa(port), Root: filepath.Join(dir, "root"), Bucket: "dtfc-test", bin: bin, dir: dir}
+	if err := os.MkdirAll(s.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Shutdown(); err != nil {
+			t.Errorf("versitygw: %v", err)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "versitygw.log"))
+			if len(b) > 3000 {
+				b = b[len(b)-3000:]
+			}
+			t.Logf("versitygw output:\n%s", b)
+		}
+	})
+	s.Start(t)
+	if err := s.CreateBucket(t.Context(), s.Bucket); err != nil {
+		t.Fatalf("versitygw: creating the bucket: %v", err)
+	}
+	return s
+}
+
+// Client returns an S3 client of the server with the root credentials.
+func (s *Server) Client() *s3.Client {
+	return s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(s.URL), UsePathStyle: true,
+		Credentials:                credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+}
+
+// CreateBucket creates a bucket.
+func (s *Server) CreateBucket(ctx context.Context, name string) error {
+	_, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
+	return err
+}
+
+// Path is the file holding key in the test bucket.
+func (s *Server) Path(key string) string {
+	return filepath.Join(s.Root, s.Bucket, filepath.FromSlash(key))
+}
+
+// Start (re)starts the server and waits until it answers, failing t if
+// it cannot.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	if err := s.Launch(); err != nil {
+		t.Fatalf("versitygw: %v", err)
+	}
+}
+
+// Stop stops the server, failing t if it cannot.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if err := s.Shutdown(); err != nil {
+		t.Fatalf("versitygw: %v", err)
+	}
+}
+
+// Launch starts the server and waits (at most 30 s) until it answers.
+func (s *Server) Launch() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return errors.New("already running")
+	}
+	out, err := os.OpenFile(filepath.Join(s.dir, "versitygw.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	// --sidecar: metadata beside the objects rather than in extended
+	// attributes, which a temp directory's filesystem may not have.
+	side := filepath.Join(s.dir, "meta")
+	if err := os.MkdirAll(side, 0o755); err != nil {
+		return err
+	}
+	cmd := exec.Command(s.bin, "--port", s.URL[len("http://"):], "posix", "--sidecar", side, s.Root)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			s.cmd = nil
+			return fmt.Errorf("exited at start: %s", cmd.ProcessState)
+		default:
+		}
+		// Any HTTP answer (403 to an unsigned request) means it serves.
+		if resp, err := hc.Get(s.URL + "/"); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("did not answer within 30 s")
+}
+
+// Shutdown stops the server (SIGTERM, then SIGKILL, to its PID) and
+// waits for its exit. It does nothing if it is not running.
+func (s *Server) Shutdown() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return nil
+	}
+	defer func() { s.cmd = nil }()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(10 * time.Second):
+	}
+	s.cmd.Process.Kill()
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("pid %d did not exit after SIGKILL", s.cmd.Process.Pid)
+	}
+}

@@ -1,0 +1,103 @@
+package peer_test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/archive"
+	"github.com/dtfc/dtfc/peer"
+)
+
+// fakeBucket is an in-process S3 server (gofakes3) with one bucket,
+// counting the reads of blob objects.
+type fakeBucket struct {
+	url, secret string
+	blobGets    atomic.Int64
+	a           *archive.Archive
+}
+
+func newFakeBucket(t *testing.T) *fakeBucket {
+	t.Helper()
+	be := s3mem.New()
+	require.NoError(t, be.CreateBucket("b"))
+	fb := &fakeBucket{}
+	h := gofakes3.New(be).Server()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			fb.blobGets.Add(1)
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	fb.url = srv.URL
+	fb.secret = filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(fb.secret, []byte("s"), 0o600))
+	var err error
+	fb.a, err = archive.New(t.Context(), archive.Config{Bucket: "b", Prefix: "p", Endpoint: srv.URL, PathStyle: true, AccessKeyID: "k", SecretAccessKeyFile: fb.secret})
+	require.NoError(t, err)
+	return fb
+}
+
+// addTo appends the archive's entry to n's peer list.
+func (fb *fakeBucket) addTo(t *testing.T, n *node) {
+	f, err := os.OpenFile(n.peerFile, os.O_APPEND|os.O_WRONLY, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "[[peers]]\nurl = \"s3://b/p\"\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = \"k\"\nsecret_access_key_file = %q\n", fb.url, fb.secret)
+	require.NoError(t, err)
+}
+
+// TestArchiveAskedAfterNodes: a miss asks the nodes first and the
+// archive only when no node has the blob; the archive's queue is in
+// /_status under its URL.
+func TestArchiveAskedAfterNodes(t *testing.T) {
+	fb := newFakeBucket(t)
+	x := newNode(t, nodeOpts{run: true})
+	y := newNode(t, nodeOpts{role: peer.RoleCache, run: true}) // gets no pushed upload: every read is a miss
+	x.writePeers(y)
+	y.writePeers(x)
+	fb.addTo(t, x)
+	fb.addTo(t, y)
+	x.start()
+	y.start()
+	require.NoError(t, x.Cluster.CheckArchives(t.Context()))
+
+	b1 := randomBytes(t, 50<<10)
+	id := x.put(b1)
+	eventually(t, 10*time.Second, func() bool {
+		has, err := fb.a.HasBlob(t.Context(), id)
+		return err == nil && has && x.status().Queues["s3://b/p"].Length == 0
+	}, "the blob in the archive, its queue empty")
+	resp, body, err := get(y.URL + "/" + id.String())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, b1, body)
+	assert.Zero(t, fb.blobGets.Load(), "a node held it: the archive was not read")
+
+	b2 := randomBytes(t, 60<<10)
+	id2 := x.put(b2)
+	eventually(t, 10*time.Second, func() bool {
+		has, err := fb.a.HasBlob(t.Context(), id2)
+		return err == nil && has
+	}, "the second blob in the archive")
+	x.down()
+	resp, body, err = get(y.URL + "/" + id2.String())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "peer", resp.Header.Get("X-Dtfc-Source"))
+	assert.Equal(t, b2, body)
+	assert.Positive(t, fb.blobGets.Load(), "read from the archive")
+	y.eventuallyHolds(id2, true)
+}
