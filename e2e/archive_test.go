@@ -508,29 +508,39 @@ func archiveExpired(t *testing.T, c *cluster.Cluster, b *bucket) bool {
 	return false
 }
 
-// TestArchiveExpired: an archive unreachable past tombstone_expiry is
-// marked expired and a delete is forgotten without it; when it returns,
-// the node writes the forgotten delete's record into the bucket before it
-// lifts the mark, so a new node whose only peer is the bucket does not
-// bring the file back.
-func TestArchiveExpired(t *testing.T) {
+// TestArchiveNeverExpires: a delete waits for an archive however long it
+// is down. With the S3 server and a peer node both stopped past
+// tombstone_expiry, the purge marks the node expired, never the archive,
+// and keeps the delete; once the server is back the delete's record is in
+// the bucket, and only then is the delete forgotten. A new node whose only
+// peer is the bucket does not bring the file back. (A bucket cannot
+// resync as a node does: a delete forgotten without it would leave the
+// upload's record the newest there.)
+func TestArchiveNeverExpires(t *testing.T) {
 	s := versitygw.ForTest(t)
-	b := newBucket(t, s, "expired")
-	a := archiveNodes(t, b, "--archive-interval", "300ms", "--tombstone-retention", "1s", "--tombstone-expiry", "3s")
+	b := newBucket(t, s, "neverexpires")
+	a := cluster.Start(t, cluster.Options{Nodes: 2, Direct: true,
+		Args:       []string{"--archive-interval", "300ms", "--tombstone-retention", "1s", "--tombstone-expiry", "3s"},
+		ExtraPeers: func(int) string { return b.entry() }})
 	hc := newClient(t)
 	data := randomBytes(10 << 10)
 	_, id := upload(t, hc, a.Nodes[0].URL, "e", data)
-	eventually(t, 20*time.Second, "the upload in the bucket", func() bool { return len(b.states(t, id)) == 1 })
+	eventually(t, 20*time.Second, "the upload in the bucket and on node 1", func() bool {
+		return len(b.states(t, id)) == 1 && assertHeldQuiet(a, 1, id)
+	})
+	a.Nodes[1].Stop()
 	s.Stop(t)
 	deleteID(t, hc, a.Nodes[0].URL, id)
-	eventually(t, 30*time.Second, "the archive expired and the delete forgotten", func() bool {
-		status, _ := stateOf(t, a, hc, 0, id)
-		return archiveExpired(t, a, b) && status == http.StatusNotFound
-	})
-	require.Len(t, b.states(t, id), 1, "the bucket lacks the delete")
+	eventually(t, 30*time.Second, "node 1 marked expired", func() bool { return peerExpired(t, a, a.Nodes[1].URL) })
+	// The purge that marked node 1 weighed the archive too.
+	require.False(t, archiveExpired(t, a, b), "the archive was marked expired")
+	status, st := stateOf(t, a, hc, 0, id)
+	require.True(t, status == http.StatusOK && st.Deleted, "the delete was forgotten without the archive: %d %+v", status, st)
+
 	s.Start(t)
-	eventually(t, 45*time.Second, "the forgotten delete written to the bucket, the mark lifted", func() bool {
-		return !archiveExpired(t, a, b)
+	eventually(t, 45*time.Second, "the delete in the bucket, then forgotten", func() bool {
+		status, _ := stateOf(t, a, hc, 0, id)
+		return status == http.StatusNotFound
 	})
 	got, err := b.a.NewestState(t.Context(), mustID(t, id))
 	require.NoError(t, err)
@@ -542,4 +552,19 @@ func TestArchiveExpired(t *testing.T) {
 	})
 	res, _ := get(t, hc, c.Nodes[0].URL+"/"+id)
 	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the deleted file is not brought back")
+}
+
+// peerExpired reports whether node 0 of c marked the peer at url expired.
+func peerExpired(t *testing.T, c *cluster.Cluster, url string) bool {
+	t.Helper()
+	st, err := c.Status(0)
+	if err != nil || st.Cluster == nil {
+		return false
+	}
+	for _, p := range st.Cluster.Peers {
+		if p.URL == url {
+			return p.Expired
+		}
+	}
+	return false
 }

@@ -330,6 +330,15 @@ func (c *Cluster) acks() []peerAck {
 // acknowledged something old enough to forget (its clock before horizon)
 // that has been in this node's feed for longer than the expiry (its
 // sequence number at most expirySeq), with the greatest clock of those.
+//
+// Never an archive: a node marked expired resyncs when it returns, but a
+// bucket does not, and any node may read it, a new one from its start.
+// A delete forgotten without the bucket's record would leave its upload's
+// record the newest there, and a node whose only peer is the bucket
+// would take the file back. So a delete waits for every archive in the
+// list, however long it is down (API.md, Consistency 8: "every peer in
+// the list has acknowledged it"); an archive given up for good is taken
+// out of the peer list, and its prefix not used again.
 func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []peerAck) error {
 	late := map[*remote]dtfc.Timestamp{}
 	var newest dtfc.Timestamp // of everything old enough to forget
@@ -339,7 +348,7 @@ func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []pee
 			return
 		}
 		for _, p := range peers {
-			if p.cursor < seq && clock > late[p.r] {
+			if p.cursor < seq && clock > late[p.r] && !p.r.Peer.IsArchive() {
 				late[p.r] = clock
 			}
 		}

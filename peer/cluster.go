@@ -141,8 +141,6 @@ type Cluster struct {
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
-	purgeMu sync.Mutex // serializes purge and resyncArchive (relay.go)
-
 	joined     atomic.Bool // not started to join, or joined (members.go)
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)

@@ -67,10 +67,6 @@ func (c *Cluster) purgeEvery() time.Duration {
 
 // purge forgets what may be forgotten now (acks.go).
 func (c *Cluster) purge() {
-	// Not while an expired archive is brought up to date: what this
-	// purge forgets must not fall between its scan and its lift.
-	c.purgeMu.Lock()
-	defer c.purgeMu.Unlock()
 	now := c.opts.Wall()
 	horizon := dtfc.TimestampAt(now.Add(-c.opts.TombstoneRetention))
 	expirySeq := c.tickFeedClock(now)

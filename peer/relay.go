@@ -61,17 +61,6 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		if !ok || ctx.Err() != nil {
 			continue
 		}
-		if r.isExpired() {
-			// Never import from an archive marked expired: it may hold
-			// uploads whose deletes were forgotten here without it.
-			// It is brought up to date instead, and then relayed from.
-			if err := c.resyncArchive(ctx, r, an); err != nil {
-				if ctx.Err() == nil {
-					c.log.Info("bringing an expired archive up to date failed; retried next round", "archive", r.URL, "err", err)
-				}
-				continue
-			}
-		}
 		got, err := c.relayFrom(ctx, r, an)
 		n += got
 		if err != nil && ctx.Err() == nil {
@@ -169,71 +158,4 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		return err
 	}
 	return c.pull(ctx, r, st)
-}
-
-// resyncArchive brings an archive this node marked expired up to date:
-// every ID in the bucket whose newest record is older than a delete this
-// node forgot without the archive's acknowledgement gets that delete's
-// record (the memory of forgotten deletes is kept while any peer is
-// marked expired: blobstore.PruneForgotten, maintenance.go), then the
-// mark is lifted, unless it was raised meanwhile (more was forgotten
-// without the archive: the next round does it again). Nothing else is
-// missing from the archive: the pusher sends it every change still in
-// the feed.
-func (c *Cluster) resyncArchive(ctx context.Context, r *remote, an *archiveNode) error {
-	// No purge meanwhile: a delete it would forget without the archive
-	// (the mark's horizon unchanged, the memory written after the scan
-	// passed) would be missed by the scan and then by the lift.
-	c.purgeMu.Lock()
-	defer c.purgeMu.Unlock()
-	mark, ok := c.markOf(r)
-	if !ok {
-		return nil
-	}
-	var logged []archive.LogEntry
-	flush := func() error {
-		err := an.appendLog(ctx, logged)
-		logged = logged[:0]
-		return err
-	}
-	written := 0
-	err := an.a.EachID(ctx, func(id dtfc.ID, clock dtfc.Timestamp, node string) error {
-		t, ok := c.store.Forgotten(id)
-		if !ok || !t.Deleted || !t.Newer(dtfc.State{Clock: clock, Node: node}) {
-			return nil
-		}
-		if err := an.putState(ctx, t); err != nil {
-			return err
-		}
-		written++
-		if logged = append(logged, logEntry(t)); len(logged) >= pushBatch {
-			return flush()
-		}
-		return nil
-	})
-	an.seen(err)
-	if err == nil {
-		err = flush()
-	}
-	if err != nil {
-		return err
-	}
-	key := r.identity()
-	c.expired.mu.Lock()
-	cur, ok := c.expired.marks[key]
-	if !ok || cur.Horizon != mark.Horizon {
-		c.expired.mu.Unlock()
-		return nil
-	}
-	delete(c.expired.marks, key)
-	c.expired.mu.Unlock()
-	if err := c.saveExpiries(key); err != nil {
-		c.expired.mu.Lock()
-		c.expired.marks[key] = cur
-		c.expired.mu.Unlock()
-		return err
-	}
-	c.applyMarks()
-	c.log.Info("an expired archive was brought up to date; its expiry is lifted", "archive", r.URL, "deletes_written", written)
-	return nil
 }
