@@ -108,6 +108,14 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(relayParallelism)
 		for _, e := range entries {
+			// What this node has already, or newer, costs no request:
+			// every node that pushes to the archive names in its log
+			// what it pushed, so most entries name states the reader
+			// got from a peer. A newer record than the entry's, if
+			// any, is named in its own writer's log.
+			if local, err := c.store.Stat(e.ID); err == nil && !(dtfc.State{Clock: e.Clock, Node: e.Node}).Newer(local) {
+				continue
+			}
 			g.Go(func() error { return c.relayID(gctx, r, an, e.ID) })
 		}
 		if err := g.Wait(); err != nil {
