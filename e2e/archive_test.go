@@ -568,3 +568,33 @@ func peerExpired(t *testing.T, c *cluster.Cluster, url string) bool {
 	}
 	return false
 }
+
+// TestArchiveRelayPastCorrupt: a blob corrupted in the bucket does not
+// stop the relay. The node that reads it through the relay refuses its
+// bytes, sets the ID aside to try again later, and goes on with the rest
+// of the writer's log: an upload made after it still arrives.
+func TestArchiveRelayPastCorrupt(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "relaycorrupt")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	A := a.Nodes[0].URL
+	hc := newClient(t)
+	data := randomBytes(100 << 10)
+	_, bad := upload(t, hc, A, "bad", data)
+	eventually(t, 20*time.Second, "the blob and its record in the bucket", func() bool { return len(b.states(t, bad)) == 1 })
+	corrupt := bytes.Clone(data)
+	corrupt[len(corrupt)/3] ^= 0xff
+	require.NoError(t, os.WriteFile(s.Path(b.a.BlobKey(mustID(t, bad))), corrupt, 0o644))
+	good := randomBytes(80 << 10)
+	_, goodID := upload(t, hc, A, "good", good)
+
+	bb := archiveNodes(t, b, "--archive-interval", "300ms")
+	B := bb.Nodes[0].URL
+	eventually(t, 30*time.Second, "B holds the upload logged after the corrupt one", func() bool {
+		res, _ := get(t, hc, B+"/"+goodID+"?nopeerload=1")
+		return res.StatusCode == http.StatusOK
+	})
+	res, _ := get(t, hc, B+"/"+bad+"?nopeerload=1")
+	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the corrupt blob was kept")
+	assert.True(t, logHas(bb.Nodes[0], "set aside"), "the node says it set the ID aside")
+}

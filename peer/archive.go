@@ -62,6 +62,9 @@ type archiveNode struct {
 	// no log names would reach no other node).
 	relayedMu sync.Mutex
 	relayed   map[relayedKey]struct{}
+
+	// parked are the IDs the relay set aside (relay.go).
+	parked parked
 }
 
 type relayedKey struct {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -61,6 +64,7 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		if !ok || ctx.Err() != nil {
 			continue
 		}
+		c.retryParked(ctx, r, an)
 		got, err := c.relayFrom(ctx, r, an)
 		n += got
 		if err != nil && ctx.Err() == nil {
@@ -116,7 +120,16 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 			if local, err := c.store.Stat(e.ID); err == nil && !(dtfc.State{Clock: e.Clock, Node: e.Node}).Newer(local) {
 				continue
 			}
-			g.Go(func() error { return c.relayID(gctx, r, an, e.ID) })
+			g.Go(func() error {
+				err := c.relayID(gctx, r, an, e.ID)
+				if err == nil || errors.Is(err, errRelayClock) || gctx.Err() != nil {
+					return err
+				}
+				// One ID that cannot be applied (its blob corrupt or
+				// missing in the bucket) must not hold up the rest of
+				// the log: it is set aside and tried again later.
+				return c.park(r, an, e.ID, err)
+			})
 		}
 		if err := g.Wait(); err != nil {
 			return err
@@ -165,5 +178,124 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		}
 		return err
 	}
-	return c.pull(ctx, r, st)
+	if err := c.pull(ctx, r, st); err != nil {
+		return err
+	}
+	// pull takes a blob gone from its source for one deleted there
+	// meanwhile, whose tombstone a later round brings; here the record
+	// says otherwise, and no later round names the ID again.
+	if local, err := c.store.Stat(id); err != nil || st.Newer(local) {
+		return fmt.Errorf("%s: not taken from the archive (its blob is missing or unreadable there)", id)
+	}
+	return nil
+}
+
+// Parked IDs: named in an archive's log, but not applied (the blob's
+// object corrupt or missing, a store error). They are kept, durably, per
+// archive, and tried again with a backoff (parkFirst doubling to
+// parkMax), while the relay goes on with the rest of the log. At most
+// maxParked per archive: beyond, the writer's cursor holds as before.
+const (
+	keyParkedPrefix = "archive parked "
+	parkFirst       = 10 * time.Second
+	parkMax         = 5 * time.Minute
+	maxParked       = 10_000
+)
+
+// errTooManyParked holds a writer's cursor when too many IDs are set
+// aside already.
+var errTooManyParked = errors.New("too many IDs set aside already")
+
+// parked are an archive's IDs set aside, and when each is tried next.
+type parked struct {
+	mu      sync.Mutex
+	loaded  bool
+	next    map[dtfc.ID]time.Time
+	backoff map[dtfc.ID]time.Duration
+}
+
+// load reads the set persisted by an earlier run (under mu).
+func (p *parked) load(store interface{ Value(string) ([]byte, error) }, url string) {
+	if p.loaded {
+		return
+	}
+	p.loaded = true
+	p.next, p.backoff = map[dtfc.ID]time.Time{}, map[dtfc.ID]time.Duration{}
+	v, err := store.Value(keyParkedPrefix + url)
+	if err != nil || v == nil {
+		return
+	}
+	for _, h := range strings.Fields(string(v)) {
+		if id, err := dtfc.ParseID(h); err == nil {
+			p.next[id], p.backoff[id] = time.Time{}, parkFirst
+		}
+	}
+}
+
+// save persists the set (under mu).
+func (p *parked) save(store interface{ SetValue(string, []byte) error }, url string) error {
+	ids := make([]string, 0, len(p.next))
+	for id := range p.next {
+		ids = append(ids, id.String())
+	}
+	slices.Sort(ids)
+	return store.SetValue(keyParkedPrefix+url, []byte(strings.Join(ids, "\n")))
+}
+
+// park sets id aside, or returns an error that holds the cursor if it
+// cannot be (the set is full, or cannot be persisted).
+func (c *Cluster) park(r *remote, an *archiveNode, id dtfc.ID, cause error) error {
+	p := &an.parked
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.load(c.store, r.URL)
+	if _, ok := p.next[id]; !ok {
+		if len(p.next) >= maxParked {
+			return fmt.Errorf("%w (%d): %w", errTooManyParked, len(p.next), cause)
+		}
+		p.backoff[id] = parkFirst
+	}
+	p.next[id] = time.Now().Add(p.backoff[id])
+	p.backoff[id] = min(2*p.backoff[id], parkMax)
+	if err := p.save(c.store, r.URL); err != nil {
+		delete(p.next, id)
+		return err
+	}
+	c.log.Warn("an ID an archive's log names could not be applied; set aside, tried again later", "archive", r.URL, "id", id.String(), "err", cause)
+	return nil
+}
+
+// retryParked tries again the IDs set aside whose time has come.
+func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
+	p := &an.parked
+	p.mu.Lock()
+	p.load(c.store, r.URL)
+	var due []dtfc.ID
+	now := time.Now()
+	for id, at := range p.next {
+		if !at.After(now) {
+			due = append(due, id)
+		}
+	}
+	p.mu.Unlock()
+	for _, id := range due {
+		if ctx.Err() != nil {
+			return
+		}
+		err := c.relayID(ctx, r, an, id)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, errRelayClock) {
+				c.park(r, an, id, err)
+			}
+			continue
+		}
+		p.mu.Lock()
+		delete(p.next, id)
+		delete(p.backoff, id)
+		if err := p.save(c.store, r.URL); err != nil {
+			c.log.Error("persisting the IDs set aside", "archive", r.URL, "err", err)
+		}
+		p.mu.Unlock()
+		c.log.Info("an ID set aside was applied from the archive", "archive", r.URL, "id", id.String())
+	}
 }
