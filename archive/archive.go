@@ -71,8 +71,17 @@ type Config struct {
 	// PartSize is the size above which a blob is uploaded in parts, each
 	// of this size. If zero, it defaults to DefaultPartSize.
 	PartSize int64
-	// HTTPClient sends the requests. If nil, the SDK's default client.
+	// HTTPClient sends the requests. If nil, the SDK's default client
+	// (which honours AWS_CA_BUNDLE and the like).
 	HTTPClient *http.Client
+	// Wrap, if set, wraps the client that sends the requests (a watch
+	// over each request's progress, for one).
+	Wrap func(Doer) Doer
+}
+
+// Doer sends an HTTP request (an *http.Client is one).
+type Doer interface {
+	Do(*http.Request) (*http.Response, error)
 }
 
 // Archive is a bucket (under a prefix) holding blobs, their state
@@ -121,6 +130,9 @@ func New(ctx context.Context, cfg Config) (*Archive, error) {
 		return nil, fmt.Errorf("archive: loading the AWS configuration: %w", err)
 	}
 	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		if cfg.Wrap != nil {
+			o.HTTPClient = cfg.Wrap(o.HTTPClient)
+		}
 		o.UsePathStyle = cfg.PathStyle
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)

@@ -130,6 +130,7 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	}
 	n := &archiveNode{url: p.URL, store: c.store, r: r}
 	cfg, err := ArchiveConfig(p)
+	cfg.Wrap = watchStalls
 	if err == nil {
 		n.a, err = archive.New(context.Background(), cfg)
 	}
@@ -379,3 +380,53 @@ func (b brokenNode) States(context.Context, []byte, func(dtfc.State) error) erro
 func (b brokenNode) Lookup(context.Context, []dtfc.ID) ([]dtfc.State, error)      { return nil, b.err }
 func (b brokenNode) DenyList(context.Context) (denyList, error)                   { return denyList{}, b.err }
 func (b brokenNode) Resynced(context.Context, dtfc.Timestamp) error               { return b.err }
+
+// archiveStallTimeout cuts off a request to a bucket in which nothing
+// moved for that long: the server took no bytes of the body, sent no
+// answer, or no bytes of it. Longer than a node's stallTimeout: a server
+// may take a while to answer a large part it checks and stores.
+var archiveStallTimeout = time.Minute
+
+// watchStalls wraps the client that sends an archive's requests: each is
+// cut off when nothing moved for archiveStallTimeout (a server that stops
+// answering without closing would otherwise hold a pusher, the relay, a
+// miss or a DELETE's lookup forever: the SDK's client has no such limit).
+func watchStalls(d archive.Doer) archive.Doer { return stallClient{d} }
+
+// stallClient watches each request's progress (stallWatch): the body
+// sent, the answer's head, the answer's body read; closing the answer's
+// body ends the watch.
+type stallClient struct{ base archive.Doer }
+
+func (c stallClient) Do(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	w := newStallWatchFor(cancel, archiveStallTimeout)
+	req = req.Clone(ctx)
+	if req.Body != nil && req.Body != http.NoBody {
+		req.Body = &progressReadCloser{ReadCloser: req.Body, w: w}
+	}
+	resp, err := c.base.Do(req)
+	if err != nil {
+		if w.stop() {
+			err = fmt.Errorf("no progress for %v: %w", archiveStallTimeout, err)
+		}
+		return nil, err
+	}
+	w.touch()
+	resp.Body = &progressBody{ReadCloser: resp.Body, w: w}
+	return resp, nil
+}
+
+// progressReadCloser is a request body whose reads count as progress.
+type progressReadCloser struct {
+	io.ReadCloser
+	w *stallWatch
+}
+
+func (p *progressReadCloser) Read(b []byte) (int, error) {
+	n, err := p.ReadCloser.Read(b)
+	if n > 0 {
+		p.w.touch()
+	}
+	return n, err
+}

@@ -436,8 +436,10 @@ func (n *httpNode) do(parent context.Context, method, path string, body io.Reade
 	return resp, nil
 }
 
-// stallWatch cancels an exchange when nothing moves for stallTimeout.
+// stallWatch cancels an exchange when nothing moves for its limit
+// (stallTimeout with a node).
 type stallWatch struct {
+	limit   time.Duration
 	timer   *time.Timer
 	cancel  context.CancelFunc
 	mu      sync.Mutex
@@ -446,8 +448,12 @@ type stallWatch struct {
 }
 
 func newStallWatch(cancel context.CancelFunc) *stallWatch {
-	w := &stallWatch{cancel: cancel}
-	w.timer = time.AfterFunc(stallTimeout, func() {
+	return newStallWatchFor(cancel, stallTimeout)
+}
+
+func newStallWatchFor(cancel context.CancelFunc, limit time.Duration) *stallWatch {
+	w := &stallWatch{cancel: cancel, limit: limit}
+	w.timer = time.AfterFunc(limit, func() {
 		w.mu.Lock()
 		if !w.stopped {
 			w.fired = true
@@ -461,7 +467,7 @@ func newStallWatch(cancel context.CancelFunc) *stallWatch {
 func (w *stallWatch) touch() {
 	w.mu.Lock()
 	if !w.stopped && !w.fired {
-		w.timer.Reset(stallTimeout)
+		w.timer.Reset(w.limit)
 	}
 	w.mu.Unlock()
 }
@@ -505,7 +511,7 @@ func (p *progressBody) Read(b []byte) (int, error) {
 		p.w.touch()
 	}
 	if err != nil && err != io.EOF && p.w.stop() {
-		err = fmt.Errorf("no progress for %v: %w", stallTimeout, err)
+		err = fmt.Errorf("no progress for %v: %w", p.w.limit, err)
 	}
 	return n, err
 }
