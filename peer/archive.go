@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/archive"
 )
 
@@ -127,6 +128,7 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	}
 	n := &archiveNode{url: p.URL, store: c.store, r: r}
 	cfg, err := ArchiveConfig(p)
+	cfg.Counters = c.counters(p.URL)
 	if err == nil {
 		n.a, err = archive.New(context.Background(), cfg)
 	}
@@ -136,6 +138,37 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	}
 	r.node = n
 	return r
+}
+
+// counters returns the byte counters of the archive at url.
+func (c *Cluster) counters(url string) *archive.Counters {
+	v, _ := c.archiveCounters.LoadOrStore(url, &archive.Counters{})
+	return v.(*archive.Counters)
+}
+
+// archiveStatus describes the archive entry p: where it is and the bytes
+// moved, never its credentials.
+func (c *Cluster) archiveStatus(p Peer) *api.ArchiveStatus {
+	cnt := c.counters(p.URL)
+	st := &api.ArchiveStatus{BytesWritten: cnt.Written(), BytesRead: cnt.Read(), Endpoint: redactedEndpoint(p.Endpoint)}
+	if cfg, err := ArchiveConfig(p); err == nil {
+		st.Bucket, st.Prefix = cfg.Bucket, cfg.Prefix
+	}
+	return st
+}
+
+// redactedEndpoint is an endpoint URL without user information (which
+// would be a credential).
+func redactedEndpoint(s string) string {
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(not a URL)"
+	}
+	u.User = nil
+	return u.String()
 }
 
 // CheckArchives checks every archive of the peer list: the bucket is

@@ -143,6 +143,11 @@ type Cluster struct {
 
 	purgeMu sync.Mutex // serializes purge and resyncArchive (relay.go)
 
+	// archiveCounters: archive URL → *archive.Counters, kept across
+	// refreshes (an entry whose endpoint or credentials change is
+	// reached anew, its counts go on).
+	archiveCounters sync.Map
+
 	joined     atomic.Bool // not started to join, or joined (members.go)
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
@@ -500,6 +505,9 @@ func (c *Cluster) Status() Status {
 		ps := r.status()
 		q, lag := c.queue(r)
 		ps.Queue, ps.LagSeconds = q, lag.Seconds()
+		if r.Peer.IsArchive() {
+			ps.Archive = c.archiveStatus(r.Peer)
+		}
 		st.Peers = append(st.Peers, ps)
 	}
 	return st

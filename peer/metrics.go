@@ -134,12 +134,18 @@ var (
 		"How long replication to the peer has been behind (0 when caught up).", []string{"peer"}, nil)
 	upDesc = prometheus.NewDesc("dtfc_peer_up",
 		"1 if the last exchange with the peer succeeded.", []string{"peer"}, nil)
+	archiveWrittenDesc = prometheus.NewDesc("dtfc_archive_bytes_written_total",
+		"Blob bytes the archive accepted from this node (whole blobs and parts), by archive.", []string{"archive"}, nil)
+	archiveReadDesc = prometheus.NewDesc("dtfc_archive_bytes_read_total",
+		"Blob bytes this node read from the archive (misses and the relay), by archive.", []string{"archive"}, nil)
 )
 
 func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueDesc
 	ch <- lagDesc
 	ch <- upDesc
+	ch <- archiveWrittenDesc
+	ch <- archiveReadDesc
 }
 
 func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
@@ -152,6 +158,11 @@ func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, r.URL)
+		if r.Peer.IsArchive() {
+			cnt := q.c.counters(r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveWrittenDesc, prometheus.CounterValue, float64(cnt.Written()), r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveReadDesc, prometheus.CounterValue, float64(cnt.Read()), r.URL)
+		}
 	}
 }
 
