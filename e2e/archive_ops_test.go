@@ -3,8 +3,11 @@ package e2e_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -112,4 +115,85 @@ func TestArchiveOperations(t *testing.T) {
 		p, ok := archiveStatus(t, a, b)
 		return ok && p.Queue == 0 && len(b.states(t, id2)) == 1
 	})
+}
+
+// refresh sends PUT /refreshpeers to node 0 of c and returns the status
+// and the body.
+func refresh(t *testing.T, hc *http.Client, c *cluster.Cluster) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, c.Nodes[0].URL+"/refreshpeers", nil)
+	require.NoError(t, err)
+	res, err := hc.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	return res.StatusCode, string(body)
+}
+
+// TestArchiveRefreshChecked: PUT /refreshpeers checks an archive entry
+// that is new or changed like the start does (the bucket is there, the
+// credentials work) and refuses the whole refresh with a JSON error that
+// names the entry and says why; the list in force stays (without the
+// archive, or with its previous entry, still pushed to).
+func TestArchiveRefreshChecked(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "refresh")
+	c := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true, Args: []string{"--archive-interval", "1h"}})
+	hc := newClient(t)
+	list := c.Nodes[0].PeerList
+	base, err := os.ReadFile(list)
+	require.NoError(t, err)
+	wrongSecret := filepath.Join(t.TempDir(), "wrong")
+	require.NoError(t, os.WriteFile(wrongSecret, []byte("not-the-secret"), 0o600))
+	missing := strings.Replace(b.entry(), "s3://"+s.Bucket+"/", "s3://no-such-bucket/", 1)
+	wrong := strings.Replace(b.entry(), b.secret, wrongSecret, 1)
+	refused := func(entry, url, why string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(list, append(append([]byte{}, base...), "\n"+entry...), 0o644))
+		status, body := refresh(t, hc, c)
+		assert.Equal(t, http.StatusUnprocessableEntity, status, body)
+		var e struct {
+			Error string `json:"error"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(body), &e), "a JSON error: %s", body)
+		assert.Contains(t, e.Error, url, "the entry is named")
+		assert.Contains(t, e.Error, why)
+		assert.Contains(t, e.Error, "the previous peer list stays in force")
+		assert.NotContains(t, body, versitygw.SecretKey)
+		assert.NotContains(t, body, "not-the-secret")
+	}
+	archiveListed := func() bool {
+		st, err := c.Status(0)
+		require.NoError(t, err)
+		_, ok := st.Queues[b.URL()]
+		return ok
+	}
+
+	refused(missing, "s3://no-such-bucket/refresh", "bucket does not exist")
+	assert.False(t, archiveListed(), "a refused archive is not taken")
+	refused(wrong, b.URL(), "refused the credentials")
+	assert.False(t, archiveListed(), "a refused archive is not taken")
+
+	require.NoError(t, os.WriteFile(list, append(append([]byte{}, base...), "\n"+b.entry()...), 0o644))
+	status, body := refresh(t, hc, c)
+	require.Equal(t, http.StatusOK, status, body)
+	assert.Contains(t, body, b.URL())
+	require.True(t, archiveListed())
+
+	// The same archive with credentials that do not work: refused, and
+	// the entry in force (with the right ones) still takes uploads.
+	refused(wrong, b.URL(), "refused the credentials")
+	data := randomBytes(20 << 10)
+	_, id := upload(t, hc, c.Nodes[0].URL, "after.bin", data)
+	eventually(t, 20*time.Second, "the upload pushed through the entry in force", func() bool {
+		return len(b.states(t, id)) == 1 && b.holds(id, data)
+	})
+	// An unchanged entry is not checked again: with the S3 server down,
+	// a refresh that only adds a node goes through.
+	s.Stop(t)
+	require.NoError(t, os.WriteFile(list, append(append([]byte{}, base...), "\n"+b.entry()+"\n[[peers]]\nurl = \"http://127.0.0.1:1\"\n"...), 0o644))
+	status, body = refresh(t, hc, c)
+	assert.Equal(t, http.StatusOK, status, body)
+	assert.Contains(t, body, "http://127.0.0.1:1")
 }

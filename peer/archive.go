@@ -194,6 +194,44 @@ func (c *Cluster) CheckArchives(ctx context.Context) error {
 	return nil
 }
 
+// checkNewArchives checks each archive of peers that the current list
+// does not have as it is (a new entry, or one whose endpoint or
+// credentials changed), like CheckArchives at start. Its error names the
+// entry and says why.
+func (c *Cluster) checkNewArchives(ctx context.Context, peers []Peer) error {
+	cur := c.mem.Load()
+	for _, p := range peers {
+		if !p.IsArchive() {
+			continue
+		}
+		if cur != nil {
+			if o := cur.byURL[p.URL]; o != nil && o.Peer == p {
+				continue // unchanged: checked when it was taken
+			}
+		}
+		if err := usableArchive(ctx, p); err != nil {
+			return fmt.Errorf("peer list entry %s (archive): %w", p.URL, err)
+		}
+	}
+	return nil
+}
+
+// usableArchive checks that the bucket of entry p is there and its
+// credentials work.
+func usableArchive(ctx context.Context, p Peer) error {
+	cfg, err := ArchiveConfig(p)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	a, err := archive.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return a.Check(ctx)
+}
+
 // seen records how an exchange with the bucket went: an answer (even
 // "not found") is a sign of life, anything else a failure.
 func (n *archiveNode) seen(err error) {

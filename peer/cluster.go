@@ -312,14 +312,19 @@ func (c *Cluster) Peers() []Peer { return slices.Clone(c.mem.Load().peers) }
 // ErrNoPeerList means the node was started without a peer list file.
 var ErrNoPeerList = errors.New("this node was started without --peerlist: there is no peer list file to re-read")
 
-// Refresh re-reads the peer list file. A file that does not parse is
-// refused with its error and the current list stays in force.
-func (c *Cluster) Refresh() ([]Peer, error) {
+// Refresh re-reads the peer list file. A file that does not parse, or
+// names an archive that is new or changed and cannot be used (checked
+// like at start: the bucket is there, the credentials work), is refused
+// with its error and the current list stays in force.
+func (c *Cluster) Refresh(ctx context.Context) ([]Peer, error) {
 	if c.opts.PeerList == "" {
 		return nil, ErrNoPeerList
 	}
 	peers, err := LoadList(c.opts.PeerList, c.opts.Me)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkNewArchives(ctx, peers); err != nil {
 		return nil, err
 	}
 	c.peersMu.Lock()
