@@ -144,6 +144,9 @@ type ArchiveStatus struct {
 	// relay), since this node started.
 	BytesWritten int64 `json:"bytes_written"`
 	BytesRead    int64 `json:"bytes_read"`
+	// Errors counts the requests to the archive that failed since this
+	// node started (the peer's last_error says the latest).
+	Errors int64 `json:"errors"`
 }
 
 // ResyncState is where a node's resync stands.

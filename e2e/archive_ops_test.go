@@ -44,7 +44,7 @@ func dtfcStatus(t *testing.T, url string) string {
 }
 
 // TestArchiveOperations: /_status, /metrics, the status page and `dtfc
-// status` show an archive's queue, lag, last error, and the blob bytes
+// status` show an archive's queue, lag, errors, and the blob bytes
 // written to it (by the node that pushed) and read from it (by the node
 // that missed); none of them, nor the log, shows the credentials, also
 // while the S3 server is down.
@@ -64,6 +64,7 @@ func TestArchiveOperations(t *testing.T) {
 	assert.Equal(t, "ops", p.Archive.Prefix)
 	assert.Equal(t, s.URL, p.Archive.Endpoint)
 	assert.Zero(t, p.Archive.BytesRead)
+	assert.Zero(t, p.Archive.Errors)
 	assert.Zero(t, p.LagSeconds)
 	label := fmt.Sprintf(`{archive=%q}`, b.URL())
 	assert.Contains(t, metrics(t, hc, a.Nodes[0].URL, "dtfc_archive_bytes"), "dtfc_archive_bytes_written_total"+label+fmt.Sprintf(" %d", len(data)))
@@ -95,8 +96,9 @@ func TestArchiveOperations(t *testing.T) {
 	_, id2 := upload(t, hc, a.Nodes[0].URL, "later.bin", randomBytes(10<<10))
 	eventually(t, 20*time.Second, "a queue, a lag and an error for the archive", func() bool {
 		p, ok := archiveStatus(t, a, b)
-		return ok && p.Queue >= 1 && p.LagSeconds > 0 && p.LastError != "" && !p.Up
+		return ok && p.Queue >= 1 && p.LagSeconds > 0 && p.LastError != "" && !p.Up && p.Archive.Errors > 0
 	})
+	assert.NotContains(t, metrics(t, hc, a.Nodes[0].URL, "dtfc_archive_errors_total"), "dtfc_archive_errors_total"+label+" 0")
 	p, _ = archiveStatus(t, a, b)
 	_, page = get(t, hc, a.Nodes[0].URL+"/")
 	assert.Regexp(t, `(?s)<tr class="down" data-entry="`+b.URL()+`" data-state="down">.*?<td class="num queue">[1-9]`, string(page))

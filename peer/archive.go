@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -51,6 +52,7 @@ type archiveNode struct {
 	url   string
 	store archiveStore
 	r     *remote
+	stats *archiveStats // kept by the Cluster across refreshes
 
 	logMu sync.Mutex // serializes the log's writes: numbers are taken in order
 
@@ -128,7 +130,8 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	}
 	n := &archiveNode{url: p.URL, store: c.store, r: r}
 	cfg, err := ArchiveConfig(p)
-	cfg.Counters = c.counters(p.URL)
+	n.stats = c.stats(p.URL)
+	cfg.Counters = &n.stats.bytes
 	if err == nil {
 		n.a, err = archive.New(context.Background(), cfg)
 	}
@@ -140,17 +143,24 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	return r
 }
 
-// counters returns the byte counters of the archive at url.
-func (c *Cluster) counters(url string) *archive.Counters {
-	v, _ := c.archiveCounters.LoadOrStore(url, &archive.Counters{})
-	return v.(*archive.Counters)
+// archiveStats counts what this node exchanged with one archive.
+type archiveStats struct {
+	bytes  archive.Counters
+	errors atomic.Int64 // failed exchanges (seen)
+}
+
+// stats returns the counters of the archive at url.
+func (c *Cluster) stats(url string) *archiveStats {
+	v, _ := c.archiveCounters.LoadOrStore(url, &archiveStats{})
+	return v.(*archiveStats)
 }
 
 // archiveStatus describes the archive entry p: where it is and the bytes
 // moved, never its credentials.
 func (c *Cluster) archiveStatus(p Peer) *api.ArchiveStatus {
-	cnt := c.counters(p.URL)
-	st := &api.ArchiveStatus{BytesWritten: cnt.Written(), BytesRead: cnt.Read(), Endpoint: redactedEndpoint(p.Endpoint)}
+	cnt := c.stats(p.URL)
+	st := &api.ArchiveStatus{BytesWritten: cnt.bytes.Written(), BytesRead: cnt.bytes.Read(), Errors: cnt.errors.Load(),
+		Endpoint: redactedEndpoint(p.Endpoint)}
 	if cfg, err := ArchiveConfig(p); err == nil {
 		st.Bucket, st.Prefix = cfg.Bucket, cfg.Prefix
 	}
@@ -241,6 +251,7 @@ func (n *archiveNode) seen(err error) {
 	}
 	if !errors.Is(err, context.Canceled) {
 		n.r.fail(err)
+		n.stats.errors.Add(1)
 	}
 }
 

@@ -143,7 +143,7 @@ type Cluster struct {
 
 	purgeMu sync.Mutex // serializes purge and resyncArchive (relay.go)
 
-	// archiveCounters: archive URL → *archive.Counters, kept across
+	// archiveCounters: archive URL → *archiveStats, kept across
 	// refreshes (an entry whose endpoint or credentials change is
 	// reached anew, its counts go on).
 	archiveCounters sync.Map

@@ -138,6 +138,8 @@ var (
 		"Blob bytes the archive accepted from this node (whole blobs and parts), by archive.", []string{"archive"}, nil)
 	archiveReadDesc = prometheus.NewDesc("dtfc_archive_bytes_read_total",
 		"Blob bytes this node read from the archive (misses and the relay), by archive.", []string{"archive"}, nil)
+	archiveErrorsDesc = prometheus.NewDesc("dtfc_archive_errors_total",
+		"Requests to the archive that failed (not counting \"not found\" and \"already there\", which are answers), by archive.", []string{"archive"}, nil)
 )
 
 func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -146,6 +148,7 @@ func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- upDesc
 	ch <- archiveWrittenDesc
 	ch <- archiveReadDesc
+	ch <- archiveErrorsDesc
 }
 
 func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
@@ -159,9 +162,10 @@ func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, r.URL)
 		if r.Peer.IsArchive() {
-			cnt := q.c.counters(r.URL)
-			ch <- prometheus.MustNewConstMetric(archiveWrittenDesc, prometheus.CounterValue, float64(cnt.Written()), r.URL)
-			ch <- prometheus.MustNewConstMetric(archiveReadDesc, prometheus.CounterValue, float64(cnt.Read()), r.URL)
+			cnt := q.c.stats(r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveWrittenDesc, prometheus.CounterValue, float64(cnt.bytes.Written()), r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveReadDesc, prometheus.CounterValue, float64(cnt.bytes.Read()), r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveErrorsDesc, prometheus.CounterValue, float64(cnt.errors.Load()), r.URL)
 		}
 	}
 }

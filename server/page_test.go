@@ -178,7 +178,7 @@ func TestStatusPageArchives(t *testing.T) {
 	now := time.Now()
 	arch := peer.PeerStatus{URL: "s3://bucket/prod", Role: "archive", Contacted: true, Failures: 2, Queue: 7, LagSeconds: 65,
 		LastError: "archive: put blobs/ab: connection refused", LastErrorAt: now.Add(-time.Second),
-		Archive: &api.ArchiveStatus{Bucket: "bucket", Prefix: "prod", Endpoint: "http://s3.example:7070", BytesWritten: 3 << 30, BytesRead: 1536}}
+		Archive: &api.ArchiveStatus{Bucket: "bucket", Prefix: "prod", Endpoint: "http://s3.example:7070", BytesWritten: 3 << 30, BytesRead: 1536, Errors: 5}}
 	fc := &fakeCluster{status: peer.Status{Peers: []peer.PeerStatus{
 		{URL: "http://up.example:8080", Role: "replica", Up: true, Contacted: true},
 		arch,
@@ -196,6 +196,7 @@ func TestStatusPageArchives(t *testing.T) {
 	assert.Contains(t, row, `title="1536 bytes">1.5 KiB</td>`)
 	assert.Contains(t, row, "connection refused")
 	assert.Contains(t, row, "(2 failures)")
+	assert.Contains(t, row, `<td class="num errors">5</td>`)
 
 	var st server.Status
 	require.NoError(t, json.Unmarshal(n.get(t, "/_status").body, &st))
