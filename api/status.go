@@ -126,6 +126,27 @@ type PeerStatus struct {
 	// LagSeconds is how long replication to the peer has been behind
 	// (0 when its queue is empty).
 	LagSeconds float64 `json:"lag_seconds"`
+	// Archive is present when the peer is an archive (an s3:// entry).
+	Archive *ArchiveStatus `json:"archive,omitempty"`
+}
+
+// ArchiveStatus is what is particular to an archive peer. Its queue, lag
+// and last error are the peer's. Credentials are never part of it.
+type ArchiveStatus struct {
+	Bucket string `json:"bucket"`
+	Prefix string `json:"prefix,omitempty"`
+	// Endpoint is the S3 server's URL (any user information removed);
+	// empty for AWS itself.
+	Endpoint string `json:"endpoint,omitempty"`
+	// BytesWritten counts the blob bytes the archive accepted from this
+	// node (whole blobs and parts of blobs uploaded in parts), and
+	// BytesRead the blob bytes this node read from it (misses and the
+	// relay), since this node started.
+	BytesWritten int64 `json:"bytes_written"`
+	BytesRead    int64 `json:"bytes_read"`
+	// Errors counts the requests to the archive that failed since this
+	// node started (the peer's last_error says the latest).
+	Errors int64 `json:"errors"`
 }
 
 // ResyncState is where a node's resync stands.

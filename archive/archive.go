@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -74,6 +75,9 @@ type Config struct {
 	// HTTPClient sends the requests. If nil, the SDK's default client
 	// (which honours AWS_CA_BUNDLE and the like).
 	HTTPClient *http.Client
+	// Counters receives the blob bytes written to and read from the
+	// bucket. If nil, the archive counts into counters of its own.
+	Counters *Counters
 	// Wrap, if set, wraps the client that sends the requests (a watch
 	// over each request's progress, for one).
 	Wrap func(Doer) Doer
@@ -84,6 +88,22 @@ type Doer interface {
 	Do(*http.Request) (*http.Response, error)
 }
 
+// Counters count the blob bytes an archive moved. Their methods are safe
+// for concurrent use; a zero Counters is ready.
+type Counters struct {
+	written atomic.Int64
+	read    atomic.Int64
+}
+
+// Written is the blob bytes the server accepted: each whole blob, each
+// part of a blob uploaded in parts (state records and logs are not
+// counted).
+func (c *Counters) Written() int64 { return c.written.Load() }
+
+// Read is the blob bytes read from the bucket (verified by the reader,
+// which may refuse them).
+func (c *Counters) Read() int64 { return c.read.Load() }
+
 // Archive is a bucket (under a prefix) holding blobs, their state
 // records and the writers' change logs. Its methods are safe for
 // concurrent use. It never deletes an object.
@@ -93,7 +113,11 @@ type Archive struct {
 	prefix   string // "" or "<prefix>/"
 	partSize int64
 	keyID    string // scrubbed from every error message
+	counters *Counters
 }
+
+// Counters returns the archive's byte counters.
+func (a *Archive) Counters() *Counters { return a.counters }
 
 // New returns the archive of cfg. It sends no request (see Check).
 func New(ctx context.Context, cfg Config) (*Archive, error) {
@@ -152,7 +176,11 @@ func New(ctx context.Context, cfg Config) (*Archive, error) {
 	if part <= 0 {
 		part = DefaultPartSize
 	}
-	return &Archive{client: client, bucket: cfg.Bucket, prefix: prefix, partSize: part, keyID: cfg.AccessKeyID}, nil
+	counters := cfg.Counters
+	if counters == nil {
+		counters = &Counters{}
+	}
+	return &Archive{client: client, bucket: cfg.Bucket, prefix: prefix, partSize: part, keyID: cfg.AccessKeyID, counters: counters}, nil
 }
 
 // Check tells whether the bucket is there and the credentials work: a
@@ -269,6 +297,9 @@ func (a *Archive) PutBlob(ctx context.Context, id dtfc.ID, f io.ReaderAt, size i
 		IfNoneMatch: aws.String("*"), ChecksumSHA512: checksum(id),
 		ContentType: aws.String("application/octet-stream"),
 	})
+	if err == nil {
+		a.counters.written.Add(size)
+	}
 	err = a.wrap("put", key, err)
 	if errors.Is(err, ErrExists) {
 		return nil
@@ -316,6 +347,7 @@ func (a *Archive) putParts(ctx context.Context, id dtfc.ID, key string, f io.Rea
 		if err != nil {
 			return a.wrap(fmt.Sprintf("upload part %d of", n), key, err)
 		}
+		a.counters.written.Add(length)
 		parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(n), ChecksumSHA512: sum})
 	}
 	_, err = a.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
@@ -365,7 +397,19 @@ func (a *Archive) OpenBlob(ctx context.Context, id dtfc.ID, off int64) (io.ReadC
 			}
 		}
 	}
-	return out.Body, size, nil
+	return &countingBody{ReadCloser: out.Body, n: &a.counters.read}, size, nil
+}
+
+// countingBody counts the bytes read through it.
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }
 
 // PutState writes st's record once. ErrExists: the record was already

@@ -180,3 +180,37 @@ func TestEachID(t *testing.T) {
 	}))
 	assert.Equal(t, map[dtfc.ID]string{x: "9-b", y: "3-c"}, got)
 }
+
+// TestCounters: the blob bytes the server accepted are counted once
+// (whole, or part by part), a blob already there is not counted again,
+// and the bytes read through OpenBlob are counted as read; counters
+// given in the configuration are the ones counted into.
+func TestCounters(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size int
+		part int64
+	}{{"single", 100_000, 0}, {"multipart", 2*5<<20 + 11, 5 << 20}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _ := fake(t, "c", tc.part)
+			ctx := t.Context()
+			data, id, f := blob(t, tc.size)
+			require.NoError(t, a.PutBlob(ctx, id, f, int64(tc.size)))
+			assert.EqualValues(t, tc.size, a.Counters().Written())
+			require.NoError(t, a.PutBlob(ctx, id, f, int64(tc.size)), "already there")
+			assert.EqualValues(t, tc.size, a.Counters().Written(), "not counted twice")
+			assert.Zero(t, a.Counters().Read())
+			body, _, err := a.OpenBlob(ctx, id, 10)
+			require.NoError(t, err)
+			got, err := io.ReadAll(body)
+			require.NoError(t, err)
+			body.Close()
+			assert.Equal(t, data[10:], got)
+			assert.EqualValues(t, tc.size-10, a.Counters().Read())
+		})
+	}
+	c := &archive.Counters{}
+	a, err := archive.New(t.Context(), archive.Config{Bucket: "b", Counters: c})
+	require.NoError(t, err)
+	assert.Same(t, c, a.Counters())
+}

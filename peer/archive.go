@@ -10,11 +10,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/archive"
 )
 
@@ -50,6 +52,7 @@ type archiveNode struct {
 	url   string
 	store archiveStore
 	r     *remote
+	stats *archiveStats // kept by the Cluster across refreshes
 
 	logMu sync.Mutex // serializes the log's writes: numbers are taken in order
 
@@ -130,6 +133,8 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	}
 	n := &archiveNode{url: p.URL, store: c.store, r: r}
 	cfg, err := ArchiveConfig(p)
+	n.stats = c.stats(p.URL)
+	cfg.Counters = &n.stats.bytes
 	cfg.Wrap = watchStalls
 	if err == nil {
 		n.a, err = archive.New(context.Background(), cfg)
@@ -140,6 +145,44 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 	}
 	r.node = n
 	return r
+}
+
+// archiveStats counts what this node exchanged with one archive.
+type archiveStats struct {
+	bytes  archive.Counters
+	errors atomic.Int64 // failed exchanges (seen)
+}
+
+// stats returns the counters of the archive at url.
+func (c *Cluster) stats(url string) *archiveStats {
+	v, _ := c.archiveCounters.LoadOrStore(url, &archiveStats{})
+	return v.(*archiveStats)
+}
+
+// archiveStatus describes the archive entry p: where it is and the bytes
+// moved, never its credentials.
+func (c *Cluster) archiveStatus(p Peer) *api.ArchiveStatus {
+	cnt := c.stats(p.URL)
+	st := &api.ArchiveStatus{BytesWritten: cnt.bytes.Written(), BytesRead: cnt.bytes.Read(), Errors: cnt.errors.Load(),
+		Endpoint: redactedEndpoint(p.Endpoint)}
+	if cfg, err := ArchiveConfig(p); err == nil {
+		st.Bucket, st.Prefix = cfg.Bucket, cfg.Prefix
+	}
+	return st
+}
+
+// redactedEndpoint is an endpoint URL without user information (which
+// would be a credential).
+func redactedEndpoint(s string) string {
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(not a URL)"
+	}
+	u.User = nil
+	return u.String()
 }
 
 // CheckArchives checks every archive of the peer list: the bucket is
@@ -165,6 +208,44 @@ func (c *Cluster) CheckArchives(ctx context.Context) error {
 	return nil
 }
 
+// checkNewArchives checks each archive of peers that the current list
+// does not have as it is (a new entry, or one whose endpoint or
+// credentials changed), like CheckArchives at start. Its error names the
+// entry and says why.
+func (c *Cluster) checkNewArchives(ctx context.Context, peers []Peer) error {
+	cur := c.mem.Load()
+	for _, p := range peers {
+		if !p.IsArchive() {
+			continue
+		}
+		if cur != nil {
+			if o := cur.byURL[p.URL]; o != nil && o.Peer == p {
+				continue // unchanged: checked when it was taken
+			}
+		}
+		if err := usableArchive(ctx, p); err != nil {
+			return fmt.Errorf("peer list entry %s (archive): %w", p.URL, err)
+		}
+	}
+	return nil
+}
+
+// usableArchive checks that the bucket of entry p is there and its
+// credentials work.
+func usableArchive(ctx context.Context, p Peer) error {
+	cfg, err := ArchiveConfig(p)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	a, err := archive.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return a.Check(ctx)
+}
+
 // seen records how an exchange with the bucket went: an answer (even
 // "not found") is a sign of life, anything else a failure.
 func (n *archiveNode) seen(err error) {
@@ -174,6 +255,7 @@ func (n *archiveNode) seen(err error) {
 	}
 	if !errors.Is(err, context.Canceled) {
 		n.r.fail(err)
+		n.stats.errors.Add(1)
 	}
 }
 

@@ -141,6 +141,11 @@ type Cluster struct {
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
+	// archiveCounters: archive URL → *archiveStats, kept across
+	// refreshes (an entry whose endpoint or credentials change is
+	// reached anew, its counts go on).
+	archiveCounters sync.Map
+
 	joined     atomic.Bool // not started to join, or joined (members.go)
 	synced     atomic.Bool // completed an anti-entropy round with the replicas
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
@@ -305,14 +310,19 @@ func (c *Cluster) Peers() []Peer { return slices.Clone(c.mem.Load().peers) }
 // ErrNoPeerList means the node was started without a peer list file.
 var ErrNoPeerList = errors.New("this node was started without --peerlist: there is no peer list file to re-read")
 
-// Refresh re-reads the peer list file. A file that does not parse is
-// refused with its error and the current list stays in force.
-func (c *Cluster) Refresh() ([]Peer, error) {
+// Refresh re-reads the peer list file. A file that does not parse, or
+// names an archive that is new or changed and cannot be used (checked
+// like at start: the bucket is there, the credentials work), is refused
+// with its error and the current list stays in force.
+func (c *Cluster) Refresh(ctx context.Context) ([]Peer, error) {
 	if c.opts.PeerList == "" {
 		return nil, ErrNoPeerList
 	}
 	peers, err := LoadList(c.opts.PeerList, c.opts.Me)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.checkNewArchives(ctx, peers); err != nil {
 		return nil, err
 	}
 	c.peersMu.Lock()
@@ -498,6 +508,9 @@ func (c *Cluster) Status() Status {
 		ps := r.status()
 		q, lag := c.queue(r)
 		ps.Queue, ps.LagSeconds = q, lag.Seconds()
+		if r.Peer.IsArchive() {
+			ps.Archive = c.archiveStatus(r.Peer)
+		}
 		st.Peers = append(st.Peers, ps)
 	}
 	return st

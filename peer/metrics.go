@@ -134,12 +134,21 @@ var (
 		"How long replication to the peer has been behind (0 when caught up).", []string{"peer"}, nil)
 	upDesc = prometheus.NewDesc("dtfc_peer_up",
 		"1 if the last exchange with the peer succeeded.", []string{"peer"}, nil)
+	archiveWrittenDesc = prometheus.NewDesc("dtfc_archive_bytes_written_total",
+		"Blob bytes the archive accepted from this node (whole blobs and parts), by archive.", []string{"archive"}, nil)
+	archiveReadDesc = prometheus.NewDesc("dtfc_archive_bytes_read_total",
+		"Blob bytes this node read from the archive (misses and the relay), by archive.", []string{"archive"}, nil)
+	archiveErrorsDesc = prometheus.NewDesc("dtfc_archive_errors_total",
+		"Requests to the archive that failed (not counting \"not found\" and \"already there\", which are answers), by archive.", []string{"archive"}, nil)
 )
 
 func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueDesc
 	ch <- lagDesc
 	ch <- upDesc
+	ch <- archiveWrittenDesc
+	ch <- archiveReadDesc
+	ch <- archiveErrorsDesc
 }
 
 func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
@@ -152,6 +161,12 @@ func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, up, r.URL)
+		if r.Peer.IsArchive() {
+			cnt := q.c.stats(r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveWrittenDesc, prometheus.CounterValue, float64(cnt.bytes.Written()), r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveReadDesc, prometheus.CounterValue, float64(cnt.bytes.Read()), r.URL)
+			ch <- prometheus.MustNewConstMetric(archiveErrorsDesc, prometheus.CounterValue, float64(cnt.errors.Load()), r.URL)
+		}
 	}
 }
 

@@ -22,8 +22,9 @@ type Cluster interface {
 	WaitReplicas(ctx context.Context, seq uint64, n int) error
 	// Replicas is how many replicas there are, this node counted.
 	Replicas() int
-	// Refresh re-reads the peer list.
-	Refresh() ([]peer.Peer, error)
+	// Refresh re-reads the peer list (a new or changed archive entry is
+	// checked first).
+	Refresh(ctx context.Context) ([]peer.Peer, error)
 	// Members returns the membership records; AddMember adds the node
 	// reached at a URL, RemoveMember removes one.
 	Members() []peer.Member

@@ -50,8 +50,13 @@ type page struct {
 	Now     time.Time
 	Refresh int
 	Peers   []pagePeer
-	Down    int
-	Scrub   *blobstore.ScrubProgress
+	// Archives are the peers that are archives (also in Peers), with
+	// their bytes. Their rows carry data-entry, not data-archive:
+	// html/template takes "archive" for a URL attribute and blanks an
+	// s3:// URL in it.
+	Archives []pagePeer
+	Down     int
+	Scrub    *blobstore.ScrubProgress
 }
 
 type pagePeer struct {
@@ -77,6 +82,9 @@ func newPage(st Status, now time.Time) page {
 				p.Down++
 			}
 			p.Peers = append(p.Peers, pagePeer{PeerStatus: ps, State: state})
+			if ps.Archive != nil {
+				p.Archives = append(p.Archives, pagePeer{PeerStatus: ps, State: state})
+			}
 		}
 	}
 	return p

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/peer"
 	"github.com/dtfc/dtfc/server"
@@ -29,7 +30,7 @@ type fakeCluster struct {
 func (f *fakeCluster) Status() peer.Status                             { return f.status }
 func (f *fakeCluster) Removed() (time.Time, bool)                      { return time.Time{}, false }
 func (f *fakeCluster) InternalHandler() http.Handler                   { return http.NotFoundHandler() }
-func (f *fakeCluster) Refresh() ([]peer.Peer, error)                   { return nil, nil }
+func (f *fakeCluster) Refresh(context.Context) ([]peer.Peer, error)    { return nil, nil }
 func (f *fakeCluster) WaitReplicas(context.Context, uint64, int) error { return nil }
 func (f *fakeCluster) Lookup(context.Context, dtfc.ID, bool) (dtfc.State, error) {
 	return dtfc.State{}, peer.ErrNotFound
@@ -168,4 +169,41 @@ func TestStatusPageForgetting(t *testing.T) {
 	assert.Contains(t, page, "3 refused: clock ahead")
 	assert.Contains(t, page, "resyncing (retrying)")
 	assert.Contains(t, page, "connection refused")
+}
+
+// TestStatusPageArchives: an archive has a row of its own with its
+// endpoint, queue, lag, the bytes written to and read from it, and its
+// last error; the JSON twin carries the same figures.
+func TestStatusPageArchives(t *testing.T) {
+	now := time.Now()
+	arch := peer.PeerStatus{URL: "s3://bucket/prod", Role: "archive", Contacted: true, Failures: 2, Queue: 7, LagSeconds: 65,
+		LastError: "archive: put blobs/ab: connection refused", LastErrorAt: now.Add(-time.Second),
+		Archive: &api.ArchiveStatus{Bucket: "bucket", Prefix: "prod", Endpoint: "http://s3.example:7070", BytesWritten: 3 << 30, BytesRead: 1536, Errors: 5}}
+	fc := &fakeCluster{status: peer.Status{Peers: []peer.PeerStatus{
+		{URL: "http://up.example:8080", Role: "replica", Up: true, Contacted: true},
+		arch,
+	}}}
+	n := startNode(t, server.Config{Cluster: fc})
+	page := string(n.get(t, "/").body)
+	row := regexp.MustCompile(`(?s)<tr class="[a-z]+" data-entry="s3://bucket/prod".*?</tr>`).FindString(page)
+	require.NotEmpty(t, row, "no archive row in\n%s", page)
+	assert.NotContains(t, page, `data-entry="http://up.example:8080"`, "a node is not an archive")
+	assert.Contains(t, row, `data-state="down"`)
+	assert.Contains(t, row, "http://s3.example:7070")
+	assert.Contains(t, row, `<td class="num queue">7</td>`)
+	assert.Contains(t, row, `<td class="num lag">1m 5s</td>`)
+	assert.Contains(t, row, `title="3221225472 bytes">3.0 GiB</td>`)
+	assert.Contains(t, row, `title="1536 bytes">1.5 KiB</td>`)
+	assert.Contains(t, row, "connection refused")
+	assert.Contains(t, row, "(2 failures)")
+	assert.Contains(t, row, `<td class="num errors">5</td>`)
+
+	var st server.Status
+	require.NoError(t, json.Unmarshal(n.get(t, "/_status").body, &st))
+	require.NotNil(t, st.Cluster)
+	require.Len(t, st.Cluster.Peers, 2)
+	assert.Nil(t, st.Cluster.Peers[0].Archive)
+	require.NotNil(t, st.Cluster.Peers[1].Archive)
+	assert.Equal(t, *arch.Archive, *st.Cluster.Peers[1].Archive)
+	assert.EqualValues(t, 7, st.Queues["s3://bucket/prod"].Length)
 }

@@ -98,7 +98,7 @@ func (s *Server) refreshPeers(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", peer.ErrNoPeerList))
 		return
 	}
-	peers, err := s.cfg.Cluster.Refresh()
+	peers, err := s.cfg.Cluster.Refresh(r.Context())
 	if errors.Is(err, peer.ErrNoPeerList) {
 		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", err))
 		return

@@ -227,7 +227,7 @@ func reloadOnHUP(ctx context.Context, cluster *peer.Cluster, api *server.Server,
 		case <-ctx.Done():
 			return nil
 		case <-hup:
-			if _, err := cluster.Refresh(); err != nil && !errors.Is(err, peer.ErrNoPeerList) {
+			if _, err := cluster.Refresh(ctx); err != nil && !errors.Is(err, peer.ErrNoPeerList) {
 				log.Error("SIGHUP: peer list not reloaded; the previous one stays in force", "err", err)
 			}
 			if nc, err := reload(); err != nil {
