@@ -43,6 +43,9 @@ func TestMissFromPeerRealProcesses(t *testing.T) {
 	unknown := idOf(randomBytes(100))
 	res, body = get(t, hc, cache+"/"+unknown)
 	assert.Equal(t, http.StatusNotFound, res.StatusCode, "GET of an ID no node holds: %s", body)
+	// The upload's push to node 1 may still be on its way (its temp file
+	// there): once it is taken, nothing is left behind.
+	c.WaitConverged(t, time.Minute)
 	c.CheckNoTemp(t)
 }
 
