@@ -103,6 +103,9 @@ type Runner struct {
 	// sabotaged are the self-tests applied, checked after the first
 	// round's checks.
 	sabotaged []sabotage
+	// arch is the archive mode's S3 server, bucket and bucket-only
+	// node (archive.go), or nil.
+	arch *archiveRig
 }
 
 // NewRunner prepares a soak of cfg (zero fields: Defaults(short)) on t.
@@ -174,6 +177,12 @@ func (r *Runner) Replay() string {
 	if p.KeepGoing {
 		s += " --keep-going"
 	}
+	if p.NoLeave {
+		s += " --no-leave"
+	}
+	if p.Archive {
+		s += " --archive"
+	}
 	switch {
 	case len(p.Sabotage) == len(SabotageKinds):
 		s += " --sabotage"
@@ -206,22 +215,32 @@ func (r *Runner) Run() *Report {
 			nodeArgs[i] = []string{"--max-bytes", fmt.Sprint(p.CacheMaxBytes)}
 		}
 	}
+	args := []string{
+		// A ?replicas=N upload waits at most this long for its 504.
+		"--replicas-timeout", "10s",
+		"--tombstone-retention", p.Retention.String(),
+		"--tombstone-expiry", p.Expiry.String(),
+		"--max-clock-offset", p.MaxClockOffset.String(),
+		"--scrub-interval", p.ScrubInterval.String(),
+		"--scrub-rate", fmt.Sprint(p.ScrubRate),
+	}
+	var extraPeers func(int) string
+	if p.Archive {
+		r.startArchive()
+		if ar := r.arch; ar != nil {
+			args = append(args, "--archive-interval", ArchiveInterval.String())
+			extraPeers = func(int) string { return ar.entry }
+		}
+	}
 	r.c = cluster.Start(t, cluster.Options{
-		Nodes:    p.Nodes,
-		Roles:    roles,
-		NodeArgs: nodeArgs,
-		Args: []string{
-			// A ?replicas=N upload waits at most this long for its 504.
-			"--replicas-timeout", "10s",
-			"--tombstone-retention", p.Retention.String(),
-			"--tombstone-expiry", p.Expiry.String(),
-			"--max-clock-offset", p.MaxClockOffset.String(),
-			"--scrub-interval", p.ScrubInterval.String(),
-			"--scrub-rate", fmt.Sprint(p.ScrubRate),
-		},
+		Nodes:       p.Nodes,
+		Roles:       roles,
+		NodeArgs:    nodeArgs,
+		Args:        args,
 		ListSelf:    !p.NoListSelf,
 		ListTwice:   !p.NoListTwice,
 		SecondProxy: true,
+		ExtraPeers:  extraPeers,
 	})
 	for _, n := range r.c.Nodes {
 		r.urls = append(r.urls, n.URL)
@@ -710,6 +729,13 @@ func (r *Runner) apply(ev Event) {
 		line.Dur = time.Since(begin)
 		r.log.Add(line)
 	}()
+	switch ev.Kind {
+	case FaultS3Stop, FaultS3Start, FaultBucketNode:
+		if r.applyArchive(ev, &line) && slices.Contains(faultStarts, ev.Kind) {
+			r.report.countFault(ev.Kind)
+		}
+		return
+	}
 	if ev.Kind == FaultAddNode {
 		nn := c.AddNode(cluster.RoleReplica)
 		r.mu.Lock()
@@ -998,6 +1024,9 @@ func (r *Runner) settle(round int) {
 	scanned := time.Since(checkStart)
 	entries := r.ledger.Entries()
 	violations, states, lists := r.check(round, entries, views, scanned)
+	// Invariant 7 (archive.go), before resolve and the uploads of lifted
+	// IDs change the ledger and the cluster.
+	violations = append(violations, r.checkArchive(round, entries, states, views)...)
 	r.report.Violate(violations...)
 	r.report.addStates(int64(len(states) * len(r.c.Nodes)))
 	if round == 0 && len(r.sabotaged) > 0 {
@@ -1037,6 +1066,10 @@ func (r *Runner) healAll(round int) (healed time.Time) {
 		r.up[i].Store(true)
 	}
 	r.rejoinAll(round)
+	if r.arch != nil {
+		var line Line
+		r.startS3(&line)
+	}
 	healed = time.Now()
 	r.log.Add(Line{T: r.log.Since(begin), Dur: healed.Sub(begin), Round: round, Actor: "check", Kind: "heal-all", Node: -1, Peer: -1, File: -1,
 		Result: "every link healed, every clock right, every node up"})
