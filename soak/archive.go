@@ -68,7 +68,18 @@ type archiveRig struct {
 	node   *cluster.Cluster
 	hashes hashCache // of the bucket-only node's files
 	outage int       // S3 outages applied
+	// stirred counts the times the cluster looked converged and then
+	// no longer (a queue not empty, the replicas' digests changed) in
+	// waitConverged: a relay applied something.
+	stirred int
 }
+
+// quietFor is how long, in the archive mode, the cluster must stay
+// converged with the replicas' digests unchanged before it counts as
+// converged: the relays run every ArchiveInterval, and a node whose
+// cursors start over (a new node, a rebuilt meta.db) applies again, from
+// the writers' logs, tombstones the others have forgotten.
+const quietFor = 4 * ArchiveInterval
 
 // startArchive starts the S3 server and its bucket for the archive mode,
 // or says why it cannot (versitygw is not installed: the soak runs
@@ -182,8 +193,8 @@ func (r *Runner) checkArchive(round int, entries map[string]Entry, states map[st
 		out = append(out, r.checkBucketNode(entries, views)...)
 		waited = time.Since(t1)
 	}
-	r.logf("round %d: archive: %d S3 outages so far; newest records of %d IDs checked in %v; bucket-only node %s; %d violations",
-		round, ar.outage, len(entries), bucketTook.Round(10*time.Millisecond),
+	r.logf("round %d: archive: %d S3 outages so far; converged then stirred again %d times; newest records of %d IDs checked in %v; bucket-only node %s; %d violations",
+		round, ar.outage, ar.stirred, len(entries), bucketTook.Round(10*time.Millisecond),
 		map[bool]string{true: fmt.Sprintf("converged and checked in %v", waited.Round(10*time.Millisecond)), false: "not started"}[ar.node != nil], len(out))
 	return out
 }
@@ -261,7 +272,10 @@ func (r *Runner) checkBucket(entries map[string]Entry, states map[string][]NodeS
 			}
 		case Absent:
 			switch {
-			case d != nil && !d.Resolved && b == nil:
+			case d != nil && b == nil && acknowledgedUpload(e):
+				// A block of an ID no node knew leaves no tombstone;
+				// one of an ID uploaded does (or the upload's record
+				// would be there).
 				add(VArchiveMissing, id, "file %d, %s at event %d", e.File.Index, d.Kind, d.Seq)
 			case b != nil && !b.Deleted:
 				add(VArchiveState, id, "file %d, absent (%s): the newest record is %s", e.File.Index, what(d), show)
@@ -293,6 +307,17 @@ func (r *Runner) checkBucket(entries map[string]Entry, states map[string][]NodeS
 		}
 	}
 	return out
+}
+
+// acknowledgedUpload reports whether an upload of e was acknowledged
+// (or resolved present): then some node pushed a record of it.
+func acknowledgedUpload(e Entry) bool {
+	for _, w := range e.Writes {
+		if w.Kind == OpUpload && (w.Outcome == Acked || w.Resolved) {
+			return true
+		}
+	}
+	return false
 }
 
 // what names the write deciding an absent state.

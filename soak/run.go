@@ -1274,8 +1274,30 @@ func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, 
 			waited = fmt.Sprintf("; waited %v on: %s", longest.Round(100*time.Millisecond), waited)
 		}
 	}()
+	// With the archive, the relays keep reading the bucket: converged
+	// means so for a while, the replicas' digests unchanged (see
+	// quietFor).
+	var quietSince time.Time
+	quietSums := ""
 	for {
-		why := r.notConverged()
+		why, sums := r.notConverged()
+		if why == "" && r.arch != nil {
+			switch {
+			case quietSince.IsZero() || sums != quietSums:
+				if !quietSince.IsZero() {
+					r.arch.stirred++
+				}
+				quietSince, quietSums = time.Now(), sums
+				why = "quiet for less than " + quietFor.String()
+			case time.Since(quietSince) < quietFor:
+				why = "quiet for less than " + quietFor.String()
+			}
+		} else {
+			if !quietSince.IsZero() && r.arch != nil {
+				r.arch.stirred++
+			}
+			quietSince = time.Time{}
+		}
 		// The reason, without its numbers, to see how long one thing
 		// was waited for.
 		if countRE.ReplaceAllString(why, "N") != countRE.ReplaceAllString(last, "N") {
@@ -1295,25 +1317,25 @@ func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, 
 }
 
 // notConverged says what keeps the cluster from being converged now, or
-// "".
-func (r *Runner) notConverged() string {
+// ""; and the replicas' digest sums when converged.
+func (r *Runner) notConverged() (string, string) {
 	c := r.c
 	var ref *cluster.Digests
 	refNode := -1
 	for i, n := range c.Nodes {
 		if !n.Running() {
-			return fmt.Sprintf("node %d is not running", i)
+			return fmt.Sprintf("node %d is not running", i), ""
 		}
 		st, err := c.Status(i)
 		if err != nil {
-			return fmt.Sprintf("node %d: %v", i, err)
+			return fmt.Sprintf("node %d: %v", i, err), ""
 		}
 		if rs, info := resyncing(st); rs {
-			return fmt.Sprintf("node %d is resyncing%s", i, info)
+			return fmt.Sprintf("node %d is resyncing%s", i, info), ""
 		}
 		for _, url := range sortedIDs(st.Queues) {
 			if l := st.Queues[url].Length; l != 0 {
-				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url)
+				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url), ""
 			}
 		}
 		if r.cache[i] {
@@ -1321,15 +1343,18 @@ func (r *Runner) notConverged() string {
 		}
 		d, err := c.Digests(i)
 		if err != nil {
-			return fmt.Sprintf("node %d: digests: %v", i, err)
+			return fmt.Sprintf("node %d: digests: %v", i, err), ""
 		}
 		if ref == nil {
 			ref, refNode = d, i
 		} else if d.Sums != ref.Sums || !slices.Equal(d.Counts, ref.Counts) {
-			return fmt.Sprintf("node %d's digests (%d entries) differ from node %d's (%d entries)", i, d.Total(), refNode, ref.Total())
+			return fmt.Sprintf("node %d's digests (%d entries) differ from node %d's (%d entries)", i, d.Total(), refNode, ref.Total()), ""
 		}
 	}
-	return r.flipsPending()
+	if ref == nil {
+		return r.flipsPending(), ""
+	}
+	return r.flipsPending(), ref.Sums
 }
 
 // finish reports: the table always; on a violation or a failed test, the
