@@ -70,7 +70,12 @@ type archiveRig struct {
 	outage int       // S3 outages applied
 	// stirred counts the times the cluster looked converged and then
 	// no longer (a queue not empty, the replicas' digests changed) in
-	// waitConverged: a relay applied something.
+	// waitConverged, or the check found queues not empty after it: a
+	// relay applied something. A node whose relay cursors start over (a
+	// new node, a rebuilt meta.db) or that names again in its log the
+	// records it pushes after its push cursor started over makes the
+	// others apply again, from the bucket, tombstones they forgot longer
+	// than the expiry ago: each goes back into their feeds and queues.
 	stirred int
 }
 
@@ -435,6 +440,18 @@ func (r *Runner) bucketNodeDiff(ref *NodeView) string {
 	slices.Sort(extra)
 	return fmt.Sprintf("%d IDs of the replicas missing (%s), %d held that the replicas do not (%s)",
 		len(missing), firstFew(missing), len(extra), firstFew(extra))
+}
+
+// queued reports whether a view shows a queue not empty.
+func queued(views []NodeView) bool {
+	for _, v := range views {
+		for _, q := range v.Queues {
+			if q != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func firstFew(ids []string) string {
