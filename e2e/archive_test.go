@@ -593,3 +593,56 @@ func peerExpired(t *testing.T, c *cluster.Cluster, url string) bool {
 	}
 	return false
 }
+
+// TestArchiveForgottenTombstoneStaysForgotten: a node joining a cluster
+// that shares an archive reads every writer's log from its start; a
+// tombstone the others forgot (every peer and the archive acknowledged
+// it) longer than the expiry ago must not come back to them through it.
+// It does today (found by the soak's --archive mode: queues not empty
+// right after convergence, seeds 61 and 42): the new node applies the
+// tombstone from the bucket (it has no record of the ID, nor memory of
+// having forgotten it), pushes it to its peers, which no longer remember
+// it either and take it back, push it on and name it again in their logs;
+// every node then holds it for the retention and forgets it again. Every
+// tombstone ever written comes back once per new node or rebuilt meta.db.
+func TestArchiveForgottenTombstoneStaysForgotten(t *testing.T) {
+	t.Skip("known: a new node's relay brings back tombstones the cluster forgot (see the comment); to be fixed in peer/relay.go")
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "back")
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Direct: true,
+		Args:       []string{"--archive-interval", "300ms", "--tombstone-retention", "1s", "--tombstone-expiry", "2s"},
+		ExtraPeers: func(int) string { return b.entry() }})
+	hc := newClient(t)
+	_, id := upload(t, hc, c.Nodes[0].URL, "x", randomBytes(1000))
+	eventually(t, 20*time.Second, "in the bucket and on node 1", func() bool { return len(b.states(t, id)) == 1 && assertHeldQuiet(c, 1, id) })
+	deleteID(t, hc, c.Nodes[0].URL, id)
+	eventually(t, 30*time.Second, "the tombstone forgotten on both nodes", func() bool {
+		s0, _ := stateOf(t, c, hc, 0, id)
+		s1, _ := stateOf(t, c, hc, 1, id)
+		return s0 == http.StatusNotFound && s1 == http.StatusNotFound
+	})
+	// The memory of a forgotten tombstone lasts the expiry; nothing
+	// shows when it ends.
+	wait(4 * time.Second)
+	c.AddNode(cluster.RoleReplica)
+	eventually(t, 20*time.Second, "the new node past the relay of the bucket", func() bool {
+		st, s := stateOf(t, c, hc, 2, id)
+		return st == http.StatusOK && s.Deleted
+	})
+	eventually(t, 20*time.Second, "the new node's queues empty", func() bool {
+		st, err := c.Status(2)
+		if err != nil {
+			return false
+		}
+		for _, q := range st.Queues {
+			if q.Length != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for i := range 2 {
+		st, _ := stateOf(t, c, hc, i, id)
+		assert.Equal(t, http.StatusNotFound, st, "node %d took back a tombstone it had forgotten", i)
+	}
+}
