@@ -46,6 +46,9 @@
 // versitygw S3 server is an archive peer of every node, the S3 server is
 // stopped for a while in every round, and in one round a node whose only
 // peer is the bucket is started (archive.go; from a stream of its own).
+// Converged then also means so for two seconds, and queues the check finds
+// not empty are waited for again (a few times): the relays keep reading
+// the bucket, and may take back tombstones forgotten long ago.
 //
 // At the end of a round every fault is removed, every clock put back,
 // every node started, and once the cluster has converged (every queue
