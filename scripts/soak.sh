@@ -11,7 +11,7 @@
 #   scripts/soak.sh --seed N [--short] ...   # replay a seed (same flags)
 #   scripts/soak.sh --duration 10m --round 2m --nodes 5 --workers 4 --caches 1
 #   scripts/soak.sh --short --sabotage       # self-tests: must fail, each caught
-#   scripts/soak.sh --short --sabotage=lost,undone   # some of them
+#   scripts/soak.sh --short --sabotage=lost,undone   # some of them (archive: with --archive)
 #   scripts/soak.sh --short --keep-going     # all rounds, even after violations
 #   scripts/soak.sh --no-list-self --no-list-twice   # plain peer lists
 #   scripts/soak.sh --no-leave               # no member leaves and comes back

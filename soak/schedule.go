@@ -179,6 +179,7 @@ var SabotageKinds = []string{
 	"delete",  // delete a present ID through the API, unrecorded
 	"unblock", // lift a blocked ID through the API, unrecorded
 	"block",   // block a lifted (or present) ID through the API, unrecorded
+	"archive", // with Archive: a newer tombstone record of a present ID in the bucket
 }
 
 // Defaults returns the configuration of a run: short (about two minutes
