@@ -246,6 +246,31 @@ func TestArchiveDown(t *testing.T) {
 	}
 }
 
+// TestArchiveStartWhileDown: a node starts while the S3 server of its
+// archive is unreachable (only a missing bucket or refused credentials
+// refuse the start): a node restarted during an outage of the server comes
+// back, takes uploads, queues them, and pushes them once it returns.
+func TestArchiveStartWhileDown(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "startdown")
+	s.Stop(t)
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	hc := newClient(t)
+	data := randomBytes(20 << 10)
+	status, id := upload(t, hc, c.Nodes[0].URL, "d.bin", data)
+	require.Equal(t, http.StatusCreated, status)
+	eventually(t, 10*time.Second, "the upload queued for the archive, its failure in /_status", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n >= 1 && archiveError(t, c, b) != ""
+	})
+	s.Start(t)
+	eventually(t, 45*time.Second, "the queue drained", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0
+	})
+	assert.True(t, b.holds(id, data), "the blob in the bucket")
+}
+
 // TestArchiveMiss: a node missing a blob serves it from the archive
 // (X-Dtfc-Source: peer) and keeps it.
 func TestArchiveMiss(t *testing.T) {

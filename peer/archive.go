@@ -187,6 +187,9 @@ func redactedEndpoint(s string) string {
 
 // CheckArchives checks every archive of the peer list: the bucket is
 // there and the credentials work. Its error names the entry and says why.
+// An archive that cannot be reached is not an error (it is logged): only
+// a missing bucket, refused credentials or a configuration that cannot be
+// loaded refuse the start.
 func (c *Cluster) CheckArchives(ctx context.Context) error {
 	for _, r := range c.mem.Load().remotes {
 		if !r.Peer.IsArchive() {
@@ -198,6 +201,16 @@ func (c *Cluster) CheckArchives(ctx context.Context) error {
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err = n.a.Check(cctx)
 			cancel()
+			if err != nil && !errors.Is(err, archive.ErrNoBucket) && !errors.Is(err, archive.ErrCredentials) && ctx.Err() == nil {
+				// Unreachable (or an answer that says nothing of the
+				// entry): the node starts and the archive's queue
+				// waits, as for a peer node that is down. Refusing
+				// would keep a node restarted during an outage of the
+				// server down with it.
+				c.log.Warn("an archive cannot be checked at start-up; starting, its queue waits for it", "archive", r.URL, "err", err)
+				n.seen(err)
+				err = nil
+			}
 		case brokenNode:
 			err = n.err
 		}

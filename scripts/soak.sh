@@ -11,10 +11,12 @@
 #   scripts/soak.sh --seed N [--short] ...   # replay a seed (same flags)
 #   scripts/soak.sh --duration 10m --round 2m --nodes 5 --workers 4 --caches 1
 #   scripts/soak.sh --short --sabotage       # self-tests: must fail, each caught
-#   scripts/soak.sh --short --sabotage=lost,undone   # some of them
+#   scripts/soak.sh --short --sabotage=lost,undone   # some of them (archive: with --archive)
 #   scripts/soak.sh --short --keep-going     # all rounds, even after violations
 #   scripts/soak.sh --no-list-self --no-list-twice   # plain peer lists
 #   scripts/soak.sh --no-leave               # no member leaves and comes back
+#   scripts/soak.sh --short --archive        # an S3 archive peer (versitygw): its
+#                                            # outages, a node fed only by the bucket
 #
 # Prints the seed first, then the report; on a violation, the events that
 # matter and the replay command, and exits non-zero. The event log, plan
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --short) short=1 ;;
     --sabotage) sabotage=all ;;
     --sabotage=*) sabotage=${1#*=} ;;
-    --keep-going|--no-list-self|--no-list-twice|--no-leave) extra+=("-${1#--}") ;;
+    --keep-going|--no-list-self|--no-list-twice|--no-leave|--archive) extra+=("-${1#--}") ;;
     --caches) caches=$2; shift ;;
     --caches=*) caches=${1#*=} ;;
     --seed) seed=$2; shift ;;
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --nodes=*) nodes=${1#*=} ;;
     --workers) workers=$2; shift ;;
     --workers=*) workers=${1#*=} ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

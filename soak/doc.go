@@ -41,6 +41,15 @@
 // stream of random numbers of its own, so that the other events of a seed
 // are unchanged.
 //
+// With Config.Archive (scripts/soak.sh --archive; off by default, so
+// that a seed's schedule without it is unchanged) a bucket of a
+// versitygw S3 server is an archive peer of every node, the S3 server is
+// stopped for a while in every round, and in one round a node whose only
+// peer is the bucket is started (archive.go; from a stream of its own).
+// Converged then also means so for two seconds, and queues the check finds
+// not empty are waited for again (a few times): the relays keep reading
+// the bucket, and may take back tombstones forgotten long ago.
+//
 // At the end of a round every fault is removed, every clock put back,
 // every node started, and once the cluster has converged (every queue
 // empty, no node resyncing, the replicas' digests equal, every flipped
@@ -65,7 +74,11 @@
 //     repair on), and after a repair the node serves right bytes;
 //  6. the model check: every replica's state of every ID (GET
 //     /_internal/state/{id}) is the one the ledger's model says wins, and
-//     the replicas agree on (deleted, clock, node).
+//     the replicas agree on (deleted, clock, node);
+//  7. with Archive: the bucket's newest record of every ID agrees with
+//     the model and with the replicas' state, and the bucket-only node
+//     reaches the replicas' set of IDs and passes 1-4 against the model
+//     (archive.go).
 //
 // And during the rounds: an upload with ?replicas=N acknowledged with 201
 // must be on the disks of N replicas right after the answer (a node

@@ -103,6 +103,9 @@ type Runner struct {
 	// sabotaged are the self-tests applied, checked after the first
 	// round's checks.
 	sabotaged []sabotage
+	// arch is the archive mode's S3 server, bucket and bucket-only
+	// node (archive.go), or nil.
+	arch *archiveRig
 }
 
 // NewRunner prepares a soak of cfg (zero fields: Defaults(short)) on t.
@@ -174,6 +177,12 @@ func (r *Runner) Replay() string {
 	if p.KeepGoing {
 		s += " --keep-going"
 	}
+	if p.NoLeave {
+		s += " --no-leave"
+	}
+	if p.Archive {
+		s += " --archive"
+	}
 	switch {
 	case len(p.Sabotage) == len(SabotageKinds):
 		s += " --sabotage"
@@ -206,22 +215,32 @@ func (r *Runner) Run() *Report {
 			nodeArgs[i] = []string{"--max-bytes", fmt.Sprint(p.CacheMaxBytes)}
 		}
 	}
+	args := []string{
+		// A ?replicas=N upload waits at most this long for its 504.
+		"--replicas-timeout", "10s",
+		"--tombstone-retention", p.Retention.String(),
+		"--tombstone-expiry", p.Expiry.String(),
+		"--max-clock-offset", p.MaxClockOffset.String(),
+		"--scrub-interval", p.ScrubInterval.String(),
+		"--scrub-rate", fmt.Sprint(p.ScrubRate),
+	}
+	var extraPeers func(int) string
+	if p.Archive {
+		r.startArchive()
+		if ar := r.arch; ar != nil {
+			args = append(args, "--archive-interval", ArchiveInterval.String())
+			extraPeers = func(int) string { return ar.entry }
+		}
+	}
 	r.c = cluster.Start(t, cluster.Options{
-		Nodes:    p.Nodes,
-		Roles:    roles,
-		NodeArgs: nodeArgs,
-		Args: []string{
-			// A ?replicas=N upload waits at most this long for its 504.
-			"--replicas-timeout", "10s",
-			"--tombstone-retention", p.Retention.String(),
-			"--tombstone-expiry", p.Expiry.String(),
-			"--max-clock-offset", p.MaxClockOffset.String(),
-			"--scrub-interval", p.ScrubInterval.String(),
-			"--scrub-rate", fmt.Sprint(p.ScrubRate),
-		},
+		Nodes:       p.Nodes,
+		Roles:       roles,
+		NodeArgs:    nodeArgs,
+		Args:        args,
 		ListSelf:    !p.NoListSelf,
 		ListTwice:   !p.NoListTwice,
 		SecondProxy: true,
+		ExtraPeers:  extraPeers,
 	})
 	for _, n := range r.c.Nodes {
 		r.urls = append(r.urls, n.URL)
@@ -710,6 +729,13 @@ func (r *Runner) apply(ev Event) {
 		line.Dur = time.Since(begin)
 		r.log.Add(line)
 	}()
+	switch ev.Kind {
+	case FaultS3Stop, FaultS3Start, FaultBucketNode:
+		if r.applyArchive(ev, &line) && slices.Contains(faultStarts, ev.Kind) {
+			r.report.countFault(ev.Kind)
+		}
+		return
+	}
 	if ev.Kind == FaultAddNode {
 		nn := c.AddNode(cluster.RoleReplica)
 		r.mu.Lock()
@@ -995,9 +1021,22 @@ func (r *Runner) settle(round int) {
 	// Invariants 1-4 on every node's disk and /_status.
 	checkStart := time.Now()
 	views := r.nodeViews()
+	// With the archive, a relay may apply states after the cluster
+	// converged (archive.go, stirred): queues found not empty then are
+	// waited for again, a few times, before they count as a violation.
+	for try := 0; r.arch != nil && try < 3 && queued(views); try++ {
+		r.arch.stirred++
+		if _, why, _ := r.waitConverged(r.plan.Converge); why != "" {
+			break
+		}
+		views = r.nodeViews()
+	}
 	scanned := time.Since(checkStart)
 	entries := r.ledger.Entries()
 	violations, states, lists := r.check(round, entries, views, scanned)
+	// Invariant 7 (archive.go), before resolve and the uploads of lifted
+	// IDs change the ledger and the cluster.
+	violations = append(violations, r.checkArchive(round, entries, states, views)...)
 	r.report.Violate(violations...)
 	r.report.addStates(int64(len(states) * len(r.c.Nodes)))
 	if round == 0 && len(r.sabotaged) > 0 {
@@ -1037,6 +1076,10 @@ func (r *Runner) healAll(round int) (healed time.Time) {
 		r.up[i].Store(true)
 	}
 	r.rejoinAll(round)
+	if r.arch != nil {
+		var line Line
+		r.startS3(&line)
+	}
 	healed = time.Now()
 	r.log.Add(Line{T: r.log.Since(begin), Dur: healed.Sub(begin), Round: round, Actor: "check", Kind: "heal-all", Node: -1, Peer: -1, File: -1,
 		Result: "every link healed, every clock right, every node up"})
@@ -1241,8 +1284,30 @@ func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, 
 			waited = fmt.Sprintf("; waited %v on: %s", longest.Round(100*time.Millisecond), waited)
 		}
 	}()
+	// With the archive, the relays keep reading the bucket: converged
+	// means so for a while, the replicas' digests unchanged (see
+	// quietFor).
+	var quietSince time.Time
+	quietSums := ""
 	for {
-		why := r.notConverged()
+		why, sums := r.notConverged()
+		if why == "" && r.arch != nil {
+			switch {
+			case quietSince.IsZero() || sums != quietSums:
+				if !quietSince.IsZero() {
+					r.arch.stirred++
+				}
+				quietSince, quietSums = time.Now(), sums
+				why = "quiet for less than " + quietFor.String()
+			case time.Since(quietSince) < quietFor:
+				why = "quiet for less than " + quietFor.String()
+			}
+		} else {
+			if !quietSince.IsZero() && r.arch != nil {
+				r.arch.stirred++
+			}
+			quietSince = time.Time{}
+		}
 		// The reason, without its numbers, to see how long one thing
 		// was waited for.
 		if countRE.ReplaceAllString(why, "N") != countRE.ReplaceAllString(last, "N") {
@@ -1262,25 +1327,25 @@ func (r *Runner) waitConverged(timeout time.Duration) (took time.Duration, why, 
 }
 
 // notConverged says what keeps the cluster from being converged now, or
-// "".
-func (r *Runner) notConverged() string {
+// ""; and the replicas' digest sums when converged.
+func (r *Runner) notConverged() (string, string) {
 	c := r.c
 	var ref *cluster.Digests
 	refNode := -1
 	for i, n := range c.Nodes {
 		if !n.Running() {
-			return fmt.Sprintf("node %d is not running", i)
+			return fmt.Sprintf("node %d is not running", i), ""
 		}
 		st, err := c.Status(i)
 		if err != nil {
-			return fmt.Sprintf("node %d: %v", i, err)
+			return fmt.Sprintf("node %d: %v", i, err), ""
 		}
 		if rs, info := resyncing(st); rs {
-			return fmt.Sprintf("node %d is resyncing%s", i, info)
+			return fmt.Sprintf("node %d is resyncing%s", i, info), ""
 		}
 		for _, url := range sortedIDs(st.Queues) {
 			if l := st.Queues[url].Length; l != 0 {
-				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url)
+				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url), ""
 			}
 		}
 		if r.cache[i] {
@@ -1288,15 +1353,18 @@ func (r *Runner) notConverged() string {
 		}
 		d, err := c.Digests(i)
 		if err != nil {
-			return fmt.Sprintf("node %d: digests: %v", i, err)
+			return fmt.Sprintf("node %d: digests: %v", i, err), ""
 		}
 		if ref == nil {
 			ref, refNode = d, i
 		} else if d.Sums != ref.Sums || !slices.Equal(d.Counts, ref.Counts) {
-			return fmt.Sprintf("node %d's digests (%d entries) differ from node %d's (%d entries)", i, d.Total(), refNode, ref.Total())
+			return fmt.Sprintf("node %d's digests (%d entries) differ from node %d's (%d entries)", i, d.Total(), refNode, ref.Total()), ""
 		}
 	}
-	return r.flipsPending()
+	if ref == nil {
+		return r.flipsPending(), ""
+	}
+	return r.flipsPending(), ref.Sums
 }
 
 // finish reports: the table always; on a violation or a failed test, the

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/dtfc/dtfc"
 )
 
 // sabotage is one self-test applied behind the soak's back (Config.Sabotage).
@@ -82,6 +84,21 @@ func (r *Runner) sabotage(round int) {
 			if ok {
 				what, err = r.call(http.MethodPut, n.URL+"/_deny/"+e.ID, fmt.Sprintf(`{"status": %d}`, BlockStatus), deleteTimeout)
 				what, expect = "blocked it through the API, unrecorded: "+what, []string{VLiftedBack, VBlockUnknown}
+			}
+		case "archive":
+			if r.arch == nil {
+				r.logf("sabotage archive (self-test): no archive (run with --archive); skipped")
+				r.report.addSabotage("archive: skipped, no archive")
+				continue
+			}
+			if e, ok = pickID(present); ok {
+				var id dtfc.ID
+				if id, err = dtfc.ParseID(e.ID); err == nil {
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					err = r.arch.a.PutState(ctx, dtfc.State{ID: id, Deleted: true, Clock: dtfc.TimestampAt(time.Now()), Node: "5ab07a9e"})
+					cancel()
+				}
+				what, expect = "wrote into the bucket a tombstone record newer than its upload, named in no log", []string{VArchiveState}
 			}
 		default:
 			r.t.Errorf("soak: sabotage %q: unknown (want one of %s)", kind, strings.Join(SabotageKinds, ", "))

@@ -73,13 +73,20 @@ const (
 	// then, it is emptied and joins as a new node, as the runbook says.
 	FaultLeave  Kind = "leave"
 	FaultRejoin Kind = "rejoin"
+	// With Config.Archive (archive.go): the S3 server behind every
+	// node's archive peer stopped, then started again, and a node whose
+	// only peer is the bucket started (no cluster node lists it).
+	FaultS3Stop     Kind = "s3-stop"
+	FaultS3Start    Kind = "s3-start"
+	FaultBucketNode Kind = "bucket-node"
 )
 
 // faultStarts are the kinds that count as an injected fault (ends and
 // restarts are not counted again).
 var faultStarts = []Kind{FaultKill, FaultStop, FaultPartition, FaultIsolate, FaultCut,
 	FaultLatency, FaultBandwidth, FaultCorrupt, FaultFillDisk, FaultAddNode,
-	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip, FaultMetaDamage, FaultLeave}
+	FaultLongPartition, FaultLongIsolate, FaultLongStop, FaultLongKill, FaultSkewFar, FaultSkew, FaultFlip, FaultMetaDamage, FaultLeave,
+	FaultS3Stop, FaultBucketNode}
 
 // longKinds are the long outages, in the order the rounds take them.
 var longKinds = []Kind{FaultLongIsolate, FaultLongPartition, FaultLongStop, FaultLongKill}
@@ -124,6 +131,13 @@ type Config struct {
 	// NoLeave leaves out the leave and rejoin of a member (by default one
 	// replica leaves the cluster and is added again in one round).
 	NoLeave bool
+	// Archive lists a bucket of a versitygw server (an S3 server started
+	// by the soak) in every node's peer list as an archive peer, with a
+	// short archive_interval, and plans its faults: the S3 server
+	// stopped for a while in every round, and a node whose only peer is
+	// the bucket started in one round (archive.go). Off by default, so
+	// that a seed's schedule without it is unchanged.
+	Archive bool
 	// Converge bounds the wait for convergence after each round.
 	Converge time.Duration
 	// Caches is the number of cache nodes (the last of the Nodes), each
@@ -165,6 +179,7 @@ var SabotageKinds = []string{
 	"delete",  // delete a present ID through the API, unrecorded
 	"unblock", // lift a blocked ID through the API, unrecorded
 	"block",   // block a lifted (or present) ID through the API, unrecorded
+	"archive", // with Archive: a newer tombstone record of a present ID in the bucket
 }
 
 // Defaults returns the configuration of a run: short (about two minutes
@@ -495,7 +510,43 @@ func NewPlan(cfg Config, short bool) *Plan {
 		sort.SliceStable(p.Faults[r], func(i, j int) bool { return p.Faults[r][i].At < p.Faults[r][j].At })
 	}
 	p.planLeave(fdRound, next)
+	p.planArchive(next)
 	return p
+}
+
+// planArchive adds (with Archive) the faults of the archive peer, from a
+// stream of its own, PCG(seed, 996), drawn after every other (the other
+// streams, and so the schedule of a seed without Archive, are unchanged):
+// in every round the S3 server is stopped for 3 to 12 seconds (ending
+// within the round), and in one round, at 20 to 60 percent of it, the
+// bucket-only node is started.
+func (p *Plan) planArchive(next func() int) {
+	cfg := p.Config
+	if !cfg.Archive {
+		return
+	}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 996))
+	rounds := cfg.Rounds()
+	end := cfg.Round - 500*time.Millisecond
+	for r := range rounds {
+		d := 3*time.Second + time.Duration(rng.Int64N(int64(9*time.Second)))
+		from := cfg.Round*15/100 + time.Duration(rng.Int64N(int64(cfg.Round*35/100)+1))
+		if from+d > end {
+			d = end - from
+		}
+		if d > 0 {
+			ep := next()
+			p.Faults[r] = append(p.Faults[r],
+				Event{Round: r, At: from, Kind: FaultS3Stop, Node: -1, Peer: -1, Episode: ep, Dur: d},
+				Event{Round: r, At: from + d, Kind: FaultS3Start, Node: -1, Peer: -1, Episode: ep})
+		}
+	}
+	r := rng.IntN(rounds)
+	at := cfg.Round*20/100 + time.Duration(rng.Int64N(int64(cfg.Round*40/100)+1))
+	p.Faults[r] = append(p.Faults[r], Event{Round: r, At: at, Kind: FaultBucketNode, Node: -1, Peer: -1})
+	for r := range rounds {
+		sort.SliceStable(p.Faults[r], func(i, j int) bool { return p.Faults[r][i].At < p.Faults[r][j].At })
+	}
 }
 
 // planLeave adds (unless NoLeave) the leave and rejoin of a replica to the last round (the

@@ -315,3 +315,44 @@ func TestCheck(t *testing.T) {
 		assert.Equal(t, []string{VUnknownFile}, kinds(vs))
 	})
 }
+
+// TestPlanArchive: Archive adds, from its own stream, an S3 outage ending
+// within every round and one start of the bucket-only node, and leaves
+// every other event of the seed as it was.
+func TestPlanArchive(t *testing.T) {
+	for seed := range uint64(30) {
+		for _, short := range []bool{true, false} {
+			plain := NewPlan(Config{Seed: seed}, short)
+			p := NewPlan(Config{Seed: seed, Archive: true}, short)
+			require.Len(t, p.Faults, plain.Rounds())
+			bucketNodes := 0
+			for r, evs := range p.Faults {
+				var others []Event
+				var stop *Event
+				outages := 0
+				for _, ev := range evs {
+					switch ev.Kind {
+					case FaultS3Stop:
+						stop = &ev
+						outages++
+						assert.Positive(t, ev.Dur)
+					case FaultS3Start:
+						require.NotNil(t, stop, "seed %d round %d: a start before a stop", seed, r)
+						assert.Equal(t, stop.Episode, ev.Episode)
+						assert.Greater(t, ev.At, stop.At)
+						assert.Less(t, ev.At, p.Round, "the outage ends within its round")
+						stop = nil
+					case FaultBucketNode:
+						bucketNodes++
+					default:
+						others = append(others, ev)
+					}
+				}
+				assert.Nil(t, stop, "seed %d round %d: the S3 server stays stopped", seed, r)
+				assert.Equal(t, 1, outages, "seed %d round %d", seed, r)
+				assert.Equal(t, plain.Faults[r], others, "seed %d round %d: the other events changed", seed, r)
+			}
+			assert.Equal(t, 1, bucketNodes, "seed %d", seed)
+		}
+	}
+}

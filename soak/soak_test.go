@@ -26,6 +26,7 @@ var (
 	noTwice  = flag.Bool("no-list-twice", false, "do not list every peer twice in each peer list")
 	goOn     = flag.Bool("keep-going", false, "run every round even after one found violations")
 	noLeave  = flag.Bool("no-leave", false, "leave out the leave and rejoin of a member")
+	archive  = flag.Bool("archive", false, "list a bucket of a versitygw S3 server as an archive peer of every node, stop the server for a while every round, and start a node whose only peer is the bucket (skipped, saying why, if versitygw is not installed)")
 	nodeLogs = flag.Bool("nodelogs", false, "keep every node's log in the -keep directory also when the soak passes")
 	keep     = flag.String("keep", "", "directory for the event log, plan and report, and the node logs of a failure (default: $TMPDIR/dtfc-soak-<seed>)")
 	sabotage sabotageFlag
@@ -80,7 +81,7 @@ func TestSoak(t *testing.T) {
 	// The seed first: whatever happens next, the run can be replayed.
 	t.Logf("soak: seed %d", seed)
 	cfg := soak.Config{Seed: seed, Duration: *duration, Round: *round, Nodes: *nodes, Workers: *workers, Caches: *caches,
-		NoListSelf: *noSelf, NoListTwice: *noTwice, NoLeave: *noLeave, KeepGoing: *goOn, Sabotage: sabotage}
+		NoListSelf: *noSelf, NoListTwice: *noTwice, NoLeave: *noLeave, Archive: *archive, KeepGoing: *goOn, Sabotage: sabotage}
 	r := soak.NewRunner(t, cfg, testing.Short())
 	p := r.Plan()
 	faults := 0

@@ -214,3 +214,22 @@ func (s *Server) Shutdown() error {
 		return fmt.Errorf("pid %d did not exit after SIGKILL", s.cmd.Process.Pid)
 	}
 }
+
+// Kill kills the server (SIGKILL to its PID) and waits for its exit: a
+// crash, and no wait for the connections in flight to end. It does
+// nothing if it is not running.
+func (s *Server) Kill() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return nil
+	}
+	defer func() { s.cmd = nil }()
+	s.cmd.Process.Kill()
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("pid %d did not exit after SIGKILL", s.cmd.Process.Pid)
+	}
+}
