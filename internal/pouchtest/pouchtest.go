@@ -13,10 +13,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dtfc/dtfc/internal/testproc"
 )
 
 // Version is the pouchdb-server the tests were checked with.
@@ -57,10 +57,7 @@ type Server struct {
 
 	bin      string
 	inMemory bool
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc     testproc.Proc
 }
 
 // New prepares a server in dir; Launch starts it.
@@ -132,11 +129,6 @@ func (p *Server) Stop(t testing.TB) {
 
 // Launch starts the server and waits (at most 60 s) until it answers.
 func (p *Server) Launch() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil {
-		return errors.New("already running")
-	}
 	args := []string{"--host", "127.0.0.1", "--port", strconv.Itoa(p.Port),
 		"--config", filepath.Join(p.Dir, "config.json"), "--no-stdout-logs"}
 	if p.inMemory {
@@ -152,57 +144,16 @@ func (p *Server) Launch() error {
 	cmd := exec.Command(p.bin, args...)
 	cmd.Dir = p.Dir // it writes log.txt into its working directory
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{}}
-	defer hc.CloseIdleConnections()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			p.cmd = nil
-			return fmt.Errorf("exited at start: %s", cmd.ProcessState)
-		default:
-		}
+	return p.proc.Launch(cmd, 60*time.Second, func(hc *http.Client) bool {
 		resp, err := hc.Get(p.URL + "/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("did not answer within 60 s")
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // Shutdown stops the server (SIGTERM, then SIGKILL) and waits for its
 // exit. It does nothing if it is not running.
-func (p *Server) Shutdown() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return nil
-	}
-	defer func() { p.cmd = nil }()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("pid %d did not exit after SIGKILL", p.cmd.Process.Pid)
-	}
-}
+func (p *Server) Shutdown() error { return p.proc.Shutdown() }

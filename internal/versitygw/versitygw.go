@@ -6,7 +6,6 @@ package versitygw
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,14 +13,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/dtfc/dtfc/internal/testproc"
 )
 
 // Version is the versitygw the tests were checked with.
@@ -59,9 +58,7 @@ type Server struct {
 
 	bin  string
 	dir  string // its log
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc testproc.Proc
 }
 
 // ForTest starts a server for t with one bucket, stopped (by its PID) in
@@ -143,11 +140,6 @@ func (s *Server) Stop(t testing.TB) {
 
 // Launch starts the server and waits (at most 30 s) until it answers.
 func (s *Server) Launch() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		return errors.New("already running")
-	}
 	out, err := os.OpenFile(filepath.Join(s.dir, "versitygw.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -162,74 +154,22 @@ func (s *Server) Launch() error {
 	cmd := exec.Command(s.bin, "--port", s.URL[len("http://"):], "posix", "--sidecar", side, s.Root)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	s.cmd, s.done = cmd, done
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{}}
-	defer hc.CloseIdleConnections()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			s.cmd = nil
-			return fmt.Errorf("exited at start: %s", cmd.ProcessState)
-		default:
-		}
+	return s.proc.Launch(cmd, 30*time.Second, func(hc *http.Client) bool {
 		// Any HTTP answer (403 to an unsigned request) means it serves.
-		if resp, err := hc.Get(s.URL + "/"); err == nil {
-			resp.Body.Close()
-			return nil
+		resp, err := hc.Get(s.URL + "/")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("did not answer within 30 s")
+		resp.Body.Close()
+		return true
+	})
 }
 
 // Shutdown stops the server (SIGTERM, then SIGKILL, to its PID) and
 // waits for its exit. It does nothing if it is not running.
-func (s *Server) Shutdown() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return nil
-	}
-	defer func() { s.cmd = nil }()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	s.cmd.Process.Kill()
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("pid %d did not exit after SIGKILL", s.cmd.Process.Pid)
-	}
-}
+func (s *Server) Shutdown() error { return s.proc.Shutdown() }
 
 // Kill kills the server (SIGKILL to its PID) and waits for its exit: a
 // crash, and no wait for the connections in flight to end. It does
 // nothing if it is not running.
-func (s *Server) Kill() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return nil
-	}
-	defer func() { s.cmd = nil }()
-	s.cmd.Process.Kill()
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("pid %d did not exit after SIGKILL", s.cmd.Process.Pid)
-	}
-}
+func (s *Server) Kill() error { return s.proc.Kill() }
