@@ -415,8 +415,12 @@ func (b *countingBody) Read(p []byte) (int, error) {
 // PutState writes st's record once. ErrExists: the record was already
 // there (the same operation, written before).
 func (a *Archive) PutState(ctx context.Context, st dtfc.State) error {
-	key := a.StateKey(st)
-	body, err := json.Marshal(st)
+	return a.putJSONOnce(ctx, "put state", a.StateKey(st), st)
+}
+
+// putJSONOnce writes v as JSON under key, once (If-None-Match: *).
+func (a *Archive) putJSONOnce(ctx context.Context, op, key string, v any) error {
+	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
@@ -425,7 +429,7 @@ func (a *Archive) PutState(ctx context.Context, st dtfc.State) error {
 		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
 		IfNoneMatch: aws.String("*"), ContentType: aws.String("application/json"),
 	})
-	return a.wrap("put state", key, err)
+	return a.wrap(op, key, err)
 }
 
 // NewestState returns the winning state of id among its records in the
@@ -509,17 +513,7 @@ type LogEntry struct {
 // AppendLog writes a writer's log entry seq once. ErrExists: seq was
 // taken (by an earlier attempt whose answer was lost).
 func (a *Archive) AppendLog(ctx context.Context, writer string, seq uint64, entries []LogEntry) error {
-	key := a.LogKey(writer, seq)
-	body, err := json.Marshal(entries)
-	if err != nil {
-		return err
-	}
-	_, err = a.client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket: aws.String(a.bucket), Key: aws.String(key),
-		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
-		IfNoneMatch: aws.String("*"), ContentType: aws.String("application/json"),
-	})
-	return a.wrap("put log", key, err)
+	return a.putJSONOnce(ctx, "put log", a.LogKey(writer, seq), entries)
 }
 
 // Writers lists the identities of the nodes that have a log in the
@@ -582,54 +576,6 @@ func (a *Archive) ReadLog(ctx context.Context, writer string, after uint64, limi
 				return nil
 			}
 		}
-	}
-	return nil
-}
-
-// EachID calls fn with every ID that has state records in the bucket,
-// in ID order, with the clock and node of its newest record; it stops at
-// fn's first error and returns it. It lists the whole collection's
-// records (no bodies are read): a recovery, not a routine.
-func (a *Archive) EachID(ctx context.Context, fn func(id dtfc.ID, clock dtfc.Timestamp, node string) error) error {
-	dir := a.prefix + "states/"
-	var cur dtfc.ID
-	var have bool
-	var clock dtfc.Timestamp
-	var node string
-	p := s3.NewListObjectsV2Paginator(a.client, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(dir)})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return a.wrap("list", dir, err)
-		}
-		for _, o := range page.Contents {
-			// states/ab/cd/<h>/<clock>-<node>
-			parts := strings.Split(strings.TrimPrefix(aws.ToString(o.Key), dir), "/")
-			if len(parts) != 4 {
-				continue
-			}
-			id, err := dtfc.ParseID(parts[2])
-			if err != nil {
-				continue
-			}
-			hexClock, n, ok := strings.Cut(parts[3], "-")
-			c, perr := strconv.ParseUint(hexClock, 16, 64)
-			if !ok || len(hexClock) != 16 || perr != nil {
-				continue
-			}
-			if have && id != cur {
-				if err := fn(cur, clock, node); err != nil {
-					return err
-				}
-				have = false
-			}
-			if !have || dtfc.Timestamp(c) > clock || dtfc.Timestamp(c) == clock && n > node {
-				cur, clock, node, have = id, dtfc.Timestamp(c), n, true
-			}
-		}
-	}
-	if have {
-		return fn(cur, clock, node)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -161,24 +160,6 @@ func TestCheck(t *testing.T) {
 	b, err := archive.New(context.Background(), archive.Config{Bucket: "nope", Endpoint: srv.URL, PathStyle: true})
 	require.NoError(t, err)
 	assert.ErrorIs(t, b.Check(t.Context()), archive.ErrNoBucket)
-}
-
-func TestEachID(t *testing.T) {
-	a, _ := fake(t, "p", 0)
-	ctx := t.Context()
-	x, y := dtfc.Sum([]byte("x")), dtfc.Sum([]byte("y"))
-	for _, st := range []dtfc.State{
-		{ID: x, Clock: 5, Node: "a", Size: 1}, {ID: x, Clock: 9, Node: "a", Deleted: true}, {ID: x, Clock: 9, Node: "b", Size: 1},
-		{ID: y, Clock: 3, Node: "c", Size: 1},
-	} {
-		require.NoError(t, a.PutState(ctx, st))
-	}
-	got := map[dtfc.ID]string{}
-	require.NoError(t, a.EachID(ctx, func(id dtfc.ID, clock dtfc.Timestamp, node string) error {
-		got[id] = fmt.Sprintf("%d-%s", clock, node)
-		return nil
-	}))
-	assert.Equal(t, map[dtfc.ID]string{x: "9-b", y: "3-c"}, got)
 }
 
 // TestCounters: the blob bytes the server accepted are counted once
