@@ -498,30 +498,19 @@ func (c stallClient) Do(req *http.Request) (*http.Response, error) {
 	w := newStallWatchFor(cancel, archiveStallTimeout)
 	req = req.Clone(ctx)
 	if req.Body != nil && req.Body != http.NoBody {
-		req.Body = &progressReadCloser{ReadCloser: req.Body, w: w}
+		req.Body = struct {
+			io.Reader
+			io.Closer
+		}{&progressReader{r: req.Body, w: w}, req.Body}
 	}
 	resp, err := c.base.Do(req)
 	if err != nil {
 		if w.stop() {
-			err = fmt.Errorf("no progress for %v: %w", archiveStallTimeout, err)
+			err = fmt.Errorf("no progress for %v: %w", w.limit, err)
 		}
 		return nil, err
 	}
 	w.touch()
 	resp.Body = &progressBody{ReadCloser: resp.Body, w: w}
 	return resp, nil
-}
-
-// progressReadCloser is a request body whose reads count as progress.
-type progressReadCloser struct {
-	io.ReadCloser
-	w *stallWatch
-}
-
-func (p *progressReadCloser) Read(b []byte) (int, error) {
-	n, err := p.ReadCloser.Read(b)
-	if n > 0 {
-		p.w.touch()
-	}
-	return n, err
 }
