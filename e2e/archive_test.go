@@ -112,15 +112,17 @@ func (b *bucket) holds(id string, data []byte) bool {
 // "7e57" would.
 func (b *bucket) seed(t *testing.T, data []byte) dtfc.ID {
 	t.Helper()
-	id := dtfc.Sum(data)
-	f := filepath.Join(t.TempDir(), "blob")
-	require.NoError(t, os.WriteFile(f, data, 0o644))
-	fh, err := os.Open(f)
-	require.NoError(t, err)
-	defer fh.Close()
-	require.NoError(t, b.a.PutBlob(t.Context(), id, fh, int64(len(data))))
-	require.NoError(t, b.a.PutState(t.Context(), dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now()), Node: "7e57", Size: int64(len(data))}))
-	return id
+	return b.seedAt(t, data, time.Now()).ID
+}
+
+// seedAt is seed with the record's clock at the time given; it returns
+// the record.
+func (b *bucket) seedAt(t *testing.T, data []byte, at time.Time) dtfc.State {
+	t.Helper()
+	st := dtfc.State{ID: dtfc.Sum(data), Clock: dtfc.TimestampAt(at), Node: "7e57", Size: int64(len(data))}
+	require.NoError(t, b.a.PutBlob(t.Context(), st.ID, bytes.NewReader(data), st.Size))
+	require.NoError(t, b.a.PutState(t.Context(), st))
+	return st
 }
 
 // archiveNodes starts n nodes, each alone but for the archive b (no node
@@ -414,18 +416,9 @@ func TestArchiveRelay(t *testing.T) {
 func TestArchiveRelayClockAhead(t *testing.T) {
 	s := versitygw.ForTest(t)
 	b := newBucket(t, s, "ahead")
-	data := randomBytes(10 << 10)
-	id := dtfc.Sum(data)
-	f := filepath.Join(t.TempDir(), "blob")
-	require.NoError(t, os.WriteFile(f, data, 0o644))
-	fh, err := os.Open(f)
-	require.NoError(t, err)
-	defer fh.Close()
-	ctx := t.Context()
-	require.NoError(t, b.a.PutBlob(ctx, id, fh, int64(len(data))))
-	ahead := dtfc.State{ID: id, Clock: dtfc.TimestampAt(time.Now().Add(time.Hour)), Node: "7e57", Size: int64(len(data))}
-	require.NoError(t, b.a.PutState(ctx, ahead))
-	require.NoError(t, b.a.AppendLog(ctx, "7e57", 1, []archive.LogEntry{{ID: id, Clock: ahead.Clock, Node: ahead.Node}}))
+	ahead := b.seedAt(t, randomBytes(10<<10), time.Now().Add(time.Hour))
+	id := ahead.ID
+	require.NoError(t, b.a.AppendLog(t.Context(), "7e57", 1, []archive.LogEntry{{ID: id, Clock: ahead.Clock, Node: ahead.Node}}))
 	c := archiveNodes(t, b, "--archive-interval", "200ms")
 	hc := newClient(t)
 	eventually(t, 20*time.Second, "refused in two relay rounds", func() bool {
