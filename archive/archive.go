@@ -501,6 +501,11 @@ func (a *Archive) get(ctx context.Context, key string, limit int64) ([]byte, err
 	return b, nil
 }
 
+// maxLogObject bounds the log object a reader takes into memory: a
+// writer names at most one push round in one (256 changes, some 64 KB
+// of JSON), so 4 MiB leaves room for rounds many times larger.
+const maxLogObject = 4 << 20
+
 // LogEntry is one change named in a writer's log: which ID, and the
 // operation's clock and node (the state records say the rest).
 type LogEntry struct {
@@ -561,7 +566,7 @@ func (a *Archive) ReadLog(ctx context.Context, writer string, after uint64, limi
 			if err != nil || seq <= after {
 				continue
 			}
-			body, err := a.get(ctx, key, 64<<20)
+			body, err := a.get(ctx, key, maxLogObject)
 			if err != nil {
 				return err
 			}
