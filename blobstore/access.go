@@ -86,7 +86,7 @@ func writeAccess(tx *bolt.Tx, pending map[dtfc.ID]uint64, next uint64) error {
 	meta, atime, lru := tx.Bucket(bucketMeta), tx.Bucket(bucketATime), tx.Bucket(bucketLRU)
 	for id, seq := range pending {
 		v := meta.Get(id[:])
-		if v == nil || v[1]&1 != 0 { // gone, or a tombstone
+		if v == nil || v[1]&(flagDeleted|flagEvicted) != 0 { // gone, a tombstone, or evicted
 			continue
 		}
 		if old := atime.Get(id[:]); old != nil {
@@ -147,9 +147,12 @@ func (s *Store) flushAccess() error {
 // furthest cursor of the cache's replica peers), so an acknowledged upload
 // is never lost to an eviction. Fills, which are not in the feed, go in
 // read order. Until the pinned states are accepted the store may stay
-// above maxBytes. It is for caches (Options.TrackAccess); an eviction is
-// not an operation on the ID and is not replicated. Concurrent calls run
-// one at a time. It returns the evicted states.
+// above maxBytes. It is for caches and tiers (Options.TrackAccess): a
+// cache forgets what it evicts, a tier (Options.Tier) keeps the record and
+// drops the bytes, and acked is then what its archive (and every replica)
+// accepted. An eviction is not an operation on the ID and is not
+// replicated. Concurrent calls run one at a time. It returns the evicted
+// states.
 func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error) {
 	if !s.opts.TrackAccess || maxBytes <= 0 || s.bytes.Load()+reserve <= maxBytes {
 		return nil, nil
@@ -168,10 +171,15 @@ func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, erro
 		}
 	}
 	var evicted []dtfc.State
-	var after []byte
+	var after, untrackedAfter []byte
+	lruDone := false
 	for s.bytes.Load()+reserve > maxBytes {
 		var batch []dtfc.ID
 		err := s.db.View(func(tx *bolt.Tx) error {
+			if lruDone {
+				batch = untracked(tx, &untrackedAfter, 64)
+				return nil
+			}
 			c := tx.Bucket(bucketLRU).Cursor()
 			k, _ := c.First()
 			if after != nil {
@@ -191,8 +199,12 @@ func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, erro
 		if err != nil {
 			return evicted, err
 		}
+		if len(batch) == 0 && !lruDone {
+			lruDone = true
+			continue
+		}
 		if len(batch) == 0 {
-			break // everything left is open or unrecorded
+			break // everything left is open, recently read or pinned
 		}
 		for _, id := range batch {
 			if s.bytes.Load()+reserve <= maxBytes {
@@ -210,6 +222,80 @@ func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, erro
 	return evicted, nil
 }
 
+// trackAll, at open with TrackAccess, puts every blob held that the read
+// order lacks at its start (as the least recently used), once: the store
+// of a replica turned tier never recorded a read. Opened without
+// TrackAccess, the store clears the mark, since what it stores then is
+// not recorded. (Reads a crash kept from the database are found by
+// Evict when the order is exhausted: see untracked.)
+func (s *Store) trackAll() error {
+	var marked bool
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		marked = tx.Bucket(bucketSys).Get(keyAccessAll) != nil
+		return nil
+	}); err != nil {
+		return err
+	}
+	if !s.opts.TrackAccess || marked {
+		if !s.opts.TrackAccess && marked {
+			return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSys).Delete(keyAccessAll) })
+		}
+		return nil
+	}
+	var after []byte
+	for done := false; !done; {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			batch := untracked(tx, &after, 10000)
+			if len(batch) < 10000 {
+				done = true
+			}
+			atime, lru := tx.Bucket(bucketATime), tx.Bucket(bucketLRU)
+			for _, id := range batch {
+				if err := atime.Put(id[:], u64(0)); err != nil {
+					return err
+				}
+				if err := lru.Put(append(u64(0), id[:]...), nil); err != nil {
+					return err
+				}
+			}
+			if done {
+				return tx.Bucket(bucketSys).Put(keyAccessAll, []byte("1"))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// untracked returns up to n blobs held that are not in the read order,
+// after the key *after (moved on): those no read was recorded for (a
+// replica turned tier, or reads that a crash kept from the database),
+// which are then the least recently used.
+func untracked(tx *bolt.Tx, after *[]byte, n int) []dtfc.ID {
+	atime := tx.Bucket(bucketATime)
+	c := tx.Bucket(bucketMeta).Cursor()
+	k, v := c.First()
+	if *after != nil {
+		if k, v = c.Seek(*after); k != nil && string(k) == string(*after) {
+			k, v = c.Next()
+		}
+	}
+	var out []dtfc.ID
+	for ; k != nil && len(out) < n; k, v = c.Next() {
+		*after = append((*after)[:0], k...)
+		if len(k) != dtfc.IDLen || len(v) < 2 || v[1]&(flagDeleted|flagEvicted) != 0 || atime.Get(k) != nil {
+			continue
+		}
+		var id dtfc.ID
+		copy(id[:], k)
+		out = append(out, id)
+	}
+	return out
+}
+
 func (s *Store) evictOne(id dtfc.ID, acked uint64) (dtfc.State, bool, error) {
 	defer s.locks.lock(id)()
 	if s.access.isOpen(id) {
@@ -222,8 +308,19 @@ func (s *Store) evictOne(id dtfc.ID, acked uint64) (dtfc.State, bool, error) {
 		return dtfc.State{}, false, nil
 	}
 	rec, ok, err := s.record(id)
-	if err != nil || !ok || rec.Deleted || rec.Seq > acked {
+	if err != nil || !ok || rec.Deleted || rec.Evicted || rec.Seq > acked {
 		return dtfc.State{}, false, err
+	}
+	if s.opts.Tier {
+		// The record stays, marked; only the bytes go.
+		err := s.update(func(t *txn) error {
+			_, err := t.setEvicted(rec, true)
+			return err
+		})
+		if err == nil {
+			err = s.removeFile(id)
+		}
+		return rec.State, err == nil, err
 	}
 	if err := s.forget(id); err != nil && !errors.Is(err, ErrNotFound) {
 		return dtfc.State{}, false, err

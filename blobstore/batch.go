@@ -293,7 +293,7 @@ func (s *Store) commitRecords(ps []*batchPlacement) {
 	}
 	replace := func(t *txn, p *batchPlacement) error {
 		var err error
-		p.nr, err = t.replace(p.d.st, p.d.toFeed)
+		p.nr, err = t.commit(p.d)
 		return err
 	}
 	err := s.update(func(t *txn) error {

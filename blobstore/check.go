@@ -328,7 +328,9 @@ func sumRecords(meta *bolt.Bucket, mc *metaContents) (*recordSums, error) {
 			want.tombs.add(n[:], k)
 		} else {
 			mc.blobs++
-			mc.bytes += rec.Size
+			if !rec.Evicted { // the count is of the bytes held
+				mc.bytes += rec.Size
+			}
 		}
 		if rec.Seq != 0 {
 			binary.BigEndian.PutUint64(n[:], rec.Seq)

@@ -222,7 +222,7 @@ func (s *Store) sweepIntents() error {
 	for _, it := range todo {
 		unlock := s.locks.lock(it.id)
 		rec, ok, err := s.record(it.id)
-		settled := err == nil && ((ok && !rec.Deleted) || !s.fileExists(it.id))
+		settled := err == nil && ((ok && !rec.Deleted && !rec.Evicted) || !s.fileExists(it.id))
 		unlock()
 		if settled {
 			done = append(done, it)

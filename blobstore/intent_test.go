@@ -127,3 +127,34 @@ func TestIntentsSwept(t *testing.T) {
 	defer s.Close()
 	assert.Zero(t, count(), "a clean Close drops them")
 }
+
+// TestUncleanStartFinishesEviction: a tier's eviction whose unlink a
+// crash cut (its record marked evicted, its intent committed, its file
+// still in blobs/) is finished at the next start, and the byte count
+// stays that of the bytes held.
+func TestUncleanStartFinishesEviction(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{TrackAccess: true, Tier: true}
+	s, err := Open(dir, opts)
+	require.NoError(t, err)
+	kept := putBytes(t, s, blobBytes(1, 300), Upload{}).State
+	ev := putBytes(t, s, blobBytes(2, 300), Upload{}).State
+	require.NoError(t, s.update(func(t *txn) error {
+		rec, _, err := t.get(ev.ID)
+		if err != nil {
+			return err
+		}
+		_, err = t.setEvicted(rec, true)
+		return err
+	}))
+	crash(s)
+
+	s, err = Open(dir, opts)
+	require.NoError(t, err)
+	defer s.Close()
+	assert.True(t, s.fileExists(kept.ID))
+	assert.False(t, s.fileExists(ev.ID), "the cut eviction's unlink is done")
+	assert.True(t, s.Evicted(ev.ID))
+	_, held := s.Stats()
+	assert.EqualValues(t, 300, held)
+}

@@ -55,6 +55,13 @@ func (s *Store) Stat(id dtfc.ID) (dtfc.State, error) {
 	return rec.State, nil
 }
 
+// Evicted reports whether id is an upload whose bytes this tier evicted
+// (Options.Tier): held by its archive, read back on demand.
+func (s *Store) Evicted(id dtfc.ID) bool {
+	rec, ok, err := s.record(id)
+	return err == nil && ok && rec.Evicted
+}
+
 // Blob is an open, verified blob. Its State describes it; reading it reads
 // the file (so http.ServeContent can use sendfile).
 type Blob struct {
@@ -80,7 +87,7 @@ func (s *Store) Open(id dtfc.ID) (*Blob, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !ok || rec.Deleted {
+	if !ok || rec.Deleted || rec.Evicted {
 		return nil, ErrNotFound
 	}
 	release := s.access.hold(id, s.opts.TrackAccess)
@@ -171,10 +178,10 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		return Stale, err
 	}
 	if ok && !st.Newer(old.State) {
-		if sameUpload(st, old.State) && !s.fileExists(st.ID) {
+		if sameUpload(st, old.State) && !old.Evicted && !s.fileExists(st.ID) {
 			return NeedBytes, nil
 		}
-		return Stale, nil
+		return Stale, nil // (an evicted upload's bytes come back when read)
 	}
 	if !ok && st.Clock <= s.forgottenClock('S', st.ID) {
 		return Stale, nil // its delete was forgotten here lately
@@ -324,7 +331,7 @@ func (s *Store) CountChanges(since uint64, deletesOnly bool) (int64, error) {
 		for k, v := c.Seek(u64(since + 1)); k != nil; k, v = c.Next() {
 			if deletesOnly && len(v) == dtfc.IDLen {
 				// The deleted flag of the record, without decoding it all.
-				if r := meta.Get(v); len(r) < 2 || r[1]&1 == 0 {
+				if r := meta.Get(v); len(r) < 2 || r[1]&flagDeleted == 0 {
 					continue
 				}
 			}
@@ -337,10 +344,11 @@ func (s *Store) CountChanges(since uint64, deletesOnly bool) (int64, error) {
 
 // Missing returns id's state when the node records it as held but its
 // file is not there (lost, quarantined, or removed by a block since
-// lifted): the caller fetches the bytes again from a peer.
+// lifted): the caller fetches the bytes again from a peer. A tier's
+// evicted blob is not missing.
 func (s *Store) Missing(id dtfc.ID) (dtfc.State, bool) {
 	rec, ok, err := s.record(id)
-	if err != nil || !ok || rec.Deleted || s.fileExists(id) {
+	if err != nil || !ok || rec.Deleted || rec.Evicted || s.fileExists(id) {
 		return dtfc.State{}, false
 	}
 	if _, blocked := s.denied.get(id); blocked {

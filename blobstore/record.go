@@ -15,9 +15,20 @@ type record struct {
 	// state is not in the feed (a cache fill, which has nothing to tell
 	// other nodes).
 	Seq uint64
+	// Evicted: a tier's upload record whose bytes left blobs/ for room,
+	// once the archive held them (Store.Evict with Options.Tier). The
+	// state is unchanged (digests, the feed and peers see the same
+	// upload); reads fetch the bytes back, which clears it.
+	Evicted bool
 }
 
 const recordVersion = 1
+
+// The bits of a record's flags byte.
+const (
+	flagDeleted = 1 << iota // a tombstone
+	flagEvicted             // an upload whose bytes a tier evicted (record.Evicted)
+)
 
 var errBadRecord = errors.New("blobstore: corrupt metadata record")
 
@@ -26,7 +37,10 @@ func (r *record) encode() []byte {
 	b = append(b, recordVersion)
 	var flags byte
 	if r.Deleted {
-		flags |= 1
+		flags |= flagDeleted
+	}
+	if r.Evicted {
+		flags |= flagEvicted
 	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.Clock))
@@ -45,7 +59,8 @@ func decodeRecord(id []byte, b []byte) (record, error) {
 		return r, errBadRecord
 	}
 	copy(r.ID[:], id)
-	r.Deleted = b[1]&1 != 0
+	r.Deleted = b[1]&flagDeleted != 0
+	r.Evicted = b[1]&flagEvicted != 0
 	r.Clock = dtfc.Timestamp(binary.BigEndian.Uint64(b[2:10]))
 	b = b[10:]
 	var n int

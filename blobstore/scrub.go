@@ -77,7 +77,7 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtf
 					return err
 				}
 				after = append(after[:0], k...)
-				if !rec.Deleted {
+				if !rec.Deleted && !rec.Evicted {
 					batch = append(batch, rec.State)
 				}
 			}
@@ -130,6 +130,9 @@ func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rate
 		cur, ok, rerr := s.record(st.ID)
 		if rerr != nil {
 			return false, rerr
+		}
+		if ok && cur.Evicted {
+			return true, nil // a tier's: its bytes are in the archive
 		}
 		return !(ok && !cur.Deleted && cur.Clock == st.Clock), nil
 	case errors.Is(err, syscall.ELOOP), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EXDEV):

@@ -75,7 +75,7 @@ func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
 	if err != nil {
 		return dtfc.State{}, nil, err
 	}
-	if !ok || rec.Deleted {
+	if !ok || rec.Deleted || rec.Evicted {
 		return dtfc.State{}, nil, ErrNotFound
 	}
 	if rec.Size > limit || s.small == nil {

@@ -25,6 +25,11 @@ type Options struct {
 	// TrackAccess keeps a persistent least-recently-used order of reads, for
 	// a cache that evicts (see Store.Evict). If false, reads write nothing.
 	TrackAccess bool
+	// Tier makes an eviction keep the blob's record and drop only its
+	// bytes (record.Evicted): for a replica whose archive holds what it
+	// evicts, and from which reads fetch it back. Without it an eviction
+	// forgets the blob (a cache). It needs TrackAccess.
+	Tier bool
 	// Wall is the wall clock of the hybrid logical clock. If nil, it
 	// defaults to time.Now.
 	Wall func() time.Time
@@ -105,6 +110,9 @@ var (
 	keyBlobs       = []byte("blobs")
 	keyBytes       = []byte("bytes")
 	keyAccessNext  = []byte("access")
+	// keyAccessAll is set while every blob held is in the read order
+	// (see trackAll).
+	keyAccessAll = []byte("access_all")
 )
 
 // errDirLocked means another process holds the store's directory.
@@ -224,6 +232,9 @@ func (s *Store) openFiles() (err error) {
 	clean, intents, err := s.init(plan)
 	if err != nil {
 		return err
+	}
+	if err := s.trackAll(); err != nil {
+		return fmt.Errorf("blobstore: read order: %w", err)
 	}
 	var inFlight map[dtfc.ID]bool
 	if !clean && intents {
@@ -535,8 +546,12 @@ func (r *reconciler) blobFile(path string, d fs.DirEntry) error {
 		return err
 	}
 	switch {
-	case ok && !rec.Deleted:
+	case ok && !rec.Deleted && !rec.Evicted:
 		return nil
+	case ok && rec.Evicted:
+		// Its eviction was committed; only its unlink was lost.
+		r.removed++
+		return removeDurably(path)
 	case ok:
 		if aside, err := r.setAsideCut(id); err != nil || aside {
 			return err

@@ -310,6 +310,23 @@ func (t *txn) replace(st dtfc.State, toFeed bool) (record, error) {
 	return t.set(curp, st, toFeed)
 }
 
+// commit records what a placement decided (see Store.decide): st over
+// the record, or, for the bytes of an upload a tier evicted, the same
+// record marked held again: no new operation, no new feed entry (peers
+// have it; a refill is a read, not news).
+func (t *txn) commit(d decision) (record, error) {
+	if d.refill {
+		cur, ok, err := t.get(d.st.ID)
+		if err != nil {
+			return cur, err
+		}
+		if ok && cur.Evicted && sameUpload(d.st, cur.State) {
+			return t.setEvicted(cur, false)
+		}
+	}
+	return t.replace(d.st, d.toFeed)
+}
+
 // remove forgets a record entirely: no tombstone, no feed entry. Used for
 // evictions, purged tombstones and blobs dropped as corrupt, none of which
 // is an operation to replicate.
@@ -341,9 +358,34 @@ func (t *txn) unindex(old *record) error {
 		}
 	} else {
 		t.dBlobs--
-		t.dBytes -= old.Size
+		if !old.Evicted {
+			t.dBytes -= old.Size
+		}
 	}
 	return t.xorDigest(&old.State, -1)
+}
+
+// setEvicted marks the upload record rec as evicted (true) or held
+// again (false), keeping its state and its place in the feed: the store's
+// byte count is of the bytes held. Evicting also drops rec from the
+// read order and records that its file leaves blobs/ after the commit.
+func (t *txn) setEvicted(rec record, evicted bool) (record, error) {
+	if rec.Deleted || rec.Evicted == evicted {
+		return rec, nil
+	}
+	rec.Evicted = evicted
+	if evicted {
+		t.dBytes -= rec.Size
+		if err := t.intend(rec.ID); err != nil {
+			return rec, err
+		}
+		if err := dropAccess(t.tx, rec.ID); err != nil {
+			return rec, err
+		}
+	} else {
+		t.dBytes += rec.Size
+	}
+	return rec, t.meta.Put(rec.ID[:], rec.encode())
 }
 
 // unfeed removes the feed entry seq (0: none), superseded or forgotten.

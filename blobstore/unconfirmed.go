@@ -361,7 +361,8 @@ func (s *Store) settleByRecord(id dtfc.ID, local record) (UnconfirmedOutcome, er
 			return s.adoptFile(id, aside)
 		}
 	}
-	if local.Deleted || s.fileExists(id) {
+	if local.Deleted || local.Evicted || s.fileExists(id) {
+		// (A tier's evicted blob is held by its archive: read back on demand.)
 		return UnconfirmedSettled, s.dropUnconfirmed(id, src)
 	}
 	if s.checkDenied(id) != nil {

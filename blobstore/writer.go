@@ -534,7 +534,7 @@ func (w *Writer) place(decide decideFunc) (res Result, err error) {
 	var nr record
 	err = s.updateThen(func(t *txn) error {
 		var err error
-		nr, err = t.replace(d.st, d.toFeed)
+		nr, err = t.commit(d)
 		return err
 	}, arrive)
 	if err != nil {
@@ -552,6 +552,9 @@ type decision struct {
 	apply  bool
 	toFeed bool
 	held   bool // the ID's bytes are in blobs/ already
+	// refill: st is the upload a tier evicted the bytes of; the record
+	// is only marked held again (see txn.commit).
+	refill bool
 }
 
 // decide runs fn over id's current record. The caller holds the ID's
@@ -570,9 +573,10 @@ func (s *Store) decide(id dtfc.ID, fn decideFunc) (decision, error) {
 	if ok {
 		oldp = &old
 	}
-	held := ok && !old.Deleted && s.fileExists(id)
+	held := ok && !old.Deleted && !old.Evicted && s.fileExists(id)
 	st, apply, toFeed := fn(oldp, held)
-	return decision{st: st, apply: apply, toFeed: toFeed, held: held}, nil
+	refill := apply && ok && old.Evicted && sameUpload(st, old.State)
+	return decision{st: st, apply: apply, toFeed: toFeed, held: held, refill: refill}, nil
 }
 
 // nameIntent renames the temp file tmp/<id>.<name>, dated by clock c (see

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"syscall"
 
@@ -151,14 +152,26 @@ func (c *Cluster) Open(ctx context.Context, id dtfc.ID, opts OpenOptions) (*Blob
 	if err != blobstore.ErrNotFound || opts.LocalOnly {
 		return b, err
 	}
+	evicted := c.isTier() && c.store.Evicted(id)
 	if opts.StateOnly {
+		if evicted {
+			// The state is here, the bytes in the archive: a HEAD need
+			// not move them.
+			if st, err := c.store.Stat(id); err == nil && !st.Deleted {
+				return StateOnlyBlob(st, ""), nil
+			}
+		}
 		st, src, err := c.lookup(ctx, id, true)
 		if err != nil {
 			return nil, err
 		}
 		return StateOnlyBlob(st, src), nil
 	}
-	return c.fetch.open(ctx, id, gen, func() (*Blob, error) { return OpenLocal(c.store, id, opts) })
+	b, err = c.fetch.open(ctx, id, gen, func() (*Blob, error) { return OpenLocal(c.store, id, opts) })
+	if evicted && errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w (%w)", ErrEvictedUnreachable, err)
+	}
+	return b, err
 }
 
 // StateOnlyBlob returns a Blob of st held by the peer at source whose

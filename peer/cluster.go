@@ -33,8 +33,11 @@ type Options struct {
 	// PeerList is the path of the peer list file. If empty, the node has
 	// no peers (a single node) and Refresh has nothing to read.
 	PeerList string
-	// MaxBytes is, for a cache, the size of the store to stay under by
-	// evicting the least recently used blobs. If zero, there is no limit.
+	// MaxBytes is the size of the store to stay under by evicting the
+	// least recently used blobs: a cache forgets them; a replica with an
+	// archive in its peer list (a tier) keeps their records and reads
+	// their bytes back from the archive on demand. If zero, there is no
+	// limit.
 	MaxBytes int64
 	// Secret, if set, must be presented by every node-to-node request
 	// (and is sent with this node's).
@@ -212,6 +215,9 @@ func New(store Store, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	if err := c.tierNeedsArchive(c.filePeers); err != nil {
+		return nil, err
+	}
 	if err := c.loadMembers(); err != nil {
 		return nil, err
 	}
@@ -258,6 +264,24 @@ func DefaultHTTPClient(tr *http.Transport) *http.Client {
 }
 
 func (c *Cluster) isCache() bool { return c.opts.Role == RoleCache }
+
+// isTier reports whether this node is a replica that keeps only the most
+// recently read blobs' bytes (max_bytes), the rest in its archive.
+func (c *Cluster) isTier() bool { return !c.isCache() && c.opts.MaxBytes > 0 }
+
+// tierNeedsArchive refuses a peer list without an archive for a tier: it
+// evicts only what an archive holds, and reads it back from there.
+func (c *Cluster) tierNeedsArchive(peers []Peer) error {
+	if !c.isTier() {
+		return nil
+	}
+	for _, p := range peers {
+		if p.IsArchive() {
+			return nil
+		}
+	}
+	return errors.New("max_bytes on a replica needs an archive (an s3:// entry with role = \"archive\") in the peer list file: a replica evicts only what an archive holds, and reads it back from there")
+}
 
 // setPeers swaps in a new peer list. Remotes of peers still listed are
 // kept (with their health); pushers follow the list when running.
@@ -320,6 +344,9 @@ func (c *Cluster) Refresh(ctx context.Context) ([]Peer, error) {
 	}
 	peers, err := LoadList(c.opts.PeerList, c.opts.Me)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.tierNeedsArchive(peers); err != nil {
 		return nil, err
 	}
 	if err := c.checkNewArchives(ctx, peers); err != nil {
@@ -542,6 +569,9 @@ func (c *Cluster) Run(ctx context.Context) error {
 	if c.opts.ScrubInterval > 0 {
 		c.goLoop(ctx, c.scrubLoop)
 	}
+	if c.isTier() {
+		c.goLoop(ctx, c.tierLoop)
+	}
 	<-ctx.Done()
 	c.fetch.stop()
 	c.wg.Wait()
@@ -557,16 +587,63 @@ func (c *Cluster) goLoop(ctx context.Context, f func(context.Context)) {
 	}()
 }
 
-// evict makes room in a cache for incoming bytes, never evicting what no
-// replica has accepted yet (the cache's own uploads).
+// evict makes room in a cache or a tier for incoming bytes. A cache never
+// evicts what no replica has accepted yet (its own uploads); a tier
+// never what its archives and replica peers have not all accepted.
 func (c *Cluster) evict(incoming int64) (int, error) {
 	if c.opts.MaxBytes <= 0 {
 		return 0, nil
 	}
-	ev, err := c.store.Evict(c.opts.MaxBytes, incoming, c.replicaAcked())
+	acked := c.replicaAcked()
+	if c.isTier() {
+		acked = c.tierAcked()
+	}
+	ev, err := c.store.Evict(c.opts.MaxBytes, incoming, acked)
 	c.metrics.evictions.Add(float64(len(ev)))
 	return len(ev), err
 }
+
+// tierAcked is the feed position every archive and every replica peer
+// accepted (0 without an archive): the bytes of an upload up to it are
+// in each archive, so a tier may evict them. A replica peer counts too,
+// so that pushes to it never need bytes read back; one marked expired
+// does not (it resyncs, and takes what it lacks from any holder).
+func (c *Cluster) tierAcked() uint64 {
+	acked, archives := uint64(math.MaxUint64), 0
+	for _, r := range c.mem.Load().remotes {
+		if r.Self() || r.IsCache() || (r.isExpired() && !r.Peer.IsArchive()) {
+			continue
+		}
+		if r.Peer.IsArchive() {
+			archives++
+		}
+		acked = min(acked, c.cursorOf(r.URL))
+	}
+	if archives == 0 {
+		return 0
+	}
+	return acked
+}
+
+// tierLoop keeps a tier under max_bytes as its archives accept what it
+// holds: uploads and pushes it takes are evicted once acknowledged.
+func (c *Cluster) tierLoop(ctx context.Context) {
+	t := time.NewTicker(tierEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := c.evict(0); err != nil && ctx.Err() == nil {
+				c.log.Warn("eviction failed", "err", err)
+			}
+		}
+	}
+}
+
+// tierEvery is how often a tier evicts what its archives accepted.
+const tierEvery = time.Second
 
 // replicaAcked is the feed position every replica peer accepted:
 // everything up to it is held by all of them. (One replica would keep an

@@ -21,6 +21,9 @@ var (
 	ErrNotFound = errors.New("no reachable peer holds it")
 	// ErrBusy means too many transfers from peers are running; retry.
 	ErrBusy = errors.New("too many transfers from peers in flight; retry shortly")
+	// ErrEvictedUnreachable: this tier evicted the blob's bytes to its
+	// archive, and neither the archive nor a peer could send them now.
+	ErrEvictedUnreachable = errors.New("this node keeps the file in its archive (evicted under max_bytes), and neither the archive nor a peer could send it now; retry later")
 )
 
 // blobSource hands out a peer's own copy of a blob (the fetcher,
@@ -43,7 +46,10 @@ type fetcher struct {
 	store fetchStore
 	// candidates are the peers to ask for an ID, best first.
 	candidates func(dtfc.ID) []*remote
-	// evict, on a cache (nil on a replica), makes room for incoming
+	// toFeed: fills enter the change feed (a replica's; a cache's fills
+	// are nobody's news).
+	toFeed bool
+	// evict, on a cache or a tier (nil on a replica), makes room for incoming
 	// bytes (0: just keep under max_bytes).
 	evict    func(incoming int64) (int, error)
 	log      *slog.Logger
@@ -78,9 +84,10 @@ type fetchStore interface {
 func newFetcher(c *Cluster, maxFetches, sources int) *fetcher {
 	f := &fetcher{store: c.store, candidates: c.candidates, log: c.log, metrics: c.metrics, sources: sources,
 		inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
-	if c.isCache() {
+	if c.isCache() || c.isTier() {
 		f.evict = c.evict
 	}
+	f.toFeed = !c.isCache()
 	return f
 }
 
@@ -458,7 +465,7 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	}
 	if err == nil {
 		release()
-		_, err = w.CommitState(st, !cache)
+		_, err = w.CommitState(st, f.toFeed)
 	}
 	switch {
 	case err == nil:

@@ -70,7 +70,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 		}, []string{"peer"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_cache_evictions_total",
-			Help: "Blobs a cache evicted to stay under its size limit.",
+			Help: "Blobs a cache (or a tier: their bytes only) evicted to stay under its size limit.",
 		}),
 		tombstonesPurged: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "dtfc_tombstones_expired_total",

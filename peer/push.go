@@ -55,6 +55,7 @@ type feedStore interface {
 	CountChanges(since uint64, deletesOnly bool) (int64, error)
 	Open(id dtfc.ID) (*blobstore.Blob, error)
 	Stat(id dtfc.ID) (dtfc.State, error)
+	Evicted(id dtfc.ID) bool
 	Value(key string) ([]byte, error)
 	SetValue(key string, v []byte) error
 }
@@ -513,7 +514,7 @@ func kindOf(st dtfc.State) string {
 // sendBlob sends a blob's bytes with its state. If the blob is gone
 // meanwhile, nothing is sent (see openToSend).
 func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error {
-	b, err := c.openToSend(st)
+	b, err := c.openToSend(ctx, st)
 	if b == nil || err != nil {
 		return err
 	}
@@ -526,17 +527,42 @@ func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error 
 // the blob is gone meanwhile (its newer state is later in the feed), or
 // its record is still there but its file is lost (it is fetched back
 // from a peer, and the peer gets the state again with the repair's feed
-// entry).
-func (c *Cluster) openToSend(st dtfc.State) (*blobstore.Blob, error) {
+// entry). A tier's evicted blob is read back first (from the peers or
+// the archive), for a peer whose cursor went back, or an archive added
+// since: what a tier evicted was acknowledged by every peer then listed.
+func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blob, error) {
 	b, err := c.feedStore().Open(st.ID)
-	if errors.Is(err, blobstore.ErrNotFound) {
-		if cur, serr := c.feedStore().Stat(st.ID); serr == nil && !cur.Deleted {
-			c.log.Warn("a record's file is missing; fetching it again", "id", st.ID.String())
-			c.goRepair(cur)
-		}
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		return b, err
+	}
+	cur, serr := c.feedStore().Stat(st.ID)
+	if serr != nil || cur.Deleted {
 		return nil, nil
 	}
-	return b, err
+	if c.feedStore().Evicted(st.ID) {
+		if err := c.readBack(ctx, st.ID); err != nil {
+			return nil, fmt.Errorf("reading back evicted %s to send it: %w", st.ID, err)
+		}
+		b, err := c.feedStore().Open(st.ID)
+		if errors.Is(err, blobstore.ErrNotFound) {
+			return nil, nil // deleted (or evicted again) meanwhile
+		}
+		return b, err
+	}
+	c.log.Warn("a record's file is missing; fetching it again", "id", st.ID.String())
+	c.goRepair(cur)
+	return nil, nil
+}
+
+// readBack brings a tier's evicted blob back into the store, as a read
+// would.
+func (c *Cluster) readBack(ctx context.Context, id dtfc.ID) error {
+	b, err := c.Open(ctx, id, OpenOptions{})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return b.Wait(ctx)
 }
 
 // putOne sends an open blob's bytes with its state, alone. (A batch
@@ -581,7 +607,7 @@ func (c *Cluster) sendBlobs(ctx context.Context, r *remote, bt batchTarget, sts 
 	}()
 	var alone []openBlob
 	for k, st := range sts {
-		b, err := c.openToSend(st)
+		b, err := c.openToSend(ctx, st)
 		switch {
 		case b == nil:
 			done(k, err)

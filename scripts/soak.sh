@@ -16,7 +16,8 @@
 #   scripts/soak.sh --no-list-self --no-list-twice   # plain peer lists
 #   scripts/soak.sh --no-leave               # no member leaves and comes back
 #   scripts/soak.sh --short --archive        # an S3 archive peer (versitygw): its
-#                                            # outages, a node fed only by the bucket
+#                                            # outages, a node fed only by the bucket,
+#                                            # the last replica a tier (max_bytes)
 #
 # Prints the seed first, then the report; on a violation, the events that
 # matter and the replay command, and exits non-zero. The event log, plan

@@ -115,6 +115,9 @@ func (s *Server) openError(w http.ResponseWriter, r *http.Request, err error) er
 	switch {
 	case errors.Is(err, blobstore.ErrNotFound):
 		return httpstatus.ErrNotFound
+	case errors.Is(err, peer.ErrEvictedUnreachable):
+		w.Header().Set("Retry-After", "5")
+		return httpstatus.Errorf(http.StatusServiceUnavailable, "%v", err)
 	case r.Method == http.MethodHead && errors.Is(err, peer.ErrNotFound):
 		return httpstatus.ErrNotFound
 	case errors.Is(err, peer.ErrNotFound):

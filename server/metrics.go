@@ -61,7 +61,7 @@ func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
 		}, func() float64 { n, _ := s.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "dtfc_blob_bytes",
-			Help: "Total size of the blobs held on this node.",
+			Help: "Total size of the blobs held on this node (on a tier, of the bytes on its disk: not those evicted to the archive).",
 		}, func() float64 { _, b := s.stats(); return float64(b) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -203,7 +205,38 @@ func (r *Runner) checkArchive(round int, entries map[string]Entry, states map[st
 	r.logf("round %d: archive: %d S3 outages so far; converged then stirred again %d times; newest records of %d IDs checked in %v; bucket-only node %s; %d violations",
 		round, ar.outage, ar.stirred, len(entries), bucketTook.Round(10*time.Millisecond),
 		map[bool]string{true: fmt.Sprintf("converged and checked in %v", waited.Round(10*time.Millisecond)), false: "not started"}[ar.node != nil], len(out))
+	for i, tier := range r.tier {
+		if tier && i < len(views) {
+			r.logf("round %d: tier node %d: %s evictions so far, %d files on its disk", round, i, r.metric(i, "dtfc_cache_evictions_total"), len(views[i].Files))
+		}
+	}
 	return out
+}
+
+// metric is node i's value of an unlabelled metric, as /metrics prints
+// it ("?" if it cannot be read).
+func (r *Runner) metric(i int, name string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.c.Nodes[i].URL+"/metrics", nil)
+	if err != nil {
+		return "?"
+	}
+	res, err := r.hc.Do(req)
+	if err != nil {
+		return "?"
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, 4<<20))
+	if err != nil {
+		return "?"
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
+			return v
+		}
+	}
+	return "?"
 }
 
 // checkBucket compares the bucket's newest record of every ID with the
@@ -461,4 +494,33 @@ func firstFew(ids []string) string {
 		return strings.Join(ids[:5], ", ") + ", ..."
 	}
 	return strings.Join(ids, ", ")
+}
+
+// archiveHolds reports whether the bucket holds the blob of id (a tier
+// counts as its holder once it evicted it).
+func (r *Runner) archiveHolds(id string) bool {
+	if r.arch == nil {
+		return false
+	}
+	parsed, err := dtfc.ParseID(id)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ok, err := r.arch.a.HasBlob(ctx, parsed)
+	return err == nil && ok
+}
+
+// tierHolds counts a tier's live state as held when its bytes are in the
+// archive: it evicted them (read back on demand), which is not a loss.
+func (r *Runner) tierHolds(states map[string][]NodeState) {
+	for id, ss := range states {
+		for i := range ss {
+			s := &ss[i]
+			if i < len(r.tier) && r.tier[i] && s.Code == 200 && !s.Stamp.Deleted && !s.Held {
+				s.Held = r.archiveHolds(id)
+			}
+		}
+	}
 }

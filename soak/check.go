@@ -117,6 +117,10 @@ type NodeView struct {
 	// Cache is true for a cache: it need not hold anything, but must
 	// not hold a deleted or blocked file, nor wrong bytes.
 	Cache bool
+	// Tier is true for a tier (Config.Tier): a replica whose disk need
+	// not hold every present file (it evicts to the archive), checked on
+	// its disk like a cache and on its states like a replica.
+	Tier bool
 	// Files are the blob files under blobs/, by name.
 	Files map[string]FileView
 	// Strays are paths under blobs/ that are not blobs/ab/cd/<id>.
@@ -152,7 +156,7 @@ func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 	}
 	readable := 0
 	for _, n := range nodes {
-		if n.Err == nil && !n.Cache {
+		if n.Err == nil && n.holdsAll() {
 			readable++
 		}
 	}
@@ -167,6 +171,10 @@ func Check(nodes []NodeView, entries map[string]Entry) []Violation {
 	}
 	return f
 }
+
+// holdsAll reports whether n's disk must hold every present file: a
+// replica's, not a cache's or a tier's.
+func (n NodeView) holdsAll() bool { return !n.Cache && !n.Tier }
 
 // findings collects violations.
 type findings []Violation
@@ -186,7 +194,7 @@ func (f *findings) checkNode(n NodeView, entries map[string]Entry, all, replicas
 	for _, id := range sortedIDs(n.Files) {
 		file := n.Files[id]
 		all[id] = append(all[id], n.Index)
-		if !n.Cache {
+		if n.holdsAll() {
 			replicas[id] = append(replicas[id], n.Index)
 		}
 		if file.Sum != id {
@@ -207,7 +215,8 @@ func (f *findings) checkNode(n NodeView, entries map[string]Entry, all, replicas
 			f.add(4, VQueue, n.Index, "", "%d operations queued for %s", q, url)
 		}
 	}
-	if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) {
+	if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) && !(n.Tier && n.StatusBlobs > int64(len(n.Files))) {
+		// (A tier records more files than it holds: those it evicted.)
 		f.add(4, VStatus, n.Index, "", "/_status says %d blobs, blobs/ holds %d files%s", n.StatusBlobs, len(n.Files), unheld(n.Unheld))
 	}
 	if n.Resyncing {
@@ -229,6 +238,9 @@ func (f *findings) checkEntry(id string, e Entry, nodes []NodeView, holders, rep
 				continue
 			}
 			file, ok := n.Files[id]
+			if !ok && n.Tier {
+				continue // evicted: its record is checked with the states
+			}
 			switch {
 			case !ok:
 				f.add(1, VLostUpload, n.Index, id, "file %d, %d bytes, acknowledged at event %d", e.File.Index, e.File.Size, last.Seq)

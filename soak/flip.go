@@ -169,7 +169,8 @@ func (r *Runner) refreshFlips() (pending []string) {
 				entries = r.ledger.Entries()
 			}
 			e := entries[k.id]
-			if want, _ := e.Want(); r.cache[k.node] || want != Present {
+			// (A cache's or a tier's blob may be evicted.)
+			if want, _ := e.Want(); r.cache[k.node] || r.tier[k.node] || want != Present {
 				f.repaired, f.how = time.Now(), "removed"
 				continue
 			}

@@ -79,11 +79,16 @@ func (r *Runner) readPresent(entries map[string]Entry, ids []string, rng *rand.R
 	var out []Violation
 	for _, id := range ids {
 		node := replicas[rng.IntN(len(replicas))]
-		class, res, v := r.getChecked(node, id, Op{Kind: OpRead, File: entries[id].File, NoPeer: true})
+		// A tier holds the bytes it evicted in its archive: it may fetch.
+		class, res, v := r.getChecked(node, id, Op{Kind: OpRead, File: entries[id].File, NoPeer: !r.tier[node]})
 		if v != nil {
 			out = append(out, *v)
 		} else if class != "200 verified" {
-			out = append(out, Violation{Invariant: 1, Kind: VLostUpload, Node: node, ID: id, Detail: "GET ?nopeerload=1 after convergence: " + res})
+			how := "GET ?nopeerload=1"
+			if r.tier[node] {
+				how = "GET of a tier"
+			}
+			out = append(out, Violation{Invariant: 1, Kind: VLostUpload, Node: node, ID: id, Detail: how + " after convergence: " + res})
 		}
 	}
 	return out
@@ -157,7 +162,7 @@ func (r *Runner) readFlipped(entries map[string]Entry) []Violation {
 	for _, k := range keys {
 		f := flips[k]
 		e := entries[k.id]
-		op := Op{Kind: OpRead, File: e.File, NoPeer: !r.cache[k.node]}
+		op := Op{Kind: OpRead, File: e.File, NoPeer: !r.cache[k.node] && !r.tier[k.node]}
 		class, res, v := r.getChecked(k.node, k.id, op)
 		line := Line{T: r.log.Since(time.Now()), Round: int(r.round.Load()), Actor: "check", Kind: OpRead, Node: k.node, Peer: -1,
 			File: e.File.Index, ID: k.id, Size: e.File.Size, Detail: fmt.Sprintf("the blob flipped %v before, %s", time.Since(f.at).Round(100*time.Millisecond), cmp.Or(f.how, "NOT repaired")), Result: res}

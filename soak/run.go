@@ -83,6 +83,8 @@ type Runner struct {
 
 	// cache marks the caches, by node index (fixed from the start).
 	cache []bool
+	// tier marks the tiers (Config.Tier), by node index.
+	tier []bool
 	// basedirs are the nodes' basedirs by index, guarded by mu (the
 	// workers look at disks for ?replicas=N).
 	basedirs []string
@@ -127,11 +129,13 @@ func NewRunner(t testing.TB, cfg Config, short bool) *Runner {
 		noWrites: make([]atomic.Bool, plan.MaxNodes()),
 		hashes:   make([]hashCache, plan.MaxNodes()),
 		cache:    make([]bool, plan.MaxNodes()),
+		tier:     make([]bool, plan.MaxNodes()),
 		skewed:   map[int]time.Duration{},
 		flips:    map[flipKey]*flip{},
 	}
 	for i := range r.cache {
 		r.cache[i] = plan.Cache(i)
+		r.tier[i] = plan.Tier(i)
 	}
 	for i := range r.hashes {
 		r.hashes[i] = hashCache{}
@@ -214,6 +218,7 @@ func (r *Runner) Run() *Report {
 			roles[i] = cluster.RoleCache
 			nodeArgs[i] = []string{"--max-bytes", fmt.Sprint(p.CacheMaxBytes)}
 		}
+
 	}
 	args := []string{
 		// A ?replicas=N upload waits at most this long for its 504.
@@ -227,6 +232,14 @@ func (r *Runner) Run() *Report {
 	var extraPeers func(int) string
 	if p.Archive {
 		r.startArchive()
+		for i := range roles {
+			switch {
+			case r.arch == nil:
+				r.tier[i] = false // no archive, no tier
+			case r.tier[i]:
+				nodeArgs[i] = []string{"--max-bytes", fmt.Sprint(TierMaxBytes)}
+			}
+		}
 		if ar := r.arch; ar != nil {
 			args = append(args, "--archive-interval", ArchiveInterval.String())
 			extraPeers = func(int) string { return ar.entry }
@@ -267,6 +280,11 @@ func (r *Runner) Run() *Report {
 	r.logf("cluster of %d nodes (%d caches of %d MiB) up in %v; tombstone retention %v, expiry %v, max clock offset %v, scrub every %v; peer lists: self %v, every peer twice %v",
 		p.Nodes, p.Caches, p.CacheMaxBytes>>20, time.Since(r.start).Round(time.Millisecond), p.Retention, p.Expiry, p.MaxClockOffset,
 		p.ScrubInterval, !p.NoListSelf, !p.NoListTwice)
+	for i, tier := range r.tier {
+		if tier {
+			r.logf("node %d is a tier: a replica with --max-bytes %d MiB, evicting to the archive", i, TierMaxBytes>>20)
+		}
+	}
 
 	for round := range p.Rounds() {
 		r.round.Store(int64(round))
@@ -492,6 +510,8 @@ func (r *Runner) checkReplicas(id string, want int) *Violation {
 		}
 		if _, err := os.Stat(filepath.Join(dir, "blobs", id[:2], id[2:4], id)); err == nil {
 			holders = append(holders, i)
+		} else if r.tier[i] && r.archiveHolds(id) {
+			holders = append(holders, i) // evicted already: its archive holds it
 		}
 	}
 	if len(holders) >= want {
@@ -1109,7 +1129,7 @@ func (r *Runner) converge(round int, healed time.Time) (conv time.Duration, wait
 func (r *Runner) nodeViews() []NodeView {
 	var views []NodeView
 	for i, n := range r.c.Nodes {
-		v := NodeView{Index: i, Cache: r.cache[i], StatusBlobs: -1, Queues: map[string]int64{}}
+		v := NodeView{Index: i, Cache: r.cache[i], Tier: r.tier[i], StatusBlobs: -1, Queues: map[string]int64{}}
 		var hashed int64
 		v.Files, v.Strays, v.Temp, hashed, v.Err = ScanNode(n.Basedir, r.hashes[i])
 		r.report.Hashed += hashed
@@ -1166,6 +1186,7 @@ func (r *Runner) check(round int, entries map[string]Entry, views []NodeView, sc
 	// Invariant 6, the model check, and the deny lists.
 	t0 := time.Now()
 	states := r.fetchStates(entries)
+	r.tierHolds(states)
 	violations = append(violations, CheckStates(states, r.cache[:len(c.Nodes)], entries, r.nodeName)...)
 	lists := r.fetchDeny()
 	violations = append(violations, CheckDeny(lists, entries)...)

@@ -237,6 +237,19 @@ func (c Config) withDefaults(d Config) Config {
 // Cache reports whether node i is a cache (the joined node is a replica).
 func (c Config) Cache(i int) bool { return i < c.Nodes && i >= c.Nodes-c.Caches }
 
+// Tier reports whether node i is a tier: with Archive, the last
+// replica (when there are two or more) runs with --max-bytes
+// TierMaxBytes, keeping only the recently read blobs' bytes and reading
+// the rest back from the archive. It stays a replica in every check but
+// those of its disk: reads after convergence may fetch, and an eviction
+// is not a loss.
+func (c Config) Tier(i int) bool {
+	return c.Archive && c.Replicas() >= 2 && i == c.Replicas()-1
+}
+
+// TierMaxBytes is the tier's --max-bytes (see Config.Tier).
+const TierMaxBytes = 8 << 20
+
 // Replicas is the number of replicas started.
 func (c Config) Replicas() int { return c.Nodes - c.Caches }
 

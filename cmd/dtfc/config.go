@@ -207,7 +207,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.StringVar(&c.Peerlist, "peerlist", c.Peerlist, "peer list TOML file; none = a single node")
 	fs.Var(c.Join.asFlag(), "join", "URL of a member to join the cluster through (it and every member learn of this node); repeatable")
 	fs.TextVar(&c.Role, "role", c.Role, "replica (holds every file) or cache (holds what was read through it)")
-	fs.Var(&c.MaxBytes, "max-bytes", "for a cache: size of the local store to stay under (0 = no limit)")
+	fs.Var(&c.MaxBytes, "max-bytes", "size of the local store to stay under (0 = no limit): a cache evicts; a replica with an archive in its peer list keeps only recently read blobs' bytes")
 	fs.BoolVar(&c.Verbose, "verbose", c.Verbose, "debug logging")
 	fs.BoolVar(&c.Verbose, "v", c.Verbose, "debug logging (shorthand)")
 	fs.Var(&c.MaxUploadBytes, "max-upload-bytes", "larger uploads get 413 (0 = no limit)")
@@ -331,8 +331,8 @@ func (c *Config) validate() error {
 	if c.MaxBytes < 0 || c.MaxUploadBytes < 0 || c.ScrubRate < 0 {
 		errs = append(errs, errors.New("sizes cannot be negative"))
 	}
-	if c.MaxBytes > 0 && !c.Role.IsCache() {
-		errs = append(errs, errors.New("max_bytes applies to caches only: a replica holds every file (set role = \"cache\")"))
+	if c.MaxBytes > 0 && !c.Role.IsCache() && c.Peerlist == "" {
+		errs = append(errs, errors.New("max_bytes on a replica needs an archive (an s3:// entry with role = \"archive\") in its peerlist: a replica evicts only what an archive holds; or set role = \"cache\""))
 	}
 	if c.Basedir == "" {
 		errs = append(errs, errors.New("basedir is empty"))

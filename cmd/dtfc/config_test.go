@@ -58,7 +58,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "bad duration", file: "idle_timeout = \"soon\"\n", wantErr: "not a duration"},
 		{name: "bad size", args: []string{"--max-bytes", "lots"}, wantErr: "not a size"},
 		{name: "bad role", args: []string{"--role", "leader"}, wantErr: `role "leader"`},
-		{name: "max_bytes on a replica", args: []string{"--max-bytes", "1GB"}, wantErr: "caches only"},
+		{name: "max_bytes on a replica without a peer list", args: []string{"--max-bytes", "1GB"}, wantErr: "needs an archive"},
+		{name: "max_bytes on a replica with a peer list", args: []string{"--max-bytes", "1GB", "--peerlist", "p.toml"}, check: func(t *testing.T, c Config) {
+			assert.EqualValues(t, 1_000_000_000, c.MaxBytes) // the list's archive is checked at start (peer.New)
+		}},
 		{name: "bad me", args: []string{"--me", "ftp://x"}, wantErr: "want a URL"},
 		{name: "bad port", args: []string{"--port", "70000"}, wantErr: "port 70000"},
 		{name: "zero interval", file: "anti_entropy_interval = \"0s\"\n", wantErr: "anti_entropy_interval must be positive"},

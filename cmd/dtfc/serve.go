@@ -109,7 +109,8 @@ func serveLogger(c Config, stderr io.Writer) (*slog.Logger, *server.Recent) {
 func openStore(c Config, log *slog.Logger, wall func() time.Time) (*blobstore.Store, error) {
 	return blobstore.Open(c.Basedir, blobstore.Options{
 		Logger:         log.With("component", "blobstore"),
-		TrackAccess:    c.Role.IsCache(),
+		TrackAccess:    c.Role.IsCache() || c.MaxBytes > 0,
+		Tier:           !c.Role.IsCache() && c.MaxBytes > 0,
 		Wall:           wall,
 		MaxClockOffset: time.Duration(c.MaxClockOffset),
 	})

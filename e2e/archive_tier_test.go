@@ -1,0 +1,210 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/internal/versitygw"
+)
+
+// heldBytes is the size of the files under node i's blobs/.
+func heldBytes(c *cluster.Cluster, i int) int64 {
+	var n int64
+	for _, size := range c.BlobFiles(i) {
+		n += size
+	}
+	return n
+}
+
+// archiveErrors is node 0's count of failed requests to archive b.
+func archiveErrors(t *testing.T, c *cluster.Cluster, b *bucket) int64 {
+	t.Helper()
+	st, ok := archiveStatus(t, c, b)
+	if !ok || st.Archive == nil {
+		return 0
+	}
+	return st.Archive.Errors
+}
+
+// TestArchiveTier: a replica with max_bytes and an archive (a tier)
+// keeps the bytes of the most recently read blobs under the limit and
+// the records of all; an evicted blob is read back from the archive
+// (verified, X-Dtfc-Source: peer) and a HEAD answers from the record.
+// With the S3 server stopped, uploads are acknowledged and none is
+// evicted while the archive has not taken it; evicted blobs answer 503
+// meanwhile, not 404. A delete of an evicted blob holds across a
+// restart, and every other blob still reads back.
+func TestArchiveTier(t *testing.T) {
+	const size, limit = 50 << 10, 200 << 10
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "tier")
+	c := archiveNodes(t, b, "--archive-interval", "1h", "--max-bytes", fmt.Sprint(limit))
+	hc := newClient(t)
+	base := c.Nodes[0].URL
+
+	blobs := map[string][]byte{}
+	var order []string
+	for i := range 12 {
+		data := randomBytes(size + i)
+		status, id := upload(t, hc, base, fmt.Sprintf("t%d", i), data)
+		require.Equal(t, http.StatusCreated, status)
+		blobs[id] = data
+		order = append(order, id)
+	}
+	eventually(t, 30*time.Second, "the archive took every upload and the node went under max_bytes", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0 && heldBytes(c, 0) <= limit
+	})
+	files := c.BlobFiles(0)
+	assert.LessOrEqual(t, len(files), 4, "at most 4 blobs of 50 KiB held under 200 KiB")
+	for id, data := range blobs {
+		assert.True(t, b.holds(id, data), "only what the archive holds was evicted: %s", id[:12])
+	}
+
+	// Every record stays: a HEAD answers from it without moving bytes.
+	evicted := ""
+	for _, id := range order {
+		if _, held := files[id]; held {
+			continue
+		}
+		evicted = id
+		req, err := http.NewRequest(http.MethodHead, base+"/"+id, nil)
+		require.NoError(t, err)
+		res, err := hc.Do(req)
+		require.NoError(t, err)
+		res.Body.Close()
+		assert.Equal(t, http.StatusOK, res.StatusCode, "HEAD of evicted %s", id[:12])
+		assert.Equal(t, fmt.Sprint(len(blobs[id])), res.Header.Get("Content-Length"))
+		res, _ = get(t, hc, base+"/"+id+"?nopeerload=1")
+		assert.Equal(t, http.StatusNotFound, res.StatusCode, "its bytes are not here")
+	}
+	require.NotEmpty(t, evicted)
+
+	// Reads bring evicted blobs back, verified; the node stays under
+	// max_bytes as it reads.
+	for _, id := range order {
+		_, held := files[id]
+		res, body := get(t, hc, base+"/"+id)
+		require.Equal(t, http.StatusOK, res.StatusCode, "GET %s", id[:12])
+		assert.True(t, bytes.Equal(blobs[id], body), "the bytes of %s", id[:12])
+		if !held {
+			assert.Equal(t, "peer", res.Header.Get("X-Dtfc-Source"), "%s read back from the archive", id[:12])
+		}
+	}
+	eventually(t, 10*time.Second, "under max_bytes after the reads", func() bool { return heldBytes(c, 0) <= limit })
+	last := order[len(order)-1]
+	res, _ := get(t, hc, base+"/"+last+"?nopeerload=1")
+	assert.Equal(t, http.StatusOK, res.StatusCode, "the most recently read blob is held")
+
+	// The S3 server stopped: uploads are taken and kept, none evicted
+	// while the archive lacks it, however long.
+	s.Stop(t)
+	var fresh []string
+	for i := range 6 {
+		data := randomBytes(size + 100 + i)
+		status, id := upload(t, hc, base, fmt.Sprintf("down%d", i), data)
+		require.Equal(t, http.StatusCreated, status)
+		blobs[id] = data
+		fresh = append(fresh, id)
+	}
+	before := archiveErrors(t, c, b)
+	eventually(t, 30*time.Second, "pushes to the stopped archive failed twice more", func() bool {
+		return archiveErrors(t, c, b) >= before+2
+	})
+	files = c.BlobFiles(0)
+	for _, id := range fresh {
+		_, held := files[id]
+		assert.True(t, held, "upload %s not yet archived is kept", id[:12])
+	}
+	assert.Greater(t, heldBytes(c, 0), int64(limit), "above max_bytes rather than evict what the archive lacks")
+	var gone string
+	for _, id := range order {
+		if _, held := files[id]; !held {
+			gone = id
+			break
+		}
+	}
+	require.NotEmpty(t, gone)
+	res, body := get(t, hc, base+"/"+gone)
+	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "an evicted blob with its archive down: %s", body)
+	assert.NotEmpty(t, res.Header.Get("Retry-After"))
+
+	s.Start(t)
+	eventually(t, 60*time.Second, "the queue drained and the node back under max_bytes", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0 && heldBytes(c, 0) <= limit
+	})
+
+	// A delete of an evicted blob holds, across a restart.
+	files = c.BlobFiles(0)
+	var victim string
+	for _, id := range order {
+		if _, held := files[id]; !held {
+			victim = id
+			break
+		}
+	}
+	require.NotEmpty(t, victim)
+	deleteID(t, hc, base, victim)
+	res, _ = get(t, hc, base+"/"+victim)
+	assert.Equal(t, http.StatusNotFound, res.StatusCode)
+	eventually(t, 20*time.Second, "the delete in the bucket", func() bool {
+		for _, st := range b.states(t, victim) {
+			if st.Deleted {
+				return true
+			}
+		}
+		return false
+	})
+	c.Nodes[0].Stop()
+	c.Nodes[0].Start()
+	res, _ = get(t, hc, base+"/"+victim)
+	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the deleted blob stays deleted")
+	for id, data := range blobs {
+		if id == victim {
+			continue
+		}
+		res, body := get(t, hc, base+"/"+id)
+		require.Equal(t, http.StatusOK, res.StatusCode, "GET %s after the restart", id[:12])
+		assert.True(t, bytes.Equal(data, body), "the bytes of %s", id[:12])
+	}
+	eventually(t, 10*time.Second, "under max_bytes", func() bool { return heldBytes(c, 0) <= limit })
+}
+
+// TestArchiveTierNeedsArchive: max_bytes on a replica whose peer list
+// names no archive refuses the start, and so does a refresh of a tier's
+// peer list that drops its archive (the current list stays).
+func TestArchiveTierNeedsArchive(t *testing.T) {
+	dir := t.TempDir()
+	list := filepath.Join(dir, "peers.toml")
+	require.NoError(t, os.WriteFile(list, []byte("[[peers]]\nurl = \"http://127.0.0.1:1\"\n"), 0o644))
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, cluster.Binary(t), "serve", "--host", "127.0.0.1", "--port", "0",
+		"--basedir", filepath.Join(dir, "data"), "--peerlist", list, "--max-bytes", "1MiB").CombinedOutput()
+	require.Error(t, err, "the node started:\n%s", out)
+	require.NoError(t, ctx.Err(), "the node did not exit:\n%s", out)
+	assert.Contains(t, string(out), "needs an archive")
+
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "tierlist")
+	c := archiveNodes(t, b, "--max-bytes", "1MiB")
+	hc := newClient(t)
+	require.NoError(t, os.WriteFile(c.Nodes[0].PeerList, []byte(""), 0o644))
+	status, body := refresh(t, hc, c)
+	assert.Equal(t, http.StatusUnprocessableEntity, status)
+	assert.Contains(t, body, "needs an archive")
+	_, ok := archiveStatus(t, c, b)
+	assert.True(t, ok, "the archive is still listed")
+}
