@@ -208,3 +208,56 @@ func TestArchiveTierNeedsArchive(t *testing.T) {
 	_, ok := archiveStatus(t, c, b)
 	assert.True(t, ok, "the archive is still listed")
 }
+
+// TestArchiveTierPushesReadBack: a tier evicts what its archive holds
+// while a replica peer is down (a peer does not hold evictions back), and
+// when the peer returns, the tier reads each evicted blob back to push it:
+// the peer, which does not list the archive itself, gets every file.
+func TestArchiveTierPushesReadBack(t *testing.T) {
+	const size, limit = 50 << 10, 150 << 10
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "tierpush")
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Direct: true,
+		Args:     []string{"--archive-interval", "1h"},
+		NodeArgs: map[int][]string{0: {"--max-bytes", fmt.Sprint(limit)}},
+		ExtraPeers: func(i int) string {
+			if i == 0 {
+				return b.entry()
+			}
+			return ""
+		}})
+	hc := newClient(t)
+	c.Nodes[1].Stop()
+	blobs := map[string][]byte{}
+	for i := range 10 {
+		data := randomBytes(size + i)
+		status, id := upload(t, hc, c.Nodes[0].URL, fmt.Sprintf("p%d", i), data)
+		require.Equal(t, http.StatusCreated, status)
+		blobs[id] = data
+	}
+	eventually(t, 30*time.Second, "the tier under max_bytes with its peer down", func() bool {
+		n, ok := queueOf(t, c, 0, b.URL())
+		return ok && n == 0 && heldBytes(c, 0) <= limit
+	})
+	c.Nodes[1].Start()
+	defer func() {
+		if t.Failed() {
+			t.Logf("peer files: %v; tier files: %v", c.BlobFiles(1), c.BlobFiles(0))
+		}
+	}()
+	eventually(t, 60*time.Second, "the returning peer holds every file", func() bool {
+		files := c.BlobFiles(1)
+		for id := range blobs {
+			if _, ok := files[id]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+	for id, data := range blobs {
+		res, body := get(t, hc, c.Nodes[1].URL+"/"+id+"?nopeerload=1")
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		assert.True(t, bytes.Equal(data, body), "the bytes of %s on the peer", id[:12])
+	}
+	eventually(t, 20*time.Second, "the tier back under max_bytes", func() bool { return heldBytes(c, 0) <= limit })
+}

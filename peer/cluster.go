@@ -589,7 +589,7 @@ func (c *Cluster) goLoop(ctx context.Context, f func(context.Context)) {
 
 // evict makes room in a cache or a tier for incoming bytes. A cache never
 // evicts what no replica has accepted yet (its own uploads); a tier
-// never what its archives and replica peers have not all accepted.
+// never what its archives have not all accepted.
 func (c *Cluster) evict(incoming int64) (int, error) {
 	if c.opts.MaxBytes <= 0 {
 		return 0, nil
@@ -603,21 +603,18 @@ func (c *Cluster) evict(incoming int64) (int, error) {
 	return len(ev), err
 }
 
-// tierAcked is the feed position every archive and every replica peer
-// accepted (0 without an archive): the bytes of an upload up to it are
-// in each archive, so a tier may evict them. A replica peer counts too,
-// so that pushes to it never need bytes read back; one marked expired
-// does not (it resyncs, and takes what it lacks from any holder).
+// tierAcked is the feed position every archive accepted (0 without an
+// archive): the bytes of every upload up to it are in each archive, so a
+// tier may evict them. Replica peers do not count: one down for days
+// would otherwise fill the tier's disk; a pusher whose peer then needs
+// an evicted blob's bytes reads them back first (openToSend).
 func (c *Cluster) tierAcked() uint64 {
 	acked, archives := uint64(math.MaxUint64), 0
 	for _, r := range c.mem.Load().remotes {
-		if r.Self() || r.IsCache() || (r.isExpired() && !r.Peer.IsArchive()) {
-			continue
-		}
 		if r.Peer.IsArchive() {
 			archives++
+			acked = min(acked, c.cursorOf(r.URL))
 		}
-		acked = min(acked, c.cursorOf(r.URL))
 	}
 	if archives == 0 {
 		return 0

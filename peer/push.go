@@ -528,8 +528,8 @@ func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error 
 // its record is still there but its file is lost (it is fetched back
 // from a peer, and the peer gets the state again with the repair's feed
 // entry). A tier's evicted blob is read back first (from the peers or
-// the archive), for a peer whose cursor went back, or an archive added
-// since: what a tier evicted was acknowledged by every peer then listed.
+// the archive): a tier evicts what its archives accepted, before a peer
+// that is down, new, or whose cursor went back has it.
 func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blob, error) {
 	b, err := c.feedStore().Open(st.ID)
 	if !errors.Is(err, blobstore.ErrNotFound) {
@@ -540,14 +540,22 @@ func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blo
 		return nil, nil
 	}
 	if c.feedStore().Evicted(st.ID) {
-		if err := c.readBack(ctx, st.ID); err != nil {
-			return nil, fmt.Errorf("reading back evicted %s to send it: %w", st.ID, err)
+		// Open holds it until sent; between the read-back and the open
+		// other read-backs may evict it again: then again, a few times,
+		// and a failure (retried) rather than a send skipped.
+		for range 3 {
+			if err := c.readBack(ctx, st.ID); err != nil {
+				return nil, fmt.Errorf("reading back evicted %s to send it: %w", st.ID, err)
+			}
+			b, err := c.feedStore().Open(st.ID)
+			if !errors.Is(err, blobstore.ErrNotFound) {
+				return b, err
+			}
+			if cur, serr := c.feedStore().Stat(st.ID); serr != nil || cur.Deleted {
+				return nil, nil // deleted meanwhile
+			}
 		}
-		b, err := c.feedStore().Open(st.ID)
-		if errors.Is(err, blobstore.ErrNotFound) {
-			return nil, nil // deleted (or evicted again) meanwhile
-		}
-		return b, err
+		return nil, fmt.Errorf("evicted %s was evicted again before it could be sent", st.ID)
 	}
 	c.log.Warn("a record's file is missing; fetching it again", "id", st.ID.String())
 	c.goRepair(cur)
