@@ -373,6 +373,21 @@ func (a *Archive) HasBlob(ctx context.Context, id dtfc.ID) (bool, error) {
 	return err == nil, err
 }
 
+// BlobSize returns the size of blob id's object, and whether there is
+// one.
+func (a *Archive) BlobSize(ctx context.Context, id dtfc.ID) (int64, bool, error) {
+	key := a.BlobKey(id)
+	out, err := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
+	err = a.wrap("head", key, err)
+	if errors.Is(err, ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return aws.ToInt64(out.ContentLength), true, nil
+}
+
 // OpenBlob opens blob id's object from byte off on, and returns its
 // whole size. The bytes are the bucket's: the caller verifies them.
 func (a *Archive) OpenBlob(ctx context.Context, id dtfc.ID, off int64) (io.ReadCloser, int64, error) {

@@ -8,12 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/internal/cluster"
 	"github.com/dtfc/dtfc/internal/versitygw"
 )
@@ -260,4 +262,40 @@ func TestArchiveTierPushesReadBack(t *testing.T) {
 		assert.True(t, bytes.Equal(data, body), "the bytes of %s on the peer", id[:12])
 	}
 	eventually(t, 20*time.Second, "the tier back under max_bytes", func() bool { return heldBytes(c, 0) <= limit })
+}
+
+// TestArchiveTierDamagedObject: an upload whose object in the bucket is
+// already there but cut short (damaged, or written by hand) is not taken
+// as archived: the push fails, naming the object, and the tier keeps the
+// bytes; once the object is removed, the push writes it whole and the
+// tier evicts.
+func TestArchiveTierDamagedObject(t *testing.T) {
+	const size, limit = 100 << 10, 60 << 10
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "damaged")
+	data := randomBytes(size)
+	id := dtfc.Sum(data)
+	path := s.Path(b.a.BlobKey(id))
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, data[:size/2], 0o644))
+	c := archiveNodes(t, b, "--archive-interval", "1h", "--max-bytes", fmt.Sprint(limit))
+	hc := newClient(t)
+	status, got := upload(t, hc, c.Nodes[0].URL, "d.bin", data)
+	require.Equal(t, http.StatusCreated, status)
+	require.Equal(t, id.String(), got)
+	eventually(t, 20*time.Second, "the push refused, naming the damaged object", func() bool {
+		return strings.Contains(archiveError(t, c, b), "damaged")
+	})
+	before := archiveErrors(t, c, b)
+	eventually(t, 30*time.Second, "the push failed again", func() bool { return archiveErrors(t, c, b) > before })
+	_, held := c.BlobFiles(0)[id.String()]
+	assert.True(t, held, "not evicted: the bucket does not hold it")
+	require.NoError(t, os.Remove(path))
+	eventually(t, 60*time.Second, "written whole, then evicted", func() bool {
+		_, held := c.BlobFiles(0)[id.String()]
+		return b.holds(id.String(), data) && !held
+	})
+	res, body := get(t, hc, c.Nodes[0].URL+"/"+id.String())
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.True(t, bytes.Equal(data, body))
 }

@@ -321,7 +321,9 @@ func (n *archiveNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadC
 // them, then the record). Deny entries are not kept in a bucket: they
 // are taken as they are. The records written, or found there, are named
 // in this node's log; a state the relay brought from this archive is
-// taken at once (relayed).
+// taken as it is (relayed) once its blob is found there. A blob whose
+// object has another size than its state fails the offer, every time,
+// until the object is removed: what an archive accepted, a tier evicts.
 func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAnswer, error) {
 	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
 	for i := range req.Deny {
@@ -333,18 +335,32 @@ func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAns
 	g.SetLimit(pushParallelism) // each change is a request or two: at once
 	for i, st := range req.Changes {
 		g.Go(func() error {
-			if n.wasRelayed(st) {
+			relayed := n.wasRelayed(st)
+			if relayed && st.Deleted {
 				ans.Results[i] = resultOK
 				return nil
 			}
 			if !st.Deleted {
-				has, err := n.a.HasBlob(gctx, st.ID)
+				// Also for an upload the relay brought from here: its
+				// bytes may have come from a node, the bucket's object
+				// missing or cut short, and a tier evicts what this
+				// archive accepted.
+				size, has, err := n.a.BlobSize(gctx, st.ID)
 				n.seen(err)
 				if err != nil {
 					return err
 				}
 				if !has {
 					ans.Results[i] = resultNeed
+					return nil
+				}
+				if size != st.Size {
+					err := fmt.Errorf("archive %s: the object of blob %s holds %d bytes, not %d: it is damaged; remove it from the bucket and it is written again", n.url, st.ID, size, st.Size)
+					n.seen(err)
+					return err
+				}
+				if relayed {
+					ans.Results[i] = resultOK
 					return nil
 				}
 			}
