@@ -548,14 +548,16 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	held := false
+	held, evicted := false, false
 	if !st.Deleted {
 		if b, err := c.servedStore().Open(id); err == nil {
 			b.Close()
 			held = true
+		} else {
+			evicted = c.store.Evicted(id)
 		}
 	}
-	writeJSON(w, http.StatusOK, stateAnswer{State: bounded(st), Held: held})
+	writeJSON(w, http.StatusOK, stateAnswer{State: bounded(st), Held: held, Evicted: evicted})
 }
 
 // hChanges applies pushed states and deny entries under the

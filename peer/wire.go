@@ -201,6 +201,9 @@ type stateAnswer struct {
 	State dtfc.State `json:"state"`
 	// Held is true if the node holds the blob's bytes.
 	Held bool `json:"held"`
+	// Evicted is true if the node is a tier that evicted the bytes to
+	// its archive (for operators and tests; nodes do not read it).
+	Evicted bool `json:"evicted,omitempty"`
 }
 
 type changesRequest struct {

@@ -512,13 +512,14 @@ func (r *Runner) archiveHolds(id string) bool {
 	return err == nil && ok
 }
 
-// tierHolds counts a tier's live state as held when its bytes are in the
-// archive: it evicted them (read back on demand), which is not a loss.
+// tierHolds counts a tier's live state as held when it evicted the
+// bytes and the archive holds them (read back on demand): not a loss. A
+// record neither held nor evicted stays a loss, as on any replica.
 func (r *Runner) tierHolds(states map[string][]NodeState) {
 	for id, ss := range states {
 		for i := range ss {
 			s := &ss[i]
-			if i < len(r.tier) && r.tier[i] && s.Code == 200 && !s.Stamp.Deleted && !s.Held {
+			if i < len(r.tier) && r.tier[i] && s.Code == 200 && !s.Stamp.Deleted && !s.Held && s.Evicted {
 				s.Held = r.archiveHolds(id)
 			}
 		}

@@ -278,7 +278,9 @@ type NodeState struct {
 	Code  int
 	Stamp Stamp
 	Held  bool
-	Err   string
+	// Evicted: a tier evicted the bytes to its archive (not held).
+	Evicted bool
+	Err     string
 }
 
 func (s NodeState) String() string {

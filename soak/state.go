@@ -22,7 +22,8 @@ type stateAnswer struct {
 		Clock   uint64 `json:"clock"`
 		Node    string `json:"node"`
 	} `json:"state"`
-	Held bool `json:"held"`
+	Held    bool `json:"held"`
+	Evicted bool `json:"evicted"`
 }
 
 // readState asks node (at url) for its state of id. A transport error is
@@ -54,7 +55,7 @@ func (r *Runner) readState(ctx context.Context, node int, url, id string) (NodeS
 			return NodeState{Code: res.StatusCode, Err: "undecodable: " + errText(err)}, nil
 		}
 		st.Stamp = Stamp{Deleted: a.State.Deleted, Clock: a.State.Clock, Node: a.State.Node}
-		st.Held = a.Held
+		st.Held, st.Evicted = a.Held, a.Evicted
 	case http.StatusNotFound:
 	default:
 		st.Err = strings.TrimSpace(string(b))
