@@ -3,6 +3,7 @@ package blobstore
 import (
 	"errors"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -173,6 +174,9 @@ func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, erro
 	var evicted []dtfc.State
 	var after, untrackedAfter []byte
 	lruDone := false
+	// The fallback walks every record: once in a while, not at every
+	// call of a store that cannot get under maxBytes (pinned states).
+	mayWalk := s.untrackedScan.IsZero() || time.Since(s.untrackedScan) >= untrackedEvery
 	for s.bytes.Load()+reserve > maxBytes {
 		var batch []dtfc.ID
 		err := s.db.View(func(tx *bolt.Tx) error {
@@ -199,8 +203,9 @@ func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, erro
 		if err != nil {
 			return evicted, err
 		}
-		if len(batch) == 0 && !lruDone {
+		if len(batch) == 0 && !lruDone && mayWalk {
 			lruDone = true
+			s.untrackedScan = time.Now()
 			continue
 		}
 		if len(batch) == 0 {
@@ -269,6 +274,10 @@ func (s *Store) trackAll() error {
 	}
 	return nil
 }
+
+// untrackedEvery is how often Evict may walk the records for blobs
+// missing from the read order (see untracked).
+const untrackedEvery = 10 * time.Minute
 
 // untracked returns up to n blobs held that are not in the read order,
 // after the key *after (moved on): those no read was recorded for (a

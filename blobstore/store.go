@@ -65,16 +65,19 @@ type Store struct {
 	closeMu     sync.RWMutex // held shared by writers, exclusively by Close
 	closed      bool
 
-	blobs    atomic.Int64
-	bytes    atomic.Int64
-	lastSeq  atomic.Uint64
-	feed     broadcast.Signal // notified at every change of the feed
-	access   accessLog
-	evictMu  sync.Mutex
-	scrubber scrubState
-	small    *smallCache
-	denied   denyCache
-	opener   *blobOpener
+	blobs   atomic.Int64
+	bytes   atomic.Int64
+	lastSeq atomic.Uint64
+	feed    broadcast.Signal // notified at every change of the feed
+	access  accessLog
+	evictMu sync.Mutex
+	// untrackedScan is when Evict last walked the records for blobs
+	// missing from the read order (guarded by evictMu).
+	untrackedScan time.Time
+	scrubber      scrubState
+	small         *smallCache
+	denied        denyCache
+	opener        *blobOpener
 	// partials are the IDs with a resumable writer open (partial.go),
 	// each with the channel its Close closes.
 	partialMu sync.Mutex

@@ -152,7 +152,7 @@ func (c *Cluster) Open(ctx context.Context, id dtfc.ID, opts OpenOptions) (*Blob
 	if err != blobstore.ErrNotFound || opts.LocalOnly {
 		return b, err
 	}
-	evicted := c.isTier() && c.store.Evicted(id)
+	evicted := c.store.Evicted(id) // (also on a tier restarted without max_bytes)
 	if opts.StateOnly {
 		if evicted {
 			// The state is here, the bytes in the archive: a HEAD need

@@ -117,8 +117,10 @@ type Store interface {
 	upkeepStore
 	unconfirmedStore
 	membersStore
-	// Evict makes room on a cache (see blobstore.Store.Evict).
+	// Evict makes room on a cache or a tier (see blobstore.Store.Evict).
 	Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error)
+	// Stats counts the blobs recorded and the bytes held.
+	Stats() (blobs, bytes int64)
 }
 
 var _ Store = (*blobstore.Store)(nil)
@@ -624,17 +626,31 @@ func (c *Cluster) tierAcked() uint64 {
 
 // tierLoop keeps a tier under max_bytes as its archives accept what it
 // holds: uploads and pushes it takes are evicted once acknowledged.
+// An eviction that could not get under the limit (what is left is not
+// archived yet) is not tried again until the archives accept more, or a
+// minute later (reads may have freed some): each try reads the read
+// order through.
 func (c *Cluster) tierLoop(ctx context.Context) {
 	t := time.NewTicker(tierEvery)
 	defer t.Stop()
+	var stuckAt uint64
+	var stuckSince time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := c.evict(0); err != nil && ctx.Err() == nil {
-				c.log.Warn("eviction failed", "err", err)
-			}
+		}
+		acked := c.tierAcked()
+		if !stuckSince.IsZero() && acked == stuckAt && time.Since(stuckSince) < time.Minute {
+			continue
+		}
+		if _, err := c.evict(0); err != nil && ctx.Err() == nil {
+			c.log.Warn("eviction failed", "err", err)
+		}
+		stuckSince = time.Time{}
+		if _, held := c.store.Stats(); held > c.opts.MaxBytes {
+			stuckAt, stuckSince = acked, time.Now()
 		}
 	}
 }
