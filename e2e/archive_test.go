@@ -616,3 +616,46 @@ func TestArchiveRelayPastCorrupt(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, res.StatusCode, "the corrupt blob was kept")
 	assert.True(t, logHas(bb.Nodes[0], "set aside"), "the node says it set the ID aside")
 }
+
+// TestArchiveRelayForgottenDelete: a delete a bucket-only node relayed,
+// applied and then forgot (past the retention, acknowledged by its only
+// peer, the archive) is not set aside when another writer's log names
+// the ID again: the bucket's newest record is that delete, which the node
+// knows and forgot. It used to be set aside and retried for ever, every
+// time, and the soak's relays churned on hundreds of them.
+func TestArchiveRelayForgottenDelete(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "forgotten")
+	args := []string{"--archive-interval", "300ms", "--tombstone-retention", "1s", "--tombstone-expiry", "1h"}
+	a := archiveNodes(t, b, args...)
+	hc := newClient(t)
+	data := randomBytes(10 << 10)
+	_, id := upload(t, hc, a.Nodes[0].URL, "x", data)
+	deleteID(t, hc, a.Nodes[0].URL, id)
+	eventually(t, 20*time.Second, "the delete in the bucket", func() bool {
+		st, err := b.a.NewestState(t.Context(), mustID(t, id))
+		return err == nil && st.Deleted
+	})
+	bb := archiveNodes(t, b, args...)
+	B := bb.Nodes[0]
+	eventually(t, 30*time.Second, "B relayed the delete, then forgot it", func() bool {
+		return logHas(B, "forgot tombstones")
+	})
+	newest, err := b.a.NewestState(t.Context(), mustID(t, id))
+	require.NoError(t, err)
+	// Another writer names the ID again (as a node that relays or pushes
+	// an older state would).
+	require.NoError(t, b.a.AppendLog(t.Context(), "7e57", 1, []archive.LogEntry{{ID: newest.ID, Clock: newest.Clock, Node: newest.Node, Deleted: true}}))
+	probe := randomBytes(8 << 10)
+	require.NoError(t, b.a.PutBlob(t.Context(), dtfc.Sum(probe), bytes.NewReader(probe), int64(len(probe))))
+	pst := dtfc.State{ID: dtfc.Sum(probe), Clock: dtfc.TimestampAt(time.Now()), Node: "7e57", Size: int64(len(probe))}
+	require.NoError(t, b.a.PutState(t.Context(), pst))
+	require.NoError(t, b.a.AppendLog(t.Context(), "7e57", 2, []archive.LogEntry{{ID: pst.ID, Clock: pst.Clock, Node: pst.Node}}))
+	eventually(t, 20*time.Second, "B took the writer's next entry", func() bool {
+		res, _ := get(t, hc, B.URL+"/"+pst.ID.String()+"?nopeerload=1")
+		return res.StatusCode == http.StatusOK
+	})
+	assert.False(t, logHas(B, "set aside"), "the forgotten delete was set aside")
+	res, _ := get(t, hc, B.URL+"/"+id)
+	assert.Equal(t, http.StatusNotFound, res.StatusCode)
+}

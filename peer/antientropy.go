@@ -273,6 +273,16 @@ func (c *Cluster) syncRange(ctx, pullCtx context.Context, g *errgroup.Group, r *
 
 // pull applies one state from r, fetching its bytes if needed.
 func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
+	err := c.pullState(ctx, r, st)
+	if errors.Is(err, ErrNotFound) {
+		return nil // deleted there meanwhile; its tombstone comes next round
+	}
+	return err
+}
+
+// pullState is pull, but an upload whose bytes no holder could send is
+// ErrNotFound (the relay's: no later round names the ID again).
+func (c *Cluster) pullState(ctx context.Context, r *remote, st dtfc.State) error {
 	out, err := c.syncStore().Apply(st)
 	if errors.Is(err, blobstore.ErrClockAhead) {
 		c.refusedClock(err)
@@ -298,8 +308,6 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 		return err == nil
 	})
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return nil // deleted there meanwhile; its tombstone comes next round
 	case errors.Is(err, blobstore.ErrClockAhead):
 		c.refusedClock(err)
 		return nil

@@ -178,14 +178,17 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		}
 		return err
 	}
-	if err := c.pull(ctx, r, st); err != nil {
-		return err
-	}
 	// pull takes a blob gone from its source for one deleted there
 	// meanwhile, whose tombstone a later round brings; here the record
-	// says otherwise, and no later round names the ID again.
-	if local, err := c.store.Stat(id); err != nil || st.Newer(local) {
-		return fmt.Errorf("%s: not taken from the archive (its blob is missing or unreadable there)", id)
+	// says otherwise, and no later round names the ID again. Any other
+	// outcome is taken: applied, or not newer than what this node knows
+	// (a state, a block, or a delete it forgot since: a tombstone applied
+	// and forgotten here leaves no record, and used to be set aside for
+	// ever, every time a log named its ID again).
+	if err := c.pullState(ctx, r, st); errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%s: not taken from the archive (its blob is missing or unreadable there): %w", id, err)
+	} else if err != nil {
+		return err
 	}
 	return nil
 }
