@@ -150,8 +150,7 @@ func (s *Store) flushAccess() error {
 // read order. Until the pinned states are accepted the store may stay
 // above maxBytes. It is for caches and tiers (Options.TrackAccess): a
 // cache forgets what it evicts, a tier (Options.Tier) keeps the record and
-// drops the bytes, and acked is then what its archive (and every replica)
-// accepted. An eviction is not an operation on the ID and is not
+// drops the bytes, and acked is then what every archive accepted. An eviction is not an operation on the ID and is not
 // replicated. Concurrent calls run one at a time. It returns the evicted
 // states.
 func (s *Store) Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error) {
