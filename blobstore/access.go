@@ -118,6 +118,33 @@ func dropAccess(tx *bolt.Tx, id dtfc.ID) error {
 	return atime.Delete(id[:])
 }
 
+// Cold puts id first in the read order, to be evicted before any other
+// (a blob a tier read back only to send it to a peer: no read of it).
+func (s *Store) Cold(id dtfc.ID) error {
+	if !s.opts.TrackAccess {
+		return nil
+	}
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	s.access.forget(id)
+	return s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(id[:])
+		if v == nil || len(v) < 2 || v[1]&(flagDeleted|flagEvicted) != 0 {
+			return nil
+		}
+		if err := dropAccess(tx, id); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketATime).Put(id[:], u64(0)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketLRU).Put(append(u64(0), id[:]...), nil)
+	})
+}
+
 // FlushAccess writes the reads noted in memory to the persistent
 // least-recently-used order (a cache calls it now and then, so a crash
 // forgets little of the order).

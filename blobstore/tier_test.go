@@ -151,3 +151,21 @@ func TestTierEvictsUntracked(t *testing.T) {
 		assert.NoError(t, err, "every record stays")
 	}
 }
+
+// TestTierColdFirst: a blob marked cold (read back only to be sent to a
+// peer) is the first evicted, before blobs read longer ago.
+func TestTierColdFirst(t *testing.T) {
+	const size = 1 << 10
+	s := openStore(t, t.TempDir(), blobstore.Options{TrackAccess: true, Tier: true})
+	var ids []dtfc.ID
+	for i := range 4 {
+		ids = append(ids, put(t, s, content(500+i, size), blobstore.Upload{}).State.ID)
+	}
+	readBlob(t, s, ids[3]) // the most recently read
+	require.NoError(t, s.Cold(ids[3]))
+	evicted, err := s.Evict(3*size, 0, allAcked)
+	require.NoError(t, err)
+	require.Len(t, evicted, 1)
+	assert.Equal(t, ids[3], evicted[0].ID, "the cold blob goes first")
+	require.NoError(t, s.Cold(ids[3]), "cold of an evicted blob: nothing to do")
+}

@@ -56,6 +56,7 @@ type feedStore interface {
 	Open(id dtfc.ID) (*blobstore.Blob, error)
 	Stat(id dtfc.ID) (dtfc.State, error)
 	Evicted(id dtfc.ID) bool
+	Cold(id dtfc.ID) error
 	Value(key string) ([]byte, error)
 	SetValue(key string, v []byte) error
 }
@@ -548,6 +549,10 @@ func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blo
 				return nil, fmt.Errorf("reading back evicted %s to send it: %w", st.ID, err)
 			}
 			b, err := c.feedStore().Open(st.ID)
+			// Not a read: first to go again once sent.
+			if cerr := c.feedStore().Cold(st.ID); cerr != nil {
+				c.log.Warn("could not mark a blob read back for a peer as the first to evict", "id", st.ID.String(), "err", cerr)
+			}
 			if !errors.Is(err, blobstore.ErrNotFound) {
 				return b, err
 			}
