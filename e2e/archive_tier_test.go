@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -92,6 +93,21 @@ func TestArchiveTier(t *testing.T) {
 		assert.Equal(t, http.StatusNotFound, res.StatusCode, "its bytes are not here")
 	}
 	require.NotEmpty(t, evicted)
+	res, listing := get(t, hc, base+"/_blobs?limit=100")
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	var page struct {
+		Blobs []struct {
+			ID string `json:"sha512"`
+		} `json:"blobs"`
+	}
+	require.NoError(t, json.Unmarshal(listing, &page))
+	listed := map[string]bool{}
+	for _, b := range page.Blobs {
+		listed[b.ID] = true
+	}
+	for id := range blobs {
+		assert.True(t, listed[id], "GET /_blobs lists %s, evicted or not", id[:12])
+	}
 
 	// Reads bring evicted blobs back, verified; the node stays under
 	// max_bytes as it reads.
@@ -106,7 +122,7 @@ func TestArchiveTier(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "under max_bytes after the reads", func() bool { return heldBytes(c, 0) <= limit })
 	last := order[len(order)-1]
-	res, _ := get(t, hc, base+"/"+last+"?nopeerload=1")
+	res, _ = get(t, hc, base+"/"+last+"?nopeerload=1")
 	assert.Equal(t, http.StatusOK, res.StatusCode, "the most recently read blob is held")
 
 	// The S3 server stopped: uploads are taken and kept, none evicted
