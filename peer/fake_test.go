@@ -357,30 +357,3 @@ func TestResyncKeepsBlocksNoPeerLifted(t *testing.T) {
 	require.NoError(t, c.denyOrphansAgainst(t.Context(), r, lifted.Clock, out))
 	assert.Empty(t, out)
 }
-
-// TestResyncWaitsForUnlistedPeer: a resync against a peer that expired
-// this node but is not in its list does not end at once (a node added
-// again learns its members while it learns of its expiry, and ending
-// then kept what that peer deleted and forgot: TestReaddedNodeResyncs
-// failed so under load); it ends without it once the peer has stayed
-// unlisted for unlistedGrace.
-func TestResyncWaitsForUnlistedPeer(t *testing.T) {
-	c, _ := newLoneCluster(t)
-	const key = "node 0123456789abcdef"
-	rs := &c.resync
-	rs.mu.Lock()
-	rs.saved.By = map[string]expiredAt{key: {URL: "http://gone.invalid", Horizon: dtfc.TimestampAt(time.Now())}}
-	rs.state = ResyncNeeded
-	rs.mu.Unlock()
-
-	err := c.runResync(t.Context())
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "not in its list")
-	assert.Contains(t, c.resync.status().Against, expiredAt{URL: "http://gone.invalid", Horizon: rs.saved.By[key].Horizon}, "still to resync against")
-
-	rs.mu.Lock()
-	rs.unlisted[key] = time.Now().Add(-unlistedGrace)
-	rs.mu.Unlock()
-	require.NoError(t, c.runResync(t.Context()))
-	assert.Empty(t, c.resync.status().Against, "dropped once unlisted for the grace")
-}

@@ -80,16 +80,7 @@ type resync struct {
 	lastErr string
 	notify  map[string]bool // peers (by identity) to tell "resynced" again
 	wake    chan struct{}   // closed and replaced on every change
-	// unlisted is when an attempt first found a peer that expired this
-	// node missing from its list, by identity (see unlistedGrace).
-	unlisted map[string]time.Time
 }
-
-// unlistedGrace is how long a resync waits for a peer that expired this
-// node but is not in its list (yet: a node added again learns its members
-// while it learns of its expiry) before it drops that expiry. Dropped at
-// once, the node would keep what that peer deleted and forgot.
-const unlistedGrace = 2 * time.Minute
 
 // ResyncStatus describes the resync for /_status.
 type ResyncStatus = api.ResyncStatus
@@ -108,29 +99,6 @@ func (rs *resync) status() ResyncStatus {
 	}
 	sort.Slice(st.Against, func(i, j int) bool { return st.Against[i].URL < st.Against[j].URL })
 	return st
-}
-
-// unlistedFor notes that the peer key is not listed, and reports whether
-// it has not been for at least d.
-func (rs *resync) unlistedFor(key string, d time.Duration) bool {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.unlisted == nil {
-		rs.unlisted = map[string]time.Time{}
-	}
-	since, ok := rs.unlisted[key]
-	if !ok {
-		rs.unlisted[key] = time.Now()
-		return false
-	}
-	return time.Since(since) >= d
-}
-
-// listed forgets that the peer key was found unlisted.
-func (rs *resync) listed(key string) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	delete(rs.unlisted, key)
 }
 
 // holds reports whether a resync is pending or running.
@@ -313,14 +281,10 @@ func (c *Cluster) runResync(ctx context.Context) error {
 			}
 		}
 		if r == nil {
-			if !rs.unlistedFor(key, unlistedGrace) {
-				return fmt.Errorf("the peer %s that expired this node is not in its list (yet); waiting up to %v for it", e.URL, unlistedGrace)
-			}
 			// The peer left the list: nothing to resync against.
 			c.log.Info("a peer that expired this node is no longer listed; its expiry is dropped", "peer", e.URL)
 			continue
 		}
-		rs.listed(key)
 		expired, err := c.orphansAgainst(ctx, r, e.Horizon, candidates)
 		if err != nil {
 			return fmt.Errorf("comparing with %s: %w", r.URL, err)
