@@ -357,3 +357,29 @@ func TestResyncKeepsBlocksNoPeerLifted(t *testing.T) {
 	require.NoError(t, c.denyOrphansAgainst(t.Context(), r, lifted.Clock, out))
 	assert.Empty(t, out)
 }
+
+// TestResyncUnlistedPeerNotTold: the expiry of a peer this node does not
+// list is dropped, but not counted as resynced: the peer is not told (it
+// would lift its mark, and what it deleted and forgot would stay here and
+// come back from this node). Listed again and still expiring it, the peer
+// says so again and the resync runs against it then. (TestReaddedNodeResyncs
+// failed now and then: a node added again ended its resync before it
+// listed its peers, and told them it had resynced.)
+func TestResyncUnlistedPeerNotTold(t *testing.T) {
+	c, _ := newLoneCluster(t)
+	const key = "node 0123456789abcdef"
+	rs := &c.resync
+	rs.mu.Lock()
+	rs.saved.By = map[string]expiredAt{key: {URL: "http://gone.invalid", Horizon: dtfc.TimestampAt(time.Now())}}
+	rs.state = ResyncNeeded
+	rs.mu.Unlock()
+
+	require.NoError(t, c.runResync(t.Context()))
+	assert.Empty(t, c.resync.status().Against)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	_, done := rs.saved.Done[key]
+	assert.False(t, done, "not resynced against")
+	assert.False(t, rs.notify[key], "not told it resynced")
+	assert.Equal(t, ResyncInSync, rs.state)
+}

@@ -272,6 +272,7 @@ func (c *Cluster) runResync(ctx context.Context) error {
 	candidates := map[dtfc.ID]dtfc.State{}
 	denyCandidates := map[dtfc.ID]blobstore.Deny{}
 	distrust := map[string]bool{}
+	unlisted := map[string]bool{}
 	for key, e := range by {
 		r := m.byIdentity(key)
 		if r == nil {
@@ -281,8 +282,14 @@ func (c *Cluster) runResync(ctx context.Context) error {
 			}
 		}
 		if r == nil {
-			// The peer left the list: nothing to resync against.
-			c.log.Info("a peer that expired this node is no longer listed; its expiry is dropped", "peer", e.URL)
+			// The peer left the list (or is not in it yet: a node added
+			// again learns its members and its expiries at once):
+			// nothing to resync against. Its expiry is dropped, but the
+			// peer is not told this node resynced: listed again and
+			// still expiring it, it says so again, and the resync runs
+			// then.
+			c.log.Info("a peer that expired this node is not listed; its expiry is dropped until it says so again", "peer", e.URL)
+			unlisted[key] = true
 			continue
 		}
 		expired, err := c.orphansAgainst(ctx, r, e.Horizon, candidates)
@@ -325,6 +332,9 @@ func (c *Cluster) runResync(ctx context.Context) error {
 	for key, e := range by {
 		if cur, ok := rs.saved.By[key]; ok && cur.Horizon <= e.Horizon {
 			delete(rs.saved.By, key)
+			if unlisted[key] {
+				continue // not resynced against: not Done, nobody told
+			}
 			rs.saved.Done[key] = e
 			rs.notify[key] = true
 		}
