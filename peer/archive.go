@@ -227,8 +227,19 @@ func (c *Cluster) CheckArchives(ctx context.Context) error {
 // entry and says why.
 func (c *Cluster) checkNewArchives(ctx context.Context, peers []Peer) error {
 	cur := c.mem.Load()
+	c.peersMu.Lock()
+	taken := map[string]Peer{}
+	for _, p := range c.filePeers {
+		taken[p.URL] = p
+	}
+	c.peersMu.Unlock()
 	for _, p := range peers {
 		if !p.IsArchive() {
+			continue
+		}
+		if o, ok := taken[p.URL]; ok && o == p {
+			// Unchanged in the file: checked when it was taken (also
+			// when this node, removed from the cluster, lists no peer).
 			continue
 		}
 		if cur != nil {
