@@ -364,13 +364,8 @@ func (a *Archive) putParts(ctx context.Context, id dtfc.ID, key string, f io.Rea
 
 // HasBlob reports whether blob id's object is in the bucket.
 func (a *Archive) HasBlob(ctx context.Context, id dtfc.ID) (bool, error) {
-	key := a.BlobKey(id)
-	_, err := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
-	err = a.wrap("head", key, err)
-	if errors.Is(err, ErrNotFound) {
-		return false, nil
-	}
-	return err == nil, err
+	_, has, err := a.BlobSize(ctx, id)
+	return has, err
 }
 
 // BlobSize returns the size of blob id's object, and whether there is
