@@ -158,7 +158,7 @@ const HeaderAccel = "X-Dtfc-Accel-Redirect"
 // less than a second (deploy/nginx.conf's micro-cache), so that a hot
 // small blob costs it no round trip to dtfc, while larger blobs go
 // straight from disk (sendfile) and are never copied into its cache.
-const frontCacheMax = 256 << 10
+const frontCacheMax = 1 << 20
 
 // frontCacheUntil is the X-Accel-Expires of a whole answer to a front:
 // "@<unix seconds>", the second that has begun. nginx keeps an answer
