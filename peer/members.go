@@ -171,9 +171,18 @@ func (c *Cluster) recordSelf() error {
 }
 
 // setMember records m with a new clock, persists the records and applies
-// them.
+// them. The clock is after the record of m's node held here (the hybrid
+// clock's max(now, held + 1)), whatever the wall clock says: a change
+// made after seeing a record orders after it, also when that record was
+// dated by a clock running ahead of this one. The other nodes' records
+// are observed as they are merged; this holds for records loaded at
+// start too, which the persisted clock may not cover.
 func (c *Cluster) setMember(m Member) error {
-	m.Clock = c.membersStore().Clock().Now()
+	clock := c.membersStore().Clock()
+	if cur, ok := c.members.get(m.Node); ok {
+		clock.Observe(cur.Clock)
+	}
+	m.Clock = clock.Now()
 	c.members.merge([]Member{m}, nil, 0)
 	return c.membersChanged()
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
 )
@@ -95,4 +96,20 @@ func TestLookupWhileMembersApply(t *testing.T) {
 	j.joined.Store(false)
 	_, err = j.Lookup(t.Context(), id, false)
 	assert.ErrorIs(t, err, ErrPeersUnreachable, "not joined yet")
+}
+
+// TestMemberChangeAfterHeldRecord: a membership change made here is
+// dated after the record of its member held here, whatever the wall
+// clock says: here a record dated ahead (within max_clock_offset) and
+// loaded at start, which the clock never observed.
+func TestMemberChangeAfterHeldRecord(t *testing.T) {
+	c, _ := newLoneCluster(t)
+	held := Member{Node: "a", URL: "http://a.invalid:1", Role: RoleReplica, Clock: dtfc.TimestampAt(time.Now().Add(30 * time.Second))}
+	require.True(t, c.members.merge([]Member{held}, nil, 0))
+	removal := held
+	removal.Removed = true
+	require.NoError(t, c.setMember(removal))
+	got, _ := c.members.get("a")
+	assert.True(t, got.Removed)
+	assert.Greater(t, got.Clock, held.Clock)
 }
