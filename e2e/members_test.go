@@ -455,3 +455,73 @@ func TestExchangesWarnOfNoRole(t *testing.T) {
 		require.False(t, logHas(c.Nodes[i], "role differs"), "node %d warned of a role", i)
 	}
 }
+
+// TestReaddAfterSkewedLeave: a node whose clock runs 6 s ahead (max
+// offset 2 s) leaves, and is added again through another member a
+// moment later (soak seed 79). Its removal is dated 6 s ahead, so the
+// others refuse it at first; the addition, made after it in real time,
+// must still be dated after it, or the removal wins once the others
+// take it and undoes the acknowledged addition. Once the records
+// agree, the node is a member on every node, takes uploads and
+// replicates both ways. About 25 s.
+func TestReaddAfterSkewedLeave(t *testing.T) {
+	const skew = 6 * time.Second
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: true, Args: []string{"--max-clock-offset", "2s"}})
+	waitMembers(t, c, converge, 0, 1, 2)
+	hc := newClient(t)
+	self := c.Nodes[1].URL
+
+	// The node reads its clock file within 20 ms: upload probes until
+	// one is dated ahead.
+	c.Nodes[1].SetClock(skew)
+	var probes []string
+	eventually(t, converge, "an upload to node 1 is dated ahead", func() bool {
+		_, id := upload(t, hc, self, "probe", randomBytes(1000))
+		probes = append(probes, id)
+		_, st := stateOf(t, c, hc, 1, id)
+		return st.Clock >= clockAt(time.Now().Add(skew-time.Second))
+	})
+
+	// It leaves (force: its probes are still refused by the others,
+	// dated too far ahead) and is added again at once, through node 0.
+	status, body := membersRequest(t, hc, http.MethodDelete, self, self, true)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	removal := membersOf(t, c, 1)[self]
+	require.True(t, removal.Removed)
+	require.Greater(t, uint64(removal.Clock), clockAt(time.Now().Add(skew-time.Second)), "the removal is dated ahead")
+	begin := time.Now()
+	status, body = membersRequest(t, hc, http.MethodPut, c.Nodes[0].URL, self, false)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	t.Logf("added again through node 0 in %v: %s", time.Since(begin).Round(time.Millisecond), strings.TrimSpace(body))
+
+	// Every node ends with one record of node 1, and it is a member.
+	var agreed api.Member
+	eventually(t, time.Minute, "every node has the same record of node 1", func() bool {
+		var recs []api.Member
+		for i := range c.Nodes {
+			m, ok := membersOf(t, c, i)[self]
+			if !ok {
+				return false
+			}
+			recs = append(recs, m)
+		}
+		agreed = recs[0]
+		return !slices.ContainsFunc(recs, func(m api.Member) bool { return m.Clock != agreed.Clock || m.Removed != agreed.Removed })
+	})
+	require.False(t, agreed.Removed, "the acknowledged addition was undone by the removal dated ahead: %+v", agreed)
+	require.Greater(t, agreed.Clock, removal.Clock)
+	waitMembers(t, c, converge, 0, 1, 2)
+
+	// Its clock right again, it takes uploads and replicates both ways
+	// (its own are refused until real time passes the skew).
+	c.Nodes[1].SetClock(0)
+	x, y := randomBytes(20<<10), randomBytes(20<<10)
+	_, xID := upload(t, hc, self, "x", x)
+	_, yID := upload(t, hc, c.Nodes[0].URL, "y", y)
+	c.WaitConverged(t, time.Minute)
+	assertEveryReplica(t, c, xID, int64(len(x)))
+	assertEveryReplica(t, c, yID, int64(len(y)))
+	for _, id := range probes {
+		assertEveryReplica(t, c, id, 1000)
+	}
+}

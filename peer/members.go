@@ -28,6 +28,10 @@ import (
 const (
 	keyMembers   = "members"        // the records, JSON
 	membersEvery = 10 * time.Second // how often members are exchanged
+	// membersAheadWait bounds how long a change of a member waits for a
+	// record of it dated further ahead than max_clock_offset
+	// (awaitAhead).
+	membersAheadWait = 10 * time.Second
 )
 
 // membersStore is what membership needs of the blob store: where the
@@ -48,6 +52,11 @@ type Member = api.Member
 type members struct {
 	mu     sync.Mutex
 	byNode map[string]Member
+	// ahead is, per node, the newest record this node received but
+	// refused as dated too far ahead of its clock, when it is newer
+	// than the one held: a change of that member made here waits for
+	// it (awaitAhead). Kept in memory only: the exchanges send it again.
+	ahead map[string]Member
 }
 
 // newerMember reports whether a wins over b: the later clock; at equal
@@ -65,8 +74,9 @@ func newerMember(a, b Member) bool {
 // merge takes the records of in that are newer than those held and
 // returns whether any was. A record dated further ahead of clock's wall
 // clock than maxAhead is refused (a node whose clock runs a year ahead
-// would make its records unremovable); the others are observed by clock,
-// so that a later change here is dated after them.
+// would make its records unremovable), and kept aside in ahead; the
+// others are observed by clock, so that a later change here is dated
+// after them.
 func (ms *members) merge(in []Member, clock *dtfc.Clock, maxAhead time.Duration) bool {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
@@ -75,13 +85,14 @@ func (ms *members) merge(in []Member, clock *dtfc.Clock, maxAhead time.Duration)
 		if m.Node == "" || m.URL == "" {
 			continue
 		}
+		m.URL = normalizeURL(m.URL)
 		if clock != nil {
 			if clock.Ahead(m.Clock) > maxAhead {
+				ms.keepAhead(m)
 				continue
 			}
 			clock.Observe(m.Clock)
 		}
-		m.URL = normalizeURL(m.URL)
 		if cur, ok := ms.byNode[m.Node]; ok && !newerMember(m, cur) {
 			continue
 		}
@@ -89,6 +100,41 @@ func (ms *members) merge(in []Member, clock *dtfc.Clock, maxAhead time.Duration)
 		changed = true
 	}
 	return changed
+}
+
+// keepAhead keeps m, a record refused as dated too far ahead, if it is
+// newer than the record held and than the one kept already. ms.mu is
+// held.
+func (ms *members) keepAhead(m Member) {
+	if cur, ok := ms.byNode[m.Node]; ok && !newerMember(m, cur) {
+		return
+	}
+	if prev, ok := ms.ahead[m.Node]; ok && !newerMember(m, prev) {
+		return
+	}
+	if ms.ahead == nil {
+		ms.ahead = map[string]Member{}
+	}
+	ms.ahead[m.Node] = m
+}
+
+// pendingAhead returns the records kept aside as dated too far ahead
+// that match and are still newer than the records held; it forgets
+// those that are not.
+func (ms *members) pendingAhead(match func(Member) bool) []Member {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	var out []Member
+	for node, m := range ms.ahead {
+		if cur, ok := ms.byNode[node]; ok && !newerMember(m, cur) {
+			delete(ms.ahead, node)
+			continue
+		}
+		if match(m) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // list returns the records sorted by URL.
@@ -171,9 +217,19 @@ func (c *Cluster) recordSelf() error {
 }
 
 // setMember records m with a new clock, persists the records and applies
-// them.
+// them. The clock is after the record of m's node held here (the hybrid
+// clock's max(now, held + 1)), whatever the wall clock says: a change
+// made after seeing a record orders after it, also when that record was
+// dated by a clock running ahead of this one (within max_clock_offset;
+// further ahead, awaitAhead waits for it first). The other nodes' records
+// are observed as they are merged; this holds for records loaded at
+// start too, which the persisted clock may not cover.
 func (c *Cluster) setMember(m Member) error {
-	m.Clock = c.membersStore().Clock().Now()
+	clock := c.membersStore().Clock()
+	if cur, ok := c.members.get(m.Node); ok {
+		clock.Observe(cur.Clock)
+	}
+	m.Clock = clock.Now()
 	c.members.merge([]Member{m}, nil, 0)
 	return c.membersChanged()
 }
@@ -448,6 +504,61 @@ func (c *Cluster) hMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, membersMessage{Node: c.membersStore().NodeID(), Members: c.members.list()})
 }
 
+// ErrMemberAhead means a change of a member was not made: this node
+// received a newer record of that member dated further ahead of its
+// clock than max_clock_offset allows, by more than membersAheadWait, so
+// the change could only be dated before it, and be undone by it.
+var ErrMemberAhead = errors.New("a newer record of that member is dated too far ahead of this node's clock")
+
+// awaitAhead makes sure a change of a member about to be made here orders
+// after every record of it this node received. A record it refused as
+// dated further ahead than max_clock_offset (a node whose clock runs
+// ahead removed or added the member) is waited for until it is within
+// the offset, then taken, so that setMember dates the change after it:
+// dated by this node's clock, the change would lose to that record
+// once the others take it, and the operator's acknowledged change would
+// be undone (soak seed 79: a node 6 s ahead left, was added again a
+// moment later, and its removal won). A wait longer than
+// membersAheadWait answers ErrMemberAhead. match chooses the records.
+func (c *Cluster) awaitAhead(ctx context.Context, match func(Member) bool) error {
+	clock := c.membersStore().Clock()
+	pending := c.members.pendingAhead(match)
+	// The nearest first: one too far ahead to wait for ends the wait
+	// after those that were not.
+	slices.SortFunc(pending, func(a, b Member) int { return cmp.Compare(a.Clock, b.Clock) })
+	for _, m := range pending {
+		for {
+			wait := clock.Ahead(m.Clock) - c.opts.MaxClockOffset
+			if wait <= 0 {
+				break
+			}
+			if wait > membersAheadWait {
+				what := "added"
+				if m.Removed {
+					what = "removed"
+				}
+				return fmt.Errorf("%w: %s (node %s) was %s by a node whose clock runs ahead, at %s, %s ahead of this node's clock (max_clock_offset %s); a change made now would be dated before it and undone by it: retry in %s, and set that node's clock right",
+					ErrMemberAhead, m.URL, m.Node, what, m.Clock.Time().UTC().Format(time.RFC3339Nano),
+					clock.Ahead(m.Clock).Round(time.Millisecond), c.opts.MaxClockOffset, wait.Round(time.Second))
+			}
+			c.log.Info("a record of the member is dated too far ahead of this node's clock: the change waits for it", "url", m.URL, "node", m.Node, "wait", wait.Round(time.Millisecond))
+			t := time.NewTimer(wait + time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		if c.mergeMembers([]Member{m}) {
+			if err := c.membersChanged(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // ErrNotMember means no member is reached at that URL.
 var ErrNotMember = errors.New("no member is reached at that URL")
 
@@ -476,6 +587,9 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 	}
 	if node == "" {
 		return Member{}, fmt.Errorf("%s did not say which node it is", url)
+	}
+	if err := c.awaitAhead(ctx, func(m Member) bool { return m.Node == node }); err != nil {
+		return Member{}, err
 	}
 	m, ok := c.members.get(node)
 	if !ok || m.Role == "" {
@@ -521,8 +635,24 @@ var ErrNotDrained = errors.New("this node cannot leave yet")
 // to, what it alone had not acknowledged may be forgotten, and its own
 // pushes are refused until it is added again. A node that removes itself
 // first waits until a replica peer accepted its whole feed (an upload it
-// alone holds would be stranded), unless force.
+// alone holds would be stranded), unless force. A newer record of the
+// member dated too far ahead to wait for answers ErrMemberAhead, unless
+// force.
 func (c *Cluster) RemoveMember(ctx context.Context, url string, force bool) (Member, error) {
+	// A record dated ahead may be the member's addition, or its move to
+	// this URL: wait for it before looking the URL up. With force, one
+	// too far ahead to wait for does not hold the removal back (a node
+	// whose clock ran a year ahead must still be removable); that
+	// record wins once real time reaches it.
+	nurl := normalizeURL(url)
+	held, _ := c.members.byURL(nurl)
+	err := c.awaitAhead(ctx, func(m Member) bool { return m.URL == nurl || m.Node == held.Node })
+	switch {
+	case errors.Is(err, ErrMemberAhead) && force:
+		c.log.Warn("removing a member anyway (force): a newer record of it is dated too far ahead to wait for, and wins once real time reaches it", "url", nurl, "err", err)
+	case err != nil:
+		return Member{}, err
+	}
 	m, ok := c.members.byURL(url)
 	if !ok {
 		return Member{}, ErrNotMember

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
 )
@@ -95,4 +96,70 @@ func TestLookupWhileMembersApply(t *testing.T) {
 	j.joined.Store(false)
 	_, err = j.Lookup(t.Context(), id, false)
 	assert.ErrorIs(t, err, ErrPeersUnreachable, "not joined yet")
+}
+
+// TestMemberChangeAfterHeldRecord: a membership change made here is
+// dated after the record of its member held here, whatever the wall
+// clock says: here a record dated ahead (within max_clock_offset) and
+// loaded at start, which the clock never observed.
+func TestMemberChangeAfterHeldRecord(t *testing.T) {
+	c, _ := newLoneCluster(t)
+	held := Member{Node: "a", URL: "http://a.invalid:1", Role: RoleReplica, Clock: dtfc.TimestampAt(time.Now().Add(30 * time.Second))}
+	require.True(t, c.members.merge([]Member{held}, nil, 0))
+	removal := held
+	removal.Removed = true
+	require.NoError(t, c.setMember(removal))
+	got, _ := c.members.get("a")
+	assert.True(t, got.Removed)
+	assert.Greater(t, got.Clock, held.Clock)
+}
+
+// TestMemberChangeWaitsForRecordAhead: a record of a member received
+// dated beyond max_clock_offset is refused but kept aside; a change of
+// that member made here waits until it is within the offset, takes it,
+// and is dated after it (soak seed 79: a node 6 s ahead left, was added
+// again through another a moment later, and its removal, dated ahead,
+// won over the acknowledged addition). One too far ahead to wait for
+// refuses the change, unless a removal is forced.
+func TestMemberChangeWaitsForRecordAhead(t *testing.T) {
+	c, _ := newLoneCluster(t)
+	c.opts.MaxClockOffset = time.Second
+	now := time.Now()
+	at := func(d time.Duration) dtfc.Timestamp { return dtfc.TimestampAt(now.Add(d)) }
+	node := func(name string) func(Member) bool { return func(m Member) bool { return m.Node == name } }
+
+	ahead := Member{Node: "b", URL: "http://b.invalid:1", Role: RoleReplica, Removed: true, Clock: at(time.Second + 300*time.Millisecond)}
+	assert.False(t, c.mergeMembers([]Member{ahead}))
+	_, ok := c.members.get("b")
+	assert.False(t, ok, "taken beyond the offset")
+	begin := time.Now()
+	require.NoError(t, c.awaitAhead(t.Context(), node("b")))
+	assert.GreaterOrEqual(t, time.Since(begin), 200*time.Millisecond, "did not wait")
+	got, _ := c.members.get("b")
+	assert.Equal(t, ahead, got, "taken once within the offset")
+	readd := ahead
+	readd.Removed = false
+	require.NoError(t, c.setMember(readd))
+	got, _ = c.members.get("b")
+	assert.False(t, got.Removed)
+	assert.Greater(t, got.Clock, ahead.Clock)
+	assert.Empty(t, c.members.pendingAhead(node("b")), "an older record kept aside is forgotten")
+
+	// One too far ahead to wait for refuses the change at once.
+	far := Member{Node: "b", URL: "http://b.invalid:1", Role: RoleReplica, Removed: true, Clock: at(time.Hour)}
+	assert.False(t, c.mergeMembers([]Member{far}))
+	begin = time.Now()
+	assert.ErrorIs(t, c.awaitAhead(t.Context(), node("b")), ErrMemberAhead)
+	assert.Less(t, time.Since(begin), time.Second)
+	assert.NoError(t, c.awaitAhead(t.Context(), node("a")), "another member's record does not hold this one")
+
+	// A removal refuses too, unless forced: a node whose clock ran a
+	// year ahead must still be removable.
+	_, err := c.RemoveMember(t.Context(), "http://b.invalid:1", false)
+	assert.ErrorIs(t, err, ErrMemberAhead)
+	got, _ = c.members.get("b")
+	assert.False(t, got.Removed)
+	m, err := c.RemoveMember(t.Context(), "http://b.invalid:1", true)
+	require.NoError(t, err)
+	assert.True(t, m.Removed)
 }
