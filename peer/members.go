@@ -588,7 +588,14 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 	if node == "" {
 		return Member{}, fmt.Errorf("%s did not say which node it is", url)
 	}
-	if err := c.awaitAhead(ctx, func(m Member) bool { return m.Node == node }); err != nil {
+	// A record of the node dated too far ahead to wait for (its clock
+	// ran a year ahead when it left) does not hold the addition back:
+	// every node with a right clock refuses that record anyway. It wins
+	// once real time reaches it, as any record of a clock that ran ahead.
+	switch err := c.awaitAhead(ctx, func(m Member) bool { return m.Node == node }); {
+	case errors.Is(err, ErrMemberAhead):
+		c.log.Warn("adding the member anyway: a newer record of it is dated too far ahead to wait for, and wins once real time reaches it", "url", url, "err", err)
+	case err != nil:
 		return Member{}, err
 	}
 	m, ok := c.members.get(node)
@@ -637,7 +644,7 @@ var ErrNotDrained = errors.New("this node cannot leave yet")
 // first waits until a replica peer accepted its whole feed (an upload it
 // alone holds would be stranded), unless force. A newer record of the
 // member dated too far ahead to wait for answers ErrMemberAhead, unless
-// force.
+// force. (AddMember goes ahead in that case.)
 func (c *Cluster) RemoveMember(ctx context.Context, url string, force bool) (Member, error) {
 	// A record dated ahead may be the member's addition, or its move to
 	// this URL: wait for it before looking the URL up. With force, one

@@ -65,9 +65,6 @@ func (s *Server) addMember(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := s.cfg.Cluster.AddMember(r.Context(), req.URL, req.Role)
 	switch {
-	case errors.Is(err, peer.ErrMemberAhead):
-		s.memberAhead(w, r, err, "")
-		return
 	case errors.Is(err, peer.ErrMemberRole), errors.Is(err, peer.ErrRemovedTooLong):
 		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", err))
 		return
@@ -91,7 +88,10 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s: %v", u, err))
 		return
 	case errors.Is(err, peer.ErrMemberAhead):
-		s.memberAhead(w, r, err, " (?force=1 removes it anyway, and that record wins once real time reaches it)")
+		// A newer record of the member is dated too far ahead
+		// (peer.ErrMemberAhead): retried as real time catches up.
+		w.Header().Set("Retry-After", "5")
+		s.writeError(w, r, httpstatus.Errorf(http.StatusServiceUnavailable, "%v (?force=1 removes it anyway, and that record wins once real time reaches it)", err))
 		return
 	case errors.Is(err, peer.ErrNotDrained):
 		w.Header().Set("Retry-After", "5")
@@ -102,15 +102,6 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"member": m})
-}
-
-// memberAhead answers a change of a member refused because a newer
-// record of it is dated too far ahead (peer.ErrMemberAhead): 503, to be
-// retried as real time catches up with that record; hint is added to
-// the message.
-func (s *Server) memberAhead(w http.ResponseWriter, r *http.Request, err error, hint string) {
-	w.Header().Set("Retry-After", "5")
-	s.writeError(w, r, httpstatus.Errorf(http.StatusServiceUnavailable, "%v%s", err, hint))
 }
 
 // checkNodeURL checks a node's URL given to a membership route.
