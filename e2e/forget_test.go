@@ -451,9 +451,14 @@ func TestClockSkewedNode(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Nodes: 2, Args: []string{"--max-clock-offset", "2s"}})
 	hc := newClient(t)
 	c.Nodes[1].SetClock(10 * time.Second)
-	wait(100 * time.Millisecond) // the node re-reads its clock file every 20 ms
-	data := randomBytes(5000)
-	_, id := upload(t, hc, c.Nodes[1].URL, "skewed", data)
+	// The node re-reads its clock file every 20 ms: upload until an
+	// upload is dated ahead.
+	var id string
+	eventually(t, converge, "an upload to node 1 is dated ahead", func() bool {
+		_, id = upload(t, hc, c.Nodes[1].URL, "skewed", randomBytes(5000))
+		_, st := stateOf(t, c, hc, 1, id)
+		return st.Clock >= clockAt(time.Now().Add(9*time.Second))
+	})
 	eventually(t, converge, "node 1 shows node 0 refusing its push", func() bool {
 		n := peerStatus(t, c, 1, 0).ClockRefused
 		return n > 0
