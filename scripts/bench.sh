@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Serving and upload benchmarks of one dtfc node, with baselines measured
 # in the same run on the same machine, printed as ratios:
-#   - GET requests/s (wrk -t1 -c32) of 1 KiB, 64 KiB and 10 MiB blobs from
+#   - GET requests/s (wrk -t1 -c32) of 1 KiB, 64 KiB, 1 MiB and 10 MiB blobs from
 #     dtfc alone, from dtfc behind the shipped nginx front
 #     (deploy/nginx.conf), and from plain nginx serving the same
-#     <basedir>/blobs (sendfile, the baseline); interleaved rounds, best
+#     <basedir>/blobs (sendfile, the baseline; and the same with
+#     open_file_cache, as the front's micro-cache has); interleaved rounds, best
 #     of each; "pinned": the servers on CPU 0 and wrk on CPU 1 (nginx with
 #     one worker), "unpinned": all on both cores (nginx with two);
 #   - 4 KiB uploads/s (wrk -t1 -c8, every body different) against
@@ -42,7 +43,7 @@ trap cleanup EXIT
 go build -o "$work/dtfc" ./cmd/dtfc
 go build -o "$work/minput" ./internal/minput
 go build -o "$work/repllat" ./internal/repllat
-port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3))
+port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5))
 "$work/dtfc" serve --host 127.0.0.1 --port $port --basedir "$work/data" 2>"$work/dtfc.log" &
 pids+=($!); dtfc_pid=$!
 "$work/minput" -addr 127.0.0.1:$mport -dir "$work/minput-data" 2>"$work/minput.log" &
@@ -75,13 +76,22 @@ http {
       try_files /\$1/\$2/\$1\$2\$3 =404;
     }
   }
+  server {
+    listen 127.0.0.1:$oport;
+    open_file_cache max=4096 inactive=10s;
+    open_file_cache_valid 1s;
+    location ~ "^/([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{124})\$" {
+      root $work/data/blobs;
+      try_files /\$1/\$2/\$1\$2\$3 =404;
+    }
+  }
 }
 NGINX
   nginx -c "$work/front.conf" -p "$work/front" 2>>"$work/nginx.log" &
   nginx_pids+=($!)
   nginx -c "$work/plain.conf" -p "$work/plain" 2>>"$work/nginx.log" &
   nginx_pids+=($!)
-  for p in $fport $nport; do
+  for p in $fport $nport $oport; do
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
   done
 }
@@ -102,9 +112,9 @@ wrk_rps() { # CPUS URL [wrk args...]
 }
 
 echo "# dtfc benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3), $(nginx -v 2>&1 | cut -d' ' -f3)"
-echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx"
+echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx (ngx+ofc: with open_file_cache)"
 ids=()
-for spec in 1K:1024 64K:65536 10M:10485760; do
+for spec in 1K:1024 64K:65536 1M:1048576 10M:10485760; do
   name=${spec%%:*}; bytes=${spec#*:}
   head -c "$bytes" /dev/urandom >"$work/f$name"
   ids+=("$name:$("$work/dtfc" put --server "http://127.0.0.1:$port" "$work/f$name")")
@@ -113,20 +123,21 @@ for mode in pinned unpinned; do
   if [ $mode = pinned ]; then start_nginx 1; pin 0; client=1; else start_nginx 2; pin 0-$(($(nproc) - 1)); client=0-$(($(nproc) - 1)); fi
   echo
   echo "## $mode"
-  printf "%-6s %12s %12s %12s %10s %10s\n" size "dtfc req/s" "front req/s" "nginx req/s" "dtfc/ngx" "front/ngx"
+  printf "%-6s %12s %12s %12s %12s %10s %10s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "dtfc/ngx" "front/ngx" "front/ngx+ofc"
   for entry in "${ids[@]}"; do
     name=${entry%%:*}; id=${entry#*:}
-    for p in $port $fport $nport; do
+    for p in $port $fport $nport $oport; do
       [ "$(curl -s "http://127.0.0.1:$p/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "bench: port $p does not serve $id" >&2; exit 1; }
     done
-    bd=0; bf=0; bn=0
+    bd=0; bf=0; bn=0; bo=0
     for _ in $(seq $rounds); do
       bd=$(best "$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur")" $bd)
       bf=$(best "$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur")" $bf)
       bn=$(best "$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur")" $bn)
+      bo=$(best "$(wrk_rps $client "http://127.0.0.1:$oport/$id" -t1 -c32 -d"$dur")" $bo)
     done
-    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" 'BEGIN {
-      printf "%-6s %12.0f %12.0f %12.0f %10.2f %10.2f\n", n, d, f, g, d/g, f/g }'
+    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" 'BEGIN {
+      printf "%-6s %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f\n", n, d, f, g, o, d/g, f/g, f/o }'
   done
 done
 
