@@ -161,6 +161,7 @@ var rows = []struct {
 	{"states accepted beyond max_clock_offset", []string{VClockAccepted}},
 	{"?replicas=N acknowledged too early", []string{VReplicasShort}},
 	{"DELETE of a known ID answered 404", []string{VDelete404}},
+	{"membership records differing, or an addition undone", []string{VMembersDiffer, VMemberUndone}},
 }
 
 // Ops returns the operation counts.

@@ -1193,6 +1193,7 @@ func (r *Runner) check(round int, entries map[string]Entry, views []NodeView, sc
 	modelled := time.Since(t0)
 	t0 = time.Now()
 	violations = append(violations, r.readBack(entries, views)...)
+	violations = append(violations, r.checkMembers()...)
 	r.logf("round %d: check phases: disks and /_status %v, states and deny lists %v, reads %v",
 		round, scanned.Round(10*time.Millisecond), modelled.Round(10*time.Millisecond), time.Since(t0).Round(10*time.Millisecond))
 	for i, n := range c.Nodes {
