@@ -108,6 +108,7 @@ func (s *Store) Open(id dtfc.ID) (*Blob, error) {
 // fails with ErrNotFound when the node has no record of id; force records
 // the tombstone anyway (the ID is known elsewhere in the cluster).
 func (s *Store) Delete(id dtfc.ID, force bool) (dtfc.State, error) {
+	s.afterAhead(id)
 	leave, err := s.enter()
 	if err != nil {
 		return dtfc.State{}, err
@@ -159,7 +160,7 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		return Stale, errors.New("blobstore: Apply of a state without an ID")
 	}
 	if err := s.checkClock(st.Clock); err != nil {
-		return Stale, err
+		return Stale, s.noteAhead(st.ID, err)
 	}
 	leave, err := s.enter()
 	if err != nil {

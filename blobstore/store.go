@@ -90,6 +90,8 @@ type Store struct {
 	// syncfs: CommitBatch makes its files durable with one syncfs of
 	// the file system rather than a sync per file and directory.
 	syncfs bool
+	// ahead: the clocks of states refused as too far ahead (ahead.go).
+	ahead aheadClocks
 }
 
 var (

@@ -415,6 +415,7 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 		w.err = ErrDenyUnknown
 		return Result{}, w.err
 	}
+	w.s.afterAhead(w.sum)
 	return w.place(func(*record, bool) (dtfc.State, bool, bool) {
 		return dtfc.State{
 			ID:          w.sum,
@@ -462,8 +463,8 @@ func (w *Writer) sealState(st dtfc.State, toFeed bool) (decideFunc, error) {
 		return nil, w.err
 	}
 	if err := w.s.checkClock(st.Clock); err != nil {
-		w.err = err
-		return nil, err
+		w.err = w.s.noteAhead(st.ID, err)
+		return nil, w.err
 	}
 	w.s.clock.Observe(st.Clock)
 	forgotten := w.s.forgottenClock('S', st.ID)

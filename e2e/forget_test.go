@@ -471,6 +471,57 @@ func TestClockSkewedNode(t *testing.T) {
 	assertEveryReplica(t, c, id, 5000)
 }
 
+// TestUploadAfterSkewedDelete: node 1's clock runs 6 s ahead (offset 2 s)
+// and it deletes a file; node 0 refuses the delete, dated too far ahead,
+// and its pusher offers it again. A moment later the same file is
+// uploaded again through node 0: that upload, later in real time, must
+// win on every node once the delete is taken. Dated by node 0's clock it
+// was before the delete, and the delete undid it: an acknowledged upload
+// lost. Node 0 now waits until the delete is within the offset and dates
+// the upload after it. About 15 s.
+func TestUploadAfterSkewedDelete(t *testing.T) {
+	const skew = 6 * time.Second
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Args: []string{"--max-clock-offset", "2s"}})
+	hc := newClient(t)
+	data := randomBytes(4000)
+	_, id := upload(t, hc, c.Nodes[0].URL, "doc", data)
+	c.WaitConverged(t, converge)
+
+	// The node re-reads its clock file every 20 ms: upload probes until
+	// one is dated ahead.
+	c.Nodes[1].SetClock(skew)
+	eventually(t, converge, "an upload to node 1 is dated ahead", func() bool {
+		_, pid := upload(t, hc, c.Nodes[1].URL, "probe", randomBytes(100))
+		_, st := stateOf(t, c, hc, 1, pid)
+		return st.Clock >= clockAt(time.Now().Add(skew-time.Second))
+	})
+	deleteID(t, hc, c.Nodes[1].URL, id)
+	_, tomb := stateOf(t, c, hc, 1, id)
+	require.True(t, tomb.Deleted)
+	require.Greater(t, tomb.Clock, clockAt(time.Now().Add(skew-time.Second)), "the delete is dated ahead")
+	// Node 1 offers its queue again and again; node 0 logs each refusal,
+	// naming the ID.
+	eventually(t, converge, "node 0 refuses node 1's delete", func() bool { return logHas(c.Nodes[0], "sha512 "+id+": blobstore: clock") })
+	_, st := stateOf(t, c, hc, 0, id)
+	require.False(t, st.Deleted, "node 0 took the delete dated ahead")
+
+	begin := time.Now()
+	_, again := upload(t, hc, c.Nodes[0].URL, "doc again", data)
+	require.Equal(t, id, again)
+	t.Logf("uploaded again through node 0 in %v", time.Since(begin).Round(time.Millisecond))
+	_, up := stateOf(t, c, hc, 0, id)
+	require.False(t, up.Deleted)
+	assert.Greater(t, up.Clock, tomb.Clock, "the upload is dated before the delete it came after")
+
+	c.Nodes[1].SetClock(0)
+	c.WaitConverged(t, converge)
+	for i := range c.Nodes {
+		_, st := stateOf(t, c, hc, i, id)
+		assert.False(t, st.Deleted, "node %d: the delete dated ahead undid the upload made after it", i)
+	}
+	assertEveryReplica(t, c, id, int64(len(data)))
+}
+
 // TestListedUnderTwoURLs: a node whose peer list names itself under
 // another URL (localhost for 127.0.0.1) must not count itself in
 // ?replicas=N (it answered 201 with its only real peer down); one peer

@@ -1,0 +1,115 @@
+package blobstore
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dtfc/dtfc"
+)
+
+// A state refused because its clock is too far ahead (checkClock: a node
+// whose clock runs ahead made it) is not forgotten at once: its sender
+// offers it again until it is within MaxClockOffset and taken, and then
+// it wins over every change dated before it. A change made here to the
+// same ID in the meantime, after that state in real time (a delete by a
+// node 6 s ahead, then an upload here a moment later), would be dated by
+// this node's clock, before it, and be undone by it once taken: an
+// acknowledged upload lost, or a delete undone. So the store keeps the
+// clock of each such state, and a local change of that ID waits until
+// the clock is within MaxClockOffset, observes it, and is dated after it
+// (afterAhead). The same rule holds for membership changes
+// (peer/members.go).
+
+// aheadWait bounds how long a local change waits for a state dated ahead.
+// A state further ahead than MaxClockOffset plus this (a clock a year
+// ahead) is refused by every node whose clock is right; the change goes
+// ahead without it, and that state wins only once real time reaches it.
+const aheadWait = 10 * time.Second
+
+// maxAhead bounds how many refused clocks are kept; a refused state is
+// offered again, so one dropped is noted again at its next offer.
+const maxAhead = 4096
+
+// aheadClocks is, per ID, the newest clock of a state refused as too far
+// ahead. Memory only: after a restart the senders offer them again.
+type aheadClocks struct {
+	mu sync.Mutex
+	m  map[dtfc.ID]dtfc.Timestamp
+}
+
+// note keeps c for id if it is newer than the one kept.
+func (a *aheadClocks) note(id dtfc.ID, c dtfc.Timestamp, within func(dtfc.Timestamp) bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		a.m = map[dtfc.ID]dtfc.Timestamp{}
+	}
+	if old, ok := a.m[id]; ok && old >= c {
+		return
+	}
+	if len(a.m) >= maxAhead {
+		// Those within the offset now need no wait: drop them; if none
+		// is, drop one at random (map order).
+		for k, v := range a.m {
+			if within(v) {
+				delete(a.m, k)
+			}
+		}
+		for k := range a.m {
+			if len(a.m) < maxAhead {
+				break
+			}
+			delete(a.m, k)
+		}
+	}
+	a.m[id] = c
+}
+
+// take returns and forgets the clock kept for id.
+func (a *aheadClocks) take(id dtfc.ID) (dtfc.Timestamp, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.m[id]
+	if ok {
+		delete(a.m, id)
+	}
+	return c, ok
+}
+
+// noteAhead keeps the clock of a state of id that err refused as too far
+// ahead (a *ClockAheadError), if it is one, and returns err naming id.
+func (s *Store) noteAhead(id dtfc.ID, err error) error {
+	var ca *ClockAheadError
+	if errors.As(err, &ca) {
+		s.ahead.note(id, ca.Clock, func(c dtfc.Timestamp) bool { return s.clock.Ahead(c) <= s.opts.MaxClockOffset })
+	}
+	return fmt.Errorf("sha512 %s: %w", id, err)
+}
+
+// afterAhead makes a change of id about to be made here dated after a
+// state of id refused as too far ahead: it waits until that state's
+// clock is within MaxClockOffset (for at most aheadWait), then observes
+// it, so that the change's clock, read after, is greater. Called before
+// the ID's lock is taken: the wait holds nothing.
+func (s *Store) afterAhead(id dtfc.ID) {
+	c, ok := s.ahead.take(id)
+	if !ok {
+		return
+	}
+	deadline := time.Now().Add(aheadWait)
+	for {
+		wait := s.clock.Ahead(c) - s.opts.MaxClockOffset
+		if wait <= 0 {
+			s.clock.Observe(c)
+			return
+		}
+		if wait > aheadWait || time.Now().After(deadline) {
+			s.log.Warn("a change goes ahead of a state of the same ID dated too far ahead to wait for; that state wins once real time reaches it",
+				"id", id.String(), "clock", c.Time().UTC().Format(time.RFC3339Nano), "ahead", s.clock.Ahead(c).Round(time.Millisecond))
+			return
+		}
+		time.Sleep(min(wait+time.Millisecond, time.Until(deadline)+time.Millisecond))
+	}
+}

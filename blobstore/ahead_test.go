@@ -1,0 +1,64 @@
+package blobstore_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+)
+
+// TestLocalChangeAfterStateAhead: a state refused as dated too far ahead
+// (a node whose clock runs ahead made it) is offered again once real time
+// catches up, and then wins over whatever is dated before it. A local
+// change of the same ID made meanwhile, later in real time, must be dated
+// after it: here a delete from a node 1.3 s ahead (offset 1 s), then an
+// upload of the same bytes here, which without the wait is dated before
+// the delete and lost when the delete is taken; and the converse, an
+// upload dated ahead, then a delete here, which would be undone.
+func TestLocalChangeAfterStateAhead(t *testing.T) {
+	s := openStore(t, t.TempDir(), blobstore.Options{MaxClockOffset: time.Second})
+	skew := 1300 * time.Millisecond
+
+	data := content(1, 3000)
+	id := dtfc.Sum(data)
+	tomb := dtfc.State{ID: id, Deleted: true, Clock: dtfc.TimestampAt(time.Now().Add(skew)), Node: "ahead"}
+	_, err := s.Apply(tomb)
+	require.ErrorIs(t, err, blobstore.ErrClockAhead)
+
+	begin := time.Now()
+	res := put(t, s, data, blobstore.Upload{})
+	assert.GreaterOrEqual(t, time.Since(begin), 200*time.Millisecond, "the upload did not wait for the delete dated ahead")
+	assert.Greater(t, res.State.Clock, tomb.Clock, "the upload is dated before the delete it came after")
+	out, err := s.Apply(tomb) // offered again, now within the offset
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "the delete dated ahead undid the upload made after it")
+	got, _ := readBlob(t, s, id)
+	assert.Equal(t, data, got)
+
+	// The converse: an upload dated ahead, refused; a delete here.
+	data2 := content(2, 3000)
+	up := dtfc.State{ID: dtfc.Sum(data2), Clock: dtfc.TimestampAt(time.Now().Add(skew)), Node: "ahead", Size: 3000}
+	_, err = commitState(t, s, data2, up, true)
+	require.ErrorIs(t, err, blobstore.ErrClockAhead)
+	del, err := s.Delete(up.ID, true)
+	require.NoError(t, err)
+	assert.Greater(t, del.Clock, up.Clock, "the delete is dated before the upload it came after")
+	res2, err := commitState(t, s, data2, up, true)
+	require.NoError(t, err)
+	assert.False(t, res2.Applied, "the upload dated ahead undid the delete made after it")
+
+	// A state a year ahead holds nothing back: every node with a right
+	// clock refuses it.
+	data3 := content(3, 100)
+	far := dtfc.State{ID: dtfc.Sum(data3), Deleted: true, Clock: dtfc.TimestampAt(time.Now().Add(365 * 24 * time.Hour)), Node: "ahead"}
+	_, err = s.Apply(far)
+	require.ErrorIs(t, err, blobstore.ErrClockAhead)
+	begin = time.Now()
+	res3 := put(t, s, data3, blobstore.Upload{})
+	assert.Less(t, time.Since(begin), time.Second)
+	assert.Less(t, res3.State.Clock, far.Clock)
+}
