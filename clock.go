@@ -1,6 +1,8 @@
 package dtfc
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -84,6 +86,39 @@ func (c *Clock) WallNow() Timestamp { return c.wall() }
 // negative if it is not).
 func (c *Clock) Ahead(t Timestamp) time.Duration {
 	return t.Time().Sub(c.wall().Time())
+}
+
+// ErrFarAhead is AwaitWithin's answer for a Timestamp too far ahead to
+// wait for.
+var ErrFarAhead = errors.New("dtfc: timestamp too far ahead to wait for")
+
+// AwaitWithin waits until t is at most offset ahead of the wall clock,
+// then observes it, so that the next readings of this clock are greater
+// than t. It is how a change made here after seeing a record dated ahead
+// (by a node whose clock runs ahead, refused for now) is dated after that
+// record rather than before it. It waits for at most max: a t further
+// ahead answers ErrFarAhead at once, and a wall clock that does not catch
+// up within max answers it then. ctx ends the wait early.
+func (c *Clock) AwaitWithin(ctx context.Context, t Timestamp, offset, max time.Duration) error {
+	deadline := time.Now().Add(max)
+	for {
+		wait := c.Ahead(t) - offset
+		if wait <= 0 {
+			c.Observe(t)
+			return nil
+		}
+		left := time.Until(deadline)
+		if wait > max || left <= 0 {
+			return ErrFarAhead
+		}
+		timer := time.NewTimer(min(wait, left) + time.Millisecond)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+		}
+	}
 }
 
 // Observe records a Timestamp seen on another node, so that later readings

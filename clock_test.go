@@ -1,10 +1,12 @@
 package dtfc_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
 )
@@ -46,4 +48,31 @@ func TestClockAhead(t *testing.T) {
 	c := &dtfc.Clock{Wall: func() time.Time { return wall }}
 	assert.Equal(t, time.Minute, c.Ahead(dtfc.TimestampAt(wall.Add(time.Minute))))
 	assert.Less(t, c.Ahead(dtfc.TimestampAt(wall.Add(-time.Minute))), time.Duration(0))
+}
+
+// TestAwaitWithin: a timestamp within the offset is observed at once; one
+// a little further ahead is waited for, then observed; one further ahead
+// than the wait allowed answers ErrFarAhead at once; the context ends a
+// wait.
+func TestAwaitWithin(t *testing.T) {
+	var c dtfc.Clock
+	const offset = time.Second
+	near := dtfc.TimestampAt(time.Now().Add(offset / 2))
+	require.NoError(t, c.AwaitWithin(t.Context(), near, offset, time.Second))
+	assert.Greater(t, c.Now(), near)
+
+	ahead := dtfc.TimestampAt(time.Now().Add(offset + 200*time.Millisecond))
+	require.NoError(t, c.AwaitWithin(t.Context(), ahead, offset, time.Second))
+	assert.LessOrEqual(t, c.Ahead(ahead), offset, "observed before it came within the offset")
+	assert.Greater(t, c.Now(), ahead)
+
+	far := dtfc.TimestampAt(time.Now().Add(time.Hour))
+	begin := time.Now()
+	assert.ErrorIs(t, c.AwaitWithin(t.Context(), far, offset, time.Second), dtfc.ErrFarAhead)
+	assert.Less(t, time.Since(begin), time.Second)
+	assert.Less(t, c.Now(), far, "a timestamp not waited for moved the clock")
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	assert.ErrorIs(t, c.AwaitWithin(ctx, dtfc.TimestampAt(time.Now().Add(offset+500*time.Millisecond)), offset, time.Second), context.Canceled)
 }

@@ -1,6 +1,7 @@
 package blobstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -90,7 +91,7 @@ func (s *Store) noteAhead(id dtfc.ID, err error) error {
 
 // afterAhead makes a change of id about to be made here dated after a
 // state of id refused as too far ahead: it waits until that state's
-// clock is within MaxClockOffset (for at most aheadWait), then observes
+// clock is within MaxClockOffset (for at most aheadWait), and observes
 // it, so that the change's clock, read after, is greater. Called before
 // the ID's lock is taken: the wait holds nothing.
 func (s *Store) afterAhead(id dtfc.ID) {
@@ -98,18 +99,8 @@ func (s *Store) afterAhead(id dtfc.ID) {
 	if !ok {
 		return
 	}
-	deadline := time.Now().Add(aheadWait)
-	for {
-		wait := s.clock.Ahead(c) - s.opts.MaxClockOffset
-		if wait <= 0 {
-			s.clock.Observe(c)
-			return
-		}
-		if wait > aheadWait || time.Now().After(deadline) {
-			s.log.Warn("a change goes ahead of a state of the same ID dated too far ahead to wait for; that state wins once real time reaches it",
-				"id", id.String(), "clock", c.Time().UTC().Format(time.RFC3339Nano), "ahead", s.clock.Ahead(c).Round(time.Millisecond))
-			return
-		}
-		time.Sleep(min(wait+time.Millisecond, time.Until(deadline)+time.Millisecond))
+	if err := s.clock.AwaitWithin(context.Background(), c, s.opts.MaxClockOffset, aheadWait); err != nil {
+		s.log.Warn("a change goes ahead of a state of the same ID dated too far ahead to wait for; that state wins once real time reaches it",
+			"id", id.String(), "clock", c.Time().UTC().Format(time.RFC3339Nano), "ahead", s.clock.Ahead(c).Round(time.Millisecond))
 	}
 }

@@ -527,28 +527,21 @@ func (c *Cluster) awaitAhead(ctx context.Context, match func(Member) bool) error
 	// after those that were not.
 	slices.SortFunc(pending, func(a, b Member) int { return cmp.Compare(a.Clock, b.Clock) })
 	for _, m := range pending {
-		for {
-			wait := clock.Ahead(m.Clock) - c.opts.MaxClockOffset
-			if wait <= 0 {
-				break
-			}
-			if wait > membersAheadWait {
-				what := "added"
-				if m.Removed {
-					what = "removed"
-				}
-				return fmt.Errorf("%w: %s (node %s) was %s by a node whose clock runs ahead, at %s, %s ahead of this node's clock (max_clock_offset %s); a change made now would be dated before it and undone by it: retry in %s, and set that node's clock right",
-					ErrMemberAhead, m.URL, m.Node, what, m.Clock.Time().UTC().Format(time.RFC3339Nano),
-					clock.Ahead(m.Clock).Round(time.Millisecond), c.opts.MaxClockOffset, wait.Round(time.Second))
-			}
+		if wait := clock.Ahead(m.Clock) - c.opts.MaxClockOffset; wait > 0 {
 			c.log.Info("a record of the member is dated too far ahead of this node's clock: the change waits for it", "url", m.URL, "node", m.Node, "wait", wait.Round(time.Millisecond))
-			t := time.NewTimer(wait + time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
+		}
+		switch err := clock.AwaitWithin(ctx, m.Clock, c.opts.MaxClockOffset, membersAheadWait); {
+		case errors.Is(err, dtfc.ErrFarAhead):
+			what := "added"
+			if m.Removed {
+				what = "removed"
 			}
+			wait := clock.Ahead(m.Clock) - c.opts.MaxClockOffset
+			return fmt.Errorf("%w: %s (node %s) was %s by a node whose clock runs ahead, at %s, %s ahead of this node's clock (max_clock_offset %s); a change made now would be dated before it and undone by it: retry in %s, and set that node's clock right",
+				ErrMemberAhead, m.URL, m.Node, what, m.Clock.Time().UTC().Format(time.RFC3339Nano),
+				clock.Ahead(m.Clock).Round(time.Millisecond), c.opts.MaxClockOffset, wait.Round(time.Second))
+		case err != nil:
+			return err
 		}
 		if c.mergeMembers([]Member{m}) {
 			if err := c.membersChanged(); err != nil {
