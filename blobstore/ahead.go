@@ -89,6 +89,18 @@ func (s *Store) noteAhead(id dtfc.ID, err error) error {
 	return fmt.Errorf("sha512 %s: %w", id, err)
 }
 
+// CheckClock refuses a state of id from elsewhere whose clock is further
+// ahead of the wall clock than MaxClockOffset, as Apply would, and keeps
+// that clock so that a change of id made here waits for it (afterAhead):
+// for a layer that checks a state before it has what Apply needs (the
+// archive relay, before it fetches the blob).
+func (s *Store) CheckClock(id dtfc.ID, c dtfc.Timestamp) error {
+	if err := s.checkClock(c); err != nil {
+		return s.noteAhead(id, err)
+	}
+	return nil
+}
+
 // afterAhead makes a change of id about to be made here dated after a
 // state of id refused as too far ahead: it waits until that state's
 // clock is within MaxClockOffset (for at most aheadWait), and observes

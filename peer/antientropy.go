@@ -55,6 +55,7 @@ type syncStore interface {
 	SubDigests(first byte) ([256]blobstore.Digest, error)
 	States(prefix []byte, fn func(dtfc.State) error) error
 	Apply(st dtfc.State) (blobstore.Outcome, error)
+	CheckClock(id dtfc.ID, c dtfc.Timestamp) error
 	Open(id dtfc.ID) (*blobstore.Blob, error)
 	DenyDigest() (string, error)
 	DenyKnown() bool

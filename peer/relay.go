@@ -162,9 +162,9 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		c.log.Warn("an archive's state record is not valid; skipped", "archive", r.URL, "id", id.String(), "err", err)
 		return nil
 	}
-	if c.opts.MaxClockOffset > 0 && st.Clock.Time().Sub(c.opts.Wall()) > c.opts.MaxClockOffset {
+	if err := c.syncStore().CheckClock(id, st.Clock); err != nil {
 		c.metrics.clockRefusedIn.Inc()
-		c.log.Warn("refused a state from an archive: its clock is too far ahead of this node's", "archive", r.URL, "id", id.String(), "clock", st.Clock.String())
+		c.log.Warn("refused a state from an archive: its clock is too far ahead of this node's", "archive", r.URL, "err", err)
 		return fmt.Errorf("%s: %w", id, errRelayClock)
 	}
 	an.relayNoted(st)
