@@ -69,7 +69,7 @@ func TestAwaitWithin(t *testing.T) {
 	far := dtfc.TimestampAt(time.Now().Add(time.Hour))
 	begin := time.Now()
 	assert.ErrorIs(t, c.AwaitWithin(t.Context(), far, offset, time.Second), dtfc.ErrFarAhead)
-	assert.Less(t, time.Since(begin), time.Second)
+	assert.Less(t, time.Since(begin), 900*time.Millisecond, "waited for a timestamp beyond the bound")
 	assert.Less(t, c.Now(), far, "a timestamp not waited for moved the clock")
 
 	ctx, cancel := context.WithCancel(t.Context())
