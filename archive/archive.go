@@ -26,6 +26,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
 )
 
 // Errors of an archive, matched with errors.Is.
@@ -268,7 +269,21 @@ func (a *Archive) statesDir(id dtfc.ID) string { return a.prefix + "states/" + s
 // StateKey is the key of the record of st: its clock (16 hex digits,
 // so that keys sort by clock) and the node that performed it.
 func (a *Archive) StateKey(st dtfc.State) string {
-	return a.statesDir(st.ID) + fmt.Sprintf("%016x-%s", uint64(st.Clock), st.Node)
+	return a.statesDir(st.ID) + recordName(st.Clock, st.Node)
+}
+
+// denyDir is the key prefix of id's deny records.
+func (a *Archive) denyDir(id dtfc.ID) string { return a.prefix + "deny/" + shard(id) + "/" }
+
+// DenyKey is the key of deny entry d's record (named like a state's).
+func (a *Archive) DenyKey(d blobstore.Deny) string {
+	return a.denyDir(d.ID) + recordName(d.Clock, d.Node)
+}
+
+// recordName names a record in its ID's directory: its clock (16 hex
+// digits, so that names sort by clock) and the node that made it.
+func recordName(clock dtfc.Timestamp, node string) string {
+	return fmt.Sprintf("%016x-%s", uint64(clock), node)
 }
 
 func (a *Archive) logDir(writer string) string { return a.prefix + "log/" + writer + "/" }
@@ -446,7 +461,46 @@ func (a *Archive) putJSONOnce(ctx context.Context, op, key string, v any) error 
 // bucket (the greatest clock, ties by node identity: dtfc.State.Newer).
 // ErrNotFound if id has none.
 func (a *Archive) NewestState(ctx context.Context, id dtfc.ID) (dtfc.State, error) {
-	dir := a.statesDir(id)
+	var st dtfc.State
+	clock, node, key, err := a.newest(ctx, a.statesDir(id), "states", id, &st)
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	// The key decides: a record's body that disagrees with its name is
+	// not trusted.
+	if st.ID != id || st.Clock != clock || st.Node != node {
+		return dtfc.State{}, fmt.Errorf("archive: state record %s does not match its key", key)
+	}
+	return st, nil
+}
+
+// PutDeny writes deny entry d's record once (a block or a lift).
+// ErrExists: the record was already there (the same entry, written
+// before).
+func (a *Archive) PutDeny(ctx context.Context, d blobstore.Deny) error {
+	return a.putJSONOnce(ctx, "put deny entry", a.DenyKey(d), d)
+}
+
+// NewestDeny returns the winning deny entry of id among its records in
+// the bucket (ordered like states: blobstore.Deny.Newer). ErrNotFound if
+// id has none.
+func (a *Archive) NewestDeny(ctx context.Context, id dtfc.ID) (blobstore.Deny, error) {
+	var d blobstore.Deny
+	clock, node, key, err := a.newest(ctx, a.denyDir(id), "deny entries", id, &d)
+	if err != nil {
+		return blobstore.Deny{}, err
+	}
+	if d.ID != id || d.Clock != clock || d.Node != node {
+		return blobstore.Deny{}, fmt.Errorf("archive: deny record %s does not match its key", key)
+	}
+	return d, nil
+}
+
+// newest lists the records under dir (what of id), and decodes the
+// newest into v: the greatest clock, ties by node identity. It returns
+// the clock and node its name gives, and its key. ErrNotFound if there
+// is none.
+func (a *Archive) newest(ctx context.Context, dir, what string, id dtfc.ID, v any) (dtfc.Timestamp, string, string, error) {
 	type rec struct {
 		clock dtfc.Timestamp
 		node  string
@@ -457,7 +511,7 @@ func (a *Archive) NewestState(ctx context.Context, id dtfc.ID) (dtfc.State, erro
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return dtfc.State{}, a.wrap("list", dir, err)
+			return 0, "", "", a.wrap("list", dir, err)
 		}
 		for _, o := range page.Contents {
 			name := strings.TrimPrefix(aws.ToString(o.Key), dir)
@@ -476,22 +530,16 @@ func (a *Archive) NewestState(ctx context.Context, id dtfc.ID) (dtfc.State, erro
 		}
 	}
 	if best == nil {
-		return dtfc.State{}, fmt.Errorf("archive: states of %s: %w", id, ErrNotFound)
+		return 0, "", "", fmt.Errorf("archive: %s of %s: %w", what, id, ErrNotFound)
 	}
 	body, err := a.get(ctx, best.key, 1<<20)
 	if err != nil {
-		return dtfc.State{}, err
+		return 0, "", "", err
 	}
-	var st dtfc.State
-	if err := json.Unmarshal(body, &st); err != nil {
-		return dtfc.State{}, fmt.Errorf("archive: state record %s: %w", best.key, err)
+	if err := json.Unmarshal(body, v); err != nil {
+		return 0, "", "", fmt.Errorf("archive: record %s: %w", best.key, err)
 	}
-	// The key decides: a record's body that disagrees with its name is
-	// not trusted.
-	if st.ID != id || st.Clock != best.clock || st.Node != best.node {
-		return dtfc.State{}, fmt.Errorf("archive: state record %s does not match its key", best.key)
-	}
-	return st, nil
+	return best.clock, best.node, best.key, nil
 }
 
 // get reads a small object whole (at most limit bytes).
@@ -517,12 +565,16 @@ func (a *Archive) get(ctx context.Context, key string, limit int64) ([]byte, err
 const maxLogObject = 4 << 20
 
 // LogEntry is one change named in a writer's log: which ID, and the
-// operation's clock and node (the state records say the rest).
+// operation's clock and node (the records say the rest): a state's, or
+// with Deny a deny entry's.
 type LogEntry struct {
 	ID      dtfc.ID        `json:"sha512"`
 	Clock   dtfc.Timestamp `json:"clock"`
 	Node    string         `json:"node"`
 	Deleted bool           `json:"deleted,omitempty"`
+	// Deny: the change is a deny entry (a block, or a lift), whose
+	// records are under deny/ rather than states/.
+	Deny bool `json:"deny,omitempty"`
 }
 
 // AppendLog writes a writer's log entry seq once. ErrExists: seq was

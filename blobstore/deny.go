@@ -160,6 +160,12 @@ func (s *Store) checkDenied(id dtfc.ID) error {
 	return nil
 }
 
+// DenyEntry returns the deny entry held for id, active or lifted.
+func (s *Store) DenyEntry(id dtfc.ID) (Deny, bool, error) {
+	d, ok, err := s.denyEntry(id)
+	return d.Deny, ok, err
+}
+
 // denyEntry reads id's deny entry in its own read transaction.
 func (s *Store) denyEntry(id dtfc.ID) (d denyRecord, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {

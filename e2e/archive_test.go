@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,7 +75,8 @@ func (b *bucket) states(t *testing.T, id string) []dtfc.State {
 }
 
 // logged lists what node 0 of c named in its log in the bucket ("up
-// <id>", "del <id>"), read from versitygw's directory.
+// <id>", "del <id>", "deny <id>" for a block or a lift), read from
+// versitygw's directory.
 func (b *bucket) logged(t *testing.T, c *cluster.Cluster) []string {
 	t.Helper()
 	node, err := os.ReadFile(filepath.Join(c.Nodes[0].Basedir, "node-id"))
@@ -93,7 +95,10 @@ func (b *bucket) logged(t *testing.T, c *cluster.Cluster) []string {
 		require.NoError(t, json.Unmarshal(body, &entries))
 		for _, le := range entries {
 			op := "up "
-			if le.Deleted {
+			switch {
+			case le.Deny:
+				op = "deny "
+			case le.Deleted:
 				op = "del "
 			}
 			out = append(out, op+le.ID.String())
@@ -658,4 +663,86 @@ func TestArchiveRelayForgottenDelete(t *testing.T) {
 	assert.False(t, logHas(B, "set aside"), "the forgotten delete was set aside")
 	res, _ := get(t, hc, B.URL+"/"+id)
 	assert.Equal(t, http.StatusNotFound, res.StatusCode)
+}
+
+// denyRecords reads id's deny records straight from versitygw's
+// directory: "block" or "lift" each, in clock order.
+func (b *bucket) denyRecords(t *testing.T, id string) []string {
+	t.Helper()
+	dir := b.s.Path(b.prefix + "/deny/" + id[0:2] + "/" + id[2:4] + "/" + id)
+	ents, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	var out []string
+	for _, e := range ents {
+		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		require.NoError(t, err)
+		var d struct {
+			Lifted bool `json:"lifted"`
+		}
+		require.NoError(t, json.Unmarshal(body, &d), "record %s", e.Name())
+		if d.Lifted {
+			out = append(out, "lift")
+		} else {
+			out = append(out, "block")
+		}
+	}
+	return out
+}
+
+// TestArchiveRelayDeny: blocks and lifts are kept in the bucket and
+// relayed like states. A node B that reads the cluster only through the
+// bucket, and has not read it since a block was made on A, takes a
+// re-upload of the blocked ID (dated after the block's tombstone: the
+// newest state record in the bucket). A node C that then reads the
+// bucket applies the block, and never serves the file: it used to take
+// the re-upload and serve it for ever (soak seeds 81 and 82, --archive).
+// A's lift then reaches C too, and C takes the ID again.
+func TestArchiveRelayDeny(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "deny")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	// B reads the bucket once, at start.
+	bb := archiveNodes(t, b, "--archive-interval", "1h")
+	A, B := a.Nodes[0].URL, bb.Nodes[0].URL
+	hc := newClient(t)
+	local := func(base, id string) int {
+		res, _ := get(t, hc, base+"/"+id+"?nopeerload=1")
+		return res.StatusCode
+	}
+	data := randomBytes(20 << 10)
+	_, id := upload(t, hc, B, "x", data)
+	eventually(t, 30*time.Second, "A holds B's upload", func() bool { return local(A, id) == http.StatusOK })
+
+	setDeny(t, hc, A, id, `{"status": 451, "reason": "court order"}`)
+	eventually(t, 20*time.Second, "the block's record in the bucket", func() bool {
+		return slices.Equal(b.denyRecords(t, id), []string{"block"}) && slices.Contains(b.logged(t, a), "deny "+id)
+	})
+	// B has not heard of the block: it takes the ID again, and its
+	// record is the newest state in the bucket.
+	require.Equal(t, http.StatusOK, local(B, id), "B, which has not read the bucket since, still holds the file")
+	status, _ := upload(t, hc, B, "x", data)
+	require.Contains(t, []int{http.StatusOK, http.StatusCreated}, status)
+	eventually(t, 20*time.Second, "the bucket's newest state is an upload again", func() bool {
+		st, err := b.a.NewestState(t.Context(), mustID(t, id))
+		return err == nil && !st.Deleted && st.Node != ""
+	})
+
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	C := c.Nodes[0].URL
+	eventually(t, 30*time.Second, "C applied the block", func() bool { return hasDenyEntry(t, hc, C, id) })
+	res, _ := get(t, hc, C+"/"+id)
+	assert.Equal(t, http.StatusUnavailableForLegalReasons, res.StatusCode, "C serves a blocked file")
+	assert.Equal(t, http.StatusUnavailableForLegalReasons, local(C, id))
+	assert.NotContains(t, b.logged(t, c), "deny "+id, "C names in its log a block it relayed")
+
+	liftDeny(t, hc, A, id)
+	eventually(t, 20*time.Second, "the lift's record in the bucket", func() bool {
+		return slices.Equal(b.denyRecords(t, id), []string{"block", "lift"})
+	})
+	eventually(t, 30*time.Second, "C applied the lift", func() bool { return !hasDenyEntry(t, hc, C, id) })
+	status, _ = upload(t, hc, C, "x", data)
+	assert.Contains(t, []int{http.StatusOK, http.StatusCreated}, status, "C takes the ID once the block is lifted")
 }

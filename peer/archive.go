@@ -18,6 +18,7 @@ import (
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/archive"
+	"github.com/dtfc/dtfc/blobstore"
 )
 
 // An archive peer (an s3://bucket/prefix entry) is a remote whose Node is
@@ -74,31 +75,36 @@ type relayedKey struct {
 	id    dtfc.ID
 	clock dtfc.Timestamp
 	node  string
+	deny  bool // a deny entry's, not a state's
 }
+
+func stateKey(st dtfc.State) relayedKey { return relayedKey{st.ID, st.Clock, st.Node, false} }
+
+func denyKey(d blobstore.Deny) relayedKey { return relayedKey{d.ID, d.Clock, d.Node, true} }
 
 // maxRelayed bounds the memory of relayed states; beyond it, a relayed
 // state offered back is named again in this node's log (harmless: a
 // reader finds the same record, and applying it changes nothing).
 const maxRelayed = 100_000
 
-// relayNoted records that the relay applied st from this archive.
-func (n *archiveNode) relayNoted(st dtfc.State) {
+// relayNoted records that the relay applied a state or deny entry (k)
+// from this archive.
+func (n *archiveNode) relayNoted(k relayedKey) {
 	n.relayedMu.Lock()
 	defer n.relayedMu.Unlock()
 	if n.relayed == nil {
 		n.relayed = map[relayedKey]struct{}{}
 	}
 	if len(n.relayed) < maxRelayed {
-		n.relayed[relayedKey{st.ID, st.Clock, st.Node}] = struct{}{}
+		n.relayed[k] = struct{}{}
 	}
 }
 
-// wasRelayed reports, once, whether the relay applied st from this
+// wasRelayed reports, once, whether the relay applied k from this
 // archive (an offer that fails after it is then repeated in full).
-func (n *archiveNode) wasRelayed(st dtfc.State) bool {
+func (n *archiveNode) wasRelayed(k relayedKey) bool {
 	n.relayedMu.Lock()
 	defer n.relayedMu.Unlock()
-	k := relayedKey{st.ID, st.Clock, st.Node}
 	_, ok := n.relayed[k]
 	delete(n.relayed, k)
 	return ok
@@ -327,26 +333,39 @@ func (n *archiveNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadC
 	return body, st, nil
 }
 
-// Offer writes the record of every delete, and of every upload whose
-// blob is in the bucket; it asks for the bytes of the others (Put writes
-// them, then the record). Deny entries are not kept in a bucket: they
-// are taken as they are. The records written, or found there, are named
-// in this node's log; a state the relay brought from this archive is
-// taken as it is (relayed) once its blob is found there. A blob whose
+// Offer writes the record of every delete and deny entry (a block or a
+// lift), and of every upload whose blob is in the bucket; it asks for the
+// bytes of the others (Put writes them, then the record). The records
+// written, or found there, are named in this node's log; a state the
+// relay brought from this archive is taken as it is (relayed) once its
+// blob is found there, a deny entry or delete it brought at once. A blob whose
 // object has another size than its state fails the offer, every time,
 // until the object is removed: what an archive accepted, a tier evicts.
 func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAnswer, error) {
 	ans := changesAnswer{Results: make([]string, len(req.Changes)), DenyResults: make([]string, len(req.Deny))}
-	for i := range req.Deny {
-		ans.DenyResults[i] = resultOK
-	}
 	var mu sync.Mutex
 	var logged []archive.LogEntry
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pushParallelism) // each change is a request or two: at once
+	for i, d := range req.Deny {
+		g.Go(func() error {
+			if !n.wasRelayed(denyKey(d)) {
+				err := n.a.PutDeny(gctx, d)
+				n.seen(err)
+				if err != nil && !errors.Is(err, archive.ErrExists) {
+					return err
+				}
+				mu.Lock()
+				logged = append(logged, archive.LogEntry{ID: d.ID, Clock: d.Clock, Node: d.Node, Deny: true})
+				mu.Unlock()
+			}
+			ans.DenyResults[i] = resultOK
+			return nil
+		})
+	}
 	for i, st := range req.Changes {
 		g.Go(func() error {
-			relayed := n.wasRelayed(st)
+			relayed := n.wasRelayed(stateKey(st))
 			if relayed && st.Deleted {
 				ans.Results[i] = resultOK
 				return nil

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,7 +17,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/archive"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -100,4 +103,35 @@ func TestArchiveAskedAfterNodes(t *testing.T) {
 	assert.Equal(t, b2, body)
 	assert.Positive(t, fb.blobGets.Load(), "read from the archive")
 	y.eventuallyHolds(id2, true)
+}
+
+// TestArchiveDenyListWritten: a node whose archive acknowledged its deny
+// entries without keeping them (nodes before deny records were kept in
+// a bucket did) writes its whole deny list to that archive, once: a
+// block then reaches the nodes that read the cluster through the bucket.
+func TestArchiveDenyListWritten(t *testing.T) {
+	fb := newFakeBucket(t)
+	x := newNode(t, nodeOpts{run: true})
+	x.writePeers()
+	x.start()
+	block, err := x.Store.SetDeny(dtfc.Sum([]byte("blocked")), 451, "court order", false)
+	require.NoError(t, err)
+	lift, err := x.Store.SetDeny(dtfc.Sum([]byte("lifted")), 0, "", true)
+	require.NoError(t, err)
+	x.down()
+
+	// The archive's cursor past both entries, as an older node left it.
+	st, err := blobstore.Open(x.Dir, blobstore.Options{})
+	require.NoError(t, err)
+	require.NoError(t, st.SetValue("cursor s3://b/p", []byte(strconv.FormatUint(st.LastSeq(), 10))))
+	require.NoError(t, st.Close())
+	fb.addTo(t, x)
+	x.start()
+	for _, d := range []blobstore.Deny{block, lift} {
+		eventually(t, 10*time.Second, func() bool {
+			got, err := fb.a.NewestDeny(t.Context(), d.ID)
+			return err == nil && got == d
+		}, "the deny entry's record in the bucket")
+	}
+	assert.Zero(t, x.status().Queues["s3://b/p"].Length, "the pusher had nothing to send")
 }

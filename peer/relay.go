@@ -28,8 +28,11 @@ import (
 // (none is). The state goes through the same Apply as a peer's (last
 // writer wins, clocks too far ahead refused, tombstones of forgotten
 // deletes kept dead) and an upload's bytes through the fetcher from the
-// archive (verified before they are kept or served). Two nodes whose only
-// common peer is the bucket converge through it.
+// archive (verified before they are kept or served). A deny entry (a
+// block or a lift) is applied the same way: the ID's newest deny record
+// in the bucket, through the same ApplyDeny as a peer's. Two nodes whose
+// only common peer is the bucket converge through it, their deny lists
+// too.
 
 // keyRelayPrefix + archive URL + " " + writer: how far this node has
 // applied that writer's log in that archive.
@@ -65,6 +68,9 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 			continue
 		}
 		c.retryParked(ctx, r, an)
+		if err := c.writeDenyList(ctx, r, an); err != nil && ctx.Err() == nil {
+			c.log.Info("writing the deny list to an archive failed; retried next round", "archive", r.URL, "err", err)
+		}
 		got, err := c.relayFrom(ctx, r, an)
 		n += got
 		if err != nil && ctx.Err() == nil {
@@ -72,6 +78,34 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		}
 	}
 	return n
+}
+
+// keyArchiveDenyPrefix + archive URL: this node wrote its whole deny
+// list to that archive once.
+const keyArchiveDenyPrefix = "archive deny list "
+
+// writeDenyList writes this node's deny list (blocks and lifts held) to
+// an archive, once: nodes before this version acknowledged deny entries
+// without keeping them in a bucket, so an archive whose cursor passed
+// them has none of them (a new archive gets them in the feed, and a
+// record written twice is the same record).
+func (c *Cluster) writeDenyList(ctx context.Context, r *remote, an *archiveNode) error {
+	key := keyArchiveDenyPrefix + r.URL
+	if v, err := c.store.Value(key); err != nil || v != nil {
+		return err
+	}
+	list, err := c.denyStore().DenyList()
+	if err != nil {
+		return err
+	}
+	for len(list) > 0 {
+		n := min(len(list), maxChanges)
+		if _, err := an.Offer(ctx, changesRequest{Deny: list[:n]}); err != nil {
+			return err
+		}
+		list = list[n:]
+	}
+	return c.store.SetValue(key, []byte("written"))
 }
 
 // relayFrom applies what every other writer logged in one archive since
@@ -112,6 +146,13 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(relayParallelism)
 		for _, e := range entries {
+			if e.Deny {
+				if local, ok, err := c.denyStore().DenyEntry(e.ID); err == nil && ok && !(blobstore.Deny{Clock: e.Clock, Node: e.Node}).Newer(local) {
+					continue
+				}
+				g.Go(func() error { return c.relayDeny(gctx, r, an, e.ID) })
+				continue
+			}
 			// What this node has already, or newer, costs no request:
 			// every node that pushes to the archive names in its log
 			// what it pushed, so most entries name states the reader
@@ -167,7 +208,7 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		c.log.Warn("refused a state from an archive: its clock is too far ahead of this node's", "archive", r.URL, "err", err)
 		return fmt.Errorf("%s: %w", id, errRelayClock)
 	}
-	an.relayNoted(st)
+	an.relayNoted(stateKey(st))
 	if c.isCache() && !st.Deleted {
 		// A cache holds what was read through it, no more: an upload
 		// only updates a copy it holds, and is never fetched for it.
@@ -189,6 +230,41 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		return fmt.Errorf("%s: not taken from the archive (its blob is missing or unreadable there): %w", id, err)
 	} else if err != nil {
 		return err
+	}
+	return nil
+}
+
+// relayDeny applies id's newest deny record in the archive. A failure
+// holds the writer's cursor (deny entries are few, and a record that is
+// not valid is skipped, never retried).
+func (c *Cluster) relayDeny(ctx context.Context, r *remote, an *archiveNode, id dtfc.ID) error {
+	d, err := an.a.NewestDeny(ctx, id)
+	an.seen(err)
+	if errors.Is(err, archive.ErrNotFound) {
+		return nil // named, but no record: nothing to apply
+	}
+	if err != nil {
+		return err
+	}
+	if err := validDeny(d); err != nil {
+		c.log.Warn("an archive's deny record is not valid; skipped", "archive", r.URL, "id", id.String(), "err", err)
+		return nil
+	}
+	// Noted before it is applied: the pusher may offer it back at once.
+	an.relayNoted(denyKey(d))
+	ok, err := c.denyStore().ApplyDeny(d)
+	if !ok {
+		an.wasRelayed(denyKey(d)) // not in the feed: never offered back
+	}
+	if errors.Is(err, blobstore.ErrClockAhead) {
+		c.refusedClock(err)
+		return fmt.Errorf("%s: %w", id, errRelayClock)
+	}
+	if err != nil {
+		return err
+	}
+	if ok {
+		c.denyApplied(d)
 	}
 	return nil
 }
