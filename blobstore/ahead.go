@@ -82,9 +82,14 @@ func (a *aheadClocks) take(id dtfc.ID) (dtfc.Timestamp, bool) {
 // noteAhead keeps the clock of a state of id that err refused as too far
 // ahead (a *ClockAheadError), if it is one, and returns err naming id.
 func (s *Store) noteAhead(id dtfc.ID, err error) error {
+	return s.noteAheadIn(&s.ahead, id, err)
+}
+
+// noteAheadIn is noteAhead into a (states' or deny entries' clocks).
+func (s *Store) noteAheadIn(a *aheadClocks, id dtfc.ID, err error) error {
 	var ca *ClockAheadError
 	if errors.As(err, &ca) {
-		s.ahead.note(id, ca.Clock, func(c dtfc.Timestamp) bool { return s.clock.Ahead(c) <= s.opts.MaxClockOffset })
+		a.note(id, ca.Clock, func(c dtfc.Timestamp) bool { return s.clock.Ahead(c) <= s.opts.MaxClockOffset })
 	}
 	return fmt.Errorf("sha512 %s: %w", id, err)
 }
@@ -106,8 +111,11 @@ func (s *Store) CheckClock(id dtfc.ID, c dtfc.Timestamp) error {
 // clock is within MaxClockOffset (for at most aheadWait), and observes
 // it, so that the change's clock, read after, is greater. Called before
 // the ID's lock is taken: the wait holds nothing.
-func (s *Store) afterAhead(id dtfc.ID) {
-	c, ok := s.ahead.take(id)
+func (s *Store) afterAhead(id dtfc.ID) { s.afterAheadIn(&s.ahead, id) }
+
+// afterAheadIn is afterAhead for the clocks kept in a.
+func (s *Store) afterAheadIn(a *aheadClocks, id dtfc.ID) {
+	c, ok := a.take(id)
 	if !ok {
 		return
 	}

@@ -62,3 +62,26 @@ func TestLocalChangeAfterStateAhead(t *testing.T) {
 	assert.Less(t, time.Since(begin), 5*time.Second, "waited for a state too far ahead to wait for (the bound is 10 s)")
 	assert.Less(t, res3.State.Clock, far.Clock)
 }
+
+// TestLocalDenyAfterDenyAhead: the same rule for deny entries, which are
+// ordered apart from states: a block from a node 1.3 s ahead (offset
+// 1 s) is refused; a lift made here a moment later must be dated after
+// it, or the block, taken once within the offset, undoes the lift.
+func TestLocalDenyAfterDenyAhead(t *testing.T) {
+	s := openStore(t, t.TempDir(), blobstore.Options{MaxClockOffset: time.Second})
+	id := dtfc.Sum(content(4, 100))
+	block := blobstore.Deny{ID: id, Status: 451, Reason: "r", Clock: dtfc.TimestampAt(time.Now().Add(1300 * time.Millisecond)), Node: "ahead"}
+	_, err := s.ApplyDeny(block)
+	require.ErrorIs(t, err, blobstore.ErrClockAhead)
+
+	begin := time.Now()
+	lift, err := s.SetDeny(id, 0, "", true)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, time.Since(begin), 200*time.Millisecond, "the lift did not wait for the block dated ahead")
+	assert.Greater(t, lift.Clock, block.Clock, "the lift is dated before the block it came after")
+	applied, err := s.ApplyDeny(block) // offered again, now within the offset
+	require.NoError(t, err)
+	assert.False(t, applied, "the block dated ahead undid the lift made after it")
+	_, blocked := s.Denied(id)
+	assert.False(t, blocked)
+}

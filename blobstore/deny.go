@@ -227,8 +227,10 @@ func (s *Store) DenyDigest() (string, error) {
 }
 
 // SetDeny records a block (or, with lifted, the lifting of one) decided on
-// this node, with a fresh clock reading.
+// this node, with a fresh clock reading: after that of any deny entry of
+// id refused as dated too far ahead (see ahead.go), which it may wait for.
 func (s *Store) SetDeny(id dtfc.ID, status int, reason string, lifted bool) (Deny, error) {
+	s.afterAheadIn(&s.aheadDeny, id)
 	d := Deny{ID: id, Status: status, Reason: reason, Lifted: lifted, Clock: s.clock.Now(), Node: s.node}
 	if lifted {
 		d.Status, d.Reason = 0, ""
@@ -248,7 +250,7 @@ func (s *Store) ApplyDeny(d Deny) (bool, error) {
 		return false, errors.New("blobstore: deny entry without an ID")
 	}
 	if err := s.checkClock(d.Clock); err != nil {
-		return false, err
+		return false, s.noteAheadIn(&s.aheadDeny, d.ID, err)
 	}
 	return s.applyDeny(d)
 }

@@ -92,6 +92,8 @@ type Store struct {
 	syncfs bool
 	// ahead: the clocks of states refused as too far ahead (ahead.go).
 	ahead aheadClocks
+	// aheadDeny: the clocks of deny entries refused as too far ahead.
+	aheadDeny aheadClocks
 }
 
 var (
