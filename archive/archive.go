@@ -41,6 +41,9 @@ var (
 	// ErrCredentials: the server refused the credentials (unknown key,
 	// wrong secret, or no permission on the bucket).
 	ErrCredentials = errors.New("the server refused the credentials")
+	// ErrBadRecord: a record's body is not JSON of its kind, or does not
+	// match its key. Reading it again gives the same answer.
+	ErrBadRecord = errors.New("archive: record not valid")
 )
 
 // DefaultRegion is the region of an entry that sets none.
@@ -469,7 +472,7 @@ func (a *Archive) NewestState(ctx context.Context, id dtfc.ID) (dtfc.State, erro
 	// The key decides: a record's body that disagrees with its name is
 	// not trusted.
 	if st.ID != id || st.Clock != clock || st.Node != node {
-		return dtfc.State{}, fmt.Errorf("archive: state record %s does not match its key", key)
+		return dtfc.State{}, fmt.Errorf("%w: state record %s does not match its key", ErrBadRecord, key)
 	}
 	return st, nil
 }
@@ -491,7 +494,7 @@ func (a *Archive) NewestDeny(ctx context.Context, id dtfc.ID) (blobstore.Deny, e
 		return blobstore.Deny{}, err
 	}
 	if d.ID != id || d.Clock != clock || d.Node != node {
-		return blobstore.Deny{}, fmt.Errorf("archive: deny record %s does not match its key", key)
+		return blobstore.Deny{}, fmt.Errorf("%w: deny record %s does not match its key", ErrBadRecord, key)
 	}
 	return d, nil
 }
@@ -537,7 +540,7 @@ func (a *Archive) newest(ctx context.Context, dir, what string, id dtfc.ID, v an
 		return 0, "", "", err
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return 0, "", "", fmt.Errorf("archive: record %s: %w", best.key, err)
+		return 0, "", "", fmt.Errorf("%w: %s: %v", ErrBadRecord, best.key, err)
 	}
 	return best.clock, best.node, best.key, nil
 }

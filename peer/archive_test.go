@@ -26,6 +26,7 @@ import (
 // fakeBucket is an in-process S3 server (gofakes3) with one bucket,
 // counting the reads of blob objects.
 type fakeBucket struct {
+	be          *s3mem.Backend
 	url, secret string
 	blobGets    atomic.Int64
 	a           *archive.Archive
@@ -35,7 +36,7 @@ func newFakeBucket(t *testing.T) *fakeBucket {
 	t.Helper()
 	be := s3mem.New()
 	require.NoError(t, be.CreateBucket("b"))
-	fb := &fakeBucket{}
+	fb := &fakeBucket{be: be}
 	h := gofakes3.New(be).Server()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
@@ -134,4 +135,33 @@ func TestArchiveDenyListWritten(t *testing.T) {
 		}, "the deny entry's record in the bucket")
 	}
 	assert.Zero(t, x.status().Queues["s3://b/p"].Length, "the pusher had nothing to send")
+}
+
+// TestArchiveRelayPastBadDenyRecord: a deny record that is not valid
+// (not JSON here) is skipped with a warning; the relay goes on with the
+// rest of the writer's log (it held the log for ever, reading the record
+// again every round).
+func TestArchiveRelayPastBadDenyRecord(t *testing.T) {
+	fb := newFakeBucket(t)
+	now := dtfc.TimestampAt(time.Now())
+	bad := dtfc.Sum([]byte("bad"))
+	h := bad.String()
+	key := "p/deny/" + h[0:2] + "/" + h[2:4] + "/" + h + "/" + fmt.Sprintf("%016x", uint64(now)) + "-7e57"
+	_, err := fb.be.PutObject("b", key, nil, strings.NewReader("not json"), 8, nil)
+	require.NoError(t, err)
+	require.NoError(t, fb.a.AppendLog(t.Context(), "7e57", 1, []archive.LogEntry{{ID: bad, Clock: now, Node: "7e57", Deny: true}}))
+	good := blobstore.Deny{ID: dtfc.Sum([]byte("good")), Status: 451, Reason: "r", Clock: now + 1, Node: "7e57"}
+	require.NoError(t, fb.a.PutDeny(t.Context(), good))
+	require.NoError(t, fb.a.AppendLog(t.Context(), "7e57", 2, []archive.LogEntry{{ID: good.ID, Clock: good.Clock, Node: good.Node, Deny: true}}))
+
+	x := newNode(t, nodeOpts{run: true, peer: func(o *peer.Options) { o.ArchiveInterval = 100 * time.Millisecond }})
+	x.writePeers()
+	fb.addTo(t, x)
+	x.start()
+	eventually(t, 10*time.Second, func() bool {
+		_, ok := x.Store.Denied(good.ID)
+		return ok
+	}, "the valid block after the bad record applied")
+	_, ok := x.Store.Denied(bad)
+	assert.False(t, ok)
 }

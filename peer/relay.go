@@ -235,18 +235,21 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 }
 
 // relayDeny applies id's newest deny record in the archive. A failure
-// holds the writer's cursor (deny entries are few, and a record that is
-// not valid is skipped, never retried).
+// holds the writer's cursor (deny entries are few); a record that is not
+// valid is skipped, never retried (it would hold the log for ever).
 func (c *Cluster) relayDeny(ctx context.Context, r *remote, an *archiveNode, id dtfc.ID) error {
 	d, err := an.a.NewestDeny(ctx, id)
 	an.seen(err)
 	if errors.Is(err, archive.ErrNotFound) {
 		return nil // named, but no record: nothing to apply
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, archive.ErrBadRecord) {
 		return err
 	}
-	if err := validDeny(d); err != nil {
+	if err == nil {
+		err = validDeny(d)
+	}
+	if err != nil {
 		c.log.Warn("an archive's deny record is not valid; skipped", "archive", r.URL, "id", id.String(), "err", err)
 		return nil
 	}
