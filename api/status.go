@@ -68,10 +68,27 @@ type Cluster struct {
 	Resyncing bool          `json:"resyncing"`
 	Resync    ResyncStatus  `json:"resync"`
 	Scrub     ScrubProgress `json:"scrub"`
+	// Eviction is present on a node given max_bytes (a cache or a tier).
+	Eviction *Eviction `json:"eviction,omitempty"`
 	// Members are the membership records (GET /_members), removals
 	// included: every node records itself, and learns the others' records
 	// from its peers.
 	Members []Member `json:"members,omitempty"`
+}
+
+// Eviction describes how a cache or a tier stays under max_bytes.
+type Eviction struct {
+	// MaxBytes is the size the node's store stays under (max_bytes).
+	MaxBytes int64 `json:"max_bytes"`
+	// Over reports that the store holds more than MaxBytes now: what is
+	// left is not evictable yet (a cache's uploads no replica accepted, a
+	// tier's that an archive has not), or an eviction is due.
+	Over bool `json:"over"`
+	// Evicted and EvictedBytes count the blobs evicted, and their bytes,
+	// since the node started (dtfc_cache_evictions_total counts the same
+	// blobs).
+	Evicted      int64 `json:"evicted"`
+	EvictedBytes int64 `json:"evicted_bytes"`
 }
 
 // Member is a node of the cluster as membership records it (GET

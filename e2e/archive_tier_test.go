@@ -71,6 +71,14 @@ func TestArchiveTier(t *testing.T) {
 	})
 	files := c.BlobFiles(0)
 	assert.LessOrEqual(t, len(files), 4, "at most 4 blobs of 50 KiB held under 200 KiB")
+	st, err := c.Status(0)
+	require.NoError(t, err)
+	require.NotNil(t, st.Cluster.Eviction, "/_status of a tier has its eviction figures")
+	ev := st.Cluster.Eviction
+	assert.Equal(t, int64(limit), ev.MaxBytes)
+	assert.False(t, ev.Over)
+	assert.Equal(t, int64(12-len(files)), ev.Evicted, "blobs evicted since the start")
+	assert.GreaterOrEqual(t, ev.EvictedBytes, ev.Evicted*size)
 	for id, data := range blobs {
 		assert.True(t, b.holds(id, data), "only what the archive holds was evicted: %s", id[:12])
 	}
@@ -146,6 +154,9 @@ func TestArchiveTier(t *testing.T) {
 		assert.True(t, held, "upload %s not yet archived is kept", id[:12])
 	}
 	assert.Greater(t, heldBytes(c, 0), int64(limit), "above max_bytes rather than evict what the archive lacks")
+	st, err = c.Status(0)
+	require.NoError(t, err)
+	assert.True(t, st.Cluster.Eviction.Over, "/_status says the tier is above max_bytes")
 	var gone string
 	for _, id := range order {
 		if _, held := files[id]; !held {

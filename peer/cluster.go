@@ -146,6 +146,8 @@ type Cluster struct {
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
 
+	evicted, evictedBytes atomic.Int64 // blobs evicted since start, and their bytes
+
 	// archiveCounters: archive URL → *archiveStats, kept across
 	// refreshes (an entry whose endpoint or credentials change is
 	// reached anew, its counts go on).
@@ -533,6 +535,11 @@ func (c *Cluster) Status() Status {
 	st.Resyncing = st.Resync.State != ResyncInSync
 	st.Synced = c.isSynced()
 	st.Members = c.members.list()
+	if c.opts.MaxBytes > 0 {
+		_, held := c.store.Stats()
+		st.Eviction = &api.Eviction{MaxBytes: c.opts.MaxBytes, Over: held > c.opts.MaxBytes,
+			Evicted: c.evicted.Load(), EvictedBytes: c.evictedBytes.Load()}
+	}
 	for _, r := range c.mem.Load().remotes {
 		ps := r.status()
 		q, lag := c.queue(r)
@@ -602,6 +609,12 @@ func (c *Cluster) evict(incoming int64) (int, error) {
 	}
 	ev, err := c.store.Evict(c.opts.MaxBytes, incoming, acked)
 	c.metrics.evictions.Add(float64(len(ev)))
+	var n int64
+	for _, st := range ev {
+		n += st.Size
+	}
+	c.evicted.Add(int64(len(ev)))
+	c.evictedBytes.Add(n)
 	return len(ev), err
 }
 
