@@ -277,9 +277,10 @@ func usableArchive(ctx context.Context, p Peer) error {
 }
 
 // seen records how an exchange with the bucket went: an answer (even
-// "not found") is a sign of life, anything else a failure.
+// "not found", or a record that is not valid) is a sign of life,
+// anything else a failure.
 func (n *archiveNode) seen(err error) {
-	if err == nil || errors.Is(err, archive.ErrNotFound) || errors.Is(err, archive.ErrExists) {
+	if err == nil || errors.Is(err, archive.ErrNotFound) || errors.Is(err, archive.ErrExists) || errors.Is(err, archive.ErrBadRecord) {
 		n.r.ok(http.Header{})
 		return
 	}
