@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -638,6 +639,25 @@ func do(t *testing.T, hc *http.Client, req *http.Request) (*http.Response, []byt
 	return res, b
 }
 
+// denyEntryOf returns the node at base's deny entry of id (GET
+// /_internal/deny), failing t if it has none.
+func denyEntryOf(t *testing.T, hc *http.Client, base, id string) blobstore.Deny {
+	t.Helper()
+	res, body := get(t, hc, base+"/_internal/deny")
+	require.Equal(t, http.StatusOK, res.StatusCode, "%s", body)
+	var list struct {
+		Entries []blobstore.Deny `json:"entries"`
+	}
+	require.NoError(t, json.Unmarshal(body, &list))
+	for _, d := range list.Entries {
+		if d.ID.String() == id {
+			return d
+		}
+	}
+	t.Fatalf("%s has no deny entry of %s", base, id)
+	return blobstore.Deny{}
+}
+
 func setDeny(t *testing.T, hc *http.Client, base, id, body string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, base+"/_deny/"+id, strings.NewReader(body))
@@ -801,4 +821,48 @@ func TestLateDeleteGivesFullExpiry(t *testing.T) {
 	c.HealAll()
 	c.WaitConverged(t, converge)
 	assertNowhere(t, c, xID)
+}
+
+// TestLiftAfterSkewedBlock: the same for deny entries. A file is blocked
+// everywhere; node 1, its clock 6 s ahead (max_clock_offset 2 s), blocks
+// it again (another reason); node 0 refuses that entry. An operator
+// lifts the block through node 0: the lift must be dated after node 1's
+// entry, or once node 0 takes it (node 1's clock back right, it offers
+// it again) the block wins and the acknowledged lift is undone on every
+// node.
+func TestLiftAfterSkewedBlock(t *testing.T) {
+	const skew = 6 * time.Second
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Args: []string{"--max-clock-offset", "2s"}})
+	hc := newClient(t)
+	data := randomBytes(4000)
+	_, id := upload(t, hc, c.Nodes[0].URL, "doc", data)
+	setDeny(t, hc, c.Nodes[0].URL, id, `{"status": 451, "reason": "court order"}`)
+	c.WaitConverged(t, converge)
+	require.True(t, hasDenyEntry(t, hc, c.Nodes[1].URL, id))
+
+	c.Nodes[1].SetClock(skew)
+	eventually(t, converge, "an upload to node 1 is dated ahead", func() bool {
+		_, pid := upload(t, hc, c.Nodes[1].URL, "probe", randomBytes(100))
+		_, st := stateOf(t, c, hc, 1, pid)
+		return st.Clock >= clockAt(time.Now().Add(skew-time.Second))
+	})
+	setDeny(t, hc, c.Nodes[1].URL, id, `{"status": 403, "reason": "blocked again"}`)
+	block := denyEntryOf(t, hc, c.Nodes[1].URL, id)
+	require.Equal(t, "blocked again", block.Reason)
+	// Node 1 offers its queue again and again; node 0 logs each refusal
+	// with the entry's clock.
+	eventually(t, converge, "node 0 refuses node 1's block", func() bool { return logHas(c.Nodes[0], "clock "+block.Clock.String()+" is") })
+
+	begin := time.Now()
+	liftDeny(t, hc, c.Nodes[0].URL, id)
+	t.Logf("lifted through node 0 in %v", time.Since(begin).Round(time.Millisecond))
+
+	c.Nodes[1].SetClock(0)
+	c.WaitConverged(t, converge)
+	for i := range c.Nodes {
+		assert.False(t, hasDenyEntry(t, hc, c.Nodes[i].URL, id), "node %d: the block dated ahead undid the lift made after it", i)
+	}
+	// Lifted: the file can be uploaded again.
+	status, _ := upload(t, hc, c.Nodes[1].URL, "doc", data)
+	assert.Contains(t, []int{http.StatusOK, http.StatusCreated}, status)
 }
