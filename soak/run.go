@@ -296,10 +296,30 @@ func (r *Runner) Run() *Report {
 		r.report.Rounds = round + 1
 		if v := r.report.Violations(); len(v) > 0 && !p.KeepGoing {
 			r.logf("round %d: %d violations; stopping", round, len(v))
+			r.dumpStacks(v)
 			break
 		}
 	}
 	return r.report
+}
+
+// dumpStacks, after violations that say a node stopped making progress
+// (a queue that never empties), has every node write its goroutines'
+// stacks to its log (SIGQUIT), which the evidence keeps: what each
+// pusher was waiting for.
+func (r *Runner) dumpStacks(vs []Violation) {
+	stuck := false
+	for _, v := range vs {
+		stuck = stuck || v.Kind == VQueue || v.Kind == VNotConverged
+	}
+	if !stuck {
+		return
+	}
+	for _, n := range r.c.Nodes {
+		if n.Quit() {
+			r.logf("node %d: goroutine stacks written to its log (SIGQUIT)", n.Index)
+		}
+	}
 }
 
 // chaos runs one round: the workers' operations and the plan's faults.

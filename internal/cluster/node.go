@@ -249,6 +249,18 @@ func (n *Node) signal(sig syscall.Signal, timeout time.Duration) (*os.ProcessSta
 	return n.state, nil
 }
 
+// Quit sends SIGQUIT to the node's process: the Go runtime writes every
+// goroutine's stack to the node's log, and the process exits. For the
+// diagnosis of a node that stopped making progress; it waits for the
+// exit, and reports whether the node was running.
+func (n *Node) Quit() bool {
+	_, err := n.signal(syscall.SIGQUIT, killTimeout)
+	if err != nil && n.Running() {
+		n.signal(syscall.SIGKILL, killTimeout)
+	}
+	return err == nil
+}
+
 // Kill sends SIGKILL to the node's process and waits until it has exited.
 func (n *Node) Kill() {
 	t := n.c.t
