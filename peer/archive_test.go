@@ -92,10 +92,12 @@ func TestArchiveAskedAfterNodes(t *testing.T) {
 
 	b2 := randomBytes(t, 60<<10)
 	id2 := x.put(b2)
+	// The queue empty, not only the blob there: the state record, which
+	// a read of the archive needs, is written after the blob.
 	eventually(t, 10*time.Second, func() bool {
 		has, err := fb.a.HasBlob(t.Context(), id2)
-		return err == nil && has
-	}, "the second blob in the archive")
+		return err == nil && has && x.status().Queues["s3://b/p"].Length == 0
+	}, "the second blob and its record in the archive")
 	x.down()
 	resp, body, err = get(y.URL + "/" + id2.String())
 	require.NoError(t, err)
