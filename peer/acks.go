@@ -50,9 +50,21 @@ type expiryMark struct {
 // for the store's committer, which may be running a purge that asks
 // about marks); persist serialises the writes.
 type expiries struct {
-	mu      sync.Mutex
-	marks   map[string]expiryMark // by identity ("node <id>" or "url <url>")
+	mu    sync.Mutex
+	marks map[string]expiryMark // by identity ("node <id>" or "url <url>")
+	// lifted is when each identity's mark was last lifted (memory only):
+	// markLate gives such a peer one expiry before it may mark it again.
+	lifted  map[string]time.Time
 	persist sync.Mutex
+}
+
+// recentlyLifted reports whether the mark of identity was lifted less
+// than d before now.
+func (e *expiries) recentlyLifted(identity string, now time.Time, d time.Duration) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	at, ok := e.lifted[identity]
+	return ok && now.Sub(at) < d
 }
 
 // ledgerStore is what the expiries and the feed clock need of the blob store: where
@@ -235,6 +247,11 @@ func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 	}
 	m := c.expired.marks[key]
 	delete(c.expired.marks, key)
+	if c.expired.lifted == nil {
+		c.expired.lifted = map[string]time.Time{}
+	}
+	now := c.opts.Wall()
+	c.expired.lifted[key], c.expired.lifted["node "+node] = now, now
 	c.expired.mu.Unlock()
 	if err := c.saveExpiries(key); err != nil {
 		c.expired.mu.Lock()
@@ -245,6 +262,13 @@ func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 	}
 	c.applyMarks()
 	c.log.Info("peer resynced; its expiry is lifted", "peer", m.URL, "node", node)
+	// Its pushers go on at once: what it has not accepted yet would have
+	// it marked again after the grace.
+	for _, r := range c.mem.Load().remotes {
+		if r.identity() == "node "+node {
+			r.wake()
+		}
+	}
 	return true
 }
 
@@ -339,7 +363,20 @@ func (c *Cluster) acks() []peerAck {
 // list, however long it is down (API.md, Consistency 8: "every peer in
 // the list has acknowledged it"); an archive given up for good is taken
 // out of the peer list, and its prefix not used again.
+//
+// A peer whose mark was lifted less than an expiry ago (it resynced) is
+// not marked again: its cursor here has not caught up yet, and marking
+// it again at once had it resync again and again (a full comparison of
+// the collection each time). Marking it later only delays forgetting.
 func (c *Cluster) markLate(horizon dtfc.Timestamp, expirySeq uint64, peers []peerAck) error {
+	now := c.opts.Wall()
+	var waiting []peerAck
+	for _, p := range peers {
+		if !c.expired.recentlyLifted(p.r.identity(), now, c.opts.TombstoneExpiry) {
+			waiting = append(waiting, p)
+		}
+	}
+	peers = waiting
 	late := map[*remote]dtfc.Timestamp{}
 	var newest dtfc.Timestamp // of everything old enough to forget
 	err := c.ledgerStore().Forgettable(horizon, func(seq uint64, clock dtfc.Timestamp) {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
 )
 
 // TestFeedClockCountsOnlyRunningTime: the expiry counts the time this
@@ -57,4 +59,43 @@ func TestFeedClockCountsOnlyRunningTime(t *testing.T) {
 	third := store.LastSeq()
 	c.tickFeedClock(restart.Add(66 * time.Second))
 	assert.Less(t, c.tickFeedClock(restart.AddDate(1, 0, 0)), third, "a year's jump of the clock")
+}
+
+// TestMarkNotRenewedRightAfterLift: a peer marked expired that resynced
+// has its mark lifted; its cursor here has not caught up yet, and it used
+// to be marked again within a second, and resync again, over and over
+// (the full-length archive soak, seed 84, showed it flap for 40 s). It is
+// given one expiry before it may be marked again.
+func TestMarkNotRenewedRightAfterLift(t *testing.T) {
+	_, store := newLoneCluster(t)
+	now := time.Now()
+	c, err := New(store, Options{Me: "http://me.invalid", TombstoneRetention: time.Second, TombstoneExpiry: time.Minute,
+		Wall: func() time.Time { return now }})
+	require.NoError(t, err)
+	id := putBytes(t, store, []byte("gone"))
+	_, err = store.Delete(id, false)
+	require.NoError(t, err)
+	horizon := dtfc.TimestampAt(now.Add(time.Hour))
+
+	r := c.newRemote(Peer{URL: "http://127.0.0.1:9", Role: RoleReplica})
+	r.mu.Lock()
+	r.nodeID = "5eed"
+	r.mu.Unlock()
+	late := []peerAck{{r, 0}}
+	require.NoError(t, c.markLate(horizon, store.LastSeq(), late))
+	_, marked := c.markOf(r)
+	require.True(t, marked, "a peer that never acknowledged the delete is marked")
+
+	require.True(t, c.clearExpired("5eed", horizon))
+	_, marked = c.markOf(r)
+	require.False(t, marked)
+	now = now.Add(30 * time.Second)
+	require.NoError(t, c.markLate(horizon, store.LastSeq(), late))
+	_, marked = c.markOf(r)
+	assert.False(t, marked, "marked again within the expiry after its mark was lifted")
+
+	now = now.Add(31 * time.Second)
+	require.NoError(t, c.markLate(horizon, store.LastSeq(), late))
+	_, marked = c.markOf(r)
+	assert.True(t, marked, "still behind an expiry after the lift: marked again")
 }
