@@ -497,7 +497,8 @@ func firstFew(ids []string) string {
 }
 
 // archiveHolds reports whether the bucket holds the blob of id (a tier
-// counts as its holder once it evicted it).
+// counts as its holder once it evicted it), waiting through an S3
+// outage of the plan (30 s at most) rather than taking it for a no.
 func (r *Runner) archiveHolds(id string) bool {
 	if r.arch == nil {
 		return false
@@ -506,10 +507,18 @@ func (r *Runner) archiveHolds(id string) bool {
 	if err != nil {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ok, err := r.arch.a.HasBlob(ctx, parsed)
-	return err == nil && ok
+	// The S3 server may be down for one of the plan's outages (at most
+	// 12 s): an error is no answer, and the question is asked again.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ok, err := r.arch.a.HasBlob(ctx, parsed)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return err == nil && ok
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // tierHolds counts a tier's live state as held when it evicted the
