@@ -374,10 +374,7 @@ func TestArchiveRelay(t *testing.T) {
 	bb := archiveNodes(t, b, "--archive-interval", "300ms")
 	A, B := a.Nodes[0].URL, bb.Nodes[0].URL
 	hc := newClient(t)
-	local := func(base, id string) int {
-		res, _ := get(t, hc, base+"/"+id+"?nopeerload=1")
-		return res.StatusCode
-	}
+	local := func(base, id string) int { return localStatus(t, hc, base, id) }
 	d1, d2, d3 := randomBytes(50<<10), randomBytes(60<<10), randomBytes(70<<10)
 	_, id1 := upload(t, hc, A, "one", d1)
 	_, id2 := upload(t, hc, B, "two", d2)
@@ -665,6 +662,14 @@ func TestArchiveRelayForgottenDelete(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, res.StatusCode)
 }
 
+// localStatus is the status of GET /<id>?nopeerload=1 on the node at
+// base: whether it holds id itself.
+func localStatus(t *testing.T, hc *http.Client, base, id string) int {
+	t.Helper()
+	res, _ := get(t, hc, base+"/"+id+"?nopeerload=1")
+	return res.StatusCode
+}
+
 // denyRecords reads id's deny records straight from versitygw's
 // directory: "block" or "lift" each, in clock order.
 func (b *bucket) denyRecords(t *testing.T, id string) []string {
@@ -708,10 +713,7 @@ func TestArchiveRelayDeny(t *testing.T) {
 	bb := archiveNodes(t, b, "--archive-interval", "1h")
 	A, B := a.Nodes[0].URL, bb.Nodes[0].URL
 	hc := newClient(t)
-	local := func(base, id string) int {
-		res, _ := get(t, hc, base+"/"+id+"?nopeerload=1")
-		return res.StatusCode
-	}
+	local := func(base, id string) int { return localStatus(t, hc, base, id) }
 	data := randomBytes(20 << 10)
 	_, id := upload(t, hc, B, "x", data)
 	eventually(t, 30*time.Second, "A holds B's upload", func() bool { return local(A, id) == http.StatusOK })
