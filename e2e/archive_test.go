@@ -54,23 +54,36 @@ func (b *bucket) entry() string {
 		b.URL(), b.s.URL, versitygw.AccessKey, b.secret)
 }
 
-// states reads id's state records straight from versitygw's directory.
-func (b *bucket) states(t *testing.T, id string) []dtfc.State {
+// objects calls fn with the name and body of each object under key in
+// versitygw's directory, in name order (none if there is no such
+// directory).
+func (b *bucket) objects(t *testing.T, key string, fn func(name string, body []byte)) {
 	t.Helper()
-	dir := b.s.Path(b.prefix + "/states/" + id[0:2] + "/" + id[2:4] + "/" + id)
+	dir := b.s.Path(b.prefix + "/" + key)
 	ents, err := os.ReadDir(dir)
 	if os.IsNotExist(err) {
-		return nil
+		return
 	}
 	require.NoError(t, err)
-	var out []dtfc.State
 	for _, e := range ents {
 		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		require.NoError(t, err)
-		var st dtfc.State
-		require.NoError(t, json.Unmarshal(body, &st), "record %s", e.Name())
-		out = append(out, st)
+		fn(e.Name(), body)
 	}
+}
+
+// shardOf is an ID's key under states/, deny/ or blobs/.
+func shardOf(id string) string { return id[0:2] + "/" + id[2:4] + "/" + id }
+
+// states reads id's state records straight from versitygw's directory.
+func (b *bucket) states(t *testing.T, id string) []dtfc.State {
+	t.Helper()
+	var out []dtfc.State
+	b.objects(t, "states/"+shardOf(id), func(name string, body []byte) {
+		var st dtfc.State
+		require.NoError(t, json.Unmarshal(body, &st), "record %s", name)
+		out = append(out, st)
+	})
 	return out
 }
 
@@ -81,18 +94,10 @@ func (b *bucket) logged(t *testing.T, c *cluster.Cluster) []string {
 	t.Helper()
 	node, err := os.ReadFile(filepath.Join(c.Nodes[0].Basedir, "node-id"))
 	require.NoError(t, err)
-	dir := b.s.Path(b.prefix + "/log/" + strings.TrimSpace(string(node)))
-	ents, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	require.NoError(t, err)
 	var out []string
-	for _, e := range ents {
-		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		require.NoError(t, err)
+	b.objects(t, "log/"+strings.TrimSpace(string(node)), func(name string, body []byte) {
 		var entries []archive.LogEntry
-		require.NoError(t, json.Unmarshal(body, &entries))
+		require.NoError(t, json.Unmarshal(body, &entries), "log entry %s", name)
 		for _, le := range entries {
 			op := "up "
 			switch {
@@ -103,13 +108,13 @@ func (b *bucket) logged(t *testing.T, c *cluster.Cluster) []string {
 			}
 			out = append(out, op+le.ID.String())
 		}
-	}
+	})
 	return out
 }
 
 // holds reports whether the bucket's directory holds blob id with data.
 func (b *bucket) holds(id string, data []byte) bool {
-	got, err := os.ReadFile(b.s.Path(b.prefix + "/blobs/" + id[0:2] + "/" + id[2:4] + "/" + id))
+	got, err := os.ReadFile(b.s.Path(b.prefix + "/blobs/" + shardOf(id)))
 	return err == nil && bytes.Equal(got, data)
 }
 
@@ -674,26 +679,18 @@ func localStatus(t *testing.T, hc *http.Client, base, id string) int {
 // directory: "block" or "lift" each, in clock order.
 func (b *bucket) denyRecords(t *testing.T, id string) []string {
 	t.Helper()
-	dir := b.s.Path(b.prefix + "/deny/" + id[0:2] + "/" + id[2:4] + "/" + id)
-	ents, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	require.NoError(t, err)
 	var out []string
-	for _, e := range ents {
-		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		require.NoError(t, err)
+	b.objects(t, "deny/"+shardOf(id), func(name string, body []byte) {
 		var d struct {
 			Lifted bool `json:"lifted"`
 		}
-		require.NoError(t, json.Unmarshal(body, &d), "record %s", e.Name())
+		require.NoError(t, json.Unmarshal(body, &d), "record %s", name)
 		if d.Lifted {
 			out = append(out, "lift")
 		} else {
 			out = append(out, "block")
 		}
-	}
+	})
 	return out
 }
 
