@@ -247,11 +247,6 @@ func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 	}
 	m := c.expired.marks[key]
 	delete(c.expired.marks, key)
-	if c.expired.lifted == nil {
-		c.expired.lifted = map[string]time.Time{}
-	}
-	now := c.opts.Wall()
-	c.expired.lifted[key], c.expired.lifted["node "+node] = now, now
 	c.expired.mu.Unlock()
 	if err := c.saveExpiries(key); err != nil {
 		c.expired.mu.Lock()
@@ -260,6 +255,13 @@ func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 		c.log.Error("lifting an expiry mark", "node", node, "err", err)
 		return false
 	}
+	c.expired.mu.Lock()
+	if c.expired.lifted == nil {
+		c.expired.lifted = map[string]time.Time{}
+	}
+	now := c.opts.Wall()
+	c.expired.lifted[key], c.expired.lifted["node "+node] = now, now
+	c.expired.mu.Unlock()
 	c.applyMarks()
 	c.log.Info("peer resynced; its expiry is lifted", "peer", m.URL, "node", node)
 	// Its pushers go on at once: what it has not accepted yet would have
