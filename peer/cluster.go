@@ -462,12 +462,20 @@ var ErrTooFewReplicas = errors.New("not that many replicas in the cluster")
 // pusher's cursor has passed seq. Replicas are counted by node identity
 // (a node listed under two URLs is one), and only peers that are replicas
 // by their own word.
-func (c *Cluster) WaitReplicas(ctx context.Context, seq uint64, n int) error {
+//
+// Should id be blocked here meanwhile, it returns a
+// *blobstore.DeniedError: a peer that knew of the block acknowledged the
+// upload without keeping it, and the block keeps the upload (newer than
+// it) only on this node, set aside until a lift.
+func (c *Cluster) WaitReplicas(ctx context.Context, id dtfc.ID, seq uint64, n int) error {
 	if have := c.Replicas(); n > have {
 		return fmt.Errorf("%w: asked for %d, the cluster has %d", ErrTooFewReplicas, n, have)
 	}
 	for {
 		ch := c.ackSig.Wait()
+		if d, ok := c.store.Denied(id); ok {
+			return &blobstore.DeniedError{Deny: d}
+		}
 		holders := map[string]bool{}
 		for _, r := range c.replicaPeers() {
 			// A replica by the list's word only (it has not answered

@@ -69,6 +69,7 @@ func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
 func (c *Cluster) denyApplied(d blobstore.Deny) {
 	if d.Active() {
 		c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
+		c.acked() // an upload waiting for ?replicas=N stops (WaitReplicas)
 		return
 	}
 	if st, ok := c.denyStore().Missing(d.ID); ok {

@@ -5,11 +5,13 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/peer"
 )
 
 func denyReq(t testing.TB, n *node, method string, id dtfc.ID, body string) int {
@@ -111,4 +113,35 @@ func TestDenyReachesNodeThatWasDown(t *testing.T) {
 		_, ok := b.Store.Denied(id)
 		return ok && !b.holds(id)
 	}, "b learns of the block")
+}
+
+// TestReplicasWaitEndsAtABlock: an upload waiting for ?replicas=2 while
+// the only other replica knows of a block the uploading node has not
+// heard of. That replica acknowledges the upload without keeping it; it
+// must not count as a holder. Its answer carries the block, the
+// uploading node sets its (newer) upload aside, and the client is told
+// the file is blocked, not that two replicas hold it (the soak, archive
+// seed 77). A lift then brings the upload back.
+func TestReplicasWaitEndsAtABlock(t *testing.T) {
+	// b runs no pushers, and a's anti-entropy runs once, at its start:
+	// a can learn of b's block only from b's answer to its push.
+	nodes := startCluster(t, running(nodeOpts{peer: func(o *peer.Options) { o.AntiEntropyInterval = time.Hour }}), nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
+	data := randomBytes(t, 3000)
+	id := dtfc.Sum(data)
+	_, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
+	require.NoError(t, err)
+
+	code, body := upload(t, a, "x.bin", data, "?replicas=2")
+	assert.Equal(t, http.StatusUnavailableForLegalReasons, code, "%s", body)
+	assert.Contains(t, body, "the file is stored")
+	_, ok := a.Store.Denied(id)
+	assert.True(t, ok, "the block did not come back with b's answer")
+	assert.False(t, a.holds(id), "a still serves a blocked upload")
+	assert.FileExists(t, a.Store.UnconfirmedPath(id), "the upload, newer than the block, was not kept aside")
+	assert.False(t, b.holds(id))
+
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
+	eventually(t, converge, func() bool { return a.holds(id) }, "the lift brings the upload back on a")
 }

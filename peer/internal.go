@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -29,6 +30,7 @@ type servedStore interface {
 	Forgotten(id dtfc.ID) (dtfc.State, bool)
 	Apply(st dtfc.State) (blobstore.Outcome, error)
 	ApplyDeny(d blobstore.Deny) (bool, error)
+	Denied(id dtfc.ID) (blobstore.Deny, bool)
 	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
 	CommitBatch(items []blobstore.BatchItem) []blobstore.BatchResult
 	Digests() ([256]blobstore.Digest, error)
@@ -617,6 +619,12 @@ func (c *Cluster) hChanges(w http.ResponseWriter, r *http.Request) {
 		}
 		ans.Results[i] = resultOK
 		switch out {
+		case blobstore.Stale:
+			// An upload ignored because its ID is blocked here: the
+			// block goes back with the answer (see changesAnswer).
+			if d, ok := c.servedStore().Denied(st.ID); ok && !st.Deleted && !slices.ContainsFunc(ans.Blocked, func(b blobstore.Deny) bool { return b.ID == st.ID }) {
+				ans.Blocked = append(ans.Blocked, d)
+			}
 		case blobstore.NeedBytes:
 			ans.Results[i] = resultNeed
 			if c.isCache() {

@@ -383,6 +383,13 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 			return 0, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", p.r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
 		}
 		firstErr = p.settle(ctx, changes, where, ans, accepted)
+		if len(ans.Blocked) > 0 {
+			// Before the cursor passes the uploads the peer dropped
+			// for them (see changesAnswer.Blocked).
+			if _, err := p.c.applyDenyList(ans.Blocked); err != nil {
+				p.c.log.Warn("a peer's blocks of the uploads it ignored could not be applied", "peer", p.r.URL, "err", err)
+			}
+		}
 	}
 	var upTo uint64
 	for i, ok := range accepted {

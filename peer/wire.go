@@ -223,6 +223,12 @@ type changesAnswer struct {
 	// Results has one entry per change, DenyResults one per deny entry.
 	Results     []string `json:"results"`
 	DenyResults []string `json:"deny_results,omitempty"`
+	// Blocked are the peer's blocks of the uploads it ignored because
+	// their ID is blocked there ("ok" in Results): the pusher applies
+	// them before its cursor passes the uploads, so that an upload
+	// waiting for ?replicas=N does not count a peer that dropped it.
+	// Older nodes neither send nor read it.
+	Blocked []blobstore.Deny `json:"blocked,omitempty"`
 }
 
 // batchBlob is one blob of a batch put: its state and its bytes, the

@@ -18,8 +18,9 @@ type Cluster interface {
 	// Lookup asks peers for id's state without moving bytes; held
 	// requires a peer that holds the bytes.
 	Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error)
-	// WaitReplicas waits until n replicas hold the change seq.
-	WaitReplicas(ctx context.Context, seq uint64, n int) error
+	// WaitReplicas waits until n replicas hold the change seq of id;
+	// a *blobstore.DeniedError if id is blocked meanwhile.
+	WaitReplicas(ctx context.Context, id dtfc.ID, seq uint64, n int) error
 	// Replicas is how many replicas there are, this node counted.
 	Replicas() int
 	// Refresh re-reads the peer list (a new or changed archive entry is

@@ -31,7 +31,7 @@ func (f *fakeCluster) Status() peer.Status                             { return 
 func (f *fakeCluster) Removed() (time.Time, bool)                      { return time.Time{}, false }
 func (f *fakeCluster) InternalHandler() http.Handler                   { return http.NotFoundHandler() }
 func (f *fakeCluster) Refresh(context.Context) ([]peer.Peer, error)    { return nil, nil }
-func (f *fakeCluster) WaitReplicas(context.Context, uint64, int) error { return nil }
+func (f *fakeCluster) WaitReplicas(context.Context, dtfc.ID, uint64, int) error { return nil }
 func (f *fakeCluster) Lookup(context.Context, dtfc.ID, bool) (dtfc.State, error) {
 	return dtfc.State{}, peer.ErrNotFound
 }

@@ -245,6 +245,15 @@ func (s *Server) checkDenied(id dtfc.ID, upload bool) error {
 }
 
 func deniedError(d blobstore.Deny, upload bool) error {
+	if upload {
+		return blockedError(d, true, "; nothing was stored")
+	}
+	return blockedError(d, false, "")
+}
+
+// blockedError is the answer of a blocked ID, its message ending in
+// suffix: an upload's is 451 or 403.
+func blockedError(d blobstore.Deny, upload bool, suffix string) *httpstatus.Error {
 	status := d.Status
 	if upload && status != http.StatusUnavailableForLegalReasons {
 		status = http.StatusForbidden
@@ -253,10 +262,7 @@ func deniedError(d blobstore.Deny, upload bool) error {
 	if d.Reason != "" {
 		msg += ": " + d.Reason
 	}
-	if upload {
-		msg += "; nothing was stored"
-	}
-	return &httpstatus.Error{Status: status, Msg: msg}
+	return &httpstatus.Error{Status: status, Msg: msg + suffix}
 }
 
 // maxReason bounds a deny entry's reason.

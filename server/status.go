@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/httpstatus"
 	"github.com/dtfc/dtfc/peer"
 )
@@ -77,14 +79,21 @@ func (s *Server) replicas() int {
 // waitReplicas holds an upload's answer until n replicas hold it. n was
 // checked against s.replicas() before the upload; the list may have
 // shrunk since.
-func (s *Server) waitReplicas(r *http.Request, seq uint64, n int) error {
+func (s *Server) waitReplicas(r *http.Request, id dtfc.ID, seq uint64, n int) error {
 	if s.cfg.Cluster == nil {
 		return httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: this node has no peers; only 1 replica exists; the file is stored", n)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReplicasTimeout)
 	defer cancel()
-	err := s.cfg.Cluster.WaitReplicas(ctx, seq, n)
+	err := s.cfg.Cluster.WaitReplicas(ctx, id, seq, n)
+	var de *blobstore.DeniedError
 	switch {
+	case errors.As(err, &de):
+		// The upload was stored, then overtaken by a block: the peers
+		// that knew of it dropped the upload, so N replicas will not
+		// hold it. It is kept set aside on this node (if it is newer
+		// than the block) and comes back with a lift.
+		return blockedError(de.Deny, true, fmt.Sprintf("; replicas=%d: the file is stored, but was blocked while it waited for the replicas", n))
 	case errors.Is(err, peer.ErrTooFewReplicas):
 		return httpstatus.Errorf(http.StatusBadRequest, "replicas=%d: %v; the file is stored", n, err)
 	case errors.Is(err, context.DeadlineExceeded):

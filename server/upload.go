@@ -74,7 +74,7 @@ func (s *Server) doUpload(w http.ResponseWriter, r *http.Request) error {
 		s.metrics.uploads.WithLabelValues("existing").Inc()
 	}
 	if up.replicas > 1 {
-		if err := s.waitReplicas(r, res.Seq, up.replicas); err != nil {
+		if err := s.waitReplicas(r, res.State.ID, res.Seq, up.replicas); err != nil {
 			return err
 		}
 	}

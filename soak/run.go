@@ -530,6 +530,10 @@ func (r *Runner) checkReplicas(id string, want int) *Violation {
 		}
 		if _, err := os.Stat(filepath.Join(dir, "blobs", id[:2], id[2:4], id)); err == nil {
 			holders = append(holders, i)
+		} else if _, err := os.Stat(filepath.Join(dir, "unconfirmed", id[:2], id[2:4], id)); err == nil {
+			// Set aside by a block that came after the answer: the
+			// bytes are still on this disk, and a lift brings them back.
+			holders = append(holders, i)
 		} else if r.tier[i] && r.archiveHolds(id) {
 			holders = append(holders, i) // evicted already: its archive holds it
 		}
@@ -619,10 +623,12 @@ func (r *Runner) upload(ctx context.Context, url, id string, op Op, line *Line) 
 	}
 	msg += " " + strings.TrimSpace(string(a.body))
 	switch {
-	case a.status == http.StatusBadRequest && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
-		// Too few replicas, found after the upload (the peer list
-		// shrank meanwhile); usually that is refused before a byte is
-		// read, "nothing stored".
+	case a.status >= 400 && a.status < 500 && op.Replicas > 0 && strings.Contains(msg, "the file is stored"):
+		// Stored, then the wait for the replicas failed: too few
+		// replicas, found after the upload (the peer list shrank
+		// meanwhile; usually that is refused before a byte is read,
+		// "nothing stored"), or the ID blocked meanwhile (the
+		// upload, newer than the block, kept aside until a lift).
 		return Maybe, msg
 	case a.status >= 400 && a.status < 500, a.status == http.StatusInsufficientStorage:
 		return Refused, msg
