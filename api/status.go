@@ -143,6 +143,12 @@ type PeerStatus struct {
 	// LagSeconds is how long replication to the peer has been behind
 	// (0 when its queue is empty).
 	LagSeconds float64 `json:"lag_seconds"`
+	// Pusher is what this node's pusher to the peer is doing: "idle"
+	// (it has sent the whole feed), "pushing", "backoff" (after a
+	// failure), "held" (this node resyncs against the peer, which
+	// refuses its pushes until then), "paused" (a local error), or
+	// "stopped" (none runs for this entry).
+	Pusher string `json:"pusher,omitempty"`
 	// Archive is present when the peer is an archive (an s3:// entry).
 	Archive *ArchiveStatus `json:"archive,omitempty"`
 }

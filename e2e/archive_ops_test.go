@@ -96,7 +96,7 @@ func TestArchiveOperations(t *testing.T) {
 	_, id2 := upload(t, hc, a.Nodes[0].URL, "later.bin", randomBytes(10<<10))
 	eventually(t, 20*time.Second, "a queue, a lag and an error for the archive", func() bool {
 		p, ok := archiveStatus(t, a, b)
-		return ok && p.Queue >= 1 && p.LagSeconds > 0 && p.LastError != "" && !p.Up && p.Archive.Errors > 0
+		return ok && p.Queue >= 1 && p.LagSeconds > 0 && p.LastError != "" && !p.Up && p.Archive.Errors > 0 && p.Pusher == "backoff"
 	})
 	assert.NotContains(t, metrics(t, hc, a.Nodes[0].URL, "dtfc_archive_errors_total"), "dtfc_archive_errors_total"+label+" 0")
 	p, _ = archiveStatus(t, a, b)
@@ -115,7 +115,7 @@ func TestArchiveOperations(t *testing.T) {
 	s.Start(t)
 	eventually(t, 45*time.Second, "the queue drained", func() bool {
 		p, ok := archiveStatus(t, a, b)
-		return ok && p.Queue == 0 && len(b.states(t, id2)) == 1
+		return ok && p.Queue == 0 && len(b.states(t, id2)) == 1 && p.Pusher == "idle"
 	})
 }
 

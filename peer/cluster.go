@@ -552,6 +552,7 @@ func (c *Cluster) Status() Status {
 		ps := r.status()
 		q, lag := c.queue(r)
 		ps.Queue, ps.LagSeconds = q, lag.Seconds()
+		ps.Pusher = c.pushers.state(r)
 		if r.Peer.IsArchive() {
 			ps.Archive = c.archiveStatus(r.Peer)
 		}

@@ -88,7 +88,18 @@ type pusher struct {
 	next     uint64
 	failures int
 	inflight *round
+	// state is what run is doing, for /_status (pushers.state).
+	state atomic.Pointer[string]
 }
+
+// The states of a pusher (api.PeerStatus.Pusher).
+var (
+	pushIdle    = "idle"
+	pushPushing = "pushing"
+	pushBackoff = "backoff"
+	pushHeld    = "held"
+	pushPaused  = "paused"
+)
 
 // round is a batch of changes on its way to the peer (push, run by
 // start).
@@ -192,6 +203,7 @@ func (p *pusher) step(ctx context.Context) wait {
 		// Itself: nothing to send. A peer that marked this node
 		// expired: it refuses everything until the resync against it
 		// is done.
+		p.state.Store(&pushHeld)
 		return either(c.resync.changed(), r.kick)
 	}
 	changed := p.store.Changed()
@@ -203,12 +215,15 @@ func (p *pusher) step(ctx context.Context) wait {
 	changes, err := p.store.Changes(p.next, pushBatch)
 	if err != nil {
 		c.log.Error("reading the change feed", "err", err)
+		p.state.Store(&pushPaused)
 		return pause(time.Second)
 	}
 	if len(changes) == 0 {
 		p.caughtUpNow()
+		p.state.Store(&pushIdle)
 		return either(changed, c.resync.changed())
 	}
+	p.state.Store(&pushPushing)
 	p.inflight = p.start(ctx, p.next, changes)
 	return p.await(ctx)
 }
@@ -251,6 +266,7 @@ func (p *pusher) await(ctx context.Context) wait {
 	}
 	if cur.upTo > p.next && !p.advance(cur.upTo) {
 		p.drain()
+		p.state.Store(&pushPaused)
 		return pause(time.Second)
 	}
 	if cur.err != nil || cur.upTo != last {
@@ -295,6 +311,7 @@ func (p *pusher) failed(ctx context.Context, err error) wait {
 	}
 	p.failures++
 	p.r.pushFailed()
+	p.state.Store(&pushBackoff)
 	failures := p.failures
 	switch {
 	case errors.Is(err, errExpired):

@@ -24,6 +24,23 @@ func (ps *pushers) get(url string) *pusher {
 	return ps.m[url]
 }
 
+// state is what the pusher of r is doing (api.PeerStatus.Pusher): "" for
+// this node itself, "stopped" when no pusher of r runs (Run has not
+// started, or r's entry is not the one its pusher was started for).
+func (ps *pushers) state(r *remote) string {
+	if r.Self() {
+		return ""
+	}
+	p := ps.get(r.URL)
+	if p == nil || p.r != r {
+		return "stopped"
+	}
+	if s := p.state.Load(); s != nil {
+		return *s
+	}
+	return "starting"
+}
+
 // follow starts a pusher (start, under a context of ctx's that cancel
 // ends) for each remote of m that has none, and stops those of remotes
 // no longer listed (or listed anew: another role).

@@ -412,6 +412,7 @@ func (r *Runner) checkBucketNode(entries map[string]Entry, views []NodeView) []V
 		for url, q := range st.Queues {
 			v.Queues[url] = q.Length
 		}
+		v.Pushers = pusherStates(st)
 		v.Resyncing, v.Resync = resyncing(st)
 	}
 	for _, viol := range Check([]NodeView{v}, entries) {
@@ -450,7 +451,7 @@ func (r *Runner) bucketNodeDiff(ref *NodeView) string {
 	}
 	for _, url := range sortedIDs(st.Queues) {
 		if l := st.Queues[url].Length; l != 0 {
-			return fmt.Sprintf("%d operations queued for %s", l, url)
+			return fmt.Sprintf("%d operations queued for %s%s", l, url, pusherNote(pusherStates(st)[url]))
 		}
 	}
 	files, _, _, _, err := ScanNode(c.Nodes[0].Basedir, r.arch.hashes)

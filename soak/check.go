@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
@@ -135,6 +136,9 @@ type NodeView struct {
 	Unheld []string
 	// Queues are /_status's queue lengths by peer URL.
 	Queues map[string]int64
+	// Pushers are /_status's cluster.peers[].pusher by peer URL: what
+	// the pusher of a queue not empty was doing, for the message.
+	Pushers map[string]string
 	// Resyncing is /_status's cluster.resyncing (Resync its cluster.resync,
 	// if any, for the message).
 	Resyncing bool
@@ -212,7 +216,7 @@ func (f *findings) checkNode(n NodeView, entries map[string]Entry, all, replicas
 	}
 	for _, url := range sortedIDs(n.Queues) {
 		if q := n.Queues[url]; q != 0 {
-			f.add(4, VQueue, n.Index, "", "%d operations queued for %s", q, url)
+			f.add(4, VQueue, n.Index, "", "%d operations queued for %s%s", q, url, pusherNote(n.Pushers[url]))
 		}
 	}
 	if n.StatusBlobs >= 0 && n.StatusBlobs != int64(len(n.Files)) && !(n.Tier && n.StatusBlobs > int64(len(n.Files))) {
@@ -584,4 +588,23 @@ func unheld(ids []string) string {
 		names = append(names, short(id))
 	}
 	return fmt.Sprintf("; listed without a file: %s", strings.Join(names, ", "))
+}
+
+// pusherNote names what a queue's pusher was doing, if known.
+func pusherNote(state string) string {
+	if state == "" {
+		return ""
+	}
+	return " (pusher: " + state + ")"
+}
+
+// pusherStates returns /_status's pusher state by peer URL.
+func pusherStates(st *api.Status) map[string]string {
+	out := map[string]string{}
+	if st.Cluster != nil {
+		for _, p := range st.Cluster.Peers {
+			out[p.URL] = p.Pusher
+		}
+	}
+	return out
 }

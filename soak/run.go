@@ -1169,6 +1169,7 @@ func (r *Runner) nodeViews() []NodeView {
 			for url, q := range st.Queues {
 				v.Queues[url] = q.Length
 			}
+			v.Pushers = pusherStates(st)
 			v.Resyncing, v.Resync = resyncing(st)
 		}
 		views = append(views, v)
@@ -1393,7 +1394,7 @@ func (r *Runner) notConverged() (string, string) {
 		}
 		for _, url := range sortedIDs(st.Queues) {
 			if l := st.Queues[url].Length; l != 0 {
-				return fmt.Sprintf("node %d: %v operations queued for %s", i, l, url), ""
+				return fmt.Sprintf("node %d: %v operations queued for %s%s", i, l, url, pusherNote(pusherStates(st)[url])), ""
 			}
 		}
 		if r.cache[i] {
