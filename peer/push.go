@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -400,13 +401,7 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 			return 0, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", p.r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
 		}
 		firstErr = p.settle(ctx, changes, where, ans, accepted)
-		if len(ans.Blocked) > 0 {
-			// Before the cursor passes the uploads the peer dropped
-			// for them (see changesAnswer.Blocked).
-			if _, err := p.c.applyDenyList(ans.Blocked); err != nil {
-				p.c.log.Warn("a peer's blocks of the uploads it ignored could not be applied", "peer", p.r.URL, "err", err)
-			}
-		}
+		p.applyBlocked(req, ans.Blocked)
 	}
 	var upTo uint64
 	for i, ok := range accepted {
@@ -416,6 +411,19 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 		upTo = changes[i].Seq
 	}
 	return upTo, firstErr
+}
+
+// applyBlocked applies the blocks a peer answered for the uploads it
+// ignored (changesAnswer.Blocked), before the cursor passes them; only
+// those of IDs offered to it.
+func (p *pusher) applyBlocked(req changesRequest, blocked []blobstore.Deny) {
+	offered := func(d blobstore.Deny) bool {
+		return slices.ContainsFunc(req.Changes, func(st dtfc.State) bool { return st.ID == d.ID && !st.Deleted })
+	}
+	blocked = slices.DeleteFunc(slices.Clone(blocked), func(d blobstore.Deny) bool { return !d.Active() || !offered(d) })
+	if _, err := p.c.applyDenyList(blocked); err != nil {
+		p.c.log.Warn("a peer's blocks of the uploads it ignored could not be applied", "peer", p.r.URL, "err", err)
+	}
 }
 
 // skip marks a change not offered (an upload not sent to a cache).
