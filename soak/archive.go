@@ -408,12 +408,7 @@ func (r *Runner) checkBucketNode(entries map[string]Entry, views []NodeView) []V
 	if st, err := ar.node.Status(0); err != nil {
 		v.Err = errors.Join(v.Err, err)
 	} else {
-		v.StatusBlobs = st.Blobs
-		for url, q := range st.Queues {
-			v.Queues[url] = q.Length
-		}
-		v.Pushers = pusherStates(st)
-		v.Resyncing, v.Resync = resyncing(st)
+		v.fromStatus(st)
 	}
 	for _, viol := range Check([]NodeView{v}, entries) {
 		viol.Kind, viol.Detail = VBucketNodeCheck+": "+viol.Kind, "bucket-only node: "+viol.Detail

@@ -590,6 +590,16 @@ func unheld(ids []string) string {
 	return fmt.Sprintf("; listed without a file: %s", strings.Join(names, ", "))
 }
 
+// fromStatus fills in what v takes from the node's /_status.
+func (v *NodeView) fromStatus(st *api.Status) {
+	v.StatusBlobs = st.Blobs
+	for url, q := range st.Queues {
+		v.Queues[url] = q.Length
+	}
+	v.Pushers = pusherStates(st)
+	v.Resyncing, v.Resync = resyncing(st)
+}
+
 // pusherNote names what a queue's pusher was doing, if known.
 func pusherNote(state string) string {
 	if state == "" {

@@ -1162,15 +1162,10 @@ func (r *Runner) nodeViews() []NodeView {
 		if st, err := r.c.Status(i); err != nil {
 			v.Err = errors.Join(v.Err, err)
 		} else {
-			v.StatusBlobs = st.Blobs
+			v.fromStatus(st)
 			if st.Blobs != int64(len(v.Files)) {
 				v.Unheld = r.unheld(i, v.Files)
 			}
-			for url, q := range st.Queues {
-				v.Queues[url] = q.Length
-			}
-			v.Pushers = pusherStates(st)
-			v.Resyncing, v.Resync = resyncing(st)
 		}
 		views = append(views, v)
 	}
