@@ -287,6 +287,7 @@ const (
 // to do with the bytes. The caller holds d.ID's lock.
 func (s *Store) recordDeny(d Deny) (fx denyEffect, aside dtfc.State, err error) {
 	forgotten := s.forgottenClock('D', d.ID)
+	stale := d.Lifted && s.pastForgettingFor(d.ID, d.Clock)
 	held := s.fileExists(d.ID)
 	err = s.update(func(t *txn) error {
 		fx = denyIgnored
@@ -299,6 +300,9 @@ func (s *Store) recordDeny(d Deny) (fx denyEffect, aside dtfc.State, err error) 
 		}
 		if !ok && d.Clock <= forgotten {
 			return nil // forgotten lately: nothing new
+		}
+		if !ok && d.Lifted && stale {
+			return nil // a lift older than the memory of forgotten ones
 		}
 		var curp *denyRecord
 		if ok {

@@ -463,3 +463,81 @@ func TestForgottenNotImportedAgain(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 2, n)
 }
+
+// TestOldDeleteOfUnknownIDStale: once the memory of forgotten deletes
+// was pruned up to a time, a delete or lift dated before it, of an ID
+// without a record here, is stale: every peer has had it for longer
+// than the expiry. A bucket keeps such entries for ever; taken again by
+// every node that read them late, they were forgotten again and came
+// back from the next node (the full archive soak's queues never
+// emptied). A newer one is news, as is any delete of an ID with a
+// record or with an unconfirmed copy, and any block.
+func TestOldDeleteOfUnknownIDStale(t *testing.T) {
+	wall := fixedWall().Add(time.Hour)
+	dir := t.TempDir()
+	s := openStore(t, dir, blobstore.Options{Wall: func() time.Time { return wall }})
+	_, err := s.PruneForgotten(wall.Add(-time.Minute))
+	require.NoError(t, err)
+	old := dtfc.TimestampAt(wall.Add(-2 * time.Minute))
+	recent := dtfc.TimestampAt(wall.Add(-30 * time.Second))
+
+	unknown := dtfc.Sum([]byte("never held here"))
+	out, err := s.Apply(dtfc.State{ID: unknown, Deleted: true, Clock: old, Node: "a"})
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "a delete older than the memory, of an unknown ID")
+	ok, err := s.ApplyDeny(blobstore.Deny{ID: unknown, Lifted: true, Clock: old, Node: "a"})
+	require.NoError(t, err)
+	assert.False(t, ok, "a lift older than the memory, of an ID with no deny entry")
+	changes, err := s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Empty(t, changes, "stale entries entered the feed")
+
+	out, err = s.Apply(dtfc.State{ID: unknown, Deleted: true, Clock: recent, Node: "a"})
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Applied, out, "a delete within the expiry is news")
+	blocked := dtfc.Sum([]byte("blocked long ago"))
+	ok, err = s.ApplyDeny(blobstore.Deny{ID: blocked, Status: 451, Clock: old, Node: "a"})
+	require.NoError(t, err)
+	assert.True(t, ok, "a block is never forgotten, however old")
+
+	data := content(11, 300)
+	held := dtfc.Sum(data)
+	_, err = commitState(t, s, data, dtfc.State{ID: held, Clock: old - 10, Node: "a", Size: 300}, true)
+	require.NoError(t, err)
+	out, err = s.Apply(dtfc.State{ID: held, Deleted: true, Clock: old, Node: "a"})
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Applied, out, "an old delete of an ID recorded here")
+
+	// The memory pruned with the clock back: the horizon follows it down.
+	_, err = s.PruneForgotten(wall.Add(-5 * time.Minute))
+	require.NoError(t, err)
+	other := dtfc.Sum([]byte("another"))
+	out, err = s.Apply(dtfc.State{ID: other, Deleted: true, Clock: old, Node: "a"})
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Applied, out, "the horizon stayed where a clock ahead had set it")
+}
+
+// TestOldDeleteTakesUnconfirmedCopy: the stale rule above never leaves
+// an unconfirmed copy (a metadata rebuild's) of a deleted ID behind, to
+// be taken later for an upload nobody knew.
+func TestOldDeleteTakesUnconfirmedCopy(t *testing.T) {
+	wall := fixedWall().Add(time.Hour)
+	dir := t.TempDir()
+	data := content(12, 400)
+	id := dtfc.Sum(data)
+	h := id.String()
+	p := filepath.Join(dir, "blobs", h[:2], h[2:4], h)
+	require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+	require.NoError(t, os.WriteFile(p, data, 0o644))
+	_, err := blobstore.Rebuild(dir, blobstore.RebuildOptions{})
+	require.NoError(t, err)
+	s := openStore(t, dir, blobstore.Options{Wall: func() time.Time { return wall }})
+	require.Equal(t, int64(1), s.UnconfirmedCount())
+	_, err = s.PruneForgotten(wall.Add(-time.Minute))
+	require.NoError(t, err)
+
+	out, err := s.Apply(dtfc.State{ID: id, Deleted: true, Clock: dtfc.TimestampAt(wall.Add(-2 * time.Minute)), Node: "a"})
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Applied, out)
+	assert.Zero(t, s.UnconfirmedCount(), "the unconfirmed copy outlived the delete")
+}

@@ -56,6 +56,19 @@ func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 	return st, ok
 }
 
+// pastForgettingFor reports whether a delete or lift of id dated c is
+// stale because the memory of such old ones is gone (see PruneForgotten);
+// the caller found no record (or deny entry) of id.
+func (s *Store) pastForgettingFor(id dtfc.ID, c dtfc.Timestamp) bool {
+	if uint64(c) >= s.pastForgetting.Load() {
+		return false
+	}
+	// An unconfirmed copy (after a metadata rebuild) goes with a delete:
+	// never left to be taken for an upload nobody knew.
+	_, held, err := s.unconfirmedEntry(id)
+	return err == nil && !held
+}
+
 // Forgotten returns the tombstone of id this node forgot lately (every
 // peer had acknowledged it), if it still remembers it: a peer asking
 // about a blob whose state it lost learns that the blob was deleted.
@@ -110,12 +123,24 @@ func (s *Store) ForgottenLifts() ([]Deny, error) {
 // PruneForgotten drops the memory of what was forgotten before the given
 // time (the caller passes now minus the expiry: by then every peer has
 // forgotten it too, or been marked expired).
+//
+// From then on a delete or a lift dated before that time, of an ID this
+// node has no record (nor unconfirmed copy) of, is stale, remembered or
+// not: every peer has had it for longer than the expiry, or was marked
+// expired and adopts the cluster's view on its return. Without that
+// rule, such an entry that a bucket keeps (its logs are never
+// forgotten) came back to every node that read it late (back from a
+// stop, done resyncing, new), was forgotten again, and came back again
+// from the next one: the full archive soak's queues never emptied.
 func (s *Store) PruneForgotten(before time.Time) (int, error) {
 	leave, err := s.enter()
 	if err != nil {
 		return 0, err
 	}
 	defer leave()
+	// The latest, not the greatest: a wall clock that jumped ahead and
+	// came back does not leave the horizon in the future.
+	s.pastForgetting.Store(uint64(dtfc.TimestampAt(before)))
 	var keys [][]byte
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketForgotten).ForEach(func(k, v []byte) error {

@@ -187,6 +187,9 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 	if !ok && st.Clock <= s.forgottenClock('S', st.ID) {
 		return Stale, nil // its delete was forgotten here lately
 	}
+	if !ok && st.Deleted && s.pastForgettingFor(st.ID, st.Clock) {
+		return Stale, nil // a delete older than the memory of forgotten ones
+	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
 		return NeedBytes, nil
 	}

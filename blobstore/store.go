@@ -85,7 +85,12 @@ type Store struct {
 
 	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
 	denyUnknown atomic.Bool  // keyDenyUnknown is set
-	unlock      func()       // releases the lock on dir (lockDir)
+	// pastForgetting is the Timestamp before which the memory of what
+	// was forgotten was last pruned (PruneForgotten): a delete or lift
+	// that old, of an ID without a record here, is no news (see
+	// forgotten.go). 0 until the first prune since the start.
+	pastForgetting atomic.Uint64
+	unlock         func() // releases the lock on dir (lockDir)
 
 	// syncfs: CommitBatch makes its files durable with one syncfs of
 	// the file system rather than a sync per file and directory.

@@ -110,10 +110,14 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool
 			return done, deferred
 		}
 		var err error
+		before := [2]int64{c.pulled[0].Load(), c.pulled[1].Load()}
 		if c.isCache() {
 			err = c.cacheSync(ctx, r)
 		} else {
 			err = c.syncWith(ctx, r)
+		}
+		if after := [2]int64{c.pulled[0].Load(), c.pulled[1].Load()}; after != before {
+			c.log.Info("anti-entropy found states newer than this node's", "peer", r.URL, "uploads", after[0]-before[0], "deletes", after[1]-before[1])
 		}
 		if errors.Is(err, errPeerResyncing) {
 			continue
@@ -275,6 +279,9 @@ func (c *Cluster) syncRange(ctx, pullCtx context.Context, g *errgroup.Group, r *
 // pull applies one state from r, fetching its bytes if needed.
 func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 	err := c.pullState(ctx, r, st)
+	if err == nil {
+		c.pulled[boolIndex(st.Deleted)].Add(1)
+	}
 	if errors.Is(err, ErrNotFound) {
 		return nil // deleted there meanwhile; its tombstone comes next round
 	}
@@ -394,4 +401,12 @@ func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
 		}
 	}
 	return nil
+}
+
+// boolIndex is 1 for true, 0 for false.
+func boolIndex(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -66,6 +66,10 @@ type archiveNode struct {
 	// no log names would reach no other node).
 	relayedMu sync.Mutex
 	relayed   map[relayedKey]struct{}
+	// took counts the records the relay found newer than this node's
+	// own and applied: uploads, tombstones, deny entries (logged once a
+	// round, at info: what a bucket keeps bringing in).
+	took [3]atomic.Int64
 
 	// parked are the IDs the relay set aside (relay.go).
 	parked parked

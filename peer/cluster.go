@@ -153,8 +153,11 @@ type Cluster struct {
 	// reached anew, its counts go on).
 	archiveCounters sync.Map
 
-	joined     atomic.Bool // not started to join, or joined (members.go)
-	synced     atomic.Bool // completed an anti-entropy round with the replicas
+	joined atomic.Bool // not started to join, or joined (members.go)
+	synced atomic.Bool // completed an anti-entropy round with the replicas
+	// pulled counts the states anti-entropy took from peers (newer than
+	// this node's, or unknown here): uploads, deletes.
+	pulled     [2]atomic.Int64
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
 	expired    expiries    // peers this node marked expired (acks.go)
 	feedClock  feedClock   // when the feed reached where (acks.go)

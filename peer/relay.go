@@ -67,6 +67,7 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		if !ok || ctx.Err() != nil {
 			continue
 		}
+		before := an.tookCounts()
 		c.retryParked(ctx, r, an)
 		if err := c.writeDenyList(ctx, r, an); err != nil && ctx.Err() == nil {
 			c.log.Info("writing the deny list to an archive failed; retried next round", "archive", r.URL, "err", err)
@@ -75,6 +76,10 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		n += got
 		if err != nil && ctx.Err() == nil {
 			c.log.Info("relay from an archive failed; retried next round", "archive", r.URL, "err", err)
+		}
+		if after := an.tookCounts(); after != before {
+			c.log.Info("took from an archive what this node did not know", "archive", r.URL,
+				"uploads", after[0]-before[0], "deletes", after[1]-before[1], "deny_entries", after[2]-before[2])
 		}
 	}
 	return n
@@ -209,6 +214,11 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 		return fmt.Errorf("%s: %w", id, errRelayClock)
 	}
 	an.relayNoted(stateKey(st))
+	if st.Deleted {
+		an.took[1].Add(1)
+	} else {
+		an.took[0].Add(1)
+	}
 	if c.isCache() && !st.Deleted {
 		// A cache holds what was read through it, no more: an upload
 		// only updates a copy it holds, and is never fetched for it.
@@ -258,6 +268,8 @@ func (c *Cluster) relayDeny(ctx context.Context, r *remote, an *archiveNode, id 
 	ok, err := c.denyStore().ApplyDeny(d)
 	if !ok {
 		an.wasRelayed(denyKey(d)) // not in the feed: never offered back
+	} else {
+		an.took[2].Add(1)
 	}
 	if errors.Is(err, blobstore.ErrClockAhead) {
 		c.refusedClock(err)
@@ -380,4 +392,9 @@ func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
 		p.mu.Unlock()
 		c.log.Info("an ID set aside was applied from the archive", "archive", r.URL, "id", id.String())
 	}
+}
+
+// tookCounts reads an's counts of records taken (archiveNode.took).
+func (an *archiveNode) tookCounts() [3]int64 {
+	return [3]int64{an.took[0].Load(), an.took[1].Load(), an.took[2].Load()}
 }
