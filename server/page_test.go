@@ -27,10 +27,10 @@ type fakeCluster struct {
 	status         peer.Status
 }
 
-func (f *fakeCluster) Status() peer.Status                             { return f.status }
-func (f *fakeCluster) Removed() (time.Time, bool)                      { return time.Time{}, false }
-func (f *fakeCluster) InternalHandler() http.Handler                   { return http.NotFoundHandler() }
-func (f *fakeCluster) Refresh(context.Context) ([]peer.Peer, error)    { return nil, nil }
+func (f *fakeCluster) Status() peer.Status                                      { return f.status }
+func (f *fakeCluster) Removed() (time.Time, bool)                               { return time.Time{}, false }
+func (f *fakeCluster) InternalHandler() http.Handler                            { return http.NotFoundHandler() }
+func (f *fakeCluster) Refresh(context.Context) ([]peer.Peer, error)             { return nil, nil }
 func (f *fakeCluster) WaitReplicas(context.Context, dtfc.ID, uint64, int) error { return nil }
 func (f *fakeCluster) Lookup(context.Context, dtfc.ID, bool) (dtfc.State, error) {
 	return dtfc.State{}, peer.ErrNotFound
