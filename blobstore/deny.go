@@ -301,14 +301,14 @@ func (s *Store) recordDeny(d Deny) (fx denyEffect, aside dtfc.State, err error) 
 		if !ok && d.Clock <= forgotten {
 			return nil // forgotten lately: nothing new
 		}
-		if !ok && d.Lifted && stale {
-			return nil // a lift older than the memory of forgotten ones
-		}
 		var curp *denyRecord
 		if ok {
 			curp = &cur
 		}
-		if err := t.setDeny(curp, d); err != nil {
+		// A lift older than the memory of forgotten ones, of an ID with
+		// no entry here: kept out of the feed (see PruneForgotten), and
+		// forgotten at the next purge.
+		if err := t.setDeny(curp, d, ok || !stale); err != nil {
 			return err
 		}
 		fx = denyRecorded
@@ -454,20 +454,23 @@ func (s *Store) PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock 
 
 // setDeny replaces the deny entry of d.ID (old, if any) with d, with a new
 // feed sequence number.
-func (t *txn) setDeny(old *denyRecord, d Deny) error {
+func (t *txn) setDeny(old *denyRecord, d Deny, toFeed bool) error {
 	if old != nil {
 		if err := t.unfeed(old.Seq); err != nil {
 			return err
 		}
 	}
-	seq, err := t.feed.NextSequence()
-	if err != nil {
-		return err
+	var seq uint64
+	if toFeed {
+		var err error
+		if seq, err = t.feed.NextSequence(); err != nil {
+			return err
+		}
+		if err := t.feed.Put(u64(seq), denyFeedKey(d.ID)); err != nil {
+			return err
+		}
+		t.lastSeq, t.feedChanged = seq, true
 	}
-	if err := t.feed.Put(u64(seq), denyFeedKey(d.ID)); err != nil {
-		return err
-	}
-	t.lastSeq, t.feedChanged = seq, true
 	if d.Clock > t.maxClock {
 		t.maxClock = d.Clock
 	}

@@ -466,11 +466,13 @@ func TestForgottenNotImportedAgain(t *testing.T) {
 
 // TestOldDeleteOfUnknownIDStale: once the memory of forgotten deletes
 // was pruned up to a time, a delete or lift dated before it, of an ID
-// without a record here, is stale: every peer has had it for longer
-// than the expiry. A bucket keeps such entries for ever; taken again by
-// every node that read them late, they were forgotten again and came
-// back from the next node (the full archive soak's queues never
-// emptied). A newer one is news, as is any delete of an ID with a
+// without a record here, is old news: every peer has had it for longer
+// than the expiry. It is recorded (no older upload is taken) but kept
+// out of the change feed, and forgotten at the next purge, with no
+// acknowledgement to wait for. A bucket keeps such entries for ever;
+// pushed on by every node that read them late, they came back to nodes
+// that had forgotten them, and so on (the full archive soak's queues
+// never emptied). A newer one is news, as is any delete of an ID with a
 // record or with an unconfirmed copy, and any block.
 func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	wall := fixedWall().Add(time.Hour)
@@ -482,31 +484,64 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	recent := dtfc.TimestampAt(wall.Add(-30 * time.Second))
 
 	unknown := dtfc.Sum([]byte("never held here"))
-	out, err := s.Apply(dtfc.State{ID: unknown, Deleted: true, Clock: old, Node: "a"})
+	tomb := dtfc.State{ID: unknown, Deleted: true, Clock: old, Node: "a"}
+	out, err := s.Apply(tomb)
 	require.NoError(t, err)
-	assert.Equal(t, blobstore.Stale, out, "a delete older than the memory, of an unknown ID")
-	ok, err := s.ApplyDeny(blobstore.Deny{ID: unknown, Lifted: true, Clock: old, Node: "a"})
+	assert.Equal(t, blobstore.Applied, out)
+	st, err := s.Stat(unknown)
 	require.NoError(t, err)
-	assert.False(t, ok, "a lift older than the memory, of an ID with no deny entry")
+	assert.Equal(t, tomb, st, "an old delete of an unknown ID is recorded")
+	data := content(13, 200)
+	res, err := commitState(t, s, data, dtfc.State{ID: dtfc.Sum(data), Clock: old - 5, Node: "b", Size: 200}, true)
+	require.NoError(t, err)
+	require.True(t, res.Applied) // (another ID: the feed has one entry)
+	lift := blobstore.Deny{ID: unknown, Lifted: true, Clock: old, Node: "a"}
+	ok, err := s.ApplyDeny(lift)
+	require.NoError(t, err)
+	assert.True(t, ok, "an old lift of an ID with no deny entry is recorded")
 	changes, err := s.Changes(0, 100)
 	require.NoError(t, err)
-	assert.Empty(t, changes, "stale entries entered the feed")
+	require.Len(t, changes, 1, "an old delete or lift entered the feed")
+	assert.Equal(t, dtfc.Sum(data), changes[0].State.ID)
 
-	out, err = s.Apply(dtfc.State{ID: unknown, Deleted: true, Clock: recent, Node: "a"})
+	// Forgotten at the next purge, with no acknowledgement to wait for.
+	noAck := func(seq uint64, _ dtfc.Timestamp) bool { return seq == 0 }
+	horizon := dtfc.TimestampAt(wall.Add(-time.Second))
+	n, err := s.PurgeTombstones(horizon, noAck)
 	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out, "a delete within the expiry is news")
+	assert.Equal(t, 1, n)
+	n, err = s.PurgeLifts(horizon, noAck)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	out, err = s.Apply(tomb)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "remembered once forgotten")
+
+	fresh := dtfc.Sum([]byte("deleted lately"))
+	out, err = s.Apply(dtfc.State{ID: fresh, Deleted: true, Clock: recent, Node: "a"})
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Applied, out)
+	changes, err = s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Len(t, changes, 2, "a delete within the expiry is news, pushed on")
 	blocked := dtfc.Sum([]byte("blocked long ago"))
 	ok, err = s.ApplyDeny(blobstore.Deny{ID: blocked, Status: 451, Clock: old, Node: "a"})
 	require.NoError(t, err)
-	assert.True(t, ok, "a block is never forgotten, however old")
+	assert.True(t, ok)
+	changes, err = s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Len(t, changes, 3, "a block is never forgotten, however old: pushed on")
 
-	data := content(11, 300)
+	data = content(11, 300)
 	held := dtfc.Sum(data)
 	_, err = commitState(t, s, data, dtfc.State{ID: held, Clock: old - 10, Node: "a", Size: 300}, true)
 	require.NoError(t, err)
 	out, err = s.Apply(dtfc.State{ID: held, Deleted: true, Clock: old, Node: "a"})
 	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out, "an old delete of an ID recorded here")
+	assert.Equal(t, blobstore.Applied, out)
+	changes, err = s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Len(t, changes, 4, "an old delete of an ID recorded here is pushed on")
 
 	// The memory pruned with the clock back: the horizon follows it down.
 	_, err = s.PruneForgotten(wall.Add(-5 * time.Minute))
@@ -514,7 +549,10 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	other := dtfc.Sum([]byte("another"))
 	out, err = s.Apply(dtfc.State{ID: other, Deleted: true, Clock: old, Node: "a"})
 	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out, "the horizon stayed where a clock ahead had set it")
+	assert.Equal(t, blobstore.Applied, out)
+	changes, err = s.Changes(0, 100)
+	require.NoError(t, err)
+	assert.Len(t, changes, 5, "the horizon stayed where a clock ahead had set it")
 }
 
 // TestOldDeleteTakesUnconfirmedCopy: the stale rule above never leaves

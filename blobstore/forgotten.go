@@ -57,8 +57,8 @@ func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 }
 
 // pastForgettingFor reports whether a delete or lift of id dated c is
-// stale because the memory of such old ones is gone (see PruneForgotten);
-// the caller found no record (or deny entry) of id.
+// old news because the memory of such old ones is gone (see
+// PruneForgotten); the caller found no record (or deny entry) of id.
 func (s *Store) pastForgettingFor(id dtfc.ID, c dtfc.Timestamp) bool {
 	if uint64(c) >= s.pastForgetting.Load() {
 		return false
@@ -125,13 +125,16 @@ func (s *Store) ForgottenLifts() ([]Deny, error) {
 // forgotten it too, or been marked expired).
 //
 // From then on a delete or a lift dated before that time, of an ID this
-// node has no record (nor unconfirmed copy) of, is stale, remembered or
-// not: every peer has had it for longer than the expiry, or was marked
-// expired and adopts the cluster's view on its return. Without that
-// rule, such an entry that a bucket keeps (its logs are never
-// forgotten) came back to every node that read it late (back from a
-// stop, done resyncing, new), was forgotten again, and came back again
-// from the next one: the full archive soak's queues never emptied.
+// node has no record (nor unconfirmed copy) of, is old news: every peer
+// has had it for longer than the expiry, or was marked expired and
+// adopts the cluster's view on its return. It is recorded (no older
+// upload or block of the ID is taken) but kept out of the change feed,
+// so never pushed on, and forgotten at the next purge (then remembered
+// like any other). Pushed on, such an entry that a bucket keeps (its
+// logs are never forgotten) came back to every node that read it late
+// (back from a stop, done resyncing, new), which pushed it to peers whose
+// memory of it had lapsed; they wrote it to the bucket again, and so on:
+// the full archive soak's queues never emptied.
 func (s *Store) PruneForgotten(before time.Time) (int, error) {
 	leave, err := s.enter()
 	if err != nil {

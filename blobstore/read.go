@@ -188,7 +188,10 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		return Stale, nil // its delete was forgotten here lately
 	}
 	if !ok && st.Deleted && s.pastForgettingFor(st.ID, st.Clock) {
-		return Stale, nil // a delete older than the memory of forgotten ones
+		// A delete older than the memory of forgotten ones: recorded, so
+		// that no older upload of the ID is taken, but kept out of the
+		// feed (see PruneForgotten) and forgotten at the next purge.
+		return Applied, s.setState(st, false)
 	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
 		return NeedBytes, nil

@@ -582,6 +582,8 @@ func (c *Cluster) Run(ctx context.Context) error {
 		// compares them (or finds no replica peer to compare with).
 		c.log.Warn("the metadata was rebuilt: uploads are refused (503) until this node has compared its deny list with a peer's")
 	}
+	// Before anything is taken from a peer or a bucket: what is old news.
+	c.pruneForgotten(c.opts.Wall())
 	c.resolveUnconfirmed(ctx) // before anti-entropy, which would download what is held aside
 	c.goLoop(ctx, c.antiEntropyLoop)
 	c.goLoop(ctx, c.maintenanceLoop)

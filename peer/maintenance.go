@@ -102,12 +102,21 @@ func (c *Cluster) purge() {
 	} else if n > 0 {
 		c.log.Info("forgot lifted blocks every peer acknowledged, older than the retention", "count", n)
 	}
-	// The memory of forgotten deletes is what a peer marked expired
-	// resyncs against (keepUnlessForgotten): kept while any peer is.
-	if !c.anyExpired() {
-		if _, err := c.upkeepStore().PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
-			c.log.Error("pruning the memory of forgotten deletes", "err", err)
-		}
+	c.pruneForgotten(now)
+}
+
+// pruneForgotten drops the memory of what was forgotten longer than the
+// expiry ago, and with it sets how old a delete or lift must be to be
+// old news (blobstore.Store.PruneForgotten). The memory is what a peer
+// marked expired resyncs against (keepUnlessForgotten): kept while any
+// peer is. Nor is it pruned while this node's clock runs ahead of every
+// peer's (everything would look old).
+func (c *Cluster) pruneForgotten(now time.Time) {
+	if c.anyExpired() || c.clockAhead.Load() {
+		return
+	}
+	if _, err := c.upkeepStore().PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
+		c.log.Error("pruning the memory of forgotten deletes", "err", err)
 	}
 }
 
