@@ -235,7 +235,7 @@ func (s *Store) SetDeny(id dtfc.ID, status int, reason string, lifted bool) (Den
 	if lifted {
 		d.Status, d.Reason = 0, ""
 	}
-	_, err := s.applyDeny(d)
+	_, err := s.applyDeny(d, false)
 	return d, err
 }
 
@@ -245,17 +245,25 @@ func (s *Store) SetDeny(id dtfc.ID, status int, reason string, lifted bool) (Den
 // newer than any upload this node has seen, which replicates like any
 // delete. An entry whose clock is too far ahead is refused with a
 // *ClockAheadError.
-func (s *Store) ApplyDeny(d Deny) (bool, error) {
+func (s *Store) ApplyDeny(d Deny) (bool, error) { return s.applyDenyFrom(d, false) }
+
+// applyDenyFrom is ApplyDeny, or ApplyDenyKept with kept.
+func (s *Store) applyDenyFrom(d Deny, kept bool) (bool, error) {
 	if d.ID.IsZero() {
 		return false, errors.New("blobstore: deny entry without an ID")
 	}
 	if err := s.checkClock(d.Clock); err != nil {
 		return false, s.noteAheadIn(&s.aheadDeny, d.ID, err)
 	}
-	return s.applyDeny(d)
+	return s.applyDeny(d, kept)
 }
 
-func (s *Store) applyDeny(d Deny) (bool, error) {
+// ApplyDenyKept is ApplyDeny for an entry a bucket keeps (the archive
+// relay): a lift that is old news (see PruneForgotten) is recorded, out
+// of the change feed, rather than ignored.
+func (s *Store) ApplyDenyKept(d Deny) (bool, error) { return s.applyDenyFrom(d, true) }
+
+func (s *Store) applyDeny(d Deny, kept bool) (bool, error) {
 	leave, err := s.enter()
 	if err != nil {
 		return false, err
@@ -263,7 +271,7 @@ func (s *Store) applyDeny(d Deny) (bool, error) {
 	defer leave()
 	s.clock.Observe(d.Clock)
 	defer s.locks.lock(d.ID)()
-	fx, aside, err := s.recordDeny(d)
+	fx, aside, err := s.recordDeny(d, kept)
 	if err != nil || fx == denyIgnored {
 		return false, err
 	}
@@ -285,7 +293,7 @@ const (
 // recordDeny records d if it is newer than the entry held, with what a
 // block does to the record in the same transaction, and says what is left
 // to do with the bytes. The caller holds d.ID's lock.
-func (s *Store) recordDeny(d Deny) (fx denyEffect, aside dtfc.State, err error) {
+func (s *Store) recordDeny(d Deny, kept bool) (fx denyEffect, aside dtfc.State, err error) {
 	forgotten := s.forgottenClock('D', d.ID)
 	stale := d.Lifted && s.pastForgettingFor(d.ID, d.Clock)
 	held := s.fileExists(d.ID)
@@ -301,13 +309,15 @@ func (s *Store) recordDeny(d Deny) (fx denyEffect, aside dtfc.State, err error) 
 		if !ok && d.Clock <= forgotten {
 			return nil // forgotten lately: nothing new
 		}
+		if !ok && stale && !kept {
+			return nil // a lift older than the memory of forgotten ones
+		}
 		var curp *denyRecord
 		if ok {
 			curp = &cur
 		}
-		// A lift older than the memory of forgotten ones, of an ID with
-		// no entry here: kept out of the feed (see PruneForgotten), and
-		// forgotten at the next purge.
+		// Such a lift from a bucket: recorded out of the feed (see
+		// PruneForgotten), and forgotten at the next purge.
 		if err := t.setDeny(curp, d, ok || !stale); err != nil {
 			return err
 		}

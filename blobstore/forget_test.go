@@ -467,13 +467,15 @@ func TestForgottenNotImportedAgain(t *testing.T) {
 // TestOldDeleteOfUnknownIDStale: once the memory of forgotten deletes
 // was pruned up to a time, a delete or lift dated before it, of an ID
 // without a record here, is old news: every peer has had it for longer
-// than the expiry. It is recorded (no older upload is taken) but kept
-// out of the change feed, and forgotten at the next purge, with no
-// acknowledgement to wait for. A bucket keeps such entries for ever;
-// pushed on by every node that read them late, they came back to nodes
-// that had forgotten them, and so on (the full archive soak's queues
-// never emptied). A newer one is news, as is any delete of an ID with a
-// record or with an unconfirmed copy, and any block.
+// than the expiry. From a peer it is ignored. From a bucket (ApplyKept:
+// the relay) it is recorded, so that no older upload is taken where the
+// bucket is the only source of the delete, but kept out of the change
+// feed, and forgotten at the next purge with no acknowledgement to wait
+// for. A bucket keeps such entries for ever; pushed on by every node
+// that read them late, they came back to nodes that had forgotten them,
+// and so on (the full archive soak's queues never emptied). A newer one
+// is news, as is any delete of an ID with a record or with an
+// unconfirmed copy, and any block.
 func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	wall := fixedWall().Add(time.Hour)
 	dir := t.TempDir()
@@ -485,20 +487,29 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 
 	unknown := dtfc.Sum([]byte("never held here"))
 	tomb := dtfc.State{ID: unknown, Deleted: true, Clock: old, Node: "a"}
+	lift := blobstore.Deny{ID: unknown, Lifted: true, Clock: old, Node: "a"}
 	out, err := s.Apply(tomb)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out, "a peer's old delete of an unknown ID")
+	_, err = s.Stat(unknown)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound)
+	ok, err := s.ApplyDeny(lift)
+	require.NoError(t, err)
+	assert.False(t, ok, "a peer's old lift of an ID with no deny entry")
+
+	out, err = s.ApplyKept(tomb)
 	require.NoError(t, err)
 	assert.Equal(t, blobstore.Applied, out)
 	st, err := s.Stat(unknown)
 	require.NoError(t, err)
-	assert.Equal(t, tomb, st, "an old delete of an unknown ID is recorded")
+	assert.Equal(t, tomb, st, "a bucket's old delete of an unknown ID is recorded")
 	data := content(13, 200)
 	res, err := commitState(t, s, data, dtfc.State{ID: dtfc.Sum(data), Clock: old - 5, Node: "b", Size: 200}, true)
 	require.NoError(t, err)
 	require.True(t, res.Applied) // (another ID: the feed has one entry)
-	lift := blobstore.Deny{ID: unknown, Lifted: true, Clock: old, Node: "a"}
-	ok, err := s.ApplyDeny(lift)
+	ok, err = s.ApplyDenyKept(lift)
 	require.NoError(t, err)
-	assert.True(t, ok, "an old lift of an ID with no deny entry is recorded")
+	assert.True(t, ok, "a bucket's old lift of an ID with no deny entry is recorded")
 	changes, err := s.Changes(0, 100)
 	require.NoError(t, err)
 	require.Len(t, changes, 1, "an old delete or lift entered the feed")
@@ -513,7 +524,7 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	n, err = s.PurgeLifts(horizon, noAck)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
-	out, err = s.Apply(tomb)
+	out, err = s.ApplyKept(tomb)
 	require.NoError(t, err)
 	assert.Equal(t, blobstore.Stale, out, "remembered once forgotten")
 

@@ -155,7 +155,15 @@ func (o Outcome) String() string {
 // for IDs this node never held, so that an older copy arriving later
 // stays dead. A state whose clock is too far ahead of this node's wall
 // clock is refused with a *ClockAheadError and changes nothing.
-func (s *Store) Apply(st dtfc.State) (Outcome, error) {
+func (s *Store) Apply(st dtfc.State) (Outcome, error) { return s.apply(st, false) }
+
+// ApplyKept is Apply for a state a bucket keeps (the archive relay): a
+// delete that is old news (see PruneForgotten) is recorded, out of the
+// change feed, rather than ignored, so that no older upload of the ID
+// is taken where the bucket is the only source of that delete.
+func (s *Store) ApplyKept(st dtfc.State) (Outcome, error) { return s.apply(st, true) }
+
+func (s *Store) apply(st dtfc.State, kept bool) (Outcome, error) {
 	if st.ID.IsZero() {
 		return Stale, errors.New("blobstore: Apply of a state without an ID")
 	}
@@ -188,9 +196,12 @@ func (s *Store) Apply(st dtfc.State) (Outcome, error) {
 		return Stale, nil // its delete was forgotten here lately
 	}
 	if !ok && st.Deleted && s.pastForgettingFor(st.ID, st.Clock) {
-		// A delete older than the memory of forgotten ones: recorded, so
-		// that no older upload of the ID is taken, but kept out of the
-		// feed (see PruneForgotten) and forgotten at the next purge.
+		// A delete older than the memory of forgotten ones (see
+		// PruneForgotten): from a peer, ignored; from a bucket, recorded
+		// but kept out of the feed, and forgotten at the next purge.
+		if !kept {
+			return Stale, nil
+		}
 		return Applied, s.setState(st, false)
 	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {

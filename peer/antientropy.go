@@ -55,6 +55,7 @@ type syncStore interface {
 	SubDigests(first byte) ([256]blobstore.Digest, error)
 	States(prefix []byte, fn func(dtfc.State) error) error
 	Apply(st dtfc.State) (blobstore.Outcome, error)
+	ApplyKept(st dtfc.State) (blobstore.Outcome, error)
 	CheckClock(id dtfc.ID, c dtfc.Timestamp) error
 	Open(id dtfc.ID) (*blobstore.Blob, error)
 	DenyDigest() (string, error)
@@ -291,7 +292,13 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 // pullState is pull, but an upload whose bytes no holder could send is
 // ErrNotFound (the relay's: no later round names the ID again).
 func (c *Cluster) pullState(ctx context.Context, r *remote, st dtfc.State) error {
-	out, err := c.syncStore().Apply(st)
+	return c.pullStateFrom(ctx, r, st, c.syncStore().Apply)
+}
+
+// pullStateFrom is pullState, the state applied by apply (the relay's:
+// blobstore.Store.ApplyKept).
+func (c *Cluster) pullStateFrom(ctx context.Context, r *remote, st dtfc.State, apply func(dtfc.State) (blobstore.Outcome, error)) error {
+	out, err := apply(st)
 	if errors.Is(err, blobstore.ErrClockAhead) {
 		c.refusedClock(err)
 		return nil // refused; counted and logged

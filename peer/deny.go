@@ -18,6 +18,7 @@ type denyStore interface {
 	DenyList() ([]blobstore.Deny, error)
 	ForgottenLifts() ([]blobstore.Deny, error)
 	ApplyDeny(d blobstore.Deny) (bool, error)
+	ApplyDenyKept(d blobstore.Deny) (bool, error)
 	DenyEntry(id dtfc.ID) (blobstore.Deny, bool, error)
 	Missing(id dtfc.ID) (dtfc.State, bool)
 }

@@ -236,7 +236,7 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 	// (a state, a block, or a delete it forgot since: a tombstone applied
 	// and forgotten here leaves no record, and used to be set aside for
 	// ever, every time a log named its ID again).
-	if err := c.pullState(ctx, r, st); errors.Is(err, ErrNotFound) {
+	if err := c.pullStateFrom(ctx, r, st, c.syncStore().ApplyKept); errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("%s: not taken from the archive (its blob is missing or unreadable there): %w", id, err)
 	} else if err != nil {
 		return err
@@ -265,7 +265,7 @@ func (c *Cluster) relayDeny(ctx context.Context, r *remote, an *archiveNode, id 
 	}
 	// Noted before it is applied: the pusher may offer it back at once.
 	an.relayNoted(denyKey(d))
-	ok, err := c.denyStore().ApplyDeny(d)
+	ok, err := c.denyStore().ApplyDenyKept(d)
 	if !ok {
 		an.wasRelayed(denyKey(d)) // not in the feed: never offered back
 	} else {
