@@ -259,8 +259,8 @@ func (s *Store) applyDenyFrom(d Deny, kept bool) (bool, error) {
 }
 
 // ApplyDenyKept is ApplyDeny for an entry a bucket keeps (the archive
-// relay): a lift that is old news (see PruneForgotten) is recorded, out
-// of the change feed, rather than ignored.
+// relay): a lift that is old news (see PruneForgotten) enters the memory
+// of forgotten lifts rather than being ignored.
 func (s *Store) ApplyDenyKept(d Deny) (bool, error) { return s.applyDenyFrom(d, true) }
 
 func (s *Store) applyDeny(d Deny, kept bool) (bool, error) {
@@ -309,16 +309,20 @@ func (s *Store) recordDeny(d Deny, kept bool) (fx denyEffect, aside dtfc.State, 
 		if !ok && d.Clock <= forgotten {
 			return nil // forgotten lately: nothing new
 		}
-		if !ok && stale && !kept {
-			return nil // a lift older than the memory of forgotten ones
+		if !ok && stale {
+			// A lift older than the memory of forgotten ones (see
+			// PruneForgotten): from a peer, ignored; from a bucket,
+			// entered in that memory, as if recorded and forgotten now.
+			if kept {
+				return t.remember('D', d.ID, d.Clock, d.Node)
+			}
+			return nil
 		}
 		var curp *denyRecord
 		if ok {
 			curp = &cur
 		}
-		// Such a lift from a bucket: recorded out of the feed (see
-		// PruneForgotten), and forgotten at the next purge.
-		if err := t.setDeny(curp, d, ok || !stale); err != nil {
+		if err := t.setDeny(curp, d); err != nil {
 			return err
 		}
 		fx = denyRecorded
@@ -464,23 +468,20 @@ func (s *Store) PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock 
 
 // setDeny replaces the deny entry of d.ID (old, if any) with d, with a new
 // feed sequence number.
-func (t *txn) setDeny(old *denyRecord, d Deny, toFeed bool) error {
+func (t *txn) setDeny(old *denyRecord, d Deny) error {
 	if old != nil {
 		if err := t.unfeed(old.Seq); err != nil {
 			return err
 		}
 	}
-	var seq uint64
-	if toFeed {
-		var err error
-		if seq, err = t.feed.NextSequence(); err != nil {
-			return err
-		}
-		if err := t.feed.Put(u64(seq), denyFeedKey(d.ID)); err != nil {
-			return err
-		}
-		t.lastSeq, t.feedChanged = seq, true
+	seq, err := t.feed.NextSequence()
+	if err != nil {
+		return err
 	}
+	if err := t.feed.Put(u64(seq), denyFeedKey(d.ID)); err != nil {
+		return err
+	}
+	t.lastSeq, t.feedChanged = seq, true
 	if d.Clock > t.maxClock {
 		t.maxClock = d.Clock
 	}

@@ -497,36 +497,44 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, ok, "a peer's old lift of an ID with no deny entry")
 
+	// From a bucket: remembered as forgotten now, so that an older
+	// upload or block of the ID is not taken; in neither feed nor digests.
 	out, err = s.ApplyKept(tomb)
 	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out)
-	st, err := s.Stat(unknown)
-	require.NoError(t, err)
-	assert.Equal(t, tomb, st, "a bucket's old delete of an unknown ID is recorded")
+	assert.Equal(t, blobstore.Stale, out)
+	_, err = s.Stat(unknown)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "a bucket's old delete was recorded")
+	f, remembered := s.Forgotten(unknown)
+	assert.True(t, remembered, "a bucket's old delete of an unknown ID is not remembered")
+	assert.Equal(t, tomb, f)
 	data := content(13, 200)
-	res, err := commitState(t, s, data, dtfc.State{ID: dtfc.Sum(data), Clock: old - 5, Node: "b", Size: 200}, true)
+	older := dtfc.State{ID: unknown, Clock: old - 5, Node: "b", Size: 200}
+	out, err = s.Apply(older)
 	require.NoError(t, err)
-	require.True(t, res.Applied) // (another ID: the feed has one entry)
+	assert.Equal(t, blobstore.Stale, out, "an upload older than the bucket's delete")
 	ok, err = s.ApplyDenyKept(lift)
 	require.NoError(t, err)
-	assert.True(t, ok, "a bucket's old lift of an ID with no deny entry is recorded")
+	assert.False(t, ok)
+	lifts, err := s.ForgottenLifts()
+	require.NoError(t, err)
+	assert.Len(t, lifts, 1, "a bucket's old lift of an ID with no deny entry is not remembered")
+	ok, err = s.ApplyDeny(blobstore.Deny{ID: unknown, Status: 451, Clock: old - 5, Node: "b"})
+	require.NoError(t, err)
+	assert.False(t, ok, "a block older than the bucket's lift")
+	res, err := commitState(t, s, data, dtfc.State{ID: dtfc.Sum(data), Clock: old - 5, Node: "b", Size: 200}, true)
+	require.NoError(t, err)
+	require.True(t, res.Applied)
 	changes, err := s.Changes(0, 100)
 	require.NoError(t, err)
 	require.Len(t, changes, 1, "an old delete or lift entered the feed")
 	assert.Equal(t, dtfc.Sum(data), changes[0].State.ID)
-
-	// Forgotten at the next purge, with no acknowledgement to wait for.
-	noAck := func(seq uint64, _ dtfc.Timestamp) bool { return seq == 0 }
-	horizon := dtfc.TimestampAt(wall.Add(-time.Second))
-	n, err := s.PurgeTombstones(horizon, noAck)
+	digests, err := s.Digests()
 	require.NoError(t, err)
-	assert.Equal(t, 1, n)
-	n, err = s.PurgeLifts(horizon, noAck)
-	require.NoError(t, err)
-	assert.Equal(t, 1, n)
-	out, err = s.ApplyKept(tomb)
-	require.NoError(t, err)
-	assert.Equal(t, blobstore.Stale, out, "remembered once forgotten")
+	var entries uint64
+	for _, d := range digests {
+		entries += d.Count
+	}
+	assert.EqualValues(t, 1, entries, "an old delete counted in the digests")
 
 	fresh := dtfc.Sum([]byte("deleted lately"))
 	out, err = s.Apply(dtfc.State{ID: fresh, Deleted: true, Clock: recent, Node: "a"})

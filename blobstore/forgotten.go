@@ -56,6 +56,18 @@ func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 	return st, ok
 }
 
+// rememberOld enters in the memory of what was forgotten the delete
+// ('S') or lift ('D') of id dated c, made by node, unless it holds a
+// newer one: old news a bucket brought (see PruneForgotten).
+func (s *Store) rememberOld(kind byte, id dtfc.ID, c dtfc.Timestamp, node string) error {
+	return s.update(func(t *txn) error {
+		if v := t.tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id)); len(v) >= 16 && dtfc.Timestamp(binary.BigEndian.Uint64(v)) >= c {
+			return nil
+		}
+		return t.remember(kind, id, c, node)
+	})
+}
+
 // pastForgettingFor reports whether a delete or lift of id dated c is
 // old news because the memory of such old ones is gone (see
 // PruneForgotten); the caller found no record (or deny entry) of id.
@@ -127,14 +139,16 @@ func (s *Store) ForgottenLifts() ([]Deny, error) {
 // From then on a delete or a lift dated before that time, of an ID this
 // node has no record (nor unconfirmed copy) of, is old news: every peer
 // has had it for longer than the expiry, or was marked expired and
-// adopts the cluster's view on its return. It is recorded (no older
-// upload or block of the ID is taken) but kept out of the change feed,
-// so never pushed on, and forgotten at the next purge (then remembered
-// like any other). Pushed on, such an entry that a bucket keeps (its
-// logs are never forgotten) came back to every node that read it late
-// (back from a stop, done resyncing, new), which pushed it to peers whose
-// memory of it had lapsed; they wrote it to the bucket again, and so on:
-// the full archive soak's queues never emptied.
+// adopts the cluster's view on its return. From a peer it is ignored.
+// From a bucket (ApplyKept, ApplyDenyKept), which may be the node's only
+// source of it, it enters this memory, as if recorded and forgotten now:
+// no older upload or block of the ID is taken for one expiry, and it is
+// neither in the feed (never pushed on) nor in the digests. Recorded and
+// pushed on, such an entry that a bucket keeps (its logs are never
+// forgotten) came back to every node that read it late (back from a
+// stop, done resyncing, new), which pushed it to peers whose memory of
+// it had lapsed; they wrote it to the bucket again, and so on: the full
+// archive soak's queues never emptied.
 func (s *Store) PruneForgotten(before time.Time) (int, error) {
 	leave, err := s.enter()
 	if err != nil {

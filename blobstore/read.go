@@ -158,9 +158,10 @@ func (o Outcome) String() string {
 func (s *Store) Apply(st dtfc.State) (Outcome, error) { return s.apply(st, false) }
 
 // ApplyKept is Apply for a state a bucket keeps (the archive relay): a
-// delete that is old news (see PruneForgotten) is recorded, out of the
-// change feed, rather than ignored, so that no older upload of the ID
-// is taken where the bucket is the only source of that delete.
+// delete that is old news (see PruneForgotten) enters the memory of
+// forgotten deletes rather than being ignored, so that no older upload
+// of the ID is taken where the bucket is the only source of that
+// delete.
 func (s *Store) ApplyKept(st dtfc.State) (Outcome, error) { return s.apply(st, true) }
 
 func (s *Store) apply(st dtfc.State, kept bool) (Outcome, error) {
@@ -197,12 +198,12 @@ func (s *Store) apply(st dtfc.State, kept bool) (Outcome, error) {
 	}
 	if !ok && st.Deleted && s.pastForgettingFor(st.ID, st.Clock) {
 		// A delete older than the memory of forgotten ones (see
-		// PruneForgotten): from a peer, ignored; from a bucket, recorded
-		// but kept out of the feed, and forgotten at the next purge.
+		// PruneForgotten): from a peer, ignored; from a bucket, entered
+		// in that memory, as if recorded and forgotten now.
 		if !kept {
 			return Stale, nil
 		}
-		return Applied, s.setState(st, false)
+		return Stale, s.rememberOld('S', st.ID, st.Clock, st.Node)
 	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
 		return NeedBytes, nil
