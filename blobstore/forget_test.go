@@ -537,12 +537,7 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	assert.EqualValues(t, 1, entries, "an old delete counted in the digests")
 
 	fresh := dtfc.Sum([]byte("deleted lately"))
-	out, err = s.Apply(dtfc.State{ID: fresh, Deleted: true, Clock: recent, Node: "a"})
-	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out)
-	changes, err = s.Changes(0, 100)
-	require.NoError(t, err)
-	assert.Len(t, changes, 2, "a delete within the expiry is news, pushed on")
+	assert.Equal(t, 2, appliedFeedLen(t, s, dtfc.State{ID: fresh, Deleted: true, Clock: recent, Node: "a"}), "a delete within the expiry is news, pushed on")
 	blocked := dtfc.Sum([]byte("blocked long ago"))
 	ok, err = s.ApplyDeny(blobstore.Deny{ID: blocked, Status: 451, Clock: old, Node: "a"})
 	require.NoError(t, err)
@@ -555,23 +550,25 @@ func TestOldDeleteOfUnknownIDStale(t *testing.T) {
 	held := dtfc.Sum(data)
 	_, err = commitState(t, s, data, dtfc.State{ID: held, Clock: old - 10, Node: "a", Size: 300}, true)
 	require.NoError(t, err)
-	out, err = s.Apply(dtfc.State{ID: held, Deleted: true, Clock: old, Node: "a"})
-	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out)
-	changes, err = s.Changes(0, 100)
-	require.NoError(t, err)
-	assert.Len(t, changes, 4, "an old delete of an ID recorded here is pushed on")
+	assert.Equal(t, 4, appliedFeedLen(t, s, dtfc.State{ID: held, Deleted: true, Clock: old, Node: "a"}), "an old delete of an ID recorded here is pushed on")
 
 	// The memory pruned with the clock back: the horizon follows it down.
 	_, err = s.PruneForgotten(wall.Add(-5 * time.Minute))
 	require.NoError(t, err)
 	other := dtfc.Sum([]byte("another"))
-	out, err = s.Apply(dtfc.State{ID: other, Deleted: true, Clock: old, Node: "a"})
+	assert.Equal(t, 5, appliedFeedLen(t, s, dtfc.State{ID: other, Deleted: true, Clock: old, Node: "a"}), "the horizon stayed where a clock ahead had set it")
+}
+
+// appliedFeedLen applies st, which must be applied, and returns the
+// length of the change feed then.
+func appliedFeedLen(t *testing.T, s *blobstore.Store, st dtfc.State) int {
+	t.Helper()
+	out, err := s.Apply(st)
 	require.NoError(t, err)
-	assert.Equal(t, blobstore.Applied, out)
-	changes, err = s.Changes(0, 100)
+	require.Equal(t, blobstore.Applied, out)
+	changes, err := s.Changes(0, 100)
 	require.NoError(t, err)
-	assert.Len(t, changes, 5, "the horizon stayed where a clock ahead had set it")
+	return len(changes)
 }
 
 // TestOldDeleteTakesUnconfirmedCopy: the stale rule above never leaves
