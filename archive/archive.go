@@ -309,20 +309,49 @@ func (a *Archive) PutBlob(ctx context.Context, id dtfc.ID, f io.ReaderAt, size i
 	if size > a.partSize {
 		return a.putParts(ctx, id, key, f, size)
 	}
-	_, err := a.client.PutObject(ctx, &s3.PutObjectInput{
-		Bucket: aws.String(a.bucket), Key: aws.String(key),
-		Body: io.NewSectionReader(f, 0, size), ContentLength: aws.Int64(size),
-		IfNoneMatch: aws.String("*"), ChecksumSHA512: checksum(id),
-		ContentType: aws.String("application/octet-stream"),
+	err := a.writeOnce(ctx, "put", key, func(ifNoneMatch *string) error {
+		_, err := a.client.PutObject(ctx, &s3.PutObjectInput{
+			Bucket: aws.String(a.bucket), Key: aws.String(key),
+			Body: io.NewSectionReader(f, 0, size), ContentLength: aws.Int64(size),
+			IfNoneMatch: ifNoneMatch, ChecksumSHA512: checksum(id),
+			ContentType: aws.String("application/octet-stream"),
+		})
+		if err == nil {
+			a.counters.written.Add(size)
+		}
+		return err
 	})
-	if err == nil {
-		a.counters.written.Add(size)
-	}
-	err = a.wrap("put", key, err)
 	if errors.Is(err, ErrExists) {
 		return nil
 	}
 	return err
+}
+
+// writeOnce writes key's object with put, which sends If-None-Match as
+// it is given: "*" first, so an object already there is kept and the
+// write answers ErrExists. That answer is checked (a HEAD): a server can
+// refuse the write for an object it neither lists nor serves (versitygw
+// with its metadata in sidecar files keeps an object's metadata when it
+// dies, or fails, before the object's file is in place, and every
+// conditional write of that key is refused from then on). Such a key is
+// written again without the condition, which is safe for the objects
+// written this way: each key has only one possible body (a blob is named
+// by its hash, a record by its operation). A log entry is not written
+// this way (AppendLog): a number taken is skipped.
+func (a *Archive) writeOnce(ctx context.Context, op, key string, put func(ifNoneMatch *string) error) error {
+	err := a.wrap(op, key, put(aws.String("*")))
+	if !errors.Is(err, ErrExists) {
+		return err
+	}
+	_, herr := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
+	herr = a.wrap("head", key, herr)
+	if !errors.Is(herr, ErrNotFound) {
+		if herr != nil {
+			return herr
+		}
+		return err // there: written before
+	}
+	return a.wrap(op+" (again: the server refused it for an object it does not have)", key, put(nil))
 }
 
 // putParts uploads a large blob in parts. Each part carries its own
@@ -368,12 +397,14 @@ func (a *Archive) putParts(ctx context.Context, id dtfc.ID, key string, f io.Rea
 		a.counters.written.Add(length)
 		parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(n), ChecksumSHA512: sum})
 	}
-	_, err = a.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
-		Bucket: aws.String(a.bucket), Key: aws.String(key), UploadId: up.UploadId,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
-		IfNoneMatch:     aws.String("*"),
+	err = a.writeOnce(ctx, "complete multipart upload", key, func(ifNoneMatch *string) error {
+		_, err := a.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+			Bucket: aws.String(a.bucket), Key: aws.String(key), UploadId: up.UploadId,
+			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+			IfNoneMatch:     ifNoneMatch,
+		})
+		return err
 	})
-	err = a.wrap("complete multipart upload", key, err)
 	if errors.Is(err, ErrExists) {
 		return nil
 	}
@@ -443,21 +474,27 @@ func (b *countingBody) Read(p []byte) (int, error) {
 // PutState writes st's record once. ErrExists: the record was already
 // there (the same operation, written before).
 func (a *Archive) PutState(ctx context.Context, st dtfc.State) error {
-	return a.putJSONOnce(ctx, "put state", a.StateKey(st), st)
+	return a.putRecord(ctx, "put state", a.StateKey(st), st)
 }
 
-// putJSONOnce writes v as JSON under key, once (If-None-Match: *).
-func (a *Archive) putJSONOnce(ctx context.Context, op, key string, v any) error {
+// putRecord writes v as JSON under key, once (writeOnce): a record's key
+// names its operation, whose record is always the same.
+func (a *Archive) putRecord(ctx context.Context, op, key string, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	_, err = a.client.PutObject(ctx, &s3.PutObjectInput{
+	return a.writeOnce(ctx, op, key, func(ifNoneMatch *string) error { return a.putJSON(ctx, key, body, ifNoneMatch) })
+}
+
+// putJSON writes body (JSON) under key, with If-None-Match if given.
+func (a *Archive) putJSON(ctx context.Context, key string, body []byte, ifNoneMatch *string) error {
+	_, err := a.client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket: aws.String(a.bucket), Key: aws.String(key),
 		Body: bytes.NewReader(body), ContentLength: aws.Int64(int64(len(body))),
-		IfNoneMatch: aws.String("*"), ContentType: aws.String("application/json"),
+		IfNoneMatch: ifNoneMatch, ContentType: aws.String("application/json"),
 	})
-	return a.wrap(op, key, err)
+	return err
 }
 
 // NewestState returns the winning state of id among its records in the
@@ -481,7 +518,7 @@ func (a *Archive) NewestState(ctx context.Context, id dtfc.ID) (dtfc.State, erro
 // ErrExists: the record was already there (the same entry, written
 // before).
 func (a *Archive) PutDeny(ctx context.Context, d blobstore.Deny) error {
-	return a.putJSONOnce(ctx, "put deny entry", a.DenyKey(d), d)
+	return a.putRecord(ctx, "put deny entry", a.DenyKey(d), d)
 }
 
 // NewestDeny returns the winning deny entry of id among its records in
@@ -581,9 +618,16 @@ type LogEntry struct {
 }
 
 // AppendLog writes a writer's log entry seq once. ErrExists: seq was
-// taken (by an earlier attempt whose answer was lost).
+// taken (by an earlier attempt whose answer was lost, or by a server's
+// leftover of one: see writeOnce), and the writer takes the next: a
+// reader lists the log, so a number missing is no gap it waits at.
 func (a *Archive) AppendLog(ctx context.Context, writer string, seq uint64, entries []LogEntry) error {
-	return a.putJSONOnce(ctx, "put log", a.LogKey(writer, seq), entries)
+	body, err := json.Marshal(entries)
+	if err != nil {
+		return err
+	}
+	key := a.LogKey(writer, seq)
+	return a.wrap("put log", key, a.putJSON(ctx, key, body, aws.String("*")))
 }
 
 // Writers lists the identities of the nodes that have a log in the

@@ -121,6 +121,20 @@ func (s *Server) Path(key string) string {
 	return filepath.Join(s.Root, s.Bucket, filepath.FromSlash(key))
 }
 
+// LeaveMetadataOnly leaves, for key in the test bucket, what the server
+// leaves when it dies (or a write fails) between writing an object's
+// metadata and putting its file in place: metadata in its sidecar
+// directory (an ETag), no object. The server then refuses every
+// conditional write of key (If-None-Match: *) and neither lists nor
+// serves it.
+func (s *Server) LeaveMetadataOnly(key string) error {
+	dir := filepath.Join(s.dir, "meta", s.Bucket, filepath.FromSlash(key), "meta")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "etag"), []byte(`"d41d8cd98f00b204e9800998ecf8427e"`), 0o644)
+}
+
 // Start (re)starts the server and waits until it answers, failing t if
 // it cannot.
 func (s *Server) Start(t testing.TB) {
