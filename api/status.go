@@ -70,6 +70,12 @@ type Cluster struct {
 	Scrub     ScrubProgress `json:"scrub"`
 	// Eviction is present on a node given max_bytes (a cache or a tier).
 	Eviction *Eviction `json:"eviction,omitempty"`
+	// UnconfirmedPending counts the unconfirmed blobs this node will ask
+	// its peers about again soon: some peer could not be asked yet (it
+	// is down, cut off, or the first pass at start-up did not reach
+	// them). Those whose state nobody can tell stay in "unconfirmed"
+	// only.
+	UnconfirmedPending int64 `json:"unconfirmed_pending"`
 	// Members are the membership records (GET /_members), removals
 	// included: every node records itself, and learns the others' records
 	// from its peers.

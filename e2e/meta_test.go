@@ -517,13 +517,18 @@ func TestMetaRebuildAsksAgain(t *testing.T) {
 		return status(t, c, 1).Blobs == int64(len(live))
 	})
 	eventually(t, converge, "node 1 says it will ask again", func() bool { return logHas(x, "will ask again") })
-	assert.EqualValues(t, 1, status(t, c, 1).Unconfirmed)
+	st := status(t, c, 1)
+	assert.EqualValues(t, 1, st.Unconfirmed)
+	require.NotNil(t, st.Cluster)
+	assert.EqualValues(t, 1, st.Cluster.UnconfirmedPending, "/_status counts the blob it will ask about again")
 	assert.False(t, logHas(x, "adopted an unconfirmed blob"), "adopted while a peer could not be asked")
 
 	c.Nodes[2].Start()
 	eventually(t, converge, "node 1 asks node 2 once it is back", func() bool { return logHas(x, "adopted an unconfirmed blob") })
 	c.WaitConverged(t, converge)
-	assert.EqualValues(t, 0, status(t, c, 1).Unconfirmed)
+	st = status(t, c, 1)
+	assert.EqualValues(t, 0, st.Unconfirmed)
+	assert.EqualValues(t, 0, st.Cluster.UnconfirmedPending)
 	for id, data := range live {
 		assertEveryReplica(t, c, id, int64(len(data)))
 	}

@@ -145,6 +145,8 @@ type Cluster struct {
 	wg           sync.WaitGroup // Run's goroutines
 
 	ackSig broadcast.Signal // notified whenever a cursor advances
+	// peerBack is notified when a peer answers after it had failed.
+	peerBack broadcast.Signal
 
 	evicted, evictedBytes atomic.Int64 // blobs evicted since start, and their bytes
 
@@ -162,7 +164,10 @@ type Cluster struct {
 	expired    expiries    // peers this node marked expired (acks.go)
 	feedClock  feedClock   // when the feed reached where (acks.go)
 	resync     resync      // whether this node must resync (resync.go)
-	catchUp    *catchUps   // peers catching this node up by pushes (catchup.go)
+	// unconfirmedPending counts the unconfirmed blobs to ask about again
+	// soon (unconfirmed.go).
+	unconfirmedPending atomic.Int64
+	catchUp            *catchUps // peers catching this node up by pushes (catchup.go)
 }
 
 type membership struct {
@@ -536,6 +541,9 @@ func (c *Cluster) replicaPeers() []*remote {
 
 func (c *Cluster) acked() { c.ackSig.Notify() }
 
+// back notes that peer r answered after it had failed.
+func (c *Cluster) back(*remote) { c.peerBack.Notify() }
+
 // Status describes the cluster as this node sees it (the "cluster" of
 // /_status).
 type Status = api.Cluster
@@ -546,6 +554,7 @@ func (c *Cluster) Status() Status {
 	st.Resyncing = st.Resync.State != ResyncInSync
 	st.Synced = c.isSynced()
 	st.Members = c.members.list()
+	st.UnconfirmedPending = c.unconfirmedPending.Load()
 	if c.opts.MaxBytes > 0 {
 		_, held := c.store.Stats()
 		st.Eviction = &api.Eviction{MaxBytes: c.opts.MaxBytes, Over: held > c.opts.MaxBytes,

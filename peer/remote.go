@@ -72,6 +72,8 @@ type noteTaker interface {
 	learned(r *remote)
 	// removedBy: r refused this node as removed from the cluster.
 	removedBy(r *remote)
+	// back: r answered after it had failed.
+	back(r *remote)
 }
 
 // Node is a peer as this node's work with it sees it: what push, fetch,
@@ -150,6 +152,9 @@ func (r *remote) ok(h http.Header) {
 	}
 	if h.Get(HeaderRemoved) != "" && r.notes != nil {
 		r.notes.removedBy(r)
+	}
+	if wasDown && r.notes != nil {
+		r.notes.back(r)
 	}
 	if wake {
 		r.wake()

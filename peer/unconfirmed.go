@@ -10,6 +10,7 @@ import (
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // Unconfirmed blobs are verified blob files whose state this node does
@@ -40,8 +41,10 @@ import (
 //     /_status, for a rebuilt node must never resurrect a file the
 //     cluster deleted and has forgotten;
 //   - if some peer could not be asked, the blob is asked about again
-//     later, backing off from 0.5 s to 30 s; a peer this node marked
-//     expired is asked too, but not waited for.
+//     later, backing off from 0.5 s to 30 s, or as soon as a peer that
+//     had failed answers again; a peer this node marked expired is
+//     asked too, but not waited for (/_status counts these blobs as
+//     cluster.unconfirmed_pending).
 //
 // Blobs no peer knew are asked about again every unconfirmedRecheck, in
 // case the peer list changed.
@@ -92,6 +95,7 @@ func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
 	c.log.Info("resolving unconfirmed blobs: files this node holds without knowing their state",
 		"count", c.unconfirmedStore().UnconfirmedCount(), "peers", len(c.mem.Load().remotes))
 	ur := &unconfirmedResolver{c: c}
+	c.unconfirmedPending.Store(c.unconfirmedStore().UnconfirmedCount())
 	fctx, cancel := context.WithTimeout(ctx, unconfirmedFirstPass)
 	retry := ur.pass(fctx)
 	cancel()
@@ -104,6 +108,7 @@ func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
 // are none left.
 func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
 	c := ur.c
+	defer c.unconfirmedPending.Store(0)
 	failures := 0
 	for c.unconfirmedStore().UnconfirmedCount() > 0 {
 		d := unconfirmedRecheck
@@ -113,12 +118,23 @@ func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
 		} else {
 			failures = 0
 		}
+		// A peer that answers again may be the one a blob waits for:
+		// then at once (at most every minBackoff).
+		var back <-chan struct{}
+		if retry {
+			back = c.peerBack.Wait()
+		}
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
+		case <-back:
+			t.Stop()
+			if sleep.For(ctx, minBackoff) != nil {
+				return
+			}
 		}
 		retry = ur.pass(ctx)
 	}
@@ -178,8 +194,11 @@ func (ur *unconfirmedResolver) pass(ctx context.Context) bool {
 		_ = g.Wait()
 	}
 	if ctx.Err() != nil {
+		// Cut short: what it did not reach is still to ask about.
+		c.unconfirmedPending.Store(c.unconfirmedStore().UnconfirmedCount() - int64(tally.left))
 		return true
 	}
+	c.unconfirmedPending.Store(int64(tally.retry + tally.failures))
 	if tally.adopted+tally.deleted+tally.settled+tally.retry+tally.failures > 0 {
 		c.log.Info("unconfirmed blobs: pass done", "adopted", tally.adopted, "deleted", tally.deleted,
 			"settled", tally.settled, "left", tally.left, "to_ask_again", tally.retry, "failed", tally.failures)
