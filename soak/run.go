@@ -1387,6 +1387,11 @@ func (r *Runner) notConverged() (string, string) {
 		if rs, info := resyncing(st); rs {
 			return fmt.Sprintf("node %d is resyncing%s", i, info), ""
 		}
+		if st.Cluster != nil && st.Cluster.UnconfirmedPending > 0 {
+			// Blobs of uploads cut by a kill, say: still to be adopted
+			// (and pushed) or dropped.
+			return fmt.Sprintf("node %d: %d unconfirmed blobs to ask its peers about again", i, st.Cluster.UnconfirmedPending), ""
+		}
 		for _, url := range sortedIDs(st.Queues) {
 			if l := st.Queues[url].Length; l != 0 {
 				return fmt.Sprintf("node %d: %v operations queued for %s%s", i, l, url, pusherNote(pusherStates(st)[url])), ""
