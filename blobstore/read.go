@@ -55,6 +55,20 @@ func (s *Store) Stat(id dtfc.ID) (dtfc.State, error) {
 	return rec.State, nil
 }
 
+// StateSeq returns id's state and the change-feed sequence number it
+// entered the feed at (0 if it is not in the feed: a cache fill). It
+// returns ErrNotFound if the node has no record of id.
+func (s *Store) StateSeq(id dtfc.ID) (dtfc.State, uint64, error) {
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return dtfc.State{}, 0, err
+	}
+	if !ok {
+		return dtfc.State{}, 0, ErrNotFound
+	}
+	return rec.State, rec.Seq, nil
+}
+
 // Evicted reports whether id is an upload whose bytes this tier evicted
 // (Options.Tier): held by its archive, read back on demand.
 func (s *Store) Evicted(id dtfc.ID) bool {

@@ -121,6 +121,8 @@ type Store interface {
 	Evict(maxBytes, reserve int64, acked uint64) ([]dtfc.State, error)
 	// Stats counts the blobs recorded and the bytes held.
 	Stats() (blobs, bytes int64)
+	// StateSeq returns an ID's state and its place in the change feed.
+	StateSeq(id dtfc.ID) (dtfc.State, uint64, error)
 }
 
 var _ Store = (*blobstore.Store)(nil)
@@ -474,7 +476,9 @@ var ErrTooFewReplicas = errors.New("not that many replicas in the cluster")
 // Should id be blocked here meanwhile, it returns a
 // *blobstore.DeniedError: a peer that knew of the block acknowledged the
 // upload without keeping it, and the block keeps the upload (newer than
-// it) only on this node, set aside until a lift.
+// it) only on this node, set aside until a lift. Should the block be
+// lifted before this looks, the upload is back in the feed at a later
+// place, and the replicas are counted there.
 func (c *Cluster) WaitReplicas(ctx context.Context, id dtfc.ID, seq uint64, n int) error {
 	if have := c.Replicas(); n > have {
 		return fmt.Errorf("%w: asked for %d, the cluster has %d", ErrTooFewReplicas, n, have)
@@ -483,6 +487,13 @@ func (c *Cluster) WaitReplicas(ctx context.Context, id dtfc.ID, seq uint64, n in
 		ch := c.ackSig.Wait()
 		if d, ok := c.store.Denied(id); ok {
 			return &blobstore.DeniedError{Deny: d}
+		}
+		// The upload may have entered the feed again since seq: a block
+		// that set its copy aside, then a lift that put it back, both
+		// while this waited (the peers that ignored the upload while it
+		// was blocked were passed at seq). It counts where it is now.
+		if st, s, err := c.store.StateSeq(id); err == nil && !st.Deleted && s > seq {
+			seq = s
 		}
 		holders := map[string]bool{}
 		for _, r := range c.replicaPeers() {

@@ -1,6 +1,7 @@
 package peer_test
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"strings"
@@ -144,4 +145,40 @@ func TestReplicasWaitEndsAtABlock(t *testing.T) {
 
 	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
 	eventually(t, converge, func() bool { return a.holds(id) }, "the lift brings the upload back on a")
+}
+
+// TestReplicasWaitFollowsALiftedUpload: an upload blocked while it waits
+// for its replicas and lifted again is back in the feed at a new place;
+// the peer that ignored it while it was blocked (its cursor passed the
+// first) does not hold it, and is counted only once it took it again.
+func TestReplicasWaitFollowsALiftedUpload(t *testing.T) {
+	nodes := startCluster(t, running(nodeOpts{peer: func(o *peer.Options) { o.AntiEntropyInterval = time.Hour }}), nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
+	data := randomBytes(t, 3000)
+	id := dtfc.Sum(data)
+	_, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
+	require.NoError(t, err)
+
+	seq := a.Store.LastSeq() + 1 // the upload's
+	code, body := upload(t, a, "x.bin", data, "")
+	require.Equal(t, http.StatusCreated, code, "%s", body)
+	eventually(t, converge, func() bool { _, ok := a.Store.Denied(id); return ok }, "b's answer brings its block to a")
+	eventually(t, converge, func() bool { return a.Cluster.Status().Peers[0].Queue == 0 }, "b's cursor passes the upload")
+	assert.False(t, b.holds(id), "b ignored the blocked upload")
+
+	b.down()
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
+	eventually(t, converge, func() bool { return a.holds(id) }, "the lift brings the upload back on a")
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	err = a.Cluster.WaitReplicas(ctx, id, seq, 2)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "b was counted for the upload it ignored")
+
+	b.start()
+	ctx, cancel = context.WithTimeout(t.Context(), 2*converge)
+	defer cancel()
+	require.NoError(t, a.Cluster.WaitReplicas(ctx, id, seq, 2))
+	assert.True(t, b.holds(id), "counted, b holds the upload")
 }
