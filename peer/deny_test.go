@@ -124,15 +124,7 @@ func TestDenyReachesNodeThatWasDown(t *testing.T) {
 // the file is blocked, not that two replicas hold it (the soak, archive
 // seed 77). A lift then brings the upload back.
 func TestReplicasWaitEndsAtABlock(t *testing.T) {
-	// b runs no pushers, and a's anti-entropy runs once, at its start:
-	// a can learn of b's block only from b's answer to its push.
-	nodes := startCluster(t, running(nodeOpts{peer: func(o *peer.Options) { o.AntiEntropyInterval = time.Hour }}), nodeOpts{})
-	a, b := nodes[0], nodes[1]
-	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
-	data := randomBytes(t, 3000)
-	id := dtfc.Sum(data)
-	_, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
-	require.NoError(t, err)
+	a, b, data, id := blockedOnlyAtB(t)
 
 	code, body := upload(t, a, "x.bin", data, "?replicas=2")
 	assert.Equal(t, http.StatusUnavailableForLegalReasons, code, "%s", body)
@@ -147,18 +139,27 @@ func TestReplicasWaitEndsAtABlock(t *testing.T) {
 	eventually(t, converge, func() bool { return a.holds(id) }, "the lift brings the upload back on a")
 }
 
+// blockedOnlyAtB starts replicas a and b, b knowing a block of data
+// (id) that a has not heard of. b runs no pushers, and a's anti-entropy
+// runs once, at its start: a can learn of b's block only from b's answer
+// to its push.
+func blockedOnlyAtB(t *testing.T) (a, b *node, data []byte, id dtfc.ID) {
+	nodes := startCluster(t, running(nodeOpts{peer: func(o *peer.Options) { o.AntiEntropyInterval = time.Hour }}), nodeOpts{})
+	a, b = nodes[0], nodes[1]
+	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
+	data = randomBytes(t, 3000)
+	id = dtfc.Sum(data)
+	_, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
+	require.NoError(t, err)
+	return a, b, data, id
+}
+
 // TestReplicasWaitFollowsALiftedUpload: an upload blocked while it waits
 // for its replicas and lifted again is back in the feed at a new place;
 // the peer that ignored it while it was blocked (its cursor passed the
 // first) does not hold it, and is counted only once it took it again.
 func TestReplicasWaitFollowsALiftedUpload(t *testing.T) {
-	nodes := startCluster(t, running(nodeOpts{peer: func(o *peer.Options) { o.AntiEntropyInterval = time.Hour }}), nodeOpts{})
-	a, b := nodes[0], nodes[1]
-	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
-	data := randomBytes(t, 3000)
-	id := dtfc.Sum(data)
-	_, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
-	require.NoError(t, err)
+	a, b, data, id := blockedOnlyAtB(t)
 
 	seq := a.Store.LastSeq() + 1 // the upload's
 	code, body := upload(t, a, "x.bin", data, "")
@@ -173,7 +174,7 @@ func TestReplicasWaitFollowsALiftedUpload(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
-	err = a.Cluster.WaitReplicas(ctx, id, seq, 2)
+	err := a.Cluster.WaitReplicas(ctx, id, seq, 2)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "b was counted for the upload it ignored")
 
 	b.start()
