@@ -47,13 +47,23 @@ func (s *Store) forgottenClock(kind byte, id dtfc.ID) dtfc.Timestamp {
 
 func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id)); len(v) >= 16 {
-			st = dtfc.State{ID: id, Deleted: true, Clock: dtfc.Timestamp(binary.BigEndian.Uint64(v)), Node: string(v[16:])}
-			ok = true
+		var clock dtfc.Timestamp
+		var node string
+		if clock, node, ok = decodeForgotten(tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id))); ok {
+			st = dtfc.State{ID: id, Deleted: true, Clock: clock, Node: node}
 		}
 		return nil
 	})
 	return st, ok
+}
+
+// decodeForgotten reads a value of bucketForgotten: the clock and node
+// of what was forgotten; false if v is not such a value.
+func decodeForgotten(v []byte) (dtfc.Timestamp, string, bool) {
+	if len(v) < 16 {
+		return 0, "", false
+	}
+	return dtfc.Timestamp(binary.BigEndian.Uint64(v)), string(v[16:]), true
 }
 
 // rememberOld enters in the memory of what was forgotten the delete
@@ -61,7 +71,7 @@ func (s *Store) forgotten(kind byte, id dtfc.ID) (st dtfc.State, ok bool) {
 // newer one: old news a bucket brought (see PruneForgotten).
 func (s *Store) rememberOld(kind byte, id dtfc.ID, c dtfc.Timestamp, node string) error {
 	return s.update(func(t *txn) error {
-		if v := t.tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id)); len(v) >= 16 && dtfc.Timestamp(binary.BigEndian.Uint64(v)) >= c {
+		if had, _, ok := decodeForgotten(t.tx.Bucket(bucketForgotten).Get(forgottenKey(kind, id))); ok && had >= c {
 			return nil
 		}
 		return t.remember(kind, id, c, node)
@@ -120,10 +130,11 @@ func (s *Store) ForgottenLifts() ([]Deny, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketForgotten).Cursor()
 		for k, v := c.Seek([]byte{'D'}); len(k) == 1+dtfc.IDLen && k[0] == 'D'; k, v = c.Next() {
-			if len(v) < 16 {
+			clock, node, ok := decodeForgotten(v)
+			if !ok {
 				continue
 			}
-			d := Deny{Lifted: true, Clock: dtfc.Timestamp(binary.BigEndian.Uint64(v)), Node: string(v[16:])}
+			d := Deny{Lifted: true, Clock: clock, Node: node}
 			copy(d.ID[:], k[1:])
 			out = append(out, d)
 		}
