@@ -284,7 +284,11 @@ func (c *Cluster) pull(ctx context.Context, r *remote, st dtfc.State) error {
 		c.pulled[boolIndex(st.Deleted)].Add(1)
 	}
 	if errors.Is(err, ErrNotFound) {
-		return nil // deleted there meanwhile; its tombstone comes next round
+		// Deleted there meanwhile, most likely: its tombstone comes next
+		// round. Said, so that an upload no holder can send (a fault of
+		// theirs or of the transfer) does not go unseen round after round.
+		c.log.Info("anti-entropy: a peer listed an upload whose bytes no peer sent", "peer", r.URL, "id", st.ID.String(), "err", err)
+		return nil
 	}
 	return err
 }

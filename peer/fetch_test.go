@@ -426,3 +426,25 @@ func TestMissOfDeletedStaysDeleted(t *testing.T) {
 }
 
 func blobWriterOpts() blobstoreWriterOptions { return blobstoreWriterOptions{} }
+
+// TestEmptyBlobFromTwoHolders: with two holders, a transfer's first
+// request asks for the first piece only (a Range); a range of an empty
+// blob is unsatisfiable (416), and the empty blob must still come, to a
+// client's miss and to anti-entropy (soak seed 68 lost an acknowledged
+// empty upload on a replaced node this way).
+func TestEmptyBlobFromTwoHolders(t *testing.T) {
+	nodes := startCluster(t, nodeOpts{}, nodeOpts{}, nodeOpts{}, nodeOpts{})
+	a, b, c, d := nodes[0], nodes[1], nodes[2], nodes[3]
+	id := a.put(nil)
+	require.Equal(t, id, b.put(nil))
+
+	resp, body, err := get(c.URL + "/" + id.String())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "a miss of an empty blob two peers hold")
+	assert.Empty(t, body)
+	assert.Equal(t, "peer", resp.Header.Get("X-Dtfc-Source"))
+
+	require.False(t, d.holds(id))
+	d.Cluster.AntiEntropy(context.Background())
+	assert.True(t, d.holds(id), "anti-entropy brings an empty blob two peers hold")
+}

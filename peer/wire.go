@@ -656,6 +656,12 @@ func (n *httpNode) openRange(ctx context.Context, id dtfc.ID, off, length int64)
 	if err != nil {
 		return nil, dtfc.State{}, err
 	}
+	if hdr != nil && off == 0 && resp.StatusCode == http.StatusOK {
+		// No range of an empty blob is satisfiable (RFC 9110, 14.1.2):
+		// ServeContent answers a first piece asked of one with the
+		// whole blob, checked as such below.
+		hdr, length = nil, -1
+	}
 	want := http.StatusOK
 	if hdr != nil {
 		want = http.StatusPartialContent
