@@ -135,6 +135,10 @@ type PeerStatus struct {
 	Expired        bool      `json:"expired"`
 	ExpiredSince   time.Time `json:"expired_since,omitzero"`
 	ExpiredHorizon time.Time `json:"expired_horizon,omitzero"`
+	// ExpiredBy names (by node identity) another peer that says it
+	// marked this one expired: nothing is taken from this one here
+	// either until that mark is lifted.
+	ExpiredBy string `json:"expired_by,omitempty"`
 	// ClockRefused counts changes the peer refused because their clock
 	// was too far ahead of its own (since this node started).
 	ClockRefused int64     `json:"clock_refused"`

@@ -866,3 +866,43 @@ func TestLiftAfterSkewedBlock(t *testing.T) {
 	status, _ := upload(t, hc, c.Nodes[1].URL, "doc", data)
 	assert.Contains(t, []int{http.StatusOK, http.StatusCreated}, status)
 }
+
+// TestExpiredNodeMeetsANewNode: node 2 is down while x is deleted and
+// the delete forgotten (nodes 0 and 1 mark it expired); then node 3
+// joins, with no record of x and no mark of node 2, and node 2 comes
+// back still holding x. Node 3 must not take x from node 2 (by a push
+// or by anti-entropy) and hand it on to nodes 0 and 1, which forgot the
+// delete: x stays deleted everywhere. About 20 s.
+func TestExpiredNodeMeetsANewNode(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "3s"}})
+	hc := newClient(t)
+	_, xID := upload(t, hc, c.Nodes[0].URL, "x", randomBytes(50<<10))
+	_, yID := upload(t, hc, c.Nodes[0].URL, "y", randomBytes(60<<10))
+	c.WaitConverged(t, converge)
+	c.Nodes[2].Stop()
+	deleteID(t, hc, c.Nodes[0].URL, xID)
+	eventually(t, converge, "nodes 0 and 1 forget x's delete and mark node 2 expired", func() bool {
+		for _, i := range []int{0, 1} {
+			if s, _ := stateOf(t, c, hc, i, xID); s != http.StatusNotFound {
+				return false
+			}
+			if !peerStatus(t, c, i, 2).Expired {
+				return false
+			}
+		}
+		return true
+	})
+	require.Contains(t, c.BlobFiles(2), xID, "node 2 still holds x")
+	c.AddNode(cluster.RoleReplica)
+	eventually(t, converge, "node 3 gets y", func() bool { _, ok := c.BlobFiles(3)[yID]; return ok })
+
+	c.Nodes[2].Start()
+	eventually(t, 2*converge, "node 2 finishes its resync", func() bool { return logHas(c.Nodes[2], "resync finished") })
+	c.WaitConverged(t, converge)
+	for i := range c.Nodes {
+		status, st := stateOf(t, c, hc, i, xID)
+		assert.Equal(t, http.StatusNotFound, status, "node %d has a record of x, deleted and forgotten: %+v", i, st)
+	}
+	assertNowhere(t, c, xID)
+	assertEveryReplica(t, c, yID, 60<<10)
+}

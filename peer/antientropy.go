@@ -95,9 +95,9 @@ func (c *Cluster) AntiEntropy(ctx context.Context) int {
 func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool) {
 	var reps []*remote
 	for _, r := range c.replicaPeers() {
-		// Never import from a peer marked expired: it may hold what was
-		// deleted and forgotten here.
-		if !r.isExpired() {
+		// Never import from a peer marked expired, here or by another
+		// peer: it may hold what was deleted and forgotten.
+		if !c.distrusts(r) {
 			reps = append(reps, r)
 		}
 	}

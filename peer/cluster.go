@@ -164,6 +164,7 @@ type Cluster struct {
 	pulled     [2]atomic.Int64
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
 	expired    expiries    // peers this node marked expired (acks.go)
+	heard      heardMarks  // the peers other peers marked expired (heardmarks.go)
 	feedClock  feedClock   // when the feed reached where (acks.go)
 	resync     resync      // whether this node must resync (resync.go)
 	// unconfirmedPending counts the unconfirmed blobs to ask about again
@@ -384,7 +385,7 @@ func (c *Cluster) candidates(id dtfc.ID) []*remote {
 	for _, u := range m.ring.Candidates(id) {
 		r := m.byURL[u]
 		switch {
-		case r.Self() || r.isExpired():
+		case r.Self() || c.distrusts(r):
 		case r.backedOff():
 			stale = append(stale, r)
 		default:
@@ -446,7 +447,7 @@ func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 	// A peer marked expired counts as one that could not be asked: its
 	// "never heard of it" is not worth a 404.
 	for _, r := range c.mem.Load().remotes {
-		if !r.Self() && r.isExpired() {
+		if !r.Self() && c.distrusts(r) {
 			unreachable = true
 		}
 	}
@@ -573,6 +574,7 @@ func (c *Cluster) Status() Status {
 	}
 	for _, r := range c.mem.Load().remotes {
 		ps := r.status()
+		ps.ExpiredBy, _ = c.markedElsewhere(r.NodeID())
 		q, lag := c.queue(r)
 		ps.Queue, ps.LagSeconds = q, lag.Seconds()
 		ps.Pusher = c.pushers.state(r)

@@ -108,12 +108,18 @@ func refuseResyncing(w http.ResponseWriter) {
 
 // notFromExpired refuses what a peer this node marked expired offers: its
 // states may be files deleted here and forgotten. The answer tells it to
-// resync.
+// resync. What a peer another peer marked offers is refused too, the
+// answer naming that peer (heardmarks.go).
 func (c *Cluster) notFromExpired(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if m, ok := c.markOfNode(r.Header.Get(HeaderFrom)); ok {
+		from := r.Header.Get(HeaderFrom)
+		if m, ok := c.markOfNode(from); ok {
 			w.Header().Set(HeaderExpired, formatExpired(m.Horizon))
 			writeErr(w, http.StatusConflict, "this node forgot deletes you never acknowledged (you were away longer than tombstone_expiry): resync before offering anything")
+			return
+		}
+		if by, ok := c.markedElsewhere(from); ok {
+			writeErr(w, http.StatusConflict, "peer "+by+" marked you expired (it forgot deletes you never acknowledged): nothing is taken from you here until you resynced against it")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -125,6 +131,7 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 		h := w.Header()
 		h.Set(HeaderNode, c.servedStore().NodeID())
 		h.Set(HeaderRole, string(c.opts.Role))
+		h.Set(HeaderMarks, c.marksHeader())
 		if c.opts.RequirePeerCert && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
 			writeErr(w, http.StatusForbidden, "node-to-node route: a client certificate signed by the cluster's CA is required")
 			return
@@ -142,6 +149,7 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 					c.expiredBy(rm, horizon)
 				}
 			}
+			c.heardMarks(from, r.Header.Get(HeaderMarks))
 			c.heardFrom(from)
 		}
 		next.ServeHTTP(w, r)

@@ -200,10 +200,14 @@ func (p *pusher) step(ctx context.Context) wait {
 	if p.inflight != nil {
 		return p.await(ctx)
 	}
-	if r.Self() || c.resync.holdsFor(r.identity()) {
-		// Itself: nothing to send. A peer that marked this node
-		// expired: it refuses everything until the resync against it
-		// is done.
+	if r.Self() || c.resync.holds() {
+		// Itself: nothing to send. While a resync is pending, no one:
+		// a peer that marked this node expired refuses everything until
+		// the resync against it is done, and any other may be a node
+		// that never had the deletes this node missed (one that joined
+		// after they were forgotten) and would take the files and hand
+		// them on to the nodes that forgot them
+		// (e2e/TestExpiredNodeMeetsANewNode).
 		p.state.Store(&pushHeld)
 		return either(c.resync.changed(), r.kick)
 	}

@@ -74,6 +74,11 @@ type noteTaker interface {
 	removedBy(r *remote)
 	// back: r answered after it had failed.
 	back(r *remote)
+	// heardMarks: the peer of identity source marks the nodes v lists
+	// (HeaderMarks) expired.
+	heardMarks(source, v string)
+	// marksHeader is HeaderMarks for this node's requests.
+	marksHeader() string
 }
 
 // Node is a peer as this node's work with it sees it: what push, fetch,
@@ -149,6 +154,9 @@ func (r *remote) ok(h http.Header) {
 	}
 	if horizon, ok := parseExpired(h.Get(HeaderExpired)); ok && r.notes != nil {
 		r.notes.expiredBy(r, horizon)
+	}
+	if nodeID != "" && r.notes != nil {
+		r.notes.heardMarks(nodeID, h.Get(HeaderMarks))
 	}
 	if h.Get(HeaderRemoved) != "" && r.notes != nil {
 		r.notes.removedBy(r)

@@ -24,10 +24,13 @@ import (
 // or states answer 503, and its digests say "resyncing" so that
 // anti-entropy imports nothing from it (the digests, state listings and
 // lookups stay readable, so that another resyncing node can compare with
-// it — a listing imports nothing). Its pushes to the peers that did not
-// expire it go on: such a peer forgot only deletes this node
-// acknowledged, so nothing it is offered can resurrect there, and an
-// upload taken meanwhile still replicates.
+// it — a listing imports nothing). It pushes to no peer at all meanwhile:
+// one that did not expire it forgot only deletes this node acknowledged,
+// but it may have joined after the deletes this node missed were
+// forgotten, and hand on what it took to the nodes that forgot them
+// (e2e/TestExpiredNodeMeetsANewNode). An upload taken meanwhile
+// replicates once the resync is done; and the other nodes take nothing
+// from this one while a peer's mark of it stands (heardmarks.go).
 //
 // The resync drops a live state the expiring peer has no record of when
 // either this node delivered it to that peer (it was its own upload, and
@@ -106,18 +109,6 @@ func (rs *resync) holds() bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	return rs.state != ResyncInSync
-}
-
-// holdsFor reports whether pushes to the peer of this identity must wait:
-// it marked this node expired and the resync against it is not done (it
-// would refuse them). Pushes to the other peers go on: a peer that did
-// not mark this node forgot only deletes this node acknowledged, so what
-// this node offers it can resurrect nothing there.
-func (rs *resync) holdsFor(identity string) bool {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	_, ok := rs.saved.By[identity]
-	return ok
 }
 
 // everExpired reports whether a peer ever told this node (since its
@@ -534,7 +525,7 @@ func (c *Cluster) keepHeldElsewhere(ctx context.Context, candidates map[dtfc.ID]
 		ids = append(ids, id)
 	}
 	for _, r := range c.mem.Load().remotes {
-		if r.Self() || r.IsCache() || r.isExpired() || distrust[r.identity()] {
+		if r.Self() || r.IsCache() || c.distrusts(r) || distrust[r.identity()] {
 			continue
 		}
 		if d, err := r.node.Digests(ctx, nil); err != nil || d.Resyncing {

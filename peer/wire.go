@@ -69,6 +69,11 @@ const (
 	// lifts) it never acknowledged, and since when (RFC 3339 with
 	// milliseconds): the addressee must resync before it offers anything.
 	HeaderExpired = "X-Dtfc-Expired"
+	// HeaderMarks, on every request and answer between two nodes, lists
+	// the identities of the nodes the sender marked expired (comma
+	// separated; empty: none): a node takes nothing from a node another
+	// peer marked (heardmarks.go).
+	HeaderMarks = "X-Dtfc-Marks"
 	// HeaderResume, on a PUT of a blob, says the pusher can send the
 	// blob from where the bytes its peer kept of it end: the peer may
 	// then refuse the PUT, before its body, with 409 and
@@ -408,6 +413,9 @@ func (n *httpNode) do(parent context.Context, method, path string, body io.Reade
 		req.Header.Set(HeaderSecret, n.secret)
 	}
 	req.Header.Set(HeaderFrom, n.self)
+	if n.r.notes != nil {
+		req.Header.Set(HeaderMarks, n.r.notes.marksHeader())
+	}
 	if h := n.r.expiredHorizon(); h != 0 {
 		req.Header.Set(HeaderExpired, formatExpired(h))
 	}
