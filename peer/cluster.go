@@ -250,6 +250,7 @@ func New(store Store, opts Options) (*Cluster, error) {
 	// peers marked expired stay so.
 	c.loadResync()
 	c.loadExpiries()
+	c.loadHeardMarks()
 	c.loadFeedClock()
 	c.applyMarks()
 	return c, nil

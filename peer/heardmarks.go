@@ -1,6 +1,9 @@
 package peer
 
 import (
+	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -19,8 +22,9 @@ import (
 // it forgot nothing the peer missed, and the peer resyncs against the
 // marker alone.
 //
-// What is heard is kept in memory: a node that restarts takes nothing
-// from a marked peer only once it has exchanged with the marker again.
+// What is heard is kept, each change written to the store (marks change
+// seldom), so that a node restarted when the marked node returns still
+// heeds the marks before it has heard from their markers again.
 
 const (
 	// maxHeardSources bounds the senders whose marks are kept: a
@@ -28,6 +32,9 @@ const (
 	maxHeardSources = 1024
 	// maxHeardMarks bounds the marks taken from one header.
 	maxHeardMarks = 256
+	// keyHeardMarks is where the marks heard from listed peers are kept
+	// (JSON: identity → identities it marked).
+	keyHeardMarks = "heard marks"
 )
 
 // heardMarks is, by sender identity, the node identities each sender
@@ -35,13 +42,19 @@ const (
 type heardMarks struct {
 	mu sync.Mutex
 	by map[string]map[string]bool
+	// loaded are the sources read from the store at start: heeded
+	// before their remotes know their identities again.
+	loaded map[string]bool
+	// persist serialises the writes of the marks to the store; mu is
+	// never held across one.
+	persist sync.Mutex
 }
 
 // heard records what source said in HeaderMarks (v, possibly empty: it
-// marks no one now).
-func (h *heardMarks) heard(source, v string) {
+// marks no one now), and reports whether that changed what is known.
+func (h *heardMarks) heard(source, v string) bool {
 	if source == "" {
-		return
+		return false
 	}
 	var marks map[string]bool
 	for n := range strings.SplitSeq(v, ",") {
@@ -54,17 +67,35 @@ func (h *heardMarks) heard(source, v string) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	old, had := h.by[source]
 	if marks == nil {
 		delete(h.by, source)
-		return
+		return had
+	}
+	if maps.Equal(old, marks) {
+		return false
 	}
 	if h.by == nil {
 		h.by = map[string]map[string]bool{}
 	}
-	if _, ok := h.by[source]; !ok && len(h.by) >= maxHeardSources {
-		return // the first ones stay: a listed peer is heard from early
+	if !had && len(h.by) >= maxHeardSources {
+		return false // the first ones stay: a listed peer is heard from early
 	}
 	h.by[source] = marks
+	return true
+}
+
+// snapshot returns the marks of the sources listed says, each sorted.
+func (h *heardMarks) snapshot(listed func(source string) bool) map[string][]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string][]string{}
+	for src, marks := range h.by {
+		if listed(src) {
+			out[src] = slices.Sorted(maps.Keys(marks))
+		}
+	}
+	return out
 }
 
 // markedBy returns a sender other than node itself that marked node
@@ -87,14 +118,66 @@ func (h *heardMarks) markedBy(node string, listed func(source string) bool) (str
 // identities of the nodes it marked expired.
 func (c *Cluster) marksHeader() string { return strings.Join(c.expiredNodes(), ",") }
 
-// heardMarks records what a peer (by identity) said it marked.
-func (c *Cluster) heardMarks(source, v string) { c.heard.heard(source, v) }
+// heardMarks records what a peer (by identity) said it marked, and
+// writes what changed to the store.
+func (c *Cluster) heardMarks(source, v string) {
+	if !c.heard.heard(source, v) {
+		return
+	}
+	c.heard.persist.Lock()
+	defer c.heard.persist.Unlock()
+	// The state as it is now, written under persist: the last write is
+	// of the last change.
+	b, err := json.Marshal(c.heard.snapshot(c.listedNode))
+	if err == nil {
+		err = c.ledgerStore().SetValue(keyHeardMarks, b)
+	}
+	if err != nil {
+		c.log.Error("recording the expiry marks peers told of", "err", err)
+	}
+}
+
+// loadHeardMarks reads the marks heard before the last stop.
+func (c *Cluster) loadHeardMarks() {
+	v, err := c.ledgerStore().Value(keyHeardMarks)
+	if err != nil || v == nil {
+		return
+	}
+	var saved map[string][]string
+	if json.Unmarshal(v, &saved) != nil {
+		return
+	}
+	c.heard.loaded = map[string]bool{}
+	for src, marks := range saved {
+		c.heard.heard(src, strings.Join(marks, ","))
+		c.heard.loaded[src] = true
+	}
+}
+
+// listedNode reports whether a peer of this identity is listed. A source
+// of the marks read at start counts as listed while some listed peer's
+// identity is not known yet (none answered since the start): it may be
+// that one.
+func (c *Cluster) listedNode(node string) bool {
+	m := c.mem.Load()
+	if m.byIdentity("node "+node) != nil {
+		return true
+	}
+	if !c.heard.loaded[node] {
+		return false
+	}
+	for _, r := range m.remotes {
+		if !r.Peer.IsArchive() && r.NodeID() == "" {
+			return true
+		}
+	}
+	return false
+}
 
 // markedElsewhere reports which listed peer marked the node of this
 // identity expired, if one did.
 func (c *Cluster) markedElsewhere(node string) (string, bool) {
-	m := c.mem.Load()
-	return c.heard.markedBy(node, func(src string) bool { return m.byIdentity("node "+src) != nil })
+	return c.heard.markedBy(node, c.listedNode)
 }
 
 // distrusts reports whether nothing is to be taken from r: this node
