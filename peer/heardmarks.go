@@ -121,6 +121,12 @@ func (c *Cluster) marksHeader() string { return strings.Join(c.expiredNodes(), "
 // heardMarks records what a peer (by identity) said it marked, and
 // writes what changed to the store.
 func (c *Cluster) heardMarks(source, v string) {
+	if source == c.store.NodeID() {
+		// This node itself, listed under another URL: its own marks
+		// are its own (markOfNode), and what it said of them before
+		// lifting one must not outlive the lift (soak seed 75).
+		return
+	}
 	if !c.heard.heard(source, v) {
 		return
 	}
@@ -148,6 +154,7 @@ func (c *Cluster) loadHeardMarks() {
 		return
 	}
 	c.heard.loaded = map[string]bool{}
+	delete(saved, c.store.NodeID())
 	for src, marks := range saved {
 		c.heard.heard(src, strings.Join(marks, ","))
 		c.heard.loaded[src] = true
@@ -160,8 +167,8 @@ func (c *Cluster) loadHeardMarks() {
 // that one.
 func (c *Cluster) listedNode(node string) bool {
 	m := c.mem.Load()
-	if m.byIdentity("node "+node) != nil {
-		return true
+	if r := m.byIdentity("node " + node); r != nil {
+		return !r.Self()
 	}
 	if !c.heard.loaded[node] {
 		return false
