@@ -155,10 +155,13 @@ type PeerStatus struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	// Pusher is what this node's pusher to the peer is doing: "idle"
 	// (it has sent the whole feed), "pushing", "backoff" (after a
-	// failure), "held" (this node resyncs against the peer, which
-	// refuses its pushes until then), "paused" (a local error), or
-	// "stopped" (none runs for this entry).
+	// failure), "held" (this node resyncs: it pushes to no one until
+	// that is done), "paused" (a local error), or "stopped" (none runs
+	// for this entry).
 	Pusher string `json:"pusher,omitempty"`
+	// PushError is why the last push to the peer failed, while none has
+	// succeeded since.
+	PushError string `json:"push_error,omitempty"`
 	// Archive is present when the peer is an archive (an s3:// entry).
 	Archive *ArchiveStatus `json:"archive,omitempty"`
 }

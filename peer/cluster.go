@@ -579,6 +579,7 @@ func (c *Cluster) Status() Status {
 		q, lag := c.queue(r)
 		ps.Queue, ps.LagSeconds = q, lag.Seconds()
 		ps.Pusher = c.pushers.state(r)
+		ps.PushError = c.pushers.lastError(r)
 		if r.Peer.IsArchive() {
 			ps.Archive = c.archiveStatus(r.Peer)
 		}

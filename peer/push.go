@@ -89,8 +89,11 @@ type pusher struct {
 	next     uint64
 	failures int
 	inflight *round
-	// state is what run is doing, for /_status (pushers.state).
-	state atomic.Pointer[string]
+	// state is what run is doing, for /_status (pushers.state); lastErr
+	// why its last push failed, while it backs off (nil once one
+	// succeeds).
+	state   atomic.Pointer[string]
+	lastErr atomic.Pointer[string]
 }
 
 // The states of a pusher (api.PeerStatus.Pusher).
@@ -285,6 +288,7 @@ func (p *pusher) await(ctx context.Context) wait {
 		r.pushOK()
 	}
 	p.failures = 0
+	p.lastErr.Store(nil)
 	return nil
 }
 
@@ -317,6 +321,8 @@ func (p *pusher) failed(ctx context.Context, err error) wait {
 	p.failures++
 	p.r.pushFailed()
 	p.state.Store(&pushBackoff)
+	msg := err.Error()
+	p.lastErr.Store(&msg)
 	failures := p.failures
 	switch {
 	case errors.Is(err, errExpired):

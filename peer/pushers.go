@@ -41,6 +41,17 @@ func (ps *pushers) state(r *remote) string {
 	return "starting"
 }
 
+// lastError is why the pusher to r last failed, while it has not
+// succeeded since ("" if it has, or none runs).
+func (ps *pushers) lastError(r *remote) string {
+	if p := ps.get(r.URL); p != nil && p.r == r {
+		if e := p.lastErr.Load(); e != nil {
+			return *e
+		}
+	}
+	return ""
+}
+
 // follow starts a pusher (start, under a context of ctx's that cancel
 // ends) for each remote of m that has none, and stops those of remotes
 // no longer listed (or listed anew: another role).

@@ -608,12 +608,16 @@ func pusherNote(state string) string {
 	return " (pusher: " + state + ")"
 }
 
-// pusherStates returns /_status's pusher state by peer URL.
+// pusherStates returns /_status's pusher state by peer URL, with the
+// last push's error if it failed.
 func pusherStates(st *api.Status) map[string]string {
 	out := map[string]string{}
 	if st.Cluster != nil {
 		for _, p := range st.Cluster.Peers {
 			out[p.URL] = p.Pusher
+			if p.PushError != "" {
+				out[p.URL] += "; last error: " + p.PushError
+			}
 		}
 	}
 	return out
