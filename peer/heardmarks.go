@@ -127,8 +127,8 @@ func (c *Cluster) heardMarks(source, v string) {
 		// lifting one must not outlive the lift (soak seed 75).
 		return
 	}
-	if !c.heard.heard(source, v) {
-		return
+	if !c.heard.heard(source, v) || !c.listedNode(source) {
+		return // unchanged, or a stranger's word: not worth a write
 	}
 	c.heard.persist.Lock()
 	defer c.heard.persist.Unlock()
