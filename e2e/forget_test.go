@@ -271,18 +271,7 @@ func testExpiredNodeResyncs(t *testing.T, tc string) {
 		c.HealAll()
 	}
 	deleteID(t, hc, c.Nodes[0].URL, xID)
-	eventually(t, converge, "nodes 0 and 1 forget x's delete and mark node 2 expired", func() bool {
-		for _, i := range []int{0, 1} {
-			if s, _ := stateOf(t, c, hc, i, xID); s != http.StatusNotFound {
-				return false
-			}
-			if !peerStatus(t, c, i, 2).Expired {
-				return false
-			}
-		}
-		return true
-	})
-	require.Contains(t, c.BlobFiles(2), xID, "node 2 still holds x")
+	waitForgotWithout2(t, c, hc, xID)
 
 	switch tc {
 	case "SlowReturn":
@@ -892,18 +881,7 @@ func testExpiredNodeMeetsANewNode(t *testing.T, tc string) {
 	c.WaitConverged(t, converge)
 	c.Nodes[2].Stop()
 	deleteID(t, hc, c.Nodes[0].URL, xID)
-	eventually(t, converge, "nodes 0 and 1 forget x's delete and mark node 2 expired", func() bool {
-		for _, i := range []int{0, 1} {
-			if s, _ := stateOf(t, c, hc, i, xID); s != http.StatusNotFound {
-				return false
-			}
-			if !peerStatus(t, c, i, 2).Expired {
-				return false
-			}
-		}
-		return true
-	})
-	require.Contains(t, c.BlobFiles(2), xID, "node 2 still holds x")
+	waitForgotWithout2(t, c, hc, xID)
 	c.AddNode(cluster.RoleReplica)
 	eventually(t, converge, "node 3 gets y", func() bool { _, ok := c.BlobFiles(3)[yID]; return ok })
 	if tc == "Restarted" {
@@ -934,4 +912,23 @@ func testExpiredNodeMeetsANewNode(t *testing.T, tc string) {
 	}
 	assertNowhere(t, c, xID)
 	assertEveryReplica(t, c, yID, 60<<10)
+}
+
+// waitForgotWithout2 waits until nodes 0 and 1 forgot the delete of id
+// and marked node 2 (down or cut off) expired, and checks that node 2
+// still holds id.
+func waitForgotWithout2(t *testing.T, c *cluster.Cluster, hc *http.Client, id string) {
+	t.Helper()
+	eventually(t, converge, "nodes 0 and 1 forget the delete and mark node 2 expired", func() bool {
+		for _, i := range []int{0, 1} {
+			if s, _ := stateOf(t, c, hc, i, id); s != http.StatusNotFound {
+				return false
+			}
+			if !peerStatus(t, c, i, 2).Expired {
+				return false
+			}
+		}
+		return true
+	})
+	require.Contains(t, c.BlobFiles(2), id, "node 2 still holds the deleted file")
 }
