@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/internal/gcfloor"
 	"github.com/dtfc/dtfc/internal/tlsreload"
 	"github.com/dtfc/dtfc/peer"
 	"github.com/dtfc/dtfc/server"
@@ -35,6 +36,9 @@ import (
 // list.
 func serve(ctx context.Context, c Config, reload func() (Config, error), stderr io.Writer) error {
 	log, recent := serveLogger(c, stderr)
+	if os.Getenv("GOGC") == "" {
+		defer gcfloor.Start(gcFloor, 100).Stop()
+	}
 	reg := prometheus.NewRegistry()
 	wall := wallClock()
 	store, err := openStore(c, log, wall)
@@ -94,6 +98,13 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	log.Info("stopped")
 	return nil
 }
+
+// gcFloor is the least heap goal of a serving node whose GOGC is not set
+// (internal/gcfloor): a node serving small files keeps about 1 MiB alive,
+// and the runtime's own least goal (4 MiB) had it collect some 40 times a
+// second under load. With this floor it serves 12% more 1 KiB hits
+// (README, Performance).
+const gcFloor = 32 << 20
 
 // serveLogger returns the node's logger, which also keeps the last
 // warnings and errors for the status page and /_status (server.Recent).
