@@ -54,11 +54,13 @@ func (f *Floor) Stop() {
 }
 
 // sentinel is garbage at birth: its finalizer runs after the next
-// collection, adjusts, and arms a new one.
-type sentinel struct{ _ [16]byte }
+// collection, adjusts, and arms a new one. It holds a pointer so that it
+// is never one of the tiny allocations a block shares (whose finalizers
+// may wait for the whole block).
+type sentinel struct{ f *Floor }
 
 func (f *Floor) arm() {
-	s := new(sentinel)
+	s := &sentinel{f: f}
 	runtime.SetFinalizer(s, func(*sentinel) {
 		if f.adjust() {
 			f.arm()
