@@ -132,7 +132,7 @@ func (l *lookupCluster) Status() peer.Status           { return peer.Status{} }
 // (deploy/activecontent_test.go shows it in Chromium).
 func TestBlobAnswersSandboxed(t *testing.T) {
 	html := []byte("<!doctype html><script>document.title='ran'</script>")
-	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 300<<10)...) // above the front cache's 1 MiB
+	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 300<<10)...) // above the front cache's 128 KiB
 	svg = append(svg, "</svg>"...)
 	remote := dtfc.State{ID: dtfc.ID(sumBytes([]byte("held by a peer"))), Clock: 1, Node: "n", Size: 14, ContentType: "text/html"}
 	lc := &lookupCluster{st: remote}
@@ -184,8 +184,8 @@ func TestAccelAnswers(t *testing.T) {
 	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
 	n := startNode(t, server.Config{Cluster: lc})
 	lc.store = n.store
-	small := bytes.Repeat([]byte("s"), 1<<20)
-	large := append(bytes.Repeat([]byte("l"), 1<<20), 'l')
+	small := bytes.Repeat([]byte("s"), 128<<10) // the most the front keeps
+	large := append(bytes.Repeat([]byte("l"), 128<<10), 'l')
 	requireStatus(t, n.put(t, "/small", small), http.StatusCreated)
 	requireStatus(t, n.put(t, "/large", large), http.StatusCreated)
 	accel := []string{server.HeaderAccel, "/_dtfc_blobs"}
