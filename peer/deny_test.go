@@ -149,8 +149,16 @@ func blockedOnlyAtB(t *testing.T) (a, b *node, data []byte, id dtfc.ID) {
 	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
 	data = randomBytes(t, 3000)
 	id = dtfc.Sum(data)
-	_, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
+	d, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
 	require.NoError(t, err)
+	// The tests upload to a next, an upload newer than the block. Clocks
+	// count milliseconds (and a logical count within one): an upload in
+	// the same millisecond could be older than the block on a's clock,
+	// and the block would then remove it rather than set it aside (2 runs
+	// in 30 timed out waiting for the lift to bring it back).
+	for time.Now().Before(d.Clock.Time().Add(time.Millisecond)) {
+		time.Sleep(100 * time.Microsecond)
+	}
 	return a, b, data, id
 }
 

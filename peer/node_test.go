@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,6 +102,10 @@ func (n *node) start() *node {
 	}
 	if o.peer != nil {
 		o.peer(&po)
+	}
+	if os.Getenv("DTFC_TEST_LOG") != "" {
+		// The nodes' logs on stderr, to see what a failing test did.
+		po.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.URL)
 	}
 	cl, err := peer.New(st, po)
 	require.NoError(t, err)
