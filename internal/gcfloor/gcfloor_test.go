@@ -79,11 +79,22 @@ func TestFloorFollowsLiveHeap(t *testing.T) {
 	if p, _ := gcState(); p != 100 {
 		t.Fatalf("after Stop: percent %d, want 100", p)
 	}
-	for range 3 {
+	// Collections after Stop, and a finalizer of their own that ran (the
+	// one goroutine that runs finalizers got past what they queued).
+	ran := make(chan struct{})
+	runtime.SetFinalizer(&sentinel{}, func(*sentinel) { close(ran) })
+	deadline := time.Now().Add(10 * time.Second)
+	for done := false; !done; {
 		runtime.GC()
-		runtime.Gosched()
+		select {
+		case <-ran:
+			done = true
+		case <-time.After(5 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no finalizer ran after 10 s of collections")
+			}
+		}
 	}
-	time.Sleep(50 * time.Millisecond) // a finalizer queued before Stop would have run
 	if p, _ := gcState(); p != 100 {
 		t.Fatalf("after Stop and collections: percent %d, want 100", p)
 	}
