@@ -161,7 +161,8 @@ const HeaderAccel = "X-Dtfc-Accel-Redirect"
 // Where the two ways cross depends on the machine: on 2026-12-05, pinned,
 // nginx sent a 192 KiB hit 25% faster from the file (after asking dtfc)
 // than from its cache, and a 1 MiB hit twice as fast; a 64 KiB one was
-// 60% faster from the cache and a 128 KiB one 10% (README, Performance).
+// 60% faster from the cache and a 128 KiB one 10% faster from it
+// (README, Performance).
 const frontCacheMax = 128 << 10
 
 // frontCacheUntil is the X-Accel-Expires of a whole answer to a front:
