@@ -932,3 +932,58 @@ func waitForgotWithout2(t *testing.T, c *cluster.Cluster, hc *http.Client, id st
 	})
 	require.Contains(t, c.BlobFiles(2), id, "node 2 still holds the deleted file")
 }
+
+// TestExpiredBeforeIdentified: node 0 marks node 1 expired before it
+// knows node 1's identity (node 1 was down from before node 0 last
+// started), so the mark is under node 1's URL alone. Node 1 returns
+// holding a file node 0 deleted and forgot, which node 0 had read from
+// it (node 1's pusher never delivered it). Node 1 must learn that it is
+// expired (node 0 asks it who it is: nothing else would tell it) and
+// drop the file in its resync, though its pusher never delivered it:
+// node 0 says it forgot a delete of it. About 10 s.
+func TestExpiredBeforeIdentified(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Args: []string{"--tombstone-retention", "1s", "--tombstone-expiry", "3s"}})
+	hc := newClient(t)
+	_, yID := upload(t, hc, c.Nodes[0].URL, "y", randomBytes(60<<10))
+	c.WaitConverged(t, converge)
+
+	// x is uploaded on node 1, which cannot push it to node 0; node 0
+	// gets it by a read (pulled from node 1).
+	c.Cut(1, 0)
+	_, xID := upload(t, hc, c.Nodes[1].URL, "x", randomBytes(50<<10))
+	res, _ := get(t, hc, c.Nodes[0].URL+"/"+xID)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	eventually(t, converge, "node 0 holds x", func() bool { s, _ := stateOf(t, c, hc, 0, xID); return s == http.StatusOK })
+	require.Positive(t, queueLength(t, c, 1, 0), "node 1 still has x to push to node 0")
+	c.Nodes[1].Stop()
+
+	// Node 0 restarts (it forgets node 1's identity), deletes x and
+	// forgets the delete without node 1's acknowledgement.
+	c.Nodes[0].Stop()
+	c.Nodes[0].Start()
+	deleteID(t, hc, c.Nodes[0].URL, xID)
+	eventually(t, converge, "node 0 forgets the delete of x and marks node 1 expired", func() bool {
+		s, _ := stateOf(t, c, hc, 0, xID)
+		return s == http.StatusNotFound && peerStatus(t, c, 0, 1).Expired
+	})
+	require.Empty(t, peerStatus(t, c, 0, 1).Node, "node 0 knows node 1's identity: the mark is not the URL-only kind this test is about")
+
+	// Node 1 returns, reached by node 0 but not reaching it (its pusher
+	// cannot offer x again, which would move its cursor past x). Node 0
+	// asks it who it is; from then on it refuses node 1's offers as
+	// expired, and every answer tells node 1 so.
+	c.Nodes[1].Start()
+	eventually(t, converge, "node 0 learns node 1's identity", func() bool { return peerStatus(t, c, 0, 1).Node != "" })
+	assert.True(t, peerStatus(t, c, 0, 1).Expired)
+
+	// Node 1's resync drops x: node 0 says it forgot a delete of x.
+	c.HealAll()
+	eventually(t, converge, "node 1 finishes its resync", func() bool { return logHas(c.Nodes[1], "resync finished") })
+	c.WaitConverged(t, converge)
+	for i := range c.Nodes {
+		status, st := stateOf(t, c, hc, i, xID)
+		assert.Equal(t, http.StatusNotFound, status, "node %d has a record of x, deleted and forgotten: %+v", i, st)
+	}
+	assertNowhere(t, c, xID)
+	assertEveryReplica(t, c, yID, 60<<10)
+}

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/internal/sleep"
 )
 
 // Forgetting is the dangerous operation (DESIGN.md): a tombstone or a
@@ -156,6 +158,73 @@ func (c *Cluster) markOfNode(node string) (expiryMark, bool) {
 		}
 	}
 	return expiryMark{}, false
+}
+
+// unnamedMarks returns the listed peers marked expired under their URL
+// alone: this node marked them before it learned their identity (a peer
+// down since before this node last started).
+func (c *Cluster) unnamedMarks() []*remote {
+	c.expired.mu.Lock()
+	n := 0
+	for _, m := range c.expired.marks {
+		if m.Node == "" {
+			n++
+		}
+	}
+	c.expired.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	var unnamed []*remote
+	for _, r := range c.mem.Load().remotes {
+		if r.NodeID() != "" || r.Self() {
+			continue
+		}
+		if _, ok := c.markOf(r); ok {
+			unnamed = append(unnamed, r)
+		}
+	}
+	return unnamed
+}
+
+// markOfUnknown reports whether the node identity from is none of the
+// listed peers' while some peer is marked under its URL alone: from may
+// be that peer.
+func (c *Cluster) markOfUnknown(from string) bool {
+	return from != "" && len(c.unnamedMarks()) > 0 && c.mem.Load().byIdentity("node "+from) == nil
+}
+
+// identifyLoop asks each peer of unnamedMarks who it is, at once when
+// one may be talking to this node (markOfUnknown) and every anti-entropy
+// interval otherwise: any answer names the peer (learned then moves its
+// mark under its identity, which other nodes hear of: X-Dtfc-Marks),
+// and the request tells it it is expired, so that it resyncs. Nothing
+// else would ask it: anti-entropy leaves a marked peer alone, a pusher
+// with nothing to send asks nothing, and this node's answers tell a
+// node it is expired only by its identity
+// (e2e/TestExpiredBeforeIdentified).
+func (c *Cluster) identifyLoop(ctx context.Context) {
+	for {
+		wake := c.identifySig.Wait()
+		for _, r := range c.unnamedMarks() {
+			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			r.node.Stat(actx, dtfc.ID{}) // the answer itself says nothing
+			cancel()
+		}
+		t := time.NewTimer(c.opts.AntiEntropyInterval)
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		t.Stop()
+		// At most one round a second, however often it is asked.
+		if sleep.For(ctx, time.Second) != nil {
+			return
+		}
+	}
 }
 
 // expiredNodes lists the identities of the nodes this node marked

@@ -149,6 +149,9 @@ type Cluster struct {
 	ackSig broadcast.Signal // notified whenever a cursor advances
 	// peerBack is notified when a peer answers after it had failed.
 	peerBack broadcast.Signal
+	// identifySig asks identifyLoop to ask the peers marked expired
+	// under their URL alone who they are (unnamedMarks).
+	identifySig broadcast.Signal
 
 	evicted, evictedBytes atomic.Int64 // blobs evicted since start, and their bytes
 
@@ -601,6 +604,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.goLoop(ctx, c.pusherLoop)
 	c.goLoop(ctx, c.repairLoop)
 	c.goLoop(ctx, c.membersLoop)
+	c.goLoop(ctx, c.identifyLoop)
 	if !c.store.DenyKnown() {
 		// The first anti-entropy round, right after resolveUnconfirmed,
 		// compares them (or finds no replica peer to compare with).

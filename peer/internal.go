@@ -151,6 +151,15 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 			}
 			c.heardMarks(from, r.Header.Get(HeaderMarks))
 			c.heardFrom(from)
+			if c.markOfUnknown(from) {
+				// The sender may be a peer marked before this node knew
+				// its identity: ask those peers who they are
+				// (identifyLoop). Meanwhile what it offers is taken: a
+				// copy of a file deleted and forgotten here is no news to
+				// the store (its memory of forgotten deletes is kept
+				// while a peer is marked).
+				c.identifySig.Notify()
+			}
 		}
 		next.ServeHTTP(w, r)
 	})

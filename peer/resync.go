@@ -33,13 +33,16 @@ import (
 // from this one while a peer's mark of it stands (heardmarks.go).
 //
 // The resync drops a live state the expiring peer has no record of when
-// either this node delivered it to that peer (it was its own upload, and
-// the peer's cursor passed it: the peer had it, and forgot it only after
-// deleting it), or it came from elsewhere and is older than the horizon —
+// it is this node's own upload, or it came from elsewhere and is older
+// than the horizon, and the peer says it forgot a newer delete of it —
 // unless a healthy replica, one neither side marked expired, still holds
-// it. It keeps its own uploads the peer never got, so an upload taken
-// while cut off survives. It ends only when every step succeeded; a
-// failed step leaves it to retry.
+// it. An upload taken while cut off, which the peer never had, survives.
+// Whether this node's pusher ever delivered its own upload to the peer
+// says nothing: the peer may have had it another way (read from this
+// node on a miss, pulled by its anti-entropy, pushed by a third node),
+// deleted it and forgotten the delete (e2e/TestExpiredBeforeIdentified).
+// It ends only when every step succeeded; a failed step leaves it to
+// retry.
 
 // resyncTarget is told that this node resynced against its expiry mark.
 type resyncTarget interface {
@@ -375,8 +378,9 @@ func (c *Cluster) tellResynced(ctx context.Context) {
 }
 
 // orphansAgainst adds to out every live local state r has no record of
-// and that r had and forgot: one this node delivered to r (its pusher's
-// cursor towards r passed it), or one older than horizon. It compares
+// and that r may have had and forgot: this node's own uploads, and the
+// others older than horizon (keepUnlessForgotten keeps those r does not
+// say it deleted). It compares
 // range digests first, so ranges in agreement cost nothing. It returns
 // the nodes r marked expired (their word does not count against r's).
 func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) ([]string, error) {
@@ -392,38 +396,28 @@ func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Ti
 	if err != nil {
 		return nil, err
 	}
-	// Listed under several URLs, the peer got from this node whatever
-	// any of its pushers delivered.
-	var delivered uint64
-	for _, o := range c.mem.Load().remotes {
-		if o.identity() == r.identity() {
-			delivered = max(delivered, c.cursorOf(o.URL))
-		}
-	}
 	for b := range 256 {
 		if ours[b] == theirs[b] || ours[b].Count == 0 {
 			continue
 		}
-		if err := c.orphansInRange(ctx, r, []byte{byte(b)}, horizon, delivered, out); err != nil {
+		if err := c.orphansInRange(ctx, r, []byte{byte(b)}, horizon, out); err != nil {
 			return nil, err
 		}
 	}
 	return ans.Expired, nil
 }
 
-func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, delivered uint64, out map[dtfc.ID]dtfc.State) error {
+func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) error {
 	me := c.resyncStore().NodeID()
 	local := map[dtfc.ID]dtfc.State{}
 	if err := c.resyncStore().Records(prefix, func(st dtfc.State, seq uint64) error {
 		if st.Deleted {
 			return nil
 		}
-		// Its own upload that r never got from it cannot be something r
-		// deleted (short of a path through a third node): kept. The
-		// rest is suspect when older than what r forgot.
-		if st.Node == me && seq > delivered {
-			return nil
-		}
+		// Its own uploads are all suspect (r may have had them, from
+		// this node or another way), the rest when older than what r
+		// forgot; keepUnlessForgotten keeps what r does not say it
+		// deleted.
 		if st.Node == me || st.Clock < horizon {
 			local[st.ID] = st
 		}
