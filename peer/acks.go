@@ -363,6 +363,16 @@ func (c *Cluster) learned(r *remote) {
 	if moved {
 		m.Node = node
 		delete(c.expired.marks, "url "+r.URL)
+		// The node may be marked already, under another of its URLs
+		// (each URL's pusher has its own cursor, so each mark its own
+		// horizon): one mark, with the greater horizon, so that a
+		// resync against the lesser one does not lift it.
+		if had, ok := c.expired.marks["node "+node]; ok {
+			m.Horizon = max(m.Horizon, had.Horizon)
+			if m.Since.IsZero() || (!had.Since.IsZero() && had.Since.Before(m.Since)) {
+				m.Since = had.Since
+			}
+		}
 		c.expired.marks["node "+node] = m
 	}
 	c.expired.mu.Unlock()

@@ -99,3 +99,38 @@ func TestMarkNotRenewedRightAfterLift(t *testing.T) {
 	_, marked = c.markOf(r)
 	assert.True(t, marked, "still behind an expiry after the lift: marked again")
 }
+
+// TestLearnedKeepsGreatestHorizon: a node listed under two URLs, marked
+// under each before its identity was known (with different horizons:
+// each URL's pusher had its own cursor), keeps the greater horizon once
+// both marks move under its identity. A resync against the lesser
+// horizon must not lift the mark.
+func TestLearnedKeepsGreatestHorizon(t *testing.T) {
+	_, store := newLoneCluster(t)
+	c, err := New(store, Options{Me: "http://me.invalid", TombstoneRetention: time.Second, TombstoneExpiry: time.Minute})
+	require.NoError(t, err)
+	now := time.Now()
+	high, low := dtfc.TimestampAt(now), dtfc.TimestampAt(now.Add(-time.Hour))
+	for _, order := range [][2]dtfc.Timestamp{{high, low}, {low, high}} {
+		r1 := c.newRemote(Peer{URL: "http://127.0.0.1:9", Role: RoleReplica})
+		r2 := c.newRemote(Peer{URL: "http://127.0.0.2:9", Role: RoleReplica})
+		require.NoError(t, c.markExpired(r1, order[0]))
+		require.NoError(t, c.markExpired(r2, order[1]))
+		for _, r := range []*remote{r1, r2} {
+			r.mu.Lock()
+			r.nodeID = "5eed"
+			r.mu.Unlock()
+			c.learned(r)
+		}
+		m, ok := c.markOfNode("5eed")
+		require.True(t, ok)
+		assert.Equal(t, high, m.Horizon, "the mark moved under the identity keeps the greater horizon")
+		c.loadExpiries()
+		m, ok = c.markOfNode("5eed")
+		require.True(t, ok)
+		assert.Equal(t, high, m.Horizon, "as persisted")
+		assert.Len(t, c.expired.marks, 1, "one mark for the node, none left under a URL")
+		assert.False(t, c.clearExpired("5eed", low), "a resync against the lesser horizon must not lift the mark")
+		require.True(t, c.clearExpired("5eed", high))
+	}
+}
