@@ -162,13 +162,6 @@ func (c *Cluster) Open(ctx context.Context, id dtfc.ID, opts OpenOptions) (*Blob
 			}
 		}
 		st, src, err := c.lookup(ctx, id, true)
-		if errors.Is(err, ErrNotFound) {
-			// The bytes may have landed here while the peers were asked
-			// (lookup does not count a state equal to the local one).
-			if b, lerr := OpenLocal(c.store, id, opts); lerr == nil {
-				return b, nil
-			}
-		}
 		if err != nil {
 			return nil, err
 		}

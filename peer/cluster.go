@@ -443,7 +443,12 @@ func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 		if held && !ans.Held {
 			continue
 		}
-		if lerr == nil && !ans.State.Newer(local) {
+		if lerr == nil && local.Newer(ans.State) {
+			// Older than what this node knows (an upload it deleted
+			// since): no record worth having. The same state as the
+			// local one counts: it may have landed here while the
+			// caller, which found nothing, asked the peers (an upload's
+			// replication racing its DELETE).
 			continue
 		}
 		return ans.State, r.URL, nil

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -164,4 +165,33 @@ func TestMemberChangeWaitsForRecordAhead(t *testing.T) {
 	m, err := c.RemoveMember(t.Context(), "http://b.invalid:1", true)
 	require.NoError(t, err)
 	assert.True(t, m.Removed)
+}
+
+// TestLookupCountsTheLocalState: a peer's state equal to this node's
+// counts. A DELETE (or HEAD) that found no record here asks the peers; if
+// the upload's replication lands here meanwhile, every peer's state
+// equals the local one, and not counting them answered 404 for a file
+// this node held (CI, TestLastWriterWins/delete_racing_its_upload's_
+// replication). A state older than the local one still does not count.
+func TestLookupCountsTheLocalState(t *testing.T) {
+	c, store := newLoneCluster(t)
+	id := putBytes(t, store, []byte("landed while the peers were asked"))
+	up, err := store.Stat(id)
+	require.NoError(t, err)
+	c.setPeers([]Peer{{URL: "http://fake.invalid", Role: RoleReplica}})
+	c.mem.Load().byURL["http://fake.invalid"].node = &fakeNode{t: t,
+		StatFunc: func(context.Context, dtfc.ID) (NodeState, error) { return NodeState{State: up, Held: true}, nil },
+	}
+	for _, held := range []bool{false, true} {
+		st, err := c.Lookup(t.Context(), id, held)
+		require.NoError(t, err, "held %v", held)
+		assert.Equal(t, up, st)
+	}
+
+	_, err = store.Delete(id, false)
+	require.NoError(t, err)
+	for _, held := range []bool{false, true} {
+		_, err := c.Lookup(t.Context(), id, held)
+		assert.ErrorIs(t, err, ErrNotFound, "held %v: the upload a newer local delete removed", held)
+	}
 }

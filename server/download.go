@@ -288,12 +288,6 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		_, lerr := s.cfg.Cluster.Lookup(r.Context(), id, false)
 		if lerr == nil || errors.Is(lerr, peer.ErrPeersUnreachable) {
 			st, err = s.store.Delete(id, true)
-		} else {
-			// The record may have arrived while the peers were asked
-			// (the upload's replication, landing here): Lookup does not
-			// count a peer's state equal to the local one, so every
-			// peer "not knowing" the ID says nothing then.
-			st, err = s.store.Delete(id, false)
 		}
 	}
 	if err == blobstore.ErrNotFound {
