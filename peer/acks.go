@@ -165,22 +165,13 @@ func (c *Cluster) markOfNode(node string) (expiryMark, bool) {
 // down since before this node last started).
 func (c *Cluster) unnamedMarks() []*remote {
 	c.expired.mu.Lock()
-	n := 0
-	for _, m := range c.expired.marks {
-		if m.Node == "" {
-			n++
-		}
-	}
-	c.expired.mu.Unlock()
-	if n == 0 {
-		return nil
+	defer c.expired.mu.Unlock()
+	if len(c.expired.marks) == 0 {
+		return nil // every internal request asks: the usual answer is quick
 	}
 	var unnamed []*remote
 	for _, r := range c.mem.Load().remotes {
-		if r.NodeID() != "" || r.Self() {
-			continue
-		}
-		if _, ok := c.markOf(r); ok {
+		if _, ok := c.expired.marks["url "+r.URL]; ok && r.NodeID() == "" && !r.Self() {
 			unnamed = append(unnamed, r)
 		}
 	}
