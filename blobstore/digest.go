@@ -189,11 +189,3 @@ func (s *Store) Forgettable(before dtfc.Timestamp, fn func(seq uint64, clock dtf
 		})
 	})
 }
-
-// Records calls fn with the state and feed sequence number (0: not in the
-// feed) of every ID whose first bytes are prefix, in ID order. fn must not
-// call back into the Store's write methods: it runs inside a read
-// transaction.
-func (s *Store) Records(prefix []byte, fn func(st dtfc.State, seq uint64) error) error {
-	return s.forEachRecord(prefix, func(rec *record) error { return fn(rec.State, rec.Seq) })
-}

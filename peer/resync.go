@@ -135,7 +135,7 @@ func (rs *resync) changed() <-chan struct{} {
 type resyncStore interface {
 	NodeID() string
 	Digests() ([256]blobstore.Digest, error)
-	Records(prefix []byte, fn func(st dtfc.State, seq uint64) error) error
+	States(prefix []byte, fn func(dtfc.State) error) error
 	DenyList() ([]blobstore.Deny, error)
 	Forget(id dtfc.ID) error
 	ForgetDeny(id dtfc.ID) error
@@ -410,7 +410,7 @@ func (c *Cluster) orphansAgainst(ctx context.Context, r *remote, horizon dtfc.Ti
 func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, horizon dtfc.Timestamp, out map[dtfc.ID]dtfc.State) error {
 	me := c.resyncStore().NodeID()
 	local := map[dtfc.ID]dtfc.State{}
-	if err := c.resyncStore().Records(prefix, func(st dtfc.State, seq uint64) error {
+	if err := c.resyncStore().States(prefix, func(st dtfc.State) error {
 		if st.Deleted {
 			return nil
 		}
