@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/dtfc/dtfc"
 
@@ -76,8 +77,17 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, st, got, "back as the upload it was")
 
-	// Set aside again, then deleted: the copy goes with the delete.
+	// Set aside again, then deleted: the copy goes with the delete. The
+	// upload is a millisecond past the lift, so that a block just older
+	// than it is still newer than the lift (in the lift's millisecond,
+	// st2.Clock-1 could be the lift's own clock, and the block would be
+	// stale: 1 run in 10 failed so).
+	for deadline := time.Now().Add(time.Second); time.Now().UnixMilli() <= lift.Clock.Time().UnixMilli(); {
+		require.True(t, time.Now().Before(deadline), "the wall clock does not pass the lift's millisecond")
+		time.Sleep(time.Millisecond)
+	}
 	st2 := putBytes(t, s, data, Upload{}).State
+	require.Greater(t, st2.Clock-1, lift.Clock)
 	block.Clock = st2.Clock - 1
 	_, err = s.ApplyDeny(block)
 	require.NoError(t, err)
