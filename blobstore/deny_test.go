@@ -77,17 +77,9 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, st, got, "back as the upload it was")
 
-	// Set aside again, then deleted: the copy goes with the delete. The
-	// upload is a millisecond past the lift, so that a block just older
-	// than it is still newer than the lift (in the lift's millisecond,
-	// st2.Clock-1 could be the lift's own clock, and the block would be
-	// stale: 1 run in 10 failed so).
-	for deadline := time.Now().Add(time.Second); time.Now().UnixMilli() <= lift.Clock.Time().UnixMilli(); {
-		require.True(t, time.Now().Before(deadline), "the wall clock does not pass the lift's millisecond")
-		time.Sleep(time.Millisecond)
-	}
+	// Set aside again, then deleted: the copy goes with the delete.
+	afterMillisecond(t, lift.Clock)
 	st2 := putBytes(t, s, data, Upload{}).State
-	require.Greater(t, st2.Clock-1, lift.Clock)
 	block.Clock = st2.Clock - 1
 	_, err = s.ApplyDeny(block)
 	require.NoError(t, err)
@@ -107,6 +99,20 @@ func TestBlockSetsAsideNewerUpload(t *testing.T) {
 	got, err = s.Stat(other.ID)
 	require.NoError(t, err)
 	assert.True(t, got.Deleted, "the block's delete")
+}
+
+// afterMillisecond waits until the wall clock is past c's millisecond, so
+// that the next clock reading is more than one tick past c: a block dated
+// just before an upload made then is still newer than c (a lift). Made
+// in c's millisecond, the upload could be c+1, its block c itself, and
+// stale (33 runs in 300 failed so).
+func afterMillisecond(t *testing.T, c dtfc.Timestamp) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().UnixMilli() <= c.Time().UnixMilli() {
+		require.True(t, time.Now().Before(deadline), "the wall clock does not pass %v", c.Time())
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // TestSetAsideOutlivesOlderDelete: a copy a block set aside is the last
@@ -147,6 +153,7 @@ func TestSetAsideOutlivesOlderDelete(t *testing.T) {
 
 	// Blocked again (a new upload first), the file moved back by hand as
 	// a crash between commit and move leaves it, the store left unclean.
+	afterMillisecond(t, lift.Clock)
 	st2 := putBytes(t, s, data, Upload{}).State
 	block.Clock = st2.Clock - 1
 	_, err = s.ApplyDeny(block)
