@@ -106,7 +106,7 @@ func (f *fakeNode) Resynced(ctx context.Context, horizon dtfc.Timestamp) error {
 
 // newLoneCluster returns a Cluster without peers over a fresh store; it
 // runs nothing.
-func newLoneCluster(t *testing.T) (*Cluster, *blobstore.Store) {
+func newLoneCluster(t testing.TB) (*Cluster, *blobstore.Store) {
 	t.Helper()
 	store, err := blobstore.Open(t.TempDir(), blobstore.Options{})
 	require.NoError(t, err)
@@ -116,7 +116,7 @@ func newLoneCluster(t *testing.T) (*Cluster, *blobstore.Store) {
 	return c, store
 }
 
-func putBytes(t *testing.T, store *blobstore.Store, b []byte) dtfc.ID {
+func putBytes(t testing.TB, store *blobstore.Store, b []byte) dtfc.ID {
 	t.Helper()
 	w, err := store.NewWriter(blobstore.WriterOptions{})
 	require.NoError(t, err)
@@ -320,6 +320,51 @@ func TestResyncKeepsWhatNoPeerForgot(t *testing.T) {
 	assert.Error(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
 }
 
+// TestResyncAsksAtOnce: the candidates of a resync are asked about
+// several at a time. The fake peer answers no question until resyncAsks
+// of them are waiting at once; asked one at a time, it would answer
+// none, and the attempt would end in an error.
+func TestResyncAsksAtOnce(t *testing.T) {
+	c, store := newLoneCluster(t)
+	candidates := map[dtfc.ID]dtfc.State{}
+	for i := range 3 * resyncAsks {
+		id := putBytes(t, store, fmt.Appendf(nil, "upload %d, which the expiring peer never got", i))
+		st, err := store.Stat(id)
+		require.NoError(t, err)
+		candidates[id] = st
+	}
+	var (
+		mu      sync.Mutex
+		waiting int
+		asked   int
+	)
+	all := make(chan struct{})
+	fake := &fakeNode{t: t,
+		StatFunc: func(ctx context.Context, id dtfc.ID) (NodeState, error) {
+			mu.Lock()
+			asked++
+			if waiting++; waiting == resyncAsks {
+				close(all)
+			}
+			mu.Unlock()
+			select {
+			case <-all:
+				return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
+			case <-time.After(10 * time.Second):
+				return NodeState{}, errors.New("asked one at a time")
+			case <-ctx.Done():
+				return NodeState{}, ctx.Err()
+			}
+		},
+	}
+	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
+	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	require.NoError(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
+	assert.Empty(t, candidates, "none of them said deleted: every one kept")
+	assert.Equal(t, 3*resyncAsks, asked, "each asked once")
+}
+
 // TestResyncKeepsBlocksNoPeerLifted: a resync drops a local block that
 // the peer which expired this node lacks only if that peer says it
 // lifted and forgot it (a forgotten lift no older than the block); a
@@ -382,4 +427,30 @@ func TestResyncUnlistedPeerNotTold(t *testing.T) {
 	assert.False(t, done, "not resynced against")
 	assert.False(t, rs.notify[key], "not told it resynced")
 	assert.Equal(t, ResyncInSync, rs.state)
+}
+
+// BenchmarkResyncAsks: the asking part of a resync, 256 candidates
+// against one expiring peer whose every answer takes a millisecond (a
+// round trip on a LAN, the peer's lookup included).
+func BenchmarkResyncAsks(b *testing.B) {
+	c, store := newLoneCluster(b)
+	local := map[dtfc.ID]dtfc.State{}
+	for i := range 256 {
+		id := putBytes(b, store, fmt.Appendf(nil, "upload %d", i))
+		st, err := store.Stat(id)
+		require.NoError(b, err)
+		local[id] = st
+	}
+	fake := &fakeNode{
+		StatFunc: func(context.Context, dtfc.ID) (NodeState, error) {
+			time.Sleep(time.Millisecond)
+			return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
+		},
+	}
+	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
+	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	for b.Loop() {
+		require.NoError(b, c.keepUnlessForgotten(b.Context(), m, by, maps.Clone(local)))
+	}
 }

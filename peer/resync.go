@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
 	"github.com/dtfc/dtfc/blobstore"
@@ -446,32 +448,68 @@ func (c *Cluster) orphansInRange(ctx context.Context, r *remote, prefix []byte, 
 // never have had it: down, cut off, its metadata rebuilt). A candidate is
 // dropped only if such a peer answers that it forgot a delete of the ID
 // newer than the local state (404 with HeaderForgotten); a peer that
-// cannot be asked keeps the attempt from ending.
+// cannot be asked keeps the attempt from ending. The candidates are
+// asked about resyncAsks at a time: a node that took uploads all through
+// a long partition has one candidate for each, and a round trip each in
+// turn would keep it out of replication for as many round trips.
 func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map[string]expiredAt, candidates map[dtfc.ID]dtfc.State) error {
-	for id, st := range candidates {
-		deleted := false
-		for key := range by {
-			r := m.byIdentity(key)
-			if r == nil {
-				continue
-			}
-			ns, err := r.node.Stat(ctx, id)
-			switch {
-			case errors.Is(err, errPeerNotFound), errors.Is(err, errPeerResyncing):
-				// No word of a delete (a peer resyncing answers only
-				// for the deletes it forgot).
-				continue
-			case err != nil:
-				return fmt.Errorf("asking %s about %s: %w", r.URL, id, err)
-			case ns.Forgotten && ns.State.Deleted && ns.State.Newer(st):
-				deleted = true
-			}
-		}
-		if !deleted {
-			delete(candidates, id)
+	var peers []*remote
+	for key := range by {
+		if r := m.byIdentity(key); r != nil {
+			peers = append(peers, r)
 		}
 	}
+	var (
+		mu   sync.Mutex
+		keep []dtfc.ID
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(resyncAsks)
+	for id, st := range candidates {
+		g.Go(func() error {
+			deleted, err := forgotDelete(gctx, peers, id, st)
+			if err != nil {
+				return err
+			}
+			if !deleted {
+				mu.Lock()
+				keep = append(keep, id)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, id := range keep {
+		delete(candidates, id)
+	}
 	return nil
+}
+
+// resyncAsks is how many candidates keepUnlessForgotten asks about at
+// once.
+const resyncAsks = 8
+
+// forgotDelete reports whether one of peers says it forgot a delete of
+// id newer than st.
+func forgotDelete(ctx context.Context, peers []*remote, id dtfc.ID, st dtfc.State) (bool, error) {
+	deleted := false
+	for _, r := range peers {
+		ns, err := r.node.Stat(ctx, id)
+		switch {
+		case errors.Is(err, errPeerNotFound), errors.Is(err, errPeerResyncing):
+			// No word of a delete (a peer resyncing answers only
+			// for the deletes it forgot).
+			continue
+		case err != nil:
+			return false, fmt.Errorf("asking %s about %s: %w", r.URL, id, err)
+		case ns.Forgotten && ns.State.Deleted && ns.State.Newer(st):
+			deleted = true
+		}
+	}
+	return deleted, nil
 }
 
 // denyOrphansAgainst adds to out the local deny entries older than
