@@ -2,6 +2,7 @@ package blobstore_test
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -251,6 +252,46 @@ func TestReadSmallVerifies(t *testing.T) {
 	_, got, err := s.ReadSmall(id, 1<<20)
 	require.NoError(t, err)
 	assert.Equal(t, data, got)
+}
+
+// TestReadOrOpen: a blob up to the limit comes back as its bytes, a
+// larger one as its open file (with the same state as Open's), a deleted
+// one as ErrNotFound; corrupt small bytes are quarantined, as ReadSmall's.
+func TestReadOrOpen(t *testing.T) {
+	s := newStore(t)
+	small := put(t, s, content(6, 1000), blobstore.Upload{ContentType: "text/plain"}).State
+	large := put(t, s, content(7, 5000), blobstore.Upload{ContentType: "image/png"}).State
+
+	st, b, f, err := s.ReadOrOpen(small.ID, 4096)
+	require.NoError(t, err)
+	assert.Nil(t, f)
+	assert.Equal(t, content(6, 1000), b)
+	assert.Equal(t, small, st)
+
+	st, b, f, err = s.ReadOrOpen(large.ID, 4096)
+	require.NoError(t, err)
+	assert.Nil(t, b)
+	require.NotNil(t, f)
+	got, err := io.ReadAll(f)
+	require.NoError(t, f.Close())
+	require.NoError(t, err)
+	assert.Equal(t, content(7, 5000), got)
+	assert.Equal(t, large, st)
+	assert.Equal(t, large, f.State)
+
+	_, err = s.Delete(large.ID, false)
+	require.NoError(t, err)
+	_, _, _, err = s.ReadOrOpen(large.ID, 4096)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound)
+
+	// A small blob not read yet (not in memory), its file gone bad.
+	unread := put(t, s, content(8, 1000), blobstore.Upload{}).State
+	bad := content(8, 1000)
+	bad[10] ^= 1
+	require.NoError(t, os.WriteFile(blobPath(s.Dir(), unread.ID), bad, 0o644))
+	_, _, _, err = s.ReadOrOpen(unread.ID, 4096)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "corrupt bytes are not served")
+	assert.NoFileExists(t, blobPath(s.Dir(), unread.ID))
 }
 
 // TestSmallCacheDroppedOnRepair: the scrubber quarantines a blob whose

@@ -50,7 +50,7 @@ func (o *blobOpener) open(rel string) (*os.File, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: filepath.Join(o.dir, rel), Err: err}
 	}
-	return os.NewFile(uintptr(fd), filepath.Join(o.dir, rel)), nil
+	return os.NewFile(uintptr(fd), o.dir+sep+rel), nil
 }
 
 func (o *blobOpener) close() {

@@ -104,6 +104,11 @@ func (s *Store) Open(id dtfc.ID) (*Blob, error) {
 	if !ok || rec.Deleted || rec.Evicted {
 		return nil, ErrNotFound
 	}
+	return s.openRecord(id, rec)
+}
+
+// openRecord opens the file of id, whose live record rec was just read.
+func (s *Store) openRecord(id dtfc.ID, rec record) (*Blob, error) {
 	release := s.access.hold(id, s.opts.TrackAccess)
 	f, err := s.openBlob(id)
 	if err != nil {

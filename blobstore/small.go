@@ -71,42 +71,71 @@ func (c *smallCache) drop(id dtfc.ID) {
 // would) and answered ErrNotFound, so the caller fetches it again from a
 // peer rather than serve it.
 func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
+	st, b, _, err := s.readOrOpen(id, limit, false)
+	return st, b, err
+}
+
+// ReadOrOpen is ReadSmall, except that a blob whose bytes it does not
+// return is opened, as Open would: a hit reads the blob's record once,
+// whatever its size.
+func (s *Store) ReadOrOpen(id dtfc.ID, limit int64) (dtfc.State, []byte, *Blob, error) {
+	return s.readOrOpen(id, limit, true)
+}
+
+func (s *Store) readOrOpen(id dtfc.ID, limit int64, open bool) (dtfc.State, []byte, *Blob, error) {
 	rec, ok, err := s.lookup(id)
 	if err != nil {
-		return dtfc.State{}, nil, err
+		return dtfc.State{}, nil, nil, err
 	}
 	if !ok || rec.Deleted || rec.Evicted {
-		return dtfc.State{}, nil, ErrNotFound
+		return dtfc.State{}, nil, nil, ErrNotFound
 	}
 	if rec.Size > limit || s.small == nil {
-		return rec.State, nil, nil
+		if !open {
+			return rec.State, nil, nil, nil
+		}
+		b, err := s.openRecord(id, rec)
+		if err != nil {
+			return dtfc.State{}, nil, nil, err
+		}
+		return rec.State, nil, b, nil
 	}
+	b, err := s.readSmall(id, rec)
+	if err != nil {
+		return dtfc.State{}, nil, nil, err
+	}
+	return rec.State, b, nil, nil
+}
+
+// readSmall returns the bytes of id, whose live record rec was just read
+// and says it is small.
+func (s *Store) readSmall(id dtfc.ID, rec record) ([]byte, error) {
 	if s.opts.TrackAccess {
 		s.access.hold(id, true)()
 	}
 	if b, ok := s.small.get(id); ok && int64(len(b)) == rec.Size {
-		return rec.State, b, nil
+		return b, nil
 	}
 	f, err := s.openBlob(id)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return dtfc.State{}, nil, ErrNotFound
+			return nil, ErrNotFound
 		}
-		return dtfc.State{}, nil, fmt.Errorf("blobstore: open %s: %w", id, err)
+		return nil, fmt.Errorf("blobstore: open %s: %w", id, err)
 	}
 	defer f.Close()
 	b := make([]byte, rec.Size+1)
 	n, err := io.ReadFull(f, b)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return dtfc.State{}, nil, fmt.Errorf("blobstore: read %s: %w", id, err)
+		return nil, fmt.Errorf("blobstore: read %s: %w", id, err)
 	}
 	b = b[:n]
 	if int64(n) != rec.Size || dtfc.Sum(b) != id {
 		if err := s.quarantine(rec.State, "read", nil); err != nil {
-			return dtfc.State{}, nil, err
+			return nil, err
 		}
-		return dtfc.State{}, nil, ErrNotFound
+		return nil, ErrNotFound
 	}
 	s.small.add(id, b)
-	return rec.State, b, nil
+	return b, nil
 }

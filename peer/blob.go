@@ -14,9 +14,10 @@ import (
 
 // LocalBlobs is what reading a blob needs of this node's store.
 type LocalBlobs interface {
-	// ReadSmall returns id's state and, if it is at most limit bytes and
-	// the store keeps small blobs in memory, its bytes.
-	ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error)
+	// ReadOrOpen returns id's state and, if it is at most limit bytes
+	// and the store keeps small blobs in memory, its bytes; otherwise its
+	// verified file, opened.
+	ReadOrOpen(id dtfc.ID, limit int64) (dtfc.State, []byte, *blobstore.Blob, error)
 	// Open opens id's verified file.
 	Open(id dtfc.ID) (*blobstore.Blob, error)
 }
@@ -123,13 +124,14 @@ func (b *Blob) Close() error {
 // blobstore.ErrNotFound.
 func OpenLocal(store LocalBlobs, id dtfc.ID, opts OpenOptions) (*Blob, error) {
 	if opts.Small > 0 {
-		st, small, err := store.ReadSmall(id, opts.Small)
+		st, small, f, err := store.ReadOrOpen(id, opts.Small)
 		if err != nil {
 			return nil, err
 		}
 		if small != nil {
 			return &Blob{state: st, content: bytes.NewReader(small), inMemory: true}, nil
 		}
+		return &Blob{state: f.State, content: f, file: f}, nil
 	}
 	f, err := store.Open(id)
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 // Blobs is the local store as the server uses it.
 type Blobs interface {
 	Open(id dtfc.ID) (*blobstore.Blob, error)
-	ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error)
+	ReadOrOpen(id dtfc.ID, limit int64) (dtfc.State, []byte, *blobstore.Blob, error)
 	Stat(id dtfc.ID) (dtfc.State, error)
 	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
 	Delete(id dtfc.ID, force bool) (dtfc.State, error)
