@@ -7,7 +7,10 @@
 #     <basedir>/blobs (sendfile, the baseline; and the same with
 #     open_file_cache, as the front's micro-cache has); interleaved rounds, best
 #     of each; "pinned": the servers on CPU 0 and wrk on CPU 1 (nginx with
-#     one worker), "unpinned": all on both cores (nginx with two);
+#     one worker), "unpinned": all on both cores (nginx with two); and
+#     from internal/minget, the least net/http server that serves the same
+#     files (open, http.ServeContent): the ceiling of net/http's response
+#     path, against which dtfc's own work shows;
 #   - 4 KiB uploads/s (wrk -t1 -c8, every body different) against
 #     internal/minput, a minimal Go server that hashes, writes, fsyncs and
 #     renames, side by side;
@@ -42,12 +45,15 @@ trap cleanup EXIT
 
 go build -o "$work/dtfc" ./cmd/dtfc
 go build -o "$work/minput" ./internal/minput
+go build -o "$work/minget" ./internal/minget
 go build -o "$work/repllat" ./internal/repllat
-port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5))
+port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5)); gport=$((port + 6))
 "$work/dtfc" serve --host 127.0.0.1 --port $port --basedir "$work/data" 2>"$work/dtfc.log" &
 pids+=($!); dtfc_pid=$!
 "$work/minput" -addr 127.0.0.1:$mport -dir "$work/minput-data" 2>"$work/minput.log" &
 pids+=($!); minput_pid=$!
+"$work/minget" -addr 127.0.0.1:$gport -dir "$work/data/blobs" 2>"$work/minget.log" &
+pids+=($!); minget_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$mport/" && break; sleep 0.1; done
 
@@ -100,7 +106,7 @@ NGINX
 # workers, minput) onto CPUS.
 pin() {
   local p
-  for p in $dtfc_pid $minput_pid "${nginx_pids[@]}" $(pgrep -P "$(echo "${nginx_pids[@]}" | tr ' ' ,)" 2>/dev/null); do
+  for p in $dtfc_pid $minput_pid $minget_pid "${nginx_pids[@]}" $(pgrep -P "$(echo "${nginx_pids[@]}" | tr ' ' ,)" 2>/dev/null); do
     taskset -apc "$1" "$p" >/dev/null
   done
 }
@@ -112,7 +118,7 @@ wrk_rps() { # CPUS URL [wrk args...]
 }
 
 echo "# dtfc benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3), $(nginx -v 2>&1 | cut -d' ' -f3)"
-echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx (ngx+ofc: with open_file_cache)"
+echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx (ngx+ofc: with open_file_cache; net/http: internal/minget)"
 ids=()
 for spec in 1K:1024 64K:65536 1M:1048576 10M:10485760; do
   name=${spec%%:*}; bytes=${spec#*:}
@@ -123,21 +129,22 @@ for mode in pinned unpinned; do
   if [ $mode = pinned ]; then start_nginx 1; pin 0; client=1; else start_nginx 2; pin 0-$(($(nproc) - 1)); client=0-$(($(nproc) - 1)); fi
   echo
   echo "## $mode"
-  printf "%-6s %12s %12s %12s %12s %10s %10s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "dtfc/ngx" "front/ngx" "front/ngx+ofc"
+  printf "%-6s %12s %12s %12s %12s %12s %10s %10s %12s %12s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "net/http" "dtfc/ngx" "front/ngx" "front/ngx+ofc" "net/http/ngx" "dtfc/net/http"
   for entry in "${ids[@]}"; do
     name=${entry%%:*}; id=${entry#*:}
-    for p in $port $fport $nport $oport; do
+    for p in $port $fport $nport $oport $gport; do
       [ "$(curl -s "http://127.0.0.1:$p/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "bench: port $p does not serve $id" >&2; exit 1; }
     done
-    bd=0; bf=0; bn=0; bo=0
+    bd=0; bf=0; bn=0; bo=0; bg=0
     for _ in $(seq $rounds); do
       bd=$(best "$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur")" $bd)
       bf=$(best "$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur")" $bf)
       bn=$(best "$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur")" $bn)
       bo=$(best "$(wrk_rps $client "http://127.0.0.1:$oport/$id" -t1 -c32 -d"$dur")" $bo)
+      bg=$(best "$(wrk_rps $client "http://127.0.0.1:$gport/$id" -t1 -c32 -d"$dur")" $bg)
     done
-    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" 'BEGIN {
-      printf "%-6s %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f\n", n, d, f, g, o, d/g, f/g, f/o }'
+    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" -v h="$bg" 'BEGIN {
+      printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f %12.2f %12.2f\n", n, d, f, g, o, h, d/g, f/g, f/o, h/g, d/h }'
   done
 done
 
