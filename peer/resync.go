@@ -466,6 +466,9 @@ func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(resyncAsks)
 	for id, st := range candidates {
+		if gctx.Err() != nil {
+			break // a question failed (or ctx ended): the attempt fails
+		}
 		g.Go(func() error {
 			deleted, err := forgotDelete(gctx, peers, id, st)
 			if err != nil {
