@@ -429,6 +429,34 @@ func TestResyncUnlistedPeerNotTold(t *testing.T) {
 	assert.Equal(t, ResyncInSync, rs.state)
 }
 
+// TestResyncStopsWhenCancelled: a resync cancelled while it asks (the
+// node stopping) fails; the candidates it had not asked about yet are not
+// taken for deleted. Every answer here is "not found" (keep), and the
+// first one cancels the attempt.
+func TestResyncStopsWhenCancelled(t *testing.T) {
+	c, store := newLoneCluster(t)
+	candidates := map[dtfc.ID]dtfc.State{}
+	for i := range 4 * resyncAsks {
+		id := putBytes(t, store, fmt.Appendf(nil, "upload %d of a node cut off", i))
+		st, err := store.Stat(id)
+		require.NoError(t, err)
+		candidates[id] = st
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	fake := &fakeNode{t: t,
+		StatFunc: func(context.Context, dtfc.ID) (NodeState, error) {
+			cancel()
+			return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
+		},
+	}
+	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
+	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	err := c.keepUnlessForgotten(ctx, m, by, candidates)
+	assert.ErrorIs(t, err, context.Canceled, "an attempt cut short fails; nothing is dropped on it")
+}
+
 // BenchmarkResyncAsks: the asking part of a resync, 256 candidates
 // against one expiring peer whose every answer takes a millisecond (a
 // round trip on a LAN, the peer's lookup included).

@@ -465,9 +465,13 @@ func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(resyncAsks)
+	var stopped error
 	for id, st := range candidates {
-		if gctx.Err() != nil {
-			break // a question failed (or ctx ended): the attempt fails
+		if err := gctx.Err(); err != nil {
+			// A question failed, or ctx ended: the attempt fails, and
+			// the candidates not asked about must not count as asked.
+			stopped = err
+			break
 		}
 		g.Go(func() error {
 			deleted, err := forgotDelete(gctx, peers, id, st)
@@ -484,6 +488,9 @@ func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	if stopped != nil {
+		return stopped
 	}
 	for _, id := range keep {
 		delete(candidates, id)
