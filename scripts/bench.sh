@@ -10,7 +10,9 @@
 #     one worker), "unpinned": all on both cores (nginx with two); and
 #     from internal/minget, the least net/http server that serves the same
 #     files (open, http.ServeContent): the ceiling of net/http's response
-#     path, against which dtfc's own work shows;
+#     path, against which dtfc's own work shows; and from minget -raw, the
+#     same without net/http (HTTP/1.1 parsed and answered by hand): the
+#     ceiling of a Go hit path written for this one job;
 #   - 4 KiB uploads/s (wrk -t1 -c8, every body different) against
 #     internal/minput, a minimal Go server that hashes, writes, fsyncs and
 #     renames, side by side;
@@ -47,13 +49,15 @@ go build -o "$work/dtfc" ./cmd/dtfc
 go build -o "$work/minput" ./internal/minput
 go build -o "$work/minget" ./internal/minget
 go build -o "$work/repllat" ./internal/repllat
-port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5)); gport=$((port + 6))
+port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5)); gport=$((port + 6)); rport=$((port + 7))
 "$work/dtfc" serve --host 127.0.0.1 --port $port --basedir "$work/data" 2>"$work/dtfc.log" &
 pids+=($!); dtfc_pid=$!
 "$work/minput" -addr 127.0.0.1:$mport -dir "$work/minput-data" 2>"$work/minput.log" &
 pids+=($!); minput_pid=$!
 "$work/minget" -addr 127.0.0.1:$gport -dir "$work/data/blobs" 2>"$work/minget.log" &
 pids+=($!); minget_pid=$!
+"$work/minget" -raw -addr 127.0.0.1:$rport -dir "$work/data/blobs" 2>"$work/minget-raw.log" &
+pids+=($!); rawget_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$mport/" && break; sleep 0.1; done
 
@@ -106,7 +110,7 @@ NGINX
 # workers, minput) onto CPUS.
 pin() {
   local p
-  for p in $dtfc_pid $minput_pid $minget_pid "${nginx_pids[@]}" $(pgrep -P "$(echo "${nginx_pids[@]}" | tr ' ' ,)" 2>/dev/null); do
+  for p in $dtfc_pid $minput_pid $minget_pid $rawget_pid "${nginx_pids[@]}" $(pgrep -P "$(echo "${nginx_pids[@]}" | tr ' ' ,)" 2>/dev/null); do
     taskset -apc "$1" "$p" >/dev/null
   done
 }
@@ -118,7 +122,7 @@ wrk_rps() { # CPUS URL [wrk args...]
 }
 
 echo "# dtfc benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3), $(nginx -v 2>&1 | cut -d' ' -f3)"
-echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx (ngx+ofc: with open_file_cache; net/http: internal/minget)"
+echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx (ngx+ofc: with open_file_cache; net/http: internal/minget; raw Go: minget -raw)"
 ids=()
 for spec in 1K:1024 64K:65536 1M:1048576 10M:10485760; do
   name=${spec%%:*}; bytes=${spec#*:}
@@ -129,22 +133,23 @@ for mode in pinned unpinned; do
   if [ $mode = pinned ]; then start_nginx 1; pin 0; client=1; else start_nginx 2; pin 0-$(($(nproc) - 1)); client=0-$(($(nproc) - 1)); fi
   echo
   echo "## $mode"
-  printf "%-6s %12s %12s %12s %12s %12s %10s %10s %12s %12s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "net/http" "dtfc/ngx" "front/ngx" "front/ngx+ofc" "net/http/ngx" "dtfc/net/http"
+  printf "%-6s %12s %12s %12s %12s %12s %12s %10s %10s %12s %12s %12s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "net/http" "raw Go" "dtfc/ngx" "front/ngx" "front/ngx+ofc" "net/http/ngx" "dtfc/net/http" "raw Go/ngx"
   for entry in "${ids[@]}"; do
     name=${entry%%:*}; id=${entry#*:}
-    for p in $port $fport $nport $oport $gport; do
+    for p in $port $fport $nport $oport $gport $rport; do
       [ "$(curl -s "http://127.0.0.1:$p/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "bench: port $p does not serve $id" >&2; exit 1; }
     done
-    bd=0; bf=0; bn=0; bo=0; bg=0
+    bd=0; bf=0; bn=0; bo=0; bg=0; br=0
     for _ in $(seq $rounds); do
       bd=$(best "$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur")" $bd)
       bf=$(best "$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur")" $bf)
       bn=$(best "$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur")" $bn)
       bo=$(best "$(wrk_rps $client "http://127.0.0.1:$oport/$id" -t1 -c32 -d"$dur")" $bo)
       bg=$(best "$(wrk_rps $client "http://127.0.0.1:$gport/$id" -t1 -c32 -d"$dur")" $bg)
+      br=$(best "$(wrk_rps $client "http://127.0.0.1:$rport/$id" -t1 -c32 -d"$dur")" $br)
     done
-    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" -v h="$bg" 'BEGIN {
-      printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f %12.2f %12.2f\n", n, d, f, g, o, h, d/g, f/g, f/o, h/g, d/h }'
+    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" -v h="$bg" -v r="$br" 'BEGIN {
+      printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f %12.2f %12.2f %12.2f\n", n, d, f, g, o, h, r, d/g, f/g, f/o, h/g, d/h, r/g }'
   done
 done
 
