@@ -303,9 +303,7 @@ func TestResyncKeepsWhatNoPeerForgot(t *testing.T) {
 			return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
 		},
 	}
-	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
-	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
-	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	m, by := expiringPeer(store, fake)
 
 	candidates := maps.Clone(local)
 	require.NoError(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
@@ -320,19 +318,36 @@ func TestResyncKeepsWhatNoPeerForgot(t *testing.T) {
 	assert.Error(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
 }
 
+// ownUploads uploads n different files to store and returns their
+// states: a resync's candidates.
+func ownUploads(t testing.TB, store *blobstore.Store, n int) map[dtfc.ID]dtfc.State {
+	t.Helper()
+	states := map[dtfc.ID]dtfc.State{}
+	for i := range n {
+		id := putBytes(t, store, fmt.Appendf(nil, "upload %d, which the expiring peer may never have had", i))
+		st, err := store.Stat(id)
+		require.NoError(t, err)
+		states[id] = st
+	}
+	return states
+}
+
+// expiringPeer makes fake the one peer, which expired this node (whose
+// store is store) with a horizon an hour ahead: what keepUnlessForgotten
+// asks.
+func expiringPeer(store *blobstore.Store, fake *fakeNode) (*membership, map[string]expiredAt) {
+	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
+	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
+	return m, map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+}
+
 // TestResyncAsksAtOnce: the candidates of a resync are asked about
 // several at a time. The fake peer answers no question until resyncAsks
 // of them are waiting at once; asked one at a time, it would answer
 // none, and the attempt would end in an error.
 func TestResyncAsksAtOnce(t *testing.T) {
 	c, store := newLoneCluster(t)
-	candidates := map[dtfc.ID]dtfc.State{}
-	for i := range 3 * resyncAsks {
-		id := putBytes(t, store, fmt.Appendf(nil, "upload %d, which the expiring peer never got", i))
-		st, err := store.Stat(id)
-		require.NoError(t, err)
-		candidates[id] = st
-	}
+	candidates := ownUploads(t, store, 3*resyncAsks)
 	var (
 		mu      sync.Mutex
 		waiting int
@@ -357,9 +372,7 @@ func TestResyncAsksAtOnce(t *testing.T) {
 			}
 		},
 	}
-	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
-	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
-	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	m, by := expiringPeer(store, fake)
 	require.NoError(t, c.keepUnlessForgotten(t.Context(), m, by, candidates))
 	assert.Empty(t, candidates, "none of them said deleted: every one kept")
 	assert.Equal(t, 3*resyncAsks, asked, "each asked once")
@@ -435,13 +448,7 @@ func TestResyncUnlistedPeerNotTold(t *testing.T) {
 // first one cancels the attempt.
 func TestResyncStopsWhenCancelled(t *testing.T) {
 	c, store := newLoneCluster(t)
-	candidates := map[dtfc.ID]dtfc.State{}
-	for i := range 4 * resyncAsks {
-		id := putBytes(t, store, fmt.Appendf(nil, "upload %d of a node cut off", i))
-		st, err := store.Stat(id)
-		require.NoError(t, err)
-		candidates[id] = st
-	}
+	candidates := ownUploads(t, store, 4*resyncAsks)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	fake := &fakeNode{t: t,
@@ -450,9 +457,7 @@ func TestResyncStopsWhenCancelled(t *testing.T) {
 			return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
 		},
 	}
-	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
-	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
-	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	m, by := expiringPeer(store, fake)
 	err := c.keepUnlessForgotten(ctx, m, by, candidates)
 	assert.ErrorIs(t, err, context.Canceled, "an attempt cut short fails; nothing is dropped on it")
 }
@@ -462,22 +467,14 @@ func TestResyncStopsWhenCancelled(t *testing.T) {
 // round trip on a LAN, the peer's lookup included).
 func BenchmarkResyncAsks(b *testing.B) {
 	c, store := newLoneCluster(b)
-	local := map[dtfc.ID]dtfc.State{}
-	for i := range 256 {
-		id := putBytes(b, store, fmt.Appendf(nil, "upload %d", i))
-		st, err := store.Stat(id)
-		require.NoError(b, err)
-		local[id] = st
-	}
+	local := ownUploads(b, store, 256)
 	fake := &fakeNode{
 		StatFunc: func(context.Context, dtfc.ID) (NodeState, error) {
 			time.Sleep(time.Millisecond)
 			return NodeState{}, fmt.Errorf("peer x: %w", errPeerNotFound)
 		},
 	}
-	r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
-	m := &membership{remotes: []*remote{r}, byURL: map[string]*remote{r.URL: r}}
-	by := map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: dtfc.TimestampAt(time.Now().Add(time.Hour))}}
+	m, by := expiringPeer(store, fake)
 	for b.Loop() {
 		require.NoError(b, c.keepUnlessForgotten(b.Context(), m, by, maps.Clone(local)))
 	}
