@@ -225,9 +225,10 @@ func TestRecordWithoutFileRepaired(t *testing.T) {
 	assert.Equal(t, blobstore.Stale, out, "held again: nothing to do")
 }
 
-// TestReadSmallVerifies: bytes read from disk into the small-blob cache
-// are hashed first; a corrupt file is quarantined and answered as
-// missing, and after a repair only the right bytes are served.
+// TestReadSmallVerifies: bytes of a small blob read from disk into the
+// small-blob cache (ReadOrOpen) are hashed first; a corrupt file is
+// quarantined and answered as missing, and after a repair only the right
+// bytes are served.
 func TestReadSmallVerifies(t *testing.T) {
 	s := newStore(t)
 	data := content(4, 2000)
@@ -238,7 +239,7 @@ func TestReadSmallVerifies(t *testing.T) {
 	bad[100] ^= 0xff
 	require.NoError(t, os.WriteFile(p, bad, 0o644))
 
-	_, _, err := s.ReadSmall(id, 1<<20)
+	_, _, _, err := s.ReadOrOpen(id, 1<<20)
 	assert.ErrorIs(t, err, blobstore.ErrNotFound, "corrupt bytes are not served")
 	assert.NoFileExists(t, p)
 	q, err := os.ReadDir(filepath.Join(s.Dir(), "quarantine"))
@@ -249,14 +250,14 @@ func TestReadSmallVerifies(t *testing.T) {
 
 	_, err = commitState(t, s, data, r.State, true)
 	require.NoError(t, err)
-	_, got, err := s.ReadSmall(id, 1<<20)
+	_, got, _, err := s.ReadOrOpen(id, 1<<20)
 	require.NoError(t, err)
 	assert.Equal(t, data, got)
 }
 
 // TestReadOrOpen: a blob up to the limit comes back as its bytes, a
 // larger one as its open file (with the same state as Open's), a deleted
-// one as ErrNotFound; corrupt small bytes are quarantined, as ReadSmall's.
+// one as ErrNotFound; corrupt small bytes are quarantined.
 func TestReadOrOpen(t *testing.T) {
 	s := newStore(t)
 	small := put(t, s, content(6, 1000), blobstore.Upload{ContentType: "text/plain"}).State
@@ -302,7 +303,7 @@ func TestSmallCacheDroppedOnRepair(t *testing.T) {
 	data := content(5, 3000)
 	r := put(t, s, data, blobstore.Upload{})
 	id := r.State.ID
-	_, got, err := s.ReadSmall(id, 1<<20)
+	_, got, _, err := s.ReadOrOpen(id, 1<<20)
 	require.NoError(t, err)
 	require.Equal(t, data, got)
 
@@ -312,13 +313,13 @@ func TestSmallCacheDroppedOnRepair(t *testing.T) {
 	var corrupt []dtfc.ID
 	require.NoError(t, s.Scrub(t.Context(), 0, func(st dtfc.State) { corrupt = append(corrupt, st.ID) }))
 	assert.Equal(t, []dtfc.ID{id}, corrupt)
-	_, _, err = s.ReadSmall(id, 1<<20)
+	_, _, _, err = s.ReadOrOpen(id, 1<<20)
 	assert.ErrorIs(t, err, blobstore.ErrNotFound)
 
 	// Repaired with the same bytes (but a file written anew).
 	_, err = commitState(t, s, data, r.State, true)
 	require.NoError(t, err)
-	_, got, err = s.ReadSmall(id, 1<<20)
+	_, got, _, err = s.ReadOrOpen(id, 1<<20)
 	require.NoError(t, err)
 	assert.Equal(t, data, got)
 }

@@ -63,26 +63,15 @@ func (c *smallCache) drop(id dtfc.ID) {
 	c.mu.Unlock()
 }
 
-// ReadSmall returns the state of id and, if the blob is at most limit
-// bytes, its bytes (from memory when recently read; callers must not
-// modify them). For a larger blob the bytes are nil: use Open. It returns
-// ErrNotFound like Open. Bytes read from disk are hashed first: a blob
-// whose file does not hash to its ID is quarantined (as the scrubber
-// would) and answered ErrNotFound, so the caller fetches it again from a
-// peer rather than serve it.
-func (s *Store) ReadSmall(id dtfc.ID, limit int64) (dtfc.State, []byte, error) {
-	st, b, _, err := s.readOrOpen(id, limit, false)
-	return st, b, err
-}
-
-// ReadOrOpen is ReadSmall, except that a blob whose bytes it does not
-// return is opened, as Open would: a hit reads the blob's record once,
-// whatever its size.
+// ReadOrOpen returns the state of id and either its bytes, if the blob
+// is at most limit bytes (from memory when recently read; callers must
+// not modify them), or else its file, opened as Open would: a hit reads
+// the blob's record once, whatever its size. It returns ErrNotFound like
+// Open. Bytes read from disk are hashed first: a blob whose file does not
+// hash to its ID is quarantined (as the scrubber would) and answered
+// ErrNotFound, so the caller fetches it again from a peer rather than
+// serve it.
 func (s *Store) ReadOrOpen(id dtfc.ID, limit int64) (dtfc.State, []byte, *Blob, error) {
-	return s.readOrOpen(id, limit, true)
-}
-
-func (s *Store) readOrOpen(id dtfc.ID, limit int64, open bool) (dtfc.State, []byte, *Blob, error) {
 	rec, ok, err := s.lookup(id)
 	if err != nil {
 		return dtfc.State{}, nil, nil, err
@@ -91,9 +80,6 @@ func (s *Store) readOrOpen(id dtfc.ID, limit int64, open bool) (dtfc.State, []by
 		return dtfc.State{}, nil, nil, ErrNotFound
 	}
 	if rec.Size > limit || s.small == nil {
-		if !open {
-			return rec.State, nil, nil, nil
-		}
 		b, err := s.openRecord(id, rec)
 		if err != nil {
 			return dtfc.State{}, nil, nil, err

@@ -34,7 +34,7 @@ type Options struct {
 	// defaults to time.Now.
 	Wall func() time.Time
 	// SmallCacheBytes bounds the memory keeping small blobs' bytes for
-	// ReadSmall. If zero, it defaults to 32 MiB; negative disables it.
+	// ReadOrOpen. If zero, it defaults to 32 MiB; negative disables it.
 	SmallCacheBytes int64
 	// MaxClockOffset bounds how far ahead of Wall a remote state's clock
 	// may be: Apply, CommitState and ApplyDeny refuse one further ahead

@@ -61,7 +61,7 @@ func TestTierEvictKeepsRecords(t *testing.T) {
 	assert.ErrorIs(t, err, fs.ErrNotExist, "its file is gone")
 	_, err = s.Open(ev.State.ID)
 	assert.ErrorIs(t, err, blobstore.ErrNotFound, "read: a miss, fetched back")
-	_, _, err = s.ReadSmall(ev.State.ID, 1<<20)
+	_, _, _, err = s.ReadOrOpen(ev.State.ID, 1<<20)
 	assert.ErrorIs(t, err, blobstore.ErrNotFound)
 	_, ok := s.Missing(ev.State.ID)
 	assert.False(t, ok, "evicted is not missing")

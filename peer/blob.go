@@ -123,19 +123,22 @@ func (b *Blob) Close() error {
 // Cluster.Open does before it asks any peer. A miss is
 // blobstore.ErrNotFound.
 func OpenLocal(store LocalBlobs, id dtfc.ID, opts OpenOptions) (*Blob, error) {
+	var (
+		st    dtfc.State
+		small []byte
+		f     *blobstore.Blob
+		err   error
+	)
 	if opts.Small > 0 {
-		st, small, f, err := store.ReadOrOpen(id, opts.Small)
-		if err != nil {
-			return nil, err
-		}
-		if small != nil {
-			return &Blob{state: st, content: bytes.NewReader(small), inMemory: true}, nil
-		}
-		return &Blob{state: f.State, content: f, file: f}, nil
+		st, small, f, err = store.ReadOrOpen(id, opts.Small)
+	} else {
+		f, err = store.Open(id)
 	}
-	f, err := store.Open(id)
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, err
+	case small != nil:
+		return &Blob{state: st, content: bytes.NewReader(small), inMemory: true}, nil
 	}
 	return &Blob{state: f.State, content: f, file: f}, nil
 }

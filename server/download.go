@@ -141,7 +141,7 @@ func transferError(source string, err error) error {
 }
 
 // smallBlob is the size up to which a blob is served from memory
-// (Store.ReadSmall) and written with its headers in one write, rather than
+// (Store.ReadOrOpen) and written with its headers in one write, rather than
 // opened, then headers, then sendfile: for small files the syscalls, not
 // the bytes, are the cost.
 const smallBlob = 16 << 10
