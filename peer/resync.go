@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -459,43 +460,41 @@ func (c *Cluster) keepUnlessForgotten(ctx context.Context, m *membership, by map
 			peers = append(peers, r)
 		}
 	}
+	// Only what a peer says it deleted is dropped: a candidate goes into
+	// deleted on that word alone, and every other one leaves candidates,
+	// asked or not.
 	var (
-		mu   sync.Mutex
-		keep []dtfc.ID
+		mu      sync.Mutex
+		deleted = map[dtfc.ID]bool{}
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(resyncAsks)
 	var stopped error
 	for id, st := range candidates {
 		if err := gctx.Err(); err != nil {
-			// A question failed, or ctx ended: the attempt fails, and
-			// the candidates not asked about must not count as asked.
+			// A question failed, or ctx ended: the attempt fails (and
+			// runs again), rather than end with candidates not asked
+			// about, which would be kept for good.
 			stopped = err
 			break
 		}
 		g.Go(func() error {
-			deleted, err := forgotDelete(gctx, peers, id, st)
-			if err != nil {
-				return err
-			}
-			if !deleted {
+			gone, err := forgotDelete(gctx, peers, id, st)
+			if gone {
 				mu.Lock()
-				keep = append(keep, id)
+				deleted[id] = true
 				mu.Unlock()
 			}
-			return nil
+			return err
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return err
+	err := g.Wait()
+	for id := range candidates {
+		if !deleted[id] {
+			delete(candidates, id)
+		}
 	}
-	if stopped != nil {
-		return stopped
-	}
-	for _, id := range keep {
-		delete(candidates, id)
-	}
-	return nil
+	return cmp.Or(err, stopped)
 }
 
 // resyncAsks is how many candidates keepUnlessForgotten asks about at
