@@ -384,12 +384,21 @@ func (c *Cluster) Refresh(ctx context.Context) ([]Peer, error) {
 // backing off, they are still tried). This node itself (listed under
 // another URL) and peers it marked expired are never asked.
 func (c *Cluster) candidates(id dtfc.ID) []*remote {
-	m := c.mem.Load()
+	list, _ := c.candidatesIn(c.mem.Load(), id)
+	return list
+}
+
+// candidatesIn is candidates in the membership m; left reports whether
+// a peer other than this node was left out (distrusted, or an archive
+// marked expired): one not asked.
+func (c *Cluster) candidatesIn(m *membership, id dtfc.ID) (list []*remote, left bool) {
 	var fresh, stale []*remote
 	for _, u := range m.ring.Candidates(id) {
 		r := m.byURL[u]
 		switch {
-		case r.Self() || c.distrusts(r):
+		case r.Self():
+		case c.distrusts(r):
+			left = true
 		case r.backedOff():
 			stale = append(stale, r)
 		default:
@@ -398,11 +407,15 @@ func (c *Cluster) candidates(id dtfc.ID) []*remote {
 	}
 	var archives []*remote
 	for _, r := range m.remotes {
-		if r.Peer.IsArchive() && !r.isExpired() {
+		switch {
+		case !r.Peer.IsArchive():
+		case r.isExpired():
+			left = true
+		default:
 			archives = append(archives, r)
 		}
 	}
-	return append(append(fresh, stale...), archives...)
+	return append(append(fresh, stale...), archives...), left
 }
 
 // stater answers a peer's state of one ID (Lookup; unconfirmed.go).
@@ -430,8 +443,23 @@ func (c *Cluster) Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 // lookup is Lookup that also returns the URL of the peer that answered.
 func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, string, error) {
 	local, lerr := c.store.Stat(id)
-	unreachable := false
-	for _, r := range c.candidates(id) {
+	// Who is asked, and who counts as not asked, is settled once, before
+	// the first question. A peer left out (marked expired here or by
+	// another peer) or a member with no remote yet counts as one that
+	// could not be asked: its "never heard of it" is not worth a 404. A
+	// mark lifted, or a remote made, while the others answer must not
+	// turn one never asked into one that said "not found" (the soak,
+	// seed 77 in CI: a node back from a stop longer than the expiry took
+	// an upload, and a DELETE elsewhere that left it out as marked
+	// answered 404, its mark lifted by then).
+	m := c.mem.Load()
+	asked, unreachable := c.candidatesIn(m, id)
+	// So does a member this node has no remote for yet: the records of
+	// a membership change are taken before the peers are made from them
+	// (a node just added again has no peers until then), and a node
+	// started to join has none until it joined.
+	unreachable = unreachable || c.membersUnaskedIn(m)
+	for _, r := range asked {
 		ans, err := r.node.Stat(ctx, id)
 		if err != nil || ans.Forgotten {
 			// A delete the peer forgot is no record: as good as a 404.
@@ -452,20 +480,6 @@ func (c *Cluster) lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State
 			continue
 		}
 		return ans.State, r.URL, nil
-	}
-	// A peer marked expired counts as one that could not be asked: its
-	// "never heard of it" is not worth a 404.
-	for _, r := range c.mem.Load().remotes {
-		if !r.Self() && c.distrusts(r) {
-			unreachable = true
-		}
-	}
-	// So does a member this node has no remote for yet: the records of
-	// a membership change are taken before the peers are made from them
-	// (a node just added again has no peers until then), and a node
-	// started to join has none until it joined.
-	if c.membersUnasked() {
-		unreachable = true
 	}
 	if unreachable {
 		return dtfc.State{}, "", fmt.Errorf("%w: %w", ErrNotFound, ErrPeersUnreachable)

@@ -317,19 +317,19 @@ func (c *Cluster) applyPeers() {
 	c.setPeers(peers)
 }
 
-// membersUnasked reports whether a lookup could not have asked every
-// member: this node was started to join a cluster and has not yet, or
-// its records name a member (not removed, not itself) that no peer of
-// its own is (by URL, or by the identity the peer answered with). A
-// removed node has no peers, and says so before any lookup.
-func (c *Cluster) membersUnasked() bool {
+// membersUnaskedIn reports whether a lookup in the membership m could
+// not have asked every member: this node was started to join a cluster
+// and has not yet, or its records name a member (not removed, not
+// itself) that no peer in m is (by URL, or by the identity the peer
+// answered with). A removed node has no peers, and says so before any
+// lookup.
+func (c *Cluster) membersUnaskedIn(m *membership) bool {
 	if !c.joined.Load() {
 		return true
 	}
 	if c.removed() {
 		return false
 	}
-	m := c.mem.Load()
 	me := c.membersStore().NodeID()
 	for _, mb := range c.members.list() {
 		if mb.Removed || mb.Node == me || mb.URL == c.opts.Me || m.byURL[mb.URL] != nil {
