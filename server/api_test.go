@@ -49,6 +49,7 @@ type node struct {
 	store  *blobstore.Store
 	api    *server.Server
 	hc     *http.Client
+	fast   *server.FastHits // the listener, answering plain hits
 }
 
 // startNode starts a server with cfg over a fresh store in a temp
@@ -72,6 +73,11 @@ func startNodeAt(t testing.TB, parent, base string, cfg server.Config) *node {
 	}
 	api := server.New(cfg, store)
 	srv.Config.Handler = api
+	// Every test node answers plain hits outside net/http, as dtfc
+	// does (cmd/dtfc): every test here also checks that what it leaves
+	// to net/http is answered as before.
+	fast := api.FastHits(srv.Listener, server.FastHitsOptions{ReadHeaderTimeout: deadline, IdleTimeout: deadline})
+	srv.Listener = fast
 	srv.Start()
 	t.Cleanup(func() {
 		// Close waits for the requests in flight; Wait for the handlers,
@@ -79,7 +85,7 @@ func startNodeAt(t testing.TB, parent, base string, cfg server.Config) *node {
 		srv.Close()
 		api.Wait()
 	})
-	return &node{url: addr, me: cfg.Me, parent: parent, base: base, store: store, api: api, hc: srv.Client()}
+	return &node{url: addr, me: cfg.Me, parent: parent, base: base, store: store, api: api, hc: srv.Client(), fast: fast}
 }
 
 // answer is a response whose body has been read.

@@ -65,6 +65,7 @@ type Config struct {
 	TombstoneExpiry     Duration   `toml:"tombstone_expiry"`
 	MaxClockOffset      Duration   `toml:"max_clock_offset"`
 	ShutdownGrace       Duration   `toml:"shutdown_grace"`
+	FastHits            bool       `toml:"fast_hits"`
 
 	CORSOrigins  StringList `toml:"cors_origins"`
 	CouchDBAuth  string     `toml:"couchdb_auth"`
@@ -92,6 +93,7 @@ func defaultConfig() Config {
 		ReadHeaderTimeout:   Duration(defaults.ReadHeaderTimeout),
 		MaxPeerFetches:      defaults.MaxPeerFetches,
 		PeerFetchSources:    defaults.PeerFetchSources,
+		FastHits:            true,
 	}
 }
 
@@ -235,6 +237,7 @@ func serveFlags(fs *flag.FlagSet, c *Config, configPath *string) {
 	fs.Var(c.TrustedProxies.asFlag(), "trusted-proxies", "addresses or CIDRs of reverse proxies whose X-Forwarded-For names the client; repeatable")
 	fs.Var(&c.MaxHeaderBytes, "max-header-bytes", "largest request head (request line and header fields, as HTTP/1.1 sends them) accepted; larger ones get 431")
 	fs.Var(&c.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
+	fs.BoolVar(&c.FastHits, "fast-hits", c.FastHits, "answer plain keep-alive GETs of local blobs outside net/http (plain HTTP only); --fast-hits=false sends every request through net/http")
 	fs.IntVar(&c.MaxPeerFetches, "max-peer-fetches", c.MaxPeerFetches, "transfers from peers at once; a miss beyond waits, then gets 503")
 	fs.IntVar(&c.PeerFetchSources, "peer-fetch-sources", c.PeerFetchSources, "holders a transfer of a large blob (16 MiB or more) takes pieces from at once; 1: one holder at a time")
 	fs.Var(c.CORSOrigins.asFlag(), "cors-origins", "origins whose browser pages may read and upload (CORS); \"*\" for any; repeatable")

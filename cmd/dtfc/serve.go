@@ -72,6 +72,11 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	if err != nil {
 		return err
 	}
+	var fast *server.FastHits
+	if c.FastHits && hs.TLSConfig == nil {
+		fast = api.FastHits(ln, server.FastHitsOptions{ReadHeaderTimeout: hs.ReadHeaderTimeout, IdleTimeout: hs.IdleTimeout})
+		ln = fast
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "me", c.Me, "role", c.Role, "basedir", c.Basedir,
 		"node", store.NodeID(), "peers", len(cluster.Peers()), "tls", tlsr != nil && tlsr.Serving())
 	if c.internalHidden() {
@@ -89,7 +94,7 @@ func serve(ctx context.Context, c Config, reload func() (Config, error), stderr 
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		shutdown(hs, api, time.Duration(c.ShutdownGrace), log)
+		shutdown(hs, fast, api, time.Duration(c.ShutdownGrace), log)
 		return nil
 	})
 	if err := g.Wait(); err != nil {
@@ -254,13 +259,22 @@ func reloadOnHUP(ctx context.Context, cluster *peer.Cluster, api *server.Server,
 
 // shutdown lets the requests in flight finish for grace, cuts off what
 // remains, and waits for the handlers to return.
-func shutdown(hs *http.Server, api *server.Server, grace time.Duration, log *slog.Logger) {
+func shutdown(hs *http.Server, fast *server.FastHits, api *server.Server, grace time.Duration, log *slog.Logger) {
 	log.Info("shutting down", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
+	// hs.Shutdown closes fast (its listener): the hits it answers finish,
+	// its idle connections close. api.Wait counts its answers in flight.
+	err := hs.Shutdown(sctx)
+	if err == nil && fast != nil {
+		err = fast.Wait(sctx)
+	}
+	if err != nil {
 		log.Warn("requests still running at the end of the grace period; cutting them off", "err", err)
 		hs.Close()
+		if fast != nil {
+			fast.Cut()
+		}
 	}
 	api.Wait()
 }
