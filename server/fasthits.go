@@ -199,6 +199,13 @@ func (f *FastHits) forget(c net.Conn) {
 }
 
 func (f *FastHits) serve(c net.Conn) {
+	handed := false
+	defer func() {
+		if !handed {
+			f.forget(c)
+			c.Close()
+		}
+	}()
 	br := bufio.NewReaderSize(c, fastHead)
 	var out []byte
 	// The first request must come within ReadHeaderTimeout, the next
@@ -206,45 +213,37 @@ func (f *FastHits) serve(c net.Conn) {
 	wait := f.opts.ReadHeaderTimeout
 	for {
 		if !f.state(c, false) {
-			f.forget(c)
-			c.Close()
 			return
 		}
 		c.SetReadDeadline(deadline(wait))
 		wait = f.opts.IdleTimeout
 		if _, err := br.Peek(1); err != nil {
-			f.forget(c)
-			c.Close()
 			return
 		}
 		c.SetReadDeadline(deadline(f.opts.ReadHeaderTimeout))
 		n, id, err := readPlainHead(br, f.s.cfg.MaxHeaderBytes)
 		if errors.Is(err, errNotPlain) {
+			handed = true
 			f.handOver(c, br)
 			return
 		}
 		if err != nil {
 			// Cut or timed out in the middle of a head: net/http closes
 			// such a connection too.
-			f.forget(c)
-			c.Close()
 			return
 		}
 		c.SetReadDeadline(time.Time{})
 		if !f.state(c, true) {
-			f.forget(c)
-			c.Close()
 			return
 		}
 		taken, err := f.answer(c, br, n, id, &out)
 		f.s.flight.Done()
 		if !taken {
+			handed = true
 			f.handOver(c, br)
 			return
 		}
 		if err != nil {
-			f.forget(c)
-			c.Close()
 			return
 		}
 	}
