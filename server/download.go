@@ -218,13 +218,7 @@ func localOnly(r *http.Request) bool {
 // path of every read.
 func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 	hexID := st.ID.String()
-	ct := st.ContentType
-	if ct == "" || len(ct) > maxContentType {
-		// A longer type was recorded before uploads were bounded, or
-		// came from a peer that does not bound them: never sent on.
-		ct = "application/octet-stream"
-	}
-	h["Content-Type"] = []string{ct}
+	h["Content-Type"] = []string{blobContentType(st)}
 	h["Etag"] = []string{`"` + hexID + `"`}
 	h["X-Content-Sha512"] = []string{hexID}
 	h["Cache-Control"] = cacheControl
@@ -233,6 +227,16 @@ func setBlobHeaders(h http.Header, st dtfc.State, source []string) string {
 	h["Content-Security-Policy"] = sandbox
 	h["X-Dtfc-Source"] = source
 	return hexID
+}
+
+// blobContentType is the Content-Type a blob is served with.
+func blobContentType(st dtfc.State) string {
+	if st.ContentType == "" || len(st.ContentType) > maxContentType {
+		// A longer type was recorded before uploads were bounded, or
+		// came from a peer that does not bound them: never sent on.
+		return "application/octet-stream"
+	}
+	return st.ContentType
 }
 
 // serveBlob answers with the blob's headers and, through
