@@ -295,6 +295,32 @@ func TestReadOrOpen(t *testing.T) {
 	assert.NoFileExists(t, blobPath(s.Dir(), unread.ID))
 }
 
+// TestOpenRefusesAFileOfAnotherSize: a blob's file cut short or grown
+// on disk is never opened for serving: its bytes cannot hash to its
+// name. It is quarantined (kept under quarantine/) and its record
+// forgotten, as for a small blob that fails its hash, so the node can
+// fetch it again; Open and ReadOrOpen both say not found.
+func TestOpenRefusesAFileOfAnotherSize(t *testing.T) {
+	s := newStore(t)
+	short := put(t, s, content(11, 50000), blobstore.Upload{}).State
+	long := put(t, s, content(12, 50000), blobstore.Upload{}).State
+	require.NoError(t, os.Truncate(blobPath(s.Dir(), short.ID), 49999))
+	require.NoError(t, os.WriteFile(blobPath(s.Dir(), long.ID), append(content(12, 50000), 0), 0o644))
+
+	_, err := s.Open(short.ID)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "a file cut short is not served")
+	_, _, _, err = s.ReadOrOpen(long.ID, 4096)
+	assert.ErrorIs(t, err, blobstore.ErrNotFound, "a file grown is not served")
+	for _, st := range []dtfc.State{short, long} {
+		assert.NoFileExists(t, blobPath(s.Dir(), st.ID))
+		_, err := s.Stat(st.ID)
+		assert.ErrorIs(t, err, blobstore.ErrNotFound, "the record is forgotten, so the blob is fetched again")
+	}
+	q, err := os.ReadDir(filepath.Join(s.Dir(), "quarantine"))
+	require.NoError(t, err)
+	assert.Len(t, q, 2, "both files are kept in quarantine")
+}
+
 // TestSmallCacheDroppedOnRepair: the scrubber quarantines a blob whose
 // good bytes are in the small-blob cache and whose file went bad; the
 // cache entry goes with it, and the repaired blob is served right.

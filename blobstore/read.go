@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -119,7 +120,23 @@ func (s *Store) openRecord(id dtfc.ID, rec record) (*Blob, error) {
 		}
 		return nil, fmt.Errorf("blobstore: open %s: %w", id, err)
 	}
-	return &Blob{File: f, State: rec.State, release: release}, nil
+	// A file whose size is not the recorded one was cut short or grown on
+	// disk: its bytes cannot hash to its name, and served they would look
+	// like a whole answer of the wrong length. Quarantined, like a small
+	// blob that fails its hash (readSmall), so the node fetches it again.
+	fi, err := f.Stat()
+	if err == nil && fi.Size() == rec.Size {
+		return &Blob{File: f, State: rec.State, release: release}, nil
+	}
+	f.Close()
+	release()
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: stat %s: %w", id, err)
+	}
+	if err := s.quarantine(rec.State, "open: size "+strconv.FormatInt(fi.Size(), 10)+", recorded "+strconv.FormatInt(rec.Size, 10), nil); err != nil {
+		return nil, err
+	}
+	return nil, ErrNotFound
 }
 
 // Delete records a delete of id performed on this node (a tombstone with a
