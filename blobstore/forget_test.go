@@ -321,6 +321,33 @@ func TestOpenRefusesAFileOfAnotherSize(t *testing.T) {
 	assert.Len(t, q, 2, "both files are kept in quarantine")
 }
 
+// TestApplyRefusesAnotherSize: a newer remote upload of a blob held
+// here whose state gives another size is wrong (the same ID is the same
+// bytes) and is not recorded: recorded, it would make the good file
+// look damaged at its next read.
+func TestApplyRefusesAnotherSize(t *testing.T) {
+	s := newStore(t)
+	data := content(13, 50000)
+	st := put(t, s, data, blobstore.Upload{}).State
+	bad := st
+	bad.Clock, bad.Node, bad.Size = st.Clock+1, "peer", st.Size-1
+	out, err := s.Apply(bad)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Stale, out)
+	got, err := s.Stat(st.ID)
+	require.NoError(t, err)
+	assert.Equal(t, st, got)
+	b, err := s.Open(st.ID)
+	require.NoError(t, err, "the file is still served")
+	b.Close()
+
+	good := st
+	good.Clock, good.Node = st.Clock+2, "peer"
+	out, err = s.Apply(good)
+	require.NoError(t, err)
+	assert.Equal(t, blobstore.Applied, out, "a newer state of the right size is taken")
+}
+
 // TestSmallCacheDroppedOnRepair: the scrubber quarantines a blob whose
 // good bytes are in the small-blob cache and whose file went bad; the
 // cache entry goes with it, and the repaired blob is served right.

@@ -241,6 +241,14 @@ func (s *Store) apply(st dtfc.State, kept bool) (Outcome, error) {
 		}
 		return Stale, s.rememberOld('S', st.ID, st.Clock, st.Node)
 	}
+	if !st.Deleted && ok && !old.Deleted && st.Size != old.Size {
+		// The same ID names the same bytes, so the same size: a state that
+		// says otherwise is wrong (a peer's bug), and recorded it would
+		// make the blob's good file look damaged (openRecord, readSmall).
+		s.log.Warn("ignored a remote state whose size is not the blob's", "id", st.ID.String(),
+			"size", st.Size, "recorded", old.Size, "from", st.Node)
+		return Stale, nil
+	}
 	if !st.Deleted && (!ok || old.Deleted || !s.fileExists(st.ID)) {
 		return NeedBytes, nil
 	}
