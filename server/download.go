@@ -33,15 +33,21 @@ var (
 
 // download serves GET and HEAD of /{id} and /{id}/nopeerload.
 func (s *Server) download(w http.ResponseWriter, r *http.Request) {
+	front := r.Header.Get(HeaderFront)
+	if front == frontAskState {
+		s.frontState(w, r)
+		return
+	}
 	id, ok := s.readableID(w, r)
 	if !ok {
 		return
 	}
 	prefix := r.Header.Get(HeaderAccel)
-	if prefix != "" {
+	fronted := prefix != "" || front == frontAskHit
+	if fronted {
 		// A large hit is sent by the front from the file; a small one is
 		// answered whole (below).
-		if st, err := s.store.Stat(id); err == nil && !st.Deleted && st.Size > frontCacheMax && s.accelRedirect(w, r, prefix, st) {
+		if st, err := s.store.Stat(id); err == nil && !st.Deleted && st.Size > frontCacheMax && s.largeFrontHit(w, r, front, prefix, st) {
 			return
 		}
 	}
@@ -52,7 +58,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer b.Close()
-	if prefix != "" {
+	if fronted {
 		if b.Local() && b.State().Size <= frontCacheMax {
 			// A small hit: the front may keep this answer until the
 			// end of this second (frontCacheUntil).
@@ -154,16 +160,18 @@ const smallBlob = 16 << 10
 const HeaderAccel = "X-Dtfc-Accel-Redirect"
 
 // frontCacheMax is the size up to which a hit asked for by a front server
-// is answered whole rather than redirected: nginx keeps such answers for
-// less than a second (deploy/nginx.conf's micro-cache), so that a hot
-// small blob costs it no round trip to dtfc, while larger blobs go
-// straight from disk (sendfile) and are never copied into its cache.
-// Where the two ways cross depends on the machine: on 2026-12-05, pinned,
-// nginx sent a 192 KiB hit 25% faster from the file (after asking dtfc)
-// than from its cache, and a 1 MiB hit twice as fast; a 64 KiB one was
-// 60% faster from the cache and a 128 KiB one 10% faster from it
-// (README, Performance).
-const frontCacheMax = 128 << 10
+// is answered whole rather than sent by the front from the file: nginx
+// keeps such answers for less than a second (deploy/nginx.conf's
+// micro-cache), so that a hot small blob costs it no round trip to dtfc,
+// while larger blobs go straight from disk (sendfile) and are never
+// copied into its cache. Where the two ways cross depends on the
+// machine: on 2026-12-06, pinned, with the front's "state" answers kept
+// (HeaderFront), nginx sent a 16 KiB hit 5% faster from its cache than
+// from the file, a 32 KiB one 10% faster from the file and a 64 KiB one
+// 34% faster from the file (README, Performance). Until then (with an
+// accel redirect, a round trip to dtfc, for every hit from the file) it
+// was 128 KiB.
+const frontCacheMax = 16 << 10
 
 // frontCacheUntil is the X-Accel-Expires of a whole answer to a front:
 // "@<unix seconds>", the second that has begun. nginx keeps an answer
@@ -175,6 +183,92 @@ func frontCacheUntil(now time.Time) string {
 }
 
 var accelNoBuffering = []string{"no"}
+
+// HeaderFront is how the front web server of deploy/nginx.conf asks
+// about a hit (GET or HEAD of /<id>, without conditions, ranges or a
+// token), in one of two ways. nginx sets it itself on those requests and
+// clears it on every other, so a client cannot.
+//
+// "hit": answer as to HeaderAccel (a small hit whole, kept by the front
+// until the second is over; a miss streamed, marked not to be kept), but
+// a local hit larger than frontCacheMax with StatusFrontFile and no body,
+// kept by the front as well: the front then sends the file itself, after
+// asking "state".
+//
+// "state": whether the front may send a blob's file itself. A local hit
+// is answered 200 with the blob's Content-Type and X-Content-SHA512 (the
+// front adds the headers that are the same on every hit), the file's
+// path under blobs/ in X-Dtfc-File, X-Accel-Expires to the second that
+// has begun, and no body; anything else (a miss, a deleted or blocked
+// blob, an ID that is not one) 403 with no body, which tells the front
+// to ask dtfc the request itself, as it also does when the file is not
+// there (a blob a tier evicted, or one deleted since).
+//
+// So a hot blob costs dtfc at most two requests a second, whatever the
+// rate of reads, and a large hit goes from the file with sendfile.
+const HeaderFront = "X-Dtfc-Front"
+
+const (
+	frontAskHit   = "hit"
+	frontAskState = "state"
+)
+
+// StatusFrontFile answers a front's "hit" question about a large local
+// hit: a status no client ever sees, which the front turns into sending
+// the file (deploy/nginx.conf: error_page 399). StatusFrontFileCORS is
+// the same for an answer that carries CORS headers (cors_origins), which
+// the front then copies from the "state" answer: copying costs it at
+// every hit, so it does so only there.
+const (
+	StatusFrontFile     = 399
+	StatusFrontFileCORS = 398
+)
+
+// largeFrontHit answers a front about a local hit larger than
+// frontCacheMax (st): StatusFrontFile for a "hit" question, or an accel
+// redirect under prefix. False if it answered nothing.
+func (s *Server) largeFrontHit(w http.ResponseWriter, r *http.Request, front, prefix string, st dtfc.State) bool {
+	if front == frontAskHit {
+		h := w.Header()
+		code := StatusFrontFile
+		if len(h["Vary"]) > 0 || len(h["Access-Control-Allow-Origin"]) > 0 { // set by s.cors
+			code = StatusFrontFileCORS
+		}
+		h["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+		h["Content-Length"] = []string{"0"}
+		w.WriteHeader(code)
+		return true
+	}
+	return s.accelRedirect(w, r, prefix, st)
+}
+
+// frontState answers a front's "state" question (see HeaderFront).
+func (s *Server) frontState(w http.ResponseWriter, r *http.Request) {
+	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
+	if err == nil {
+		err = s.checkDenied(id, false)
+	}
+	var st dtfc.State
+	if err == nil {
+		st, err = s.store.Stat(id)
+	}
+	if err != nil || st.Deleted {
+		w.WriteHeader(http.StatusForbidden)
+		return
+	}
+	// Only what varies from blob to blob: the front adds the headers
+	// setBlobHeaders sets alike on every local hit (deploy/nginx.conf),
+	// and each header here costs it a little at every hit.
+	h := w.Header()
+	hexID := st.ID.String()
+	h["Content-Type"] = []string{blobContentType(st)}
+	h["X-Content-Sha512"] = []string{hexID}
+	h["X-Dtfc-File"] = []string{"/" + hexID[0:2] + "/" + hexID[2:4] + "/" + hexID}
+	h["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+	h["Content-Length"] = []string{"0"}
+	h["Date"] = nil
+	w.WriteHeader(http.StatusOK)
+}
 
 func (s *Server) accelRedirect(w http.ResponseWriter, r *http.Request, prefix string, st dtfc.State) bool {
 	if !strings.HasPrefix(prefix, "/") || strings.ContainsAny(prefix, "\r\n?#") {

@@ -132,7 +132,7 @@ func (l *lookupCluster) Status() peer.Status           { return peer.Status{} }
 // (deploy/activecontent_test.go shows it in Chromium).
 func TestBlobAnswersSandboxed(t *testing.T) {
 	html := []byte("<!doctype html><script>document.title='ran'</script>")
-	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 300<<10)...) // above the front cache's 128 KiB
+	svg := append([]byte(`<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script>`), bytes.Repeat([]byte("<g/>"), 300<<10)...) // above the front cache's 16 KiB
 	svg = append(svg, "</svg>"...)
 	remote := dtfc.State{ID: dtfc.ID(sumBytes([]byte("held by a peer"))), Clock: 1, Node: "n", Size: 14, ContentType: "text/html"}
 	lc := &lookupCluster{st: remote}
@@ -184,8 +184,8 @@ func TestAccelAnswers(t *testing.T) {
 	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
 	n := startNode(t, server.Config{Cluster: lc})
 	lc.store = n.store
-	small := bytes.Repeat([]byte("s"), 128<<10) // the most the front keeps
-	large := append(bytes.Repeat([]byte("l"), 128<<10), 'l')
+	small := bytes.Repeat([]byte("s"), 16<<10) // the most the front keeps
+	large := append(bytes.Repeat([]byte("l"), 16<<10), 'l')
 	requireStatus(t, n.put(t, "/small", small), http.StatusCreated)
 	requireStatus(t, n.put(t, "/large", large), http.StatusCreated)
 	accel := []string{server.HeaderAccel, "/_dtfc_blobs"}
@@ -226,6 +226,88 @@ func TestAccelAnswers(t *testing.T) {
 		for _, h := range []string{"X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Buffering"} {
 			assert.Empty(t, a.header.Values(h), "%s without a front: %s", p, h)
 		}
+	}
+}
+
+// TestFrontAnswers: dtfc's answers to the two questions of
+// deploy/nginx.conf (server.HeaderFront). "hit": a small hit whole and
+// kept until the second is over, a large one 399 (398 with CORS headers)
+// kept the same way and without a body, a miss streamed and never kept.
+// "state": a local hit 200 with what the front needs to send the file,
+// anything else 403 with no body.
+func TestFrontAnswers(t *testing.T) {
+	remote := []byte("held by a peer")
+	rid := dtfc.ID(sumBytes(remote))
+	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
+	n := startNode(t, server.Config{Cluster: lc})
+	lc.store = n.store
+	small := bytes.Repeat([]byte("s"), 16<<10)
+	large := append(bytes.Repeat([]byte("l"), 16<<10), 'l')
+	requireStatus(t, n.put(t, "/small", small), http.StatusCreated)
+	requireStatus(t, n.put(t, "/large.png", large), http.StatusCreated)
+	gone := []byte("deleted")
+	requireStatus(t, n.put(t, "/gone", gone), http.StatusCreated)
+	requireStatus(t, n.do(t, http.MethodDelete, "/"+sum(gone), nil), http.StatusOK)
+	hit := []string{server.HeaderFront, "hit"}
+	state := []string{server.HeaderFront, "state"}
+	kept := func(a answer, before, after int64) {
+		t.Helper()
+		until, err := strconv.ParseInt(strings.TrimPrefix(a.header.Get("X-Accel-Expires"), "@"), 10, 64)
+		require.NoError(t, err, "X-Accel-Expires: %q", a.header.Get("X-Accel-Expires"))
+		assert.True(t, before <= until && until <= after, "kept until the second that has begun: %d, asked in [%d, %d]", until, before, after)
+	}
+
+	before := time.Now().Unix()
+	a := n.do(t, http.MethodGet, "/"+sum(small), nil, hit...)
+	after := time.Now().Unix()
+	requireStatus(t, a, http.StatusOK)
+	assert.Equal(t, small, a.body, "a small hit is answered whole")
+	kept(a, before, after)
+
+	for _, m := range []string{http.MethodGet, http.MethodHead} {
+		before = time.Now().Unix()
+		a = n.do(t, m, "/"+sum(large), nil, hit...)
+		after = time.Now().Unix()
+		requireStatus(t, a, server.StatusFrontFile)
+		assert.Empty(t, a.body)
+		kept(a, before, after)
+	}
+
+	a = n.do(t, http.MethodHead, "/"+rid.String(), nil, hit...)
+	requireStatus(t, a, http.StatusOK)
+	assert.Equal(t, "peer", a.header.Get("X-Dtfc-Source"))
+	assert.Equal(t, "no", a.header.Get("X-Accel-Buffering"))
+	assert.Empty(t, a.header.Get("X-Accel-Expires"), "a miss is never kept")
+
+	id := sum(large)
+	for _, m := range []string{http.MethodGet, http.MethodHead} {
+		before = time.Now().Unix()
+		a = n.do(t, m, "/"+id, nil, state...)
+		after = time.Now().Unix()
+		requireStatus(t, a, http.StatusOK)
+		assert.Empty(t, a.body)
+		assert.Equal(t, "image/png", a.header.Get("Content-Type"))
+		assert.Equal(t, id, a.header.Get("X-Content-Sha512"))
+		assert.Equal(t, "/"+id[0:2]+"/"+id[2:4]+"/"+id, a.header.Get("X-Dtfc-File"))
+		kept(a, before, after)
+	}
+	for _, p := range []string{"/" + rid.String(), "/" + sum(gone), "/" + strings.Repeat("ab", 64), "/" + strings.ToUpper(id[:10]) + id[10:] + "x"} {
+		a = n.do(t, http.MethodHead, p, nil, state...)
+		assert.Equal(t, http.StatusForbidden, a.status, "%s", p)
+		assert.Empty(t, a.header.Get("X-Accel-Expires"), "%s", p)
+		assert.Empty(t, a.header.Get("X-Dtfc-File"), "%s", p)
+	}
+
+	// With cors_origins, every answer carries Vary: Origin, and the
+	// front copies it from the state: 398.
+	c := startNode(t, server.Config{CORSOrigins: []string{"https://app.example"}})
+	requireStatus(t, c.put(t, "/large", large), http.StatusCreated)
+	for _, o := range [][]string{nil, {"Origin", "https://app.example"}} {
+		a = c.do(t, http.MethodGet, "/"+id, nil, append(o, hit...)...)
+		requireStatus(t, a, server.StatusFrontFileCORS)
+		a = c.do(t, http.MethodHead, "/"+id, nil, append(o, state...)...)
+		requireStatus(t, a, http.StatusOK)
+		assert.Equal(t, []string{"Origin"}, a.header.Values("Vary"))
 	}
 }
 
