@@ -577,6 +577,19 @@ func TestNginxFront(t *testing.T) {
 		assert.Equal(t, http.StatusOK, r.status)
 		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+id, nil, "X-Dtfc-Accel-Redirect", "/elsewhere")
 		assert.Equal(t, blobs[0].data, r.body)
+		// Nor ask the front's questions: a ranged read goes to dtfc
+		// without them, and a plain one gets the blob.
+		large := ids["photo.png"]
+		for _, q := range []string{"state", "hit"} {
+			r = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+large, nil, "X-Dtfc-Front", q, "Range", "bytes=0-9")
+			assert.Equal(t, http.StatusPartialContent, r.status, "%s", r)
+			assert.Equal(t, blobs[2].data[:10], r.body)
+			r = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+large, nil, "X-Dtfc-Front", q)
+			assert.Equal(t, http.StatusOK, r.status)
+			assert.Equal(t, blobs[2].data, r.body)
+		}
+		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/_dtfc_state", nil)
+		assert.Equal(t, http.StatusNotFound, r.status, "the state location is internal")
 		// The status page and the API's errors pass through unchanged.
 		r = httpDo(t, hc, http.MethodGet, ngx.URL+"/", nil)
 		assert.Equal(t, http.StatusOK, r.status)
