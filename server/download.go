@@ -231,7 +231,8 @@ func (s *Server) largeFrontHit(w http.ResponseWriter, r *http.Request, front, pr
 	if front == frontAskHit {
 		h := w.Header()
 		code := StatusFrontFile
-		if len(h["Vary"]) > 0 || len(h["Access-Control-Allow-Origin"]) > 0 { // set by s.cors
+		if len(s.cfg.CORSOrigins) > 0 {
+			// s.cors has set Vary: Origin at least, on every answer.
 			code = StatusFrontFileCORS
 		}
 		h["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
