@@ -700,9 +700,11 @@ func TestNginxFrontWithoutCORS(t *testing.T) {
 	node := c.Nodes[0]
 	ngx := startNginx(t, nginx, node)
 	hc := plainClient(t, time.Minute)
+	var large string
 	for i, n := range []int{1 << 10, 16 << 10, 16<<10 + 1, 64 << 10, 3 << 20} {
 		data := randomData(uint64(20+i), n)
 		id := upload(t, hc, node.URL+"/f"+strconv.Itoa(i)+".png", data)
+		large = id
 		direct := httpDo(t, hc, http.MethodGet, node.URL+"/"+id, nil)
 		directHead := httpDo(t, hc, http.MethodHead, node.URL+"/"+id, nil)
 		require.Equal(t, http.StatusOK, direct.status)
@@ -729,4 +731,26 @@ func TestNginxFrontWithoutCORS(t *testing.T) {
 			require.True(t, time.Now().Before(deadline), "%d bytes: dtfc was asked at every hit for 10 s", n)
 		}
 	}
+
+	// A large blob's file gone behind dtfc's back (as a tier evicts it):
+	// once nginx's kept answers and open file are past their second,
+	// nginx asks dtfc, and the client gets dtfc's own answer (here its
+	// JSON 404), not nginx's page.
+	path := filepath.Join(node.Basedir, "blobs", large[0:2], large[2:4], large)
+	require.NoError(t, os.Rename(path, path+".away"))
+	t.Cleanup(func() { os.Rename(path+".away", path) })
+	moved := time.Now()
+	var got reply
+	for {
+		sent := time.Now()
+		got = httpDo(t, hc, http.MethodGet, ngx.URL+"/"+large, nil)
+		if got.status != http.StatusOK {
+			break
+		}
+		require.Less(t, sent.Sub(moved), time.Second, "the moved file was still served by nginx a second later")
+	}
+	direct := httpDo(t, hc, http.MethodGet, node.URL+"/"+large, nil)
+	assert.Equal(t, direct.status, got.status, "%s", got)
+	assert.Equal(t, direct.header.Get("Content-Type"), got.header.Get("Content-Type"))
+	assert.Contains(t, got.header.Get("Content-Type"), "application/json")
 }
