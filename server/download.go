@@ -62,7 +62,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		if b.Local() && b.State().Size <= frontCacheMax {
 			// A small hit: the front may keep this answer until the
 			// end of this second (frontCacheUntil).
-			w.Header()["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+			keptThisSecond(w.Header())
 		} else {
 			// A miss streams from a peer, verified as it arrives: the
 			// front passes it on as it comes, never buffered or kept.
@@ -173,13 +173,25 @@ const HeaderAccel = "X-Dtfc-Accel-Redirect"
 // was 128 KiB.
 const frontCacheMax = 16 << 10
 
-// frontCacheUntil is the X-Accel-Expires of a whole answer to a front:
+// frontCacheUntil is the X-Accel-Expires of an answer a front may keep:
 // "@<unix seconds>", the second that has begun. nginx keeps an answer
 // while its clock's whole second is not past that one, so a blob deleted
 // or blocked at time t is served by the front until the next whole second
 // at the latest: less than one second after t (README, "nginx in front").
 func frontCacheUntil(now time.Time) string {
 	return "@" + strconv.FormatInt(now.Unix(), 10)
+}
+
+// keptThisSecond marks an answer to a front as one it may keep until the
+// second that has begun is over (frontCacheUntil).
+func keptThisSecond(h http.Header) {
+	h["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+}
+
+// blobFile is the path of a blob's file under blobs/ (API.md's layout),
+// as the front finds it: "/ab/cd/<id>".
+func blobFile(hexID string) string {
+	return "/" + hexID[0:2] + "/" + hexID[2:4] + "/" + hexID
 }
 
 var accelNoBuffering = []string{"no"}
@@ -235,7 +247,7 @@ func (s *Server) largeFrontHit(w http.ResponseWriter, r *http.Request, front, pr
 			// s.cors has set Vary: Origin at least, on every answer.
 			code = StatusFrontFileCORS
 		}
-		h["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+		keptThisSecond(h)
 		h["Content-Length"] = []string{"0"}
 		w.WriteHeader(code)
 		return true
@@ -264,8 +276,8 @@ func (s *Server) frontState(w http.ResponseWriter, r *http.Request) {
 	hexID := st.ID.String()
 	h["Content-Type"] = []string{blobContentType(st)}
 	h["X-Content-Sha512"] = []string{hexID}
-	h["X-Dtfc-File"] = []string{"/" + hexID[0:2] + "/" + hexID[2:4] + "/" + hexID}
-	h["X-Accel-Expires"] = []string{frontCacheUntil(time.Now())}
+	h["X-Dtfc-File"] = []string{blobFile(hexID)}
+	keptThisSecond(h)
 	h["Content-Length"] = []string{"0"}
 	h["Date"] = nil
 	w.WriteHeader(http.StatusOK)
@@ -281,7 +293,7 @@ func (s *Server) accelRedirect(w http.ResponseWriter, r *http.Request, prefix st
 		w.WriteHeader(http.StatusNotModified)
 		return true
 	}
-	h["X-Accel-Redirect"] = []string{strings.TrimRight(prefix, "/") + "/" + hexID[0:2] + "/" + hexID[2:4] + "/" + hexID}
+	h["X-Accel-Redirect"] = []string{strings.TrimRight(prefix, "/") + blobFile(hexID)}
 	h["Content-Length"] = []string{"0"}
 	w.WriteHeader(http.StatusOK)
 	return true
