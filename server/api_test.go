@@ -62,7 +62,13 @@ func startNode(t testing.TB, cfg server.Config) *node {
 
 func startNodeAt(t testing.TB, parent, base string, cfg server.Config) *node {
 	t.Helper()
-	store, err := blobstore.Open(base, blobstore.Options{})
+	return startNodeStore(t, parent, base, cfg, blobstore.Options{})
+}
+
+// startNodeStore is startNodeAt with the store's options.
+func startNodeStore(t testing.TB, parent, base string, cfg server.Config, opts blobstore.Options) *node {
+	t.Helper()
+	store, err := blobstore.Open(base, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, store.Close()) })
 

@@ -212,9 +212,10 @@ var accelNoBuffering = []string{"no"}
 // front adds the headers that are the same on every hit), the file's
 // path under blobs/ in X-Dtfc-File, X-Accel-Expires to the second that
 // has begun, and no body; anything else (a miss, a deleted or blocked
-// blob, an ID that is not one) 403 with no body, which tells the front
-// to ask dtfc the request itself, as it also does when the file is not
-// there (a blob a tier evicted, or one deleted since).
+// blob, one a tier evicted, a file not of its recorded size, which is
+// quarantined, an ID that is not one) 403 with no body, which tells the
+// front to ask dtfc the request itself, as it also does when the file is
+// not there (deleted or evicted since).
 //
 // So a hot blob costs dtfc at most two requests a second, whatever the
 // rate of reads, and a large hit goes from the file with sendfile.
@@ -252,7 +253,14 @@ func (s *Server) largeFrontHit(w http.ResponseWriter, r *http.Request, front, pr
 		w.WriteHeader(code)
 		return true
 	}
-	return s.accelRedirect(w, r, prefix, st)
+	// As for the front's "state" question (frontState): the file is
+	// checked and the read noted.
+	b, err := s.store.Open(st.ID)
+	if err != nil {
+		return false
+	}
+	b.Close()
+	return s.accelRedirect(w, r, prefix, b.State)
 }
 
 // frontState answers a front's "state" question (see HeaderFront).
@@ -261,14 +269,21 @@ func (s *Server) frontState(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = s.checkDenied(id, false)
 	}
-	var st dtfc.State
+	// Open, not Stat: the file must be here and of its recorded size (a
+	// file cut short or grown is quarantined, and the front asks dtfc
+	// itself, which fetches it again), and a cache's least-recently-used
+	// order must see the reads the front serves: at least one a second
+	// for a blob it keeps sending.
+	var b *blobstore.Blob
 	if err == nil {
-		st, err = s.store.Stat(id)
+		b, err = s.store.Open(id)
 	}
-	if err != nil || st.Deleted {
+	if err != nil {
 		w.WriteHeader(http.StatusForbidden)
 		return
 	}
+	st := b.State
+	b.Close()
 	// Only what varies from blob to blob: the front adds the headers
 	// setBlobHeaders sets alike on every local hit (deploy/nginx.conf),
 	// and each header here costs it a little at every hit.

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -309,6 +311,55 @@ func TestFrontAnswers(t *testing.T) {
 		requireStatus(t, a, http.StatusOK)
 		assert.Equal(t, []string{"Origin"}, a.header.Values("Vary"))
 	}
+}
+
+// TestFrontChecksTheFile: before it lets the front send a large blob's
+// file itself (the "state" answer, an accel redirect), dtfc opens the
+// file: one whose size is not the recorded one is quarantined and never
+// handed to the front (dtfc answers for it, here a 404, on a cluster a
+// fetch from a peer), and the read counts in a cache's least-recently-
+// used order, so a blob the front keeps sending is not the one evicted.
+// (With a look-up of the record only, the front sent the truncated file
+// with its own length, and the hot blobs were evicted first.)
+func TestFrontChecksTheFile(t *testing.T) {
+	const size = 32 << 10
+	parent := t.TempDir()
+	n := startNodeStore(t, parent, filepath.Join(parent, "data"), server.Config{}, blobstore.Options{TrackAccess: true})
+	state := []string{server.HeaderFront, "state"}
+	accel := []string{server.HeaderAccel, "/_dtfc_blobs"}
+
+	cut := decodeUpload(t, n.put(t, "/cut", randBytes(51, size))).SHA512
+	require.NoError(t, os.Truncate(n.blobPath(cut), size-1))
+	a := n.do(t, http.MethodHead, "/"+cut, nil, state...)
+	assert.Equal(t, http.StatusForbidden, a.status, "state of a file cut short")
+	assert.Empty(t, a.header.Get("X-Dtfc-File"))
+	assert.NoFileExists(t, n.blobPath(cut), "quarantined")
+	a = n.do(t, http.MethodGet, "/"+cut, nil, accel...)
+	assert.Equal(t, http.StatusNotFound, a.status)
+	assert.Empty(t, a.header.Get("X-Accel-Redirect"))
+
+	grown := decodeUpload(t, n.put(t, "/grown", randBytes(52, size))).SHA512
+	require.NoError(t, os.WriteFile(n.blobPath(grown), append(randBytes(52, size), 0), 0o644))
+	a = n.do(t, http.MethodGet, "/"+grown, nil, accel...)
+	assert.Equal(t, http.StatusNotFound, a.status, "accel redirect to a file grown")
+	assert.Empty(t, a.header.Get("X-Accel-Redirect"))
+	assert.NoFileExists(t, n.blobPath(grown), "quarantined")
+
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, decodeUpload(t, n.put(t, "/b", randBytes(60+uint64(i), size))).SHA512)
+	}
+	requireStatus(t, n.do(t, http.MethodHead, "/"+ids[0], nil, state...), http.StatusOK)
+	a = n.do(t, http.MethodGet, "/"+ids[1], nil, accel...)
+	requireStatus(t, a, http.StatusOK)
+	require.NotEmpty(t, a.header.Get("X-Accel-Redirect"))
+	evicted, err := n.store.Evict(2*size, 0, n.store.LastSeq())
+	require.NoError(t, err)
+	var got []string
+	for _, st := range evicted {
+		got = append(got, st.ID.String())
+	}
+	assert.Equal(t, ids[2:], got, "the blobs the front did not send are the least recently used")
 }
 
 func sumBytes(b []byte) [64]byte { return sha512.Sum512(b) }
