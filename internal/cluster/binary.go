@@ -3,9 +3,11 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -64,7 +66,33 @@ func build() (string, error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go %v in %s: %v\n%s", args, root, err, out)
 	}
+	noteSources(root)
 	return path, nil
+}
+
+// noteSources looks at every Go source file of the module, and at go.mod
+// and go.sum, from the test process: go test remembers what a test
+// looked at (its test log) and reruns it, rather than answer from its
+// cache, once one of them changed. Without this, the binary built here
+// was not among a test's inputs, and a change to the daemon's code left
+// the packages that run it cached with the old build's results.
+func noteSources(root string) {
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if (strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) || name == "go.mod" || name == "go.sum" {
+			os.Stat(path)
+		}
+		return nil
+	})
 }
 
 // moduleRoot walks up from the working directory to the directory holding
