@@ -6,7 +6,8 @@
 #     (deploy/nginx.conf), and from plain nginx serving the same
 #     <basedir>/blobs (sendfile, the baseline; and the same with
 #     open_file_cache, as the front's micro-cache has); interleaved rounds, best
-#     of each; "pinned": the servers on CPU 0 and wrk on CPU 1 (nginx with
+#     of each (and each round's own dtfc/nginx and front/nginx, to show how
+#     far one run's ratio can move); "pinned": the servers on CPU 0 and wrk on CPU 1 (nginx with
 #     one worker), "unpinned": all on both cores (nginx with two); and
 #     from internal/minget, the least net/http server that serves the same
 #     files (open, http.ServeContent): the ceiling of net/http's response
@@ -123,7 +124,7 @@ wrk_rps() { # CPUS URL [wrk args...]
 
 echo "# dtfc benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go version | cut -d' ' -f3), $(nginx -v 2>&1 | cut -d' ' -f3)"
 echo "# GET: wrk -t1 -c32 -d$dur, $rounds interleaved rounds, best of each; ratios against plain nginx (ngx+ofc: with open_file_cache; net/http: internal/minget; raw Go: minget -raw)"
-ids=()
+ids=(); spreads=()
 for spec in 1K:1024 64K:65536 1M:1048576 10M:10485760; do
   name=${spec%%:*}; bytes=${spec#*:}
   head -c "$bytes" /dev/urandom >"$work/f$name"
@@ -139,18 +140,24 @@ for mode in pinned unpinned; do
     for p in $port $fport $nport $oport $gport $rport; do
       [ "$(curl -s "http://127.0.0.1:$p/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "bench: port $p does not serve $id" >&2; exit 1; }
     done
-    bd=0; bf=0; bn=0; bo=0; bg=0; br=0
+    bd=0; bf=0; bn=0; bo=0; bg=0; br=0; spread=""
     for _ in $(seq $rounds); do
-      bd=$(best "$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur")" $bd)
-      bf=$(best "$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur")" $bf)
-      bn=$(best "$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur")" $bn)
+      d=$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur"); bd=$(best "$d" $bd)
+      f=$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur"); bf=$(best "$f" $bf)
+      g=$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur"); bn=$(best "$g" $bn)
+      spread+=$(awk -v d="$d" -v f="$f" -v g="$g" 'BEGIN {printf " %.2f/%.2f", d/g, f/g}')
       bo=$(best "$(wrk_rps $client "http://127.0.0.1:$oport/$id" -t1 -c32 -d"$dur")" $bo)
       bg=$(best "$(wrk_rps $client "http://127.0.0.1:$gport/$id" -t1 -c32 -d"$dur")" $bg)
       br=$(best "$(wrk_rps $client "http://127.0.0.1:$rport/$id" -t1 -c32 -d"$dur")" $br)
     done
     awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" -v h="$bg" -v r="$br" 'BEGIN {
       printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f %12.2f %12.2f %12.2f\n", n, d, f, g, o, h, r, d/g, f/g, f/o, h/g, d/h, r/g }'
+    spreads+=("$name:$spread")
   done
+  # Each round's own ratios: how far one run's figure can move.
+  echo "each round, dtfc/nginx and front/nginx:"
+  for s in "${spreads[@]}"; do printf "  %-6s%s\n" "${s%%:*}" "${s#*:}"; done
+  spreads=()
 done
 
 # Small uploads: every request a different 4 KiB body.
