@@ -754,3 +754,69 @@ func TestNginxFrontWithoutCORS(t *testing.T) {
 	assert.Equal(t, direct.header.Get("Content-Type"), got.header.Get("Content-Type"))
 	assert.Contains(t, got.header.Get("Content-Type"), "application/json")
 }
+
+// TestNginxFrontKeepsHotBlobs: a cache with max_bytes behind nginx. A
+// blob nginx keeps sending from its file counts as read (dtfc opens the
+// file to answer nginx's "state" question), so a fill that needs room
+// evicts the blob read least recently, not the hot one; and an evicted
+// blob read through nginx again is fetched back and served whole. (Before
+// 2026-12-06 the state answer looked up the record only: the hot blob,
+// never read through dtfc after its fill, was the first evicted.)
+func TestNginxFrontKeepsHotBlobs(t *testing.T) {
+	nginx := need(t, "nginx", nginxInstall)
+	const size = 100 << 10
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Roles: []dtfc.Role{cluster.RoleReplica, cluster.RoleCache}, Direct: true,
+		NodeArgs: map[int][]string{1: {"--max-bytes", strconv.Itoa(size * 7 / 2)}}})
+	origin, cache := c.Nodes[0], c.Nodes[1]
+	ngx := startNginx(t, nginx, cache)
+	hc := plainClient(t, time.Minute)
+	var ids []string
+	var data [][]byte
+	for i := range 4 {
+		data = append(data, randomData(uint64(70+i), size))
+		ids = append(ids, upload(t, hc, origin.URL+"/b"+strconv.Itoa(i), data[i]))
+	}
+	held := func(i int) bool {
+		_, err := os.Stat(filepath.Join(cache.Basedir, "blobs", ids[i][0:2], ids[i][2:4], ids[i]))
+		return err == nil
+	}
+	get := func(i int) reply {
+		t.Helper()
+		r := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+ids[i], nil)
+		require.Equal(t, http.StatusOK, r.status, "blob %d: %s", i, r)
+		require.Equal(t, data[i], r.body, "blob %d", i)
+		return r
+	}
+	filled := func(i int) {
+		t.Helper()
+		get(i)
+		// dtfc stores a fill once the last byte went out to nginx.
+		for deadline := time.Now().Add(10 * time.Second); !held(i); {
+			require.True(t, time.Now().Before(deadline), "blob %d not filled after 10 s", i)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for i := range 3 { // in this order
+		filled(i)
+	}
+	// Blob 0, the oldest fill, is sent by nginx from its file: read it
+	// until a read reaches dtfc no more (nginx then keeps dtfc's answers).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := localBytesServed(t, hc, cache.URL)
+		assert.Equal(t, "local", get(0).header.Get("X-Dtfc-Source"))
+		if before == localBytesServed(t, hc, cache.URL) {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "dtfc sent blob 0 at every read for 10 s")
+	}
+	filled(3) // needs room for one blob
+	for deadline := time.Now().Add(30 * time.Second); held(0) && held(1) && held(2); {
+		require.True(t, time.Now().Before(deadline), "the cache evicted nothing for 30 s")
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.True(t, held(0), "the blob nginx kept sending was evicted")
+	assert.False(t, held(1), "the blob read least recently was kept")
+	assert.True(t, held(2) && held(3))
+	get(1) // fetched back through nginx
+}
