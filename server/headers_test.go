@@ -174,6 +174,17 @@ func TestBlobAnswersSandboxed(t *testing.T) {
 	assert.NotContains(t, n.get(t, "/").header.Get("Content-Security-Policy"), "sandbox")
 }
 
+// startNodeWithMiss starts a node in a cluster (lookupCluster) that holds
+// one blob this node does not: rid, a miss served from the peer.
+func startNodeWithMiss(t *testing.T) (*node, dtfc.ID) {
+	remote := []byte("held by a peer")
+	rid := dtfc.ID(sumBytes(remote))
+	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
+	n := startNode(t, server.Config{Cluster: lc})
+	lc.store = n.store
+	return n, rid
+}
+
 // TestAccelAnswers: what dtfc tells a front server (deploy/nginx.conf)
 // that asks for accel redirects. A small hit is answered whole, with the
 // second nginx may keep it until (X-Accel-Expires: @<unix second>); a
@@ -181,11 +192,7 @@ func TestBlobAnswersSandboxed(t *testing.T) {
 // marked X-Accel-Buffering: no, so that it is passed on as it arrives and
 // never kept. A client that asks nothing of the kind gets none of them.
 func TestAccelAnswers(t *testing.T) {
-	remote := []byte("held by a peer")
-	rid := dtfc.ID(sumBytes(remote))
-	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
-	n := startNode(t, server.Config{Cluster: lc})
-	lc.store = n.store
+	n, rid := startNodeWithMiss(t)
 	small := bytes.Repeat([]byte("s"), 16<<10) // the most the front keeps
 	large := append(bytes.Repeat([]byte("l"), 16<<10), 'l')
 	requireStatus(t, n.put(t, "/small", small), http.StatusCreated)
@@ -238,11 +245,7 @@ func TestAccelAnswers(t *testing.T) {
 // "state": a local hit 200 with what the front needs to send the file,
 // anything else 403 with no body.
 func TestFrontAnswers(t *testing.T) {
-	remote := []byte("held by a peer")
-	rid := dtfc.ID(sumBytes(remote))
-	lc := &lookupCluster{st: dtfc.State{ID: rid, Clock: 1, Node: "n", Size: int64(len(remote))}}
-	n := startNode(t, server.Config{Cluster: lc})
-	lc.store = n.store
+	n, rid := startNodeWithMiss(t)
 	small := bytes.Repeat([]byte("s"), 16<<10)
 	large := append(bytes.Repeat([]byte("l"), 16<<10), 'l')
 	requireStatus(t, n.put(t, "/small", small), http.StatusCreated)
