@@ -259,8 +259,9 @@ func (s *Server) largeFrontHit(w http.ResponseWriter, r *http.Request, front, pr
 	if err != nil {
 		return false
 	}
+	st = b.State
 	b.Close()
-	return s.accelRedirect(w, r, prefix, b.State)
+	return s.accelRedirect(w, r, prefix, st)
 }
 
 // frontState answers a front's "state" question (see HeaderFront).
