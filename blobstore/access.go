@@ -21,13 +21,16 @@ type accessLog struct {
 	open    map[dtfc.ID]int    // blobs being read right now: never evicted
 }
 
-// hold notes a read of id and marks it open until the returned func runs.
-func (a *accessLog) hold(id dtfc.ID, track bool) func() {
+// hold marks id open until the returned func runs and, with use, notes
+// a read of it.
+func (a *accessLog) hold(id dtfc.ID, track, use bool) func() {
 	if !track {
 		return func() {}
 	}
 	a.mu.Lock()
-	a.touchLocked(id)
+	if use {
+		a.touchLocked(id)
+	}
 	if a.open == nil {
 		a.open = make(map[dtfc.ID]int)
 	}

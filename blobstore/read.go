@@ -97,7 +97,18 @@ func (b *Blob) Close() error {
 
 // Open opens the blob of id for reading. It returns ErrNotFound if the node
 // holds no bytes for id (no record, or a tombstone).
-func (s *Store) Open(id dtfc.ID) (*Blob, error) {
+func (s *Store) Open(id dtfc.ID) (*Blob, error) { return s.open(id, true) }
+
+// OpenQuietly is Open for a read that is no use of the blob: its bytes
+// sent to a peer or an archive by replication, or a check that they are
+// held. While open the blob is kept from eviction like any open blob, but
+// its place in a cache's or tier's least-recently-used order stays: the
+// blobs replication touches (every upload pushed to each peer and
+// archive, everything a returning peer catches up on) would otherwise
+// pass for the ones clients read, and those be evicted first.
+func (s *Store) OpenQuietly(id dtfc.ID) (*Blob, error) { return s.open(id, false) }
+
+func (s *Store) open(id dtfc.ID, use bool) (*Blob, error) {
 	rec, ok, err := s.lookup(id)
 	if err != nil {
 		return nil, err
@@ -105,12 +116,13 @@ func (s *Store) Open(id dtfc.ID) (*Blob, error) {
 	if !ok || rec.Deleted || rec.Evicted {
 		return nil, ErrNotFound
 	}
-	return s.openRecord(id, rec)
+	return s.openRecord(id, rec, use)
 }
 
-// openRecord opens the file of id, whose live record rec was just read.
-func (s *Store) openRecord(id dtfc.ID, rec record) (*Blob, error) {
-	release := s.access.hold(id, s.opts.TrackAccess)
+// openRecord opens the file of id, whose live record rec was just read;
+// with use, the read counts in the least-recently-used order.
+func (s *Store) openRecord(id dtfc.ID, rec record, use bool) (*Blob, error) {
+	release := s.access.hold(id, s.opts.TrackAccess, use)
 	f, err := s.openBlob(id)
 	if err != nil {
 		release()

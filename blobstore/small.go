@@ -80,7 +80,7 @@ func (s *Store) ReadOrOpen(id dtfc.ID, limit int64) (dtfc.State, []byte, *Blob, 
 		return dtfc.State{}, nil, nil, ErrNotFound
 	}
 	if rec.Size > limit || s.small == nil {
-		b, err := s.openRecord(id, rec)
+		b, err := s.openRecord(id, rec, true)
 		if err != nil {
 			return dtfc.State{}, nil, nil, err
 		}
@@ -97,7 +97,7 @@ func (s *Store) ReadOrOpen(id dtfc.ID, limit int64) (dtfc.State, []byte, *Blob, 
 // and says it is small.
 func (s *Store) readSmall(id dtfc.ID, rec record) ([]byte, error) {
 	if s.opts.TrackAccess {
-		s.access.hold(id, true)()
+		s.access.hold(id, true, true)()
 	}
 	if b, ok := s.small.get(id); ok && int64(len(b)) == rec.Size {
 		return b, nil

@@ -169,3 +169,40 @@ func TestTierColdFirst(t *testing.T) {
 	assert.Equal(t, ids[3], evicted[0].ID, "the cold blob goes first")
 	require.NoError(t, s.Cold(ids[3]), "cold of an evicted blob: nothing to do")
 }
+
+// TestQuietOpenKeepsTheOrder: a blob opened quietly (sent to a peer or an
+// archive, or checked) keeps its place in the eviction order, and is
+// still never evicted while open; a blob opened to be read moves to the
+// end.
+func TestQuietOpenKeepsTheOrder(t *testing.T) {
+	const size = 1 << 10
+	for _, tier := range []bool{false, true} {
+		s := openStore(t, t.TempDir(), blobstore.Options{TrackAccess: true, Tier: tier})
+		var ids []dtfc.ID
+		for i := range 5 {
+			ids = append(ids, put(t, s, content(600+i, size), blobstore.Upload{}).State.ID)
+		}
+		b, err := s.OpenQuietly(ids[0])
+		require.NoError(t, err)
+		require.NoError(t, b.Close())
+		readBlob(t, s, ids[1]) // a use: now the most recent
+		evicted, err := s.Evict(4*size, 0, allAcked)
+		require.NoError(t, err)
+		require.Len(t, evicted, 1)
+		assert.Equal(t, ids[0], evicted[0].ID, "tier %v: the blob only sent is still the least recently used", tier)
+
+		// Open, quietly or not, it is never evicted: blob 2 is the least
+		// recently used now.
+		b, err = s.OpenQuietly(ids[2])
+		require.NoError(t, err)
+		evicted, err = s.Evict(3*size, 0, allAcked)
+		require.NoError(t, err)
+		require.Len(t, evicted, 1)
+		assert.Equal(t, ids[3], evicted[0].ID, "tier %v: the open blob was kept, the next in order went", tier)
+		require.NoError(t, b.Close())
+		evicted, err = s.Evict(2*size, 0, allAcked)
+		require.NoError(t, err)
+		require.Len(t, evicted, 1)
+		assert.Equal(t, ids[2], evicted[0].ID, "tier %v: closed, it goes first", tier)
+	}
+}

@@ -26,6 +26,7 @@ import (
 type servedStore interface {
 	NodeID() string
 	Open(id dtfc.ID) (*blobstore.Blob, error)
+	OpenQuietly(id dtfc.ID) (*blobstore.Blob, error)
 	Stat(id dtfc.ID) (dtfc.State, error)
 	Forgotten(id dtfc.ID) (dtfc.State, bool)
 	Apply(st dtfc.State) (blobstore.Outcome, error)
@@ -362,7 +363,7 @@ func (c *Cluster) hPutBlob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		t, err = c.fetch.claimPush(r.Context(), id, func() bool {
-			b, err := c.store.Open(id)
+			b, err := c.store.OpenQuietly(id)
 			if err == nil {
 				b.Close()
 			}
@@ -569,7 +570,7 @@ func (c *Cluster) hState(w http.ResponseWriter, r *http.Request) {
 	}
 	held, evicted := false, false
 	if !st.Deleted {
-		if b, err := c.servedStore().Open(id); err == nil {
+		if b, err := c.servedStore().OpenQuietly(id); err == nil {
 			b.Close()
 			held = true
 		} else {

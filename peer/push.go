@@ -54,7 +54,7 @@ type feedStore interface {
 	Changes(since uint64, limit int) ([]blobstore.Change, error)
 	Changed() <-chan struct{}
 	CountChanges(since uint64, deletesOnly bool) (int64, error)
-	Open(id dtfc.ID) (*blobstore.Blob, error)
+	OpenQuietly(id dtfc.ID) (*blobstore.Blob, error)
 	Stat(id dtfc.ID) (dtfc.State, error)
 	Evicted(id dtfc.ID) bool
 	Cold(id dtfc.ID) error
@@ -572,9 +572,10 @@ func (c *Cluster) sendBlob(ctx context.Context, r *remote, st dtfc.State) error 
 // from a peer, and the peer gets the state again with the repair's feed
 // entry). A tier's evicted blob is read back first (from the peers or
 // the archive): a tier evicts what its archives accepted, before a peer
-// that is down, new, or whose cursor went back has it.
+// that is down, new, or whose cursor went back has it. Sending is no
+// read: the blob keeps its place in a cache's or tier's eviction order.
 func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blob, error) {
-	b, err := c.feedStore().Open(st.ID)
+	b, err := c.feedStore().OpenQuietly(st.ID)
 	if !errors.Is(err, blobstore.ErrNotFound) {
 		return b, err
 	}
@@ -590,7 +591,7 @@ func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blo
 			if err := c.readBack(ctx, st.ID); err != nil {
 				return nil, fmt.Errorf("reading back evicted %s to send it: %w", st.ID, err)
 			}
-			b, err := c.feedStore().Open(st.ID)
+			b, err := c.feedStore().OpenQuietly(st.ID)
 			// Not a read: first to go again once sent.
 			if cerr := c.feedStore().Cold(st.ID); cerr != nil {
 				c.log.Warn("could not mark a blob read back for a peer as the first to evict", "id", st.ID.String(), "err", cerr)
