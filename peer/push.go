@@ -584,9 +584,9 @@ func (c *Cluster) openToSend(ctx context.Context, st dtfc.State) (*blobstore.Blo
 		return nil, nil
 	}
 	if c.feedStore().Evicted(st.ID) {
-		// Open holds it until sent; between the read-back and the open
-		// other read-backs may evict it again: then again, a few times,
-		// and a failure (retried) rather than a send skipped.
+		// OpenQuietly holds it until sent; between the read-back and
+		// the open other read-backs may evict it again: then again, a
+		// few times, and a failure (retried) rather than a send skipped.
 		for range 3 {
 			if err := c.readBack(ctx, st.ID); err != nil {
 				return nil, fmt.Errorf("reading back evicted %s to send it: %w", st.ID, err)
