@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -269,12 +267,8 @@ func TestGrafanaDashboardMetricsExist(t *testing.T) {
 	archives := false
 	if bin, missing := versitygw.Binary(); bin != "" {
 		s := versitygw.ForTest(t)
-		secret := filepath.Join(t.TempDir(), "secret")
-		require.NoError(t, os.WriteFile(secret, []byte(versitygw.SecretKey), 0o600))
-		opts.ExtraPeers = func(int) string {
-			return fmt.Sprintf("[[peers]]\nurl = \"s3://%s/dash\"\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
-				s.Bucket, s.URL, versitygw.AccessKey, secret)
-		}
+		entry := s.PeerEntry("dash", versitygw.SecretFile(t))
+		opts.ExtraPeers = func(int) string { return entry }
 		archives = true
 	} else {
 		t.Logf("the dtfc_archive_* series are not checked: %s", missing)

@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,11 +31,8 @@ import (
 func TestNginxFrontOverArchiveTier(t *testing.T) {
 	nginx := need(t, "nginx", nginxInstall)
 	gw := versitygw.ForTest(t)
-	secret := filepath.Join(t.TempDir(), "secret")
-	require.NoError(t, os.WriteFile(secret, []byte(versitygw.SecretKey+"\n"), 0o600))
 	archiveURL := "s3://" + gw.Bucket + "/front"
-	entry := fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
-		archiveURL, gw.URL, versitygw.AccessKey, secret)
+	entry := gw.PeerEntry("front", versitygw.SecretFile(t))
 	const size, blobs = 100 << 10, 6
 	const limit = size * 7 / 2 // three blobs and a half
 	c := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true,

@@ -33,10 +33,7 @@ import (
 // benchBucket is a bucket under a prefix for a benchmark.
 func benchBucket(tb testing.TB, s *versitygw.Server, prefix string) *bucket {
 	tb.Helper()
-	secret := filepath.Join(tb.TempDir(), "secret")
-	if err := os.WriteFile(secret, []byte(versitygw.SecretKey+"\n"), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+	secret := versitygw.SecretFile(tb)
 	a, err := archive.New(context.Background(), archive.Config{Bucket: s.Bucket, Prefix: prefix, Endpoint: s.URL, PathStyle: true,
 		AccessKeyID: versitygw.AccessKey, SecretAccessKeyFile: secret})
 	if err != nil {

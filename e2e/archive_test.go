@@ -37,8 +37,7 @@ type bucket struct {
 
 func newBucket(t *testing.T, s *versitygw.Server, prefix string) *bucket {
 	t.Helper()
-	secret := filepath.Join(t.TempDir(), "secret")
-	require.NoError(t, os.WriteFile(secret, []byte(versitygw.SecretKey+"\n"), 0o600))
+	secret := versitygw.SecretFile(t)
 	a, err := archive.New(t.Context(), archive.Config{Bucket: s.Bucket, Prefix: prefix, Endpoint: s.URL, PathStyle: true,
 		AccessKeyID: versitygw.AccessKey, SecretAccessKeyFile: secret})
 	require.NoError(t, err)
@@ -50,8 +49,7 @@ func (b *bucket) URL() string { return "s3://" + b.s.Bucket + "/" + b.prefix }
 
 // entry is the archive's peer list entry.
 func (b *bucket) entry() string {
-	return fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
-		b.URL(), b.s.URL, versitygw.AccessKey, b.secret)
+	return b.s.PeerEntry(b.prefix, b.secret)
 }
 
 // objects calls fn with the name and body of each object under key in

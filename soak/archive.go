@@ -99,10 +99,7 @@ func (r *Runner) startArchive() {
 		return
 	}
 	s := versitygw.ForTest(t)
-	secret := filepath.Join(t.TempDir(), "s3-secret")
-	if err := os.WriteFile(secret, []byte(versitygw.SecretKey+"\n"), 0o600); err != nil {
-		t.Fatalf("soak: %v", err)
-	}
+	secret := versitygw.SecretFile(t)
 	a, err := archive.New(context.Background(), archive.Config{Bucket: s.Bucket, Prefix: archivePrefix, Endpoint: s.URL, PathStyle: true,
 		AccessKeyID: versitygw.AccessKey, SecretAccessKeyFile: secret})
 	if err != nil {
@@ -110,8 +107,7 @@ func (r *Runner) startArchive() {
 	}
 	url := "s3://" + s.Bucket + "/" + archivePrefix
 	r.arch = &archiveRig{s: s, a: a, url: url, hashes: hashCache{},
-		entry: fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
-			url, s.URL, versitygw.AccessKey, secret)}
+		entry: s.PeerEntry(archivePrefix, secret)}
 	r.logf("archive: versitygw at %s, bucket %s in every node's peer list, archive_interval %v", s.URL, url, ArchiveInterval)
 }
 

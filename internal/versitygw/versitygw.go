@@ -100,6 +100,25 @@ func ForTest(t testing.TB) *Server {
 	return s
 }
 
+// SecretFile writes the root secret key to a file of tb's, to be an
+// archive's secret_access_key_file, and returns its path.
+func SecretFile(tb testing.TB) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "s3-secret")
+	if err := os.WriteFile(path, []byte(SecretKey+"\n"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
+// PeerEntry is the peer list entry of an archive in the server's bucket
+// under prefix, with the root credentials, the secret key in the file
+// secret (SecretFile).
+func (s *Server) PeerEntry(prefix, secret string) string {
+	return fmt.Sprintf("[[peers]]\nurl = %q\nrole = \"archive\"\nendpoint = %q\npath_style = true\naccess_key_id = %q\nsecret_access_key_file = %q\n",
+		"s3://"+s.Bucket+"/"+prefix, s.URL, AccessKey, secret)
+}
+
 // Client returns an S3 client of the server with the root credentials.
 func (s *Server) Client() *s3.Client {
 	return s3.New(s3.Options{
