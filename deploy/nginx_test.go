@@ -266,6 +266,42 @@ func blobReads(t *testing.T, hc *http.Client, node, method string) float64 {
 	return n
 }
 
+// onDisk reports whether the node's blobs/ holds the file of id.
+func onDisk(node *cluster.Node, id string) bool {
+	_, err := os.Stat(filepath.Join(node.Basedir, "blobs", id[0:2], id[2:4], id))
+	return err == nil
+}
+
+// waitUntil polls cond every 20 ms until it holds, and fails t if it
+// still does not after d.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); {
+		require.True(t, time.Now().Before(deadline), "not after %v: %s", d, what)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sentByNginx repeats read (a read of one blob through nginx) until one
+// reaches dtfc no more (no GET or HEAD of /{id} answered by node
+// meanwhile: nginx sends the blob from the answers it keeps), for at
+// most 10 s, and returns that read's reply.
+func sentByNginx(t *testing.T, hc *http.Client, node string, read func() reply) reply {
+	t.Helper()
+	asked := func() float64 {
+		return blobReads(t, hc, node, http.MethodGet) + blobReads(t, hc, node, http.MethodHead)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := asked()
+		r := read()
+		if asked() == before {
+			return r
+		}
+		require.True(t, time.Now().Before(deadline), "dtfc answered every read for 10 s")
+	}
+}
+
 func sha512Hex(b []byte) string {
 	s := sha512.Sum512(b)
 	return hex.EncodeToString(s[:])
@@ -776,10 +812,7 @@ func TestNginxFrontKeepsHotBlobs(t *testing.T) {
 		data = append(data, randomData(uint64(70+i), size))
 		ids = append(ids, upload(t, hc, origin.URL+"/b"+strconv.Itoa(i), data[i]))
 	}
-	held := func(i int) bool {
-		_, err := os.Stat(filepath.Join(cache.Basedir, "blobs", ids[i][0:2], ids[i][2:4], ids[i]))
-		return err == nil
-	}
+	held := func(i int) bool { return onDisk(cache, ids[i]) }
 	get := func(i int) reply {
 		t.Helper()
 		r := httpDo(t, hc, http.MethodGet, ngx.URL+"/"+ids[i], nil)
@@ -791,30 +824,17 @@ func TestNginxFrontKeepsHotBlobs(t *testing.T) {
 		t.Helper()
 		get(i)
 		// dtfc stores a fill once the last byte went out to nginx.
-		for deadline := time.Now().Add(10 * time.Second); !held(i); {
-			require.True(t, time.Now().Before(deadline), "blob %d not filled after 10 s", i)
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitUntil(t, 10*time.Second, fmt.Sprintf("blob %d filled", i), func() bool { return held(i) })
 	}
 	for i := range 3 { // in this order
 		filled(i)
 	}
 	// Blob 0, the oldest fill, is sent by nginx from its file: read it
 	// until a read reaches dtfc no more (nginx then keeps dtfc's answers).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		before := localBytesServed(t, hc, cache.URL)
-		assert.Equal(t, "local", get(0).header.Get("X-Dtfc-Source"))
-		if before == localBytesServed(t, hc, cache.URL) {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "dtfc sent blob 0 at every read for 10 s")
-	}
+	r := sentByNginx(t, hc, cache.URL, func() reply { return get(0) })
+	assert.Equal(t, "local", r.header.Get("X-Dtfc-Source"))
 	filled(3) // needs room for one blob
-	for deadline := time.Now().Add(30 * time.Second); held(0) && held(1) && held(2); {
-		require.True(t, time.Now().Before(deadline), "the cache evicted nothing for 30 s")
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitUntil(t, 30*time.Second, "the cache evicted a blob", func() bool { return !held(0) || !held(1) || !held(2) })
 	assert.True(t, held(0), "the blob nginx kept sending was evicted")
 	assert.False(t, held(1), "the blob read least recently was kept")
 	assert.True(t, held(2) && held(3))

@@ -2,8 +2,6 @@ package deploy_test
 
 import (
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -48,10 +46,7 @@ func TestNginxFrontOverArchiveTier(t *testing.T) {
 		data = append(data, randomData(uint64(90+i), size))
 		ids = append(ids, upload(t, hc, ngx.URL+"/t"+strconv.Itoa(i), data[i]))
 	}
-	held := func(i int) bool {
-		_, err := os.Stat(filepath.Join(node.Basedir, "blobs", ids[i][0:2], ids[i][2:4], ids[i]))
-		return err == nil
-	}
+	held := func(i int) bool { return onDisk(node, ids[i]) }
 	heldCount := func() (n int) {
 		for i := range blobs {
 			if held(i) {
@@ -62,10 +57,7 @@ func TestNginxFrontOverArchiveTier(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); !cond(); {
-			require.True(t, time.Now().Before(deadline), "not after 30 s: %s", what)
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitUntil(t, 30*time.Second, what, cond)
 	}
 	archived := func() bool {
 		st, err := c.Status(0)
@@ -93,18 +85,9 @@ func TestNginxFrontOverArchiveTier(t *testing.T) {
 		assert.Equal(t, strconv.Itoa(size), r.header.Get("Content-Length"))
 		return r
 	}
-	// sentByNginx reads blob i until a read reaches dtfc no more.
-	sentByNginx := func(i int) reply {
+	fromFile := func(i int) reply {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			before := blobReads(t, hc, node.URL, http.MethodGet) + blobReads(t, hc, node.URL, http.MethodHead)
-			r := get(i)
-			if before == blobReads(t, hc, node.URL, http.MethodGet)+blobReads(t, hc, node.URL, http.MethodHead) {
-				return r
-			}
-			require.True(t, time.Now().Before(deadline), "dtfc answered every read of blob %d for 10 s", i)
-		}
+		return sentByNginx(t, hc, node.URL, func() reply { return get(i) })
 	}
 
 	// A HEAD of an evicted blob: its record, no bytes brought back.
@@ -115,7 +98,7 @@ func TestNginxFrontOverArchiveTier(t *testing.T) {
 
 	// Blob 3, the oldest held, is read until nginx sends it from its file
 	// (the front's state answer opened it: a read, in the tier's order).
-	assert.Equal(t, "local", sentByNginx(3).header.Get("X-Dtfc-Source"))
+	assert.Equal(t, "local", fromFile(3).header.Get("X-Dtfc-Source"))
 	// Blob 1, evicted, is read back from the archive through nginx, and
 	// the tier makes room for it.
 	first := get(1)
@@ -127,14 +110,14 @@ func TestNginxFrontOverArchiveTier(t *testing.T) {
 	assert.True(t, held(5))
 	// Held again, blob 1 is sent by nginx from its file, with the same
 	// headers as when dtfc streamed it from the archive (but its source).
-	again := sentByNginx(1)
+	again := fromFile(1)
 	assert.Equal(t, "local", again.header.Get("X-Dtfc-Source"))
 	sameHeaders(t, first, again, "X-Dtfc-Source")
 
 	// A delete through nginx of blob 3, which nginx was sending from its
 	// file: served for less than a second after the answer, then 404,
 	// and never read back from the archive.
-	sentByNginx(3)
+	fromFile(3)
 	del := httpDo(t, hc, http.MethodDelete, ngx.URL+"/"+ids[3], nil)
 	answered := time.Now()
 	require.Contains(t, []int{http.StatusOK, http.StatusNoContent}, del.status, "DELETE: %s", del)
