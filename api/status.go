@@ -76,6 +76,10 @@ type Cluster struct {
 	// them). Those whose state nobody can tell stay in "unconfirmed"
 	// only.
 	UnconfirmedPending int64 `json:"unconfirmed_pending"`
+	// IdentityConflict, if set, says why this node takes no uploads or
+	// deletes: another running node has its identity (a copy of its
+	// basedir). See README, "Adding and removing nodes".
+	IdentityConflict string `json:"identity_conflict,omitempty"`
 	// Members are the membership records (GET /_members), removals
 	// included: every node records itself, and learns the others' records
 	// from its peers.

@@ -174,6 +174,10 @@ type Cluster struct {
 	// soon (unconfirmed.go).
 	unconfirmedPending atomic.Int64
 	catchUp            *catchUps // peers catching this node up by pushes (catchup.go)
+	// inst tracks the processes that send each identity (instances.go).
+	inst           *instances
+	conflictLogMu  sync.Mutex
+	conflictLogged map[string]time.Time // identity → when its conflict was last logged
 }
 
 type membership struct {
@@ -225,6 +229,7 @@ func New(store Store, opts Options) (*Cluster, error) {
 		log:   opts.Logger,
 	}
 	c.catchUp = newCatchUps(opts.AntiEntropyInterval)
+	c.inst = newInstances(max(3*opts.AntiEntropyInterval, minConflictWindow))
 	c.metrics = newMetrics(opts.Registry, c)
 	c.fetch = newFetcher(c, opts.MaxFetches, opts.FetchSources)
 	if opts.PeerList != "" {
@@ -590,6 +595,7 @@ func (c *Cluster) Status() Status {
 	st.Synced = c.isSynced()
 	st.Members = c.members.list()
 	st.UnconfirmedPending = c.unconfirmedPending.Load()
+	st.IdentityConflict = c.IdentityConflict()
 	if c.opts.MaxBytes > 0 {
 		_, held := c.store.Stats()
 		st.Eviction = &api.Eviction{MaxBytes: c.opts.MaxBytes, Over: held > c.opts.MaxBytes,

@@ -141,6 +141,12 @@ func (c *Cluster) authPeer(next http.Handler) http.Handler {
 			writeErr(w, http.StatusUnauthorized, "node-to-node route: missing or wrong cluster secret")
 			return
 		}
+		h.Set(HeaderInstance, c.inst.own)
+		if why := c.checkRequest(r); why != "" {
+			h.Set(HeaderConflict, "1")
+			writeErr(w, http.StatusConflict, why)
+			return
+		}
 		if from := r.Header.Get(HeaderFrom); from != "" {
 			if m, ok := c.markOfNode(from); ok {
 				h.Set(HeaderExpired, formatExpired(m.Horizon))

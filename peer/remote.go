@@ -79,6 +79,12 @@ type noteTaker interface {
 	heardMarks(source, v string)
 	// marksHeader is HeaderMarks for this node's requests.
 	marksHeader() string
+	// instance is this process's token (HeaderInstance).
+	instance() string
+	// checkAnswer: an error if the answer of the peer at url to a
+	// request sent at sent comes from a copy of this node, or of
+	// another (instances.go).
+	checkAnswer(url string, h http.Header, sent time.Time) error
 }
 
 // Node is a peer as this node's work with it sees it: what push, fetch,

@@ -415,11 +415,21 @@ func (n *httpNode) do(parent context.Context, method, path string, body io.Reade
 	req.Header.Set(HeaderFrom, n.self)
 	if n.r.notes != nil {
 		req.Header.Set(HeaderMarks, n.r.notes.marksHeader())
+		req.Header.Set(HeaderInstance, n.r.notes.instance())
 	}
 	if h := n.r.expiredHorizon(); h != 0 {
 		req.Header.Set(HeaderExpired, formatExpired(h))
 	}
+	sent := time.Now()
 	resp, err := n.hc.Do(req)
+	if err == nil && n.r.notes != nil {
+		if cerr := n.r.notes.checkAnswer(n.url, resp.Header, sent); cerr != nil {
+			resp.Body.Close()
+			w.stop()
+			n.r.fail(cerr)
+			return nil, cerr
+		}
+	}
 	if err != nil {
 		stalled := w.stop()
 		switch {

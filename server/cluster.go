@@ -34,6 +34,9 @@ type Cluster interface {
 	// Removed reports whether this node was removed from the cluster,
 	// and when: it then takes no uploads or deletes.
 	Removed() (time.Time, bool)
+	// IdentityConflict says why this node takes no uploads or deletes
+	// for a copy of it running elsewhere, "" if none.
+	IdentityConflict() string
 	// Status describes the peers and replication.
 	Status() peer.Status
 	// InternalHandler serves the node-to-node routes under /_internal.

@@ -35,6 +35,11 @@ func (s *Server) notRemoved(next http.Handler) http.Handler {
 				at.UTC().Format(time.RFC3339)))
 			return
 		}
+		if why := s.cfg.Cluster.IdentityConflict(); why != "" {
+			s.writeError(w, r, httpstatus.Errorf(http.StatusServiceUnavailable,
+				"%s: this node takes no uploads or deletes until the copy has an identity of its own (README, \"Adding and removing nodes\"); use another node", why))
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }

@@ -1,0 +1,102 @@
+package peer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// testInstances returns an instances whose clock is *now.
+func testInstances(now *time.Time) *instances {
+	in := newInstances(time.Minute)
+	in.now = func() time.Time { return *now }
+	return in
+}
+
+// TestInstancesRestartIsNoConflict: a node that restarts sends a new
+// token from then on; its old process's last request, under way when
+// the new one answered, is no second process.
+func TestInstancesRestartIsNoConflict(t *testing.T) {
+	now := time.Unix(1000, 0)
+	in := testInstances(&now)
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	for i := range 20 {
+		assert.False(t, in.saw("n", "old", at(time.Duration(i)*time.Second)))
+	}
+	now = now.Add(20 * time.Second)
+	assert.False(t, in.saw("n", "new", now))
+	assert.False(t, in.saw("n", "old", now.Add(time.Second)), "a last answer of the old process, sent before the restart")
+	for range 20 {
+		now = now.Add(time.Second)
+		assert.False(t, in.saw("n", "new", now))
+	}
+	assert.False(t, in.conflict("n"))
+}
+
+// TestInstancesTwoProcesses: two tokens seen in turn are two processes;
+// the conflict ends a window after the last sighting of one of them.
+func TestInstancesTwoProcesses(t *testing.T) {
+	now := time.Unix(1000, 0)
+	in := testInstances(&now)
+	in.saw("n", "a", now)
+	conflict := false
+	for range 10 {
+		now = now.Add(time.Second)
+		conflict = in.saw("n", "b", now) || conflict
+		conflict = in.saw("n", "a", now) || conflict
+	}
+	assert.True(t, conflict)
+	assert.True(t, in.conflict("n"))
+	assert.False(t, in.conflict("m"), "another identity is not concerned")
+	for range 50 {
+		now = now.Add(time.Second)
+		in.saw("n", "a", now)
+	}
+	assert.True(t, in.conflict("n"), "b was seen within the window")
+	now = now.Add(15 * time.Second)
+	in.saw("n", "a", now)
+	assert.False(t, in.conflict("n"), "b was not seen for a window")
+	now = now.Add(time.Second)
+	assert.False(t, in.saw("n", "b", now), "b seen again once: a new first sighting")
+	for range 5 {
+		now = now.Add(time.Second)
+		in.saw("n", "a", now)
+		in.saw("n", "b", now)
+	}
+	assert.True(t, in.conflict("n"), "and in turn with a again: two processes")
+}
+
+// TestInstancesOldNodes: answers without a token (a dtfc from before
+// them) or without an identity are never a conflict.
+func TestInstancesOldNodes(t *testing.T) {
+	now := time.Unix(1000, 0)
+	in := testInstances(&now)
+	for range 10 {
+		now = now.Add(time.Second)
+		assert.False(t, in.saw("n", "", now))
+		assert.False(t, in.saw("", "a", now))
+		assert.False(t, in.saw("", "b", now))
+	}
+}
+
+// TestInstancesOwnTaken: this node's identity is taken while any source
+// showed it within the window; a peer's later answer from another
+// identity (or this process) ends what that peer showed.
+func TestInstancesOwnTaken(t *testing.T) {
+	now := time.Unix(1000, 0)
+	in := testInstances(&now)
+	assert.Empty(t, in.ownTaken())
+	in.takenBy("http://a", "a says so")
+	now = now.Add(time.Second)
+	in.takenBy("", "a request")
+	assert.Equal(t, "a request", in.ownTaken(), "the latest")
+	in.answered("http://a")
+	assert.Equal(t, "a request", in.ownTaken())
+	now = now.Add(2 * time.Minute)
+	assert.Empty(t, in.ownTaken(), "over a window ago")
+	in.takenBy("http://a", "a says so")
+	assert.Equal(t, "a says so", in.ownTaken())
+	in.answered("http://a")
+	assert.Empty(t, in.ownTaken())
+}
