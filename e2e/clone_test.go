@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,8 +31,14 @@ const conflictWindow = 40*time.Second + converge
 // identity of its own (node-id and meta.db removed, dtfc rebuild-meta),
 // the conflict ends by itself and all four nodes converge, the copy
 // keeping the blobs it was seeded with.
-func TestCopiedBasedir(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 3})
+func TestCopiedBasedir(t *testing.T) { testCopiedBasedir(t, false) }
+
+// TestCopiedBasedirJoined: the same in a cluster of --join, where the
+// copy also brings the source's membership records.
+func TestCopiedBasedirJoined(t *testing.T) { testCopiedBasedir(t, true) }
+
+func testCopiedBasedir(t *testing.T, join bool) {
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: join})
 	hc := newClient(t)
 	seed := randomBytes(20 << 10)
 	_, seedID := upload(t, hc, c.Nodes[0].URL, "seed", seed)
@@ -39,6 +46,15 @@ func TestCopiedBasedir(t *testing.T) {
 	copyNode := c.AddNode("")
 	c.WaitConverged(t, converge)
 	copyNode.Stop()
+	if join {
+		// Node 3 was a slot for the copy: its own identity goes with
+		// its basedir, so it leaves first, as an operator would remove
+		// a member whose disk they wipe.
+		req, err := http.NewRequest(http.MethodDelete, c.Nodes[1].URL+"/_members?force=1&url="+url.QueryEscape(copyNode.URL), nil)
+		require.NoError(t, err)
+		res, body := do(t, hc, req)
+		require.Equal(t, http.StatusOK, res.StatusCode, "%s", body)
+	}
 	c.Nodes[0].Stop()
 	out, err := exec.Command("sh", "-c", `rm -rf "$2" && cp -a "$1" "$2"`, "sh", c.Nodes[0].Basedir, copyNode.Basedir).CombinedOutput()
 	require.NoError(t, err, "%s", out)
@@ -63,6 +79,12 @@ func TestCopiedBasedir(t *testing.T) {
 		}
 	}
 	eventually(t, converge, "nodes 1 and 2 see the conflict", func() bool {
+		if join {
+			// Which URL each lists for the identity depends on the
+			// records' order.
+			return logHas(c.Nodes[1], "two running nodes have one identity") &&
+				logHas(c.Nodes[2], "two running nodes have one identity")
+		}
 		for _, i := range []int{1, 2} {
 			for _, j := range []int{0, 3} {
 				if !strings.Contains(peerStatus(t, c, i, j).LastError, "two running nodes") {
@@ -104,4 +126,31 @@ func TestCopiedBasedir(t *testing.T) {
 		assert.Empty(t, st.Cluster.IdentityConflict, "node %d", i)
 	}
 	assert.False(t, peerStatus(t, c, 0, 3).Self, "the copy is another node now")
+	if join {
+		// The copy's records named the source's identity at the copy's
+		// URL for a while: the source's own record wins back.
+		eventually(t, converge, "every node lists node 0 and the copy as members of their own", func() bool {
+			for i := range c.Nodes {
+				st, err := c.Status(i)
+				require.NoError(t, err)
+				urls := map[string]string{}
+				for _, m := range st.Cluster.Members {
+					if !m.Removed {
+						urls[m.Node] = m.URL
+					}
+				}
+				if len(urls) != 4 || urls[nodeID(t, c, 0)] != c.Nodes[0].URL || urls[nodeID(t, c, 3)] != copyNode.URL {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}
+
+// nodeID returns node i's identity, from its basedir.
+func nodeID(t *testing.T, c *cluster.Cluster, i int) string {
+	b, err := os.ReadFile(filepath.Join(c.Nodes[i].Basedir, "node-id"))
+	require.NoError(t, err)
+	return strings.TrimSpace(string(b))
 }

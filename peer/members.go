@@ -251,7 +251,16 @@ func (c *Cluster) membersChanged() error {
 // mergeMembers merges a peer's records, refusing those dated further
 // ahead than max_clock_offset.
 func (c *Cluster) mergeMembers(in []Member) bool {
-	return c.members.merge(in, c.membersStore().Clock(), c.opts.MaxClockOffset)
+	changed := c.members.merge(in, c.membersStore().Clock(), c.opts.MaxClockOffset)
+	if me, ok := c.members.get(c.membersStore().NodeID()); changed && ok && !me.Removed && (me.URL != c.opts.Me || me.Role != c.opts.Role) {
+		// A node has the last word on its own record, also when a
+		// record of it comes in an answer: one naming another URL was
+		// made by a copy of its basedir running there (instances.go).
+		if err := c.recordSelf(); err != nil {
+			c.log.Error("recording this node's own membership record again", "err", err)
+		}
+	}
+	return changed
 }
 
 // removed reports whether this node was removed from the cluster.
