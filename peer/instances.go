@@ -23,8 +23,8 @@ import (
 //   - answers and requests of one identity carry two tokens whose
 //     sightings interleave: a process that restarted never sends its old
 //     token again after the new one is seen, two processes go on sending
-//     both (a last request of the old process still under way when the
-//     new one answered is allowed for by cloneMargin and cloneSightings);
+//     both (the last requests of the old process, under way or held up
+//     when the new one answered, are allowed for: see outlived);
 //   - a peer refuses it for a conflict it found (HeaderConflict).
 //
 // Then nothing is exchanged with that identity: its requests are refused
@@ -48,8 +48,8 @@ const (
 	// first seen may be an old process's last request still under way.
 	cloneMargin = 2 * time.Second
 	// cloneSightings: how many times each of two tokens must be seen
-	// after the other's first sighting (plus cloneMargin) to be two
-	// processes.
+	// after the other's first sighting (plus cloneMargin), over
+	// cloneMargin at least, to be two processes.
 	cloneSightings = 2
 	// keptSightings is how many sighting times are kept per token.
 	keptSightings = 8
@@ -95,15 +95,32 @@ func (s *sightings) last() time.Time {
 	return s.times[(s.n-1)%keptSightings]
 }
 
-// since counts the kept sightings after t.
-func (s *sightings) since(t time.Time) int {
-	k := 0
+// since counts the kept sightings after t, and returns how far apart
+// the first and last of them are.
+func (s *sightings) since(t time.Time) (n int, span time.Duration) {
+	var first, last time.Time
 	for i := 0; i < min(s.n, keptSightings); i++ {
-		if s.times[i].After(t) {
-			k++
+		at := s.times[i]
+		if !at.After(t) {
+			continue
+		}
+		n++
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+		if at.After(last) {
+			last = at
 		}
 	}
-	return k
+	return n, last.Sub(first)
+}
+
+// outlived reports whether s was seen cloneSightings times, over
+// cloneMargin at least, after other was first seen (plus cloneMargin):
+// requests of a stopped process held up on the way arrive together.
+func (s *sightings) outlived(other *sightings) bool {
+	n, span := s.since(other.first.Add(cloneMargin))
+	return n >= cloneSightings && span >= cloneMargin
 }
 
 func newInstances(window time.Duration) *instances {
@@ -151,8 +168,7 @@ func (in *instances) conflictLocked(node string) bool {
 	}
 	for t1, s1 := range toks {
 		for t2, s2 := range toks {
-			if t1 < t2 && s1.since(s2.first.Add(cloneMargin)) >= cloneSightings &&
-				s2.since(s1.first.Add(cloneMargin)) >= cloneSightings {
+			if t1 < t2 && s1.outlived(s2) && s2.outlived(s1) {
 				return true
 			}
 		}

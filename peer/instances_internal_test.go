@@ -27,6 +27,9 @@ func TestInstancesRestartIsNoConflict(t *testing.T) {
 	now = now.Add(20 * time.Second)
 	assert.False(t, in.saw("n", "new", now))
 	assert.False(t, in.saw("n", "old", now.Add(time.Second)), "a last answer of the old process, sent before the restart")
+	for range 5 {
+		assert.False(t, in.saw("n", "old", now.Add(10*time.Second)), "the old process's requests, held up on a stalled link, arrive together")
+	}
 	for range 20 {
 		now = now.Add(time.Second)
 		assert.False(t, in.saw("n", "new", now))
