@@ -38,7 +38,7 @@ func TestCopiedBasedir(t *testing.T) { testCopiedBasedir(t, false) }
 func TestCopiedBasedirJoined(t *testing.T) { testCopiedBasedir(t, true) }
 
 func testCopiedBasedir(t *testing.T, join bool) {
-	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: join})
+	c := cluster.Start(t, cluster.Options{Nodes: 3, Join: join, CopiesNodes: true})
 	hc := newClient(t)
 	seed := randomBytes(20 << 10)
 	_, seedID := upload(t, hc, c.Nodes[0].URL, "seed", seed)

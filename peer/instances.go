@@ -32,8 +32,9 @@ import (
 // off, whose handling (backoff, expiry marks, resync) is safe. A node
 // whose own identity is taken refuses uploads and deletes (503): nothing
 // it took would reach the others. The conflict lasts while the other
-// token is seen, and for cloneWindow after: the operator gives the copy
-// an identity of its own (README, "Adding and removing nodes").
+// token is seen, and for a window after (3 anti-entropy intervals,
+// minConflictWindow at least): the operator gives the copy an identity
+// of its own (README, "Adding and removing nodes").
 
 // HeaderInstance carries the random token of the process that sent a
 // node-to-node request or answer.
@@ -86,13 +87,27 @@ type takenSighting struct {
 }
 
 type sightings struct {
-	first time.Time
-	times [keptSightings]time.Time // the latest, in a ring
+	first, last time.Time
+	// times are the latest sightings at least sampleSightings apart, in
+	// a ring: under load a token is seen many times a millisecond.
+	times [keptSightings]time.Time
 	n     int
 }
 
-func (s *sightings) last() time.Time {
-	return s.times[(s.n-1)%keptSightings]
+// sampleSightings is how far apart the kept sightings of a token are.
+const sampleSightings = 500 * time.Millisecond
+
+func (s *sightings) add(at time.Time) {
+	if at.After(s.last) {
+		s.last = at
+	}
+	if s.n > 0 {
+		if d := at.Sub(s.times[(s.n-1)%keptSightings]); d < sampleSightings && d > -sampleSightings {
+			return
+		}
+	}
+	s.times[s.n%keptSightings] = at
+	s.n++
 }
 
 // since counts the kept sightings after t, and returns how far apart
@@ -147,8 +162,7 @@ func (in *instances) saw(node, token string, at time.Time) bool {
 		s = &sightings{first: at}
 		toks[token] = s
 	}
-	s.times[s.n%keptSightings] = at
-	s.n++
+	s.add(at)
 	return in.conflictLocked(node)
 }
 
@@ -159,7 +173,7 @@ func (in *instances) conflictLocked(node string) bool {
 	toks := in.byNode[node]
 	cut := in.now().Add(-in.window)
 	for t, s := range toks {
-		if s.last().Before(cut) {
+		if s.last.Before(cut) {
 			delete(toks, t)
 		}
 	}

@@ -52,6 +52,18 @@ func TestInstancesTwoProcesses(t *testing.T) {
 	assert.True(t, conflict)
 	assert.True(t, in.conflict("n"))
 	assert.False(t, in.conflict("m"), "another identity is not concerned")
+
+	// Under load: each token many times a millisecond.
+	busy := testInstances(&now)
+	start := now
+	busy.saw("n", "a", now)
+	conflict = false
+	for i := range 5000 {
+		at := start.Add(time.Duration(i) * time.Millisecond)
+		conflict = busy.saw("n", "b", at) || conflict
+		conflict = busy.saw("n", "a", at) || conflict
+	}
+	assert.True(t, conflict, "two busy processes")
 	for range 50 {
 		now = now.Add(time.Second)
 		in.saw("n", "a", now)

@@ -80,6 +80,10 @@ type Options struct {
 	// ExtraPeers, if set, returns TOML appended to node i's peer list
 	// (further [[peers]] entries, such as an archive's).
 	ExtraPeers func(i int) string
+	// CopiesNodes, if set, lets nodes log that two running nodes have
+	// one identity (a test that starts a copy of a node's basedir);
+	// otherwise such a line fails the test, as a false alarm.
+	CopiesNodes bool
 	// Join, if set, makes the nodes find each other by joining node 0
 	// (--join) instead of by peer lists: every peer list is empty, and
 	// every other node, those added by AddNode included, starts with
@@ -556,8 +560,12 @@ func (c *Cluster) cleanup() {
 		}
 	}
 	for _, n := range c.Nodes {
-		if bad := badLines(n.Log()); bad != "" {
+		log := n.Log()
+		if bad := badLines(log); bad != "" {
 			t.Errorf("cluster: node %d reported a data race or crash:\n%s", n.Index, bad)
+		}
+		if line := conflictLine(log); line != "" && !c.opts.CopiesNodes {
+			t.Errorf("cluster: node %d found two running nodes with one identity, and no test started a copy of a node:\n%s", n.Index, line)
 		}
 	}
 	if t.Failed() {
@@ -565,6 +573,22 @@ func (c *Cluster) cleanup() {
 			t.Log(n.logTail(60))
 		}
 	}
+}
+
+// conflictLine returns the first line of a node log saying that two
+// running nodes have one identity (peer/instances.go), if any.
+func conflictLine(log string) string {
+	for _, marker := range []string{"two running nodes have one identity", "another running node has this node's identity"} {
+		if i := strings.Index(log, marker); i >= 0 {
+			start := strings.LastIndexByte(log[:i], '\n') + 1
+			end := strings.IndexByte(log[i:], '\n')
+			if end < 0 {
+				return log[start:]
+			}
+			return log[start : i+end]
+		}
+	}
+	return ""
 }
 
 // badLines returns the part of a node log from the first data race
