@@ -58,6 +58,9 @@ const (
 	// sighting from below (3 anti-entropy intervals otherwise): a
 	// refused peer retries every 30 s at least (maxBackoff).
 	minConflictWindow = 40 * time.Second
+	// conflictMemory is how long the tokens of two processes found with
+	// one identity are remembered.
+	conflictMemory = 24 * time.Hour
 )
 
 // newInstanceToken returns a random token for this process.
@@ -88,6 +91,7 @@ type takenSighting struct {
 
 type sightings struct {
 	first, last time.Time
+	conflicted  bool // found with another token of its identity
 	// times are the latest sightings at least sampleSightings apart, in
 	// a ring: under load a token is seen many times a millisecond.
 	times [keptSightings]time.Time
@@ -168,12 +172,15 @@ func (in *instances) saw(node, token string, at time.Time) bool {
 
 // conflictLocked reports whether two tokens of node, both seen within
 // the window, were each seen cloneSightings times after the other was
-// first seen; tokens not seen within the window are dropped.
+// first seen, or were found so before. Tokens not seen within the
+// window are dropped, those found in a conflict after conflictMemory: a
+// copy cut off for longer than the window is known again at its first
+// exchange, not a few seconds later.
 func (in *instances) conflictLocked(node string) bool {
 	toks := in.byNode[node]
-	cut := in.now().Add(-in.window)
+	now := in.now()
 	for t, s := range toks {
-		if s.last.Before(cut) {
+		if s.last.Before(now.Add(-in.window)) && (!s.conflicted || s.last.Before(now.Add(-conflictMemory))) {
 			delete(toks, t)
 		}
 	}
@@ -182,7 +189,14 @@ func (in *instances) conflictLocked(node string) bool {
 	}
 	for t1, s1 := range toks {
 		for t2, s2 := range toks {
-			if t1 < t2 && s1.outlived(s2) && s2.outlived(s1) {
+			if t1 >= t2 || s1.last.Before(now.Add(-in.window)) || s2.last.Before(now.Add(-in.window)) {
+				continue
+			}
+			if s1.conflicted && s2.conflicted {
+				return true
+			}
+			if s1.outlived(s2) && s2.outlived(s1) {
+				s1.conflicted, s2.conflicted = true, true
 				return true
 			}
 		}

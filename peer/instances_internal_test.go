@@ -72,14 +72,33 @@ func TestInstancesTwoProcesses(t *testing.T) {
 	now = now.Add(15 * time.Second)
 	in.saw("n", "a", now)
 	assert.False(t, in.conflict("n"), "b was not seen for a window")
+	now = now.Add(time.Hour)
+	in.saw("n", "a", now)
+	assert.False(t, in.conflict("n"))
 	now = now.Add(time.Second)
-	assert.False(t, in.saw("n", "b", now), "b seen again once: a new first sighting")
+	assert.True(t, in.saw("n", "b", now), "b, cut off for an hour, is known again at once")
+
+	// b restarts, cut off again: two processes once they interleave.
+	now = now.Add(2 * time.Minute)
+	in.saw("n", "a", now)
+	assert.False(t, in.saw("n", "c", now))
 	for range 5 {
 		now = now.Add(time.Second)
 		in.saw("n", "a", now)
-		in.saw("n", "b", now)
+		in.saw("n", "c", now)
 	}
-	assert.True(t, in.conflict("n"), "and in turn with a again: two processes")
+	assert.True(t, in.conflict("n"), "c and a in turn: two processes")
+
+	// Once the copy is gone, a's restarts are no conflict.
+	now = now.Add(2 * time.Minute)
+	in.saw("n", "a", now)
+	assert.False(t, in.conflict("n"), "b and c not seen for a window")
+	now = now.Add(time.Second)
+	assert.False(t, in.saw("n", "a2", now), "a restarted")
+	for range 10 {
+		now = now.Add(time.Second)
+		assert.False(t, in.saw("n", "a2", now))
+	}
 }
 
 // TestInstancesOldNodes: answers without a token (a dtfc from before
