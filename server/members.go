@@ -21,9 +21,9 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
 }
 
 // notRemoved refuses uploads and deletes on a node removed from the
-// cluster (503, so that clients try another node): nothing it took would
-// reach the others, and a delete of an ID it does not hold could only be
-// answered 404.
+// cluster, or while another running node has its identity (503, so that
+// clients try another node): nothing it took would reach the others, and
+// a delete of an ID it does not hold could only be answered 404.
 func (s *Server) notRemoved(next http.Handler) http.Handler {
 	if s.cfg.Cluster == nil {
 		return next
