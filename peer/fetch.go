@@ -242,7 +242,12 @@ func (f *fetcher) join(ctx context.Context, t *transfer) (*Blob, error) {
 // (prefer nil), holding a slot it releases when it ends; for a pull or a
 // recheck (ck), asking prefer first.
 func (f *fetcher) start(id dtfc.ID, prefer *remote, ck *check) *transfer {
-	tctx, cancel := context.WithCancel(context.Background())
+	tctx := context.Background()
+	if prefer != nil {
+		// Repair, not a read: the source keeps its eviction order.
+		tctx = context.WithValue(tctx, repairFetchKey{}, true)
+	}
+	tctx, cancel := context.WithCancel(tctx)
 	t := &transfer{id: id, ready: make(chan struct{}), refs: 1, cancel: cancel, prefer: prefer, miss: prefer == nil, check: ck}
 	if f.stopped {
 		cancel()

@@ -299,7 +299,11 @@ func (c *Cluster) hGetBlob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	b, err := c.servedStore().Open(id)
+	open := c.servedStore().Open
+	if r.Header.Get(HeaderFetch) == fetchRepair {
+		open = c.servedStore().OpenQuietly // not a read: the order of eviction stays
+	}
+	b, err := open(id)
 	if errors.Is(err, blobstore.ErrNotFound) {
 		writeErr(w, http.StatusNotFound, "not held by this node")
 		return

@@ -54,6 +54,10 @@ const (
 	// HeaderRemoved marks an answer refusing a node removed from the
 	// cluster: when it was removed.
 	HeaderRemoved = "X-Dtfc-Removed"
+	// HeaderFetch, on a request for a blob's bytes, says why: "repair"
+	// for anti-entropy's pulls, which the source does not count as a
+	// read in its eviction order (a client's miss elsewhere does).
+	HeaderFetch = "X-Dtfc-Fetch"
 	// HeaderNode names the node identity of the answering node.
 	HeaderNode = "X-Dtfc-Node"
 	// HeaderState carries a dtfc.State as base64url JSON.
@@ -369,6 +373,13 @@ type resyncedRequest struct {
 	Horizon dtfc.Timestamp `json:"horizon"`
 }
 
+// fetchRepair is HeaderFetch's value for anti-entropy's pulls.
+const fetchRepair = "repair"
+
+// repairFetchKey marks the context of a transfer that repairs (a pull),
+// not a client's miss.
+type repairFetchKey struct{}
+
 // httpNode is the client side of the protocol: one peer over HTTP. It
 // reports every exchange's outcome to the peer's remote (health, what the
 // peer says of itself and of this node).
@@ -670,7 +681,14 @@ func (n *httpNode) openRange(ctx context.Context, id dtfc.ID, off, length int64)
 	case off > 0:
 		hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
 	}
-	resp, err := n.do(ctx, http.MethodGet, routeBlob+id.String(), nil, hdr)
+	send := hdr
+	if ctx.Value(repairFetchKey{}) != nil {
+		send = http.Header{HeaderFetch: {fetchRepair}}
+		for k, v := range hdr {
+			send[k] = v
+		}
+	}
+	resp, err := n.do(ctx, http.MethodGet, routeBlob+id.String(), nil, send)
 	if err != nil {
 		return nil, dtfc.State{}, err
 	}
