@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"html"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -29,6 +30,7 @@ type fakeCluster struct {
 
 func (f *fakeCluster) Status() peer.Status                                      { return f.status }
 func (f *fakeCluster) Removed() (time.Time, bool)                               { return time.Time{}, false }
+func (f *fakeCluster) IdentityConflict() string                                 { return f.status.IdentityConflict }
 func (f *fakeCluster) InternalHandler() http.Handler                            { return http.NotFoundHandler() }
 func (f *fakeCluster) Refresh(context.Context) ([]peer.Peer, error)             { return nil, nil }
 func (f *fakeCluster) WaitReplicas(context.Context, dtfc.ID, uint64, int) error { return nil }
@@ -169,6 +171,20 @@ func TestStatusPageForgetting(t *testing.T) {
 	assert.Contains(t, page, "3 refused: clock ahead")
 	assert.Contains(t, page, "resyncing (retrying)")
 	assert.Contains(t, page, "connection refused")
+}
+
+// TestIdentityConflict: a node whose identity another running node has
+// shows why on its status page and refuses uploads and deletes (503,
+// saying why); it still serves its status.
+func TestIdentityConflict(t *testing.T) {
+	why := "another running node has this node's identity 0123456789abcdef (peer http://b answers with this node's identity): one of them is a copy of the other's basedir"
+	n := startNode(t, server.Config{Cluster: &fakeCluster{status: peer.Status{IdentityConflict: why}}})
+	assert.Contains(t, string(n.get(t, "/").body), html.EscapeString("takes no uploads or deletes: "+why))
+	a := n.put(t, "/f", []byte("x"))
+	assert.Equal(t, http.StatusServiceUnavailable, a.status, "%s", a)
+	assert.Contains(t, string(a.body), why)
+	a = n.do(t, http.MethodDelete, "/"+strings.Repeat("ab", 64), nil)
+	assert.Equal(t, http.StatusServiceUnavailable, a.status, "%s", a)
 }
 
 // TestStatusPageArchives: an archive has a row of its own with its
