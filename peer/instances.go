@@ -102,6 +102,11 @@ type sightings struct {
 const sampleSightings = 500 * time.Millisecond
 
 func (s *sightings) add(at time.Time) {
+	// Answers are dated when their request was sent, requests when they
+	// came: they may be seen out of order.
+	if at.Before(s.first) {
+		s.first = at
+	}
 	if at.After(s.last) {
 		s.last = at
 	}
