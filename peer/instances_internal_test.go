@@ -14,6 +14,20 @@ func testInstances(now *time.Time) *instances {
 	return in
 }
 
+// seeEverySecond advances *now by a second, times times, each time
+// seeing every token of identity n; it reports whether any sighting was
+// a conflict.
+func seeEverySecond(in *instances, now *time.Time, times int, tokens ...string) bool {
+	conflict := false
+	for range times {
+		*now = now.Add(time.Second)
+		for _, tok := range tokens {
+			conflict = in.saw("n", tok, *now) || conflict
+		}
+	}
+	return conflict
+}
+
 // TestInstancesRestartIsNoConflict: a node that restarts sends a new
 // token from then on; its old process's last request, under way when
 // the new one answered, is no second process.
@@ -30,10 +44,7 @@ func TestInstancesRestartIsNoConflict(t *testing.T) {
 	for range 5 {
 		assert.False(t, in.saw("n", "old", now.Add(10*time.Second)), "the old process's requests, held up on a stalled link, arrive together")
 	}
-	for range 20 {
-		now = now.Add(time.Second)
-		assert.False(t, in.saw("n", "new", now))
-	}
+	assert.False(t, seeEverySecond(in, &now, 20, "new"))
 	assert.False(t, in.conflict("n"))
 }
 
@@ -43,12 +54,7 @@ func TestInstancesTwoProcesses(t *testing.T) {
 	now := time.Unix(1000, 0)
 	in := testInstances(&now)
 	in.saw("n", "a", now)
-	conflict := false
-	for range 10 {
-		now = now.Add(time.Second)
-		conflict = in.saw("n", "b", now) || conflict
-		conflict = in.saw("n", "a", now) || conflict
-	}
+	conflict := seeEverySecond(in, &now, 10, "b", "a")
 	assert.True(t, conflict)
 	assert.True(t, in.conflict("n"))
 	assert.False(t, in.conflict("m"), "another identity is not concerned")
@@ -64,10 +70,7 @@ func TestInstancesTwoProcesses(t *testing.T) {
 		conflict = busy.saw("n", "a", at) || conflict
 	}
 	assert.True(t, conflict, "two busy processes")
-	for range 50 {
-		now = now.Add(time.Second)
-		in.saw("n", "a", now)
-	}
+	seeEverySecond(in, &now, 50, "a")
 	assert.True(t, in.conflict("n"), "b was seen within the window")
 	now = now.Add(15 * time.Second)
 	in.saw("n", "a", now)
@@ -82,11 +85,7 @@ func TestInstancesTwoProcesses(t *testing.T) {
 	now = now.Add(2 * time.Minute)
 	in.saw("n", "a", now)
 	assert.False(t, in.saw("n", "c", now))
-	for range 5 {
-		now = now.Add(time.Second)
-		in.saw("n", "a", now)
-		in.saw("n", "c", now)
-	}
+	seeEverySecond(in, &now, 5, "a", "c")
 	assert.True(t, in.conflict("n"), "c and a in turn: two processes")
 
 	// Once the copy is gone, a's restarts are no conflict.
@@ -95,10 +94,7 @@ func TestInstancesTwoProcesses(t *testing.T) {
 	assert.False(t, in.conflict("n"), "b and c not seen for a window")
 	now = now.Add(time.Second)
 	assert.False(t, in.saw("n", "a2", now), "a restarted")
-	for range 10 {
-		now = now.Add(time.Second)
-		assert.False(t, in.saw("n", "a2", now))
-	}
+	assert.False(t, seeEverySecond(in, &now, 10, "a2"))
 }
 
 // TestInstancesOldNodes: answers without a token (a dtfc from before
