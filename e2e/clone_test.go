@@ -109,7 +109,7 @@ func testCopiedBasedir(t *testing.T, join bool) {
 	for _, f := range []string{"node-id", "meta.db"} {
 		require.NoError(t, os.Remove(filepath.Join(copyNode.Basedir, f)))
 	}
-	rebuildMeta(t, copyNode)
+	copyNode.RebuildMeta()
 	copyNode.Start()
 	eventually(t, conflictWindow, "node 0 takes uploads again", func() bool {
 		res, _ := putQuery(t, hc, c.Nodes[0].URL+"/probe", randomBytes(100))

@@ -171,17 +171,6 @@ func killRightAfterStart(t *testing.T, c *cluster.Cluster, n *cluster.Node, dela
 	}
 }
 
-// rebuildMeta runs dtfc rebuild-meta on node n's basedir and requires
-// exit status 0; it returns the output.
-func rebuildMeta(t *testing.T, n *cluster.Node) string {
-	t.Helper()
-	cmd := exec.Command(cluster.Binary(t), "rebuild-meta", "--basedir", n.Basedir)
-	out, err := cmd.CombinedOutput()
-	appendLog(t, n, "=== e2e: dtfc rebuild-meta\n"+string(out))
-	require.NoError(t, err, "dtfc rebuild-meta:\n%s", out)
-	return string(out)
-}
-
 // populate uploads files to the given nodes in turn, deletes some of them
 // and returns the live ones (ID to bytes) and the deleted IDs.
 func populate(t *testing.T, hc *http.Client, urls []string, uploads, deletes int) (map[string][]byte, []string) {
@@ -283,7 +272,7 @@ func TestMetaDamagedSingleNode(t *testing.T) {
 
 			refuseTwice(t, c, hc, n, d.says)
 
-			out := rebuildMeta(t, n)
+			out := n.RebuildMeta()
 			assert.Contains(t, out, fmt.Sprintf("verified:    %d files", len(live)))
 			assert.Contains(t, out, "quarantined: 0 files")
 			assert.Contains(t, out, "node "+node)
@@ -428,7 +417,7 @@ func TestMetaDamagedCluster(t *testing.T) {
 			}
 
 			held := len(c.BlobFiles(1))
-			out := rebuildMeta(t, x)
+			out := x.RebuildMeta()
 			assert.Contains(t, out, fmt.Sprintf("verified:    %d files", held))
 			assertMovedAside(t, x, d.name != "Removed")
 
@@ -509,7 +498,7 @@ func TestMetaRebuildAsksAgain(t *testing.T) {
 	x.Stop()
 	unknown := plantBlob(t, x, randomBytes(3000))
 	require.NoError(t, cluster.DamageMeta(metaPath(x), cluster.MetaRemoved))
-	rebuildMeta(t, x)
+	x.RebuildMeta()
 
 	c.Nodes[2].Stop()
 	x.Start()
@@ -577,7 +566,7 @@ func TestMetaRebuiltLearnsBlocksFirst(t *testing.T) {
 	x := c.Nodes[1]
 	x.Stop()
 	require.NoError(t, cluster.DamageMeta(metaPath(x), cluster.MetaRemoved))
-	rebuildMeta(t, x)
+	x.RebuildMeta()
 	c.Cut(1, 0)
 	c.Cut(1, 2)
 	x.Start()
