@@ -175,9 +175,7 @@ type Cluster struct {
 	unconfirmedPending atomic.Int64
 	catchUp            *catchUps // peers catching this node up by pushes (catchup.go)
 	// inst tracks the processes that send each identity (instances.go).
-	inst           *instances
-	conflictLogMu  sync.Mutex
-	conflictLogged map[string]time.Time // identity → when its conflict was last logged
+	inst *instances
 }
 
 type membership struct {

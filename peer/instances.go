@@ -82,6 +82,8 @@ type instances struct {
 	// source (an answer or a refusal of the peer at a URL, a request),
 	// with what to say of it.
 	taken map[string]takenSighting
+	// logged: when each identity's conflict was last logged (logDue).
+	logged map[string]time.Time
 }
 
 type takenSighting struct {
@@ -318,15 +320,9 @@ func (c *Cluster) ownIdentityTaken(source, where string) {
 // identityConflict logs, once per minute at most, that two running
 // nodes have identity node.
 func (c *Cluster) identityConflict(node string) {
-	c.conflictLogMu.Lock()
-	defer c.conflictLogMu.Unlock()
-	if time.Since(c.conflictLogged[node]) < time.Minute {
+	if !c.inst.logDue(node) {
 		return
 	}
-	if c.conflictLogged == nil {
-		c.conflictLogged = map[string]time.Time{}
-	}
-	c.conflictLogged[node] = time.Now()
 	c.log.Error("two running nodes have one identity (node-id): one is a copy of the other's basedir; nothing is exchanged with either until the copy has an identity of its own (README, \"Adding and removing nodes\")", "node", node)
 }
 
@@ -337,4 +333,20 @@ func (c *Cluster) IdentityConflict() string {
 		return "another running node has this node's identity " + c.store.NodeID() + " (" + w + "): one of them is a copy of the other's basedir"
 	}
 	return ""
+}
+
+// logDue reports whether identity node's conflict is due to be logged
+// (not in the last minute), and if so notes that it is.
+func (in *instances) logDue(node string) bool {
+	now := in.now()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if last, ok := in.logged[node]; ok && now.Sub(last) < time.Minute {
+		return false
+	}
+	if in.logged == nil {
+		in.logged = map[string]time.Time{}
+	}
+	in.logged[node] = now
+	return true
 }
