@@ -4,8 +4,10 @@
 #   - GET requests/s (wrk -t1 -c32) of 1 KiB, 64 KiB, 1 MiB and 10 MiB blobs from
 #     dtfc alone, from dtfc behind the shipped nginx front
 #     (deploy/nginx.conf), and from plain nginx serving the same
-#     <basedir>/blobs (sendfile, the baseline; and the same with
-#     open_file_cache, as the front's micro-cache has); interleaved rounds, best
+#     <basedir>/blobs (sendfile, the baseline; the same with
+#     open_file_cache, as the front's micro-cache has; and that again adding
+#     the headers the front adds to a file it sends, "ngx+hdrs": the
+#     ceiling of a front bound to answer with dtfc's headers); interleaved rounds, best
 #     of each (and each round's own dtfc/nginx and front/nginx, to show how
 #     far one run's ratio can move); "pinned": the servers on CPU 0 and wrk on CPU 1 (nginx with
 #     one worker), "unpinned": all on both cores (nginx with two); and
@@ -50,7 +52,7 @@ go build -o "$work/dtfc" ./cmd/dtfc
 go build -o "$work/minput" ./internal/minput
 go build -o "$work/minget" ./internal/minget
 go build -o "$work/repllat" ./internal/repllat
-port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5)); gport=$((port + 6)); rport=$((port + 7))
+port=$((20000 + RANDOM % 20000)); fport=$((port + 1)); nport=$((port + 2)); mport=$((port + 3)); oport=$((port + 5)); gport=$((port + 6)); rport=$((port + 7)); hport=$((port + 8))
 "$work/dtfc" serve --host 127.0.0.1 --port $port --basedir "$work/data" 2>"$work/dtfc.log" &
 pids+=($!); dtfc_pid=$!
 "$work/minput" -addr 127.0.0.1:$mport -dir "$work/minput-data" 2>"$work/minput.log" &
@@ -96,13 +98,35 @@ http {
       try_files /\$1/\$2/\$1\$2\$3 =404;
     }
   }
+  # The same again with the headers deploy/nginx.conf's @dtfc_file adds
+  # (the blobs here are application/octet-stream).
+  server {
+    listen 127.0.0.1:$hport;
+    open_file_cache max=4096 inactive=10s;
+    open_file_cache_valid 1s;
+    location ~ "^/([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{124})\$" {
+      root $work/data/blobs;
+      try_files /\$1/\$2/\$1\$2\$3 =404;
+      types { }
+      default_type application/octet-stream;
+      etag off;
+      if_modified_since off;
+      add_header Last-Modified "";
+      add_header ETag "\"\$1\$2\$3\"";
+      add_header X-Content-SHA512 \$1\$2\$3;
+      add_header Cache-Control "public, max-age=31536000, immutable";
+      add_header X-Content-Type-Options nosniff;
+      add_header Content-Security-Policy sandbox;
+      add_header X-Dtfc-Source local;
+    }
+  }
 }
 NGINX
   nginx -c "$work/front.conf" -p "$work/front" 2>>"$work/nginx.log" &
   nginx_pids+=($!)
   nginx -c "$work/plain.conf" -p "$work/plain" 2>>"$work/nginx.log" &
   nginx_pids+=($!)
-  for p in $fport $nport $oport; do
+  for p in $fport $nport $oport $hport; do
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
   done
 }
@@ -130,32 +154,41 @@ for spec in 1K:1024 64K:65536 1M:1048576 10M:10485760; do
   head -c "$bytes" /dev/urandom >"$work/f$name"
   ids+=("$name:$("$work/dtfc" put --server "http://127.0.0.1:$port" "$work/f$name")")
 done
+# The response heads' sizes (without Date): ngx+hdrs must send what the
+# front sends for a file, or it is no ceiling of it.
+head_bytes() { curl -s -D- -o /dev/null "$1" | grep -vi '^date:' | wc -c; }
 for mode in pinned unpinned; do
   if [ $mode = pinned ]; then start_nginx 1; pin 0; client=1; else start_nginx 2; pin 0-$(($(nproc) - 1)); client=0-$(($(nproc) - 1)); fi
   echo
   echo "## $mode"
-  printf "%-6s %12s %12s %12s %12s %12s %12s %10s %10s %12s %12s %12s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "net/http" "raw Go" "dtfc/ngx" "front/ngx" "front/ngx+ofc" "net/http/ngx" "dtfc/net/http" "raw Go/ngx"
+  if [ $mode = pinned ]; then
+    id64=$(printf '%s\n' "${ids[@]}" | sed -n 's/^64K://p')
+    curl -s -o /dev/null "http://127.0.0.1:$fport/$id64" # the front keeps its answers from the second read on
+    echo "the head of a 64 KiB hit, in bytes: front $(head_bytes "http://127.0.0.1:$fport/$id64"), ngx+hdrs $(head_bytes "http://127.0.0.1:$hport/$id64"), nginx $(head_bytes "http://127.0.0.1:$nport/$id64")"
+  fi
+  printf "%-6s %12s %12s %12s %12s %12s %12s %12s %10s %10s %12s %14s %12s %12s %12s\n" size "dtfc req/s" "front req/s" "nginx req/s" "ngx+ofc" "ngx+hdrs" "net/http" "raw Go" "dtfc/ngx" "front/ngx" "front/ngx+ofc" "front/ngx+hdrs" "net/http/ngx" "dtfc/net/http" "raw Go/ngx"
   for entry in "${ids[@]}"; do
     name=${entry%%:*}; id=${entry#*:}
-    for p in $port $fport $nport $oport $gport $rport; do
+    for p in $port $fport $nport $oport $hport $gport $rport; do
       [ "$(curl -s "http://127.0.0.1:$p/$id" | sha512sum | cut -c1-128)" = "$id" ] || { echo "bench: port $p does not serve $id" >&2; exit 1; }
     done
-    bd=0; bf=0; bn=0; bo=0; bg=0; br=0; spread=""
+    bd=0; bf=0; bn=0; bo=0; bh=0; bg=0; br=0; spread=""
     for _ in $(seq $rounds); do
       d=$(wrk_rps $client "http://127.0.0.1:$port/$id" -t1 -c32 -d"$dur"); bd=$(best "$d" $bd)
       f=$(wrk_rps $client "http://127.0.0.1:$fport/$id" -t1 -c32 -d"$dur"); bf=$(best "$f" $bf)
       g=$(wrk_rps $client "http://127.0.0.1:$nport/$id" -t1 -c32 -d"$dur"); bn=$(best "$g" $bn)
-      spread+=$(awk -v d="$d" -v f="$f" -v g="$g" 'BEGIN {printf " %.2f/%.2f", d/g, f/g}')
+      k=$(wrk_rps $client "http://127.0.0.1:$hport/$id" -t1 -c32 -d"$dur"); bh=$(best "$k" $bh)
+      spread+=$(awk -v d="$d" -v f="$f" -v g="$g" -v k="$k" 'BEGIN {printf " %.2f/%.2f/%.2f", d/g, f/g, f/k}')
       bo=$(best "$(wrk_rps $client "http://127.0.0.1:$oport/$id" -t1 -c32 -d"$dur")" $bo)
       bg=$(best "$(wrk_rps $client "http://127.0.0.1:$gport/$id" -t1 -c32 -d"$dur")" $bg)
       br=$(best "$(wrk_rps $client "http://127.0.0.1:$rport/$id" -t1 -c32 -d"$dur")" $br)
     done
-    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" -v h="$bg" -v r="$br" 'BEGIN {
-      printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f %12.2f %12.2f %12.2f\n", n, d, f, g, o, h, r, d/g, f/g, f/o, h/g, d/h, r/g }'
+    awk -v n="$name" -v d="$bd" -v f="$bf" -v g="$bn" -v o="$bo" -v k="$bh" -v h="$bg" -v r="$br" 'BEGIN {
+      printf "%-6s %12.0f %12.0f %12.0f %12.0f %12.0f %12.0f %12.0f %10.2f %10.2f %12.2f %14.2f %12.2f %12.2f %12.2f\n", n, d, f, g, o, k, h, r, d/g, f/g, f/o, f/k, h/g, d/h, r/g }'
     spreads+=("$name:$spread")
   done
   # Each round's own ratios: how far one run's figure can move.
-  echo "each round, dtfc/nginx and front/nginx:"
+  echo "each round, dtfc/nginx, front/nginx and front/ngx+hdrs:"
   for s in "${spreads[@]}"; do printf "  %-6s%s\n" "${s%%:*}" "${s#*:}"; done
   spreads=()
 done
