@@ -131,6 +131,11 @@ type PeerStatus struct {
 	// Self: the entry reaches this very node (under another URL); it is
 	// ignored.
 	Self bool `json:"self,omitempty"`
+	// Nodes lists the identities that answered at this URL in the last
+	// ten minutes, when it answered as more than one node by turns (a
+	// load balancer, a name that moves between hosts): each node must be
+	// listed under a URL of its own. Absent otherwise.
+	Nodes []string `json:"nodes,omitempty"`
 	// Expired: this node forgot deletes the peer never acknowledged (it
 	// was away longer than tombstone_expiry); it must resync on return.
 	// ExpiredSince is the last moment it was known to be caught up with

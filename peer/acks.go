@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -332,6 +333,13 @@ func (c *Cluster) clearExpired(node string, horizon dtfc.Timestamp) bool {
 		}
 	}
 	return true
+}
+
+// sharedURL logs (once in sharedURLWindow) that the peer list entry r
+// reaches more than one node.
+func (c *Cluster) sharedURL(r *remote, ids []string) {
+	c.log.Error("a peer list entry reaches more than one node by turns (a load balancer, or a name that moves between hosts): list each node under a URL of its own; what this node counts as the entry's acknowledgements and replicas may be any one of them's",
+		"url", r.URL, "nodes", strings.Join(ids, ","))
 }
 
 // learned is told that r's identity or role became known: a mark made

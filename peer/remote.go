@@ -3,6 +3,7 @@ package peer
 import (
 	"crypto/subtle"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,7 +58,21 @@ type remote struct {
 	// its identity changes or it is seen down and back (an upgrade
 	// restarts it), when a batch is tried again.
 	noBatches bool
+	// seenIDs: when each identity last answered at this URL (those of
+	// the last sharedURLWindow); sharedAt: when the URL last answered
+	// again as an identity it had answered as before another (zero:
+	// never). Such an entry reaches more than one node.
+	seenIDs  map[string]time.Time
+	sharedAt time.Time
+	// sharedTold: when notes was last told of it (once a window).
+	sharedTold time.Time
 }
+
+// sharedURLWindow is how long an identity that answered at a URL is
+// remembered there: an entry whose identity goes back to one it had
+// within it reaches several nodes (a load balancer, a name that moves
+// between hosts), and is shown so for as long.
+const sharedURLWindow = 10 * time.Minute
 
 // pushWake is how often at most a peer's successful exchanges wake a
 // pusher whose pushes to it fail although the peer is up.
@@ -70,6 +85,9 @@ type noteTaker interface {
 	expiredBy(r *remote, horizon dtfc.Timestamp)
 	// learned: r's identity or role became known or changed.
 	learned(r *remote)
+	// sharedURL: r's URL answered again as an identity it had answered
+	// as before another; ids are those of the last sharedURLWindow.
+	sharedURL(r *remote, ids []string)
 	// removedBy: r refused this node as removed from the cluster.
 	removedBy(r *remote)
 	// back: r answered after it had failed.
@@ -144,8 +162,20 @@ func (r *remote) ok(h http.Header) {
 	r.up, r.contacted, r.failures, r.retryAt = true, true, 0, time.Time{}
 	r.lastContact = time.Now()
 	changed := false
-	if nodeID != "" && nodeID != r.nodeID {
-		r.nodeID, r.isSelf, changed = nodeID, nodeID == r.self, true
+	var shared []string
+	if nodeID != "" {
+		now := time.Now()
+		if nodeID != r.nodeID {
+			r.nodeID, r.isSelf, changed = nodeID, nodeID == r.self, true
+			if last, ok := r.seenIDs[nodeID]; ok && now.Sub(last) < sharedURLWindow {
+				r.sharedAt = now
+				if r.sharedTold.IsZero() || now.Sub(r.sharedTold) >= sharedURLWindow {
+					r.sharedTold = now
+					shared = r.identitiesLocked(now)
+				}
+			}
+		}
+		r.seeIDLocked(nodeID, now)
 	}
 	if (role == RoleReplica || role == RoleCache) && role != r.reportedRole {
 		r.reportedRole, changed = role, true
@@ -157,6 +187,9 @@ func (r *remote) ok(h http.Header) {
 	r.mu.Unlock()
 	if changed && r.notes != nil {
 		r.notes.learned(r)
+	}
+	if shared != nil && r.notes != nil {
+		r.notes.sharedURL(r, shared)
 	}
 	if horizon, ok := parseExpired(h.Get(HeaderExpired)); ok && r.notes != nil {
 		r.notes.expiredBy(r, horizon)
@@ -340,7 +373,39 @@ func (r *remote) status() PeerStatus {
 		Expired: r.expiredMark.Horizon != 0, ExpiredSince: r.expiredMark.Since, ClockRefused: r.clockRefused,
 		Up: r.up, Contacted: r.contacted,
 		LastContact: r.lastContact, LastError: r.lastErr, LastErrorAt: r.lastErrAt, Failures: r.failures,
+		Nodes: r.identitiesLocked(time.Now()),
 	}
+}
+
+// seeIDLocked notes that identity id answered at r's URL at now, and
+// forgets those not heard from within sharedURLWindow.
+func (r *remote) seeIDLocked(id string, now time.Time) {
+	if r.seenIDs == nil {
+		r.seenIDs = map[string]time.Time{}
+	}
+	r.seenIDs[id] = now
+	for k, at := range r.seenIDs {
+		if now.Sub(at) >= sharedURLWindow {
+			delete(r.seenIDs, k)
+		}
+	}
+}
+
+// identitiesLocked returns, sorted, the identities that answered at r's
+// URL within sharedURLWindow of now, if it is shared (sharedAt within
+// it), else nil.
+func (r *remote) identitiesLocked(now time.Time) []string {
+	if r.sharedAt.IsZero() || now.Sub(r.sharedAt) >= sharedURLWindow {
+		return nil
+	}
+	var ids []string
+	for k, at := range r.seenIDs {
+		if now.Sub(at) < sharedURLWindow {
+			ids = append(ids, k)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // secretOK compares a presented secret with the configured one in
