@@ -150,7 +150,8 @@ func slogWarn(r *server.Recent, msg string, args ...any) {
 // TestStatusPageForgetting: the page shows a peer marked expired (and
 // since when it acknowledged), an entry that is the node itself, a role
 // the peer reports against the list's, changes refused for their clock,
-// and a resync in progress with its last error.
+// an entry that reaches two nodes by turns, and a resync in progress with
+// its last error.
 func TestStatusPageForgetting(t *testing.T) {
 	now := time.Now()
 	fc := &fakeCluster{status: peer.Status{
@@ -160,6 +161,7 @@ func TestStatusPageForgetting(t *testing.T) {
 			{URL: "http://gone.example:8080", Role: "replica", Contacted: true, Expired: true, ExpiredSince: now.Add(-100 * 24 * time.Hour)},
 			{URL: "http://localhost:8080", Role: "replica", Self: true, Up: true, Contacted: true},
 			{URL: "http://cache.example:8080", Role: "replica", ReportedRole: "cache", Up: true, Contacted: true, ClockRefused: 3},
+			{URL: "http://lb.example:8080", Role: "replica", Node: "b", Nodes: []string{"a", "b"}, Up: true, Contacted: true},
 		},
 	}}
 	n := startNode(t, server.Config{Cluster: fc})
@@ -169,6 +171,7 @@ func TestStatusPageForgetting(t *testing.T) {
 	assert.Contains(t, page, `data-state="self"`)
 	assert.Contains(t, page, "(says cache)")
 	assert.Contains(t, page, "3 refused: clock ahead")
+	assert.Contains(t, page, `title="a, b">(reaches 2 nodes by turns: list each under a URL of its own)`)
 	assert.Contains(t, page, "resyncing (retrying)")
 	assert.Contains(t, page, "connection refused")
 }
