@@ -35,7 +35,7 @@ func TestOneURLForTwoNodes(t *testing.T) {
 		r.Out.Host = r.In.Host
 	}})
 	t.Cleanup(lb.Close)
-	c := cluster.Start(t, cluster.Options{Direct: true, ExtraPeers: func(i int) string {
+	c := cluster.Start(t, cluster.Options{Direct: true, SharesURLs: true, ExtraPeers: func(i int) string {
 		if i != 0 {
 			return ""
 		}

@@ -84,6 +84,10 @@ type Options struct {
 	// one identity (a test that starts a copy of a node's basedir);
 	// otherwise such a line fails the test, as a false alarm.
 	CopiesNodes bool
+	// SharesURLs, if set, lets nodes log that a peer list entry reaches
+	// more than one node by turns (a test that lists a load balancer);
+	// otherwise such a line fails the test, as a false alarm.
+	SharesURLs bool
 	// Join, if set, makes the nodes find each other by joining node 0
 	// (--join) instead of by peer lists: every peer list is empty, and
 	// every other node, those added by AddNode included, starts with
@@ -564,8 +568,11 @@ func (c *Cluster) cleanup() {
 		if bad := badLines(log); bad != "" {
 			t.Errorf("cluster: node %d reported a data race or crash:\n%s", n.Index, bad)
 		}
-		if line := conflictLine(log); line != "" && !c.opts.CopiesNodes {
+		if line := firstLine(log, "two running nodes have one identity", "another running node has this node's identity"); line != "" && !c.opts.CopiesNodes {
 			t.Errorf("cluster: node %d found two running nodes with one identity, and no test started a copy of a node:\n%s", n.Index, line)
+		}
+		if line := firstLine(log, "a peer list entry reaches more than one node"); line != "" && !c.opts.SharesURLs {
+			t.Errorf("cluster: node %d found a peer list entry that reaches several nodes, and no test listed one:\n%s", n.Index, line)
 		}
 	}
 	if t.Failed() {
@@ -575,10 +582,10 @@ func (c *Cluster) cleanup() {
 	}
 }
 
-// conflictLine returns the first line of a node log saying that two
-// running nodes have one identity (peer/instances.go), if any.
-func conflictLine(log string) string {
-	for _, marker := range []string{"two running nodes have one identity", "another running node has this node's identity"} {
+// firstLine returns the first line of a node log that contains one of
+// markers (in the order given), if any.
+func firstLine(log string, markers ...string) string {
+	for _, marker := range markers {
 		if i := strings.Index(log, marker); i >= 0 {
 			start := strings.LastIndexByte(log[:i], '\n') + 1
 			end := strings.IndexByte(log[i:], '\n')
