@@ -160,11 +160,11 @@ func (r *remote) ok(h http.Header) {
 	}
 	wasDown := r.contacted && !r.up
 	r.up, r.contacted, r.failures, r.retryAt = true, true, 0, time.Time{}
-	r.lastContact = time.Now()
+	now := time.Now()
+	r.lastContact = now
 	changed := false
 	var shared []string
 	if nodeID != "" {
-		now := time.Now()
 		if nodeID != r.nodeID {
 			r.nodeID, r.isSelf, changed = nodeID, nodeID == r.self, true
 			if last, ok := r.seenIDs[nodeID]; ok && now.Sub(last) < sharedURLWindow {
