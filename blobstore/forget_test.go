@@ -1,6 +1,7 @@
 package blobstore_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"os"
@@ -689,4 +690,127 @@ func TestOldDeleteTakesUnconfirmedCopy(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, blobstore.Applied, out)
 	assert.Zero(t, s.UnconfirmedCount(), "the unconfirmed copy outlived the delete")
+}
+
+// TestLateCopyWhileTombstoneForgotten: an older copy of a deleted
+// upload (a push or a pull of it, whose bytes arrived) is committed while
+// the ID's tombstone is being forgotten. The memory of forgotten deletes
+// is to keep such a late copy out (forgotten.go: "It also keeps a late
+// copy of the deleted upload out"; TestForgottenNotImportedAgain), and
+// Apply reads it under the ID's lock. sealState (writer.go) reads it
+// before the lock is taken: the commit of a batch of pushed blobs reads
+// it for every item first, then takes the items' locks in ID order. If
+// the tombstone is forgotten in between (here: the batch waits for the
+// lock of another of its IDs, which a purge holds), the commit finds no
+// record and a forgotten clock of 0, and records the deleted upload
+// again: a resurrected delete, in the change feed, pushed on.
+func TestLateCopyWhileTombstoneForgotten(t *testing.T) {
+	wall := fixedWall()
+	s := openStore(t, t.TempDir(), blobstore.Options{Wall: func() time.Time { return wall }})
+
+	// Two blobs, A before X in ID order (a batch locks them so).
+	var a, x []byte
+	for seed := 100; ; seed += 2 {
+		a, x = content(seed, 1000), content(seed+1, 1000)
+		ida, idx := dtfc.Sum(a), dtfc.Sum(x)
+		if bytes.Compare(ida[:], idx[:]) < 0 {
+			break
+		}
+	}
+	idA, idX := dtfc.Sum(a), dtfc.Sum(x)
+	upA := dtfc.State{ID: idA, Clock: epoch + 1, Node: "a", Size: int64(len(a))}
+	upX := dtfc.State{ID: idX, Clock: epoch + 1, Node: "a", Size: int64(len(x))}
+	tombX := dtfc.State{ID: idX, Deleted: true, Clock: epoch + 2, Node: "a"}
+	tombA := dtfc.State{ID: idA, Deleted: true, Clock: epoch + 3, Node: "a"}
+	for _, c := range []struct {
+		data []byte
+		up   dtfc.State
+		tomb dtfc.State
+	}{{a, upA, tombA}, {x, upX, tombX}} {
+		_, err := commitState(t, s, c.data, c.up, true)
+		require.NoError(t, err)
+		out, err := s.Apply(c.tomb)
+		require.NoError(t, err)
+		require.Equal(t, blobstore.Applied, out)
+	}
+	horizon := s.Clock().Now()
+
+	// A purge that holds A's lock (its forget decides slowly: in dtfc it
+	// may write, to mark a peer expired) and keeps both tombstones.
+	holdingA, releaseA := make(chan struct{}), make(chan struct{})
+	purge1 := make(chan error, 1)
+	go func() {
+		_, err := s.PurgeTombstones(horizon, func(_ uint64, c dtfc.Timestamp) bool {
+			if c == tombA.Clock {
+				close(holdingA)
+				<-releaseA
+			}
+			return false
+		})
+		purge1 <- err
+	}()
+	waitClosed(t, holdingA, "the purge holding A's lock")
+
+	// A batch of late copies arrives: X's old upload, and A's.
+	items := make([]blobstore.BatchItem, 0, 2)
+	for _, c := range []struct {
+		data []byte
+		st   dtfc.State
+	}{{x, upX}, {a, upA}} {
+		w, err := s.NewWriter(blobstore.WriterOptions{})
+		require.NoError(t, err)
+		defer w.Close()
+		_, err = w.Write(c.data)
+		require.NoError(t, err)
+		items = append(items, blobstore.BatchItem{Writer: w, State: c.st})
+	}
+	batch := make(chan []blobstore.BatchResult, 1)
+	go func() { batch <- s.CommitBatch(items) }()
+	// Both items sealed (each temp file made 0644 by its seal; X's, with
+	// its read of the forgotten clock, comes first): the batch now waits
+	// for A's lock.
+	tmp := filepath.Join(s.Dir(), "tmp")
+	require.Eventually(t, func() bool {
+		files := filesUnder(t, tmp)
+		if len(files) != 2 {
+			return false
+		}
+		for _, f := range files {
+			fi, err := os.Stat(filepath.Join(tmp, f))
+			if err != nil || fi.Mode().Perm() != 0o644 {
+				return false
+			}
+		}
+		return true
+	}, deadline, time.Millisecond)
+
+	// Meanwhile X's tombstone, acknowledged by every peer, is forgotten.
+	purge2 := make(chan error, 1)
+	go func() {
+		_, err := s.PurgeTombstones(horizon, func(_ uint64, c dtfc.Timestamp) bool { return c == tombX.Clock })
+		purge2 <- err
+	}()
+	require.Eventually(t, func() bool {
+		_, ok := s.Forgotten(idX)
+		return ok
+	}, deadline, time.Millisecond)
+	close(releaseA)
+
+	var res []blobstore.BatchResult
+	select {
+	case res = <-batch:
+	case <-time.After(deadline):
+		t.Fatal("the batch did not end")
+	}
+	require.NoError(t, <-purge1)
+	require.NoError(t, <-purge2)
+	require.NoError(t, res[0].Err)
+	assert.False(t, res[0].Applied, "the deleted upload of X, older than its forgotten delete, was recorded again")
+	st, err := s.Stat(idX)
+	if err == nil {
+		t.Errorf("X, deleted (clock %s) and its delete forgotten, is live again under its older upload (clock %s, deleted %v)",
+			tombX.Clock, st.Clock, st.Deleted)
+	} else {
+		assert.ErrorIs(t, err, blobstore.ErrNotFound)
+	}
 }

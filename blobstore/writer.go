@@ -467,14 +467,18 @@ func (w *Writer) sealState(st dtfc.State, toFeed bool) (decideFunc, error) {
 		return nil, w.err
 	}
 	w.s.clock.Observe(st.Clock)
-	forgotten := w.s.forgottenClock('S', st.ID)
 	return func(old *record, held bool) (dtfc.State, bool, bool) {
 		// The same upload whose file is missing is placed again: a
 		// record without its bytes is repaired by any copy of them.
 		if old != nil && !st.Newer(old.State) && !(sameUpload(st, old.State) && !held) {
 			return old.State, false, false
 		}
-		if old == nil && st.Clock <= forgotten {
+		// Read here, under the ID's lock, as Apply does: read before it
+		// (a batch seals every item, then takes their locks), it would
+		// miss a tombstone forgotten in between, and the late copy of
+		// the deleted upload would be recorded again
+		// (TestLateCopyWhileTombstoneForgotten).
+		if old == nil && st.Clock <= w.s.forgottenClock('S', st.ID) {
 			return st, false, false // deleted, and the delete forgotten here lately
 		}
 		return st, true, toFeed
