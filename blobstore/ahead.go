@@ -106,16 +106,20 @@ func (s *Store) CheckClock(id dtfc.ID, c dtfc.Timestamp) error {
 	return nil
 }
 
-// afterAhead makes a change of id about to be made here dated after a
-// state of id refused as too far ahead: it waits until that state's
-// clock is within MaxClockOffset (for at most aheadWait), and observes
-// it, so that the change's clock, read after, is greater. Called before
-// the ID's lock is taken: the wait holds nothing.
-func (s *Store) afterAhead(id dtfc.ID) { s.afterAheadIn(&s.ahead, id) }
-
-// afterAheadIn is afterAhead for the clocks kept in a.
-func (s *Store) afterAheadIn(a *aheadClocks, id dtfc.ID) {
-	c, ok := a.take(id)
+// afterAhead makes a change of id about to be made here (an upload, a
+// delete, a block or a lift) dated after a state or deny entry of id
+// refused as too far ahead: it waits until that clock is within
+// MaxClockOffset (for at most aheadWait), and observes it, so that the
+// change's clock, read after, is greater. Both kinds count for every
+// change: a block dated ahead and taken after an upload made here
+// meanwhile would delete that upload rather than set it aside for its
+// lift (TestUploadAfterSkewedBlock). Called before the ID's lock is
+// taken: the wait holds nothing.
+func (s *Store) afterAhead(id dtfc.ID) {
+	c, ok := s.ahead.take(id)
+	if d, dok := s.aheadDeny.take(id); dok && (!ok || d > c) {
+		c, ok = d, true
+	}
 	if !ok {
 		return
 	}

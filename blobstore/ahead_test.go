@@ -1,6 +1,8 @@
 package blobstore_test
 
 import (
+	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -84,4 +86,57 @@ func TestLocalDenyAfterDenyAhead(t *testing.T) {
 	assert.False(t, applied, "the block dated ahead undid the lift made after it")
 	_, blocked := s.Denied(id)
 	assert.False(t, blocked)
+}
+
+// TestUploadAfterSkewedBlock: a block from a node whose clock runs 1.3 s
+// ahead (offset 1 s) of an ID that node does not hold (a block by hash:
+// only the deny entry travels, no tombstone state) is refused here, and
+// an upload of the same bytes is taken here a moment later, after the
+// block in real time. With right clocks that upload is newer than the
+// block: when the block arrives it is set aside in unconfirmed/ and the
+// lift puts it back (README, "A block that arrives after a newer
+// upload"; TestBlockSetsAsideNewerUpload). Here the upload does not wait
+// for the refused deny entry (only a block or a lift made here does,
+// TestLocalDenyAfterDenyAhead; an upload waits only for refused states,
+// TestLocalChangeAfterStateAhead), so it is dated before the block: the
+// block, taken once within the offset, deletes it for good, and the lift
+// brings nothing back. An acknowledged upload is lost.
+func TestUploadAfterSkewedBlock(t *testing.T) {
+	s := openStore(t, t.TempDir(), blobstore.Options{MaxClockOffset: time.Second})
+	data := content(7, 3000)
+	id := dtfc.Sum(data)
+	block := blobstore.Deny{ID: id, Status: 451, Reason: "takedown", Clock: dtfc.TimestampAt(time.Now().Add(1300 * time.Millisecond)), Node: "ahead"}
+	_, err := s.ApplyDeny(block)
+	require.ErrorIs(t, err, blobstore.ErrClockAhead)
+
+	// The upload, after the block in real time: acknowledged.
+	up := put(t, s, data, blobstore.Upload{Filename: "x.bin"}).State
+
+	// The block is offered again until it is within the offset.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		applied, err := s.ApplyDeny(block)
+		if err == nil {
+			require.True(t, applied)
+			break
+		}
+		require.ErrorIs(t, err, blobstore.ErrClockAhead)
+		require.True(t, time.Now().Before(deadline), "the block never came within the offset")
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The operator lifts the block: the upload made after it is back.
+	_, err = s.SetDeny(id, 0, "", true)
+	require.NoError(t, err)
+	b, err := s.Open(id)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		st, _ := s.Stat(id)
+		t.Fatalf("the upload taken after the block (clock %v, block %v) is gone after the lift: record %+v, unconfirmed %d",
+			up.Clock, block.Clock, st, s.UnconfirmedCount())
+	}
+	require.NoError(t, err)
+	got, err := io.ReadAll(b)
+	b.Close()
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
 }

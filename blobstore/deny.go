@@ -227,10 +227,11 @@ func (s *Store) DenyDigest() (string, error) {
 }
 
 // SetDeny records a block (or, with lifted, the lifting of one) decided on
-// this node, with a fresh clock reading: after that of any deny entry of
-// id refused as dated too far ahead (see ahead.go), which it may wait for.
+// this node, with a fresh clock reading: after that of any state or deny
+// entry of id refused as dated too far ahead (see ahead.go), which it may
+// wait for.
 func (s *Store) SetDeny(id dtfc.ID, status int, reason string, lifted bool) (Deny, error) {
-	s.afterAheadIn(&s.aheadDeny, id)
+	s.afterAhead(id)
 	d := Deny{ID: id, Status: status, Reason: reason, Lifted: lifted, Clock: s.clock.Now(), Node: s.node}
 	if lifted {
 		d.Status, d.Reason = 0, ""
