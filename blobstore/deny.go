@@ -412,10 +412,15 @@ func (s *Store) liftSetAside(id dtfc.ID) error {
 		return err
 	}
 	rec, ok, err := s.record(id)
-	if err != nil || !ok {
-		// No record (the block's tombstone forgotten): the unconfirmed
-		// pass asks the peers, and adopts the copy if none knows better.
+	if err != nil {
 		return err
+	}
+	if !ok {
+		// No record (the block's tombstone forgotten while the block
+		// held): the unconfirmed pass, woken now, asks the peers, and
+		// adopts the copy as the upload it was if none knows better.
+		s.unconfirmedNews.Notify()
+		return nil
 	}
 	_, err = s.settleByRecord(id, rec)
 	return err
@@ -522,5 +527,7 @@ func (s *Store) ForgetDeny(id dtfc.ID) error {
 		return err
 	}
 	s.denied.set(Deny{ID: id, Lifted: true})
-	return nil
+	// The block may have set an upload aside: the lift it missed decides
+	// it as a recorded lift would.
+	return s.liftSetAside(id)
 }

@@ -84,7 +84,11 @@ type Store struct {
 	partials  map[dtfc.ID]chan struct{}
 
 	unconfirmed atomic.Int64 // entries in bucketUnconfirmed
-	denyUnknown atomic.Bool  // keyDenyUnknown is set
+	// unconfirmedNews is notified when an unconfirmed blob that waited
+	// for nothing the store can see (a lift of a block whose tombstone
+	// is forgotten) is now for the cluster to decide (UnconfirmedNews).
+	unconfirmedNews broadcast.Signal
+	denyUnknown     atomic.Bool // keyDenyUnknown is set
 	// pastForgetting is the Timestamp before which the memory of what
 	// was forgotten was last pruned (PruneForgotten): a delete or lift
 	// that old, of an ID without a record here, is no news (see

@@ -145,6 +145,12 @@ func decodeUnconfirmed(id, b []byte) (UnconfirmedBlob, error) {
 	return u, nil
 }
 
+// UnconfirmedNews returns a channel closed when an unconfirmed blob may
+// be decided by what the cluster knows, where nothing in the store would
+// decide it: a block whose tombstone was forgotten was lifted, and the
+// upload it set aside has no record to come back under (liftSetAside).
+func (s *Store) UnconfirmedNews() <-chan struct{} { return s.unconfirmedNews.Wait() }
+
 // UnconfirmedCount returns the number of unconfirmed blobs.
 func (s *Store) UnconfirmedCount() int64 { return s.unconfirmed.Load() }
 
@@ -234,9 +240,14 @@ func (s *Store) ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (UnconfirmedOutco
 // of its ID the cluster still knows of wins over it wherever they meet.
 const OldestClock dtfc.Timestamp = 1
 
-// FileState is the state unconfirmed blob u's file tells of: present,
-// made by this node at u.Clock, or OldestClock if the file cannot say.
+// FileState is the state unconfirmed blob u's file tells of: the upload
+// it was, for a copy a block set aside (see recordDeny); otherwise
+// present, made by this node at u.Clock, or OldestClock if the file
+// cannot say.
 func (s *Store) FileState(u UnconfirmedBlob) dtfc.State {
+	if st, ok, err := s.asideState(u.ID); err == nil && ok && st.Size == u.Size {
+		return st
+	}
 	c := u.Clock
 	if c == 0 {
 		c = OldestClock
@@ -253,11 +264,6 @@ func (s *Store) AdoptUnconfirmed(id dtfc.ID) (UnconfirmedOutcome, error) {
 	return s.resolve(id, func(u UnconfirmedBlob, hasLocal bool) *dtfc.State {
 		if hasLocal {
 			return nil
-		}
-		// A copy a block set aside whose tombstone is forgotten: the
-		// upload it was.
-		if st, ok, err := s.asideState(id); err == nil && ok {
-			return &st
 		}
 		st := s.FileState(u)
 		return &st

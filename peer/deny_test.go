@@ -2,6 +2,7 @@ package peer_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"os"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -191,3 +193,60 @@ func TestReplicasWaitFollowsALiftedUpload(t *testing.T) {
 	require.NoError(t, a.Cluster.WaitReplicas(ctx, id, seq, 2))
 	assert.True(t, b.holds(id), "counted, b holds the upload")
 }
+
+// TestLiftAfterBlockTombstoneForgotten: an upload taken by a node that
+// had not heard of a block (newer than the block) is set aside in
+// unconfirmed/ when the block arrives, and the record becomes the
+// block's tombstone. That tombstone is an ordinary one: older than the
+// retention and acknowledged by every peer, it is forgotten while the
+// block still holds (blocks are kept for good; only their tombstones
+// go). README, "What is forgotten when": "The lift puts the upload back
+// under that state, which replicates as the newer write." Here the lift
+// comes after the tombstone was forgotten, on a node that started with
+// no unconfirmed blob (so no unconfirmed pass is running): the upload is
+// never put back, and the acknowledged upload stays unreadable on every
+// node until this node happens to restart.
+func TestLiftAfterBlockTombstoneForgotten(t *testing.T) {
+	nodes := startCluster(t,
+		running(nodeOpts{peer: func(o *peer.Options) {
+			o.AntiEntropyInterval = time.Hour
+			o.TombstoneRetention = time.Second
+			o.TombstoneExpiry = time.Hour
+		}}),
+		nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
+	data := randomBytes(t, 3000)
+	id := dtfc.Sum(data)
+	// The block, made on b; a has not heard of it.
+	d, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
+	require.NoError(t, err)
+	for time.Now().Before(d.Clock.Time().Add(time.Millisecond)) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	// An upload to a, newer than the block: acknowledged.
+	code, body := upload(t, a, "x.bin", data, "")
+	require.Equal(t, http.StatusCreated, code, "%s", body)
+	eventually(t, converge, func() bool { _, ok := a.Store.Denied(id); return ok }, "b's answer brings its block to a")
+	assert.FileExists(t, a.Store.UnconfirmedPath(id), "the upload, newer than the block, is set aside")
+
+	// The block holds for longer than the retention: its tombstone,
+	// acknowledged by b, is forgotten on a (the block itself stays).
+	eventually(t, converge, func() bool {
+		_, err := a.Store.Stat(id)
+		return errors.Is(err, blobstore.ErrNotFound)
+	}, "a forgets the block's tombstone")
+	_, blocked := a.Store.Denied(id)
+	require.True(t, blocked, "the block itself stays")
+	require.FileExists(t, a.Store.UnconfirmedPath(id), "the set-aside upload is still there")
+
+	// The operator lifts the block: the upload should be back.
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
+	_, blocked = a.Store.Denied(id)
+	require.False(t, blocked)
+	eventually(t, converge, func() bool { return a.holds(id) },
+		"the lift brings the set-aside upload back on a (unconfirmed count %d, file aside: %v)",
+		a.Store.UnconfirmedCount(), fileThere(a.Store.UnconfirmedPath(id)))
+}
+
+func fileThere(p string) bool { _, err := os.Stat(p); return err == nil }

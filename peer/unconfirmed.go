@@ -73,6 +73,7 @@ type unconfirmedStore interface {
 	Forgotten(id dtfc.ID) (dtfc.State, bool)
 	AdoptUnconfirmed(id dtfc.ID) (blobstore.UnconfirmedOutcome, error)
 	UnconfirmedPath(id dtfc.ID) string
+	UnconfirmedNews() <-chan struct{}
 }
 
 func (c *Cluster) unconfirmedStore() unconfirmedStore { return c.store }
@@ -85,56 +86,66 @@ type unconfirmedResolver struct {
 	logged sync.Map
 }
 
-// resolveUnconfirmed runs a first pass over the unconfirmed blobs, then
-// leaves further passes to a loop of the Cluster's. It returns at once if
-// there are none. Run calls it before anti-entropy starts.
+// resolveUnconfirmed runs a first pass over the unconfirmed blobs, if
+// there are any, then leaves further passes to a loop of the Cluster's.
+// Run calls it before anti-entropy starts.
 func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
-	if c.unconfirmedStore().UnconfirmedCount() == 0 {
-		return
-	}
-	c.log.Info("resolving unconfirmed blobs: files this node holds without knowing their state",
-		"count", c.unconfirmedStore().UnconfirmedCount(), "peers", len(c.mem.Load().remotes))
 	ur := &unconfirmedResolver{c: c}
-	c.unconfirmedPending.Store(c.unconfirmedStore().UnconfirmedCount())
-	fctx, cancel := context.WithTimeout(ctx, unconfirmedFirstPass)
-	retry := ur.pass(fctx)
-	cancel()
-	retry = retry || fctx.Err() != nil
+	retry := false
+	if n := c.unconfirmedStore().UnconfirmedCount(); n > 0 {
+		c.log.Info("resolving unconfirmed blobs: files this node holds without knowing their state",
+			"count", n, "peers", len(c.mem.Load().remotes))
+		c.unconfirmedPending.Store(n)
+		fctx, cancel := context.WithTimeout(ctx, unconfirmedFirstPass)
+		retry = ur.pass(fctx)
+		cancel()
+		retry = retry || fctx.Err() != nil
+	}
 	c.goLoop(ctx, func(ctx context.Context) { ur.loop(ctx, retry) })
 }
 
-// loop passes again over the unconfirmed blobs: soon (with
-// backoff) while some need asking again, hourly otherwise, until there
-// are none left.
+// loop passes again over the unconfirmed blobs: soon (with backoff)
+// while some need asking again, hourly otherwise, and at once when the
+// store says one may now be decided (a lift of a block whose tombstone
+// is forgotten: UnconfirmedNews). With none left it waits for that news
+// alone: a node that starts with none may set some aside later.
 func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
 	c := ur.c
-	defer c.unconfirmedPending.Store(0)
 	failures := 0
-	for c.unconfirmedStore().UnconfirmedCount() > 0 {
-		d := unconfirmedRecheck
-		if retry {
-			failures++
-			d = min(minBackoff<<min(failures-1, 10), maxBackoff)
-		} else {
-			failures = 0
-		}
+	for {
+		news := c.unconfirmedStore().UnconfirmedNews()
+		var t *time.Timer
+		var tick <-chan time.Time
 		// A peer that answers again may be the one a blob waits for:
 		// then at once (at most every minBackoff).
 		var back <-chan struct{}
-		if retry {
-			back = c.peerBack.Wait()
+		if c.unconfirmedStore().UnconfirmedCount() > 0 {
+			d := unconfirmedRecheck
+			if retry {
+				failures++
+				d = min(minBackoff<<min(failures-1, 10), maxBackoff)
+				back = c.peerBack.Wait()
+			} else {
+				failures = 0
+			}
+			t = time.NewTimer(d)
+			tick = t.C
+		} else {
+			c.unconfirmedPending.Store(0)
+			retry, failures = false, 0
 		}
-		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		case <-tick:
+		case <-news:
 		case <-back:
+			sleep.For(ctx, minBackoff)
+		}
+		if t != nil {
 			t.Stop()
-			if sleep.For(ctx, minBackoff) != nil {
-				return
-			}
+		}
+		if ctx.Err() != nil {
+			return
 		}
 		retry = ur.pass(ctx)
 	}
