@@ -3,6 +3,7 @@ package blobstore
 import (
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -167,4 +168,53 @@ func TestSetAsideOutlivesOlderDelete(t *testing.T) {
 	_, err = os.Stat(s.UnconfirmedPath(st.ID))
 	assert.NoError(t, err, "aside, not removed as a lost unlink")
 	assert.EqualValues(t, 1, s.UnconfirmedCount())
+}
+
+// TestQuarantineSparesFileBackSince: the scrubber judges a blob by its
+// file, then quarantines it under the ID's lock if its record is still
+// the one judged. A file put back in between under that same record
+// (here the upload a block set aside, adopted at the lift under its own
+// clock; a tier's read-back is another) is not the file judged, and may
+// be the only good copy: it stays, with its record. The interleaving is
+// made by calling quarantine as the scrubber would have after each
+// verdict: "missing", and "corrupt" for a file since replaced.
+func TestQuarantineSparesFileBackSince(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	require.NoError(t, err)
+	defer func() { s.Close() }()
+	data := []byte("the only copy, set aside by a block and back with its lift")
+	st := putBytes(t, s, data, Upload{Filename: "only.txt"}).State
+
+	// The block (older than the upload) sets the bytes aside: the
+	// scrubber, had it opened the file now, would have found none.
+	_, err = s.ApplyDeny(Deny{ID: st.ID, Status: 451, Clock: st.Clock - 1, Node: "peer"})
+	require.NoError(t, err)
+	require.False(t, s.fileExists(st.ID))
+	_, err = s.SetDeny(st.ID, 0, "", true)
+	require.NoError(t, err)
+	got, err := s.Stat(st.ID)
+	require.NoError(t, err)
+	require.Equal(t, st, got, "the lift put the upload back under its own state")
+
+	require.NoError(t, s.quarantine(st, nil, "scrub", nil)) // judged missing
+	// Judged corrupt: another file than the one there now.
+	other := filepath.Join(t.TempDir(), "judged")
+	require.NoError(t, os.WriteFile(other, []byte("damaged"), 0o644))
+	judged, err := os.Lstat(other)
+	require.NoError(t, err)
+	require.NoError(t, s.quarantine(st, judged, "scrub", nil))
+	got, err = s.Stat(st.ID)
+	require.NoError(t, err, "the record stays")
+	assert.Equal(t, st, got)
+	held, _ := readHeld(t, s, st.ID)
+	assert.Equal(t, data, held, "the file put back is served")
+	assert.Zero(t, s.ScrubProgress().Corrupt)
+
+	// The file judged, still there: quarantined as before.
+	now, err := os.Lstat(s.Path(st.ID))
+	require.NoError(t, err)
+	require.NoError(t, s.quarantine(st, now, "scrub", nil))
+	_, err = s.Stat(st.ID)
+	assert.ErrorIs(t, err, ErrNotFound)
+	assert.EqualValues(t, 1, s.ScrubProgress().Corrupt)
 }

@@ -145,7 +145,7 @@ func (s *Store) openRecord(id dtfc.ID, rec record, use bool) (*Blob, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blobstore: stat %s: %w", id, err)
 	}
-	if err := s.quarantine(rec.State, "open: size "+strconv.FormatInt(fi.Size(), 10)+", recorded "+strconv.FormatInt(rec.Size, 10), nil); err != nil {
+	if err := s.quarantine(rec.State, fi, "open: size "+strconv.FormatInt(fi.Size(), 10)+", recorded "+strconv.FormatInt(rec.Size, 10), nil); err != nil {
 		return nil, err
 	}
 	return nil, ErrNotFound

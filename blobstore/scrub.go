@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -87,7 +88,7 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtf
 			return err
 		}
 		for _, st := range batch {
-			ok, err := s.verify(ctx, st, buf, lim)
+			ok, judged, err := s.verify(ctx, st, buf, lim)
 			if errors.Is(err, errUnreadable) {
 				s.log.Warn("scrub: cannot read a blob; skipped", "id", st.ID.String(), "err", err)
 				s.scrubUpdate(func(p *ScrubProgress) { p.Unreadable++ })
@@ -98,7 +99,7 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtf
 			}
 			s.scrubUpdate(func(p *ScrubProgress) { p.Checked++; p.CheckedBytes += st.Size })
 			if !ok {
-				if err := s.quarantine(st, "scrub", onCorrupt); err != nil {
+				if err := s.quarantine(st, judged, "scrub", onCorrupt); err != nil {
 					return err
 				}
 			}
@@ -117,70 +118,86 @@ var errUnreadable = errors.New("unreadable")
 // verify re-hashes one blob. A missing file, or something that is not a
 // plain file where the blob should be (a planted symlink, a directory),
 // counts as corrupt; a record changed meanwhile (deleted, replaced) is
-// skipped as fine; any other failure to read is errUnreadable.
-func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rateLimit) (bool, error) {
+// skipped as fine; any other failure to read is errUnreadable. It
+// returns what it judged too, for quarantine: the file's FileInfo, nil
+// if it was missing.
+func (s *Store) verify(ctx context.Context, st dtfc.State, buf []byte, lim *rateLimit) (bool, fs.FileInfo, error) {
 	f, err := s.openBlob(st.ID)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		if s.checkDenied(st.ID) != nil {
 			// Blocked: its bytes are not to be in blobs/ (a block newer
 			// than the upload set them aside; see applyDeny).
-			return true, nil
+			return true, nil, nil
 		}
 		cur, ok, rerr := s.record(st.ID)
 		if rerr != nil {
-			return false, rerr
+			return false, nil, rerr
 		}
 		if ok && cur.Evicted {
-			return true, nil // a tier's: its bytes are in the archive
+			return true, nil, nil // a tier's: its bytes are in the archive
 		}
-		return !(ok && !cur.Deleted && cur.Clock == st.Clock), nil
+		return !(ok && !cur.Deleted && cur.Clock == st.Clock), nil, nil
 	case errors.Is(err, syscall.ELOOP), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EXDEV):
 		s.log.Warn("scrub: the blob's path is not a plain file in the store", "id", st.ID.String(), "err", err)
-		return false, nil
+		fi, lerr := os.Lstat(s.Path(st.ID))
+		if lerr != nil {
+			return false, nil, fmt.Errorf("%w: %w", errUnreadable, lerr)
+		}
+		return false, fi, nil
 	case err != nil:
-		return false, fmt.Errorf("%w: %w", errUnreadable, err)
+		return false, nil, fmt.Errorf("%w: %w", errUnreadable, err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return false, fmt.Errorf("%w: %w", errUnreadable, err)
+	fi, err := f.Stat()
+	if err != nil {
+		return false, nil, fmt.Errorf("%w: %w", errUnreadable, err)
 	} else if !fi.Mode().IsRegular() {
 		s.log.Warn("scrub: the blob's path is not a plain file", "id", st.ID.String(), "mode", fi.Mode().String())
-		return false, nil
+		return false, fi, nil
 	}
 	h := sha512.New()
 	for {
 		if err := ctx.Err(); err != nil {
-			return false, err
+			return false, nil, err
 		}
 		n, rerr := f.Read(buf)
 		h.Write(buf[:n])
 		if err := lim.wait(ctx, n); err != nil {
-			return false, err
+			return false, nil, err
 		}
 		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
-			return false, fmt.Errorf("%w: %w", errUnreadable, rerr)
+			return false, nil, fmt.Errorf("%w: %w", errUnreadable, rerr)
 		}
 	}
 	var got dtfc.ID
 	copy(got[:], h.Sum(nil))
-	return got == st.ID, nil
+	return got == st.ID, fi, nil
 }
 
 // quarantine moves a corrupt blob's file to quarantine/ (kept for
 // inspection) and forgets its record, so reads and anti-entropy treat it
 // as missing and fetch it again; onCorrupt, if set, is then called with
-// its former state, outside any lock. how names who found it.
-func (s *Store) quarantine(st dtfc.State, how string, onCorrupt func(dtfc.State)) error {
+// its former state, outside any lock. how names who found it; judged is
+// the file found corrupt (nil: the file was missing). Under the ID's
+// lock, a record changed since, or a file other than the one judged (one
+// put back since: the upload a block set aside, adopted at its lift
+// under the same clock; a tier's read-back), leaves everything as it is:
+// the file there may be the only good copy.
+func (s *Store) quarantine(st dtfc.State, judged fs.FileInfo, how string, onCorrupt func(dtfc.State)) error {
 	leave, err := s.enter()
 	if err != nil {
 		return err
 	}
 	unlock := s.locks.lock(st.ID)
 	cur, ok, err := s.record(st.ID)
+	if err == nil && ok && !cur.Deleted && cur.Clock == st.Clock && !sameJudged(s.Path(st.ID), judged) {
+		s.log.Info("a blob found corrupt was replaced meanwhile; left for the next check", "by", how, "id", st.ID.String())
+		ok = false
+	}
 	if err != nil || !ok || cur.Deleted || cur.Clock != st.Clock {
 		unlock()
 		leave()
@@ -204,6 +221,16 @@ func (s *Store) quarantine(st dtfc.State, how string, onCorrupt func(dtfc.State)
 		onCorrupt(st)
 	}
 	return nil
+}
+
+// sameJudged reports whether path is still what was judged: the same
+// file, or still missing if judged is nil.
+func sameJudged(path string, judged fs.FileInfo) bool {
+	now, err := os.Lstat(path)
+	if judged == nil {
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	return err == nil && os.SameFile(judged, now)
 }
 
 // rateLimit paces reads to perSec bytes per second on average.

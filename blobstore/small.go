@@ -117,7 +117,11 @@ func (s *Store) readSmall(id dtfc.ID, rec record) ([]byte, error) {
 	}
 	b = b[:n]
 	if int64(n) != rec.Size || dtfc.Sum(b) != id {
-		if err := s.quarantine(rec.State, "read", nil); err != nil {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("blobstore: stat %s: %w", id, err)
+		}
+		if err := s.quarantine(rec.State, fi, "read", nil); err != nil {
 			return nil, err
 		}
 		return nil, ErrNotFound
