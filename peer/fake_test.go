@@ -480,3 +480,38 @@ func BenchmarkResyncAsks(b *testing.B) {
 		require.NoError(b, c.keepUnlessForgotten(b.Context(), m, by, maps.Clone(local)))
 	}
 }
+
+// TestReexpiredWithLowerHorizonResyncs: a node that resynced against a
+// peer's expiry mark and hears that mark again tells the peer again; it
+// runs no second resync. But only the same horizon is that mark. A new
+// mark, made after the peer lifted the first, may have a lower horizon:
+// a delete that reached the peer more than an expiry late, with its old
+// clock, and was then forgotten without this node. Taken for the old
+// mark (the check was "horizon no greater than the one resynced
+// against"), no resync ran, the peer lifted its new mark on being told,
+// and the file whose delete it forgot stayed live here and came back on
+// every node (found by a review with three real nodes in one process).
+func TestReexpiredWithLowerHorizonResyncs(t *testing.T) {
+	c, _ := newLoneCluster(t)
+	r := newRemoteNode(Peer{URL: "http://marker.invalid", Role: RoleReplica}, &fakeNode{t: t}, "marker", nil)
+	h1 := dtfc.TimestampAt(time.Now())
+	rs := &c.resync
+	rs.mu.Lock()
+	rs.saved.Done = map[string]expiredAt{r.identity(): {URL: r.URL, Horizon: h1}}
+	rs.mu.Unlock()
+
+	// The mark resynced against, heard again: the peer is told again.
+	c.expiredBy(r, h1)
+	st := c.resync.status()
+	assert.Equal(t, ResyncInSync, st.State)
+	rs.mu.Lock()
+	assert.True(t, rs.notify[r.identity()], "told again")
+	rs.mu.Unlock()
+
+	// A new mark, with a lower horizon: a resync against it.
+	c.expiredBy(r, h1-1000)
+	assert.Equal(t, ResyncNeeded, c.resync.status().State)
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	assert.Equal(t, h1-1000, rs.saved.By[r.identity()].Horizon)
+}

@@ -185,8 +185,17 @@ func (c *Cluster) expiredBy(r *remote, horizon dtfc.Timestamp) {
 	rs := &c.resync
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if d, ok := rs.saved.Done[key]; ok && d.Horizon >= horizon {
-		// Done already; the peer has not heard: tell it again.
+	if d, ok := rs.saved.Done[key]; ok && d.Horizon == horizon {
+		// Done already; the peer has not heard: tell it again. Only the
+		// same horizon is that mark: a mark's horizon never falls while
+		// it lasts, but a new mark, after the peer lifted the one this
+		// node resynced against, may have a lower one (a delete that
+		// reached the peer more than an expiry late, with its old
+		// clock, then forgotten): that is news, and taken for the old
+		// mark it left a deleted file live here and then everywhere
+		// (TestReexpiredWithLowerHorizonResyncs). The price: an answer
+		// of the old mark's, from before it grew, arriving late, means
+		// one resync more.
 		if !rs.notify[key] {
 			rs.notify[key] = true
 			rs.changedLocked()
