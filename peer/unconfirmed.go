@@ -92,6 +92,8 @@ type unconfirmedResolver struct {
 func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
 	ur := &unconfirmedResolver{c: c}
 	retry := false
+	// Taken before each pass: news during it wakes the wait after it.
+	news := c.unconfirmedStore().UnconfirmedNews()
 	if n := c.unconfirmedStore().UnconfirmedCount(); n > 0 {
 		c.log.Info("resolving unconfirmed blobs: files this node holds without knowing their state",
 			"count", n, "peers", len(c.mem.Load().remotes))
@@ -101,7 +103,7 @@ func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
 		cancel()
 		retry = retry || fctx.Err() != nil
 	}
-	c.goLoop(ctx, func(ctx context.Context) { ur.loop(ctx, retry) })
+	c.goLoop(ctx, func(ctx context.Context) { ur.loop(ctx, retry, news) })
 }
 
 // loop passes again over the unconfirmed blobs: soon (with backoff)
@@ -109,11 +111,10 @@ func (c *Cluster) resolveUnconfirmed(ctx context.Context) {
 // store says one may now be decided (a lift of a block whose tombstone
 // is forgotten: UnconfirmedNews). With none left it waits for that news
 // alone: a node that starts with none may set some aside later.
-func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
+func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool, news <-chan struct{}) {
 	c := ur.c
 	failures := 0
 	for {
-		news := c.unconfirmedStore().UnconfirmedNews()
 		var t *time.Timer
 		var tick <-chan time.Time
 		// A peer that answers again may be the one a blob waits for:
@@ -147,6 +148,7 @@ func (ur *unconfirmedResolver) loop(ctx context.Context, retry bool) {
 		if ctx.Err() != nil {
 			return
 		}
+		news = c.unconfirmedStore().UnconfirmedNews()
 		retry = ur.pass(ctx)
 	}
 }
