@@ -30,6 +30,9 @@ var (
 	// ErrStale means a remote state lost to the local one under the
 	// last-writer-wins rule and was not applied.
 	ErrStale = errors.New("blobstore: state is older than the local one")
+	// ErrModified means a conditional delete found the blob uploaded
+	// again after the time it was given; nothing was deleted.
+	ErrModified = errors.New("blobstore: uploaded again since")
 )
 
 // ErrClockAhead means a remote state (or deny entry) carries a clock

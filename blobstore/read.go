@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -156,6 +157,36 @@ func (s *Store) openRecord(id dtfc.ID, rec record, use bool) (*Blob, error) {
 // fails with ErrNotFound when the node has no record of id; force records
 // the tombstone anyway (the ID is known elsewhere in the cluster).
 func (s *Store) Delete(id dtfc.ID, force bool) (dtfc.State, error) {
+	return s.deleteIf(id, func(_ record, ok bool) error {
+		if !ok && !force {
+			return ErrNotFound
+		}
+		return nil
+	})
+}
+
+// DeleteUnmodifiedSince is Delete of a blob this node holds, on the
+// condition that its upload (the wall-clock part of its record's clock,
+// in whole seconds, as HTTP dates go) is not after since: otherwise it
+// fails with ErrModified and changes nothing. The condition is checked
+// under the ID's lock, with the delete: an upload of the same bytes
+// between a caller's look at the blob and its delete (which renews the
+// upload) keeps it. ErrNotFound if the node holds no live record of id.
+func (s *Store) DeleteUnmodifiedSince(id dtfc.ID, since time.Time) (dtfc.State, error) {
+	return s.deleteIf(id, func(rec record, ok bool) error {
+		if !ok || rec.Deleted {
+			return ErrNotFound
+		}
+		if rec.Clock.Time().Truncate(time.Second).After(since) {
+			return ErrModified
+		}
+		return nil
+	})
+}
+
+// deleteIf records a delete of id made here if cond, given id's record
+// (and whether there is one), allows it under the ID's lock.
+func (s *Store) deleteIf(id dtfc.ID, cond func(rec record, ok bool) error) (dtfc.State, error) {
 	s.afterAhead(id)
 	leave, err := s.enter()
 	if err != nil {
@@ -163,12 +194,12 @@ func (s *Store) Delete(id dtfc.ID, force bool) (dtfc.State, error) {
 	}
 	defer leave()
 	defer s.locks.lock(id)()
-	if !force {
-		if _, ok, err := s.record(id); err != nil {
-			return dtfc.State{}, err
-		} else if !ok {
-			return dtfc.State{}, ErrNotFound
-		}
+	rec, ok, err := s.record(id)
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	if err := cond(rec, ok); err != nil {
+		return dtfc.State{}, err
 	}
 	st := dtfc.State{ID: id, Deleted: true, Clock: s.clock.Now(), Node: s.node}
 	if err := s.setState(st, true); err != nil {

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/api"
@@ -32,6 +33,10 @@ var (
 	ErrDigestMismatch = errors.New("dtfc: content does not match its SHA-512")
 	// ErrNoNodes means every node URL failed; the error wraps each failure.
 	ErrNoNodes = errors.New("dtfc: no node could be reached")
+	// ErrModified means a conditional delete (DeleteUnmodifiedSince)
+	// found the blob uploaded again after the time given (HTTP 412);
+	// nothing was deleted.
+	ErrModified = errors.New("dtfc: uploaded again since")
 )
 
 // Error is an error answer from a node.
@@ -45,9 +50,11 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("dtfc: %s: %d %s: %s", e.URL, e.StatusCode, http.StatusText(e.StatusCode), e.Message)
 }
 
-// Is makes errors.Is(err, ErrNotFound) true for a 404.
+// Is makes errors.Is(err, ErrNotFound) true for a 404, and
+// errors.Is(err, ErrModified) for a 412.
 func (e *Error) Is(target error) bool {
-	return target == ErrNotFound && e.StatusCode == http.StatusNotFound
+	return target == ErrNotFound && e.StatusCode == http.StatusNotFound ||
+		target == ErrModified && e.StatusCode == http.StatusPreconditionFailed
 }
 
 // Options configure a Client. The zero value is usable.
@@ -391,6 +398,33 @@ func (v *verifier) Close() error { return v.rc.Close() }
 func (c *Client) Delete(ctx context.Context, id dtfc.ID) error {
 	return c.each(ctx, func(base string) error {
 		resp, err := c.do(ctx, http.MethodDelete, base+"/"+id.String(), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return answerError(resp)
+		}
+		return nil
+	})
+}
+
+// DeleteUnmodifiedSince deletes id throughout the cluster, on the
+// condition that the node that takes the delete holds id and has not
+// had it uploaded after since (to the second; If-Unmodified-Since): for
+// a caller that judged the blob by its upload time (as Blob.Uploaded in
+// a listing), so that an upload of the same bytes meanwhile, which
+// renews that time, keeps it. The node checks the condition with the
+// delete: ErrModified if it fails, ErrNotFound if the node holds no live
+// record of id (it asks no peer).
+func (c *Client) DeleteUnmodifiedSince(ctx context.Context, id dtfc.ID, since time.Time) error {
+	return c.each(ctx, func(base string) error {
+		req, err := c.request(ctx, http.MethodDelete, base+"/"+id.String(), nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("If-Unmodified-Since", since.UTC().Format(http.TimeFormat))
+		resp, err := c.hc.Do(req)
 		if err != nil {
 			return err
 		}

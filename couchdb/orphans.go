@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dtfc/dtfc"
@@ -66,15 +67,40 @@ func addRefs(raw json.RawMessage, refs map[dtfc.ID]bool) ([]string, error) {
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil, err
 	}
-	var m map[string]Ref
-	if json.Unmarshal(doc.Refs, &m) == nil {
-		for _, r := range m {
-			if id, err := r.ID(); err == nil {
-				refs[id] = true
-			}
-		}
+	for _, id := range idsIn(doc.Refs) {
+		refs[id] = true
 	}
 	return doc.Conflicts, nil
+}
+
+// idsIn returns every ID written anywhere in raw: each run of exactly 128
+// hexadecimal digits. The dtfc field is read this loosely, not as the
+// references migrate writes, because what counts as a reference decides
+// what the purge deletes: an entry an application wrote its own way (a
+// length as a string, a bare ID, an object of its own around them) must
+// keep its blob, and must not hide its document's other entries, as the
+// one-piece decoding of the whole field did
+// (TestOrphansOneOddEntryHidesTheRest).
+func idsIn(raw []byte) []dtfc.ID {
+	var out []dtfc.ID
+	hex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+	for i := 0; i < len(raw); {
+		if !hex(raw[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(raw) && hex(raw[j]) {
+			j++
+		}
+		if j-i == 2*dtfc.IDLen {
+			if id, err := dtfc.ParseID(strings.ToLower(string(raw[i:j]))); err == nil {
+				out = append(out, id)
+			}
+		}
+		i = j
+	}
+	return out
 }
 
 // Orphans returns, sorted, the IDs of held that no document of dbs
@@ -100,10 +126,12 @@ func Orphans(ctx context.Context, dbs []*DB, held []dtfc.ID) ([]dtfc.ID, error) 
 }
 
 // Collection is a dtfc cluster as Collect sees it (*client.Client): a
-// node's list of blobs (GET /_blobs) and deletes that reach every node.
+// node's list of blobs (GET /_blobs) and deletes that reach every node,
+// made on the condition that the blob was not uploaded again since the
+// time given (If-Unmodified-Since).
 type Collection interface {
 	List(ctx context.Context, opts client.ListOptions) (client.ListPage, error)
-	Delete(ctx context.Context, id dtfc.ID) error
+	DeleteUnmodifiedSince(ctx context.Context, id dtfc.ID, since time.Time) error
 }
 
 var _ Collection = (*client.Client)(nil)
@@ -313,15 +341,23 @@ func (c *collector) purge(ctx context.Context, o *Orphan) error {
 		o.Action = "gone"
 		return nil
 	}
-	if b := page.Blobs[0]; c.young(b.Uploaded) {
+	b := page.Blobs[0]
+	if c.young(b.Uploaded) {
 		o.Action, o.Uploaded = "kept", b.Uploaded
 		return nil
 	}
-	err = c.Blobs.Delete(ctx, o.ID)
+	// On the condition that it was not uploaded again since the entry
+	// just read: the node checks it with the delete. An upload between
+	// that read and the delete (migrate, which uploads and then drops
+	// the attachment) would otherwise be deleted with the attachment
+	// gone from CouchDB (TestPurgeRacesMigrate).
+	err = c.Blobs.DeleteUnmodifiedSince(ctx, o.ID, b.Uploaded)
 	var ce *client.Error
 	switch {
 	case err == nil:
 		o.Action = "deleted"
+	case errors.Is(err, client.ErrModified):
+		o.Action = "kept"
 	case errors.Is(err, client.ErrNotFound):
 		o.Action = "gone"
 	case ctx.Err() != nil:

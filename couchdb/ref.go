@@ -128,6 +128,14 @@ func parseDoc(raw json.RawMessage) (*document, error) {
 		if err := json.Unmarshal(f, &d.refs); err != nil {
 			return nil, invalid("", "field %q exists and is not an object of references (an application's own field?)", Field)
 		}
+		// Every entry must be a reference too: one that is not (an
+		// application's {"schema": 2}) makes the field the
+		// application's, which the migration does not write into.
+		for name := range d.refs {
+			if _, ok := d.ref(name); !ok {
+				return nil, invalid("", "field %q holds %q, which is not a reference (an application's own field?)", Field, name)
+			}
+		}
 	}
 	return d, nil
 }
@@ -139,7 +147,7 @@ func (d *document) ref(name string) (Ref, bool) {
 		return Ref{}, false
 	}
 	var r Ref
-	if err := json.Unmarshal(raw, &r); err != nil {
+	if err := json.Unmarshal(raw, &r); err != nil || !dtfc.LooksLikeID(r.SHA512) {
 		return Ref{}, false
 	}
 	return r, true

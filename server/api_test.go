@@ -655,6 +655,32 @@ func TestDelete(t *testing.T) {
 	requireError(t, n.get(t, "/"+id), http.StatusNotFound)
 }
 
+// TestDeleteUnmodifiedSince: a DELETE with If-Unmodified-Since deletes
+// only a blob this node holds and has not had uploaded after that date
+// (412 and nothing deleted otherwise: an upload of the same bytes renews
+// the time a caller judged it by); a date that does not parse is 400,
+// not an unconditional delete; an ID without a live record here is 404.
+func TestDeleteUnmodifiedSince(t *testing.T) {
+	n := startNode(t, server.Config{})
+	data := []byte("judged old, uploaded again since")
+	id := sum(data)
+	requireStatus(t, n.put(t, "/old.txt", data), http.StatusCreated)
+	del := func(date string) answer {
+		return n.do(t, http.MethodDelete, "/"+id, nil, "If-Unmodified-Since", date)
+	}
+	hourAgo := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+	requireError(t, del(hourAgo), http.StatusPreconditionFailed)
+	n.requireServed(t, id, data)
+	requireError(t, del("yesterday"), http.StatusBadRequest)
+	n.requireServed(t, id, data)
+
+	requireStatus(t, del(time.Now().Add(time.Second).UTC().Format(http.TimeFormat)), http.StatusOK)
+	requireError(t, n.get(t, "/"+id), http.StatusNotFound)
+	requireError(t, del(time.Now().UTC().Format(http.TimeFormat)), http.StatusNotFound)
+	unknown := sum([]byte("never uploaded"))
+	requireError(t, n.do(t, http.MethodDelete, "/"+unknown, nil, "If-Unmodified-Since", hourAgo), http.StatusNotFound)
+}
+
 func TestReservedPaths(t *testing.T) {
 	tests := []struct {
 		name   string

@@ -27,6 +27,7 @@ type Blobs interface {
 	Stat(id dtfc.ID) (dtfc.State, error)
 	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
 	Delete(id dtfc.ID, force bool) (dtfc.State, error)
+	DeleteUnmodifiedSince(id dtfc.ID, since time.Time) (dtfc.State, error)
 	// DenyKnown is false while the store takes no upload: its metadata
 	// was rebuilt and it has not yet learned its peers' blocks.
 	DenyKnown() bool

@@ -66,6 +66,8 @@ func Of(err error) int {
 		return http.StatusGatewayTimeout
 	case errors.Is(err, ErrHeaderTooLarge):
 		return http.StatusRequestHeaderFieldsTooLarge
+	case errors.Is(err, blobstore.ErrModified):
+		return http.StatusPreconditionFailed
 	case errors.Is(err, blobstore.ErrClosed), errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable
 	}
