@@ -25,6 +25,7 @@ import (
 
 const (
 	keyCursorPrefix  = "cursor "  // + peer URL: the peer's acknowledged feed position
+	keySkippedPrefix = "skipped " // + peer URL: the cursor before the first upload skipped for it as a cache ("" if none)
 	keyAckedAtPrefix = "acked "   // + peer URL: unix ms when the peer last was caught up
 	keyExpiredPrefix = "expired " // + identity: an expiryMark
 	ackedAtPersist   = time.Minute

@@ -176,7 +176,7 @@ func TestPushToFakePeer(t *testing.T) {
 			}
 			r := newRemoteNode(Peer{URL: "http://fake.invalid", Role: RoleReplica}, fake, store.NodeID(), nil)
 			p := newPusher(c, r, nil)
-			upTo, err := p.push(t.Context(), changes)
+			upTo, _, err := p.push(t.Context(), changes)
 			if tt.wantErr != nil {
 				assert.ErrorIs(t, err, tt.wantErr)
 			} else {
@@ -210,9 +210,10 @@ func TestPushOnlyUploadsToCache(t *testing.T) {
 	fake := &fakeNode{t: t} // any call fails the test
 	r := newRemoteNode(Peer{URL: "http://cache.invalid", Role: RoleCache}, fake, store.NodeID(), nil)
 	p := newPusher(c, r, nil)
-	upTo, err := p.push(t.Context(), changes)
+	upTo, skipped, err := p.push(t.Context(), changes)
 	require.NoError(t, err)
 	assert.Equal(t, changes[2].Seq, upTo, "the cursor passes the uploads a cache is not sent")
+	assert.True(t, skipped, "and says it did")
 }
 
 // TestAntiEntropyFromFakePeer: a range whose digests differ is compared

@@ -77,7 +77,16 @@ type pusher struct {
 	r      *remote
 	cancel context.CancelFunc
 	cursor atomic.Uint64
-	loaded atomic.Bool
+	// skipped is the cursor before the first upload the pusher passed
+	// without sending (the peer was a cache) since the peer last counted
+	// as a replica, persisted before the cursor passed it; noSkip if
+	// none. A cache promoted to a replica never got those uploads, so
+	// it has acknowledged only up to here (ackedOf), and its pusher
+	// goes back here (rewind). Without it, a cache counted the promoted
+	// node's cursor as a replica's, evicted the uploads it took, and
+	// they were lost (TestCacheKeepsUploadsSkippedForAPromotedCache).
+	skipped atomic.Uint64
+	loaded  atomic.Bool
 	// caughtUp is when the pusher last found nothing to send (for the
 	// lag); ackedAt the same, persisted at most every ackedAtPersist and
 	// kept across restarts (for expiry).
@@ -112,8 +121,12 @@ type round struct {
 	changes []blobstore.Change
 	done    chan struct{} // closed when push returned, with:
 	upTo    uint64
+	skipped bool // an upload up to upTo was passed without being sent
 	err     error
 }
+
+// noSkip: no upload skipped (pusher.skipped).
+const noSkip = math.MaxUint64
 
 // newPusher returns r's pusher; cancel stops its run.
 func newPusher(c *Cluster, r *remote, cancel context.CancelFunc) *pusher {
@@ -130,13 +143,32 @@ func (c *Cluster) storedCursor(url string) uint64 {
 	return n
 }
 
+// storedSkipped reads a peer's persisted pusher.skipped.
+func (c *Cluster) storedSkipped(url string) uint64 {
+	v, err := c.feedStore().Value(keySkippedPrefix + url)
+	if err != nil || len(v) == 0 {
+		return noSkip
+	}
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		return 0 // unreadable: as if nothing was ever sent
+	}
+	return n
+}
+
 // cursorOf returns the sequence number up to which the peer has accepted
-// the feed.
+// the feed: its cursor, but for a peer that is not a cache (now) no
+// further than the first upload skipped while it was one.
 func (c *Cluster) cursorOf(url string) uint64 {
 	if p := c.pushers.get(url); p != nil && p.loaded.Load() {
-		return p.cursor.Load()
+		cur := p.cursor.Load()
+		if !p.r.IsCache() {
+			cur = min(cur, p.skipped.Load())
+		}
+		return cur
 	}
-	return c.storedCursor(url)
+	// No pusher running: the role is not known here, so the lesser.
+	return min(c.storedCursor(url), c.storedSkipped(url))
 }
 
 // queue counts the operations the peer has not accepted yet, and how long
@@ -186,6 +218,7 @@ type wait func(ctx context.Context) bool
 // load reads the peer's cursor and when it was last caught up.
 func (p *pusher) load() {
 	p.next = p.c.storedCursor(p.r.URL)
+	p.skipped.Store(p.c.storedSkipped(p.r.URL))
 	p.cursor.Store(p.next)
 	start := time.Now()
 	p.caughtUp.Store(&start)
@@ -213,6 +246,12 @@ func (p *pusher) step(ctx context.Context) wait {
 		// (e2e/TestExpiredNodeMeetsANewNode).
 		p.state.Store(&pushHeld)
 		return either(c.resync.changed(), r.kick)
+	}
+	if p.skipped.Load() != noSkip && !r.IsCache() {
+		if !p.rewind() {
+			p.state.Store(&pushPaused)
+			return pause(time.Second)
+		}
 	}
 	changed := p.store.Changed()
 	if p.failures > 0 {
@@ -242,7 +281,7 @@ func (p *pusher) start(ctx context.Context, since uint64, changes []blobstore.Ch
 	rd := &round{since: since, changes: changes, done: make(chan struct{})}
 	go func() {
 		defer close(rd.done)
-		rd.upTo, rd.err = p.push(ctx, changes)
+		rd.upTo, rd.skipped, rd.err = p.push(ctx, changes)
 	}()
 	return rd
 }
@@ -272,6 +311,16 @@ func (p *pusher) await(ctx context.Context) wait {
 		p.drain()
 		return nil
 	}
+	if cur.skipped && p.skipped.Load() == noSkip {
+		// Persisted before the cursor passes the uploads skipped.
+		if err := p.store.SetValue(keySkippedPrefix+r.URL, []byte(strconv.FormatUint(cur.since, 10))); err != nil {
+			c.log.Error("persisting a replication cursor", "peer", r.URL, "err", err)
+			p.drain()
+			p.state.Store(&pushPaused)
+			return pause(time.Second)
+		}
+		p.skipped.Store(cur.since)
+	}
 	if cur.upTo > p.next && !p.advance(cur.upTo) {
 		p.drain()
 		p.state.Store(&pushPaused)
@@ -290,6 +339,27 @@ func (p *pusher) await(ctx context.Context) wait {
 	p.failures = 0
 	p.lastErr.Store(nil)
 	return nil
+}
+
+// rewind moves the cursor of a peer that was a cache and now is not back
+// to before the first upload skipped for it, so that it is sent them;
+// false if that could not be persisted. The cursor is written first: a
+// crash between the two writes leaves both at the same place.
+func (p *pusher) rewind() bool {
+	to := min(p.next, p.skipped.Load())
+	if err := p.store.SetValue(cursorKey(p.r.URL), []byte(strconv.FormatUint(to, 10))); err != nil {
+		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
+		return false
+	}
+	p.next = to
+	p.cursor.Store(to)
+	if err := p.store.SetValue(keySkippedPrefix+p.r.URL, []byte{}); err != nil {
+		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
+		return false
+	}
+	p.skipped.Store(noSkip)
+	p.c.log.Info("a peer that was a cache is not one now: the uploads passed while it was are sent to it", "peer", p.r.URL, "from", to)
+	return true
 }
 
 // drain waits for the round in flight, if any, and drops its result.
@@ -393,7 +463,7 @@ var errClockRefused = errors.New("refused: clock too far ahead of the peer's")
 // push offers changes to the peer, sends the bytes it asks for, and
 // returns the sequence number up to which the peer accepted every change
 // (the cursor may move that far) with the first failure, if any.
-func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, error) {
+func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (upTo uint64, skipped bool, err error) {
 	req, where := p.offer(changes)
 	accepted := make([]bool, len(changes))
 	for i, w := range where {
@@ -405,22 +475,22 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (uint64, 
 	if len(req.Changes)+len(req.Deny) > 0 {
 		ans, err := p.r.node.Offer(ctx, req)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if len(ans.Results) != len(req.Changes) || len(ans.DenyResults) != len(req.Deny) {
-			return 0, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", p.r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
+			return 0, false, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", p.r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
 		}
 		firstErr = p.settle(ctx, changes, where, ans, accepted)
 		p.applyBlocked(req, ans.Blocked)
 	}
-	var upTo uint64
 	for i, ok := range accepted {
 		if !ok {
 			break
 		}
 		upTo = changes[i].Seq
+		skipped = skipped || where[i] == skip
 	}
-	return upTo, firstErr
+	return upTo, skipped, firstErr
 }
 
 // applyBlocked applies the blocks a peer answered for the uploads it
