@@ -413,23 +413,57 @@ func (a *Archive) putParts(ctx context.Context, id dtfc.ID, key string, f io.Rea
 
 // HasBlob reports whether blob id's object is in the bucket.
 func (a *Archive) HasBlob(ctx context.Context, id dtfc.ID) (bool, error) {
-	_, has, err := a.BlobSize(ctx, id)
+	_, has, err := a.HeadBlob(ctx, id)
 	return has, err
 }
 
-// BlobSize returns the size of blob id's object, and whether there is
-// one.
-func (a *Archive) BlobSize(ctx context.Context, id dtfc.ID) (int64, bool, error) {
+// BlobHead is what the bucket says of a blob's object without its bytes.
+type BlobHead struct {
+	Size int64
+	// Sum says what the SHA-512 checksum the server keeps for the object
+	// tells of its bytes.
+	Sum SumWord
+}
+
+// SumWord is what an object's SHA-512 checksum (as HEAD answers it with
+// checksum mode on) tells of its bytes.
+type SumWord int
+
+const (
+	// SumNone: the server keeps no SHA-512 checksum of it (written
+	// without one, or by hand into the server's storage), or one of its
+	// parts only (a multipart upload's composite checksum): it vouches
+	// for nothing.
+	SumNone SumWord = iota
+	// SumID: the checksum is the blob's ID, which the server checked the
+	// bytes against on their way in (every single-part write of dtfc).
+	SumID
+	// SumOther: the checksum is another hash: other bytes.
+	SumOther
+)
+
+// HeadBlob returns the size of blob id's object and what its checksum
+// says, and whether there is one.
+func (a *Archive) HeadBlob(ctx context.Context, id dtfc.ID) (BlobHead, bool, error) {
 	key := a.BlobKey(id)
-	out, err := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
+	out, err := a.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key),
+		ChecksumMode: types.ChecksumModeEnabled})
 	err = a.wrap("head", key, err)
 	if errors.Is(err, ErrNotFound) {
-		return 0, false, nil
+		return BlobHead{}, false, nil
 	}
 	if err != nil {
-		return 0, false, err
+		return BlobHead{}, false, err
 	}
-	return aws.ToInt64(out.ContentLength), true, nil
+	h := BlobHead{Size: aws.ToInt64(out.ContentLength)}
+	switch sum := aws.ToString(out.ChecksumSHA512); {
+	case sum == "" || strings.Contains(sum, "-") || out.ChecksumType == types.ChecksumTypeComposite:
+	case sum == *checksum(id):
+		h.Sum = SumID
+	default:
+		h.Sum = SumOther
+	}
+	return h, true, nil
 }
 
 // OpenBlob opens blob id's object from byte off on, and returns its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -325,4 +326,49 @@ func TestArchiveTierDamagedObject(t *testing.T) {
 	res, body := get(t, hc, c.Nodes[0].URL+"/"+id.String())
 	require.Equal(t, http.StatusOK, res.StatusCode)
 	assert.True(t, bytes.Equal(data, body))
+}
+
+// TestTierKeepsBlobOverSameSizeDamagedObject: the bucket already has
+// an object under a blob's key, of the blob's size but other bytes
+// (damaged in the bucket, or written there by hand: the premise of
+// TestArchiveTierDamagedObject, whose object is cut short). A tier takes
+// an upload of that blob (201); its push to the archive finds the
+// object "with the blob's size", takes it as archived, and the tier
+// evicted its only copy. The bucket's bytes do not hash to the ID, so
+// the file could never be read again: an acknowledged upload lost (found
+// by a review helper). The object, planted in the server's storage, has
+// no SHA-512 checksum: the tier reads it, finds it damaged, and keeps
+// its bytes.
+func TestTierKeepsBlobOverSameSizeDamagedObject(t *testing.T) {
+	const size, limit = 100 << 10, 60 << 10
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "samesize")
+	data := randomBytes(size)
+	id := dtfc.Sum(data)
+	damaged := bytes.Clone(data)
+	damaged[size/2] ^= 0xff // one byte flipped: the same size
+	path := s.Path(b.a.BlobKey(id))
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, damaged, 0o644))
+
+	c := archiveNodes(t, b, "--archive-interval", "1h", "--max-bytes", fmt.Sprint(limit))
+	hc := newClient(t)
+	status, got := upload(t, hc, c.Nodes[0].URL, "d.bin", data)
+	require.Equal(t, http.StatusCreated, status)
+	require.Equal(t, id.String(), got)
+
+	// The push is refused, naming the damaged object, and the tier keeps
+	// its bytes, above max_bytes, and serves them.
+	eventually(t, 30*time.Second, "the push refused as damaged", func() bool {
+		return strings.Contains(archiveError(t, c, b), "does not hash to its ID")
+	})
+	_, held := c.BlobFiles(0)[id.String()]
+	require.True(t, held, "the tier evicted its only copy over the damaged object")
+	res, err := hc.Get(c.Nodes[0].URL + "/" + id.String())
+	require.NoError(t, err)
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.True(t, bytes.Equal(data, body))
 }

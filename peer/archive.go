@@ -1,7 +1,9 @@
 package peer
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha512"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +56,9 @@ type archiveNode struct {
 	store archiveStore
 	r     *remote
 	stats *archiveStats // kept by the Cluster across refreshes
+	// tier: this node evicts what the archive accepted (Offer checks a
+	// blob's object found there more closely).
+	tier bool
 
 	logMu sync.Mutex // serializes the log's writes: numbers are taken in order
 
@@ -141,7 +146,7 @@ func (c *Cluster) newArchiveRemote(p Peer) *remote {
 		// from it (relayRound).
 		r.setExpired(m)
 	}
-	n := &archiveNode{url: p.URL, store: c.store, r: r}
+	n := &archiveNode{url: p.URL, store: c.store, r: r, tier: c.isTier()}
 	cfg, err := ArchiveConfig(p)
 	n.stats = c.stats(p.URL)
 	cfg.Counters = &n.stats.bytes
@@ -338,6 +343,43 @@ func (n *archiveNode) Open(ctx context.Context, id dtfc.ID, off int64) (io.ReadC
 	return body, st, nil
 }
 
+// checkObject decides whether the object found in the bucket for upload
+// st holds its bytes: of another size, or with the SHA-512 checksum of
+// other bytes, it is damaged (an error naming it, every time, until it is
+// removed and written again). On a tier, which evicts what the archive
+// accepted, an object whose checksum vouches for nothing (written by
+// hand, or by a server that keeps no SHA-512 checksum, or in parts) is
+// read and hashed: accepted on its size alone, an object of the right
+// size and other bytes had the tier evict its only copy
+// (TestTierKeepsBlobOverSameSizeDamagedObject).
+func (n *archiveNode) checkObject(ctx context.Context, st dtfc.State, head archive.BlobHead) error {
+	damaged := func(what string) error {
+		return fmt.Errorf("archive %s: the object of blob %s %s: it is damaged; remove it from the bucket and it is written again", n.url, st.ID, what)
+	}
+	switch {
+	case head.Size != st.Size:
+		return damaged(fmt.Sprintf("holds %d bytes, not %d", head.Size, st.Size))
+	case head.Sum == archive.SumOther:
+		return damaged("carries the SHA-512 checksum of other bytes")
+	case head.Sum == archive.SumID || !n.tier:
+		return nil
+	}
+	rc, _, err := n.a.OpenBlob(ctx, st.ID, 0)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	h := sha512.New()
+	got, err := io.Copy(h, rc)
+	if err != nil {
+		return fmt.Errorf("archive %s: reading the object of blob %s to check it: %w", n.url, st.ID, err)
+	}
+	if got != st.Size || !bytes.Equal(h.Sum(nil), st.ID[:]) {
+		return damaged("does not hash to its ID")
+	}
+	return nil
+}
+
 // Offer writes the record of every delete and deny entry (a block or a
 // lift), and of every upload whose blob is in the bucket; it asks for the
 // bytes of the others (Put writes them, then the record). The records
@@ -380,7 +422,7 @@ func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAns
 				// bytes may have come from a node, the bucket's object
 				// missing or cut short, and a tier evicts what this
 				// archive accepted.
-				size, has, err := n.a.BlobSize(gctx, st.ID)
+				head, has, err := n.a.HeadBlob(gctx, st.ID)
 				n.seen(err)
 				if err != nil {
 					return err
@@ -389,8 +431,7 @@ func (n *archiveNode) Offer(ctx context.Context, req changesRequest) (changesAns
 					ans.Results[i] = resultNeed
 					return nil
 				}
-				if size != st.Size {
-					err := fmt.Errorf("archive %s: the object of blob %s holds %d bytes, not %d: it is damaged; remove it from the bucket and it is written again", n.url, st.ID, size, st.Size)
+				if err := n.checkObject(gctx, st, head); err != nil {
 					n.seen(err)
 					return err
 				}
