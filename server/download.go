@@ -524,5 +524,13 @@ func (j *jsonErrorWriter) finish() {
 	for _, k := range []string{"Etag", "X-Content-Sha512", "Cache-Control", "X-Dtfc-Source"} {
 		h.Del(k)
 	}
-	writeJSON(j.ResponseWriter, j.code, map[string]string{"error": strings.TrimSpace(string(j.msg))})
+	msg := strings.TrimSpace(string(j.msg))
+	if msg == "" {
+		// http.ServeContent's 412 has no text.
+		msg = strings.ToLower(http.StatusText(j.code))
+		if j.code == http.StatusPreconditionFailed {
+			msg += ": If-Match does not name this blob's ETag"
+		}
+	}
+	writeJSON(j.ResponseWriter, j.code, map[string]string{"error": msg})
 }

@@ -61,6 +61,9 @@ func drainBody(w http.ResponseWriter, r *http.Request) {
 	if r.Body == nil || r.Body == http.NoBody || (r.Method != http.MethodPut && r.Method != http.MethodPost) {
 		return
 	}
+	if cb, ok := r.Body.(*continueBody); ok && !cb.read.Load() {
+		return // the client waits for a 100 Continue: it sent no body yet
+	}
 	if r.ContentLength > maxDrain {
 		return
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"cmp"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -154,7 +155,32 @@ func New(cfg Config, store Blobs) *Server {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Body != nil && r.Body != http.NoBody && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		// Put back before net/http finishes the request: it knows its
+		// own body type (and then neither sends the 100 nor reads a body
+		// it did not ask for).
+		orig := r.Body
+		r.Body = &continueBody{ReadCloser: orig}
+		defer func() { r.Body = orig }()
+	}
+	s.router.ServeHTTP(w, r)
+}
+
+// continueBody is the body of a request sent with "Expect: 100-continue":
+// net/http answers "100 Continue" at its first read. An error answered
+// before that (drainBody) must not read it: the client would be told to
+// send a body only to have it thrown away, and would see the refusal
+// only after sending it (or after drainTime).
+type continueBody struct {
+	io.ReadCloser
+	read atomic.Bool
+}
+
+func (b *continueBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.ReadCloser.Read(p)
+}
 
 // Wait blocks until every request that has entered the server has
 // returned. Call it after http.Server.Shutdown (or Close) and before
