@@ -45,6 +45,14 @@ type Options struct {
 	// in dtfc) from the document, in the same update that records its
 	// reference.
 	RemoveAttachments bool
+	// Replicas, if above 1, has each upload wait until that many replicas
+	// hold the file (?replicas=N), so that with RemoveAttachments an
+	// attachment leaves CouchDB only once the file is on that many disks
+	// (an attachment recorded in dtfc earlier is uploaded again for it).
+	// An upload not on that many in time (504) fails like a dtfc that
+	// fails: retried from the checkpoint (MaxRetries), the attachment
+	// left in its document meanwhile.
+	Replicas int
 	// DryRun reads everything and writes nothing: no upload, no document
 	// update, no checkpoint. Report receives "would move" events.
 	DryRun bool
@@ -678,7 +686,7 @@ func (m *Migrator) plan(ctx context.Context, d *document, uploaded map[string]Re
 	for _, name := range names {
 		s := d.stubs[name]
 		ev := Event{DocID: d.id, Attachment: name, Length: s.Length}
-		if r, ok := d.ref(name); ok && r.matches(s) {
+		if r, ok := d.ref(name); ok && r.matches(s) && !(m.opts.RemoveAttachments && m.opts.Replicas > 1) {
 			present, err := m.present(ctx, r)
 			if err != nil {
 				return nil, err
@@ -799,7 +807,7 @@ func (m *Migrator) upload(ctx context.Context, d *document, name string, s stub)
 		m.mu.Unlock()
 		m.log.Debug("uploading", "db", m.db.name, "doc", d.id, "rev", d.rev, "attachment", name, "length", s.Length, "attempt", attempt)
 		ar := &attachmentReader{ctx: ctx, db: m.db, doc: d.id, rev: d.rev, name: name, stub: s}
-		res, err := m.opts.Store.Put(ctx, ar, client.PutOptions{Filename: filename(name), ContentType: s.ContentType, Size: s.Length})
+		res, err := m.opts.Store.Put(ctx, ar, client.PutOptions{Filename: filename(name), ContentType: s.ContentType, Size: s.Length, Replicas: m.opts.Replicas})
 		ar.Close()
 		if ar.err != nil {
 			// The bytes from CouchDB were at fault, whatever dtfc

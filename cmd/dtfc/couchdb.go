@@ -103,6 +103,7 @@ type couchArgs struct {
 	couch     string
 	dbs       []string
 	remove    bool
+	replicas  int
 	dry       bool
 	batch     int
 	conc      int
@@ -134,6 +135,7 @@ func parseCouchArgs(sub string, args []string, stderr io.Writer) (*couchArgs, er
 	} else {
 		fs.Var(&listflag.List{Into: &a.dbs}, "db", "database to migrate")
 		fs.BoolVar(&a.remove, "remove-attachments", false, "drop each attachment from its document once it is in dtfc (same update)")
+		fs.IntVar(&a.replicas, "replicas", 0, "wait until this many replicas hold each file before recording it (?replicas=N); with --remove-attachments, an attachment leaves CouchDB only then")
 		fs.BoolVar(&a.dry, "dry-run", false, "report what would be done; write nothing")
 		fs.IntVar(&a.batch, "batch", 100, "changes per page of the feed; the checkpoint moves as pages complete")
 		fs.IntVar(&a.conc, "concurrency", 4, "documents migrated at once")
@@ -219,6 +221,7 @@ func (a *couchArgs) migrateOptions(stdout, stderr io.Writer) (couchdb.Options, e
 	opts := couchdb.Options{
 		Store:             dc,
 		RemoveAttachments: a.remove,
+		Replicas:          a.replicas,
 		DryRun:            a.dry,
 		Batch:             a.batch,
 		Concurrency:       a.conc,
