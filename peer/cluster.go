@@ -220,6 +220,13 @@ func New(store Store, opts Options) (*Cluster, error) {
 	if opts.Wall == nil {
 		opts.Wall = time.Now
 	}
+	// An empty secret is no secret (README: as if unset): accepted, it
+	// matched a request without the header; as the one sent, it turned
+	// the check off (TestEmptyClusterSecretEntry).
+	opts.AcceptSecrets = slices.DeleteFunc(slices.Clone(opts.AcceptSecrets), func(s string) bool { return s == "" })
+	if opts.Secret == "" && len(opts.AcceptSecrets) > 0 {
+		opts.Secret = opts.AcceptSecrets[0]
+	}
 	opts.Me = normalizeURL(opts.Me)
 	c := &Cluster{
 		opts:  opts,
@@ -282,7 +289,11 @@ func DefaultHTTPClient(tr *http.Transport) *http.Client {
 	// kept them (their fsync) when the retry comes.
 	tr.ExpectContinueTimeout = 3 * time.Second
 	tr.ForceAttemptHTTP2 = false
-	return &http.Client{Transport: tr}
+	// A redirect is not followed: Go would send it the cluster secret
+	// (a header of the request) wherever it points, plain http or
+	// another host. A peer URL that redirects is a wrong URL; the 3xx
+	// fails the exchange and says so.
+	return &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 func (c *Cluster) isCache() bool { return c.opts.Role == RoleCache }

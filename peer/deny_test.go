@@ -228,7 +228,8 @@ func TestLiftAfterBlockTombstoneForgotten(t *testing.T) {
 	code, body := upload(t, a, "x.bin", data, "")
 	require.Equal(t, http.StatusCreated, code, "%s", body)
 	eventually(t, converge, func() bool { _, ok := a.Store.Denied(id); return ok }, "b's answer brings its block to a")
-	assert.FileExists(t, a.Store.UnconfirmedPath(id), "the upload, newer than the block, is set aside")
+	// (The block's entry is committed before its bytes are moved.)
+	eventually(t, converge, func() bool { return fileThere(a.Store.UnconfirmedPath(id)) }, "the upload, newer than the block, is set aside")
 
 	// The block holds for longer than the retention: its tombstone,
 	// acknowledged by b, is forgotten on a (the block itself stays).

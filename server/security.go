@@ -41,6 +41,12 @@ func (s *Server) SetTokens(write, read []string) {
 	s.tokens.Store(&tokens{write: toBytes(write), read: toBytes(read)})
 }
 
+// tokensSet reports whether a write or read token is in force.
+func (s *Server) tokensSet() bool {
+	t := s.tokens.Load()
+	return t != nil && (len(t.write) > 0 || len(t.read) > 0)
+}
+
 // bearer extracts the token of an "Authorization: Bearer <token>" header.
 func bearer(r *http.Request) ([]byte, bool) {
 	const prefix = "Bearer "

@@ -100,6 +100,14 @@ type Config struct {
 	// that has no cluster secret: those routes take states and blobs
 	// without any token.
 	NoInternal bool
+	// InternalUnguarded says the node-to-node routes have no guard of
+	// their own: no cluster secret, and no peer list or join (nothing
+	// outside needs them). Then they are not served (404) while a write
+	// or read token is set, tokens set by SetTokens (a SIGHUP) included:
+	// decided once at the start, they stayed open, without token or
+	// secret, after a reload added tokens
+	// (TestTokensSetBySIGHUPHideInternal).
+	InternalUnguarded bool
 }
 
 // Server is dtfc's HTTP API over a local store and, optionally, a cluster.
@@ -244,7 +252,14 @@ func (s *Server) routes() chi.Router {
 		r.Get("/{id}/ffmetadata", s.ffmetadata)
 	})
 	if c := s.cfg.Cluster; c != nil && !s.cfg.NoInternal {
-		r.Mount(peer.InternalPrefix, c.InternalHandler())
+		internal := c.InternalHandler()
+		r.Mount(peer.InternalPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s.cfg.InternalUnguarded && s.tokensSet() {
+				s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "not found"))
+				return
+			}
+			internal.ServeHTTP(w, r)
+		}))
 	}
 	return r
 }

@@ -146,7 +146,7 @@ func loadTLS(c Config, log *slog.Logger) (*tlsreload.Reloader, error) {
 func newCluster(c Config, store *blobstore.Store, tlsr *tlsreload.Reloader, log *slog.Logger, reg *prometheus.Registry, wall func() time.Time) (*peer.Cluster, error) {
 	peerClient := peer.DefaultHTTPClient(nil)
 	if tlsr != nil {
-		peerClient.Transport.(*http.Transport).TLSClientConfig = tlsr.ClientConfig()
+		tlsr.UseFor(peerClient.Transport.(*http.Transport), nil)
 	}
 	return peer.New(store, peer.Options{
 		Me:                  c.Me,
@@ -194,6 +194,7 @@ func newAPI(c Config, store *blobstore.Store, cluster *peer.Cluster, proxies []n
 		Registry:            reg,
 		Cluster:             cluster,
 		NoInternal:          c.internalHidden(),
+		InternalUnguarded:   !anySet(c.ClusterSecret) && c.Peerlist == "" && len(c.Join) == 0,
 	}, store)
 }
 
@@ -287,9 +288,13 @@ const maxStreams = 100
 
 // scrubInterval maps the config's "0 = never" to the peer package's
 // "negative disables".
+// first is the first entry of l that is set ("" if none: an empty entry
+// is as if unset).
 func first(l StringList) string {
-	if len(l) == 0 {
-		return ""
+	for _, s := range l {
+		if s != "" {
+			return s
+		}
 	}
-	return l[0]
+	return ""
 }

@@ -5,11 +5,14 @@
 package tlsreload
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -173,11 +176,57 @@ func (r *Reloader) ServerConfig() *tls.Config {
 	return base
 }
 
-// ClientConfig is the configuration for connections to peers: their
-// certificates verified against the current CA bundle (or the system
-// roots), this node's client certificate presented when configured.
-func (r *Reloader) ClientConfig() *tls.Config {
+// UseFor makes tr's HTTPS connections to peers check each peer's
+// certificate against the current CA bundle (or the system roots) and the
+// host it dialled, and present this node's client certificate when
+// configured. dial makes the TCP connection (tr.DialContext if nil).
+//
+// The handshake is made in tr.DialTLSContext with the dialled host as the
+// name to check: crypto/tls sends no SNI for an IP address, so the
+// ConnectionState a verification callback sees names no host, and a peer
+// listed by address (https://10.0.0.2:8443) was taken with a certificate
+// for any name the CA signed (TestPeerTLSChecksIPAddress). tr's
+// TLSClientConfig still serves connections through a proxy; it refuses a
+// peer it cannot name.
+func (r *Reloader) UseFor(tr *http.Transport, dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	if dial == nil {
+		dial = tr.DialContext
+	}
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	tr.TLSClientConfig = r.clientConfig("")
+	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		defer cancel()
+		c := tls.Client(raw, r.clientConfig(host))
+		if err := c.HandshakeContext(hctx); err != nil {
+			raw.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+// handshakeTimeout bounds a TLS handshake with a peer (what
+// http.Transport's TLSHandshakeTimeout would, which DialTLSContext
+// replaces).
+const handshakeTimeout = 10 * time.Second
+
+// clientConfig is the configuration for a connection to peer host (""
+// for whatever name the connection says it is for: none, for an IP
+// address, is refused).
+func (r *Reloader) clientConfig(host string) *tls.Config {
 	return &tls.Config{
+		ServerName: host,
 		MinVersion: tls.VersionTLS12,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			_, client, _ := r.current()
@@ -194,8 +243,15 @@ func (r *Reloader) ClientConfig() *tls.Config {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("tls: peer sent no certificate")
 			}
+			name := host
+			if name == "" {
+				name = cs.ServerName
+			}
+			if name == "" {
+				return errors.New("tls: no host name to check the peer's certificate against")
+			}
 			opts := x509.VerifyOptions{
-				DNSName:       cs.ServerName,
+				DNSName:       name,
 				Roots:         pool, // nil: the system roots
 				Intermediates: x509.NewCertPool(),
 			}
