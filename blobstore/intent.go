@@ -187,10 +187,14 @@ func (s *Store) intentsLoop() {
 }
 
 // sweepIntents drops the intents whose change is done: checked under the
-// ID's lock, the record is live or no file is left in blobs/. One whose
-// file is still there (its removal failed) stays for the next unclean
-// start. An intent recorded again meanwhile (a new sequence number) is
-// kept.
+// ID's lock, the record is live or no file is left in blobs/. A file
+// still there under a dead record (its removal failed after the commit:
+// a transient fault) is removed now. Left there, nothing else removed
+// it: a delete pushed again is stale, a clean Close dropped the intent,
+// and every later placement of the same bytes failed to link into its
+// path (TestFailedUnlinkOfAppliedDelete). One whose removal fails again
+// stays, for the next sweep or the next start. An intent recorded again
+// meanwhile (a new sequence number) is kept.
 func (s *Store) sweepIntents() error {
 	leave, err := s.enter()
 	if err != nil {
@@ -219,10 +223,17 @@ func (s *Store) sweepIntents() error {
 		return err
 	}
 	done := todo[:0]
+	r := &reconciler{s: s}
 	for _, it := range todo {
 		unlock := s.locks.lock(it.id)
 		rec, ok, err := s.record(it.id)
-		settled := err == nil && ((ok && !rec.Deleted && !rec.Evicted) || !s.fileExists(it.id))
+		live := ok && !rec.Deleted && !rec.Evicted
+		if err == nil && !live {
+			if ferr := r.finish(it.id); ferr != nil {
+				s.log.Warn("a dead blob's file is still in blobs/; finishing its removal failed again", "id", it.id.String(), "err", ferr)
+			}
+		}
+		settled := err == nil && (live || !s.fileExists(it.id))
 		unlock()
 		if settled {
 			done = append(done, it)
@@ -242,4 +253,61 @@ func (s *Store) sweepIntents() error {
 		}
 		return nil
 	})
+}
+
+// finish does what an unclean start does with id's file, if one is in
+// blobs/ (reconciler.blobFile): under a dead record, removed, or moved to
+// unconfirmed/ where a block's set-aside says it belongs; without a
+// record, verified and set aside, never deleted. The caller holds id's
+// lock, or nothing is in flight.
+func (r *reconciler) finish(id dtfc.ID) error {
+	path := r.s.Path(id)
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.buf == nil {
+		r.buf = make([]byte, 1<<20)
+	}
+	return r.blobFile(path, fs.FileInfoToDirEntry(fi))
+}
+
+// unfinishedIntents, for Close (nothing in flight, no lock needed),
+// finishes the change of each intent whose record is dead and whose file
+// is still in blobs/ (reconciler.finish), and returns the IDs whose file
+// is still there after that: their intents must outlive the close.
+func (s *Store) unfinishedIntents() ([]dtfc.ID, error) {
+	var ids []dtfc.ID
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIntents).ForEach(func(k, _ []byte) error {
+			var id dtfc.ID
+			if len(k) == len(id) {
+				copy(id[:], k)
+				ids = append(ids, id)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	var keep []dtfc.ID
+	r := &reconciler{s: s}
+	for _, id := range ids {
+		rec, ok, err := s.record(id)
+		if err != nil {
+			return nil, err
+		}
+		if (ok && !rec.Deleted && !rec.Evicted) || !s.fileExists(id) {
+			continue
+		}
+		if err := r.finish(id); err != nil || s.fileExists(id) {
+			s.log.Warn("a dead blob's file is still in blobs/; finishing its removal failed again, left for the next start", "id", id.String(), "err", err)
+			keep = append(keep, id)
+		}
+	}
+	return keep, nil
 }

@@ -91,7 +91,8 @@ func TestUncleanStartChecksInFlight(t *testing.T) {
 }
 
 // TestIntentsSwept: the intents of changes that are done are dropped
-// while the store runs; a clean Close drops the rest.
+// while the store runs; one whose file is still there is finished (the
+// file removed) and dropped; a clean Close drops the rest.
 func TestIntentsSwept(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
@@ -112,7 +113,7 @@ func TestIntentsSwept(t *testing.T) {
 	require.NoError(t, s.sweepIntents())
 	assert.Zero(t, count(), "done: dropped")
 
-	// One whose unlink did not happen (the file put back) stays.
+	// One whose unlink did not happen (the file put back) is finished.
 	st := putBytes(t, s, blobBytes(20, 100), Upload{}).State
 	data, err := os.ReadFile(s.Path(st.ID))
 	require.NoError(t, err)
@@ -120,7 +121,13 @@ func TestIntentsSwept(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(s.Path(st.ID), data, 0o644))
 	require.NoError(t, s.sweepIntents())
-	assert.Equal(t, 1, count(), "not done: kept for the next unclean start")
+	assert.Zero(t, count(), "finished: dropped")
+	assert.False(t, s.fileExists(st.ID), "the dead blob's file removed")
+	for i := range 3 {
+		st := putBytes(t, s, blobBytes(30+i, 100), Upload{}).State
+		_, err := s.Delete(st.ID, false)
+		require.NoError(t, err)
+	}
 	require.NoError(t, s.Close())
 	s, err = Open(dir, Options{})
 	require.NoError(t, err)

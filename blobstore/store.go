@@ -710,14 +710,25 @@ func (s *Store) Close() error {
 	<-s.stopped
 	<-s.intentsDone
 	err := s.flushAccess()
-	err = errors.Join(err, s.db.Update(func(tx *bolt.Tx) error {
+	keep, kerr := s.unfinishedIntents()
+	err = errors.Join(err, kerr, s.db.Update(func(tx *bolt.Tx) error {
 		// Nothing is in flight (Close waited for every operation): the
-		// intents go with the clean mark.
+		// intents go with the clean mark, but for a file whose removal
+		// failed again: its intent stays, for the next start.
 		if err := tx.DeleteBucket(bucketIntents); err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucket(bucketIntents); err != nil {
+		b, err := tx.CreateBucket(bucketIntents)
+		if err != nil {
 			return err
+		}
+		for _, id := range keep {
+			if err := b.Put(id[:], u64(1)); err != nil {
+				return err
+			}
+		}
+		if kerr != nil || len(keep) > 0 {
+			return tx.Bucket(bucketSys).Put(keyClean, []byte(markIntents))
 		}
 		return tx.Bucket(bucketSys).Put(keyClean, []byte(markClean))
 	}))
