@@ -95,6 +95,9 @@ func New(urls []string, opts Options) (*Client, error) {
 // retryable reports whether another node may succeed where this one
 // failed: it could not be reached, or it failed on its side.
 func retryable(err error) bool {
+	if errors.As(err, new(final)) {
+		return false
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		return e.StatusCode >= 500
@@ -226,23 +229,43 @@ func (c *Client) Put(ctx context.Context, r io.Reader, opts PutOptions) (PutResu
 		attempt++
 		var err error
 		res, err = c.putOnce(ctx, base, r, opts)
+		var e *Error
+		if opts.Replicas > 1 && errors.As(err, &e) && e.StatusCode == http.StatusGatewayTimeout {
+			// The file is stored and still replicating: sent to the next
+			// node, it would only wait there again.
+			return final{err}
+		}
 		return err
 	})
+	var f final
+	if errors.As(err, &f) {
+		err = f.error
+	}
 	return res, err
 }
 
+// final is an error each does not try another node for.
+type final struct{ error }
+
+func (f final) Unwrap() error { return f.error }
+
 func (c *Client) putOnce(ctx context.Context, base string, r io.Reader, opts PutOptions) (PutResult, error) {
 	body := newHashingReader(r)
-	u := base + "/"
-	method := http.MethodPost
+	// POST with the filename as a query parameter, not PUT /<filename>:
+	// as a path, a name beginning with "_" is a reserved route, and one
+	// of 128 hex digits is taken for the expected ID.
+	q := url.Values{}
 	if opts.Filename != "" {
-		method = http.MethodPut
-		u = base + "/" + url.PathEscape(opts.Filename)
+		q.Set("filename", opts.Filename)
 	}
 	if opts.Replicas > 1 {
-		u += "?replicas=" + strconv.Itoa(opts.Replicas)
+		q.Set("replicas", strconv.Itoa(opts.Replicas))
 	}
-	req, err := c.request(ctx, method, u, body)
+	u := base + "/"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := c.request(ctx, http.MethodPost, u, body)
 	if err != nil {
 		return PutResult{}, err
 	}

@@ -406,3 +406,36 @@ func TestContextCancelStops(t *testing.T) {
 	assert.Less(t, time.Since(start), 5*time.Second)
 	assert.True(t, errors.Is(err, context.DeadlineExceeded))
 }
+
+// TestPutReplicasTimeoutIsFinal: a 504 to ?replicas=N means the file is
+// stored and still replicating: the upload is not sent to the next node,
+// where it would only wait again (found by a review helper); a 504
+// without replicas is retried there as before.
+func TestPutReplicasTimeoutIsFinal(t *testing.T) {
+	var second atomic.Int32
+	first := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusGatewayTimeout)
+		io.WriteString(w, `{"error":"not enough replicas confirmed in time; the file is stored and still replicating"}`)
+	}))
+	defer first.Close()
+	next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		second.Add(1)
+		http.Error(w, "unused", http.StatusInternalServerError)
+	}))
+	defer next.Close()
+	c, err := client.New([]string{first.URL, next.URL}, client.Options{})
+	require.NoError(t, err)
+
+	_, err = c.Put(t.Context(), strings.NewReader("stored, replicating"), client.PutOptions{Replicas: 2})
+	var e *client.Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, http.StatusGatewayTimeout, e.StatusCode)
+	assert.Zero(t, second.Load(), "sent again to the next node")
+
+	_, err = c.Put(t.Context(), strings.NewReader("no replicas asked"), client.PutOptions{})
+	require.Error(t, err)
+	assert.EqualValues(t, 1, second.Load(), "a 504 without replicas goes on to the next node")
+}

@@ -98,6 +98,11 @@ func (s *Server) parseUpload(r *http.Request) (upload, error) {
 	up := upload{ctype: r.Header.Get("Content-Type")}
 	if r.Method == http.MethodPut {
 		name := strings.TrimPrefix(r.URL.Path, "/")
+		if strings.HasPrefix(name, "_") {
+			// The path's rule (API.md); a filename given as metadata
+			// (POST) may begin with "_".
+			return up, httpstatus.Errorf(http.StatusBadRequest, "paths beginning with _ are reserved for the API; nothing was stored (POST / with ?filename= records such a name)")
+		}
 		if dtfc.LooksLikeID(name) {
 			up.expected, _ = dtfc.ParseID(name)
 		} else {
@@ -257,8 +262,6 @@ func firstFilePart(mr *multipart.Reader) (*multipart.Part, error) {
 // metadata (never a path on disk), but it is echoed in headers and JSON.
 func checkFilename(name string) error {
 	switch {
-	case strings.HasPrefix(name, "_"):
-		return httpstatus.Errorf(http.StatusBadRequest, "paths beginning with _ are reserved for the API; nothing was stored")
 	case len(name) > maxFilenameLen:
 		return httpstatus.Errorf(http.StatusBadRequest, "filename longer than %d bytes", maxFilenameLen)
 	case !utf8.ValidString(name):

@@ -334,6 +334,10 @@ class Client:
         conn = node.connect(self.timeout, self._ssl)
         try:
             resp = self._send_upload(conn, node.prefix + path, body, headers)
+            if resp.status == 504 and "replicas=" in path:
+                # Stored and still replicating: sent to the next node, it
+                # would only wait there again.
+                raise _answer_error(url, resp)
             if resp.status >= 500:
                 raise _Retry(_answer_error(url, resp))
             if resp.status not in (200, 201):

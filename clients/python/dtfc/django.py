@@ -11,7 +11,15 @@ win):
   rather than in a field's storage=, where migrations would copy it;
 - base_url: where browsers fetch files (url(name) is base_url + "/" +
   name); default the first of urls;
-- timeout: seconds for each socket operation (default 30).
+- timeout: seconds for each socket operation (default 30);
+- delete: whether delete(name) deletes the blob throughout the cluster
+  (default False: it does nothing). A name is its content's ID, so every
+  file saved with the same bytes, by any record, shares it: deleted for
+  one record (FieldFile.delete, the admin's "clear", django-cleanup), it
+  would be gone for all. Set it only where each blob is referenced once;
+  otherwise collect unreferenced blobs from the references themselves
+  (GET /_blobs lists each blob with its upload time; a DELETE with
+  If-Unmodified-Since keeps one uploaded again since).
 
 Django 4.2 and later::
 
@@ -44,15 +52,15 @@ __all__ = ["DtfcStorage"]
 # ID_LENGTH is the length of every name this storage gives a file.
 ID_LENGTH = 128
 
-_OPTIONS = ("urls", "token", "base_url", "timeout")
+_OPTIONS = ("urls", "token", "base_url", "timeout", "delete")
 
 
 @deconstructible
 class DtfcStorage(Storage):
     """DtfcStorage stores files in dtfc; a file's name is its blob ID."""
 
-    def __init__(self, urls=None, token=None, base_url=None, timeout=None):
-        self._given = {"urls": urls, "token": token, "base_url": base_url, "timeout": timeout}
+    def __init__(self, urls=None, token=None, base_url=None, timeout=None, delete=None):
+        self._given = {"urls": urls, "token": token, "base_url": base_url, "timeout": timeout, "delete": delete}
         self._client = None
         self._client_key = None
 
@@ -112,7 +120,7 @@ class DtfcStorage(Storage):
             content.seek(0)
         except (AttributeError, OSError, ValueError):
             pass  # not seekable: sent from where it is (and not re-sent to another node)
-        filename = os.path.basename(name or "") or None
+        filename = _fit_filename(os.path.basename(name or "")) or None
         res = self.client.put(content, filename=filename, content_type=getattr(content, "content_type", None))
         return res["sha512"]
 
@@ -122,11 +130,13 @@ class DtfcStorage(Storage):
         if any(c in mode for c in "wax+"):
             raise ValueError("DtfcStorage files are read-only (mode %r): save new content with save()" % mode)
         self._check_name(name)
+        return _DtfcFile(self._reader(name), name, self)
+
+    def _reader(self, name):
         try:
-            reader = self.client.open(name)
+            return self.client.open(name)
         except dtfc.NotFound as e:
             raise FileNotFoundError("dtfc: no node holds %s" % name) from e
-        return File(reader, name=name)
 
     def exists(self, name):
         if not dtfc.is_id(name):
@@ -150,6 +160,8 @@ class DtfcStorage(Storage):
             raise ValueError("The name must be given to delete().")
         if not dtfc.is_id(name):
             return  # no file of this storage has such a name
+        if not self._option("delete"):
+            return  # shared by every file of the same content: see the module's doc
         try:
             self.client.delete(name)
         except dtfc.NotFound:
@@ -158,3 +170,42 @@ class DtfcStorage(Storage):
     def _check_name(self, name):
         if not dtfc.is_id(name):
             raise ValueError("DtfcStorage: %r is not a dtfc name (a 128-hex SHA-512 ID)" % (name,))
+
+
+# MAX_FILENAME_BYTES is the longest filename (UTF-8) a node records.
+MAX_FILENAME_BYTES = 255
+
+
+def _fit_filename(name):
+    """_fit_filename cuts name to what a node records (255 bytes of UTF-8),
+    keeping its extension, which chooses the Content-Type: the filename is
+    only metadata, and a save must not fail for it (a form's max_length
+    counts characters, and 100 CJK ones are 300 bytes)."""
+    if len(name.encode("utf-8")) <= MAX_FILENAME_BYTES:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode("utf-8")) > 32:
+        stem, ext = name, ""
+    room = MAX_FILENAME_BYTES - len(ext.encode("utf-8"))
+    return stem.encode("utf-8")[:room].decode("utf-8", "ignore") + ext
+
+
+class _DtfcFile(File):
+    """A blob read from dtfc. Its stream reads once, forward only: open()
+    (FieldFile.open, again, or after a read) reads it again from the
+    cluster, where django's File would look for a local file named by the
+    ID (and raise "The file cannot be reopened", or open such a file
+    unverified)."""
+
+    def __init__(self, reader, name, storage):
+        super().__init__(reader, name=name)
+        self._storage = storage
+
+    def open(self, mode=None):
+        if mode and any(c in mode for c in "wax+"):
+            raise ValueError("DtfcStorage files are read-only (mode %r): save new content with save()" % mode)
+        if not self.closed:
+            self.file.close()
+        self.file = self._storage._reader(self.name)
+        return self
+

@@ -81,14 +81,17 @@ def test_storage(node):
     with pytest.raises(ValueError, match="read-only"):
         s.open(name, "wb")
 
-    s.delete(name)
+    s.delete(name)  # by default a no-op: a name is shared by every file of its content
+    assert s.exists(name)
+    deleting = DtfcStorage(urls=[node.url], delete=True)
+    deleting.delete(name)
     assert not s.exists(name)
     with pytest.raises(FileNotFoundError):
         s.open(name)
     with pytest.raises(FileNotFoundError):
         s.size(name)
-    s.delete(sha(b"never stored"))  # a 404 is ignored
-    s.delete("not-an-id")
+    deleting.delete(sha(b"never stored"))  # a 404 is ignored
+    deleting.delete("not-an-id")
 
 
 def test_file_field(node):
@@ -109,8 +112,14 @@ def test_file_field(node):
         again.file.save("copy.jpg", ContentFile(data), save=False)
         assert again.file.name == doc.file.name
 
+        # The two share one name: deleting the file of one keeps the
+        # other's (delete is off by default).
         doc.file.delete(save=False)
-        assert not storage.exists(sha(data))
+        assert storage.exists(again.file.name)
+        with again.file.open("rb") as f:
+            assert f.read() == data
+        with again.file.open("rb") as f:  # opened again: read again
+            assert f.read() == data
 
 
 def test_max_length_too_short(node):
@@ -139,7 +148,7 @@ def test_settings_and_deconstruct(node):
         with pytest.raises(ImproperlyConfigured, match="unknown key"):
             DtfcStorage().exists(name)
 
-    conf = {"urls": node.url, "base_url": BASE}
+    conf = {"urls": node.url, "base_url": BASE, "delete": True}
     if django.VERSION >= (4, 2):
         from django.core.files.storage import StorageHandler
 
