@@ -20,6 +20,8 @@ only if its body can be sent again (a path, a seekable file, bytes, or a
 stream of which nothing was read yet).
 """
 
+import datetime
+import email.utils
 import hashlib
 import http.client
 import io
@@ -243,11 +245,11 @@ class Client:
             raise _Retry(err)
         return conn, resp
 
-    def _json(self, method, path, ok=(200,)):
+    def _json(self, method, path, ok=(200,), headers=None):
         """_json sends a body-less request and decodes its JSON answer."""
 
         def attempt(node):
-            conn, resp = self._request(node, method, path)
+            conn, resp = self._request(node, method, path, headers)
             try:
                 if resp.status not in ok:
                     raise _answer_error(node.url + path, resp)
@@ -496,11 +498,24 @@ class Client:
 
         return self._each(attempt)
 
-    def delete(self, blob_id):
+    def delete(self, blob_id, unmodified_since=None):
         """delete deletes the blob on every node and returns the node's
         answer ({"sha512": ID, "deleted": True}). Raises NotFound if no
-        node knows the ID."""
-        return self._json("DELETE", "/" + _check_id(blob_id))
+        node knows the ID.
+
+        unmodified_since (a datetime, naive taken as UTC, or a Unix time)
+        makes it conditional (If-Unmodified-Since): the node deletes only
+        a blob it holds and has not had uploaded after that second, as a
+        listing's "uploaded" says; otherwise HTTPError with status 412 and
+        nothing deleted (NotFound if that node does not hold it)."""
+        headers = None
+        if unmodified_since is not None:
+            if isinstance(unmodified_since, datetime.datetime):
+                if unmodified_since.tzinfo is None:
+                    unmodified_since = unmodified_since.replace(tzinfo=datetime.timezone.utc)
+                unmodified_since = unmodified_since.timestamp()
+            headers = {"If-Unmodified-Since": email.utils.formatdate(unmodified_since, usegmt=True)}
+        return self._json("DELETE", "/" + _check_id(blob_id), headers=headers)
 
     def status(self):
         """status returns a node's /_status document (node, role, blobs,

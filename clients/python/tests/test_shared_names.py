@@ -156,3 +156,19 @@ def test_put_504_for_replicas_is_not_sent_again(stub):
         c.put(b"a file that needs two replicas", filename="x.bin", replicas=2)
     assert e.value.status == 504
     assert second.requests == [], "the upload was sent again to the next node after a 504"
+
+
+def test_delete_unmodified_since(node):
+    """A conditional delete (unmodified_since) keeps a blob uploaded after
+    that time (412), and deletes one that was not."""
+    import time
+
+    c = dtfc.Client(node.url)
+    data = b"collected only if nobody uploaded it again\n"
+    c.put(data, filename="old.txt")
+    with pytest.raises(dtfc.HTTPError) as e:
+        c.delete(sha(data), unmodified_since=time.time() - 3600)
+    assert e.value.status == 412
+    assert c.stat(sha(data)) is not None
+    assert c.delete(sha(data), unmodified_since=time.time() + 2)["deleted"] is True
+    assert c.stat(sha(data)) is None
