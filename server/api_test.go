@@ -623,6 +623,22 @@ func TestBadAndUnknownIDs(t *testing.T) {
 	}
 }
 
+// TestUnknownRoutesAndMethods: an unknown route beginning with "_" is
+// 404 and a method a route does not take is 405, as the README says, not
+// "malformed ID" (400) from the routes of /{id}, which matched them
+// (found by a review helper).
+func TestUnknownRoutesAndMethods(t *testing.T) {
+	n := startNode(t, server.Config{})
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodDelete} {
+		requireError(t, n.do(t, m, "/_nothing", nil), http.StatusNotFound, m)
+	}
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		a := n.do(t, m, "/refreshpeers", nil)
+		requireError(t, a, http.StatusMethodNotAllowed)
+		assert.Equal(t, http.MethodPut, a.header.Get("Allow"))
+	}
+}
+
 func TestDelete(t *testing.T) {
 	n := startNode(t, server.Config{})
 	data := []byte("to be deleted")

@@ -91,10 +91,21 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 	b.Wait(ctx)
 }
 
+// idParam parses the {id} of the route. A segment beginning with "_" is
+// no ID but a route of the API this node does not have (README: unknown
+// routes answer 404), not a malformed ID (400).
+func idParam(r *http.Request) (dtfc.ID, error) {
+	p := chi.URLParam(r, "id")
+	if strings.HasPrefix(p, "_") {
+		return dtfc.ID{}, httpstatus.Errorf(http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path)
+	}
+	return dtfc.ParseID(p)
+}
+
 // readableID parses the {id} of a read and checks that it is not
 // blocked; on false the error was answered.
 func (s *Server) readableID(w http.ResponseWriter, r *http.Request) (dtfc.ID, bool) {
-	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
+	id, err := idParam(r)
 	if err == nil {
 		err = s.checkDenied(id, false)
 	}
@@ -266,7 +277,7 @@ func (s *Server) largeFrontHit(w http.ResponseWriter, r *http.Request, front, pr
 
 // frontState answers a front's "state" question (see HeaderFront).
 func (s *Server) frontState(w http.ResponseWriter, r *http.Request) {
-	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
+	id, err := idParam(r)
 	if err == nil {
 		err = s.checkDenied(id, false)
 	}
@@ -400,7 +411,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, b *peer.Blob)
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
-	id, err := dtfc.ParseID(chi.URLParam(r, "id"))
+	id, err := idParam(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -214,6 +214,16 @@ func (s *Server) routes() chi.Router {
 	}
 	getHead(r, "/health", s.health)
 	getHead(r, "/health.html", s.health)
+	// Other methods on the routes that take PUT only: 405, where the
+	// routes of /{id} would take them for a malformed ID (400).
+	for _, p := range []string{"/refreshpeers", "/refreshpeers.html"} {
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete} {
+			r.Method(m, p, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Allow", http.MethodPut)
+				s.writeError(w, r, httpstatus.Errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s (PUT)", r.Method, r.URL.Path))
+			}))
+		}
+	}
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireStatus)
 		getHead(r, "/_status", s.status)
