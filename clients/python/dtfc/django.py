@@ -141,7 +141,12 @@ class DtfcStorage(Storage):
     def exists(self, name):
         if not dtfc.is_id(name):
             return False
-        return self.client.stat(name) is not None
+        try:
+            return self.client.stat(name) is not None
+        except dtfc.HTTPError as e:
+            if e.status in (403, 451):
+                return False  # blocked (the deny list): no file to read
+            raise
 
     def size(self, name):
         self._check_name(name)

@@ -172,3 +172,23 @@ def test_delete_unmodified_since(node):
     assert c.stat(sha(data)) is not None
     assert c.delete(sha(data), unmodified_since=time.time() + 2)["deleted"] is True
     assert c.stat(sha(data)) is None
+
+
+def test_exists_of_a_blocked_file(node):
+    """exists() of a blocked ID (the deny list: 451) is False, not an
+    HTTPError: there is no file to read."""
+    import urllib.request
+
+    data = b"taken down\n"
+    s = DtfcStorage(urls=[node.url])
+    name = s.save("down.txt", ContentFile(data))
+    assert s.exists(name)
+    req = urllib.request.Request(
+        node.url + "/_deny/" + name,
+        data=json.dumps({"status": 451, "reason": "test"}).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    assert s.exists(name) is False
