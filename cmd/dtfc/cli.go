@@ -150,6 +150,15 @@ func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	if *out != "" && *out != "-" {
+		// Checked before the download, not found at its end.
+		if fi, err := os.Stat(*out); err == nil && fi.IsDir() {
+			return fmt.Errorf("-o %s is a directory: name the file to write", *out)
+		}
+		if fi, err := os.Stat(filepath.Dir(*out)); err != nil || !fi.IsDir() {
+			return fmt.Errorf("-o %s: the directory %s does not exist", *out, filepath.Dir(*out))
+		}
+	}
 	c, err := mk()
 	if err != nil {
 		return err
@@ -212,6 +221,9 @@ func cmdRm(ctx context.Context, args []string, stdout io.Writer) error {
 		id, err := dtfc.ParseID(s)
 		if err == nil {
 			err = c.Delete(ctx, id)
+		}
+		if errors.Is(err, client.ErrNotFound) {
+			err = errors.New("not found on the node or any peer it reached")
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s, err))

@@ -32,3 +32,30 @@ func TestPutRecordsAnyFileName(t *testing.T) {
 		})
 	}
 }
+
+// TestGetAndRmSayWhatIsWrong: `dtfc get -o DIR` is refused before the
+// download (it failed at the end, naming its temp file), and `dtfc rm` of
+// an unknown ID says so once (it printed the ID three times).
+func TestGetAndRmSayWhatIsWrong(t *testing.T) {
+	srv := startServer(t, filepath.Join(t.TempDir(), "data"))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f.txt")
+	data := []byte("get me\n")
+	require.NoError(t, os.WriteFile(path, data, 0o644))
+	out, _, code := cli(t, nil, "put", "--server", srv.url, path)
+	require.Equal(t, 0, code)
+	id := strings.TrimSpace(out)
+
+	_, errOut, code := cli(t, nil, "get", "--server", srv.url, "-o", dir, id)
+	assert.NotZero(t, code)
+	assert.Contains(t, errOut, "is a directory")
+	_, errOut, code = cli(t, nil, "get", "--server", srv.url, "-o", filepath.Join(dir, "no", "x"), id)
+	assert.NotZero(t, code)
+	assert.Contains(t, errOut, "does not exist")
+
+	unknown := sum([]byte("never uploaded"))
+	_, errOut, code = cli(t, nil, "rm", "--server", srv.url, unknown)
+	assert.NotZero(t, code)
+	assert.Equal(t, 1, strings.Count(errOut, unknown), "stderr: %s", errOut)
+	assert.Contains(t, errOut, "not found")
+}
