@@ -418,19 +418,7 @@ func (v *verifier) Read(p []byte) (int, error) {
 func (v *verifier) Close() error { return v.rc.Close() }
 
 // Delete deletes id throughout the cluster.
-func (c *Client) Delete(ctx context.Context, id dtfc.ID) error {
-	return c.each(ctx, func(base string) error {
-		resp, err := c.do(ctx, http.MethodDelete, base+"/"+id.String(), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return answerError(resp)
-		}
-		return nil
-	})
-}
+func (c *Client) Delete(ctx context.Context, id dtfc.ID) error { return c.delete(ctx, id, "") }
 
 // DeleteUnmodifiedSince deletes id throughout the cluster, on the
 // condition that the node that takes the delete holds id and has not
@@ -441,12 +429,19 @@ func (c *Client) Delete(ctx context.Context, id dtfc.ID) error {
 // delete: ErrModified if it fails, ErrNotFound if the node holds no live
 // record of id (it asks no peer).
 func (c *Client) DeleteUnmodifiedSince(ctx context.Context, id dtfc.ID, since time.Time) error {
+	return c.delete(ctx, id, since.UTC().Format(http.TimeFormat))
+}
+
+// delete sends DELETE /id, with If-Unmodified-Since: since unless it is "".
+func (c *Client) delete(ctx context.Context, id dtfc.ID, since string) error {
 	return c.each(ctx, func(base string) error {
 		req, err := c.request(ctx, http.MethodDelete, base+"/"+id.String(), nil)
 		if err != nil {
 			return err
 		}
-		req.Header.Set("If-Unmodified-Since", since.UTC().Format(http.TimeFormat))
+		if since != "" {
+			req.Header.Set("If-Unmodified-Since", since)
+		}
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return err
