@@ -106,6 +106,22 @@ func (s *Store) CheckClock(id dtfc.ID, c dtfc.Timestamp) error {
 	return nil
 }
 
+// SeenRemote is told of a state of id a peer holds that this node acts
+// on without taking it (a DELETE of an ID only a peer knows: the delete
+// is recorded here): its clock is observed, as taking it would, so that
+// the change made next is dated after it; one too far ahead is kept as a
+// refused one is, for afterAhead to wait for. Without it, a node whose
+// clock ran behind the uploader's dated the delete before the upload it
+// had seen, and the upload, arriving later, undid the acknowledged delete
+// (TestDeleteOfUploadSeenOnlyAtAPeer).
+func (s *Store) SeenRemote(id dtfc.ID, c dtfc.Timestamp) {
+	if err := s.checkClock(c); err != nil {
+		_ = s.noteAhead(id, err)
+		return
+	}
+	s.clock.Observe(c)
+}
+
 // afterAhead makes a change of id about to be made here (an upload, a
 // delete, a block or a lift) dated after a state or deny entry of id
 // refused as too far ahead: it waits until that clock is within

@@ -994,3 +994,55 @@ func TestExpiredBeforeIdentified(t *testing.T) {
 	assertNowhere(t, c, xID)
 	assertEveryReplica(t, c, yID, 60<<10)
 }
+
+// TestDeleteOfUploadSeenOnlyAtAPeer: node 0's clock runs 5 s ahead, well
+// within max_clock_offset (30 s). A file is uploaded through node 0 while
+// node 0 cannot push to node 1 (the link 0->1 cut: the upload "still in
+// flight", API.md's DELETE). A client then deletes it through node 1:
+// node 1 has no record, asks node 0 (link 1->0 is up), learns of the
+// upload and records a tombstone (200). That delete was made after the
+// upload, and node 1 saw the upload's state before it made it, yet it is
+// was dated by node 1's own clock, before the upload's, and once the link
+// healed the upload won everywhere: the acknowledged delete undone (found
+// by a review helper). Node 1 now observes the clock of the state it saw.
+func TestDeleteOfUploadSeenOnlyAtAPeer(t *testing.T) {
+	const skew = 5 * time.Second
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Args: []string{
+		"--max-clock-offset", "30s",
+		// No anti-entropy round pulls the upload into node 1 meanwhile
+		// (the start-up round is over once the nodes answer).
+		"--anti-entropy-interval", "1h",
+	}})
+	hc := newClient(t)
+	upload(t, hc, c.Nodes[0].URL, "warm", randomBytes(100))
+	c.WaitConverged(t, converge)
+
+	c.Cut(0, 1)
+	c.Nodes[0].SetClock(skew)
+	eventually(t, converge, "an upload to node 0 is dated ahead", func() bool {
+		_, pid := upload(t, hc, c.Nodes[0].URL, "probe", randomBytes(100))
+		_, st := stateOf(t, c, hc, 0, pid)
+		return st.Clock >= clockAt(time.Now().Add(skew-time.Second))
+	})
+
+	data := randomBytes(3000)
+	_, id := upload(t, hc, c.Nodes[0].URL, "doc", data)
+	_, up := stateOf(t, c, hc, 0, id)
+	s, _ := stateOf(t, c, hc, 1, id)
+	require.Equal(t, http.StatusNotFound, s, "node 1 got the upload before the delete")
+
+	deleteID(t, hc, c.Nodes[1].URL, id) // 200: node 0 knows the ID
+	_, tomb := stateOf(t, c, hc, 1, id)
+	require.True(t, tomb.Deleted)
+	t.Logf("upload on node 0 dated %v; the delete made after it on node 1 dated %v",
+		time.UnixMilli(int64(up.Clock>>16)).Format(time.StampMilli), time.UnixMilli(int64(tomb.Clock>>16)).Format(time.StampMilli))
+	assert.Greater(t, tomb.Clock, up.Clock, "the delete, made after node 1 saw the upload's state, is dated before it")
+
+	c.Heal(0, 1)
+	c.WaitConverged(t, converge)
+	for i := range c.Nodes {
+		_, st := stateOf(t, c, hc, i, id)
+		assert.True(t, st.Deleted, "node %d: the acknowledged delete was undone by the upload it came after", i)
+	}
+	assertNowhere(t, c, id)
+}

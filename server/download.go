@@ -427,7 +427,11 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		// holds): record the tombstone here, and it replicates like any
 		// delete. Only when every peer answered that it does not know the
 		// ID is the answer 404 (API.md, Consistency 9).
-		_, lerr := s.cfg.Cluster.Lookup(r.Context(), id, false)
+		seen, lerr := s.cfg.Cluster.Lookup(r.Context(), id, false)
+		if lerr == nil {
+			// The delete is made after the state seen: dated after it.
+			s.store.SeenRemote(id, seen.Clock)
+		}
 		if lerr == nil || errors.Is(lerr, peer.ErrPeersUnreachable) {
 			st, err = s.store.Delete(id, true)
 		}

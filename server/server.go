@@ -29,6 +29,9 @@ type Blobs interface {
 	NewWriter(opts blobstore.WriterOptions) (*blobstore.Writer, error)
 	Delete(id dtfc.ID, force bool) (dtfc.State, error)
 	DeleteUnmodifiedSince(id dtfc.ID, since time.Time) (dtfc.State, error)
+	// SeenRemote is told of a peer's state of id acted on without taking
+	// it, so that the change made next is dated after it.
+	SeenRemote(id dtfc.ID, c dtfc.Timestamp)
 	// DenyKnown is false while the store takes no upload: its metadata
 	// was rebuilt and it has not yet learned its peers' blocks.
 	DenyKnown() bool
