@@ -66,7 +66,8 @@ func (c *Cluster) applyDenyList(entries []blobstore.Deny) (int, error) {
 
 // denyApplied follows a deny entry received from a peer: a block is
 // logged; after a lift, bytes the block removed while an upload newer
-// than it stayed recorded are fetched back.
+// than it stayed recorded are fetched back, and the archives' newest
+// states of the ID are applied again (relayAgain).
 func (c *Cluster) denyApplied(d blobstore.Deny) {
 	if d.Active() {
 		c.log.Info("blocked by the deny list", "id", d.ID.String(), "status", d.Status, "reason", d.Reason)
@@ -76,7 +77,12 @@ func (c *Cluster) denyApplied(d blobstore.Deny) {
 	if st, ok := c.denyStore().Missing(d.ID); ok {
 		c.goRepair(st)
 	}
+	c.relayAgain(d.ID)
 }
+
+// Lifted follows a lift made on this node (DELETE /_deny/{id}) as one
+// received: see denyApplied.
+func (c *Cluster) Lifted(d blobstore.Deny) { c.denyApplied(d) }
 
 func validDeny(d blobstore.Deny) error {
 	if d.ID.IsZero() || d.Clock == 0 || (d.Active() && !ValidDenyStatus(d.Status)) || len(d.Reason) > 1000 || len(d.Node) > maxNodeLen {

@@ -359,6 +359,33 @@ func (c *Cluster) park(r *remote, an *archiveNode, id dtfc.ID, cause error) erro
 	return nil
 }
 
+// relayAgain has every archive's newest state of id applied again at the
+// next relay round (set aside as due now, durably): after a lift, an
+// upload the relay refused while the block held (Stale, its log entry
+// passed) is taken then. No later log entry names it, and nodes linked
+// only through a bucket have no anti-entropy to find it: such a node kept
+// the block's tombstone for good while the bucket and the others held the
+// upload (TestRelayUploadWhileBlockedAfterLift).
+func (c *Cluster) relayAgain(id dtfc.ID) {
+	for _, r := range c.mem.Load().remotes {
+		an, ok := r.node.(*archiveNode)
+		if !ok {
+			continue
+		}
+		p := &an.parked
+		p.mu.Lock()
+		p.load(c.store, r.URL)
+		if _, ok := p.next[id]; !ok && len(p.next) < maxParked {
+			p.next[id], p.backoff[id] = time.Time{}, parkFirst
+			if err := p.save(c.store, r.URL); err != nil {
+				delete(p.next, id)
+				c.log.Error("persisting the IDs set aside", "archive", r.URL, "err", err)
+			}
+		}
+		p.mu.Unlock()
+	}
+}
+
 // retryParked tries again the IDs set aside whose time has come.
 func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
 	p := &an.parked

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -18,6 +19,9 @@ type Cluster interface {
 	// Lookup asks peers for id's state without moving bytes; held
 	// requires a peer that holds the bytes.
 	Lookup(ctx context.Context, id dtfc.ID, held bool) (dtfc.State, error)
+	// Lifted is told of a block lifted here, as of one received: what it
+	// kept out is taken again (peer.Cluster.denyApplied).
+	Lifted(d blobstore.Deny)
 	// WaitReplicas waits until n replicas hold the change seq of id;
 	// a *blobstore.DeniedError if id is blocked meanwhile.
 	WaitReplicas(ctx context.Context, id dtfc.ID, seq uint64, n int) error

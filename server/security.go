@@ -326,6 +326,9 @@ func (s *Server) liftDeny(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if s.cfg.Cluster != nil {
+		s.cfg.Cluster.Lifted(d)
+	}
 	s.log.Info("block lifted", "id", id.String(), "by", s.clientAddr(r))
 	writeJSON(w, http.StatusOK, d)
 }
