@@ -176,6 +176,17 @@ func (c *Cluster) Open(ctx context.Context, id dtfc.ID, opts OpenOptions) (*Blob
 	if evicted && errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("%w (%w)", ErrEvictedUnreachable, err)
 	}
+	if err == nil && !b.Local() {
+		// A transfer already running may be of a state this node has
+		// since recorded a newer delete of (a DELETE answered while it
+		// ran): joined, it served the deleted blob whole. A new
+		// transfer is not started for such a state (ask); a reader
+		// already streaming keeps its stream, as one of a local file.
+		if st, serr := c.store.Stat(id); serr == nil && st.Deleted && st.Newer(b.State()) {
+			b.Close()
+			return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+		}
+	}
 	return b, err
 }
 

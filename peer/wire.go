@@ -168,12 +168,19 @@ const (
 )
 
 // validState checks a state received from a peer.
+// emptyID is the ID of the empty blob.
+var emptyID = dtfc.Sum(nil)
+
 func validState(st dtfc.State) error {
 	switch {
 	case st.ID.IsZero(), st.Clock == 0:
 		return errors.New("a state needs an ID and a clock")
 	case !st.Deleted && st.Size < 0:
 		return errors.New("negative size")
+	case !st.Deleted && st.Size == 0 && st.ID != emptyID:
+		// Nothing else hashes to the empty blob's ID: a peer saying so
+		// lies (an empty answer has no last byte to hold back).
+		return errors.New("size 0 for a blob that is not empty")
 	case len(st.ContentType) > maxStateText, len(st.Filename) > maxStateText:
 		return fmt.Errorf("content type or filename longer than %d bytes", maxStateText)
 	case st.Node == "", len(st.Node) > maxNodeLen:

@@ -100,16 +100,18 @@ func (h rmHoldCorruptWarning) Enabled(context.Context, slog.Level) bool { return
 func (h rmHoldCorruptWarning) WithAttrs([]slog.Attr) slog.Handler       { return h }
 func (h rmHoldCorruptWarning) WithGroup(string) slog.Handler            { return h }
 
-// TestReviewMissOfAnEmptyLie: the only holder of a (non-empty) blob says
+// TestMissOfAnEmptyLie: the only holder of a (non-empty) blob says
 // it is empty: size 0, no body. A transfer of zero bytes has no last byte
 // for download.Read to hold back, and http.ServeContent reads nothing for
-// a size of 0, so only the handler's b.Failed() check stands between the
-// client and a complete 200 of wrong bytes; it is made right after
-// ServeContent, before the transfer has necessarily ended, and the
-// handler then waits for the end (b.Wait, its result ignored) and
-// returns normally: a clean 200, Content-Length 0, X-Content-SHA512
-// naming a blob that is not empty.
-func TestReviewMissOfAnEmptyLie(t *testing.T) {
+// a size of 0, so only the handler's b.Failed() check stood between the
+// client and a complete 200 of wrong bytes; it was made right after
+// ServeContent, before the transfer had necessarily ended, and the
+// handler then waited for the end (b.Wait, its result ignored) and
+// returned normally: a clean 200, Content-Length 0, X-Content-SHA512
+// naming a blob that is not empty (found by a review helper). Now such a
+// state is refused (validState), and the handler waits for the end
+// before it looks for a failure.
+func TestMissOfAnEmptyLie(t *testing.T) {
 	nodes := startCluster(t, nodeOpts{wrap: rmEmptyLiar}, nodeOpts{peer: func(o *peer.Options) {
 		o.Logger = slog.New(rmHoldCorruptWarning{slog.DiscardHandler})
 	}})
@@ -168,16 +170,16 @@ func (s *rmStallWriter) Write(p []byte) (int, error) {
 	return n + m, err
 }
 
-// TestReviewGetAfterDeleteJoinsTransfer: a node is pulling a blob from
+// TestGetAfterDeleteJoinsTransfer: a node is pulling a blob from
 // its holder for a client (the holder is slow) when a DELETE of the blob
 // reaches the node and is acknowledged (200, a tombstone recorded here).
 // A GET of the blob on that node after the delete must not be a 200: with
 // no transfer in flight it is a 404 (the local tombstone is newer than
 // the holder's copy: fetcher.ask), and a transfer that happens to be in
-// flight must not change that. On the current code the GET joins the
-// transfer (fetcher.attach) without the check that ask makes, and the
-// deleted blob is served whole.
-func TestReviewGetAfterDeleteJoinsTransfer(t *testing.T) {
+// flight must not change that. The GET joined the transfer
+// (fetcher.attach) without the check that ask makes, and the deleted blob
+// was served whole (found by a review helper).
+func TestGetAfterDeleteJoinsTransfer(t *testing.T) {
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
@@ -221,13 +223,14 @@ func TestReviewGetAfterDeleteJoinsTransfer(t *testing.T) {
 		len(body2), bytes.Equal(body2, data), err, resp2.Header.Get("X-Dtfc-Source"))
 }
 
-// TestReviewNotModifiedMissWaitsForWholeTransfer: a conditional GET
+// TestNotModifiedMissWaitsForWholeTransfer: a conditional GET
 // (If-None-Match with the blob's ETag) of a blob this node does not hold
 // answers 304, which needs none of the blob's bytes; yet the handler
-// waits for the whole transfer it started (download: b.Wait after
-// serveBlob) before the 304, buffered, leaves: with a slow or stalled
-// holder, the client waits for the last byte of a body it never gets.
-func TestReviewNotModifiedMissWaitsForWholeTransfer(t *testing.T) {
+// waited for the whole transfer it started (download: b.Wait after
+// serveBlob) before the 304, buffered, left: with a slow or stalled
+// holder, the client waited for the last byte of a body it never gets
+// (found by a review helper).
+func TestNotModifiedMissWaitsForWholeTransfer(t *testing.T) {
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
