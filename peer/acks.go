@@ -24,10 +24,11 @@ import (
 // (resync.go) and says so (POST /_internal/resynced).
 
 const (
-	keyCursorPrefix  = "cursor "  // + peer URL: the peer's acknowledged feed position
-	keySkippedPrefix = "skipped " // + peer URL: the cursor before the first upload skipped for it as a cache ("" if none)
-	keyAckedAtPrefix = "acked "   // + peer URL: unix ms when the peer last was caught up
-	keyExpiredPrefix = "expired " // + identity: an expiryMark
+	keyCursorPrefix  = "cursor "      // + peer URL: the peer's acknowledged feed position
+	keySkippedPrefix = "skipped "     // + peer URL: the cursor before the first upload skipped for it as a cache ("" if none)
+	keyCursorNode    = "cursor node " // + peer URL: the identity of the node the cursor counts for
+	keyAckedAtPrefix = "acked "       // + peer URL: unix ms when the peer last was caught up
+	keyExpiredPrefix = "expired "     // + identity: an expiryMark
 	ackedAtPersist   = time.Minute
 )
 

@@ -130,6 +130,11 @@ var _ Store = (*blobstore.Store)(nil)
 // Cluster is this node's view of, and work with, the other nodes.
 // New starts nothing; Run runs the background work until its context ends.
 type Cluster struct {
+	// commitMu orders the uploads and deletes made here (Admit, held
+	// shared around their commits) against this node's removal of
+	// itself (RemoveMember, held exclusively across its check of the
+	// queues and the record).
+	commitMu sync.RWMutex
 	opts    Options
 	store   Store
 	log     *slog.Logger

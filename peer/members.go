@@ -666,30 +666,66 @@ func (c *Cluster) RemoveMember(ctx context.Context, url string, force bool) (Mem
 	if !ok {
 		return Member{}, ErrNotMember
 	}
-	if m.Node == c.membersStore().NodeID() && !force {
+	self := m.Node == c.membersStore().NodeID()
+	if self {
+		// No upload or delete commits here between the check of the
+		// queues and the record of the removal (Admit): one in flight
+		// was acknowledged after the leave was taken, on no other node
+		// (TestLeaveRacesAnUploadInFlight).
+		c.commitMu.Lock()
+	}
+	if self && !force {
 		// One replica that took the whole feed is enough: it passes
 		// every operation on to the others (what it accepts enters its
 		// own feed), so nothing is stranded when this node goes. Waiting
 		// for every replica would keep a busy node, or one with a peer
 		// behind a partition, from ever leaving.
 		pending := int64(-1)
-		for _, r := range c.replicaPeers() {
+		reps := c.replicaPeers()
+		for _, r := range reps {
 			if n, _ := c.queue(r); pending < 0 || n < pending {
 				pending = n
 			}
 		}
+		if len(reps) == 0 && c.store.LastSeq() > 0 {
+			// No replica to pass anything on to: what only this node
+			// holds would be stranded (TestLastReplicaLeaveRefused).
+			c.commitMu.Unlock()
+			return Member{}, fmt.Errorf("%w: no replica peer to pass its operations on to; force to leave anyway", ErrNotDrained)
+		}
 		if pending > 0 {
+			c.commitMu.Unlock()
 			return Member{}, fmt.Errorf("%w: no replica has accepted all of its operations yet (%d still to pass on to the nearest); wait, or force", ErrNotDrained, pending)
 		}
 	}
 	m.Removed = true
-	if err := c.setMember(m); err != nil {
+	err = c.setMember(m)
+	if self {
+		c.commitMu.Unlock()
+	}
+	if err != nil {
 		return Member{}, err
 	}
 	c.log.Info("member removed", "url", m.URL, "node", m.Node)
 	c.tellMembers(ctx, "removal", m)
 	got, _ := c.members.get(m.Node)
 	return got, nil
+}
+
+// ErrRemoved means this node was removed from the cluster: it takes no
+// uploads or deletes.
+var ErrRemoved = errors.New("this node was removed from the cluster")
+
+// Admit is held around the commit of an upload or delete made here (the
+// release it returns ends it): ErrRemoved once this node has removed
+// itself, so that none is acknowledged after its leave was taken.
+func (c *Cluster) Admit() (func(), error) {
+	c.commitMu.RLock()
+	if at, removed := c.Removed(); removed {
+		c.commitMu.RUnlock()
+		return nil, fmt.Errorf("%w at %s", ErrRemoved, at.UTC().Format(time.RFC3339))
+	}
+	return c.commitMu.RUnlock, nil
 }
 
 // removedBy: a peer refused this node as removed; the records are

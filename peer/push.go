@@ -86,7 +86,14 @@ type pusher struct {
 	// node's cursor as a replica's, evicted the uploads it took, and
 	// they were lost (TestCacheKeepsUploadsSkippedForAPromotedCache).
 	skipped atomic.Uint64
-	loaded  atomic.Bool
+	// node is the identity of the node the cursor counts for ("" until
+	// one answered): another node answering at the URL (one that lost
+	// its disk and joined again, as README's runbook has it) has accepted
+	// nothing, and its cursor goes back to the start (renew). Kept by
+	// URL alone, the cursor counted for the new node: a leave was taken
+	// with an upload the new node never got (TestLeaveAfterReplacementAtSameURL).
+	node   atomic.Pointer[string]
+	loaded atomic.Bool
 	// caughtUp is when the pusher last found nothing to send (for the
 	// lag); ackedAt the same, persisted at most every ackedAtPersist and
 	// kept across restarts (for expiry).
@@ -161,6 +168,9 @@ func (c *Cluster) storedSkipped(url string) uint64 {
 // further than the first upload skipped while it was one.
 func (c *Cluster) cursorOf(url string) uint64 {
 	if p := c.pushers.get(url); p != nil && p.loaded.Load() {
+		if p.otherNode() {
+			return 0 // not renewed yet: it has accepted nothing
+		}
 		cur := p.cursor.Load()
 		if !p.r.IsCache() {
 			cur = min(cur, p.skipped.Load())
@@ -219,6 +229,10 @@ type wait func(ctx context.Context) bool
 func (p *pusher) load() {
 	p.next = p.c.storedCursor(p.r.URL)
 	p.skipped.Store(p.c.storedSkipped(p.r.URL))
+	if v, err := p.store.Value(keyCursorNode + p.r.URL); err == nil {
+		node := string(v)
+		p.node.Store(&node)
+	}
 	p.cursor.Store(p.next)
 	start := time.Now()
 	p.caughtUp.Store(&start)
@@ -246,6 +260,10 @@ func (p *pusher) step(ctx context.Context) wait {
 		// (e2e/TestExpiredNodeMeetsANewNode).
 		p.state.Store(&pushHeld)
 		return either(c.resync.changed(), r.kick)
+	}
+	if !p.renew() {
+		p.state.Store(&pushPaused)
+		return pause(time.Second)
 	}
 	if p.skipped.Load() != noSkip && !r.IsCache() {
 		if !p.rewind() {
@@ -339,6 +357,49 @@ func (p *pusher) await(ctx context.Context) wait {
 	p.failures = 0
 	p.lastErr.Store(nil)
 	return nil
+}
+
+// otherNode reports whether the node answering at the URL now is not the
+// one the cursor counts for (never while the URL reaches several nodes
+// by turns: a load balancer, warned of, whose flips would start the
+// cursor over and over).
+func (p *pusher) otherNode() bool {
+	held, now := p.node.Load(), p.r.NodeID()
+	return held != nil && *held != "" && now != "" && *held != now && !p.r.sharedLately()
+}
+
+// renew records the identity of the node the cursor counts for the first
+// time one answers, and starts the cursor over when another node answers
+// at the URL; false if that could not be persisted.
+func (p *pusher) renew() bool {
+	now := p.r.NodeID()
+	if now == "" {
+		return true
+	}
+	held := p.node.Load()
+	if held != nil && *held == now {
+		return true
+	}
+	if p.otherNode() {
+		for _, kv := range [][2]string{{cursorKey(p.r.URL), "0"}, {keySkippedPrefix + p.r.URL, ""}} {
+			if err := p.store.SetValue(kv[0], []byte(kv[1])); err != nil {
+				p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
+				return false
+			}
+		}
+		p.c.log.Warn("another node answers at a peer's URL: its cursor starts over, and what the node before it accepted is sent to it", "peer", p.r.URL, "was", *held, "now", now)
+		p.next = 0
+		p.cursor.Store(0)
+		p.skipped.Store(noSkip)
+	} else if held != nil && *held != "" {
+		return true // shared by turns: kept as it is
+	}
+	if err := p.store.SetValue(keyCursorNode+p.r.URL, []byte(now)); err != nil {
+		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
+		return false
+	}
+	p.node.Store(&now)
+	return true
 }
 
 // rewind moves the cursor of a peer that was a cache and now is not back
@@ -471,6 +532,12 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (upTo uin
 		// else in the batch is offered.
 		accepted[i] = w == skip
 	}
+	// notKept: uploads the peer answered it does not keep, as a cache
+	// (listed as a replica, or its role not known yet): passed like a
+	// skipped one, and counted so (pusher.skipped). Counted as accepted,
+	// they let a cache whose peer was promoted evict its uploads
+	// (TestCacheKeepsUploadsAnsweredCacheByAPeerListedAsReplica).
+	notKept := make([]bool, len(changes))
 	var firstErr error
 	if len(req.Changes)+len(req.Deny) > 0 {
 		ans, err := p.r.node.Offer(ctx, req)
@@ -480,6 +547,9 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (upTo uin
 		if len(ans.Results) != len(req.Changes) || len(ans.DenyResults) != len(req.Deny) {
 			return 0, false, fmt.Errorf("peer %s answered %d+%d results for %d+%d changes", p.r.URL, len(ans.Results), len(ans.DenyResults), len(req.Changes), len(req.Deny))
 		}
+		for i, w := range where {
+			notKept[i] = w >= 0 && ans.Results[w] == resultCache
+		}
 		firstErr = p.settle(ctx, changes, where, ans, accepted)
 		p.applyBlocked(req, ans.Blocked)
 	}
@@ -488,7 +558,7 @@ func (p *pusher) push(ctx context.Context, changes []blobstore.Change) (upTo uin
 			break
 		}
 		upTo = changes[i].Seq
-		skipped = skipped || where[i] == skip
+		skipped = skipped || where[i] == skip || notKept[i]
 	}
 	return upTo, skipped, firstErr
 }

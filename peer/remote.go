@@ -391,6 +391,14 @@ func (r *remote) seeIDLocked(id string, now time.Time) {
 	}
 }
 
+// sharedLately reports whether r's URL answered as several nodes by
+// turns within sharedURLWindow (a load balancer in the peer list).
+func (r *remote) sharedLately() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.sharedAt.IsZero() && time.Since(r.sharedAt) < sharedURLWindow
+}
+
 // identitiesLocked returns, sorted, the identities that answered at r's
 // URL within sharedURLWindow of now, if it is shared (sharedAt within
 // it), else nil.

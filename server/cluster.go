@@ -22,6 +22,9 @@ type Cluster interface {
 	// Lifted is told of a block lifted here, as of one received: what it
 	// kept out is taken again (peer.Cluster.denyApplied).
 	Lifted(d blobstore.Deny)
+	// Admit is held around the commit of an upload or delete made here;
+	// peer.ErrRemoved once this node has removed itself.
+	Admit() (func(), error)
 	// WaitReplicas waits until n replicas hold the change seq of id;
 	// a *blobstore.DeniedError if id is blocked meanwhile.
 	WaitReplicas(ctx context.Context, id dtfc.ID, seq uint64, n int) error

@@ -424,6 +424,12 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	release, err := s.admit()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer release()
 	if v := r.Header.Get("If-Unmodified-Since"); v != "" {
 		s.deleteUnmodifiedSince(w, r, id, v)
 		return

@@ -20,6 +20,21 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"members": s.cfg.Cluster.Members()})
 }
 
+// admit is held around the commit of an upload or delete: a 503 if this
+// node removed itself since the request passed notRemoved (its leave
+// was taken while the upload's body arrived).
+func (s *Server) admit() (func(), error) {
+	if s.cfg.Cluster == nil {
+		return func() {}, nil
+	}
+	release, err := s.cfg.Cluster.Admit()
+	if err != nil {
+		return nil, httpstatus.Errorf(http.StatusServiceUnavailable,
+			"%v: it takes no uploads or deletes, and stored nothing of this one; use another node", err)
+	}
+	return release, nil
+}
+
 // notRemoved refuses uploads and deletes on a node removed from the
 // cluster, or while another running node has its identity (503, so that
 // clients try another node): nothing it took would reach the others, and

@@ -173,6 +173,11 @@ func (s *Server) storeUpload(up upload, body io.Reader, size int64) (blobstore.R
 		return blobstore.Result{}, uploadReadError(err, s.cfg.IdleTimeout)
 	}
 	received := time.Now()
+	release, err := s.admit()
+	if err != nil {
+		return blobstore.Result{}, err
+	}
+	defer release()
 	res, err := bw.Commit(blobstore.Upload{
 		Expected:    up.expected,
 		ContentType: contentType(up.ctype, up.filename, bw.Head()),
