@@ -135,11 +135,11 @@ type Cluster struct {
 	// itself (RemoveMember, held exclusively across its check of the
 	// queues and the record).
 	commitMu sync.RWMutex
-	opts    Options
-	store   Store
-	log     *slog.Logger
-	metrics *metrics
-	fetch   *fetcher
+	opts     Options
+	store    Store
+	log      *slog.Logger
+	metrics  *metrics
+	fetch    *fetcher
 
 	mem          atomic.Pointer[membership]
 	peersMu      sync.Mutex // serializes applyPeers
