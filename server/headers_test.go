@@ -104,6 +104,7 @@ type lookupCluster struct {
 
 func (l *lookupCluster) Removed() (time.Time, bool) { return time.Time{}, false }
 func (l *lookupCluster) IdentityConflict() string   { return "" }
+func (l *lookupCluster) Admit() (func(), error)     { return func() {}, nil }
 
 func (l *lookupCluster) Lookup(_ context.Context, id dtfc.ID, _ bool) (dtfc.State, error) {
 	if id != l.st.ID {
