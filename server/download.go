@@ -424,17 +424,11 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	release, err := s.admit()
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	defer release()
 	if v := r.Header.Get("If-Unmodified-Since"); v != "" {
 		s.deleteUnmodifiedSince(w, r, id, v)
 		return
 	}
-	st, err := s.store.Delete(id, false)
+	st, err := s.deleteHere(id, false)
 	if err == blobstore.ErrNotFound && s.cfg.Cluster != nil {
 		// Unknown here but perhaps known to a peer (a delete racing its
 		// upload's replication, or a file only a peer that is down
@@ -447,7 +441,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 			s.store.SeenRemote(id, seen.Clock)
 		}
 		if lerr == nil || errors.Is(lerr, peer.ErrPeersUnreachable) {
-			st, err = s.store.Delete(id, true)
+			st, err = s.deleteHere(id, true)
 		}
 	}
 	if err == blobstore.ErrNotFound {
@@ -458,6 +452,18 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sha512": st.ID.String(), "deleted": true})
+}
+
+// deleteHere records a delete made on this node, admitted (Server.admit):
+// not once the node removed itself. The peers are asked (Lookup) outside
+// of it: a leave waits for no network round.
+func (s *Server) deleteHere(id dtfc.ID, force bool) (dtfc.State, error) {
+	release, err := s.admit()
+	if err != nil {
+		return dtfc.State{}, err
+	}
+	defer release()
+	return s.store.Delete(id, force)
 }
 
 // deleteUnmodifiedSince is a DELETE with If-Unmodified-Since: a delete
@@ -475,7 +481,13 @@ func (s *Server) deleteUnmodifiedSince(w http.ResponseWriter, r *http.Request, i
 		s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, "If-Unmodified-Since: not an HTTP date: %q", v))
 		return
 	}
+	release, err := s.admit()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	st, err := s.store.DeleteUnmodifiedSince(id, since)
+	release()
 	switch {
 	case errors.Is(err, blobstore.ErrNotFound):
 		err = httpstatus.Errorf(http.StatusNotFound, "not held on this node (a conditional delete asks no peer)")
