@@ -224,6 +224,11 @@ func (s *Store) sweepIntents() error {
 	}
 	done := todo[:0]
 	r := &reconciler{s: s}
+	defer func() {
+		if r.setAside > 0 {
+			s.unconfirmedNews.Notify() // for the cluster to decide
+		}
+	}()
 	for _, it := range todo {
 		unlock := s.locks.lock(it.id)
 		rec, ok, err := s.record(it.id)

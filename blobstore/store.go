@@ -714,7 +714,11 @@ func (s *Store) Close() error {
 	err = errors.Join(err, kerr, s.db.Update(func(tx *bolt.Tx) error {
 		// Nothing is in flight (Close waited for every operation): the
 		// intents go with the clean mark, but for a file whose removal
-		// failed again: its intent stays, for the next start.
+		// failed again: its intent stays, for the next start. If they
+		// could not be looked at, all stay.
+		if kerr != nil {
+			return tx.Bucket(bucketSys).Put(keyClean, []byte(markIntents))
+		}
 		if err := tx.DeleteBucket(bucketIntents); err != nil {
 			return err
 		}

@@ -94,6 +94,15 @@ type pusher struct {
 	// with an upload the new node never got (TestLeaveAfterReplacementAtSameURL).
 	node   atomic.Pointer[string]
 	loaded atomic.Bool
+	// curMu is held across every change of cursor and skipped, and by
+	// cursorOf across its reads of both: read apart, a rewind between
+	// them gave the old cursor without its floor.
+	curMu sync.Mutex
+	// done is closed when run returns; after, if set, is the done of the
+	// pusher this one replaces, which run waits for before it reads the
+	// cursor.
+	done  chan struct{}
+	after <-chan struct{}
 	// caughtUp is when the pusher last found nothing to send (for the
 	// lag); ackedAt the same, persisted at most every ackedAtPersist and
 	// kept across restarts (for expiry).
@@ -137,7 +146,7 @@ const noSkip = math.MaxUint64
 
 // newPusher returns r's pusher; cancel stops its run.
 func newPusher(c *Cluster, r *remote, cancel context.CancelFunc) *pusher {
-	return &pusher{c: c, store: c.store, r: r, cancel: cancel}
+	return &pusher{c: c, store: c.store, r: r, cancel: cancel, done: make(chan struct{})}
 }
 
 // storedCursor reads a peer's persisted cursor.
@@ -150,17 +159,28 @@ func (c *Cluster) storedCursor(url string) uint64 {
 	return n
 }
 
-// storedSkipped reads a peer's persisted pusher.skipped.
-func (c *Cluster) storedSkipped(url string) uint64 {
+// noSkipValue is the stored value of noSkip. A store written before
+// skipped was kept has no value at all (storedSkipped's known false).
+const noSkipValue = "-"
+
+// storedSkipped reads a peer's persisted pusher.skipped; known is false
+// when the store has none (written by a dtfc that did not keep it).
+func (c *Cluster) storedSkipped(url string) (floor uint64, known bool) {
 	v, err := c.feedStore().Value(keySkippedPrefix + url)
-	if err != nil || len(v) == 0 {
-		return noSkip
+	if err != nil {
+		return 0, true // unreadable: as if nothing was ever sent
+	}
+	if len(v) == 0 {
+		return 0, false
+	}
+	if string(v) == noSkipValue {
+		return noSkip, true
 	}
 	n, err := strconv.ParseUint(string(v), 10, 64)
 	if err != nil {
-		return 0 // unreadable: as if nothing was ever sent
+		return 0, true
 	}
-	return n
+	return n, true
 }
 
 // cursorOf returns the sequence number up to which the peer has accepted
@@ -171,14 +191,30 @@ func (c *Cluster) cursorOf(url string) uint64 {
 		if p.otherNode() {
 			return 0 // not renewed yet: it has accepted nothing
 		}
-		cur := p.cursor.Load()
-		if !p.r.IsCache() {
-			cur = min(cur, p.skipped.Load())
+		p.curMu.Lock()
+		cur, floor := p.cursor.Load(), p.skipped.Load()
+		p.curMu.Unlock()
+		// The floor counts unless the peer is a cache both for this
+		// pusher and in the list in force (a pusher not yet replaced
+		// still has the remote of the peer's old role).
+		if !p.r.IsCache() || !c.listedAsCache(url) {
+			cur = min(cur, floor)
 		}
 		return cur
 	}
-	// No pusher running: the role is not known here, so the lesser.
-	return min(c.storedCursor(url), c.storedSkipped(url))
+	// No pusher running: the role is not known here, so the lesser (a
+	// store without skipped kept: none sent, as far as it can tell).
+	floor, known := c.storedSkipped(url)
+	if !known {
+		floor = 0
+	}
+	return min(c.storedCursor(url), floor)
+}
+
+// listedAsCache reports whether the remote in force at url is a cache.
+func (c *Cluster) listedAsCache(url string) bool {
+	r := c.mem.Load().byURL[url]
+	return r != nil && r.IsCache()
 }
 
 // queue counts the operations the peer has not accepted yet, and how long
@@ -212,6 +248,14 @@ func (c *Cluster) wakePushers() {
 // run pushes the feed to the peer until ctx ends: a driver over step,
 // which does one thing and says how to wait before the next.
 func (p *pusher) run(ctx context.Context) {
+	defer close(p.done)
+	if p.after != nil {
+		select {
+		case <-p.after:
+		case <-ctx.Done():
+			return
+		}
+	}
 	p.load()
 	defer p.drain() // a round may be on its way: none outlives Run
 	for ctx.Err() == nil {
@@ -228,7 +272,28 @@ type wait func(ctx context.Context) bool
 // load reads the peer's cursor and when it was last caught up.
 func (p *pusher) load() {
 	p.next = p.c.storedCursor(p.r.URL)
-	p.skipped.Store(p.c.storedSkipped(p.r.URL))
+	floor, known := p.c.storedSkipped(p.r.URL)
+	if !known {
+		// Written by a dtfc that kept no floor: to a peer that was a
+		// cache then (whatever it is now: the upgrade may come with its
+		// promotion) it may have passed uploads without a trace. The
+		// floor is the start: a peer that is a replica is offered the
+		// feed again once, and answers "have it" for what it holds
+		// (TestCacheKeepsUploadsSkippedBeforeUpgrade).
+		floor = noSkip
+		if p.next > 0 {
+			floor = 0
+		}
+		v := noSkipValue
+		if floor != noSkip {
+			v = strconv.FormatUint(floor, 10)
+		}
+		if err := p.store.SetValue(keySkippedPrefix+p.r.URL, []byte(v)); err != nil {
+			p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
+			floor = min(floor, p.next) // kept in memory; written with the next change
+		}
+	}
+	p.skipped.Store(floor)
 	if v, err := p.store.Value(keyCursorNode + p.r.URL); err == nil {
 		node := string(v)
 		p.node.Store(&node)
@@ -329,9 +394,11 @@ func (p *pusher) await(ctx context.Context) wait {
 		p.drain()
 		return nil
 	}
+	p.curMu.Lock()
 	if cur.skipped && p.skipped.Load() == noSkip {
 		// Persisted before the cursor passes the uploads skipped.
 		if err := p.store.SetValue(keySkippedPrefix+r.URL, []byte(strconv.FormatUint(cur.since, 10))); err != nil {
+			p.curMu.Unlock()
 			c.log.Error("persisting a replication cursor", "peer", r.URL, "err", err)
 			p.drain()
 			p.state.Store(&pushPaused)
@@ -339,7 +406,9 @@ func (p *pusher) await(ctx context.Context) wait {
 		}
 		p.skipped.Store(cur.since)
 	}
-	if cur.upTo > p.next && !p.advance(cur.upTo) {
+	advanced := cur.upTo <= p.next || p.advance(cur.upTo)
+	p.curMu.Unlock()
+	if !advanced {
 		p.drain()
 		p.state.Store(&pushPaused)
 		return pause(time.Second)
@@ -381,7 +450,9 @@ func (p *pusher) renew() bool {
 		return true
 	}
 	if p.otherNode() {
-		for _, kv := range [][2]string{{cursorKey(p.r.URL), "0"}, {keySkippedPrefix + p.r.URL, ""}} {
+		p.curMu.Lock()
+		defer p.curMu.Unlock()
+		for _, kv := range [][2]string{{cursorKey(p.r.URL), "0"}, {keySkippedPrefix + p.r.URL, noSkipValue}} {
 			if err := p.store.SetValue(kv[0], []byte(kv[1])); err != nil {
 				p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
 				return false
@@ -407,6 +478,8 @@ func (p *pusher) renew() bool {
 // false if that could not be persisted. The cursor is written first: a
 // crash between the two writes leaves both at the same place.
 func (p *pusher) rewind() bool {
+	p.curMu.Lock()
+	defer p.curMu.Unlock()
 	to := min(p.next, p.skipped.Load())
 	if err := p.store.SetValue(cursorKey(p.r.URL), []byte(strconv.FormatUint(to, 10))); err != nil {
 		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
@@ -414,7 +487,7 @@ func (p *pusher) rewind() bool {
 	}
 	p.next = to
 	p.cursor.Store(to)
-	if err := p.store.SetValue(keySkippedPrefix+p.r.URL, []byte{}); err != nil {
+	if err := p.store.SetValue(keySkippedPrefix+p.r.URL, []byte(noSkipValue)); err != nil {
 		p.c.log.Error("persisting a replication cursor", "peer", p.r.URL, "err", err)
 		return false
 	}

@@ -61,10 +61,12 @@ func (ps *pushers) follow(ctx context.Context, m *membership, start func(ctx con
 	if ps.m == nil {
 		ps.m = map[string]*pusher{}
 	}
+	stopped := map[string]*pusher{}
 	for url, p := range ps.m {
 		if r := m.byURL[url]; r == nil || r != p.r {
 			p.cancel()
 			delete(ps.m, url)
+			stopped[url] = p
 		}
 	}
 	for _, r := range m.remotes {
@@ -72,7 +74,15 @@ func (ps *pushers) follow(ctx context.Context, m *membership, start func(ctx con
 			continue
 		}
 		pctx, cancel := context.WithCancel(ctx)
-		ps.m[r.URL] = start(pctx, r, cancel)
+		np := start(pctx, r, cancel)
+		if old := stopped[r.URL]; old != nil {
+			// The new pusher of a URL reads its cursor only once the old
+			// one's run has returned: a round of the old one ending late
+			// wrote the cursor past the new one's rewind
+			// (TestReplacedPusherLateAdvanceAfterRewind).
+			np.after = old.done
+		}
+		ps.m[r.URL] = np
 	}
 }
 

@@ -306,6 +306,9 @@ type parked struct {
 	loaded  bool
 	next    map[dtfc.ID]time.Time
 	backoff map[dtfc.ID]time.Duration
+	// again are the IDs relayAgain asked for while they were parked:
+	// one applied by a retry that began before stays parked, due now.
+	again map[dtfc.ID]bool
 }
 
 // load reads the set persisted by an earlier run (under mu).
@@ -375,7 +378,15 @@ func (c *Cluster) relayAgain(id dtfc.ID) {
 		p := &an.parked
 		p.mu.Lock()
 		p.load(c.store, r.URL)
-		if _, ok := p.next[id]; !ok && len(p.next) < maxParked {
+		if _, ok := p.next[id]; ok {
+			// Parked already, perhaps being retried right now (with
+			// the block still in force): tried again after that.
+			if p.again == nil {
+				p.again = map[dtfc.ID]bool{}
+			}
+			p.again[id] = true
+			p.next[id] = time.Time{}
+		} else if len(p.next) < maxParked {
 			p.next[id], p.backoff[id] = time.Time{}, parkFirst
 			if err := p.save(c.store, r.URL); err != nil {
 				delete(p.next, id)
@@ -403,6 +414,9 @@ func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
 		if ctx.Err() != nil {
 			return
 		}
+		p.mu.Lock()
+		delete(p.again, id)
+		p.mu.Unlock()
 		err := c.relayID(ctx, r, an, id)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, errRelayClock) {
@@ -411,6 +425,13 @@ func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
 			continue
 		}
 		p.mu.Lock()
+		if p.again[id] {
+			// A lift came while it was applied: once more.
+			delete(p.again, id)
+			p.next[id] = time.Time{}
+			p.mu.Unlock()
+			continue
+		}
 		delete(p.next, id)
 		delete(p.backoff, id)
 		if err := p.save(c.store, r.URL); err != nil {

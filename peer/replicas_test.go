@@ -27,6 +27,7 @@ func TestWaitReplicasCountsOnlyReplicasByTheirWord(t *testing.T) {
 	id := dtfc.Sum([]byte("waited for"))
 	for _, u := range urls {
 		require.NoError(t, store.SetValue(cursorKey(u), []byte(strconv.FormatUint(seq, 10))))
+		require.NoError(t, store.SetValue(keySkippedPrefix+u, []byte(noSkipValue)))
 	}
 	wait := func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)

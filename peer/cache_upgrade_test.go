@@ -1,0 +1,110 @@
+package peer_test
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc"
+	"github.com/dtfc/dtfc/blobstore"
+	"github.com/dtfc/dtfc/peer"
+)
+
+// TestCacheKeepsUploadsSkippedBeforeUpgrade: the skipped floor
+// (pusher.skipped, key "skipped <url>") only exists in stores written by
+// the fixed pusher. A cache whose pusher passed uploads to another cache
+// under the previous binary has a cursor past them and no skipped key.
+// After the upgrade, the peer was promoted to replica: no rewind
+// happened, cursorOf counted the promoted peer as holding the uploads, the
+// cache evicted them, and the promoted replica never got them (found by a
+// review helper). Now a store without the key gets the floor at the start
+// for a peer that is a cache.
+//
+// Same order as TestCacheKeepsUploadsSkippedForAPromotedCache, with C
+// restarted (its store stripped of the keys the previous binary did not
+// write) between the skip and the promotion.
+func TestCacheKeepsUploadsSkippedBeforeUpgrade(t *testing.T) {
+	const size = 64 << 10
+	nodes := startCluster(t,
+		nodeOpts{run: true},
+		nodeOpts{role: peer.RoleCache, run: true},
+		nodeOpts{role: peer.RoleCache, run: true, maxBytes: 2 * size},
+	)
+	r, n, c := nodes[0], nodes[1], nodes[2]
+	r.down()
+
+	datas := map[dtfc.ID][]byte{}
+	for i := range 3 {
+		d := randomBytes(t, size)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, fmt.Sprintf("%s/u%d.bin", c.URL, i), bytes.NewReader(d))
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+		datas[dtfc.Sum(d)] = d
+	}
+	w := randomBytes(t, 100)
+	wid := c.put(w)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	eventually(t, 10*time.Second, func() bool {
+		for _, p := range c.Cluster.Status().Peers {
+			if p.URL == n.URL {
+				return p.Queue == 0
+			}
+		}
+		return false
+	}, "C's pusher to the cache N passed the uploads and the delete")
+
+	// C stops; its store is made as the previous binary left it: the
+	// cursor towards N, no skipped floor, no cursor node. C starts again
+	// (the upgrade).
+	c.down()
+	st, err := blobstore.Open(c.Dir, blobstore.Options{TrackAccess: true})
+	require.NoError(t, err)
+	require.NoError(t, st.SetValue("skipped "+n.URL, nil))
+	require.NoError(t, st.SetValue("cursor node "+n.URL, nil))
+	require.NoError(t, st.Close())
+	c.start()
+	for id := range datas {
+		require.True(t, fileHeld(c, id), "C keeps %s while no replica has it", id.String()[:8])
+	}
+
+	// N promoted, R taken out of C's list.
+	n.down()
+	n.o.role = peer.RoleReplica
+	n.start()
+	c.writePeers(n)
+	_, err = c.Cluster.Refresh(t.Context())
+	require.NoError(t, err)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		onN := 0
+		for id := range datas {
+			heldC, heldN := fileHeld(c, id), fileHeld(n, id)
+			if heldN {
+				onN++
+			}
+			require.True(t, heldC || heldN,
+				"acknowledged upload %s lost: C (upgraded) evicted it and the promoted replica N never received it (no skipped floor for uploads passed before the upgrade)",
+				id.String()[:8])
+		}
+		if onN == len(datas) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s the promoted replica N holds %d of the %d uploads C took", onN, len(datas))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
