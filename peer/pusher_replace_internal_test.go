@@ -25,8 +25,9 @@ func TestReplacedPusherWaitsForTheOld(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var started []*pusher
-	start := func(ctx context.Context, r *remote, cancel context.CancelFunc) *pusher {
+	start := func(ctx context.Context, r *remote, cancel context.CancelFunc, after <-chan struct{}) *pusher {
 		p := newPusher(c, r, cancel)
+		p.after = after
 		started = append(started, p)
 		return p
 	}
@@ -73,7 +74,7 @@ func TestCursorOfUsesTheListInForce(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var p1 *pusher
-	c.pushers.follow(ctx, c.mem.Load(), func(ctx context.Context, r *remote, cancel context.CancelFunc) *pusher {
+	c.pushers.follow(ctx, c.mem.Load(), func(ctx context.Context, r *remote, cancel context.CancelFunc, _ <-chan struct{}) *pusher {
 		p1 = newPusher(c, r, cancel)
 		p1.load()
 		return p1

@@ -55,7 +55,7 @@ func (ps *pushers) lastError(r *remote) string {
 // follow starts a pusher (start, under a context of ctx's that cancel
 // ends) for each remote of m that has none, and stops those of remotes
 // no longer listed (or listed anew: another role).
-func (ps *pushers) follow(ctx context.Context, m *membership, start func(ctx context.Context, r *remote, cancel context.CancelFunc) *pusher) {
+func (ps *pushers) follow(ctx context.Context, m *membership, start func(ctx context.Context, r *remote, cancel context.CancelFunc, after <-chan struct{}) *pusher) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ps.m == nil {
@@ -74,15 +74,15 @@ func (ps *pushers) follow(ctx context.Context, m *membership, start func(ctx con
 			continue
 		}
 		pctx, cancel := context.WithCancel(ctx)
-		np := start(pctx, r, cancel)
+		// The new pusher of a URL reads its cursor only once the old
+		// one's run has returned: a round of the old one ending late
+		// wrote the cursor past the new one's rewind
+		// (TestReplacedPusherWaitsForTheOld).
+		var after <-chan struct{}
 		if old := stopped[r.URL]; old != nil {
-			// The new pusher of a URL reads its cursor only once the old
-			// one's run has returned: a round of the old one ending late
-			// wrote the cursor past the new one's rewind
-			// (TestReplacedPusherLateAdvanceAfterRewind).
-			np.after = old.done
+			after = old.done
 		}
-		ps.m[r.URL] = np
+		ps.m[r.URL] = start(pctx, r, cancel, after)
 	}
 }
 
@@ -91,8 +91,9 @@ func (ps *pushers) follow(ctx context.Context, m *membership, start func(ctx con
 func (c *Cluster) pusherLoop(ctx context.Context) {
 	for {
 		changed := c.peersChanged.Wait()
-		c.pushers.follow(ctx, c.mem.Load(), func(ctx context.Context, r *remote, cancel context.CancelFunc) *pusher {
+		c.pushers.follow(ctx, c.mem.Load(), func(ctx context.Context, r *remote, cancel context.CancelFunc, after <-chan struct{}) *pusher {
 			p := newPusher(c, r, cancel)
+			p.after = after
 			c.goLoop(ctx, p.run)
 			return p
 		})
