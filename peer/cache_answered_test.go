@@ -1,7 +1,6 @@
 package peer_test
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -28,26 +26,7 @@ import (
 // received them (found by a review helper). An upload answered "cache"
 // now counts as skipped.
 func TestCacheKeepsUploadsAnsweredCacheByAPeerListedAsReplica(t *testing.T) {
-	const size = 64 << 10
-	nodes := startCluster(t,
-		nodeOpts{run: true},
-		nodeOpts{role: peer.RoleCache, run: true},
-		nodeOpts{role: peer.RoleCache, run: true, maxBytes: 2 * size},
-	)
-	r, n, c := nodes[0], nodes[1], nodes[2]
-	r.down() // the only replica dies
-
-	datas := map[dtfc.ID][]byte{}
-	for i := range 3 {
-		d := randomBytes(t, size)
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, fmt.Sprintf("%s/u%d.bin", c.URL, i), bytes.NewReader(d))
-		require.NoError(t, err)
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusCreated, resp.StatusCode, "the cache acknowledges the upload")
-		datas[dtfc.Sum(d)] = d
-	}
+	_, n, c, datas := cacheWithUploads(t)
 	last := c.Store.LastSeq()
 	cursor := func() uint64 {
 		v, err := c.Store.Value("cursor " + n.URL)
@@ -108,24 +87,5 @@ func TestCacheKeepsUploadsAnsweredCacheByAPeerListedAsReplica(t *testing.T) {
 	}, "C learned that N is a replica")
 
 	// Every upload stays on C until N holds it, and reaches N.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		onN := 0
-		for id := range datas {
-			heldC, heldN := fileHeld(c, id), fileHeld(n, id)
-			if heldN {
-				onN++
-			}
-			require.True(t, heldC || heldN,
-				"acknowledged upload %s lost: N answered \"cache\" to its push while listed as a replica, C's cursor passed it with no record that N did not keep it, and C evicted it once N was a replica",
-				id.String()[:8])
-		}
-		if onN == len(datas) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 20 s the promoted replica N holds %d of the %d uploads C took", onN, len(datas))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	uploadsReach(t, c, n, datas, "acknowledged upload %s lost: N answered \"cache\" to its push while listed as a replica, C's cursor passed it with no record that N did not keep it, and C evicted it once N was a replica")
 }

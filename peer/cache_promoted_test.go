@@ -32,26 +32,7 @@ import (
 // and C's list is refreshed to name N (replica) alone. C must not lose
 // any of the three: either it still holds it, or N does.
 func TestCacheKeepsUploadsSkippedForAPromotedCache(t *testing.T) {
-	const size = 64 << 10
-	nodes := startCluster(t,
-		nodeOpts{run: true},
-		nodeOpts{role: peer.RoleCache, run: true},
-		nodeOpts{role: peer.RoleCache, run: true, maxBytes: 2 * size},
-	)
-	r, n, c := nodes[0], nodes[1], nodes[2]
-	r.down() // the only replica dies
-
-	datas := map[dtfc.ID][]byte{}
-	for i := range 3 {
-		d := randomBytes(t, size)
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, fmt.Sprintf("%s/u%d.bin", c.URL, i), bytes.NewReader(d))
-		require.NoError(t, err)
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusCreated, resp.StatusCode, "the cache acknowledges the upload")
-		datas[dtfc.Sum(d)] = d
-	}
+	_, n, c, datas := cacheWithUploads(t)
 	// C's pusher towards N (a cache) passes the three uploads without
 	// sending anything (N's queue counts only deletes: a delete made
 	// after them tells when the cursor passed them); with R down, C
@@ -86,26 +67,7 @@ func TestCacheKeepsUploadsSkippedForAPromotedCache(t *testing.T) {
 	require.NoError(t, err)
 
 	// Every upload stays on C until N holds it, and reaches N.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		onN := 0
-		for id := range datas {
-			heldC, heldN := fileHeld(c, id), fileHeld(n, id)
-			if heldN {
-				onN++
-			}
-			require.True(t, heldC || heldN,
-				"acknowledged upload %s lost: C evicted it (its cursor for N passed it while N was a cache) and N, now C's only replica, never received it",
-				id.String()[:8])
-		}
-		if onN == len(datas) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 20 s the promoted replica N holds %d of the %d uploads C took; C's queue towards it is empty", onN, len(datas))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	uploadsReach(t, c, n, datas, "acknowledged upload %s lost: C evicted it (its cursor for N passed it while N was a cache) and N, now C's only replica, never received it")
 	for id, d := range datas {
 		resp, body, err := get(n.URL + "/" + id.String() + "?nopeerload=1")
 		require.NoError(t, err)
@@ -119,4 +81,56 @@ func TestCacheKeepsUploadsSkippedForAPromotedCache(t *testing.T) {
 func fileHeld(n *node, id dtfc.ID) bool {
 	_, err := os.Stat(n.Store.Path(id))
 	return err == nil
+}
+
+// cacheWithUploads starts R (replica), N (cache) and C (cache, room for
+// two of the uploads), stops R, and uploads three files to C; it returns
+// the nodes and the uploads' bytes by ID.
+func cacheWithUploads(t *testing.T) (r, n, c *node, datas map[dtfc.ID][]byte) {
+	t.Helper()
+	const size = 64 << 10
+	nodes := startCluster(t,
+		nodeOpts{run: true},
+		nodeOpts{role: peer.RoleCache, run: true},
+		nodeOpts{role: peer.RoleCache, run: true, maxBytes: 2 * size},
+	)
+	r, n, c = nodes[0], nodes[1], nodes[2]
+	r.down() // the only replica dies
+	datas = map[dtfc.ID][]byte{}
+	for i := range 3 {
+		d := randomBytes(t, size)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, fmt.Sprintf("%s/u%d.bin", c.URL, i), bytes.NewReader(d))
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusCreated, resp.StatusCode, "the cache acknowledges the upload")
+		datas[dtfc.Sum(d)] = d
+	}
+	return r, n, c, datas
+}
+
+// uploadsReach waits until n holds every upload of datas, failing with
+// lost (given the ID's first 8 digits) as soon as one is on neither c
+// nor n.
+func uploadsReach(t *testing.T, c, n *node, datas map[dtfc.ID][]byte, lost string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		onN := 0
+		for id := range datas {
+			heldC, heldN := fileHeld(c, id), fileHeld(n, id)
+			if heldN {
+				onN++
+			}
+			require.True(t, heldC || heldN, lost, id.String()[:8])
+		}
+		if onN == len(datas) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s the promoted replica N holds %d of the %d uploads C took", onN, len(datas))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -1,15 +1,12 @@
 package peer_test
 
 import (
-	"bytes"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/peer"
 )
@@ -28,26 +25,7 @@ import (
 // restarted (its store stripped of the keys the previous binary did not
 // write) between the skip and the promotion.
 func TestCacheKeepsUploadsSkippedBeforeUpgrade(t *testing.T) {
-	const size = 64 << 10
-	nodes := startCluster(t,
-		nodeOpts{run: true},
-		nodeOpts{role: peer.RoleCache, run: true},
-		nodeOpts{role: peer.RoleCache, run: true, maxBytes: 2 * size},
-	)
-	r, n, c := nodes[0], nodes[1], nodes[2]
-	r.down()
-
-	datas := map[dtfc.ID][]byte{}
-	for i := range 3 {
-		d := randomBytes(t, size)
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, fmt.Sprintf("%s/u%d.bin", c.URL, i), bytes.NewReader(d))
-		require.NoError(t, err)
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusCreated, resp.StatusCode)
-		datas[dtfc.Sum(d)] = d
-	}
+	_, n, c, datas := cacheWithUploads(t)
 	w := randomBytes(t, 100)
 	wid := c.put(w)
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
@@ -87,24 +65,5 @@ func TestCacheKeepsUploadsSkippedBeforeUpgrade(t *testing.T) {
 	_, err = c.Cluster.Refresh(t.Context())
 	require.NoError(t, err)
 
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		onN := 0
-		for id := range datas {
-			heldC, heldN := fileHeld(c, id), fileHeld(n, id)
-			if heldN {
-				onN++
-			}
-			require.True(t, heldC || heldN,
-				"acknowledged upload %s lost: C (upgraded) evicted it and the promoted replica N never received it (no skipped floor for uploads passed before the upgrade)",
-				id.String()[:8])
-		}
-		if onN == len(datas) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 20 s the promoted replica N holds %d of the %d uploads C took", onN, len(datas))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	uploadsReach(t, c, n, datas, "acknowledged upload %s lost: C (upgraded) evicted it and the promoted replica N never received it (no skipped floor for uploads passed before the upgrade)")
 }
