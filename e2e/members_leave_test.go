@@ -142,7 +142,8 @@ func TestLeaveAfterReplacementAtSameURL(t *testing.T) {
 	require.NoError(t, os.RemoveAll(c.Nodes[1].Basedir))
 	c.Nodes[1].Start()
 	waitMembers(t, c, converge, 0, 1)
-	require.True(t, gone(c.Nodes[1], id), "the new node holds nothing yet")
+	// (The new node may hold the upload already: node 0's pusher starts
+	// over for it as soon as it answers under its new identity.)
 	ps := peerStatus(t, c, 0, 1)
 	t.Logf("node 0's view of the new node 1: queue %d, pusher %s", ps.Queue, ps.Pusher)
 
