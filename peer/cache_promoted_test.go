@@ -37,22 +37,7 @@ func TestCacheKeepsUploadsSkippedForAPromotedCache(t *testing.T) {
 	// sending anything (N's queue counts only deletes: a delete made
 	// after them tells when the cursor passed them); with R down, C
 	// keeps them (R's cursor pins them).
-	w := randomBytes(t, 100)
-	wid := c.put(w)
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
-	require.NoError(t, err)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	eventually(t, 10*time.Second, func() bool {
-		for _, p := range c.Cluster.Status().Peers {
-			if p.URL == n.URL {
-				return p.Queue == 0
-			}
-		}
-		return false
-	}, "C's pusher to the cache N passed the uploads and the delete")
+	passedToCache(t, c, n)
 	for id := range datas {
 		require.True(t, fileHeld(c, id), "C keeps %s while no replica has it", id.String()[:8])
 	}
@@ -63,7 +48,7 @@ func TestCacheKeepsUploadsSkippedForAPromotedCache(t *testing.T) {
 	n.o.role = peer.RoleReplica
 	n.start()
 	c.writePeers(n)
-	_, err = c.Cluster.Refresh(t.Context())
+	_, err := c.Cluster.Refresh(t.Context())
 	require.NoError(t, err)
 
 	// Every upload stays on C until N holds it, and reaches N.
@@ -133,4 +118,26 @@ func uploadsReach(t *testing.T, c, n *node, datas map[dtfc.ID][]byte, lost strin
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// passedToCache waits until c's pusher to the cache n has passed the
+// uploads (a delete made after them, which a cache is sent, leaves n's
+// queue empty only once the cursor passed them).
+func passedToCache(t *testing.T, c, n *node) {
+	t.Helper()
+	wid := c.put(randomBytes(t, 100))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	eventually(t, 10*time.Second, func() bool {
+		for _, p := range c.Cluster.Status().Peers {
+			if p.URL == n.URL {
+				return p.Queue == 0
+			}
+		}
+		return false
+	}, "C's pusher to the cache N passed the uploads and the delete")
 }

@@ -1,9 +1,7 @@
 package peer_test
 
 import (
-	"net/http"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -26,22 +24,7 @@ import (
 // write) between the skip and the promotion.
 func TestCacheKeepsUploadsSkippedBeforeUpgrade(t *testing.T) {
 	_, n, c, datas := cacheWithUploads(t)
-	w := randomBytes(t, 100)
-	wid := c.put(w)
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
-	require.NoError(t, err)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	eventually(t, 10*time.Second, func() bool {
-		for _, p := range c.Cluster.Status().Peers {
-			if p.URL == n.URL {
-				return p.Queue == 0
-			}
-		}
-		return false
-	}, "C's pusher to the cache N passed the uploads and the delete")
+	passedToCache(t, c, n)
 
 	// C stops; its store is made as the previous binary left it: the
 	// cursor towards N, no skipped floor, no cursor node. C starts again

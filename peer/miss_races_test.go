@@ -180,14 +180,7 @@ func (s *rmStallWriter) Write(p []byte) (int, error) {
 // (fetcher.attach) without the check that ask makes, and the deleted blob
 // was served whole (found by a review helper).
 func TestGetAfterDeleteJoinsTransfer(t *testing.T) {
-	gate := make(chan struct{})
-	var once sync.Once
-	release := func() { once.Do(func() { close(gate) }) }
-	t.Cleanup(release)
-	nodes := startCluster(t, nodeOpts{wrap: rmStallAfter(256<<10, gate)}, nodeOpts{})
-	holder, reader := nodes[0], nodes[1]
-	data := randomBytes(t, 1<<20)
-	id := holder.put(data)
+	_, reader, data, id, release := stalledHolder(t)
 	url := reader.URL + "/" + id.String()
 
 	// A first client's miss: its transfer is in flight, stalled.
@@ -231,14 +224,7 @@ func TestGetAfterDeleteJoinsTransfer(t *testing.T) {
 // holder, the client waited for the last byte of a body it never gets
 // (found by a review helper).
 func TestNotModifiedMissWaitsForWholeTransfer(t *testing.T) {
-	gate := make(chan struct{})
-	var once sync.Once
-	release := func() { once.Do(func() { close(gate) }) }
-	t.Cleanup(release)
-	nodes := startCluster(t, nodeOpts{wrap: rmStallAfter(256<<10, gate)}, nodeOpts{})
-	holder, reader := nodes[0], nodes[1]
-	data := randomBytes(t, 1<<20)
-	id := holder.put(data)
+	_, reader, _, id, release := stalledHolder(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -249,4 +235,19 @@ func TestNotModifiedMissWaitsForWholeTransfer(t *testing.T) {
 	require.NoError(t, err, "a 304 for a miss while its holder is stalled (the transfer has 256 KiB of 1 MiB)")
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotModified, resp.StatusCode)
+}
+
+// stalledHolder starts a holder of a 1 MiB blob that stalls after 256 KiB
+// of every transfer until release is called (at the latest when the test
+// ends), and a reader that holds nothing.
+func stalledHolder(t *testing.T) (holder, reader *node, data []byte, id dtfc.ID, release func()) {
+	t.Helper()
+	gate := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release)
+	nodes := startCluster(t, nodeOpts{wrap: rmStallAfter(256<<10, gate)}, nodeOpts{})
+	holder, reader = nodes[0], nodes[1]
+	data = randomBytes(t, 1<<20)
+	return holder, reader, data, holder.put(data), release
 }
