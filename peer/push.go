@@ -205,10 +205,17 @@ func (c *Cluster) cursorOf(url string) uint64 {
 	// No pusher running: the role is not known here, so the lesser (a
 	// store without skipped kept: none sent, as far as it can tell).
 	floor, known := c.storedSkipped(url)
-	if !known {
-		floor = 0
+	if !known && c.listedAsArchive(url) {
+		floor = noSkip // as pusher.load will set it
 	}
 	return min(c.storedCursor(url), floor)
+}
+
+// listedAsArchive reports whether the remote in force at url is an
+// archive (never a cache: no floor of skipped uploads).
+func (c *Cluster) listedAsArchive(url string) bool {
+	r := c.mem.Load().byURL[url]
+	return r != nil && r.IsArchive()
 }
 
 // listedAsCache reports whether the remote in force at url is a cache.
@@ -279,9 +286,10 @@ func (p *pusher) load() {
 		// promotion) it may have passed uploads without a trace. The
 		// floor is the start: a peer that is a replica is offered the
 		// feed again once, and answers "have it" for what it holds
-		// (TestCacheKeepsUploadsSkippedBeforeUpgrade).
+		// (TestCacheKeepsUploadsSkippedBeforeUpgrade). An archive is
+		// never a cache: it was passed nothing (TestArchiveDenyListWritten).
 		floor = noSkip
-		if p.next > 0 {
+		if p.next > 0 && !p.r.IsArchive() {
 			floor = 0
 		}
 		v := noSkipValue
