@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +44,9 @@ const (
 	probeMaxOutput = 1 << 20
 	// probeCacheBytes bounds the answers kept in memory.
 	probeCacheBytes = 16 << 20
+	// probeQueueWait is how long a probe waits for one of the runs at
+	// once (probeSlots) to end before the answer is 503.
+	probeQueueWait = 2 * time.Second
 	// probeMinScore: ffprobe's probe_score at or below which it only
 	// guessed the format (AVPROBE_SCORE_RETRY: ffmpeg itself warns
 	// "misdetection possible"). Random bytes come out as h263 (25) or
@@ -49,9 +54,38 @@ const (
 	probeMinScore = 25
 )
 
-// textFormats are demuxers that read plain text or ANSI art as "video":
-// what they find in a file is not media.
-var textFormats = map[string]bool{"tty": true, "ansi": true, "bin": true, "xbin": true, "adf": true, "idf": true}
+// probedFormats are the demuxers ffprobe may use (-format_whitelist):
+// single-file media containers, elementary streams, images and subtitle
+// files. Left out are those that open other files a blob names (hls,
+// dash, concat, imf, image2, vobsub's .sub, svg's references): with the
+// file protocol allowed they would read the node's filesystem, and the
+// answer would describe that file, not the blob
+// (TestFFMetadataPlaylistReadsNoOtherFile). Left out too are those that
+// read plain text or ANSI art as "video" (tty, ansi, bin, xbin, adf,
+// idf): what they find in a file is not media.
+var probedFormats = strings.Split(
+	// containers
+	"mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,asf,ogg,nut,mxf,rm,wtv,dv,"+
+		// video streams
+		"mpegvideo,m4v,h261,h263,h264,hevc,av1,obu,vc1,ivf,mjpeg,yuv4mpegpipe,"+
+		// audio
+		"wav,w64,mp3,aac,loas,flac,ac3,eac3,dts,dtshd,truehd,mlp,amr,amrnb,amrwb,aiff,caf,au,ape,wv,tta,mpc,mpc8,tak,dsf,oma,gsm,voc,xwma,qcp,"+
+		// images
+		"gif,apng,png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe,gif_pipe,jpegxl_pipe,j2k_pipe,qoi_pipe,psd_pipe,dpx_pipe,exr_pipe,ico,"+
+		// subtitles
+		"srt,ass,webvtt,microdvd,subviewer,sami,dvbsub,sup", ",")
+
+// probed reports whether a format_name ffprobe reports (such as
+// "mov,mp4,m4a,3gp,3g2,mj2") names a demuxer of probedFormats: the
+// whitelist's second guard.
+func probed(name string) bool {
+	for n := range strings.SplitSeq(name, ",") {
+		if slices.Contains(probedFormats, n) {
+			return true
+		}
+	}
+	return false
+}
 
 // mediaStreams are the kinds of stream that make a file media.
 var mediaStreams = map[string]bool{"audio": true, "video": true, "subtitle": true}
@@ -68,11 +102,20 @@ type prober struct {
 	cache   *probeCache
 	// runs counts the ffprobe processes started.
 	runs atomic.Int64
+	// slots bounds the runs at once (one per core, at least 2): requests
+	// for distinct blobs do not share a run, and each may take a core
+	// and 1 GiB of address space for 10 s.
+	slots     chan struct{}
+	queueWait time.Duration
 }
 
 func newProber() *prober {
-	return &prober{program: "ffprobe", timeout: probeTimeout, cache: newProbeCache(probeCacheBytes)}
+	return &prober{program: "ffprobe", timeout: probeTimeout, cache: newProbeCache(probeCacheBytes),
+		slots: make(chan struct{}, max(2, runtime.NumCPU())), queueWait: probeQueueWait}
 }
+
+// errProbeBusy: every run slot stayed taken for queueWait (503).
+var errProbeBusy = httpstatus.Errorf(http.StatusServiceUnavailable, "too many ffprobe runs at once; try again")
 
 // prober returns s's prober (made in New).
 func (s *Server) prober() *prober { return s.ff }
@@ -133,6 +176,9 @@ func (s *Server) ffmetadata(w http.ResponseWriter, r *http.Request) {
 	case !ok:
 		// The client went away; the run finishes for the cache.
 	case err != nil:
+		if errors.Is(err, errProbeBusy) {
+			w.Header().Set("Retry-After", "1")
+		}
 		s.writeError(w, r, err)
 	default:
 		s.writeProbe(w, r, res)
@@ -205,6 +251,14 @@ func (p *prober) probe(store Blobs, id dtfc.ID, bin string) (probeResult, error)
 		return probeResult{}, err // a delete since the request's Stat: 404
 	}
 	defer f.Close()
+	t := time.NewTimer(p.queueWait)
+	defer t.Stop()
+	select {
+	case p.slots <- struct{}{}:
+		defer func() { <-p.slots }()
+	case <-t.C:
+		return probeResult{}, errProbeBusy
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	out, err := p.run(ctx, bin, f.File)
@@ -236,6 +290,7 @@ func (p *prober) run(ctx context.Context, bin string, f *os.File) (probeOutput, 
 	script := `ulimit -v "$1" || exit 126; shift; exec "$@"`
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", script, "sh", strconv.Itoa(probeMemory>>10),
 		bin, "-v", "error", "-threads", "1", "-protocol_whitelist", "file",
+		"-format_whitelist", strings.Join(probedFormats, ","),
 		"-print_format", "json", "-show_format", "-show_streams", "file:/proc/self/fd/3")
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Env = []string{}
@@ -267,12 +322,27 @@ func (p *prober) run(ctx context.Context, bin string, f *os.File) (probeOutput, 
 	return out, nil
 }
 
+// refusedFormat reads the demuxer's name out of ffprobe's refusal of a
+// format not on -format_whitelist ("[hls @ 0x5633...] Format not on
+// whitelist '...'").
+func refusedFormat(line string) (string, bool) {
+	ctx, _, ok := strings.Cut(line, "] Format not on whitelist")
+	if !ok || !strings.HasPrefix(ctx, "[") {
+		return "", false
+	}
+	name, _, _ := strings.Cut(ctx[1:], " @")
+	return name, true
+}
+
 // verdict decides from a run whether the blob is media, and makes the
 // answer: ffprobe's format (without its "filename", which names
 // /proc/self/fd/3) and streams.
 func (o probeOutput) verdict() probeResult {
 	if o.exit != 0 {
 		msg := strings.TrimPrefix(o.stderr.firstLine(), "file:/proc/self/fd/3: ")
+		if name, ok := refusedFormat(msg); ok {
+			msg = fmt.Sprintf("the format %s is not one this node probes", name)
+		}
 		if msg == "" {
 			msg = fmt.Sprintf("ffprobe failed (exit status %d)", o.exit)
 		}
@@ -304,8 +374,8 @@ func (o probeOutput) verdict() probeResult {
 	switch {
 	case raw.Format == nil:
 		return probeResult{notMedia: "ffprobe found no format"}
-	case textFormats[f.Name]:
-		return probeResult{notMedia: fmt.Sprintf("ffprobe reads it as text (%s)", f.Name)}
+	case !probed(f.Name):
+		return probeResult{notMedia: fmt.Sprintf("the format %s is not one this node probes", f.Name)}
 	case f.ProbeScore != nil && *f.ProbeScore <= probeMinScore:
 		return probeResult{notMedia: fmt.Sprintf("ffprobe only guessed the format %s (probe score %d)", f.Name, *f.ProbeScore)}
 	}

@@ -233,8 +233,8 @@ func TestFFMetadata(t *testing.T) {
 			{"random.bin", random, "Invalid data"},
 			{"byte.bin", []byte("x"), "Invalid data"},
 			{"empty.bin", nil, "Invalid data"},
-			// XBin ANSI art: ffprobe reads it as a "video" stream.
-			{"art.xb", xbin, "ffprobe reads it as text (xbin)"},
+			// XBin ANSI art: ffprobe would read it as a "video" stream.
+			{"art.xb", xbin, "the format xbin is not one this node probes"},
 			// Text with a few MP3 frames in it: ffprobe guesses mp3.
 			{"frames.txt", framesInText, "ffprobe only guessed the format mp3 (probe score 25)"},
 		} {
@@ -381,6 +381,108 @@ func TestFFMetadataLimits(t *testing.T) {
 		require.NoError(t, err)
 		waitFor(t, ffWait, "the background child killed", func() bool { return !ffAlive(pid) })
 	})
+}
+
+// TestFFMetadataPlaylistReadsNoOtherFile: an uploaded HLS playlist or
+// DASH manifest that names a local media file (file:/path) is not
+// probed: with the file protocol allowed, ffprobe would open that file
+// and the answer would describe it, tags and all (a review found this
+// on 2026-12-07). Only single-file formats are probed
+// (-format_whitelist).
+func TestFFMetadataPlaylistReadsNoOtherFile(t *testing.T) {
+	needFFmpeg(t)
+	secret := "PRIVATE-TITLE-7f3a9c"
+	private := filepath.Join(t.TempDir(), "private.mp4")
+	require.NoError(t, os.WriteFile(private, ffmpegFile(t, "private.mp4", "-f", "lavfi", "-i", "sine=duration=1:sample_rate=11025",
+		"-metadata", "title="+secret, "-f", "mp4"), 0o644))
+	n := startFFNode(t, Config{}, nil, "")
+	for _, tt := range []struct{ name, format, data string }{
+		{"list.m3u8", "hls", fmt.Sprintf("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:%s\n#EXT-X-ENDLIST\n", private)},
+		{"manifest.mpd", "dash", fmt.Sprintf(`<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" type="static" mediaPresentationDuration="PT1S" minBufferTime="PT1S">
+ <Period><AdaptationSet mimeType="audio/mp4"><Representation id="1" bandwidth="1000" codecs="mp4a.40.2">
+  <BaseURL>file:%s</BaseURL>
+ </Representation></AdaptationSet></Period>
+</MPD>
+`, private)},
+		{"list.ffconcat", "concat", fmt.Sprintf("ffconcat version 1.0\nfile %s\n", private)},
+	} {
+		t.Run(tt.format, func(t *testing.T) {
+			id := n.upload(t, tt.name, []byte(tt.data))
+			a, _ := n.ffmetadata(t, id)
+			assert.NotContains(t, string(a.body), secret, "the answer shows the tags of another file")
+			assert.NotContains(t, string(a.body), `"sample_rate":"11025"`, "the answer describes another file's streams")
+			ffRequireError(t, a, http.StatusUnprocessableEntity, "not media: the format "+tt.format+" is not one this node probes")
+		})
+	}
+}
+
+// TestFFMetadataRunsBounded: requests for distinct blobs (which share no
+// run) start no more ffprobe processes at once than the prober's slots;
+// one that waits longer than queueWait for a slot answers 503 with
+// Retry-After, and is not cached.
+func TestFFMetadataRunsBounded(t *testing.T) {
+	needFFmpeg(t)
+	const clients, slots = 8, 2
+	n := startFFNode(t, Config{}, nil, "")
+	p := n.api.prober()
+	p.slots = make(chan struct{}, slots)
+	p.queueWait = 300 * time.Millisecond
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	require.NoError(t, os.Mkdir(started, 0o755))
+	gate := filepath.Join(dir, "gate")
+	sleep, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	// Each run marks itself started and holds until the gate opens, then
+	// fails at once (a verdict: 422), so the test costs no real probe.
+	p.program = ffScript(t, dir, fmt.Sprintf(": > %q/$$\nuntil [ -e %q ]; do %q 0.02; done\nexit 1\n", started, gate, sleep))
+	ids := make([]string, clients)
+	for i := range ids {
+		ids[i] = n.upload(t, fmt.Sprintf("f%d.txt", i), fmt.Appendf(nil, "distinct blob %d\n", i))
+	}
+	answers := make(chan ffAnswer, clients)
+	retry := make(chan string, clients)
+	for _, id := range ids {
+		go func() {
+			a := n.do(t, http.MethodGet, "/"+id+"/ffmetadata", nil)
+			if a.status == http.StatusServiceUnavailable {
+				retry <- a.header.Get("Retry-After")
+			}
+			answers <- a
+		}()
+	}
+	// The runs beyond the slots give up while the first ones are held.
+	var got []ffAnswer
+	for range clients - slots {
+		got = append(got, <-answers)
+	}
+	count := func() int {
+		es, _ := os.ReadDir(started)
+		return len(es)
+	}
+	// The held runs' shells may start after the others gave up.
+	waitFor(t, ffWait, "the runs in the slots started", func() bool { return count() >= slots })
+	assert.Equal(t, slots, count(), "ffprobe processes started while the first ones run")
+	for _, a := range got {
+		ffRequireError(t, a, http.StatusServiceUnavailable, "too many ffprobe runs at once")
+		assert.Equal(t, "1", <-retry)
+	}
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	for range slots {
+		a := <-answers
+		assert.Equal(t, http.StatusUnprocessableEntity, a.status, "%s", a)
+	}
+	// A 503 is not a verdict: asked again, each of the others runs.
+	runs := p.runs.Load()
+	var refused int
+	for _, id := range ids {
+		if a := n.do(t, http.MethodGet, "/"+id+"/ffmetadata", nil); a.status == http.StatusUnprocessableEntity {
+			refused++
+		}
+	}
+	assert.Equal(t, clients, refused)
+	assert.EqualValues(t, runs+clients-slots, p.runs.Load(), "only the blobs answered 503 were probed again")
 }
 
 // TestFFMetadataNoFFprobe: 501 when ffprobe is not on PATH.
