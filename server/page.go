@@ -93,7 +93,7 @@ func newPage(st Status, now time.Time) page {
 // index serves the status page.
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
-	if err := pageTemplate.Execute(&buf, newPage(s.statusData(), time.Now())); err != nil {
+	if err := pageTemplate.Execute(&buf, newPage(s.statusFor(r), time.Now())); err != nil {
 		s.writeError(w, r, fmt.Errorf("rendering the status page: %w", err))
 		return
 	}

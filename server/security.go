@@ -91,6 +91,15 @@ func (s *Server) requireWriter(next http.Handler, operator bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tk := s.tokens.Load()
 		if len(tk.write) == 0 && couch == nil {
+			// Open like writes; but an operator's read (the listing of
+			// IDs and filenames, of blocks, of members) is a read: with
+			// read tokens set it needs one (TestOperatorReadsNeedReadToken).
+			if operator && len(tk.read) > 0 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+				if got, ok := bearer(r); !ok || !matchAny(got, tk.read) {
+					s.writeError(w, r, errNeedToken)
+					return
+				}
+			}
 			next.ServeHTTP(w, r)
 			return
 		}

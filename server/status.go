@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
+	"slices"
 	"time"
 
 	"github.com/dtfc/dtfc"
@@ -65,7 +67,45 @@ func (s *Server) statusData() Status {
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, s.statusData())
+	writeJSON(w, http.StatusOK, s.statusFor(r))
+}
+
+// statusFor is the status as r may see it: blob IDs in its warnings and
+// errors are cut to their first 16 digits unless r carries a read or
+// write token. Without read_token an ID is a read capability; with it,
+// the IDs a node holds are not for anonymous clients either
+// (TestStatusHidesIDsFromAnonymous).
+func (s *Server) statusFor(r *http.Request) Status {
+	st := s.statusData()
+	tk := s.tokens.Load()
+	if got, ok := bearer(r); ok && matchAny(got, tk.read, tk.write) {
+		return st
+	}
+	st.RecentErrors = slices.Clone(st.RecentErrors)
+	for i := range st.RecentErrors {
+		e := &st.RecentErrors[i]
+		e.Message, e.Attrs = shortIDs(e.Message), shortIDs(e.Attrs)
+	}
+	if c := st.Cluster; c != nil {
+		c.Resync.LastError = shortIDs(c.Resync.LastError)
+		c.Peers = slices.Clone(c.Peers)
+		for i := range c.Peers {
+			p := &c.Peers[i]
+			p.LastError, p.PushError = shortIDs(p.LastError), shortIDs(p.PushError)
+		}
+	}
+	return st
+}
+
+// idRun is a blob ID (128 hex digits) in a text.
+var idRun = regexp.MustCompile(`[0-9a-fA-F]{128}`)
+
+// shortIDs cuts every ID in s to its first 16 digits and "…".
+func shortIDs(s string) string {
+	if len(s) < dtfc.IDHexLen {
+		return s
+	}
+	return idRun.ReplaceAllStringFunc(s, func(id string) string { return id[:16] + "…" })
 }
 
 // replicas is how many replicas ?replicas=N can count on.
