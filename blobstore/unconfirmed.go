@@ -241,18 +241,19 @@ func (s *Store) ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (UnconfirmedOutco
 const OldestClock dtfc.Timestamp = 1
 
 // FileState is the state unconfirmed blob u's file tells of: the upload
-// it was, for a copy a block set aside (see recordDeny); otherwise
+// it was, for a copy a block set aside (see recordDeny; recorded is then
+// true: this node recorded that upload, its file is no stray); otherwise
 // present, made by this node at u.Clock, or OldestClock if the file
 // cannot say.
-func (s *Store) FileState(u UnconfirmedBlob) dtfc.State {
+func (s *Store) FileState(u UnconfirmedBlob) (st dtfc.State, recorded bool) {
 	if st, ok, err := s.asideState(u.ID); err == nil && ok && st.Size == u.Size {
-		return st
+		return st, true
 	}
 	c := u.Clock
 	if c == 0 {
 		c = OldestClock
 	}
-	return dtfc.State{ID: u.ID, Clock: c, Node: s.node, Size: u.Size, ContentType: u.ContentType}
+	return dtfc.State{ID: u.ID, Clock: c, Node: s.node, Size: u.Size, ContentType: u.ContentType}, false
 }
 
 // AdoptUnconfirmed records unconfirmed blob id under the state its file
@@ -265,7 +266,7 @@ func (s *Store) AdoptUnconfirmed(id dtfc.ID) (UnconfirmedOutcome, error) {
 		if hasLocal {
 			return nil
 		}
-		st := s.FileState(u)
+		st, _ := s.FileState(u)
 		return &st
 	})
 }

@@ -251,3 +251,103 @@ func TestLiftAfterBlockTombstoneForgotten(t *testing.T) {
 }
 
 func fileThere(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestLiftAfterBlockForgottenOnceExpired: README, "What is
+// forgotten when": a block's tombstone forgotten while the block holds,
+// "a lift after that finds no record to put the upload back under, and
+// the node asks its peers about the copy at once ... and puts it back as
+// the upload it was unless one knows of a newer delete".
+//
+// The unconfirmed resolver's guard for rebuilt stores ("nobody knows it,
+// and a peer says this node missed deletes it forgot": leave it) looks
+// at resync.everExpired(), which stays true for the node's whole life
+// once it has resynced once (resyncSaved.Done is never pruned). So on a
+// node that was expired and resynced at any time in the past, a block
+// that outlives the retention plus the expiry (its tombstone forgotten
+// and the memory of it pruned everywhere) and is then lifted leaves the
+// acknowledged upload it set aside in unconfirmed/ for good: never
+// served, never replicated, on no other node.
+//
+// Control: the same on a node never expired: the upload comes back.
+func TestLiftAfterBlockForgottenOnceExpired(t *testing.T) {
+	for _, tc := range []string{"Control", "OnceExpired"} {
+		t.Run(tc, func(t *testing.T) { testLiftAfterBlockForgottenOnceExpired(t, tc) })
+	}
+}
+
+func testLiftAfterBlockForgottenOnceExpired(t *testing.T, tc string) {
+	po := func(o *peer.Options) {
+		o.TombstoneRetention = time.Second
+		o.TombstoneExpiry = 3 * time.Second
+		o.AntiEntropyInterval = 300 * time.Millisecond
+	}
+	nodes := startCluster(t, nodeOpts{run: true, peer: po}, nodeOpts{run: true, peer: po})
+	a, b := nodes[0], nodes[1]
+	bExpires := func() bool {
+		for _, ps := range b.Cluster.Status().Peers {
+			if ps.Expired {
+				return true
+			}
+		}
+		return false
+	}
+
+	if tc == "OnceExpired" {
+		// Some time ago, a was away longer than the expiry: b forgot a
+		// delete a never acknowledged, marked a expired; a came back and
+		// resynced. All ordinary.
+		z := b.put(randomBytes(t, 5000))
+		a.eventuallyHolds(z, true)
+		a.down()
+		_, err := b.Store.Delete(z, false)
+		require.NoError(t, err)
+		eventually(t, 20*time.Second, func() bool {
+			_, err := b.Store.Stat(z)
+			return errors.Is(err, blobstore.ErrNotFound) && bExpires()
+		}, "b marks a expired and forgets the delete")
+		a.start()
+		eventually(t, 20*time.Second, func() bool {
+			return !bExpires() && !a.Cluster.Status().Resyncing && !a.holds(z)
+		}, "a resyncs and b lifts its mark")
+	}
+
+	// A block made on b while a is away (briefly), then an upload of the
+	// same bytes to a while b is away (briefly): newer than the block.
+	data := randomBytes(t, 3000)
+	id := dtfc.Sum(data)
+	a.down()
+	d, err := b.Store.SetDeny(id, http.StatusUnavailableForLegalReasons, "takedown", false)
+	require.NoError(t, err)
+	b.down()
+	a.start()
+	for time.Now().Before(d.Clock.Time().Add(time.Millisecond)) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	code, body := upload(t, a, "x.bin", data, "")
+	require.Equal(t, http.StatusCreated, code, "%s", body) // acknowledged
+	b.start()
+	eventually(t, converge, func() bool { _, ok := a.Store.Denied(id); return ok }, "the block reaches a")
+	eventually(t, converge, func() bool { return fileThere(a.Store.UnconfirmedPath(id)) && !fileThere(a.Store.Path(id)) },
+		"the upload, newer than the block, is set aside on a")
+
+	// The block holds past the retention and the expiry: its tombstone
+	// is forgotten on both nodes, then the memory of it pruned.
+	eventually(t, 30*time.Second, func() bool {
+		for _, n := range nodes {
+			if _, err := n.Store.Stat(id); !errors.Is(err, blobstore.ErrNotFound) {
+				return false
+			}
+			if _, ok := n.Store.Forgotten(id); ok {
+				return false
+			}
+		}
+		return true
+	}, "the block's tombstone forgotten and the memory of it pruned on both nodes")
+
+	// The block is lifted: the acknowledged upload must come back.
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
+	eventually(t, 10*time.Second, func() bool { return a.holds(id) },
+		"%s: the lift brings the set-aside upload back on a (still unconfirmed: %v, file aside: %v)",
+		tc, a.Store.UnconfirmedCount(), fileThere(a.Store.UnconfirmedPath(id)))
+	b.eventuallyHolds(id, true)
+}

@@ -117,12 +117,19 @@ func (rs *resync) holds() bool {
 	return rs.state != ResyncInSync
 }
 
-// everExpired reports whether a peer ever told this node (since its
-// resync state was last lost, with its metadata) that it missed deletes.
-func (rs *resync) everExpired() bool {
+// missedBefore reports whether a peer ever told this node (since its
+// resync state was last lost, with its metadata) that it missed deletes,
+// and the newest horizon told: every delete this node missed and a peer
+// forgot without its acknowledgement is older.
+func (rs *resync) missedBefore() (horizon dtfc.Timestamp, ever bool) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	return len(rs.saved.By) > 0 || len(rs.saved.Done) > 0
+	for _, m := range []map[string]expiredAt{rs.saved.By, rs.saved.Done} {
+		for _, e := range m {
+			horizon, ever = max(horizon, e.Horizon), true
+		}
+	}
+	return horizon, ever
 }
 
 // changed returns a channel closed at the next change of state.

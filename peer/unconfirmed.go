@@ -69,7 +69,7 @@ type unconfirmedStore interface {
 	UnconfirmedCount() int64
 	Unconfirmed(after dtfc.ID, limit int) ([]blobstore.UnconfirmedBlob, error)
 	ResolveUnconfirmed(id dtfc.ID, st *dtfc.State) (blobstore.UnconfirmedOutcome, error)
-	FileState(u blobstore.UnconfirmedBlob) dtfc.State
+	FileState(u blobstore.UnconfirmedBlob) (st dtfc.State, recorded bool)
 	Forgotten(id dtfc.ID) (dtfc.State, bool)
 	AdoptUnconfirmed(id dtfc.ID) (blobstore.UnconfirmedOutcome, error)
 	UnconfirmedPath(id dtfc.ID) string
@@ -297,7 +297,7 @@ var errAskAgain = errors.New("some peer could not be asked")
 // lost) is adopted with its own clock rather than deleted.
 func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.State, alone, complete bool) (blobstore.UnconfirmedOutcome, error) {
 	c, id := ur.c, u.ID
-	file := c.unconfirmedStore().FileState(u)
+	file, recorded := c.unconfirmedStore().FileState(u)
 	if known == nil && !complete {
 		return blobstore.UnconfirmedPending, errAskAgain
 	}
@@ -317,10 +317,15 @@ func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.S
 		}
 		return out, err
 	}
-	if !alone && (c.resync.holds() || c.resync.everExpired()) {
+	horizon, missed := c.resync.missedBefore()
+	if !alone && (c.resync.holds() || (missed && (!recorded || file.Clock <= horizon))) {
 		// Nobody knows it, and a peer says this node missed deletes it
 		// forgot: one of them may have been of this file, and nobody
-		// remembers it to compare.
+		// remembers it to compare. Not so for an upload this node
+		// recorded (one a block set aside) newer than every such delete
+		// (each is older than its expiry's horizon): it wins over them as
+		// over any older delete (TestLiftAfterBlockForgottenOnceExpired).
+		// A stray file's time is not trusted that far.
 		if _, seen := ur.logged.LoadOrStore(id, true); !seen {
 			c.log.Warn("left unconfirmed: no peer knows this blob, and this node was told it missed deletes its peers forgot; it stays out of blobs/, never served or replicated",
 				"id", id.String(), "bytes", u.Size, "path", c.unconfirmedStore().UnconfirmedPath(id))
