@@ -119,6 +119,7 @@ func (s *Store) MarkDenyKnown() error {
 		return err
 	}
 	s.denyUnknown.Store(false)
+	s.unconfirmedNews.Notify() // the unconfirmed blobs held back for it
 	return nil
 }
 

@@ -339,6 +339,22 @@ func TestOpenRefusesDamagedMeta(t *testing.T) {
 			require.NoError(t, err)
 			assert.Empty(t, changes)
 
+			// Nothing is adopted live until the deny list is known again
+			// (a block of it may be what the rebuild lost); the peers'
+			// compare, or a node alone, marks it known.
+			require.False(t, s.DenyKnown())
+			for id := range f.live {
+				out, err := s.AdoptUnconfirmed(id)
+				require.NoError(t, err)
+				assert.Equal(t, UnconfirmedBlocked, out)
+			}
+			news := s.UnconfirmedNews()
+			require.NoError(t, s.MarkDenyKnown())
+			select {
+			case <-news:
+			default:
+				t.Error("MarkDenyKnown does not wake the resolver")
+			}
 			for id := range f.live {
 				out, err := s.AdoptUnconfirmed(id)
 				require.NoError(t, err)

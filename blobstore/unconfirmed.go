@@ -76,6 +76,18 @@ func (s *Store) asideState(id dtfc.ID) (st dtfc.State, ok bool, err error) {
 	return st, ok, err
 }
 
+// keepAside records st as the state of st.ID's unconfirmed copy, unless
+// a newer one is recorded already. The caller holds the ID's lock.
+func (s *Store) keepAside(st dtfc.State) error {
+	return s.update(func(t *txn) error {
+		old, ok, err := t.aside(st.ID)
+		if err != nil || (ok && !st.Newer(old)) {
+			return err
+		}
+		return t.putAside(st)
+	})
+}
+
 // putAside records st as the upload st.ID's unconfirmed copy was.
 func (t *txn) putAside(st dtfc.State) error {
 	r := record{State: st}
@@ -304,10 +316,15 @@ func (s *Store) resolve(id dtfc.ID, state func(u UnconfirmedBlob, hasLocal bool)
 		if st.Deleted {
 			return s.unconfirmedTombstone(id, *st)
 		}
-		if s.checkDenied(id) != nil {
+		if s.checkDenied(id) != nil || !s.DenyKnown() {
 			// Blocked: the bytes stay aside, never served, until a lift
 			// (or a delete) decides them; the lift may be on its way.
-			return UnconfirmedBlocked, nil
+			// Likewise while the deny list is not known (metadata
+			// rebuilt): a block of them may be what is missing from it
+			// (MarkDenyKnown wakes the resolver;
+			// TestRebuiltNodeAdoptsNoBlockedUpload). st is what they
+			// are: the state a lift puts them back under.
+			return UnconfirmedBlocked, s.keepAside(*st)
 		}
 		return s.adoptFile(id, *st)
 	}

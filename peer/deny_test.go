@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,4 +352,68 @@ func testLiftAfterBlockForgottenOnceExpired(t *testing.T, tc string) {
 		"%s: the lift brings the set-aside upload back on a (still unconfirmed: %v, file aside: %v)",
 		tc, a.Store.UnconfirmedCount(), fileThere(a.Store.UnconfirmedPath(id)))
 	b.eventuallyHolds(id, true)
+}
+
+// TestRebuiltNodeAdoptsNoBlockedUpload: an upload newer than a
+// block this node had not heard of is set aside in unconfirmed/ when the
+// block arrives ("never served, pushed or offered while blocked"). If
+// the node's meta.db is then damaged and rebuilt, the set-aside state
+// and the deny list are both lost. The first unconfirmed pass runs
+// before the first anti-entropy round (where the deny list is learned):
+// the peer answers the block's tombstone, the file's time is newer, so
+// the file was adopted with its own clock, moved back into blobs/
+// (served, by dtfc and by an nginx pointed at blobs/) and pushed, until
+// the push's answer or the deny-list compare brought the block back (a
+// review found it on 2026-12-07). Now no live state is adopted until the
+// deny list is known; the lift then brings the upload back.
+func TestRebuiltNodeAdoptsNoBlockedUpload(t *testing.T) {
+	a, b, data, id := blockedOnlyAtB(t)
+	code, body := upload(t, a, "x.bin", data, "")
+	require.Equal(t, http.StatusCreated, code, "%s", body)
+	eventually(t, converge, func() bool { _, ok := a.Store.Denied(id); return ok }, "b's answer brings its block to a")
+	eventually(t, converge, func() bool { return fileThere(a.Store.UnconfirmedPath(id)) && !fileThere(a.Store.Path(id)) },
+		"the upload, newer than the block, is set aside")
+
+	// a's meta.db is damaged; the runbook: rebuild-meta, then start.
+	a.down()
+	meta := filepath.Join(a.Dir, "meta.db")
+	fi, err := os.Stat(meta)
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(meta, fi.Size()/2))
+	_, err = blobstore.Rebuild(a.Dir, blobstore.RebuildOptions{})
+	require.NoError(t, err)
+
+	// Watch blobs/ (what nginx serves) while a starts and settles.
+	var seen atomic.Bool
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if fileThere(a.Store.Path(id)) {
+				seen.Store(true)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	a.start()
+	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-done
+
+	_, blocked := b.Store.Denied(id)
+	require.True(t, blocked, "the block still holds on b")
+	require.False(t, seen.Load(), "a blocked file was put back in a's blobs/ (served) after the rebuild")
+	require.False(t, a.holds(id), "a serves a blocked file after the rebuild")
+
+	// The acknowledged upload is kept for the lift (b runs no pusher:
+	// the lift is made on a).
+	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))
+	eventually(t, converge, func() bool { return a.holds(id) && b.holds(id) }, "the lift brings the upload back on both nodes")
 }
