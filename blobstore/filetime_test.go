@@ -47,3 +47,23 @@ func TestFileTime(t *testing.T) {
 	}
 	assert.Zero(t, s.fileStateClock(filepath.Join(t.TempDir(), "missing")))
 }
+
+// TestNewerUploadStampsHeldFile: a newer upload state from a peer that
+// takes a file this node holds dates the file by its clock, as a local
+// upload of held bytes does (the file's time is what a rebuild goes by).
+func TestNewerUploadStampsHeldFile(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	require.NoError(t, err)
+	defer s.Close()
+	res := putBytes(t, s, []byte("held bytes"), Upload{})
+	id := res.State.ID
+	require.Equal(t, res.State.Clock, s.fileStateClock(s.Path(id)))
+
+	newer := res.State
+	newer.Clock = dtfc.TimestampAt(time.Now().Add(time.Second))
+	newer.Node = "0123456789abcdef"
+	out, err := s.Apply(newer)
+	require.NoError(t, err)
+	require.Equal(t, Applied, out)
+	assert.Equal(t, newer.Clock, s.fileStateClock(s.Path(id)), "the file's time records the newer upload's clock")
+}

@@ -301,6 +301,9 @@ func (s *Store) apply(st dtfc.State, kept bool) (Outcome, error) {
 	if st.Deleted {
 		return Applied, s.removeFile(st.ID)
 	}
+	// A newer upload takes the file held: its time records that clock
+	// (README, "When the metadata is damaged"), as Writer.fulfilled does.
+	s.stampFile(s.Path(st.ID), st.Clock)
 	return Applied, nil
 }
 
