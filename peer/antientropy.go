@@ -120,7 +120,7 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool
 		if after := [2]int64{c.pulled[0].Load(), c.pulled[1].Load()}; after != before {
 			c.log.Info("anti-entropy found states newer than this node's", "peer", r.URL, "uploads", after[0]-before[0], "deletes", after[1]-before[1])
 		}
-		if errors.Is(err, errPeerResyncing) {
+		if errors.Is(err, errPeerResyncing) || errors.Is(err, errPeerDistrusted) {
 			continue
 		}
 		if errors.Is(err, errCatchingUp) {
@@ -152,8 +152,18 @@ func (c *Cluster) digestsOf(ctx context.Context, r *remote, prefix []byte) (dige
 	if ans.Resyncing {
 		return ans, fmt.Errorf("peer %s: %w", r.URL, errPeerResyncing)
 	}
+	if c.distrusts(r) {
+		// Its answer told its identity, or another peer's mark of it
+		// came meanwhile: the round's choice, made before, is stale
+		// (TestRoundImportsNothingFromPeerMarkedElsewhere).
+		return ans, fmt.Errorf("peer %s: %w", r.URL, errPeerDistrusted)
+	}
 	return ans, nil
 }
+
+// errPeerDistrusted: the peer is marked expired, here or by another peer;
+// nothing is imported from it.
+var errPeerDistrusted = errors.New("peer is marked expired")
 
 // syncWith pulls from r every state newer than the local one, comparing
 // digests first so that a pair of nodes in sync exchanges 256 digests and
@@ -302,6 +312,9 @@ func (c *Cluster) pullState(ctx context.Context, r *remote, st dtfc.State) error
 // pullStateFrom is pullState, the state applied by apply (the relay's:
 // blobstore.Store.ApplyKept).
 func (c *Cluster) pullStateFrom(ctx context.Context, r *remote, st dtfc.State, apply func(dtfc.State) (blobstore.Outcome, error)) error {
+	if c.distrusts(r) {
+		return fmt.Errorf("peer %s: %w", r.URL, errPeerDistrusted) // since the pull was scheduled
+	}
 	out, err := apply(st)
 	if errors.Is(err, blobstore.ErrClockAhead) {
 		c.refusedClock(err)
@@ -395,6 +408,9 @@ func (c *Cluster) cacheSync(ctx context.Context, r *remote) error {
 		states, err := r.node.Lookup(ctx, ids[:n])
 		if err != nil {
 			return err
+		}
+		if c.distrusts(r) {
+			return fmt.Errorf("peer %s: %w", r.URL, errPeerDistrusted)
 		}
 		ids = ids[n:]
 		for _, st := range states {

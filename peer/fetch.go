@@ -46,6 +46,9 @@ type fetcher struct {
 	store fetchStore
 	// candidates are the peers to ask for an ID, best first.
 	candidates func(dtfc.ID) []*remote
+	// distrusts reports a peer nothing is to be taken from (marked
+	// expired, here or elsewhere): never asked first for a pull either.
+	distrusts func(*remote) bool
 	// toFeed: fills enter the change feed (a replica's; a cache's fills
 	// are nobody's news).
 	toFeed bool
@@ -82,7 +85,7 @@ type fetchStore interface {
 }
 
 func newFetcher(c *Cluster, maxFetches, sources int) *fetcher {
-	f := &fetcher{store: c.store, candidates: c.candidates, log: c.log, metrics: c.metrics, sources: sources,
+	f := &fetcher{store: c.store, candidates: c.candidates, distrusts: c.distrusts, log: c.log, metrics: c.metrics, sources: sources,
 		inflight: map[dtfc.ID]*transfer{}, slots: make(chan struct{}, maxFetches)}
 	if c.isCache() || c.isTier() {
 		f.evict = c.evict
@@ -357,7 +360,11 @@ func (f *fetcher) run(ctx context.Context, t *transfer) {
 		length = pieceSize
 	}
 	var errs []error
-	for _, r := range preferred(f.candidates(t.id), t.prefer) {
+	first := t.prefer
+	if first != nil && f.distrusts != nil && f.distrusts(first) {
+		first = nil // marked expired since the pull began
+	}
+	for _, r := range preferred(f.candidates(t.id), first) {
 		body, st, at, err := f.ask(ctx, r, t.id, off, length, local, lerr == nil)
 		if err != nil {
 			errs = append(errs, err)
