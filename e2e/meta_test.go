@@ -589,7 +589,8 @@ func TestMetaRebuiltLearnsBlocksFirst(t *testing.T) {
 		status, _, _ = tryUpload(t.Context(), hc, x.URL, "after.bin", []byte("taken once the blocks are known"))
 		return status == http.StatusCreated
 	})
-	assert.True(t, logHas(x, "learned the blocks the peers hold"))
+	// Logged just after the store takes uploads again.
+	eventually(t, 10*time.Second, "node 1 says it learned the blocks", func() bool { return logHas(x, "learned the blocks the peers hold") })
 	status, _, err := tryUpload(t.Context(), hc, x.URL, "b", blocked)
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusUnavailableForLegalReasons, status, "the blocked bytes, on node 1")

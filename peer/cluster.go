@@ -141,11 +141,13 @@ type Cluster struct {
 	metrics  *metrics
 	fetch    *fetcher
 
-	mem          atomic.Pointer[membership]
-	peersMu      sync.Mutex // serializes applyPeers
-	filePeers    []Peer     // the peer list file's entries (under peersMu)
-	members      members    // membership records (members.go)
-	membersSig   broadcast.Signal
+	mem        atomic.Pointer[membership]
+	peersMu    sync.Mutex // serializes applyPeers
+	filePeers  []Peer     // the peer list file's entries (under peersMu)
+	members    members    // membership records (members.go)
+	membersSig broadcast.Signal
+	// saidRemoved: the log said this node was removed (once per removal).
+	saidRemoved  atomic.Bool
 	peersChanged broadcast.Signal // notified by setPeers (pushers.go)
 	pushers      pushers
 	repairs      repairs

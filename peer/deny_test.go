@@ -136,7 +136,8 @@ func TestReplicasWaitEndsAtABlock(t *testing.T) {
 	_, ok := a.Store.Denied(id)
 	assert.True(t, ok, "the block did not come back with b's answer")
 	assert.False(t, a.holds(id), "a still serves a blocked upload")
-	assert.FileExists(t, a.Store.UnconfirmedPath(id), "the upload, newer than the block, was not kept aside")
+	// The block is in force before its bytes are moved aside.
+	eventually(t, converge, func() bool { return fileThere(a.Store.UnconfirmedPath(id)) }, "the upload, newer than the block, kept aside")
 	assert.False(t, b.holds(id))
 
 	require.Equal(t, http.StatusOK, denyReq(t, a, http.MethodDelete, id, ""))

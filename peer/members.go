@@ -189,8 +189,7 @@ func (c *Cluster) loadMembers() error {
 		c.members.merge(list, nil, 0)
 	}
 	if me, ok := c.members.get(c.membersStore().NodeID()); ok && me.Removed {
-		c.log.Warn("this node was removed from the cluster: it works alone, with no peer, until a member adds it again (PUT /_members)",
-			"removed_at", me.Clock.Time())
+		c.sayRemoved()
 		return nil
 	}
 	if _, ok := c.members.get(c.membersStore().NodeID()); ok || len(c.opts.Join) > 0 {
@@ -245,7 +244,22 @@ func (c *Cluster) membersChanged() error {
 	}
 	c.applyPeers()
 	c.membersSig.Notify()
+	c.sayRemoved()
 	return nil
+}
+
+// sayRemoved logs, once per removal, that this node was removed: at a
+// start, or when a record of it learned from a peer says so.
+func (c *Cluster) sayRemoved() {
+	at, removed := c.Removed()
+	if !removed {
+		c.saidRemoved.Store(false)
+		return
+	}
+	if !c.saidRemoved.Swap(true) {
+		c.log.Warn("this node was removed from the cluster: it works alone, with no peer, until a member adds it again (PUT /_members)",
+			"removed_at", at)
+	}
 }
 
 // mergeMembers merges a peer's records, refusing those dated further

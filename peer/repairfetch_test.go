@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -56,7 +58,19 @@ func TestRepairPullSaysSo(t *testing.T) {
 // does count, as a client's read would.
 func TestRepairFetchIsNoRead(t *testing.T) {
 	const size = 1 << 10
-	c := newNode(t, nodeOpts{role: peer.RoleCache, maxBytes: 1 << 30})
+	// The handler closes the blob (until then it is open, and eviction
+	// passes it over) after the client has read the whole answer: each
+	// fetch waits for the handler's return (1-4 runs in 300 under load
+	// evicted the next blob instead).
+	var sent, served atomic.Int64
+	c := newNode(t, nodeOpts{role: peer.RoleCache, maxBytes: 1 << 30, wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.ServeHTTP(w, r)
+			if strings.HasPrefix(r.URL.Path, peer.InternalPrefix+"/blobs/") {
+				served.Add(1)
+			}
+		})
+	}})
 	c.writePeers()
 	c.start()
 	var ids []dtfc.ID
@@ -73,6 +87,8 @@ func TestRepairFetchIsNoRead(t *testing.T) {
 		require.NoError(t, err)
 		res.Body.Close()
 		require.Equal(t, http.StatusOK, res.StatusCode)
+		n := sent.Add(1)
+		eventually(t, 10*time.Second, func() bool { return served.Load() == n }, "the blob's handler returned")
 	}
 	evictOne := func(keep int64) dtfc.ID {
 		evicted, err := c.Store.Evict(keep*size, 0, math.MaxUint64)

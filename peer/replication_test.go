@@ -105,7 +105,9 @@ func TestPushReplicates(t *testing.T) {
 // 400 (nothing stored) when the cluster cannot have that many, 504 when
 // they do not come.
 func TestReplicasParam(t *testing.T) {
-	short := func(c *server.Config) { c.ReplicasTimeout = 500 * time.Millisecond }
+	// Long enough for 1 MiB to reach two replicas on a loaded machine
+	// under -race (500 ms was tight), short enough for the 504 case.
+	short := func(c *server.Config) { c.ReplicasTimeout = 3 * time.Second }
 	nodes := startCluster(t, running(nodeOpts{server: short}), running(nodeOpts{}), running(nodeOpts{}))
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	data := randomBytes(t, 1<<20)
