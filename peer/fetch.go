@@ -459,6 +459,10 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	t.st, t.src, t.w = st, r.URL, w
 	close(t.ready)
 	start := time.Now()
+	// Bytes kept from an earlier try (partial/): from whichever holders
+	// sent them then. They hash as their checkpoint says, but a liar's
+	// piece among them is found only at the end, and not r's doing.
+	kept := w.Size()
 	sources := map[*remote]bool{r: true}
 	var spans []span
 	if pieces {
@@ -492,7 +496,7 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 	case errors.Is(err, blobstore.ErrDigestMismatch):
 		f.count(t, "corrupt")
 		ck := t.check
-		if len(sources) == 1 {
+		if len(sources) == 1 && kept == 0 {
 			d := r.fail(fmt.Errorf("sent bytes for %s that do not match its SHA-512", t.id))
 			f.log.Warn("peer sent corrupt bytes; transfer aborted, peer skipped", "id", t.id.String(), "peer", r.URL, "retry_in", d)
 			if ck != nil {
@@ -503,8 +507,8 @@ func (f *fetcher) fill(ctx context.Context, t *transfer, r *remote, body io.Read
 		}
 		if ck != nil && f.recheck(t, ck) {
 			f.log.Warn("bytes from several peers do not match their SHA-512; fetching the blob again from one to find which sent wrong bytes",
-				"id", t.id.String(), "peers", len(sources))
-		} else if len(sources) > 1 {
+				"id", t.id.String(), "peers", len(sources), "kept_from_an_earlier_try", kept)
+		} else if len(sources) > 1 || kept > 0 {
 			f.log.Warn("bytes from several peers do not match their SHA-512; transfer aborted", "id", t.id.String(), "peers", len(sources))
 		}
 	default:
