@@ -10,3 +10,10 @@ func SetCatchUpTimes(window, minBound time.Duration) (restore func()) {
 	catchUpWindow, catchUpMinBound = window, minBound
 	return func() { catchUpWindow, catchUpMinBound = oldWindow, oldBound }
 }
+
+// SetStallTimeout sets stallTimeout until restore is called.
+func SetStallTimeout(d time.Duration) (restore func()) {
+	old := stallTimeout
+	stallTimeout = d
+	return func() { stallTimeout = old }
+}

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/blobstore"
@@ -56,8 +57,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // piece is a range of the blob; pos is how far it is written.
 type piece struct {
 	off, pos, end int64
-	busy          bool // a worker is on it
+	busy          bool                    // a worker is on it
+	stop          context.CancelCauseFunc // ends that worker (see claim)
 }
+
+// errSlowHolder ends the worker of a holder whose piece the others waited
+// for, idle, for stallTimeout: the piece goes on from where it is, with
+// another holder. A holder that trickles a byte now and then is never
+// stalled, but it held the prefix, the readers and the transfer for good.
+var errSlowHolder = errors.New("too slow: the other holders waited for its piece")
 
 // span is a run of bytes one holder sent, with their CRC-32C: what a
 // recheck compares with the good copy.
@@ -91,9 +99,14 @@ func newPieces(id dtfc.ID, w *blobstore.Writer, size int64) *pieces {
 
 // claim waits for a piece to work on: the one at byte at if it is free
 // (where the worker's open body is: -1 if none), else the lowest one free,
-// within the window past the prefix. It returns nil when none is left to
-// do, or ctx ends.
-func (s *pieces) claim(ctx context.Context, at int64) *piece {
+// within the window past the prefix; stop ends the worker claiming it. It
+// returns nil when none is left to do, or ctx ends. A worker that waits
+// for stallTimeout with every piece left busy ends the worker of the
+// lowest (errSlowHolder), and takes its piece
+// (TestTricklingHolderLosesItsPiece).
+func (s *pieces) claim(ctx context.Context, at int64, stop context.CancelCauseFunc) *piece {
+	idle := time.NewTimer(stallTimeout)
+	defer idle.Stop()
 	for {
 		ch := s.changed.Wait()
 		s.mu.Lock()
@@ -110,7 +123,7 @@ func (s *pieces) claim(ctx context.Context, at int64) *piece {
 			}
 		}
 		if free != nil {
-			free.busy = true
+			free.busy, free.stop = true, stop
 			s.mu.Unlock()
 			return free
 		}
@@ -122,6 +135,21 @@ func (s *pieces) claim(ctx context.Context, at int64) *piece {
 		case <-ch:
 		case <-ctx.Done():
 			return nil
+		case <-idle.C:
+			s.dropSlowest()
+			idle.Reset(stallTimeout)
+		}
+	}
+}
+
+// dropSlowest ends the worker of the lowest busy piece in the window.
+func (s *pieces) dropSlowest() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := s.first; i < len(s.list) && i < s.first+pieceWindow; i++ {
+		if p := s.list[i]; p.busy && p.pos < p.end && p.stop != nil {
+			p.stop(errSlowHolder)
+			return
 		}
 	}
 }
@@ -141,7 +169,7 @@ func (s *pieces) wrote(p *piece, n int64) {
 // the span its worker wrote.
 func (s *pieces) release(p *piece, sp span) {
 	s.mu.Lock()
-	p.busy = false
+	p.busy, p.stop = false, nil
 	if sp.end > sp.off {
 		s.spans = append(s.spans, sp)
 	}
@@ -178,21 +206,45 @@ func (s *pieces) written() int64 {
 func (s *pieces) work(ctx context.Context, r *remote, src pieceSource, body io.ReadCloser, at, end int64, p *piece) error {
 	b := &holderBody{body: body, at: at, end: end}
 	defer b.close()
+	wctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	if body != nil {
+		// Opened before this worker, under the transfer's context: its
+		// stop must cut that read too (a body's Close ends a Read).
+		defer context.AfterFunc(wctx, func() { body.Close() })()
+	}
+	if p != nil {
+		s.mu.Lock()
+		p.stop = stop
+		s.mu.Unlock()
+	}
 	for ; ; p = nil {
 		if p == nil {
 			at := int64(-1)
 			if b.body != nil {
 				at = b.at
 			}
-			p = s.claim(ctx, at)
+			p = s.claim(wctx, at, stop)
 		}
 		if p == nil {
-			return ctx.Err()
+			return s.ended(ctx, wctx)
 		}
-		if err := s.fill(ctx, r, src, p, b); err != nil {
+		if err := s.fill(wctx, r, src, p, b); err != nil {
+			if ctx.Err() == nil && wctx.Err() != nil {
+				return s.ended(ctx, wctx)
+			}
 			return err
 		}
 	}
+}
+
+// ended is why a worker ended with no piece to do or a fill cut: its own
+// stop's cause (errSlowHolder), or the transfer's end.
+func (s *pieces) ended(ctx, wctx context.Context) error {
+	if ctx.Err() == nil && wctx.Err() != nil {
+		return context.Cause(wctx)
+	}
+	return ctx.Err()
 }
 
 // holderBody is a worker's open answer from its holder, at byte at of
@@ -314,7 +366,7 @@ func (f *fetcher) copyPieces(ctx context.Context, w *blobstore.Writer, r *remote
 			if i == 0 && body != nil {
 				// Its body's piece is its own: no other worker takes it
 				// first, leaving what it sent unread.
-				b, first = body, s.claim(ctx, at)
+				b, first = body, s.claim(ctx, at, nil) // its stop is set by work
 			}
 			wg.Go(func() {
 				err := s.work(ctx, h, h.node.(pieceSource), b, at, end, first)
