@@ -77,24 +77,36 @@ type span struct {
 
 // pieces is the shared state of a transfer in pieces.
 type pieces struct {
-	id      dtfc.ID
-	size    int64
-	w       *blobstore.Writer
-	mu      sync.Mutex
+	id   dtfc.ID
+	size int64
+	w    *blobstore.Writer
+	mu   sync.Mutex
+	// list is the window: the first piece not done and the next ones,
+	// pieceWindow at most; pieces are made as it moves (memory does not
+	// grow with the blob: TestPiecesStateIsBounded).
 	list    []*piece
-	first   int // the first piece not done
-	alive   int // workers running
+	next    int64 // where the first piece not made yet starts
+	done    int64 // the bytes of the pieces done and dropped from list
+	alive   int   // workers running
 	spans   []span
 	lastErr error // the last worker's error
 	changed broadcast.Signal
 }
 
 func newPieces(id dtfc.ID, w *blobstore.Writer, size int64) *pieces {
-	s := &pieces{id: id, size: size, w: w}
-	for off := w.Size(); off < size; off += pieceSize {
-		s.list = append(s.list, &piece{off: off, pos: off, end: min(off+pieceSize, size)})
-	}
+	s := &pieces{id: id, size: size, w: w, next: w.Size()}
+	s.fillWindow()
 	return s
+}
+
+// fillWindow makes the pieces past the window's last, up to pieceWindow
+// in the window. The caller holds s.mu (or s is not shared yet).
+func (s *pieces) fillWindow() {
+	for len(s.list) < pieceWindow && s.next < s.size {
+		end := min(s.next+pieceSize, s.size)
+		s.list = append(s.list, &piece{off: s.next, pos: s.next, end: end})
+		s.next = end
+	}
 }
 
 // claim waits for a piece to work on: the one at byte at if it is free
@@ -111,9 +123,8 @@ func (s *pieces) claim(ctx context.Context, at int64, stop context.CancelCauseFu
 		ch := s.changed.Wait()
 		s.mu.Lock()
 		var free *piece
-		left := s.first+pieceWindow < len(s.list)
-		for i := s.first; i < len(s.list) && i < s.first+pieceWindow; i++ {
-			p := s.list[i]
+		left := s.next < s.size
+		for _, p := range s.list {
 			if p.pos == p.end {
 				continue
 			}
@@ -146,8 +157,8 @@ func (s *pieces) claim(ctx context.Context, at int64, stop context.CancelCauseFu
 func (s *pieces) dropSlowest() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := s.first; i < len(s.list) && i < s.first+pieceWindow; i++ {
-		if p := s.list[i]; p.busy && p.pos < p.end && p.stop != nil {
+	for _, p := range s.list {
+		if p.busy && p.pos < p.end && p.stop != nil {
 			p.stop(errSlowHolder)
 			return
 		}
@@ -158,9 +169,12 @@ func (s *pieces) dropSlowest() {
 func (s *pieces) wrote(p *piece, n int64) {
 	s.mu.Lock()
 	p.pos += n
-	for s.first < len(s.list) && s.list[s.first].pos == s.list[s.first].end {
-		s.first++
+	for len(s.list) > 0 && s.list[0].pos == s.list[0].end {
+		s.done += s.list[0].end - s.list[0].off
+		s.list[0] = nil
+		s.list = s.list[1:]
 	}
+	s.fillWindow()
 	s.mu.Unlock()
 	s.changed.Notify()
 }
@@ -182,17 +196,17 @@ func (s *pieces) release(p *piece, sp span) {
 func (s *pieces) prefix() (end int64, done bool, alive int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.first == len(s.list) {
+	if len(s.list) == 0 {
 		return s.size, true, s.alive
 	}
-	return s.list[s.first].pos, false, s.alive
+	return s.list[0].pos, false, s.alive
 }
 
 // written returns the bytes written in all (progress, for resumes).
 func (s *pieces) written() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var n int64
+	n := s.done
 	for _, p := range s.list {
 		n += p.pos - p.off
 	}
