@@ -60,7 +60,7 @@ func interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			return nil, usageErr(err)
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -83,7 +83,7 @@ func cmdPut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		return err
 	}
 	if len(files) == 0 {
-		return errors.New("no file given (use - for standard input)")
+		return usagef("no file given (use - for standard input)")
 	}
 	c, err := mk()
 	if err != nil {
@@ -144,7 +144,7 @@ func cmdGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if len(pos) != 1 {
-		return errors.New("want exactly one ID")
+		return usagef("want exactly one ID")
 	}
 	id, err := dtfc.ParseID(pos[0])
 	if err != nil {
@@ -210,7 +210,7 @@ func cmdRm(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if len(ids) == 0 {
-		return errors.New("no ID given")
+		return usagef("no ID given")
 	}
 	c, err := mk()
 	if err != nil {

@@ -262,10 +262,10 @@ func loadConfig(args []string) (Config, error) {
 			fs.PrintDefaults()
 			return c, err
 		}
-		return c, fmt.Errorf("%w (dtfc serve -h lists the flags)", err)
+		return c, usagef("%w (dtfc serve -h lists the flags)", err)
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q (see dtfc help)", fs.Arg(0))
+		return c, usagef("unexpected argument %q (see dtfc help)", fs.Arg(0))
 	}
 	if path != "" {
 		c = defaultConfig()

@@ -61,7 +61,7 @@ list; it has no upload times, so it only reports.
 func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, couchUsage)
-		return errors.New("no sub-command given")
+		return usagef("no sub-command given")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -71,7 +71,7 @@ func cmdCouchDB(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return flag.ErrHelp
 	default:
 		fmt.Fprint(stderr, couchUsage)
-		return fmt.Errorf("unknown sub-command %q", sub)
+		return usagef("unknown sub-command %q", sub)
 	}
 	a, err := parseCouchArgs(sub, args, stderr)
 	if err != nil {
@@ -149,13 +149,13 @@ func parseCouchArgs(sub string, args []string, stderr io.Writer) (*couchArgs, er
 		return nil, err
 	}
 	if len(pos) > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", pos[0])
+		return nil, usagef("unexpected argument %q", pos[0])
 	}
 	if a.couch == "" {
-		return nil, errors.New("--couch URL is required")
+		return nil, usagef("--couch URL is required")
 	}
 	if len(a.dbs) == 0 {
-		return nil, errors.New("--db NAME is required")
+		return nil, usagef("--db NAME is required")
 	}
 	return a, nil
 }

@@ -608,6 +608,15 @@ func TestVersionAndUnknownCommand(t *testing.T) {
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "nosuch")
 
+	// A wrong command line exits 2, as an unknown command does; a
+	// command that fails exits 1.
+	for _, args := range [][]string{{"put"}, {"get"}, {"get", "a", "b"}, {"rm"}, {"put", "--bogus", "f"}, {"serve", "--bogus"}, {"serve", "extra"}} {
+		_, errOut, code = cli(t, nil, args...)
+		assert.Equal(t, 2, code, "%q: %s", args, errOut)
+	}
+	_, errOut, code = cli(t, nil, "get", "--server", "http://127.0.0.1:1", strings.Repeat("ab", 64))
+	assert.Equal(t, 1, code, "a get that fails: %s", errOut)
+
 	out, _, code = cli(t, nil, "help")
 	assert.Equal(t, 0, code)
 	assert.Contains(t, out, "Usage")

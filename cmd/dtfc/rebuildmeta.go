@@ -37,10 +37,10 @@ unconfirmed blob (README: "When the metadata is damaged").
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return usageErr(err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (dtfc rebuild-meta -h)", fs.Arg(0))
+		return usagef("unexpected argument %q (dtfc rebuild-meta -h)", fs.Arg(0))
 	}
 	dir, err := filepath.Abs(*basedir)
 	if err != nil {

@@ -57,7 +57,7 @@ func TestRebuildMetaCommand(t *testing.T) {
 	assert.Contains(t, errOut, "holds no store")
 
 	_, errOut, code = runCmd(t, "rebuild-meta", "--basedir", dir, "extra")
-	assert.Equal(t, 1, code)
+	assert.Equal(t, 2, code, "a wrong command line")
 	assert.Contains(t, errOut, `unexpected argument "extra"`)
 
 	require.NoError(t, os.Remove(filepath.Join(dir, "meta.db")))
