@@ -59,12 +59,24 @@ type piece struct {
 	off, pos, end int64
 	busy          bool                    // a worker is on it
 	stop          context.CancelCauseFunc // ends that worker (see claim)
+	// claimedAt and claimedPos: when its worker took it, and where it
+	// was then (its rate, for dropSlowest).
+	claimedAt  time.Time
+	claimedPos int64
+}
+
+// take marks p busy for the worker that stop ends. The caller holds s.mu.
+func (p *piece) take(stop context.CancelCauseFunc) {
+	p.busy, p.stop, p.claimedAt, p.claimedPos = true, stop, time.Now(), p.pos
 }
 
 // errSlowHolder ends the worker of a holder whose piece the others waited
-// for, idle, for stallTimeout: the piece goes on from where it is, with
-// another holder. A holder that trickles a byte now and then is never
-// stalled, but it held the prefix, the readers and the transfer for good.
+// for, idle, for stallTimeout, and would wait for more than twice that
+// again at its rate: the piece goes on from where it is, with another
+// holder. A holder that trickles a byte now and then is never stalled,
+// but it held the prefix, the readers and the transfer for good. It is
+// not marked down for it: a steady holder on a slow link is not at fault
+// (TestEquallySlowHoldersStayUp).
 var errSlowHolder = errors.New("too slow: the other holders waited for its piece")
 
 // span is a run of bytes one holder sent, with their CRC-32C: what a
@@ -134,7 +146,7 @@ func (s *pieces) claim(ctx context.Context, at int64, stop context.CancelCauseFu
 			}
 		}
 		if free != nil {
-			free.busy, free.stop = true, stop
+			free.take(stop)
 			s.mu.Unlock()
 			return free
 		}
@@ -153,15 +165,21 @@ func (s *pieces) claim(ctx context.Context, at int64, stop context.CancelCauseFu
 	}
 }
 
-// dropSlowest ends the worker of the lowest busy piece in the window.
+// dropSlowest ends the worker of the lowest busy piece in the window if,
+// at the rate it has gone since it was taken, it needs more than twice
+// stallTimeout to finish.
 func (s *pieces) dropSlowest() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range s.list {
-		if p.busy && p.pos < p.end && p.stop != nil {
-			p.stop(errSlowHolder)
-			return
+		if !p.busy || p.pos == p.end || p.stop == nil {
+			continue
 		}
+		moved, took := p.pos-p.claimedPos, time.Since(p.claimedAt)
+		if moved <= 0 || time.Duration(float64(took)*float64(p.end-p.pos)/float64(moved)) > 2*stallTimeout {
+			p.stop(errSlowHolder)
+		}
+		return
 	}
 }
 
@@ -229,7 +247,7 @@ func (s *pieces) work(ctx context.Context, r *remote, src pieceSource, body io.R
 	}
 	if p != nil {
 		s.mu.Lock()
-		p.stop = stop
+		p.take(stop)
 		s.mu.Unlock()
 	}
 	for ; ; p = nil {
@@ -389,7 +407,9 @@ func (f *fetcher) copyPieces(ctx context.Context, w *blobstore.Writer, r *remote
 					cancel() // the transfer ends with it
 				} else if err != nil && ctx.Err() == nil {
 					if !errors.Is(err, errPeerNotFound) {
-						h.fail(err)
+						if !errors.Is(err, errSlowHolder) {
+							h.fail(err) // slow is no fault
+						}
 						f.metrics.fetchResumes.Inc() // its piece goes on elsewhere
 					}
 					f.log.Info("holder dropped from a transfer in pieces", "id", st.ID.String(), "peer", h.URL, "err", err)

@@ -72,7 +72,8 @@ func (s *trickleWriter) Write(p []byte) (int, error) {
 // fast holder and one that trickles a byte a second after its first MiB,
 // which its stall watch never cuts (a byte comes well within
 // stallTimeout). The fast holder, done with every other piece and left
-// waiting for stallTimeout, ends the trickler's worker and finishes its
+// waiting for stallTimeout, ends the trickler's worker (at its rate the
+// piece would take far longer than twice stallTimeout) and finishes its
 // piece from where it was. A review found on 2026-12-07 that nothing did:
 // the prefix, the readers, the slot and the transfer waited for good.
 func TestTricklingHolderLosesItsPiece(t *testing.T) {
@@ -98,9 +99,11 @@ func TestTricklingHolderLosesItsPiece(t *testing.T) {
 	resp.Body.Close()
 	require.NoError(t, err, "the read ended after %d bytes", len(body))
 	assert.True(t, bytes.Equal(data, body))
+	// Dropped from this transfer, not marked down: slow is no fault
+	// (TestEquallySlowHoldersStayUp).
 	for _, p := range reader.status().Cluster.Peers {
 		if p.URL == slow.URL {
-			assert.Contains(t, p.LastError, "too slow", "the trickler was dropped")
+			assert.True(t, p.Up, "the trickler is marked down: %q", p.LastError)
 		}
 	}
 }
