@@ -867,3 +867,37 @@ func readHeld(t testing.TB, s *Store, id dtfc.ID) ([]byte, dtfc.State) {
 	require.NoError(t, err)
 	return got, b.State
 }
+
+// TestDeleteSparesNewerUnconfirmedCopy: after a rebuild, a delete that
+// arrives (pushed, pulled) before the resolver decided a copy leaves the
+// copy whose file is newer than the delete (an upload this node took
+// after it: the resolver weighs it as at start-up), and drops one older.
+// It dropped both: a rebuilt node lost an upload a block had set aside
+// as soon as the block's tombstone came from a peer (a review's test
+// extended to the lift found it, 2026-12-07).
+func TestDeleteSparesNewerUnconfirmedCopy(t *testing.T) {
+	f := newMetaFixture(t, 2, 0)
+	require.NoError(t, os.Remove(f.meta()))
+	_, err := Rebuild(f.dir, RebuildOptions{})
+	require.NoError(t, err)
+	s, err := Open(f.dir, Options{})
+	require.NoError(t, err)
+	defer s.Close()
+	us, err := s.Unconfirmed(dtfc.ID{}, 10)
+	require.NoError(t, err)
+	require.Len(t, us, 2)
+	older, newer := us[0], us[1]
+	require.NotZero(t, older.Clock)
+	require.NotZero(t, newer.Clock)
+
+	// A delete older than one copy's file, newer than the other's.
+	del := func(u UnconfirmedBlob, c dtfc.Timestamp) {
+		_, err := s.Apply(dtfc.State{ID: u.ID, Deleted: true, Clock: c, Node: "0123456789abcdef"})
+		require.NoError(t, err)
+	}
+	del(newer, newer.Clock-1)
+	del(older, older.Clock+1)
+	assert.FileExists(t, s.UnconfirmedPath(newer.ID), "a copy newer than the delete is left to the resolver")
+	assert.NoFileExists(t, s.UnconfirmedPath(older.ID), "a copy older than the delete goes with it")
+	assert.EqualValues(t, 1, s.UnconfirmedCount())
+}

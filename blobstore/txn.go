@@ -271,13 +271,21 @@ func (t *txn) set(old *record, st dtfc.State, toFeed bool) (record, error) {
 		// there, it would outlive the tombstone and be taken, once the
 		// tombstone is forgotten everywhere, for an upload nobody knew.
 		// Unless it is an upload a block set aside that is newer than
-		// this delete (see recordDeny): the upload is the last writer.
+		// this delete (see recordDeny): the upload is the last writer. A
+		// copy with no such state (metadata rebuilt) is dated by its
+		// file (FileState): one newer than the delete is left for the
+		// resolver, which weighs it as at start-up
+		// (TestRebuiltNodeAdoptsNoBlockedUpload).
 		if t.tx.Bucket(bucketUnconfirmed).Get(st.ID[:]) != nil {
 			aside, ok, err := t.aside(st.ID)
 			if err != nil {
 				return nr, err
 			}
-			if !ok || !aside.Newer(st) {
+			newer := ok && aside.Newer(st)
+			if !ok {
+				newer = t.s.fileStateClock(t.s.UnconfirmedPath(st.ID)) > st.Clock
+			}
+			if !newer {
 				if err := t.dropUnconfirmed(st.ID); err != nil {
 					return nr, err
 				}

@@ -316,15 +316,19 @@ func (s *Store) resolve(id dtfc.ID, state func(u UnconfirmedBlob, hasLocal bool)
 		if st.Deleted {
 			return s.unconfirmedTombstone(id, *st)
 		}
-		if s.checkDenied(id) != nil || !s.DenyKnown() {
+		if s.checkDenied(id) != nil {
 			// Blocked: the bytes stay aside, never served, until a lift
 			// (or a delete) decides them; the lift may be on its way.
+			// st is what they are: the state a lift puts them back under.
+			return UnconfirmedBlocked, s.keepAside(*st)
+		}
+		if !s.DenyKnown() {
 			// Likewise while the deny list is not known (metadata
 			// rebuilt): a block of them may be what is missing from it
-			// (MarkDenyKnown wakes the resolver;
-			// TestRebuiltNodeAdoptsNoBlockedUpload). st is what they
-			// are: the state a lift puts them back under.
-			return UnconfirmedBlocked, s.keepAside(*st)
+			// (MarkDenyKnown wakes the resolver, which decides again;
+			// TestRebuiltNodeAdoptsNoBlockedUpload). Nothing is recorded:
+			// st may be a stray file's guess, not a state to trust later.
+			return UnconfirmedBlocked, nil
 		}
 		return s.adoptFile(id, *st)
 	}

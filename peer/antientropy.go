@@ -94,7 +94,8 @@ func (c *Cluster) AntiEntropy(ctx context.Context) int {
 // it completed with, and whether it deferred one.
 func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool) {
 	var reps []*remote
-	for _, r := range c.replicaPeers() {
+	all := c.replicaPeers()
+	for _, r := range all {
 		// Never import from a peer marked expired, here or by another
 		// peer: it may hold what was deleted and forgotten.
 		if !c.distrusts(r) {
@@ -103,7 +104,11 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool
 	}
 	if len(reps) == 0 {
 		c.synced.Store(true)
-		c.denyLearned("no replica peer to compare with")
+		if len(all) == 0 {
+			// Peers distrusted are not none: their blocks are still to
+			// learn (a rebuilt node takes no upload until then).
+			c.denyLearned("no replica peer to compare with")
+		}
 		return 0, false
 	}
 	for _, r := range reps {

@@ -5,9 +5,12 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dtfc/dtfc"
@@ -119,4 +122,38 @@ func testRoundImportsNothingFromPeerMarkedElsewhere(t *testing.T, tc string) {
 		b.Close()
 		t.Fatalf("anti-entropy imported x (deleted and forgotten by A) from node B, which peer A marked expired: a resurrection")
 	}
+}
+
+// TestDenyListNotLearnedWhenEveryReplicaIsDistrusted: a node whose
+// metadata was started afresh (or rebuilt) learns its deny list from a
+// replica peer; when every replica peer is distrusted (marked expired),
+// the round compares with none, and the deny list stays unknown (the
+// node still takes no upload, and adopts nothing held aside). It was
+// counted as learned, as for a node with no replica peer at all (a
+// review's concern, 2026-12-07).
+func TestDenyListNotLearnedWhenEveryReplicaIsDistrusted(t *testing.T) {
+	dir := t.TempDir()
+	first, err := blobstore.Open(dir, blobstore.Options{})
+	require.NoError(t, err)
+	require.NoError(t, first.Close())
+	require.NoError(t, os.Remove(filepath.Join(dir, "meta.db"))) // no blob file: a fresh store, same identity
+	store, err := blobstore.Open(dir, blobstore.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, store.Close()) })
+	require.False(t, store.DenyKnown(), "a store started afresh under its old identity")
+	const urlB = "http://b.invalid"
+	list := filepath.Join(t.TempDir(), "peers.toml")
+	require.NoError(t, os.WriteFile(list, []byte("[[peers]]\nurl = \""+urlB+"\"\n"), 0o644))
+	c, err := New(store, Options{Me: "http://me.invalid", PeerList: list})
+	require.NoError(t, err)
+	rB := c.mem.Load().byURL[urlB]
+	require.NotNil(t, rB)
+	require.NoError(t, c.markExpired(rB, dtfc.TimestampAt(time.Now())))
+	require.True(t, c.distrusts(rB))
+	c.AntiEntropy(t.Context())
+	assert.False(t, store.DenyKnown(), "the deny list counted as learned from no one")
+
+	c.setPeers(nil) // no replica peer at all: nothing to learn it from
+	c.AntiEntropy(t.Context())
+	assert.True(t, store.DenyKnown())
 }

@@ -368,7 +368,7 @@ func orphansError(err error) error {
 	}
 	switch ce.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
-		return fmt.Errorf("%w\nthe node needs its write token: --token TOKEN or $DTFC_TOKEN", err)
+		return fmt.Errorf("%w\nthe node needs a token: its write token (a read token lists where only read_token is set): --token TOKEN or $DTFC_TOKEN", err)
 	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented:
 		if strings.Contains(ce.URL, "/_blobs") {
 			return fmt.Errorf("%w\nthis node cannot list its blobs (GET /_blobs came with a later dtfc): upgrade it, or use --blobs DIR on a replica (report only)", err)
