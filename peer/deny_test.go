@@ -384,7 +384,9 @@ func TestRebuiltNodeAdoptsNoBlockedUpload(t *testing.T) {
 	_, err = blobstore.Rebuild(a.Dir, blobstore.RebuildOptions{})
 	require.NoError(t, err)
 
-	// Watch blobs/ (what nginx serves) while a starts and settles.
+	// Watch blobs/ (what nginx serves) while a starts and settles (the
+	// path taken now: a.start replaces a.Store).
+	path := a.Store.Path(id)
 	var seen atomic.Bool
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -396,7 +398,7 @@ func TestRebuiltNodeAdoptsNoBlockedUpload(t *testing.T) {
 				return
 			default:
 			}
-			if fileThere(a.Store.Path(id)) {
+			if fileThere(path) {
 				seen.Store(true)
 			}
 			time.Sleep(100 * time.Microsecond)

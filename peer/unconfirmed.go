@@ -333,7 +333,7 @@ func (ur *unconfirmedResolver) decide(u blobstore.UnconfirmedBlob, known *dtfc.S
 		return blobstore.UnconfirmedPending, nil
 	}
 	out, err := c.unconfirmedStore().AdoptUnconfirmed(id)
-	if err == nil && !alone {
+	if err == nil && !alone && out == blobstore.UnconfirmedAdopted {
 		// Every peer answered that it knows nothing of it, none forgot a
 		// delete of it lately, and none says this node missed deletes it
 		// forgot: a file in blobs/ was live here (a delete this node
