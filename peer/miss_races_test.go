@@ -137,37 +137,10 @@ func TestMissOfAnEmptyLie(t *testing.T) {
 // rmStallAfter makes a node's answers to peers' GETs of blobs send their
 // first n bytes, then wait until gate is closed before the rest.
 func rmStallAfter(n int64, gate chan struct{}) func(http.Handler) http.Handler {
-	return func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/_internal/blobs/") {
-				w = &rmStallWriter{ResponseWriter: w, left: n, gate: gate}
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
-}
-
-type rmStallWriter struct {
-	http.ResponseWriter
-	left int64
-	gate chan struct{}
-}
-
-func (s *rmStallWriter) Write(p []byte) (int, error) {
-	if s.left <= 0 {
-		<-s.gate
-		return s.ResponseWriter.Write(p)
-	}
-	k := min(int64(len(p)), s.left)
-	n, err := s.ResponseWriter.Write(p[:k])
-	s.left -= int64(n)
-	if err != nil || s.left > 0 {
-		return n, err
-	}
-	http.NewResponseController(s.ResponseWriter).Flush()
-	<-s.gate
-	m, err := s.ResponseWriter.Write(p[k:])
-	return n + m, err
+	return blobAnswersAfter(n, func(w http.ResponseWriter, _ *http.Request, p []byte) (int, error) {
+		<-gate
+		return w.Write(p)
+	})
 }
 
 // TestGetAfterDeleteJoinsTransfer: a node is pulling a blob from
