@@ -500,11 +500,12 @@ func (w *Writer) place(decide decideFunc) (res Result, err error) {
 	if err != nil || !d.apply {
 		return Result{State: d.st}, err
 	}
-	if !d.held {
-		// To be placed: the bytes durable before anything names them.
-		if err := w.sync(); err != nil {
-			return res, err
-		}
+	// To be placed: the bytes durable before anything names them. Held
+	// already, they replace the file there: that file may have rotted
+	// since it was written (the scrubber has not seen it yet), and these
+	// bytes hash to the ID (TestReuploadReplacesCorruptHeldFile).
+	if err := w.sync(); err != nil {
+		return res, err
 	}
 	dst := s.Path(id)
 	// On its way to the committer, which waits a little for it (and the
@@ -534,6 +535,11 @@ func (w *Writer) place(decide decideFunc) (res Result, err error) {
 			// nothing unrecorded stays visible.
 			os.Remove(dst)
 			return res, diskErr("fsync blob directory", err)
+		}
+	}
+	if d.held {
+		if err := w.replace(dst); err != nil {
+			return res, err
 		}
 	}
 	var nr record
@@ -607,6 +613,20 @@ func (w *Writer) nameIntent(c dtfc.Timestamp) error {
 func (w *Writer) link(dst string) error {
 	if err := os.Link(w.tmp, dst); err != nil {
 		return diskErr("place blob", err)
+	}
+	return nil
+}
+
+// replace renames the temp file over the held file at dst, durably: the
+// same bytes, verified now. A reader that has the old file open reads it
+// to its end.
+func (w *Writer) replace(dst string) error {
+	if err := os.Rename(w.tmp, dst); err != nil {
+		return diskErr("replace held blob", err)
+	}
+	w.s.small.drop(w.sum)
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return diskErr("fsync blob directory", err)
 	}
 	return nil
 }
