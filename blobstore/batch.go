@@ -167,12 +167,20 @@ func (s *Store) commitBatch(items []BatchItem, idx []int, res []BatchResult) {
 	// 2. The blobs not held yet named by their intents; their bytes and
 	// names durable (without syncfs, each file's fsync'd first, as place
 	// does).
-	var toLink []*batchPlacement
+	var toLink, toReplace []*batchPlacement
 	for _, p := range todo {
-		if !p.d.held { // held: only the record changes, as in place
+		if p.d.held {
+			toReplace = append(toReplace, p)
+		} else {
 			toLink = append(toLink, p)
 		}
 	}
+	// Held already: the verified bytes replace the file, as in place.
+	each(toReplace, func(p *batchPlacement) {
+		if p.err = p.w.sync(); p.err == nil {
+			p.err = p.w.replace(p.dst)
+		}
+	})
 	each(toLink, func(p *batchPlacement) {
 		if !fast {
 			if p.err = p.w.sync(); p.err != nil {

@@ -1,6 +1,7 @@
 package blobstore
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"io/fs"
@@ -489,4 +490,28 @@ func BenchmarkCommitBatch(b *testing.B) {
 			b.ReportMetric(float64(seed)/time.Since(start).Seconds(), "blobs/s")
 		})
 	}
+}
+
+// TestCommitBatchReplacesCorruptHeldFile: a newer state of bytes held
+// already, committed in a batch (pushed), replaces a held file rotted on
+// disk with the verified bytes, as place does
+// (TestReuploadReplacesCorruptHeldFile).
+func TestCommitBatchReplacesCorruptHeldFile(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	require.NoError(t, err)
+	defer s.Close()
+	data := blobBytes(3, 100<<10)
+	id := putBytes(t, s, data, Upload{}).State.ID
+	rotten := bytes.Clone(data)
+	rotten[len(rotten)/2] ^= 0xff
+	require.NoError(t, os.Chmod(s.Path(id), 0o644))
+	require.NoError(t, os.WriteFile(s.Path(id), rotten, 0o644))
+
+	items := writers(t, s, []batchCase{{data: data, st: remoteState(data, dtfc.TimestampAt(time.Now().Add(time.Second)))}})
+	res := s.CommitBatch(items)
+	closeAll(items)
+	require.NoError(t, res[0].Err)
+	got, err := os.ReadFile(s.Path(id))
+	require.NoError(t, err)
+	assert.Equal(t, id, dtfc.Sum(got), "the held file after the batch")
 }
