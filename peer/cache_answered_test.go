@@ -69,14 +69,7 @@ func TestCacheKeepsUploadsAnsweredCacheByAPeerListedAsReplica(t *testing.T) {
 	n.start()
 	// Any exchange tells C that N is a replica now: a delete made on C
 	// is pushed to N (an anti-entropy round would do the same).
-	w := randomBytes(t, 100)
-	wid := c.put(w)
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
-	require.NoError(t, err)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, http.StatusOK, del(t, c, c.put(randomBytes(t, 100))))
 	eventually(t, 10*time.Second, func() bool {
 		for _, p := range c.Cluster.Status().Peers {
 			if p.URL == n.URL {

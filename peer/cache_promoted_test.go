@@ -125,13 +125,7 @@ func uploadsReach(t *testing.T, c, n *node, datas map[dtfc.ID][]byte, lost strin
 // queue empty only once the cursor passed them).
 func passedToCache(t *testing.T, c, n *node) {
 	t.Helper()
-	wid := c.put(randomBytes(t, 100))
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, c.URL+"/"+wid.String(), nil)
-	require.NoError(t, err)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, http.StatusOK, del(t, c, c.put(randomBytes(t, 100))))
 	eventually(t, 10*time.Second, func() bool {
 		for _, p := range c.Cluster.Status().Peers {
 			if p.URL == n.URL {
