@@ -624,6 +624,7 @@ func (w *Writer) replace(dst string) error {
 	if err := os.Rename(w.tmp, dst); err != nil {
 		return diskErr("replace held blob", err)
 	}
+	w.placed = true // the temp file is in blobs/ now: nothing to remove
 	w.s.small.drop(w.sum)
 	if err := syncDir(filepath.Dir(dst)); err != nil {
 		return diskErr("fsync blob directory", err)
