@@ -405,8 +405,12 @@ func TestRebuiltNodeAdoptsNoBlockedUpload(t *testing.T) {
 		}
 	}()
 	a.start()
-	eventually(t, converge, func() bool { return a.Cluster.Status().Synced }, "a's first anti-entropy round")
-	time.Sleep(500 * time.Millisecond)
+	// Settled: the deny list learned (until then nothing is adopted),
+	// the block in it (from then on nothing blocked is), the copy aside.
+	eventually(t, converge, func() bool {
+		_, blocked := a.Store.Denied(id)
+		return a.Cluster.Status().Synced && a.Store.DenyKnown() && blocked && fileThere(a.Store.UnconfirmedPath(id))
+	}, "a learned the block, its upload still aside")
 	close(stop)
 	<-done
 
