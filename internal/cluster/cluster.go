@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -477,12 +478,16 @@ func (c *Cluster) getJSON(url string, h http.Header, v any) error {
 
 // BlobFiles walks node i's <basedir>/blobs and returns the size of every
 // file in it by name (the ID): what nginx pointed at the directory would
-// serve.
+// serve. A file removed during the walk (an eviction, a delete) is
+// skipped, so it may run while the node works.
 func (c *Cluster) BlobFiles(i int) map[string]int64 {
 	c.t.Helper()
 	root := filepath.Join(c.Nodes[i].Basedir, "blobs")
 	files := map[string]int64{}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) && path != root {
+			return nil // removed during the walk (an eviction, a delete)
+		}
 		if err != nil {
 			return err
 		}
@@ -490,6 +495,9 @@ func (c *Cluster) BlobFiles(i int) map[string]int64 {
 			return nil
 		}
 		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
