@@ -192,7 +192,11 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 	}
 	for _, n := range c.Nodes {
-		if err := n.waitHealthy(healthTimeout); err != nil {
+		err := n.waitHealthy(healthTimeout)
+		if err != nil && strings.Contains(n.Log(), "address already in use") {
+			err = n.startHealthy() // its port was taken meanwhile: once it is free
+		}
+		if err != nil {
 			t.Fatalf("cluster: %v\n%s", err, n.logTail(40))
 		}
 	}

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -362,4 +364,35 @@ func TestListTwiceSecondProxy(t *testing.T) {
 	for _, u := range urls {
 		assert.Contains(t, queues, u)
 	}
+}
+
+// TestRestartOnTakenPort: a node keeps its port across restarts, and
+// while it is down another process may take that port. Start then waits
+// for the port to be free again and starts the node once more, instead
+// of failing the test.
+func TestRestartOnTakenPort(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 1})
+	n := c.Nodes[0]
+	n.Stop()
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(n.Port)))
+	require.NoError(t, err, "taking the stopped node's port")
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		defer ln.Close()
+		// Hold the port until the node has failed to bind it once.
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(n.Log(), "address already in use") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	n.Start()
+	<-released
+	assert.True(t, n.Running())
+	assert.Contains(t, n.Log(), "address already in use", "the first start failed to bind")
+	assert.Contains(t, n.Log(), "starting node 0 once more")
+	res, err := client(t).Get(n.URL + "/health")
+	require.NoError(t, err)
+	res.Body.Close()
+	assert.Equal(t, http.StatusOK, res.StatusCode)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -125,12 +126,66 @@ func (n *Node) PID() int {
 func (n *Node) Start() {
 	t := n.c.t
 	t.Helper()
-	if err := n.start(); err != nil {
-		t.Fatalf("cluster: %v", err)
-	}
-	if err := n.waitHealthy(healthTimeout); err != nil {
+	if err := n.startHealthy(); err != nil {
 		t.Fatalf("cluster: %v\n%s", err, n.logTail(40))
 	}
+}
+
+// startHealthy starts the process and waits until it serves. A node keeps
+// its port across restarts, and while it was down another process (a
+// connection's ephemeral port, another package's test server) may have
+// taken it: a start that fails to bind is tried again once the port is
+// free, within healthTimeout.
+func (n *Node) startHealthy() error {
+	deadline := time.Now().Add(healthTimeout)
+	for {
+		off := n.logSize()
+		if err := n.start(); err != nil {
+			return err
+		}
+		err := n.waitHealthy(time.Until(deadline))
+		if err == nil || !strings.Contains(n.logFrom(off), "address already in use") {
+			return err
+		}
+		if err := waitPortFree(n.Port, deadline); err != nil {
+			return fmt.Errorf("node %d: %w", n.Index, err)
+		}
+		n.appendLog(fmt.Sprintf("=== cluster harness: port %d was taken; it is free again, starting node %d once more\n", n.Port, n.Index))
+	}
+}
+
+// waitPortFree waits until a listener can bind 127.0.0.1:port, or the
+// deadline passes.
+func waitPortFree(port int, deadline time.Time) error {
+	for {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			ln.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("port %d stayed taken: %v", port, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// logSize is the length of the node's log file now (0 if it has none).
+func (n *Node) logSize() int64 {
+	fi, err := os.Stat(n.LogPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// logFrom returns what the node's log holds from byte off on.
+func (n *Node) logFrom(off int64) string {
+	s := n.Log()
+	if off > int64(len(s)) {
+		return ""
+	}
+	return s[off:]
 }
 
 // start starts the process without waiting for it to serve.
