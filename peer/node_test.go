@@ -85,9 +85,15 @@ func (n *node) writePeers(peers ...*node) {
 func (n *node) start() *node {
 	t, o := n.t, n.o
 	if n.hs == nil {
-		// Restarting: the same address and directory.
-		ln, err := net.Listen("tcp", n.addr)
-		require.NoError(t, err)
+		// Restarting: the same address and directory. Another process may
+		// have taken the port meanwhile (a connection's ephemeral port):
+		// wait for it to be free again.
+		var ln net.Listener
+		require.Eventually(t, func() bool {
+			var err error
+			ln, err = net.Listen("tcp", n.addr)
+			return err == nil
+		}, 30*time.Second, 50*time.Millisecond, "the port of %s stayed taken", n.addr)
 		n.hs = httptest.NewUnstartedServer(nil)
 		n.hs.Listener.Close()
 		n.hs.Listener = ln
