@@ -177,3 +177,45 @@ func TestLastReplicaLeaveRefused(t *testing.T) {
 	status, body := membersRequest(t, hc, http.MethodDelete, c.Nodes[0].URL, c.Nodes[0].URL, false)
 	require.Equal(t, http.StatusConflict, status, "the only replica left with an upload no other replica accepted: %s", strings.TrimSpace(body))
 }
+
+// TestBlockOnRemovedNodeRefused: a node that left takes no block or lift
+// any more, as it takes no upload or delete: it sends nothing to the
+// members, so a block acknowledged there would never reach them, and
+// the bytes it was meant to stop would go on being served. It answers
+// 503 and records nothing; the block, made on a member, still holds.
+func TestBlockOnRemovedNodeRefused(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Join: true})
+	waitMembers(t, c, converge, 0, 1)
+	hc := newClient(t)
+	data := randomBytes(4 << 10)
+	_, id := upload(t, hc, c.Nodes[0].URL, "b", data)
+	eventually(t, converge, "node 1 holds the upload", func() bool { return assertHeldQuiet(c, 1, id) })
+	eventually(t, converge, "node 0's queue to node 1 is empty", func() bool { return queueLength(t, c, 0, 1) == 0 })
+	eventually(t, converge, "node 1's queue to node 0 is empty", func() bool { return queueLength(t, c, 1, 0) == 0 })
+
+	self := c.Nodes[1].URL
+	status, body := membersRequest(t, hc, http.MethodDelete, self, self, false)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+
+	deny := func(method string) (int, string) {
+		var r io.Reader
+		if method == http.MethodPut {
+			r = strings.NewReader(`{"status": 451, "reason": "court order"}`)
+		}
+		req, err := http.NewRequestWithContext(t.Context(), method, self+"/_deny/"+id, r)
+		require.NoError(t, err)
+		res, ans := do(t, hc, req)
+		return res.StatusCode, string(ans)
+	}
+	status, body = deny(http.MethodPut)
+	require.Equal(t, http.StatusServiceUnavailable, status, "a block on the removed node: %s", body)
+	require.Contains(t, body, "removed from the cluster")
+	require.False(t, hasDenyEntry(t, hc, self, id), "the removed node recorded the block it refused")
+
+	// Blocked on a member, which the removed node does not hear of:
+	// its lift is refused the same way.
+	setDeny(t, hc, c.Nodes[0].URL, id, `{"status": 451}`)
+	status, body = deny(http.MethodDelete)
+	require.Contains(t, []int{http.StatusServiceUnavailable, http.StatusNotFound}, status, "a lift on the removed node: %s", body)
+	require.True(t, hasDenyEntry(t, hc, c.Nodes[0].URL, id))
+}

@@ -730,7 +730,7 @@ func (c *Cluster) RemoveMember(ctx context.Context, url string, force bool) (Mem
 // uploads or deletes.
 var ErrRemoved = errors.New("this node was removed from the cluster")
 
-// Admit is held around the commit of an upload or delete made here (the
+// Admit is held around the commit of an upload, delete, block or lift made here (the
 // release it returns ends it): ErrRemoved once this node has removed
 // itself, so that none is acknowledged after its leave was taken.
 func (c *Cluster) Admit() (func(), error) {

@@ -20,9 +20,10 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"members": s.cfg.Cluster.Members()})
 }
 
-// admit is held around the commit of an upload or delete: a 503 if this
-// node removed itself since the request passed notRemoved (its leave
-// was taken while the upload's body arrived).
+// admit is held around the commit of an upload, delete, block or lift: a
+// 503 if this node removed itself (for an upload or delete, since the
+// request passed notRemoved: its leave was taken while the body arrived).
+// Nothing committed on a removed node would reach the members.
 func (s *Server) admit() (func(), error) {
 	if s.cfg.Cluster == nil {
 		return func() {}, nil
@@ -30,7 +31,7 @@ func (s *Server) admit() (func(), error) {
 	release, err := s.cfg.Cluster.Admit()
 	if err != nil {
 		return nil, httpstatus.Errorf(http.StatusServiceUnavailable,
-			"%v: it takes no uploads or deletes, and stored nothing of this one; use another node", err)
+			"%v: it takes no uploads, deletes or blocks, and stored nothing of this one; use another node", err)
 	}
 	return release, nil
 }

@@ -311,7 +311,13 @@ func (s *Server) putDeny(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, httpstatus.Errorf(http.StatusBadRequest, "reason longer than %d bytes", maxReason))
 		return
 	}
+	release, err := s.admit()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	d, err := s.denier.SetDeny(id, req.Status, req.Reason, false)
+	release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -330,7 +336,13 @@ func (s *Server) liftDeny(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s is not on the deny list", id))
 		return
 	}
+	release, err := s.admit()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	d, err := s.denier.SetDeny(id, 0, "", true)
+	release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
