@@ -155,7 +155,18 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 				if local, ok, err := c.denyStore().DenyEntry(e.ID); err == nil && ok && !(blobstore.Deny{Clock: e.Clock, Node: e.Node}).Newer(local) {
 					continue
 				}
-				g.Go(func() error { return c.relayDeny(gctx, r, an, e.ID) })
+				g.Go(func() error {
+					err := c.relayDeny(gctx, r, an, e.ID)
+					var ahead *relayClockError
+					if errors.As(err, &ahead) && ahead.node != writer {
+						// Another writer's deny record, dated too far
+						// ahead: its log names it and waits for it.
+						c.log.Warn("skipped a deny record dated too far ahead in another writer's log; its own writer's log waits for it",
+							"archive", r.URL, "id", e.ID.String(), "writer", ahead.node)
+						return nil
+					}
+					return err
+				})
 				continue
 			}
 			// What this node has already, or newer, costs no request:
@@ -168,6 +179,17 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 			}
 			g.Go(func() error {
 				err := c.relayID(gctx, r, an, e.ID)
+				var ahead *relayClockError
+				if errors.As(err, &ahead) && ahead.node != writer {
+					// The newest record of the ID is another writer's,
+					// dated too far ahead: that writer's log waits for
+					// it, this one goes on. The ID is set aside and
+					// tried again until the clock has caught up (the
+					// other writer's log may never be read: it may not
+					// name the record, if that node died before it
+					// wrote its log entry).
+					return c.park(r, an, e.ID, err)
+				}
 				if err == nil || errors.Is(err, errRelayClock) || gctx.Err() != nil {
 					return err
 				}
@@ -194,6 +216,19 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 // clock: it is taken once this node's clock has caught up.
 var errRelayClock = errors.New("a state's clock is too far ahead of this node's")
 
+// relayClockError is errRelayClock for one ID's newest record, made by
+// node: only that node's log waits for it (TestRelayClockAheadHoldsOnlyItsWriter).
+type relayClockError struct {
+	id   dtfc.ID
+	node string
+}
+
+func (e *relayClockError) Error() string {
+	return fmt.Sprintf("%s (a record by %s): %v", e.id, e.node, errRelayClock)
+}
+
+func (e *relayClockError) Unwrap() error { return errRelayClock }
+
 // relayID applies id's newest record in the archive.
 func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dtfc.ID) error {
 	st, err := an.a.NewestState(ctx, id)
@@ -211,7 +246,7 @@ func (c *Cluster) relayID(ctx context.Context, r *remote, an *archiveNode, id dt
 	if err := c.syncStore().CheckClock(id, st.Clock); err != nil {
 		c.metrics.clockRefusedIn.Inc()
 		c.log.Warn("refused a state from an archive: its clock is too far ahead of this node's", "archive", r.URL, "err", err)
-		return fmt.Errorf("%s: %w", id, errRelayClock)
+		return &relayClockError{id: id, node: st.Node}
 	}
 	an.relayNoted(stateKey(st))
 	if st.Deleted {
@@ -273,7 +308,7 @@ func (c *Cluster) relayDeny(ctx context.Context, r *remote, an *archiveNode, id 
 	}
 	if errors.Is(err, blobstore.ErrClockAhead) {
 		c.refusedClock(err)
-		return fmt.Errorf("%s: %w", id, errRelayClock)
+		return &relayClockError{id: id, node: d.Node}
 	}
 	if err != nil {
 		return err
@@ -419,8 +454,8 @@ func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
 		p.mu.Unlock()
 		err := c.relayID(ctx, r, an, id)
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, errRelayClock) {
-				c.park(r, an, id, err)
+			if ctx.Err() == nil {
+				c.park(r, an, id, err) // later, with a longer backoff (a clock ahead too)
 			}
 			continue
 		}
