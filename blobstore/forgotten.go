@@ -104,6 +104,14 @@ func (s *Store) Forgotten(id dtfc.ID) (dtfc.State, bool) { return s.forgotten('S
 // the bytes it covers).
 func (s *Store) DenyKnown() bool { return !s.denyUnknown.Load() }
 
+// RecordsLost reports whether this metadata was rebuilt, or started
+// afresh under an identity that had metadata before: the records this
+// node wrote to a bucket under that identity may hold what it no longer
+// knows (its blocks, its deletes, the uploads a tier evicted), so its
+// own log there is to be read like another writer's, once (package
+// peer). It stays true for the life of this metadata.
+func (s *Store) RecordsLost() bool { return s.recordsLost }
+
 // MarkDenyKnown records that the deny list is complete again: it was
 // compared with a peer's (package peer), or the node has no peer.
 func (s *Store) MarkDenyKnown() error {

@@ -274,6 +274,9 @@ func startRebuildMeta(db *bolt.DB, node string) error {
 		if err := sys.Put(keyDenyUnknown, []byte("1")); err != nil {
 			return err
 		}
+		if err := sys.Put(keyRecordsLost, []byte("1")); err != nil {
+			return err
+		}
 		return sys.Put(keyRebuilding, []byte("1"))
 	})
 }

@@ -89,6 +89,7 @@ type Store struct {
 	// is forgotten) is now for the cluster to decide (UnconfirmedNews).
 	unconfirmedNews broadcast.Signal
 	denyUnknown     atomic.Bool // keyDenyUnknown is set
+	recordsLost     bool        // keyRecordsLost is set
 	// pastForgetting is the Timestamp before which the memory of what
 	// was forgotten was last pruned (PruneForgotten): a delete or lift
 	// that old, of an ID without a record here, is no news (see
@@ -122,6 +123,10 @@ var (
 	// its peers hold: its metadata was rebuilt, or started afresh under
 	// a known identity (MarkDenyKnown clears it).
 	keyDenyUnknown = []byte("deny_unknown")
+	// keyRecordsLost is set for good in metadata rebuilt, or started
+	// afresh under a known identity: what this node wrote to a bucket
+	// before is not in it (see Store.RecordsLost).
+	keyRecordsLost = []byte("records_lost")
 	keyClock       = []byte("clock")
 	keyBlobs       = []byte("blobs")
 	keyBytes       = []byte("bytes")
@@ -460,8 +465,12 @@ func (s *Store) init(p openPlan) (clean, intents bool, err error) {
 			if err := sys.Put(keyDenyUnknown, []byte("1")); err != nil {
 				return err
 			}
+			if err := sys.Put(keyRecordsLost, []byte("1")); err != nil {
+				return err
+			}
 		}
 		s.denyUnknown.Store(sys.Get(keyDenyUnknown) != nil)
+		s.recordsLost = sys.Get(keyRecordsLost) != nil
 		s.access.next = getU64(sys, keyAccessNext)
 		if err := s.loadDeny(tx); err != nil {
 			return err

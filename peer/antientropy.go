@@ -61,6 +61,7 @@ type syncStore interface {
 	DenyDigest() (string, error)
 	DenyKnown() bool
 	MarkDenyKnown() error
+	RecordsLost() bool
 }
 
 func (c *Cluster) syncStore() syncStore { return c.store }
@@ -104,9 +105,11 @@ func (c *Cluster) antiEntropyRound(ctx context.Context) (done int, deferred bool
 	}
 	if len(reps) == 0 {
 		c.synced.Store(true)
-		if len(all) == 0 {
+		if len(all) == 0 && !c.hasArchive() {
 			// Peers distrusted are not none: their blocks are still to
-			// learn (a rebuilt node takes no upload until then).
+			// learn (a rebuilt node takes no upload until then). Nor is
+			// an archive: the relay learns them once it has read every
+			// log there (relayRound).
 			c.denyLearned("no replica peer to compare with")
 		}
 		return 0, false

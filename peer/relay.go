@@ -62,6 +62,7 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		return 0
 	}
 	n := 0
+	allRead := true
 	for _, r := range c.mem.Load().remotes {
 		an, ok := r.node.(*archiveNode)
 		if !ok || ctx.Err() != nil {
@@ -74,15 +75,53 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		}
 		got, err := c.relayFrom(ctx, r, an)
 		n += got
-		if err != nil && ctx.Err() == nil {
-			c.log.Info("relay from an archive failed; retried next round", "archive", r.URL, "err", err)
+		if err != nil {
+			allRead = false
+			if ctx.Err() == nil {
+				c.log.Info("relay from an archive failed; retried next round", "archive", r.URL, "err", err)
+			}
 		}
 		if after := an.tookCounts(); after != before {
 			c.log.Info("took from an archive what this node did not know", "archive", r.URL,
 				"uploads", after[0]-before[0], "deletes", after[1]-before[1], "deny_entries", after[2]-before[2])
 		}
 	}
+	if allRead && ctx.Err() == nil && c.hasArchive() && len(c.replicaPeers()) == 0 {
+		// With no replica peer, the archives are where the blocks a
+		// rebuilt node lost are: every log read, its own too, it has
+		// them (antiEntropyRound leaves this to the relay).
+		c.denyLearned("read every log in the archives")
+	}
 	return n
+}
+
+// hasArchive reports whether the peer list names an archive.
+func (c *Cluster) hasArchive() bool {
+	for _, r := range c.mem.Load().remotes {
+		if _, ok := r.node.(*archiveNode); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// keyOwnLogReadPrefix + archive URL: this node, whose metadata was
+// rebuilt (or started afresh under its identity), has read its own log
+// in that archive to the end once.
+const keyOwnLogReadPrefix = "archive own log read "
+
+// ownLogUnread reports whether this node is to read its own log in the
+// archive at url: what it wrote there is not in metadata rebuilt since,
+// and with the archive as its only peer, nothing else brings back its
+// blocks, its deletes, or the records of the blobs a tier evicted
+// (TestRebuiltNodeRereadsItsOwnLog). Otherwise what it wrote, it has (or
+// newer).
+func (c *Cluster) ownLogUnread(url string) bool {
+	if !c.syncStore().RecordsLost() {
+		return false
+	}
+	v, err := c.store.Value(keyOwnLogReadPrefix + url)
+	return err == nil && v == nil
 }
 
 // keyArchiveDenyPrefix + archive URL: this node wrote its whole deny
@@ -125,13 +164,19 @@ func (c *Cluster) relayFrom(ctx context.Context, r *remote, an *archiveNode) (in
 	n := 0
 	var firstErr error
 	for _, w := range writers {
-		if w == self {
+		own := w == self
+		if own && !c.ownLogUnread(r.URL) {
 			continue // what this node wrote, it has (or newer)
 		}
 		got, err := c.relayWriter(ctx, r, an, w)
 		n += got
 		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("log of %s: %w", w, err)
+		}
+		if own && err == nil {
+			if err := c.store.SetValue(keyOwnLogReadPrefix+r.URL, []byte("read")); err != nil && firstErr == nil {
+				firstErr = err
+			}
 		}
 	}
 	return n, firstErr

@@ -1,0 +1,85 @@
+package e2e_test
+
+import (
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dtfc/dtfc/internal/cluster"
+	"github.com/dtfc/dtfc/internal/versitygw"
+)
+
+// TestRebuiltNodeRereadsItsOwnLog: node A, whose only peer is the
+// bucket, blocks X (the block's record is in the bucket, named in A's
+// log). A loses meta.db, is run through dtfc rebuild-meta, and starts
+// with the same peer list. The relay skipped A's own log ("what this
+// node wrote, it has"), and the deny list counted as learned at once
+// ("no replica peer"): A took X again and served it, though the bucket
+// says it is blocked (found by a review helper). Now a rebuilt node
+// reads its own log once, and takes uploads only after it has read
+// every log in its archives.
+func TestRebuiltNodeRereadsItsOwnLog(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "rebuilt")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	bb := archiveNodes(t, b, "--archive-interval", "300ms")
+	A, B := a.Nodes[0].URL, bb.Nodes[0].URL
+	hc := newClient(t)
+
+	data := randomBytes(20 << 10)
+	_, id := upload(t, hc, A, "x.bin", data)
+	keep := randomBytes(5 << 10) // a file A keeps: its meta.db loss needs rebuild-meta
+	_, keepID := upload(t, hc, A, "keep.bin", keep)
+	eventually(t, 30*time.Second, "B holds both through the bucket", func() bool {
+		return localStatus(t, hc, B, id) == http.StatusOK && localStatus(t, hc, B, keepID) == http.StatusOK
+	})
+	setDeny(t, hc, A, id, `{"status": 451, "reason": "court order"}`)
+	eventually(t, 20*time.Second, "the block's record in the bucket, named in A's log, B applied it", func() bool {
+		return slices.Equal(b.denyRecords(t, id), []string{"block"}) && slices.Contains(b.logged(t, a), "deny "+id) &&
+			hasDenyEntry(t, hc, B, id)
+	})
+	eventually(t, 20*time.Second, "A's archive queue empty", func() bool {
+		n, ok := queueOf(t, a, 0, b.URL())
+		return ok && n == 0
+	})
+	// B, the other site, goes away for the rest of the test: A's only
+	// source is the bucket.
+	bb.Nodes[0].Stop()
+
+	x := a.Nodes[0]
+	x.Stop()
+	require.NoError(t, cluster.DamageMeta(x.MetaPath(), cluster.MetaRemoved))
+	x.RebuildMeta()
+	x.Start()
+	eventually(t, 30*time.Second, "A adopted its kept file and takes uploads again", func() bool {
+		return localStatus(t, hc, A, keepID) == http.StatusOK && logHas(x, "taking uploads again")
+	})
+	// A fresh node reading the bucket learns the block: the bucket holds it.
+	c := archiveNodes(t, b, "--archive-interval", "300ms")
+	C := c.Nodes[0].URL
+	eventually(t, 30*time.Second, "a fresh node applied the block from the bucket", func() bool {
+		return hasDenyEntry(t, hc, C, id) && localStatus(t, hc, C, keepID) == http.StatusOK
+	})
+	// A new upload through C, relayed to A: a relay round ran since its
+	// restart.
+	_, probe := upload(t, hc, C, "probe.bin", randomBytes(3<<10))
+	eventually(t, 30*time.Second, "A relayed C's upload (a relay round ran)", func() bool {
+		return localStatus(t, hc, A, probe) == http.StatusOK
+	})
+	// Several more rounds.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && !hasDenyEntry(t, hc, A, id) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	assert.True(t, hasDenyEntry(t, hc, A, id), "A relearned its own block from the bucket")
+
+	status, _, err := tryUpload(t.Context(), hc, A, "x.bin", data)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusUnavailableForLegalReasons, status, "A takes a re-upload of the blocked file")
+	res, body := get(t, hc, A+"/"+id)
+	assert.Equal(t, http.StatusUnavailableForLegalReasons, res.StatusCode, "A serves the blocked file (%d bytes)", len(body))
+}
