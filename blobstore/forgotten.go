@@ -152,6 +152,13 @@ func (s *Store) ForgottenLifts() ([]Deny, error) {
 	return out, err
 }
 
+// PastForgetting returns the time set by the last PruneForgotten: a
+// delete or lift dated before it, of an ID this node has no record of,
+// is old news. Zero before the first.
+func (s *Store) PastForgetting() time.Time {
+	return dtfc.Timestamp(s.pastForgetting.Load()).Time()
+}
+
 // PruneForgotten drops the memory of what was forgotten before the given
 // time (the caller passes now minus the expiry: by then every peer has
 // forgotten it too, or been marked expired).

@@ -173,10 +173,13 @@ type Cluster struct {
 	// this node's, or unknown here): uploads, deletes.
 	pulled     [2]atomic.Int64
 	clockAhead atomic.Bool // the wall clock is ahead of every peer's (purge)
-	expired    expiries    // peers this node marked expired (acks.go)
-	heard      heardMarks  // the peers other peers marked expired (heardmarks.go)
-	feedClock  feedClock   // when the feed reached where (acks.go)
-	resync     resync      // whether this node must resync (resync.go)
+	// prunePending: the memory of forgotten deletes was not pruned for
+	// want of a peer's clock to check this node's against (pruneForgotten).
+	prunePending atomic.Bool
+	expired      expiries   // peers this node marked expired (acks.go)
+	heard        heardMarks // the peers other peers marked expired (heardmarks.go)
+	feedClock    feedClock  // when the feed reached where (acks.go)
+	resync       resync     // whether this node must resync (resync.go)
 	// unconfirmedPending counts the unconfirmed blobs to ask about again
 	// soon (unconfirmed.go).
 	unconfirmedPending atomic.Int64
@@ -648,10 +651,12 @@ func (c *Cluster) Run(ctx context.Context) error {
 	c.goLoop(ctx, c.identifyLoop)
 	if !c.store.DenyKnown() {
 		// The first anti-entropy round, right after resolveUnconfirmed,
-		// compares them (or finds no replica peer to compare with).
+		// compares them (or finds no replica peer to compare with; with
+		// archives, the relay reads them there).
 		c.log.Warn("the metadata was rebuilt: uploads are refused (503) until this node has compared its deny list with a peer's")
 	}
-	// Before anything is taken from a peer or a bucket: what is old news.
+	// Before anything is taken from a peer or a bucket: what is old news
+	// (with peers, once one's clock is heard: pruneForgotten).
 	c.pruneForgotten(c.opts.Wall())
 	c.resolveUnconfirmed(ctx) // before anti-entropy, which would download what is held aside
 	c.goLoop(ctx, c.antiEntropyLoop)

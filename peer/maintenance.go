@@ -20,6 +20,7 @@ type upkeepStore interface {
 	PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error)
 	PurgeLifts(before dtfc.Timestamp, forget func(seq uint64, clock dtfc.Timestamp) bool) (int, error)
 	PruneForgotten(before time.Time) (int, error)
+	PastForgetting() time.Time
 	Scrub(ctx context.Context, bytesPerSec int64, onCorrupt func(dtfc.State)) error
 	ScrubProgress() blobstore.ScrubProgress
 	Value(key string) ([]byte, error)
@@ -49,6 +50,12 @@ func (c *Cluster) maintenanceLoop(ctx context.Context) {
 			if err := c.upkeepStore().SweepPartials(); err != nil {
 				c.log.Warn("removing stale partial transfers", "err", err)
 			}
+		} else if now := c.opts.Wall(); c.prunePending.Load() ||
+			c.upkeepStore().PastForgetting().After(now.Add(-c.opts.TombstoneExpiry)) {
+			// The prune at start waited for a peer's clock; or this
+			// node's clock went back, and the horizon of old news is
+			// ahead of it: set it again now, not at the next purge.
+			c.pruneForgotten(now)
 		}
 		if c.isCache() {
 			if err := c.upkeepStore().FlushAccess(); err != nil {
@@ -111,13 +118,41 @@ func (c *Cluster) purge() {
 // marked expired resyncs against (keepUnlessForgotten): kept while any
 // peer is. Nor is it pruned while this node's clock runs ahead of every
 // peer's (everything would look old).
+//
+// Nor while no peer's clock has been heard lately, if the node has peers
+// that answer with one (every node; not an archive): at start, before
+// any exchange, or cut off from them, it cannot tell whether its own
+// clock is right, and one a year ahead would have pruned the whole
+// memory and set the horizon of old news a year ahead, so that every
+// delete pushed to it of an ID it holds no record of was acknowledged
+// and dropped (TestPruneWaitsForAPeerClock). The prune then waits
+// (prunePending, tried every maintenance tick) until one is heard.
 func (c *Cluster) pruneForgotten(now time.Time) {
-	if c.anyExpired() || c.clockAhead.Load() {
+	if c.anyExpired() {
 		return
 	}
+	switch ahead, heard := c.aheadOfPeers(); { // now, not as the last purge saw it
+	case heard && ahead > c.opts.MaxClockOffset:
+		return
+	case !heard && c.hasClockedPeer():
+		c.prunePending.Store(true)
+		return
+	}
+	c.prunePending.Store(false)
 	if _, err := c.upkeepStore().PruneForgotten(now.Add(-c.opts.TombstoneExpiry)); err != nil {
 		c.log.Error("pruning the memory of forgotten deletes", "err", err)
 	}
+}
+
+// hasClockedPeer reports whether some listed peer is a node (whose
+// answers carry its clock), not only archives.
+func (c *Cluster) hasClockedPeer() bool {
+	for _, r := range c.mem.Load().remotes {
+		if !r.Self() && !r.Peer.IsArchive() {
+			return true
+		}
+	}
+	return false
 }
 
 // scrubLoop starts a scrub pass every ScrubInterval (measured from the last
