@@ -83,3 +83,45 @@ func TestRebuiltNodeRereadsItsOwnLog(t *testing.T) {
 	res, body := get(t, hc, A+"/"+id)
 	assert.Equal(t, http.StatusUnavailableForLegalReasons, res.StatusCode, "A serves the blocked file (%d bytes)", len(body))
 }
+
+// TestRebuiltNodeTakesUploadsPastAFutureRecord: with archives but no
+// replica peer, a rebuilt node takes uploads once its relay has read
+// every log in them. A log held at a record dated a year ahead (a writer
+// whose clock was wrong) counts as read: nothing could apply that record
+// before the clock has caught up, and the node would refuse every
+// upload for a year.
+func TestRebuiltNodeTakesUploadsPastAFutureRecord(t *testing.T) {
+	s := versitygw.ForTest(t)
+	b := newBucket(t, s, "future")
+	a := archiveNodes(t, b, "--archive-interval", "300ms")
+	w := archiveNodes(t, b, "--archive-interval", "300ms")
+	A, W := a.Nodes[0].URL, w.Nodes[0].URL
+	hc := newClient(t)
+	_, x := upload(t, hc, A, "x.bin", randomBytes(10<<10))
+	eventually(t, 30*time.Second, "W holds X", func() bool { return localStatus(t, hc, W, x) == http.StatusOK })
+
+	// W's clock jumps a year ahead; its delete of X is dated so.
+	w.Nodes[0].SetClock(365 * 24 * time.Hour)
+	eventually(t, 10*time.Second, "an upload to W is dated a year ahead", func() bool {
+		_, pid := upload(t, hc, W, "probe", randomBytes(100))
+		_, st := stateOf(t, w, hc, 0, pid)
+		return st.Clock >= clockAt(time.Now().Add(300*24*time.Hour))
+	})
+	deleteID(t, hc, W, x)
+	eventually(t, 30*time.Second, "W's queue to the archive empty", func() bool {
+		n, ok := queueOf(t, w, 0, b.URL())
+		return ok && n == 0
+	})
+	w.Nodes[0].Stop()
+
+	n := a.Nodes[0]
+	n.Stop()
+	require.NoError(t, cluster.DamageMeta(n.MetaPath(), cluster.MetaRemoved))
+	n.RebuildMeta()
+	n.Start()
+	eventually(t, 30*time.Second, "the rebuilt node takes uploads again", func() bool {
+		status, _, err := tryUpload(t.Context(), hc, A, "after.bin", randomBytes(1000))
+		return err == nil && status == http.StatusCreated
+	})
+	assert.True(t, logHas(n, "refused a state from an archive: its clock is too far ahead"), "W's log was held at its record")
+}

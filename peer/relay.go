@@ -76,7 +76,11 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		got, err := c.relayFrom(ctx, r, an)
 		n += got
 		if err != nil {
-			allRead = false
+			// A log held at a record dated too far ahead counts as
+			// read: nothing can apply that record before the clock
+			// has caught up, perhaps a year, and a rebuilt node would
+			// take no upload meanwhile.
+			allRead = allRead && errors.Is(err, errRelayClock)
 			if ctx.Err() == nil {
 				c.log.Info("relay from an archive failed; retried next round", "archive", r.URL, "err", err)
 			}
@@ -170,7 +174,8 @@ func (c *Cluster) relayFrom(ctx context.Context, r *remote, an *archiveNode) (in
 		}
 		got, err := c.relayWriter(ctx, r, an, w)
 		n += got
-		if err != nil && firstErr == nil {
+		if err != nil && (firstErr == nil || errors.Is(firstErr, errRelayClock) && !errors.Is(err, errRelayClock)) {
+			// Any other error before a clock's: see relayRound.
 			firstErr = fmt.Errorf("log of %s: %w", w, err)
 		}
 		if own && err == nil {
