@@ -24,9 +24,11 @@ import (
 // (peer/members.go).
 
 // aheadWait bounds how long a local change waits for a state dated ahead.
-// A state further ahead than MaxClockOffset plus this (a clock a year
-// ahead) is refused by every node whose clock is right; the change goes
-// ahead without it, and that state wins only once real time reaches it.
+// A change of an ID with a state further ahead than MaxClockOffset plus
+// this is refused (ErrAheadPending): dated before that state, it would be
+// undone once the state is taken, when real time reaches it if the
+// sender's clock is wrong, at the next exchange if this node's clock is
+// behind.
 const aheadWait = 10 * time.Second
 
 // maxAhead bounds how many refused clocks are kept; a refused state is
@@ -68,15 +70,22 @@ func (a *aheadClocks) note(id dtfc.ID, c dtfc.Timestamp, within func(dtfc.Timest
 	a.m[id] = c
 }
 
-// take returns and forgets the clock kept for id.
-func (a *aheadClocks) take(id dtfc.ID) (dtfc.Timestamp, bool) {
+// get returns the clock kept for id.
+func (a *aheadClocks) get(id dtfc.ID) (dtfc.Timestamp, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	c, ok := a.m[id]
-	if ok {
+	return c, ok
+}
+
+// drop forgets the clock kept for id if it is still c (observed: the
+// clock reads after it now).
+func (a *aheadClocks) drop(id dtfc.ID, c dtfc.Timestamp) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m[id] <= c {
 		delete(a.m, id)
 	}
-	return c, ok
 }
 
 // noteAhead keeps the clock of a state of id that err refused as too far
@@ -131,16 +140,30 @@ func (s *Store) SeenRemote(id dtfc.ID, c dtfc.Timestamp) {
 // meanwhile would delete that upload rather than set it aside for its
 // lift (TestUploadAfterSkewedBlock). Called before the ID's lock is
 // taken: the wait holds nothing.
-func (s *Store) afterAhead(id dtfc.ID) {
-	c, ok := s.ahead.take(id)
-	if d, dok := s.aheadDeny.take(id); dok && (!ok || d > c) {
+//
+// A clock too far ahead to wait for refuses the change (ErrAheadPending),
+// and stays kept: dated before that state, the change would be
+// acknowledged and then undone by it. If this node's clock is the wrong
+// one (behind), at once: a delete or upload made here after one made
+// elsewhere was lost to it (TestClockBehindNodeRefusesChanges; *changed
+// on 2026-12-07*: the change went ahead).
+func (s *Store) afterAhead(id dtfc.ID) error {
+	c, ok := s.ahead.get(id)
+	if d, dok := s.aheadDeny.get(id); dok && (!ok || d > c) {
 		c, ok = d, true
 	}
 	if !ok {
-		return
+		return nil
 	}
-	if err := s.clock.AwaitWithin(context.Background(), c, s.opts.MaxClockOffset, aheadWait); err != nil {
-		s.log.Warn("a change goes ahead of a state of the same ID dated too far ahead to wait for; that state wins once real time reaches it",
-			"id", id.String(), "clock", c.Time().UTC().Format(time.RFC3339Nano), "ahead", s.clock.Ahead(c).Round(time.Millisecond))
+	err := s.clock.AwaitWithin(context.Background(), c, s.opts.MaxClockOffset, aheadWait)
+	if err != nil {
+		ahead := s.clock.Ahead(c).Round(time.Millisecond)
+		s.log.Warn("refused a change: a state of the same ID is dated too far ahead of this node's clock to wait for",
+			"id", id.String(), "clock", c.Time().UTC().Format(time.RFC3339Nano), "ahead", ahead)
+		return fmt.Errorf("%w: a state of %s made elsewhere is dated %s ahead of this node's clock (max_clock_offset %s); a change made here now would be dated before it and undone by it. Set the clocks right (this node's, or the other node's), or make the change on the node that holds that state",
+			ErrAheadPending, id, ahead, s.opts.MaxClockOffset)
 	}
+	s.ahead.drop(id, c)
+	s.aheadDeny.drop(id, c)
+	return nil
 }

@@ -231,7 +231,9 @@ func (s *Store) DenyDigest() (string, error) {
 // entry of id refused as dated too far ahead (see ahead.go), which it may
 // wait for.
 func (s *Store) SetDeny(id dtfc.ID, status int, reason string, lifted bool) (Deny, error) {
-	s.afterAhead(id)
+	if err := s.afterAhead(id); err != nil {
+		return Deny{}, err
+	}
 	d := Deny{ID: id, Status: status, Reason: reason, Lifted: lifted, Clock: s.clock.Now(), Node: s.node}
 	if lifted {
 		d.Status, d.Reason = 0, ""

@@ -27,6 +27,11 @@ var (
 	// was rebuilt (or started afresh) and it has not yet learned the
 	// blocks its peers hold (see Store.DenyKnown); nothing was stored.
 	ErrDenyUnknown = errors.New("blobstore: this node's metadata was rebuilt and it has not yet learned its peers' blocks; retry in a few seconds")
+	// ErrAheadPending means a change made here was refused, nothing
+	// stored: a state of its ID from elsewhere is dated too far ahead of
+	// this node's clock to wait for, and the change, dated before it,
+	// would be undone by it (see Store.afterAhead).
+	ErrAheadPending = errors.New("blobstore: refused for now")
 	// ErrStale means a remote state lost to the local one under the
 	// last-writer-wins rule and was not applied.
 	ErrStale = errors.New("blobstore: state is older than the local one")

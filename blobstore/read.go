@@ -187,7 +187,9 @@ func (s *Store) DeleteUnmodifiedSince(id dtfc.ID, since time.Time) (dtfc.State, 
 // deleteIf records a delete of id made here if cond, given id's record
 // (and whether there is one), allows it under the ID's lock.
 func (s *Store) deleteIf(id dtfc.ID, cond func(rec record, ok bool) error) (dtfc.State, error) {
-	s.afterAhead(id)
+	if err := s.afterAhead(id); err != nil {
+		return dtfc.State{}, err
+	}
 	leave, err := s.enter()
 	if err != nil {
 		return dtfc.State{}, err

@@ -415,7 +415,10 @@ func (w *Writer) Commit(u Upload) (Result, error) {
 		w.err = ErrDenyUnknown
 		return Result{}, w.err
 	}
-	w.s.afterAhead(w.sum)
+	if err := w.s.afterAhead(w.sum); err != nil {
+		w.err = err
+		return Result{}, err
+	}
 	return w.place(func(*record, bool) (dtfc.State, bool, bool) {
 		return dtfc.State{
 			ID:          w.sum,

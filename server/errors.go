@@ -2,10 +2,12 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"time"
 
+	"github.com/dtfc/dtfc/blobstore"
 	"github.com/dtfc/dtfc/internal/httpstatus"
 )
 
@@ -31,6 +33,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Connection", "close")
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dtfc"`)
+	case http.StatusServiceUnavailable:
+		if errors.Is(err, blobstore.ErrAheadPending) {
+			w.Header().Set("Retry-After", "60") // until a clock is set right
+		}
 	}
 	writeJSON(w, status, map[string]string{"error": msg})
 }

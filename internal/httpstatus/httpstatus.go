@@ -60,7 +60,7 @@ func Of(err error) int {
 	case errors.Is(err, blobstore.ErrClockAhead):
 		// A state from a peer whose clock runs too far ahead of ours.
 		return http.StatusUnprocessableEntity
-	case errors.Is(err, blobstore.ErrDenyUnknown):
+	case errors.Is(err, blobstore.ErrDenyUnknown), errors.Is(err, blobstore.ErrAheadPending):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrReplicasTimeout):
 		return http.StatusGatewayTimeout
