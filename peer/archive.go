@@ -76,8 +76,9 @@ type archiveNode struct {
 	// round, at info: what a bucket keeps bringing in).
 	took [3]atomic.Int64
 
-	// parked are the IDs the relay set aside (relay.go).
-	parked parked
+	// parked are the IDs the relay set aside (relay.go), for their
+	// states; parkedDeny, for their deny entries.
+	parked, parkedDeny parked
 }
 
 type relayedKey struct {

@@ -36,6 +36,7 @@ type nodeOpts struct {
 	wrap     func(http.Handler) http.Handler // e.g. a corrupter in front of the node
 	peer     func(*peer.Options)             // adjust the cluster options
 	server   func(*server.Config)            // adjust the server options
+	wall     func() time.Time                // the store's and the cluster's wall clock (nil: the machine's)
 }
 
 // node is an in-process dtfc node: a real store on disk, a real
@@ -98,13 +99,13 @@ func (n *node) start() *node {
 		n.hs.Listener.Close()
 		n.hs.Listener = ln
 	}
-	st, err := blobstore.Open(n.Dir, blobstore.Options{TrackAccess: o.role == peer.RoleCache})
+	st, err := blobstore.Open(n.Dir, blobstore.Options{TrackAccess: o.role == peer.RoleCache, Wall: o.wall})
 	require.NoError(t, err)
 	n.Store = st
 	n.Reg = prometheus.NewRegistry()
 	po := peer.Options{
 		Me: n.URL, Role: o.role, PeerList: n.peerFile, MaxBytes: o.maxBytes,
-		Registry: n.Reg, ScrubInterval: -1, AntiEntropyInterval: time.Hour,
+		Registry: n.Reg, ScrubInterval: -1, AntiEntropyInterval: time.Hour, Wall: o.wall,
 	}
 	if o.peer != nil {
 		o.peer(&po)

@@ -76,11 +76,7 @@ func (c *Cluster) relayRound(ctx context.Context) int {
 		got, err := c.relayFrom(ctx, r, an)
 		n += got
 		if err != nil {
-			// A log held at a record dated too far ahead counts as
-			// read: nothing can apply that record before the clock
-			// has caught up, perhaps a year, and a rebuilt node would
-			// take no upload meanwhile.
-			allRead = allRead && errors.Is(err, errRelayClock)
+			allRead = false
 			if ctx.Err() == nil {
 				c.log.Info("relay from an archive failed; retried next round", "archive", r.URL, "err", err)
 			}
@@ -174,8 +170,7 @@ func (c *Cluster) relayFrom(ctx context.Context, r *remote, an *archiveNode) (in
 		}
 		got, err := c.relayWriter(ctx, r, an, w)
 		n += got
-		if err != nil && (firstErr == nil || errors.Is(firstErr, errRelayClock) && !errors.Is(err, errRelayClock)) {
-			// Any other error before a clock's: see relayRound.
+		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("log of %s: %w", w, err)
 		}
 		if own && err == nil {
@@ -207,13 +202,11 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 				}
 				g.Go(func() error {
 					err := c.relayDeny(gctx, r, an, e.ID)
-					var ahead *relayClockError
-					if errors.As(err, &ahead) && ahead.node != writer {
-						// Another writer's deny record, dated too far
-						// ahead: its log names it and waits for it.
-						c.log.Warn("skipped a deny record dated too far ahead in another writer's log; its own writer's log waits for it",
-							"archive", r.URL, "id", e.ID.String(), "writer", ahead.node)
-						return nil
+					if errors.Is(err, errRelayClock) {
+						// Dated too far ahead: set aside and tried
+						// again until the clock has caught up, while
+						// the log goes on.
+						return c.parkAs(r, an, e.ID, err, true)
 					}
 					return err
 				})
@@ -229,23 +222,17 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 			}
 			g.Go(func() error {
 				err := c.relayID(gctx, r, an, e.ID)
-				var ahead *relayClockError
-				if errors.As(err, &ahead) && ahead.node != writer {
-					// The newest record of the ID is another writer's,
-					// dated too far ahead: that writer's log waits for
-					// it, this one goes on. The ID is set aside and
-					// tried again until the clock has caught up (the
-					// other writer's log may never be read: it may not
-					// name the record, if that node died before it
-					// wrote its log entry).
-					return c.park(r, an, e.ID, err)
-				}
-				if err == nil || errors.Is(err, errRelayClock) || gctx.Err() != nil {
+				if err == nil || gctx.Err() != nil {
 					return err
 				}
-				// One ID that cannot be applied (its blob corrupt or
-				// missing in the bucket) must not hold up the rest of
-				// the log: it is set aside and tried again later.
+				// One ID that cannot be applied must not hold up the
+				// rest of the log: it is set aside and tried again
+				// later. Its blob corrupt or missing in the bucket; or
+				// its newest record dated too far ahead, tried again
+				// until the clock has caught up (a writer's log carries
+				// records other nodes made too, and held there a year
+				// it hid every record after it,
+				// TestRelayClockAheadHoldsNoLog).
 				return c.park(r, an, e.ID, err)
 			})
 		}
@@ -262,12 +249,12 @@ func (c *Cluster) relayWriter(ctx context.Context, r *remote, an *archiveNode, w
 	return n, err
 }
 
-// errRelayClock holds a writer's cursor at a state refused for its
-// clock: it is taken once this node's clock has caught up.
+// errRelayClock: a record refused for its clock; its ID is set aside
+// and taken once this node's clock has caught up.
 var errRelayClock = errors.New("a state's clock is too far ahead of this node's")
 
 // relayClockError is errRelayClock for one ID's newest record, made by
-// node: only that node's log waits for it (TestRelayClockAheadHoldsOnlyItsWriter).
+// node.
 type relayClockError struct {
 	id   dtfc.ID
 	node string
@@ -376,9 +363,12 @@ func (c *Cluster) relayDeny(ctx context.Context, r *remote, an *archiveNode, id 
 // maxParked per archive: beyond, the writer's cursor holds as before.
 const (
 	keyParkedPrefix = "archive parked "
-	parkFirst       = 10 * time.Second
-	parkMax         = 5 * time.Minute
-	maxParked       = 10_000
+	// keyParkedDenyPrefix: the IDs set aside for their deny entries (a
+	// record dated too far ahead).
+	keyParkedDenyPrefix = "archive parked deny "
+	parkFirst           = 10 * time.Second
+	parkMax             = 5 * time.Minute
+	maxParked           = 10_000
 )
 
 // errTooManyParked holds a writer's cursor when too many IDs are set
@@ -396,14 +386,14 @@ type parked struct {
 	again map[dtfc.ID]bool
 }
 
-// load reads the set persisted by an earlier run (under mu).
-func (p *parked) load(store interface{ Value(string) ([]byte, error) }, url string) {
+// load reads the set persisted by an earlier run under key (under mu).
+func (p *parked) load(store interface{ Value(string) ([]byte, error) }, key string) {
 	if p.loaded {
 		return
 	}
 	p.loaded = true
 	p.next, p.backoff = map[dtfc.ID]time.Time{}, map[dtfc.ID]time.Duration{}
-	v, err := store.Value(keyParkedPrefix + url)
+	v, err := store.Value(key)
 	if err != nil || v == nil {
 		return
 	}
@@ -414,36 +404,52 @@ func (p *parked) load(store interface{ Value(string) ([]byte, error) }, url stri
 	}
 }
 
-// save persists the set (under mu).
-func (p *parked) save(store interface{ SetValue(string, []byte) error }, url string) error {
+// save persists the set under key (under mu).
+func (p *parked) save(store interface{ SetValue(string, []byte) error }, key string) error {
 	ids := make([]string, 0, len(p.next))
 	for id := range p.next {
 		ids = append(ids, id.String())
 	}
 	slices.Sort(ids)
-	return store.SetValue(keyParkedPrefix+url, []byte(strings.Join(ids, "\n")))
+	return store.SetValue(key, []byte(strings.Join(ids, "\n")))
+}
+
+// parkedSet returns an archive's set of IDs set aside for their states,
+// or for their deny entries, and the key prefix it is persisted under.
+func (an *archiveNode) parkedSet(deny bool) (*parked, string) {
+	if deny {
+		return &an.parkedDeny, keyParkedDenyPrefix
+	}
+	return &an.parked, keyParkedPrefix
 }
 
 // park sets id aside, or returns an error that holds the cursor if it
 // cannot be (the set is full, or cannot be persisted).
 func (c *Cluster) park(r *remote, an *archiveNode, id dtfc.ID, cause error) error {
-	p := &an.parked
+	return c.parkAs(r, an, id, cause, false)
+}
+
+// parkAs is park for id's state, or with deny for its deny entry.
+func (c *Cluster) parkAs(r *remote, an *archiveNode, id dtfc.ID, cause error, deny bool) error {
+	p, prefix := an.parkedSet(deny)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.load(c.store, r.URL)
-	if _, ok := p.next[id]; !ok {
+	p.load(c.store, prefix+r.URL)
+	if at, ok := p.next[id]; !ok {
 		if len(p.next) >= maxParked {
 			return fmt.Errorf("%w (%d): %w", errTooManyParked, len(p.next), cause)
 		}
 		p.backoff[id] = parkFirst
+	} else if at.After(time.Now()) {
+		return nil // set aside already and not due (another log named it too)
 	}
 	p.next[id] = time.Now().Add(p.backoff[id])
 	p.backoff[id] = min(2*p.backoff[id], parkMax)
-	if err := p.save(c.store, r.URL); err != nil {
+	if err := p.save(c.store, prefix+r.URL); err != nil {
 		delete(p.next, id)
 		return err
 	}
-	c.log.Warn("an ID an archive's log names could not be applied; set aside, tried again later", "archive", r.URL, "id", id.String(), "err", cause)
+	c.log.Warn("an ID an archive's log names could not be applied; set aside, tried again later", "archive", r.URL, "id", id.String(), "deny", deny, "err", cause)
 	return nil
 }
 
@@ -462,7 +468,7 @@ func (c *Cluster) relayAgain(id dtfc.ID) {
 		}
 		p := &an.parked
 		p.mu.Lock()
-		p.load(c.store, r.URL)
+		p.load(c.store, keyParkedPrefix+r.URL)
 		if _, ok := p.next[id]; ok {
 			// Parked already, perhaps being retried right now (with
 			// the block still in force): tried again after that.
@@ -473,7 +479,7 @@ func (c *Cluster) relayAgain(id dtfc.ID) {
 			p.next[id] = time.Time{}
 		} else if len(p.next) < maxParked {
 			p.next[id], p.backoff[id] = time.Time{}, parkFirst
-			if err := p.save(c.store, r.URL); err != nil {
+			if err := p.save(c.store, keyParkedPrefix+r.URL); err != nil {
 				delete(p.next, id)
 				c.log.Error("persisting the IDs set aside", "archive", r.URL, "err", err)
 			}
@@ -482,48 +488,57 @@ func (c *Cluster) relayAgain(id dtfc.ID) {
 	}
 }
 
-// retryParked tries again the IDs set aside whose time has come.
+// retryParked tries again the IDs set aside whose time has come: their
+// states, then their deny entries.
 func (c *Cluster) retryParked(ctx context.Context, r *remote, an *archiveNode) {
-	p := &an.parked
-	p.mu.Lock()
-	p.load(c.store, r.URL)
-	var due []dtfc.ID
-	now := time.Now()
-	for id, at := range p.next {
-		if !at.After(now) {
-			due = append(due, id)
-		}
-	}
-	p.mu.Unlock()
-	for _, id := range due {
-		if ctx.Err() != nil {
-			return
-		}
+	for _, deny := range []bool{false, true} {
+		p, prefix := an.parkedSet(deny)
+		key := prefix + r.URL
 		p.mu.Lock()
-		delete(p.again, id)
-		p.mu.Unlock()
-		err := c.relayID(ctx, r, an, id)
-		if err != nil {
-			if ctx.Err() == nil {
-				c.park(r, an, id, err) // later, with a longer backoff (a clock ahead too)
+		p.load(c.store, key)
+		var due []dtfc.ID
+		now := time.Now()
+		for id, at := range p.next {
+			if !at.After(now) {
+				due = append(due, id)
 			}
-			continue
-		}
-		p.mu.Lock()
-		if p.again[id] {
-			// A lift came while it was applied: once more.
-			delete(p.again, id)
-			p.next[id] = time.Time{}
-			p.mu.Unlock()
-			continue
-		}
-		delete(p.next, id)
-		delete(p.backoff, id)
-		if err := p.save(c.store, r.URL); err != nil {
-			c.log.Error("persisting the IDs set aside", "archive", r.URL, "err", err)
 		}
 		p.mu.Unlock()
-		c.log.Info("an ID set aside was applied from the archive", "archive", r.URL, "id", id.String())
+		for _, id := range due {
+			if ctx.Err() != nil {
+				return
+			}
+			p.mu.Lock()
+			delete(p.again, id)
+			p.mu.Unlock()
+			var err error
+			if deny {
+				err = c.relayDeny(ctx, r, an, id)
+			} else {
+				err = c.relayID(ctx, r, an, id)
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					c.parkAs(r, an, id, err, deny) // later, with a longer backoff (a clock ahead too)
+				}
+				continue
+			}
+			p.mu.Lock()
+			if p.again[id] {
+				// A lift came while it was applied: once more.
+				delete(p.again, id)
+				p.next[id] = time.Time{}
+				p.mu.Unlock()
+				continue
+			}
+			delete(p.next, id)
+			delete(p.backoff, id)
+			if err := p.save(c.store, key); err != nil {
+				c.log.Error("persisting the IDs set aside", "archive", r.URL, "err", err)
+			}
+			p.mu.Unlock()
+			c.log.Info("an ID set aside was applied from the archive", "archive", r.URL, "id", id.String(), "deny", deny)
+		}
 	}
 }
 
