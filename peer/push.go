@@ -159,6 +159,23 @@ func (c *Cluster) storedCursor(url string) uint64 {
 	return n
 }
 
+// storedCursorNode returns the identity of the node the stored cursor of
+// url counts for ("" if none was recorded).
+func (c *Cluster) storedCursorNode(url string) string {
+	v, err := c.feedStore().Value(keyCursorNode + url)
+	if err != nil {
+		return ""
+	}
+	return string(v)
+}
+
+// removedMember reports whether node is a member removed from the
+// cluster.
+func (c *Cluster) removedMember(node string) bool {
+	m, ok := c.members.get(node)
+	return node != "" && ok && m.Removed
+}
+
 // noSkipValue is the stored value of noSkip. A store written before
 // skipped was kept has no value at all (storedSkipped's known false).
 const noSkipValue = "-"
@@ -191,6 +208,9 @@ func (c *Cluster) cursorOf(url string) uint64 {
 		if p.otherNode() {
 			return 0 // not renewed yet: it has accepted nothing
 		}
+		if n := p.node.Load(); n != nil && c.removedMember(*n) {
+			return 0 // what a removed member accepted reaches nobody
+		}
 		p.curMu.Lock()
 		cur, floor := p.cursor.Load(), p.skipped.Load()
 		p.curMu.Unlock()
@@ -201,6 +221,9 @@ func (c *Cluster) cursorOf(url string) uint64 {
 			cur = min(cur, floor)
 		}
 		return cur
+	}
+	if c.removedMember(c.storedCursorNode(url)) {
+		return 0
 	}
 	// No pusher running: the role is not known here, so the lesser (a
 	// store without skipped kept: none sent, as far as it can tell).
