@@ -686,7 +686,7 @@ func (m *Migrator) plan(ctx context.Context, d *document, uploaded map[string]Re
 	for _, name := range names {
 		s := d.stubs[name]
 		ev := Event{DocID: d.id, Attachment: name, Length: s.Length}
-		if r, ok := d.ref(name); ok && r.matches(s) && !(m.opts.RemoveAttachments && m.opts.Replicas > 1) {
+		if r, ok := d.ref(name); ok && r.matches(s, m.opts.RemoveAttachments) && !(m.opts.RemoveAttachments && m.opts.Replicas > 1) {
 			present, err := m.present(ctx, r)
 			if err != nil {
 				return nil, err
@@ -698,7 +698,7 @@ func (m *Migrator) plan(ctx context.Context, d *document, uploaded map[string]Re
 				continue
 			}
 		}
-		key := fmt.Sprintf("%s\x00%s\x00%d", name, s.Digest, s.Length)
+		key := fmt.Sprintf("%s\x00%s\x00%d\x00%s", name, s.Digest, s.Length, s.ContentType)
 		r, ok := uploaded[key]
 		if !ok && m.opts.DryRun {
 			r, ok = Ref{ContentType: s.ContentType, Length: s.Length, Digest: s.Digest}, true

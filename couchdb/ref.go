@@ -35,13 +35,24 @@ type Ref struct {
 // ID parses the reference's sha512.
 func (r Ref) ID() (dtfc.ID, error) { return dtfc.ParseID(r.SHA512) }
 
-// matches reports whether r records the attachment s: same length, and
-// the same CouchDB digest when both are known.
-func (r Ref) matches(s stub) bool {
-	if r.Length != s.Length || !dtfc.LooksLikeID(r.SHA512) {
+// matches reports whether r records the attachment s: same length, same
+// content type, and the same CouchDB digest when both are known; with
+// strict (the attachment is then dropped), both must be known. A
+// reference without a digest (the documented form, what a migration
+// before the digest wrote, what an application writes for its own
+// uploads) cannot tell an attachment replaced by other bytes of the same
+// length: dropped as "skipped", the new bytes were in neither store
+// (TestMigrateDigestlessRefReuploads). And one recording another type
+// than the attachment's lost the type the application corrected
+// (TestMigrateContentTypeChangeKept).
+func (r Ref) matches(s stub, strict bool) bool {
+	if r.Length != s.Length || !dtfc.LooksLikeID(r.SHA512) || r.ContentType != s.ContentType {
 		return false
 	}
-	return r.Digest == "" || s.Digest == "" || r.Digest == s.Digest
+	if r.Digest == "" || s.Digest == "" {
+		return !strict
+	}
+	return r.Digest == s.Digest
 }
 
 // stub is an attachment as a document read with attachments=false

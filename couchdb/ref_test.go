@@ -93,12 +93,16 @@ func TestParseDocRefuses(t *testing.T) {
 
 func TestRefMatches(t *testing.T) {
 	id := strings.Repeat("c", 128)
-	s := stub{Length: 10, Digest: "md5-x"}
-	assert.True(t, Ref{SHA512: id, Length: 10, Digest: "md5-x"}.matches(s))
-	assert.True(t, Ref{SHA512: id, Length: 10}.matches(s), "a reference without digest (written by an application)")
-	assert.False(t, Ref{SHA512: id, Length: 10, Digest: "md5-y"}.matches(s), "replaced by other bytes of the same length")
-	assert.False(t, Ref{SHA512: id, Length: 11, Digest: "md5-x"}.matches(s))
-	assert.False(t, Ref{SHA512: "nope", Length: 10, Digest: "md5-x"}.matches(s))
+	s := stub{Length: 10, Digest: "md5-x", ContentType: "text/plain"}
+	for _, strict := range []bool{false, true} {
+		assert.True(t, Ref{SHA512: id, Length: 10, Digest: "md5-x", ContentType: "text/plain"}.matches(s, strict))
+		assert.False(t, Ref{SHA512: id, Length: 10, Digest: "md5-y", ContentType: "text/plain"}.matches(s, strict), "replaced by other bytes of the same length")
+		assert.False(t, Ref{SHA512: id, Length: 11, Digest: "md5-x", ContentType: "text/plain"}.matches(s, strict))
+		assert.False(t, Ref{SHA512: "nope", Length: 10, Digest: "md5-x", ContentType: "text/plain"}.matches(s, strict))
+		assert.False(t, Ref{SHA512: id, Length: 10, Digest: "md5-x", ContentType: "image/png"}.matches(s, strict), "the type changed")
+	}
+	assert.True(t, Ref{SHA512: id, Length: 10, ContentType: "text/plain"}.matches(s, false), "a reference without digest (written by an application), the attachment kept")
+	assert.False(t, Ref{SHA512: id, Length: 10, ContentType: "text/plain"}.matches(s, true), "a reference without digest, the attachment to be dropped")
 }
 
 // FuzzParseDoc: any document parses or is refused without panicking, and
