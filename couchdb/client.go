@@ -125,16 +125,21 @@ type DB struct {
 // Name is the database's name.
 func (db *DB) Name() string { return db.name }
 
+// pathSeg escapes one segment of a URL path, a '+' too: CouchDB 3 reads
+// a '+' in a path as a space by default ([chttpd] decode_plus_to_space),
+// so a name holding one would be read or written as another.
+func pathSeg(s string) string { return strings.ReplaceAll(url.PathEscape(s), "+", "%2B") }
+
 // docPath escapes a document ID for a URL path. The prefixes _design/ and
 // _local/ keep their slash, as CouchDB expects; any other slash in an ID
 // is escaped.
 func docPath(id string) string {
 	for _, p := range []string{"_design/", "_local/"} {
 		if rest, ok := strings.CutPrefix(id, p); ok {
-			return p + url.PathEscape(rest)
+			return p + pathSeg(rest)
 		}
 	}
-	return url.PathEscape(id)
+	return pathSeg(id)
 }
 
 // attPath escapes an attachment name: CouchDB takes the rest of the path
@@ -142,13 +147,13 @@ func docPath(id string) string {
 func attPath(name string) string {
 	segs := strings.Split(name, "/")
 	for i, s := range segs {
-		segs[i] = url.PathEscape(s)
+		segs[i] = pathSeg(s)
 	}
 	return strings.Join(segs, "/")
 }
 
 func (db *DB) url(path string, q url.Values) string {
-	s := db.c.base.String() + "/" + url.PathEscape(db.name)
+	s := db.c.base.String() + "/" + pathSeg(db.name)
 	if path != "" {
 		s += "/" + path
 	}

@@ -105,6 +105,15 @@ func TestRefMatches(t *testing.T) {
 	assert.False(t, Ref{SHA512: id, Length: 10, ContentType: "text/plain"}.matches(s, true), "a reference without digest, the attachment to be dropped")
 }
 
+// TestPathsEscapePlus: a '+' in a document ID, an attachment name or a
+// database name is sent as %2B: CouchDB 3 reads a bare '+' in a path as
+// a space by default.
+func TestPathsEscapePlus(t *testing.T) {
+	assert.Equal(t, "a%2Bb%20c", docPath("a+b c"))
+	assert.Equal(t, "_design/x%2By", docPath("_design/x+y"))
+	assert.Equal(t, "dir/f%2B1.txt", attPath("dir/f+1.txt"))
+}
+
 // FuzzParseDoc: any document parses or is refused without panicking, and
 // an update keeping its attachments changes no other field's JSON and
 // parses again to the same attachments.
