@@ -752,7 +752,17 @@ func (c *Cluster) hLookup(w http.ResponseWriter, r *http.Request) {
 	}
 	ans := lookupAnswer{States: []dtfc.State{}}
 	for _, id := range req.IDs {
-		if st, err := c.servedStore().Stat(id); err == nil {
+		st, err := c.servedStore().Stat(id)
+		if errors.Is(err, blobstore.ErrNotFound) {
+			// A delete forgotten lately counts: a cache nobody lists is
+			// not waited for, and learns of it only so
+			// (TestUnlistedCacheLearnsForgottenDelete). Taken, it is no
+			// news anywhere: every node that forgot it remembers it.
+			if f, ok := c.servedStore().Forgotten(id); ok {
+				st, err = f, nil
+			}
+		}
+		if err == nil {
 			ans.States = append(ans.States, bounded(st))
 		}
 	}
