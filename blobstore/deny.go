@@ -512,24 +512,41 @@ func (t *txn) removeDeny(old *denyRecord) error {
 // and nothing replicates. It is for a node that learns it holds an entry
 // the cluster lifted and forgot while it was away (package peer's resync).
 func (s *Store) ForgetDeny(id dtfc.ID) error {
+	_, err := s.forgetDeny(id, nil)
+	return err
+}
+
+// ForgetDenyEntry is ForgetDeny of judged, the entry a caller found to
+// forget earlier: only if it is still id's entry (a block or lift made
+// here since stays). It reports whether it forgot.
+func (s *Store) ForgetDenyEntry(judged Deny) (bool, error) {
+	return s.forgetDeny(judged.ID, &judged)
+}
+
+func (s *Store) forgetDeny(id dtfc.ID, judged *Deny) (bool, error) {
 	leave, err := s.enter()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer leave()
 	defer s.locks.lock(id)()
+	forgot := false
 	err = s.update(func(t *txn) error {
 		cur, ok, err := getDeny(t.deny, id)
 		if err != nil || !ok {
 			return err
 		}
+		if judged != nil && (cur.Clock != judged.Clock || cur.Node != judged.Node) {
+			return nil
+		}
+		forgot = true
 		return t.removeDeny(&cur)
 	})
-	if err != nil {
-		return err
+	if err != nil || !forgot {
+		return false, err
 	}
 	s.denied.set(Deny{ID: id, Lifted: true})
 	// The block may have set an upload aside: the lift it missed decides
 	// it as a recorded lift would.
-	return s.liftSetAside(id)
+	return true, s.liftSetAside(id)
 }

@@ -156,6 +156,28 @@ func (s *Store) Forget(id dtfc.ID) error {
 	return s.forget(id)
 }
 
+// ForgetState is Forget of judged, the state a caller found to forget
+// earlier: under the ID's lock, only if it is still the ID's state. A
+// change made here since (an upload of the same bytes, a delete) is newer
+// news and stays (TestResyncSparesUploadMadeDuringIt). It reports whether
+// it forgot.
+func (s *Store) ForgetState(judged dtfc.State) (bool, error) {
+	leave, err := s.enter()
+	if err != nil {
+		return false, err
+	}
+	defer leave()
+	defer s.locks.lock(judged.ID)()
+	rec, ok, err := s.record(judged.ID)
+	if err != nil || !ok {
+		return false, err
+	}
+	if rec.Clock != judged.Clock || rec.Node != judged.Node {
+		return false, nil
+	}
+	return true, s.forget(judged.ID)
+}
+
 // Forgettable calls fn with the feed sequence number and clock of every
 // tombstone and lifted deny entry whose clock is before the horizon,
 // tombstones oldest first: what PurgeTombstones and PurgeLifts would

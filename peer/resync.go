@@ -147,8 +147,8 @@ type resyncStore interface {
 	Digests() ([256]blobstore.Digest, error)
 	States(prefix []byte, fn func(dtfc.State) error) error
 	DenyList() ([]blobstore.Deny, error)
-	Forget(id dtfc.ID) error
-	ForgetDeny(id dtfc.ID) error
+	ForgetState(judged dtfc.State) (bool, error)
+	ForgetDenyEntry(judged blobstore.Deny) (bool, error)
 	Value(key string) ([]byte, error)
 	SetValue(key string, v []byte) error
 }
@@ -323,18 +323,27 @@ func (c *Cluster) runResync(ctx context.Context) error {
 		return err
 	}
 	for id, st := range candidates {
-		if err := c.resyncStore().Forget(id); err != nil {
+		// Only the state judged: an upload or delete made here since
+		// (the node takes them while it resyncs) is newer news.
+		forgot, err := c.resyncStore().ForgetState(st)
+		if err != nil {
 			return fmt.Errorf("dropping %s: %w", id, err)
+		}
+		if !forgot {
+			continue
 		}
 		c.metrics.resyncDropped.Inc()
 		c.log.Warn("resync dropped a file the cluster deleted and forgot while this node was away",
 			"id", id.String(), "uploaded", st.Clock.Time())
 	}
-	for id := range denyCandidates {
-		if err := c.resyncStore().ForgetDeny(id); err != nil {
+	for id, d := range denyCandidates {
+		forgot, err := c.resyncStore().ForgetDenyEntry(d)
+		if err != nil {
 			return fmt.Errorf("dropping the deny entry of %s: %w", id, err)
 		}
-		c.log.Warn("resync dropped a deny entry the cluster forgot", "id", id.String())
+		if forgot {
+			c.log.Warn("resync dropped a deny entry the cluster forgot", "id", id.String())
+		}
 	}
 
 	rs.mu.Lock()
