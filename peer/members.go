@@ -312,17 +312,14 @@ func (c *Cluster) applyPeers() {
 			cur = &membership{}
 		}
 		for _, p := range c.filePeers {
-			// The identity the entry answered with; else the one its
-			// cursor was kept for: an entry left out has no remote, and
-			// taken back in at the next recompute it counted as a
-			// replica again, whose cursor a leave took for what the
-			// members held (TestRemovedEntryStaysOutAfterRefresh, TestLeaveCountsNoRemovedEntry).
+			// An entry left out has no remote: taken back in at the next
+			// recompute, it is a peer again until it answers (a new node
+			// may answer at a removed one's URL). A leave does not count
+			// what a removed member accepted meanwhile (cursorOf;
+			// TestLeaveCountsNoRemovedEntry).
 			node := ""
 			if r := cur.byURL[p.URL]; r != nil {
 				node = r.NodeID()
-			}
-			if node == "" {
-				node = c.storedCursorNode(p.URL)
 			}
 			if c.removedMember(node) {
 				c.log.Debug("a peer list entry is a removed member: left out until it is added again (PUT /_members)", "url", p.URL, "node", node)

@@ -85,14 +85,14 @@ func leaveRefused(t *testing.T, a *node, id, after string) {
 		after, err, id[:8], peers)
 }
 
-func TestRemovedEntryStaysOutAfterRestart(t *testing.T) {
+func TestLeaveCountsNoRemovedEntryAfterRestart(t *testing.T) {
 	a, id := removedFileEntry(t)
 	a.down()
 	a.start()
 	leaveRefused(t, a, id, "a restart")
 }
 
-func TestRemovedEntryStaysOutAfterRefresh(t *testing.T) {
+func TestLeaveCountsNoRemovedEntryAfterRefresh(t *testing.T) {
 	a, id := removedFileEntry(t)
 	_, err := a.Cluster.Refresh(t.Context()) // the same file
 	require.NoError(t, err)
