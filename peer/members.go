@@ -597,6 +597,9 @@ var ErrRemovedTooLong = errors.New("removed longer than tombstone_expiry ago")
 // records (learning its identity), and records it as a member, again if
 // it had been removed. role, if set, must be the node's own.
 func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Member, error) {
+	if err := c.checkClockBehind(); err != nil {
+		return Member{}, err
+	}
 	url = normalizeURL(url)
 	if err := c.recordSelf(); err != nil {
 		return Member{}, err
@@ -611,14 +614,11 @@ func (c *Cluster) AddMember(ctx context.Context, url string, role dtfc.Role) (Me
 	if node == "" {
 		return Member{}, fmt.Errorf("%s did not say which node it is", url)
 	}
-	// A record of the node dated too far ahead to wait for (its clock
-	// ran a year ahead when it left) does not hold the addition back:
-	// every node with a right clock refuses that record anyway. It wins
-	// once real time reaches it, as any record of a clock that ran ahead.
-	switch err := c.awaitAhead(ctx, func(m Member) bool { return m.Node == node }); {
-	case errors.Is(err, ErrMemberAhead):
-		c.log.Warn("adding the member anyway: a newer record of it is dated too far ahead to wait for, and wins once real time reaches it", "url", url, "err", err)
-	case err != nil:
+	// A record of the node dated too far ahead to wait for refuses the
+	// addition (ErrMemberAhead), as a removal: dated before it, the
+	// addition would be undone by it, at once if this node's clock is
+	// the one behind (TestMemberAddOnNodeBehindRefused; it went ahead).
+	if err := c.awaitAhead(ctx, func(m Member) bool { return m.Node == node }); err != nil {
 		return Member{}, err
 	}
 	m, ok := c.members.get(node)
@@ -669,6 +669,9 @@ var ErrNotDrained = errors.New("this node cannot leave yet")
 // member dated too far ahead to wait for answers ErrMemberAhead, unless
 // force. (AddMember goes ahead in that case.)
 func (c *Cluster) RemoveMember(ctx context.Context, url string, force bool) (Member, error) {
+	if err := c.checkClockBehind(); err != nil && !force {
+		return Member{}, err
+	}
 	// A record dated ahead may be the member's addition, or its move to
 	// this URL: wait for it before looking the URL up. With force, one
 	// too far ahead to wait for does not hold the removal back (a node
@@ -739,14 +742,39 @@ var ErrRemoved = errors.New("this node was removed from the cluster")
 
 // Admit is held around the commit of an upload, delete, block or lift made here (the
 // release it returns ends it): ErrRemoved once this node has removed
-// itself, so that none is acknowledged after its leave was taken.
+// itself, so that none is acknowledged after its leave was taken; and
+// ErrClockBehind while its clock is behind every peer's (checkClockBehind).
 func (c *Cluster) Admit() (func(), error) {
+	if err := c.checkClockBehind(); err != nil {
+		return nil, err
+	}
 	c.commitMu.RLock()
 	if at, removed := c.Removed(); removed {
 		c.commitMu.RUnlock()
 		return nil, fmt.Errorf("%w at %s", ErrRemoved, at.UTC().Format(time.RFC3339))
 	}
 	return c.commitMu.RUnlock, nil
+}
+
+// ErrClockBehind means a change was refused because this node's clock is
+// behind every peer's it heard from lately by more than max_clock_offset.
+var ErrClockBehind = errors.New("this node's clock is behind its peers'")
+
+// checkClockBehind refuses changes made here while this node's wall
+// clock is behind every peer's it heard from lately (their answers'
+// Date) by more than max_clock_offset: every state the others make is
+// then refused here as dated too far ahead, and a change made here after
+// one of them, dated by this clock, would be acknowledged and then undone
+// by it. The store refuses a change of an ID whose refused state it kept
+// (blobstore ErrAheadPending), but keeps 4,096 of them at most, in
+// memory (TestClockBehindNodeRefusesEveryChange).
+func (c *Cluster) checkClockBehind() error {
+	ahead, heard := c.aheadOfPeers()
+	if !heard || -ahead <= c.opts.MaxClockOffset {
+		return nil
+	}
+	return fmt.Errorf("%w: it is %s behind every peer it heard from lately (max_clock_offset %s), and a change made here now would be dated before changes made elsewhere and undone by them; set its clock right",
+		ErrClockBehind, (-ahead).Round(time.Second), c.opts.MaxClockOffset)
 }
 
 // removedBy: a peer refused this node as removed; the records are

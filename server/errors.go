@@ -34,7 +34,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dtfc"`)
 	case http.StatusServiceUnavailable:
-		if errors.Is(err, blobstore.ErrAheadPending) {
+		var ra retryAfter
+		if errors.As(err, &ra) {
+			w.Header().Set("Retry-After", ra.after)
+		} else if errors.Is(err, blobstore.ErrAheadPending) {
 			w.Header().Set("Retry-After", "60") // until a clock is set right
 		}
 	}

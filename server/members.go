@@ -30,11 +30,20 @@ func (s *Server) admit() (func(), error) {
 	}
 	release, err := s.cfg.Cluster.Admit()
 	if err != nil {
-		return nil, httpstatus.Errorf(http.StatusServiceUnavailable,
+		err = httpstatus.Errorf(http.StatusServiceUnavailable,
 			"%v: it takes no uploads, deletes or blocks, and stored nothing of this one; use another node", err)
+		return nil, retryAfter{err, "60"} // its clock set right, or added again
 	}
 	return release, nil
 }
+
+// retryAfter is an error answered with a Retry-After header (writeError).
+type retryAfter struct {
+	error
+	after string
+}
+
+func (e retryAfter) Unwrap() error { return e.error }
 
 // notRemoved refuses uploads and deletes on a node removed from the
 // cluster, or while another running node has its identity (503, so that
@@ -89,6 +98,10 @@ func (s *Server) addMember(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, peer.ErrMemberRole), errors.Is(err, peer.ErrRemovedTooLong):
 		s.writeError(w, r, httpstatus.Errorf(http.StatusConflict, "%v", err))
 		return
+	case errors.Is(err, peer.ErrMemberAhead), errors.Is(err, peer.ErrClockBehind):
+		w.Header().Set("Retry-After", "5")
+		s.writeError(w, r, httpstatus.Errorf(http.StatusServiceUnavailable, "%v", err))
+		return
 	case err != nil:
 		s.writeError(w, r, httpstatus.Errorf(http.StatusBadGateway, "%v (the node must run, be reachable from this one and share its cluster_secret)", err))
 		return
@@ -108,7 +121,7 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, peer.ErrNotMember):
 		s.writeError(w, r, httpstatus.Errorf(http.StatusNotFound, "%s: %v", u, err))
 		return
-	case errors.Is(err, peer.ErrMemberAhead):
+	case errors.Is(err, peer.ErrMemberAhead), errors.Is(err, peer.ErrClockBehind):
 		// A newer record of the member is dated too far ahead
 		// (peer.ErrMemberAhead): retried as real time catches up.
 		w.Header().Set("Retry-After", "5")
