@@ -51,6 +51,7 @@ func TestClockBehindNodeRefusesEveryChange(t *testing.T) {
 		return code == http.StatusCreated
 	}, "A takes uploads once its clock is right")
 }
+
 // TestMemberAddOnNodeBehindRefused: the membership twin of
 // TestClockBehindNodeRefusesUpload. A's clock goes a year behind; B is
 // removed through C (A refuses C's record, dated a year ahead of A's
