@@ -51,10 +51,7 @@ func TestRebuiltNodeRereadsItsOwnLog(t *testing.T) {
 	bb.Nodes[0].Stop()
 
 	x := a.Nodes[0]
-	x.Stop()
-	require.NoError(t, cluster.DamageMeta(x.MetaPath(), cluster.MetaRemoved))
-	x.RebuildMeta()
-	x.Start()
+	rebuiltAfterMetaLoss(t, x)
 	eventually(t, 30*time.Second, "A adopted its kept file and takes uploads again", func() bool {
 		return localStatus(t, hc, A, keepID) == http.StatusOK && logHas(x, "taking uploads again")
 	})
@@ -101,12 +98,7 @@ func TestRebuiltNodeTakesUploadsPastAFutureRecord(t *testing.T) {
 	eventually(t, 30*time.Second, "W holds X", func() bool { return localStatus(t, hc, W, x) == http.StatusOK })
 
 	// W's clock jumps a year ahead; its delete of X is dated so.
-	w.Nodes[0].SetClock(365 * 24 * time.Hour)
-	eventually(t, 10*time.Second, "an upload to W is dated a year ahead", func() bool {
-		_, pid := upload(t, hc, W, "probe", randomBytes(100))
-		_, st := stateOf(t, w, hc, 0, pid)
-		return st.Clock >= clockAt(time.Now().Add(300*24*time.Hour))
-	})
+	clockAYearAhead(t, w, hc)
 	deleteID(t, hc, W, x)
 	eventually(t, 30*time.Second, "W's queue to the archive empty", func() bool {
 		n, ok := queueOf(t, w, 0, b.URL())
@@ -115,13 +107,33 @@ func TestRebuiltNodeTakesUploadsPastAFutureRecord(t *testing.T) {
 	w.Nodes[0].Stop()
 
 	n := a.Nodes[0]
-	n.Stop()
-	require.NoError(t, cluster.DamageMeta(n.MetaPath(), cluster.MetaRemoved))
-	n.RebuildMeta()
-	n.Start()
+	rebuiltAfterMetaLoss(t, n)
 	eventually(t, 30*time.Second, "the rebuilt node takes uploads again", func() bool {
 		status, _, err := tryUpload(t.Context(), hc, A, "after.bin", randomBytes(1000))
 		return err == nil && status == http.StatusCreated
 	})
 	assert.True(t, logHas(n, "refused a state from an archive: its clock is too far ahead"), "W's log was held at its record")
+}
+
+// rebuiltAfterMetaLoss stops node n, removes its meta.db, runs dtfc
+// rebuild-meta and starts it again (README, "When the metadata is
+// damaged").
+func rebuiltAfterMetaLoss(t *testing.T, n *cluster.Node) {
+	t.Helper()
+	n.Stop()
+	require.NoError(t, cluster.DamageMeta(n.MetaPath(), cluster.MetaRemoved))
+	n.RebuildMeta()
+	n.Start()
+}
+
+// clockAYearAhead sets the clock of c's node 0 a year ahead and waits
+// until an upload to it is dated so.
+func clockAYearAhead(t *testing.T, c *cluster.Cluster, hc *http.Client) {
+	t.Helper()
+	c.Nodes[0].SetClock(365 * 24 * time.Hour)
+	eventually(t, 10*time.Second, "an upload to the node is dated a year ahead", func() bool {
+		_, pid := upload(t, hc, c.Nodes[0].URL, "probe", randomBytes(100))
+		_, st := stateOf(t, c, hc, 0, pid)
+		return st.Clock >= clockAt(time.Now().Add(300*24*time.Hour))
+	})
 }

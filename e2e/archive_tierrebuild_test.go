@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dtfc/dtfc/internal/cluster"
 	"github.com/dtfc/dtfc/internal/versitygw"
 )
 
@@ -53,10 +52,7 @@ func TestTierRebuiltKeepsEvictedRecords(t *testing.T) {
 	require.NotEmpty(t, evicted)
 	require.NotEmpty(t, files)
 
-	x.Stop()
-	require.NoError(t, cluster.DamageMeta(x.MetaPath(), cluster.MetaRemoved))
-	x.RebuildMeta()
-	x.Start()
+	rebuiltAfterMetaLoss(t, x)
 	eventually(t, 30*time.Second, "the held files resolved, uploads taken", func() bool {
 		st, err := c.Status(0)
 		return err == nil && st.Unconfirmed == 0 && logHas(x, "taking uploads again")

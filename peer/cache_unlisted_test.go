@@ -14,6 +14,27 @@ import (
 	"github.com/dtfc/dtfc/peer"
 )
 
+// unlistedCacheFill starts a replica R that lists nobody and a cache C
+// that lists R, both with the options opt, uploads a file to R and reads
+// it through C, which then holds it.
+func unlistedCacheFill(t *testing.T, opt func(*peer.Options)) (r, c *node, id dtfc.ID) {
+	t.Helper()
+	r = newNode(t, running(nodeOpts{peer: opt}))
+	c = newNode(t, running(nodeOpts{role: peer.RoleCache, maxBytes: 1 << 30, peer: opt}))
+	c.writePeers(r) // R lists nobody
+	r.start()
+	c.start()
+	data := randomBytes(t, 10<<10)
+	code, _ := upload(t, r, "x.bin", data, "")
+	require.Equal(t, http.StatusCreated, code)
+	id = dtfc.Sum(data)
+	resp, _, err := get(c.URL + "/" + id.String())
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	c.eventuallyHolds(id, true)
+	return r, c, id
+}
+
 // TestUnlistedCacheLearnsForgottenDelete: README (peer list) says
 // "a cache that nobody lists still learns of deletes of what it holds,
 // at its next anti-entropy round". The cache's round (cacheSync) asks
@@ -35,22 +56,7 @@ func TestUnlistedCacheLearnsForgottenDelete(t *testing.T) {
 		o.TombstoneRetention = time.Second
 		o.TombstoneExpiry = time.Hour
 	}
-	r := newNode(t, running(nodeOpts{peer: short}))
-	c := newNode(t, running(nodeOpts{role: peer.RoleCache, maxBytes: 1 << 30, peer: short}))
-	c.writePeers(r) // R lists nobody
-	r.start()
-	c.start()
-
-	data := randomBytes(t, 10<<10)
-	code, _ := upload(t, r, "x.bin", data, "")
-	require.Equal(t, http.StatusCreated, code)
-	id := dtfc.Sum(data)
-
-	resp, _, err := get(c.URL + "/" + id.String())
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	c.eventuallyHolds(id, true)
-
+	r, c, id := unlistedCacheFill(t, short)
 	c.down()
 	require.Equal(t, http.StatusOK, del(t, r, id))
 	eventually(t, converge, func() bool {
@@ -64,7 +70,7 @@ func TestUnlistedCacheLearnsForgottenDelete(t *testing.T) {
 	eventually(t, converge, func() bool { return c.Cluster.Status().Synced }, "C completes an anti-entropy round with R")
 	require.Equal(t, 1, c.Cluster.AntiEntropy(t.Context()), "another round with R")
 
-	resp, _, err = get(c.URL + "/" + id.String())
+	resp, _, err := get(c.URL + "/" + id.String())
 	require.NoError(t, err)
 	require.Equal(t, http.StatusNotFound, resp.StatusCode,
 		"the cache serves a blob deleted on the replica after its anti-entropy rounds: its lookup learns no delete the replica forgot (and still remembers)")
@@ -85,21 +91,7 @@ func TestRebuiltUnlistedCacheAdoptsNoDeletedCopy(t *testing.T) {
 		o.TombstoneRetention = time.Second
 		o.TombstoneExpiry = 2 * time.Second
 	}
-	r := newNode(t, running(nodeOpts{peer: short}))
-	c := newNode(t, running(nodeOpts{role: peer.RoleCache, maxBytes: 1 << 30, peer: short}))
-	c.writePeers(r)
-	r.start()
-	c.start()
-
-	data := randomBytes(t, 10<<10)
-	code, _ := upload(t, r, "x.bin", data, "")
-	require.Equal(t, http.StatusCreated, code)
-	id := dtfc.Sum(data)
-	resp, _, err := get(c.URL + "/" + id.String())
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	c.eventuallyHolds(id, true)
-
+	r, c, id := unlistedCacheFill(t, short)
 	c.down()
 	require.Equal(t, http.StatusOK, del(t, r, id))
 	eventually(t, converge, func() bool {
