@@ -773,7 +773,7 @@ func (c *Cluster) checkClockBehind() error {
 	if !heard || -ahead <= c.opts.MaxClockOffset {
 		return nil
 	}
-	return fmt.Errorf("%w: it is %s behind every peer it heard from lately (max_clock_offset %s), and a change made here now would be dated before changes made elsewhere and undone by them; set its clock right",
+	return fmt.Errorf("%w: it is %s behind every peer it heard from lately (max_clock_offset %s), and a change made here now would be dated before changes made elsewhere and undone by them; set the wrong clock right (this node's, or its peers' if they all run ahead)",
 		ErrClockBehind, (-ahead).Round(time.Second), c.opts.MaxClockOffset)
 }
 
