@@ -1,8 +1,6 @@
 package peer_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"testing"
@@ -10,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/dtfc/dtfc"
 	"github.com/dtfc/dtfc/peer"
 )
 
@@ -42,16 +41,9 @@ func removedFileEntry(t *testing.T) (a *node, id string) {
 
 	// An upload to A, accepted by B.
 	data := randomBytes(t, 8<<10)
-	req, err := http.NewRequest(http.MethodPut, a.URL+"/only-here", bytes.NewReader(data))
-	require.NoError(t, err)
-	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	var up struct {
-		SHA512 string `json:"sha512"`
-	}
-	require.NoError(t, json.NewDecoder(res.Body).Decode(&up))
-	res.Body.Close()
-	require.Equal(t, http.StatusCreated, res.StatusCode)
+	code, body := upload(t, a, "only-here", data, "")
+	require.Equal(t, http.StatusCreated, code, body)
+	id = dtfc.Sum(data).String()
 	queueTo := func(n *node, url string) int64 {
 		for _, p := range n.status().Cluster.Peers {
 			if p.URL == url {
@@ -72,7 +64,7 @@ func removedFileEntry(t *testing.T) (a *node, id string) {
 	// stranded (TestLastReplicaLeaveRefused).
 	_, err = a.Cluster.RemoveMember(t.Context(), a.URL, false)
 	require.True(t, errors.Is(err, peer.ErrNotDrained), "right after the removal, A's leave: %v", err)
-	return a, up.SHA512
+	return a, id
 }
 
 // leaveRefused checks that A, whose only other copy is on the removed B,

@@ -1,8 +1,6 @@
 package peer_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
 	"slices"
 	"testing"
@@ -52,18 +50,9 @@ func TestReplacedAtSameURLComesBack(t *testing.T) {
 	require.NoError(t, err)
 
 	data := randomBytes(t, 4<<10)
-	req, err := http.NewRequest(http.MethodPut, a.URL+"/after-replace", bytes.NewReader(data))
-	require.NoError(t, err)
-	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	var up struct {
-		SHA512 string `json:"sha512"`
-	}
-	require.NoError(t, json.NewDecoder(res.Body).Decode(&up))
-	res.Body.Close()
-	require.Equal(t, http.StatusCreated, res.StatusCode)
-	id, err := dtfc.ParseID(up.SHA512)
-	require.NoError(t, err)
+	code, body := upload(t, a, "after-replace", data, "")
+	require.Equal(t, http.StatusCreated, code, body)
+	id := dtfc.Sum(data)
 
 	deadline := time.Now().Add(40 * time.Second) // 4 membership exchanges
 	for time.Now().Before(deadline) {
