@@ -17,6 +17,14 @@ import (
 	"github.com/dtfc/dtfc/internal/cluster"
 )
 
+// dbAndNode makes a database on the shared CouchDB-API server and starts
+// one dtfc node, with a client of it.
+func dbAndNode(t *testing.T) (*couch, *cluster.Node, *client.Client) {
+	c := newDB(t, sharedPouch(t), "")
+	node := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true}).Nodes[0]
+	return c, node, dtfcClient(t, node.URL)
+}
+
 // TestMigrateDigestlessRefReuploads: a reference in the
 // documented form without "digest" ({"sha512", "content_type", "length"}:
 // what the command's usage text and the runbook's reading code describe,
@@ -28,11 +36,7 @@ import (
 // (found by a review helper). Such a reference now counts only while the
 // attachment is kept.
 func TestMigrateDigestlessRefReuploads(t *testing.T) {
-	p := sharedPouch(t)
-	c := newDB(t, p, "")
-	cl := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true})
-	node := cl.Nodes[0]
-	dc := dtfcClient(t, node.URL)
+	c, node, dc := dbAndNode(t)
 	ctx := t.Context()
 
 	oldBytes := []byte("version 1 of the record, 40 bytes long.")
@@ -83,11 +87,7 @@ func TestMigrateDigestlessRefReuploads(t *testing.T) {
 // the attachment, so the corrected type was gone from the document
 // (found by a review helper). A reference of another type is rewritten.
 func TestMigrateContentTypeChangeKept(t *testing.T) {
-	p := sharedPouch(t)
-	c := newDB(t, p, "")
-	cl := cluster.Start(t, cluster.Options{Nodes: 1, Direct: true})
-	node := cl.Nodes[0]
-	dc := dtfcClient(t, node.URL)
+	c, node, dc := dbAndNode(t)
 	ctx := t.Context()
 
 	data := []byte("<svg xmlns='http://www.w3.org/2000/svg'/>")

@@ -42,10 +42,7 @@ func TestRebuiltNodeRereadsItsOwnLog(t *testing.T) {
 		return slices.Equal(b.denyRecords(t, id), []string{"block"}) && slices.Contains(b.logged(t, a), "deny "+id) &&
 			hasDenyEntry(t, hc, B, id)
 	})
-	eventually(t, 20*time.Second, "A's archive queue empty", func() bool {
-		n, ok := queueOf(t, a, 0, b.URL())
-		return ok && n == 0
-	})
+	waitDrained(t, a, 0, b.URL(), 20*time.Second)
 	// B, the other site, goes away for the rest of the test: A's only
 	// source is the bucket.
 	bb.Nodes[0].Stop()
@@ -100,10 +97,7 @@ func TestRebuiltNodeTakesUploadsPastAFutureRecord(t *testing.T) {
 	// W's clock jumps a year ahead; its delete of X is dated so.
 	clockAYearAhead(t, w, hc)
 	deleteID(t, hc, W, x)
-	eventually(t, 30*time.Second, "W's queue to the archive empty", func() bool {
-		n, ok := queueOf(t, w, 0, b.URL())
-		return ok && n == 0
-	})
+	waitDrained(t, w, 0, b.URL(), 30*time.Second)
 	w.Nodes[0].Stop()
 
 	n := a.Nodes[0]

@@ -166,6 +166,16 @@ func queueOf(t *testing.T, c *cluster.Cluster, i int, url string) (int64, bool) 
 	return q.Length, ok
 }
 
+// waitDrained waits up to timeout until node i's queue to the archive at
+// url is empty.
+func waitDrained(t *testing.T, c *cluster.Cluster, i int, url string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, fmt.Sprintf("node %d's queue to %s empty", i, url), func() bool {
+		n, ok := queueOf(t, c, i, url)
+		return ok && n == 0
+	})
+}
+
 // TestArchivePush: an upload reaches the bucket as a blob object (the
 // same bytes) and an upload record, a delete as a tombstone record; the
 // queue of the archive (keyed by its URL) empties.

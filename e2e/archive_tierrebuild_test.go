@@ -69,10 +69,7 @@ func TestTierRebuiltKeepsEvictedRecords(t *testing.T) {
 	require.NoError(t, os.WriteFile(x.PeerList, []byte(old.entry()+"\n"+nb.entry()), 0o644))
 	code, body := refresh(t, hc, c)
 	require.Equal(t, http.StatusOK, code, body)
-	eventually(t, 30*time.Second, "the new archive's queue is 0", func() bool {
-		n, ok := queueOf(t, c, 0, nb.URL())
-		return ok && n == 0
-	})
+	waitDrained(t, c, 0, nb.URL(), 30*time.Second)
 	require.NoError(t, os.WriteFile(x.PeerList, []byte(nb.entry()), 0o644))
 	code, body = refresh(t, hc, c)
 	require.Equal(t, http.StatusOK, code, body)

@@ -46,10 +46,7 @@ func TestRelayClockAheadHoldsOnlyItsWriter(t *testing.T) {
 		}
 		return false
 	})
-	eventually(t, 20*time.Second, "W's queue to the archive empty", func() bool {
-		n, ok := queueOf(t, w, 0, b.URL())
-		return ok && n == 0
-	})
+	waitDrained(t, w, 0, b.URL(), 20*time.Second)
 	w.Nodes[0].Stop()
 
 	// E uploads Q; D takes it, then D blocks it.

@@ -100,14 +100,10 @@ func heldLogBucket(t *testing.T, fb *fakeBucket, qid dtfc.ID, ahead bool) {
 	require.NoError(t, fb.a.AppendLog(t.Context(), "w0", 2, []archive.LogEntry{{ID: qid, Clock: block.Clock, Node: "p0", Deny: true}}))
 }
 
-// TestRelayClockAheadHoldsNoLog: a record dated too far ahead held the
-// log of the writer that made it; but a writer's log names other nodes'
-// records too (what it pushed from its peers): P's block of Q, dated
-// now, behind W's record dated a year ahead, was applied by no reader of
-// the bucket for a year, and a fresh node F whose only peer is the
-// bucket took Q and served it (found by a review helper). Now no log
-// waits for a clock: the ID is set aside.
-func TestRelayClockAheadHoldsNoLog(t *testing.T) {
+// heldLogCases runs fn on a bucket filled by heldLogBucket, with W's
+// record a year ahead and without it (the control), Q being the file P
+// blocked.
+func heldLogCases(t *testing.T, fn func(t *testing.T, fb *fakeBucket, q []byte, qid dtfc.ID)) {
 	for _, tc := range []struct {
 		name  string
 		ahead bool
@@ -117,21 +113,34 @@ func TestRelayClockAheadHoldsNoLog(t *testing.T) {
 			q := randomBytes(t, 3000)
 			qid := dtfc.Sum(q)
 			heldLogBucket(t, fb, qid, tc.ahead)
-			f := newNode(t, nodeOpts{run: true, peer: func(o *peer.Options) { o.ArchiveInterval = 100 * time.Millisecond }})
-			f.writePeers()
-			fb.addTo(t, f)
-			f.start()
-			// Rounds pass (another writer's entries are relayed).
-			m1 := relayMarker(t, fb, "m0", 1)
-			eventually(t, converge, func() bool { return relayDenied(f, m1) }, "F relayed a round")
-			m2 := relayMarker(t, fb, "m0", 2)
-			eventually(t, converge, func() bool { return relayDenied(f, m2) }, "F relayed another round")
-			eventually(t, converge, func() bool { return relayDenied(f, qid) },
-				"F applied P's block of Q (dated now, in the bucket), behind W's record a year ahead in W's log")
-			code, body := upload(t, f, "q.bin", q, "")
-			require.NotEqual(t, http.StatusCreated, code, "F took a blocked upload: %s", body)
+			fn(t, fb, q, qid)
 		})
 	}
+}
+
+// TestRelayClockAheadHoldsNoLog: a record dated too far ahead held the
+// log of the writer that made it; but a writer's log names other nodes'
+// records too (what it pushed from its peers): P's block of Q, dated
+// now, behind W's record dated a year ahead, was applied by no reader of
+// the bucket for a year, and a fresh node F whose only peer is the
+// bucket took Q and served it (found by a review helper). Now no log
+// waits for a clock: the ID is set aside.
+func TestRelayClockAheadHoldsNoLog(t *testing.T) {
+	heldLogCases(t, func(t *testing.T, fb *fakeBucket, q []byte, qid dtfc.ID) {
+		f := newNode(t, nodeOpts{run: true, peer: func(o *peer.Options) { o.ArchiveInterval = 100 * time.Millisecond }})
+		f.writePeers()
+		fb.addTo(t, f)
+		f.start()
+		// Rounds pass (another writer's entries are relayed).
+		m1 := relayMarker(t, fb, "m0", 1)
+		eventually(t, converge, func() bool { return relayDenied(f, m1) }, "F relayed a round")
+		m2 := relayMarker(t, fb, "m0", 2)
+		eventually(t, converge, func() bool { return relayDenied(f, m2) }, "F relayed another round")
+		eventually(t, converge, func() bool { return relayDenied(f, qid) },
+			"F applied P's block of Q (dated now, in the bucket), behind W's record a year ahead in W's log")
+		code, body := upload(t, f, "q.bin", q, "")
+		require.NotEqual(t, http.StatusCreated, code, "F took a blocked upload: %s", body)
+	})
 }
 
 // TestRebuiltRefusesBlockedUploadPastFutureRecord: a rebuilt node with
@@ -143,39 +152,30 @@ func TestRelayClockAheadHoldsNoLog(t *testing.T) {
 // an upload of Q and served it (found by a review helper). No log is
 // held for a clock now.
 func TestRebuiltRefusesBlockedUploadPastFutureRecord(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		ahead bool
-	}{{"ControlNoRecordAhead", false}, {"WsRecordAYearAhead", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			fb := newFakeBucket(t)
-			q := randomBytes(t, 3000)
-			qid := dtfc.Sum(q)
-			heldLogBucket(t, fb, qid, tc.ahead)
-			a := newNode(t, nodeOpts{run: true, peer: func(o *peer.Options) { o.ArchiveInterval = 100 * time.Millisecond }})
-			a.writePeers()
-			a.start()
-			a.down()
-			require.NoError(t, os.Remove(filepath.Join(a.Dir, "meta.db"))) // started afresh under its identity
-			fb.addTo(t, a)
-			a.start()
-			require.False(t, a.Store.DenyKnown(), "a store started afresh under its old identity")
-			m1 := relayMarker(t, fb, "m0", 1)
-			eventually(t, converge, func() bool { return relayDenied(a, m1) }, "A relayed a round")
-			// Upload Q as a client would, retrying the 503 of the gate.
-			var code int
-			var body string
-			eventually(t, converge, func() bool {
-				code, body = upload(t, a, "q.bin", q, "")
-				return code != http.StatusServiceUnavailable
-			}, "A takes uploads again")
-			if code == http.StatusCreated {
-				resp, got, err := get(a.URL + "/" + qid.String())
-				require.NoError(t, err)
-				t.Fatalf("rebuilt A acknowledged an upload of Q, blocked by P in the bucket (block known: %v); GET answers %d with %d bytes",
-					relayDenied(a, qid), resp.StatusCode, len(got))
-			}
-			require.Equal(t, http.StatusUnavailableForLegalReasons, code, "%s", body)
-		})
-	}
+	heldLogCases(t, func(t *testing.T, fb *fakeBucket, q []byte, qid dtfc.ID) {
+		a := newNode(t, nodeOpts{run: true, peer: func(o *peer.Options) { o.ArchiveInterval = 100 * time.Millisecond }})
+		a.writePeers()
+		a.start()
+		a.down()
+		require.NoError(t, os.Remove(filepath.Join(a.Dir, "meta.db"))) // started afresh under its identity
+		fb.addTo(t, a)
+		a.start()
+		require.False(t, a.Store.DenyKnown(), "a store started afresh under its old identity")
+		m1 := relayMarker(t, fb, "m0", 1)
+		eventually(t, converge, func() bool { return relayDenied(a, m1) }, "A relayed a round")
+		// Upload Q as a client would, retrying the 503 of the gate.
+		var code int
+		var body string
+		eventually(t, converge, func() bool {
+			code, body = upload(t, a, "q.bin", q, "")
+			return code != http.StatusServiceUnavailable
+		}, "A takes uploads again")
+		if code == http.StatusCreated {
+			resp, got, err := get(a.URL + "/" + qid.String())
+			require.NoError(t, err)
+			t.Fatalf("rebuilt A acknowledged an upload of Q, blocked by P in the bucket (block known: %v); GET answers %d with %d bytes",
+				relayDenied(a, qid), resp.StatusCode, len(got))
+		}
+		require.Equal(t, http.StatusUnavailableForLegalReasons, code, "%s", body)
+	})
 }
