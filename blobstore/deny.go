@@ -508,22 +508,13 @@ func (t *txn) removeDeny(old *denyRecord) error {
 	return t.deny.Delete(old.ID[:])
 }
 
-// ForgetDeny removes id's deny entry without a trace: no lift is recorded
-// and nothing replicates. It is for a node that learns it holds an entry
-// the cluster lifted and forgot while it was away (package peer's resync).
-func (s *Store) ForgetDeny(id dtfc.ID) error {
-	_, err := s.forgetDeny(id, nil)
-	return err
-}
-
-// ForgetDenyEntry is ForgetDeny of judged, the entry a caller found to
-// forget earlier: only if it is still id's entry (a block or lift made
-// here since stays). It reports whether it forgot.
+// ForgetDenyEntry removes judged's deny entry without a trace (no lift
+// is recorded, nothing replicates), if it is still the ID's entry: a
+// block or lift made here since stays. It is for a node that learns it
+// holds an entry the cluster lifted and forgot while it was away
+// (package peer's resync). It reports whether it forgot.
 func (s *Store) ForgetDenyEntry(judged Deny) (bool, error) {
-	return s.forgetDeny(judged.ID, &judged)
-}
-
-func (s *Store) forgetDeny(id dtfc.ID, judged *Deny) (bool, error) {
+	id := judged.ID
 	leave, err := s.enter()
 	if err != nil {
 		return false, err
@@ -536,7 +527,7 @@ func (s *Store) forgetDeny(id dtfc.ID, judged *Deny) (bool, error) {
 		if err != nil || !ok {
 			return err
 		}
-		if judged != nil && (cur.Clock != judged.Clock || cur.Node != judged.Node) {
+		if cur.Clock != judged.Clock || cur.Node != judged.Node {
 			return nil
 		}
 		forgot = true

@@ -139,7 +139,11 @@ func TestSetAsideOutlivesOlderDelete(t *testing.T) {
 	assert.Equal(t, UnconfirmedBlocked, out, "blocked: it stays aside")
 
 	// The block's (and the delete's) tombstone forgotten, then the lift.
-	require.NoError(t, s.Forget(st.ID))
+	tomb, err := s.Stat(st.ID)
+	require.NoError(t, err)
+	forgot, err := s.ForgetState(tomb)
+	require.NoError(t, err)
+	require.True(t, forgot)
 	lift := block
 	lift.Lifted, lift.Clock = true, s.Clock().Now()
 	_, err = s.ApplyDeny(lift)

@@ -143,24 +143,14 @@ func (s *Store) PurgeTombstones(before dtfc.Timestamp, forget func(seq uint64, c
 	}
 }
 
-// Forget removes id's record and file without a trace: no tombstone, no
-// feed entry. It is for a node that learns it holds a state the cluster has
-// long since deleted and forgotten (see package peer's resync).
-func (s *Store) Forget(id dtfc.ID) error {
-	leave, err := s.enter()
-	if err != nil {
-		return err
-	}
-	defer leave()
-	defer s.locks.lock(id)()
-	return s.forget(id)
-}
-
-// ForgetState is Forget of judged, the state a caller found to forget
-// earlier: under the ID's lock, only if it is still the ID's state. A
-// change made here since (an upload of the same bytes, a delete) is newer
-// news and stays (TestResyncSparesUploadMadeDuringIt). It reports whether
-// it forgot.
+// ForgetState removes the record and file of judged's ID without a
+// trace (no tombstone, no feed entry), if judged, the state a caller
+// found to forget earlier, is still the ID's state: under the ID's lock.
+// It is for a node that learns it holds a state the cluster has long
+// since deleted and forgotten (see package peer's resync); a change made
+// here since (an upload of the same bytes, a delete) is newer news and
+// stays (TestResyncSparesUploadMadeDuringIt). It reports whether it
+// forgot.
 func (s *Store) ForgetState(judged dtfc.State) (bool, error) {
 	leave, err := s.enter()
 	if err != nil {

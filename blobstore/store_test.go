@@ -1836,7 +1836,8 @@ func TestClosedStore(t *testing.T) {
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "Apply")
 	_, err = s.PurgeTombstones(res.State.Clock+1, forgetAll)
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "PurgeTombstones")
-	assert.ErrorIs(t, s.Forget(res.State.ID), blobstore.ErrClosed, "Forget")
+	_, err = s.ForgetState(res.State)
+	assert.ErrorIs(t, err, blobstore.ErrClosed, "ForgetState")
 	_, err = s.Evict(1, 0, allAcked)
 	assert.ErrorIs(t, err, blobstore.ErrClosed, "Evict")
 	// The blob file is untouched by all of the above.
@@ -1872,8 +1873,10 @@ func TestForget(t *testing.T) {
 	s := newStore(t)
 	res := put(t, s, []byte("forget me"), blobstore.Upload{})
 	seq := s.LastSeq()
-	require.NoError(t, s.Forget(res.State.ID))
-	_, err := s.Stat(res.State.ID)
+	forgot, err := s.ForgetState(res.State)
+	require.NoError(t, err)
+	require.True(t, forgot)
+	_, err = s.Stat(res.State.ID)
 	assert.ErrorIs(t, err, blobstore.ErrNotFound, "no tombstone")
 	assertNoDataFiles(t, s.Dir())
 	changes, err := s.Changes(0, 10)
@@ -1882,7 +1885,9 @@ func TestForget(t *testing.T) {
 	assert.Equal(t, seq, s.LastSeq())
 	blobs, _ := s.Stats()
 	assert.Zero(t, blobs)
-	require.NoError(t, s.Forget(res.State.ID), "forgetting an unknown ID")
+	forgot, err = s.ForgetState(res.State)
+	require.NoError(t, err, "forgetting an unknown ID")
+	assert.False(t, forgot)
 }
 
 func TestOutcomeString(t *testing.T) {
